@@ -1,0 +1,48 @@
+# bnserve — every target makes its own .venv from a fresh clone (only Python 3.11 and pip needed).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-slow lint format demo serve bench proto image-check clean
+
+$(VENV)/bin/python:
+	command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+serve: $(STAMP)
+	$(PY) -m server --model demo/model.onnx
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+image-check:
+	bash deploy/check-image.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo runs tunes

@@ -1,0 +1,1 @@
+"""Export: fold input standardization and batch norm into affine ONNX weights, verified."""

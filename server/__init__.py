@@ -1,0 +1,1 @@
+"""Server: grpcio + onnxruntime, the native bnserve.v1 API and the Open Inference Protocol."""

@@ -1,0 +1,1 @@
+"""Training: a numpy MLP with batch normalization, its optimizers, data and run directories."""
