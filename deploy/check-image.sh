@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Build the serving image and run it for real: `make image-check` (and .ci/run after `make test`).
+#
+#   1. tools: podman + runc + debootstrap (apt-get install when missing; needs root)
+#   2. base:  localhost/python-base:3.11-<recipe hash>, made with debootstrap when not cached
+#   3. model: a tiny model trained and exported with the repo's .venv
+#   4. build: podman build --format docker (keeps HEALTHCHECK) on the local base
+#   5. run:   the model mounted read-only at /models, host network, free loopback ports
+#   6. probe: grpc.health.v1 SERVING (polled with a deadline), examples scored from the host and
+#             compared with the training inference path, /metrics answered
+#   7. podman healthcheck run; what the image must not carry (onnx, training, compilers, root)
+#   8. podman stop -t 10: exited by itself with code 0 (not killed)
+#   9. image size <= 400 MB, and how long each step took
+#
+# Exits non-zero with the reason when any step fails or cannot run here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+image=${BNSERVE_CHECK_IMAGE:-localhost/bnserve:check}
+max_image_mb=400
+python_for_venv=${PYTHON:-$(command -v python3.11 || command -v python3 || true)}
+venv_python=$repo/.venv/bin/python
+container=bnserve-check-$$
+work=$(mktemp -d "${TMPDIR:-/tmp}/bnserve-image-check.XXXXXX")
+
+fail() {
+  echo "image-check: FAILED: $*" >&2
+  exit 1
+}
+
+cleanup() {
+  if command -v podman >/dev/null 2>&1; then
+    podman rm --force --time 0 "$container" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+declare -a step_names=() step_seconds=()
+step_started=0
+step() { # step NAME: start timing a step
+  step_started=$(date +%s.%N)
+  step_names+=("$1")
+  echo "== $1"
+}
+step_done() {
+  step_seconds+=("$(awk -v a="$step_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')")
+}
+
+free_port() {
+  "$venv_python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---- 1. tools -----------------------------------------------------------------------------------
+step "tools (podman, runc, debootstrap)"
+missing=()
+for tool in podman runc debootstrap; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  [[ $(id -u) == 0 ]] || fail "needs ${missing[*]} and is not root to apt-get install them"
+  command -v apt-get >/dev/null 2>&1 || fail "needs ${missing[*]} and there is no apt-get here"
+  echo "installing ${missing[*]} with apt-get"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+    >"$work/apt.log" 2>&1 || { tail -20 "$work/apt.log" >&2; fail "apt-get install ${missing[*]}"; }
+fi
+[[ $(id -u) == 0 ]] || fail "runs rootful podman (see ../shared/notes/containers.md): run as root"
+
+# podman's defaults fail here twice: the default nofile limit cannot be raised, and crun refuses
+# the hybrid cgroup layout. Limits stay at or below what this shell may grant.
+hard_nofile=$(ulimit -Hn)
+[[ $hard_nofile == unlimited ]] && hard_nofile=1048576
+hard_nproc=$(ulimit -Hu)
+[[ $hard_nproc == unlimited ]] && hard_nproc=32768
+nofile=$((hard_nofile < 20000 ? hard_nofile : 20000))
+nproc=$((hard_nproc < 32768 ? hard_nproc : 32768))
+cat >"$work/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+EOF
+export CONTAINERS_CONF=$work/containers.conf
+podman info >/dev/null 2>"$work/podman-info.log" ||
+  { cat "$work/podman-info.log" >&2; fail "podman does not work here (podman info)"; }
+step_done
+
+# ---- 2. base image ------------------------------------------------------------------------------
+step "base image"
+if [[ -n ${BASE_IMAGE:-} ]]; then
+  base_image=$BASE_IMAGE
+  podman image exists "$base_image" || podman pull "$base_image" || fail "cannot pull $base_image"
+else
+  recipe_hash=$(sha256sum deploy/base-image.sh | cut -c1-12)
+  base_image=localhost/python-base:3.11-$recipe_hash
+  if podman image exists "$base_image"; then
+    echo "cached: $base_image"
+  else
+    echo "no cached base: making $base_image with debootstrap (about a minute)"
+    bash deploy/base-image.sh "$base_image" || fail "could not make the base image $base_image"
+  fi
+fi
+step_done
+
+# ---- 3. a tiny model ----------------------------------------------------------------------------
+step "model (tiny digits run: train + export)"
+if [[ ! -x $venv_python ]]; then
+  [[ -n $python_for_venv ]] || fail "no python3 to make .venv with"
+  make -s .venv/.installed PYTHON="$python_for_venv" || fail "could not make .venv"
+fi
+mkdir -p "$work/models"
+chmod 755 "$work" "$work/models"
+"$venv_python" -m bnserve_cli train --out "$work/run" --data digits --hidden 32 --epochs 4 \
+  --seed 0 --no-progress >"$work/train.log" 2>&1 ||
+  { tail -20 "$work/train.log" >&2; fail "bnserve train"; }
+"$venv_python" -m bnserve_cli export "$work/run" --out "$work/models/model.onnx" \
+  >"$work/export.log" 2>&1 || { tail -20 "$work/export.log" >&2; fail "bnserve export"; }
+chmod 644 "$work/models/model.onnx"
+step_done
+
+# ---- 4. build -----------------------------------------------------------------------------------
+step "build $image"
+podman build --pull=never --format docker --network host --layers \
+  --build-arg BASE_IMAGE="$base_image" -t "$image" . >"$work/build.log" 2>&1 ||
+  { tail -30 "$work/build.log" >&2; fail "podman build (log tail above)"; }
+step_done
+
+# ---- 5. run -------------------------------------------------------------------------------------
+step "run"
+grpc_port=$(free_port)
+metrics_port=$(free_port)
+podman run -d --name "$container" --network host \
+  -v "$work/models:/models:ro" \
+  -e BNSERVE_PORT="$grpc_port" -e BNSERVE_METRICS_PORT="$metrics_port" \
+  "$image" >/dev/null || fail "podman run"
+step_done
+
+# ---- 6. probe from the host ---------------------------------------------------------------------
+step "SERVING, score from the host, metrics"
+"$venv_python" deploy/probe_server.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
+  --metrics-port "$metrics_port" --container "$container" --examples 200 --deadline 90 ||
+  {
+    podman logs --tail 40 "$container" >&2 || true
+    fail "the container did not serve correctly (its log tail above)"
+  }
+step_done
+
+# ---- 7. healthcheck and what the image carries --------------------------------------------------
+step "podman healthcheck run; image contents"
+health=$(podman healthcheck run "$container" 2>&1) || fail "HEALTHCHECK: ${health:-unhealthy}"
+echo "HEALTHCHECK: ${health:-healthy}"
+user=$(podman image inspect --format '{{.Config.User}}' "$image")
+[[ -n $user && ${user%%:*} != 0 && ${user%%:*} != root ]] || fail "image runs as root (User=$user)"
+podman run --rm --network none --entrypoint python "$image" -c '
+import importlib.util, shutil, sys
+present = [m for m in ("onnx", "training", "export", "matplotlib", "pytest") if importlib.util.find_spec(m)]
+compilers = [c for c in ("gcc", "cc", "g++", "clang") if shutil.which(c)]
+if present or compilers:
+    sys.exit(f"runtime image carries {present + compilers}")
+print("runtime image: no onnx, training, export, test tools or compilers")
+' || fail "the runtime image carries what serving does not need"
+step_done
+
+# ---- 8. graceful stop ---------------------------------------------------------------------------
+step "podman stop -t 10 (SIGTERM)"
+stop_started=$(date +%s.%N)
+podman stop -t 10 "$container" >/dev/null || fail "podman stop"
+stop_seconds=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
+echo "exited with code $exit_code after ${stop_seconds}s"
+podman logs --tail 3 "$container" 2>&1 | sed 's/^/  container log: /'
+[[ $exit_code == 0 ]] ||
+  fail "server did not exit cleanly on SIGTERM (exit code $exit_code; 137 means killed after -t 10)"
+step_done
+
+# ---- 9. size and timings ------------------------------------------------------------------------
+size_bytes=$(podman image inspect --format '{{.Size}}' "$image")
+size_mb=$(awk -v b="$size_bytes" 'BEGIN { printf "%.0f", b / 1e6 }')
+echo
+echo "image $image: $size_mb MB (limit $max_image_mb MB), base $base_image"
+printf '%-45s %8s\n' step seconds
+for i in "${!step_names[@]}"; do
+  printf '%-45s %8s\n' "${step_names[$i]}" "${step_seconds[$i]}"
+done
+((size_mb <= max_image_mb)) || fail "image is $size_mb MB, over $max_image_mb MB"
+echo "image-check: OK"
