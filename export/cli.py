@@ -1,0 +1,73 @@
+"""`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]` (also `python -m export`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.errors import ExportError
+from export.exporter import ExportReport, ExportSettings, export_run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnserve export",
+        description=(
+            "Fold input standardization and every batch norm (frozen statistics) into affine "
+            "weights and write a float32 ONNX model, verified against the numpy inference path "
+            "on the run's held-out set. Nothing is written if any check fails."
+        ),
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished training run")
+    parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--unfolded",
+        action="store_true",
+        help="keep BatchNormalization nodes and Sub/Div standardization (for audit)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--reference-rows",
+        type=int,
+        default=8,
+        help="held-out rows embedded for the server's parity gate (default 8)",
+    )
+    return parser
+
+
+def _describe(report: ExportReport) -> str:
+    check = report.verification
+    tolerance = check.tolerance
+    bound = (
+        f"{tolerance.abs:g}" if tolerance.rel == 0 else f"{tolerance.abs:g} + {tolerance.rel:g}·|y|"
+    )
+    return (
+        f"wrote {report.out} ({'folded' if report.folded else 'unfolded'}, "
+        f"{report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
+        f"onnxruntime vs numpy on {check.example_count} held-out examples: "
+        f"max abs error {check.max_abs_error:.3g} (tolerance {bound})\n"
+        f"graph sha256 {report.graph_sha256}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run the exporter; prints what was written, or the error and exits 1."""
+    args = _parser().parse_args(argv)
+    if args.reference_rows < 1:
+        print("bnserve export: --reference-rows must be ≥ 1", file=sys.stderr)
+        return 2
+    settings = ExportSettings(
+        run_dir=args.run_dir,
+        out=args.out,
+        unfolded=args.unfolded,
+        force=args.force,
+        reference_rows=args.reference_rows,
+    )
+    try:
+        report = export_run(settings)
+    except ExportError as error:
+        print(f"bnserve export: error: {error}", file=sys.stderr)
+        return 1
+    print(_describe(report))
+    return 0

@@ -1,0 +1,171 @@
+"""Export one training run to a verified ONNX file: load, check, fold, build, verify, write.
+
+Nothing is written unless every step passed; the file appears atomically (a temporary file in
+the same directory, then os.replace), so a reader never sees half a model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from export.errors import ExportError
+from export.fold import fold_params
+from export.graph import build_folded_model, build_unfolded_model
+from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_metadata, graph_sha256
+from export.network import check_params, spec_from_run
+from export.verify import (
+    PROBABILITY_TOLERANCE,
+    Verification,
+    compare_outputs,
+    onnx_session,
+    regression_tolerance,
+    score_onnx,
+)
+from training.errors import RunError
+from training.inference import predict
+from training.rundir import Run, load_run
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What `bnserve export` was asked to do."""
+
+    run_dir: Path  # a finished training run (docs/contracts.md layout)
+    out: Path  # the .onnx file to write
+    unfolded: bool = False  # keep BatchNormalization nodes and Sub/Div standardization (audit)
+    force: bool = False  # replace an existing output file
+    reference_rows: int = 8  # held-out rows embedded in the metadata for the server's parity gate
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written and how well it matched the numpy inference path."""
+
+    out: Path
+    folded: bool
+    verification: Verification
+    node_count: int
+    size_bytes: int
+    graph_sha256: str
+
+
+def export_run(settings: ExportSettings) -> ExportReport:
+    """Export settings.run_dir to settings.out; on bad input raise ExportError, write nothing."""
+    _check_output_path(settings.out, settings.force)
+    try:
+        run = load_run(settings.run_dir)
+    except RunError as error:
+        raise ExportError(f"{settings.run_dir}: not an exportable run: {error}") from None
+    model, tolerance = _build_model(run, unfolded=settings.unfolded)
+    expected = predict(run.params, run.meta, np.asarray(run.heldout_x, dtype=np.float64))
+    session = onnx_session(model.SerializeToString())
+    verification = compare_outputs(
+        score_onnx(session, run.heldout_x), expected, run.meta["task"], tolerance
+    )
+    if not verification.passed:
+        raise ExportError(_verification_failure(settings.run_dir, verification))
+    metadata = build_metadata(
+        meta=run.meta,
+        training=_training_summary(run),
+        folded=not settings.unfolded,
+        fold_max_abs_error=verification.max_abs_error,
+        tolerance=tolerance,
+        references=reference_rows(run, settings.reference_rows),
+        model=model,
+    )
+    attach_metadata(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    payload = model.SerializeToString()
+    write_atomically(settings.out, payload)
+    return ExportReport(
+        out=settings.out,
+        folded=not settings.unfolded,
+        verification=verification,
+        node_count=len(model.graph.node),
+        size_bytes=len(payload),
+        graph_sha256=graph_sha256(model),
+    )
+
+
+def _check_output_path(out: Path, force: bool) -> None:
+    if out.is_dir():
+        raise ExportError(f"{out}: is a directory; --out needs a file name such as model.onnx")
+    if out.exists() and not force:
+        raise ExportError(f"{out}: already exists; pass --force to replace it")
+
+
+def _build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance]:
+    spec = spec_from_run(run.meta, run.config.hidden)
+    check_params(run.params, spec)
+    params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
+    structure: dict[str, Any] = {
+        "hidden_count": len(spec.hidden_sizes),
+        "batchnorm": spec.batchnorm,
+        "epsilon": spec.epsilon,
+        "activation": spec.activation,
+        "task": spec.task,
+    }
+    if unfolded:
+        model = build_unfolded_model(params, **structure)
+    else:
+        model = build_folded_model(fold_params(params, **structure))
+    if spec.task == "classification":
+        return model, PROBABILITY_TOLERANCE
+    return model, regression_tolerance(params["target.std"])
+
+
+def _verification_failure(run_dir: Path, verification: Verification) -> str:
+    return (
+        f"{run_dir}: the ONNX model does not reproduce the numpy inference path on the held-out "
+        f"set: max abs error {verification.max_abs_error:.3g}, {verification.failures} value(s) "
+        f"outside |Δ| ≤ {verification.tolerance.abs:g} + {verification.tolerance.rel:g}·|y| "
+        f"(worst at held-out row {verification.worst_example}), "
+        f"{verification.label_mismatches} label(s) differ; nothing written"
+    )
+
+
+def reference_rows(run: Run, count: int) -> ReferenceRows:
+    """`count` held-out rows spread over the set, rounded to float32 as the model sees them,
+    with the numpy inference path's float64 outputs on exactly those values."""
+    heldout = np.asarray(run.heldout_x, dtype=np.float64)
+    indices = np.unique(
+        np.linspace(0, heldout.shape[0] - 1, min(count, heldout.shape[0])).astype(int)
+    )
+    inputs = heldout[indices].astype(np.float32)
+    outputs = predict(run.params, run.meta, inputs.astype(np.float64))
+    if run.meta["task"] == "classification":
+        return ReferenceRows(
+            inputs, {"probabilities": outputs, "label": np.argmax(outputs, axis=1)}
+        )
+    return ReferenceRows(inputs, {"y": outputs})
+
+
+def _training_summary(run: Run) -> dict[str, Any]:
+    metric_keys = ("test_accuracy", "test_rmse", "dev_error", "created_at")
+    return {
+        "config": run.config.to_dict(),
+        "metrics": {key: run.meta[key] for key in metric_keys if key in run.meta},
+    }
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write payload to path via a temporary file in the same directory and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a server under another user reads it
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

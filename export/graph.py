@@ -1,0 +1,174 @@
+"""Build the ONNX graph: folded (Gemm + activation) or unfolded (Sub/Div, Gemm, BatchNormalization).
+
+Input `x` float32 [N, F] of raw features; outputs `probabilities` float32 [N, C] and `label`
+int64 [N] (classification) or `y` float32 [N, T] (regression). Opset 17, batch dimension "N".
+Every model passes `onnx.checker` before it is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.fold import FoldedNetwork
+
+OPSET = 17
+# IR 8 is what opset 17 was released with; onnxruntime ≥ 1.20 loads it (onnx 1.20 would
+# otherwise stamp a newer IR version than older runtimes accept).
+IR_VERSION = 8
+BATCH_DIM = "N"
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+class _GraphBuilder:
+    """Collects nodes and float32 initializers; names every node after the layer it belongs to."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        self.initializers.append(numpy_helper.from_array(array, name=name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attributes: object) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attributes))
+        return output
+
+
+def _input_info(feature_count: int) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH_DIM, feature_count])
+
+
+def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
+    if task == "classification":
+        return [
+            helper.make_tensor_value_info(
+                "probabilities", TensorProto.FLOAT, [BATCH_DIM, output_count]
+            ),
+            helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH_DIM]),
+        ]
+    return [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH_DIM, output_count])]
+
+
+def _add_classification_head(builder: _GraphBuilder, logits: str) -> None:
+    probabilities = builder.node("Softmax", [logits], "probabilities", "output.softmax", axis=1)
+    # The label is the argmax of the probabilities the caller sees, so the two always agree.
+    builder.node("ArgMax", [probabilities], "label", "output.argmax", axis=1, keepdims=0)
+
+
+def _finish(
+    builder: _GraphBuilder, task: str, feature_count: int, output_count: int, graph_name: str
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        builder.nodes,
+        graph_name,
+        [_input_info(feature_count)],
+        _output_infos(task, output_count),
+        initializer=builder.initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="bnserve",
+        doc_string="bnserve MLP: raw float32 features in, "
+        + ("probabilities and label out" if task == "classification" else "y out"),
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_folded_model(network: FoldedNetwork) -> onnx.ModelProto:
+    """The folded network as Gemm → activation → … → Gemm (→ Softmax, ArgMax): no BN node."""
+    builder = _GraphBuilder()
+    activation_op = ACTIVATION_OPS[network.activation]
+    a = "x"
+    last = len(network.layers) - 1
+    for index, layer in enumerate(network.layers):
+        prefix = "output" if index == last else f"hidden{index + 1}"
+        weight = builder.constant(f"{prefix}.weight", layer.weight)
+        bias = builder.constant(f"{prefix}.bias", layer.bias)
+        if index == last:
+            z_name = "y" if network.task == "regression" else "logits"
+            z = builder.node("Gemm", [a, weight, bias], z_name, f"{prefix}.gemm")
+        else:
+            z = builder.node("Gemm", [a, weight, bias], f"{prefix}.z", f"{prefix}.gemm")
+            a = builder.node(activation_op, [z], f"{prefix}.a", f"{prefix}.{network.activation}")
+    if network.task == "classification":
+        _add_classification_head(builder, z)
+    feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
+    return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded")
+
+
+def build_unfolded_model(
+    params: Mapping[str, np.ndarray],
+    *,
+    hidden_count: int,
+    batchnorm: bool,
+    epsilon: float,
+    activation: str,
+    task: str,
+) -> onnx.ModelProto:
+    """The network as trained: Sub/Div standardization, Gemm, BatchNormalization, activation.
+
+    For audit and comparison with the folded model; params in the params.npz layout, already
+    checked by `export.network.check_params`.
+    """
+    builder = _GraphBuilder()
+    activation_op = ACTIVATION_OPS[activation]
+    centred = builder.node(
+        "Sub",
+        ["x", builder.constant("input.mean", params["input.mean"])],
+        "input.centred",
+        "input.sub",
+    )
+    a = builder.node(
+        "Div", [centred, builder.constant("input.std", params["input.std"])], "input.z", "input.div"
+    )
+    for index in range(1, hidden_count + 1):
+        prefix = f"hidden{index}"
+        weight = builder.constant(f"{prefix}.W", params[f"{prefix}.W"])
+        if batchnorm:
+            z = builder.node("Gemm", [a, weight], f"{prefix}.z", f"{prefix}.gemm")
+            statistics = [
+                builder.constant(f"{prefix}.{name}", params[f"{prefix}.{name}"])
+                for name in ("gamma", "beta", "running_mean", "running_var")
+            ]
+            z = builder.node(
+                "BatchNormalization",
+                [z, *statistics],
+                f"{prefix}.z_bn",
+                f"{prefix}.batchnorm",
+                epsilon=float(epsilon),
+            )
+        else:
+            bias = builder.constant(f"{prefix}.b", params[f"{prefix}.b"])
+            z = builder.node("Gemm", [a, weight, bias], f"{prefix}.z", f"{prefix}.gemm")
+        a = builder.node(activation_op, [z], f"{prefix}.a", f"{prefix}.{activation}")
+    output_w = builder.constant("output.W", params["output.W"])
+    output_b = builder.constant("output.b", params["output.b"])
+    if task == "classification":
+        logits = builder.node("Gemm", [a, output_w, output_b], "logits", "output.gemm")
+        _add_classification_head(builder, logits)
+    else:
+        y_std = builder.node("Gemm", [a, output_w, output_b], "y_standardized", "output.gemm")
+        scaled = builder.node(
+            "Mul",
+            [y_std, builder.constant("target.std", params["target.std"])],
+            "y_scaled",
+            "target.mul",
+        )
+        builder.node(
+            "Add",
+            [scaled, builder.constant("target.mean", params["target.mean"])],
+            "y",
+            "target.add",
+        )
+    feature_count = params["input.mean"].shape[0]
+    output_count = params["output.b"].shape[0]
+    return _finish(builder, task, feature_count, output_count, "bnserve_mlp_unfolded")

@@ -1,0 +1,177 @@
+"""Check a run's parameters against its config and meta, then fold them: the explaining wrapper.
+
+`export.fold` holds the pure arithmetic; this module makes sure the arrays it receives are the
+ones the run's config describes, finite, and safe to divide by, and says exactly what is wrong
+otherwise (file, key, shape, unit index).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError
+from export.fold import HIDDEN_ACTIVATIONS, FoldedNetwork, fold_params
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a run's config and meta say the network is; parameters are checked against it."""
+
+    feature_count: int
+    hidden_sizes: tuple[int, ...]
+    output_count: int  # classes C or targets T
+    activation: str
+    batchnorm: bool
+    epsilon: float
+    task: str
+
+
+def spec_from_run(meta: Mapping[str, Any], hidden_sizes: Sequence[int]) -> NetworkSpec:
+    """Read the network's shape from meta.json and the config's hidden sizes; explain bad values."""
+    task = meta.get("task")
+    if task not in TASKS:
+        raise ExportError(f"meta.json: 'task' is {task!r}; expected one of {TASKS}")
+    activation = meta.get("activation")
+    if activation not in HIDDEN_ACTIVATIONS:
+        raise ExportError(
+            f"meta.json: 'activation' is {activation!r}; expected one of {HIDDEN_ACTIVATIONS}"
+        )
+    batchnorm = meta.get("batchnorm")
+    if not isinstance(batchnorm, bool):
+        raise ExportError(f"meta.json: 'batchnorm' is {batchnorm!r}; expected true or false")
+    epsilon = meta.get("epsilon")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise ExportError(f"meta.json: 'epsilon' is {epsilon!r}; expected a number")
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ExportError(f"meta.json: 'epsilon' is {epsilon!r}; expected a finite number ≥ 0")
+    names_key = "class_names" if task == "classification" else "target_names"
+    feature_names = _string_list(meta, "feature_names")
+    output_names = _string_list(meta, names_key)
+    if task == "classification" and len(output_names) < 2:
+        raise ExportError(f"meta.json: 'class_names' has {len(output_names)} entries; need ≥ 2")
+    if any(
+        isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in hidden_sizes
+    ):
+        raise ExportError(f"config.json: hidden sizes {list(hidden_sizes)!r} must be integers ≥ 1")
+    return NetworkSpec(
+        feature_count=len(feature_names),
+        hidden_sizes=tuple(hidden_sizes),
+        output_count=len(output_names),
+        activation=activation,
+        batchnorm=batchnorm,
+        epsilon=float(epsilon),
+        task=task,
+    )
+
+
+def _string_list(meta: Mapping[str, Any], key: str) -> list[str]:
+    value = meta.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ExportError(f"meta.json: {key!r} is {value!r}; expected a non-empty list of names")
+    return value
+
+
+def expected_shapes(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
+    """Every params.npz key the spec requires, with its shape (docs/contracts.md)."""
+    widths = (spec.feature_count, *spec.hidden_sizes)
+    shapes: dict[str, tuple[int, ...]] = {
+        "input.mean": (spec.feature_count,),
+        "input.std": (spec.feature_count,),
+    }
+    for index, (fan_in, width) in enumerate(itertools.pairwise(widths), start=1):
+        prefix = f"hidden{index}"
+        shapes[f"{prefix}.W"] = (fan_in, width)
+        if spec.batchnorm:
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                shapes[f"{prefix}.{name}"] = (width,)
+        else:
+            shapes[f"{prefix}.b"] = (width,)
+    shapes["output.W"] = (widths[-1], spec.output_count)
+    shapes["output.b"] = (spec.output_count,)
+    if spec.task == "regression":
+        shapes["target.mean"] = (spec.output_count,)
+        shapes["target.std"] = (spec.output_count,)
+    return shapes
+
+
+def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
+    """Raise ExportError unless params hold exactly the spec's keys and shapes, finite, foldable.
+
+    Foldable: running_var + ε > 0 (so 1/√(σ²+ε) exists) and input/target std > 0.
+    """
+    shapes = expected_shapes(spec)
+    missing = sorted(set(shapes) - set(params))
+    unexpected = sorted(set(params) - set(shapes))
+    described = (
+        f"{spec.feature_count} features, hidden {list(spec.hidden_sizes)}, "
+        f"{spec.output_count} outputs, batchnorm {'on' if spec.batchnorm else 'off'}"
+    )
+    if missing:
+        raise ExportError(
+            f"params.npz: missing {', '.join(missing)}; the config describes {described}"
+        )
+    if unexpected:
+        raise ExportError(
+            f"params.npz: unexpected {', '.join(unexpected)}; the config describes {described}"
+        )
+    for key, shape in shapes.items():
+        value = params[key]
+        if value.shape != shape:
+            raise ExportError(
+                f"params.npz: {key!r} has shape {value.shape}, but the config ({described}) "
+                f"needs {shape}"
+            )
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ExportError(f"params.npz: {key!r} has dtype {value.dtype}; expected floats")
+        bad = np.flatnonzero(~np.isfinite(value))
+        if bad.size:
+            where = np.unravel_index(bad[0], shape)
+            raise ExportError(
+                f"params.npz: {key!r} has {bad.size} non-finite value(s), first "
+                f"{value[where]} at index {tuple(int(i) for i in where)}"
+            )
+    for key in ("input.std", "target.std"):
+        if key in shapes:
+            _require_positive(key, params[key], 0.0, "standard deviations must be > 0")
+    if spec.batchnorm:
+        for index in range(1, len(spec.hidden_sizes) + 1):
+            key = f"hidden{index}.running_var"
+            _require_positive(
+                key,
+                params[key],
+                spec.epsilon,
+                f"running_var + ε (ε = {spec.epsilon:g}) must be > 0",
+            )
+
+
+def _require_positive(key: str, value: np.ndarray, offset: float, why: str) -> None:
+    bad = np.flatnonzero(value + offset <= 0)
+    if bad.size:
+        raise ExportError(
+            f"params.npz: {key!r} is {value[bad[0]]!r} at unit {int(bad[0])} "
+            f"({bad.size} unit(s) in all): {why}"
+        )
+
+
+def fold_checked(
+    params: Mapping[str, np.ndarray], meta: Mapping[str, Any], hidden_sizes: Sequence[int]
+) -> FoldedNetwork:
+    """Check params against meta and the config's hidden sizes, then fold them in float64."""
+    spec = spec_from_run(meta, hidden_sizes)
+    check_params(params, spec)
+    return fold_params(
+        dict(params),
+        hidden_count=len(spec.hidden_sizes),
+        batchnorm=spec.batchnorm,
+        epsilon=spec.epsilon,
+        activation=spec.activation,
+        task=spec.task,
+    )
