@@ -1,0 +1,173 @@
+"""TrainConfig: every setting of a training run, in one frozen dataclass saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+TASKS = ("classification", "regression")
+STATS_MODES = ("ema", "population")
+RUNNING_VAR_MODES = ("unbiased", "biased")
+
+# Settings a resumed run may change (babysitting); anything else would make it another model.
+RESUMABLE_FIELDS = (
+    "optimizer",
+    "lr",
+    "beta1",
+    "beta2",
+    "adam_epsilon",
+    "momentum",
+    "rho",
+    "lr_decay",
+    "batch_size",
+    "epochs",
+    "dropout",
+    "l2",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; `from_dict` validates, `to_dict` is what config.json holds."""
+
+    data: str = "digits"  # "digits" (built in) or a path to a .csv (with header) or .npz file
+    target: str | None = None  # CSV target column name; None = the last column
+    task: str | None = None  # "classification" | "regression"; None = inferred from the target
+    hidden: tuple[int, ...] = (128, 128)  # width of each hidden layer, input side first
+    activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
+    batchnorm: bool = True  # batch norm on every hidden layer (False: plain affine with bias)
+    optimizer: str = "adam"  # sgd | momentum | rmsprop | adam
+    lr: float = 1e-3  # learning rate at the start of the current settings
+    beta1: float = 0.9  # Adam: decay of the first-moment average
+    beta2: float = 0.999  # Adam: decay of the second-moment average
+    adam_epsilon: float = 1e-8  # Adam and RMSprop: added to the root of the second moment
+    momentum: float = 0.9  # momentum optimizer: velocity decay
+    rho: float = 0.99  # RMSprop: decay of the squared-gradient average
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    batch_size: int = 64  # examples per mini-batch (a last batch of one joins the previous one)
+    epochs: int = 30  # total epochs of the run (resuming with a larger value trains on)
+    bn_momentum: float = 0.1  # PyTorch convention: running = (1 − m)·running + m·batch
+    bn_epsilon: float = 1e-5  # added to the variance inside the square root
+    running_var: str = "unbiased"  # EMA of the batch variance times m/(m−1) ("unbiased") or not
+    stats: str = "ema"  # frozen statistics: "ema" of mini-batches or exact "population" at the end
+    dropout: float = 0.0  # probability of dropping a hidden unit during training (inverted)
+    l2: float = 0.0  # L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)
+    seed: int = 0  # seeds the split, the initial weights, shuffling and dropout
+    dev_fraction: float = 0.15  # share of rows held out for the dev error (model selection)
+    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. config.json); unknown or invalid fields raise ValueError."""
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        converted = {name: _convert(name, value) for name, value in values.items()}
+        return cls(**converted)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (tuples become lists)."""
+        values = dataclasses.asdict(self)
+        values["hidden"] = list(self.hidden)
+        return values
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated like `from_dict`)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+_INT_FIELDS = ("batch_size", "epochs", "seed")
+_FLOAT_FIELDS = (
+    "lr",
+    "beta1",
+    "beta2",
+    "adam_epsilon",
+    "momentum",
+    "rho",
+    "lr_decay",
+    "bn_momentum",
+    "bn_epsilon",
+    "dropout",
+    "l2",
+    "dev_fraction",
+    "test_fraction",
+)
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Coerce JSON-ish values (lists, ints for floats) to the field's type; ValueError names it."""
+    try:
+        if name == "hidden":
+            if isinstance(value, str):
+                value = [part for part in value.split(",") if part.strip()]
+            return tuple(_as_int(width) for width in value)
+        if name in _INT_FIELDS:
+            return _as_int(value)
+        if name in _FLOAT_FIELDS:
+            if isinstance(value, bool):
+                raise TypeError("a boolean is not a number")
+            return float(value)
+        if name == "batchnorm" and not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config field {name!r}: {error}") from None
+    return value
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"config field {field!r} = {value!r} is invalid: must be {allowed}")
+
+
+def _validate(config: TrainConfig) -> None:
+    _check(isinstance(config.data, str) and config.data != "", "data", config.data, "non-empty")
+    _check(config.task in (None, *TASKS), "task", config.task, f"one of {TASKS} or None")
+    _check(len(config.hidden) >= 1, "hidden", config.hidden, "at least one hidden layer")
+    for index, width in enumerate(config.hidden, start=1):
+        _check(
+            width >= 1, "hidden", config.hidden, f"≥ 1 unit per layer (layer {index} is {width})"
+        )
+    _check(config.activation in ACTIVATIONS, "activation", config.activation, f"in {ACTIVATIONS}")
+    _check(config.optimizer in OPTIMIZERS, "optimizer", config.optimizer, f"in {OPTIMIZERS}")
+    _check(config.lr > 0, "lr", config.lr, "> 0")
+    for name in ("beta1", "beta2", "momentum", "rho"):
+        value = getattr(config, name)
+        _check(0 <= value < 1, name, value, "in [0, 1)")
+    _check(config.adam_epsilon > 0, "adam_epsilon", config.adam_epsilon, "> 0")
+    _check(0 < config.lr_decay <= 1, "lr_decay", config.lr_decay, "in (0, 1]")
+    min_batch = 2 if config.batchnorm else 1
+    _check(
+        config.batch_size >= min_batch,
+        "batch_size",
+        config.batch_size,
+        f"≥ {min_batch} (batch norm needs two examples for a variance)",
+    )
+    _check(config.epochs >= 1, "epochs", config.epochs, "≥ 1")
+    _check(0 < config.bn_momentum <= 1, "bn_momentum", config.bn_momentum, "in (0, 1]")
+    _check(config.bn_epsilon > 0, "bn_epsilon", config.bn_epsilon, "> 0")
+    _check(
+        config.running_var in RUNNING_VAR_MODES,
+        "running_var",
+        config.running_var,
+        f"in {RUNNING_VAR_MODES}",
+    )
+    _check(config.stats in STATS_MODES, "stats", config.stats, f"in {STATS_MODES}")
+    _check(0 <= config.dropout < 1, "dropout", config.dropout, "in [0, 1)")
+    _check(config.l2 >= 0, "l2", config.l2, "≥ 0")
+    _check(0 <= config.seed < 2**32, "seed", config.seed, "in [0, 2**32)")
+    for name in ("dev_fraction", "test_fraction"):
+        value = getattr(config, name)
+        _check(0 < value < 0.5, name, value, "in (0, 0.5)")

@@ -1,0 +1,272 @@
+"""Data: the built-in digits, CSV with a header, NPZ; task inference; seeded split; standardization.
+
+Every error names the file and the row/column. Rows are counted as in the file: a CSV's header is
+line 1, its first data row line 2; NPZ rows count from 0 like the array.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.errors import DataError
+
+DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
+# A numeric target with at most this many distinct integer values is taken as class labels.
+MAX_INFERRED_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Examples as loaded: x (N, F) float64; y (N,) int64 class indices or (N, T) float64."""
+
+    x: np.ndarray
+    y: np.ndarray
+    task: str  # classification | regression
+    feature_names: list[str]
+    class_names: list[str] | None  # classification: the name of each class index
+    target_names: list[str] | None  # regression: the name of each target column
+    source: str  # where it came from, for messages
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of the train, dev and test parts."""
+
+    train: np.ndarray
+    dev: np.ndarray
+    test: np.ndarray
+
+
+def load_dataset(source: str, *, target: str | None = None, task: str | None = None) -> Dataset:
+    """Load "digits", a .csv (with header) or a .npz ("x", "y", optional "feature_names")."""
+    if source == "digits":
+        return _load_digits(task)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"{source}: no such data file (use 'digits', a .csv or a .npz file)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _load_csv(path, target, task)
+    if suffix == ".npz":
+        if target is not None:
+            raise DataError(f"{path}: --target names a CSV column; an NPZ file's target is 'y'")
+        return _load_npz(path, task)
+    raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv or .npz)")
+
+
+def _load_digits(task: str | None) -> Dataset:
+    with gzip.open(DIGITS_PATH, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
+    names = [f"pixel_{row}_{col}" for row in range(8) for col in range(8)]
+    labels = table[:, -1].astype(np.int64)
+    return _build(table[:, :-1], [str(v) for v in labels], names, "target", task, "digits")
+
+
+def _load_csv(path: Path, target: str | None, task: str | None) -> Dataset:
+    text = path.read_text(encoding="utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise DataError(f"{path}: empty file (a header line is needed)")
+    header = [name.strip() for name in rows[0]]
+    target_name = target if target is not None else header[-1]
+    if target_name not in header:
+        raise DataError(f"{path}: target column {target_name!r} not found in header {header}")
+    target_col = header.index(target_name)
+    feature_cols = [col for col in range(len(header)) if col != target_col]
+    if not feature_cols:
+        raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
+    data_rows = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+    features = np.empty((len(data_rows), len(feature_cols)), dtype=np.float64)
+    targets: list[str] = []
+    for index, (line, row) in enumerate(data_rows):
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}: line {line} has {len(row)} cells, the header has {len(header)}"
+            )
+        for out_col, col in enumerate(feature_cols):
+            features[index, out_col] = _parse_number(row[col], path, line, header[col])
+        cell = row[target_col].strip()
+        if cell == "":
+            raise DataError(f"{path}: line {line}, column {target_name!r}: missing target value")
+        if not _is_finite_or_text(cell):
+            raise DataError(f"{path}: line {line}, column {target_name!r}: {cell!r} is not finite")
+        targets.append(cell)
+    names = [header[col] for col in feature_cols]
+    return _build(features, targets, names, target_name, task, str(path))
+
+
+def _parse_number(cell: str, path: Path, line: int, column: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(
+            f"{path}: line {line}, column {column!r}: {cell!r} is not a number"
+        ) from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}: line {line}, column {column!r}: {cell!r} is not finite")
+    return value
+
+
+def _is_finite_or_text(cell: str) -> bool:
+    try:
+        return math.isfinite(float(cell))
+    except ValueError:
+        return True  # a class name such as "setosa"
+
+
+def _load_npz(path: Path, task: str | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ValueError as error:
+        raise DataError(f"{path}: cannot read without pickle ({error})") from None
+    except Exception as error:
+        raise DataError(f"{path}: not a readable .npz file ({error})") from None
+    for name in ("x", "y"):
+        if name not in arrays:
+            raise DataError(f"{path}: missing array {name!r} (found {sorted(arrays)})")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim != 2:
+        raise DataError(f"{path}: 'x' must be 2-D (rows, features), got shape {x.shape}")
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise DataError(f"{path}: 'y' shape {y.shape} does not match 'x' rows {x.shape[0]}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{path}: 'x' has non-numeric dtype {x.dtype}")
+    x = x.astype(np.float64)
+    _check_finite(x, f"{path}: 'x'")
+    if "feature_names" in arrays:
+        names = [str(name) for name in arrays["feature_names"].tolist()]
+        if len(names) != x.shape[1]:
+            raise DataError(
+                f"{path}: 'feature_names' has {len(names)} names, 'x' has {x.shape[1]} columns"
+            )
+    else:
+        names = [f"x{col}" for col in range(x.shape[1])]
+    if y.ndim == 2:
+        if task == "classification":
+            raise DataError(f"{path}: 2-D 'y' {y.shape} is a regression target")
+        return _regression(x, _numeric_targets(y, path), names, None, str(path))
+    if np.issubdtype(y.dtype, np.number):
+        _check_finite(y.astype(np.float64)[:, None], f"{path}: 'y'")
+        cells = [repr(float(v)) if not float(v).is_integer() else str(int(v)) for v in y]
+    else:
+        cells = [str(v) for v in y.tolist()]
+    return _build(x, cells, names, "y", task, str(path))
+
+
+def _numeric_targets(y: np.ndarray, path: Path) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{path}: regression target 'y' has non-numeric dtype {y.dtype}")
+    y = y.astype(np.float64)
+    _check_finite(y, f"{path}: 'y'")
+    return y
+
+
+def _check_finite(values: np.ndarray, where: str) -> None:
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        row, col = (int(v) for v in bad[0])
+        raise DataError(f"{where}: row {row}, column {col} is {values[row, col]} (not finite)")
+
+
+def _build(
+    x: np.ndarray,
+    target_cells: list[str],
+    feature_names: list[str],
+    target_name: str,
+    task: str | None,
+    source: str,
+) -> Dataset:
+    """Turn target strings into class indices or numbers, inferring the task when not given."""
+    if x.shape[0] == 0:
+        raise DataError(f"{source}: no data rows")
+    if x.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns")
+    numbers = _try_numbers(target_cells)
+    if task is None:
+        task = _infer_task(numbers)
+    if task == "regression":
+        if numbers is None:
+            first_bad = next(c for c in target_cells if _try_numbers([c]) is None)
+            raise DataError(
+                f"{source}: regression target {target_name!r} has non-numeric value {first_bad!r}"
+            )
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:
+            raise DataError(f"{source}: target {target_name!r} row {bad[0]} is not finite")
+        return _regression(x, numbers[:, None], feature_names, [target_name], source)
+    if numbers is not None:
+        # numeric labels sort by value ("2" before "10")
+        class_names = sorted(set(target_cells), key=lambda cell: float(cell))
+    else:
+        class_names = sorted(set(target_cells))
+    if len(class_names) < 2:
+        raise DataError(
+            f"{source}: target {target_name!r} has a single class {class_names[0]!r}; "
+            "classification needs at least two"
+        )
+    index_of = {name: index for index, name in enumerate(class_names)}
+    y = np.array([index_of[cell] for cell in target_cells], dtype=np.int64)
+    return Dataset(x, y, "classification", feature_names, class_names, None, source)
+
+
+def _regression(
+    x: np.ndarray, y: np.ndarray, names: list[str], target_names: list[str] | None, source: str
+) -> Dataset:
+    if target_names is None:
+        target_names = [f"y{col}" for col in range(y.shape[1])]
+    return Dataset(x, y, "regression", names, None, target_names, source)
+
+
+def _try_numbers(cells: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(cell) for cell in cells], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _infer_task(numbers: np.ndarray | None) -> str:
+    """Strings or few distinct integers: classification; other numbers: regression."""
+    if numbers is None:
+        return "classification"
+    finite = numbers[np.isfinite(numbers)]
+    integral = bool(np.all(finite == np.round(finite)))
+    if integral and len(np.unique(finite)) <= MAX_INFERRED_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def split_rows(
+    n_rows: int, *, dev_fraction: float, test_fraction: float, seed: int, source: str = "data"
+) -> Split:
+    """Seeded random split into train/dev/test; dev and test get at least one row each."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the split never depends on the net
+    order = rng.permutation(n_rows)
+    n_test = max(1, round(n_rows * test_fraction))
+    n_dev = max(1, round(n_rows * dev_fraction))
+    n_train = n_rows - n_test - n_dev
+    if n_train < 2:
+        raise DataError(
+            f"{source}: {n_rows} rows leave {max(n_train, 0)} training row(s) after the dev/test "
+            "split; at least 2 are needed"
+        )
+    return Split(
+        train=np.sort(order[:n_train]),
+        dev=np.sort(order[n_train : n_train + n_dev]),
+        test=np.sort(order[n_train + n_dev :]),
+    )
+
+
+def fit_standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (F,) of the training split; a constant column gets std 1."""
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0
+    return mean, std

@@ -1,0 +1,174 @@
+"""The MLP: chains the layer functions. Parameters live in a flat dict keyed as docs/contracts.md.
+
+hidden{i}: z = a @ W, then batch norm (γ, β, running μ/σ²) or + b, then the activation, then
+dropout (training only); output: scores = a @ W + b. The input is already standardized here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training import layers
+from training.layers import BatchNormSettings, RunningStats
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The shape of the computation (the arrays themselves live in the params dict)."""
+
+    n_hidden: int  # number of hidden layers
+    activation: str  # relu | tanh | sigmoid
+    batchnorm: bool  # batch norm on every hidden layer (else a bias)
+    bn: BatchNormSettings = field(default_factory=BatchNormSettings)
+    dropout: float = 0.0  # drop probability after each hidden activation (training only)
+
+
+def init_params(
+    layer_sizes: list[int],
+    *,
+    activation: str,
+    batchnorm: bool,
+    rng: np.random.Generator,
+    dtype: type = np.float32,
+) -> dict[str, np.ndarray]:
+    """Initial parameters for layer sizes [F, n_1, ..., n_L, C]: He (relu) or Xavier weights."""
+    params: dict[str, np.ndarray] = {}
+    gain = 2.0 if activation == "relu" else 1.0
+    names = [f"hidden{i}" for i in range(1, len(layer_sizes) - 1)] + ["output"]
+    for name, fan_in, fan_out in zip(names, layer_sizes[:-1], layer_sizes[1:], strict=True):
+        std = np.sqrt(gain / fan_in) if name != "output" else np.sqrt(1.0 / fan_in)
+        params[f"{name}.W"] = (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
+        if name != "output" and batchnorm:
+            params[f"{name}.gamma"] = np.ones(fan_out, dtype)
+            params[f"{name}.beta"] = np.zeros(fan_out, dtype)
+            params[f"{name}.running_mean"] = np.zeros(fan_out, dtype)
+            params[f"{name}.running_var"] = np.ones(fan_out, dtype)
+        else:
+            params[f"{name}.b"] = np.zeros(fan_out, dtype)
+    return params
+
+
+def learnable_names(params: dict[str, np.ndarray]) -> list[str]:
+    """Names the optimizer updates: W, b, γ, β (not running statistics or standardization)."""
+    suffixes = (".W", ".b", ".gamma", ".beta")
+    return [name for name in params if name.endswith(suffixes) and not name.startswith("input.")]
+
+
+def forward(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    spec: NetSpec,
+    *,
+    train: bool,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, list[tuple], dict[str, np.ndarray]]:
+    """Scores (N, C or T) for standardized x (N, F).
+
+    Returns (scores, caches, running): `running` holds the updated running statistics
+    ("hidden{i}.running_mean/var") when training with batch norm, else it is empty.
+    """
+    activation_forward = layers.ACTIVATION_FUNCTIONS[spec.activation][0]
+    caches: list[tuple] = []
+    running: dict[str, np.ndarray] = {}
+    a = x
+    for i in range(1, spec.n_hidden + 1):
+        name = f"hidden{i}"
+        if spec.batchnorm:
+            z, affine_cache = layers.affine_forward(a, params[f"{name}.W"])
+            state = RunningStats(params[f"{name}.running_mean"], params[f"{name}.running_var"])
+            z, norm_cache, new_state = layers.batchnorm_forward(
+                z, params[f"{name}.gamma"], params[f"{name}.beta"], state, spec.bn, train=train
+            )
+            if train:
+                running[f"{name}.running_mean"], running[f"{name}.running_var"] = new_state
+        else:
+            z, affine_cache = layers.affine_forward(a, params[f"{name}.W"], params[f"{name}.b"])
+            norm_cache = None
+        a, activation_cache = activation_forward(z)
+        dropout_mask = None
+        if train and spec.dropout > 0:
+            a, dropout_mask = layers.dropout_forward(a, spec.dropout, rng)
+        caches.append((affine_cache, norm_cache, activation_cache, dropout_mask))
+    scores, output_cache = layers.affine_forward(a, params["output.W"], params["output.b"])
+    caches.append(output_cache)
+    return scores, caches, running
+
+
+def backward(dscores: np.ndarray, caches: list[tuple], spec: NetSpec) -> dict[str, np.ndarray]:
+    """Gradients of every learnable parameter from dscores (N, C or T) and training caches."""
+    activation_backward = layers.ACTIVATION_FUNCTIONS[spec.activation][1]
+    grads: dict[str, np.ndarray] = {}
+    da, grads["output.W"], grads["output.b"] = layers.affine_backward(dscores, caches[-1])
+    for i in range(spec.n_hidden, 0, -1):
+        name = f"hidden{i}"
+        affine_cache, norm_cache, activation_cache, dropout_mask = caches[i - 1]
+        if dropout_mask is not None:
+            da = layers.dropout_backward(da, dropout_mask)
+        dz = activation_backward(da, activation_cache)
+        if spec.batchnorm:
+            dz, grads[f"{name}.gamma"], grads[f"{name}.beta"] = layers.batchnorm_backward(
+                dz, norm_cache
+            )
+        da, grads[f"{name}.W"], db = layers.affine_backward(dz, affine_cache, input_grad=i > 1)
+        if not spec.batchnorm:
+            grads[f"{name}.b"] = db
+    return grads
+
+
+def loss_and_grads(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    spec: NetSpec,
+    *,
+    task: str,
+    l2: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Training step maths: (cost, grads, running statistics) for x (N, F) and y.
+
+    y: (N,) int labels (classification) or (N, T) standardized targets (regression). The cost
+    is the mean loss plus 0.5·l2·ΣW² over weight matrices.
+    """
+    scores, caches, running = forward(params, x, spec, train=True, rng=rng)
+    if task == "classification":
+        cost, dscores = layers.softmax_cross_entropy(scores, y)
+    else:
+        cost, dscores = layers.mse_loss(scores, y)
+    grads = backward(dscores, caches, spec)
+    if l2 > 0:
+        for name, grad in grads.items():
+            if name.endswith(".W"):
+                weights = params[name]
+                cost += 0.5 * l2 * float(np.einsum("ij,ij->", weights, weights))
+                grad += l2 * weights
+    return cost, grads, running
+
+
+def population_statistics(
+    params: dict[str, np.ndarray], x: np.ndarray, spec: NetSpec
+) -> dict[str, np.ndarray]:
+    """Exact μ, σ² of every hidden layer's z over all of x (N, F), with the final weights.
+
+    Layer by layer: each layer's z is computed with the earlier layers already normalized by
+    their population statistics. The variance is unbiased (N/(N − 1)) when spec.bn.unbiased.
+    """
+    stats: dict[str, np.ndarray] = {}
+    activation_forward = layers.ACTIVATION_FUNCTIONS[spec.activation][0]
+    a = x
+    n = x.shape[0]
+    for i in range(1, spec.n_hidden + 1):
+        name = f"hidden{i}"
+        z, _ = layers.affine_forward(a, params[f"{name}.W"])
+        var = z.var(axis=0)
+        if spec.bn.unbiased and n > 1:
+            var = var * (n / (n - 1))
+        state = RunningStats(z.mean(axis=0), var)
+        stats[f"{name}.running_mean"], stats[f"{name}.running_var"] = state
+        z, _, _ = layers.batchnorm_forward(
+            z, params[f"{name}.gamma"], params[f"{name}.beta"], state, spec.bn, train=False
+        )
+        a, _ = activation_forward(z)
+    return stats

@@ -1,0 +1,35 @@
+"""learning_curve.png: cost and dev error per epoch, marking where settings changed."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from training.rundir import write_bytes
+
+
+def write_learning_curve(path: Path, history: list[dict[str, Any]], task: str) -> None:
+    """Plot history records ({"epoch", "cost", "dev_error", "settings"}) to a PNG, atomically."""
+    epochs = [record["epoch"] for record in history]
+    figure, (cost_axis, error_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    cost_axis.plot(epochs, [record["cost"] for record in history], marker=".")
+    cost_axis.set(xlabel="epoch", ylabel="training cost", yscale="log", title="cost")
+    error_axis.plot(epochs, [record["dev_error"] for record in history], marker=".", color="C1")
+    label = "dev error rate" if task == "classification" else "dev RMSE"
+    error_axis.set(xlabel="epoch", ylabel=label, title=label)
+    for previous, record in itertools.pairwise(history):
+        if record["settings"] != previous["settings"]:
+            for axis in (cost_axis, error_axis):
+                axis.axvline(record["epoch"] - 0.5, color="grey", linestyle="--", linewidth=1)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())

@@ -1,0 +1,399 @@
+"""The training loop: mini-batches, a checkpoint each epoch, resume, the finished run directory."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from training import model, optim, rundir
+from training.config import RESUMABLE_FIELDS, TrainConfig
+from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
+from training.errors import RunError
+from training.inference import predict
+from training.layers import BatchNormSettings
+
+DTYPE = np.float32  # training arithmetic; the saved run is float64
+EpochCallback = Callable[[dict[str, Any]], "bool | None"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    dev_error: float  # final dev error: error rate (classification) or RMSE in target units
+    history: list[dict[str, Any]]  # one record per epoch (see history.json)
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The split data, standardized with training statistics, in the training dtype."""
+
+    dataset: Dataset
+    split: Split
+    input_mean: np.ndarray  # (F,) float64
+    input_std: np.ndarray  # (F,) float64
+    target_mean: np.ndarray | None  # (T,) regression only
+    target_std: np.ndarray | None
+    x_train: np.ndarray  # (n_train, F) standardized, float32
+    y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
+    x_dev: np.ndarray  # (n_dev, F) standardized, float32
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint must restore for a resumed run to match an uninterrupted one."""
+
+    params: dict[str, np.ndarray]
+    optimizer: optim.OptimizerState
+    rng: np.random.Generator
+    history: list[dict[str, Any]]
+    epoch: int  # epochs completed
+    settings_since_epoch: int  # first epoch run under the current settings (lr decay restarts)
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    dataset = load_dataset(config.data, target=config.target, task=config.task)
+    split = split_rows(
+        len(dataset.x),
+        dev_fraction=config.dev_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        source=dataset.source,
+    )
+    mean, std = fit_standardization(dataset.x[split.train])
+    target_mean = target_std = None
+    y_train = dataset.y[split.train]
+    if dataset.task == "regression":
+        target_mean, target_std = fit_standardization(y_train)
+        y_train = ((y_train - target_mean) / target_std).astype(DTYPE)
+    return Prepared(
+        dataset,
+        split,
+        mean,
+        std,
+        target_mean,
+        target_std,
+        ((dataset.x[split.train] - mean) / std).astype(DTYPE),
+        y_train,
+        ((dataset.x[split.dev] - mean) / std).astype(DTYPE),
+    )
+
+
+def net_spec(config: TrainConfig) -> model.NetSpec:
+    bn = BatchNormSettings(
+        momentum=config.bn_momentum,
+        epsilon=config.bn_epsilon,
+        unbiased=config.running_var == "unbiased",
+    )
+    return model.NetSpec(
+        len(config.hidden), config.activation, config.batchnorm, bn, config.dropout
+    )
+
+
+def optimizer_settings(config: TrainConfig) -> optim.OptimizerSettings:
+    return optim.OptimizerSettings(
+        name=config.optimizer,
+        beta1=config.beta1,
+        beta2=config.beta2,
+        epsilon=config.adam_epsilon,
+        momentum=config.momentum,
+        rho=config.rho,
+    )
+
+
+def batch_slices(n_rows: int, batch_size: int) -> list[slice]:
+    """Consecutive mini-batches; a last batch of one row joins the previous batch.
+
+    Batch norm cannot normalize a single example (its batch variance is 0), so with 129 rows and
+    batch size 64 the batches are 64 and 65 rows.
+    """
+    slices = [
+        slice(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)
+    ]
+    if len(slices) > 1 and slices[-1].stop - slices[-1].start == 1:
+        last = slices.pop()
+        slices[-1] = slice(slices[-1].start, last.stop)
+    return slices
+
+
+def resumable_settings(config: TrainConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in RESUMABLE_FIELDS}
+
+
+def dev_error(params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec) -> float:
+    """Error rate (classification) or RMSE in target units (regression) on the dev split."""
+    scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
+    y_dev = prepared.dataset.y[prepared.split.dev]
+    if prepared.dataset.task == "classification":
+        return float(np.mean(scores.argmax(axis=1) != y_dev))
+    predictions = scores * prepared.target_std + prepared.target_mean
+    return float(np.sqrt(np.mean((predictions - y_dev) ** 2)))
+
+
+def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr: float) -> float:
+    """One pass over the shuffled training split; returns the mean cost per example."""
+    spec, settings = net_spec(config), optimizer_settings(config)
+    order = state.rng.permutation(len(prepared.x_train))
+    x_shuffled, y_shuffled = prepared.x_train[order], prepared.y_train[order]
+    learnable = model.learnable_names(state.params)
+    total_cost = 0.0
+    for rows in batch_slices(len(order), config.batch_size):
+        cost, grads, running = model.loss_and_grads(
+            state.params,
+            x_shuffled[rows],
+            y_shuffled[rows],
+            spec,
+            task=prepared.dataset.task,
+            l2=config.l2,
+            rng=state.rng,
+        )
+        state.params.update(running)
+        optim.update(
+            state.params, {name: grads[name] for name in learnable}, state.optimizer, settings, lr
+        )
+        total_cost += cost * (rows.stop - rows.start)
+    return total_cost / len(order)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, state: TrainingState, config: TrainConfig) -> None:
+    arrays = {f"param:{name}": array for name, array in state.params.items()}
+    for param_name, slots in state.optimizer.slots.items():
+        for slot_name, array in slots.items():
+            arrays[f"opt:{slot_name}:{param_name}"] = array
+    rundir.save_checkpoint(
+        run_dir,
+        state.epoch,
+        arrays,
+        {
+            "config": config.to_dict(),
+            "optimizer_step": state.optimizer.step,
+            "rng": state.rng.bit_generator.state,
+            "settings_since_epoch": state.settings_since_epoch,
+            "history": state.history,
+        },
+    )
+
+
+def restore_checkpoint(run_dir: Path, epoch: int, config: TrainConfig) -> TrainingState:
+    arrays, saved = rundir.load_checkpoint(run_dir, epoch)
+    params = {
+        key.split(":", 1)[1]: value for key, value in arrays.items() if key.startswith("param:")
+    }
+    optimizer = optim.OptimizerState(step=int(saved["optimizer_step"]))
+    for key, value in arrays.items():
+        if key.startswith("opt:"):
+            _, slot_name, param_name = key.split(":", 2)
+            optimizer.slots.setdefault(param_name, {})[slot_name] = value
+    saved_config = TrainConfig.from_dict(saved["config"])
+    if optimizer_settings(saved_config).name != config.optimizer:
+        optimizer = optim.OptimizerState(step=0)  # another family: its slots mean nothing here
+    rng = np.random.default_rng()
+    rng.bit_generator.state = saved["rng"]
+    changed = resumable_settings(saved_config) != resumable_settings(config)
+    since = epoch + 1 if changed else int(saved["settings_since_epoch"])
+    return TrainingState(params, optimizer, rng, list(saved["history"]), epoch, since)
+
+
+def fresh_state(config: TrainConfig, prepared: Prepared) -> TrainingState:
+    rng = np.random.default_rng(config.seed)
+    n_outputs = (
+        len(prepared.dataset.class_names)
+        if prepared.dataset.task == "classification"
+        else prepared.y_train.shape[1]
+    )
+    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
+    params = model.init_params(
+        sizes, activation=config.activation, batchnorm=config.batchnorm, rng=rng, dtype=DTYPE
+    )
+    return TrainingState(params, optim.OptimizerState(), rng, [], 0, 1)
+
+
+def check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+    """A resumed run may change only the optimizer/schedule settings (RESUMABLE_FIELDS)."""
+    stored = TrainConfig.from_dict(rundir.read_json(run_dir / "config.json"))
+    changed = [
+        name
+        for name, value in config.to_dict().items()
+        if name not in RESUMABLE_FIELDS and stored.to_dict()[name] != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{run_dir}: cannot resume with different {', '.join(changed)} "
+            f"(only {', '.join(RESUMABLE_FIELDS)} may change)"
+        )
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoints: bool = True,
+    plot: bool = True,
+    from_epoch: int | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train into run directory `out_dir` (docs/contracts.md) and return the final dev error.
+
+    resume: continue from the last checkpoint (or `from_epoch`'s, discarding later ones); only
+    RESUMABLE_FIELDS of `config` may differ from the stored config. checkpoints/plot/progress off
+    make cheap tuning trials. on_epoch(record) returning False stops training after that epoch.
+    """
+    run_dir = Path(out_dir)
+    prepared = prepare(config)
+    if resume:
+        check_resume_config(run_dir, config)
+        epochs = rundir.checkpoint_epochs(run_dir)
+        if not epochs:
+            raise RunError(f"{run_dir / rundir.CHECKPOINT_DIR}: no checkpoint to resume from")
+        epoch = epochs[-1] if from_epoch is None else from_epoch
+        if epoch not in epochs:
+            raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
+        meta = rundir.read_json(run_dir / "meta.json")
+        state = restore_checkpoint(run_dir, epoch, config)
+        rundir.discard_checkpoints_after(run_dir, epoch)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunError(
+                f"{run_dir}: already exists and is not empty (use --resume or a new --out)"
+            )
+        meta = {"run_id": uuid.uuid4().hex[:12], "created_at": _now()}
+        state = fresh_state(config, prepared)
+    meta["status"] = "running"
+    rundir.write_json(run_dir / "config.json", config.to_dict())
+    rundir.write_json(run_dir / "meta.json", meta)
+    _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
+    return _finish(state, prepared, config, run_dir, meta, plot)
+
+
+def _train_epochs(
+    state: TrainingState,
+    prepared: Prepared,
+    config: TrainConfig,
+    run_dir: Path,
+    progress: bool,
+    checkpoints: bool,
+    on_epoch: EpochCallback | None,
+) -> None:
+    spec = net_spec(config)
+    bar = tqdm(
+        total=config.epochs,
+        initial=state.epoch,
+        desc="train",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        while state.epoch < config.epochs:
+            epoch = state.epoch + 1
+            lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
+            started = time.perf_counter()
+            cost = run_epoch(state, prepared, config, lr)
+            examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
+            error = dev_error(state.params, prepared, spec)
+            record = {
+                "epoch": epoch,
+                "cost": cost,
+                "dev_error": error,
+                "lr": lr,
+                "settings": resumable_settings(config),
+            }
+            state.history.append(record)
+            state.epoch = epoch
+            if checkpoints:
+                save_checkpoint(run_dir, state, config)
+            bar.set_postfix(
+                cost=f"{cost:.4f}", dev_err=f"{error:.4f}", ex_s=f"{examples_per_second:,.0f}"
+            )
+            bar.update(1)
+            if on_epoch is not None and on_epoch(record) is False:
+                break
+
+
+def _finish(
+    state: TrainingState,
+    prepared: Prepared,
+    config: TrainConfig,
+    run_dir: Path,
+    meta: dict[str, Any],
+    plot: bool,
+) -> TrainResult:
+    """Write params.npz, heldout.npz, history.json, the plot, and meta.json last."""
+    dataset, split = prepared.dataset, prepared.split
+    params = dict(state.params)
+    if config.batchnorm and config.stats == "population":
+        params.update(model.population_statistics(params, prepared.x_train, net_spec(config)))
+    params = {name: array.astype(np.float64) for name, array in params.items()}
+    params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
+    if dataset.task == "regression":
+        params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
+    rundir.write_npz(run_dir / "params.npz", params)
+    heldout_x, heldout_y = dataset.x[split.test], dataset.y[split.test]
+    rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
+    rundir.write_json(run_dir / "history.json", state.history)
+    if plot and state.history:
+        from training.plot import write_learning_curve  # matplotlib only when plotting
+
+        write_learning_curve(run_dir / "learning_curve.png", state.history, dataset.task)
+    meta.update(_describe(config, dataset))
+    meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
+    meta["epochs_trained"] = state.epoch
+    meta["dev_error"] = _final_dev_error(params, meta, prepared)
+    heldout_out = predict(params, meta, heldout_x)
+    if dataset.task == "classification":
+        meta["test_accuracy"] = float(np.mean(heldout_out.argmax(axis=1) == heldout_y))
+    else:
+        meta["test_rmse"] = float(np.sqrt(np.mean((heldout_out - heldout_y) ** 2)))
+    meta["status"] = "finished"
+    rundir.write_json(run_dir / "meta.json", meta)
+    return TrainResult(meta["dev_error"], state.history, run_dir)
+
+
+def _final_dev_error(
+    params: dict[str, np.ndarray], meta: dict[str, Any], prepared: Prepared
+) -> float:
+    outputs = predict(params, meta, prepared.dataset.x[prepared.split.dev])
+    y_dev = prepared.dataset.y[prepared.split.dev]
+    if prepared.dataset.task == "classification":
+        return float(np.mean(outputs.argmax(axis=1) != y_dev))
+    return float(np.sqrt(np.mean((outputs - y_dev) ** 2)))
+
+
+def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "task": dataset.task,
+        "data": dataset.source,
+        "feature_names": dataset.feature_names,
+        "activation": config.activation,
+        "batchnorm": config.batchnorm,
+        "epsilon": config.bn_epsilon,
+        "stats": config.stats,
+        "bn_momentum": config.bn_momentum,
+        "running_var": config.running_var,
+    }
+    if dataset.task == "classification":
+        facts["class_names"] = dataset.class_names
+    else:
+        facts["target_names"] = dataset.target_names
+    return facts
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
