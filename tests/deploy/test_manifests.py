@@ -158,7 +158,8 @@ def test_service_hpa_and_pdb_point_at_the_deployment():
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, (service_name, port)
     hpa_target = find("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert (hpa_target["kind"], hpa_target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa_target["kind"] == "Deployment"
+    assert hpa_target["name"] == deployment["metadata"]["name"]
     pdb_selector = find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
     assert pdb_selector.items() <= pod_labels.items()
     claims = {
