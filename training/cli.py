@@ -1,0 +1,172 @@
+"""`bnserve train` / `python -m training`: parse options into a TrainConfig and run train()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.errors import TrainingError
+from training.rundir import read_json
+
+BN_EPILOG = """\
+batch-norm running statistics (frozen for test time):
+  running_mean = (1 − m)·running_mean + m·batch_mean
+  running_var  = (1 − m)·running_var  + m·batch_var·n/(n − 1)    (n/(n − 1) only when unbiased)
+  m is --bn-momentum (PyTorch BatchNorm1d convention, default 0.1). --bn-decay d is the
+  Keras/TensorFlow convention for the same thing, m = 1 − d: --bn-decay 0.9 ≡ --bn-momentum 0.1.
+  Normalization during training uses the batch mean and the biased (1/n) batch variance.
+  A last mini-batch of one example is merged into the previous batch.
+
+babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer settings, --epochs,
+  --batch-size, --dropout and --l2 given with it apply from the next epoch (history.json records
+  them per epoch); --from-epoch K goes back to checkpoint K first, discarding later ones.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnserve train",
+        description="Train an MLP with batch normalization (numpy) into a run directory.",
+        epilog=BN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=None,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="new run directory to create")
+    where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
+    parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="'digits' (built in, default), FILE.csv (header) or FILE.npz")
+    data.add_argument("--target", help="CSV target column (default: the last column)")
+    data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
+    data.add_argument("--dev-fraction", type=float, help="share of rows for dev (default 0.15)")
+    data.add_argument("--test-fraction", type=float, help="share of rows for test (default 0.15)")
+    net = parser.add_argument_group("network")
+    net.add_argument("--hidden", help="hidden widths, comma-separated (default 128,128)")
+    net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
+    net.add_argument(
+        "--no-batchnorm", dest="batchnorm", action="store_false", default=None, help="plain bias"
+    )
+    net.add_argument("--dropout", type=float, help="drop probability per hidden unit (default 0)")
+    bn = parser.add_argument_group("batch norm (see the formula below)")
+    momentum = bn.add_mutually_exclusive_group()
+    momentum.add_argument(
+        "--bn-momentum", type=float, help="PyTorch-style weight of the NEW batch (default 0.1)"
+    )
+    momentum.add_argument(
+        "--bn-decay",
+        type=float,
+        help="Keras-style weight of the OLD running value (= 1 − momentum)",
+    )
+    bn.add_argument("--bn-epsilon", type=float, help="ε inside √(σ² + ε) (default 1e-5)")
+    bn.add_argument("--running-var", choices=["unbiased", "biased"], help="default unbiased")
+    bn.add_argument(
+        "--stats",
+        choices=["ema", "population"],
+        help="frozen statistics: EMA of batches (default) or exact over the training set",
+    )
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"])
+    opt.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    opt.add_argument("--beta1", type=float, help="Adam (default 0.9)")
+    opt.add_argument("--beta2", type=float, help="Adam (default 0.999)")
+    opt.add_argument("--adam-epsilon", type=float, help="Adam/RMSprop (default 1e-8)")
+    opt.add_argument("--momentum", type=float, help="momentum optimizer (default 0.9)")
+    opt.add_argument("--rho", type=float, help="RMSprop decay (default 0.99)")
+    opt.add_argument("--lr-decay", type=float, help="lr multiplier per epoch (default 1)")
+    opt.add_argument("--l2", type=float, help="L2 penalty 0.5·l2·ΣW² (default 0)")
+    opt.add_argument("--batch-size", type=int, help="default 64")
+    opt.add_argument("--epochs", type=int, help="total epochs (default 30)")
+    opt.add_argument("--seed", type=int, help="default 0")
+    out = parser.add_argument_group("output")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--no-checkpoints", action="store_true", help="no per-epoch checkpoints")
+    out.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
+    return parser
+
+
+CONFIG_OPTIONS = [
+    "data",
+    "target",
+    "task",
+    "dev_fraction",
+    "test_fraction",
+    "hidden",
+    "activation",
+    "batchnorm",
+    "dropout",
+    "bn_momentum",
+    "bn_epsilon",
+    "running_var",
+    "stats",
+    "optimizer",
+    "lr",
+    "beta1",
+    "beta2",
+    "adam_epsilon",
+    "momentum",
+    "rho",
+    "lr_decay",
+    "l2",
+    "batch_size",
+    "epochs",
+    "seed",
+]
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set on the command line (--bn-decay d becomes bn_momentum 1 − d)."""
+    values = {
+        name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None
+    }
+    if args.bn_decay is not None:
+        if not 0 <= args.bn_decay < 1:
+            raise ValueError(f"--bn-decay {args.bn_decay!r} is invalid: must be in [0, 1)")
+        values["bn_momentum"] = 1.0 - args.bn_decay
+    return values
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.from_epoch is not None and args.resume is None:
+        parser.error("--from-epoch needs --resume RUN_DIR")
+    from training.train import train  # after parsing: --help stays fast
+
+    try:
+        settings = given_settings(args)
+        run_dir = args.resume if args.resume is not None else args.out
+        if args.resume is not None:
+            stored = read_json(args.resume / "config.json")
+            config = TrainConfig.from_dict({**stored, **settings})
+        else:
+            config = TrainConfig.from_dict(settings)
+        result = train(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            progress=not args.no_progress,
+            checkpoints=not args.no_checkpoints,
+            plot=not args.no_plot,
+            from_epoch=args.from_epoch,
+        )
+    except (TrainingError, ValueError) as error:
+        print(f"bnserve train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    meta = read_json(result.run_dir / "meta.json")
+    metric = (
+        f"test accuracy {meta['test_accuracy']:.4f}"
+        if meta["task"] == "classification"
+        else f"test RMSE {meta['test_rmse']:.6g}"
+    )
+    print(
+        f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs, "
+        f"dev error {result.dev_error:.4f}, {metric}"
+    )
+    return 0
