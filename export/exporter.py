@@ -62,8 +62,8 @@ def export_run(settings: ExportSettings) -> ExportReport:
     try:
         run = load_run(settings.run_dir)
     except RunError as error:
-        raise ExportError(f"{settings.run_dir}: not an exportable run: {error}") from None
-    model, tolerance = _build_model(run, unfolded=settings.unfolded)
+        raise ExportError(f"not an exportable run: {error}") from None
+    model, tolerance = build_model(run, unfolded=settings.unfolded)
     expected = predict(run.params, run.meta, np.asarray(run.heldout_x, dtype=np.float64))
     session = onnx_session(model.SerializeToString())
     verification = compare_outputs(
@@ -101,7 +101,9 @@ def _check_output_path(out: Path, force: bool) -> None:
         raise ExportError(f"{out}: already exists; pass --force to replace it")
 
 
-def _build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance]:
+def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance]:
+    """Check run's parameters against its config, then build the folded (or unfolded) model,
+    without metadata; also returns the tolerance its outputs are verified with."""
     spec = spec_from_run(run.meta, run.config.hidden)
     check_params(run.params, spec)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}

@@ -50,7 +50,10 @@ def synthetic_params(spec: SyntheticRun) -> dict[str, np.ndarray]:
             params[f"{prefix}.beta"] = rng.normal(0.0, 0.3, width)
             params[f"{prefix}.running_mean"] = rng.normal(0.0, 0.5, width)
             running_var = rng.uniform(0.3, 2.0, width)
-            running_var[0] = 1e-7  # a nearly dead unit: ε keeps the scale finite, but large
+            # a nearly dead unit: tiny weights, tiny variance; 1/√(σ²+ε) ≈ 300 magnifies it
+            params[f"{prefix}.W"][:, 0] *= 3e-4
+            params[f"{prefix}.running_mean"][0] = 0.0
+            running_var[0] = 1e-7
             params[f"{prefix}.running_var"] = running_var
         else:
             params[f"{prefix}.b"] = rng.normal(0.0, 0.3, width)
@@ -73,6 +76,9 @@ def write_synthetic_run(
     """Write a finished run directory for spec (or for the given, possibly broken, params)."""
     params = synthetic_params(spec) if params is None else params
     rng = np.random.default_rng(spec.seed + 1)
+    # raw features distributed as the run's standardization says the training split was
+    feature_mean = synthetic_params(spec)["input.mean"]
+    feature_std = synthetic_params(spec)["input.std"]
     run_dir.mkdir(parents=True)
     config = TrainConfig(
         task=spec.task,
@@ -84,8 +90,6 @@ def write_synthetic_run(
     )
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     write_npz(run_dir / "params.npz", params)
-    feature_mean = rng.normal(0.0, 5.0, spec.features)
-    feature_std = rng.uniform(0.1, 10.0, spec.features)
     heldout_x = rng.normal(feature_mean, feature_std, (spec.heldout_rows, spec.features))
     if spec.task == "classification":
         heldout_y = rng.integers(0, spec.outputs, spec.heldout_rows)
@@ -119,6 +123,16 @@ def write_synthetic_run(
 
 
 @pytest.fixture
+def make_params():
+    """Factory: make_params(**SyntheticRun fields) -> float32 params, to break or mismatch."""
+
+    def make(**fields: object) -> dict[str, np.ndarray]:
+        return synthetic_params(SyntheticRun(**fields))  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
 def synthetic_run(tmp_path: Path):
     """Factory: synthetic_run(**SyntheticRun fields) -> a finished run directory under tmp_path."""
     counter = iter(range(1_000_000))
@@ -128,3 +142,34 @@ def synthetic_run(tmp_path: Path):
         return write_synthetic_run(tmp_path / f"run{next(counter)}", spec, params)
 
     return make
+
+
+def _regression_data(path: Path, seed: int = 7) -> Path:
+    """A smooth two-target function of raw-scaled features, as an NPZ training can read."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal([5.0, -200.0, 0.01, 40.0], [2.0, 50.0, 0.005, 10.0], size=(300, 4))
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    y = np.stack([100.0 + 30.0 * np.tanh(z[:, 0] - z[:, 1]), 0.2 * z[:, 2] * z[:, 3]], axis=1)
+    with path.open("wb") as handle:
+        np.savez(handle, x=x, y=y)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real, tiny training runs (a few seconds in all): name -> finished run directory."""
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    regression_npz = _regression_data(root / "regression.npz")
+    configs = {
+        "digits-bn": TrainConfig(hidden=(32, 16), epochs=2, seed=1),
+        "digits-no-bn": TrainConfig(hidden=(16,), batchnorm=False, activation="tanh", epochs=2),
+        "regression-bn-population": TrainConfig(
+            data=str(regression_npz), hidden=(16, 16), stats="population", epochs=3, seed=2
+        ),
+    }
+    return {
+        name: Path(train(config, root / name, progress=False).run_dir)
+        for name, config in configs.items()
+    }

@@ -1,0 +1,200 @@
+"""`bnserve export`: a verified model on success; on every bad input a clear error, exit ≠ 0,
+and nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import bnserve_cli
+import export.exporter
+from export.cli import main
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def _assert_fails_cleanly(capsys, argv: list[str], out_dir: Path, *fragments: str) -> str:
+    before = sorted(path.name for path in out_dir.iterdir())
+    code = main(argv)
+    error = capsys.readouterr().err
+    assert code != 0
+    for fragment in fragments:
+        assert fragment in error, error
+    assert sorted(path.name for path in out_dir.iterdir()) == before  # no model, no temp file
+    return error
+
+
+def test_export_writes_a_verified_model(synthetic_run, out_dir, capsys) -> None:
+    out = out_dir / "model.onnx"
+
+    assert main([str(synthetic_run()), "--out", str(out)]) == 0
+
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (folded" in printed
+    assert "onnxruntime vs numpy on 200 held-out examples: max abs error" in printed
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert [path.name for path in out_dir.iterdir()] == ["model.onnx"]
+
+
+def test_export_real_trained_runs(trained_runs, out_dir, capsys) -> None:
+    for name, run_dir in trained_runs.items():
+        assert main([str(run_dir), "--out", str(out_dir / f"{name}.onnx")]) == 0, name
+        assert (
+            main([str(run_dir), "--out", str(out_dir / f"{name}-unfolded.onnx"), "--unfolded"]) == 0
+        )
+    assert "max abs error" in capsys.readouterr().out
+
+
+def test_missing_directory(tmp_path, out_dir, capsys) -> None:
+    _assert_fails_cleanly(
+        capsys,
+        [str(tmp_path / "nope"), "--out", str(out_dir / "m.onnx")],
+        out_dir,
+        "nope",
+        "not a run directory",
+    )
+
+
+def test_directory_without_a_run(tmp_path, out_dir, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_fails_cleanly(
+        capsys, [str(empty), "--out", str(out_dir / "m.onnx")], out_dir, "meta.json", "missing"
+    )
+
+
+def test_unfinished_run(synthetic_run, out_dir, capsys) -> None:
+    run_dir = synthetic_run()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    _assert_fails_cleanly(
+        capsys, [str(run_dir), "--out", str(out_dir / "m.onnx")], out_dir, "'running'", "finished"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params_fields", "fragments"),
+    [
+        ({"hidden": (16, 10)}, ["'hidden2.W' has shape (16, 10)", "needs (16, 12)"]),
+        ({"hidden": (16, 12, 8)}, ["unexpected hidden3.W", "hidden [16, 12]"]),
+        ({"hidden": (16,)}, ["missing", "hidden2"]),
+        ({"features": 5}, ["heldout.npz", "5 features"]),
+        ({"batchnorm": False}, ["params.npz", "missing", "hidden1.beta"]),
+    ],
+    ids=["narrower-layer", "extra-layer", "missing-layer", "fewer-features", "no-bn-params"],
+)
+def test_params_that_do_not_match_the_config(
+    synthetic_run, make_params, out_dir, capsys, params_fields, fragments
+) -> None:
+    run_dir = synthetic_run(params=make_params(**params_fields))
+    _assert_fails_cleanly(
+        capsys, [str(run_dir), "--out", str(out_dir / "m.onnx")], out_dir, *fragments
+    )
+
+
+def test_non_finite_parameter(synthetic_run, make_params, out_dir, capsys) -> None:
+    params = make_params()
+    params["hidden2.W"][3, 5] = np.inf
+    run_dir = synthetic_run(params=params)
+    _assert_fails_cleanly(
+        capsys,
+        [str(run_dir), "--out", str(out_dir / "m.onnx")],
+        out_dir,
+        "'hidden2.W'",
+        "non-finite",
+        "inf",
+        "(3, 5)",
+    )
+
+
+def test_non_positive_running_variance_epsilon_cannot_save(
+    synthetic_run, make_params, out_dir, capsys
+) -> None:
+    params = make_params()
+    params["hidden1.running_var"][4] = -0.5
+    run_dir = synthetic_run(params=params)
+    _assert_fails_cleanly(
+        capsys,
+        [str(run_dir), "--out", str(out_dir / "m.onnx")],
+        out_dir,
+        "'hidden1.running_var'",
+        "-0.5",
+        "unit 4",
+        "running_var + ε",
+    )
+
+
+def test_zero_running_variance_that_epsilon_saves_is_exported(
+    synthetic_run, make_params, out_dir
+) -> None:
+    params = make_params()
+    params["hidden1.running_var"][4] = 0.0
+    params["hidden2.running_var"][2] = -1e-6  # rounding residue; ε = 1e-5 keeps σ² + ε > 0
+    run_dir = synthetic_run(params=params)
+    assert main([str(run_dir), "--out", str(out_dir / "m.onnx")]) == 0
+
+
+def test_existing_output_needs_force(synthetic_run, out_dir, capsys) -> None:
+    out = out_dir / "model.onnx"
+    out.write_bytes(b"someone else's file")
+    run_dir = synthetic_run()
+
+    _assert_fails_cleanly(
+        capsys, [str(run_dir), "--out", str(out)], out_dir, "already exists", "--force"
+    )
+    assert out.read_bytes() == b"someone else's file"
+
+    assert main([str(run_dir), "--out", str(out), "--force"]) == 0
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_output_that_is_a_directory(synthetic_run, out_dir, capsys) -> None:
+    _assert_fails_cleanly(
+        capsys, [str(synthetic_run()), "--out", str(out_dir), "--force"], out_dir, "is a directory"
+    )
+
+
+def test_model_that_misses_the_numpy_path_is_not_written(
+    synthetic_run, out_dir, capsys, monkeypatch
+) -> None:
+    real_predict = export.exporter.predict
+
+    def predict_off_by_1e4(params, meta, x_raw):
+        # stands in for a folding bug: numpy's answer and the model's now differ by 1e-4
+        return real_predict(params, meta, x_raw) + 1e-4
+
+    monkeypatch.setattr(export.exporter, "predict", predict_off_by_1e4)
+    _assert_fails_cleanly(
+        capsys,
+        [str(synthetic_run()), "--out", str(out_dir / "m.onnx")],
+        out_dir,
+        "does not reproduce the numpy inference path",
+        "nothing written",
+    )
+
+
+def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None:
+    run_dir = synthetic_run(task="regression", outputs=2)
+    completed = subprocess.run(
+        [sys.executable, "-m", "export", str(run_dir), "--out", str(out_dir / "a.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "wrote" in completed.stdout
+
+    assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
+    assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 1
