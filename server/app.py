@@ -1,0 +1,183 @@
+"""The Server: owns the gRPC server, the model repository, health and reflection.
+
+Lifecycle: `Server.create(settings)` builds and binds (so `port` is known), `start()` starts
+answering and loads the configured model, `stop(grace_s)` drains and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.admission import InflightLimiter
+from server.batching import DynamicBatcher
+from server.errors import ModelLoadError
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.gen.inference import grpc_service_pb2_grpc
+from server.model import Model, SessionThreads
+from server.repository import ModelRepository
+from server.servable import Servable
+from server.servicers import native, v2
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (native.SERVICE_NAME, v2.SERVICE_NAME)
+OVERALL = ""  # the health service's name for the server as a whole
+
+
+def listen_address(host: str, port: int) -> str:
+    """host:port for grpc, bracketing IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class Server:
+    """A bnserve gRPC server. Extra interceptors (auth, metrics) go in at `create`."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        grpc_server: grpc.Server,
+        repository: ModelRepository,
+        health_servicer: health.HealthServicer | None,
+        port: int,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.port = port
+        self._grpc_server = grpc_server
+        self._health = health_servicer
+
+    @classmethod
+    def create(
+        cls,
+        settings: ServerSettings,
+        *,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        repository: ModelRepository | None = None,
+    ) -> Server:
+        """Build the gRPC server with every service and bind the port (not started yet)."""
+        repository = repository if repository is not None else ModelRepository()
+        limiter = InflightLimiter(settings.max_inflight)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+        ]
+        grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+            interceptors=list(interceptors),
+            options=options,
+        )
+        predictor_pb2_grpc.add_PredictorServicer_to_server(
+            native.PredictorServicer(repository, limiter), grpc_server
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            v2.InferenceServicer(repository, limiter), grpc_server
+        )
+        health_servicer = None
+        service_names = list(SERVICE_NAMES)
+        if settings.health:
+            health_servicer = health.HealthServicer(
+                experimental_non_blocking=True,
+                experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+            service_names.append(health.SERVICE_NAME)
+            for name in (OVERALL, *SERVICE_NAMES):
+                health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if settings.reflection:
+            service_names.append(reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(service_names, grpc_server)
+        address = listen_address(settings.host, settings.port)
+        try:
+            port = grpc_server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(
+                f"cannot listen on {address} (in use, or not a local address?): {error}"
+            ) from None
+        if port == 0:
+            raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
+        return cls(settings, grpc_server, repository, health_servicer, port)
+
+    def start(self) -> None:
+        """Answer calls (liveness at once), then load the configured model; health says SERVING
+        only once every configured model is loaded, warmed up and past its parity gate."""
+        self._grpc_server.start()
+        log.info("listening on %s", listen_address(self.settings.host, self.port))
+        if self.settings.model:
+            path = Path(self.settings.model)
+            self.load_model(path, self.settings.name or path.stem, self.settings.model_version)
+        self.update_health()
+
+    def load_model(self, path: str | Path, name: str, version: str) -> bool:
+        """Load, warm up and parity-check a model, then serve it as name/version (replacing any
+        previous one atomically). On failure the error is logged and recorded; returns success."""
+        settings = self.settings
+        self.repository.mark_loading(name, version)
+        threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
+        try:
+            model = Model.load(path, name, version, threads)
+            model.warm_up(settings.max_batch_size)
+            model.check_parity()
+        except ModelLoadError as error:
+            log.error("model %s version %s not served: %s", name, version, error)
+            self.repository.mark_failed(name, version, str(error))
+            self.update_health()
+            return False
+        batcher = None
+        if settings.batching:
+            batcher = DynamicBatcher(
+                model.predict,
+                max_batch_size=settings.max_batch_size,
+                max_delay_s=settings.max_batch_delay_ms / 1000,
+                max_queue=settings.max_inflight,
+                name=name,
+            )
+        previous = self.repository.swap(name, version, Servable(model, batcher))
+        if previous is not None:
+            previous.close()
+        log.info(
+            "model %s version %s ready: %s, %d features, parity gate passed on %d reference rows",
+            name,
+            version,
+            model.card.task,
+            model.num_features,
+            model.card.reference_inputs.shape[0],
+        )
+        self.update_health()
+        return True
+
+    def update_health(self) -> None:
+        """Health SERVING exactly when the repository is ready."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.repository.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (OVERALL, *SERVICE_NAMES):
+            self._health.set(name, status)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, give in-flight ones grace_s, close the models."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        self._grpc_server.stop(grace).wait()
+        for name in self.repository.names():
+            for version in self.repository.versions(name):
+                servable = self.repository.remove(name, version)
+                if servable is not None:
+                    servable.close()
+
+    def wait_for_termination(self, timeout_s: float | None = None) -> bool:
+        """Block until the server stops (True) or timeout_s passes (False)."""
+        return self._grpc_server.wait_for_termination(timeout_s)

@@ -1,0 +1,101 @@
+"""Domain errors and the one place that maps them to gRPC status codes.
+
+Model, batching and repository code raise these; servicers wrap every RPC handler in
+`translate_errors`, which answers a domain error with its status and message and any other
+exception with a generic INTERNAL (the full traceback goes to the server log, not the client).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class ServingError(Exception):
+    """Base of every error a client may see; the message must say what to fix."""
+
+
+class InvalidInput(ServingError):
+    """The request is malformed: wrong shape, unknown names, NaN/Inf, empty, bad datatype."""
+
+
+class ModelNotFound(ServingError):
+    """No model (or no such version) by that name."""
+
+
+class ModelNotReady(ServingError):
+    """The model is configured but failed to load or has not passed its parity gate yet."""
+
+
+class Overloaded(ServingError):
+    """The inference queue is full; the call is refused at once instead of waiting."""
+
+
+class DeadlineExpired(ServingError):
+    """The client's deadline passed before the call was scored."""
+
+
+class ModelLoadError(ServingError):
+    """A model file cannot be served: unreadable, wrong metadata, hash or parity mismatch."""
+
+
+STATUS_BY_ERROR: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+
+
+def status_for(error: ServingError) -> grpc.StatusCode:
+    """The gRPC status a domain error answers with."""
+    for error_type in type(error).__mro__:
+        if error_type in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[error_type]
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(error: Exception, context: grpc.ServicerContext, method_name: str) -> None:
+    if isinstance(error, ServingError):
+        context.abort(status_for(error), str(error))
+    log.exception("unexpected error in %s", method_name)
+    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def translate_errors(handler: Handler) -> Handler:
+    """Wrap a servicer method (unary or streaming response) so errors become gRPC statuses."""
+    method_name = handler.__qualname__
+
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from handler(self, request, context)
+            except Exception as error:
+                _abort(error, context, method_name)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except Exception as error:
+            _abort(error, context, method_name)
+
+    return unary  # type: ignore[return-value]

@@ -1,0 +1,34 @@
+"""A loaded model as the servicers use it: checked input in, outputs out, batched or not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.batching import DynamicBatcher
+from server.errors import DeadlineExpired
+from server.model import Model
+
+
+class Servable:
+    """A Model plus its optional DynamicBatcher (single-example calls only go through it)."""
+
+    def __init__(self, model: Model, batcher: DynamicBatcher | None = None) -> None:
+        self.model = model
+        self.batcher = batcher
+
+    def score(self, x: np.ndarray, timeout_s: float | None = None) -> list[np.ndarray]:
+        """Check and score x (N, F) float32 within timeout_s seconds (the call's deadline).
+
+        Answers in `model.output_names` order, N rows each.
+        """
+        self.model.check_features(x)
+        if timeout_s is not None and timeout_s <= 0:
+            raise DeadlineExpired("deadline passed before scoring")
+        if self.batcher is not None and x.shape[0] == 1:
+            return self.batcher.score(x, timeout_s)
+        return self.model.predict(x)
+
+    def close(self) -> None:
+        """Finish queued work and stop the batcher, if any."""
+        if self.batcher is not None:
+            self.batcher.close()

@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf ↔ numpy, nothing else (validation lives in the model)."""

@@ -1,0 +1,165 @@
+"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from server.admission import InflightLimiter
+from server.errors import InvalidInput, ServingError, translate_errors
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.model import Model, TensorSpec
+from server.repository import ModelRepository
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+
+
+class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
+    """The native API; every inference call holds one admission slot while it is scored."""
+
+    def __init__(self, repository: ModelRepository, limiter: InflightLimiter) -> None:
+        self._repository = repository
+        self._limiter = limiter
+
+    @translate_errors
+    def Predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
+        servable = self._repository.get(request.model_name, request.model_version)
+        x = _example(request, servable.model)
+        with self._limiter:
+            outputs = servable.score(x, context.time_remaining())
+        return _response(servable.model, outputs, request.id)
+
+    @translate_errors
+    def PredictBatch(
+        self, request: pb.PredictBatchRequest, context: grpc.ServicerContext
+    ) -> pb.PredictBatchResponse:
+        servable = self._repository.get(request.model_name, request.model_version)
+        model = servable.model
+        x = _batch(request, model.num_features)
+        with self._limiter:
+            outputs = servable.score(x, context.time_remaining())
+        response = pb.PredictBatchResponse(
+            model_name=model.name, model_version=model.version, num_examples=x.shape[0]
+        )
+        if model.is_classification:
+            probabilities, labels = outputs
+            response.probabilities.extend(probabilities.ravel().tolist())
+            label_list = labels.tolist()
+            response.labels.extend(label_list)
+            class_names = model.card.class_names
+            response.class_names.extend([class_names[label] for label in label_list])
+        else:
+            response.values.extend(outputs[0].ravel().tolist())
+        return response
+
+    @translate_errors
+    def PredictStream(
+        self, request_iterator: Iterator[pb.PredictRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.PredictResponse]:
+        for index, request in enumerate(request_iterator):
+            try:
+                servable = self._repository.get(request.model_name, request.model_version)
+                x = _example(request, servable.model)
+                with self._limiter:
+                    outputs = servable.score(x, context.time_remaining())
+            except ServingError as error:
+                label = f" (id {request.id!r})" if request.id else ""
+                raise type(error)(f"stream message {index}{label}: {error}") from None
+            yield _response(servable.model, outputs, request.id)
+
+    @translate_errors
+    def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfoResponse:
+        model = self._repository.get(request.model_name, request.model_version).model
+        card = model.card
+        return pb.ModelInfoResponse(
+            model_name=model.name,
+            model_version=model.version,
+            versions=self._repository.versions(model.name),
+            task=card.task,
+            inputs=[_tensor_info(model.input_spec)],
+            outputs=[_tensor_info(spec) for spec in model.output_specs],
+            feature_names=card.feature_names,
+            class_names=card.class_names,
+            target_names=card.target_names,
+            stats=card.get("stats"),
+            bn_momentum=card.get("bn_momentum"),
+            running_var=card.get("running_var"),
+            epsilon=card.get("epsilon"),
+            folded=card.get("folded") == "true",
+            fold_max_abs_error=card.get("fold_max_abs_error"),
+            run_id=card.get("run_id"),
+            params_sha256=card.get("params_sha256"),
+            graph_sha256=card.graph_sha256,
+            training_json=card.get("training"),
+            created_at=card.get("created_at"),
+            metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
+        )
+
+
+def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:
+    """One example's features as (1, F) float32, from position or name."""
+    if request.features:
+        if request.named_features:
+            raise InvalidInput("set either features (by position) or named_features, not both")
+        return np.array(request.features, dtype=np.float32).reshape(1, -1)
+    if request.named_features:
+        # dict() first: a protobuf map answers a missing key with 0.0 instead of KeyError.
+        row = model.row_from_names(dict(request.named_features))
+        return np.array(row, dtype=np.float32).reshape(1, -1)
+    raise InvalidInput(
+        f"empty request: set features ({model.num_features} values in the order ModelInfo "
+        "lists feature_names) or named_features"
+    )
+
+
+def _batch(request: pb.PredictBatchRequest, num_features: int) -> np.ndarray:
+    """Many examples as (N, F) float32 from the flat features or raw little-endian bytes."""
+    if request.raw_features:
+        if request.features:
+            raise InvalidInput("set either features or raw_features, not both")
+        if len(request.raw_features) % 4:
+            raise InvalidInput(
+                f"raw_features has {len(request.raw_features)} bytes, not a whole number of "
+                "float32 values (4 bytes each)"
+            )
+        values = np.frombuffer(request.raw_features, dtype="<f4")
+    elif request.features:
+        values = np.array(request.features, dtype=np.float32)
+    else:
+        raise InvalidInput("empty request: set features or raw_features (N × F float32, row-major)")
+    if values.size % num_features:
+        raise InvalidInput(
+            f"{values.size} feature values is not a whole number of examples of "
+            f"{num_features} features each"
+        )
+    return values.reshape(-1, num_features)
+
+
+def _response(model: Model, outputs: Sequence[np.ndarray], request_id: str) -> pb.PredictResponse:
+    if model.is_classification:
+        label = int(outputs[1][0])
+        return pb.PredictResponse(
+            model_name=model.name,
+            model_version=model.version,
+            id=request_id,
+            probabilities=outputs[0][0].tolist(),
+            label=label,
+            class_name=model.card.class_names[label],
+        )
+    return pb.PredictResponse(
+        model_name=model.name,
+        model_version=model.version,
+        id=request_id,
+        values=outputs[0][0].tolist(),
+    )
+
+
+def _tensor_info(spec: TensorSpec) -> pb.TensorInfo:
+    return pb.TensorInfo(name=spec.name, datatype=spec.datatype, shape=spec.shape)

@@ -1,0 +1,144 @@
+"""The server's one settings object: defaults here, then BNSERVE_<FIELD> env vars, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "BNSERVE_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _setting(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `bnserve serve` can be told. Each field is also env var BNSERVE_<FIELD>."""
+
+    model: str = _setting("", "Path to the exported model.onnx to serve.")
+    name: str = _setting("", "Model name clients use; empty means the model file's stem.")
+    model_version: str = _setting("1", "Version label of that model.")
+    host: str = _setting(
+        "127.0.0.1", "Address to listen on (127.0.0.1: loopback only; 0.0.0.0 in containers)."
+    )
+    port: int = _setting(50051, "TCP port; 0 picks a free one (tests).")
+    workers: int = _setting(
+        16,
+        "gRPC handler threads. The sync server with a thread pool beat grpc.aio in bench/serve.py.",
+    )
+    max_inflight: int = _setting(
+        12,
+        "Inference calls admitted at once (being scored or waiting for a batch); more are refused "
+        "at once with RESOURCE_EXHAUSTED. Below `workers`, so health and metadata always find "
+        "a thread.",
+    )
+    intra_op_threads: int = _setting(
+        1,
+        "onnxruntime threads inside one operator; one example of a small MLP takes ~5 µs, so "
+        "extra threads only add wake-ups and take cores from the gRPC threads.",
+    )
+    inter_op_threads: int = _setting(
+        1, "onnxruntime threads across independent operators (sequential execution uses none)."
+    )
+    batching: bool = _setting(
+        False,
+        "Gather concurrent single-example calls into one onnxruntime run (pays off for large "
+        "models; for a small MLP the gRPC cost per call dominates — see bench/serve.py).",
+    )
+    max_batch_size: int = _setting(64, "Most examples scored in one batched onnxruntime run.")
+    max_batch_delay_ms: float = _setting(
+        1.0, "Longest a call waits for batch-mates, in milliseconds."
+    )
+    max_message_bytes: int = _setting(
+        4 * 1024 * 1024,
+        "Largest request or response message in bytes; larger ones get RESOURCE_EXHAUSTED.",
+    )
+    health: bool = _setting(True, "Serve grpc.health.v1.Health.")
+    reflection: bool = _setting(True, "Serve gRPC server reflection (grpcurl, grpcui).")
+    grace_s: float = _setting(5.0, "Seconds in-flight calls get to finish on shutdown.")
+    log_level: str = _setting("INFO", "Python logging level name.")
+    # Not settable: env var names this object was read from (for the start-up line).
+    from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port={self.port} must be in 0..65535")
+        if self.workers < 2:
+            problems.append(f"workers={self.workers} must be ≥ 2")
+        if not 1 <= self.max_inflight < self.workers:
+            problems.append(
+                f"max_inflight={self.max_inflight} must be in 1..workers-1 ({self.workers - 1}) "
+                "so health and metadata calls always find a free thread"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            problems.append(
+                "intra_op_threads and inter_op_threads must be ≥ 0 (0: onnxruntime picks)"
+            )
+        if self.max_batch_size < 1:
+            problems.append(f"max_batch_size={self.max_batch_size} must be ≥ 1")
+        if self.max_batch_delay_ms < 0:
+            problems.append(f"max_batch_delay_ms={self.max_batch_delay_ms} must be ≥ 0")
+        if self.max_message_bytes < 1024:
+            problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
+        if self.grace_s < 0:
+            problems.append(f"grace_s={self.grace_s} must be ≥ 0")
+        if problems:
+            raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerSettings:
+        """Defaults, then BNSERVE_<FIELD> from environ, then non-None overrides (flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        used_env = []
+        for setting in settable_fields():
+            env_name = ENV_PREFIX + setting.name.upper()
+            if env_name in environ:
+                values[setting.name] = _parse(environ[env_name], setting, env_name)
+                used_env.append(env_name)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values, from_env=tuple(used_env))
+
+    def summary(self) -> str:
+        """One line with every setting, for the start-up log."""
+        parts = [f"{setting.name}={getattr(self, setting.name)!r}" for setting in settable_fields()]
+        source = f" (from env: {', '.join(self.from_env)})" if self.from_env else ""
+        return "bnserve settings: " + " ".join(parts) + source
+
+    def replace(self, **changes: Any) -> ServerSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def settable_fields() -> list[dataclasses.Field[Any]]:
+    """The fields a flag or env var may set."""
+    return [setting for setting in fields(ServerSettings) if setting.name != "from_env"]
+
+
+def _parse(raw: str, setting: dataclasses.Field[Any], env_name: str) -> Any:
+    kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
+    text = raw.strip()
+    try:
+        if kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        return raw
+    except ValueError as error:
+        raise ValueError(f"environment variable {env_name}={raw!r}: {error}") from None

@@ -1,0 +1,105 @@
+"""bnserve.v1.Predictor over a real server: Predict, PredictBatch, PredictStream, ModelInfo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_builder import CLASS_NAMES, NUM_FEATURES, TARGET_NAMES, ModelFiles, numpy_forward
+
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+
+RNG = np.random.default_rng(7)
+EXAMPLES = RNG.normal(0, 1.5, (20, NUM_FEATURES)).astype(np.float32)
+
+
+def test_predict_by_position_matches_numpy(predictor, test_models: ModelFiles) -> None:
+    expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
+    for row, features in enumerate(EXAMPLES):
+        response = predictor.Predict(
+            pb.PredictRequest(model_name="iris", features=features, id=str(row))
+        )
+        np.testing.assert_allclose(
+            response.probabilities, expected["probabilities"][row], atol=1e-5
+        )
+        assert response.label == expected["label"][row]
+        assert response.class_name == CLASS_NAMES[expected["label"][row]]
+        assert (response.model_name, response.model_version, response.id) == ("iris", "1", str(row))
+
+
+def test_predict_by_name_equals_by_position(predictor) -> None:
+    features = EXAMPLES[3]
+    named = {f"f{i}": float(value) for i, value in enumerate(features)}
+    by_name = predictor.Predict(pb.PredictRequest(model_name="iris", named_features=named))
+    by_position = predictor.Predict(pb.PredictRequest(model_name="iris", features=features))
+    assert list(by_name.probabilities) == list(by_position.probabilities)
+
+
+def test_predict_regression_values(predictor, test_models: ModelFiles) -> None:
+    expected = numpy_forward(test_models.regression_weights, EXAMPLES, "regression")["y"]
+    response = predictor.Predict(pb.PredictRequest(model_name="sales", features=EXAMPLES[0]))
+    np.testing.assert_allclose(response.values, expected[0], rtol=1e-4, atol=1e-5)
+    assert len(response.probabilities) == 0 and response.class_name == ""
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_predict_batch_matches_numpy(predictor, test_models: ModelFiles, raw: bool) -> None:
+    if raw:
+        request = pb.PredictBatchRequest(
+            model_name="iris", raw_features=EXAMPLES.astype("<f4").tobytes()
+        )
+    else:
+        request = pb.PredictBatchRequest(model_name="iris", features=EXAMPLES.ravel())
+    response = predictor.PredictBatch(request)
+    expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
+    assert response.num_examples == len(EXAMPLES)
+    probabilities = np.array(response.probabilities).reshape(len(EXAMPLES), len(CLASS_NAMES))
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+    assert list(response.labels) == expected["label"].tolist()
+    assert list(response.class_names) == [CLASS_NAMES[i] for i in expected["label"]]
+
+
+def test_predict_batch_regression(predictor, test_models: ModelFiles) -> None:
+    response = predictor.PredictBatch(
+        pb.PredictBatchRequest(model_name="sales", features=EXAMPLES.ravel())
+    )
+    expected = numpy_forward(test_models.regression_weights, EXAMPLES, "regression")["y"]
+    values = np.array(response.values).reshape(len(EXAMPLES), len(TARGET_NAMES))
+    np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_stream_answers_in_order(predictor, test_models: ModelFiles) -> None:
+    requests = [
+        pb.PredictRequest(model_name="iris", features=features, id=f"row-{i}")
+        for i, features in enumerate(EXAMPLES)
+    ]
+    responses = list(predictor.PredictStream(iter(requests)))
+    expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
+    assert [r.id for r in responses] == [f"row-{i}" for i in range(len(EXAMPLES))]
+    probabilities = np.array([r.probabilities for r in responses])
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+
+
+def test_model_info(predictor) -> None:
+    info = predictor.ModelInfo(pb.ModelInfoRequest(model_name="iris"))
+    assert info.task == "classification"
+    assert list(info.feature_names) == [f"f{i}" for i in range(NUM_FEATURES)]
+    assert list(info.class_names) == CLASS_NAMES
+    assert list(info.versions) == ["1"]
+    assert (info.inputs[0].name, info.inputs[0].datatype, list(info.inputs[0].shape)) == (
+        "x",
+        "FP32",
+        [-1, NUM_FEATURES],
+    )
+    assert [(o.name, o.datatype, list(o.shape)) for o in info.outputs] == [
+        ("probabilities", "FP32", [-1, len(CLASS_NAMES)]),
+        ("label", "INT64", [-1]),
+    ]
+    assert (info.stats, info.bn_momentum, info.epsilon, info.folded) == (
+        "ema",
+        "0.1",
+        "1e-05",
+        True,
+    )
+    assert info.run_id == "test-classification-1"
+    assert info.metadata["bnserve.task"] == "classification"
+    assert len(info.graph_sha256) == 64
