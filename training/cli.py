@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dev-fraction", type=float, help="share of rows for dev (default 0.15)")
     data.add_argument("--test-fraction", type=float, help="share of rows for test (default 0.15)")
     net = parser.add_argument_group("network")
-    net.add_argument("--hidden", help="hidden widths, comma-separated (default 128,128)")
+    net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
     net.add_argument(
         "--no-batchnorm", dest="batchnorm", action="store_false", default=None, help="plain bias"

@@ -36,7 +36,7 @@ class TrainConfig:
     data: str = "digits"  # "digits" (built in) or a path to a .csv (with header) or .npz file
     target: str | None = None  # CSV target column name; None = the last column
     task: str | None = None  # "classification" | "regression"; None = inferred from the target
-    hidden: tuple[int, ...] = (128, 128)  # width of each hidden layer, input side first
+    hidden: tuple[int, ...] = (256, 256)  # width of each hidden layer, input side first
     activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
     batchnorm: bool = True  # batch norm on every hidden layer (False: plain affine with bias)
     optimizer: str = "adam"  # sgd | momentum | rmsprop | adam
