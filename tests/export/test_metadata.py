@@ -3,7 +3,6 @@ reference rows any runtime can reproduce."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from export.exporter import ExportSettings, export_run
 from export.metadata import graph_sha256, read_metadata
 from export.verify import onnx_session, score_onnx
+from server.wire import graph_sha256 as server_graph_sha256
 from training.inference import predict
 from training.rundir import load_run
 
@@ -42,35 +42,6 @@ COMMON_KEYS = {
 def _export(run_dir: Path, out: Path, **settings: object) -> dict[str, str]:
     export_run(ExportSettings(run_dir=run_dir, out=out, **settings))  # type: ignore[arg-type]
     return read_metadata(onnx.load(str(out)))
-
-
-def _top_level_field(data: bytes, wanted: int) -> bytes:
-    """The payload of the first length-delimited top-level protobuf field `wanted`."""
-
-    def varint(position: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            byte = data[position]
-            value |= (byte & 0x7F) << shift
-            position += 1
-            shift += 7
-            if byte < 0x80:
-                return value, position
-
-    position = 0
-    while position < len(data):
-        key, position = varint(position)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            _, position = varint(position)
-        elif wire_type == 2:
-            length, position = varint(position)
-            if number == wanted:
-                return data[position : position + length]
-            position += length
-        else:
-            raise AssertionError(f"unexpected wire type {wire_type} in a ModelProto")
-    raise AssertionError(f"field {wanted} not found")
 
 
 def test_classification_metadata_has_every_contract_key(synthetic_run, tmp_path) -> None:
@@ -109,13 +80,12 @@ def test_regression_and_unfolded_metadata(synthetic_run, tmp_path) -> None:
     assert tolerance == {"rel": 1e-4, "abs": pytest.approx(1e-4 * float(target_std.max()))}
 
 
-def test_graph_sha256_is_the_hash_of_the_files_field_7(synthetic_run, tmp_path) -> None:
+def test_graph_sha256_agrees_with_the_servers_wire_scanner(synthetic_run, tmp_path) -> None:
+    # The server verifies the hash without onnx, by scanning the file for ModelProto field 7.
     out = tmp_path / "model.onnx"
     metadata = _export(synthetic_run(), out)
 
-    graph_bytes = _top_level_field(out.read_bytes(), 7)
-
-    assert metadata["bnserve.graph_sha256"] == hashlib.sha256(graph_bytes).hexdigest()
+    assert metadata["bnserve.graph_sha256"] == server_graph_sha256(out.read_bytes())
     assert metadata["bnserve.graph_sha256"] == graph_sha256(onnx.load(str(out)))
 
 
@@ -179,3 +149,17 @@ def test_fold_max_abs_error_is_the_held_out_maximum(synthetic_run, tmp_path) -> 
     recorded = float(metadata["bnserve.fold_max_abs_error"])
     assert 0 < recorded <= 1e-5
     assert recorded == pytest.approx(np.abs(outputs["probabilities"] - expected).max(), rel=1e-6)
+
+
+def test_the_server_loads_exported_models_and_passes_their_parity_gate(
+    trained_runs, synthetic_run, tmp_path
+) -> None:
+    from server.model import Model, SessionThreads
+
+    run_dirs = [*trained_runs.values(), synthetic_run(task="regression", outputs=3)]
+    for index, run_dir in enumerate(run_dirs):
+        for unfolded in (False, True):
+            out = tmp_path / f"model{index}-{unfolded}.onnx"
+            export_run(ExportSettings(run_dir=run_dir, out=out, unfolded=unfolded))
+            model = Model.load(out, name="m", version="1", threads=SessionThreads())
+            model.check_parity()  # raises ModelLoadError if the reference rows do not reproduce
