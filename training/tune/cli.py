@@ -1,0 +1,211 @@
+"""`bnserve tune`: random search (or a grid) over training hyperparameters, coarse to fine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.errors import TrainingError
+from training.tune import report
+from training.tune.runner import TuneError, TuneResult, run_tune
+from training.tune.sampler import Box
+from training.tune.settings import RUNTIME_FIELDS, TuneSettings
+from training.tune.space import DEFAULT_SPACE, SpaceError, load_space_file, parse_param_flag
+from training.tune.store import FILENAME, TrialStore
+
+# Flags that define which trials a tune has; a resumed tune keeps its stored values.
+_DEFINING_FLAGS = (
+    "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs",
+    "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
+    "target", "task", "epochs",
+)  # fmt: skip
+
+_EPILOG = """\
+scales: linear, int, log (α = 10^r, r uniform), log_int, log1m (1 − β = 10^r), choice.
+  --param lr=log:1e-4:1  --param beta1=log1m:0.9:0.999  --param units=log_int:16:256
+  --param batch_size=choice:32,64,128,256  --param optimizer=choice:adam,momentum
+Without --space or --param the default space searches lr, beta1, beta2, units, layers,
+batch_size and lr_decay; --param alone searches only what it names.
+
+outputs in TUNE_DIR: tune.sqlite (every trial's state), results.csv (best first),
+best -> the best trial's run directory (bnserve export TUNE_DIR/best --out model.onnx),
+best.json, plots/*.png, trials/trial-NNNN/ (run directories).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnserve tune",
+        description="Random search over training hyperparameters, each on its own scale.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the tune directory")
+    parser.add_argument("--resume", action="store_true", help="finish the tune in --out")
+    search = parser.add_argument_group("search")
+    search.add_argument("--space", type=Path, help="search space file (.toml or .json)")
+    search.add_argument(
+        "--param", action="append", metavar="NAME=SCALE:LOW:HIGH", help="add a dimension"
+    )
+    search.add_argument("--trials", type=int, help="total trials over all rounds (default 20)")
+    search.add_argument("--rounds", type=int, help="coarse-to-fine rounds (default 1)")
+    search.add_argument("--shrink", type=float, help="box width kept per round (default 0.5)")
+    search.add_argument("--grid", type=int, metavar="P", help="grid: P values per dimension")
+    search.add_argument("--seed", type=int, help="the tune's seed (default 0)")
+    search.add_argument(
+        "--compare-batchnorm", action="store_true", help="each point with and without BN"
+    )
+    search.add_argument("--early-stop", choices=["none", "median"], help="default none")
+    search.add_argument("--grace-epochs", type=int, help="median rule: epochs first (default 3)")
+    search.add_argument(
+        "--objective",
+        choices=["train", "synthetic"],
+        help="synthetic: a cheap known function, to test or benchmark the tuner itself",
+    )
+    training = parser.add_argument_group("every trial's training settings")
+    training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
+    training.add_argument("--target", help="CSV target column")
+    training.add_argument("--task", choices=["classification", "regression"])
+    training.add_argument("--epochs", type=int, help="epochs per trial (default 15)")
+    training.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
+    )
+    training.add_argument(
+        "--checkpoints", action="store_true", help="keep per-epoch checkpoints in each trial"
+    )
+    run = parser.add_argument_group("running")
+    run.add_argument("--workers", type=int, help="trials at once (default: one per core)")
+    run.add_argument("--ray-address", help="run on a Ray cluster: HOST:PORT, auto or local")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-plots", action="store_true", help="no plots/*.png")
+    run.add_argument("--show", type=int, default=10, help="table rows to print (default 10)")
+    return parser
+
+
+def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    fixed: dict[str, Any] = {}
+    for flag in args.set or []:
+        name, sep, value = flag.partition("=")
+        if not sep or not name.strip():
+            raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
+        fixed[name.strip()] = _scalar(value)
+    for name in ("data", "target", "task", "epochs"):
+        if getattr(args, name) is not None:
+            fixed[name] = getattr(args, name)
+    return fixed
+
+
+def _scalar(text: str) -> Any:
+    _, spec = parse_param_flag(f"x=choice:{text}")
+    values = spec["choice"]
+    return values[0] if len(values) == 1 else values  # "64,64" → [64, 64] (hidden)
+
+
+def _space_document(args: argparse.Namespace) -> dict[str, Any]:
+    if args.space is not None:
+        document = load_space_file(args.space)
+    elif args.param:
+        document = {"fixed": dict(DEFAULT_SPACE["fixed"]), "search": {}}
+    else:
+        document = {key: dict(value) for key, value in DEFAULT_SPACE.items()}
+    search = dict(document["search"])
+    for flag in args.param or []:
+        name, spec = parse_param_flag(flag)
+        search[name] = spec
+    return {"fixed": {**document["fixed"], **_fixed_overrides(args)}, "search": search}
+
+
+def new_settings(args: argparse.Namespace) -> TuneSettings:
+    given: dict[str, Any] = {
+        "out": args.out,
+        "space": _space_document(args),
+        "trials": args.trials,
+        "rounds": args.rounds,
+        "shrink": args.shrink,
+        "grid_points": args.grid,
+        "seed": args.seed,
+        "early_stop": args.early_stop,
+        "grace_epochs": args.grace_epochs,
+        "compare_batchnorm": args.compare_batchnorm,
+        "objective": args.objective,
+        "checkpoints": args.checkpoints,
+        **_runtime(args),
+    }
+    return TuneSettings(**{name: value for name, value in given.items() if value is not None})
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": args.workers,
+        "ray_address": args.ray_address,
+        "progress": not args.no_progress,
+        "plots": not args.no_plots,
+        "show": args.show,
+    }
+
+
+def resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TuneSettings:
+    defaults = parser.parse_args(["--out", str(args.out)])
+    changed = [name for name in _DEFINING_FLAGS if getattr(args, name) != getattr(defaults, name)]
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise TuneError(f"--resume keeps the tune's stored settings: drop {flags}")
+    path = args.out / FILENAME
+    if not path.exists():
+        raise TuneError(f"{args.out}: no {FILENAME} to resume (start it without --resume)")
+    with TrialStore(path, readonly=True) as store:
+        stored = store.settings()
+    runtime = {name: value for name, value in _runtime(args).items() if name in RUNTIME_FIELDS}
+    if runtime["workers"] is None:
+        runtime.pop("workers")
+    return TuneSettings.from_dict({**stored, **runtime, "out": str(args.out)})
+
+
+def print_report(settings: TuneSettings, result: TuneResult) -> None:
+    space = settings.search_space()
+    names = space.names() + (["batchnorm"] if settings.compare_batchnorm else [])
+    rows = report.result_rows(result.ranked, names)
+    report.write_csv(settings.out / report.CSV_NAME, rows)
+    print(report.format_table(rows, settings.show))
+    counts = {
+        state: sum(r.state == state for r in result.ranked)
+        for state in ("finished", "pruned", "failed")
+    }
+    print(", ".join(f"{count} {state}" for state, count in counts.items()))
+    print(f"results: {settings.out / report.CSV_NAME}")
+    best = result.best
+    if best is not None:
+        link = report.link_best(settings.out, best)
+        where = f" → {link} (bnserve export {link} --out model.onnx)" if link else ""
+        print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
+    if settings.plots and result.ranked:
+        from training.tune.plots import write_plots  # matplotlib only when plotting
+
+        with TrialStore(settings.out / FILENAME, readonly=True) as store:
+            rounds = [(index, Box.from_dict(box)) for index, box in store.rounds()]
+        paths = write_plots(
+            settings.out,
+            space,
+            rounds,
+            result.ranked,
+            compare_batchnorm=settings.compare_batchnorm,
+        )
+        print("plots: " + ", ".join(str(path) for path in paths))
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = resumed_settings(args, parser) if args.resume else new_settings(args)
+        result = run_tune(settings, resume=args.resume)
+        print_report(settings, result)
+    except (SpaceError, TuneError, TrainingError) as error:
+        print(f"bnserve tune: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bnserve tune: interrupted; finish with --resume --out {args.out}", file=sys.stderr)
+        return 130
+    return 0 if result.best is not None else 1

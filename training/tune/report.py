@@ -1,0 +1,92 @@
+"""The tune's results: a best-first table (terminal and results.csv) and the `best` run link."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from training import rundir
+from training.tune.store import TrialRecord
+
+CSV_NAME = "results.csv"
+BEST_LINK = "best"  # symlink to the best trial's run directory, ready for `bnserve export`
+
+
+def result_rows(ranked: list[TrialRecord], names: list[str]) -> list[dict[str, Any]]:
+    """One row per trial, best first: rank, trial, round, state, dev_error, each hyperparameter."""
+    rows = []
+    for rank, record in enumerate(ranked, start=1):
+        row: dict[str, Any] = {
+            "rank": rank,
+            "trial": record.trial,
+            "round": record.round,
+            "state": record.state,
+            "dev_error": record.dev_error,
+            "epochs": len(record.history),
+        }
+        row.update({name: record.params.get(name) for name in names})
+        row["seconds"] = None if record.seconds is None else round(record.seconds, 3)
+        row["run_dir"] = record.run_dir
+        row["error"] = record.error or ""
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Atomically write the rows (all share the first row's columns)."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    rundir.write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def format_table(rows: list[dict[str, Any]], limit: int) -> str:
+    """The first `limit` rows as an aligned text table (without run_dir and error columns)."""
+    columns = [name for name in (rows[0] if rows else {}) if name not in ("run_dir", "error")]
+    cells = [[_cell(row[name]) for name in columns] for row in rows[:limit]]
+    widths = [max([len(name)] + [len(line[i]) for line in cells]) for i, name in enumerate(columns)]
+    lines = ["  ".join(name.rjust(width) for name, width in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    if len(rows) > limit:
+        lines.append(f"… {len(rows) - limit} more in {CSV_NAME}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def link_best(out: Path, best: TrialRecord) -> Path | None:
+    """Point `out/best` at the best trial's run directory (atomically) and write best.json.
+
+    Returns None when the trial left no finished run directory (the synthetic objective)."""
+    meta_path = out / best.run_dir / "meta.json"
+    if (
+        not meta_path.exists()
+        or json.loads(meta_path.read_text("utf-8")).get("status") != "finished"
+    ):
+        return None
+    link = out / BEST_LINK
+    temporary = out / f".{BEST_LINK}.tmp"
+    temporary.unlink(missing_ok=True)
+    os.symlink(best.run_dir, temporary, target_is_directory=True)
+    os.replace(temporary, link)
+    summary = {
+        "trial": best.trial,
+        "dev_error": best.dev_error,
+        "params": best.params,
+        "run_dir": best.run_dir,
+        "config": json.loads((out / best.run_dir / "config.json").read_text(encoding="utf-8")),
+    }
+    rundir.write_json(out / "best.json", summary)
+    return link

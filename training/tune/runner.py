@@ -1,0 +1,263 @@
+"""The coordinator: plans rounds, hands trials to the executor, records every end in SQLite.
+
+Only this process writes the tune's SQLite file. A round's points are sampled and stored before
+any of its trials run, so a resumed tune runs exactly the trials an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from training.tune import sampler
+from training.tune.executors import Executor, make_executor
+from training.tune.settings import RUNTIME_FIELDS, TuneSettings
+from training.tune.space import SearchSpace
+from training.tune.store import FILENAME, PlannedTrial, TrialRecord, TrialStore
+from training.tune.trials import TrialOutcome, TrialRequest
+
+MEDIAN_MIN_REFERENCE = 4  # the median rule waits for this many ended trials
+
+
+class TuneError(Exception):
+    """A tune cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tune ended with: every trial best first, and where it lives."""
+
+    out: Path
+    ranked: list[TrialRecord]  # finished by dev error, then pruned, then failed
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return self.ranked[0] if self.ranked and self.ranked[0].state == "finished" else None
+
+
+def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
+    """Create the tune directory and store, or reopen one to resume (same settings required)."""
+    path = settings.out / FILENAME
+    if resume:
+        if not path.exists():
+            raise TuneError(f"{settings.out}: no {FILENAME} to resume (start it without --resume)")
+        store = TrialStore(path)
+        stored = {k: v for k, v in store.settings().items() if k not in RUNTIME_FIELDS}
+        given = {k: v for k, v in settings.to_dict().items() if k not in RUNTIME_FIELDS}
+        if stored != given:
+            store.close()
+            changed = sorted(k for k in given if stored.get(k) != given[k])
+            raise TuneError(f"{settings.out}: cannot resume with different {', '.join(changed)}")
+        return store
+    if settings.out.exists() and any(settings.out.iterdir()):
+        raise TuneError(
+            f"{settings.out}: already exists and is not empty (use --resume or a new --out)"
+        )
+    settings.out.mkdir(parents=True, exist_ok=True)
+    store = TrialStore(path)
+    store.save_settings(settings.to_dict())
+    return store
+
+
+def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
+    """Run (or finish) every round of the tune and return its trials best first.
+
+    Everything is validated (space, settings, Ray address) before any trial starts.
+    """
+    space = settings.search_space()
+    executor = make_executor(_worker_count(settings), settings.ray_address)
+    try:
+        with open_tune(settings, resume=resume) as store:
+            requeued = store.requeue_interrupted()
+            if requeued:
+                print(f"resuming: rerunning interrupted trial(s) {requeued}", file=sys.stderr)
+            total = planned_trial_count(settings, space)
+            done = sum(record.state not in ("pending", "running") for record in store.trials())
+            with tqdm(
+                total=total,
+                initial=done,
+                desc="tune",
+                unit="trial",
+                file=sys.stderr,
+                disable=not settings.progress,
+                dynamic_ncols=True,
+            ) as bar:
+                for round_index, round_size in enumerate(round_plan(settings, space)):
+                    ensure_round_planned(store, settings, space, round_index, round_size)
+                    _run_pending(store, settings, space, executor, round_index, bar)
+            return TuneResult(out=settings.out, ranked=rank_trials(store.trials()))
+    finally:
+        executor.close()
+
+
+def _worker_count(settings: TuneSettings) -> int | None:
+    if settings.workers is not None or settings.ray_address:
+        return settings.workers
+    return max(1, len(_available_cores()))
+
+
+def _available_cores() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def round_plan(settings: TuneSettings, space: SearchSpace) -> list[int]:
+    """Points per round."""
+    if settings.grid_points is not None:
+        return [len(sampler.grid_points(space, settings.grid_points))]
+    points = settings.trials // 2 if settings.compare_batchnorm else settings.trials
+    return sampler.round_sizes(points, settings.rounds)
+
+
+def planned_trial_count(settings: TuneSettings, space: SearchSpace) -> int:
+    return sum(round_plan(settings, space)) * (2 if settings.compare_batchnorm else 1)
+
+
+def ensure_round_planned(
+    store: TrialStore,
+    settings: TuneSettings,
+    space: SearchSpace,
+    round_index: int,
+    n_points: int,
+) -> None:
+    """Sample and store a round's trials as pending, unless a previous run already did."""
+    rounds = dict(store.rounds())
+    if round_index in rounds:
+        return
+    existing = store.trials()
+    first_point = 1 + max((record.point for record in existing), default=-1)
+    first_trial = len(existing)
+    if round_index == 0:
+        box = sampler.full_box(space)
+    else:
+        ranked = [r.params for r in rank_trials(existing) if r.state == "finished"]
+        if not ranked:
+            raise TuneError(
+                f"round {round_index}: no trial of the earlier rounds finished, "
+                "so there is no best point to shrink the box around (see results.csv errors)"
+            )
+        previous = sampler.Box.from_dict(rounds[round_index - 1])
+        box = sampler.shrink_box(space, previous, ranked, settings.shrink)
+    if settings.grid_points is not None:
+        points = sampler.grid_points(space, settings.grid_points)
+    else:
+        points = [
+            sampler.sample_point(space, box, sampler.point_rng(settings.seed, first_point + i))
+            for i in range(n_points)
+        ]
+    planned = []
+    variants = [{"batchnorm": True}, {"batchnorm": False}] if settings.compare_batchnorm else [{}]
+    for offset, point in enumerate(points):
+        for variant in variants:
+            trial = first_trial + len(planned)
+            params = {**point, **variant}
+            planned.append(
+                PlannedTrial(
+                    trial=trial,
+                    point=first_point + offset,
+                    params=params,
+                    seed=space.config_for(params).seed,
+                    run_dir=f"trials/trial-{trial:04d}",
+                )
+            )
+    store.add_round(round_index, box.to_dict(), planned)
+
+
+def _run_pending(
+    store: TrialStore,
+    settings: TuneSettings,
+    space: SearchSpace,
+    executor: Executor,
+    round_index: int,
+    bar: tqdm,
+) -> None:
+    """Run the round's pending trials, at most `executor.slots` at once, recording each end."""
+    pending = [r for r in store.trials(round_index=round_index) if r.state == "pending"]
+    in_flight: dict[Future[str], TrialRecord] = {}
+    while pending or in_flight:
+        while pending and len(in_flight) < executor.slots:
+            record = pending.pop(0)
+            request = _request_for(store, settings, space, record)
+            store.mark_running(record.trial)
+            in_flight[executor.submit(request.to_json())] = record
+        done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+        for future in done:
+            record = in_flight.pop(future)
+            outcome = _outcome_of(future, record)
+            store.mark_done(
+                record.trial,
+                state=outcome.state,
+                dev_error=outcome.dev_error,
+                history=outcome.curve,
+                seconds=outcome.seconds,
+                error=outcome.error,
+            )
+            bar.update(1)
+            if outcome.state == "failed":
+                bar.write(f"trial {record.trial} failed: {outcome.error}", file=sys.stderr)
+
+
+def _request_for(
+    store: TrialStore, settings: TuneSettings, space: SearchSpace, record: TrialRecord
+) -> TrialRequest:
+    run_dir = settings.out.resolve() / record.run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's leftovers; rerun from scratch
+    median_rule = None
+    if settings.early_stop == "median":
+        median_rule = {
+            "reference_curves": _reference_curves(store, record),
+            "grace_epochs": settings.grace_epochs,
+            "min_reference": MEDIAN_MIN_REFERENCE,
+        }
+    return TrialRequest(
+        trial=record.trial,
+        config=space.config_for(record.params).to_dict(),
+        run_dir=str(run_dir),
+        objective=settings.objective,
+        checkpoints=settings.checkpoints,
+        median_rule=median_rule,
+    )
+
+
+def _reference_curves(store: TrialStore, record: TrialRecord) -> list[list[float]]:
+    """Curves of ended trials that share this trial's batch-norm setting (if it varies)."""
+    return [
+        other.history
+        for other in store.trials()
+        if other.state in ("finished", "pruned")
+        and other.params.get("batchnorm") == record.params.get("batchnorm")
+    ]
+
+
+def _outcome_of(future: Future[str], record: TrialRecord) -> TrialOutcome:
+    try:
+        return TrialOutcome.from_json(future.result())
+    except Exception as error:  # the worker itself died, or Ray lost the task
+        return TrialOutcome(
+            trial=record.trial,
+            state="failed",
+            dev_error=None,
+            curve=[],
+            seconds=0.0,
+            error=f"worker lost: {type(error).__name__}: {error}",
+        )
+
+
+def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Best first: finished by dev error, then pruned by dev error, then failed and unfinished."""
+    order = {"finished": 0, "pruned": 1, "failed": 2, "running": 3, "pending": 4}
+
+    def key(record: TrialRecord) -> tuple[Any, ...]:
+        error = record.dev_error if record.dev_error is not None else float("inf")
+        return (order[record.state], error, record.trial)
+
+    return sorted(records, key=key)

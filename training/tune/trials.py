@@ -1,0 +1,144 @@
+"""What a worker runs: one trial from a JSON request to a JSON outcome.
+
+Requests and outcomes cross process (and Ray) boundaries as JSON text, so a worker needs only
+this module and the training package, and nothing but plain data travels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from training.tune.early_stop import MedianRule
+
+OBJECTIVES = ("train", "synthetic")
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """One trial as the coordinator hands it to a worker."""
+
+    trial: int  # index in the tune
+    config: dict[str, Any]  # TrainConfig.to_dict() of this trial
+    run_dir: str  # absolute path of the trial's run directory (created by training)
+    objective: str = "train"  # "train" (real training) or "synthetic" (see synthetic_curve)
+    checkpoints: bool = False  # per-epoch checkpoints in the trial's run directory
+    median_rule: dict[str, Any] | None = None  # MedianRule fields, or None: no early stopping
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRequest:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended, as the worker reports it."""
+
+    trial: int
+    state: str  # "finished" | "pruned" | "failed"
+    dev_error: float | None  # final dev error (None when failed)
+    curve: list[float]  # dev error after each epoch
+    seconds: float  # wall time in the worker
+    error: str | None = None  # failed: the exception, one line
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialOutcome:
+        return cls(**json.loads(text))
+
+
+def run_trial_json(request_json: str) -> str:
+    """Worker entry point: run the trial; any exception becomes a failed outcome."""
+    request = TrialRequest.from_json(request_json)
+    started = time.perf_counter()
+    curve: list[float] = []
+    rule = MedianRule(**_rule_fields(request.median_rule)) if request.median_rule else None
+    stopped = False
+
+    def on_epoch(record: dict[str, Any]) -> bool:
+        nonlocal stopped
+        curve.append(float(record["dev_error"]))
+        stopped = rule is not None and rule.should_stop(curve)
+        return not stopped
+
+    try:
+        if request.objective == "train":
+            dev_error = _train(request, on_epoch)
+        elif request.objective == "synthetic":
+            dev_error = _synthetic(request, on_epoch)
+        else:
+            raise ValueError(f"unknown objective {request.objective!r}; one of {OBJECTIVES}")
+    except Exception as error:
+        return TrialOutcome(
+            trial=request.trial,
+            state="failed",
+            dev_error=None,
+            curve=curve,
+            seconds=time.perf_counter() - started,
+            error=_one_line(error),
+        ).to_json()
+    state = "finished" if math.isfinite(dev_error) else "failed"
+    return TrialOutcome(
+        trial=request.trial,
+        state="pruned" if stopped and state == "finished" else state,
+        dev_error=dev_error if math.isfinite(dev_error) else None,
+        curve=curve,
+        seconds=time.perf_counter() - started,
+        error=None if state == "finished" else f"dev error is {dev_error} (diverged)",
+    ).to_json()
+
+
+def _rule_fields(values: dict[str, Any]) -> dict[str, Any]:
+    curves = tuple(tuple(curve) for curve in values["reference_curves"])
+    return {**values, "reference_curves": curves}
+
+
+def _train(request: TrialRequest, on_epoch: Any) -> float:
+    from training.config import TrainConfig  # the worker imports training only when it trains
+    from training.train import train
+
+    config = TrainConfig.from_dict(request.config)
+    result = train(
+        config,
+        request.run_dir,
+        progress=False,
+        checkpoints=request.checkpoints,
+        plot=False,
+        on_epoch=on_epoch,
+    )
+    return float(result.dev_error)
+
+
+def synthetic_curve(config: dict[str, Any], epoch: int) -> float:
+    """A cheap known objective for the tuner's own tests and benchmarks (no data, no files):
+    best at lr = 10^-2.5, β1 = 0.9, batch size 64, improving with epochs like a learning curve.
+    """
+    lr_term = (math.log10(config["lr"]) + 2.5) ** 2 / 10
+    beta_term = (math.log10(1 - config["beta1"]) + 1) ** 2 / 20
+    batch_term = abs(math.log2(config["batch_size"]) - 6) / 50
+    floor = 0.02 + lr_term + beta_term + batch_term
+    return floor + 0.5 * math.exp(-epoch / 3)
+
+
+def _synthetic(request: TrialRequest, on_epoch: Any) -> float:
+    dev_error = math.nan
+    for epoch in range(1, int(request.config["epochs"]) + 1):
+        dev_error = synthetic_curve(request.config, epoch)
+        if on_epoch({"epoch": epoch, "dev_error": dev_error}) is False:
+            break
+    return dev_error
+
+
+def _one_line(error: BaseException) -> str:
+    where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    at = f" (at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno})" if where else ""
+    return f"{type(error).__name__}: {error}{at}".replace("\n", " ")
