@@ -1,0 +1,265 @@
+"""`bnserve predict`: score one example (--features) or a CSV (--csv, through PredictStream)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+
+
+class InputError(ValueError):
+    """Bad client input; the message names the file, row and column."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What `bnserve predict` was asked to do."""
+
+    target: str  # HOST:PORT of the server
+    model: str  # model name; empty: the server's only model
+    model_version: str  # empty: newest
+    features: str  # comma-separated values or name=value pairs; empty when csv is set
+    csv_path: Path | None  # CSV of examples to stream
+    out: Path | None  # where the CSV predictions go; None: stdout
+    timeout_s: float  # per call (a whole CSV stream gets it per 1000 rows, at least once)
+    progress: bool  # tqdm bar on stderr for --csv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnserve predict", description="Score examples against a running bnserve server."
+    )
+    parser.add_argument("--target", required=True, help="server address HOST:PORT")
+    parser.add_argument("--model", default="", help="model name (default: the server's only one)")
+    parser.add_argument("--model-version", default="", help="model version (default: newest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--features", help="one example: 5.1,3.5,... in feature order, or name=value,name=value"
+    )
+    source.add_argument(
+        "--csv", type=Path, help="CSV of examples (header with feature names, or none)"
+    )
+    parser.add_argument("--out", type=Path, help="write --csv predictions here (default: stdout)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for --csv")
+    return parser
+
+
+def parse_features(text: str) -> pb.PredictRequest:
+    """`1,2,3` → features by position; `a=1,b=2` → named_features."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise InputError(f"--features {text!r}: expected comma-separated numbers, none empty")
+    named = "=" in text
+    request = pb.PredictRequest()
+    for position, item in enumerate(items, start=1):
+        name, _, value = item.rpartition("=") if named else ("", "", item)
+        if named and not name:
+            raise InputError(f"--features item {position} {item!r}: expected name=value")
+        number = _number(value, f"--features item {position}{f' ({name})' if name else ''}")
+        if named:
+            request.named_features[name] = number
+        else:
+            request.features.append(number)
+    return request
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+def read_examples(path: Path, feature_names: Sequence[str]) -> tuple[list[int], list[list[float]]]:
+    """(line numbers, rows in model feature order) from a CSV with or without a header.
+
+    With a header, the model's feature columns are picked by name (others, like a target column,
+    are ignored); without one, every row must have exactly the model's F values in order.
+    """
+    try:
+        with path.open(newline="") as handle:
+            lines = list(csv.reader(handle))
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror})") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable CSV ({error})") from None
+    if not lines:
+        raise InputError(f"{path}: empty file, no examples")
+    first = [cell.strip() for cell in lines[0]]
+    has_header = not all(_is_number(cell) for cell in first)
+    if has_header:
+        missing = [name for name in feature_names if name not in first]
+        if missing:
+            raise InputError(
+                f"{path}: line 1: header lacks the model's feature column(s) {missing[:6]}"
+                f"{' …' if len(missing) > 6 else ''} (it takes {len(feature_names)} features)"
+            )
+        columns = [first.index(name) for name in feature_names]
+        header_names = first
+    else:
+        columns = list(range(len(feature_names)))
+        header_names = list(feature_names)
+    line_numbers, rows = [], []
+    for line_number, cells in enumerate(
+        lines[1:] if has_header else lines, start=2 if has_header else 1
+    ):
+        if not cells or all(not cell.strip() for cell in cells):
+            continue
+        expected = len(first)
+        if len(cells) != expected:
+            raise InputError(
+                f"{path}: line {line_number}: {len(cells)} columns, expected {expected}"
+            )
+        rows.append(
+            [
+                _number(
+                    cells[c].strip(),
+                    f"{path}: line {line_number}, column {c + 1} ({header_names[c]!r})",
+                )
+                for c in columns
+            ]
+        )
+        line_numbers.append(line_number)
+    if not rows:
+        raise InputError(f"{path}: no example rows")
+    return line_numbers, rows
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def format_prediction(response: pb.PredictResponse, info: pb.ModelInfoResponse) -> str:
+    """One human-readable line for a single prediction."""
+    if info.task == "classification":
+        probabilities = " ".join(
+            f"{name}={p:.4f}"
+            for name, p in zip(info.class_names, response.probabilities, strict=True)
+        )
+        return f"{response.class_name} (label {response.label})  {probabilities}"
+    return " ".join(
+        f"{name}={v:.6g}" for name, v in zip(info.target_names, response.values, strict=True)
+    )
+
+
+def prediction_header(info: pb.ModelInfoResponse) -> list[str]:
+    if info.task == "classification":
+        return ["line", "label", "class_name", *(f"p_{name}" for name in info.class_names)]
+    return ["line", *info.target_names]
+
+
+def prediction_row(line: int, response: pb.PredictResponse) -> list[str]:
+    if response.class_name or response.probabilities:
+        probabilities = [f"{p:.7g}" for p in response.probabilities]
+        return [str(line), str(response.label), response.class_name, *probabilities]
+    return [str(line), *(f"{v:.7g}" for v in response.values)]
+
+
+def stream_csv(
+    stub: predictor_pb2_grpc.PredictorStub, settings: ClientSettings, info: pb.ModelInfoResponse
+) -> int:
+    """Stream every CSV row through PredictStream and write the predictions (atomically)."""
+    from tqdm import tqdm
+
+    assert settings.csv_path is not None
+    line_numbers, rows = read_examples(settings.csv_path, info.feature_names)
+
+    def requests() -> Iterator[pb.PredictRequest]:
+        for line, row in zip(line_numbers, rows, strict=True):
+            yield pb.PredictRequest(
+                model_name=info.model_name,
+                model_version=info.model_version,
+                features=row,
+                id=str(line),
+            )
+
+    timeout = settings.timeout_s * max(1.0, len(rows) / 1000)
+    table = [prediction_header(info)]
+    with tqdm(total=len(rows), unit="ex", disable=not settings.progress, file=sys.stderr) as bar:
+        for response in stub.PredictStream(requests(), timeout=timeout):
+            table.append(prediction_row(int(response.id), response))
+            bar.update(1)
+    write_table(table, settings.out)
+    if settings.out is not None:
+        print(f"wrote {len(rows)} predictions to {settings.out}", file=sys.stderr)
+    return 0
+
+
+def write_table(table: list[list[str]], out: Path | None) -> None:
+    """CSV to stdout, or to `out` through a temp file in the same directory and os.replace."""
+    if out is None:
+        csv.writer(sys.stdout, lineterminator="\n").writerows(table)
+        return
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(table)
+        os.replace(temp_name, out)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def run(settings: ClientSettings) -> int:
+    with grpc.insecure_channel(settings.target) as channel:
+        stub = predictor_pb2_grpc.PredictorStub(channel)
+        info = stub.ModelInfo(
+            pb.ModelInfoRequest(model_name=settings.model, model_version=settings.model_version),
+            timeout=settings.timeout_s,
+        )
+        if settings.csv_path is not None:
+            return stream_csv(stub, settings, info)
+        request = parse_features(settings.features)
+        request.model_name, request.model_version = info.model_name, info.model_version
+        response = stub.Predict(request, timeout=settings.timeout_s)
+        print(format_prediction(response, info))
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.out is not None and args.csv is None:
+        print("bnserve predict: --out goes with --csv", file=sys.stderr)
+        return 2
+    settings = ClientSettings(
+        target=args.target,
+        model=args.model,
+        model_version=args.model_version,
+        features=args.features or "",
+        csv_path=args.csv,
+        out=args.out,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    try:
+        return run(settings)
+    except InputError as error:
+        print(f"bnserve predict: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        print(
+            f"bnserve predict: {settings.target} answered {error.code().name}: {error.details()}",
+            file=sys.stderr,
+        )
+        return 1
