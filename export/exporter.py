@@ -63,6 +63,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         run = load_run(settings.run_dir)
     except RunError as error:
         raise ExportError(f"not an exportable run: {error}") from None
+    _check_heldout(run)
     model, tolerance = build_model(run, unfolded=settings.unfolded)
     expected = predict(run.params, run.meta, np.asarray(run.heldout_x, dtype=np.float64))
     session = onnx_session(model.SerializeToString())
@@ -121,6 +122,19 @@ def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
     return model, regression_tolerance(params["target.std"])
+
+
+def _check_heldout(run: Run) -> None:
+    """The held-out features are what the model is verified on: there must be some, all finite."""
+    where = run.path / "heldout.npz"
+    if run.heldout_x.shape[0] == 0:
+        raise ExportError(f"{where}: 'x' has no rows; nothing to verify the model against")
+    bad = np.argwhere(~np.isfinite(run.heldout_x))
+    if bad.size:
+        row, column = (int(i) for i in bad[0])
+        raise ExportError(
+            f"{where}: 'x' row {row}, column {column} is {run.heldout_x[row, column]} (not finite)"
+        )
 
 
 def _verification_failure(run_dir: Path, verification: Verification) -> str:

@@ -46,11 +46,6 @@ def graph_sha256(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
 
 
-def _json_floats(array: np.ndarray) -> list[Any]:
-    # float(np.float32(v)) is the exact float32 value; JSON's shortest repr round-trips it.
-    return array.tolist()
-
-
 def build_metadata(
     *,
     meta: Mapping[str, Any],
@@ -67,10 +62,9 @@ def build_metadata(
     """
     task = meta["task"]
     names_key = "class_names" if task == "classification" else "target_names"
-    reference_outputs = {
-        name: (value.tolist() if name == "label" else _json_floats(value))
-        for name, value in references.outputs.items()
-    }
+    # tolist() gives Python floats; json writes their shortest repr, which round-trips exactly
+    # (a float32 value widened to float64 included), so readers get the very same numbers.
+    reference_outputs = {name: value.tolist() for name, value in references.outputs.items()}
     return {
         "bnserve.format": FORMAT_VERSION,
         "bnserve.task": task,
@@ -86,7 +80,7 @@ def build_metadata(
         "bnserve.params_sha256": str(meta["params_sha256"]),
         "bnserve.graph_sha256": graph_sha256(model),
         "bnserve.reference_inputs": json.dumps(
-            _json_floats(references.inputs.astype(np.float32).astype(np.float64))
+            references.inputs.astype(np.float32).astype(np.float64).tolist()
         ),
         "bnserve.reference_outputs": json.dumps(reference_outputs),
         "bnserve.reference_tolerance": tolerance.as_json(),

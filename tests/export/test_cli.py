@@ -83,6 +83,35 @@ def test_unfinished_run(synthetic_run, out_dir, capsys) -> None:
     )
 
 
+def _replace_heldout_x(run_dir: Path, heldout_x: np.ndarray) -> None:
+    # heldout.npz is not covered by params_sha256, so the run still loads
+    with (run_dir / "heldout.npz").open("wb") as handle:
+        np.savez(handle, x=heldout_x, y=np.zeros(heldout_x.shape[0], dtype=np.int64))
+
+
+def test_held_out_set_without_rows(synthetic_run, out_dir, capsys) -> None:
+    run_dir = synthetic_run()
+    _replace_heldout_x(run_dir, np.zeros((0, 6)))
+    _assert_fails_cleanly(
+        capsys, [str(run_dir), "--out", str(out_dir / "m.onnx")], out_dir, "heldout.npz", "no rows"
+    )
+
+
+def test_held_out_set_with_a_non_finite_feature(synthetic_run, out_dir, capsys) -> None:
+    run_dir = synthetic_run()
+    heldout_x = np.ones((10, 6))
+    heldout_x[7, 2] = np.nan
+    _replace_heldout_x(run_dir, heldout_x)
+    _assert_fails_cleanly(
+        capsys,
+        [str(run_dir), "--out", str(out_dir / "m.onnx")],
+        out_dir,
+        "heldout.npz",
+        "row 7, column 2",
+        "not finite",
+    )
+
+
 @pytest.mark.parametrize(
     ("params_fields", "fragments"),
     [
