@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training import optim
 from training.config import TrainConfig
 from training.data import Dataset, Split
 from training.train import Prepared, TrainingState, fresh_state, run_epoch
@@ -140,5 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    optim.OptimizerSettings()  # fail early if the training package is not importable
     main()
