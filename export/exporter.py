@@ -105,8 +105,12 @@ def _check_output_path(out: Path, force: bool) -> None:
 def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance]:
     """Check run's parameters against its config, then build the folded (or unfolded) model,
     without metadata; also returns the tolerance its outputs are verified with."""
-    spec = spec_from_run(run.meta, run.config.hidden)
-    check_params(run.params, spec)
+    try:
+        spec = spec_from_run(run.meta, run.config)
+        check_params(run.params, spec)
+    except ExportError as error:
+        # the checks name the file within the run ("params.npz: …"); say which run it is
+        raise ExportError(f"{run.path}{os.sep}{error}") from None
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
     structure: dict[str, Any] = {
         "hidden_count": len(spec.hidden_sizes),

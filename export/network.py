@@ -1,4 +1,4 @@
-"""Check a run's parameters against its config and meta, then fold them: the explaining wrapper.
+"""Check a run's meta, config and parameters before folding: the wrapper that explains.
 
 `export.fold` holds the pure arithmetic; this module makes sure the arrays it receives are the
 ones the run's config describes, finite, and safe to divide by, and says exactly what is wrong
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from export.errors import ExportError
-from export.fold import HIDDEN_ACTIVATIONS, FoldedNetwork, fold_params
+from export.fold import HIDDEN_ACTIVATIONS
+from training.config import RUNNING_VAR_MODES, STATS_MODES, TrainConfig
 
 TASKS = ("classification", "regression")
 
@@ -34,42 +35,61 @@ class NetworkSpec:
     task: str
 
 
-def spec_from_run(meta: Mapping[str, Any], hidden_sizes: Sequence[int]) -> NetworkSpec:
-    """Read the network's shape from meta.json and the config's hidden sizes; explain bad values."""
-    task = meta.get("task")
-    if task not in TASKS:
-        raise ExportError(f"meta.json: 'task' is {task!r}; expected one of {TASKS}")
-    activation = meta.get("activation")
-    if activation not in HIDDEN_ACTIVATIONS:
-        raise ExportError(
-            f"meta.json: 'activation' is {activation!r}; expected one of {HIDDEN_ACTIVATIONS}"
-        )
+def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
+    """The network meta.json and config.json describe; ExportError names any bad or
+    inconsistent value (the exporter relies on meta for the graph and on both for metadata)."""
+    task = _choice(meta, "task", TASKS)
+    activation = _choice(meta, "activation", HIDDEN_ACTIVATIONS)
     batchnorm = meta.get("batchnorm")
     if not isinstance(batchnorm, bool):
         raise ExportError(f"meta.json: 'batchnorm' is {batchnorm!r}; expected true or false")
-    epsilon = meta.get("epsilon")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        raise ExportError(f"meta.json: 'epsilon' is {epsilon!r}; expected a number")
-    if not (math.isfinite(epsilon) and epsilon >= 0):
-        raise ExportError(f"meta.json: 'epsilon' is {epsilon!r}; expected a finite number ≥ 0")
+    epsilon = _number(meta, "epsilon")
+    _choice(meta, "stats", STATS_MODES)
+    _choice(meta, "running_var", RUNNING_VAR_MODES)
+    if batchnorm:
+        _number(meta, "bn_momentum")
+    if not isinstance(meta.get("run_id"), str) or not meta["run_id"]:
+        raise ExportError(f"meta.json: 'run_id' is {meta.get('run_id')!r}; expected a string")
+    for key, config_value in (
+        ("activation", config.activation),
+        ("batchnorm", config.batchnorm),
+        ("epsilon", config.bn_epsilon),
+        ("task", config.task or task),  # config.task None: inferred from the data at training
+    ):
+        if meta[key] != config_value:
+            raise ExportError(
+                f"meta.json: {key!r} is {meta[key]!r} but config.json says {config_value!r}"
+            )
     names_key = "class_names" if task == "classification" else "target_names"
     feature_names = _string_list(meta, "feature_names")
     output_names = _string_list(meta, names_key)
     if task == "classification" and len(output_names) < 2:
         raise ExportError(f"meta.json: 'class_names' has {len(output_names)} entries; need ≥ 2")
-    if any(
-        isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in hidden_sizes
-    ):
-        raise ExportError(f"config.json: hidden sizes {list(hidden_sizes)!r} must be integers ≥ 1")
     return NetworkSpec(
         feature_count=len(feature_names),
-        hidden_sizes=tuple(hidden_sizes),
+        hidden_sizes=tuple(config.hidden),
         output_count=len(output_names),
         activation=activation,
         batchnorm=batchnorm,
-        epsilon=float(epsilon),
+        epsilon=epsilon,
         task=task,
     )
+
+
+def _choice(meta: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = meta.get(key)
+    if value not in allowed:
+        raise ExportError(f"meta.json: {key!r} is {value!r}; expected one of {allowed}")
+    return value
+
+
+def _number(meta: Mapping[str, Any], key: str) -> float:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ExportError(f"meta.json: {key!r} is {value!r}; expected a finite number")
+    if value < 0:
+        raise ExportError(f"meta.json: {key!r} is {value!r}; expected a number ≥ 0")
+    return float(value)
 
 
 def _string_list(meta: Mapping[str, Any], key: str) -> list[str]:
@@ -159,19 +179,3 @@ def _require_positive(key: str, value: np.ndarray, offset: float, why: str) -> N
             f"params.npz: {key!r} is {value[bad[0]]!r} at unit {int(bad[0])} "
             f"({bad.size} unit(s) in all): {why}"
         )
-
-
-def fold_checked(
-    params: Mapping[str, np.ndarray], meta: Mapping[str, Any], hidden_sizes: Sequence[int]
-) -> FoldedNetwork:
-    """Check params against meta and the config's hidden sizes, then fold them in float64."""
-    spec = spec_from_run(meta, hidden_sizes)
-    check_params(params, spec)
-    return fold_params(
-        dict(params),
-        hidden_count=len(spec.hidden_sizes),
-        batchnorm=spec.batchnorm,
-        epsilon=spec.epsilon,
-        activation=spec.activation,
-        task=spec.task,
-    )

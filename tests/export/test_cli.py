@@ -83,6 +83,26 @@ def test_unfinished_run(synthetic_run, out_dir, capsys) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("meta_changes", "fragments"),
+    [
+        ({"activation": "tanh"}, ["'activation' is 'tanh' but config.json says 'relu'"]),
+        ({"epsilon": 1e-3}, ["'epsilon' is 0.001 but config.json says 1e-05"]),
+        ({"stats": "median"}, ["'stats' is 'median'"]),
+        ({"class_names": ["only"]}, ["'class_names' has 1 entries"]),
+    ],
+    ids=["activation", "epsilon", "stats", "one-class"],
+)
+def test_meta_that_does_not_match_the_config(
+    synthetic_run, out_dir, capsys, meta_changes, fragments
+) -> None:
+    run_dir = synthetic_run()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, **meta_changes}))
+    argv = [str(run_dir), "--out", str(out_dir / "m.onnx")]
+    _assert_fails_cleanly(capsys, argv, out_dir, "meta.json", *fragments)
+
+
 def _replace_heldout_x(run_dir: Path, heldout_x: np.ndarray) -> None:
     # heldout.npz is not covered by params_sha256, so the run still loads
     with (run_dir / "heldout.npz").open("wb") as handle:
