@@ -10,7 +10,6 @@ from typing import Any
 from training.errors import TrainingError
 from training.tune import report
 from training.tune.runner import TuneError, TuneResult, run_tune
-from training.tune.sampler import Box
 from training.tune.settings import RUNTIME_FIELDS, TuneSettings
 from training.tune.space import DEFAULT_SPACE, SpaceError, load_space_file, parse_param_flag
 from training.tune.store import FILENAME, TrialStore
@@ -183,12 +182,10 @@ def print_report(settings: TuneSettings, result: TuneResult) -> None:
     if settings.plots and result.ranked:
         from training.tune.plots import write_plots  # matplotlib only when plotting
 
-        with TrialStore(settings.out / FILENAME, readonly=True) as store:
-            rounds = [(index, Box.from_dict(box)) for index, box in store.rounds()]
         paths = write_plots(
             settings.out,
             space,
-            rounds,
+            result.rounds,
             result.ranked,
             compare_batchnorm=settings.compare_batchnorm,
         )

@@ -70,6 +70,7 @@ def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[Trial
                 labels = [str(choice) for choice in dimension.choices]
                 xs = [labels.index(str(r.params[dimension.name])) for r in chosen]
                 axis.set_xticks(range(len(labels)), labels)
+                axis.set_xlim(-0.5, len(labels) - 0.5)
             else:
                 xs = [_axis_value(dimension, r.params[dimension.name]) for r in chosen]
             axis.scatter(
@@ -85,6 +86,7 @@ def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[Trial
             )
         if dimension.scale in ("log", "log_int", "log1m"):
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(plt.NullFormatter())
         axis.set_xlabel(_axis_label(dimension))
         axis.set_ylabel("dev error")
         axis.grid(alpha=0.3)

@@ -36,6 +36,7 @@ class TuneResult:
 
     out: Path
     ranked: list[TrialRecord]  # finished by dev error, then pruned, then failed
+    rounds: list[tuple[int, sampler.Box]]  # each round's box, first round first
 
     @property
     def best(self) -> TrialRecord | None:
@@ -92,7 +93,8 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
                 for round_index, round_size in enumerate(round_plan(settings, space)):
                     ensure_round_planned(store, settings, space, round_index, round_size)
                     _run_pending(store, settings, space, executor, round_index, bar)
-            return TuneResult(out=settings.out, ranked=rank_trials(store.trials()))
+            rounds = [(index, sampler.Box.from_dict(box)) for index, box in store.rounds()]
+            return TuneResult(settings.out, rank_trials(store.trials()), rounds)
     finally:
         executor.close()
 
