@@ -17,14 +17,18 @@ class InflightLimiter:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self.in_flight = 0  # read freely (metrics, tests); written under the lock
+        self._lock = threading.Lock()
 
     def __enter__(self) -> None:
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(
-                f"server busy: {self.limit} inference calls already in flight "
-                "(max_inflight); retry with backoff or add replicas"
-            )
+        with self._lock:
+            if self.in_flight < self.limit:
+                self.in_flight += 1
+                return
+        raise Overloaded(
+            f"server busy: {self.limit} inference calls already in flight "
+            "(max_inflight); retry with backoff or add replicas"
+        )
 
     def __exit__(
         self,
@@ -32,4 +36,5 @@ class InflightLimiter:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._slots.release()
+        with self._lock:
+            self.in_flight -= 1

@@ -46,10 +46,12 @@ class Server:
         grpc_server: grpc.Server,
         repository: ModelRepository,
         health_servicer: health.HealthServicer | None,
+        limiter: InflightLimiter,
         port: int,
     ) -> None:
         self.settings = settings
         self.repository = repository
+        self.limiter = limiter
         self.port = port
         self._grpc_server = grpc_server
         self._health = health_servicer
@@ -104,7 +106,7 @@ class Server:
             ) from None
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
-        return cls(settings, grpc_server, repository, health_servicer, port)
+        return cls(settings, grpc_server, repository, health_servicer, limiter, port)
 
     def start(self) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING

@@ -8,6 +8,9 @@ from server.batching import DynamicBatcher
 from server.errors import DeadlineExpired
 from server.model import Model
 
+# grpc reports "no deadline" as a huge time_remaining(); anything beyond a day means none.
+NO_DEADLINE_S = 86_400.0
+
 
 class Servable:
     """A Model plus its optional DynamicBatcher (single-example calls only go through it)."""
@@ -25,7 +28,9 @@ class Servable:
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExpired("deadline passed before scoring")
         if self.batcher is not None and x.shape[0] == 1:
-            return self.batcher.score(x, timeout_s)
+            return self.batcher.score(
+                x, None if timeout_s is None or timeout_s > NO_DEADLINE_S else timeout_s
+            )
         return self.model.predict(x)
 
     def close(self) -> None:

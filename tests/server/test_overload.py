@@ -1,0 +1,77 @@
+"""Overload is predictable: refused at once when full, health answers while saturated,
+client deadlines are honoured."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from conftest import start_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from model_builder import NUM_FEATURES, ModelFiles
+
+from server.app import Server
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.gen.inference import grpc_service_pb2 as v2
+from server.gen.inference import grpc_service_pb2_grpc
+from server.settings import ServerSettings
+
+REQUEST = pb.PredictRequest(model_name="iris", features=[0.25] * NUM_FEATURES)
+HOLD_S = 2.0  # a batch waits this long for batch-mates, so admitted calls stay in flight
+
+
+@pytest.fixture
+def slow_server(test_models: ModelFiles) -> Iterator[Server]:
+    """Batching with a long delay and room for 2 inference calls: easy to saturate."""
+    settings = ServerSettings(
+        batching=True,
+        max_batch_delay_ms=HOLD_S * 1000,
+        max_batch_size=64,
+        workers=6,
+        max_inflight=2,
+    )
+    server = start_server(settings, {"iris": test_models.classification})
+    yield server
+    server.stop(0)
+
+
+def test_saturated_server_refuses_at_once_and_health_still_answers(slow_server: Server) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
+        predictor = predictor_pb2_grpc.PredictorStub(channel)
+        admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while slow_server.limiter.in_flight < 2:
+            assert time.monotonic() < deadline, "the two calls were never admitted"
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as raised:
+            predictor.Predict(REQUEST, timeout=HOLD_S / 2)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_inflight" in raised.value.details()
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=HOLD_S / 2)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        metadata = inference.ModelMetadata(v2.ModelMetadataRequest(name="iris"), timeout=HOLD_S / 2)
+        assert metadata.name == "iris"
+        assert not any(call.done() for call in admitted)  # all of the above ran while saturated
+        assert all(call.result().class_name for call in admitted)
+
+
+def test_deadline_is_honoured_and_expired_call_not_scored(slow_server: Server) -> None:
+    batcher = slow_server.repository.get("iris").batcher
+    with grpc.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
+        predictor = predictor_pb2_grpc.PredictorStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            predictor.Predict(REQUEST, timeout=0.3)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + HOLD_S * 3
+        while batcher.requests_expired < 1:
+            assert time.monotonic() < deadline, "the expired call was never dropped"
+            time.sleep(0.02)
+        assert batcher.batches_run == 0  # nothing was scored for a caller that had given up
+        answer = predictor.Predict(REQUEST, timeout=HOLD_S * 3)
+        np.testing.assert_allclose(sum(answer.probabilities), 1.0, rtol=1e-5)
