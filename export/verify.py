@@ -6,7 +6,8 @@ Tolerances (float32 model vs float64 numpy, on the same raw held-out features):
   two largest probabilities differ by more than twice that (a nearer tie may flip in float32).
 - regression: |y_onnx − y_numpy| ≤ 1e-4·|y_numpy| + 1e-4·max(target.std). Float32 error grows with
   the size of the terms summed, not with |y|, so a y near 0 reached from large terms needs the
-  absolute part; 1e-4 of a target standard deviation is far below any folding mistake.
+  absolute part; 1e-4 of a target standard deviation is far below what a folding mistake
+  (a wrong ε, a swapped axis, a lost bias) costs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Verification:
 
     example_count: int
     max_abs_error: float  # over probabilities (classification) or y (regression)
-    worst_example: int  # row of the largest excess over the tolerance (or of the max error)
+    worst_example: int  # held-out row with the largest excess over the tolerance
     failures: int  # values outside the tolerance
     label_mismatches: int  # classification: labels that differ where numpy's margin is clear
     tolerance: Tolerance
