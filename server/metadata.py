@@ -153,6 +153,8 @@ class _Reader:
             tolerance = Tolerance(abs=float(value["abs"]), rel=float(value.get("rel", 0.0)))
         except (TypeError, ValueError) as error:
             self.fail(key, f"has a non-numeric bound ({error})")
-        if not (0 <= tolerance.abs < 1 and 0 <= tolerance.rel < 1):
-            self.fail(key, f"bounds {tolerance} must be in [0, 1)")
+        # abs scales with the targets' spread for regression (the exporter writes 1e-4·max std),
+        # so only finiteness bounds it; rel is a fraction.
+        if not (np.isfinite(tolerance.abs) and tolerance.abs >= 0 and 0 <= tolerance.rel < 1):
+            self.fail(key, f"bounds {tolerance} must be abs finite ≥ 0 and rel in [0, 1)")
         return tolerance
