@@ -1,0 +1,111 @@
+"""The whole network: gradient check through every layer, inference, population statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradcheck import numerical_gradient, relative_error
+
+from training import model
+from training.layers import BatchNormSettings
+
+TOLERANCE = 1e-6
+
+
+def make_net(batchnorm: bool, activation: str = "relu", sizes=(5, 6, 4, 3), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = model.init_params(
+        list(sizes), activation=activation, batchnorm=batchnorm, rng=rng, dtype=np.float64
+    )
+    for name in params:  # non-trivial γ, β, b so their gradients are exercised
+        if name.endswith((".gamma", ".beta", ".b")):
+            params[name] = rng.uniform(0.5, 1.5, params[name].shape)
+    return params
+
+
+@pytest.mark.parametrize(
+    ("batchnorm", "activation", "task", "l2", "dropout"),
+    [
+        (True, "relu", "classification", 0.0, 0.0),
+        (True, "tanh", "classification", 0.1, 0.0),
+        (True, "sigmoid", "regression", 0.0, 0.3),
+        (False, "relu", "classification", 0.05, 0.2),
+        (False, "tanh", "regression", 0.0, 0.0),
+    ],
+)
+def test_whole_network_gradients_match_finite_differences(batchnorm, activation, task, l2, dropout):
+    params = make_net(batchnorm, activation)
+    spec = model.NetSpec(2, activation, batchnorm, BatchNormSettings(), dropout)
+    data_rng = np.random.default_rng(1)
+    x = data_rng.standard_normal((7, 5))
+    y = data_rng.integers(0, 3, 7) if task == "classification" else data_rng.standard_normal((7, 3))
+
+    def cost_and_grads():
+        # a fresh generator with the same seed: identical dropout masks on every evaluation
+        return model.loss_and_grads(
+            params, x, y, spec, task=task, l2=l2, rng=np.random.default_rng(5)
+        )
+
+    _, grads, _ = cost_and_grads()
+    assert set(grads) == set(model.learnable_names(params))
+    for name, grad in grads.items():
+        numeric = numerical_gradient(lambda: cost_and_grads()[0], params[name])
+        assert relative_error(grad, numeric) < TOLERANCE, name
+
+
+def test_learnable_names_exclude_running_statistics():
+    params = make_net(batchnorm=True)
+    assert model.learnable_names(params) == [
+        "hidden1.W",
+        "hidden1.gamma",
+        "hidden1.beta",
+        "hidden2.W",
+        "hidden2.gamma",
+        "hidden2.beta",
+        "output.W",
+        "output.b",
+    ]
+
+
+def test_training_forward_returns_new_running_statistics_and_leaves_params_alone():
+    params = make_net(batchnorm=True)
+    before = {name: value.copy() for name, value in params.items()}
+    spec = model.NetSpec(2, "relu", True)
+    x = np.random.default_rng(2).standard_normal((9, 5))
+    _, _, running = model.forward(params, x, spec, train=True)
+    assert set(running) == {
+        "hidden1.running_mean",
+        "hidden1.running_var",
+        "hidden2.running_mean",
+        "hidden2.running_var",
+    }
+    assert not np.allclose(running["hidden1.running_mean"], 0.0)
+    for name, value in params.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_inference_scores_each_row_independently_of_the_batch():
+    params = make_net(batchnorm=True)
+    spec = model.NetSpec(2, "relu", True)
+    x = np.random.default_rng(3).standard_normal((12, 5))
+    batch_scores, _, _ = model.forward(params, x, spec, train=False)
+    for row in range(len(x)):
+        single, _, _ = model.forward(params, x[row : row + 1], spec, train=False)
+        np.testing.assert_allclose(single[0], batch_scores[row], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_population_statistics_are_exact_over_the_whole_set(unbiased):
+    params = make_net(batchnorm=True)
+    spec = model.NetSpec(2, "relu", True, BatchNormSettings(unbiased=unbiased))
+    x = np.random.default_rng(4).normal(1.0, 2.0, (50, 5))
+    stats = model.population_statistics(params, x, spec)
+    ddof = 1 if unbiased else 0
+    z1 = x @ params["hidden1.W"]
+    np.testing.assert_allclose(stats["hidden1.running_mean"], z1.mean(axis=0))
+    np.testing.assert_allclose(stats["hidden1.running_var"], z1.var(axis=0, ddof=ddof))
+    normalized = (z1 - z1.mean(axis=0)) / np.sqrt(stats["hidden1.running_var"] + 1e-5)
+    a1 = np.maximum(normalized * params["hidden1.gamma"] + params["hidden1.beta"], 0)
+    z2 = a1 @ params["hidden2.W"]
+    np.testing.assert_allclose(stats["hidden2.running_mean"], z2.mean(axis=0))
+    np.testing.assert_allclose(stats["hidden2.running_var"], z2.var(axis=0, ddof=ddof))
