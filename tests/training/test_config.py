@@ -1,0 +1,54 @@
+"""TrainConfig: defaults, from_dict/to_dict round trip, validation naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.config import TrainConfig
+
+
+def test_round_trip_through_json():
+    config = TrainConfig(hidden=(32, 16), optimizer="rmsprop", lr=3e-4, stats="population")
+    restored = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert restored.hidden == (32, 16)
+
+
+def test_from_dict_converts_json_types():
+    config = TrainConfig.from_dict({"hidden": "64,32", "lr": 1, "epochs": 5.0})
+    assert config.hidden == (64, 32) and config.lr == 1.0 and config.epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"hidden": [64, 0]}, r"'hidden' = \(64, 0\) is invalid: must be ≥ 1 unit per layer"),
+        ({"hidden": []}, r"'hidden' = \(\) is invalid: must be at least one hidden layer"),
+        ({"lr": 0}, r"'lr' = 0.0 is invalid: must be > 0"),
+        ({"lr": -0.1}, r"'lr' = -0.1 is invalid: must be > 0"),
+        ({"beta1": 1.0}, r"'beta1' = 1.0 is invalid: must be in \[0, 1\)"),
+        ({"bn_momentum": 0.0}, r"'bn_momentum' = 0.0 is invalid: must be in \(0, 1\]"),
+        ({"batch_size": 1}, r"'batch_size' = 1 is invalid: must be ≥ 2 \(batch norm"),
+        ({"dropout": 1.0}, r"'dropout' = 1.0 is invalid"),
+        ({"activation": "gelu"}, r"'activation' = 'gelu' is invalid"),
+        ({"running_var": "sample"}, r"'running_var' = 'sample' is invalid"),
+        ({"epochs": 2.5}, r"config field 'epochs': expected an integer, got 2.5"),
+        ({"batchnorm": "yes"}, r"config field 'batchnorm': expected true or false"),
+        ({"learning_rate": 0.1}, r"unknown config field\(s\): learning_rate"),
+    ],
+)
+def test_invalid_values_raise_value_error_naming_the_field(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values)
+
+
+def test_batch_of_one_is_allowed_without_batch_norm():
+    assert TrainConfig(batchnorm=False, batch_size=1).batch_size == 1
+
+
+def test_replace_validates():
+    with pytest.raises(ValueError, match="'lr'"):
+        TrainConfig().replace(lr=0.0)
+    assert TrainConfig().replace(lr=0.5).lr == 0.5
