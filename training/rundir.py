@@ -185,6 +185,13 @@ def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, np.ndarray], d
     return read_npz(arrays_path), state
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temp files a killed writer left behind (they were never renamed into place)."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
+        for leftover in folder.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+
+
 def discard_checkpoints_after(run_dir: Path, epoch: int) -> None:
     """Delete checkpoints later than `epoch` (going back with --from-epoch)."""
     for later in checkpoint_epochs(run_dir):

@@ -265,6 +265,7 @@ def train(
         if epoch not in epochs:
             raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
         meta = rundir.read_json(run_dir / "meta.json")
+        rundir.remove_stale_temporaries(run_dir)
         state = restore_checkpoint(run_dir, epoch, config)
         rundir.discard_checkpoints_after(run_dir, epoch)
     else:

@@ -1,0 +1,212 @@
+"""train(): the run directory it writes, accuracy on digits, regression, babysitting resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training import rundir
+from training.config import TrainConfig
+from training.errors import RunError
+from training.inference import predict
+from training.rundir import load_run
+from training.train import batch_slices, train
+
+SMALL = {"hidden": (32, 16), "epochs": 4}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    result = train(TrainConfig.from_dict(SMALL), run_dir, progress=False)
+    return result, load_run(run_dir)
+
+
+def test_run_directory_matches_the_contract(small_run):
+    result, run = small_run
+    names = {path.name for path in run.path.iterdir()}
+    assert names == {
+        "config.json",
+        "meta.json",
+        "params.npz",
+        "heldout.npz",
+        "history.json",
+        "checkpoints",
+        "learning_curve.png",
+    }
+    assert (run.path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(path.name for path in (run.path / "checkpoints").iterdir()) == [
+        f"epoch-{epoch:04d}.{suffix}" for epoch in range(1, 5) for suffix in ("json", "npz")
+    ]
+    assert set(run.params) == {
+        "input.mean",
+        "input.std",
+        *(f"hidden{i}.{k}" for i in (1, 2) for k in ("W", "gamma", "beta")),
+        *(f"hidden{i}.running_{k}" for i in (1, 2) for k in ("mean", "var")),
+        "output.W",
+        "output.b",
+    }
+    assert run.params["hidden1.W"].shape == (64, 32)
+    assert run.params["output.W"].shape == (16, 10)
+    meta = run.meta
+    assert meta["status"] == "finished" and meta["task"] == "classification"
+    assert meta["class_names"] == [str(d) for d in range(10)]
+    assert (meta["stats"], meta["bn_momentum"], meta["running_var"]) == ("ema", 0.1, "unbiased")
+    assert meta["epsilon"] == 1e-5 and meta["activation"] == "relu" and meta["batchnorm"] is True
+    assert meta["params_sha256"] == rundir.sha256_of(run.path / "params.npz")
+    assert run.config == TrainConfig.from_dict(SMALL)
+    assert run.heldout_x.shape == (270, 64) and run.heldout_y.dtype == np.int64
+    history = json.loads((run.path / "history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4]
+    assert set(history[0]) == {"epoch", "cost", "dev_error", "lr", "settings"}
+    assert history[-1]["cost"] < history[0]["cost"]
+    assert result.dev_error == meta["dev_error"] and result.history == history
+    assert not list(run.path.rglob(".tmp-*"))
+
+
+def test_the_meta_metrics_are_what_predict_gives(small_run):
+    _, run = small_run
+    probabilities = predict(run.params, run.meta, run.heldout_x)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    accuracy = np.mean(probabilities.argmax(axis=1) == run.heldout_y)
+    assert accuracy == run.meta["test_accuracy"]
+
+
+def test_predict_scores_one_example_as_inside_any_batch(small_run):
+    _, run = small_run
+    x = run.heldout_x[:40]
+    batch = predict(run.params, run.meta, x)
+    shuffled = np.random.default_rng(0).permutation(40)
+    np.testing.assert_allclose(predict(run.params, run.meta, x[shuffled]), batch[shuffled])
+    for row in range(0, 40, 7):
+        single = predict(run.params, run.meta, x[row : row + 1])
+        np.testing.assert_allclose(single[0], batch[row], rtol=1e-12, atol=1e-15)
+    in_float32 = predict(run.params, run.meta, x.astype(np.float32))
+    assert in_float32.dtype == np.float32
+    np.testing.assert_allclose(in_float32, batch, atol=1e-5)
+
+
+def test_defaults_reach_96_percent_on_digits(tmp_path):
+    train(TrainConfig(), tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    assert load_run(tmp_path / "run").meta["test_accuracy"] >= 0.96
+
+
+def test_training_is_deterministic_given_the_seed(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 2, "dropout": 0.2})
+    for name in ("a", "b"):
+        train(config, tmp_path / name, progress=False, checkpoints=False, plot=False)
+    first, second = load_run(tmp_path / "a").params, load_run(tmp_path / "b").params
+    for name, value in first.items():
+        np.testing.assert_array_equal(value, second[name], err_msg=name)
+
+
+def test_regression_on_a_csv_predicts_in_target_units(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (300, 3))
+    y = 100.0 + 20.0 * x[:, 0] - 10.0 * x[:, 1] * x[:, 2]
+    lines = ["a,b,c,price"] + [f"{a},{b},{c},{t}" for (a, b, c), t in zip(x, y, strict=True)]
+    (tmp_path / "prices.csv").write_text("\n".join(lines) + "\n")
+    config = TrainConfig.from_dict(
+        {"data": str(tmp_path / "prices.csv"), "hidden": (32, 32), "epochs": 40, "lr": 3e-3}
+    )
+    train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    run = load_run(tmp_path / "run")
+    assert run.meta["task"] == "regression" and run.meta["target_names"] == ["price"]
+    assert run.meta["feature_names"] == ["a", "b", "c"]
+    assert run.params["target.mean"].shape == (1,)
+    predictions = predict(run.params, run.meta, run.heldout_x)
+    rmse = float(np.sqrt(np.mean((predictions - run.heldout_y) ** 2)))
+    assert rmse == pytest.approx(run.meta["test_rmse"])
+    assert rmse < 0.25 * y.std()  # far better than predicting the mean
+
+
+def test_population_statistics_are_stored_for_stats_population(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "stats": "population"})
+    train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    run = load_run(tmp_path / "run")
+    assert run.meta["stats"] == "population"
+    # the exact training-set mean of hidden1's z with the final weights
+    from training.data import load_dataset, split_rows
+
+    dataset = load_dataset("digits")
+    split = split_rows(len(dataset.x), dev_fraction=0.15, test_fraction=0.15, seed=0)
+    x_train = (dataset.x[split.train] - run.params["input.mean"]) / run.params["input.std"]
+    z = x_train.astype(np.float32) @ run.params["hidden1.W"].astype(np.float32)
+    np.testing.assert_allclose(run.params["hidden1.running_mean"], z.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(run.params["hidden1.running_var"], z.var(axis=0, ddof=1), rtol=1e-4)
+
+
+def test_without_batchnorm_the_params_carry_biases(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "batchnorm": False, "epochs": 2})
+    train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    run = load_run(tmp_path / "run")
+    assert "hidden1.b" in run.params and "hidden1.gamma" not in run.params
+    assert run.meta["batchnorm"] is False
+
+
+def test_a_last_batch_of_one_joins_the_previous_batch():
+    assert batch_slices(129, 64) == [slice(0, 64), slice(64, 129)]
+    assert batch_slices(130, 64) == [slice(0, 64), slice(64, 128), slice(128, 130)]
+    assert batch_slices(2, 64) == [slice(0, 2)]
+
+
+def test_callback_stops_training_early(tmp_path):
+    seen = []
+    result = train(
+        TrainConfig.from_dict({**SMALL, "epochs": 10}),
+        tmp_path / "run",
+        progress=False,
+        plot=False,
+        on_epoch=lambda record: seen.append(record["epoch"]) or record["epoch"] < 3,
+    )
+    assert seen == [1, 2, 3]
+    assert len(result.history) == 3
+    assert load_run(tmp_path / "run").meta["epochs_trained"] == 3
+
+
+def test_an_existing_run_directory_is_not_overwritten(small_run):
+    _, run = small_run
+    before = (run.path / "params.npz").read_bytes()
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        train(TrainConfig.from_dict(SMALL), run.path, progress=False)
+    assert (run.path / "params.npz").read_bytes() == before
+
+
+def test_babysitting_resume_changes_settings_and_records_them(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 3, "lr_decay": 0.5})
+    train(config, tmp_path / "run", progress=False, plot=False)
+    result = train(config.replace(lr=3e-4, epochs=5), tmp_path / "run", resume=True, progress=False)
+    lrs = [record["lr"] for record in result.history]
+    # decay restarts from the new lr at the first epoch under the new settings
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 3e-4, 1.5e-4])
+    assert [record["settings"]["lr"] for record in result.history] == [1e-3] * 3 + [3e-4] * 2
+    assert load_run(tmp_path / "run").config.lr == 3e-4
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
+
+
+def test_resume_refuses_to_change_the_model(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 1})
+    train(config, tmp_path / "run", progress=False, plot=False)
+    with pytest.raises(ValueError, match="cannot resume with different hidden, seed"):
+        train(config.replace(hidden=(8,), seed=1), tmp_path / "run", resume=True, progress=False)
+
+
+def test_from_epoch_goes_back_and_discards_later_checkpoints(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 4})
+    train(config, tmp_path / "run", progress=False, plot=False)
+    result = train(
+        config.replace(lr=1e-4), tmp_path / "run", resume=True, from_epoch=2, progress=False
+    )
+    assert [record["settings"]["lr"] for record in result.history] == [1e-3, 1e-3, 1e-4, 1e-4]
+    assert rundir.checkpoint_epochs(tmp_path / "run") == [1, 2, 3, 4]
+    with pytest.raises(RunError, match="no checkpoint for epoch 9"):
+        train(config, tmp_path / "run", resume=True, from_epoch=9, progress=False)
+
+
+def test_resuming_a_run_without_checkpoints_is_an_error(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 1})
+    train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    with pytest.raises(RunError, match="no checkpoint to resume from"):
+        train(config, tmp_path / "run", resume=True, progress=False)
