@@ -89,7 +89,8 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
         name, sep, value = flag.partition("=")
         if not sep or not name.strip():
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
-        fixed[name.strip()] = _scalar(value)
+        name = name.strip()
+        fixed[name] = value if name == "hidden" else _scalar(value)  # hidden: "64,64"
     for name in ("data", "target", "task", "epochs"):
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
@@ -98,8 +99,7 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _scalar(text: str) -> Any:
     _, spec = parse_param_flag(f"x=choice:{text}")
-    values = spec["choice"]
-    return values[0] if len(values) == 1 else values  # "64,64" → [64, 64] (hidden)
+    return spec["choice"][0] if spec["choice"] else text
 
 
 def _space_document(args: argparse.Namespace) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
     Everything is validated (space, settings, Ray address) before any trial starts.
     """
     space = settings.search_space()
+    if settings.objective == "train":
+        _check_data(space)
     executor = make_executor(_worker_count(settings), settings.ray_address)
     try:
         with open_tune(settings, resume=resume) as store:
@@ -97,6 +99,14 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
             return TuneResult(settings.out, rank_trials(store.trials()), rounds)
     finally:
         executor.close()
+
+
+def _check_data(space: SearchSpace) -> None:
+    """Load the data once here, so a bad file is named before any trial starts."""
+    from training.data import load_dataset
+
+    config = space.base_config()
+    load_dataset(config.data, target=config.target, task=config.task)
 
 
 def _worker_count(settings: TuneSettings) -> int | None:
@@ -220,9 +230,12 @@ def _request_for(
             "grace_epochs": settings.grace_epochs,
             "min_reference": MEDIAN_MIN_REFERENCE,
         }
+    config = space.config_for(record.params).to_dict()
+    if config["data"] != "digits":  # workers (Ray's especially) may run in another directory
+        config["data"] = str(Path(config["data"]).resolve())
     return TrialRequest(
         trial=record.trial,
-        config=space.config_for(record.params).to_dict(),
+        config=config,
         run_dir=str(run_dir),
         objective=settings.objective,
         checkpoints=settings.checkpoints,

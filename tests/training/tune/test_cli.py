@@ -1,0 +1,215 @@
+"""`bnserve tune` end to end: the real command, kill -9 mid-trial and --resume, outputs,
+bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.rundir import load_run
+from training.tune.cli import main
+from training.tune.store import FILENAME, TrialStore
+
+BNSERVE = str(Path(sys.executable).parent / "bnserve")
+# Real training on digits at about a second a trial: long enough to be killed in the middle.
+SLOW_TRIALS = [
+    "--trials", "4", "--workers", "1", "--epochs", "40", "--set", "hidden=32",
+    "--param", "lr=log:1e-3:1e-2", "--param", "batch_size=choice:32,64",
+    "--no-progress", "--no-plots",
+]  # fmt: skip
+TINY = ["--epochs", "2", "--set", "hidden=16", "--param", "lr=log:1e-3:1e-1", "--no-progress"]
+DEADLINE_SECONDS = 120
+
+
+def _states(out):
+    try:
+        with TrialStore(out / FILENAME, readonly=True) as store:
+            return {r.trial: r for r in store.trials()}
+    except Exception:  # not created yet, or mid-creation
+        return {}
+
+
+def _children(pid):
+    """Processes whose parent is `pid` (the tune's worker processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
+def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
+    out = tmp_path / "tune"
+    tune = subprocess.Popen(
+        [BNSERVE, "tune", "--out", str(out), *SLOW_TRIALS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        assert time.monotonic() < deadline and tune.poll() is None, (
+            "the tune ended before it could be killed"
+        )
+        states = _states(out)
+        finished = [t for t, r in states.items() if r.state == "finished"]
+        running = [t for t, r in states.items() if r.state == "running"]
+        if len(finished) >= 1 and running:
+            workers = _children(tune.pid)
+            os.kill(tune.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    tune.wait(timeout=30)
+    tune.stderr.close()
+    before = _states(out)
+    killed = [t for t, r in before.items() if r.state == "running"]
+    assert killed, "the kill landed between trials; nothing was mid-way"
+    done_before = {t: r for t, r in before.items() if r.state == "finished"}
+
+    # the orphaned worker notices its coordinator is gone and exits
+    assert workers
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived the killed coordinator"
+        time.sleep(0.05)
+
+    resumed = subprocess.run(
+        [BNSERVE, "tune", "--out", str(out), "--resume", "--no-progress", "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"rerunning interrupted trial(s) {killed}" in resumed.stderr
+    after = _states(out)
+    assert [r.state for r in after.values()] == ["finished"] * 4
+    for trial, record in done_before.items():  # untouched: same attempt, same end time
+        assert after[trial] == record
+    for trial in killed:
+        assert after[trial].attempts == 2
+    assert all(after[t].attempts == 1 for t in after if t not in killed)
+
+    # and the resumed tune ends exactly where an uninterrupted one does
+    whole = subprocess.run(
+        [BNSERVE, "tune", "--out", str(tmp_path / "whole"), *SLOW_TRIALS],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    assert whole.returncode == 0, whole.stderr
+    uninterrupted = _states(tmp_path / "whole")
+    assert {t: (r.params, r.dev_error, r.history) for t, r in after.items()} == {
+        t: (r.params, r.dev_error, r.history) for t, r in uninterrupted.items()
+    }
+
+
+def test_a_tune_prints_best_first_and_leaves_an_exportable_best_run(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["--out", str(out), "--trials", "4", "--workers", "2", "--rounds", "2", *TINY]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["rank"]) for row in rows] == [1, 2, 3, 4]
+    errors = [float(row["dev_error"]) for row in rows]
+    assert errors == sorted(errors)
+    assert printed.splitlines()[1].split()[:2] == ["1", rows[0]["trial"]]
+    best = load_run(out / "best")  # the run directory `bnserve export` reads
+    assert best.meta["dev_error"] == pytest.approx(errors[0])
+    assert (out / "best").resolve() == (out / rows[0]["run_dir"]).resolve()
+    assert json.loads((out / "best.json").read_text())["trial"] == int(rows[0]["trial"])
+    for name in ("dev_error_vs_params", "learning_curves", "boxes"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "best: trial" in printed and "bnserve export" in printed
+
+
+def test_grid_and_compare_batchnorm_from_the_command_line(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    args = [
+        "--param",
+        "lr=log:1e-3:1e-1",
+        "--param",
+        "batch_size=choice:32,64",
+        "--objective",
+        "synthetic",
+    ]
+    assert main(["--out", str(grid), "--grid", "3", "--no-plots", "--no-progress", *args]) == 0
+    with TrialStore(grid / FILENAME, readonly=True) as store:
+        points = sorted((r.params["lr"], r.params["batch_size"]) for r in store.trials())
+    assert [lr for lr, _ in points] == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2, 1e-1, 1e-1])
+    assert [batch_size for _, batch_size in points] == [32, 64] * 3
+    compare = tmp_path / "compare"
+    assert main(["--out", str(compare), "--compare-batchnorm", "--trials", "4", *TINY]) == 0
+    assert (compare / "plots" / "batchnorm_compare.png").is_file()
+    capsys.readouterr()
+
+
+def _closed_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--param", "learning_rate=log:1e-4:1"], "unknown hyperparameter 'learning_rate'"),
+        (["--param", "lr=log:1:1e-4"], "'lr': low = 1.0 must be < high = 0.0001"),
+        (["--param", "lr=log:0:1"], "'lr': a log range must stay above 0, got low = 0.0"),
+        (["--param", "beta1=log1m:0.9:1"], "needs β in (0, 1), got 1.0"),
+        (["--workers", "0"], "--workers 0: need at least 1 worker"),
+        (["--ray-address", "127.0.0.1:{port}"], "unreachable"),
+        (["--space", "{tmp}/missing.toml"], "missing.toml: cannot read the space file"),
+        (["--data", "{tmp}/missing.csv"], "missing.csv: no such data file"),
+        (["--set", "epochs=0"], "'epochs' = 0 is invalid"),
+        (["--resume"], "no tune.sqlite to resume"),
+    ],
+)
+def test_bad_input_is_named_and_no_trial_starts(tmp_path, capsys, args, message):
+    out = tmp_path / "tune"
+    args = [arg.format(port=_closed_port(), tmp=tmp_path) for arg in args]
+    assert main(["--out", str(out), "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_resume_keeps_the_stored_settings(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert (
+        main(
+            [
+                "--out",
+                str(out),
+                "--trials",
+                "2",
+                "--objective",
+                "synthetic",
+                "--no-plots",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert main(["--out", str(out), "--resume", "--trials", "5"]) == 2
+    assert "--resume keeps the tune's stored settings: drop --trials" in capsys.readouterr().err
+    assert main(["--out", str(out), "--trials", "2", "--objective", "synthetic"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
