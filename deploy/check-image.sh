@@ -111,8 +111,8 @@ if [[ ! -x $venv_python ]]; then
 fi
 mkdir -p "$work/models"
 chmod 755 "$work" "$work/models"
-"$venv_python" -m bnserve_cli train --out "$work/run" --data digits --hidden 32 --epochs 4 \
-  --seed 0 --no-progress >"$work/train.log" 2>&1 ||
+"$venv_python" -m bnserve_cli train --out "$work/run" --data digits --hidden 64,64 --epochs 10 \
+  --seed 0 --no-progress --no-checkpoints >"$work/train.log" 2>&1 ||
   { tail -20 "$work/train.log" >&2; fail "bnserve train"; }
 "$venv_python" -m bnserve_cli export "$work/run" --out "$work/models/model.onnx" \
   >"$work/export.log" 2>&1 || { tail -20 "$work/export.log" >&2; fail "bnserve export"; }
@@ -137,13 +137,15 @@ podman run -d --name "$container" --network host \
 step_done
 
 # ---- 6. probe from the host ---------------------------------------------------------------------
-step "SERVING, score from the host, metrics"
-"$venv_python" deploy/probe_server.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
-  --metrics-port "$metrics_port" --container "$container" --examples 200 --deadline 90 ||
+step "SERVING, held-out set scored from the host (native + v2)"
+"$venv_python" scripts/demo.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
+  --min-accuracy 0.9 --serve-deadline 90 ||
   {
     podman logs --tail 40 "$container" >&2 || true
-    fail "the container did not serve correctly (its log tail above)"
+    fail "the container did not serve the held-out set correctly (its log tail above)"
   }
+"$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" --run "$work/run" ||
+  fail "the container's Open Inference Protocol (v2) answers are wrong"
 step_done
 
 # ---- 7. healthcheck and what the image carries --------------------------------------------------

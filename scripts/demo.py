@@ -40,6 +40,8 @@ class DemoSettings:
     """What the demo trains and how strictly it judges the served answers."""
 
     out_dir: Path  # holds run/ and model.onnx (replaced on every demo)
+    target: str | None  # HOST:PORT of a running server to score instead (no train/export/serve)
+    run_dir: Path | None  # the run whose held-out set is scored; None: out_dir/run
     hidden: str  # hidden layer widths, e.g. "256,256"
     epochs: int  # training epochs
     dropout: float  # inverted dropout on hidden units while training
@@ -56,6 +58,11 @@ class DemoSettings:
 def parse_args(argv: Sequence[str]) -> DemoSettings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=Path("demo"), help="relative to the repo")
+    parser.add_argument(
+        "--target",
+        help="HOST:PORT of a server already running (e.g. the container): only score against it",
+    )
+    parser.add_argument("--run", type=Path, help="run directory to score (default OUT_DIR/run)")
     parser.add_argument("--hidden", default="256,256")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--dropout", type=float, default=0.1)
@@ -70,6 +77,8 @@ def parse_args(argv: Sequence[str]) -> DemoSettings:
     args = parser.parse_args(argv)
     return DemoSettings(
         out_dir=args.out_dir,
+        target=args.target,
+        run_dir=args.run,
         hidden=args.hidden,
         epochs=args.epochs,
         dropout=args.dropout,
@@ -93,14 +102,14 @@ def bnserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "bnserve_cli", *args]
 
 
-def run_step(title: str, args: list[str]) -> float:
-    """Run `bnserve ARGS...` with its output shown; returns its wall time in seconds."""
+def run_step(title: str, args: list[str]) -> None:
+    """Run `bnserve ARGS...` with its output shown, then how long it took."""
     print(f"\n== {title}\n$ bnserve {' '.join(args)}", flush=True)
     started = time.perf_counter()
     completed = subprocess.run(bnserve(*args), check=False)
     if completed.returncode != 0:
         raise DemoError(f"{title}: exited with code {completed.returncode}")
-    return time.perf_counter() - started
+    print(f"({time.perf_counter() - started:.1f} s)", flush=True)
 
 
 def free_loopback_port() -> int:
@@ -110,13 +119,16 @@ def free_loopback_port() -> int:
 
 
 def wait_until_serving(
-    channel: grpc.Channel, server: subprocess.Popen[bytes], deadline_s: float
+    channel: grpc.Channel, deadline_s: float, server: subprocess.Popen[bytes] | None = None
 ) -> float:
-    """Poll grpc.health.v1 until SERVING; returns seconds waited. Raises if the server exits."""
+    """Poll grpc.health.v1 until SERVING; returns seconds waited.
+
+    Raises DemoError past the deadline, or at once when `server` (if given) has exited.
+    """
     health = health_pb2_grpc.HealthStub(channel)
     started = time.monotonic()
     while True:
-        if server.poll() is not None:
+        if server is not None and server.poll() is not None:
             raise DemoError(f"the server exited with code {server.returncode} before SERVING")
         try:
             status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
@@ -150,6 +162,40 @@ def score_one_at_a_time(
     return np.asarray(probabilities, dtype=np.float32), np.asarray(latencies_ms)
 
 
+def score_heldout(
+    target: str,
+    run_dir: Path,
+    settings: DemoSettings,
+    server: subprocess.Popen[bytes] | None = None,
+) -> list[str]:
+    """Wait for SERVING at target, score the run's held-out set, print the figures.
+
+    Returns the problems found (empty when accuracy and the served-vs-numpy difference pass).
+    """
+    run = load_run(run_dir)
+    x = run.heldout_x.astype(np.float32)
+    # The reference sees exactly the float32 values sent over the wire, in float64 arithmetic.
+    reference = predict(run.params, run.meta, x.astype(np.float64))
+    with grpc.insecure_channel(target) as channel:
+        waited = wait_until_serving(channel, settings.serve_deadline_s, server)
+        print(f"SERVING after {waited:.1f} s", flush=True)
+        served, latencies_ms = score_one_at_a_time(channel, x, settings.warmup_calls)
+
+    accuracy = float(np.mean(served.argmax(axis=1) == run.heldout_y))
+    max_diff = float(np.max(np.abs(served.astype(np.float64) - reference)))
+    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
+    print(f"\n== {len(x)} held-out examples, one Predict call each")
+    print(f"served accuracy              {accuracy:.4f}  (need >= {settings.min_accuracy})")
+    print(f"max |served - numpy path|    {max_diff:.2e}  (need <= {settings.max_diff:.0e})")
+    print(f"latency ms p50 / p90 / p99   {p50:.3f} / {p90:.3f} / {p99:.3f}", flush=True)
+    problems = []
+    if accuracy < settings.min_accuracy:
+        problems.append(f"accuracy {accuracy:.4f} < {settings.min_accuracy}")
+    if not max_diff <= settings.max_diff:
+        problems.append(f"max difference {max_diff:.2e} > {settings.max_diff:.0e}")
+    return problems
+
+
 def stop_server(server: subprocess.Popen[bytes], grace_s: float) -> int:
     """SIGTERM, then wait for a graceful exit; returns the exit code (kills past the grace)."""
     if server.poll() is None:
@@ -163,87 +209,75 @@ def stop_server(server: subprocess.Popen[bytes], grace_s: float) -> int:
     return server.returncode
 
 
-def serve_and_score(settings: DemoSettings, run_dir: Path, model_path: Path) -> int:
-    run = load_run(run_dir)
-    x = run.heldout_x.astype(np.float32)
-    # The reference sees exactly the float32 values sent over the wire, in float64 arithmetic.
-    reference = predict(run.params, run.meta, x.astype(np.float64))
-
+def serve_and_score(settings: DemoSettings, run_dir: Path, model_path: Path) -> list[str]:
+    """Start `bnserve serve` on a free loopback port, score the held-out set, stop it."""
     port = free_loopback_port()
     args = ["serve", "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)]
-    print(f"\n== serve on 127.0.0.1:{port}\n$ bnserve {' '.join(args)}", flush=True)
     log_path = settings.out_dir / "server.log"
+    print(f"\n== serve on 127.0.0.1:{port} (log: {log_path})\n$ bnserve {' '.join(args)}")
     with log_path.open("wb") as log:
         server = subprocess.Popen(bnserve(*args), stdout=log, stderr=subprocess.STDOUT)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            waited = wait_until_serving(channel, server, settings.serve_deadline_s)
-            print(f"SERVING after {waited:.1f} s (server log: {log_path})", flush=True)
-            served, latencies_ms = score_one_at_a_time(channel, x, settings.warmup_calls)
+        problems = score_heldout(f"127.0.0.1:{port}", run_dir, settings, server)
     except BaseException:
         stop_server(server, settings.stop_grace_s)
         print(log_path.read_text(errors="replace")[-2000:], file=sys.stderr)
         raise
     exit_code = stop_server(server, settings.stop_grace_s)
-
-    accuracy = float(np.mean(served.argmax(axis=1) == run.heldout_y))
-    max_diff = float(np.max(np.abs(served.astype(np.float64) - reference)))
-    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
-    print(f"\n== {len(x)} held-out examples, one Predict call each")
-    print(f"served accuracy              {accuracy:.4f}  (need >= {settings.min_accuracy})")
-    print(f"max |served - numpy path|    {max_diff:.2e}  (need <= {settings.max_diff:.0e})")
-    print(f"latency ms p50 / p90 / p99   {p50:.3f} / {p90:.3f} / {p99:.3f}")
     print(f"server stopped by SIGTERM, exit code {exit_code}")
-
-    problems = []
-    if accuracy < settings.min_accuracy:
-        problems.append(f"accuracy {accuracy:.4f} < {settings.min_accuracy}")
-    if not max_diff <= settings.max_diff:
-        problems.append(f"max difference {max_diff:.2e} > {settings.max_diff:.0e}")
     if exit_code != 0:
         problems.append(f"server exit code {exit_code} after SIGTERM")
-    if problems:
-        raise DemoError("; ".join(problems))
-    return 0
+    return problems
+
+
+def train_and_export(settings: DemoSettings, run_dir: Path, model_path: Path) -> None:
+    # A demo starts from nothing: an old run would be resumed, an old model refused.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    model_path.unlink(missing_ok=True)
+    run_step(
+        "train on digits with batch norm",
+        [
+            "train",
+            "--out", str(run_dir),
+            "--data", "digits",
+            "--hidden", settings.hidden,
+            "--epochs", str(settings.epochs),
+            "--dropout", str(settings.dropout),
+            "--l2", str(settings.l2),
+            "--lr-decay", str(settings.lr_decay),
+            "--seed", str(settings.seed),
+            "--no-checkpoints",  # ~2 MB an epoch; the demo does not resume
+        ],
+    )  # fmt: skip
+    run_step(
+        "export: fold batch norm into the affine layers",
+        ["export", str(run_dir), "--out", str(model_path)],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     os.chdir(REPO)  # paths print as the README shows them: demo/run, demo/model.onnx
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = settings.out_dir / "run"
+    run_dir = settings.run_dir or settings.out_dir / "run"
     model_path = settings.out_dir / "model.onnx"
-    # A demo starts from nothing: an old run would be resumed, an old model refused.
-    shutil.rmtree(run_dir, ignore_errors=True)
-    model_path.unlink(missing_ok=True)
     started = time.perf_counter()
     try:
-        train_s = run_step(
-            "train on digits with batch norm",
-            [
-                "train",
-                "--out", str(run_dir),
-                "--data", "digits",
-                "--hidden", settings.hidden,
-                "--epochs", str(settings.epochs),
-                "--dropout", str(settings.dropout),
-                "--l2", str(settings.l2),
-                "--lr-decay", str(settings.lr_decay),
-                "--seed", str(settings.seed),
-                "--no-checkpoints",  # ~2 MB an epoch; the demo does not resume
-            ],
-        )  # fmt: skip
-        export_s = run_step(
-            "export: fold batch norm into the affine layers",
-            ["export", str(run_dir), "--out", str(model_path)],
-        )
-        serve_and_score(settings, run_dir, model_path)
+        if settings.target:
+            print(f"== score the held-out set of {run_dir} on {settings.target}", flush=True)
+            problems = score_heldout(settings.target, run_dir, settings)
+        else:
+            settings.out_dir.mkdir(parents=True, exist_ok=True)
+            train_and_export(settings, run_dir, model_path)
+            problems = serve_and_score(settings, run_dir, model_path)
+        if problems:
+            raise DemoError("; ".join(problems))
     except DemoError as error:
         print(f"\ndemo: FAILED: {error}", file=sys.stderr)
         return 1
-    total_s = time.perf_counter() - started
-    print(f"\ntrain {train_s:.1f} s, export {export_s:.1f} s, whole demo {total_s:.1f} s")
-    print(f"left behind: {run_dir} (run, plots), {model_path}; `make serve` serves the model")
+    print(f"\ndone in {time.perf_counter() - started:.1f} s")
+    if not settings.target:
+        print(f"left behind: {run_dir} (with learning_curve.png) and {model_path};")
+        print("`make serve` serves that model on 127.0.0.1:50051")
     return 0
 
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SMALL_NETWORK = ["--hidden", "32", "--epochs", "3", "--warmup-calls", "2"]
-
-
-def run_demo(out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(REPO / "scripts" / "demo.py"), "--out-dir", str(out_dir)]
-    return subprocess.run(
-        [*command, *SMALL_NETWORK, *extra], capture_output=True, text=True, timeout=300
-    )
+from conftest import DEMO, DemoRun, run_demo
 
 
 def reported(name: str, stdout: str) -> str:
@@ -33,28 +23,34 @@ def assert_port_closed(stdout: str) -> None:
         probe.connect(("127.0.0.1", port))
 
 
-def test_demo_trains_exports_serves_scores_and_stops(tmp_path: Path):
-    completed = run_demo(tmp_path / "demo", "--min-accuracy", "0.5")
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    accuracy = float(reported("served accuracy", completed.stdout))
-    max_diff = float(reported("max |served - numpy path|", completed.stdout))
+def test_demo_trains_exports_serves_scores_and_stops(small_demo: DemoRun):
+    stdout = small_demo.completed.stdout
+    accuracy = float(reported("served accuracy", stdout))
+    max_diff = float(reported("max |served - numpy path|", stdout))
     assert 0.5 <= accuracy <= 1.0
     assert max_diff <= 1e-5
-    p50, p90, p99 = (
-        float(value)
-        for value in re.search(
-            r"latency ms p50 / p90 / p99\s+(\S+) / (\S+) / (\S+)", completed.stdout
-        ).groups()
-    )
+    latency = re.search(r"latency ms p50 / p90 / p99\s+(\S+) / (\S+) / (\S+)", stdout)
+    p50, p90, p99 = (float(value) for value in latency.groups())
     assert 0 < p50 <= p90 <= p99
-    assert "270 held-out examples, one Predict call each" in completed.stdout
-    assert "exit code 0" in completed.stdout
-    assert_port_closed(completed.stdout)
-
-    out_dir = tmp_path / "demo"
+    assert "270 held-out examples, one Predict call each" in stdout
+    assert "server stopped by SIGTERM, exit code 0" in stdout
+    assert_port_closed(stdout)
     for left_behind in ("run/meta.json", "run/learning_curve.png", "model.onnx", "server.log"):
-        assert (out_dir / left_behind).is_file(), left_behind
+        assert (small_demo.out_dir / left_behind).is_file(), left_behind
+
+
+def test_demo_scores_a_running_server_with_target(small_demo: DemoRun, served_demo_model: str):
+    import subprocess
+
+    command = [sys.executable, str(DEMO), "--target", served_demo_model]
+    command += ["--run", str(small_demo.out_dir / "run"), "--min-accuracy", "0.5"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    # The same model and held-out set as the demo itself: the same served accuracy.
+    assert reported("served accuracy", completed.stdout) == reported(
+        "served accuracy", small_demo.completed.stdout
+    )
+    assert float(reported("max |served - numpy path|", completed.stdout)) <= 1e-5
 
 
 def test_demo_fails_when_served_accuracy_misses_the_bar(tmp_path: Path):
