@@ -1,0 +1,75 @@
+"""A run killed by SIGKILL and resumed ends with the parameters of a run never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.rundir import checkpoint_paths, read_npz
+
+EPOCHS = 12
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--dropout", "0.1", "--no-progress", "--no-plot"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_training(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "training", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for(condition, process: subprocess.Popen, deadline_seconds: float) -> None:
+    """Poll `condition` until it holds; fail if the deadline passes or the process exits."""
+    deadline = time.monotonic() + deadline_seconds
+    while not condition():
+        assert process.poll() is None, f"training exited early: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting for a checkpoint"
+        time.sleep(0.005)
+
+
+def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
+    reference = run_training("--out", str(tmp_path / "reference"), *TRAIN_ARGS)
+    killed_dir = tmp_path / "killed"
+    victim = run_training("--out", str(killed_dir), *TRAIN_ARGS)
+    third_checkpoint = checkpoint_paths(killed_dir, 3)[1]
+    wait_for(third_checkpoint.is_file, victim, deadline_seconds=120)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    meta = json.loads((killed_dir / "meta.json").read_text())
+    assert meta["status"] == "running"  # killed before it finished
+    assert not (killed_dir / "params.npz").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "training", "--resume", str(killed_dir), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    _, reference_stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, reference_stderr
+
+    expected = read_npz(tmp_path / "reference" / "params.npz")
+    actual = read_npz(killed_dir / "params.npz")
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+    history = json.loads((killed_dir / "history.json").read_text())
+    reference_history = json.loads((tmp_path / "reference" / "history.json").read_text())
+    assert [r["cost"] for r in history] == [r["cost"] for r in reference_history]
+    assert len(history) == EPOCHS
+    assert not list(killed_dir.rglob(".tmp-*"))

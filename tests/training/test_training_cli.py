@@ -1,0 +1,103 @@
+"""`bnserve train` (training/cli.py): options, BN momentum naming, each bad input of the issue.
+
+(Named test_training_cli.py, not test_cli.py: pytest's default import mode needs unique basenames
+and tests/export/test_cli.py exists.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bnserve_cli import main as bnserve_main
+from training.cli import main
+
+FAST = ["--hidden", "16", "--epochs", "1", "--no-progress", "--no-plot"]
+
+
+def write_csv(tmp_path, text: str) -> str:
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def good_rows(count: int = 40) -> str:
+    return "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "extra", "message"),
+    [
+        ("a,b,y\n" + good_rows() + "1,x7,0\n", [], "line 42, column 'b': 'x7' is not a number"),
+        ("a,b,y\n" + good_rows() + "1,NaN,0\n", [], "line 42, column 'b': 'NaN' is not finite"),
+        ("a,b,y\n" + good_rows() + "inf,2,0\n", [], "line 42, column 'a': 'inf' is not finite"),
+        ("a,b,y\n" + good_rows(), ["--target", "label"], "target column 'label' not found"),
+        ("a,b,y\n1,2,3\n4,5,3\n6,7,3\n", [], "target 'y' has a single class '3'"),
+        ("a,b,y\n1,2,0\n3,4,1\n5,6,0\n", [], "3 rows leave 1 training row(s)"),
+        ("a,b,y\n" + good_rows(), ["--hidden", "8,0"], "'hidden' = (8, 0) is invalid"),
+        ("a,b,y\n" + good_rows(), ["--lr", "0"], "'lr' = 0.0 is invalid: must be > 0"),
+        ("a,b,y\n" + good_rows(), ["--lr=-1e-3"], "'lr' = -0.001 is invalid: must be > 0"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_a_message_and_writes_nothing(
+    tmp_path, capsys, csv_text, extra, message
+):
+    data = write_csv(tmp_path, csv_text)
+    out = tmp_path / "run"
+    code = main(["--out", str(out), "--data", data, *FAST[:2], *extra, "--no-progress"])
+    assert code != 0
+    error = capsys.readouterr().err
+    assert message in error
+    assert error.startswith("bnserve train: error: ")
+    assert not out.exists()
+
+
+def test_bn_decay_is_the_keras_name_for_one_minus_momentum(tmp_path):
+    assert main(["--out", str(tmp_path / "decay"), "--bn-decay", "0.9", *FAST]) == 0
+    assert main(["--out", str(tmp_path / "momentum"), "--bn-momentum", "0.1", *FAST]) == 0
+    decay_meta = json.loads((tmp_path / "decay" / "meta.json").read_text())
+    assert decay_meta["bn_momentum"] == pytest.approx(0.1)
+    a = np.load(tmp_path / "decay" / "params.npz", allow_pickle=False)
+    b = np.load(tmp_path / "momentum" / "params.npz", allow_pickle=False)
+    np.testing.assert_allclose(a["hidden1.running_var"], b["hidden1.running_var"], rtol=1e-6)
+
+
+def test_bn_decay_and_bn_momentum_are_mutually_exclusive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--out", str(tmp_path / "r"), "--bn-decay", "0.9", "--bn-momentum", "0.1"])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_prints_the_update_formula(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "running_mean = (1 − m)·running_mean + m·batch_mean" in text
+    assert "--bn-decay 0.9 ≡ --bn-momentum 0.1" in text
+    assert "merged into the previous batch" in text
+
+
+def test_bnserve_train_runs_and_reports(tmp_path, capsys):
+    assert bnserve_main(["train", "--out", str(tmp_path / "run"), *FAST]) == 0
+    output = capsys.readouterr().out
+    assert "1 epochs" in output and "test accuracy" in output
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "finished"
+
+
+def test_resume_with_a_new_learning_rate_via_the_cli(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["--out", run, *FAST]) == 0
+    assert main(["--resume", run, "--lr", "3e-4", "--epochs", "2", "--no-progress"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [record["settings"]["lr"] for record in history] == [1e-3, 3e-4]
+    assert main(["--resume", run, "--hidden", "32", "--no-progress"]) == 1
+    assert "cannot resume with different hidden" in capsys.readouterr().err
+
+
+def test_from_epoch_needs_resume(tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        main(["--out", str(tmp_path / "r"), "--from-epoch", "2"])
+    assert caught.value.code == 2
