@@ -33,6 +33,8 @@ from training.inference import predict
 from training.rundir import load_run
 
 REPO = Path(__file__).resolve().parents[1]
+# No Prometheus endpoint for the demo's short-lived server: its default port (9090) may be taken.
+DEMO_SERVER_ENV = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,9 @@ def serve_and_score(settings: DemoSettings, run_dir: Path, model_path: Path) -> 
     log_path = settings.out_dir / "server.log"
     print(f"\n== serve on 127.0.0.1:{port} (log: {log_path})\n$ bnserve {' '.join(args)}")
     with log_path.open("wb") as log:
-        server = subprocess.Popen(bnserve(*args), stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            bnserve(*args), stdout=log, stderr=subprocess.STDOUT, env=DEMO_SERVER_ENV
+        )
     try:
         problems = score_heldout(f"127.0.0.1:{port}", run_dir, settings, server)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def served_demo_model(small_demo: DemoRun) -> Iterator[str]:
     command += ["--model", str(small_demo.out_dir / "model.onnx")]
     log_path = small_demo.out_dir / "test-server.log"
     with log_path.open("wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Metrics off: the default metrics port (9090) is shared by every server on the host.
+        environment = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     try:
         wait_until_serving(f"127.0.0.1:{port}", server, log_path, deadline_s=60)
         yield f"127.0.0.1:{port}"
