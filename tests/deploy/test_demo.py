@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO, DemoRun, run_demo
+from deploy_support import DEMO, DemoRun, run_demo
 
 
 def reported(name: str, stdout: str) -> str:
@@ -40,8 +41,6 @@ def test_demo_trains_exports_serves_scores_and_stops(small_demo: DemoRun):
 
 
 def test_demo_scores_a_running_server_with_target(small_demo: DemoRun, served_demo_model: str):
-    import subprocess
-
     command = [sys.executable, str(DEMO), "--target", served_demo_model]
     command += ["--run", str(small_demo.out_dir / "run"), "--min-accuracy", "0.5"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -15,8 +15,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
-REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 KSERVE_DIR = REPO / "deploy" / "kserve"
 # gRPC probes are GA from 1.27; validate against that floor and the newest bundled schema.
@@ -52,39 +52,6 @@ def find(kind: str, name: str | None = None) -> Manifest:
     ]
     assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
     return matches[0]
-
-
-def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw_line in path.read_text().splitlines():
-        line = raw_line.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        pending += line
-        keyword, _, arguments = pending.partition(" ")
-        instructions.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    return instructions
-
-
-def runtime_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The instructions of the last stage (the image that ships)."""
-    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
-    return instructions[last_from:]
-
-
-def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
-    """ENV KEY=VALUE pairs of a stage (the KEY=VALUE form only)."""
-    env: dict[str, str] = {}
-    for keyword, arguments in stage:
-        if keyword == "ENV":
-            env.update(pair.split("=", 1) for pair in arguments.split())
-    return env
 
 
 def container_env(container: Manifest) -> dict[str, str]:
@@ -201,24 +168,6 @@ def test_dockerfile_ports_env_and_user_match_the_deployment():
     user_id, group_id = (int(part) for part in user.split(":"))
     pod_security = find("Deployment")["spec"]["template"]["spec"]["securityContext"]
     assert (user_id, group_id) == (pod_security["runAsUser"], pod_security["runAsGroup"])
-
-
-def test_dockerfile_shape():
-    instructions = parse_dockerfile(REPO / "Dockerfile")
-    froms = [arguments for keyword, arguments in instructions if keyword == "FROM"]
-    assert len(froms) >= 2, "multi-stage: a builder and a runtime stage"
-    assert all(arguments.startswith("${BASE_IMAGE}") for arguments in froms)
-    assert ("ARG", "BASE_IMAGE=python:3.11-slim") in instructions
-    runtime = runtime_stage(instructions)
-    keywords = [keyword for keyword, _ in runtime]
-    for needed in ("USER", "EXPOSE", "HEALTHCHECK", "STOPSIGNAL", "ENTRYPOINT"):
-        assert needed in keywords, needed
-    arguments_of = dict(runtime)
-    assert arguments_of["STOPSIGNAL"] == "SIGTERM"
-    assert arguments_of["ENTRYPOINT"].startswith("["), "exec form: the server is PID 1"
-    assert "server.healthcheck" in arguments_of["HEALTHCHECK"]
-    # The runtime stage installs nothing itself: it copies the builder's venv.
-    assert not any("pip install" in arguments for keyword, arguments in runtime if keyword == "RUN")
 
 
 # ---- KServe -------------------------------------------------------------------------------------
