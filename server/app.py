@@ -20,11 +20,14 @@ from server.batching import DynamicBatcher
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
+from server.metrics import ServerMetrics
 from server.model import Model, SessionThreads
+from server.reload import ReloadPolicy, VersionManager, retire
 from server.repository import ModelRepository
 from server.servable import Servable
 from server.servicers import native, v2
 from server.settings import ServerSettings
+from server.versions import resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,30 @@ class Server:
         health_servicer: health.HealthServicer | None,
         limiter: InflightLimiter,
         port: int,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self.limiter = limiter
         self.port = port
+        self.metrics = metrics
         self._grpc_server = grpc_server
         self._health = health_servicer
+        # Raises ModelPathError (a ValueError) for a missing path or one outside model_root.
+        sources = resolve_sources(
+            settings.model, settings.name, settings.model_version, settings.model_root
+        )
+        self.versions = VersionManager(
+            sources,
+            self.build_servable,
+            repository,
+            ReloadPolicy(
+                settings.max_versions, settings.reload_settle_s, settings.reload_interval_s
+            ),
+            model_root=settings.model_root,
+            on_change=self.update_health,
+            metrics=metrics,
+        )
 
     @classmethod
     def create(
@@ -63,8 +83,13 @@ class Server:
         *,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         repository: ModelRepository | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> Server:
-        """Build the gRPC server with every service and bind the port (not started yet)."""
+        """Build the gRPC server with every service and bind the port (not started yet); TLS
+        when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
+        OSError for a port it cannot bind."""
+        resolve_sources(settings.model, settings.name, settings.model_version, settings.model_root)
         repository = repository if repository is not None else ModelRepository()
         limiter = InflightLimiter(settings.max_inflight)
         options = [
@@ -99,52 +124,67 @@ class Server:
             reflection.enable_server_reflection(service_names, grpc_server)
         address = listen_address(settings.host, settings.port)
         try:
-            port = grpc_server.add_insecure_port(address)
+            if credentials is not None:
+                port = grpc_server.add_secure_port(address, credentials)
+            else:
+                port = grpc_server.add_insecure_port(address)
         except RuntimeError as error:
             raise OSError(
                 f"cannot listen on {address} (in use, or not a local address?): {error}"
             ) from None
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
-        return cls(settings, grpc_server, repository, health_servicer, limiter, port)
+        return cls(settings, grpc_server, repository, health_servicer, limiter, port, metrics)
 
     def start(self) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
         only once every configured model is loaded, warmed up and past its parity gate."""
         self._grpc_server.start()
         log.info("listening on %s", listen_address(self.settings.host, self.port))
-        if self.settings.model:
-            path = Path(self.settings.model)
-            self.load_model(path, self.settings.name or path.stem, self.settings.model_version)
+        self.versions.scan(initial=True)
+        if self.versions.sources:
+            self.versions.start()
         self.update_health()
 
-    def load_model(self, path: str | Path, name: str, version: str) -> bool:
-        """Load, warm up and parity-check a model, then serve it as name/version (replacing any
-        previous one atomically). On failure the error is logged and recorded; returns success."""
+    def request_reload(self) -> None:
+        """Scan the model directories now (SIGHUP); safe from a signal handler."""
+        self.versions.request_scan()
+
+    def build_servable(self, path: str | Path, name: str, version: str) -> Servable:
+        """Load, verify (structure, graph hash, parity gate) and warm up a model file; raises
+        ModelLoadError naming the file and the problem."""
         settings = self.settings
-        self.repository.mark_loading(name, version)
         threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
-        try:
-            model = Model.load(path, name, version, threads)
-            model.warm_up(settings.max_batch_size)
-            model.check_parity()
-        except ModelLoadError as error:
-            log.error("model %s version %s not served: %s", name, version, error)
-            self.repository.mark_failed(name, version, str(error))
-            self.update_health()
-            return False
+        model = Model.load(path, name, version, threads)
+        model.warm_up(settings.max_batch_size)
+        model.check_parity()
+        predict = model.predict
+        if self.metrics is not None:
+            predict = self.metrics.instrument_predict(name, predict)
         batcher = None
         if settings.batching:
             batcher = DynamicBatcher(
-                model.predict,
+                predict,
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_inflight,
                 name=name,
             )
-        previous = self.repository.swap(name, version, Servable(model, batcher))
-        if previous is not None:
-            previous.close()
+        return Servable(model, batcher)
+
+    def load_model(self, path: str | Path, name: str, version: str) -> bool:
+        """Load, warm up and parity-check a model, then serve it as name/version (replacing any
+        previous one atomically). On failure the error is logged and recorded; returns success."""
+        self.repository.mark_loading(name, version)
+        try:
+            servable = self.build_servable(path, name, version)
+        except ModelLoadError as error:
+            log.error("model %s version %s not served: %s", name, version, error)
+            self.repository.mark_failed(name, version, str(error))
+            self.update_health()
+            return False
+        retire(self.repository.swap(name, version, servable))
+        model = servable.model
         log.info(
             "model %s version %s ready: %s, %d features, parity gate passed on %d reference rows",
             name,
@@ -171,6 +211,7 @@ class Server:
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight ones grace_s, close the models."""
         grace = self.settings.grace_s if grace_s is None else grace_s
+        self.versions.stop()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
         self._grpc_server.stop(grace).wait()

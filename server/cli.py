@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
+from server.logs import configure_logging
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
 log = logging.getLogger("server")
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif kind.startswith("tuple"):
+            parser.add_argument(flag, action="append", default=None, help=help_text)
         else:
             parser.add_argument(
                 flag, type={"int": int, "float": float}.get(kind, str), default=None, help=help_text
@@ -42,7 +45,9 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
     """Parse flags over env over defaults; raises ValueError for bad values."""
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {
-        name: value for name, value in vars(args).items() if value is not None
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in vars(args).items()
+        if value is not None
     }
     return ServerSettings.load(overrides)
 
@@ -53,31 +58,89 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 2
-    if not settings.model:
-        print(f"bnserve serve: --model PATH is required (or {ENV_PREFIX}MODEL)", file=sys.stderr)
+    if not settings.model and not settings.model_root:
+        print(
+            "bnserve serve: --model PATH is required (a model file, a model directory or a "
+            f"root of them; or --model-root DIR; env {ENV_PREFIX}MODEL / {ENV_PREFIX}MODEL_ROOT)",
+            file=sys.stderr,
+        )
         return 2
-    if not Path(settings.model).is_file():
-        print(f"bnserve serve: model file {settings.model} does not exist", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     log.info("%s", settings.summary())
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
+    from server.operations import Operations
 
     try:
-        server = Server.create(settings)
+        operations = Operations.from_settings(settings, os.environ)
+        server = Server.create(
+            settings,
+            interceptors=operations.interceptors,
+            credentials=operations.credentials,
+            metrics=operations.metrics,
+        )
+        metrics_port = operations.serve_metrics()
+    except ValueError as error:  # bad model path, TLS file or token file
+        print(f"bnserve serve: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 1
-    stop_requested = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop_requested.set())
+    signals = _SignalFlags()
     server.start()
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
-    log.info("serving on port %d, %s; Ctrl-C or SIGTERM stops", server.port, state)
-    stop_requested.wait()
-    log.info("stopping: in-flight calls get %.1f s", settings.grace_s)
+    tls = "TLS" + (" with client certificates" if settings.tls_client_ca else "")
+    log.info(
+        "serving on port %d, %s (%s%s); metrics %s; SIGHUP rescans models%s; "
+        "Ctrl-C or SIGTERM stops",
+        server.port,
+        state,
+        tls if operations.credentials is not None else "plaintext",
+        ", bearer tokens required" if operations.token_auth is not None else "",
+        f"on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off",
+        " and re-reads tokens" if operations.token_auth is not None else "",
+    )
+    while signals.wait() == "reload":
+        log.info("SIGHUP: rescanning model directories")
+        server.request_reload()
+        try:
+            operations.reload_tokens()
+        except ValueError as error:
+            log.error("tokens not re-read, the old ones stay accepted: %s", error)
+    log.info("stopping: health NOT_SERVING, in-flight calls get %.1f s", settings.grace_s)
     server.stop()
+    operations.stop()
+    log.info("stopped")
     return 0
+
+
+class _SignalFlags:
+    """SIGINT/SIGTERM ask to stop, SIGHUP to reload; the handlers only set flags (the work is
+    done in the main loop, where taking locks is safe)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signal_number, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, *_: object) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _on_reload(self, *_: object) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def wait(self) -> str:
+        """Block until a signal: "stop" or "reload" (stop wins)."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return "stop"
+            if self._reload:
+                self._reload = False
+                return "reload"

@@ -85,22 +85,26 @@ class ModelRepository:
         return sorted(self._servables)
 
     def status(self, name: str, version: str = "") -> ModelStatus:
-        """A configured model's status; raises ModelNotFound for one never configured."""
+        """A configured model's status (no version: its newest ready version, else its newest);
+        raises ModelNotFound for one never configured."""
         matches = [
             s for (n, v), s in self._statuses.items() if n == name and (not version or v == version)
         ]
         if not matches:
             raise ModelNotFound(f"no model named {name!r} version {version or '(any)'!r}")
-        return max(matches, key=lambda s: _version_key(s.version))
+        ready = [s for s in matches if s.state == READY]
+        return max(ready or matches, key=lambda s: _version_key(s.version))
 
     def statuses(self) -> list[ModelStatus]:
         return list(self._statuses.values())
 
     @property
     def ready(self) -> bool:
-        """True when at least one model is configured and every configured one is ready."""
-        statuses = self._statuses
-        return bool(statuses) and all(s.state == READY for s in statuses.values())
+        """True when at least one model is configured and every configured one serves at least
+        one version (a refused new version leaves its model serving the older ones)."""
+        names = {name for name, _ in self._statuses}
+        servables = self._servables
+        return bool(names) and all(name in servables for name in names)
 
     def mark_loading(self, name: str, version: str) -> None:
         """Record a version being loaded; a ready one stays served until swapped."""

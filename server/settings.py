@@ -21,9 +21,29 @@ def _setting(default: Any, help_text: str) -> Any:
 class ServerSettings:
     """Everything `bnserve serve` can be told. Each field is also env var BNSERVE_<FIELD>."""
 
-    model: str = _setting("", "Path to the exported model.onnx to serve.")
-    name: str = _setting("", "Model name clients use; empty means the model file's stem.")
-    model_version: str = _setting("1", "Version label of that model.")
+    model: tuple[str, ...] = _setting(
+        (),
+        "Model to serve, repeatable (env: comma-separated): a model.onnx file, a model directory "
+        "NAME/VERSION/model.onnx, or a root of such directories.",
+    )
+    name: str = _setting("", "Model name clients use; empty: the file's stem or directory name.")
+    model_version: str = _setting("1", "Version label of a model given as a single file.")
+    model_root: str = _setting(
+        "",
+        "Directory every model path must resolve inside (symlinks followed); with no --model, "
+        "every model under it is served.",
+    )
+    max_versions: int = _setting(
+        0, "Serve the newest N good versions of each model directory; 0: every version on disk."
+    )
+    reload_interval_s: float = _setting(
+        2.0, "Seconds between model directory scans for new versions; 0: only on SIGHUP."
+    )
+    reload_settle_s: float = _setting(
+        2.0,
+        "A version file written in place is read only once unmodified this long (files moved "
+        "in whole, e.g. with mv, keep their old mtime and load at once).",
+    )
     host: str = _setting(
         "127.0.0.1", "Address to listen on (127.0.0.1: loopback only; 0.0.0.0 in containers)."
     )
@@ -63,6 +83,20 @@ class ServerSettings:
     reflection: bool = _setting(True, "Serve gRPC server reflection (grpcurl, grpcui).")
     grace_s: float = _setting(5.0, "Seconds in-flight calls get to finish on shutdown.")
     log_level: str = _setting("INFO", "Python logging level name.")
+    log_format: str = _setting("text", "Log lines as 'text' or 'json' (one object a line).")
+    metrics_port: int = _setting(
+        9090, "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics."
+    )
+    tls_cert: str = _setting("", "PEM server certificate (chain); with tls_key turns TLS on.")
+    tls_key: str = _setting("", "PEM private key of tls_cert.")
+    tls_client_ca: str = _setting(
+        "", "PEM CA certificate; when set, clients must present a certificate it signed."
+    )
+    auth_token_file: str = _setting(
+        "",
+        "File of accepted bearer tokens, one a line; BNSERVE_AUTH_TOKEN adds one. With any, "
+        "calls need 'authorization: Bearer <token>' (health checks stay open).",
+    )
     # Not settable: env var names this object was read from (for the start-up line).
     from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -89,6 +123,14 @@ class ServerSettings:
             problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
         if self.grace_s < 0:
             problems.append(f"grace_s={self.grace_s} must be ≥ 0")
+        if not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port={self.metrics_port} must be in 0..65535 (0: off)")
+        if self.max_versions < 0:
+            problems.append(f"max_versions={self.max_versions} must be ≥ 0 (0: all)")
+        if self.reload_interval_s < 0 or self.reload_settle_s < 0:
+            problems.append("reload_interval_s and reload_settle_s must be ≥ 0")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"log_format={self.log_format!r} must be 'text' or 'json'")
         if problems:
             raise ValueError("invalid server settings: " + "; ".join(problems))
 
@@ -139,6 +181,8 @@ def _parse(raw: str, setting: dataclasses.Field[Any], env_name: str) -> Any:
             return int(text)
         if kind == "float":
             return float(text)
+        if kind.startswith("tuple"):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
         return raw
     except ValueError as error:
         raise ValueError(f"environment variable {env_name}={raw!r}: {error}") from None

@@ -42,7 +42,12 @@ def _bnserve(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> None:
-    environment = {**os.environ, "BNSERVE_WORKERS": "6", "BNSERVE_MAX_INFLIGHT": "4"}
+    environment = {
+        **os.environ,
+        "BNSERVE_WORKERS": "6",
+        "BNSERVE_MAX_INFLIGHT": "4",
+        "BNSERVE_METRICS_PORT": "0",  # several test servers at once: 9090 would collide
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "--model", str(test_models.classification), "--port", "0"],
         stderr=subprocess.PIPE,

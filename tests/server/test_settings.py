@@ -21,7 +21,7 @@ def test_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BNSERVE_MAX_BATCH_DELAY_MS", "2.5")
     settings = settings_from_args(["--port", "7000", "--model", "m.onnx"])
     assert (settings.port, settings.batching, settings.max_batch_delay_ms) == (7000, True, 2.5)
-    assert settings.model == "m.onnx"
+    assert settings.model == ("m.onnx",)  # repeatable: one entry per --model
     assert settings_from_args(["--no-batching"]).batching is False
     assert set(settings.from_env) == {
         "BNSERVE_PORT",
