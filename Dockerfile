@@ -46,6 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     BNSERVE_MODEL=/models/model.onnx \
+    BNSERVE_MODEL_ROOT=/models \
     BNSERVE_HOST=0.0.0.0 \
     BNSERVE_PORT=50051 \
     BNSERVE_METRICS_PORT=9090

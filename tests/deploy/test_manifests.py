@@ -17,6 +17,8 @@ import pytest
 import yaml
 from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
+from server.settings import ENV_PREFIX, settable_fields
+
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 KSERVE_DIR = REPO / "deploy" / "kserve"
 # gRPC probes are GA from 1.27; validate against that floor and the newest bundled schema.
@@ -168,6 +170,21 @@ def test_dockerfile_ports_env_and_user_match_the_deployment():
     user_id, group_id = (int(part) for part in user.split(":"))
     pod_security = find("Deployment")["spec"]["template"]["spec"]["securityContext"]
     assert (user_id, group_id) == (pod_security["runAsUser"], pod_security["runAsGroup"])
+
+
+def test_every_bnserve_variable_is_a_server_setting():
+    """A misspelt BNSERVE_* variable would be ignored silently; each must name a setting."""
+    settings = {ENV_PREFIX + field.name.upper() for field in settable_fields()}
+    image_env = dockerfile_env(runtime_stage(parse_dockerfile(REPO / "Dockerfile")))
+    (runtime,) = load_documents(KSERVE_DIR / "servingruntime.yaml")
+    named = {
+        "Dockerfile": set(image_env),
+        "deployment.yaml": set(container_env(deployment_container())),
+        "servingruntime.yaml": set(container_env(runtime["spec"]["containers"][0])),
+    }
+    for where, names in named.items():
+        unknown = {name for name in names if name.startswith(ENV_PREFIX)} - settings
+        assert not unknown, f"{where}: {sorted(unknown)} are not server settings"
 
 
 # ---- KServe -------------------------------------------------------------------------------------
