@@ -20,6 +20,7 @@ from training.data import Dataset, Split, fit_standardization, load_dataset, spl
 from training.errors import RunError
 from training.inference import predict
 from training.layers import BatchNormSettings
+from training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
 EpochCallback = Callable[[dict[str, Any]], "bool | None"]
@@ -45,18 +46,6 @@ class Prepared:
     x_train: np.ndarray  # (n_train, F) standardized, float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
     x_dev: np.ndarray  # (n_dev, F) standardized, float32
-
-
-@dataclass
-class TrainingState:
-    """Everything a checkpoint must restore for a resumed run to match an uninterrupted one."""
-
-    params: dict[str, np.ndarray]
-    optimizer: optim.OptimizerState
-    rng: np.random.Generator
-    history: list[dict[str, Any]]
-    epoch: int  # epochs completed
-    settings_since_epoch: int  # first epoch run under the current settings (lr decay restarts)
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -128,14 +117,19 @@ def resumable_settings(config: TrainConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in RESUMABLE_FIELDS}
 
 
+def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Error rate of scores/probabilities (N, C) against labels (N,), or RMSE of (N, T) values."""
+    if task == "classification":
+        return float(np.mean(outputs.argmax(axis=1) != y))
+    return float(np.sqrt(np.mean((outputs - y) ** 2)))
+
+
 def dev_error(params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec) -> float:
     """Error rate (classification) or RMSE in target units (regression) on the dev split."""
     scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
-    y_dev = prepared.dataset.y[prepared.split.dev]
-    if prepared.dataset.task == "classification":
-        return float(np.mean(scores.argmax(axis=1) != y_dev))
-    predictions = scores * prepared.target_std + prepared.target_mean
-    return float(np.sqrt(np.mean((predictions - y_dev) ** 2)))
+    if prepared.dataset.task == "regression":
+        scores = scores * prepared.target_std + prepared.target_mean
+    return error_of(scores, prepared.dataset.y[prepared.split.dev], prepared.dataset.task)
 
 
 def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr: float) -> float:
@@ -163,46 +157,14 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
     return total_cost / len(order)
 
 
-# --- checkpoints -------------------------------------------------------------------------------
-
-
-def save_checkpoint(run_dir: Path, state: TrainingState, config: TrainConfig) -> None:
-    arrays = {f"param:{name}": array for name, array in state.params.items()}
-    for param_name, slots in state.optimizer.slots.items():
-        for slot_name, array in slots.items():
-            arrays[f"opt:{slot_name}:{param_name}"] = array
-    rundir.save_checkpoint(
-        run_dir,
-        state.epoch,
-        arrays,
-        {
-            "config": config.to_dict(),
-            "optimizer_step": state.optimizer.step,
-            "rng": state.rng.bit_generator.state,
-            "settings_since_epoch": state.settings_since_epoch,
-            "history": state.history,
-        },
-    )
-
-
-def restore_checkpoint(run_dir: Path, epoch: int, config: TrainConfig) -> TrainingState:
-    arrays, saved = rundir.load_checkpoint(run_dir, epoch)
-    params = {
-        key.split(":", 1)[1]: value for key, value in arrays.items() if key.startswith("param:")
-    }
-    optimizer = optim.OptimizerState(step=int(saved["optimizer_step"]))
-    for key, value in arrays.items():
-        if key.startswith("opt:"):
-            _, slot_name, param_name = key.split(":", 2)
-            optimizer.slots.setdefault(param_name, {})[slot_name] = value
-    saved_config = TrainConfig.from_dict(saved["config"])
-    if optimizer_settings(saved_config).name != config.optimizer:
-        optimizer = optim.OptimizerState(step=0)  # another family: its slots mean nothing here
-    rng = np.random.default_rng()
-    rng.bit_generator.state = saved["rng"]
-    changed = resumable_settings(saved_config) != resumable_settings(config)
-    since = epoch + 1 if changed else int(saved["settings_since_epoch"])
-    return TrainingState(params, optimizer, rng, list(saved["history"]), epoch, since)
+def resumed_state(run_dir: Path, epoch: int, config: TrainConfig) -> TrainingState:
+    """The checkpoint's state, adjusted for settings changed on resume."""
+    state, saved_config = load_state(run_dir, epoch)
+    if saved_config.optimizer != config.optimizer:
+        state.optimizer = optim.OptimizerState()  # another family: its slots mean nothing here
+    if resumable_settings(saved_config) != resumable_settings(config):
+        state.settings_since_epoch = epoch + 1
+    return state
 
 
 def fresh_state(config: TrainConfig, prepared: Prepared) -> TrainingState:
@@ -266,7 +228,7 @@ def train(
             raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
         meta = rundir.read_json(run_dir / "meta.json")
         rundir.remove_stale_temporaries(run_dir)
-        state = restore_checkpoint(run_dir, epoch, config)
+        state = resumed_state(run_dir, epoch, config)
         rundir.discard_checkpoints_after(run_dir, epoch)
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -356,25 +318,16 @@ def _finish(
     meta.update(_describe(config, dataset))
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
-    meta["dev_error"] = _final_dev_error(params, meta, prepared)
-    heldout_out = predict(params, meta, heldout_x)
+    dev_outputs = predict(params, meta, dataset.x[split.dev])
+    meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
+    test_error = error_of(predict(params, meta, heldout_x), heldout_y, dataset.task)
     if dataset.task == "classification":
-        meta["test_accuracy"] = float(np.mean(heldout_out.argmax(axis=1) == heldout_y))
+        meta["test_accuracy"] = 1.0 - test_error
     else:
-        meta["test_rmse"] = float(np.sqrt(np.mean((heldout_out - heldout_y) ** 2)))
+        meta["test_rmse"] = test_error
     meta["status"] = "finished"
     rundir.write_json(run_dir / "meta.json", meta)
     return TrainResult(meta["dev_error"], state.history, run_dir)
-
-
-def _final_dev_error(
-    params: dict[str, np.ndarray], meta: dict[str, Any], prepared: Prepared
-) -> float:
-    outputs = predict(params, meta, prepared.dataset.x[prepared.split.dev])
-    y_dev = prepared.dataset.y[prepared.split.dev]
-    if prepared.dataset.task == "classification":
-        return float(np.mean(outputs.argmax(axis=1) != y_dev))
-    return float(np.sqrt(np.mean((outputs - y_dev) ** 2)))
 
 
 def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
