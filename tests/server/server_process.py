@@ -1,0 +1,145 @@
+"""`python -m server` as a real subprocess for the operations tests: start it, read its log,
+signal it, measure its memory, and lay out model directories the way operators do."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import onnx
+from model_builder import MlpWeights, build_model
+
+READY_PATTERN = r"serving on port (\d+), ready"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for --metrics-port, where 0 means off)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """A running `python -m server`; every stderr line is kept in `lines`."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        environment = {**os.environ, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        self.lines: list[str] = []
+        self._new_lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            self._new_lines.put(line)
+
+    def wait_ready(self, timeout_s: float = 60) -> int:
+        """Wait for the 'serving on port N, ready' line; returns the port."""
+        self.port = int(self.wait_for(READY_PATTERN, timeout_s).group(1))
+        return self.port
+
+    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        """The first log line (already seen or new) matching pattern; fails after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        checked = 0
+        while time.monotonic() < deadline:
+            for line in self.lines[checked:]:
+                checked += 1
+                if match := re.search(pattern, line):
+                    return match
+            if self.process.poll() is not None and checked >= len(self.lines):
+                self._reader.join(timeout=5)
+                if checked >= len(self.lines):
+                    break
+            with contextlib.suppress(queue.Empty):
+                self._new_lines.get(timeout=0.05)
+        raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log()}")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+    def signal(self, signal_number: int) -> None:
+        self.process.send_signal(signal_number)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code (kills it if it does not exit in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server did not exit {timeout_s} s after SIGTERM") from None
+        finally:
+            self._reader.join(timeout=5)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+
+
+def model_bytes(seed: int, task: str = "classification") -> tuple[bytes, MlpWeights]:
+    """A serialized contract-compliant test model and its weights; seeds give distinct outputs."""
+    model, weights = build_model(task, seed=seed)
+    return model.SerializeToString(), weights
+
+
+def bad_parity_bytes(seed: int) -> bytes:
+    """A well-formed model whose reference rows come from other weights: fails the parity gate."""
+    other = MlpWeights.random(3, seed=seed + 500)
+    model, _ = build_model("classification", seed=seed, reference_weights=other)
+    return model.SerializeToString()
+
+
+def corrupt_bytes(valid: bytes) -> bytes:
+    """A valid model with one weight byte flipped: it still loads, but its graph hash
+    mismatches the metadata (the tampering the checksum is there to catch)."""
+    weights = onnx.load_model_from_string(valid).graph.initializer[0].raw_data
+    position = valid.index(weights) + len(weights) // 2
+    return valid[:position] + bytes([valid[position] ^ 0xFF]) + valid[position + 1 :]
+
+
+def install_version(model_dir: Path, version: int, data: bytes, old_mtime: bool = True) -> Path:
+    """Stage data as model.onnx beside the versions, then rename it into place atomically (as an
+    operator's `mv` does). old_mtime dates the file back, as a file copied earlier would be."""
+    staging = model_dir / f".staging-{version}"
+    staging.mkdir(parents=True)
+    path = staging / "model.onnx"
+    path.write_bytes(data)
+    if old_mtime:
+        past = time.time() - 3600
+        os.utime(path, (past, past))
+    final = model_dir / str(version)
+    os.rename(staging, final)
+    return final / "model.onnx"
+
+
+def remove_version(model_dir: Path, version: int) -> None:
+    shutil.rmtree(model_dir / str(version))
