@@ -130,14 +130,15 @@ step_done
 step "run"
 grpc_port=$(free_port)
 metrics_port=$(free_port)
+# podman's stderr here says only that systemd (absent) cannot time the HEALTHCHECK.
 podman run -d --name "$container" --network host \
   -v "$work/models:/models:ro" \
   -e BNSERVE_PORT="$grpc_port" -e BNSERVE_METRICS_PORT="$metrics_port" \
-  "$image" >/dev/null || fail "podman run"
+  "$image" >/dev/null 2>"$work/podman-run.log" || { cat "$work/podman-run.log" >&2; fail "podman run"; }
 step_done
 
 # ---- 6. probe from the host ---------------------------------------------------------------------
-step "SERVING, held-out set scored from the host (native + v2)"
+step "SERVING; held-out set scored from the host (native, v2); metrics"
 "$venv_python" scripts/demo.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
   --min-accuracy 0.9 --serve-deadline 90 ||
   {
@@ -146,6 +147,19 @@ step "SERVING, held-out set scored from the host (native + v2)"
   }
 "$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" --run "$work/run" ||
   fail "the container's Open Inference Protocol (v2) answers are wrong"
+# The metrics port answers Prometheus text that counted the Predict calls just made.
+"$venv_python" - "$metrics_port" <<'PYTHON' || fail "the container's /metrics endpoint"
+import re, sys, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
+text = urllib.request.urlopen(url, timeout=5).read().decode()
+predicts = 0.0
+for labels, value in re.findall(r"^bnserve_requests_total\{(.*)\} (\S+)$", text, re.MULTILINE):
+    label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+    if label.get("method", "").endswith("/Predict") and label.get("code") == "OK":
+        predicts += float(value)
+print(f"{url}: {predicts:.0f} OK Predict calls counted")
+sys.exit(0 if predicts >= 270 else f"expected >= 270 OK Predict calls in {url}")
+PYTHON
 step_done
 
 # ---- 7. healthcheck and what the image carries --------------------------------------------------
@@ -167,11 +181,12 @@ step_done
 # ---- 8. graceful stop ---------------------------------------------------------------------------
 step "podman stop -t 10 (SIGTERM)"
 stop_started=$(date +%s.%N)
-podman stop -t 10 "$container" >/dev/null || fail "podman stop"
+podman stop -t 10 "$container" >/dev/null 2>"$work/podman-stop.log" ||
+  { cat "$work/podman-stop.log" >&2; fail "podman stop"; }
 stop_seconds=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
 echo "exited with code $exit_code after ${stop_seconds}s"
-podman logs --tail 3 "$container" 2>&1 | sed 's/^/  container log: /'
+podman logs --tail 2 "$container" 2>&1 | sed 's/^/  container log: /'
 [[ $exit_code == 0 ]] ||
   fail "server did not exit cleanly on SIGTERM (exit code $exit_code; 137 means killed after -t 10)"
 step_done
