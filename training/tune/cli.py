@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
     training.add_argument("--target", help="CSV target column")
     training.add_argument("--task", choices=["classification", "regression"])
-    training.add_argument("--epochs", type=int, help="epochs per trial (default 15)")
+    training.add_argument("--epochs", type=int, help="epochs per trial (default 30)")
     training.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,7 @@ from training.tune.trials import run_trial_json
 # One BLAS thread per worker: K workers on K cores, not K × cores threads fighting.
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _PARENT_POLL_SECONDS = 0.5
+_BLAS_LIMITED = False  # set once per worker process by run_single_threaded
 
 
 class Executor(Protocol):
@@ -31,10 +33,23 @@ class Executor(Protocol):
 
 
 def _init_worker(parent_pid: int) -> None:
-    """Runs first in each worker process (before numpy is imported there)."""
-    for name in _SINGLE_THREAD_ENV:
+    """Runs first in each local worker process."""
+    for name in _SINGLE_THREAD_ENV:  # for BLAS libraries loaded from now on
         os.environ.setdefault(name, "1")
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def run_single_threaded(request_json: str) -> str:
+    """Run a trial with one BLAS thread in this process. The environment set by _init_worker
+    covers BLAS loaded later; numpy already loaded (e.g. by a main module that the spawned
+    worker re-imported) gets its thread pool limited here, once."""
+    global _BLAS_LIMITED
+    if not _BLAS_LIMITED and "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+        _BLAS_LIMITED = True
+    return run_trial_json(request_json)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -64,12 +79,12 @@ class LocalExecutor:
 
     def submit(self, request_json: str) -> Future[str]:
         try:
-            return self._pool.submit(run_trial_json, request_json)
+            return self._pool.submit(run_single_threaded, request_json)
         except BrokenProcessPool:
             # A worker died (e.g. killed by the OOM killer): its trial failed; start afresh.
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
-            return self._pool.submit(run_trial_json, request_json)
+            return self._pool.submit(run_single_threaded, request_json)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -96,7 +111,7 @@ class RayExecutor:
             _init_ray(ray, address, workers)
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = workers or cluster_cpus
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_trial_json)
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_single_threaded)
 
     def submit(self, request_json: str) -> Future[str]:
         return self._remote.remote(request_json).future()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,10 @@ def test_missing_space_file_is_named(tmp_path):
 def test_malformed_param_flags(flag):
     with pytest.raises(SpaceError, match="--param"):
         parse_param_flag(flag)
+
+
+def test_the_example_space_file_loads():
+    example = Path(__file__).parents[3] / "training" / "tune" / "example_space.toml"
+    space = build_space(load_space_file(example))
+    assert space.dimension("beta1").coordinate_bounds() == pytest.approx((-2, -1))
+    assert space.base_config().epochs == 20

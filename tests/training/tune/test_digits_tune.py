@@ -1,0 +1,23 @@
+"""The must-show: a tune of at least 20 trials on digits finds a configuration at least as good
+as the training defaults (same data split, same epochs). Slow: about two minutes on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import TrainConfig
+from training.train import train
+from training.tune.runner import run_tune
+from training.tune.settings import TuneSettings
+from training.tune.space import DEFAULT_SPACE
+
+
+@pytest.mark.slow
+def test_twenty_four_trials_on_digits_match_or_beat_the_defaults(tmp_path):
+    defaults = train(TrainConfig(), tmp_path / "defaults", progress=False, plot=False)
+    settings = TuneSettings(
+        out=tmp_path / "tune", space=DEFAULT_SPACE, trials=24, rounds=2, progress=False
+    )
+    result = run_tune(settings)
+    assert result.best is not None
+    assert result.best.dev_error <= defaults.dev_error
