@@ -1,0 +1,93 @@
+"""TLS on the gRPC port against a real server process: served with the CA, refused without;
+with a client CA, refused without a client certificate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from certificates import Pki, make_pki
+from model_builder import NUM_FEATURES, ModelFiles
+from server_process import ServerProcess
+
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.tls import TlsConfigError, server_credentials
+
+FEATURES = np.linspace(-1, 1, NUM_FEATURES, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _predict(channel: grpc.Channel) -> pb.PredictResponse:
+    stub = predictor_pb2_grpc.PredictorStub(channel)
+    return stub.Predict(pb.PredictRequest(features=FEATURES), timeout=10)
+
+
+def _refused(channel: grpc.Channel) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as refused:
+        _predict(channel)
+    return refused.value.code()
+
+
+def _credentials(ca: Path, client: tuple[Path, Path] | None = None) -> grpc.ChannelCredentials:
+    chain = (client[1].read_bytes(), client[0].read_bytes()) if client else (None, None)
+    return grpc.ssl_channel_credentials(ca.read_bytes(), *chain)
+
+
+def test_tls_served_with_the_ca_refused_without(pki: Pki, test_models: ModelFiles) -> None:
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--metrics-port", "0",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        assert "ready (TLS)" in server.log()
+        with grpc.secure_channel(server.target, _credentials(pki.ca_cert)) as channel:
+            assert _predict(channel).class_name
+        with grpc.insecure_channel(server.target) as channel:
+            assert _refused(channel) == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(server.target, _credentials(pki.other_ca_cert)) as channel:
+            assert _refused(channel) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert server.stop() == 0
+
+
+def test_client_certificate_required_with_client_ca(pki: Pki, test_models: ModelFiles) -> None:
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--metrics-port", "0",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+         "--tls-client-ca", str(pki.ca_cert)]
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        assert "ready (TLS with client certificates)" in server.log()
+        with grpc.secure_channel(server.target, _credentials(pki.ca_cert)) as channel:
+            assert _refused(channel) == grpc.StatusCode.UNAVAILABLE
+        client = (pki.client_cert, pki.client_key)
+        with grpc.secure_channel(server.target, _credentials(pki.ca_cert, client)) as channel:
+            assert _predict(channel).class_name
+    finally:
+        assert server.stop() == 0
+
+
+def test_unusable_tls_files_named_at_start_up(pki: Pki, tmp_path: Path) -> None:
+    not_pem = tmp_path / "cert.txt"
+    not_pem.write_text("hello")
+    cases = [
+        ((str(pki.server_cert), "", ""), "tls_cert and tls_key go together"),
+        (("", "", str(pki.ca_cert)), "tls_client_ca needs tls_cert and tls_key"),
+        ((str(not_pem), str(pki.server_key), ""), f"tls_cert {not_pem}: not a PEM file"),
+        ((str(tmp_path / "nope.pem"), str(pki.server_key), ""), "nope.pem: cannot read it"),
+        ((str(pki.server_cert), str(pki.client_key), ""), "are not a matching PEM certificate"),
+        ((str(pki.server_cert), str(pki.server_key), str(pki.server_key)), "not a PEM CA"),
+    ]
+    for (cert, key, ca), message in cases:
+        with pytest.raises(TlsConfigError, match=message):
+            server_credentials(cert, key, ca)
+    assert server_credentials("", "", "") is None
