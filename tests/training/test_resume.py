@@ -14,7 +14,7 @@ import numpy as np
 
 from training.rundir import checkpoint_paths, read_npz
 
-EPOCHS = 12
+EPOCHS = 40  # long enough that the kill after epoch 3 lands well before the end
 TRAIN_ARGS = ["--epochs", str(EPOCHS), "--dropout", "0.1", "--no-progress", "--no-plot"]
 REPO = Path(__file__).resolve().parents[2]
 
