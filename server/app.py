@@ -170,7 +170,7 @@ class Server:
                 max_queue=settings.max_inflight,
                 name=name,
             )
-        return Servable(model, batcher)
+        return Servable(model, batcher, predict)
 
     def load_model(self, path: str | Path, name: str, version: str) -> bool:
         """Load, warm up and parity-check a model, then serve it as name/version (replacing any

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.batching import DynamicBatcher
+from server.batching import DynamicBatcher, Predict
 from server.errors import DeadlineExpired
 from server.model import Model
 
@@ -15,9 +15,16 @@ NO_DEADLINE_S = 86_400.0
 class Servable:
     """A Model plus its optional DynamicBatcher (single-example calls only go through it)."""
 
-    def __init__(self, model: Model, batcher: DynamicBatcher | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        batcher: DynamicBatcher | None = None,
+        predict: Predict | None = None,
+    ) -> None:
         self.model = model
         self.batcher = batcher
+        # model.predict, or a wrapper around it (metrics count examples per run).
+        self._predict = predict if predict is not None else model.predict
 
     def score(self, x: np.ndarray, timeout_s: float | None = None) -> list[np.ndarray]:
         """Check and score x (N, F) float32 within timeout_s seconds (the call's deadline).
@@ -31,7 +38,7 @@ class Servable:
             return self.batcher.score(
                 x, None if timeout_s is None or timeout_s > NO_DEADLINE_S else timeout_s
             )
-        return self.model.predict(x)
+        return self._predict(x)
 
     def close(self) -> None:
         """Finish queued work and stop the batcher, if any."""
