@@ -39,6 +39,9 @@ serve: $(STAMP)
 	$(PY) -m server --model demo/model.onnx
 
 bench: $(STAMP)
+	# bench/train.py compares with eager PyTorch on the CPU; torch is never needed to run or test
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 \
+		|| echo "torch==2.13.0 not installable here: bench/train.py prints numpy only"
 	$(PY) bench/run_all.py
 
 image-check:
