@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training.tune.space import SearchSpace, SpaceError
+from training.tune.space import Dimension, SearchSpace, SpaceError
 
 MAX_GRID_POINTS = 10_000
 
@@ -66,8 +66,21 @@ def sample_point(space: SearchSpace, box: Box, rng: np.random.Generator) -> dict
             point[dimension.name] = allowed[int(rng.integers(len(allowed)))]
         else:
             lo, hi = box.ranges[dimension.name]
-            point[dimension.name] = dimension.from_coordinate(float(rng.uniform(lo, hi)))
+            value = dimension.from_coordinate(float(rng.uniform(lo, hi)))
+            if dimension.is_integer:
+                value = _integer_inside(dimension, lo, hi, value)
+            point[dimension.name] = value
     return point
+
+
+def _integer_inside(dimension: Dimension, lo: float, hi: float, value: int) -> int:
+    """Keep a rounded value among the integers the box (lo, hi) holds; a box too narrow to
+    hold one gives the integer nearest its centre."""
+    first = math.ceil(dimension.raw_value(lo) - 1e-9)
+    last = math.floor(dimension.raw_value(hi) + 1e-9)
+    if first > last:
+        return dimension.from_coordinate((lo + hi) / 2)
+    return min(max(value, first), last)
 
 
 def shrink_box(

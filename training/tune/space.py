@@ -75,18 +75,20 @@ class Dimension:
             return math.log10(1.0 - value)
         raise SpaceError(f"dimension {self.name!r}: a choice has no coordinate")
 
+    def raw_value(self, coordinate: float) -> float:
+        """The value at search coordinate r, before rounding and clipping."""
+        if self.scale in ("linear", "int"):
+            return coordinate
+        if self.scale in ("log", "log_int"):
+            return 10.0**coordinate
+        if self.scale == "log1m":
+            return 1.0 - 10.0**coordinate
+        raise SpaceError(f"dimension {self.name!r}: a choice has no coordinate")
+
     def from_coordinate(self, coordinate: float) -> float | int:
         """The value at search coordinate r, rounded for integer scales and kept in [low, high]."""
-        if self.scale in ("linear", "int"):
-            value = coordinate
-        elif self.scale in ("log", "log_int"):
-            value = 10.0**coordinate
-        elif self.scale == "log1m":
-            value = 1.0 - 10.0**coordinate
-        else:
-            raise SpaceError(f"dimension {self.name!r}: a choice has no coordinate")
         assert self.low is not None and self.high is not None
-        value = min(max(value, self.low), self.high)
+        value = min(max(self.raw_value(coordinate), self.low), self.high)
         return round(value) if self.is_integer else float(value)
 
     def coordinate_bounds(self) -> tuple[float, float]:

@@ -26,6 +26,7 @@ SYNTHETIC = {
         "lr": {"scale": "log", "low": 1e-5, "high": 1.0},
         "beta1": {"scale": "log1m", "low": 0.5, "high": 0.999},
         "batch_size": {"choice": [16, 32, 64, 128, 256]},
+        "layers": {"scale": "int", "low": 1, "high": 4},
     },
 }
 

@@ -176,3 +176,19 @@ def test_grid_spaces_each_dimension_on_its_own_scale():
     assert sorted({p["beta1"] for p in points}) == pytest.approx([0.9, 0.99, 0.999])
     with pytest.raises(SpaceError, match="over 10000"):
         sampler.grid_points(space, 60)
+
+
+def test_integers_in_a_shrunk_box_stay_inside_it():
+    space = _space(
+        layers={"scale": "int", "low": 1, "high": 3},
+        units={"scale": "log_int", "low": 16, "high": 512},
+    )
+    box = sampler.shrink_box(space, sampler.full_box(space), [{"layers": 2, "units": 64}], 0.5)
+    assert box.ranges["layers"] == pytest.approx((1.25, 2.75))
+    points = _samples(space, box=box, n=500)
+    assert {p["layers"] for p in points} == {2}
+    units_lo, units_hi = (10**c for c in box.ranges["units"])
+    assert all(units_lo <= p["units"] <= units_hi for p in points)
+    assert len({p["units"] for p in points}) > 20
+    narrow = sampler.Box(ranges={"layers": (2.6, 2.9), "units": box.ranges["units"]}, choices={})
+    assert {p["layers"] for p in _samples(space, box=narrow, n=50)} == {3}
