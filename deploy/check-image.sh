@@ -92,7 +92,11 @@ if [[ -n ${BASE_IMAGE:-} ]]; then
   base_image=$BASE_IMAGE
   podman image exists "$base_image" || podman pull "$base_image" || fail "cannot pull $base_image"
 else
-  recipe_hash=$(sha256sum deploy/base-image.sh | cut -c1-12)
+  # The recipe and the host CA certificates baked into the base (a rotated proxy CA must rebuild).
+  shopt -s nullglob
+  host_certificates=(/usr/local/share/ca-certificates/*.crt)
+  shopt -u nullglob
+  recipe_hash=$(cat deploy/base-image.sh "${host_certificates[@]}" | sha256sum | cut -c1-12)
   base_image=localhost/python-base:3.11-$recipe_hash
   if podman image exists "$base_image"; then
     echo "cached: $base_image"
@@ -201,4 +205,6 @@ for i in "${!step_names[@]}"; do
   printf '%-45s %8s\n' "${step_names[$i]}" "${step_seconds[$i]}"
 done
 ((size_mb <= max_image_mb)) || fail "image is $size_mb MB, over $max_image_mb MB"
+# Old build layers go after a day; recent ones stay as the cache of the next build.
+podman image prune --force --filter until=24h >/dev/null 2>&1 || true
 echo "image-check: OK"
