@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+Params = dict[str, np.ndarray]  # full parameter name ("hidden1.gamma") -> array
+
 
 @dataclass(frozen=True)
 class OptimizerSettings:
@@ -55,14 +57,18 @@ def _check_lr(lr: float) -> None:
         raise ValueError(f"learning rate = {lr!r} is invalid: must be a finite number > 0")
 
 
-def sgd(params, grads, state: OptimizerState, settings: OptimizerSettings, lr: float) -> None:
+def sgd(
+    params: Params, grads: Params, state: OptimizerState, settings: OptimizerSettings, lr: float
+) -> None:
     """Plain gradient descent: p ← p − lr·g."""
     state.step += 1
     for name, grad in grads.items():
         params[name] -= lr * grad
 
 
-def momentum(params, grads, state: OptimizerState, settings: OptimizerSettings, lr: float) -> None:
+def momentum(
+    params: Params, grads: Params, state: OptimizerState, settings: OptimizerSettings, lr: float
+) -> None:
     """Heavy-ball momentum (PyTorch form): v ← μ·v + g;  p ← p − lr·v."""
     state.step += 1
     for name, grad in grads.items():
@@ -72,7 +78,9 @@ def momentum(params, grads, state: OptimizerState, settings: OptimizerSettings, 
         params[name] -= lr * velocity
 
 
-def rmsprop(params, grads, state: OptimizerState, settings: OptimizerSettings, lr: float) -> None:
+def rmsprop(
+    params: Params, grads: Params, state: OptimizerState, settings: OptimizerSettings, lr: float
+) -> None:
     """RMSprop: s ← ρ·s + (1 − ρ)·g²;  p ← p − lr·g / (√s + ε)."""
     state.step += 1
     for name, grad in grads.items():
@@ -84,7 +92,9 @@ def rmsprop(params, grads, state: OptimizerState, settings: OptimizerSettings, l
         params[name] -= lr * grad / denom
 
 
-def adam(params, grads, state: OptimizerState, settings: OptimizerSettings, lr: float) -> None:
+def adam(
+    params: Params, grads: Params, state: OptimizerState, settings: OptimizerSettings, lr: float
+) -> None:
     """Adam with bias correction, in PyTorch's arithmetic.
 
     m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
@@ -117,8 +127,8 @@ UPDATES: dict[str, UpdateFunction] = {
 
 
 def update(
-    params: dict[str, np.ndarray],
-    grads: dict[str, np.ndarray],
+    params: Params,
+    grads: Params,
     state: OptimizerState,
     settings: OptimizerSettings,
     lr: float,
