@@ -18,7 +18,7 @@ from tqdm import tqdm
 from training import model, optim, rundir
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
-from training.errors import RunError
+from training.errors import RunError, TrainingError
 from training.inference import predict
 from training.layers import BatchNormSettings
 from training.state import TrainingState, load_state, save_checkpoint
@@ -50,6 +50,7 @@ class Prepared:
 
 
 def prepare(config: TrainConfig) -> Prepared:
+    """Load the data, split it with the seed, standardize with training-split statistics."""
     dataset = load_dataset(config.data, target=config.target, task=config.task)
     split = split_rows(
         len(dataset.x),
@@ -119,7 +120,12 @@ def resumable_settings(config: TrainConfig) -> dict[str, Any]:
 
 
 def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
-    """Error rate of scores/probabilities (N, C) against labels (N,), or RMSE of (N, T) values."""
+    """Error rate of scores/probabilities (N, C) against labels (N,), or RMSE of (N, T) values.
+
+    NaN when any output is not finite (a diverged network has no meaningful error).
+    """
+    if not np.all(np.isfinite(outputs)):
+        return float("nan")
     if task == "classification":
         return float(np.mean(outputs.argmax(axis=1) != y))
     return float(np.sqrt(np.mean((outputs - y) ** 2)))
@@ -280,7 +286,14 @@ def _train_epochs(
             epoch = state.epoch + 1
             lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
             started = time.perf_counter()
-            cost = run_epoch(state, prepared, config, lr)
+            # overflow is reported once, clearly, by the finiteness check below
+            with np.errstate(over="ignore", invalid="ignore"):
+                cost = run_epoch(state, prepared, config, lr)
+            if not np.isfinite(cost):
+                raise TrainingError(
+                    f"{run_dir}: training diverged in epoch {epoch} (cost {cost}) at lr {lr:g}; "
+                    "resume from the last checkpoint with a smaller --lr"
+                )
             examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
             error = dev_error(state.params, prepared, spec)
             record = {

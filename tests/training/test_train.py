@@ -9,7 +9,7 @@ import pytest
 
 from training import rundir
 from training.config import TrainConfig
-from training.errors import RunError
+from training.errors import RunError, TrainingError
 from training.inference import predict
 from training.rundir import load_run
 from training.train import batch_slices, train
@@ -210,3 +210,12 @@ def test_resuming_a_run_without_checkpoints_is_an_error(tmp_path):
     train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
     with pytest.raises(RunError, match="no checkpoint to resume from"):
         train(config, tmp_path / "run", resume=True, progress=False)
+
+
+def test_divergence_stops_with_a_clear_error_and_no_final_params(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "optimizer": "sgd", "lr": 1e6, "batchnorm": False})
+    with pytest.raises(TrainingError, match=r"training diverged in epoch 1 .* smaller --lr"):
+        train(config, tmp_path / "run", progress=False, plot=False)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["status"] == "running"
+    assert not (tmp_path / "run" / "params.npz").exists()
