@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from server.auth import TokenAuthInterceptor, load_token_digests
+from server.decoding import RequestDecodingInterceptor
 from server.metrics import MetricsInterceptor, ServerMetrics
 from server.settings import ServerSettings
 from server.tls import server_credentials
@@ -19,7 +20,8 @@ from server.tls import server_credentials
 
 @dataclass
 class Operations:
-    """Interceptors (metrics outermost, so refused calls are counted too), TLS credentials, and
+    """Interceptors (metrics outermost, so refused calls are counted too; request decoding
+    innermost, after auth, so no unauthenticated bytes are parsed), TLS credentials, and
     the pieces signal handlers and shutdown need."""
 
     metrics: ServerMetrics | None
@@ -46,6 +48,7 @@ class Operations:
             interceptors.append(MetricsInterceptor(self.metrics))
         if self.token_auth is not None:
             interceptors.append(self.token_auth)
+        interceptors.append(RequestDecodingInterceptor())
         return interceptors
 
     def reload_tokens(self) -> None:
