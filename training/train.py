@@ -233,6 +233,11 @@ def train(
         epoch = epochs[-1] if from_epoch is None else from_epoch
         if epoch not in epochs:
             raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
+        if config.epochs < epoch:
+            raise ValueError(
+                f"{run_dir}: epochs = {config.epochs} is fewer than the {epoch} already trained "
+                f"(to go back, use --from-epoch {config.epochs})"
+            )
         meta = rundir.read_json(run_dir / "meta.json")
         rundir.remove_stale_temporaries(run_dir)
         state = resumed_state(run_dir, epoch, config)

@@ -219,3 +219,14 @@ def test_divergence_stops_with_a_clear_error_and_no_final_params(tmp_path):
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["status"] == "running"
     assert not (tmp_path / "run" / "params.npz").exists()
+
+
+def test_resume_with_fewer_epochs_than_trained_points_to_from_epoch(tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "epochs": 3})
+    train(config, tmp_path / "run", progress=False, plot=False)
+    with pytest.raises(ValueError, match=r"epochs = 2 is fewer than the 3 already trained"):
+        train(config.replace(epochs=2), tmp_path / "run", resume=True, progress=False)
+    result = train(
+        config.replace(epochs=2), tmp_path / "run", resume=True, from_epoch=2, progress=False
+    )
+    assert len(result.history) == 2
