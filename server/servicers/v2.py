@@ -145,7 +145,7 @@ def _input_tensor(request: pb.ModelInferRequest, model: Model) -> np.ndarray:
     if len(values) != count:
         what = "no fp32_contents (empty request)" if not values else f"{len(values)} fp32_contents"
         raise InvalidInput(f"input {tensor.name!r} has {what}; shape {shape} needs {count} values")
-    return np.array(values, dtype=np.float32).reshape(shape)
+    return np.array(values[:], dtype=np.float32).reshape(shape)  # [:]: list converts faster
 
 
 def _requested_outputs(request: pb.ModelInferRequest, model: Model) -> Sequence[int]:

@@ -1,0 +1,571 @@
+"""Benchmark the server against the transport's limit, with a compiled load generator.
+
+In one run, the same h2load load (prebuilt length-prefixed gRPC bodies, `content-type:
+application/grpc`, `te: trailers`) goes to
+  (a) a bare sync grpcio echo server: same request bytes in, same-size response out;
+  (b) bnserve native Predict (batching off, and on);
+  (c) bnserve v2 ModelInfer (raw_input_contents, as tritonclient sends);
+single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 latency, and each as a
+ratio to the echo server. Then PredictBatch (64 examples a call) and PredictStream (many examples
+per stream) in examples/s, and the server's overhead over a bare onnxruntime
+InferenceSession.run of the same example (p50/p99).
+
+The server runs pinned to one core, h2load to the other (taskset). h2load cannot see trailers,
+so every call's success is checked another way: each body is first sent once with a grpcio
+client (status OK, response size recorded), and after the run the DATA bytes h2load received
+must equal (successful requests) × (that response's framed size) — a failed gRPC call answers
+with trailers only and no DATA, so any failure shows up as missing bytes.
+
+Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick]
+(installs h2load with apt-get when run as root and it is missing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+ECHO_PATH = "/bench.Echo/Call"
+ECHO_LABEL = "bare grpcio echo"
+PATHS = {
+    "predict": "/bnserve.v1.Predictor/Predict",
+    "infer": "/inference.GRPCInferenceService/ModelInfer",
+    "batch": "/bnserve.v1.Predictor/PredictBatch",
+    "stream": "/bnserve.v1.Predictor/PredictStream",
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What the benchmark measures and how long."""
+
+    duration_s: float = 2.0  # rough length of one measured h2load run
+    rounds: int = 3  # interleaved runs per cell; the median is reported
+    concurrencies: tuple[int, ...] = (1, 8, 64)  # concurrent streams for the unary rows
+    workers: int = 16  # gRPC thread pool of every server under test (echo included)
+    batch_examples: int = 64  # examples per PredictBatch call
+    stream_examples: int = 1000  # examples per PredictStream stream
+    throughput_concurrency: int = 8  # concurrency of the PredictBatch / PredictStream rows
+    bare_runs: int = 20000  # InferenceSession.run calls timed for the overhead row
+    server_cpu: str = "0"  # taskset CPU list of the server
+    load_cpu: str = "1"  # taskset CPU list of h2load
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server endpoint and a body to post to it."""
+
+    label: str
+    port: int
+    path: str
+    body: bytes  # length-prefixed gRPC message(s)
+    examples_per_call: int
+    framed_response_bytes: int  # DATA bytes one successful call answers with
+    server_pid: int  # whose CPU time is charged to the calls
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    succeeded: int
+    verified: bool  # every call answered its full response (see module docstring)
+    server_cpu_us: float  # server process CPU time (user + system) per call, in µs
+
+
+def frame(message: bytes) -> bytes:
+    """gRPC length-prefixed message: 0 (uncompressed), 4-byte big-endian length, bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ensure_h2load() -> str:
+    found = shutil.which("h2load")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing h2load (nghttp2-client) with apt-get …", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True)
+        found = shutil.which("h2load")
+    if not found:
+        raise SystemExit("bench/serve.py needs h2load: apt-get install nghttp2-client")
+    return found
+
+
+def pinned(cpu: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
+
+
+# ---------------------------------------------------------------------------- model and bodies
+
+
+def build_model(directory: Path) -> Path:
+    """Train a digits MLP with batch norm for a couple of epochs and export it (the real path)."""
+    from export.exporter import ExportSettings, export_run
+    from training.config import TrainConfig
+    from training.train import train
+
+    run_dir = Path(train(TrainConfig(epochs=2, seed=0), directory / "run", progress=False).run_dir)
+    return export_run(ExportSettings(run_dir=run_dir, out=directory / "digits.onnx")).out
+
+
+def example_row(model_path: Path) -> np.ndarray:
+    import onnxruntime as ort
+
+    metadata = ort.InferenceSession(str(model_path)).get_modelmeta().custom_metadata_map
+    return np.asarray(json.loads(metadata["bnserve.reference_inputs"])[0], dtype=np.float32)
+
+
+def request_messages(row: np.ndarray, settings: BenchSettings) -> dict[str, list[bytes]]:
+    """Serialized request message(s) per call kind."""
+    from server.gen.bnserve.v1 import predictor_pb2 as pb
+    from server.gen.inference import grpc_service_pb2 as v2
+
+    infer = v2.ModelInferRequest(model_name="digits", raw_input_contents=[row.tobytes()])
+    infer.inputs.add(name="x", datatype="FP32", shape=[1, row.size])
+    batch = np.tile(row, (settings.batch_examples, 1)).astype("<f4")
+    predict = pb.PredictRequest(model_name="digits", features=row).SerializeToString()
+    return {
+        "predict": [predict],
+        "infer": [infer.SerializeToString()],
+        "batch": [
+            pb.PredictBatchRequest(
+                model_name="digits", raw_features=batch.tobytes()
+            ).SerializeToString()
+        ],
+        "stream": [predict] * settings.stream_examples,
+    }
+
+
+def call_once(port: int, path: str, messages: list[bytes], streaming: bool) -> list[bytes]:
+    """Send messages with a real grpcio client; raises on any non-OK status."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        if streaming:
+            call = channel.stream_stream(path)
+            return list(call(iter(messages), timeout=60))
+        return [channel.unary_unary(path)(messages[0], timeout=60)]
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every thread of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[int]:
+    """Start a server process, wait until `path` answers `probe`, yield its pid, stop it."""
+    import grpc
+
+    # No metrics HTTP port: a fixed default port may be taken on a shared machine.
+    environment = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(
+                    f"server exited early: {' '.join(command)}\n{process.stderr.read()}"
+                )
+            try:
+                call_once(port, path, [probe], streaming=False)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield process.pid  # taskset execs the server, so this is the server's own pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+def bnserve_command(
+    model: Path, port: int, settings: BenchSettings, *, batching: bool
+) -> list[str]:
+    # A sync server batches only the calls it holds threads for: give batching room to fill.
+    workers = (
+        max(settings.workers, max(settings.concurrencies) + 8) if batching else settings.workers
+    )
+    return pinned(
+        settings.server_cpu,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--model",
+            str(model),
+            "--name",
+            "digits",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--max-inflight",
+            str(workers - 2),
+            "--log-level",
+            "WARNING",
+            "--batching" if batching else "--no-batching",
+        ],
+    )
+
+
+def echo_command(port: int, settings: BenchSettings, response: bytes) -> list[str]:
+    return pinned(
+        settings.server_cpu,
+        [
+            sys.executable,
+            __file__,
+            "echo-server",
+            "--port",
+            str(port),
+            "--workers",
+            str(settings.workers),
+            "--response-hex",
+            response.hex(),
+        ],
+    )
+
+
+def echo_server(port: int, workers: int, response: bytes) -> None:
+    """A bare sync grpcio server: raw request bytes in, fixed response bytes out."""
+    import signal
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: response)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0)
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def _h2load_command(
+    target: Target, concurrency: int, requests: int, settings: BenchSettings, body: Path, log: Path
+) -> list[str]:
+    """concurrency = connections × streams per connection (at most 8 connections)."""
+    connections = min(concurrency, 8)
+    streams = max(1, concurrency // connections)
+    return pinned(
+        settings.load_cpu,
+        [
+            ensure_h2load(),
+            "-n",
+            str(requests),
+            "-c",
+            str(connections),
+            "-m",
+            str(streams),
+            "-d",
+            str(body),
+            *GRPC_HEADERS,
+            "--log-file",
+            str(log),
+            f"http://127.0.0.1:{target.port}{target.path}",
+        ],
+    )
+
+
+def h2load(
+    target: Target, concurrency: int, requests: int, settings: BenchSettings, scratch: Path
+) -> LoadResult:
+    """Send exactly `requests` calls with h2load; latency percentiles from its per-request log."""
+    body = scratch / "body.bin"
+    body.write_bytes(target.body)
+    log = scratch / "requests.tsv"
+    log.unlink(missing_ok=True)
+    command = _h2load_command(target, concurrency, requests, settings, body, log)
+    cpu_before = process_cpu_s(target.server_pid)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu_per_call_us = (process_cpu_s(target.server_pid) - cpu_before) / requests * 1e6
+    succeeded = int(re.search(r"requests: .*?(\d+) succeeded", output).group(1))
+    data_bytes = int(re.search(r"\((\d+)\) data", output).group(1))
+    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
+    statuses_ok = rows.shape[0] == requests and bool(np.all(rows[:, 1] == 200))
+    latencies_ms = rows[:, 2] / 1000.0
+    return LoadResult(
+        requests_per_s=rate,
+        p50_ms=float(np.percentile(latencies_ms, 50)),
+        p99_ms=float(np.percentile(latencies_ms, 99)),
+        succeeded=succeeded,
+        verified=statuses_ok
+        and succeeded == requests
+        and data_bytes == requests * target.framed_response_bytes,
+        server_cpu_us=cpu_per_call_us,
+    )
+
+
+def calibrated_requests(
+    target: Target, concurrency: int, settings: BenchSettings, scratch: Path
+) -> int:
+    """Warm the target up and size a run to last about duration_s at its current rate."""
+    warm = h2load(target, concurrency, max(200, concurrency * 10), settings, scratch)
+    return max(concurrency * 20, int(warm.requests_per_s * settings.duration_s))
+
+
+def interleaved(
+    targets: list[Target], concurrency: int, settings: BenchSettings, scratch: Path
+) -> dict[str, LoadResult]:
+    """Each target `rounds` times, alternating, so load from other processes hits all alike;
+    the median run (by requests/s) of each target is kept."""
+    sizes = {t.label: calibrated_requests(t, concurrency, settings, scratch) for t in targets}
+    runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
+    for _ in range(settings.rounds):
+        for target in targets:
+            runs[target.label].append(
+                h2load(target, concurrency, sizes[target.label], settings, scratch)
+            )
+    medians = {}
+    for label, results in runs.items():
+        ordered = sorted(results, key=lambda r: r.requests_per_s)
+        median = ordered[len(ordered) // 2]
+        medians[label] = replace(median, verified=all(r.verified for r in results))
+    return medians
+
+
+def bare_run_latency(model: Path, row: np.ndarray, runs: int) -> tuple[float, float]:
+    """p50/p99 ms of InferenceSession.run on one example, same session options as the server."""
+    from server.model import Model, SessionThreads
+
+    loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
+    x = row.reshape(1, -1)
+    for _ in range(200):
+        loaded.predict(x)
+    timings = np.empty(runs)
+    clock = time.perf_counter
+    for i in range(runs):
+        start = clock()
+        loaded.predict(x)
+        timings[i] = clock() - start
+    return float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def measure(settings: BenchSettings) -> int:
+    ensure_h2load()
+    with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as scratch_name, ExitStack() as stack:
+        scratch = Path(scratch_name)
+        print("training and exporting a digits model (2 epochs) …", file=sys.stderr)
+        model = build_model(scratch)
+        row = example_row(model)
+        messages = request_messages(row, settings)
+        ports = {"echo": free_port(), "bnserve": free_port(), "batching": free_port()}
+        predict_probe = messages["predict"][0]
+        pids = {}
+        pids["bnserve"] = stack.enter_context(
+            running(
+                bnserve_command(model, ports["bnserve"], settings, batching=False),
+                ports["bnserve"],
+                PATHS["predict"],
+                predict_probe,
+            )
+        )
+        answers = {
+            kind: call_once(ports["bnserve"], PATHS[kind], messages[kind], kind == "stream")
+            for kind in PATHS
+        }
+        assert len(answers["stream"]) == settings.stream_examples
+        framed = {kind: sum(len(frame(a)) for a in replies) for kind, replies in answers.items()}
+        echo_response = answers["predict"][0]  # echo answers a same-size response
+        pids["echo"] = stack.enter_context(
+            running(
+                echo_command(ports["echo"], settings, echo_response),
+                ports["echo"],
+                ECHO_PATH,
+                predict_probe,
+            )
+        )
+        pids["batching"] = stack.enter_context(
+            running(
+                bnserve_command(model, ports["batching"], settings, batching=True),
+                ports["batching"],
+                PATHS["predict"],
+                predict_probe,
+            )
+        )
+
+        def target(label: str, server: str, kind: str, body: bytes, examples: int = 1) -> Target:
+            response_bytes = len(frame(echo_response)) if server == "echo" else framed[kind]
+            path = ECHO_PATH if server == "echo" else PATHS[kind]
+            return Target(label, ports[server], path, body, examples, response_bytes, pids[server])
+
+        predict_body = frame(predict_probe)
+        unary_targets = [
+            target(ECHO_LABEL, "echo", "predict", predict_body),
+            target("native Predict", "bnserve", "predict", predict_body),
+            target("v2 ModelInfer", "bnserve", "infer", frame(messages["infer"][0])),
+            target("native Predict, batching on", "batching", "predict", predict_body),
+        ]
+        stream_body = b"".join(frame(m) for m in messages["stream"])
+        throughput_targets = [
+            target(f"PredictBatch ({settings.batch_examples}/call)", "bnserve", "batch",
+                   frame(messages["batch"][0]), settings.batch_examples),
+            target(f"PredictStream ({settings.stream_examples}/stream)", "bnserve", "stream",
+                   stream_body, settings.stream_examples),
+            target("native Predict (unary)", "bnserve", "predict", predict_body),
+        ]  # fmt: skip
+        unary = {
+            c: interleaved(unary_targets, c, settings, scratch) for c in settings.concurrencies
+        }
+        throughput = interleaved(
+            throughput_targets, settings.throughput_concurrency, settings, scratch
+        )
+        bare = subprocess.run(
+            pinned(
+                settings.server_cpu,
+                [
+                    sys.executable,
+                    __file__,
+                    "bare-run",
+                    "--model",
+                    str(model),
+                    "--runs",
+                    str(settings.bare_runs),
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
+    report(settings, unary, throughput, examples_per_call, tuple(json.loads(bare)))
+    results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
+    return 0 if all(r.verified for r in results) else 1
+
+
+def report(
+    settings: BenchSettings,
+    unary: dict[int, dict[str, LoadResult]],
+    throughput: dict[str, LoadResult],
+    examples_per_call: dict[str, int],
+    bare: tuple[float, float],
+) -> None:
+    print(
+        f"\nbench/serve.py: server on CPU {settings.server_cpu}, h2load on {settings.load_cpu}, "
+        f"{settings.workers} gRPC threads; median of {settings.rounds} interleaved runs of "
+        f"~{settings.duration_s} s per cell"
+    )
+    print("\nsingle-example unary calls (ratio: requests/s over the bare grpcio echo server)")
+    labels = list(next(iter(unary.values())))
+    print(f"{'':<30}" + "".join(f"{f'concurrency {c}':>33}" for c in settings.concurrencies))
+    print(f"{'server':<30}" + f"{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>8}" * len(unary))
+    for label in labels:
+        cells = []
+        for c in settings.concurrencies:
+            result, echo = unary[c][label], unary[c][ECHO_LABEL]
+            mark = " " if result.verified else "!"
+            cells.append(
+                f"{result.requests_per_s:>8.0f}{mark}{result.p50_ms:>8.2f}{result.p99_ms:>8.2f}"
+                f"{result.requests_per_s / echo.requests_per_s:>8.2f}"
+            )
+        print(f"{label:<30}" + "".join(cells))
+    print("\nserver CPU time per call, µs (ratio: echo's CPU per call over this server's)")
+    print(f"{'server':<30}" + "".join(f"{f'c={c} µs':>11}{'ratio':>7}" for c in unary))
+    for label in labels:
+        cells = [
+            f"{unary[c][label].server_cpu_us:>11.0f}"
+            f"{unary[c][ECHO_LABEL].server_cpu_us / unary[c][label].server_cpu_us:>7.2f}"
+            for c in settings.concurrencies
+        ]
+        print(f"{label:<30}" + "".join(cells))
+    unary_rate = throughput["native Predict (unary)"].requests_per_s
+    print(
+        f"\nthroughput at concurrency {settings.throughput_concurrency} "
+        "(ratio: examples/s over unary native Predict in the same runs)"
+    )
+    for label, result in throughput.items():
+        examples = result.requests_per_s * examples_per_call.get(label, 1)
+        mark = "" if result.verified else "  (!)"
+        print(
+            f"{label:<30}{examples:>10.0f} examples/s   ratio {examples / unary_rate:>6.1f}{mark}"
+        )
+    served = unary[1]["native Predict"]
+    print("\nserver overhead over a bare onnxruntime InferenceSession.run of the same example")
+    print(f"{'':<30}{'p50 ms':>8}{'p99 ms':>8}")
+    print(f"{'InferenceSession.run':<30}{bare[0]:>8.3f}{bare[1]:>8.3f}")
+    print(f"{'native Predict, concurrency 1':<30}{served.p50_ms:>8.3f}{served.p99_ms:>8.3f}")
+    print(f"{'overhead':<30}{served.p50_ms - bare[0]:>8.3f}{served.p99_ms - bare[1]:>8.3f}")
+    print("\n'!' marks a cell where not every call answered OK (checked by response bytes).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode")
+    echo = sub.add_parser("echo-server")
+    echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--workers", type=int, required=True)
+    echo.add_argument("--response-hex", required=True)
+    bare = sub.add_parser("bare-run")
+    bare.add_argument("--model", type=Path, required=True)
+    bare.add_argument("--runs", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=BenchSettings.duration_s)
+    parser.add_argument("--rounds", type=int, default=BenchSettings.rounds)
+    parser.add_argument("--quick", action="store_true", help="2 s per row, fewer bare runs")
+    args = parser.parse_args(argv)
+    if args.mode == "echo-server":
+        echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
+        return 0
+    if args.mode == "bare-run":
+        model = Path(args.model)
+        print(json.dumps(bare_run_latency(model, example_row(model), args.runs)))
+        return 0
+    settings = BenchSettings(duration_s=args.duration, rounds=args.rounds)
+    if args.quick:
+        settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
+    return measure(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
