@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -46,34 +47,48 @@ class BenchSettings:
     overhead_trials: int  # trivial trials in the overhead measurement
 
 
-def timed_tune(workdir: Path, name: str, **settings: object) -> tuple[float, list[float]]:
-    """(wall seconds of run_tune, per-trial seconds as the workers measured them)."""
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds of run_tune, start to end
+    cpu: float  # CPU seconds (user + system) of this process and its ended worker processes
+    trial_seconds: list[float]  # per trial, as the workers measured it
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers, once the pool is shut
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed_tune(workdir: Path, name: str, **settings: object) -> Timing:
     # Imported here, not at the top: spawned workers re-import this file as their main module,
     # and `bnserve tune`'s own main module imports nothing heavy either.
     from training.tune.runner import run_tune
     from training.tune.settings import TuneSettings
 
     tune_settings = TuneSettings(out=workdir / name, progress=False, plots=False, **settings)
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     result = run_tune(tune_settings)
     wall = time.perf_counter() - started
     if any(record.state != "finished" for record in result.ranked):
         raise RuntimeError(f"{name}: not every trial finished")
-    return wall, [record.seconds or 0.0 for record in result.ranked]
+    trial_seconds = [record.seconds or 0.0 for record in result.ranked]
+    return Timing(wall, _cpu_seconds() - cpu_before, trial_seconds)
 
 
 def measure_speedup(workdir: Path, bench: BenchSettings) -> dict[int, list[float]]:
     walls: dict[int, list[float]] = {1: [], 2: []}
     for round_index in range(bench.rounds):
         for workers in (1, 2):
-            wall, _ = timed_tune(
+            timing = timed_tune(
                 workdir,
                 f"speedup-{round_index}-{workers}",
                 space=REAL_SPACE,
                 trials=bench.trials,
                 workers=workers,
             )
-            walls[workers].append(wall)
+            walls[workers].append(timing.wall)
     return walls
 
 
@@ -88,7 +103,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as temp:
         workdir = Path(temp)
         walls = measure_speedup(workdir, bench)
-        overhead_wall, trial_seconds = timed_tune(
+        overhead = timed_tune(
             workdir,
             "overhead",
             space=TRIVIAL_SPACE,
@@ -107,11 +122,12 @@ def main(argv: list[str]) -> int:
         rounds = " ".join(f"{s:.2f}" for s in seconds)
         print(f"  {workers:>8}  {statistics.median(seconds):>8.2f}  {rounds}")
     print(f"  speedup 2 workers vs 1: {one / two:.2f}x (goal ≥ 1.8x on 2 cores)")
-    inside = sum(trial_seconds)
+    inside = sum(overhead.trial_seconds)
     print(f"tuner overhead, {bench.overhead_trials} trivial trials, 1 worker process")
-    print(f"  run_tune wall {overhead_wall:.3f} s, of which trials {inside:.4f} s")
-    per_trial_ms = 1000 * (overhead_wall - inside) / bench.overhead_trials
-    print(f"  overhead {overhead_wall - inside:.3f} s ({per_trial_ms:.2f} ms per trial)")
+    print(f"  run_tune wall {overhead.wall:.3f} s, of which trials {inside:.4f} s")
+    per_trial_ms = 1000 * (overhead.wall - inside) / bench.overhead_trials
+    print(f"  overhead {overhead.wall - inside:.3f} s wall ({per_trial_ms:.2f} ms per trial)")
+    print(f"  CPU time, coordinator and worker together: {overhead.cpu:.3f} s")
     return 0
 
 

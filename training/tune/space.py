@@ -2,14 +2,13 @@
 
 A dimension maps its values to a *search coordinate* r on which sampling is uniform:
 
-| scale     | r               | use                                         |
-| --------- | --------------- | ------------------------------------------- |
-| `linear`  | v               | dropout                                     |
-| `int`     | v (rounded)     | layers, units                               |
-| `log`     | log10 v         | α from 1e-4 to 1: r ~ U[-4, 0], α = 10^r     |
-| `log_int` | log10 v (rounded) | units from 16 to 512                      |
-| `log1m`   | log10 (1 − v)   | β from 0.9 to 0.999: 1 − β = 10^r, r ~ U[-3, -1] |
-| `choice`  | index           | optimizer, batch size as powers of two      |
+    scale     r                  use
+    linear    v                  dropout
+    int       v, rounded         layers
+    log       log10 v            α from 1e-4 to 1: r ~ U[-4, 0], α = 10^r
+    log_int   log10 v, rounded   units from 16 to 512
+    log1m     log10 (1 − v)      β from 0.9 to 0.999: 1 − β = 10^r, r ~ U[-3, -1]
+    choice    (none)             optimizer; batch size as powers of two
 
 File format (TOML or JSON, same structure):
 
