@@ -1,4 +1,8 @@
-"""The whole network: gradient check through every layer, inference, population statistics."""
+"""training/model.py: gradient check through the whole net, inference, population statistics.
+
+(Named test_training_model.py: pytest's default import mode needs unique basenames, and
+tests/server/test_model.py exists.)
+"""
 
 from __future__ import annotations
 
