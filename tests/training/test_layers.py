@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradcheck import numerical_gradient, relative_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from training import layers
 from training.layers import BatchNormSettings, RunningStats
@@ -183,3 +185,22 @@ def test_mse_value_and_gradient(rng):
     assert loss == pytest.approx(np.mean((predictions - targets) ** 2))
     numeric = numerical_gradient(lambda: layers.mse_loss(predictions, targets)[0], predictions)
     assert relative_error(dpred, numeric) < TOLERANCE
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(2, 20),
+    units=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.floats(1e-2, 1e2),
+)
+def test_closed_form_equals_staged_backward_for_any_shape(rows, units, seed, scale):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, scale, (rows, units))
+    gamma, beta = rng.uniform(0.1, 3, units), rng.standard_normal(units)
+    _, cache = batchnorm_train(z, gamma, beta)
+    dout = rng.standard_normal(z.shape)
+    closed = layers.batchnorm_backward(dout, cache)
+    staged = batchnorm_backward_staged(dout, z, gamma, BatchNormSettings().epsilon)
+    for closed_grad, staged_grad in zip(closed, staged, strict=True):
+        np.testing.assert_allclose(closed_grad, staged_grad, rtol=1e-7, atol=1e-9)
