@@ -70,8 +70,12 @@ def _load_digits(task: str | None) -> Dataset:
 
 
 def _load_csv(path: Path, target: str | None, task: str | None) -> Dataset:
-    text = path.read_text(encoding="utf-8-sig")
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except csv.Error as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DataError(f"{path}: empty file (a header line is needed)")
     header = [name.strip() for name in rows[0]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from training.data import fit_standardization, load_dataset, split_rows
 from training.errors import DataError
@@ -86,6 +88,13 @@ def test_bad_csv_names_the_problem_and_where(tmp_path, text, message):
     assert path in str(caught.value)
 
 
+def test_binary_file_named_csv_is_a_data_error(tmp_path):
+    path = tmp_path / "image.csv"
+    path.write_bytes(b"a,b\n\xff\xfe\x00\x01,2\n")
+    with pytest.raises(DataError, match=r"image.csv: not UTF-8 text \(byte 4\)"):
+        load_dataset(str(path))
+
+
 def test_missing_target_column_lists_the_header(tmp_path):
     path = write_csv(tmp_path, "a,b\n1,2\n")
     with pytest.raises(DataError, match=r"target column 'label' not found in header \['a', 'b'\]"):
@@ -141,3 +150,42 @@ def test_standardization_of_a_constant_column_uses_std_one():
     mean, std = fit_standardization(np.array([[1.0, 5.0], [5.0, 5.0]]))
     np.testing.assert_array_equal(mean, [3.0, 5.0])
     np.testing.assert_array_equal(std, [2.0, 1.0])
+
+
+CELLS = st.one_of(
+    st.integers(-5, 5).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", " ", "a", "nan", "inf", "1e400", '"1,2"', "0x10", "1_0"]),
+)
+CSV_TEXT = st.lists(st.lists(CELLS, min_size=0, max_size=4), min_size=0, max_size=8).map(
+    lambda rows: "\n".join(",".join(row) for row in rows)
+)
+
+
+def check_any_csv_loads_or_raises_data_error(tmp_path, text: str) -> None:
+    path = tmp_path / "fuzz.csv"
+    path.write_text(text)
+    try:
+        dataset = load_dataset(str(path))
+    except DataError as error:
+        assert str(path) in str(error)
+        return
+    assert np.all(np.isfinite(dataset.x)) and dataset.x.shape[1] >= 1
+    assert len(dataset.y) == len(dataset.x) >= 1
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=CSV_TEXT)
+def test_any_csv_loads_or_raises_data_error(tmp_path, text):
+    check_any_csv_loads_or_raises_data_error(tmp_path, text)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=CSV_TEXT)
+def test_any_csv_loads_or_raises_data_error_long(tmp_path, text):
+    check_any_csv_loads_or_raises_data_error(tmp_path, text)
