@@ -195,6 +195,7 @@ def _run_pending(
     """Run the round's pending trials, at most `executor.slots` at once, recording each end."""
     pending = [r for r in store.trials(round_index=round_index) if r.state == "pending"]
     in_flight: dict[Future[str], TrialRecord] = {}
+    lost_once: set[int] = set()
     while pending or in_flight:
         while pending and len(in_flight) < executor.slots:
             record = pending.pop(0)
@@ -204,7 +205,18 @@ def _run_pending(
         done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
         for future in done:
             record = in_flight.pop(future)
-            outcome = _outcome_of(future, record)
+            try:
+                outcome = TrialOutcome.from_json(future.result())
+            except Exception as error:  # the worker process died (e.g. OOM-killed) or Ray lost it
+                if record.trial not in lost_once:  # once more; a trial that kills twice fails
+                    lost_once.add(record.trial)
+                    store.mark_pending(record.trial)
+                    pending.insert(0, record)
+                    bar.write(
+                        f"trial {record.trial}: worker lost, running it again", file=sys.stderr
+                    )
+                    continue
+                outcome = _lost(record, error)
             store.mark_done(
                 record.trial,
                 state=outcome.state,
@@ -253,18 +265,15 @@ def _reference_curves(store: TrialStore, record: TrialRecord) -> list[list[float
     ]
 
 
-def _outcome_of(future: Future[str], record: TrialRecord) -> TrialOutcome:
-    try:
-        return TrialOutcome.from_json(future.result())
-    except Exception as error:  # the worker itself died, or Ray lost the task
-        return TrialOutcome(
-            trial=record.trial,
-            state="failed",
-            dev_error=None,
-            curve=[],
-            seconds=0.0,
-            error=f"worker lost: {type(error).__name__}: {error}",
-        )
+def _lost(record: TrialRecord, error: Exception) -> TrialOutcome:
+    return TrialOutcome(
+        trial=record.trial,
+        state="failed",
+        dev_error=None,
+        curve=[],
+        seconds=0.0,
+        error=f"worker lost twice: {type(error).__name__}: {error}",
+    )
 
 
 def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:

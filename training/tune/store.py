@@ -138,6 +138,10 @@ class TrialStore:
             (time.time(), trial),
         )
 
+    def mark_pending(self, trial: int) -> None:
+        """Back to pending: its worker was lost, so it runs again."""
+        self._update("UPDATE trials SET state = 'pending' WHERE trial = ?", (trial,))
+
     def mark_done(
         self,
         trial: int,

@@ -23,7 +23,7 @@ from training.tune.store import FILENAME, TrialStore
 BNSERVE = str(Path(sys.executable).parent / "bnserve")
 # Real training on digits at about a second a trial: long enough to be killed in the middle.
 SLOW_TRIALS = [
-    "--trials", "4", "--workers", "1", "--epochs", "40", "--set", "hidden=32",
+    "--trials", "4", "--epochs", "40", "--set", "hidden=32",
     "--param", "lr=log:1e-3:1e-2", "--param", "batch_size=choice:32,64",
     "--no-progress", "--no-plots",
 ]  # fmt: skip
@@ -63,7 +63,7 @@ def _alive(pid):
 def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
     out = tmp_path / "tune"
     tune = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), *SLOW_TRIALS],
+        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *SLOW_TRIALS],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -111,7 +111,7 @@ def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
 
     # and the resumed tune ends exactly where an uninterrupted one does
     whole = subprocess.run(
-        [BNSERVE, "tune", "--out", str(tmp_path / "whole"), *SLOW_TRIALS],
+        [BNSERVE, "tune", "--out", str(tmp_path / "whole"), "--workers", "1", *SLOW_TRIALS],
         capture_output=True,
         text=True,
         timeout=DEADLINE_SECONDS,
@@ -121,6 +121,45 @@ def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
     assert {t: (r.params, r.dev_error, r.history) for t, r in after.items()} == {
         t: (r.params, r.dev_error, r.history) for t, r in uninterrupted.items()
     }
+
+
+def _spawned_workers(pid):
+    """The tune's pool workers among its children (not multiprocessing's resource tracker)."""
+    workers = []
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            workers.append(child)
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
+def test_a_killed_worker_costs_its_trial_one_rerun_and_the_tune_goes_on(tmp_path):
+    out = tmp_path / "tune"
+    tune = subprocess.Popen(
+        [BNSERVE, "tune", "--out", str(out), "--workers", "2", *SLOW_TRIALS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        assert time.monotonic() < deadline and tune.poll() is None, "the tune ended first"
+        running = [t for t, r in _states(out).items() if r.state == "running"]
+        workers = _spawned_workers(tune.pid)
+        if running and workers:
+            os.kill(workers[0], signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    _, stderr = tune.communicate(timeout=DEADLINE_SECONDS)
+    assert tune.returncode == 0, stderr
+    assert "worker lost, running it again" in stderr
+    after = _states(out)
+    assert [r.state for r in after.values()] == ["finished"] * 4
+    assert any(r.attempts == 2 for r in after.values())
 
 
 def test_a_tune_prints_best_first_and_leaves_an_exportable_best_run(tmp_path, capsys):
