@@ -82,6 +82,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, token_digests: Sequence[bytes]) -> None:
         self._token_digests = tuple(token_digests)
+        # method → (handler, its denying twin): built once per method, not per refused call.
+        self._denying: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def replace_tokens(self, token_digests: Sequence[bytes]) -> None:
         """Accept these tokens from now on (rotation on SIGHUP)."""
@@ -111,7 +113,10 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return handler
         reason = "no bearer token" if token is None else "a token that is not accepted"
         log.warning("refused %s: %s (UNAUTHENTICATED)", method, reason)
-        return _denying_handler(handler)
+        cached = self._denying.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._denying[method] = (handler, _denying_handler(handler))
+        return cached[1]
 
 
 def _deny(request: Any, context: grpc.ServicerContext) -> Any:

@@ -47,6 +47,10 @@ def _parse_stream(
 class RequestDecodingInterceptor(grpc.ServerInterceptor):
     """Parse requests in the handler, answering bad bytes with INVALID_ARGUMENT."""
 
+    def __init__(self) -> None:
+        # method → (handler, its decoding wrapper): wrapping once per method, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -55,20 +59,29 @@ class RequestDecodingInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        parse = handler.request_deserializer
         method = handler_call_details.method
-        if handler.request_streaming:
-            behavior = handler.stream_unary or handler.stream_stream
-            field = "stream_unary" if handler.stream_unary else "stream_stream"
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _decoding(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-            def decoded(raw_messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                return behavior(_parse_stream(parse, raw_messages, context, method), context)
 
-        else:
-            behavior = handler.unary_unary or handler.unary_stream
-            field = "unary_unary" if handler.unary_unary else "unary_stream"
+def _decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+    if handler.request_streaming:
+        behavior = handler.stream_unary or handler.stream_stream
+        field = "stream_unary" if handler.stream_unary else "stream_stream"
 
-            def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
-                return behavior(_parse_or_abort(parse, raw, context, method), context)
+        def decoded(raw_messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return behavior(_parse_stream(parse, raw_messages, context, method), context)
 
-        return handler._replace(request_deserializer=None, **{field: decoded})
+    else:
+        behavior = handler.unary_unary or handler.unary_stream
+        field = "unary_unary" if handler.unary_unary else "unary_stream"
+
+        def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
+            return behavior(_parse_or_abort(parse, raw, context, method), context)
+
+    return handler._replace(request_deserializer=None, **{field: decoded})
