@@ -27,6 +27,7 @@ babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer sett
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `bnserve train` options; every config option defaults to None (meaning: not given)."""
     parser = argparse.ArgumentParser(
         prog="bnserve train",
         description="Train an MLP with batch normalization (numpy) into a run directory.",
@@ -130,6 +131,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    """Run `bnserve train ARGS`: 0 on success, 1 on bad input or settings, 2 on bad usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_epoch is not None and args.resume is None:

@@ -108,15 +108,18 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relu_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dout (N, D) passed where the ReLU output was positive."""
     return dout * (out > 0)
 
 
 def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tanh(x), elementwise; the cache is the output."""
     out = np.tanh(x)
     return out, out
 
 
 def tanh_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dout · (1 − tanh²), from the cached output."""
     return dout * (1 - out * out)
 
 
@@ -127,6 +130,7 @@ def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sigmoid_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dout · σ·(1 − σ), from the cached output."""
     return dout * out * (1 - out)
 
 
@@ -151,6 +155,7 @@ def dropout_forward(
 
 
 def dropout_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """dout (N, D) through the same scaled mask as the forward pass."""
     return dout * mask
 
 

@@ -54,10 +54,12 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_json(path: Path) -> Any:
+    """Parsed JSON; RunError names the file when it is missing or broken."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -67,6 +69,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, loaded without pickle; RunError names the file on failure."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -152,6 +155,7 @@ def _check_params(params: dict[str, np.ndarray], meta: dict[str, Any], path: Pat
 
 
 def checkpoint_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
+    """(arrays .npz, state .json) paths of one epoch's checkpoint."""
     base = Path(run_dir) / CHECKPOINT_DIR / f"epoch-{epoch:04d}"
     return base.with_suffix(".npz"), base.with_suffix(".json")
 

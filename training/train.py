@@ -29,6 +29,8 @@ EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What train() returns (the run directory holds the rest)."""
+
     dev_error: float  # final dev error: error rate (classification) or RMSE in target units
     history: list[dict[str, Any]]  # one record per epoch (see history.json)
     run_dir: Path
@@ -79,6 +81,7 @@ def prepare(config: TrainConfig) -> Prepared:
 
 
 def net_spec(config: TrainConfig) -> model.NetSpec:
+    """The network shape and batch-norm settings a config describes."""
     bn = BatchNormSettings(
         momentum=config.bn_momentum,
         epsilon=config.bn_epsilon,
@@ -90,6 +93,7 @@ def net_spec(config: TrainConfig) -> model.NetSpec:
 
 
 def optimizer_settings(config: TrainConfig) -> optim.OptimizerSettings:
+    """The optimizer family and hyperparameters a config describes."""
     return optim.OptimizerSettings(
         name=config.optimizer,
         beta1=config.beta1,
@@ -116,6 +120,7 @@ def batch_slices(n_rows: int, batch_size: int) -> list[slice]:
 
 
 def resumable_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings recorded per epoch in history.json (those a resume may change)."""
     return {name: getattr(config, name) for name in RESUMABLE_FIELDS}
 
 
@@ -175,6 +180,7 @@ def resumed_state(run_dir: Path, epoch: int, config: TrainConfig) -> TrainingSta
 
 
 def fresh_state(config: TrainConfig, prepared: Prepared) -> TrainingState:
+    """Initial weights (He or Xavier, seeded), empty optimizer state, epoch 0."""
     rng = np.random.default_rng(config.seed)
     n_outputs = (
         len(prepared.dataset.class_names)
