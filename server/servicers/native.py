@@ -46,15 +46,10 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         response = pb.PredictBatchResponse(
             model_name=model.name, model_version=model.version, num_examples=x.shape[0]
         )
-        if model.is_classification:
-            probabilities, labels = outputs
-            response.probabilities.extend(probabilities.ravel().tolist())
-            label_list = labels.tolist()
-            response.labels.extend(label_list)
-            class_names = model.card.class_names
-            response.class_names.extend([class_names[label] for label in label_list])
+        if request.raw_features:
+            _fill_raw_batch(response, model, outputs)
         else:
-            response.values.extend(outputs[0].ravel().tolist())
+            _fill_batch(response, model, outputs)
         return response
 
     @translate_errors
@@ -141,6 +136,31 @@ def _batch(request: pb.PredictBatchRequest, num_features: int) -> np.ndarray:
             f"{num_features} features each"
         )
     return values.reshape(-1, num_features)
+
+
+def _fill_batch(
+    response: pb.PredictBatchResponse, model: Model, outputs: Sequence[np.ndarray]
+) -> None:
+    if model.is_classification:
+        probabilities, labels = outputs
+        response.probabilities.extend(probabilities.ravel().tolist())
+        label_list = labels.tolist()
+        response.labels.extend(label_list)
+        class_names = model.card.class_names
+        response.class_names.extend([class_names[label] for label in label_list])
+    else:
+        response.values.extend(outputs[0].ravel().tolist())
+
+
+def _fill_raw_batch(
+    response: pb.PredictBatchResponse, model: Model, outputs: Sequence[np.ndarray]
+) -> None:
+    if model.is_classification:
+        probabilities, labels = outputs
+        response.raw_probabilities = probabilities.astype("<f4", copy=False).tobytes()
+        response.raw_labels = labels.astype("<i8", copy=False).tobytes()
+    else:
+        response.raw_values = outputs[0].astype("<f4", copy=False).tobytes()
 
 
 def _response(model: Model, outputs: Sequence[np.ndarray], request_id: str) -> pb.PredictResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, TARGET_NAMES, ModelFiles, numpy_forward
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb
@@ -41,14 +40,8 @@ def test_predict_regression_values(predictor, test_models: ModelFiles) -> None:
     assert len(response.probabilities) == 0 and response.class_name == ""
 
 
-@pytest.mark.parametrize("raw", [False, True])
-def test_predict_batch_matches_numpy(predictor, test_models: ModelFiles, raw: bool) -> None:
-    if raw:
-        request = pb.PredictBatchRequest(
-            model_name="iris", raw_features=EXAMPLES.astype("<f4").tobytes()
-        )
-    else:
-        request = pb.PredictBatchRequest(model_name="iris", features=EXAMPLES.ravel())
+def test_predict_batch_matches_numpy(predictor, test_models: ModelFiles) -> None:
+    request = pb.PredictBatchRequest(model_name="iris", features=EXAMPLES.ravel())
     response = predictor.PredictBatch(request)
     expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
     assert response.num_examples == len(EXAMPLES)
@@ -56,6 +49,20 @@ def test_predict_batch_matches_numpy(predictor, test_models: ModelFiles, raw: bo
     np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
     assert list(response.labels) == expected["label"].tolist()
     assert list(response.class_names) == [CLASS_NAMES[i] for i in expected["label"]]
+
+
+def test_predict_batch_raw_answers_raw(predictor, test_models: ModelFiles) -> None:
+    raw = EXAMPLES.astype("<f4").tobytes()
+    response = predictor.PredictBatch(pb.PredictBatchRequest(model_name="iris", raw_features=raw))
+    expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
+    probabilities = np.frombuffer(response.raw_probabilities, "<f4").reshape(len(EXAMPLES), -1)
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+    assert np.frombuffer(response.raw_labels, "<i8").tolist() == expected["label"].tolist()
+    assert len(response.probabilities) == 0 and len(response.class_names) == 0
+    sales = predictor.PredictBatch(pb.PredictBatchRequest(model_name="sales", raw_features=raw))
+    values = np.frombuffer(sales.raw_values, "<f4").reshape(len(EXAMPLES), len(TARGET_NAMES))
+    y = numpy_forward(test_models.regression_weights, EXAMPLES, "regression")["y"]
+    np.testing.assert_allclose(values, y, rtol=1e-4, atol=1e-5)
 
 
 def test_predict_batch_regression(predictor, test_models: ModelFiles) -> None:

@@ -58,7 +58,7 @@ class PredictBatchRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., raw_features: _Optional[bytes] = ...) -> None: ...
 
 class PredictBatchResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "num_examples", "probabilities", "labels", "class_names", "values")
+    __slots__ = ("model_name", "model_version", "num_examples", "probabilities", "labels", "class_names", "values", "raw_probabilities", "raw_labels", "raw_values")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,9 @@ class PredictBatchResponse(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    RAW_LABELS_FIELD_NUMBER: _ClassVar[int]
+    RAW_VALUES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     num_examples: int
@@ -73,7 +76,10 @@ class PredictBatchResponse(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., num_examples: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    raw_probabilities: bytes
+    raw_labels: bytes
+    raw_values: bytes
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., num_examples: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., raw_probabilities: _Optional[bytes] = ..., raw_labels: _Optional[bytes] = ..., raw_values: _Optional[bytes] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ("model_name", "model_version")
