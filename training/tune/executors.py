@@ -29,7 +29,7 @@ class Executor(Protocol):
 
     def submit(self, request_json: str) -> Future[str]: ...
 
-    def close(self) -> None: ...
+    def close(self, *, wait: bool = True) -> None: ...
 
 
 def _init_worker(parent_pid: int) -> None:
@@ -86,8 +86,13 @@ class LocalExecutor:
             self._pool = self._new_pool()
             return self._pool.submit(run_single_threaded, request_json)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the workers: after their running trials (wait) or now (an interrupted tune)."""
+        processes = list((self._pool._processes or {}).values())  # shutdown forgets them
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if not wait:
+            for process in processes:
+                process.terminate()
 
 
 class RayExecutor:
@@ -116,7 +121,7 @@ class RayExecutor:
     def submit(self, request_json: str) -> Future[str]:
         return self._remote.remote(request_json).future()
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         if self._owns_ray:
             self._ray.shutdown()
 

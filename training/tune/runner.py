@@ -96,9 +96,12 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
                     ensure_round_planned(store, settings, space, round_index, round_size)
                     _run_pending(store, settings, space, executor, round_index, bar)
             rounds = [(index, sampler.Box.from_dict(box)) for index, box in store.rounds()]
-            return TuneResult(settings.out, rank_trials(store.trials()), rounds)
-    finally:
-        executor.close()
+            result = TuneResult(settings.out, rank_trials(store.trials()), rounds)
+    except BaseException:  # Ctrl-C included: do not wait for running trials (--resume reruns)
+        executor.close(wait=False)
+        raise
+    executor.close()
+    return result
 
 
 def _check_data(space: SearchSpace) -> None:

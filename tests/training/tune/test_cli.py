@@ -162,6 +162,25 @@ def test_a_killed_worker_costs_its_trial_one_rerun_and_the_tune_goes_on(tmp_path
     assert any(r.attempts == 2 for r in after.values())
 
 
+def test_ctrl_c_exits_130_and_leaves_running_trials_for_resume(tmp_path):
+    out = tmp_path / "tune"
+    tune = subprocess.Popen(
+        [BNSERVE, "tune", "--out", str(out), "--workers", "2", *SLOW_TRIALS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not any(r.state == "running" for r in _states(out).values()):
+        assert time.monotonic() < deadline and tune.poll() is None, "no trial started"
+        time.sleep(0.02)
+    tune.send_signal(signal.SIGINT)
+    _, stderr = tune.communicate(timeout=DEADLINE_SECONDS)
+    assert tune.returncode == 130
+    assert f"interrupted; finish with --resume --out {out}" in stderr
+    assert "running" in {r.state for r in _states(out).values()}  # --resume reruns them
+
+
 def test_a_tune_prints_best_first_and_leaves_an_exportable_best_run(tmp_path, capsys):
     out = tmp_path / "tune"
     assert main(["--out", str(out), "--trials", "4", "--workers", "2", "--rounds", "2", *TINY]) == 0
