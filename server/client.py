@@ -9,11 +9,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 
+from server.connect import ConnectError, open_channel, read_token
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 
@@ -34,6 +35,10 @@ class ClientSettings:
     out: Path | None  # where the CSV predictions go; None: stdout
     timeout_s: float  # per call (a whole CSV stream gets it per 1000 rows, at least once)
     progress: bool  # tqdm bar on stderr for --csv
+    tls_ca: str = ""  # PEM CA that signed the server's certificate; empty: plaintext
+    tls_cert: str = ""  # PEM client certificate (servers that require one)
+    tls_key: str = ""  # its PEM private key
+    token: str = ""  # bearer token sent as `authorization` metadata; empty: none
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write --csv predictions here (default: stdout)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --csv")
+    parser.add_argument("--tls-ca", default="", help="PEM CA of the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--token-file",
+        default="",
+        help="file holding the bearer token (default: env BNSERVE_AUTH_TOKEN, if set)",
+    )
     return parser
 
 
@@ -222,7 +235,14 @@ def write_table(table: list[list[str]], out: Path | None) -> None:
 
 
 def run(settings: ClientSettings) -> int:
-    with grpc.insecure_channel(settings.target) as channel:
+    channel = open_channel(
+        settings.target,
+        ca_file=settings.tls_ca,
+        cert_file=settings.tls_cert,
+        key_file=settings.tls_key,
+        token=settings.token,
+    )
+    with channel:
         stub = predictor_pb2_grpc.PredictorStub(channel)
         info = stub.ModelInfo(
             pb.ModelInfoRequest(model_name=settings.model, model_version=settings.model_version),
@@ -251,10 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         timeout_s=args.timeout,
         progress=not args.no_progress,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
+        settings = replace(
+            settings, token=read_token(args.token_file, os.environ.get("BNSERVE_AUTH_TOKEN", ""))
+        )
         return run(settings)
-    except InputError as error:
+    except (InputError, ConnectError) as error:
         print(f"bnserve predict: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:

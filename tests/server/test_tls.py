@@ -3,6 +3,9 @@ with a client CA, refused without a client certificate."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -91,3 +94,36 @@ def test_unusable_tls_files_named_at_start_up(pki: Pki, tmp_path: Path) -> None:
         with pytest.raises(TlsConfigError, match=message):
             server_credentials(cert, key, ca)
     assert server_credentials("", "", "") is None
+
+
+def test_predict_client_with_ca_and_token(pki: Pki, test_models: ModelFiles, tmp_path: Path):
+    token = "client-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--metrics-port", "0",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+         "--auth-token-file", str(token_file)]
+    )  # fmt: skip
+    features = ",".join(str(value) for value in FEATURES)
+    try:
+        server.wait_ready()
+        base = [sys.executable, "-m", "bnserve_cli", "predict", "--target", server.target,
+                f"--features={features}", "--timeout", "10"]  # fmt: skip
+        env = {key: value for key, value in os.environ.items() if key != "BNSERVE_AUTH_TOKEN"}
+
+        def predict(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*base, *extra], capture_output=True, text=True, env=env, timeout=60
+            )
+
+        served = predict("--tls-ca", str(pki.ca_cert), "--token-file", str(token_file))
+        assert served.returncode == 0, served.stderr
+        assert served.stdout.strip()
+        no_token = predict("--tls-ca", str(pki.ca_cert))
+        assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+        no_ca = predict("--token-file", str(token_file))
+        assert no_ca.returncode == 1 and "UNAVAILABLE" in no_ca.stderr
+    finally:
+        assert server.stop() == 0
+    assert token not in server.log()
