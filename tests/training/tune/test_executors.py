@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from training.rundir import load_run
 from training.tune.executors import LocalExecutor, check_ray_address
 from training.tune.runner import run_tune
 from training.tune.settings import TuneSettings
@@ -74,14 +75,11 @@ def test_a_malformed_ray_address_is_refused(address):
     reason="Ray is not installed here (optional extra: pip install 'bnserve[ray]')",
 )
 def test_ray_runs_the_same_trials_as_local_processes(tmp_path):
-    common = {
-        "space": SYNTHETIC,
-        "trials": 6,
-        "workers": 2,
-        "objective": "synthetic",
-        "progress": False,
-        "plots": False,
+    real_training = {
+        "fixed": {"epochs": 2, "hidden": [16]},
+        "search": {"lr": {"scale": "log", "low": 1e-3, "high": 1e-1}},
     }
+    common = {"space": real_training, "trials": 4, "workers": 2, "progress": False, "plots": False}
     on_ray = run_tune(TuneSettings(out=tmp_path / "ray", ray_address="local", **common))
     local = run_tune(TuneSettings(out=tmp_path / "local", **common))
     facts = [
@@ -90,3 +88,5 @@ def test_ray_runs_the_same_trials_as_local_processes(tmp_path):
     ]
     assert facts[0] == facts[1]
     assert all(r.state == "finished" for r in on_ray.ranked)
+    for record in on_ray.ranked:  # each Ray task wrote its trial's run directory
+        assert load_run(tmp_path / "ray" / record.run_dir).meta["dev_error"] == record.dev_error
