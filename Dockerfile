@@ -9,22 +9,27 @@
 
 ARG BASE_IMAGE=python:3.11-slim
 
+# ---- requirements: the base dependencies listed in pyproject.toml ---------------------------
+# A stage of its own, so edits elsewhere in pyproject.toml (extras, tool settings) leave the
+# file below unchanged and the builder's dependency layer cached.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > requirements.txt
+
 # ---- builder: a venv with the base package (no train/test extras, no onnx) ------------------
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-
-# Dependencies first, from pyproject.toml alone, so code changes do not redo this layer.
-COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > requirements.txt \
- && /opt/venv/bin/pip install --requirement requirements.txt
+COPY --from=requirements /src/requirements.txt ./
+RUN /opt/venv/bin/pip install --requirement requirements.txt
 
 # Only the serving code goes in: without training/ and export/ in the context copy,
 # setuptools' package discovery installs neither.
-COPY README.md bnserve_cli.py ./
+COPY pyproject.toml README.md bnserve_cli.py ./
 COPY server/ server/
 RUN /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
