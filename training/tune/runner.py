@@ -50,8 +50,9 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
         if not path.exists():
             raise TuneError(f"{settings.out}: no {FILENAME} to resume (start it without --resume)")
         store = TrialStore(path)
-        stored = {k: v for k, v in store.settings().items() if k not in RUNTIME_FIELDS}
-        given = {k: v for k, v in settings.to_dict().items() if k not in RUNTIME_FIELDS}
+        ignored = (*RUNTIME_FIELDS, "out")  # the directory may be reached by another path
+        stored = {k: v for k, v in store.settings().items() if k not in ignored}
+        given = {k: v for k, v in settings.to_dict().items() if k not in ignored}
         if stored != given:
             store.close()
             changed = sorted(k for k in given if stored.get(k) != given[k])

@@ -3,6 +3,8 @@ rules, and the batch-norm comparison — with real (tiny) training where it matt
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from training.rundir import load_run
@@ -163,3 +165,11 @@ def test_a_missing_data_file_is_named_before_any_trial(tmp_path):
     with pytest.raises(Exception, match=r"missing\.csv: no such data file"):
         run_tune(_settings(tmp_path / "tune", space, trials=2, workers=1))
     assert not (tmp_path / "tune").exists()
+
+
+def test_a_tune_resumes_through_another_path_to_its_directory(tmp_path, monkeypatch):
+    settings = _settings(tmp_path / "tune", SYNTHETIC, trials=3, objective="synthetic", workers=1)
+    run_tune(settings)
+    monkeypatch.chdir(tmp_path)
+    relative = _settings(Path("tune"), SYNTHETIC, trials=3, objective="synthetic", workers=1)
+    assert [r.attempts for r in run_tune(relative, resume=True).ranked] == [1, 1, 1]
