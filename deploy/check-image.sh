@@ -36,6 +36,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM # so that cleanup runs on Ctrl-C and kill as well
 
 declare -a step_names=() step_seconds=()
 step_started=0
@@ -84,6 +85,9 @@ EOF
 export CONTAINERS_CONF=$work/containers.conf
 podman info >/dev/null 2>"$work/podman-info.log" ||
   { cat "$work/podman-info.log" >&2; fail "podman does not work here (podman info)"; }
+# Containers a killed earlier check left behind (SIGKILL skips the cleanup trap).
+podman ps --all --quiet --filter name='^bnserve-check-' | xargs --no-run-if-empty podman rm --force \
+  >/dev/null 2>&1 || true
 step_done
 
 # ---- 2. base image ------------------------------------------------------------------------------
