@@ -124,9 +124,9 @@ class VersionManager:
             on_disk = {found.version: found for found in scan_versions(source, self._model_root)}
         except OSError as error:
             log.warning(
-                "model %s: cannot list %s (%s); serving what is loaded",
+                "model %s: cannot read %s (%s); serving what is loaded",
                 source.name,
-                source.directory,
+                source.directory if source.directory is not None else source.file,
                 error.strerror,
             )
             return

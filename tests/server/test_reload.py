@@ -351,3 +351,26 @@ def test_twenty_swaps_under_load_no_failed_call_every_answer_from_a_serving_vers
         )
     assert len(seen_versions) >= SWAPS // 2, f"answers came from only {sorted(seen_versions)}"
     assert any(started > corrupt_at for started, *_ in answers)
+
+
+def test_single_file_replaced_is_reloaded_and_deleted_keeps_serving(
+    tmp_path: Path, running_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_file = tmp_path / "iris.onnx"
+    model_file.write_bytes(model_bytes(seed=1)[0])
+    running = running_factory([model_file])
+    data, weights = model_bytes(seed=2)
+    staged = tmp_path / ".iris.onnx.new"
+    staged.write_bytes(data)
+    past = time.time() - 60
+    os.utime(staged, (past, past))
+    os.replace(staged, model_file)  # an atomic replace, as `mv` does
+    running.server.versions.scan()
+    answer = running.predict()
+    assert answer.model_version == "1"
+    np.testing.assert_allclose(answer.probabilities, _probabilities(weights, 0), atol=1e-5)
+    caplog.set_level(logging.WARNING, logger="server.reload")
+    model_file.unlink()
+    running.server.versions.scan()
+    assert running.predict().model_version == "1" and running.serving()
+    assert any("cannot read" in record.getMessage() for record in caplog.records)
