@@ -26,15 +26,20 @@ class Servable:
         # model.predict, or a wrapper around it (metrics count examples per run).
         self._predict = predict if predict is not None else model.predict
 
-    def score(self, x: np.ndarray, timeout_s: float | None = None) -> list[np.ndarray]:
+    def score(
+        self, x: np.ndarray, timeout_s: float | None = None, *, batchable: bool = True
+    ) -> list[np.ndarray]:
         """Check and score x (N, F) float32 within timeout_s seconds (the call's deadline).
 
+        Single examples go through the batcher when there is one and `batchable` (a stream
+        passes False: it scores its messages one after another, so each would wait out the
+        batching delay alone).
         Answers in `model.output_names` order, N rows each.
         """
         self.model.check_features(x)
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExpired("deadline passed before scoring")
-        if self.batcher is not None and x.shape[0] == 1:
+        if batchable and self.batcher is not None and x.shape[0] == 1:
             return self.batcher.score(
                 x, None if timeout_s is None or timeout_s > NO_DEADLINE_S else timeout_s
             )

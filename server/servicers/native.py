@@ -61,7 +61,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
                 servable = self._repository.get(request.model_name, request.model_version)
                 x = _example(request, servable.model)
                 with self._limiter:
-                    outputs = servable.score(x, context.time_remaining())
+                    outputs = servable.score(x, context.time_remaining(), batchable=False)
             except ServingError as error:
                 label = f" (id {request.id!r})" if request.id else ""
                 raise type(error)(f"stream message {index}{label}: {error}") from None

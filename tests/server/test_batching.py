@@ -114,3 +114,20 @@ def test_concurrent_callers_over_grpc_get_their_own_answers(test_models: ModelFi
         assert batcher.batches_run < len(rows)  # batching really happened
     finally:
         server.stop(0)
+
+
+def test_streams_bypass_the_batcher(test_models: ModelFiles) -> None:
+    settings = ServerSettings(batching=True, max_batch_delay_ms=1000.0)
+    server = start_server(settings, {"iris": test_models.classification})
+    rows = np.random.default_rng(9).normal(0, 1, (5, NUM_FEATURES)).astype(np.float32)
+    try:
+        servable = server.repository.get("iris")
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)
+            requests = (pb.PredictRequest(model_name="iris", features=row) for row in rows)
+            responses = list(stub.PredictStream(requests, timeout=30))
+        assert servable.batcher.batches_run == 0  # none waited the 1 s batching delay
+        expected = servable.model.predict(rows)[0]
+        np.testing.assert_allclose([r.probabilities for r in responses], expected, rtol=1e-6)
+    finally:
+        server.stop(0)
