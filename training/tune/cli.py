@@ -10,8 +10,14 @@ from typing import Any
 from training.errors import TrainingError
 from training.tune import report
 from training.tune.runner import TuneError, TuneResult, run_tune
-from training.tune.settings import RUNTIME_FIELDS, TuneSettings
-from training.tune.space import DEFAULT_SPACE, SpaceError, load_space_file, parse_param_flag
+from training.tune.settings import TuneSettings
+from training.tune.space import (
+    DEFAULT_SPACE,
+    SpaceError,
+    load_space_file,
+    parse_param_flag,
+    parse_scalar,
+)
 from training.tune.store import FILENAME, TrialStore
 
 # Flags that define which trials a tune has; a resumed tune keeps its stored values.
@@ -90,16 +96,11 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not name.strip():
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
         name = name.strip()
-        fixed[name] = value if name == "hidden" else _scalar(value)  # hidden: "64,64"
+        fixed[name] = value if name == "hidden" else parse_scalar(value)  # hidden: "64,64"
     for name in ("data", "target", "task", "epochs"):
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed
-
-
-def _scalar(text: str) -> Any:
-    _, spec = parse_param_flag(f"x=choice:{text}")
-    return spec["choice"][0] if spec["choice"] else text
 
 
 def _space_document(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,6 +137,7 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
 
 
 def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a resumed tune may change (settings.RUNTIME_FIELDS)."""
     return {
         "workers": args.workers,
         "ray_address": args.ray_address,
@@ -156,13 +158,14 @@ def resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         raise TuneError(f"{args.out}: no {FILENAME} to resume (start it without --resume)")
     with TrialStore(path, readonly=True) as store:
         stored = store.settings()
-    runtime = {name: value for name, value in _runtime(args).items() if name in RUNTIME_FIELDS}
-    if runtime["workers"] is None:
+    runtime = _runtime(args)
+    if runtime["workers"] is None:  # keep the stored worker count
         runtime.pop("workers")
     return TuneSettings.from_dict({**stored, **runtime, "out": str(args.out)})
 
 
-def print_report(settings: TuneSettings, result: TuneResult) -> None:
+def report_results(settings: TuneSettings, result: TuneResult) -> None:
+    """Print the table (best first); write results.csv, the `best` link and the plots."""
     space = settings.search_space()
     names = space.names() + (["batchnorm"] if settings.compare_batchnorm else [])
     rows = report.result_rows(result.ranked, names)
@@ -198,7 +201,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = resumed_settings(args, parser) if args.resume else new_settings(args)
         result = run_tune(settings, resume=args.resume)
-        print_report(settings, result)
+        report_results(settings, result)
     except (SpaceError, TuneError, TrainingError) as error:
         print(f"bnserve tune: {error}", file=sys.stderr)
         return 2

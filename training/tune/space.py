@@ -199,9 +199,9 @@ def parse_param_flag(flag: str) -> tuple[str, dict[str, Any]]:
         raise SpaceError(f"--param {flag!r}: expected NAME=SCALE:LOW:HIGH or NAME=choice:A,B,…")
     name, scale = name.strip(), parts[0].strip()
     if scale == "choice" and len(parts) == 2:
-        return name, {"choice": [_parse_scalar(item) for item in parts[1].split(",") if item]}
+        return name, {"choice": [parse_scalar(item) for item in parts[1].split(",") if item]}
     if scale in NUMERIC_SCALES and len(parts) == 3:
-        low, high = (_parse_scalar(part) for part in parts[1:])
+        low, high = (parse_scalar(part) for part in parts[1:])
         return name, {"scale": scale, "low": low, "high": high}
     raise SpaceError(
         f"--param {flag!r}: expected NAME=SCALE:LOW:HIGH with SCALE in {NUMERIC_SCALES}, "
@@ -209,7 +209,8 @@ def parse_param_flag(flag: str) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
+    """A flag's text as int, float, bool or (else) the string itself."""
     text = text.strip()
     for convert in (int, float):
         try:
