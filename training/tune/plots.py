@@ -55,6 +55,15 @@ def _axis_value(dimension: Dimension, value: Any) -> Any:
     return 1.0 - value if dimension.scale == "log1m" else value
 
 
+def _coordinate_label(dimension: Dimension) -> str:
+    """What the search coordinate of a dimension is, as an axis label."""
+    if dimension.scale == "log1m":
+        return f"log10 (1 − {dimension.name})"
+    if dimension.scale in ("log", "log_int"):
+        return f"log10 {dimension.name}"
+    return dimension.name
+
+
 def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[TrialRecord]) -> None:
     """One panel per dimension; colour = round; pruned trials hollow."""
     plt = _pyplot()
@@ -117,10 +126,7 @@ def plot_boxes(
                 if r.round == round_index
             ]
             axis.scatter(xs, [round_index] * len(xs), s=10, color="black")
-        coordinate = {"log": "log10 ", "log_int": "log10 ", "log1m": "log10 "}.get(
-            dimension.scale, ""
-        )
-        axis.set_xlabel(f"{coordinate}{_axis_label(dimension)}")
+        axis.set_xlabel(_coordinate_label(dimension))
         axis.set_ylabel("round")
         axis.set_yticks([index for index, _ in rounds])
         axis.invert_yaxis()
