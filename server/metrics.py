@@ -110,7 +110,15 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on host:port (0: a free port); returns the port."""
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._http, self._http_thread = start_http_server(
+                port, addr=host, registry=self.registry
+            )
+        except OSError as error:
+            raise OSError(
+                f"cannot serve metrics on {host}:{port} ({error.strerror}); pick another "
+                "--metrics-port, or 0 to turn metrics off"
+            ) from None
         return self._http.server_port
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@ batch sizes, versions loaded, reload failures."""
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -88,3 +89,16 @@ def test_metrics_port_zero_turns_the_endpoint_off(tmp_path: Path) -> None:
         assert "metrics off" in server.log()
     finally:
         assert server.stop() == 0
+
+
+def test_metrics_port_in_use_is_named(tmp_path: Path) -> None:
+    install_version(tmp_path / "iris", 1, model_bytes(seed=1)[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = ServerProcess(["--model", str(tmp_path / "iris"), "--metrics-port", str(port)])
+        exit_code = server.process.wait(timeout=60)
+        server.stop()
+    assert exit_code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()
