@@ -27,7 +27,7 @@ from server.repository import ModelRepository
 from server.servable import Servable
 from server.servicers import native, v2
 from server.settings import ServerSettings
-from server.versions import resolve_sources
+from server.versions import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Server:
         limiter: InflightLimiter,
         port: int,
         metrics: ServerMetrics | None = None,
+        sources: Sequence[ModelSource] = (),
     ) -> None:
         self.settings = settings
         self.repository = repository
@@ -60,10 +61,6 @@ class Server:
         self.metrics = metrics
         self._grpc_server = grpc_server
         self._health = health_servicer
-        # Raises ModelPathError (a ValueError) for a missing path or one outside model_root.
-        sources = resolve_sources(
-            settings.model, settings.name, settings.model_version, settings.model_root
-        )
         self.versions = VersionManager(
             sources,
             self.build_servable,
@@ -89,7 +86,9 @@ class Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
         OSError for a port it cannot bind."""
-        resolve_sources(settings.model, settings.name, settings.model_version, settings.model_root)
+        sources = resolve_sources(
+            settings.model, settings.name, settings.model_version, settings.model_root
+        )
         repository = repository if repository is not None else ModelRepository()
         limiter = InflightLimiter(settings.max_inflight)
         options = [
@@ -134,7 +133,9 @@ class Server:
             ) from None
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
-        return cls(settings, grpc_server, repository, health_servicer, limiter, port, metrics)
+        return cls(
+            settings, grpc_server, repository, health_servicer, limiter, port, metrics, sources
+        )
 
     def start(self) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
