@@ -19,6 +19,7 @@ from server.gen.bnserve.v1 import predictor_pb2_grpc
 
 PREDICT = "bnserve.v1.Predictor/Predict"
 BATCH = "bnserve.v1.Predictor/PredictBatch"
+STREAM = "bnserve.v1.Predictor/PredictStream"
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,6 +56,8 @@ def test_metrics_count_calls_codes_batches_versions_and_refusals(tmp_path: Path)
             with pytest.raises(grpc.RpcError):
                 stub.Predict(pb.PredictRequest(model_name="tulip", features=examples[0]))
             stub.PredictBatch(pb.PredictBatchRequest(features=examples.ravel()))
+            stream = [pb.PredictRequest(features=row) for row in examples[:3]]
+            assert len(list(stub.PredictStream(iter(stream)))) == 3
         install_version(model_dir, 2, corrupt_bytes(model_bytes(seed=2)[0]))
         server.wait_for("version 2 refused")
         samples = _scrape(metrics_port)
@@ -68,13 +71,14 @@ def test_metrics_count_calls_codes_batches_versions_and_refusals(tmp_path: Path)
     assert value("bnserve_requests_total", method=PREDICT, code="INVALID_ARGUMENT") == 2
     assert value("bnserve_requests_total", method=PREDICT, code="NOT_FOUND") == 1
     assert value("bnserve_requests_total", method=BATCH, code="OK") == 1
+    assert value("bnserve_requests_total", method=STREAM, code="OK") == 1  # a stream is one call
     assert value("bnserve_request_duration_seconds_count", method=PREDICT) == 10
     assert value("bnserve_request_duration_seconds_bucket", method=PREDICT, le="+Inf") == 10
     assert 0 < value("bnserve_request_duration_seconds_sum", method=PREDICT) < 10
-    # Only the scored calls ran the model: 7 single examples and one batch of 20.
-    assert value("bnserve_batch_size_count", model="iris") == 8
-    assert value("bnserve_batch_size_sum", model="iris") == 7 + 20
-    assert value("bnserve_batch_size_bucket", model="iris", le="1.0") == 7
+    # Only the scored calls ran the model: 7 + 3 single examples and one batch of 20.
+    assert value("bnserve_batch_size_count", model="iris") == 11
+    assert value("bnserve_batch_size_sum", model="iris") == 10 + 20
+    assert value("bnserve_batch_size_bucket", model="iris", le="1.0") == 10
     assert value("bnserve_model_version_loaded", model="iris", version="1") == 1
     assert ("bnserve_model_version_loaded", (("model", "iris"), ("version", "2"))) not in samples
     assert value("bnserve_model_loads_total", model="iris") == 1
