@@ -52,12 +52,12 @@ class ServerProcess:
             self.lines.append(line)
             self._new_lines.put(line)
 
-    def wait_ready(self, timeout_s: float = 60) -> int:
+    def wait_ready(self, timeout_s: float = 120) -> int:
         """Wait for the 'serving on port N, ready' line; returns the port."""
         self.port = int(self.wait_for(READY_PATTERN, timeout_s).group(1))
         return self.port
 
-    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout_s: float = 90) -> re.Match[str]:
         """The first log line (already seen or new) matching pattern; fails after timeout_s."""
         deadline = time.monotonic() + timeout_s
         checked = 0
