@@ -54,6 +54,14 @@ def test_task_is_inferred_from_the_target(tmp_path):
     assert load_dataset(few_integers, task="regression").task == "regression"
 
 
+def test_regression_on_a_text_target_names_the_value(tmp_path):
+    path = write_csv(tmp_path, "a,species\n1,setosa\n2,virginica\n")
+    with pytest.raises(
+        DataError, match=r"regression target 'species' has non-numeric value 'setosa'"
+    ):
+        load_dataset(path, task="regression")
+
+
 def test_npz_with_feature_names_and_multi_target_regression(tmp_path):
     path = tmp_path / "data.npz"
     x = np.arange(12.0).reshape(6, 2)
