@@ -23,6 +23,7 @@ Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -373,8 +374,16 @@ def interleaved(
     return medians
 
 
-def bare_run_latency(model: Path, row: np.ndarray, runs: int) -> tuple[float, float]:
-    """p50/p99 ms of InferenceSession.run on one example, same session options as the server."""
+@dataclass(frozen=True)
+class BareRun:
+    """onnxruntime alone, same session options as the server, in a process on the server CPU."""
+
+    p50_ms: float  # one example per run
+    p99_ms: float
+    batch_examples_per_s: float  # runs of batch_examples rows
+
+
+def bare_run(model: Path, row: np.ndarray, runs: int, batch_examples: int) -> BareRun:
     from server.model import Model, SessionThreads
 
     loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
@@ -387,7 +396,15 @@ def bare_run_latency(model: Path, row: np.ndarray, runs: int) -> tuple[float, fl
         start = clock()
         loaded.predict(x)
         timings[i] = clock() - start
-    return float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3)
+    batch = np.tile(x, (batch_examples, 1))
+    batch_runs = max(10, runs // batch_examples)
+    start = clock()
+    for _ in range(batch_runs):
+        loaded.predict(batch)
+    batch_rate = batch_runs * batch_examples / (clock() - start)
+    return BareRun(
+        float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 99) * 1e3), batch_rate
+    )
 
 
 # ---------------------------------------------------------------------------- report
@@ -480,7 +497,7 @@ def measure(settings: BenchSettings) -> int:
             check=True,
         ).stdout
     examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
-    report(settings, unary, throughput, examples_per_call, tuple(json.loads(bare)))
+    report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
     results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
     return 0 if all(r.verified for r in results) else 1
 
@@ -490,7 +507,7 @@ def report(
     unary: dict[int, dict[str, LoadResult]],
     throughput: dict[str, LoadResult],
     examples_per_call: dict[str, int],
-    bare: tuple[float, float],
+    bare: BareRun,
 ) -> None:
     print(
         f"\nbench/serve.py: server on CPU {settings.server_cpu}, h2load on {settings.load_cpu}, "
@@ -531,12 +548,16 @@ def report(
         print(
             f"{label:<30}{examples:>10.0f} examples/s   ratio {examples / unary_rate:>6.1f}{mark}"
         )
+    print(
+        f"{f'InferenceSession.run, {settings.batch_examples} rows':<30}"
+        f"{bare.batch_examples_per_s:>10.0f} examples/s   (onnxruntime alone: the ceiling)"
+    )
     served = unary[1]["native Predict"]
     print("\nserver overhead over a bare onnxruntime InferenceSession.run of the same example")
     print(f"{'':<30}{'p50 ms':>8}{'p99 ms':>8}")
-    print(f"{'InferenceSession.run':<30}{bare[0]:>8.3f}{bare[1]:>8.3f}")
+    print(f"{'InferenceSession.run':<30}{bare.p50_ms:>8.3f}{bare.p99_ms:>8.3f}")
     print(f"{'native Predict, concurrency 1':<30}{served.p50_ms:>8.3f}{served.p99_ms:>8.3f}")
-    print(f"{'overhead':<30}{served.p50_ms - bare[0]:>8.3f}{served.p99_ms - bare[1]:>8.3f}")
+    print(f"{'overhead':<30}{served.p50_ms - bare.p50_ms:>8.3f}{served.p99_ms - bare.p99_ms:>8.3f}")
     print("\n'!' marks a cell where not every call answered OK (checked by response bytes).")
 
 
@@ -559,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "bare-run":
         model = Path(args.model)
-        print(json.dumps(bare_run_latency(model, example_row(model), args.runs)))
+        result = bare_run(model, example_row(model), args.runs, BenchSettings.batch_examples)
+        print(json.dumps(dataclasses.asdict(result)))
         return 0
     settings = BenchSettings(duration_s=args.duration, rounds=args.rounds)
     if args.quick:
