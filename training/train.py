@@ -149,7 +149,6 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
     spec, settings = net_spec(config), optimizer_settings(config)
     order = state.rng.permutation(len(prepared.x_train))
     x_shuffled, y_shuffled = prepared.x_train[order], prepared.y_train[order]
-    learnable = model.learnable_names(state.params)
     total_cost = 0.0
     for rows in batch_slices(len(order), config.batch_size):
         cost, grads, running = model.loss_and_grads(
@@ -161,10 +160,8 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
             l2=config.l2,
             rng=state.rng,
         )
-        state.params.update(running)
-        optim.update(
-            state.params, {name: grads[name] for name in learnable}, state.optimizer, settings, lr
-        )
+        state.params.update(running)  # grads hold exactly the learnable parameters
+        optim.update(state.params, grads, state.optimizer, settings, lr)
         total_cost += cost * (rows.stop - rows.start)
     return total_cost / len(order)
 
