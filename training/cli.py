@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,33 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CONFIG_OPTIONS = [
-    "data",
-    "target",
-    "task",
-    "dev_fraction",
-    "test_fraction",
-    "hidden",
-    "activation",
-    "batchnorm",
-    "dropout",
-    "bn_momentum",
-    "bn_epsilon",
-    "running_var",
-    "stats",
-    "optimizer",
-    "lr",
-    "beta1",
-    "beta2",
-    "adam_epsilon",
-    "momentum",
-    "rho",
-    "lr_decay",
-    "l2",
-    "batch_size",
-    "epochs",
-    "seed",
-]
+# every TrainConfig field has an option of the same name (tests check it)
+CONFIG_OPTIONS = [field.name for field in dataclasses.fields(TrainConfig)]
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:

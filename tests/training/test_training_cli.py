@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bnserve_cli import main as bnserve_main
-from training.cli import main
+from training.cli import CONFIG_OPTIONS, build_parser, given_settings, main
 
 FAST = ["--hidden", "16", "--epochs", "1", "--no-progress", "--no-plot"]
 
@@ -101,3 +101,9 @@ def test_from_epoch_needs_resume(tmp_path):
     with pytest.raises(SystemExit) as caught:
         main(["--out", str(tmp_path / "r"), "--from-epoch", "2"])
     assert caught.value.code == 2
+
+
+def test_every_config_field_has_an_option():
+    args = build_parser().parse_args(["--out", "x"])
+    assert all(hasattr(args, name) for name in CONFIG_OPTIONS)
+    assert given_settings(args) == {}  # nothing given: every field keeps its default
