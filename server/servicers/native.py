@@ -13,8 +13,12 @@ from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.model import Model, TensorSpec
 from server.repository import ModelRepository
+from server.servable import Servable
+from server.streaming import ReadAhead
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+STREAM_WINDOW = 256  # stream messages read ahead of their answers (back-pressure beyond)
+STREAM_CHUNK = 64  # most stream messages scored in one model run
 
 
 class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
@@ -56,16 +60,52 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     def PredictStream(
         self, request_iterator: Iterator[pb.PredictRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PredictResponse]:
-        for index, request in enumerate(request_iterator):
+        read_ahead = ReadAhead(request_iterator, window=STREAM_WINDOW, max_chunk=STREAM_CHUNK)
+        index = 0
+        for chunk in read_ahead.chunks():
+            yield from self._answer_chunk(chunk, index, context)
+            index += len(chunk)
+
+    def _answer_chunk(
+        self, chunk: list[pb.PredictRequest], first_index: int, context: grpc.ServicerContext
+    ) -> Iterator[pb.PredictResponse]:
+        """Answer stream messages in order, one model run per run of messages for one model."""
+        group: list[pb.PredictRequest] = []
+        rows: list[np.ndarray] = []
+        group_servable = None
+        for offset, request in enumerate(chunk):
             try:
                 servable = self._repository.get(request.model_name, request.model_version)
-                x = _example(request, servable.model)
-                with self._limiter:
-                    outputs = servable.score(x, context.time_remaining(), batchable=False)
+                row = _example(request, servable.model)
+                servable.model.check_features(row)
             except ServingError as error:
+                if group:
+                    yield from self._answer_group(group_servable, group, rows, context)
                 label = f" (id {request.id!r})" if request.id else ""
-                raise type(error)(f"stream message {index}{label}: {error}") from None
-            yield _response(servable.model, outputs, request.id)
+                raise type(error)(
+                    f"stream message {first_index + offset}{label}: {error}"
+                ) from None
+            if group and servable is not group_servable:
+                yield from self._answer_group(group_servable, group, rows, context)
+                group, rows = [], []
+            group_servable = servable
+            group.append(request)
+            rows.append(row)
+        if group:
+            yield from self._answer_group(group_servable, group, rows, context)
+
+    def _answer_group(
+        self,
+        servable: Servable,
+        requests: list[pb.PredictRequest],
+        rows: list[np.ndarray],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.PredictResponse]:
+        x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        with self._limiter:
+            outputs = servable.score(x, context.time_remaining(), batchable=False)
+        for row, request in enumerate(requests):
+            yield _response(servable.model, outputs, request.id, row)
 
     @translate_errors
     def ModelInfo(
@@ -163,14 +203,17 @@ def _fill_raw_batch(
         response.raw_values = outputs[0].astype("<f4", copy=False).tobytes()
 
 
-def _response(model: Model, outputs: Sequence[np.ndarray], request_id: str) -> pb.PredictResponse:
+def _response(
+    model: Model, outputs: Sequence[np.ndarray], request_id: str, row: int = 0
+) -> pb.PredictResponse:
+    """The answer for one example: row `row` of the outputs."""
     if model.is_classification:
-        label = int(outputs[1][0])
+        label = int(outputs[1][row])
         return pb.PredictResponse(
             model_name=model.name,
             model_version=model.version,
             id=request_id,
-            probabilities=outputs[0][0].tolist(),
+            probabilities=outputs[0][row].tolist(),
             label=label,
             class_name=model.card.class_names[label],
         )
@@ -178,7 +221,7 @@ def _response(model: Model, outputs: Sequence[np.ndarray], request_id: str) -> p
         model_name=model.name,
         model_version=model.version,
         id=request_id,
-        values=outputs[0][0].tolist(),
+        values=outputs[0][row].tolist(),
     )
 
 

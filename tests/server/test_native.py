@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
+import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, TARGET_NAMES, ModelFiles, numpy_forward
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb
@@ -110,3 +112,29 @@ def test_model_info(predictor) -> None:
     assert info.run_id == "test-classification-1"
     assert info.metadata["bnserve.task"] == "classification"
     assert len(info.graph_sha256) == 64
+
+
+def test_predict_stream_mixed_models_and_late_error(predictor, test_models: ModelFiles) -> None:
+    """Many messages in flight (read ahead, scored in chunks): models may alternate, every
+    message gets its own answer in order, and a bad one ends the stream after the good ones."""
+    names = ["iris" if i % 3 else "sales" for i in range(len(EXAMPLES))]
+    requests = [
+        pb.PredictRequest(model_name=name, features=features, id=str(i))
+        for i, (name, features) in enumerate(zip(names, EXAMPLES, strict=True))
+    ]
+    requests.append(pb.PredictRequest(model_name="iris", features=[1.0], id="bad"))
+    stream = predictor.PredictStream(iter(requests))
+    answers = []
+    with pytest.raises(grpc.RpcError) as raised:
+        answers.extend(stream)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"stream message {len(EXAMPLES)} (id 'bad')" in raised.value.details()
+    assert [a.id for a in answers] == [str(i) for i in range(len(EXAMPLES))]
+    iris = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
+    sales = numpy_forward(test_models.regression_weights, EXAMPLES, "regression")["y"]
+    for i, answer in enumerate(answers):
+        assert answer.model_name == names[i]
+        if names[i] == "iris":
+            np.testing.assert_allclose(answer.probabilities, iris["probabilities"][i], atol=1e-5)
+        else:
+            np.testing.assert_allclose(answer.values, sales[i], rtol=1e-4, atol=1e-5)
