@@ -64,14 +64,14 @@ def _coordinate_label(dimension: Dimension) -> str:
     return dimension.name
 
 
-def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[TrialRecord]) -> None:
-    """One panel per dimension; colour = round; pruned trials hollow."""
+def dev_error_figure(space: SearchSpace, records: list[TrialRecord]) -> Any:
+    """One panel per dimension (x on its own scale); colour = round; pruned trials as crosses."""
     plt = _pyplot()
     rows, columns = _grid(len(space.dimensions))
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     ended = _ended(records)
     for axis, dimension in zip(axes.flat, space.dimensions, strict=False):
-        for state, marker_face in (("finished", None), ("pruned", "none")):
+        for state, marker in (("finished", "o"), ("pruned", "x")):
             chosen = [r for r in ended if r.state == state]
             if not chosen:
                 continue
@@ -90,7 +90,7 @@ def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[Trial
                 vmin=0,
                 vmax=max(1, max(r.round for r in records)),
                 s=22,
-                facecolors=marker_face,
+                marker=marker,
                 label=state,
             )
         if dimension.scale in ("log", "log_int", "log1m"):
@@ -101,9 +101,13 @@ def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[Trial
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(space.dimensions) :]:
         axis.set_visible(False)
-    figure.suptitle("dev error against each hyperparameter (colour: round)")
+    figure.suptitle("dev error against each hyperparameter (colour: round; ×: pruned)")
     figure.tight_layout()
-    _save(figure, path)
+    return figure
+
+
+def plot_dev_error_vs_params(path: Path, space: SearchSpace, records: list[TrialRecord]) -> None:
+    _save(dev_error_figure(space, records), path)
 
 
 def plot_boxes(
