@@ -54,6 +54,7 @@ def test_load_short(test_models: ModelFiles, batching: bool) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~1,000 calls/s from one Python client on 2 shared cores
 def test_load_100k_then_memory_flat_to_1m(test_models: ModelFiles) -> None:
     growth = _load_then_memory(test_models, 100_000, 1_000_000, batching=False)
     assert growth < 0.05
