@@ -66,6 +66,7 @@ class BenchSettings:
     stream_examples: int = 1000  # examples per PredictStream stream
     throughput_concurrency: int = 8  # concurrency of the PredictBatch / PredictStream rows
     bare_runs: int = 20000  # InferenceSession.run calls timed for the overhead row
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths of the digits model (training's default)
     server_cpu: str = "0"  # taskset CPU list of the server
     load_cpu: str = "1"  # taskset CPU list of h2load
 
@@ -125,13 +126,14 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- model and bodies
 
 
-def build_model(directory: Path) -> Path:
+def build_model(directory: Path, hidden: tuple[int, ...]) -> Path:
     """Train a digits MLP with batch norm for a couple of epochs and export it (the real path)."""
     from export.exporter import ExportSettings, export_run
     from training.config import TrainConfig
     from training.train import train
 
-    run_dir = Path(train(TrainConfig(epochs=2, seed=0), directory / "run", progress=False).run_dir)
+    config = TrainConfig(hidden=hidden, epochs=2, seed=0)
+    run_dir = Path(train(config, directory / "run", progress=False).run_dir)
     return export_run(ExportSettings(run_dir=run_dir, out=directory / "digits.onnx")).out
 
 
@@ -414,8 +416,10 @@ def measure(settings: BenchSettings) -> int:
     ensure_h2load()
     with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as scratch_name, ExitStack() as stack:
         scratch = Path(scratch_name)
-        print("training and exporting a digits model (2 epochs) …", file=sys.stderr)
-        model = build_model(scratch)
+        print(
+            f"training and exporting a digits model {settings.hidden} (2 epochs) …", file=sys.stderr
+        )
+        model = build_model(scratch, settings.hidden)
         row = example_row(model)
         messages = request_messages(row, settings)
         ports = {"echo": free_port(), "bnserve": free_port(), "batching": free_port()}
@@ -512,7 +516,7 @@ def report(
     print(
         f"\nbench/serve.py: server on CPU {settings.server_cpu}, h2load on {settings.load_cpu}, "
         f"{settings.workers} gRPC threads; median of {settings.rounds} interleaved runs of "
-        f"~{settings.duration_s} s per cell"
+        f"~{settings.duration_s} s per cell; model 64→{'→'.join(map(str, settings.hidden))}→10"
     )
     print("\nsingle-example unary calls (ratio: requests/s over the bare grpcio echo server)")
     labels = list(next(iter(unary.values())))
@@ -573,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     bare.add_argument("--runs", type=int, required=True)
     parser.add_argument("--duration", type=float, default=BenchSettings.duration_s)
     parser.add_argument("--rounds", type=int, default=BenchSettings.rounds)
+    parser.add_argument(
+        "--hidden",
+        default="256,256",
+        help="hidden widths of the benchmark's model (default 256,256)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 s per row, fewer bare runs")
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
@@ -583,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         result = bare_run(model, example_row(model), args.runs, BenchSettings.batch_examples)
         print(json.dumps(dataclasses.asdict(result)))
         return 0
-    settings = BenchSettings(duration_s=args.duration, rounds=args.rounds)
+    hidden = tuple(int(width) for width in args.hidden.split(","))
+    settings = BenchSettings(duration_s=args.duration, rounds=args.rounds, hidden=hidden)
     if args.quick:
         settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
     return measure(settings)
