@@ -6,6 +6,7 @@ the quick checks that run with every `make test`.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_dockerfile_shape():
     assert arguments_of["STOPSIGNAL"] == "SIGTERM"
     assert arguments_of["ENTRYPOINT"].startswith("["), "exec form: the server is PID 1"
     assert "server.healthcheck" in arguments_of["HEALTHCHECK"]
+    assert importlib.util.find_spec("server.healthcheck"), "the HEALTHCHECK probe module"
     # The runtime stage installs nothing itself: it copies the builder's venv.
     assert not any("pip install" in arguments for keyword, arguments in runtime if keyword == "RUN")
 
