@@ -204,9 +204,9 @@ size_bytes=$(podman image inspect --format '{{.Size}}' "$image")
 size_mb=$(awk -v b="$size_bytes" 'BEGIN { printf "%.0f", b / 1e6 }')
 echo
 echo "image $image: $size_mb MB (limit $max_image_mb MB), base $base_image"
-printf '%-45s %8s\n' step seconds
+printf '%-50s %8s\n' step seconds
 for i in "${!step_names[@]}"; do
-  printf '%-45s %8s\n' "${step_names[$i]}" "${step_seconds[$i]}"
+  printf '%-50s %8s\n' "${step_names[$i]}" "${step_seconds[$i]}"
 done
 ((size_mb <= max_image_mb)) || fail "image is $size_mb MB, over $max_image_mb MB"
 # Old build layers go after a day; recent ones stay as the cache of the next build.
