@@ -3,6 +3,9 @@
 In one run, the same h2load load (prebuilt length-prefixed gRPC bodies, `content-type:
 application/grpc`, `te: trailers`) goes to
   (a) a bare sync grpcio echo server: same request bytes in, same-size response out;
+  (a') a minimal sync grpcio + onnxruntime Predict server: parse, one InferenceSession.run,
+       answer — no checks, no admission, no metrics: the floor for any Python server doing
+       this work, so the ratio to it shows what bnserve's own serving path costs;
   (b) bnserve native Predict (batching off, and on);
   (c) bnserve v2 ModelInfer (raw_input_contents, as tritonclient sends);
 single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 latency, and each as a
@@ -46,6 +49,7 @@ sys.path.insert(0, str(REPO))
 GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 ECHO_PATH = "/bench.Echo/Call"
 ECHO_LABEL = "bare grpcio echo"
+MINIMAL_LABEL = "minimal grpcio + onnxruntime"
 PATHS = {
     "predict": "/bnserve.v1.Predictor/Predict",
     "infer": "/inference.GRPCInferenceService/ModelInfer",
@@ -289,6 +293,70 @@ def echo_server(port: int, workers: int, response: bytes) -> None:
     server.stop(0)
 
 
+def minimal_command(model: Path, port: int, settings: BenchSettings) -> list[str]:
+    return pinned(
+        settings.server_cpu,
+        [
+            sys.executable,
+            __file__,
+            "minimal-server",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--workers",
+            str(settings.workers),
+        ],
+    )
+
+
+def minimal_server(model: Path, port: int, workers: int) -> None:
+    """The least a Python gRPC server can do to score one example: parse the request, run
+    onnxruntime (same session options as bnserve), answer. No checks of any kind."""
+    import signal
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from server.gen.bnserve.v1 import predictor_pb2 as pb
+    from server.model import Model, SessionThreads
+
+    loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
+    class_names = loaded.card.class_names
+
+    def predict(request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+        x = np.array(request.features[:], dtype=np.float32).reshape(1, -1)
+        probabilities, labels = loaded.predict(x)
+        label = int(labels[0])
+        return pb.PredictResponse(
+            model_name=request.model_name,
+            model_version="1",
+            probabilities=probabilities[0].tolist(),
+            label=label,
+            class_name=class_names[label],
+        )
+
+    handler = grpc.method_handlers_generic_handler(
+        "bnserve.v1.Predictor",
+        {
+            "Predict": grpc.unary_unary_rpc_method_handler(
+                predict,
+                request_deserializer=pb.PredictRequest.FromString,
+                response_serializer=pb.PredictResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0)
+
+
 # ---------------------------------------------------------------------------- load
 
 
@@ -422,7 +490,7 @@ def measure(settings: BenchSettings) -> int:
         model = build_model(scratch, settings.hidden)
         row = example_row(model)
         messages = request_messages(row, settings)
-        ports = {"echo": free_port(), "bnserve": free_port(), "batching": free_port()}
+        ports = {name: free_port() for name in ("echo", "minimal", "bnserve", "batching")}
         predict_probe = messages["predict"][0]
         pids = {}
         pids["bnserve"] = stack.enter_context(
@@ -448,6 +516,16 @@ def measure(settings: BenchSettings) -> int:
                 predict_probe,
             )
         )
+        pids["minimal"] = stack.enter_context(
+            running(
+                minimal_command(model, ports["minimal"], settings),
+                ports["minimal"],
+                PATHS["predict"],
+                predict_probe,
+            )
+        )
+        minimal_answer = call_once(ports["minimal"], PATHS["predict"], [predict_probe], False)[0]
+        assert len(minimal_answer) == len(answers["predict"][0]), "minimal server's answer size"
         pids["batching"] = stack.enter_context(
             running(
                 bnserve_command(model, ports["batching"], settings, batching=True),
@@ -465,6 +543,7 @@ def measure(settings: BenchSettings) -> int:
         predict_body = frame(predict_probe)
         unary_targets = [
             target(ECHO_LABEL, "echo", "predict", predict_body),
+            target(MINIMAL_LABEL, "minimal", "predict", predict_body),
             target("native Predict", "bnserve", "predict", predict_body),
             target("v2 ModelInfer", "bnserve", "infer", frame(messages["infer"][0])),
             target("native Predict, batching on", "batching", "predict", predict_body),
@@ -532,6 +611,14 @@ def report(
                 f"{result.requests_per_s / echo.requests_per_s:>8.2f}"
             )
         print(f"{label:<30}" + "".join(cells))
+    print(f"\nrequests/s as a ratio to the {MINIMAL_LABEL} server (what bnserve's own path costs)")
+    print(f"{'server':<30}" + "".join(f"{f'c={c}':>9}" for c in settings.concurrencies))
+    for label in labels[2:]:
+        cells = [
+            f"{unary[c][label].requests_per_s / unary[c][MINIMAL_LABEL].requests_per_s:>9.2f}"
+            for c in settings.concurrencies
+        ]
+        print(f"{label:<30}" + "".join(cells))
     print("\nserver CPU time per call, µs (ratio: echo's CPU per call over this server's)")
     print(f"{'server':<30}" + "".join(f"{f'c={c} µs':>11}{'ratio':>7}" for c in unary))
     for label in labels:
@@ -572,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     echo.add_argument("--port", type=int, required=True)
     echo.add_argument("--workers", type=int, required=True)
     echo.add_argument("--response-hex", required=True)
+    minimal = sub.add_parser("minimal-server")
+    minimal.add_argument("--model", type=Path, required=True)
+    minimal.add_argument("--port", type=int, required=True)
+    minimal.add_argument("--workers", type=int, required=True)
     bare = sub.add_parser("bare-run")
     bare.add_argument("--model", type=Path, required=True)
     bare.add_argument("--runs", type=int, required=True)
@@ -586,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
+        return 0
+    if args.mode == "minimal-server":
+        minimal_server(args.model, args.port, args.workers)
         return 0
     if args.mode == "bare-run":
         model = Path(args.model)
