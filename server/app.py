@@ -32,7 +32,11 @@ from server.versions import ModelSource, resolve_sources
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (native.SERVICE_NAME, v2.SERVICE_NAME)
-OVERALL = ""  # the health service's name for the server as a whole
+OVERALL = ""  # the health service's name for the server as a whole: readiness
+# Liveness under its own name: SERVING from the moment the server answers until shutdown,
+# whatever the models do, so an orchestrator restarts a hung process, not one whose model
+# failed to load (that one stays up, unready, with the reason in its log and answers).
+LIVENESS = "liveness"
 
 
 def listen_address(host: str, port: int) -> str:
@@ -118,6 +122,7 @@ class Server:
             service_names.append(health.SERVICE_NAME)
             for name in (OVERALL, *SERVICE_NAMES):
                 health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         if settings.reflection:
             service_names.append(reflection.SERVICE_NAME)
             reflection.enable_server_reflection(service_names, grpc_server)
@@ -141,6 +146,8 @@ class Server:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
         only once every configured model is loaded, warmed up and past its parity gate."""
         self._grpc_server.start()
+        if self._health is not None:
+            self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", listen_address(self.settings.host, self.port))
         self.versions.scan(initial=True)
         if self.versions.sources:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
+from server.app import LIVENESS
 from server.settings import ENV_PREFIX, settable_fields
 
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
@@ -104,6 +105,10 @@ def test_deployment_probes_ask_grpc_health_on_the_grpc_port():
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert set(container[probe]) & {"grpc", "tcpSocket", "httpGet", "exec"} == {"grpc"}, probe
         assert container[probe]["grpc"]["port"] == grpc_port, probe
+    # Readiness and start-up ask the overall status (models loaded); liveness its own name.
+    assert "service" not in container["readinessProbe"]["grpc"]
+    assert "service" not in container["startupProbe"]["grpc"]
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
 
 
 def test_deployment_runs_non_root_with_resources():

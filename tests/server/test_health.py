@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from model_builder import NUM_FEATURES, ModelFiles
 
+from server.app import LIVENESS
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2 as v2
@@ -69,11 +70,33 @@ def test_one_failed_model_keeps_server_unready_while_others_serve(test_models: M
         server.stop(0)
 
 
+def _liveness(channel: grpc.Channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS)).status
+
+
+def test_liveness_is_serving_whether_or_not_the_model_is(channel, test_models: ModelFiles) -> None:
+    assert _liveness(channel) == SERVING
+    server = start_server(ServerSettings(), {"bad": test_models.bad_parity})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as unready:
+            assert _health(unready)[""] == NOT_SERVING
+            assert _liveness(unready) == SERVING
+        server.stop(0)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as stopped:
+            with pytest.raises(grpc.RpcError) as raised:
+                _liveness(stopped)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
+
+
 def test_no_model_is_live_but_not_ready() -> None:
     server = start_server(ServerSettings())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             assert _health(channel) == dict.fromkeys(SERVICES, NOT_SERVING)
+            assert _liveness(channel) == SERVING
             inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert inference.ServerLive(v2.ServerLiveRequest()).live
             assert not inference.ServerReady(v2.ServerReadyRequest()).ready
