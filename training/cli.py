@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--l2", type=float, help="L2 penalty 0.5·l2·ΣW² (default 0)")
     opt.add_argument("--batch-size", type=int, help="default 64")
     opt.add_argument("--epochs", type=int, help="total epochs (default 30)")
-    opt.add_argument("--seed", type=int, help="default 0")
+    opt.add_argument("--seed", type=int, help="initial weights, shuffling, dropout (default 0)")
+    opt.add_argument(
+        "--split-seed", type=int, help="train/dev/test split (default: the same as --seed)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--no-checkpoints", action="store_true", help="no per-epoch checkpoints")

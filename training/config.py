@@ -55,7 +55,8 @@ class TrainConfig:
     stats: str = "ema"  # frozen statistics: "ema" of mini-batches or exact "population" at the end
     dropout: float = 0.0  # probability of dropping a hidden unit during training (inverted)
     l2: float = 0.0  # L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)
-    seed: int = 0  # seeds the split, the initial weights, shuffling and dropout
+    seed: int = 0  # seeds the initial weights, shuffling and dropout (and the split, by default)
+    split_seed: int | None = None  # seeds the train/dev/test split; None: the same as seed
     dev_fraction: float = 0.15  # share of rows held out for the dev error (model selection)
     test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz)
 
@@ -77,6 +78,11 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["hidden"] = list(self.hidden)
         return values
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed of the train/dev/test split: split_seed if set, else seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated like `from_dict`)."""
@@ -110,6 +116,8 @@ def _convert(name: str, value: Any) -> Any:
             return tuple(_as_int(width) for width in value)
         if name in _INT_FIELDS:
             return _as_int(value)
+        if name == "split_seed":
+            return None if value is None else _as_int(value)
         if name in _FLOAT_FIELDS:
             if isinstance(value, bool):
                 raise TypeError("a boolean is not a number")
@@ -168,6 +176,12 @@ def _validate(config: TrainConfig) -> None:
     _check(0 <= config.dropout < 1, "dropout", config.dropout, "in [0, 1)")
     _check(config.l2 >= 0, "l2", config.l2, "≥ 0")
     _check(0 <= config.seed < 2**32, "seed", config.seed, "in [0, 2**32)")
+    _check(
+        config.split_seed is None or 0 <= config.split_seed < 2**32,
+        "split_seed",
+        config.split_seed,
+        "None or in [0, 2**32)",
+    )
     for name in ("dev_fraction", "test_fraction"):
         value = getattr(config, name)
         _check(0 < value < 0.5, name, value, "in (0, 0.5)")

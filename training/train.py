@@ -58,7 +58,7 @@ def prepare(config: TrainConfig) -> Prepared:
         len(dataset.x),
         dev_fraction=config.dev_fraction,
         test_fraction=config.test_fraction,
-        seed=config.seed,
+        seed=config.data_split_seed,
         source=dataset.source,
     )
     mean, std = fit_standardization(dataset.x[split.train])

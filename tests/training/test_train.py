@@ -102,6 +102,24 @@ def test_training_is_deterministic_given_the_seed(tmp_path):
         np.testing.assert_array_equal(value, second[name], err_msg=name)
 
 
+def test_split_seed_fixes_the_split_while_seed_changes_the_weights(tmp_path):
+    base = {**SMALL, "epochs": 1}
+    configs = {
+        "seed0": TrainConfig.from_dict(base),
+        "seed1_split0": TrainConfig.from_dict({**base, "seed": 1, "split_seed": 0}),
+        "seed1": TrainConfig.from_dict({**base, "seed": 1}),
+    }
+    runs = {}
+    for name, config in configs.items():
+        train(config, tmp_path / name, progress=False, checkpoints=False, plot=False)
+        runs[name] = load_run(tmp_path / name)
+    same_split = runs["seed0"].heldout_x, runs["seed1_split0"].heldout_x
+    np.testing.assert_array_equal(*same_split)
+    assert not np.array_equal(runs["seed0"].heldout_x, runs["seed1"].heldout_x)
+    weights = [runs[name].params["hidden1.W"] for name in ("seed0", "seed1_split0")]
+    assert not np.array_equal(*weights)
+
+
 def test_regression_on_a_csv_predicts_in_target_units(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, (300, 3))

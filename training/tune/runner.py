@@ -181,7 +181,7 @@ def ensure_round_planned(
                     trial=trial,
                     point=first_point + offset,
                     params=params,
-                    seed=space.config_for(params).seed,
+                    seed=sampler.trial_seed(settings.seed, first_point + offset),
                     run_dir=f"trials/trial-{trial:04d}",
                 )
             )
@@ -246,7 +246,7 @@ def _request_for(
             "grace_epochs": settings.grace_epochs,
             "min_reference": MEDIAN_MIN_REFERENCE,
         }
-    config = space.config_for(record.params).to_dict()
+    config = space.config_for(record.params, seed=record.seed).to_dict()
     if config["data"] != "digits":  # workers (Ray's especially) may run in another directory
         config["data"] = str(Path(config["data"]).resolve())
     return TrialRequest(

@@ -57,6 +57,13 @@ def point_rng(tune_seed: int, point_index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([tune_seed, point_index]))
 
 
+def trial_seed(tune_seed: int, point_index: int) -> int:
+    """The training seed (initial weights, shuffling, dropout) of point `point_index`'s trials:
+    from the tune seed and the index alone, in [0, 2**32). Both trials of a point under
+    --compare-batchnorm share it, so they differ in batch norm only."""
+    return int(np.random.SeedSequence([tune_seed, point_index, 1]).generate_state(1)[0])
+
+
 def sample_point(space: SearchSpace, box: Box, rng: np.random.Generator) -> dict[str, Any]:
     """One point: uniform in each dimension's search coordinate (so log-uniform for `log`)."""
     point: dict[str, Any] = {}

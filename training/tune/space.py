@@ -43,7 +43,9 @@ SCALES = (*NUMERIC_SCALES, "choice")
 # Names that are not TrainConfig fields but build `hidden`.
 SHAPE_NAMES = ("layers", "units")
 # Fields a tune never searches: they pick the data or the bookkeeping, not the model.
-NOT_SEARCHABLE = ("data", "target", "task", "seed", "dev_fraction", "test_fraction", "hidden")
+NOT_SEARCHABLE = (
+    "data", "target", "task", "seed", "split_seed", "dev_fraction", "test_fraction", "hidden",
+)  # fmt: skip
 
 
 class SpaceError(ValueError):
@@ -129,9 +131,16 @@ class SearchSpace:
     def base_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.fixed)
 
-    def config_for(self, point: dict[str, Any]) -> TrainConfig:
-        """The TrainConfig of one trial: fixed settings, then the point (layers/units → hidden)."""
-        values = self.base_config().to_dict()
+    def config_for(self, point: dict[str, Any], seed: int | None = None) -> TrainConfig:
+        """The TrainConfig of one trial: fixed settings, then the point (layers/units → hidden).
+
+        With `seed`, the trial trains from that seed while the data split stays the fixed
+        settings' split (their split_seed, else their seed): every trial and a default
+        `bnserve train` see the same train/dev rows, so dev errors compare directly."""
+        base = self.base_config()
+        values = base.to_dict()
+        if seed is not None:
+            values.update(seed=seed, split_seed=base.data_split_seed)
         shape = {name: point[name] for name in SHAPE_NAMES if name in point}
         values.update({name: value for name, value in point.items() if name not in SHAPE_NAMES})
         if shape:
@@ -148,7 +157,7 @@ class SearchSpace:
         }
 
 
-# Fixed settings are training's defaults (30 epochs, seed 0): every trial, and a default
+# Fixed settings are training's defaults (30 epochs, split seed 0): every trial, and a default
 # `bnserve train`, sees the same train/dev split, so their dev errors compare directly.
 DEFAULT_SPACE: dict[str, Any] = {
     "fixed": {},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training.rundir import load_run
@@ -52,6 +53,17 @@ def test_one_and_two_workers_give_identical_trials(tmp_path):
         assert run_one.meta["params_sha256"] == run_two.meta["params_sha256"]
         assert run_one.meta["dev_error"] == record.dev_error
     assert len({r.dev_error for r in one.ranked}) > 1  # the points really differ
+
+
+def test_each_point_trains_from_its_own_seed_on_one_shared_split(tmp_path):
+    result = run_tune(_settings(tmp_path / "tune", TINY_TRAINING, trials=4, workers=1))
+    seeds = {record.seed for record in result.ranked}
+    assert len(seeds) == 4  # from (tune seed, point index): not one seed for every trial
+    runs = [load_run(tmp_path / "tune" / record.run_dir) for record in result.ranked]
+    for run, record in zip(runs, result.ranked, strict=True):
+        assert run.config.seed == record.seed
+        assert run.config.data_split_seed == 0  # the fixed settings' split, shared by all
+        np.testing.assert_array_equal(run.heldout_x, runs[0].heldout_x)
 
 
 def test_rounds_shrink_the_box_and_sample_inside_it(tmp_path):
