@@ -65,11 +65,12 @@ def parse_args(argv: Sequence[str]) -> DemoSettings:
         help="HOST:PORT of a server already running (e.g. the container): only score against it",
     )
     parser.add_argument("--run", type=Path, help="run directory to score (default OUT_DIR/run)")
+    # Training's defaults (`bnserve train` with no options), so the demo shows what they give.
     parser.add_argument("--hidden", default="256,256")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--l2", type=float, default=1e-4)
-    parser.add_argument("--lr-decay", type=float, default=0.95)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--l2", type=float, default=0.0)
+    parser.add_argument("--lr-decay", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-accuracy", type=float, default=0.96)
     parser.add_argument("--max-diff", type=float, default=1e-5)
