@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,18 +272,14 @@ def echo_command(port: int, settings: BenchSettings, response: bytes) -> list[st
     )
 
 
-def echo_server(port: int, workers: int, response: bytes) -> None:
-    """A bare sync grpcio server: raw request bytes in, fixed response bytes out."""
+def serve_until_sigterm(handler: Any, port: int, workers: int) -> None:
+    """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM."""
     import signal
     import threading
     from concurrent import futures
 
     import grpc
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo",
-        {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: response)},
-    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -291,6 +288,17 @@ def echo_server(port: int, workers: int, response: bytes) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     server.stop(0)
+
+
+def echo_server(port: int, workers: int, response: bytes) -> None:
+    """A bare sync grpcio server: raw request bytes in, fixed response bytes out."""
+    import grpc
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: response)},
+    )
+    serve_until_sigterm(handler, port, workers)
 
 
 def minimal_command(model: Path, port: int, settings: BenchSettings) -> list[str]:
@@ -313,10 +321,6 @@ def minimal_command(model: Path, port: int, settings: BenchSettings) -> list[str
 def minimal_server(model: Path, port: int, workers: int) -> None:
     """The least a Python gRPC server can do to score one example: parse the request, run
     onnxruntime (same session options as bnserve), answer. No checks of any kind."""
-    import signal
-    import threading
-    from concurrent import futures
-
     import grpc
 
     from server.gen.bnserve.v1 import predictor_pb2 as pb
@@ -347,14 +351,7 @@ def minimal_server(model: Path, port: int, workers: int) -> None:
             )
         },
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    server.stop(0)
+    serve_until_sigterm(handler, port, workers)
 
 
 # ---------------------------------------------------------------------------- load
