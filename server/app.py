@@ -104,6 +104,7 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
             interceptors=list(interceptors),
             options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         predictor_pb2_grpc.add_PredictorServicer_to_server(
             native.PredictorServicer(repository, limiter), grpc_server

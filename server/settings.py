@@ -58,6 +58,12 @@ class ServerSettings:
         "at once with RESOURCE_EXHAUSTED. Below `workers`, so health and metadata always find "
         "a thread.",
     )
+    max_concurrent_rpcs: int = _setting(
+        1000,
+        "Calls of any kind the server holds at once, running or queued for a thread; more are "
+        "refused at once with RESOURCE_EXHAUSTED, so a flood cannot grow grpc's queue without "
+        "bound. Above max_inflight, so health and metadata calls still get in; 0: no bound.",
+    )
     intra_op_threads: int = _setting(
         1,
         "onnxruntime threads inside one operator; one example of a small MLP takes ~5 µs, so "
@@ -110,6 +116,11 @@ class ServerSettings:
             problems.append(
                 f"max_inflight={self.max_inflight} must be in 1..workers-1 ({self.workers - 1}) "
                 "so health and metadata calls always find a free thread"
+            )
+        if self.max_concurrent_rpcs != 0 and self.max_concurrent_rpcs <= self.max_inflight:
+            problems.append(
+                f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be above max_inflight "
+                f"({self.max_inflight}), so health and metadata calls still get in (0: no bound)"
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             problems.append(

@@ -3,6 +3,7 @@ client deadlines are honoured."""
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 
@@ -59,6 +60,43 @@ def test_saturated_server_refuses_at_once_and_health_still_answers(slow_server: 
         assert metadata.name == "iris"
         assert not any(call.done() for call in admitted)  # all of the above ran while saturated
         assert all(call.result().class_name for call in admitted)
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(test_models: ModelFiles) -> None:
+    settings = ServerSettings(
+        batching=True,
+        max_batch_delay_ms=HOLD_S * 1000,
+        workers=6,
+        max_inflight=2,
+        max_concurrent_rpcs=3,
+    )
+    server = start_server(settings, {"iris": test_models.classification})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            predictor = predictor_pb2_grpc.PredictorStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            # Three calls held open: a stream (one message answered, then kept open) and two
+            # calls admitted and waiting for batch-mates.
+            stream_requests: queue.Queue[pb.PredictRequest | None] = queue.Queue()
+            stream_requests.put(REQUEST)
+            stream = predictor.PredictStream(iter(stream_requests.get, None), timeout=30)
+            assert next(stream).class_name
+            admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while server.limiter.in_flight < 2:
+                assert time.monotonic() < deadline, "the two calls were never admitted"
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as raised:
+                health.Check(health_pb2.HealthCheckRequest(service=""), timeout=HOLD_S / 2)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not any(call.done() for call in admitted)  # refused, not queued behind them
+            stream_requests.put(None)
+            assert list(stream) == []
+            assert all(call.result().class_name for call in admitted)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
 
 
 def test_deadline_is_honoured_and_expired_call_not_scored(slow_server: Server) -> None:
