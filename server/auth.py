@@ -18,10 +18,13 @@ from typing import Any
 
 import grpc
 
+from server.logs import LogThrottle
+
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "BNSERVE_AUTH_TOKEN"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+REFUSAL_LOG_INTERVAL_S = 10.0  # at most one "refused" line per method and reason this often
 DENIED_MESSAGE = (
     "missing or invalid bearer token: send gRPC metadata 'authorization: Bearer <token>' "
     "with a token the server accepts"
@@ -84,6 +87,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._token_digests = tuple(token_digests)
         # method → (handler, its denying twin): built once per method, not per refused call.
         self._denying: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # A client can send refused calls as fast as it likes: log them, not each of them.
+        self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def replace_tokens(self, token_digests: Sequence[bytes]) -> None:
         """Accept these tokens from now on (rotation on SIGHUP)."""
@@ -112,7 +117,10 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         if self.accepts(token):
             return handler
         reason = "no bearer token" if token is None else "a token that is not accepted"
-        log.warning("refused %s: %s (UNAUTHENTICATED)", method, reason)
+        held_back = self._refusal_lines.admit((method, reason))
+        if held_back is not None:
+            more = f" ({held_back} more since the last such line)" if held_back else ""
+            log.warning("refused %s: %s (UNAUTHENTICATED)%s", method, reason, more)
         cached = self._denying.get(method)
         if cached is None or cached[0] is not handler:
             cached = self._denying[method] = (handler, _denying_handler(handler))

@@ -4,6 +4,7 @@ without a valid token, served with one, health open, rotation on SIGHUP, no toke
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from pathlib import Path
@@ -50,6 +51,30 @@ def test_tokens_from_file_and_env(tmp_path: Path) -> None:
     for token in [None, "", FILE_TOKENS[0][:-1], FILE_TOKENS[0] + "x", "# rotation"]:
         assert not auth.accepts(token)
     assert load_token_digests("", {}) == ()
+
+
+class _Details:
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def test_a_flood_of_refused_calls_logs_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = TokenAuthInterceptor(load_token_digests("", {TOKEN_ENV: ENV_TOKEN}))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    method = "/bnserve.v1.Predictor/Predict"
+    with caplog.at_level(logging.WARNING, logger="server.auth"):
+        for _ in range(500):
+            denying = auth.intercept_service(lambda details: handler, _Details(method, ()))
+            assert denying is not handler
+        served = auth.intercept_service(
+            lambda details: handler, _Details(method, (("authorization", f"Bearer {ENV_TOKEN}"),))
+        )
+    assert served is handler
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [f"refused {method}: no bearer token (UNAUTHENTICATED)"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from server.logs import JsonFormatter, configure_logging
+from server.logs import JsonFormatter, LogThrottle, configure_logging
 
 
 def _formatted(record_logger: logging.Logger, formatter: logging.Formatter) -> list[str]:
@@ -51,3 +51,16 @@ def test_configure_logging_replaces_root_handlers(log_format: str, is_json: bool
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_log_throttle_lets_one_line_a_key_through_per_interval_and_counts_the_rest() -> None:
+    now = [100.0]
+    throttle = LogThrottle(10.0, clock=lambda: now[0])
+    assert throttle.admit("a") == 0
+    assert [throttle.admit("a") for _ in range(5)] == [None] * 5
+    assert throttle.admit("b") == 0  # keys are throttled apart
+    now[0] += 9.99
+    assert throttle.admit("a") is None
+    now[0] += 0.01
+    assert throttle.admit("a") == 6  # the line that passes tells how many it stood for
+    assert throttle.admit("a") is None
