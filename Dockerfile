@@ -25,7 +25,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY --from=requirements /src/requirements.txt ./
-RUN /opt/venv/bin/pip install --requirement requirements.txt
+COPY constraints.txt ./
+RUN /opt/venv/bin/pip install --requirement requirements.txt --constraint constraints.txt
 
 # Only the serving code goes in: without training/ and export/ in the context copy,
 # setuptools' package discovery installs neither.

@@ -4,16 +4,26 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow lint format demo serve bench proto image-check clean
+.PHONY: test test-slow lint format demo serve bench proto image-check lock clean
 
 $(VENV)/bin/python:
 	command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[test]'
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --constraint constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# constraints.txt from a fresh venv: the newest versions pyproject's ranges allow today.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[test]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^bnserve'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf .lock-venv
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from deploy_support import REPO, parse_dockerfile, runtime_stage
@@ -87,3 +88,36 @@ def test_everything_the_dockerfile_copies_exists_and_is_not_ignored():
         for source in sources:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") not in patterns, f"{source} is in .dockerignore"
+
+
+def _pins() -> dict[str, str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    pins = [line.split("==") for line in lines if line and not line.startswith("#")]
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+
+def test_constraints_pin_every_dependency_within_pyproject_ranges():
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        declared += [line for line in extra if not line.startswith("bnserve")]
+    pins = _pins()
+    for line in declared:
+        requirement = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"constraints.txt does not pin {name} (make lock)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject's {line!r} (make lock)"
+        )
+
+
+def test_image_and_venv_install_with_the_constraints():
+    installs = [
+        arguments
+        for keyword, arguments in parse_dockerfile(REPO / "Dockerfile")
+        if "pip install --requirement" in arguments
+    ]
+    assert installs and all("--constraint constraints.txt" in line for line in installs)
+    assert "--constraint constraints.txt" in (REPO / "Makefile").read_text()
