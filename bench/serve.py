@@ -255,19 +255,20 @@ def bnserve_command(
     )
 
 
-def echo_command(port: int, settings: BenchSettings, response: bytes) -> list[str]:
+def reference_command(mode: str, port: int, settings: BenchSettings, *options: str) -> list[str]:
+    """This script running one of its reference servers (echo-server, minimal-server), pinned
+    to the server CPU with the same thread pool as bnserve."""
     return pinned(
         settings.server_cpu,
         [
             sys.executable,
             __file__,
-            "echo-server",
+            mode,
             "--port",
             str(port),
             "--workers",
             str(settings.workers),
-            "--response-hex",
-            response.hex(),
+            *options,
         ],
     )
 
@@ -299,23 +300,6 @@ def echo_server(port: int, workers: int, response: bytes) -> None:
         {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: response)},
     )
     serve_until_sigterm(handler, port, workers)
-
-
-def minimal_command(model: Path, port: int, settings: BenchSettings) -> list[str]:
-    return pinned(
-        settings.server_cpu,
-        [
-            sys.executable,
-            __file__,
-            "minimal-server",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-            "--workers",
-            str(settings.workers),
-        ],
-    )
 
 
 def minimal_server(model: Path, port: int, workers: int) -> None:
@@ -507,7 +491,9 @@ def measure(settings: BenchSettings) -> int:
         echo_response = answers["predict"][0]  # echo answers a same-size response
         pids["echo"] = stack.enter_context(
             running(
-                echo_command(ports["echo"], settings, echo_response),
+                reference_command(
+                    "echo-server", ports["echo"], settings, "--response-hex", echo_response.hex()
+                ),
                 ports["echo"],
                 ECHO_PATH,
                 predict_probe,
@@ -515,7 +501,9 @@ def measure(settings: BenchSettings) -> int:
         )
         pids["minimal"] = stack.enter_context(
             running(
-                minimal_command(model, ports["minimal"], settings),
+                reference_command(
+                    "minimal-server", ports["minimal"], settings, "--model", str(model)
+                ),
                 ports["minimal"],
                 PATHS["predict"],
                 predict_probe,
