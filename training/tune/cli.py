@@ -9,6 +9,7 @@ from typing import Any
 
 from training.errors import TrainingError
 from training.tune import report
+from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import (
@@ -22,7 +23,7 @@ from training.tune.store import FILENAME, TrialStore
 
 # Flags that define which trials a tune has; a resumed tune keeps its stored values.
 _DEFINING_FLAGS = (
-    "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs",
+    "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
     "target", "task", "epochs",
 )  # fmt: skip
@@ -62,8 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--compare-batchnorm", action="store_true", help="each point with and without BN"
     )
-    search.add_argument("--early-stop", choices=["none", "median"], help="default none")
-    search.add_argument("--grace-epochs", type=int, help="median rule: epochs first (default 3)")
+    search.add_argument(
+        "--early-stop",
+        choices=list(RULES),
+        help="stop hopeless trials: median rule, or successive halving (default none)",
+    )
+    search.add_argument(
+        "--grace-epochs", type=int, help="epochs before any stop; halving's first rung (default 3)"
+    )
+    search.add_argument(
+        "--reduction",
+        type=int,
+        help="halving: η, rungs at grace·η^k each keep the best 1/η of trials (default 3)",
+    )
     search.add_argument(
         "--objective",
         choices=["train", "synthetic"],
@@ -128,6 +140,7 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
         "seed": args.seed,
         "early_stop": args.early_stop,
         "grace_epochs": args.grace_epochs,
+        "reduction": args.reduction,
         "compare_batchnorm": args.compare_batchnorm,
         "objective": args.objective,
         "checkpoints": args.checkpoints,

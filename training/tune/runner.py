@@ -23,7 +23,7 @@ from training.tune.space import SearchSpace
 from training.tune.store import FILENAME, PlannedTrial, TrialRecord, TrialStore
 from training.tune.trials import TrialOutcome, TrialRequest
 
-MEDIAN_MIN_REFERENCE = 4  # the median rule waits for this many ended trials
+MIN_REFERENCE = 4  # early stopping waits for this many ended trials to compare with
 
 
 class TuneError(Exception):
@@ -239,13 +239,16 @@ def _request_for(
 ) -> TrialRequest:
     run_dir = settings.out.resolve() / record.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed attempt's leftovers; rerun from scratch
-    median_rule = None
-    if settings.early_stop == "median":
-        median_rule = {
+    early_stop = None
+    if settings.early_stop != "none":
+        early_stop = {
+            "rule": settings.early_stop,
             "reference_curves": _reference_curves(store, record),
             "grace_epochs": settings.grace_epochs,
-            "min_reference": MEDIAN_MIN_REFERENCE,
+            "min_reference": MIN_REFERENCE,
         }
+        if settings.early_stop == "halving":
+            early_stop["reduction"] = settings.reduction
     config = space.config_for(record.params, seed=record.seed).to_dict()
     if config["data"] != "digits":  # workers (Ray's especially) may run in another directory
         config["data"] = str(Path(config["data"]).resolve())
@@ -255,7 +258,7 @@ def _request_for(
         run_dir=str(run_dir),
         objective=settings.objective,
         checkpoints=settings.checkpoints,
-        median_rule=median_rule,
+        early_stop=early_stop,
     )
 
 

@@ -27,8 +27,9 @@ class TuneSettings:
     seed: int = 0  # the tune's seed: each point's sample derives from (seed, point index)
     workers: int | None = None  # trials at once; None = one per core (or the Ray cluster's CPUs)
     ray_address: str | None = None  # run trials on this Ray cluster ("local" starts one here)
-    early_stop: str = "none"  # "none" | "median"
-    grace_epochs: int = 3  # median rule: never stop a trial before this many epochs
+    early_stop: str = "none"  # "none" | "median" | "halving"
+    grace_epochs: int = 3  # early stopping: never stop a trial before this many epochs
+    reduction: int = 3  # halving: η, each rung (grace_epochs·η^k) keeps about 1/η of the trials
     compare_batchnorm: bool = False  # each point twice: with and without batch norm
     objective: str = "train"  # "train", or "synthetic" for the tuner's own tests and benchmarks
     checkpoints: bool = False  # per-epoch checkpoints in each trial's run directory
@@ -74,6 +75,7 @@ def _validate(settings: TuneSettings) -> None:
     )
     check(settings.early_stop in RULES, f"--early-stop {settings.early_stop!r}: one of {RULES}")
     check(settings.grace_epochs >= 1, f"--grace-epochs {settings.grace_epochs}: must be ≥ 1")
+    check(settings.reduction >= 2, f"--reduction {settings.reduction}: must be ≥ 2")
     check(
         settings.objective in OBJECTIVES, f"objective {settings.objective!r}: one of {OBJECTIVES}"
     )

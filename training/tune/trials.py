@@ -13,7 +13,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from training.tune.early_stop import MedianRule
+from training.tune.early_stop import build_rule
 
 OBJECTIVES = ("train", "synthetic")
 
@@ -27,7 +27,8 @@ class TrialRequest:
     run_dir: str  # absolute path of the trial's run directory (created by training)
     objective: str = "train"  # "train" (real training) or "synthetic" (see synthetic_curve)
     checkpoints: bool = False  # per-epoch checkpoints in the trial's run directory
-    median_rule: dict[str, Any] | None = None  # MedianRule fields, or None: no early stopping
+    # {"rule": "median" | "halving", that rule's fields}, or None: no early stopping
+    early_stop: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -61,7 +62,7 @@ def run_trial_json(request_json: str) -> str:
     request = TrialRequest.from_json(request_json)
     started = time.perf_counter()
     curve: list[float] = []
-    rule = MedianRule(**_rule_fields(request.median_rule)) if request.median_rule else None
+    rule = build_rule(request.early_stop)
     stopped = False
 
     def on_epoch(record: dict[str, Any]) -> bool:
@@ -95,11 +96,6 @@ def run_trial_json(request_json: str) -> str:
         seconds=time.perf_counter() - started,
         error=None if state == "finished" else f"dev error is {dev_error} (diverged)",
     ).to_json()
-
-
-def _rule_fields(values: dict[str, Any]) -> dict[str, Any]:
-    curves = tuple(tuple(curve) for curve in values["reference_curves"])
-    return {**values, "reference_curves": curves}
 
 
 def _train(request: TrialRequest, on_epoch: Any) -> float:

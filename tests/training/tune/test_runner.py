@@ -119,6 +119,28 @@ def test_median_rule_prunes_hopeless_trials(tmp_path):
     assert min(r.dev_error for r in pruned) > result.best.dev_error
 
 
+def test_successive_halving_decides_only_at_rungs_and_keeps_the_best(tmp_path):
+    result = run_tune(
+        _settings(
+            tmp_path / "tune",
+            SYNTHETIC,
+            trials=24,
+            workers=1,
+            objective="synthetic",
+            early_stop="halving",
+            grace_epochs=2,
+            reduction=2,
+        )
+    )
+    pruned = [r for r in result.ranked if r.state == "pruned"]
+    finished = [r for r in result.ranked if r.state == "finished"]
+    assert pruned and finished
+    assert {len(r.history) for r in pruned} <= {2, 4, 8}  # the rungs 2·2^k below 12 epochs
+    assert all(len(r.history) == 12 for r in finished)
+    assert result.best.state == "finished"
+    assert min(r.dev_error for r in pruned) > result.best.dev_error
+
+
 def test_compare_batchnorm_trains_each_point_with_and_without(tmp_path):
     result = run_tune(
         _settings(tmp_path / "tune", TINY_TRAINING, trials=4, workers=2, compare_batchnorm=True)

@@ -38,7 +38,12 @@ def test_the_median_rule_stops_a_trial_worse_than_the_references(tmp_path):
         config={"epochs": 8, "lr": 1e-5, "beta1": 0.9, "batch_size": 64},  # far from the optimum
         run_dir=str(tmp_path / "run"),
         objective="synthetic",
-        median_rule={"reference_curves": good_curves, "grace_epochs": 2, "min_reference": 4},
+        early_stop={
+            "rule": "median",
+            "reference_curves": good_curves,
+            "grace_epochs": 2,
+            "min_reference": 4,
+        },
     )
     outcome = TrialOutcome.from_json(run_trial_json(request.to_json()))
     assert outcome.state == "pruned" and len(outcome.curve) == 2
@@ -46,7 +51,7 @@ def test_the_median_rule_stops_a_trial_worse_than_the_references(tmp_path):
     lonely = TrialRequest(
         **{
             **request.__dict__,
-            "median_rule": {**request.median_rule, "reference_curves": good_curves[:3]},
+            "early_stop": {**request.early_stop, "reference_curves": good_curves[:3]},
         }
     )
     assert TrialOutcome.from_json(run_trial_json(lonely.to_json())).state == "finished"
