@@ -6,13 +6,21 @@ the coordinator waits on them the same way. Workers never touch the tune's SQLit
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import socket
 import sys
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from training.tune.space import SpaceError
@@ -21,6 +29,12 @@ from training.tune.trials import run_trial_json
 # One BLAS thread per worker: K workers on K cores, not K × cores threads fighting.
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _PARENT_POLL_SECONDS = 0.5
+_STOP_GRACE_SECONDS = 10.0  # an idle worker told to stop leaves at once; this is the backstop
+# Pipe messages (bytes, never pickle): coordinator -> worker a request's JSON, or _STOP;
+# worker -> coordinator _OK + the outcome's JSON, or _CRASHED + a one-line account.
+_STOP = b""
+_OK = b"ok:"
+_CRASHED = b"crashed:"
 _BLAS_LIMITED = False  # set once per worker process by run_single_threaded
 
 
@@ -60,39 +74,216 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
+class WorkerLost(RuntimeError):
+    """The worker process running a trial ended before it answered (killed, OOM, crash)."""
+
+
+class TrialCrashed(RuntimeError):
+    """Something escaped the trial runner inside a worker (it turns exceptions into outcomes, so
+    this is a bug or an interrupt); the message is the worker's one-line account."""
+
+
+@dataclass
+class _Worker:
+    """One local worker process and the parent's end of its private pipe."""
+
+    process: BaseProcess
+    connection: Connection
+    future: Future[str] | None = None  # the trial it is running, if any
+
+
+def _worker_main(connection: Connection, parent_pid: int) -> None:
+    """A local worker: run requests from the pipe until the coordinator says stop or is gone.
+
+    Ctrl-C goes to the whole process group; the coordinator decides what happens to workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(parent_pid)
+    while True:
+        try:
+            message = connection.recv_bytes()
+        except (EOFError, OSError):  # the coordinator is gone
+            return
+        if message == _STOP:
+            return
+        try:
+            reply = _OK + run_single_threaded(message.decode()).encode()
+        except BaseException as error:  # reported to the coordinator, not lost
+            reply = _CRASHED + f"{type(error).__name__}: {error}".encode()
+        connection.send_bytes(reply)
+
+
 class LocalExecutor:
-    """A pool of `workers` spawned processes (spawn: safe with threads, same on every OS)."""
+    """`workers` spawned processes, each with its own pipe (spawn: safe with threads).
+
+    One dispatcher thread hands requests to idle workers and turns replies into futures. A worker
+    that dies fails only the trial it was running, with WorkerLost, and is replaced on demand; no
+    lock or queue is shared between workers, so a kill -9 cannot wedge the others or shutdown.
+    """
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise SpaceError(f"--workers {workers}: need at least 1 worker")
         self.slots = workers
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.slots,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(os.getpid(),),
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()  # guards _queue, the flags and the wakeup pipe
+        self._queue: deque[tuple[str, Future[str]]] = deque()
+        self._closing = False
+        self._abandon = False
+        self._stopped = False  # the dispatcher has ended and closed the wakeup pipe
+        self._failure: str | None = None  # why the dispatcher ended early, if it did
+        self._workers: list[_Worker] = []  # touched by the dispatcher thread only
+        self._names = itertools.count()
+        self._wakeup_reader, self._wakeup_writer = self._context.Pipe(duplex=False)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="bnserve-tune-dispatcher", daemon=True
         )
+        self._dispatcher.start()
 
     def submit(self, request_json: str) -> Future[str]:
-        try:
-            return self._pool.submit(run_single_threaded, request_json)
-        except BrokenProcessPool:
-            # A worker died (e.g. killed by the OOM killer): its trial failed; start afresh.
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            return self._pool.submit(run_single_threaded, request_json)
+        future: Future[str] = Future()
+        with self._lock:
+            if self._failure is not None:
+                raise RuntimeError(f"local workers unusable: {self._failure}")
+            if self._closing:
+                raise RuntimeError("the executor is closed")
+            self._queue.append((request_json, future))
+            self._wake()
+        return future
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the workers: after their running trials (wait) or now (an interrupted tune)."""
-        processes = list((self._pool._processes or {}).values())  # shutdown forgets them
-        self._pool.shutdown(wait=wait, cancel_futures=True)
-        if not wait:
-            for process in processes:
-                process.terminate()
+        with self._lock:
+            self._closing = True
+            self._abandon = self._abandon or not wait
+            self._wake()
+        self._dispatcher.join()  # it reaps every worker before it ends
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for operators and tests)."""
+        return [worker.process.pid for worker in list(self._workers) if worker.process.pid]
+
+    def _wake(self) -> None:
+        if not self._stopped:  # caller holds _lock
+            self._wakeup_writer.send_bytes(b"!")
+
+    def _dispatch(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as error:  # e.g. no process can be started: fail, never hang
+            with self._lock:
+                self._failure = f"{type(error).__name__}: {error}"
+                self._fail_all(TrialCrashed(self._failure))  # the runner reports it
+        finally:
+            self._stop_workers()
+            with self._lock:
+                self._closing = self._stopped = True
+                self._wakeup_reader.close()
+                self._wakeup_writer.close()
+
+    def _step(self) -> bool:
+        """Hand out work, wait for one event, handle it. False once the executor is done."""
+        with self._lock:
+            if self._abandon:
+                self._fail_all(WorkerLost("the tune was interrupted"))
+                return False
+            self._assign_queued()
+            busy = any(worker.future is not None for worker in self._workers)
+            if self._closing and not self._queue and not busy:
+                return False
+        watched: list[Any] = [self._wakeup_reader]
+        for worker in self._workers:
+            watched += [worker.connection, worker.process.sentinel]
+        ready = set(multiprocessing.connection.wait(watched))
+        while self._wakeup_reader.poll():
+            self._wakeup_reader.recv_bytes()
+        for worker in list(self._workers):
+            if worker.connection in ready or worker.process.sentinel in ready:
+                self._collect(worker)
+        return True
+
+    def _assign_queued(self) -> None:
+        """Give queued requests to idle workers, starting workers up to `slots` (holds _lock)."""
+        while self._queue:
+            idle = next((worker for worker in self._workers if worker.future is None), None)
+            if idle is None:
+                if len(self._workers) >= self.slots:
+                    return
+                idle = self._start_worker()
+            request_json, future = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            idle.future = future
+            # If it died just now, its sentinel fires and _collect reports the trial lost.
+            with contextlib.suppress(OSError):
+                idle.connection.send_bytes(request_json.encode())
+
+    def _start_worker(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, os.getpid()),
+            name=f"bnserve-tune-worker-{next(self._names)}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()  # the child has its own copy; EOF reaches us when it exits
+        worker = _Worker(process, parent_end)
+        self._workers.append(worker)
+        return worker
+
+    def _collect(self, worker: _Worker) -> None:
+        """Take a worker's reply, or notice that it died (failing its trial with WorkerLost)."""
+        try:
+            if worker.connection.poll():
+                reply = worker.connection.recv_bytes()
+                future, worker.future = worker.future, None
+                if future is not None:
+                    if reply.startswith(_OK):
+                        future.set_result(reply[len(_OK) :].decode())
+                    else:
+                        future.set_exception(TrialCrashed(reply[len(_CRASHED) :].decode()))
+                return
+        except (EOFError, OSError):
+            pass  # the other end closed: the process ended
+        worker.process.join()
+        worker.connection.close()
+        self._workers.remove(worker)
+        if worker.future is not None:
+            worker.future.set_exception(
+                WorkerLost(
+                    f"worker process {worker.process.pid} ended "
+                    f"(exit code {worker.process.exitcode}) while running this trial"
+                )
+            )
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every queued and running trial; the workers are stopped next (holds _lock)."""
+        for _, future in self._queue:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        self._queue.clear()
+        for worker in self._workers:
+            if worker.future is not None and not worker.future.done():
+                worker.future.set_exception(error)
+
+    def _stop_workers(self) -> None:
+        """Ask idle workers to leave, terminate busy ones, and reap every one of them."""
+        for worker in self._workers:
+            if worker.future is None:
+                with contextlib.suppress(OSError):  # already gone: reaped below
+                    worker.connection.send_bytes(_STOP)
+            else:
+                worker.process.terminate()
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.connection.close()
+        self._workers.clear()
 
 
 class RayExecutor:

@@ -217,7 +217,8 @@ def _run_pending(
                     store.mark_pending(record.trial)
                     pending.insert(0, record)
                     bar.write(
-                        f"trial {record.trial}: worker lost, running it again", file=sys.stderr
+                        f"trial {record.trial}: worker lost, running it again ({error})",
+                        file=sys.stderr,
                     )
                     continue
                 outcome = _lost(record, error)

@@ -39,6 +39,26 @@ def _states(out):
         return {}
 
 
+@pytest.fixture
+def start_tune():
+    """Start `bnserve tune ARGS` in the background; whatever a test leaves running is killed."""
+    started = []
+
+    def start(*args):
+        process = subprocess.Popen(
+            [BNSERVE, "tune", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()
+
+
 def _children(pid):
     """Processes whose parent is `pid` (the tune's worker processes)."""
     found = []
@@ -60,13 +80,9 @@ def _alive(pid):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
-def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
+def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path, start_tune):
     out = tmp_path / "tune"
-    tune = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *SLOW_TRIALS],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    tune = start_tune("--out", str(out), "--workers", "1", *SLOW_TRIALS)
     deadline = time.monotonic() + DEADLINE_SECONDS
     while True:
         assert time.monotonic() < deadline and tune.poll() is None, (
@@ -81,7 +97,6 @@ def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path):
             break
         time.sleep(0.02)
     tune.wait(timeout=30)
-    tune.stderr.close()
     before = _states(out)
     killed = [t for t, r in before.items() if r.state == "running"]
     assert killed, "the kill landed between trials; nothing was mid-way"
@@ -137,14 +152,9 @@ def _spawned_workers(pid):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
-def test_a_killed_worker_costs_its_trial_one_rerun_and_the_tune_goes_on(tmp_path):
+def test_a_killed_worker_costs_its_trial_one_rerun_and_the_tune_goes_on(tmp_path, start_tune):
     out = tmp_path / "tune"
-    tune = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), "--workers", "2", *SLOW_TRIALS],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tune = start_tune("--out", str(out), "--workers", "2", *SLOW_TRIALS)
     deadline = time.monotonic() + DEADLINE_SECONDS
     while True:
         assert time.monotonic() < deadline and tune.poll() is None, "the tune ended first"
@@ -162,14 +172,9 @@ def test_a_killed_worker_costs_its_trial_one_rerun_and_the_tune_goes_on(tmp_path
     assert any(r.attempts == 2 for r in after.values())
 
 
-def test_ctrl_c_exits_130_and_leaves_running_trials_for_resume(tmp_path):
+def test_ctrl_c_exits_130_and_leaves_running_trials_for_resume(tmp_path, start_tune):
     out = tmp_path / "tune"
-    tune = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), "--workers", "2", *SLOW_TRIALS],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tune = start_tune("--out", str(out), "--workers", "2", *SLOW_TRIALS)
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not any(r.state == "running" for r in _states(out).values()):
         assert time.monotonic() < deadline and tune.poll() is None, "no trial started"

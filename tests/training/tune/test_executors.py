@@ -1,14 +1,20 @@
-"""Executors: local spawned processes and Ray tasks run the same trials; bad addresses fail fast."""
+"""Executors: local spawned processes and Ray tasks run the same trials; a killed worker costs
+only its own trial; bad addresses fail fast."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from training.rundir import load_run
-from training.tune.executors import LocalExecutor, check_ray_address
+from training.tune.executors import LocalExecutor, TrialCrashed, WorkerLost, check_ray_address
 from training.tune.runner import run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import SpaceError
@@ -90,3 +96,104 @@ def test_ray_runs_the_same_trials_as_local_processes(tmp_path):
     assert all(r.state == "finished" for r in on_ray.ranked)
     for record in on_ray.ranked:  # each Ray task wrote its trial's run directory
         assert load_run(tmp_path / "ray" / record.run_dir).meta["dev_error"] == record.dev_error
+
+
+def _endless_request(trial, tmp_path):
+    """A synthetic trial that runs until its worker is stopped (10^9 epochs)."""
+    config = {"epochs": 10**9, "lr": 1e-2, "beta1": 0.9, "batch_size": 64}
+    return TrialRequest(trial=trial, config=config, run_dir=str(tmp_path), objective="synthetic")
+
+
+def _wait_for(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.01)
+
+
+def _alive(pid):
+    """Running, not exited and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _close_within(executor, timeout=60.0, **kwargs):
+    """close() in a thread, so a hang fails the test instead of stalling the suite."""
+    closer = threading.Thread(target=executor.close, kwargs=kwargs)
+    closer.start()
+    closer.join(timeout)
+    assert not closer.is_alive(), f"close({kwargs}) did not return within {timeout:.0f} s"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_killed_worker_fails_only_its_own_trial_and_is_replaced(tmp_path):
+    executor = LocalExecutor(2)
+    try:
+        doomed = executor.submit(_endless_request(0, tmp_path).to_json())
+        _wait_for(lambda: len(executor.worker_pids()) == 1, "the first worker")
+        (first_pid,) = executor.worker_pids()
+        survivor = executor.submit(_endless_request(1, tmp_path).to_json())
+        _wait_for(lambda: len(executor.worker_pids()) == 2, "the second worker")
+
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(WorkerLost, match=rf"worker process {first_pid} ended \(exit code -9\)"):
+            doomed.result(timeout=60)
+        assert not survivor.done()  # the other worker's trial runs on
+
+        replacement = executor.submit(_synthetic_request(2, tmp_path).to_json())
+        outcome = TrialOutcome.from_json(replacement.result(timeout=60))
+        assert outcome.trial == 2 and outcome.state == "finished"
+        assert first_pid not in executor.worker_pids() and len(executor.worker_pids()) == 2
+        pids = executor.worker_pids()
+    finally:
+        _close_within(executor, wait=False)
+    assert survivor.done() and isinstance(survivor.exception(), WorkerLost)
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_close_returns_and_reaps_every_worker_after_an_idle_one_was_killed(tmp_path):
+    # ProcessPoolExecutor hung here: a worker killed while idle held the queue's read lock, and
+    # the pool's shutdown waited for the other worker forever.
+    executor = LocalExecutor(2)
+    futures = [executor.submit(_synthetic_request(i, tmp_path).to_json()) for i in range(2)]
+    assert all(TrialOutcome.from_json(f.result(timeout=60)).state == "finished" for f in futures)
+    pids = executor.worker_pids()
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    _close_within(executor)
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_close_without_waiting_stops_running_trials_at_once(tmp_path):
+    executor = LocalExecutor(1)
+    running = executor.submit(_endless_request(0, tmp_path).to_json())
+    queued = executor.submit(_endless_request(1, tmp_path).to_json())
+    _wait_for(lambda: len(executor.worker_pids()) == 1, "the worker")
+    pids = executor.worker_pids()
+    _close_within(executor, wait=False)
+    for future in (running, queued):
+        with pytest.raises(WorkerLost, match="interrupted"):
+            future.result(timeout=0)
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        executor.submit(_synthetic_request(2, tmp_path).to_json())
+
+
+def test_workers_that_cannot_start_fail_the_trial_and_later_submits_instead_of_hanging(
+    tmp_path, monkeypatch
+):
+    def refuse(self):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(LocalExecutor, "_start_worker", refuse)
+    executor = LocalExecutor(2)
+    future = executor.submit(_synthetic_request(0, tmp_path).to_json())
+    with pytest.raises(TrialCrashed, match="OSError: Resource temporarily unavailable"):
+        future.result(timeout=60)
+    with pytest.raises(RuntimeError, match="local workers unusable: OSError"):
+        executor.submit(_synthetic_request(1, tmp_path).to_json())
+    _close_within(executor)
