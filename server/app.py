@@ -65,6 +65,7 @@ class Server:
         self.metrics = metrics
         self._grpc_server = grpc_server
         self._health = health_servicer
+        self._draining = False  # set by drain(): readiness stays NOT_SERVING whatever reloads do
         self.versions = VersionManager(
             sources,
             self.build_servable,
@@ -206,16 +207,22 @@ class Server:
         return True
 
     def update_health(self) -> None:
-        """Health SERVING exactly when the repository is ready."""
+        """Health SERVING exactly when the repository is ready and the server is not draining."""
         if self._health is None:
             return
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if self.repository.ready
+            if self.repository.ready and not self._draining
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in (OVERALL, *SERVICE_NAMES):
             self._health.set(name, status)
+
+    def drain(self) -> None:
+        """Readiness NOT_SERVING from now on (liveness stays SERVING); calls are still answered,
+        so load balancers can take this server out before `stop` refuses anything."""
+        self._draining = True
+        self.update_health()
 
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight ones grace_s, close the models."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import select
 import signal
+import socket
 import sys
-import threading
+import time
 from typing import Any
 
 from server.logs import configure_logging
@@ -107,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             operations.reload_tokens()
         except ValueError as error:
             log.error("tokens not re-read, the old ones stay accepted: %s", error)
+    if settings.drain_s > 0:
+        log.info(
+            "draining: readiness NOT_SERVING, calls still answered for %.1f s "
+            "(signal again to stop now)",
+            settings.drain_s,
+        )
+        server.drain()
+        if signals.wait_for_stop(settings.drain_s):
+            log.info("second stop signal: draining cut short")
     log.info("stopping: health NOT_SERVING, in-flight calls get %.1f s", settings.grace_s)
     server.stop()
     operations.stop()
@@ -115,32 +127,51 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _SignalFlags:
-    """SIGINT/SIGTERM ask to stop, SIGHUP to reload; the handlers only set flags (the work is
-    done in the main loop, where taking locks is safe)."""
+    """SIGINT/SIGTERM ask to stop, SIGHUP to reload. The handlers only count; the main loop
+    sleeps in select() on a self-pipe that Python's C-level handler writes to (set_wakeup_fd),
+    so no lock is ever taken inside a handler: an Event.set() there deadlocks when the signal
+    lands while the main thread is inside that Event's own wait()."""
 
     def __init__(self) -> None:
-        self._wake = threading.Event()
-        self._stop = False
-        self._reload = False
+        self._stops = 0  # stop signals received
+        self._reloads = 0  # reload signals not yet acted on
+        self._reader, self._writer = socket.socketpair()
+        for end in (self._reader, self._writer):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signal_number, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
 
     def _on_stop(self, *_: object) -> None:
-        self._stop = True
-        self._wake.set()
+        self._stops += 1
 
     def _on_reload(self, *_: object) -> None:
-        self._reload = True
-        self._wake.set()
+        self._reloads += 1
+
+    def _sleep(self, timeout_s: float | None) -> None:
+        """Until a signal arrives (or timeout_s passes); its Python handler has run on return."""
+        select.select([self._reader], [], [], timeout_s)
+        with contextlib.suppress(BlockingIOError):
+            while self._reader.recv(64):
+                pass
 
     def wait(self) -> str:
         """Block until a signal: "stop" or "reload" (stop wins)."""
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop:
+            if self._stops:
                 return "stop"
-            if self._reload:
-                self._reload = False
+            if self._reloads:
+                self._reloads = 0
                 return "reload"
+            self._sleep(None)
+
+    def wait_for_stop(self, timeout_s: float) -> bool:
+        """After the first stop signal: wait up to timeout_s for a second (True if one came)."""
+        deadline = time.monotonic() + timeout_s
+        while self._stops < 2:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._sleep(remaining)
+        return True

@@ -88,6 +88,12 @@ class ServerSettings:
     health: bool = _setting(True, "Serve grpc.health.v1.Health.")
     reflection: bool = _setting(True, "Serve gRPC server reflection (grpcurl, grpcui).")
     grace_s: float = _setting(5.0, "Seconds in-flight calls get to finish on shutdown.")
+    drain_s: float = _setting(
+        0.0,
+        "Seconds to go on answering calls after SIGTERM while readiness reports NOT_SERVING, so "
+        "load balancers stop routing here before calls are refused (a second signal ends it "
+        "early). 0: refuse new calls at once (Kubernetes: a preStop sleep does the same).",
+    )
     log_level: str = _setting("INFO", "Python logging level name.")
     log_format: str = _setting("text", "Log lines as 'text' or 'json' (one object a line).")
     metrics_port: int = _setting(
@@ -134,6 +140,8 @@ class ServerSettings:
             problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
         if self.grace_s < 0:
             problems.append(f"grace_s={self.grace_s} must be ≥ 0")
+        if self.drain_s < 0:
+            problems.append(f"drain_s={self.drain_s} must be ≥ 0")
         if not 0 <= self.metrics_port <= 65535:
             problems.append(f"metrics_port={self.metrics_port} must be in 0..65535 (0: off)")
         if self.max_versions < 0:

@@ -38,6 +38,7 @@ def test_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"BNSERVE_PORT": "70000"}, "port=70000 must be in 0..65535"),
         ({"BNSERVE_MAX_INFLIGHT": "16"}, "max_inflight=16 must be in 1..workers-1"),
         ({"BNSERVE_MAX_CONCURRENT_RPCS": "12"}, "max_concurrent_rpcs=12 must be above"),
+        ({"BNSERVE_DRAIN_S": "-1"}, "drain_s=-1.0 must be ≥ 0"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], message: str) -> None:
