@@ -274,20 +274,21 @@ def reference_command(mode: str, port: int, settings: BenchSettings, *options: s
 
 
 def serve_until_sigterm(handler: Any, port: int, workers: int) -> None:
-    """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM."""
+    """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM.
+
+    SIGTERM is blocked before the server's threads start (they inherit the mask) and taken with
+    sigwait: no Python handler, so none that could deadlock on a lock the main thread holds."""
     import signal
-    import threading
     from concurrent import futures
 
     import grpc
 
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    signal.sigwait({signal.SIGTERM})
     server.stop(0)
 
 
