@@ -21,6 +21,8 @@ from training.rundir import load_run
 from training.tune.cli import main
 from training.tune.store import FILENAME, TrialStore
 
+from .processes import alive
+
 BNSERVE = str(Path(sys.executable).parent / "bnserve")
 # Real training on digits at about a second a trial: long enough to be killed in the middle.
 SLOW_TRIALS = [
@@ -73,13 +75,6 @@ def _children(pid):
     return found
 
 
-def _alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
 def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path, start_tune):
     out = tmp_path / "tune"
@@ -105,7 +100,7 @@ def test_kill_9_mid_trial_then_resume_reruns_nothing_that_finished(tmp_path, sta
 
     # the orphaned worker notices its coordinator is gone and exits
     assert workers
-    while any(_alive(pid) for pid in workers):
+    while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, f"workers {workers} outlived the killed coordinator"
         time.sleep(0.05)
 

@@ -20,6 +20,8 @@ from training.tune.settings import TuneSettings
 from training.tune.space import SpaceError
 from training.tune.trials import TrialOutcome, TrialRequest
 
+from .processes import alive
+
 SYNTHETIC = {
     "fixed": {"epochs": 5},
     "search": {
@@ -111,14 +113,6 @@ def _wait_for(condition, what, timeout=60.0):
         time.sleep(0.01)
 
 
-def _alive(pid):
-    """Running, not exited and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _close_within(executor, timeout=60.0, **kwargs):
     """close() in a thread, so a hang fails the test instead of stalling the suite."""
     closer = threading.Thread(target=executor.close, kwargs=kwargs)
@@ -150,7 +144,7 @@ def test_a_killed_worker_fails_only_its_own_trial_and_is_replaced(tmp_path):
     finally:
         _close_within(executor, wait=False)
     assert survivor.done() and isinstance(survivor.exception(), WorkerLost)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
@@ -164,7 +158,7 @@ def test_close_returns_and_reaps_every_worker_after_an_idle_one_was_killed(tmp_p
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGKILL)
     _close_within(executor)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
@@ -178,7 +172,7 @@ def test_close_without_waiting_stops_running_trials_at_once(tmp_path):
     for future in (running, queued):
         with pytest.raises(WorkerLost, match="interrupted"):
             future.result(timeout=0)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="closed"):
         executor.submit(_synthetic_request(2, tmp_path).to_json())
 
