@@ -7,6 +7,7 @@ answering and loads the configured model, `stop(grace_s)` drains and closes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
@@ -20,13 +21,15 @@ from server.batching import DynamicBatcher
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
+from server.metadata import Tolerance
 from server.metrics import ServerMetrics
-from server.model import Model, SessionThreads
+from server.model import Model, ModelLimits, SessionThreads
 from server.reload import ReloadPolicy, VersionManager, retire
 from server.repository import ModelRepository
 from server.servable import Servable
 from server.servicers import native, v2
 from server.settings import ServerSettings
+from server.transport import MessageFirstExecutor
 from server.versions import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,11 @@ OVERALL = ""  # the health service's name for the server as a whole: readiness
 # whatever the models do, so an orchestrator restarts a hung process, not one whose model
 # failed to load (that one stays up, unready, with the reason in its log and answers).
 LIVENESS = "liveness"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def listen_address(host: str, port: int) -> str:
@@ -57,8 +65,10 @@ class Server:
         port: int,
         metrics: ServerMetrics | None = None,
         sources: Sequence[ModelSource] = (),
+        pool: MessageFirstExecutor | None = None,
     ) -> None:
         self.settings = settings
+        self.pool = pool  # the grpc server's threads; its `waiting` holds calls not yet read
         self.repository = repository
         self.limiter = limiter
         self.port = port
@@ -100,9 +110,16 @@ class Server:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ]
+        pool = MessageFirstExecutor(
+            settings.workers,
+            settings.stream_workers,
+            settings.request_timeout_s,
+            settings.max_waiting_calls,
+        )
         grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+            pool,
             interceptors=list(interceptors),
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
@@ -141,7 +158,15 @@ class Server:
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
         return cls(
-            settings, grpc_server, repository, health_servicer, limiter, port, metrics, sources
+            settings,
+            grpc_server,
+            repository,
+            health_servicer,
+            limiter,
+            port,
+            metrics,
+            sources,
+            pool,
         )
 
     def start(self) -> None:
@@ -151,6 +176,9 @@ class Server:
         if self._health is not None:
             self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", listen_address(self.settings.host, self.port))
+        if self.metrics is not None:
+            for source in self.versions.sources:
+                self.metrics.model_configured(source.name)
         self.versions.scan(initial=True)
         if self.versions.sources:
             self.versions.start()
@@ -165,9 +193,19 @@ class Server:
         ModelLoadError naming the file and the problem."""
         settings = self.settings
         threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
-        model = Model.load(path, name, version, threads)
-        model.warm_up(settings.max_batch_size)
-        model.check_parity()
+        limits = ModelLimits(settings.max_model_bytes, settings.max_model_nodes)
+        model = Model.load(path, name, version, threads, limits)
+        ceiling = Tolerance(settings.max_parity_tolerance_abs, settings.max_parity_tolerance_rel)
+        try:
+            model.warm_up(settings.max_batch_size)
+            model.check_parity(ceiling)
+        except ModelLoadError:
+            raise
+        except Exception as error:  # onnxruntime raises its own untyped errors from a run
+            raise ModelLoadError(
+                f"model {path}: a run during warm-up or the parity gate failed "
+                f"({_first_line(error)})"
+            ) from None
         predict = model.predict
         if self.metrics is not None:
             predict = self.metrics.instrument_predict(name, predict)
@@ -230,7 +268,14 @@ class Server:
         self.versions.stop()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
-        self._grpc_server.stop(grace).wait()
+        started = time.monotonic()
+        if self.pool is not None:
+            # Refuse new calls with UNAVAILABLE ourselves until the accepted unary calls are
+            # done and callers have gone quiet (`wait_until_quiet` says why); streams then get
+            # what is left of the grace.
+            self.pool.refuse_new_calls()
+            self.pool.wait_until_quiet(grace)
+        self._grpc_server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
         for name in self.repository.names():
             for version in self.repository.versions(name):
                 servable = self.repository.remove(name, version)

@@ -105,6 +105,10 @@ class ServerMetrics:
     def version_unloaded(self, model_name: str, version: str) -> None:
         self.loaded_versions.remove(model_name, version)
 
+    def model_configured(self, model_name: str) -> None:
+        """Show the model's reload-failure counter at 0 before anything fails."""
+        self.reload_failures.labels(model_name)
+
     def reload_failed(self, model_name: str) -> None:
         self.reload_failures.labels(model_name).inc()
 

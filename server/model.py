@@ -11,8 +11,15 @@ import numpy as np
 import onnxruntime as ort
 
 from server.errors import InvalidInput, ModelLoadError
-from server.metadata import ModelCard, parse_model_card
-from server.wire import WireFormatError, graph_sha256
+from server.metadata import ModelCard, Tolerance, parse_model_card
+from server.wire import (
+    GRAPH_FIELD,
+    GRAPH_NODE_FIELD,
+    WireFormatError,
+    count_fields,
+    field_bytes,
+    graph_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +27,8 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = {"classification": ("probabilities", "label"), "regression": ("y",)}
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
+# bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for regression.
+DEFAULT_PARITY_CEILING = Tolerance(abs=1e-4, rel=1e-3)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,15 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The most a model file may demand before onnxruntime is given it: a 40 MB file of 10⁶
+    nodes took 2.6 GB and 33 s to load. Folded bnserve MLPs have a handful of nodes."""
+
+    max_bytes: int = 1 << 30  # file size
+    max_nodes: int = 10_000  # nodes in the main graph
 
 
 @dataclass(frozen=True)
@@ -63,13 +81,27 @@ class Model:
         self.output_specs = _output_specs(session, self.output_names)
 
     @classmethod
-    def load(cls, path: str | Path, name: str, version: str, threads: SessionThreads) -> Model:
+    def load(
+        cls,
+        path: str | Path,
+        name: str,
+        version: str,
+        threads: SessionThreads,
+        limits: ModelLimits = ModelLimits(),
+    ) -> Model:
         """Read, verify and open a model file; raises ModelLoadError naming the file and problem."""
         source = str(path)
         try:
+            size = Path(path).stat().st_size
+            if size > limits.max_bytes:
+                raise ModelLoadError(
+                    f"model {source}: {size:,} bytes, more than this server loads "
+                    f"({limits.max_bytes:,}, --max-model-bytes)"
+                )
             model_bytes = Path(path).read_bytes()
         except OSError as error:
             raise ModelLoadError(f"model {source}: cannot read it ({error.strerror})") from None
+        _check_node_count(model_bytes, source, limits.max_nodes)
         session = _open_session(model_bytes, source, threads)
         card = parse_model_card(session.get_modelmeta().custom_metadata_map, source)
         _check_graph_hash(model_bytes, card.graph_sha256, source)
@@ -125,9 +157,11 @@ class Model:
             for _ in range(3):
                 self.predict(zeros)
 
-    def check_parity(self) -> None:
+    def check_parity(self, ceiling: Tolerance = DEFAULT_PARITY_CEILING) -> None:
         """Score the embedded reference rows together and one at a time; raise ModelLoadError
-        unless both reproduce the numpy inference path within the stated tolerance."""
+        unless both reproduce the numpy inference path within the stated tolerance, and that
+        tolerance is no looser than the server's ceiling allows (`check_tolerance`)."""
+        self.check_tolerance(ceiling)
         reference_x = self.card.reference_inputs
         together = self.predict(reference_x)
         alone = [self.predict(reference_x[i : i + 1]) for i in range(reference_x.shape[0])]
@@ -145,6 +179,25 @@ class Model:
                 f"model {self.path}: parity gate failed, the served model does not reproduce its "
                 f"{reference_x.shape[0]} reference rows ({quoted}{more}); re-export it from its "
                 "training run with `bnserve export`"
+            )
+
+    def check_tolerance(self, ceiling: Tolerance) -> None:
+        """Raise ModelLoadError when the file states a parity tolerance looser than the server
+        accepts: for probabilities abs ≤ ceiling.abs; for regression outputs (target units)
+        abs ≤ ceiling.abs + ceiling.rel·max|reference y|; for both rel ≤ ceiling.rel. The file
+        cannot vouch for itself: an edited model with a loosened tolerance would pass."""
+        stated = self.card.tolerance
+        allowed_abs = ceiling.abs
+        if not self.is_classification:
+            scale = float(np.max(np.abs(self.card.reference_outputs["y"])))
+            allowed_abs += ceiling.rel * scale
+        if stated.abs > allowed_abs or stated.rel > ceiling.rel:
+            raise ModelLoadError(
+                f"model {self.path}: metadata bnserve.reference_tolerance (abs {stated.abs:g}, "
+                f"rel {stated.rel:g}) is looser than this server accepts (abs ≤ "
+                f"{allowed_abs:.3g}, rel ≤ {ceiling.rel:g}; --max-parity-tolerance-abs / "
+                "--max-parity-tolerance-rel); a parity gate that loose would pass a model whose "
+                "weights were changed: re-export it with `bnserve export`"
             )
 
     def _parity_problems(self, served: Sequence[np.ndarray], how: str) -> list[str]:
@@ -193,6 +246,19 @@ def _open_session(model_bytes: bytes, source: str, threads: SessionThreads) -> o
     except Exception as error:  # onnxruntime raises its own untyped errors for bad files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ModelLoadError(f"model {source}: onnxruntime cannot load it ({first_line})") from None
+
+
+def _check_node_count(model_bytes: bytes, source: str, max_nodes: int) -> None:
+    try:
+        graphs = field_bytes(model_bytes, GRAPH_FIELD)
+        nodes = sum(count_fields(graph, GRAPH_NODE_FIELD) for graph in graphs)
+    except WireFormatError as error:
+        raise ModelLoadError(f"model {source}: not a well-formed ONNX file ({error})") from None
+    if nodes > max_nodes:
+        raise ModelLoadError(
+            f"model {source}: {nodes:,} graph nodes, more than this server loads "
+            f"({max_nodes:,}, --max-model-nodes); a folded bnserve MLP has a few per layer"
+        )
 
 
 def _check_graph_hash(model_bytes: bytes, expected: str, source: str) -> None:

@@ -156,7 +156,10 @@ class VersionManager:
         self._repository.mark_loading(found.name, found.version)
         try:
             servable = self._load(found.path, found.name, found.version)
-        except ModelLoadError as error:
+        except Exception as error:  # refused once, counted once, retried only when it changes
+            if not isinstance(error, ModelLoadError):
+                log.exception("model %s: version %s: unexpected error", found.name, found.version)
+                error = ModelLoadError(f"model {found.path}: unexpected {type(error).__name__}")
             self._refused[key] = found.signature
             self._repository.mark_failed(found.name, found.version, str(error))
             kept = "keeps serving" if found.name in self._repository.names() else "has none of"

@@ -52,6 +52,27 @@ class ServerSettings:
         16,
         "gRPC handler threads. The sync server with a thread pool beat grpc.aio in bench/serve.py.",
     )
+    stream_workers: int = _setting(
+        8,
+        "Threads for streaming calls (PredictStream, ModelStreamInfer, reflection), apart from "
+        "`workers`, so streams that stall between messages cannot take the unary calls' threads.",
+    )
+    request_timeout_s: float = _setting(
+        10.0,
+        "A call whose (first) request message has not fully arrived this long after its headers "
+        "is answered DEADLINE_EXCEEDED. Calls hold no thread while their message is on its way.",
+    )
+    max_waiting_calls: int = _setting(
+        256,
+        "Calls waiting for their request message at once; past it the oldest is answered "
+        "RESOURCE_EXHAUSTED (a slow-loris client cannot pile them up).",
+    )
+    max_streams_per_connection: int = _setting(
+        256,
+        "HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). "
+        "A gRPC client multiplexes all its calls on one connection: keep this well above a "
+        "client's concurrency (at 100, 64 concurrent callers saw REFUSED_STREAM).",
+    )
     max_inflight: int = _setting(
         12,
         "Inference calls admitted at once (being scored or waiting for a batch); more are refused "
@@ -84,6 +105,23 @@ class ServerSettings:
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
         "Largest request or response message in bytes; larger ones get RESOURCE_EXHAUSTED.",
+    )
+    max_model_bytes: int = _setting(
+        1 << 30, "Largest model file loaded, in bytes; a larger one is refused before it is read."
+    )
+    max_model_nodes: int = _setting(
+        10_000,
+        "Most nodes a model graph may have (a folded MLP has a few per layer); a file of 10⁶ "
+        "nodes took 2.6 GB and 33 s in onnxruntime before this bound.",
+    )
+    max_parity_tolerance_abs: float = _setting(
+        1e-4,
+        "Loosest absolute tolerance on probabilities a model file may state for its parity gate "
+        "(bnserve export states 1e-5); a looser model is refused. Regression outputs may add "
+        "max_parity_tolerance_rel of their largest reference value.",
+    )
+    max_parity_tolerance_rel: float = _setting(
+        1e-3, "Loosest relative tolerance a model file may state for its parity gate."
     )
     health: bool = _setting(True, "Serve grpc.health.v1.Health.")
     reflection: bool = _setting(True, "Serve gRPC server reflection (grpcurl, grpcui).")
@@ -127,6 +165,28 @@ class ServerSettings:
             problems.append(
                 f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be above max_inflight "
                 f"({self.max_inflight}), so health and metadata calls still get in (0: no bound)"
+            )
+        if not (self.max_parity_tolerance_abs >= 0 and 0 <= self.max_parity_tolerance_rel < 1):
+            problems.append(
+                "max_parity_tolerance_abs must be ≥ 0 and max_parity_tolerance_rel in [0, 1)"
+            )
+        if self.max_model_bytes < 1 or self.max_model_nodes < 1:
+            problems.append("max_model_bytes and max_model_nodes must be ≥ 1")
+        if self.stream_workers < 1:
+            problems.append(f"stream_workers={self.stream_workers} must be ≥ 1")
+        if self.request_timeout_s <= 0:
+            problems.append(f"request_timeout_s={self.request_timeout_s} must be > 0")
+        if self.max_waiting_calls < 1:
+            problems.append(f"max_waiting_calls={self.max_waiting_calls} must be ≥ 1")
+        if self.max_streams_per_connection < 1:
+            problems.append(
+                f"max_streams_per_connection={self.max_streams_per_connection} must be ≥ 1"
+            )
+        if self.max_concurrent_rpcs != 0 and self.max_concurrent_rpcs <= self.max_waiting_calls:
+            problems.append(
+                f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be above "
+                f"max_waiting_calls ({self.max_waiting_calls}), so calls waiting for their "
+                "message can never fill it (0: no bound)"
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             problems.append(

@@ -8,8 +8,10 @@ top-level protobuf wire format is enough to verify it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 GRAPH_FIELD = 7
+GRAPH_NODE_FIELD = 1  # GraphProto.node (repeated NodeProto)
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
@@ -33,9 +35,9 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
             raise WireFormatError(f"varint longer than 10 bytes ending at byte {offset}")
 
 
-def field_bytes(data: bytes, field_number: int) -> list[bytes]:
-    """The payloads of every length-delimited top-level occurrence of field_number, in order."""
-    found = []
+def _fields(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(field number, payload start, payload end) of each length-delimited top-level field;
+    other wire types are skipped. Raises WireFormatError for malformed bytes."""
     offset = 0
     while offset < len(data):
         key, offset = _read_varint(data, offset)
@@ -53,14 +55,22 @@ def field_bytes(data: bytes, field_number: int) -> list[bytes]:
                     f"field {number} claims {length} bytes at byte {offset}, past the end "
                     f"({len(data)} bytes)"
                 )
-            if number == field_number:
-                found.append(data[offset : offset + length])
+            yield number, offset, offset + length
             offset += length
         else:
             raise WireFormatError(f"unsupported wire type {wire_type} for field {number}")
         if offset > len(data):
             raise WireFormatError(f"field {number} runs past the end ({len(data)} bytes)")
-    return found
+
+
+def field_bytes(data: bytes, field_number: int) -> list[bytes]:
+    """The payloads of every length-delimited top-level occurrence of field_number, in order."""
+    return [data[start:end] for number, start, end in _fields(data) if number == field_number]
+
+
+def count_fields(data: bytes, field_number: int) -> int:
+    """How many length-delimited top-level occurrences of field_number data holds."""
+    return sum(1 for number, _, _ in _fields(data) if number == field_number)
 
 
 def graph_sha256(model_bytes: bytes) -> str:

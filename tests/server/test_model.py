@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from model_builder import NUM_FEATURES, ModelFiles, build_model
+from model_builder import CLASS_NAMES, NUM_FEATURES, MlpWeights, ModelFiles, build_model
 
 from server.errors import InvalidInput, ModelLoadError
-from server.model import Model, SessionThreads
+from server.metadata import Tolerance
+from server.model import Model, ModelLimits, SessionThreads
 from server.wire import WireFormatError, field_bytes, graph_sha256
 
 THREADS = SessionThreads(1, 1)
@@ -49,7 +50,7 @@ def test_load_reports_problems_with_the_file_name(tmp_path: Path, test_models: M
         Model.load(tmp_path / "missing.onnx", "m", "1", THREADS)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model at all")
-    with pytest.raises(ModelLoadError, match=r"garbage\.onnx: onnxruntime cannot load it"):
+    with pytest.raises(ModelLoadError, match=r"garbage\.onnx: not a well-formed ONNX file"):
         Model.load(garbage, "m", "1", THREADS)
 
 
@@ -141,3 +142,59 @@ def test_answers_do_not_depend_on_batch_mates(test_models: ModelFiles) -> None:
     together = model.predict(x)[0]
     alone = np.concatenate([model.predict(x[i : i + 1])[0] for i in range(len(x))])
     np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-7)
+
+
+def _with_tolerance(model, tolerance: dict) -> None:
+    props = {p.key: p for p in model.metadata_props}
+    props["bnserve.reference_tolerance"].value = json.dumps(tolerance)
+
+
+def test_a_model_stating_a_loose_tolerance_is_refused_whatever_its_rows(tmp_path: Path) -> None:
+    # The attack: weights edited (here: reference rows from other weights), the graph hash left
+    # valid, and the stated tolerance raised until the edited model passes its own gate.
+    other = MlpWeights.random(len(CLASS_NAMES), seed=77)
+    model, _ = build_model("classification", seed=3, reference_weights=other)
+    _with_tolerance(model, {"abs": 10})
+    loose = Model.load(_write(model, tmp_path / "loose.onnx"), "m", "1", THREADS)
+    loose.check_parity(Tolerance(abs=10, rel=0.0))  # its own gate, trusted, lets it through
+    with pytest.raises(ModelLoadError, match=r"reference_tolerance \(abs 10, rel 0\) is looser"):
+        loose.check_parity()  # the server's default ceiling
+
+
+def test_the_ceiling_scales_with_regression_outputs_and_bounds_rel(tmp_path: Path) -> None:
+    model, _ = build_model("regression", seed=8)
+    reference = json.loads(
+        {p.key: p for p in model.metadata_props}["bnserve.reference_outputs"].value
+    )
+    scale = float(np.max(np.abs(reference["y"])))
+    _with_tolerance(model, {"abs": 0.5 * 1e-3 * scale, "rel": 1e-4})
+    Model.load(_write(model, tmp_path / "ok.onnx"), "m", "1", THREADS).check_parity()
+    _with_tolerance(model, {"abs": 1e-6, "rel": 0.01})
+    too_relative = Model.load(_write(model, tmp_path / "rel.onnx"), "m", "1", THREADS)
+    with pytest.raises(ModelLoadError, match=r"rel ≤ 0.001"):
+        too_relative.check_parity()
+
+
+def _node_heavy_model(nodes: int) -> onnx.ModelProto:
+    """A valid model with `nodes` extra Identity nodes chained before its output."""
+    model, _ = build_model("classification", seed=4)
+    graph = model.graph
+    last = graph.output[0].name
+    renamed = f"{last}_inner"
+    for node in graph.node:
+        node.output[:] = [renamed if name == last else name for name in node.output]
+    previous = renamed
+    for index in range(nodes):
+        output = last if index == nodes - 1 else f"{renamed}_{index}"
+        graph.node.append(onnx.helper.make_node("Identity", [previous], [output]))
+        previous = output
+    return model
+
+
+def test_a_model_past_the_node_or_byte_limit_is_refused_before_onnxruntime(tmp_path: Path):
+    path = _write(_node_heavy_model(50), tmp_path / "many.onnx")
+    with pytest.raises(ModelLoadError, match=r"many\.onnx: \d+ graph nodes, more than .*\(20,"):
+        Model.load(path, "m", "1", THREADS, ModelLimits(max_nodes=20))
+    size = path.stat().st_size
+    with pytest.raises(ModelLoadError, match=rf"{size:,} bytes, more than this server loads"):
+        Model.load(path, "m", "1", THREADS, ModelLimits(max_bytes=size - 1))

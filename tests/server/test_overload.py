@@ -69,6 +69,7 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(test_models: Model
         workers=6,
         max_inflight=2,
         max_concurrent_rpcs=3,
+        max_waiting_calls=2,
     )
     server = start_server(settings, {"iris": test_models.classification})
     try:

@@ -374,3 +374,56 @@ def test_single_file_replaced_is_reloaded_and_deleted_keeps_serving(
     running.server.versions.scan()
     assert running.predict().model_version == "1" and running.serving()
     assert any("cannot read" in record.getMessage() for record in caplog.records)
+
+
+def _failing_warm_up_bytes(seed: int) -> bytes:
+    """A model that loads and passes every file check but whose run fails at batch size 2
+    (a Reshape of x to [1, F]): its warm-up raises inside onnxruntime."""
+    import hashlib
+    import json
+
+    import onnx
+    from model_builder import build_model
+
+    model, _ = build_model("classification", seed=seed)
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = ["x_one" if name == "x" else name for name in node.input]
+    shape = onnx.numpy_helper.from_array(np.array([1, NUM_FEATURES], np.int64), "one_row")
+    graph.initializer.append(shape)
+    graph.node.insert(0, onnx.helper.make_node("Reshape", ["x", "one_row"], ["x_one"]))
+    props = {p.key: p for p in model.metadata_props}
+    props["bnserve.graph_sha256"].value = hashlib.sha256(graph.SerializeToString()).hexdigest()
+    assert json.loads(props["bnserve.feature_names"].value)
+    return model.SerializeToString()
+
+
+def test_a_version_whose_warm_up_raises_is_refused_once_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from server.metrics import ServerMetrics
+
+    model_dir = tmp_path / "iris"
+    install_version(model_dir, 1, model_bytes(seed=1)[0])
+    metrics = ServerMetrics()
+    settings = ServerSettings(
+        model=(str(model_dir),), host="127.0.0.1", port=0, workers=6, max_inflight=4,
+        reload_interval_s=0, reload_settle_s=0,
+    )  # fmt: skip
+    server = Server.create(settings, metrics=metrics)
+    server.start()
+    failures = {"model": "iris"}
+    try:
+        assert metrics.registry.get_sample_value("bnserve_reload_failures_total", failures) == 0
+        caplog.set_level(logging.INFO, logger="server")
+        install_version(model_dir, 2, _failing_warm_up_bytes(seed=2))
+        for _ in range(3):
+            server.versions.scan()
+        refusals = [r for r in caplog.records if "version 2 refused" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+        assert "warm-up or the parity gate failed" in refusals[0].getMessage()
+        assert not any(r.exc_info for r in caplog.records)  # one line, no traceback
+        assert metrics.registry.get_sample_value("bnserve_reload_failures_total", failures) == 1
+        assert server.repository.versions("iris") == ["1"]
+    finally:
+        server.stop(0)

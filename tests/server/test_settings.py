@@ -39,6 +39,9 @@ def test_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"BNSERVE_MAX_INFLIGHT": "16"}, "max_inflight=16 must be in 1..workers-1"),
         ({"BNSERVE_MAX_CONCURRENT_RPCS": "12"}, "max_concurrent_rpcs=12 must be above"),
         ({"BNSERVE_DRAIN_S": "-1"}, "drain_s=-1.0 must be ≥ 0"),
+        ({"BNSERVE_REQUEST_TIMEOUT_S": "0"}, "request_timeout_s=0.0 must be > 0"),
+        ({"BNSERVE_MAX_CONCURRENT_RPCS": "100"}, "above max_waiting_calls (256)"),
+        ({"BNSERVE_STREAM_WORKERS": "0"}, "stream_workers=0 must be ≥ 1"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], message: str) -> None:

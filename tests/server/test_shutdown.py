@@ -18,6 +18,8 @@ from server_process import ServerProcess
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.gen.inference import grpc_service_pb2 as v2_pb
+from server.gen.inference import grpc_service_pb2_grpc
 
 EXAMPLES = np.random.default_rng(5).normal(0, 1.5, (16, NUM_FEATURES)).astype(np.float32)
 GRACE_S = 20.0
@@ -43,23 +45,27 @@ class StreamSession:
 
 
 class UnaryCallers:
-    """Threads calling Predict back to back until refused; every outcome recorded."""
+    """Threads calling back to back until refused; every outcome recorded. `call(row)` makes
+    one call (Predict by default) and returns the answer."""
 
-    def __init__(self, stub: predictor_pb2_grpc.PredictorStub, threads: int) -> None:
-        self.answers: list[tuple[int, pb.PredictResponse]] = []
+    def __init__(self, stub: predictor_pb2_grpc.PredictorStub, threads: int, call=None) -> None:
+        self.answers: list[tuple[int, object]] = []
         self.refusals: list[tuple[float, grpc.StatusCode, str]] = []
+        self._one_call = call or (
+            lambda row: stub.Predict(pb.PredictRequest(features=EXAMPLES[row]), timeout=30)
+        )
         self._threads = [
-            threading.Thread(target=self._call, args=(stub, index), daemon=True)
+            threading.Thread(target=self._call, args=(index,), daemon=True)
             for index in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    def _call(self, stub: predictor_pb2_grpc.PredictorStub, row: int) -> None:
+    def _call(self, row: int) -> None:
         while True:
             row = (row + 1) % len(EXAMPLES)
             try:
-                answer = stub.Predict(pb.PredictRequest(features=EXAMPLES[row]), timeout=30)
+                answer = self._one_call(row)
             except grpc.RpcError as error:
                 self.refusals.append((time.monotonic(), error.code(), error.details()))
                 return
@@ -119,14 +125,54 @@ def test_sigterm_under_load_answers_accepted_calls_and_exits_zero(test_models: M
     assert "stopped" in server.lines[-1]
     for row, answer in callers.answers:
         _check(row, answer, weights)
-    # Each caller ends on its first refusal: a call made after shutdown began. grpc cancels calls
-    # that reach the server but no handler yet (CANCELLED), then refuses connections
-    # (UNAVAILABLE). A handler's call is cut only when the grace period runs out, and the
-    # server exited long before that, so no accepted call was dropped.
+    # Each caller ends on its first refusal: a call made after shutdown began, refused with
+    # UNAVAILABLE (which retry policies retry), never CANCELLED. A handler's call is cut only
+    # when the grace period runs out, and the server exited long before that.
     assert len(callers.refusals) == 4
     for refused_at, code, details in callers.refusals:
-        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), details
+        assert code == grpc.StatusCode.UNAVAILABLE, details
         assert refused_at > signalled_at
+
+
+def _model_infer(stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub, row: int):
+    request = v2_pb.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="x", datatype="FP32", shape=(1, NUM_FEATURES))
+    request.raw_input_contents.append(EXAMPLES[row : row + 1].tobytes())
+    return stub.ModelInfer(request, timeout=30)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, round_):
+    # 16 clients calling ModelInfer when SIGTERM came saw 3–13 calls CANCELLED before the
+    # server refused calls itself during shutdown.
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--name", "iris", "--metrics-port", "0",
+         "--grace-s", str(GRACE_S), "--workers", "24", "--max-inflight", "20"]
+    )  # fmt: skip
+    server.wait_ready()
+    channels = [grpc.insecure_channel(server.target) for _ in range(4)]
+    stubs = [grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+    try:
+        callers = [
+            UnaryCallers(None, 4, call=lambda row, stub=stub: _model_infer(stub, row))
+            for stub in stubs
+        ]
+        deadline = time.monotonic() + 30
+        while sum(len(c.answers) for c in callers) < 400 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.signal(signal.SIGTERM)
+        exit_code = server.process.wait(timeout=GRACE_S + 10)
+        for caller in callers:
+            caller.join()
+    finally:
+        for channel in channels:
+            channel.close()
+        server.stop()
+    assert exit_code == 0
+    refusals = [refusal for caller in callers for refusal in caller.refusals]
+    assert len(refusals) == 16
+    assert {code for _, code, _ in refusals} == {grpc.StatusCode.UNAVAILABLE}, refusals
+    assert all(len(answer.raw_output_contents) == 2 for c in callers for _, answer in c.answers)
 
 
 def test_drain_answers_calls_while_unready_until_a_second_signal(test_models: ModelFiles):
