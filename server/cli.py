@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from server.core_logs import relay_core_logs
 from server.logs import configure_logging
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
@@ -68,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    with relay_core_logs():  # before logging is set up: it moves Python's stderr
+        configure_logging(settings.log_level, settings.log_format)
+        return _serve(settings)
+
+
+def _serve(settings: ServerSettings) -> int:
+    """Run the configured server until a stop signal; the exit code."""
     log.info("%s", settings.summary())
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
@@ -91,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signals = _SignalFlags()
     server.start()
+    if not server.repository.names() and not settings.wait_for_model:
+        failures = "; ".join(
+            f"{status.name} version {status.version}: {status.error or status.state}"
+            for status in server.repository.statuses()
+        )
+        print(
+            f"bnserve serve: error: no model could be loaded ({failures or 'no model found'}); "
+            "fix the model, or pass --wait-for-model to wait for one",
+            file=sys.stderr,
+        )
+        server.stop(0)
+        operations.stop()
+        return 1
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
     tls = "TLS" + (" with client certificates" if settings.tls_client_ca else "")
     log.info(

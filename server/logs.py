@@ -15,7 +15,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """{"time", "level", "logger", "message"[, "exception"]} on one line."""
+    """{"time", "level", "logger", "message"[, "exception"], and a record's `fields`} a line."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -24,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # structured lines (the access log)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

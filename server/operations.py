@@ -44,8 +44,8 @@ class Operations:
     @property
     def interceptors(self) -> list[grpc.ServerInterceptor]:
         interceptors: list[grpc.ServerInterceptor] = []
-        if self.metrics is not None:
-            interceptors.append(MetricsInterceptor(self.metrics))
+        if self.metrics is not None or self.settings.access_log_sample > 0:
+            interceptors.append(MetricsInterceptor(self.metrics, self.settings.access_log_sample))
         if self.token_auth is not None:
             interceptors.append(self.token_auth)
         interceptors.append(RequestDecodingInterceptor())

@@ -43,12 +43,16 @@ class ModelRepository:
         """The servable for name (empty: the only model) and version (empty: the newest)."""
         if not name:
             newest = self._newest
+            configured = sorted({n for n, _ in self._statuses} | set(newest))
             if len(newest) == 1:
                 name = next(iter(newest))
+            elif not newest and len(configured) == 1:
+                name = configured[0]  # its only model failed: say why, below
             else:
                 raise ModelNotFound(
-                    f"no model name given and this server holds {len(newest)} models "
-                    f"({', '.join(sorted(newest)) or 'none'}): set model_name"
+                    f"no model name given and this server serves {len(newest)} models "
+                    f"({', '.join(sorted(newest)) or 'none'}; configured: "
+                    f"{', '.join(configured) or 'none'}): set model_name"
                 )
         if not version:
             servable = self._newest.get(name)

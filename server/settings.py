@@ -33,6 +33,11 @@ class ServerSettings:
         "Directory every model path must resolve inside (symlinks followed); with no --model, "
         "every model under it is served.",
     )
+    wait_for_model: bool = _setting(
+        False,
+        "Keep running, NOT ready, when no configured model loads at start-up (a model directory "
+        "filled later); without it the server exits 1 naming each model's reason.",
+    )
     max_versions: int = _setting(
         0, "Serve the newest N good versions of each model directory; 0: every version on disk."
     )
@@ -134,6 +139,11 @@ class ServerSettings:
     )
     log_level: str = _setting("INFO", "Python logging level name.")
     log_format: str = _setting("text", "Log lines as 'text' or 'json' (one object a line).")
+    access_log_sample: float = _setting(
+        0.0,
+        "Share of calls written to the access log (logger server.access, one JSON line each: "
+        "method, model, version, code, ms, id, peer); 0: off, 1: every call.",
+    )
     metrics_port: int = _setting(
         9090, "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics."
     )
@@ -208,6 +218,8 @@ class ServerSettings:
             problems.append(f"max_versions={self.max_versions} must be ≥ 0 (0: all)")
         if self.reload_interval_s < 0 or self.reload_settle_s < 0:
             problems.append("reload_interval_s and reload_settle_s must be ≥ 0")
+        if not 0 <= self.access_log_sample <= 1:
+            problems.append(f"access_log_sample={self.access_log_sample} must be in [0, 1]")
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format={self.log_format!r} must be 'text' or 'json'")
         if problems:

@@ -49,7 +49,7 @@ _INTERNALS = (
 )
 
 _HEALTH = b"/grpc.health.v1.Health/"  # answered even while shutting down
-SHUTDOWN_QUIET_S = 0.5  # no new call this long: callers have heard UNAVAILABLE and stopped
+SHUTDOWN_QUIET_S = 1.0  # no new call this long: callers have heard UNAVAILABLE and stopped
 _SHUTTING_DOWN = b"server shutting down; retry (another replica will answer)"
 
 
@@ -210,7 +210,7 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         self.waiting = _WaitingCalls(request_timeout_s, max_waiting)
         self._refusing = False  # shutting down: new calls are answered UNAVAILABLE
         self._unary_calls = 0  # unary-request calls accepted and not yet finished
-        self._last_arrival = 0.0  # monotonic time of the last call refused while shutting down
+        self._last_arrival = 0.0  # monotonic time the last call arrived
         self._unary_done = threading.Condition()
 
     def refuse_new_calls(self) -> None:
@@ -220,7 +220,8 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
 
     def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:
         """After `refuse_new_calls`: block until every accepted unary-request call has finished
-        and no new call has come for quiet_s (True), or timeout_s passes (False).
+        and no call has come for quiet_s (True), or timeout_s passes (False); an idle server
+        returns at once.
 
         grpc's stop() cancels the calls that reach it once it has begun (clients see CANCELLED,
         which retry policies do not retry), so it must start only once callers have been told
@@ -253,15 +254,13 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             return super().submit(fn, *args, **kwargs)
         outcome: futures.Future[Any] = futures.Future()
         outcome.set_running_or_notify_cancel()
-        if self._refusing and not rpc_event.call_details.method.startswith(_HEALTH):
+        # Shutting down: refused once the message is in (a call refused before its request is
+        # read reaches the client as CANCELLED, not as the UNAVAILABLE it was sent).
+        health = rpc_event.call_details.method.startswith(_HEALTH)  # probes never hold a stop
+        refused = self._refusing and not health
+        if not health:
             self._last_arrival = time.monotonic()
-            with state.condition:
-                grpc_server._abort(
-                    state, rpc_event.call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN
-                )
-            outcome.set_result(None)
-            return outcome
-        if requests is None:
+        if not refused and requests is None:
             with self._unary_done:
                 self._unary_calls += 1
             outcome.add_done_callback(self._unary_call_finished)
@@ -289,6 +288,11 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                             cygrpc.StatusCode.unimplemented,
                             f'"{method}" requires exactly one request message.'.encode(),
                         )
+                    active = False
+                if active and refused:
+                    grpc_server._abort(
+                        state, rpc_event.call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN
+                    )
                     active = False
             if not active:
                 outcome.set_result(None)

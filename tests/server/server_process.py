@@ -86,6 +86,11 @@ class ServerProcess:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
+    def thread_count(self) -> int:
+        """Threads of the server process now."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"Threads:\s+(\d+)", status).group(1))
+
     def signal(self, signal_number: int) -> None:
         self.process.send_signal(signal_number)
 

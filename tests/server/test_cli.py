@@ -94,3 +94,33 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
         reader.join(timeout=10)
         process.stderr.close()
     assert returncode == 0
+
+
+def test_a_server_whose_only_model_fails_exits_1_naming_it(tmp_path: Path) -> None:
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("these are my notes, not a model\n")
+    served = subprocess.run(
+        [sys.executable, "-m", "server", "--model", str(not_onnx), "--port", "0",
+         "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert served.returncode == 1
+    last = served.stderr.strip().splitlines()[-1]
+    assert last.startswith("bnserve serve: error: no model could be loaded (notes version 1:")
+    assert "notes.onnx" in last and "--wait-for-model" in last
+
+
+def test_wait_for_model_keeps_it_up_and_predict_names_the_failed_model(tmp_path: Path) -> None:
+    from server_process import ServerProcess
+
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("these are my notes, not a model\n")
+    server = ServerProcess(["--model", str(not_onnx), "--metrics-port", "0", "--wait-for-model"])
+    try:
+        port = int(server.wait_for(r"serving on port (\d+), NOT ready").group(1))
+        asked = _bnserve("predict", "--target", f"127.0.0.1:{port}", "--features", "1,2,3")
+        assert asked.returncode == 1
+        assert "model 'notes' version '1' is failed: model " in asked.stderr
+        assert "notes.onnx: not a well-formed ONNX file" in asked.stderr
+    finally:
+        assert server.stop() == 0

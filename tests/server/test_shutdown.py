@@ -160,6 +160,7 @@ def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, 
         deadline = time.monotonic() + 30
         while sum(len(c.answers) for c in callers) < 400 and time.monotonic() < deadline:
             time.sleep(0.01)
+        signalled_at = time.monotonic()
         server.signal(signal.SIGTERM)
         exit_code = server.process.wait(timeout=GRACE_S + 10)
         for caller in callers:
@@ -171,7 +172,10 @@ def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, 
     assert exit_code == 0
     refusals = [refusal for caller in callers for refusal in caller.refusals]
     assert len(refusals) == 16
-    assert {code for _, code, _ in refusals} == {grpc.StatusCode.UNAVAILABLE}, refusals
+    assert {code for _, code, _ in refusals} == {grpc.StatusCode.UNAVAILABLE}, (
+        sorted((round(t - signalled_at, 3), c.name) for t, c, _ in refusals),
+        server.log()[-600:],
+    )
     assert all(len(answer.raw_output_contents) == 2 for c in callers for _, answer in c.answers)
 
 

@@ -127,3 +127,25 @@ def test_predict_client_with_ca_and_token(pki: Pki, test_models: ModelFiles, tmp
     finally:
         assert server.stop() == 0
     assert token not in server.log()
+
+
+def test_failed_handshakes_are_logged_throttled(pki: Pki, test_models: ModelFiles) -> None:
+    import socket
+
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--metrics-port", "0",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        for _ in range(200):  # plaintext HTTP/1.1 against the TLS port: each handshake fails
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+                connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                connection.recv(64)  # the server closes it after the failed handshake
+        with grpc.secure_channel(server.target, _credentials(pki.ca_cert)) as channel:
+            assert _predict(channel).class_name  # and it goes on serving
+    finally:
+        assert server.stop() == 0
+    handshake_lines = [line for line in server.lines if "Handshake failed" in line]
+    assert 1 <= len(handshake_lines) <= 3, handshake_lines  # one per 10 s, not one per client
+    assert "grpc.core: TLS handshake failed: Handshake failed with error" in handshake_lines[0]
