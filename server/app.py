@@ -117,6 +117,7 @@ class Server:
             settings.stream_workers,
             settings.request_timeout_s,
             settings.max_waiting_calls,
+            settings.stream_idle_timeout_s,
         )
         grpc_server = grpc.server(
             pool,

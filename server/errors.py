@@ -86,6 +86,8 @@ def translate_errors(handler: Handler) -> Handler:
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from handler(self, request, context)
+            except grpc.RpcError:
+                return  # the request stream ended with the call (client cancel, idle timeout)
             except Exception as error:
                 _abort(error, context, method_name)
 

@@ -67,6 +67,11 @@ class ServerSettings:
         "A call whose (first) request message has not fully arrived this long after its headers "
         "is answered DEADLINE_EXCEEDED. Calls hold no thread while their message is on its way.",
     )
+    stream_idle_timeout_s: float = _setting(
+        300.0,
+        "A stream that has sent a message and then sends none for this long is cancelled "
+        "DEADLINE_EXCEEDED, giving its stream_workers thread back; 0: streams may idle forever.",
+    )
     max_waiting_calls: int = _setting(
         256,
         "Calls waiting for their request message at once; past it the oldest is answered "
@@ -186,6 +191,8 @@ class ServerSettings:
             problems.append(f"stream_workers={self.stream_workers} must be ≥ 1")
         if self.request_timeout_s <= 0:
             problems.append(f"request_timeout_s={self.request_timeout_s} must be > 0")
+        if self.stream_idle_timeout_s < 0:
+            problems.append(f"stream_idle_timeout_s={self.stream_idle_timeout_s} must be ≥ 0")
         if self.max_waiting_calls < 1:
             problems.append(f"max_waiting_calls={self.max_waiting_calls} must be ≥ 1")
         if self.max_streams_per_connection < 1:

@@ -75,11 +75,23 @@ class _WaitingCall:
 
 
 class _WaitingCalls:
-    """Calls waiting for their message, oldest first; a watchdog answers the overdue ones."""
+    """Calls waiting for their message, oldest first; a watchdog answers the overdue ones.
 
-    def __init__(self, timeout_s: float, max_waiting: int) -> None:
+    `setting` names the timeout in the status message. `mid_stream` calls have a thread
+    blocked in their request iterator: they are cancelled with the status (which ends that
+    wait) instead of answered with one."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        max_waiting: int,
+        setting: str = "request_timeout_s",
+        mid_stream: bool = False,
+    ) -> None:
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
+        self._setting = setting
+        self._mid_stream = mid_stream
         self.dropped = {"timeout": 0, "overflow": 0}  # calls answered without a message
         self._heap: list[_WaitingCall] = []
         self._count = 0  # waiting calls not yet received or dropped
@@ -151,12 +163,14 @@ class _WaitingCalls:
                     continue
             for entry in overdue:
                 self.dropped["timeout"] += 1
-                _answer_without_message(
-                    entry,
-                    cygrpc.StatusCode.deadline_exceeded,
+                details = (
                     f"request message not received within {self.timeout_s:g} s "
-                    "(request_timeout_s); call dropped",
+                    f"({self._setting}); call dropped"
                 )
+                if self._mid_stream:
+                    entry.call.cancel(cygrpc.StatusCode.deadline_exceeded, details)
+                else:
+                    _answer_without_message(entry, cygrpc.StatusCode.deadline_exceeded, details)
 
     def close(self) -> None:
         with self._lock:
@@ -175,11 +189,17 @@ def _answer_without_message(waiting: _WaitingCall, code: Any, details: str) -> N
 
 
 class _StreamRequests:
-    """A streaming call's request iterator with its first message (already received) in front."""
+    """A streaming call's request iterator with its first message (already received) in front;
+    each later wait for a message is watched by `idle` (None: unbounded)."""
 
-    def __init__(self, first: Any, rest: Iterator[Any]) -> None:
+    def __init__(
+        self, first: Any, rest: Iterator[Any], idle: _WaitingCalls | None, state: Any, call: Any
+    ) -> None:
         self._first: Any = first
         self._rest = rest
+        self._idle = idle
+        self._state = state
+        self._call = call
 
     def __iter__(self) -> _StreamRequests:
         return self
@@ -188,7 +208,13 @@ class _StreamRequests:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        return next(self._rest)
+        if self._idle is None:
+            return next(self._rest)
+        waiting = self._idle.add(self._state, self._call)
+        try:
+            return next(self._rest)
+        finally:
+            self._idle.received(waiting)
 
 
 class MessageFirstExecutor(futures.ThreadPoolExecutor):
@@ -201,6 +227,7 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         stream_workers: int,
         request_timeout_s: float,
         max_waiting: int,
+        stream_idle_timeout_s: float = 0.0,
     ) -> None:
         check_grpc_internals()
         super().__init__(max_workers=workers, thread_name_prefix="grpc")
@@ -208,6 +235,12 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             max_workers=stream_workers, thread_name_prefix="grpc-stream"
         )
         self.waiting = _WaitingCalls(request_timeout_s, max_waiting)
+        # Streams between messages: at most stream_workers of them wait, so no overflow bound.
+        self.idle_streams = (
+            _WaitingCalls(stream_idle_timeout_s, 1 << 30, "stream_idle_timeout_s", True)
+            if stream_idle_timeout_s > 0
+            else None
+        )
         self._refusing = False  # shutting down: new calls are answered UNAVAILABLE
         self._unary_calls = 0  # unary-request calls accepted and not yet finished
         self._last_arrival = 0.0  # monotonic time the last call arrived
@@ -297,7 +330,11 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             if not active:
                 outcome.set_result(None)
             elif requests is not None:
-                run(_StreamRequests(request, requests) if request is not None else requests)
+                run(
+                    _StreamRequests(request, requests, self.idle_streams, state, rpc_event.call)
+                    if request is not None
+                    else requests
+                )
             else:
                 run(request)
             return finished
@@ -312,6 +349,8 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.waiting.close()
+        if self.idle_streams is not None:
+            self.idle_streams.close()
         self._streams.shutdown(wait=wait, cancel_futures=cancel_futures)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
 

@@ -62,6 +62,12 @@ class StallingConnection:
             self.h2.send_data(stream_id, b"\x00" + announced.to_bytes(4, "big"))
             self._flush()
 
+    def send_message(self, stream_id: int, message: bytes) -> None:
+        """Send one whole gRPC message (length prefix and bytes), keeping the stream open."""
+        with self._lock:
+            self.h2.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message)
+            self._flush()
+
     def send_as_much_as_allowed(self, stream_id: int, chunk: bytes) -> int:
         """Send chunk-sized DATA frames while the flow-control window allows; returns bytes sent."""
         sent = 0

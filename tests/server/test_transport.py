@@ -104,14 +104,38 @@ def test_past_max_waiting_calls_the_oldest_waiting_call_is_dropped(test_models) 
         server.stop(0)
 
 
+def test_a_stream_idle_past_its_bound_is_cancelled_and_its_thread_comes_back(test_models):
+    settings = ServerSettings(
+        workers=4, max_inflight=2, stream_workers=1, stream_idle_timeout_s=1.0
+    )
+    server = start_server(settings, {"iris": test_models.classification})
+    attacker = StallingConnection("127.0.0.1", server.port)
+    message = pb.PredictRequest(model_name="iris", features=[0.0] * NUM_FEATURES)
+    try:
+        stalled = attacker.open_stream(STREAM)  # one message, then silence: the one thread
+        attacker.send_message(stalled, message.SerializeToString())
+        assert _wait_for(lambda: stalled in attacker.closed_streams, timeout_s=20), (
+            server.pool.idle_streams.count,
+            server.pool.idle_streams.dropped,
+            server.pool.waiting.count,
+        )
+        assert attacker.closed_streams[stalled] in (DEADLINE_EXCEEDED, None)  # status or reset
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)
+            answers = list(stub.PredictStream(iter([message, message]), timeout=30))
+            assert len(answers) == 2  # the stream thread is free again
+    finally:
+        attacker.close()
+        server.stop(0)
+
+
 def test_a_stream_stalled_after_its_first_message_takes_only_a_stream_thread(small_server):
     attacker = StallingConnection("127.0.0.1", small_server.port)
     message = pb.PredictRequest(model_name="iris", features=[0.0] * NUM_FEATURES)
-    frame = b"\x00" + len(message.SerializeToString()).to_bytes(4, "big")
     try:
         for _ in range(4):  # twice stream_workers, each holding its stream open after one message
             stream_id = attacker.open_stream(STREAM)
-            attacker.send_as_much_as_allowed(stream_id, frame + message.SerializeToString())
+            attacker.send_message(stream_id, message.SerializeToString())
         with grpc.insecure_channel(f"127.0.0.1:{small_server.port}") as channel:
             assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
             assert len(_predict(channel).probabilities) == 3
