@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         result = run_tune(settings, resume=args.resume)
         report_results(settings, result)
     except (SpaceError, TuneError, TrainingError) as error:
-        print(f"bnserve tune: {error}", file=sys.stderr)
+        print(f"bnserve tune: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bnserve tune: interrupted; finish with --resume --out {args.out}", file=sys.stderr)
