@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,28 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.bn_decay is not None:
         if not 0 <= args.bn_decay < 1:
             raise ValueError(f"--bn-decay {args.bn_decay!r} is invalid: must be in [0, 1)")
-        values["bn_momentum"] = 1.0 - args.bn_decay
+        values["bn_momentum"] = momentum_of_decay(args.bn_decay)
     return values
+
+
+def momentum_of_decay(decay: float) -> float:
+    """1 − decay in decimal, as the user wrote it: 0.9 → 0.1 (not 0.09999999999999998)."""
+    return float(Decimal(1) - Decimal(repr(decay)))
+
+
+KERAS_LIKE_MOMENTUM = 0.9  # --bn-momentum at or above this is most likely a Keras decay
+
+
+def momentum_warning(bn_momentum: float | None) -> str | None:
+    """The porting mistake of README's batch-norm conventions, or None."""
+    if bn_momentum is None or bn_momentum < KERAS_LIKE_MOMENTUM:
+        return None
+    return (
+        f"--bn-momentum {bn_momentum:g} gives the NEW batch weight {bn_momentum:g} (PyTorch "
+        "convention), so the frozen statistics are little more than the last mini-batch's; "
+        f"a Keras/TensorFlow momentum of {bn_momentum:g} is --bn-decay {bn_momentum:g} "
+        f"(= --bn-momentum {momentum_of_decay(bn_momentum):g})"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -119,6 +140,8 @@ def main(argv: list[str]) -> int:
 
     try:
         settings = given_settings(args)
+        if warning := momentum_warning(args.bn_momentum):
+            print(f"bnserve train: warning: {warning}", file=sys.stderr)
         run_dir = args.resume if args.resume is not None else args.out
         if args.resume is not None:
             stored = read_json(args.resume / "config.json")

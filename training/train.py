@@ -276,7 +276,7 @@ def _restart(
     meta_path = run_dir / "meta.json"  # written just after config.json: a kill can fall between
     meta = rundir.read_json(meta_path) if meta_path.exists() else _new_meta()
     if meta.get("status") == "finished":
-        raise RunError(f"{run_dir}: already finished, and has no checkpoint to go back to")
+        raise RunError(f"{run_dir}: finished with no checkpoint to resume from (--no-checkpoints)")
     print(
         f"{run_dir}: no checkpoint yet (it stopped before its first epoch ended): "
         "restarting from epoch 0",
