@@ -28,7 +28,7 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
-from training.errors import RunError
+from training.errors import RunError, os_error_line
 from training.inference import predict
 from training.rundir import Run, load_run
 
@@ -84,7 +84,13 @@ def export_run(settings: ExportSettings) -> ExportReport:
     attach_metadata(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     payload = model.SerializeToString()
-    write_atomically(settings.out, payload)
+    try:
+        write_atomically(settings.out, payload)
+    except OSError as error:  # a full disk, most likely
+        raise ExportError(
+            f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
+            "written (no partial file); make room or choose another --out, then run it again"
+        ) from None
     return ExportReport(
         out=settings.out,
         folded=not settings.unfolded,

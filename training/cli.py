@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
-from training.errors import TrainingError
+from training.errors import TrainingError, os_error_line
 from training.rundir import read_json
 
 BN_EPILOG = """\
@@ -130,6 +130,18 @@ def momentum_warning(bn_momentum: float | None) -> str | None:
     )
 
 
+def _write_failure(error: OSError, run_dir: Path) -> str:
+    """What a failed write left (whole files only) and how to go on."""
+    if (run_dir / "config.json").is_file():
+        then = f"continue with: bnserve train --resume {run_dir}"
+    else:
+        then = "run the same command again"
+    return (
+        f"{run_dir}: training stopped, {os_error_line(error)}; every file already in the run "
+        f"directory is whole (checkpoints included); make room, then {then}"
+    )
+
+
 def main(argv: list[str]) -> int:
     """Run `bnserve train ARGS`: 0 on success, 1 on bad input or settings, 2 on bad usage."""
     parser = build_parser()
@@ -138,11 +150,11 @@ def main(argv: list[str]) -> int:
         parser.error("--from-epoch needs --resume RUN_DIR")
     from training.train import train  # after parsing: --help stays fast
 
+    run_dir = args.resume if args.resume is not None else args.out
     try:
         settings = given_settings(args)
         if warning := momentum_warning(args.bn_momentum):
             print(f"bnserve train: warning: {warning}", file=sys.stderr)
-        run_dir = args.resume if args.resume is not None else args.out
         if args.resume is not None:
             stored = read_json(args.resume / "config.json")
             config = TrainConfig.from_dict({**stored, **settings})
@@ -159,6 +171,9 @@ def main(argv: list[str]) -> int:
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, most likely: every file is written atomically
+        print(f"bnserve train: error: {_write_failure(error, run_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)

@@ -245,3 +245,15 @@ def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None
 
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 1
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(synthetic_run, capsys, small_disk) -> None:
+    """The bug: 15 lines of traceback ending in ENOSPC."""
+    disk = small_disk.mount(8)
+    (disk / "filler").write_bytes(b"x" * 8192)  # full: not one more page
+    out = disk / "model.onnx"
+    error = _assert_fails_cleanly(
+        capsys, [str(synthetic_run()), "--out", str(out)], disk, f"{out}: cannot write the model"
+    )
+    assert error.startswith("bnserve export: error: ") and error.count("\n") == 1, error
+    assert "no space left on the device" in error and "nothing was written" in error

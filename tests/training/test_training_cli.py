@@ -138,3 +138,31 @@ def test_a_keras_momentum_in_the_pytorch_option_warns(tmp_path, capsys):
     assert "--bn-decay 0.99 (= --bn-momentum 0.01)" in error
     assert main(["--out", str(tmp_path / "torch"), "--bn-momentum", "0.1", *FAST]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(
+    tmp_path, capsys, small_disk
+):
+    """The bug: 61 lines of traceback ending in ENOSPC."""
+    disk = small_disk.mount(600)  # config.json fits, the first checkpoint (256×256 + Adam) not
+    run = disk / "run"
+    assert main(["--out", str(run), "--epochs", "2", "--no-progress", "--no-plot"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.startswith(f"bnserve train: error: {run}: training stopped, no space left")
+    assert f"continue with: bnserve train --resume {run}" in error
+    assert not list(run.rglob(".tmp-*"))  # no half-written file left
+    small_disk.resize(disk, 64 * 1024)
+    assert main(["--resume", str(run), "--no-progress", "--no-plot"]) == 0
+    assert "restarting from epoch 0" in capsys.readouterr().err
+    assert json.loads((run / "meta.json").read_text())["status"] == "finished"
+
+
+def test_a_disk_full_before_the_first_file_says_run_it_again(tmp_path, capsys, small_disk):
+    disk = small_disk.mount(4)  # one page: a directory fits, no file of a run does
+    (disk / "filler").write_bytes(b"x" * 4096)  # the page is taken
+    run = disk / "run"
+    assert main(["--out", str(run), *FAST]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no space left" in error
+    assert "run the same command again" in error

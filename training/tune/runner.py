@@ -21,7 +21,7 @@ from training.tune.executors import Executor, make_executor
 from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
 from training.tune.settings import RUNTIME_FIELDS, TuneSettings
 from training.tune.space import SearchSpace
-from training.tune.store import FILENAME, PlannedTrial, TrialRecord, TrialStore
+from training.tune.store import FILENAME, NEW_FILENAME, PlannedTrial, TrialRecord, TrialStore
 from training.tune.trials import TrialOutcome, TrialRequest
 
 MIN_REFERENCE = 4  # early stopping waits for this many ended trials to compare with
@@ -59,13 +59,11 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
             changed = sorted(k for k in given if stored.get(k) != given[k])
             raise TuneError(f"{settings.out}: cannot resume with different {', '.join(changed)}")
         return store
-    if _entries(settings.out) - {LOCK_NAME}:
+    if _entries(settings.out) - {LOCK_NAME, NEW_FILENAME}:
         raise TuneError(
             f"{settings.out}: already exists and is not empty (use --resume or a new --out)"
         )
-    store = TrialStore(path)
-    store.save_settings(settings.to_dict())
-    return store
+    return TrialStore.create(path, settings.to_dict())
 
 
 def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
@@ -81,8 +79,8 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
     try:
         return _run_locked(settings, space, resume=resume)
     except BaseException:
-        if created and _entries(settings.out) == {LOCK_NAME}:  # refused before it began
-            (settings.out / LOCK_NAME).unlink()
+        if created and _entries(settings.out) <= {LOCK_NAME}:  # refused before it began
+            (settings.out / LOCK_NAME).unlink(missing_ok=True)
             settings.out.rmdir()
         raise
     finally:
@@ -102,7 +100,7 @@ def lock_tune_dir(settings: TuneSettings, *, resume: bool) -> TuneLock:
     out = settings.out
     if resume and not (out / FILENAME).exists():
         raise TuneError(f"{out}: no {FILENAME} to resume (start it without --resume)")
-    if not resume and _entries(out) - {LOCK_NAME} and not (out / FILENAME).exists():
+    if not resume and _entries(out) - {LOCK_NAME, NEW_FILENAME} and not (out / FILENAME).exists():
         raise TuneError(f"{out}: already exists and is not empty (use a new --out)")
     out.mkdir(parents=True, exist_ok=True)
     lock = TuneLock(out)
