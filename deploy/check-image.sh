@@ -29,11 +29,22 @@ fail() {
   exit 1
 }
 
+untagged_before="" # untagged images that existed before this build: not ours to remove
+build_started=false
 cleanup() {
   if command -v podman >/dev/null 2>&1; then
     podman rm --force --time 0 "$container" >/dev/null 2>&1 || true
+    if $build_started; then remove_build_stages; fi
   fi
   rm -rf "$work"
+}
+# The Dockerfile's earlier stages (requirements, builder) end as untagged <none> images; the
+# ones this build made go, the tagged image and other untagged images stay.
+remove_build_stages() {
+  local stage
+  for stage in $(podman images --quiet --no-trunc --filter dangling=true 2>/dev/null); do
+    [[ " $untagged_before " == *" $stage "* ]] || podman rmi --force "$stage" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM # so that cleanup runs on Ctrl-C and kill as well
@@ -66,7 +77,8 @@ if ((${#missing[@]})); then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
     >"$work/apt.log" 2>&1 || { tail -20 "$work/apt.log" >&2; fail "apt-get install ${missing[*]}"; }
 fi
-[[ $(id -u) == 0 ]] || fail "runs rootful podman (see ../shared/notes/containers.md): run as root"
+[[ $(id -u) == 0 ]] ||
+  fail "runs rootful podman (rootless podman needs user namespaces and cgroup delegation that this machine does not give): run it as root"
 
 # podman's defaults fail here twice: the default nofile limit cannot be raised, and crun refuses
 # the hybrid cgroup layout. Limits stay at or below what this shell may grant.
@@ -129,6 +141,8 @@ step_done
 
 # ---- 4. build -----------------------------------------------------------------------------------
 step "build $image"
+untagged_before=$(podman images --quiet --no-trunc --filter dangling=true | tr '\n' ' ')
+build_started=true
 podman build --pull=never --format docker --network host --layers \
   --build-arg BASE_IMAGE="$base_image" -t "$image" . >"$work/build.log" 2>&1 ||
   { tail -30 "$work/build.log" >&2; fail "podman build (log tail above)"; }

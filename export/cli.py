@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export.errors import ExportError
 from export.exporter import ExportReport, ExportSettings, export_run
+from export.verify import EDGE_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Fold input standardization and every batch norm (frozen statistics) into affine "
             "weights and write a float32 ONNX model, verified against the numpy inference path "
-            "on the run's held-out set. Nothing is written if any check fails."
+            "on the run's held-out set and rows at the edges of its range, output by output and "
+            "layer by layer. Nothing is written if any check fails."
         ),
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished training run")
@@ -45,8 +47,12 @@ def _describe(report: ExportReport) -> str:
     return (
         f"wrote {report.out} ({'folded' if report.folded else 'unfolded'}, "
         f"{report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
-        f"onnxruntime vs numpy on {check.example_count} held-out examples: "
-        f"max abs error {check.max_abs_error:.3g} (tolerance {bound})\n"
+        f"onnxruntime vs numpy on {check.example_count - EDGE_ROWS} held-out examples and "
+        f"{EDGE_ROWS} at the edges of their range: max abs error {check.max_abs_error:.3g} "
+        f"(tolerance {bound})\n"
+        f"each layer's pre-activations vs the run's: {report.layers.worst_ratio:.2g} float32 "
+        f"roundings of their summed terms at worst ({report.layers.worst_layer}; bound "
+        f"{report.layers.bound:g})\n"
         f"graph sha256 {report.graph_sha256}"
     )
 

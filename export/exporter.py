@@ -22,13 +22,16 @@ from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_met
 from export.network import check_params, spec_from_run
 from export.verify import (
     PROBABILITY_TOLERANCE,
+    LayerVerification,
     Verification,
+    check_layers,
     compare_outputs,
     onnx_session,
+    probe_rows,
     regression_tolerance,
     score_onnx,
 )
-from training.errors import RunError
+from training.errors import RunError, os_error_line
 from training.inference import predict
 from training.rundir import Run, load_run
 
@@ -51,6 +54,7 @@ class ExportReport:
     out: Path
     folded: bool
     verification: Verification
+    layers: LayerVerification
     node_count: int
     size_bytes: int
     graph_sha256: str
@@ -65,13 +69,17 @@ def export_run(settings: ExportSettings) -> ExportReport:
         raise ExportError(f"not an exportable run: {error}") from None
     _check_heldout(run)
     model, tolerance = build_model(run, unfolded=settings.unfolded)
-    expected = predict(run.params, run.meta, np.asarray(run.heldout_x, dtype=np.float64))
-    session = onnx_session(model.SerializeToString())
-    verification = compare_outputs(
-        score_onnx(session, run.heldout_x), expected, run.meta["task"], tolerance
-    )
+    probe = probe_rows(run.heldout_x)  # held-out rows, then rows at the edges of their range
+    heldout_count = run.heldout_x.shape[0]
+    layers = check_layers(model, run.params, run.meta, probe)  # the fold, layer by layer
+    if not layers.passed:
+        raise ExportError(_layer_failure(settings.run_dir, layers, heldout_count))
+    expected = predict(run.params, run.meta, probe.astype(np.float32).astype(np.float64))
+    session = onnx_session(model.SerializeToString())  # the float32 model as served
+    outputs = score_onnx(session, probe)
+    verification = compare_outputs(outputs, expected, run.meta["task"], tolerance)
     if not verification.passed:
-        raise ExportError(_verification_failure(settings.run_dir, verification))
+        raise ExportError(_verification_failure(settings.run_dir, verification, heldout_count))
     metadata = build_metadata(
         meta=run.meta,
         training=_training_summary(run),
@@ -84,11 +92,18 @@ def export_run(settings: ExportSettings) -> ExportReport:
     attach_metadata(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     payload = model.SerializeToString()
-    write_atomically(settings.out, payload)
+    try:
+        write_atomically(settings.out, payload)
+    except OSError as error:  # a full disk, most likely
+        raise ExportError(
+            f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
+            "written (no partial file); make room or choose another --out, then run it again"
+        ) from None
     return ExportReport(
         out=settings.out,
         folded=not settings.unfolded,
         verification=verification,
+        layers=layers,
         node_count=len(model.graph.node),
         size_bytes=len(payload),
         graph_sha256=graph_sha256(model),
@@ -141,13 +156,26 @@ def _check_heldout(run: Run) -> None:
         )
 
 
-def _verification_failure(run_dir: Path, verification: Verification) -> str:
+def _probe_row(row: int, heldout_count: int) -> str:
+    return f"held-out row {row}" if row < heldout_count else f"edge row {row - heldout_count}"
+
+
+def _verification_failure(run_dir: Path, verification: Verification, heldout_count: int) -> str:
     return (
         f"{run_dir}: the ONNX model does not reproduce the numpy inference path on the held-out "
         f"set: max abs error {verification.max_abs_error:.3g}, {verification.failures} value(s) "
         f"outside |Δ| ≤ {verification.tolerance.abs:g} + {verification.tolerance.rel:g}·|y| "
-        f"(worst at held-out row {verification.worst_example}), "
+        f"(worst at {_probe_row(verification.worst_example, heldout_count)}), "
         f"{verification.label_mismatches} label(s) differ; nothing written"
+    )
+
+
+def _layer_failure(run_dir: Path, layers: LayerVerification, heldout_count: int) -> str:
+    where = _probe_row(layers.worst_row, heldout_count)
+    return (
+        f"{run_dir}: the ONNX graph's {layers.worst_layer} pre-activations differ from the run's "
+        f"by {layers.worst_ratio:.3g} float32 roundings of their summed terms at {where}, more "
+        f"than the {layers.bound:g} rounding alone explains: the fold is wrong; nothing written"
     )
 
 

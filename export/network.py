@@ -176,6 +176,6 @@ def _require_positive(key: str, value: np.ndarray, offset: float, why: str) -> N
     bad = np.flatnonzero(value + offset <= 0)
     if bad.size:
         raise ExportError(
-            f"params.npz: {key!r} is {value[bad[0]]!r} at unit {int(bad[0])} "
+            f"params.npz: {key!r} is {float(value[bad[0]])!r} at unit {int(bad[0])} "
             f"({bad.size} unit(s) in all): {why}"
         )

@@ -1,6 +1,13 @@
 """Score a built model with onnxruntime and compare it with the numpy inference path.
 
-Tolerances (float32 model vs float64 numpy, on the same raw held-out features):
+Two checks, on the held-out rows plus rows at the edges of their range (probe_rows):
+- check_layers: the fold itself. The graph runs in float64 with its float32 weights, and every
+  layer's pre-activations (the logits last) must match the run's within ROUNDING_BOUND float32
+  roundings of the magnitude of what the layer sums: a relative bound that a fold dropping ε
+  (≈ 40 roundings on digits) or mixing μ and β (millions) fails, and a correct fold (under 1
+  rounding: only its weights' rounding is left) never does.
+- compare_outputs: the float32 model as served, output by output, with these tolerances
+  (float32 model vs float64 numpy on the same float32-rounded raw features):
 
 - classification: |p_onnx − p_numpy| ≤ 1e-5 on every probability; labels agree wherever numpy's
   two largest probabilities differ by more than twice that (a nearer tie may flip in float32).
@@ -13,9 +20,12 @@ Tolerances (float32 model vs float64 numpy, on the same raw held-out features):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from export.metadata import Tolerance
 
@@ -86,3 +96,136 @@ def compare_outputs(
         label_mismatches=label_mismatches,
         tolerance=tolerance,
     )
+
+
+# --- the layer check: every pre-activation, each from the model's own previous layer ------------
+
+UNIT_ROUNDOFF = 2.0**-24  # float32: a rounded value is within this share of the exact one
+# The graph runs in float64 with its float32 initializers, so the only error left is each stored
+# weight's and bias's rounding to float32 (≤ 2⁻²⁴ of it, ≤ 2⁻²⁴·Σ|terms| in all); the unfolded
+# graph rounds mean, std and the four BN statistics too, so a few of those. A fold that drops
+# ε from √(σ²+ε) is off by ε/(2σ²) ≈ 2.5e-6 ≈ 40 roundings on a unit of variance 2.
+ROUNDING_BOUND = 4.0  # |Δ| ≤ this many roundings of the layer's summed magnitudes
+EDGE_CORNERS = 16  # probe rows with each feature at its low or high end, seeded
+EDGE_ROWS = 2 + EDGE_CORNERS  # all lows, all highs, the corners: probe_rows adds these
+
+
+@dataclass(frozen=True)
+class LayerVerification:
+    """Pre-activations (hidden layers: the activation's input; last layer: logits or y) of the
+    ONNX graph, evaluated in float64 with its own float32 weights, against float64 ones from the
+    run's parameters, layer by layer.
+
+    Layer l's reference takes the graph's own activations of layer l − 1 as its input, so each
+    layer is judged on its own: |Δ| ≤ ROUNDING_BOUND · 2⁻²⁴ · Σ|terms| per value, where Σ|terms|
+    is the sum of the magnitudes of what the layer adds up (|a|·|W'| and the bias): a bound
+    relative to the layer's own scale, on the logits, not an absolute one on probabilities that
+    softmax squashes.
+    """
+
+    probe_rows: int
+    worst_layer: str  # "hidden1", …, "output"
+    worst_row: int  # probe row of the largest ratio
+    worst_ratio: float  # max |Δ| / (2⁻²⁴ · Σ|terms|) over every value; passes when ≤ the bound
+    bound: float = ROUNDING_BOUND
+
+    @property
+    def passed(self) -> bool:
+        return self.worst_ratio <= self.bound  # NaN (as inf) fails
+
+
+def probe_rows(heldout_x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The held-out rows (R, F), then 2 + EDGE_CORNERS rows at the edges of the range they span:
+    every feature at its lowest, every feature at its highest, and rows with each feature at one
+    end or the other. Extreme inputs are where a fold's mistakes grow."""
+    x = np.asarray(heldout_x, dtype=np.float64)
+    low, high = x.min(axis=0), x.max(axis=0)
+    corners = np.random.default_rng(seed).random((EDGE_CORNERS, x.shape[1])) < 0.5
+    return np.vstack([x, low, high, np.where(corners, high, low)])
+
+
+def _hidden_count(params: dict[str, np.ndarray]) -> int:
+    return sum(1 for name in params if name.startswith("hidden") and name.endswith(".W"))
+
+
+def _float64_graph(model: onnx.ModelProto, extra_outputs: list[str]) -> bytes:
+    """The same graph computing in float64 from its float32 initializers (each value kept
+    exactly), with `extra_outputs` (intermediate tensors) exposed; serialized."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph = probe.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            value = numpy_helper.to_array(tensor).astype(np.float64)
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+    for info in [*graph.input, *graph.output]:
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    del graph.value_info[:]
+    present = {output.name for output in graph.output}
+    for name in extra_outputs:
+        if name not in present:
+            graph.output.append(helper.make_tensor_value_info(name, TensorProto.DOUBLE, None))
+    return probe.SerializeToString()
+
+
+def _pre_activation_names(model: onnx.ModelProto, hidden_count: int) -> list[str]:
+    """The input of each hidden layer's activation node ("hidden{i}.a" is its output)."""
+    producer = {node.output[0]: node for node in model.graph.node}
+    return [producer[f"hidden{index}.a"].input[0] for index in range(1, hidden_count + 1)]
+
+
+def check_layers(
+    model: onnx.ModelProto,
+    params: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    x_raw: np.ndarray,
+) -> LayerVerification:
+    """Compare every layer on probe rows x_raw (N, F); params in the params.npz layout."""
+    p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
+    hidden_count = _hidden_count(p)
+    batchnorm, epsilon, task = bool(meta["batchnorm"]), float(meta["epsilon"]), meta["task"]
+    pre_names = _pre_activation_names(model, hidden_count)
+    last_name = "logits" if task == "classification" else "y"
+    activation_names = [f"hidden{index}.a" for index in range(1, hidden_count + 1)]
+    session = onnx_session(_float64_graph(model, [*pre_names, *activation_names, last_name]))
+    x = np.asarray(x_raw, dtype=np.float32).astype(np.float64)  # the values the model sees
+    names = [output.name for output in session.get_outputs()]
+    got = dict(zip(names, session.run(names, {"x": x}), strict=True))
+
+    magnitude = (np.abs(x) + np.abs(p["input.mean"])) / p["input.std"]  # of the folded input
+    a = (x - p["input.mean"]) / p["input.std"]
+    ratios: list[tuple[str, np.ndarray]] = []
+    for index in range(1, hidden_count + 1):
+        prefix = f"hidden{index}"
+        weight = p[f"{prefix}.W"]
+        if batchnorm:
+            scale = p[f"{prefix}.gamma"] / np.sqrt(p[f"{prefix}.running_var"] + epsilon)
+            shift, mean = p[f"{prefix}.beta"], p[f"{prefix}.running_mean"]
+        else:
+            scale, shift, mean = np.ones(weight.shape[1]), p[f"{prefix}.b"], np.zeros(1)
+        expected = scale * (a @ weight - mean) + shift
+        terms = np.abs(scale) * (magnitude @ np.abs(weight) + np.abs(mean)) + np.abs(shift)
+        ratios.append((prefix, _ratio(got[pre_names[index - 1]], expected, terms)))
+        a = got[f"{prefix}.a"]  # the next layer starts from the graph's own activations
+        magnitude = np.abs(a)
+    expected = a @ p["output.W"] + p["output.b"]
+    terms = magnitude @ np.abs(p["output.W"]) + np.abs(p["output.b"])
+    if task == "regression":
+        expected = expected * p["target.std"] + p["target.mean"]
+        terms = terms * p["target.std"] + np.abs(p["target.mean"])
+    ratios.append(("output", _ratio(got[last_name], expected, terms)))
+    worst_layer, worst = max(ratios, key=lambda item: float(np.max(item[1], initial=0.0)))
+    return LayerVerification(
+        probe_rows=x.shape[0],
+        worst_layer=worst_layer,
+        worst_row=int(np.unravel_index(np.argmax(worst), worst.shape)[0]),
+        worst_ratio=float(np.max(worst, initial=0.0)),
+    )
+
+
+def _ratio(actual: np.ndarray, expected: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """|Δ| in float32 roundings of the summed magnitudes; NaN becomes inf (a failure)."""
+    floor = np.finfo(np.float32).tiny
+    ratio = np.abs(actual - expected) / (UNIT_ROUNDOFF * np.maximum(terms, floor))
+    return np.where(np.isnan(ratio), np.inf, ratio)

@@ -125,6 +125,12 @@ def read_examples(path: Path, feature_names: Sequence[str]) -> tuple[list[int], 
         columns = [first.index(name) for name in feature_names]
         header_names = first
     else:
+        if len(first) != len(feature_names):
+            raise InputError(
+                f"{path}: line 1: {len(first)} columns but the model takes {len(feature_names)}"
+                " features; a CSV without a header must hold exactly the features, in order"
+                " (add a header line naming them to pick columns by name)"
+            )
         columns = list(range(len(feature_names)))
         header_names = list(feature_names)
     line_numbers, rows = [], []

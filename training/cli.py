@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
-from training.errors import TrainingError
+from training.errors import TrainingError, os_error_line
 from training.rundir import read_json
 
 BN_EPILOG = """\
@@ -105,8 +106,40 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.bn_decay is not None:
         if not 0 <= args.bn_decay < 1:
             raise ValueError(f"--bn-decay {args.bn_decay!r} is invalid: must be in [0, 1)")
-        values["bn_momentum"] = 1.0 - args.bn_decay
+        values["bn_momentum"] = momentum_of_decay(args.bn_decay)
     return values
+
+
+def momentum_of_decay(decay: float) -> float:
+    """1 − decay in decimal, as the user wrote it: 0.9 → 0.1 (not 0.09999999999999998)."""
+    return float(Decimal(1) - Decimal(repr(decay)))
+
+
+KERAS_LIKE_MOMENTUM = 0.9  # --bn-momentum at or above this is most likely a Keras decay
+
+
+def momentum_warning(bn_momentum: float | None) -> str | None:
+    """The porting mistake of README's batch-norm conventions, or None."""
+    if bn_momentum is None or bn_momentum < KERAS_LIKE_MOMENTUM:
+        return None
+    return (
+        f"--bn-momentum {bn_momentum:g} gives the NEW batch weight {bn_momentum:g} (PyTorch "
+        "convention), so the frozen statistics are little more than the last mini-batch's; "
+        f"a Keras/TensorFlow momentum of {bn_momentum:g} is --bn-decay {bn_momentum:g} "
+        f"(= --bn-momentum {momentum_of_decay(bn_momentum):g})"
+    )
+
+
+def _write_failure(error: OSError, run_dir: Path) -> str:
+    """What a failed write left (whole files only) and how to go on."""
+    if (run_dir / "config.json").is_file():
+        then = f"continue with: bnserve train --resume {run_dir}"
+    else:
+        then = "run the same command again"
+    return (
+        f"{run_dir}: training stopped, {os_error_line(error)}; every file already in the run "
+        f"directory is whole (checkpoints included); make room, then {then}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -117,9 +150,11 @@ def main(argv: list[str]) -> int:
         parser.error("--from-epoch needs --resume RUN_DIR")
     from training.train import train  # after parsing: --help stays fast
 
+    run_dir = args.resume if args.resume is not None else args.out
     try:
         settings = given_settings(args)
-        run_dir = args.resume if args.resume is not None else args.out
+        if warning := momentum_warning(args.bn_momentum):
+            print(f"bnserve train: warning: {warning}", file=sys.stderr)
         if args.resume is not None:
             stored = read_json(args.resume / "config.json")
             config = TrainConfig.from_dict({**stored, **settings})
@@ -136,6 +171,9 @@ def main(argv: list[str]) -> int:
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, most likely: every file is written atomically
+        print(f"bnserve train: error: {_write_failure(error, run_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)

@@ -131,13 +131,20 @@ def _convert(name: str, value: Any) -> Any:
 
 def _as_int(value: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {_shown(value)}")
     return int(value)
 
 
 def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ValueError(f"config field {field!r} = {value!r} is invalid: must be {allowed}")
+        raise ValueError(f"config field {field!r} = {_shown(value)} is invalid: must be {allowed}")
+
+
+def _shown(value: Any) -> str:
+    """repr with numpy scalars as plain numbers: -1.0, not np.float64(-1.0)."""
+    if isinstance(value, tuple):
+        return repr(tuple(getattr(v, "item", lambda v=v: v)() for v in value))
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def _validate(config: TrainConfig) -> None:

@@ -22,6 +22,7 @@ from training.errors import RunError, TrainingError
 from training.inference import predict
 from training.layers import BatchNormSettings
 from training.state import TrainingState, load_state, save_checkpoint
+from training.targets import check_class_counts
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
 EpochCallback = Callable[[dict[str, Any]], "bool | None"]
@@ -61,6 +62,8 @@ def prepare(config: TrainConfig) -> Prepared:
         seed=config.data_split_seed,
         source=dataset.source,
     )
+    if dataset.task == "classification":
+        check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
     mean, std = fit_standardization(dataset.x[split.train])
     target_mean = target_std = None
     y_train = dataset.y[split.train]
@@ -231,8 +234,8 @@ def train(
     if resume:
         check_resume_config(run_dir, config)
         epochs = rundir.checkpoint_epochs(run_dir)
-        if not epochs:
-            raise RunError(f"{run_dir / rundir.CHECKPOINT_DIR}: no checkpoint to resume from")
+        if not epochs and from_epoch in (None, 0):  # killed before its first checkpoint
+            return _restart(config, run_dir, prepared, progress, checkpoints, plot, on_epoch)
         epoch = epochs[-1] if from_epoch is None else from_epoch
         if epoch not in epochs:
             raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
@@ -255,6 +258,32 @@ def train(
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
+    with single_blas_thread():
+        _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
+        return _finish(state, prepared, config, run_dir, meta, plot)
+
+
+def _restart(
+    config: TrainConfig,
+    run_dir: Path,
+    prepared: Prepared,
+    progress: bool,
+    checkpoints: bool,
+    plot: bool,
+    on_epoch: EpochCallback | None,
+) -> TrainResult:
+    """--resume of a run with no checkpoint (killed in its first epoch): start it again."""
+    meta_path = run_dir / "meta.json"  # written just after config.json: a kill can fall between
+    meta = rundir.read_json(meta_path) if meta_path.exists() else _new_meta()
+    if meta.get("status") == "finished":
+        raise RunError(f"{run_dir}: finished with no checkpoint to resume from (--no-checkpoints)")
+    print(
+        f"{run_dir}: no checkpoint yet (it stopped before its first epoch ended): "
+        "restarting from epoch 0",
+        file=sys.stderr,
+    )
+    rundir.remove_stale_temporaries(run_dir)
+    state = fresh_state(config, prepared)
     with single_blas_thread():
         _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
         return _finish(state, prepared, config, run_dir, meta, plot)
@@ -380,6 +409,10 @@ def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
     else:
         facts["target_names"] = dataset.target_names
     return facts
+
+
+def _new_meta() -> dict[str, Any]:
+    return {"run_id": uuid.uuid4().hex[:12], "created_at": _now(), "status": "running"}
 
 
 def _now() -> str:

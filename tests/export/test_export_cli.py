@@ -42,7 +42,8 @@ def test_export_writes_a_verified_model(synthetic_run, out_dir, capsys) -> None:
 
     printed = capsys.readouterr().out
     assert f"wrote {out} (folded" in printed
-    assert "onnxruntime vs numpy on 200 held-out examples: max abs error" in printed
+    assert "onnxruntime vs numpy on 200 held-out examples and 18 at the edges" in printed
+    assert "each layer's pre-activations vs the run's: " in printed and "; bound 4)" in printed
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     assert [path.name for path in out_dir.iterdir()] == ["model.onnx"]
 
@@ -177,9 +178,7 @@ def test_non_positive_running_variance_epsilon_cannot_save(
         capsys,
         [str(run_dir), "--out", str(out_dir / "m.onnx")],
         out_dir,
-        "'hidden1.running_var'",
-        "-0.5",
-        "unit 4",
+        "'hidden1.running_var' is -0.5 at unit 4",  # not np.float64(-0.5)
         "running_var + ε",
     )
 
@@ -247,3 +246,15 @@ def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None
 
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 1
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(synthetic_run, capsys, small_disk) -> None:
+    """The bug: 15 lines of traceback ending in ENOSPC."""
+    disk = small_disk.mount(8)
+    (disk / "filler").write_bytes(b"x" * 8192)  # full: not one more page
+    out = disk / "model.onnx"
+    error = _assert_fails_cleanly(
+        capsys, [str(synthetic_run()), "--out", str(out)], disk, f"{out}: cannot write the model"
+    )
+    assert error.startswith("bnserve export: error: ") and error.count("\n") == 1, error
+    assert "no space left on the device" in error and "nothing was written" in error

@@ -13,7 +13,7 @@ import pytest
 
 from export.exporter import ExportSettings, export_run
 from export.metadata import graph_sha256, read_metadata
-from export.verify import onnx_session, score_onnx
+from export.verify import onnx_session, probe_rows, score_onnx
 from server.wire import graph_sha256 as server_graph_sha256
 from training.inference import predict
 from training.rundir import load_run
@@ -137,14 +137,15 @@ def test_reference_rows_reproduce_in_onnxruntime(synthetic_run, tmp_path, fields
         np.testing.assert_array_equal(outputs["label"], expected["label"])
 
 
-def test_fold_max_abs_error_is_the_held_out_maximum(synthetic_run, tmp_path) -> None:
+def test_fold_max_abs_error_is_the_maximum_over_the_probe_rows(synthetic_run, tmp_path) -> None:
     run_dir = synthetic_run()
     out = tmp_path / "model.onnx"
     metadata = _export(run_dir, out)
     run = load_run(run_dir)
 
-    outputs = score_onnx(onnx_session(out.read_bytes()), run.heldout_x)
-    expected = predict(run.params, run.meta, run.heldout_x.astype(np.float64))
+    probe = probe_rows(run.heldout_x).astype(np.float32)  # held-out rows, then edge rows
+    outputs = score_onnx(onnx_session(out.read_bytes()), probe)
+    expected = predict(run.params, run.meta, probe.astype(np.float64))
 
     recorded = float(metadata["bnserve.fold_max_abs_error"])
     assert 0 < recorded <= 1e-5

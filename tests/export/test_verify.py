@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from export.verify import PROBABILITY_TOLERANCE, compare_outputs, regression_tolerance
+import numpy as np
+import pytest
+
+import export.fold
+from export.errors import ExportError
+from export.exporter import ExportSettings, build_model, export_run
+from export.verify import (
+    EDGE_ROWS,
+    PROBABILITY_TOLERANCE,
+    ROUNDING_BOUND,
+    check_layers,
+    compare_outputs,
+    onnx_session,
+    probe_rows,
+    regression_tolerance,
+    score_onnx,
+)
+from training.config import TrainConfig
+from training.inference import predict
+from training.rundir import load_run
 
 
 def _probabilities(rows: int, classes: int, seed: int = 0) -> np.ndarray:
@@ -82,3 +101,88 @@ def test_regression_bound_is_relative_plus_a_share_of_the_target_std() -> None:
     check = compare_outputs({"y": beyond}, expected, "regression", tolerance)
     assert not check.passed
     assert check.worst_example == 1
+
+
+# --- the layer check on real folds -----------------------------------------------------------
+
+CORRECT_FOLD = export.fold.fold_batchnorm
+
+
+def _fold_without_epsilon(weight, gamma, beta, running_mean, running_var, epsilon, bias=None):
+    """The bug of the issue: s = γ/√σ², not γ/√(σ²+ε)."""
+    return CORRECT_FOLD(weight, gamma, beta, running_mean, running_var, 0.0, bias)
+
+
+def _fold_mixing_mean_and_beta(weight, gamma, beta, running_mean, running_var, epsilon, bias=None):
+    """b' = μ + s·(b − β) instead of β + s·(b − μ)."""
+    return CORRECT_FOLD(weight, gamma, running_mean, beta, running_var, epsilon, bias)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default digits network (256, 256), briefly trained."""
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("digits") / "run"
+    return train(TrainConfig(epochs=5), out, progress=False, plot=False, checkpoints=False).run_dir
+
+
+@pytest.mark.parametrize("bug", [_fold_without_epsilon, _fold_mixing_mean_and_beta])
+def test_a_fold_bug_fails_verification_on_digits_and_nothing_is_written(
+    digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug
+) -> None:
+    monkeypatch.setattr(export.fold, "fold_batchnorm", bug)
+    run = load_run(digits_run)
+    model, _ = build_model(run, unfolded=False)
+    check = check_layers(model, run.params, run.meta, probe_rows(run.heldout_x))
+    assert not check.passed and check.worst_layer.startswith("hidden")
+    assert check.worst_ratio > 4 * ROUNDING_BOUND  # not a near miss
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError) as raised:
+        export_run(ExportSettings(run_dir=digits_run, out=out))
+    assert "pre-activations differ" in str(raised.value) and "the fold is wrong" in str(
+        raised.value
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_epsilon_bug_passes_the_probability_check_alone(
+    digits_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the layer check exists: softmax squashes a 1e-5 relative error under 1e-5 absolute."""
+    monkeypatch.setattr(export.fold, "fold_batchnorm", _fold_without_epsilon)
+    run = load_run(digits_run)
+    model, tolerance = build_model(run, unfolded=False)
+    x = probe_rows(run.heldout_x).astype(np.float32)
+    outputs = score_onnx(onnx_session(model.SerializeToString()), x)
+    expected = predict(run.params, run.meta, x.astype(np.float64))
+    assert compare_outputs(outputs, expected, "classification", tolerance).passed
+
+
+@pytest.mark.parametrize("unfolded", [False, True])
+def test_correct_folds_never_false_alarm(
+    trained_runs, digits_run: Path, synthetic_run, unfolded: bool
+) -> None:
+    runs = [digits_run, *trained_runs.values()]
+    for seed in range(6):
+        runs.append(synthetic_run(seed=seed, hidden=(64, 48, 32)))
+        runs.append(synthetic_run(seed=seed, task="regression", outputs=2, activation="tanh"))
+        runs.append(synthetic_run(seed=seed, batchnorm=False, activation="sigmoid"))
+    for run_dir in runs:
+        run = load_run(run_dir)
+        model, _ = build_model(run, unfolded=unfolded)
+        probe = probe_rows(run.heldout_x, seed=3)
+        assert probe.shape[0] == run.heldout_x.shape[0] + EDGE_ROWS
+        check = check_layers(model, run.params, run.meta, probe)
+        assert check.passed, (run_dir, check)
+        assert check.worst_ratio < ROUNDING_BOUND / 2, (run_dir, check)  # a margin, not luck
+
+
+def test_probe_rows_reach_the_edges_of_the_held_out_range() -> None:
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    probe = probe_rows(x)
+    np.testing.assert_array_equal(probe[:50], x)
+    edges = probe[50:]
+    np.testing.assert_array_equal(edges[0], x.min(axis=0))
+    np.testing.assert_array_equal(edges[1], x.max(axis=0))
+    assert np.all((edges == x.min(axis=0)) | (edges == x.max(axis=0)))

@@ -88,6 +88,16 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
         assert one.returncode == 0 and "(label " in one.stdout
         bad = _bnserve("predict", "--target", f"127.0.0.1:{port}", "--features", "1,2")
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "got 2" in bad.stderr
+
+        with_id = tmp_path / "with_id.csv"  # headerless, an id column first: F + 1 columns
+        with_id.write_text(
+            "".join(f"{i}," + ",".join(map(str, r)) + "\n" for i, r in enumerate(rows))
+        )
+        shifted = _bnserve("predict", "--target", f"127.0.0.1:{port}", "--csv", str(with_id),
+                           "--no-progress")  # fmt: skip
+        assert shifted.returncode == 2 and shifted.stdout == ""
+        assert shifted.stderr.count("\n") == 1, shifted.stderr
+        assert f"{NUM_FEATURES + 1} columns but the model takes {NUM_FEATURES}" in shifted.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=30)

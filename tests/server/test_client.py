@@ -75,3 +75,28 @@ def test_write_table_is_atomic(tmp_path: Path) -> None:
         write_table([["line"], [_Unwritable()]], out)  # fails midway: the old file stays whole
     assert out.read_text() == "line,y\n2,1.5\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+@pytest.mark.parametrize(
+    ("content", "columns"),
+    [
+        ("7,1,2,3\n8,4,5,6\n", 4),  # an id column first: was scored shifted by one, exit 0
+        ("1,2\n4,5\n", 2),  # one short: was an IndexError traceback
+    ],
+)
+def test_headerless_csv_must_have_exactly_the_model_features(
+    tmp_path: Path, content: str, columns: int
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(content)
+    with pytest.raises(InputError) as raised:
+        read_examples(path, NAMES)
+    message = str(raised.value)
+    assert f"line 1: {columns} columns but the model takes 3 features" in message
+    assert str(path) in message
+
+
+def test_csv_with_header_still_ignores_extra_columns(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("id,a,b,c\n7,1,2,3\n")
+    assert read_examples(path, NAMES) == ([2], [[1.0, 2.0, 3.0]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from training.config import TrainConfig
@@ -52,3 +53,16 @@ def test_replace_validates():
     with pytest.raises(ValueError, match="'lr'"):
         TrainConfig().replace(lr=0.0)
     assert TrainConfig().replace(lr=0.5).lr == 0.5
+
+
+def test_messages_show_numpy_values_as_plain_numbers():
+    """The bug: 'lr' = np.float64(-1.0) in a message meant for a person."""
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(lr=np.float64(-1.0))
+    assert "config field 'lr' = -1.0 is invalid" in str(raised.value)
+    with pytest.raises(ValueError) as raised:
+        TrainConfig.from_dict({"epochs": np.float64(2.5)})
+    assert str(raised.value) == "config field 'epochs': expected an integer, got 2.5"
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(hidden=(np.int64(8), np.int64(0)))
+    assert "'hidden' = (8, 0) is invalid" in str(raised.value)

@@ -73,3 +73,42 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     assert [r["cost"] for r in history] == [r["cost"] for r in reference_history]
     assert len(history) == EPOCHS
     assert not list(killed_dir.rglob(".tmp-*"))
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_0(tmp_path):
+    """The bug: --resume said "no checkpoint" and --out said "already exists"."""
+    small = ["--hidden", "16", "--no-progress", "--no-plot"]
+    killed_dir = tmp_path / "killed"
+    # --no-checkpoints: whenever the kill lands, no checkpoint exists (as in a first-epoch kill)
+    victim = run_training("--out", str(killed_dir), "--epochs", "500", "--no-checkpoints", *small)
+    wait_for((killed_dir / "meta.json").is_file, victim, deadline_seconds=120)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    assert json.loads((killed_dir / "meta.json").read_text())["status"] == "running"
+    assert not list((killed_dir / "checkpoints").glob("*.json"))
+
+    again = subprocess.run(
+        [sys.executable, "-m", "training", "--out", str(killed_dir), *small],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 1 and "use --resume" in again.stderr
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "training", "--resume", str(killed_dir), "--epochs", "3", *small],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no checkpoint yet" in resumed.stderr and "restarting from epoch 0" in resumed.stderr
+    reference = subprocess.run(
+        [sys.executable, "-m", "training", "--out", str(tmp_path / "ref"), "--epochs", "3", *small],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr
+    expected = read_npz(tmp_path / "ref" / "params.npz")
+    actual = read_npz(killed_dir / "params.npz")
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+    checkpointed = sorted(p.name for p in (killed_dir / "checkpoints").glob("*.json"))
+    assert checkpointed == ["epoch-0001.json", "epoch-0002.json", "epoch-0003.json"]
+    assert json.loads((killed_dir / "meta.json").read_text())["status"] == "finished"

@@ -107,3 +107,62 @@ def test_every_config_field_has_an_option():
     args = build_parser().parse_args(["--out", "x"])
     assert all(hasattr(args, name) for name in CONFIG_OPTIONS)
     assert given_settings(args) == {}  # nothing given: every field keeps its default
+
+
+def test_classification_of_a_continuous_target_is_refused(tmp_path, capsys):
+    """The bug: a 200-class model with dev error 1.0, trained without a word."""
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{a:.4f},{a * 3 + rng.normal():.4f}\n" for a in rng.normal(size=200))
+    data = write_csv(tmp_path, "a,y\n" + rows)
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--data", data, "--task", "classification", *FAST]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("bnserve train: error: ") and error.count("\n") == 1
+    assert "200 classes in 200 rows" in error and "--task regression" in error
+    assert not out.exists()
+
+
+def test_bn_decay_is_stored_as_given(tmp_path):
+    """The bug: --bn-decay 0.9 was recorded as bn_momentum 0.09999999999999998."""
+    assert main(["--out", str(tmp_path / "run"), "--bn-decay", "0.9", *FAST]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bn_momentum"] == 0.1
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["bn_momentum"] == 0.1
+    args = build_parser().parse_args(["--out", "x", "--bn-decay", "0.99"])
+    assert given_settings(args) == {"bn_momentum": 0.01}
+
+
+def test_a_keras_momentum_in_the_pytorch_option_warns(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "keras"), "--bn-momentum", "0.99", *FAST]) == 0
+    error = capsys.readouterr().err
+    assert "bnserve train: warning: --bn-momentum 0.99" in error
+    assert "--bn-decay 0.99 (= --bn-momentum 0.01)" in error
+    assert main(["--out", str(tmp_path / "torch"), "--bn-momentum", "0.1", *FAST]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(
+    tmp_path, capsys, small_disk
+):
+    """The bug: 61 lines of traceback ending in ENOSPC."""
+    disk = small_disk.mount(600)  # config.json fits, the first checkpoint (256×256 + Adam) not
+    run = disk / "run"
+    assert main(["--out", str(run), "--epochs", "2", "--no-progress", "--no-plot"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.startswith(f"bnserve train: error: {run}: training stopped, no space left")
+    assert f"continue with: bnserve train --resume {run}" in error
+    assert not list(run.rglob(".tmp-*"))  # no half-written file left
+    small_disk.resize(disk, 64 * 1024)
+    assert main(["--resume", str(run), "--no-progress", "--no-plot"]) == 0
+    assert "restarting from epoch 0" in capsys.readouterr().err
+    assert json.loads((run / "meta.json").read_text())["status"] == "finished"
+
+
+def test_a_disk_full_before_the_first_file_says_run_it_again(tmp_path, capsys, small_disk):
+    disk = small_disk.mount(4)  # one page: a directory fits, no file of a run does
+    (disk / "filler").write_bytes(b"x" * 4096)  # the page is taken
+    run = disk / "run"
+    assert main(["--out", str(run), *FAST]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no space left" in error
+    assert "run the same command again" in error

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
-from training.errors import TrainingError
+from training.errors import TrainingError, os_error_line
 from training.tune import report
 from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
@@ -19,7 +20,7 @@ from training.tune.space import (
     parse_param_flag,
     parse_scalar,
 )
-from training.tune.store import FILENAME, TrialStore
+from training.tune.store import FILENAME, TrialStore, database_failure
 
 # Flags that define which trials a tune has; a resumed tune keeps its stored values.
 _DEFINING_FLAGS = (
@@ -216,7 +217,20 @@ def main(argv: list[str]) -> int:
         result = run_tune(settings, resume=args.resume)
         report_results(settings, result)
     except (SpaceError, TuneError, TrainingError) as error:
-        print(f"bnserve tune: {error}", file=sys.stderr)
+        print(f"bnserve tune: error: {error}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as error:
+        print(
+            f"bnserve tune: error: {database_failure(args.out / FILENAME, error)}", file=sys.stderr
+        )
+        return 2
+    except OSError as error:
+        print(
+            f"bnserve tune: error: {args.out}: the tune stopped, {os_error_line(error)}; every "
+            f"trial recorded in {FILENAME} stays; make room, then bnserve tune --resume "
+            f"--out {args.out}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"bnserve tune: interrupted; finish with --resume --out {args.out}", file=sys.stderr)

@@ -319,6 +319,7 @@ class RayExecutor:
 
 def _init_ray(ray: Any, address: str, workers: int | None) -> None:
     env = {name: "1" for name in _SINGLE_THREAD_ENV}
+    with_token = False
     try:
         if address == "local":
             ray.init(
@@ -328,9 +329,48 @@ def _init_ray(ray: Any, address: str, workers: int | None) -> None:
                 runtime_env={"env_vars": env},
             )
         else:
+            with_token = use_cluster_token()
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise SpaceError(f"--ray-address {address}: cannot connect to Ray ({error})") from None
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
+        hint = (
+            "the cluster refused its token"
+            if with_token
+            else "no Ray token was given, and a cluster with token authentication (Ray ≥ 2.59's "
+            "default) refuses a client without one"
+        )
+        raise SpaceError(
+            f"--ray-address {address}: cannot connect to Ray ({error}); {hint}: give the head's "
+            f"token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
+            f"{RAY_DEFAULT_TOKEN_FILE} (`ray get-auth-token` on the head prints it)"
+        ) from None
+
+
+RAY_DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it
+
+
+def use_cluster_token() -> bool:
+    """Send Ray's token to an explicit cluster address as Ray's own CLI does.
+
+    ray.init(address=HOST:PORT) turns token authentication on only when RAY_AUTH_MODE=token is
+    set (it auto-enables it for a cluster it finds by itself, never for a given address), so a
+    head started with authentication refuses it ("Authentication token is missing"). With
+    RAY_AUTH_MODE unset and a token available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or the
+    default file), turn it on; an explicit RAY_AUTH_MODE is respected. True when on.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    default = os.path.expanduser(RAY_DEFAULT_TOKEN_FILE)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or path or os.path.isfile(default)):
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its config at import: have it read the mode again, as Ray itself does
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:
+        return True
+    _enable_token_auth()
+    return True
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:

@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from training.tune import sampler
 from training.tune.executors import Executor, make_executor
+from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
 from training.tune.settings import RUNTIME_FIELDS, TuneSettings
 from training.tune.space import SearchSpace
-from training.tune.store import FILENAME, PlannedTrial, TrialRecord, TrialStore
+from training.tune.store import FILENAME, NEW_FILENAME, PlannedTrial, TrialRecord, TrialStore
 from training.tune.trials import TrialOutcome, TrialRequest
 
 MIN_REFERENCE = 4  # early stopping waits for this many ended trials to compare with
@@ -58,14 +59,11 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
             changed = sorted(k for k in given if stored.get(k) != given[k])
             raise TuneError(f"{settings.out}: cannot resume with different {', '.join(changed)}")
         return store
-    if settings.out.exists() and any(settings.out.iterdir()):
+    if _entries(settings.out) - {LOCK_NAME, NEW_FILENAME}:
         raise TuneError(
             f"{settings.out}: already exists and is not empty (use --resume or a new --out)"
         )
-    settings.out.mkdir(parents=True, exist_ok=True)
-    store = TrialStore(path)
-    store.save_settings(settings.to_dict())
-    return store
+    return TrialStore.create(path, settings.to_dict())
 
 
 def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
@@ -76,6 +74,44 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
     space = settings.search_space()
     if settings.objective == "train":
         _check_data(space)
+    created = not settings.out.exists()
+    lock = lock_tune_dir(settings, resume=resume)
+    try:
+        return _run_locked(settings, space, resume=resume)
+    except BaseException:
+        if created and _entries(settings.out) <= {LOCK_NAME}:  # refused before it began
+            (settings.out / LOCK_NAME).unlink(missing_ok=True)
+            settings.out.rmdir()
+        raise
+    finally:
+        lock.release()
+
+
+def _entries(directory: Path) -> set[str]:
+    return {entry.name for entry in directory.iterdir()} if directory.is_dir() else set()
+
+
+def lock_tune_dir(settings: TuneSettings, *, resume: bool) -> TuneLock:
+    """Take (and return) the tune directory's one-writer lock; creates a new tune's directory.
+
+    A directory that holds other things and no tune is refused untouched; a tune another live
+    process is running is refused with that process's pid, before anything is written.
+    """
+    out = settings.out
+    if resume and not (out / FILENAME).exists():
+        raise TuneError(f"{out}: no {FILENAME} to resume (start it without --resume)")
+    if not resume and _entries(out) - {LOCK_NAME, NEW_FILENAME} and not (out / FILENAME).exists():
+        raise TuneError(f"{out}: already exists and is not empty (use a new --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = TuneLock(out)
+    try:
+        lock.acquire()
+    except TuneLocked as error:
+        raise TuneError(str(error)) from None
+    return lock
+
+
+def _run_locked(settings: TuneSettings, space: SearchSpace, *, resume: bool) -> TuneResult:
     executor = make_executor(_worker_count(settings), settings.ray_address)
     try:
         with open_tune(settings, resume=resume) as store:
@@ -108,9 +144,12 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
 def _check_data(space: SearchSpace) -> None:
     """Load the data once here, so a bad file is named before any trial starts."""
     from training.data import load_dataset
+    from training.targets import check_class_counts
 
     config = space.base_config()
-    load_dataset(config.data, target=config.target, task=config.task)
+    dataset = load_dataset(config.data, target=config.target, task=config.task)
+    if dataset.task == "classification":
+        check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
 
 
 def _worker_count(settings: TuneSettings) -> int | None:

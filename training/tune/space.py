@@ -296,6 +296,11 @@ def _build_dimension(name: str, spec: Any, base: TrainConfig, where: str) -> Dim
         raise SpaceError(f"{where}: dimension {name!r}: integer range needs integer ends")
     if scale == "log_int" and low < 1:
         raise SpaceError(f"{where}: dimension {name!r}: a log_int range needs low ≥ 1")
+    integer_fields = {
+        field.name for field in dataclasses.fields(TrainConfig) if field.type == "int"
+    }
+    if name in integer_fields and scale not in ("int", "log_int"):
+        raise SpaceError(f"{where}: dimension {name!r} is a whole number: use scale int or log_int")
     return Dimension(name=name, scale=scale, low=low, high=high)
 
 

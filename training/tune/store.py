@@ -8,6 +8,7 @@ known source of "database is locked"). WAL with synchronous=NORMAL survives a ki
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 STATES = ("pending", "running", "finished", "failed", "pruned")
 FILENAME = "tune.sqlite"
+NEW_FILENAME = ".tune.sqlite.new"  # TrialStore.create builds the file here, then renames it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +43,31 @@ CREATE TABLE IF NOT EXISTS trials (
     seconds REAL                   -- wall time of the latest attempt, as the worker measured it
 );
 """
+
+
+def database_failure(path: Path, error: sqlite3.DatabaseError) -> str:
+    """One line for a tune database that cannot be used: what happened and what to do."""
+    text = str(error)
+    if "full" in text or _nearly_full(path.parent):  # SQLITE_FULL, or an I/O error on a full disk
+        then = f"bnserve tune --resume --out {path.parent}" if path.exists() else "start it again"
+        what = text if "full" in text else f"{text} (the disk is full)"
+        return f"{path}: {what}; the trials recorded stay; make room, then {then}"
+    return (
+        f"{path}: not a readable tune database ({text}); it may have been truncated or "
+        f"overwritten. The trials' run directories in {path.parent / 'trials'} are intact; "
+        f"restore {path.name} from a backup to --resume, or start the search again in a new --out"
+    )
+
+
+def _nearly_full(directory: Path) -> bool:
+    """Under 1 MiB free: SQLite reports a full disk as "disk I/O error" when its WAL cannot grow."""
+    while not directory.exists() and directory != directory.parent:  # a new tune's, removed
+        directory = directory.parent
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
 
 
 @dataclass(frozen=True)
@@ -78,15 +105,55 @@ class TrialStore:
     """Reads and writes one tune's SQLite file; every write is its own committed transaction."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        """Create the file when it does not exist; an existing one is checked whole first
+        (sqlite3.DatabaseError when it is corrupt or lacks a table: nothing is changed)."""
         self.path = Path(path)
+        existing = self.path.exists()
         if readonly:
             uri = f"file:{self.path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
         else:
             self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        try:
+            if existing:
+                self._check_whole()
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def create(cls, path: Path, settings: dict[str, Any]) -> TrialStore:
+        """A new store holding `settings`, all or nothing: built under a temporary name and
+        renamed into place, so a tune.sqlite never exists without its settings (a full disk or a
+        kill while creating it leaves no file that --resume would refuse and a new tune trip on).
+        """
+        temp = Path(path).with_name(NEW_FILENAME)
+        leftovers = [temp, temp.with_name(temp.name + "-wal"), temp.with_name(temp.name + "-shm")]
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        try:
+            with cls(temp) as store:
+                store.save_settings(settings)
+                store._db.execute("PRAGMA journal_mode=DELETE")  # one file, whole, to rename
+            os.replace(temp, path)
+        except BaseException:
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
+            raise
+        return cls(path)
+
+    def _check_whole(self) -> None:
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"integrity check: {problems[0]}")
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        missing = sorted({"settings", "rounds", "trials"} - tables)
+        if missing:
+            raise sqlite3.DatabaseError(f"no such table: {', '.join(missing)}")
 
     def close(self) -> None:
         self._db.close()

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -296,3 +297,57 @@ def test_resume_keeps_the_stored_settings(tmp_path, capsys):
     assert "--resume keeps the tune's stored settings: drop --trials" in capsys.readouterr().err
     assert main(["--out", str(out), "--trials", "2", "--objective", "synthetic"]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+SYNTHETIC = ["--trials", "6", "--objective", "synthetic", "--no-plots", "--no-progress"]
+
+
+def _damage(path, how):
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "overwritten":
+        path.write_bytes(random.Random(0).randbytes(20_000))
+    elif how == "emptied":
+        path.write_bytes(b"")
+    else:  # a table dropped
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE trials")
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "sqlite_says"),
+    [
+        ("truncated", "database disk image is malformed"),
+        ("overwritten", "file is not a database"),
+        ("emptied", "no such table: rounds, settings, trials"),
+        ("dropped", "no such table: trials"),
+    ],
+)
+def test_a_damaged_tune_sqlite_is_one_line_and_left_as_it_is(tmp_path, capsys, how, sqlite_says):
+    """The bug: tracebacks ('database disk image is malformed', 'no such table'); a dropped
+    table was even recreated empty and the tune "resumed" with no trials."""
+    out = tmp_path / "tune"
+    assert main(["--out", str(out), *SYNTHETIC]) == 0
+    capsys.readouterr()
+    _damage(out / FILENAME, how)
+    damaged = (out / FILENAME).read_bytes()
+    assert main(["--out", str(out), "--resume", "--no-progress", "--no-plots"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"bnserve tune: error: {out / FILENAME}: not a readable tune database")
+    assert sqlite_says in error and error.count("\n") == 1, error
+    assert "restore tune.sqlite from a backup" in error
+    assert (out / FILENAME).read_bytes() == damaged  # not "repaired" into something else
+
+
+def test_a_full_disk_is_one_line_and_leaves_a_directory_that_starts_again(capsys, small_disk):
+    disk = small_disk.mount(40)  # room for the lock file, not for the database
+    out = disk / "tune"
+    assert main(["--out", str(out), *SYNTHETIC]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.startswith(f"bnserve tune: error: {out / FILENAME}: database or disk is full")
+    assert "make room, then start it again" in error
+    assert not out.exists()  # nothing half-made that --resume would refuse
+    small_disk.resize(disk, 10 * 1024)
+    assert main(["--out", str(out), *SYNTHETIC]) == 0

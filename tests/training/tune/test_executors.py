@@ -7,6 +7,8 @@ import importlib.util
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -191,3 +193,35 @@ def test_workers_that_cannot_start_fail_the_trial_and_later_submits_instead_of_h
     with pytest.raises(RuntimeError, match="local workers unusable: OSError"):
         executor.submit(_synthetic_request(1, tmp_path).to_json())
     _close_within(executor)
+
+
+@pytest.mark.parametrize(
+    ("env", "home_token", "expected"),
+    [
+        ({}, False, "False None"),  # nothing to send: Ray's own default applies
+        ({"RAY_AUTH_TOKEN": "t0k"}, False, "True token"),
+        ({"RAY_AUTH_TOKEN_PATH": "/some/file"}, False, "True token"),
+        ({}, True, "True token"),  # ~/.ray/auth_token
+        ({"RAY_AUTH_TOKEN": "t0k", "RAY_AUTH_MODE": "disabled"}, False, "False disabled"),
+    ],
+)
+def test_a_cluster_address_sends_the_token_ray_would(tmp_path, env, home_token, expected):
+    """The bug: ray.init(address=…) sends no token unless RAY_AUTH_MODE=token is set, so a head
+    with token authentication answered InvalidAuthToken. (A subprocess: Ray's config is global;
+    the real cluster is tests/training/tune/test_ray_cluster.py, marked slow.)"""
+    if home_token:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("t0k")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    code = (
+        "import os; from training.tune.executors import use_cluster_token; "
+        "print(use_cluster_token(), os.environ.get('RAY_AUTH_MODE'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "HOME": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == expected, result.stderr

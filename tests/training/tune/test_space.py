@@ -120,6 +120,9 @@ def test_layers_and_units_build_hidden():
         ({"lr": {"scale": "log", "low": "1e-4", "high": 1}}, "'lr': low = '1e-4' is not a number"),
         ({"units": {"scale": "int", "low": 8.5, "high": 16}}, "integer range needs integer ends"),
         ({"seed": {"scale": "int", "low": 0, "high": 9}}, "unknown hyperparameter 'seed'"),
+        # was a ValueError traceback mid-tune, when a trial drew epochs = 2.27
+        ({"epochs": {"scale": "linear", "low": 1, "high": 3}}, "'epochs' is a whole number"),
+        ({"batch_size": {"scale": "log", "low": 16, "high": 64}}, "use scale int or log_int"),
     ],
 )
 def test_bad_dimensions_are_named_with_their_value(search, message):

@@ -1,0 +1,118 @@
+"""One writer per tune directory: a second `bnserve tune` is refused with the holder's pid, and
+a lock left by a killed coordinator is taken over with a message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
+from training.tune.store import FILENAME
+
+from .processes import alive
+from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, _states
+
+HOLD = (
+    "import sys; from pathlib import Path; from training.tune.lock import TuneLock\n"
+    "with TuneLock(Path(sys.argv[1])):\n"
+    "    print('locked', flush=True); sys.stdin.read()\n"
+)
+
+
+def test_a_second_lock_names_the_holder_and_a_clean_release_leaves_nothing_stale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with TuneLock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(TuneLocked, match=f"process {os.getpid()} is running this tune"):
+            TuneLock(tmp_path).acquire()
+    assert (tmp_path / LOCK_NAME).read_text() == ""
+    with TuneLock(tmp_path):
+        pass
+    assert "stale" not in capsys.readouterr().err
+
+
+def test_a_killed_holders_lock_is_stale_and_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(TuneLocked, match=f"process {holder.pid} is running"):
+            TuneLock(tmp_path).acquire()
+        holder.kill()
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
+    with TuneLock(tmp_path):
+        assert f"taking over a stale lock of process {holder.pid}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks process states through /proc")
+def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
+    """The bug: two `--resume` at once ran the same trials and both exited 0."""
+    out = tmp_path / "tune"
+    first = subprocess.Popen(
+        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *SLOW_TRIALS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not any(r.state == "running" for r in _states(out).values()):
+            assert time.monotonic() < deadline and first.poll() is None, "the tune never started"
+            time.sleep(0.02)
+        before = _states(out)
+        for args in (["--resume"], SLOW_TRIALS):  # resumed, or started again over it
+            second = subprocess.run(
+                [BNSERVE, "tune", "--out", str(out), *args, "--no-progress", "--no-plots"],
+                capture_output=True,
+                text=True,
+                timeout=DEADLINE_SECONDS,
+            )
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.startswith("bnserve tune: error: ")
+            assert f"process {first.pid} is running this tune" in second.stderr
+            assert second.stderr.count("\n") == 1, second.stderr
+        after = _states(out)
+        for trial, record in before.items():  # the second one requeued and ran nothing
+            if record.state == "running":
+                assert after[trial].attempts == 1 and after[trial].started_at == record.started_at
+        workers = _spawned_workers(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+        first.stderr.close()
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the killed tune's workers outlived it"
+        time.sleep(0.05)
+    resumed = subprocess.run(
+        [BNSERVE, "tune", "--out", str(out), "--resume", "--no-progress", "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"taking over a stale lock of process {first.pid}" in resumed.stderr
+    assert [r.state for r in _states(out).values()] == ["finished"] * 4
+    assert (out / LOCK_NAME).read_text() == ""
+    assert (out / FILENAME).exists()
