@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         "--target", metavar="COL", help="the reference CSV's target column (default: the last)"
     )
     parser.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="default: from the graph's end (Softmax/LogSoftmax/Sigmoid: classification, nothing: "
+        "regression); classification reads a graph that ends in logits as a classifier, its "
+        "probabilities the softmax of the logits",
+    )
+    parser.add_argument(
         "--feature-names",
         type=_names,
         metavar="A,B,…",
@@ -107,6 +114,7 @@ def main(argv: list[str]) -> int:
         out=args.out,
         reference_data=args.reference_data,
         target=args.target,
+        task=args.task,
         feature_names=args.feature_names,
         class_names=args.class_names,
         target_names=args.target_names,

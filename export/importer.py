@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from export.verify import (
     onnx_session,
     score_onnx,
 )
-from training.data import load_dataset
+from training.data import Dataset, load_dataset
 from training.errors import DataError
 
 IMPORT_KEY = "bnserve.import"  # JSON: where the model came from and what its source states
@@ -47,6 +47,7 @@ class ImportSettings:
     out: Path  # the folded .onnx file to write
     reference_data: Path | None = None  # CSV/NPZ of inputs (training's readers); None: generated
     target: str | None = None  # the reference file's target column (CSV; default the last)
+    task: str | None = None  # "classification" reads a graph ending in logits as a classifier
     feature_names: tuple[str, ...] | None = None  # default: the reference file's, else x0, x1, …
     class_names: tuple[str, ...] | None = None  # default: "0", "1", …
     target_names: tuple[str, ...] | None = None  # default: y0, y1, …
@@ -73,7 +74,7 @@ def import_model(settings: ImportSettings) -> ImportReport:
     """Fold settings.source into settings.out; on anything unfoldable raise ExportError."""
     check_output_path(settings.out, settings.force)
     source_bytes, source_model = _read_source(settings.source)
-    chain = parse_chain(source_model, str(settings.source))
+    chain = _as_task(parse_chain(source_model, str(settings.source)), settings)
     original = _original_session(source_model, settings.source)
     inputs, rows_from, file_names = _verification_inputs(settings, chain)
     expected = _original_outputs(original, chain, inputs)
@@ -125,6 +126,23 @@ def import_model(settings: ImportSettings) -> ImportReport:
         node_count=len(model.graph.node),
         size_bytes=len(payload),
         graph_sha256=graph_sha256(model),
+    )
+
+
+def _as_task(chain: ParsedChain, settings: ImportSettings) -> ParsedChain:
+    """The chain with --task applied: classification turns final logits into a classifier."""
+    if settings.task is None or settings.task == chain.task:
+        return chain
+    if settings.task == "classification":
+        if chain.output_count < 2:
+            raise ExportError(
+                f"{settings.source}: --task classification, but the graph ends in one output "
+                "with no Sigmoid; softmax over one logit is always 1"
+            )
+        return replace(chain, head="logits")
+    raise ExportError(
+        f"{settings.source}: --task regression, but the graph ends in "
+        f"{chain.summary().rsplit(' → ', 1)[-1]}: it is a classifier"
     )
 
 
@@ -197,22 +215,28 @@ def _verification_inputs(
                 f"model has no input normalization to say its range), seed {settings.seed}"
             )
         return x.astype(np.float32), how, None
-    try:
-        data = load_dataset(str(settings.reference_data), target=settings.target, task=chain.task)
-    except DataError as error:
-        raise ExportError(f"--reference-data: {error}") from None
+    data = _read_reference_data(settings)
     if data.x.shape[1] != features:
         raise ExportError(
             f"{settings.reference_data}: {data.x.shape[1]} feature columns besides the target "
-            f"{_target_of(data)!r}, but the model takes {features}"
+            f"{(data.target_names or [settings.target or 'in the last column'])[0]!r}, but the "
+            f"model takes {features}"
         )
     how = f"from {settings.reference_data.name}: {data.x.shape[0]} rows"
     return data.x.astype(np.float32), how, list(data.feature_names)
 
 
-def _target_of(data: Any) -> str:
-    names = data.target_names or ["y"]
-    return names[0] if data.class_names is None else "(the target column)"
+def _read_reference_data(settings: ImportSettings) -> Dataset:
+    """The file through training's readers. Its target is not used, so any values pass: read
+    as regression (numbers), else as classes (text)."""
+    source = str(settings.reference_data)
+    try:
+        return load_dataset(source, target=settings.target, task="regression")
+    except DataError:
+        try:
+            return load_dataset(source, target=settings.target, task="classification")
+        except DataError as error:
+            raise ExportError(f"--reference-data: {error}") from None
 
 
 def _original_outputs(
@@ -235,6 +259,9 @@ def _original_outputs(
     output = np.concatenate(parts)
     if chain.head == "log_softmax":
         return np.exp(output)
+    if chain.head == "logits":
+        shifted = np.exp(output - output.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
     if chain.head == "sigmoid":
         return np.concatenate([1.0 - output, output], axis=1)
     return output

@@ -78,7 +78,9 @@ class ParsedChain:
     layers: tuple[LinearLayer, ...]  # the last is the output layer
     activation: str  # one of export.fold.FOLDED_ACTIVATIONS ("relu" when there is one layer)
     leaky_relu_alpha: float
-    head: str  # "softmax" | "log_softmax" | "sigmoid" (one output: binary) | "none"
+    # "softmax" | "log_softmax" | "sigmoid" (one output: binary) | "none" (regression), or
+    # "logits": a graph that ends in logits, read as a classifier (`--task classification`)
+    head: str
     batchnorms: tuple[BatchNormNode, ...]
 
     @property
@@ -106,13 +108,17 @@ class ParsedChain:
                 + ("+BN" if layer.batchnorm is not None else "")
             )
         if self.head != "none":
-            parts.append(
-                {"softmax": "Softmax", "log_softmax": "LogSoftmax"}.get(self.head, "Sigmoid")
-            )
+            parts.append(HEAD_NAMES[self.head])
         return " → ".join(parts)
 
 
 _OP_OF = {kind: op for op, kind in ACTIVATIONS.items()}
+HEAD_NAMES = {
+    "softmax": "Softmax",
+    "log_softmax": "LogSoftmax",
+    "sigmoid": "Sigmoid",
+    "logits": "logits (+ Softmax)",
+}
 
 
 def describe(node: onnx.NodeProto) -> str:
@@ -131,7 +137,7 @@ class _Walker:
     def __init__(self, model: onnx.ModelProto, source: str) -> None:
         self.graph = model.graph
         self.source = source
-        self.constants = _constants(self.graph)
+        self.constants, self.constant_nodes = _constants(self.graph)
         self.producer = {out: node for node in self.graph.node for out in node.output if out}
         self.consumers: dict[str, list[int]] = defaultdict(list)
         for index, node in enumerate(self.graph.node):
@@ -500,7 +506,7 @@ class _Walker:
                 f"the graph output {self.output_name!r}"
             )
         for index, node in enumerate(self.graph.node):
-            if index not in self.visited and node.op_type != "Constant":
+            if index not in self.visited and index not in self.constant_nodes:
                 self.fail(
                     f"{describe(node)} is not on the chain from {self.input.name!r} to "
                     f"{self.output_name!r}; bnserve folds a single chain"
@@ -538,15 +544,23 @@ class _Walker:
         return -shift / scale, 1.0 / scale
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant nodes' values by tensor name."""
+def _constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Initializers and the values of Constant nodes and of Identity nodes of constants (the
+    PyTorch exporter writes those for shared weights), by tensor name; and those nodes' indices.
+    """
     values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.attribute:
+    constant_nodes: set[int] = set()
+    for index, node in enumerate(graph.node):  # nodes are topologically sorted
+        if node.domain not in ("", "ai.onnx"):
             continue
-        value = helper.get_attribute_value(node.attribute[0])
-        if isinstance(value, onnx.TensorProto):
-            values[node.output[0]] = numpy_helper.to_array(value)
-        elif isinstance(value, float | int | list):
-            values[node.output[0]] = np.asarray(value)
-    return values
+        if node.op_type == "Constant" and node.attribute:
+            value = helper.get_attribute_value(node.attribute[0])
+            if isinstance(value, onnx.TensorProto):
+                values[node.output[0]] = numpy_helper.to_array(value)
+            elif isinstance(value, float | int | list):
+                values[node.output[0]] = np.asarray(value)
+            constant_nodes.add(index)
+        elif node.op_type == "Identity" and node.input and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+            constant_nodes.add(index)
+    return values, constant_nodes

@@ -257,3 +257,21 @@ def test_python_dash_m_export_import(tmp_path, out_dir) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert out.is_file() and "wrote" in result.stdout
+
+
+def test_task_flag_reads_logits_as_a_classifier_and_refuses_contradictions(
+    tmp_path, out_dir, capsys
+) -> None:
+    logits = _write(build_foreign(ForeignMlp(head="none")), tmp_path / "logits.onnx")
+    assert main([str(logits), "--out", str(out_dir / "c.onnx"), "--task", "classification"]) == 0
+    assert "→ 6→3 → logits (+ Softmax)" in capsys.readouterr().out
+    (out_dir / "c.onnx").unlink()
+    softmax = _write(build_foreign(ForeignMlp()), tmp_path / "softmax.onnx")
+    assert main([str(softmax), "--out", str(out_dir / "r.onnx"), "--task", "regression"]) == 1
+    assert "--task regression, but the graph ends in Softmax: it is a classifier" in (
+        capsys.readouterr().err
+    )
+    single = _write(build_foreign(ForeignMlp(head="none", outputs=1)), tmp_path / "one.onnx")
+    assert main([str(single), "--out", str(out_dir / "o.onnx"), "--task", "classification"]) == 1
+    assert "ends in one output with no Sigmoid" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
