@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -31,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
             "nothing is written then."
         ),
     )
-    parser.add_argument("source", type=Path, metavar="MODEL.onnx", help="the ONNX model to import")
+    parser.add_argument(
+        "source",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="the ONNX model to import (or a PyTorch state dict, MODEL.pt)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the folded .onnx file to write")
     parser.add_argument(
         "--reference-data",
@@ -75,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
         default=256,
         help="rows verified on without --reference-data (default 256)",
     )
+    state_dict = parser.add_argument_group(
+        "a PyTorch state dict (MODEL.pt: nn.Sequential of Linear, BatchNorm1d, activations; "
+        "needs torch)"
+    )
+    state_dict.add_argument(
+        "--activation",
+        choices=("relu", "tanh", "sigmoid", "leaky_relu"),
+        help="the activation between the layers (a state dict does not record it)",
+    )
+    state_dict.add_argument(
+        "--leaky-relu-alpha", type=float, default=0.01, help="LeakyReLU's negative_slope (0.01)"
+    )
+    state_dict.add_argument(
+        "--bn-epsilon", type=float, help="BatchNorm1d's eps (default 1e-5, not in a state dict)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     return parser
 
@@ -109,12 +130,23 @@ def main(argv: list[str]) -> int:
         if value < 1:
             print(f"bnserve import: error: {flag} must be ≥ 1", file=sys.stderr)
             return 2
+    if not math.isfinite(args.leaky_relu_alpha) or not (
+        args.bn_epsilon is None or (math.isfinite(args.bn_epsilon) and args.bn_epsilon >= 0)
+    ):
+        print(
+            "bnserve import: error: --leaky-relu-alpha must be finite, --bn-epsilon finite ≥ 0",
+            file=sys.stderr,
+        )
+        return 2
     settings = ImportSettings(
         source=args.source,
         out=args.out,
         reference_data=args.reference_data,
         target=args.target,
         task=args.task,
+        activation=args.activation,
+        leaky_relu_alpha=args.leaky_relu_alpha,
+        bn_epsilon=args.bn_epsilon,
         feature_names=args.feature_names,
         class_names=args.class_names,
         target_names=args.target_names,

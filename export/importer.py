@@ -20,10 +20,16 @@ import onnxruntime as ort
 
 from export.errors import ExportError
 from export.exporter import check_output_path, write_atomically
-from export.fold import AffineLayer, FoldedNetwork, fold_layers
+from export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
 from export.graph import build_folded_model
 from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_metadata, graph_sha256
 from export.onnx_chain import ParsedChain, parse_chain
+from export.state_dict import (
+    StateDictSpec,
+    graph_from_state_dict,
+    is_state_dict_path,
+    load_state_dict,
+)
 from export.verify import (
     PROBABILITY_TOLERANCE,
     REGRESSION_RELATIVE,
@@ -48,6 +54,10 @@ class ImportSettings:
     reference_data: Path | None = None  # CSV/NPZ of inputs (training's readers); None: generated
     target: str | None = None  # the reference file's target column (CSV; default the last)
     task: str | None = None  # "classification" reads a graph ending in logits as a classifier
+    # a state dict (.pt/.pth) only: what it does not record
+    activation: str | None = None  # relu | tanh | sigmoid | leaky_relu
+    leaky_relu_alpha: float = LEAKY_RELU_ALPHA
+    bn_epsilon: float | None = None  # BatchNorm1d's eps (default 1e-5)
     feature_names: tuple[str, ...] | None = None  # default: the reference file's, else x0, x1, …
     class_names: tuple[str, ...] | None = None  # default: "0", "1", …
     target_names: tuple[str, ...] | None = None  # default: y0, y1, …
@@ -73,7 +83,7 @@ class ImportReport:
 def import_model(settings: ImportSettings) -> ImportReport:
     """Fold settings.source into settings.out; on anything unfoldable raise ExportError."""
     check_output_path(settings.out, settings.force)
-    source_bytes, source_model = _read_source(settings.source)
+    source_bytes, source_model = _read_source(settings)
     chain = _as_task(parse_chain(source_model, str(settings.source)), settings)
     original = _original_session(source_model, settings.source)
     inputs, rows_from, file_names = _verification_inputs(settings, chain)
@@ -172,9 +182,28 @@ def fold_chain(chain: ParsedChain) -> FoldedNetwork:
     )
 
 
-def _read_source(path: Path) -> tuple[bytes, onnx.ModelProto]:
+def _read_source(settings: ImportSettings) -> tuple[bytes, onnx.ModelProto]:
+    """The source file's bytes and its ONNX graph (for a state dict: the graph torch would
+    export for it)."""
+    path = settings.source
     if not path.is_file():
-        raise ExportError(f"{path}: no such file")
+        raise ExportError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if is_state_dict_path(path):
+        spec = StateDictSpec(
+            activation=settings.activation,
+            task=settings.task,
+            epsilon=1e-5 if settings.bn_epsilon is None else settings.bn_epsilon,
+            leaky_relu_alpha=settings.leaky_relu_alpha,
+        )
+        return path.read_bytes(), graph_from_state_dict(load_state_dict(path), spec, str(path))
+    for flag, value in (
+        ("--activation", settings.activation),
+        ("--bn-epsilon", settings.bn_epsilon),
+    ):
+        if value is not None:
+            raise ExportError(
+                f"{path}: {flag} is for a state dict (.pt); an ONNX model's graph states it"
+            )
     try:
         source_bytes = path.read_bytes()
         model = onnx.load(str(path))  # also reads external data beside it
@@ -341,6 +370,12 @@ def _card(
     )
     record = {
         "source": path.name,
+        "source_format": (
+            "PyTorch state dict (torch.load weights_only=True); activation, task and ε from "
+            "the command line, as the graph torch.onnx.export writes"
+            if is_state_dict_path(path)
+            else "ONNX"
+        ),
         "source_sha256": sha256,
         "producer": f"{producer} {model.producer_version}".strip() or "unknown",
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
