@@ -9,7 +9,9 @@ initializer or a Constant node):
       Add of a constant bias, then optionally BatchNormalization in inference mode
     → Relu | Tanh | Sigmoid | LeakyRelu → the next layer …
     → after the last layer: Softmax or LogSoftmax over the classes, a Sigmoid over ONE output
-      (binary classification), or nothing (regression).
+      (binary classification), or nothing (regression), which may scale its outputs by
+      constants (Sub/Add/Mul/Div: a target de-standardization, as `bnserve export --unfolded`
+      writes).
 
 Identity nodes pass through. Everything else is refused with an ExportError naming the node and
 why: nothing is ever folded approximately.
@@ -82,6 +84,9 @@ class ParsedChain:
     # "logits": a graph that ends in logits, read as a classifier (`--task classification`)
     head: str
     batchnorms: tuple[BatchNormNode, ...]
+    output_scaling: tuple[str, ...] = ()  # op types after the last layer; () without
+    output_scale: np.ndarray | None = None  # (T,): y = z·scale + shift, None without
+    output_shift: np.ndarray | None = None
 
     @property
     def feature_count(self) -> int:
@@ -107,6 +112,8 @@ class ParsedChain:
                 f"{layer.weight.shape[0]}→{layer.weight.shape[1]}"
                 + ("+BN" if layer.batchnorm is not None else "")
             )
+        if self.output_scaling:
+            parts.append("/".join(self.output_scaling))
         if self.head != "none":
             parts.append(HEAD_NAMES[self.head])
         return " → ".join(parts)
@@ -266,6 +273,7 @@ class _Walker:
         batchnorms: list[BatchNormNode] = []
         activation: tuple[str, float] | None = None
         head = "none"
+        output_scaling: list[tuple[onnx.NodeProto, np.ndarray, bool]] = []
         while True:
             where = f"after layer {len(layers)}" if layers else "before the first layer"
             if node is None:
@@ -287,6 +295,9 @@ class _Walker:
             node = self.peek()
             if node is None:
                 break
+            if node.op_type in ELEMENTWISE_OPS:
+                output_scaling = self._output_scaling(node)
+                break
             if node.op_type in HEADS:
                 head = self._softmax_head(node)
                 break
@@ -304,22 +315,49 @@ class _Walker:
             node = following
         self._check_end()
         feature_count = layers[0].weight.shape[0]
-        mean, std = self._normalization(normalization, feature_count)
+        scale, shift = self._affine(normalization, feature_count, "feature")
+        output_scale, output_shift = (
+            self._affine(output_scaling, layers[-1].weight.shape[1], "output")
+            if output_scaling
+            else (None, None)
+        )
         kind, alpha = activation if activation is not None else ("relu", LEAKY_RELU_ALPHA)
         dims = self.input.type.tensor_type.shape.dim
         return ParsedChain(
             input_name=self.input.name,
             output_name=self.output_name,
             batch_size=dims[0].dim_value if dims and dims[0].HasField("dim_value") else None,
-            input_mean=mean,
-            input_std=std,
+            input_mean=-shift / scale,
+            input_std=1.0 / scale,
             normalization=tuple(n.op_type for n, _, _ in normalization),
             layers=tuple(layers),
             activation=kind,
             leaky_relu_alpha=alpha,
             head=head,
             batchnorms=tuple(batchnorms),
+            output_scaling=tuple(n.op_type for n, _, _ in output_scaling),
+            output_scale=output_scale,
+            output_shift=output_shift,
         )
+
+    def _output_scaling(
+        self, node: onnx.NodeProto
+    ) -> list[tuple[onnx.NodeProto, np.ndarray, bool]]:
+        """Elementwise ops by constants after the last layer; they must end the graph."""
+        steps: list[tuple[onnx.NodeProto, np.ndarray, bool]] = []
+        following: onnx.NodeProto | None = node
+        while following is not None and following.op_type in ELEMENTWISE_OPS:
+            steps.append((following, *self.elementwise(following)))
+            self.take(following)
+            following = self.peek()
+        if following is not None:
+            ops = "/".join(step[0].op_type for step in steps)
+            self.fail(
+                f"{describe(following)} after the scaling ({ops}) of the last layer's outputs: "
+                "elementwise ops after the last layer must end the graph (a regression "
+                "output's de-standardization)"
+            )
+        return steps
 
     def _check_input(self) -> None:
         tensor_type = self.input.type.tensor_type
@@ -517,13 +555,13 @@ class _Walker:
                 "a model with one input"
             )
 
-    def _normalization(
-        self, steps: list[tuple[onnx.NodeProto, np.ndarray, bool]], feature_count: int
+    def _affine(
+        self, steps: list[tuple[onnx.NodeProto, np.ndarray, bool]], width: int, what: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The elementwise steps x·scale + shift composed, as (x − mean)/std: (mean, std)."""
-        scale, shift = np.ones(feature_count), np.zeros(feature_count)
+        """The elementwise steps composed: v ↦ v·scale + shift, (width,) each."""
+        scale, shift = np.ones(width), np.zeros(width)
         for node, value, running_first in steps:
-            constant = self.per_unit(node, value, feature_count, "constant")
+            constant = self.per_unit(node, value, width, "constant")
             op = node.op_type
             if op == "Add":
                 shift = shift + constant
@@ -536,12 +574,12 @@ class _Walker:
                 if zero.size:
                     verb = "multiplies" if op == "Mul" else "divides"
                     self.fail(
-                        f"{describe(node)} {verb} feature {int(zero[0])} by 0; an input "
-                        "normalization must keep every feature"
+                        f"{describe(node)} {verb} {what} {int(zero[0])} by 0; a scaling by "
+                        f"constants must keep every {what}"
                     )
                 factor = constant if op == "Mul" else 1.0 / constant
                 scale, shift = scale * factor, shift * factor
-        return -shift / scale, 1.0 / scale
+        return scale, shift
 
 
 def _constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], set[int]]:

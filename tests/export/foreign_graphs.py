@@ -24,6 +24,7 @@ class ForeignMlp:
     activation: str = "Relu"  # Relu | Tanh | Sigmoid | LeakyRelu
     leaky_alpha: float = 0.2
     head: str = "Softmax"  # Softmax | LogSoftmax | Sigmoid | none (regression)
+    output_scaling: bool = False  # regression: Mul by a target std, Add a target mean at the end
     gemm_alpha: float = 1.0
     gemm_beta: float = 1.0
     batch_dim: str | int = "batch"
@@ -89,6 +90,9 @@ def build_foreign(spec: ForeignMlp) -> onnx.ModelProto:
             )
         attributes = {"alpha": spec.leaky_alpha} if spec.activation == "LeakyRelu" else {}
         a = node(spec.activation, [a], f"{prefix}.act", **attributes)
+    if spec.output_scaling:
+        a = node("Mul", [a, constant("target.std", rng.uniform(0.5, 30, spec.outputs))], "t.mul")
+        a = node("Add", [a, constant("target.mean", rng.normal(0, 50, spec.outputs))], "t.add")
     if spec.head in ("Softmax", "LogSoftmax"):
         a = node(spec.head, [a], "head", axis=1)
     elif spec.head == "Sigmoid":

@@ -41,6 +41,7 @@ SHAPES = {
     "log_softmax": ForeignMlp(head="LogSoftmax"),
     "binary_sigmoid": ForeignMlp(head="Sigmoid", outputs=1),
     "regression": ForeignMlp(head="none", outputs=2, layer="matmul_add"),
+    "regression_scaled": ForeignMlp(head="none", outputs=2, output_scaling=True),
     "one_layer": ForeignMlp(hidden=()),
     "fixed_batch_1": ForeignMlp(batch_dim=1),
     "opset_11": ForeignMlp(opset=11),
@@ -256,3 +257,23 @@ def test_import_refuses_an_existing_output_and_writes_nothing_on_failure(tmp_pat
     assert out.read_bytes() == b"keep"
     import_model(replace(ImportSettings(source=source, out=out), force=True))
     assert onnx.load(str(out)).graph.name == "bnserve_mlp_folded"
+
+
+def test_bnserve_unfolded_regression_export_imports_back_to_the_folded_one(
+    synthetic_run, tmp_path
+) -> None:
+    """`bnserve export --unfolded` (Sub/Div, Gemm, BatchNormalization, …, Mul/Add of the target
+    scale) imported gives the same answers as `bnserve export`'s own folded model."""
+    from export.cli import main as export_main
+
+    run_dir = synthetic_run(task="regression", outputs=2)
+    unfolded, folded, imported = (tmp_path / f"{n}.onnx" for n in ("u", "f", "i"))
+    assert export_main([str(run_dir), "--out", str(unfolded), "--unfolded"]) == 0
+    assert export_main([str(run_dir), "--out", str(folded)]) == 0
+    report = import_model(ImportSettings(source=unfolded, out=imported))
+    assert report.chain.output_scaling == ("Mul", "Add")
+    assert report.chain.summary().startswith("Sub/Div → 6→16+BN → Relu → 16→12+BN")
+    x = np.random.default_rng(4).normal(0, 5, (100, 6)).astype(np.float32)
+    ours = onnx_session(folded.read_bytes()).run(None, {"x": x})[0]
+    theirs = onnx_session(imported.read_bytes()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
