@@ -62,6 +62,10 @@ class LinearLayer:
     weight: np.ndarray
     bias: np.ndarray | None
     batchnorm: BatchNormStats | None = None
+    # then z·scale + shift, (out,) each: an exporter's own folded batch norm (Keras through
+    # tf2onnx writes Mul/Add) or an output's de-standardization; None: nothing
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
 
 
 def fold_batchnorm(
@@ -97,14 +101,17 @@ def fold_input_standardization(
     return AffineLayer(weight=scaled_weight, bias=layer.bias - input_mean @ scaled_weight)
 
 
+def fold_output_affine(layer: AffineLayer, scale: np.ndarray, shift: np.ndarray) -> AffineLayer:
+    """Fold an elementwise z·scale + shift after the layer into it: W' = W·scale (columns),
+    b' = b·scale + shift. scale, shift: (out,)."""
+    return AffineLayer(weight=layer.weight * scale[np.newaxis, :], bias=layer.bias * scale + shift)
+
+
 def fold_target_destandardization(
     layer: AffineLayer, target_mean: np.ndarray, target_std: np.ndarray
 ) -> AffineLayer:
     """Make the output layer give y in target units: (a @ W + b)·std + mean. Shapes: (T,)."""
-    return AffineLayer(
-        weight=layer.weight * target_std[np.newaxis, :],
-        bias=layer.bias * target_std + target_mean,
-    )
+    return fold_output_affine(layer, target_std, target_mean)
 
 
 def fold_layers(
@@ -120,10 +127,10 @@ def fold_layers(
 ) -> FoldedNetwork:
     """Fold a chain of layers (the last one the output layer) into affine layers taking raw x.
 
-    Each layer's batch norm, if any, folds into it; (x − input_mean)/input_std (F,) into the
-    first; y·target_std + target_mean (T,) into the last when given. Values must be validated
-    by the caller (`export.network.check_params` for runs, `export.onnx_chain` for imports).
-    """
+    Each layer's batch norm and scaling, if any, fold into it; (x − input_mean)/input_std (F,)
+    into the first; y·target_std + target_mean (T,) into the last when given. Values must be
+    validated by the caller (`export.network.check_params` for runs, `export.onnx_chain` for
+    imports)."""
     folded: list[AffineLayer] = []
     for layer in layers:
         norm = layer.batchnorm
@@ -142,6 +149,8 @@ def fold_layers(
                     bias=layer.bias,
                 )
             )
+        if layer.scale is not None and layer.shift is not None:
+            folded[-1] = fold_output_affine(folded[-1], layer.scale, layer.shift)
     folded[0] = fold_input_standardization(folded[0], input_mean, input_std)
     if target_mean is not None and target_std is not None:
         folded[-1] = fold_target_destandardization(folded[-1], target_mean, target_std)

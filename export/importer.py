@@ -166,8 +166,6 @@ def fold_chain(chain: ParsedChain) -> FoldedNetwork:
         activation=chain.activation,
         task=chain.task,
         leaky_relu_alpha=chain.leaky_relu_alpha,
-        target_mean=chain.output_shift,
-        target_std=chain.output_scale,
     )
     if chain.head != "sigmoid":
         return network

@@ -6,12 +6,12 @@ initializer or a Constant node):
     x [N, F] float32
     → input normalization: Sub, Add, Mul, Div by constants, scalar or per feature (any order)
     → a layer: Gemm (transA=0; any transB, alpha, beta; C optional) or MatMul, then any
-      Add of a constant bias, then optionally BatchNormalization in inference mode
+      Add of a constant bias, then optionally BatchNormalization in inference mode, then
+      optionally Sub/Add/Mul/Div by per-unit constants (a batch norm its exporter already
+      folded, as tf2onnx writes Keras's; or a regression output's de-standardization)
     → Relu | Tanh | Sigmoid | LeakyRelu → the next layer …
     → after the last layer: Softmax or LogSoftmax over the classes, a Sigmoid over ONE output
-      (binary classification), or nothing (regression), which may scale its outputs by
-      constants (Sub/Add/Mul/Div: a target de-standardization, as `bnserve export --unfolded`
-      writes).
+      (binary classification), or nothing (regression).
 
 Identity nodes pass through. Everything else is refused with an ExportError naming the node and
 why: nothing is ever folded approximately.
@@ -84,9 +84,7 @@ class ParsedChain:
     # "logits": a graph that ends in logits, read as a classifier (`--task classification`)
     head: str
     batchnorms: tuple[BatchNormNode, ...]
-    output_scaling: tuple[str, ...] = ()  # op types after the last layer; () without
-    output_scale: np.ndarray | None = None  # (T,): y = z·scale + shift, None without
-    output_shift: np.ndarray | None = None
+    scalings: tuple[tuple[str, ...], ...] = ()  # per layer: the op types of its scaling
 
     @property
     def feature_count(self) -> int:
@@ -111,9 +109,8 @@ class ParsedChain:
             parts.append(
                 f"{layer.weight.shape[0]}→{layer.weight.shape[1]}"
                 + ("+BN" if layer.batchnorm is not None else "")
+                + ("".join(f"+{op}" for op in self.scalings[index]) if self.scalings else "")
             )
-        if self.output_scaling:
-            parts.append("/".join(self.output_scaling))
         if self.head != "none":
             parts.append(HEAD_NAMES[self.head])
         return " → ".join(parts)
@@ -273,7 +270,7 @@ class _Walker:
         batchnorms: list[BatchNormNode] = []
         activation: tuple[str, float] | None = None
         head = "none"
-        output_scaling: list[tuple[onnx.NodeProto, np.ndarray, bool]] = []
+        scalings: list[tuple[str, ...]] = []
         while True:
             where = f"after layer {len(layers)}" if layers else "before the first layer"
             if node is None:
@@ -288,15 +285,13 @@ class _Walker:
                     )
                 )
             fan_in = layers[-1].weight.shape[1] if layers else self._declared_features()
-            layer, batchnorm = self._layer(node, fan_in, len(layers) + 1)
+            layer, batchnorm, scaling = self._layer(node, fan_in, len(layers) + 1)
             layers.append(layer)
+            scalings.append(scaling)
             if batchnorm is not None:
                 batchnorms.append(batchnorm)
             node = self.peek()
             if node is None:
-                break
-            if node.op_type in ELEMENTWISE_OPS:
-                output_scaling = self._output_scaling(node)
                 break
             if node.op_type in HEADS:
                 head = self._softmax_head(node)
@@ -316,11 +311,6 @@ class _Walker:
         self._check_end()
         feature_count = layers[0].weight.shape[0]
         scale, shift = self._affine(normalization, feature_count, "feature")
-        output_scale, output_shift = (
-            self._affine(output_scaling, layers[-1].weight.shape[1], "output")
-            if output_scaling
-            else (None, None)
-        )
         kind, alpha = activation if activation is not None else ("relu", LEAKY_RELU_ALPHA)
         dims = self.input.type.tensor_type.shape.dim
         return ParsedChain(
@@ -335,29 +325,8 @@ class _Walker:
             leaky_relu_alpha=alpha,
             head=head,
             batchnorms=tuple(batchnorms),
-            output_scaling=tuple(n.op_type for n, _, _ in output_scaling),
-            output_scale=output_scale,
-            output_shift=output_shift,
+            scalings=tuple(scalings),
         )
-
-    def _output_scaling(
-        self, node: onnx.NodeProto
-    ) -> list[tuple[onnx.NodeProto, np.ndarray, bool]]:
-        """Elementwise ops by constants after the last layer; they must end the graph."""
-        steps: list[tuple[onnx.NodeProto, np.ndarray, bool]] = []
-        following: onnx.NodeProto | None = node
-        while following is not None and following.op_type in ELEMENTWISE_OPS:
-            steps.append((following, *self.elementwise(following)))
-            self.take(following)
-            following = self.peek()
-        if following is not None:
-            ops = "/".join(step[0].op_type for step in steps)
-            self.fail(
-                f"{describe(following)} after the scaling ({ops}) of the last layer's outputs: "
-                "elementwise ops after the last layer must end the graph (a regression "
-                "output's de-standardization)"
-            )
-        return steps
 
     def _check_input(self) -> None:
         tensor_type = self.input.type.tensor_type
@@ -384,7 +353,7 @@ class _Walker:
 
     def _layer(
         self, node: onnx.NodeProto, fan_in: int | None, number: int
-    ) -> tuple[LinearLayer, BatchNormNode | None]:
+    ) -> tuple[LinearLayer, BatchNormNode | None, tuple[str, ...]]:
         if node.input[0] != self.current:
             self.fail(
                 f"{describe(node)}: the running tensor {self.current!r} is not its first input; "
@@ -436,7 +405,15 @@ class _Walker:
         if following is not None and following.op_type == "BatchNormalization":
             stats, batchnorm = self._batchnorm(following, width, number)
             self.take(following)
-        return LinearLayer(weight=weight, bias=bias, batchnorm=stats), batchnorm
+            following = self.peek()
+        steps: list[tuple[onnx.NodeProto, np.ndarray, bool]] = []
+        while following is not None and following.op_type in ELEMENTWISE_OPS:
+            steps.append((following, *self.elementwise(following)))
+            self.take(following)
+            following = self.peek()
+        scale, shift = self._affine(steps, width, "unit") if steps else (None, None)
+        layer = LinearLayer(weight=weight, bias=bias, batchnorm=stats, scale=scale, shift=shift)
+        return layer, batchnorm, tuple(step[0].op_type for step in steps)
 
     def _batchnorm(
         self, node: onnx.NodeProto, width: int, number: int

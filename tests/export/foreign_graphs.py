@@ -25,6 +25,7 @@ class ForeignMlp:
     leaky_alpha: float = 0.2
     head: str = "Softmax"  # Softmax | LogSoftmax | Sigmoid | none (regression)
     output_scaling: bool = False  # regression: Mul by a target std, Add a target mean at the end
+    batchnorm_as: str = "node"  # "node" | "mul_add": pre-folded, as tf2onnx writes Keras's
     gemm_alpha: float = 1.0
     gemm_beta: float = 1.0
     batch_dim: str | int = "batch"
@@ -85,9 +86,21 @@ def build_foreign(spec: ForeignMlp) -> onnx.ModelProto:
                 constant(f"{prefix}.mean", rng.normal(0, 0.5, width)),
                 constant(f"{prefix}.var", rng.uniform(0.2, 2.0, width)),
             ]
-            a = node(
-                "BatchNormalization", [a, *statistics], f"{prefix}.bn", epsilon=1e-5, momentum=0.9
-            )
+            if spec.batchnorm_as == "mul_add":
+                gamma, beta, mean, var = (numpy_helper.to_array(t) for t in initializers[-4:])
+                del initializers[-4:]
+                scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-3)
+                a = node("Mul", [a, constant(f"{prefix}.bn_scale", scale)], f"{prefix}.bn_mul")
+                shift = beta - mean * scale
+                a = node("Add", [a, constant(f"{prefix}.bn_shift", shift)], f"{prefix}.bn_add")
+            else:
+                a = node(
+                    "BatchNormalization",
+                    [a, *statistics],
+                    f"{prefix}.bn",
+                    epsilon=1e-5,
+                    momentum=0.9,
+                )
         attributes = {"alpha": spec.leaky_alpha} if spec.activation == "LeakyRelu" else {}
         a = node(spec.activation, [a], f"{prefix}.act", **attributes)
     if spec.output_scaling:

@@ -123,18 +123,6 @@ def _nan_weight(model: onnx.ModelProto) -> None:
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, "l0.w"))
 
 
-def _activation_after_output_scaling(model: onnx.ModelProto) -> None:
-    model.graph.initializer.append(numpy_helper.from_array(np.float32(2.0), "two"))
-    head = find_node(model, "head")
-    model.graph.node.insert(
-        list(model.graph.node).index(head),
-        helper.make_node("Mul", ["l2.gemm", "two"], ["scaled"], name="scale"),
-    )
-    head.input[0] = "scaled"
-    head.op_type = "Relu"
-    del head.attribute[:]
-
-
 def _no_activation_between(model: onnx.ModelProto) -> None:
     act = find_node(model, "l0.act")
     model.graph.node.remove(act)
@@ -180,10 +168,6 @@ REFUSED: dict[str, tuple[Callable[[onnx.ModelProto], None], tuple[str, ...]]] = 
         ("BatchNormalization 'l1.bn': running variance + ε", "at unit 4"),
     ),
     "nan_weight": (_nan_weight, ("Gemm 'l0.gemm': its weight B 'l0.w' has 1 non-finite",)),
-    "activation_after_output_scaling": (
-        _activation_after_output_scaling,
-        ("Relu 'head' after the scaling (Mul) of the last layer's outputs",),
-    ),
     "no_activation_between": (
         _no_activation_between,
         ("Gemm 'l1.gemm' after layer 1: expected an activation",),

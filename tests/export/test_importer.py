@@ -42,6 +42,7 @@ SHAPES = {
     "binary_sigmoid": ForeignMlp(head="Sigmoid", outputs=1),
     "regression": ForeignMlp(head="none", outputs=2, layer="matmul_add"),
     "regression_scaled": ForeignMlp(head="none", outputs=2, output_scaling=True),
+    "keras_style": ForeignMlp(layer="matmul_add", batchnorm_as="mul_add", normalization="none"),
     "one_layer": ForeignMlp(hidden=()),
     "fixed_batch_1": ForeignMlp(batch_dim=1),
     "opset_11": ForeignMlp(opset=11),
@@ -271,7 +272,7 @@ def test_bnserve_unfolded_regression_export_imports_back_to_the_folded_one(
     assert export_main([str(run_dir), "--out", str(unfolded), "--unfolded"]) == 0
     assert export_main([str(run_dir), "--out", str(folded)]) == 0
     report = import_model(ImportSettings(source=unfolded, out=imported))
-    assert report.chain.output_scaling == ("Mul", "Add")
+    assert report.chain.scalings[-1] == ("Mul", "Add")
     assert report.chain.summary().startswith("Sub/Div → 6→16+BN → Relu → 16→12+BN")
     x = np.random.default_rng(4).normal(0, 5, (100, 6)).astype(np.float32)
     ours = onnx_session(folded.read_bytes()).run(None, {"x": x})[0]
