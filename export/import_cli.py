@@ -11,6 +11,8 @@ from pathlib import Path
 from export.errors import ExportError
 from export.importer import ImportReport, ImportSettings, import_model
 
+MAX_ROWS = 1_000_000  # generated or embedded rows: beyond that only memory grows
+
 
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(","))
@@ -127,8 +129,8 @@ def main(argv: list[str]) -> int:
         ("--reference-rows", args.reference_rows),
         ("--generated-rows", args.generated_rows),
     ):
-        if value < 1:
-            print(f"bnserve import: error: {flag} must be ≥ 1", file=sys.stderr)
+        if not 1 <= value <= MAX_ROWS:
+            print(f"bnserve import: error: {flag} must be in 1..{MAX_ROWS:,}", file=sys.stderr)
             return 2
     if not math.isfinite(args.leaky_relu_alpha) or not (
         args.bn_epsilon is None or (math.isfinite(args.bn_epsilon) and args.bn_epsilon >= 0)

@@ -87,7 +87,10 @@ def import_model(settings: ImportSettings) -> ImportReport:
     chain = _as_task(parse_chain(source_model, str(settings.source)), settings)
     original = _original_session(source_model, settings.source)
     inputs, rows_from, file_names = _verification_inputs(settings, chain)
-    expected = _original_outputs(original, chain, inputs)
+    try:
+        expected = _original_outputs(original, chain, inputs)
+    except ExportError as error:
+        raise ExportError(f"{settings.source}: {error}") from None
     task = chain.task
     names = _names(settings, chain, file_names)
     model = build_folded_model(fold_chain(chain))
@@ -279,7 +282,14 @@ def _original_outputs(
         rows = chunk.shape[0]
         if chain.batch_size is not None and rows < step:  # a fixed batch: pad the last chunk
             chunk = np.concatenate([chunk, np.zeros((step - rows, chunk.shape[1]), np.float32)])
-        (value,) = session.run([chain.output_name], {chain.input_name: chunk})
+        try:
+            (value,) = session.run([chain.output_name], {chain.input_name: chunk})
+        except Exception as error:  # onnxruntime's errors are untyped
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(
+                f"onnxruntime cannot run the original graph on rows {start}–{start + rows - 1} "
+                f"({first_line})"
+            ) from None
         parts.append(
             np.asarray(value, dtype=np.float64).reshape(step if chain.batch_size else rows, -1)[
                 :rows

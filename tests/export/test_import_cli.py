@@ -230,6 +230,14 @@ def test_bad_names_and_reference_data(tmp_path, out_dir, capsys) -> None:
     assert "2 feature columns besides the target" in capsys.readouterr().err
     assert main([str(source), "--out", out, "--reference-data", str(tmp_path / "no.csv")]) == 1
     assert "--reference-data: " in capsys.readouterr().err
+    assert main([str(source), "--out", out, "--generated-rows", "0"]) == 2
+    assert "--generated-rows must be in 1..1,000,000" in capsys.readouterr().err
+    assert main([str(source), "--out", out, "--activation", "relu"]) == 1
+    assert "--activation is for a state dict (.pt)" in capsys.readouterr().err
+    parquet = tmp_path / "rows.parquet"
+    parquet.write_bytes(b"PAR1")
+    assert main([str(source), "--out", out, "--reference-data", str(parquet)]) == 1
+    assert "--reference-data: " in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
 
 
