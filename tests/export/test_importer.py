@@ -216,9 +216,9 @@ def test_reference_data_npz(tmp_path) -> None:
 
 
 def test_imported_models_serve_in_a_real_server(imported) -> None:
-    """One `python -m server` process loads every imported model (parity gate included) and
+    """One `python -m server` process loads every imported shape (parity gate included) and
     answers like the original graph, one example at a time and in a batch."""
-    names = ["gemm_transb", "matmul_add", "bn_some", "leaky_relu", "binary_sigmoid", "regression"]
+    names = list(SHAPES)
     args = [arg for name in names for arg in ("--model", str(imported[name][1]))]
     server = ServerProcess(args)
     try:
