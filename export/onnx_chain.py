@@ -75,7 +75,7 @@ class ParsedChain:
     output_name: str
     batch_size: int | None  # a fixed batch the source declares (e.g. 1); None: symbolic
     input_mean: np.ndarray  # (F,): the source's input normalization as (x − mean)/std
-    input_std: np.ndarray  # (F,): 0 and 1 when it has none
+    input_std: np.ndarray  # (F,); mean 0 and std 1 when it has none
     normalization: tuple[str, ...]  # the normalization's op types in order; () without one
     layers: tuple[LinearLayer, ...]  # the last is the output layer
     activation: str  # one of export.fold.FOLDED_ACTIVATIONS ("relu" when there is one layer)
@@ -101,7 +101,7 @@ class ParsedChain:
         return 2 if self.head == "sigmoid" else width
 
     def summary(self) -> str:
-        """e.g. 'Sub/Div → Gemm+BN → Relu → Gemm → Softmax'."""
+        """e.g. 'Sub/Div → 5→8+BN → Relu → 8→3 → Softmax' (layers as in→out)."""
         parts = ["/".join(self.normalization)] if self.normalization else []
         for index, layer in enumerate(self.layers):
             if index:
