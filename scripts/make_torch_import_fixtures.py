@@ -174,7 +174,7 @@ def main() -> None:
         temporary = OUT / f".tmp-{name}.onnx"
         temporary.write_bytes(payload)
         temporary.replace(OUT / f"{name}.onnx")
-        print(f"wrote {OUT / name}.onnx ({len(payload):,} bytes)")
+        print(f"wrote {(OUT / name).relative_to(ROOT)}.onnx ({len(payload):,} bytes)")
     temporary = OUT / ".tmp-torch_import_fixtures.npz"
     with open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
