@@ -74,12 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference-rows",
         type=int,
+        metavar="K",
         default=8,
         help="rows embedded for the server's parity gate (default 8)",
     )
     parser.add_argument(
         "--generated-rows",
         type=int,
+        metavar="N",
         default=256,
         help="rows verified on without --reference-data (default 256)",
     )
@@ -93,10 +95,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the activation between the layers (a state dict does not record it)",
     )
     state_dict.add_argument(
-        "--leaky-relu-alpha", type=float, default=0.01, help="LeakyReLU's negative_slope (0.01)"
+        "--leaky-relu-alpha",
+        type=float,
+        metavar="A",
+        help="LeakyReLU's negative_slope (default 0.01)",
     )
     state_dict.add_argument(
-        "--bn-epsilon", type=float, help="BatchNorm1d's eps (default 1e-5, not in a state dict)"
+        "--bn-epsilon",
+        type=float,
+        metavar="EPS",
+        help="BatchNorm1d's eps (default 1e-5; a state dict does not store it)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     return parser
@@ -132,7 +140,7 @@ def main(argv: list[str]) -> int:
         if not 1 <= value <= MAX_ROWS:
             print(f"bnserve import: error: {flag} must be in 1..{MAX_ROWS:,}", file=sys.stderr)
             return 2
-    if not math.isfinite(args.leaky_relu_alpha) or not (
+    if not (args.leaky_relu_alpha is None or math.isfinite(args.leaky_relu_alpha)) or not (
         args.bn_epsilon is None or (math.isfinite(args.bn_epsilon) and args.bn_epsilon >= 0)
     ):
         print(

@@ -56,7 +56,7 @@ class ImportSettings:
     task: str | None = None  # "classification" reads a graph ending in logits as a classifier
     # a state dict (.pt/.pth) only: what it does not record
     activation: str | None = None  # relu | tanh | sigmoid | leaky_relu
-    leaky_relu_alpha: float = LEAKY_RELU_ALPHA
+    leaky_relu_alpha: float | None = None  # LeakyReLU's negative_slope (default 0.01)
     bn_epsilon: float | None = None  # BatchNorm1d's eps (default 1e-5)
     feature_names: tuple[str, ...] | None = None  # default: the reference file's, else x0, x1, …
     class_names: tuple[str, ...] | None = None  # default: "0", "1", …
@@ -196,11 +196,14 @@ def _read_source(settings: ImportSettings) -> tuple[bytes, onnx.ModelProto]:
             activation=settings.activation,
             task=settings.task,
             epsilon=1e-5 if settings.bn_epsilon is None else settings.bn_epsilon,
-            leaky_relu_alpha=settings.leaky_relu_alpha,
+            leaky_relu_alpha=(
+                LEAKY_RELU_ALPHA if settings.leaky_relu_alpha is None else settings.leaky_relu_alpha
+            ),
         )
         return path.read_bytes(), graph_from_state_dict(load_state_dict(path), spec, str(path))
     for flag, value in (
         ("--activation", settings.activation),
+        ("--leaky-relu-alpha", settings.leaky_relu_alpha),
         ("--bn-epsilon", settings.bn_epsilon),
     ):
         if value is not None:
@@ -391,6 +394,13 @@ def _card(
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "chain": chain.summary(),
         "head": chain.head,
+        "activation": (
+            f"leaky_relu(alpha={chain.leaky_relu_alpha:g})"
+            if chain.activation == "leaky_relu"
+            else chain.activation
+        )
+        if len(chain.layers) > 1
+        else None,
         "input_normalization": list(chain.normalization),
         "batchnorm": [
             {

@@ -146,6 +146,7 @@ def test_model_card_states_conventions_and_row_origin(imported) -> None:
     assert metadata["bnserve.folded"] == "true"
     record = json.loads(metadata["bnserve.import"])
     assert record["source"] == "gemm_transb-source.onnx"
+    assert record["activation"] == "relu"
     assert [entry["onnx_momentum"] for entry in record["batchnorm"]] == [0.9, 0.9]
     assert [entry["pytorch_momentum"] for entry in record["batchnorm"]] == [0.1, 0.1]
     assert record["reference_rows"].startswith("generated: 256 rows drawn from N(mean, std²)")
