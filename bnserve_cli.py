@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "main", "train an MLP with batch norm into a run directory"),
     "tune": ("training.tune.cli", "main", "random search over hyperparameters"),
     "export": ("export.cli", "main", "fold batch norm and write model.onnx"),
+    "import": ("export.import_cli", "main", "fold and wrap a BN MLP trained elsewhere (ONNX)"),
     "serve": ("server.cli", "main", "serve an ONNX model over gRPC"),
     "predict": ("server.client", "main", "score examples against a running server"),
 }

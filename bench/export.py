@@ -1,4 +1,5 @@
-"""onnxruntime latency of the folded vs the unfolded model (64→128→128→10, batch norm, relu).
+"""onnxruntime latency of the folded vs the unfolded model (64→128→128→10, batch norm, relu),
+and of a PyTorch export (BatchNormalization nodes kept) vs `bnserve import` of it.
 
 Per call with a single example, and per example at batch 64, measured side by side in one run:
 rounds alternate between the two models so machine noise hits both alike; each figure is the
@@ -29,6 +30,7 @@ import onnxruntime as ort  # noqa: E402
 
 from export.fold import fold_params  # noqa: E402
 from export.graph import build_folded_model, build_unfolded_model  # noqa: E402
+from export.importer import ImportSettings, import_model  # noqa: E402
 
 LAYER_SIZES = (64, 128, 128, 10)
 BATCH = 64
@@ -83,7 +85,7 @@ def optimized_ops(model: onnx.ModelProto) -> list[str]:
 
 
 def seconds_per_call(session: ort.InferenceSession, x: np.ndarray, calls: int) -> float:
-    feeds = {"x": x}
+    feeds = {session.get_inputs()[0].name: x}  # "x", or a foreign export's own input name
     session.run(None, feeds)  # warm-up
     start = time.perf_counter()
     for _ in range(calls):
@@ -140,6 +142,41 @@ def main() -> None:
     print(
         f"  {'unfolded/folded':<10} {single['unfolded'] / single['folded']:>19.2f}×"
         f" {batched['unfolded'] / batched['folded']:>20.2f}×"
+    )
+    imported_torch_rows(settings)
+
+
+TORCH_EXPORT = _BENCH_DIR.parent / "tests" / "export" / "fixtures" / "torch_digits.onnx"
+
+
+def imported_torch_rows(settings: BenchSettings) -> None:
+    """The PyTorch export (tests/export/fixtures/torch_digits.onnx, BatchNormalization nodes
+    kept) against what `bnserve import` makes of it, side by side like the table above."""
+    with tempfile.TemporaryDirectory() as folder:
+        folded_path = Path(folder) / "imported.onnx"
+        import_model(ImportSettings(source=TORCH_EXPORT, out=folded_path, task="classification"))
+        models = {
+            "imported": onnx.load(str(folded_path)),
+            "torch": onnx.load(str(TORCH_EXPORT)),
+        }
+    sessions = {name: make_session(model, settings.threads) for name, model in models.items()}
+    features = models["imported"].graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x_batch = np.random.default_rng(2).uniform(0, 16, (BATCH, features)).astype(np.float32)
+    single = measure(sessions, x_batch[:1], settings, settings.calls)
+    batched = measure(sessions, x_batch, settings, max(1, settings.calls // 8))
+    print(
+        "import: the PyTorch export of a digits MLP (Sub/Div, 64→32→16→10, two BatchNorm1d, "
+        "TorchScript exporter, logits out) vs `bnserve import` of it (which also computes "
+        "Softmax and ArgMax)"
+    )
+    for name in models:
+        print(f"  {name:<9} after ORT_ENABLE_ALL: {' '.join(optimized_ops(models[name]))}")
+    print(f"  {'model':<10} {'single example µs/call':>24} {'batch 64 µs/example':>21}")
+    for name in models:
+        print(f"  {name:<10} {single[name] * 1e6:>24.2f} {batched[name] / BATCH * 1e6:>21.3f}")
+    print(
+        f"  {'torch/imported':<10} {single['torch'] / single['imported']:>20.2f}×"
+        f" {batched['torch'] / batched['imported']:>20.2f}×"
     )
 
 

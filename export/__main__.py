@@ -1,7 +1,10 @@
-"""`python -m export RUN_DIR --out model.onnx`: the same as `bnserve export`."""
+"""`python -m export RUN_DIR --out model.onnx`: the same as `bnserve export`;
+`python -m export import MODEL.onnx --out folded.onnx`: the same as `bnserve import`."""
 
 import sys
 
-from export.cli import main
+from export import cli, import_cli
 
-sys.exit(main(sys.argv[1:]))
+if sys.argv[1:2] == ["import"]:
+    sys.exit(import_cli.main(sys.argv[2:]))
+sys.exit(cli.main(sys.argv[1:]))

@@ -62,7 +62,7 @@ class ExportReport:
 
 def export_run(settings: ExportSettings) -> ExportReport:
     """Export settings.run_dir to settings.out; on bad input raise ExportError, write nothing."""
-    _check_output_path(settings.out, settings.force)
+    check_output_path(settings.out, settings.force)
     try:
         run = load_run(settings.run_dir)
     except RunError as error:
@@ -110,7 +110,8 @@ def export_run(settings: ExportSettings) -> ExportReport:
     )
 
 
-def _check_output_path(out: Path, force: bool) -> None:
+def check_output_path(out: Path, force: bool) -> None:
+    """Refuse a directory, or an existing file without force, before any work is done."""
     if out.is_dir():
         raise ExportError(f"{out}: is a directory; --out needs a file name such as model.onnx")
     if out.exists() and not force:

@@ -1,17 +1,22 @@
 """Fold input standardization, batch norm and target de-standardization into affine layers.
 
 Pure functions of float64 arrays, with no validation: `export.network` checks a run's
-parameters and explains what is wrong before any of these run. Weights are stored (in, out), so a
+parameters (`export.onnx_chain` an imported graph's) and explains what is wrong before any of
+these run. Weights are stored (in, out), so a
 layer computes z = a @ W + b, and scaling an output unit scales a COLUMN of W.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")
+HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")  # what bnserve trains
+# what a folded graph may apply: `bnserve import` also takes LeakyRelu from other frameworks
+FOLDED_ACTIVATIONS = (*HIDDEN_ACTIVATIONS, "leaky_relu")
+LEAKY_RELU_ALPHA = 0.01  # ONNX's LeakyRelu default and PyTorch's default negative_slope
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,36 @@ class FoldedNetwork:
     """
 
     layers: tuple[AffineLayer, ...]
-    activation: str
+    activation: str  # one of FOLDED_ACTIVATIONS
     task: str
+    leaky_relu_alpha: float = LEAKY_RELU_ALPHA  # leaky_relu only: the slope where z < 0
+
+
+@dataclass(frozen=True)
+class BatchNormStats:
+    """One layer's inference-mode batch norm: (out,) float64 arrays and its ε."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """A layer as trained: z = a @ weight (+ bias), then batch norm when `batchnorm` is set.
+
+    weight (in, out) float64; bias (out,) or None (batch norm's β replaces it).
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    batchnorm: BatchNormStats | None = None
+    # then z·scale + shift, (out,) each: an exporter's own folded batch norm (Keras through
+    # tf2onnx writes Mul/Add) or an output's de-standardization; None: nothing
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
 
 
 def fold_batchnorm(
@@ -68,13 +101,61 @@ def fold_input_standardization(
     return AffineLayer(weight=scaled_weight, bias=layer.bias - input_mean @ scaled_weight)
 
 
+def fold_output_affine(layer: AffineLayer, scale: np.ndarray, shift: np.ndarray) -> AffineLayer:
+    """Fold an elementwise z·scale + shift after the layer into it: W' = W·scale (columns),
+    b' = b·scale + shift. scale, shift: (out,)."""
+    return AffineLayer(weight=layer.weight * scale[np.newaxis, :], bias=layer.bias * scale + shift)
+
+
 def fold_target_destandardization(
     layer: AffineLayer, target_mean: np.ndarray, target_std: np.ndarray
 ) -> AffineLayer:
     """Make the output layer give y in target units: (a @ W + b)·std + mean. Shapes: (T,)."""
-    return AffineLayer(
-        weight=layer.weight * target_std[np.newaxis, :],
-        bias=layer.bias * target_std + target_mean,
+    return fold_output_affine(layer, target_std, target_mean)
+
+
+def fold_layers(
+    layers: Sequence[LinearLayer],
+    *,
+    input_mean: np.ndarray,
+    input_std: np.ndarray,
+    activation: str,
+    task: str,
+    target_mean: np.ndarray | None = None,
+    target_std: np.ndarray | None = None,
+    leaky_relu_alpha: float = LEAKY_RELU_ALPHA,
+) -> FoldedNetwork:
+    """Fold a chain of layers (the last one the output layer) into affine layers taking raw x.
+
+    Each layer's batch norm and scaling, if any, fold into it; (x − input_mean)/input_std (F,)
+    into the first; y·target_std + target_mean (T,) into the last when given. Values must be
+    validated by the caller (`export.network.check_params` for runs, `export.onnx_chain` for
+    imports)."""
+    folded: list[AffineLayer] = []
+    for layer in layers:
+        norm = layer.batchnorm
+        if norm is None:
+            bias = np.zeros(layer.weight.shape[1]) if layer.bias is None else layer.bias
+            folded.append(AffineLayer(weight=layer.weight, bias=bias))
+        else:
+            folded.append(
+                fold_batchnorm(
+                    layer.weight,
+                    norm.gamma,
+                    norm.beta,
+                    norm.running_mean,
+                    norm.running_var,
+                    norm.epsilon,
+                    bias=layer.bias,
+                )
+            )
+        if layer.scale is not None and layer.shift is not None:
+            folded[-1] = fold_output_affine(folded[-1], layer.scale, layer.shift)
+    folded[0] = fold_input_standardization(folded[0], input_mean, input_std)
+    if target_mean is not None and target_std is not None:
+        folded[-1] = fold_target_destandardization(folded[-1], target_mean, target_std)
+    return FoldedNetwork(
+        layers=tuple(folded), activation=activation, task=task, leaky_relu_alpha=leaky_relu_alpha
     )
 
 
@@ -93,38 +174,45 @@ def fold_params(
     computed in float64.
     """
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
-    layers: list[AffineLayer] = []
+    layers: list[LinearLayer] = []
     for index in range(1, hidden_count + 1):
         prefix = f"hidden{index}"
+        norm = None
         if batchnorm:
-            layer = fold_batchnorm(
-                p[f"{prefix}.W"],
-                p[f"{prefix}.gamma"],
-                p[f"{prefix}.beta"],
-                p[f"{prefix}.running_mean"],
-                p[f"{prefix}.running_var"],
-                epsilon,
-                bias=p.get(f"{prefix}.b"),
+            norm = BatchNormStats(
+                gamma=p[f"{prefix}.gamma"],
+                beta=p[f"{prefix}.beta"],
+                running_mean=p[f"{prefix}.running_mean"],
+                running_var=p[f"{prefix}.running_var"],
+                epsilon=epsilon,
             )
-        else:
-            layer = AffineLayer(weight=p[f"{prefix}.W"], bias=p[f"{prefix}.b"])
-        layers.append(layer)
-    layers.append(AffineLayer(weight=p["output.W"], bias=p["output.b"]))
-    layers[0] = fold_input_standardization(layers[0], p["input.mean"], p["input.std"])
-    if task == "regression":
-        layers[-1] = fold_target_destandardization(layers[-1], p["target.mean"], p["target.std"])
-    return FoldedNetwork(layers=tuple(layers), activation=activation, task=task)
+        layers.append(
+            LinearLayer(weight=p[f"{prefix}.W"], bias=p.get(f"{prefix}.b"), batchnorm=norm)
+        )
+    layers.append(LinearLayer(weight=p["output.W"], bias=p["output.b"]))
+    regression = task == "regression"
+    return fold_layers(
+        layers,
+        input_mean=p["input.mean"],
+        input_std=p["input.std"],
+        activation=activation,
+        task=task,
+        target_mean=p["target.mean"] if regression else None,
+        target_std=p["target.std"] if regression else None,
+    )
 
 
-def _activate(z: np.ndarray, activation: str) -> np.ndarray:
+def _activate(z: np.ndarray, activation: str, leaky_relu_alpha: float) -> np.ndarray:
     if activation == "relu":
         return np.maximum(z, 0.0)
+    if activation == "leaky_relu":
+        return np.where(z >= 0.0, z, leaky_relu_alpha * z)
     if activation == "tanh":
         return np.tanh(z)
     if activation == "sigmoid":
         # tanh form: no overflow warning for large |z|
         return 0.5 * (1.0 + np.tanh(0.5 * z))
-    raise ValueError(f"unknown activation {activation!r}; expected one of {HIDDEN_ACTIVATIONS}")
+    raise ValueError(f"unknown activation {activation!r}; expected one of {FOLDED_ACTIVATIONS}")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -140,6 +228,6 @@ def forward_folded(network: FoldedNetwork, x_raw: np.ndarray) -> np.ndarray:
     """
     a = x_raw
     for layer in network.layers[:-1]:
-        a = _activate(a @ layer.weight + layer.bias, network.activation)
+        a = _activate(a @ layer.weight + layer.bias, network.activation, network.leaky_relu_alpha)
     out = a @ network.layers[-1].weight + network.layers[-1].bias
     return _softmax(out) if network.task == "classification" else out

@@ -20,7 +20,7 @@ OPSET = 17
 # otherwise stamp a newer IR version than older runtimes accept).
 IR_VERSION = 8
 BATCH_DIM = "N"
-ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_relu": "LeakyRelu"}
 
 
 class _GraphBuilder:
@@ -83,6 +83,13 @@ def _finish(
     return model
 
 
+def _activation_attributes(network: FoldedNetwork) -> dict[str, float]:
+    """LeakyRelu's slope (written even when it is ONNX's default, so the graph states it)."""
+    if network.activation == "leaky_relu":
+        return {"alpha": float(network.leaky_relu_alpha)}
+    return {}
+
+
 def build_folded_model(network: FoldedNetwork) -> onnx.ModelProto:
     """The folded network as Gemm → activation → … → Gemm (→ Softmax, ArgMax): no BN node."""
     builder = _GraphBuilder()
@@ -98,7 +105,13 @@ def build_folded_model(network: FoldedNetwork) -> onnx.ModelProto:
             z = builder.node("Gemm", [a, weight, bias], z_name, f"{prefix}.gemm")
         else:
             z = builder.node("Gemm", [a, weight, bias], f"{prefix}.z", f"{prefix}.gemm")
-            a = builder.node(activation_op, [z], f"{prefix}.a", f"{prefix}.{network.activation}")
+            a = builder.node(
+                activation_op,
+                [z],
+                f"{prefix}.a",
+                f"{prefix}.{network.activation}",
+                **_activation_attributes(network),
+            )
     if network.task == "classification":
         _add_classification_head(builder, z)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size

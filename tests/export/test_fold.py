@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,11 @@ import pytest
 
 from export.fold import (
     AffineLayer,
+    BatchNormStats,
+    LinearLayer,
     fold_batchnorm,
     fold_input_standardization,
+    fold_layers,
     fold_params,
     fold_target_destandardization,
     forward_folded,
@@ -129,3 +133,45 @@ def test_folded_trained_runs_equal_numpy_inference_path_in_float64(trained_runs)
         np.testing.assert_allclose(
             forward_folded(network, x_raw), predict(params64, run.meta, x_raw), rtol=0, atol=EXACT
         )
+
+
+def test_fold_layers_with_batch_norm_after_some_layers_a_scaling_and_leaky_relu() -> None:
+    """The chain `bnserve import` folds: BN (with a bias before it) after the first layer only,
+    an elementwise scaling after the second, LeakyRelu between, raw-input normalization."""
+    rng = np.random.default_rng(8)
+    widths = (4, 6, 5, 3)
+    w = [rng.normal(size=(i, o)) for i, o in itertools.pairwise(widths)]
+    b = [rng.normal(size=o) for o in widths[1:]]
+    norm = BatchNormStats(
+        gamma=rng.uniform(0.5, 2, 6),
+        beta=rng.normal(size=6),
+        running_mean=rng.normal(size=6),
+        running_var=rng.uniform(0.1, 2, 6),
+        epsilon=1e-3,
+    )
+    scale, shift = rng.normal(size=5), rng.normal(size=5)
+    mean, std = rng.normal(size=4), rng.uniform(0.5, 3, 4)
+    layers = [
+        LinearLayer(w[0], b[0], batchnorm=norm),
+        LinearLayer(w[1], None, scale=scale, shift=shift),
+        LinearLayer(w[2], b[2]),
+    ]
+    network = fold_layers(
+        layers,
+        input_mean=mean,
+        input_std=std,
+        activation="leaky_relu",
+        task="regression",
+        leaky_relu_alpha=0.2,
+    )
+
+    def leaky(z: np.ndarray) -> np.ndarray:
+        return np.where(z >= 0, z, 0.2 * z)
+
+    x = rng.normal(size=(40, 4)) * 3
+    a = (x - mean) / std
+    statistics = (norm.gamma, norm.beta, norm.running_mean, norm.running_var, 1e-3)
+    a = leaky(_batchnorm_inference(a @ w[0] + b[0], *statistics))
+    a = leaky((a @ w[1]) * scale + shift)
+    expected = a @ w[2] + b[2]
+    np.testing.assert_allclose(forward_folded(network, x), expected, atol=EXACT, rtol=0)
