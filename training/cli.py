@@ -22,8 +22,13 @@ batch-norm running statistics (frozen for test time):
   A last mini-batch of one example is merged into the previous batch.
 
 babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer settings, --epochs,
-  --batch-size, --dropout and --l2 given with it apply from the next epoch (history.json records
-  them per epoch); --from-epoch K goes back to checkpoint K first, discarding later ones.
+  --batch-size, --dropout, --l2 and early stopping given with it apply from the next epoch
+  (history.json records them per epoch); --from-epoch K goes back to checkpoint K first,
+  discarding later ones.
+
+early stopping: --early-stopping P ends the run after P epochs in a row whose dev error did not
+  beat the best by more than --min-delta; params.npz then holds the best epoch's weights and
+  running statistics (meta.json "kept_epoch", history.json "kept": true, a star on the plot).
 """
 
 
@@ -82,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--l2", type=float, help="L2 penalty 0.5·l2·ΣW² (default 0)")
     opt.add_argument("--batch-size", type=int, help="default 64")
     opt.add_argument("--epochs", type=int, help="total epochs (default 30)")
+    opt.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better dev error; keep the best epoch",
+    )
+    opt.add_argument(
+        "--min-delta", type=float, help="early stopping: the least improvement (default 0)"
+    )
     opt.add_argument("--seed", type=int, help="initial weights, shuffling, dropout (default 0)")
     opt.add_argument(
         "--split-seed", type=int, help="train/dev/test split (default: the same as --seed)"
@@ -146,8 +160,9 @@ def main(argv: list[str]) -> int:
         if meta["task"] == "classification"
         else f"test RMSE {meta['test_rmse']:.6g}"
     )
+    kept = f" (kept epoch {result.kept_epoch})" if config.early_stopping is not None else ""
     print(
-        f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs, "
+        f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs{kept}, "
         f"dev error {result.dev_error:.4f}, {metric}"
     )
     return 0

@@ -26,6 +26,8 @@ RESUMABLE_FIELDS = (
     "epochs",
     "dropout",
     "l2",
+    "early_stopping",
+    "min_delta",
 )
 
 
@@ -59,6 +61,10 @@ class TrainConfig:
     split_seed: int | None = None  # seeds the train/dev/test split; None: the same as seed
     dev_fraction: float = 0.15  # share of rows held out for the dev error (model selection)
     test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz)
+    # early stopping: stop after this many epochs without a new best dev objective and keep the
+    # best epoch's parameters; None: train every epoch and keep the last
+    early_stopping: int | None = None
+    min_delta: float = 0.0  # early stopping: a new best must beat the old one by more than this
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -104,6 +110,7 @@ _FLOAT_FIELDS = (
     "l2",
     "dev_fraction",
     "test_fraction",
+    "min_delta",
 )
 
 
@@ -116,7 +123,7 @@ def _convert(name: str, value: Any) -> Any:
             return tuple(_as_int(width) for width in value)
         if name in _INT_FIELDS:
             return _as_int(value)
-        if name == "split_seed":
+        if name in ("split_seed", "early_stopping"):
             return None if value is None else _as_int(value)
         if name in _FLOAT_FIELDS:
             if isinstance(value, bool):
@@ -185,3 +192,10 @@ def _validate(config: TrainConfig) -> None:
     for name in ("dev_fraction", "test_fraction"):
         value = getattr(config, name)
         _check(0 < value < 0.5, name, value, "in (0, 0.5)")
+    _check(
+        config.early_stopping is None or config.early_stopping >= 1,
+        "early_stopping",
+        config.early_stopping,
+        "None or a patience ≥ 1 epoch",
+    )
+    _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")

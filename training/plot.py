@@ -1,4 +1,4 @@
-"""learning_curve.png: cost and dev error per epoch, marking where settings changed."""
+"""learning_curve.png: cost and dev error per epoch, marking settings changes and the kept epoch."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], task: str) -
     error_axis.plot(epochs, [record["dev_error"] for record in history], marker=".", color="C1")
     label = "dev error rate" if task == "classification" else "dev RMSE"
     error_axis.set(xlabel="epoch", ylabel=label, title=label)
+    kept = [record for record in history if record.get("kept")]
+    if kept and kept[0]["epoch"] != epochs[-1]:  # the best epoch, kept by early stopping
+        error_axis.axvline(kept[0]["epoch"], color="C2", linewidth=1)
+        error_axis.plot(
+            [kept[0]["epoch"]], [kept[0]["dev_error"]], marker="*", markersize=12, color="C2",
+            linestyle="none", label=f"kept: epoch {kept[0]['epoch']}",
+        )  # fmt: skip
+        error_axis.legend()
     for previous, record in itertools.pairwise(history):
         if record["settings"] != previous["settings"]:
             for axis in (cost_axis, error_axis):

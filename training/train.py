@@ -18,6 +18,7 @@ from tqdm import tqdm
 from training import model, optim, rundir
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
+from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
 from training.inference import predict
 from training.layers import BatchNormSettings
@@ -34,6 +35,7 @@ class TrainResult:
     dev_error: float  # final dev error: error rate (classification) or RMSE in target units
     history: list[dict[str, Any]]  # one record per epoch (see history.json)
     run_dir: Path
+    kept_epoch: int  # the epoch whose parameters params.npz holds (the best, with early stopping)
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,12 @@ def train(
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
     with single_blas_thread():
-        _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
-        return _finish(state, prepared, config, run_dir, meta, plot)
+        best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
+        kept = _kept_params(state, best, run_dir, config)
+        kept = _train_epochs(
+            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
+        )
+        return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
 
 
 def single_blas_thread() -> threadpool_limits:
@@ -278,7 +284,10 @@ def _train_epochs(
     progress: bool,
     checkpoints: bool,
     on_epoch: EpochCallback | None,
-) -> None:
+    best: BestEpoch,
+    kept: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Train until config.epochs, early stopping or on_epoch says stop; returns the kept params."""
     spec = net_spec(config)
     bar = tqdm(
         total=config.epochs,
@@ -290,7 +299,7 @@ def _train_epochs(
         dynamic_ncols=True,
     )
     with bar:
-        while state.epoch < config.epochs:
+        while state.epoch < config.epochs and not best.should_stop:
             epoch = state.epoch + 1
             lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
             started = time.perf_counter()
@@ -313,6 +322,8 @@ def _train_epochs(
             }
             state.history.append(record)
             state.epoch = epoch
+            if best.update(epoch, error) and config.early_stopping is not None:
+                kept = {name: array.copy() for name, array in state.params.items()}
             if checkpoints:
                 save_checkpoint(run_dir, state, config)
             bar.set_postfix(
@@ -321,6 +332,18 @@ def _train_epochs(
             bar.update(1)
             if on_epoch is not None and on_epoch(record) is False:
                 break
+    return kept
+
+
+def _kept_params(
+    state: TrainingState, best: BestEpoch, run_dir: Path, config: TrainConfig
+) -> dict[str, np.ndarray]:
+    """Early stopping: the best epoch's parameters so far (its checkpoint's, when resumed)."""
+    if config.early_stopping is None:
+        return {}  # the last epoch's are kept: state.params at the end
+    if best.epoch in (0, state.epoch):
+        return {name: array.copy() for name, array in state.params.items()}
+    return load_state(run_dir, best.epoch)[0].params
 
 
 def _finish(
@@ -330,10 +353,13 @@ def _finish(
     run_dir: Path,
     meta: dict[str, Any],
     plot: bool,
+    best: BestEpoch,
+    kept: dict[str, np.ndarray],
 ) -> TrainResult:
     """Write params.npz, heldout.npz, history.json, the plot, and meta.json last."""
     dataset, split = prepared.dataset, prepared.split
-    params = dict(state.params)
+    kept_epoch = state.epoch if config.early_stopping is None else best.epoch
+    params = dict(state.params if config.early_stopping is None else kept)
     if config.batchnorm and config.stats == "population":
         params.update(model.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
@@ -343,14 +369,26 @@ def _finish(
     rundir.write_npz(run_dir / "params.npz", params)
     heldout_x, heldout_y = dataset.x[split.test], dataset.y[split.test]
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
-    rundir.write_json(run_dir / "history.json", state.history)
+    history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
+    rundir.write_json(run_dir / "history.json", history)
     if plot and state.history:
         from training.plot import write_learning_curve  # matplotlib only when plotting
 
-        write_learning_curve(run_dir / "learning_curve.png", state.history, dataset.task)
+        write_learning_curve(run_dir / "learning_curve.png", history, dataset.task)
     meta.update(_describe(config, dataset))
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
+    meta["kept_epoch"] = kept_epoch
+    meta["early_stopping"] = (
+        None
+        if config.early_stopping is None
+        else {
+            "patience": config.early_stopping,
+            "min_delta": config.min_delta,
+            "best_epoch": best.epoch,
+            "stopped": best.should_stop,
+        }
+    )
     dev_outputs = predict(params, meta, dataset.x[split.dev])
     meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
     test_error = error_of(predict(params, meta, heldout_x), heldout_y, dataset.task)
@@ -360,7 +398,7 @@ def _finish(
         meta["test_rmse"] = test_error
     meta["status"] = "finished"
     rundir.write_json(run_dir / "meta.json", meta)
-    return TrainResult(meta["dev_error"], state.history, run_dir)
+    return TrainResult(meta["dev_error"], history, run_dir, kept_epoch)
 
 
 def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
