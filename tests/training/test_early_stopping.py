@@ -86,6 +86,7 @@ def test_a_resumed_run_stops_and_keeps_what_an_uninterrupted_one_does(noisy_csv,
     train(part, tmp_path / "part", progress=False, plot=False)
     resumed = train(part.replace(epochs=60), tmp_path / "part", resume=True, progress=False)
     assert resumed.kept_epoch == whole.kept_epoch
+
     def curve(history):  # the settings differ (epochs), the training must not
         return [(r["epoch"], r["cost"], r["dev_error"], r["kept"]) for r in history]
 
