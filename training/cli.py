@@ -49,8 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", help="'digits' (built in, default), FILE.csv (header) or FILE.npz")
     data.add_argument("--target", help="CSV target column (default: the last column)")
     data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
-    data.add_argument("--dev-fraction", type=float, help="share of rows for dev (default 0.15)")
-    data.add_argument("--test-fraction", type=float, help="share of rows for test (default 0.15)")
+    data.add_argument(
+        "--dev-fraction", type=float, help="share of rows for dev (default 0.15; 0: no dev rows)"
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        help="share of rows for test (default 0.15; 0: none, keep your own test set)",
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
@@ -155,14 +161,16 @@ def main(argv: list[str]) -> int:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
         return 130
     meta = read_json(result.run_dir / "meta.json")
-    metric = (
-        f"test accuracy {meta['test_accuracy']:.4f}"
-        if meta["task"] == "classification"
-        else f"test RMSE {meta['test_rmse']:.6g}"
-    )
+    if meta["split"]["test_rows"] == 0:
+        metric = "no test rows"
+    elif meta["task"] == "classification":
+        metric = f"test accuracy {meta['test_accuracy']:.4f}"
+    else:
+        metric = f"test RMSE {meta['test_rmse']:.6g}"
+    dev = "no dev rows" if result.dev_error is None else f"dev error {result.dev_error:.4f}"
     kept = f" (kept epoch {result.kept_epoch})" if config.early_stopping is not None else ""
     print(
         f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs{kept}, "
-        f"dev error {result.dev_error:.4f}, {metric}"
+        f"{dev}, {metric}"
     )
     return 0

@@ -59,8 +59,8 @@ class TrainConfig:
     l2: float = 0.0  # L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)
     seed: int = 0  # seeds the initial weights, shuffling and dropout (and the split, by default)
     split_seed: int | None = None  # seeds the train/dev/test split; None: the same as seed
-    dev_fraction: float = 0.15  # share of rows held out for the dev error (model selection)
-    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz)
+    dev_fraction: float = 0.15  # share of rows held out for the dev error; 0: none (no selection)
+    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz); 0: none
     # early stopping: stop after this many epochs without a new best dev objective and keep the
     # best epoch's parameters; None: train every epoch and keep the last
     early_stopping: int | None = None
@@ -191,7 +191,7 @@ def _validate(config: TrainConfig) -> None:
     )
     for name in ("dev_fraction", "test_fraction"):
         value = getattr(config, name)
-        _check(0 < value < 0.5, name, value, "in (0, 0.5)")
+        _check(0 <= value < 0.5, name, value, "in [0, 0.5)")
     _check(
         config.early_stopping is None or config.early_stopping >= 1,
         "early_stopping",
@@ -199,3 +199,9 @@ def _validate(config: TrainConfig) -> None:
         "None or a patience ≥ 1 epoch",
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
+    _check(
+        config.early_stopping is None or config.dev_fraction > 0,
+        "early_stopping",
+        config.early_stopping,
+        "None with dev_fraction = 0 (early stopping watches the dev error)",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], task: str) -
     figure, (cost_axis, error_axis) = plt.subplots(1, 2, figsize=(10, 4))
     cost_axis.plot(epochs, [record["cost"] for record in history], marker=".")
     cost_axis.set(xlabel="epoch", ylabel="training cost", yscale="log", title="cost")
-    error_axis.plot(epochs, [record["dev_error"] for record in history], marker=".", color="C1")
+    dev_errors = [math.nan if r["dev_error"] is None else r["dev_error"] for r in history]
+    error_axis.plot(epochs, dev_errors, marker=".", color="C1")
     label = "dev error rate" if task == "classification" else "dev RMSE"
     error_axis.set(xlabel="epoch", ylabel=label, title=label)
     kept = [record for record in history if record.get("kept")]

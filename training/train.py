@@ -32,7 +32,7 @@ EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 class TrainResult:
     """What train() returns (the run directory holds the rest)."""
 
-    dev_error: float  # final dev error: error rate (classification) or RMSE in target units
+    dev_error: float | None  # final dev error: error rate or RMSE in target units; None: no dev
     history: list[dict[str, Any]]  # one record per epoch (see history.json)
     run_dir: Path
     kept_epoch: int  # the epoch whose parameters params.npz holds (the best, with early stopping)
@@ -138,8 +138,12 @@ def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
     return float(np.sqrt(np.mean((outputs - y) ** 2)))
 
 
-def dev_error(params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec) -> float:
+def dev_error(
+    params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec
+) -> float | None:
     """Error rate (classification) or RMSE in target units (regression) on the dev split."""
+    if len(prepared.x_dev) == 0:
+        return None
     scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
     if prepared.dataset.task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
@@ -322,12 +326,12 @@ def _train_epochs(
             }
             state.history.append(record)
             state.epoch = epoch
-            if best.update(epoch, error) and config.early_stopping is not None:
+            if best.update(epoch, np.nan if error is None else error) and config.early_stopping:
                 kept = {name: array.copy() for name, array in state.params.items()}
             if checkpoints:
                 save_checkpoint(run_dir, state, config)
             bar.set_postfix(
-                cost=f"{cost:.4f}", dev_err=f"{error:.4f}", ex_s=f"{examples_per_second:,.0f}"
+                cost=f"{cost:.4f}", dev_err=f"{error or 0:.4f}", ex_s=f"{examples_per_second:,.0f}"
             )
             bar.update(1)
             if on_epoch is not None and on_epoch(record) is False:
@@ -367,7 +371,9 @@ def _finish(
     if dataset.task == "regression":
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     rundir.write_npz(run_dir / "params.npz", params)
-    heldout_x, heldout_y = dataset.x[split.test], dataset.y[split.test]
+    heldout_part = heldout_source(split)
+    heldout_rows = getattr(split, heldout_part)
+    heldout_x, heldout_y = dataset.x[heldout_rows], dataset.y[heldout_rows]
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
     history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
     rundir.write_json(run_dir / "history.json", history)
@@ -389,16 +395,36 @@ def _finish(
             "stopped": best.should_stop,
         }
     )
-    dev_outputs = predict(params, meta, dataset.x[split.dev])
-    meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
-    test_error = error_of(predict(params, meta, heldout_x), heldout_y, dataset.task)
+    meta["split"] = {
+        "dev_fraction": config.dev_fraction,
+        "test_fraction": config.test_fraction,
+        "seed": config.data_split_seed,
+        **{f"{part}_rows": len(getattr(split, part)) for part in ("train", "dev", "test")},
+        "heldout": heldout_part,
+    }
+    meta["dev_error"] = None
+    if len(split.dev):
+        dev_outputs = predict(params, meta, dataset.x[split.dev])
+        meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
+    test_error = None
+    if len(split.test):
+        test_outputs = predict(params, meta, dataset.x[split.test])
+        test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
     if dataset.task == "classification":
-        meta["test_accuracy"] = 1.0 - test_error
+        meta["test_accuracy"] = None if test_error is None else 1.0 - test_error
     else:
         meta["test_rmse"] = test_error
     meta["status"] = "finished"
     rundir.write_json(run_dir / "meta.json", meta)
     return TrainResult(meta["dev_error"], history, run_dir, kept_epoch)
+
+
+def heldout_source(split: Split) -> str:
+    """Which rows heldout.npz holds: the test rows; without any, the dev rows; else training's.
+
+    The exporter checks its fold and picks reference rows from them: with --test-fraction 0 they
+    are dev rows, which the run selected on but never trained on."""
+    return next(part for part in ("test", "dev", "train") if len(getattr(split, part)))
 
 
 def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
