@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of rows for test (default 0.15; 0: none, keep your own test set)",
     )
+    data.add_argument(
+        "--folds", type=int, metavar="K", help="K stratified folds of the train + dev rows"
+    )
+    data.add_argument(
+        "--fold", type=int, metavar="I", help="with --folds: fold I (from 0) is dev (default 0)"
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")

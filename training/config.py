@@ -65,6 +65,10 @@ class TrainConfig:
     # best epoch's parameters; None: train every epoch and keep the last
     early_stopping: int | None = None
     min_delta: float = 0.0  # early stopping: a new best must beat the old one by more than this
+    # cross-validation (the tuner's --cv): train + dev rows in this many stratified folds, fold
+    # `fold` (from 0) is the dev part; None: the plain train/dev split
+    folds: int | None = None
+    fold: int = 0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -95,7 +99,7 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-_INT_FIELDS = ("batch_size", "epochs", "seed")
+_INT_FIELDS = ("batch_size", "epochs", "seed", "fold")
 _FLOAT_FIELDS = (
     "lr",
     "beta1",
@@ -123,7 +127,7 @@ def _convert(name: str, value: Any) -> Any:
             return tuple(_as_int(width) for width in value)
         if name in _INT_FIELDS:
             return _as_int(value)
-        if name in ("split_seed", "early_stopping"):
+        if name in ("split_seed", "early_stopping", "folds"):
             return None if value is None else _as_int(value)
         if name in _FLOAT_FIELDS:
             if isinstance(value, bool):
@@ -199,6 +203,13 @@ def _validate(config: TrainConfig) -> None:
         "None or a patience ≥ 1 epoch",
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
+    _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
+    _check(
+        0 <= config.fold < (config.folds or 1),
+        "fold",
+        config.fold,
+        f"in [0, {config.folds or 1}) (a fold of `folds`)",
+    )
     _check(
         config.early_stopping is None or config.dev_fraction > 0,
         "early_stopping",

@@ -20,8 +20,10 @@ from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
 from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
+from training.folds import fold_split
 from training.inference import predict
 from training.layers import BatchNormSettings
+from training.metrics import evaluate
 from training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
@@ -63,6 +65,10 @@ def prepare(config: TrainConfig) -> Prepared:
         seed=config.data_split_seed,
         source=dataset.source,
     )
+    if config.folds is not None:
+        split = fold_split(
+            split, dataset.y, dataset.task, config.folds, config.fold, config.data_split_seed
+        )
     mean, std = fit_standardization(dataset.x[split.train])
     target_mean = target_std = None
     y_train = dataset.y[split.train]
@@ -402,14 +408,18 @@ def _finish(
         **{f"{part}_rows": len(getattr(split, part)) for part in ("train", "dev", "test")},
         "heldout": heldout_part,
     }
-    meta["dev_error"] = None
+    if config.folds is not None:
+        meta["split"].update(folds=config.folds, fold=config.fold)
+    meta["dev_error"] = meta["dev_metrics"] = meta["test_metrics"] = None
     if len(split.dev):
         dev_outputs = predict(params, meta, dataset.x[split.dev])
         meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
+        meta["dev_metrics"] = evaluate(dev_outputs, dataset.y[split.dev], dataset.task)
     test_error = None
     if len(split.test):
         test_outputs = predict(params, meta, dataset.x[split.test])
         test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
+        meta["test_metrics"] = evaluate(test_outputs, dataset.y[split.test], dataset.task)
     if dataset.task == "classification":
         meta["test_accuracy"] = None if test_error is None else 1.0 - test_error
     else:

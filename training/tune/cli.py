@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import TrainingError
-from training.tune import report
+from training.tune import cv, report
 from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import (
     DEFAULT_SPACE,
     SpaceError,
+    build_space,
     load_space_file,
     parse_param_flag,
     parse_scalar,
@@ -25,7 +26,7 @@ from training.tune.store import FILENAME, TrialStore
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
-    "target", "task", "epochs",
+    "target", "task", "epochs", "cv",
 )  # fmt: skip
 
 _EPILOG = """\
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--reduction",
         type=int,
         help="halving: η, rungs at grace·η^k each keep the best 1/η of trials (default 3)",
+    )
+    search.add_argument(
+        "--cv",
+        metavar="K|auto",
+        help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
+        f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
+        f"{cv.AUTO_MAX_ROWS} training rows (default off)",
     )
     search.add_argument(
         "--objective",
@@ -130,9 +138,21 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def new_settings(args: argparse.Namespace) -> TuneSettings:
+    space = _space_document(args)
+    folds = None
+    if args.cv is not None:
+        if args.objective == "synthetic":
+            raise SpaceError("--cv trains folds of the data: not with --objective synthetic")
+        try:
+            base = build_space(space).base_config()
+            folds, line = cv.resolve_cv(args.cv, base)
+        except ValueError as error:  # DataError included: a bad file is named here
+            raise SpaceError(str(error)) from None
+        print(line)
     given: dict[str, Any] = {
         "out": args.out,
-        "space": _space_document(args),
+        "space": space,
+        "cv": folds,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,
@@ -192,9 +212,17 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
     print(f"results: {settings.out / report.CSV_NAME}")
     best = result.best
     if best is not None:
-        link = report.link_best(settings.out, best)
+        link = report.link_best(settings.out, best, result.final_run)
         where = f" → {link} (bnserve export {link} --out model.onnx)" if link else ""
-        print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
+        scores = best.scores or {}
+        if settings.cv is not None:
+            error = cv.format_mean_std(best.dev_error, scores.get("dev_std"))
+            print(
+                f"best: trial {best.trial}, dev error {error} over {settings.cv} folds; "
+                f"retrained on all train + dev rows for {scores.get('epochs')} epochs{where}"
+            )
+        else:
+            print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
     if settings.plots and result.ranked:
         from training.tune.plots import write_plots  # matplotlib only when plotting
 
