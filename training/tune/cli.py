@@ -16,6 +16,7 @@ from training.tune.space import (
     DEFAULT_SPACE,
     SpaceError,
     build_space,
+    describe_default_space,
     load_space_file,
     parse_param_flag,
     parse_scalar,
@@ -33,12 +34,14 @@ _EPILOG = """\
 scales: linear, int, log (α = 10^r, r uniform), log_int, log1m (1 − β = 10^r), choice.
   --param lr=log:1e-4:1  --param beta1=log1m:0.9:0.999  --param units=log_int:16:256
   --param batch_size=choice:32,64,128,256  --param optimizer=choice:adam,momentum
-Without --space or --param the default space searches lr, beta1, beta2, units, layers,
-batch_size and lr_decay; --param alone searches only what it names.
+Without --space or --param the default space searches (--param alone searches only what it
+names, with the same fixed settings):
+{default_space}
 
 outputs in TUNE_DIR: tune.sqlite (every trial's state), results.csv (best first),
 best -> the best trial's run directory (bnserve export TUNE_DIR/best --out model.onnx),
-best.json, plots/*.png, trials/trial-NNNN/ (run directories).
+best.json, plots/*.png, trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each and
+final/, the best trial retrained on all train + dev rows, which best points at).
 """
 
 
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bnserve tune",
         description="Random search over training hyperparameters, each on its own scale.",
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(default_space=describe_default_space()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="the tune directory")
