@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import METRIC_NAMES, TrainConfig
 from training.errors import TrainingError
 from training.rundir import read_json
 
@@ -62,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--fold", type=int, metavar="I", help="with --folds: fold I (from 0) is dev (default 0)"
+    )
+    data.add_argument(
+        "--class-weight",
+        choices=["none", "balanced"],
+        help="balanced: weigh each class's loss by n / (C·n_c) (default none)",
+    )
+    data.add_argument(
+        "--metric",
+        choices=list(METRIC_NAMES),
+        help="dev/test metric to select on: error, balanced_accuracy, log_loss (classification), "
+        "rmse, r2 (regression); default error or rmse",
     )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
@@ -173,7 +184,12 @@ def main(argv: list[str]) -> int:
         metric = f"test accuracy {meta['test_accuracy']:.4f}"
     else:
         metric = f"test RMSE {meta['test_rmse']:.6g}"
-    dev = "no dev rows" if result.dev_error is None else f"dev error {result.dev_error:.4f}"
+    if result.dev_error is None:
+        dev = "no dev rows"
+    elif config.metric is not None:
+        dev = f"dev {config.metric} {meta['dev_metrics'][config.metric]:.4f}"
+    else:
+        dev = f"dev error {result.dev_error:.4f}"
     kept = f" (kept epoch {result.kept_epoch})" if config.early_stopping is not None else ""
     print(
         f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs{kept}, "

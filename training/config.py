@@ -6,11 +6,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from training.metrics import METRICS
+
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
+CLASS_WEIGHTS = ("none", "balanced")
+METRIC_NAMES = tuple(name for names in METRICS.values() for name in names)
 
 # Settings a resumed run may change (babysitting); anything else would make it another model.
 RESUMABLE_FIELDS = (
@@ -69,6 +73,11 @@ class TrainConfig:
     # `fold` (from 0) is the dev part; None: the plain train/dev split
     folds: int | None = None
     fold: int = 0
+    # "balanced": each class's loss weighted n / (C·n_c) over the training rows; "none": 1
+    class_weight: str = "none"
+    # dev/test metric the run selects on (early stopping, the tuner): error | balanced_accuracy |
+    # log_loss (classification), rmse | r2 (regression); None: error or rmse
+    metric: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -204,6 +213,13 @@ def _validate(config: TrainConfig) -> None:
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
     _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
+    _check(
+        config.class_weight in CLASS_WEIGHTS,
+        "class_weight",
+        config.class_weight,
+        f"in {CLASS_WEIGHTS}",
+    )
+    _check(config.metric in (None, *METRIC_NAMES), "metric", config.metric, f"in {METRIC_NAMES}")
     _check(
         0 <= config.fold < (config.folds or 1),
         "fold",

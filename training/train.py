@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from training import model, optim, rundir
+from training import layers, model, optim, rundir
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
 from training.early_stopping import BestEpoch
@@ -23,7 +23,7 @@ from training.errors import RunError, TrainingError
 from training.folds import fold_split
 from training.inference import predict
 from training.layers import BatchNormSettings
-from training.metrics import evaluate
+from training.metrics import check_metric, default_metric, evaluate, objective
 from training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
@@ -53,6 +53,8 @@ class Prepared:
     x_train: np.ndarray  # (n_train, F) standardized, float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
     x_dev: np.ndarray  # (n_dev, F) standardized, float32
+    metric: str  # the dev metric selected on (training/metrics.py)
+    class_weight: np.ndarray | None  # (C,) loss weight per class (--class-weight), float32
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -69,9 +71,16 @@ def prepare(config: TrainConfig) -> Prepared:
         split = fold_split(
             split, dataset.y, dataset.task, config.folds, config.fold, config.data_split_seed
         )
+    metric = config.metric or default_metric(dataset.task)
+    check_metric(metric, dataset.task)
     mean, std = fit_standardization(dataset.x[split.train])
     target_mean = target_std = None
     y_train = dataset.y[split.train]
+    class_weight = None
+    if config.class_weight == "balanced":
+        if dataset.task != "classification":
+            raise ValueError("class_weight 'balanced' weighs classes: the task is regression")
+        class_weight = balanced_class_weights(y_train, len(dataset.class_names or [])).astype(DTYPE)
     if dataset.task == "regression":
         target_mean, target_std = fit_standardization(y_train)
         y_train = ((y_train - target_mean) / target_std).astype(DTYPE)
@@ -85,7 +94,20 @@ def prepare(config: TrainConfig) -> Prepared:
         ((dataset.x[split.train] - mean) / std).astype(DTYPE),
         y_train,
         ((dataset.x[split.dev] - mean) / std).astype(DTYPE),
+        metric,
+        class_weight,
     )
+
+
+def balanced_class_weights(y_train: np.ndarray, n_classes: int) -> np.ndarray:
+    """n / (C·n_c) per class c (scikit-learn's "balanced"): every class weighs the same in total.
+
+    y_train: (n,) class indices; a class absent from the training rows gets weight 0."""
+    counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = len(y_train) / (np.count_nonzero(present) * counts[present])
+    return weights
 
 
 def net_spec(config: TrainConfig) -> model.NetSpec:
@@ -147,13 +169,20 @@ def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
 def dev_error(
     params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec
 ) -> float | None:
-    """Error rate (classification) or RMSE in target units (regression) on the dev split."""
+    """The dev objective of the run's metric (lower is better; by default the error rate or the
+    RMSE in target units), None without dev rows."""
     if len(prepared.x_dev) == 0:
         return None
     scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
-    if prepared.dataset.task == "regression":
+    task = prepared.dataset.task
+    if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
-    return error_of(scores, prepared.dataset.y[prepared.split.dev], prepared.dataset.task)
+    elif prepared.metric == "error":  # the default: no softmax needed
+        return error_of(scores, prepared.dataset.y[prepared.split.dev], task)
+    else:
+        scores = layers.softmax(scores)
+    values = evaluate(scores, prepared.dataset.y[prepared.split.dev], task)
+    return objective(prepared.metric, values)
 
 
 def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr: float) -> float:
@@ -171,6 +200,7 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
             task=prepared.dataset.task,
             l2=config.l2,
             rng=state.rng,
+            class_weight=prepared.class_weight,
         )
         state.params.update(running)  # grads hold exactly the learnable parameters
         optim.update(state.params, grads, state.optimizer, settings, lr)
@@ -410,11 +440,15 @@ def _finish(
     }
     if config.folds is not None:
         meta["split"].update(folds=config.folds, fold=config.fold)
+    meta["metric"] = prepared.metric
+    meta["class_weight"] = (
+        None if prepared.class_weight is None else [float(w) for w in prepared.class_weight]
+    )
     meta["dev_error"] = meta["dev_metrics"] = meta["test_metrics"] = None
     if len(split.dev):
         dev_outputs = predict(params, meta, dataset.x[split.dev])
-        meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
         meta["dev_metrics"] = evaluate(dev_outputs, dataset.y[split.dev], dataset.task)
+        meta["dev_error"] = objective(prepared.metric, meta["dev_metrics"])
     test_error = None
     if len(split.test):
         test_outputs = predict(params, meta, dataset.x[split.test])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.config import METRIC_NAMES
 from training.errors import TrainingError
 from training.tune import cv, report
 from training.tune.early_stop import RULES
@@ -27,7 +28,7 @@ from training.tune.store import FILENAME, TrialStore
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
-    "target", "task", "epochs", "cv",
+    "target", "task", "epochs", "cv", "class_weight", "metric",
 )  # fmt: skip
 
 _EPILOG = """\
@@ -96,7 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
     training.add_argument("--target", help="CSV target column")
     training.add_argument("--task", choices=["classification", "regression"])
-    training.add_argument("--epochs", type=int, help="epochs per trial (default 30)")
+    training.add_argument("--epochs", type=int, help="epochs per trial (default 200)")
+    training.add_argument(
+        "--class-weight", choices=["none", "balanced"], help="as bnserve train (default none)"
+    )
+    training.add_argument(
+        "--metric",
+        choices=list(METRIC_NAMES),
+        help="the dev metric trials are ranked on, as bnserve train (default error or rmse)",
+    )
     training.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
     )
@@ -120,7 +129,7 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
         name = name.strip()
         fixed[name] = value if name == "hidden" else parse_scalar(value)  # hidden: "64,64"
-    for name in ("data", "target", "task", "epochs"):
+    for name in ("data", "target", "task", "epochs", "class_weight", "metric"):
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed

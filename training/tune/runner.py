@@ -111,16 +111,24 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
 
 
 def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
-    """Load the data once here, so a bad file (or fold count) is named before any trial starts."""
+    """Load the data once here, so a bad file, fold count or metric is named before any trial."""
     from training.data import load_dataset
+    from training.metrics import check_metric, default_metric
 
     config = space.base_config()
+    dataset = load_dataset(config.data, target=config.target, task=config.task)
+    try:
+        check_metric(config.metric or default_metric(dataset.task), dataset.task)
+    except ValueError as error:
+        raise TuneError(f"--metric: {error}") from None
+    if config.class_weight != "none" and dataset.task != "classification":
+        raise TuneError(
+            f"class_weight {config.class_weight!r} weighs classes: the task is regression"
+        )
     if settings.cv is not None:
         cv.check_folds(config, settings.cv)
-        return
-    if config.dev_fraction == 0:
+    elif config.dev_fraction == 0:
         raise TuneError("trials are compared on their dev rows: dev_fraction 0 needs --cv")
-    load_dataset(config.data, target=config.target, task=config.task)
 
 
 def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult) -> TuneResult:

@@ -129,7 +129,9 @@ def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
         (["--cv", "30"], "30 folds need at least 30 training rows of every class"),
         (["--cv", "3", "--set", "early_stopping=0"], "'early_stopping' = 0 is invalid"),
         (["--cv", "3", "--objective", "synthetic"], "not with --objective synthetic"),
-        (["--set", "dev_fraction=0"], "dev_fraction 0 needs --cv"),
+        (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
+        (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
+        (["--set", "patience=3"], "unknown config field(s): patience"),
     ],
 )
 def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
@@ -138,3 +140,15 @@ def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, a
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_class_weight_and_metric_reach_every_trial(tmp_path, small_npz, capsys):
+    out = tmp_path / "tune"
+    args = ["--out", str(out), "--data", str(small_npz), "--trials", "1", "--epochs", "2",
+            "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
+            "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress", "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    run = load_run(out / "best")
+    assert (run.config.class_weight, run.config.metric) == ("balanced", "balanced_accuracy")
+    assert run.meta["dev_error"] == pytest.approx(1 - run.meta["dev_metrics"]["balanced_accuracy"])
+    capsys.readouterr()
