@@ -53,8 +53,8 @@ class Prepared:
     x_train: np.ndarray  # (n_train, F) standardized, float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
     x_dev: np.ndarray  # (n_dev, F) standardized, float32
-    metric: str  # the dev metric selected on (training/metrics.py)
-    class_weight: np.ndarray | None  # (C,) loss weight per class (--class-weight), float32
+    metric: str = "error"  # the dev metric selected on (training/metrics.py)
+    class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
 
 
 def prepare(config: TrainConfig) -> Prepared:
