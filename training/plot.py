@@ -15,8 +15,19 @@ import matplotlib.pyplot as plt
 
 from training.rundir import write_bytes
 
+# what history's dev_error holds for each metric (its objective, lower is better)
+OBJECTIVE_LABELS = {
+    "error": "dev error rate",
+    "balanced_accuracy": "dev 1 − balanced accuracy",
+    "log_loss": "dev log loss",
+    "rmse": "dev RMSE",
+    "r2": "dev 1 − R²",
+}
 
-def write_learning_curve(path: Path, history: list[dict[str, Any]], task: str) -> None:
+
+def write_learning_curve(
+    path: Path, history: list[dict[str, Any]], task: str, metric: str | None = None
+) -> None:
     """Plot history records ({"epoch", "cost", "dev_error", "settings"}) to a PNG, atomically."""
     epochs = [record["epoch"] for record in history]
     figure, (cost_axis, error_axis) = plt.subplots(1, 2, figsize=(10, 4))
@@ -24,7 +35,8 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], task: str) -
     cost_axis.set(xlabel="epoch", ylabel="training cost", yscale="log", title="cost")
     dev_errors = [math.nan if r["dev_error"] is None else r["dev_error"] for r in history]
     error_axis.plot(epochs, dev_errors, marker=".", color="C1")
-    label = "dev error rate" if task == "classification" else "dev RMSE"
+    default = "error" if task == "classification" else "rmse"
+    label = OBJECTIVE_LABELS[metric or default]
     error_axis.set(xlabel="epoch", ylabel=label, title=label)
     kept = [record for record in history if record.get("kept")]
     if kept and kept[0]["epoch"] != epochs[-1]:  # the best epoch, kept by early stopping

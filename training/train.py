@@ -416,7 +416,7 @@ def _finish(
     if plot and state.history:
         from training.plot import write_learning_curve  # matplotlib only when plotting
 
-        write_learning_curve(run_dir / "learning_curve.png", history, dataset.task)
+        write_learning_curve(run_dir / "learning_curve.png", history, dataset.task, prepared.metric)
     meta.update(_describe(config, dataset))
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
