@@ -23,7 +23,7 @@ from training.errors import RunError, TrainingError
 from training.folds import fold_split
 from training.inference import predict
 from training.layers import BatchNormSettings
-from training.metrics import check_metric, default_metric, evaluate, objective
+from training.metrics import LOSS, check_metric, default_metric, evaluate, objective
 from training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
@@ -168,21 +168,21 @@ def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
 
 def dev_error(
     params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec
-) -> float | None:
-    """The dev objective of the run's metric (lower is better; by default the error rate or the
-    RMSE in target units), None without dev rows."""
+) -> tuple[float | None, float | None]:
+    """(objective, loss) on the dev rows, (None, None) without any.
+
+    objective: the run's metric, lower is better (by default the error rate or the RMSE in
+    target units); loss: the mean log loss or MSE, which breaks ties between equal objectives."""
     if len(prepared.x_dev) == 0:
-        return None
+        return None, None
     scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
     task = prepared.dataset.task
     if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
-    elif prepared.metric == "error":  # the default: no softmax needed
-        return error_of(scores, prepared.dataset.y[prepared.split.dev], task)
     else:
         scores = layers.softmax(scores)
     values = evaluate(scores, prepared.dataset.y[prepared.split.dev], task)
-    return objective(prepared.metric, values)
+    return objective(prepared.metric, values), values[LOSS[task]]
 
 
 def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr: float) -> float:
@@ -352,17 +352,18 @@ def _train_epochs(
                     "resume from the last checkpoint with a smaller --lr"
                 )
             examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
-            error = dev_error(state.params, prepared, spec)
+            error, loss = dev_error(state.params, prepared, spec)
             record = {
                 "epoch": epoch,
                 "cost": cost,
                 "dev_error": error,
+                "dev_loss": loss,
                 "lr": lr,
                 "settings": resumable_settings(config),
             }
             state.history.append(record)
             state.epoch = epoch
-            if best.update(epoch, np.nan if error is None else error) and config.early_stopping:
+            if best.update(epoch, error, loss) and config.early_stopping:
                 kept = {name: array.copy() for name, array in state.params.items()}
             if checkpoints:
                 save_checkpoint(run_dir, state, config)

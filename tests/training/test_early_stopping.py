@@ -26,6 +26,16 @@ def test_the_best_epoch_needs_more_than_min_delta_and_patience_counts_from_it():
     assert not BestEpoch(patience=None).should_stop
 
 
+def test_an_equal_objective_with_a_lower_dev_loss_is_a_new_best():
+    best = BestEpoch(patience=2)
+    assert best.update(1, 0.25, loss=0.9)
+    assert best.update(2, 0.25, loss=0.7)  # the same error rate, more sure of it
+    assert not best.update(3, 0.25, loss=0.8)
+    assert not best.update(4, 0.25)  # no loss: a tie cannot win
+    assert best.should_stop and best.epoch == 2
+    assert not BestEpoch(patience=1).update(1, None)  # no dev rows: never a best
+
+
 def test_replay_rebuilds_the_tracker_from_history():
     history = [{"epoch": e, "dev_error": v} for e, v in enumerate([0.5, 0.3, 0.31, 0.35], 1)]
     best = BestEpoch.replay(history, patience=2, min_delta=0.0)
