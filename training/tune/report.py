@@ -33,6 +33,7 @@ def result_rows(ranked: list[TrialRecord], names: list[str]) -> list[dict[str, A
         if "dev_std" in scores:  # cross-validated: dev_error is the mean over folds
             row["dev_std"] = scores["dev_std"]
         row["dev_loss"] = scores.get("loss")
+        row["kept_epoch"] = scores.get("epochs")  # with cv: the median over folds (retrained for)
         row.update({name: record.params.get(name) for name in names})
         row["seconds"] = None if record.seconds is None else round(record.seconds, 3)
         row["run_dir"] = record.run_dir
