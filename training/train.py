@@ -34,7 +34,7 @@ EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 class TrainResult:
     """What train() returns (the run directory holds the rest)."""
 
-    dev_error: float | None  # final dev error: error rate or RMSE in target units; None: no dev
+    dev_error: float | None  # final dev objective of the metric (error rate, RMSE…); None: no dev
     history: list[dict[str, Any]]  # one record per epoch (see history.json)
     run_dir: Path
     kept_epoch: int  # the epoch whose parameters params.npz holds (the best, with early stopping)
