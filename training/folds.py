@@ -50,10 +50,12 @@ def fold_rows(
     return [np.sort(rows[fold_of == fold]) for fold in range(folds)]
 
 
-def fold_split(split: Split, y: np.ndarray, task: str, folds: int, fold: int, seed: int) -> Split:
+def fold_split(
+    split: Split, y: np.ndarray, task: str, folds: int, fold: int, seed: int, source: str = "data"
+) -> Split:
     """Fold `fold` of the train + dev rows as dev, the other folds as train; test unchanged."""
     if not 0 <= fold < folds:
         raise DataError(f"fold {fold} is not in 0 … {folds - 1}")
-    parts = fold_rows(np.concatenate([split.train, split.dev]), y, task, folds, seed)
+    parts = fold_rows(np.concatenate([split.train, split.dev]), y, task, folds, seed, source)
     train = np.sort(np.concatenate([part for index, part in enumerate(parts) if index != fold]))
     return Split(train=train, dev=parts[fold], test=split.test)

@@ -69,7 +69,13 @@ def prepare(config: TrainConfig) -> Prepared:
     )
     if config.folds is not None:
         split = fold_split(
-            split, dataset.y, dataset.task, config.folds, config.fold, config.data_split_seed
+            split,
+            dataset.y,
+            dataset.task,
+            config.folds,
+            config.fold,
+            config.data_split_seed,
+            dataset.source,
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)

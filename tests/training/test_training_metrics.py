@@ -1,4 +1,4 @@
-"""Metrics against hand computations; --metric drives the dev objective; --class-weight balanced
+"""training/metrics.py: metrics against hand computations; --metric drives the dev objective; --class-weight balanced
 changes the loss exactly as its formula says."""
 
 from __future__ import annotations
