@@ -1,5 +1,5 @@
-"""training/metrics.py: metrics against hand computations; --metric drives the dev objective; --class-weight balanced
-changes the loss exactly as its formula says."""
+"""training/metrics.py against hand computations; --metric drives the dev objective;
+--class-weight balanced changes the loss exactly as its formula says."""
 
 from __future__ import annotations
 
