@@ -27,8 +27,9 @@ babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer sett
   discarding later ones.
 
 early stopping: --early-stopping P ends the run after P epochs in a row whose dev error did not
-  beat the best by more than --min-delta; params.npz then holds the best epoch's weights and
-  running statistics (meta.json "kept_epoch", history.json "kept": true, a star on the plot).
+  beat the best by more than --min-delta (an equal dev error with a lower dev loss counts as
+  better); params.npz then holds the best epoch's weights and running statistics (meta.json
+  "kept_epoch", history.json "kept": true, a star on the plot).
 """
 
 
