@@ -52,6 +52,9 @@ bench: $(STAMP)
 	# bench/train.py compares with eager PyTorch on the CPU; torch is never needed to run or test
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 \
 		|| echo "torch==2.13.0 not installable here: bench/train.py prints numpy only"
+	# bench/quality.py compares with scikit-learn's linear models and MLP; only the bench needs it
+	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install --quiet --constraint constraints.txt \
+		scikit-learn==1.9.1 || echo "scikit-learn==1.9.1 not installable here: bench/quality.py skips"
 	$(PY) bench/run_all.py
 
 image-check:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import METRIC_NAMES, TrainConfig
 from training.errors import TrainingError, os_error_line
 from training.rundir import read_json
 
@@ -23,8 +23,14 @@ batch-norm running statistics (frozen for test time):
   A last mini-batch of one example is merged into the previous batch.
 
 babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer settings, --epochs,
-  --batch-size, --dropout and --l2 given with it apply from the next epoch (history.json records
-  them per epoch); --from-epoch K goes back to checkpoint K first, discarding later ones.
+  --batch-size, --dropout, --l2 and early stopping given with it apply from the next epoch
+  (history.json records them per epoch); --from-epoch K goes back to checkpoint K first,
+  discarding later ones.
+
+early stopping: --early-stopping P ends the run after P epochs in a row whose dev error did not
+  beat the best by more than --min-delta (an equal dev error with a lower dev loss counts as
+  better); params.npz then holds the best epoch's weights and running statistics (meta.json
+  "kept_epoch", history.json "kept": true, a star on the plot).
 """
 
 
@@ -45,8 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", help="'digits' (built in, default), FILE.csv (header) or FILE.npz")
     data.add_argument("--target", help="CSV target column (default: the last column)")
     data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
-    data.add_argument("--dev-fraction", type=float, help="share of rows for dev (default 0.15)")
-    data.add_argument("--test-fraction", type=float, help="share of rows for test (default 0.15)")
+    data.add_argument(
+        "--dev-fraction", type=float, help="share of rows for dev (default 0.15; 0: no dev rows)"
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        help="share of rows for test (default 0.15; 0: none, keep your own test set)",
+    )
+    data.add_argument(
+        "--folds", type=int, metavar="K", help="K stratified folds of the train + dev rows"
+    )
+    data.add_argument(
+        "--fold", type=int, metavar="I", help="with --folds: fold I (from 0) is dev (default 0)"
+    )
+    data.add_argument(
+        "--class-weight",
+        choices=["none", "balanced"],
+        help="balanced: weigh each class's loss by n / (C·n_c) (default none)",
+    )
+    data.add_argument(
+        "--metric",
+        choices=list(METRIC_NAMES),
+        help="dev/test metric to select on: error, balanced_accuracy, log_loss (classification), "
+        "rmse, r2 (regression); default error or rmse",
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
@@ -83,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--l2", type=float, help="L2 penalty 0.5·l2·ΣW² (default 0)")
     opt.add_argument("--batch-size", type=int, help="default 64")
     opt.add_argument("--epochs", type=int, help="total epochs (default 30)")
+    opt.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better dev error; keep the best epoch",
+    )
+    opt.add_argument(
+        "--min-delta", type=float, help="early stopping: the least improvement (default 0)"
+    )
     opt.add_argument("--seed", type=int, help="initial weights, shuffling, dropout (default 0)")
     opt.add_argument(
         "--split-seed", type=int, help="train/dev/test split (default: the same as --seed)"
@@ -179,13 +217,21 @@ def main(argv: list[str]) -> int:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
         return 130
     meta = read_json(result.run_dir / "meta.json")
-    metric = (
-        f"test accuracy {meta['test_accuracy']:.4f}"
-        if meta["task"] == "classification"
-        else f"test RMSE {meta['test_rmse']:.6g}"
-    )
+    if meta["split"]["test_rows"] == 0:
+        metric = "no test rows"
+    elif meta["task"] == "classification":
+        metric = f"test accuracy {meta['test_accuracy']:.4f}"
+    else:
+        metric = f"test RMSE {meta['test_rmse']:.6g}"
+    if result.dev_error is None:
+        dev = "no dev rows"
+    elif config.metric is not None:
+        dev = f"dev {config.metric} {meta['dev_metrics'][config.metric]:.4f}"
+    else:
+        dev = f"dev error {result.dev_error:.4f}"
+    kept = f" (kept epoch {result.kept_epoch})" if config.early_stopping is not None else ""
     print(
-        f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs, "
-        f"dev error {result.dev_error:.4f}, {metric}"
+        f"run {result.run_dir} ({meta['run_id']}): {meta['epochs_trained']} epochs{kept}, "
+        f"{dev}, {metric}"
     )
     return 0

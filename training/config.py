@@ -6,11 +6,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from training.metrics import METRICS
+
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
+CLASS_WEIGHTS = ("none", "balanced")
+METRIC_NAMES = tuple(name for names in METRICS.values() for name in names)
 
 # Settings a resumed run may change (babysitting); anything else would make it another model.
 RESUMABLE_FIELDS = (
@@ -26,6 +30,8 @@ RESUMABLE_FIELDS = (
     "epochs",
     "dropout",
     "l2",
+    "early_stopping",
+    "min_delta",
 )
 
 
@@ -57,8 +63,21 @@ class TrainConfig:
     l2: float = 0.0  # L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)
     seed: int = 0  # seeds the initial weights, shuffling and dropout (and the split, by default)
     split_seed: int | None = None  # seeds the train/dev/test split; None: the same as seed
-    dev_fraction: float = 0.15  # share of rows held out for the dev error (model selection)
-    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz)
+    dev_fraction: float = 0.15  # share of rows held out for the dev error; 0: none (no selection)
+    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz); 0: none
+    # early stopping: stop after this many epochs without a new best dev objective and keep the
+    # best epoch's parameters; None: train every epoch and keep the last
+    early_stopping: int | None = None
+    min_delta: float = 0.0  # early stopping: a new best must beat the old one by more than this
+    # cross-validation (the tuner's --cv): train + dev rows in this many stratified folds, fold
+    # `fold` (from 0) is the dev part; None: the plain train/dev split
+    folds: int | None = None
+    fold: int = 0
+    # "balanced": each class's loss weighted n / (C·n_c) over the training rows; "none": 1
+    class_weight: str = "none"
+    # dev/test metric the run selects on (early stopping, the tuner): error | balanced_accuracy |
+    # log_loss (classification), rmse | r2 (regression); None: error or rmse
+    metric: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -89,7 +108,7 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-_INT_FIELDS = ("batch_size", "epochs", "seed")
+_INT_FIELDS = ("batch_size", "epochs", "seed", "fold")
 _FLOAT_FIELDS = (
     "lr",
     "beta1",
@@ -104,6 +123,7 @@ _FLOAT_FIELDS = (
     "l2",
     "dev_fraction",
     "test_fraction",
+    "min_delta",
 )
 
 
@@ -116,7 +136,7 @@ def _convert(name: str, value: Any) -> Any:
             return tuple(_as_int(width) for width in value)
         if name in _INT_FIELDS:
             return _as_int(value)
-        if name == "split_seed":
+        if name in ("split_seed", "early_stopping", "folds"):
             return None if value is None else _as_int(value)
         if name in _FLOAT_FIELDS:
             if isinstance(value, bool):
@@ -191,4 +211,31 @@ def _validate(config: TrainConfig) -> None:
     )
     for name in ("dev_fraction", "test_fraction"):
         value = getattr(config, name)
-        _check(0 < value < 0.5, name, value, "in (0, 0.5)")
+        _check(0 <= value < 0.5, name, value, "in [0, 0.5)")
+    _check(
+        config.early_stopping is None or config.early_stopping >= 1,
+        "early_stopping",
+        config.early_stopping,
+        "None or a patience ≥ 1 epoch",
+    )
+    _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
+    _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
+    _check(
+        config.class_weight in CLASS_WEIGHTS,
+        "class_weight",
+        config.class_weight,
+        f"in {CLASS_WEIGHTS}",
+    )
+    _check(config.metric in (None, *METRIC_NAMES), "metric", config.metric, f"in {METRIC_NAMES}")
+    _check(
+        0 <= config.fold < (config.folds or 1),
+        "fold",
+        config.fold,
+        f"in [0, {config.folds or 1}) (a fold of `folds`)",
+    )
+    _check(
+        config.early_stopping is None or config.dev_fraction > 0,
+        "early_stopping",
+        config.early_stopping,
+        "None with dev_fraction = 0 (early stopping watches the dev error)",
+    )

@@ -250,11 +250,11 @@ def _infer_task(numbers: np.ndarray | None) -> str:
 def split_rows(
     n_rows: int, *, dev_fraction: float, test_fraction: float, seed: int, source: str = "data"
 ) -> Split:
-    """Seeded random split into train/dev/test; dev and test get at least one row each."""
+    """Seeded random split into train/dev/test; a non-zero fraction gets at least one row."""
     rng = np.random.default_rng([seed, 1])  # its own stream: the split never depends on the net
     order = rng.permutation(n_rows)
-    n_test = max(1, round(n_rows * test_fraction))
-    n_dev = max(1, round(n_rows * dev_fraction))
+    n_test = max(1, round(n_rows * test_fraction)) if test_fraction > 0 else 0
+    n_dev = max(1, round(n_rows * dev_fraction)) if dev_fraction > 0 else 0
     n_train = n_rows - n_test - n_dev
     if n_train < 2:
         raise DataError(

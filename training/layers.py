@@ -167,20 +167,28 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exp
 
 
-def softmax_cross_entropy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(
+    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of scores (N, C) against int labels (N,) and its gradient (N, C).
 
-    Binary classification is the two-class case.
+    Binary classification is the two-class case. weights (N,): each example's loss counts
+    w_i times, loss = (1/N)·Σ w_i·(−log p_i,y_i) (class weights: w_i = class_weight[y_i]).
     """
     n = scores.shape[0]
     rows = np.arange(n)
     shifted = scores - scores.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     sum_exp = exp.sum(axis=1, keepdims=True)
-    loss = float(np.log(sum_exp[:, 0]).sum() - shifted[rows, labels].sum()) / n
+    per_example = np.log(sum_exp[:, 0]) - shifted[rows, labels]
+    if weights is not None:
+        per_example = per_example * weights
+    loss = float(per_example.sum()) / n
     dscores = exp
     dscores /= sum_exp
     dscores[rows, labels] -= 1
+    if weights is not None:
+        dscores *= weights[:, None]
     dscores *= 1.0 / n
     return loss, dscores
 

@@ -126,15 +126,18 @@ def loss_and_grads(
     task: str,
     l2: float = 0.0,
     rng: np.random.Generator | None = None,
+    class_weight: np.ndarray | None = None,
 ) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training step maths: (cost, grads, running statistics) for x (N, F) and y.
 
     y: (N,) int labels (classification) or (N, T) standardized targets (regression). The cost
-    is the mean loss plus 0.5·l2·ΣW² over weight matrices.
+    is the mean loss (each example's times class_weight[y_i] when given, (C,)) plus
+    0.5·l2·ΣW² over weight matrices.
     """
     scores, caches, running = forward(params, x, spec, train=True, rng=rng)
     if task == "classification":
-        cost, dscores = layers.softmax_cross_entropy(scores, y)
+        weights = None if class_weight is None else class_weight[y].astype(scores.dtype)
+        cost, dscores = layers.softmax_cross_entropy(scores, y, weights)
     else:
         cost, dscores = layers.mse_loss(scores, y)
     grads = backward(dscores, caches, spec)

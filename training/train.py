@@ -15,12 +15,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from training import model, optim, rundir
+from training import layers, model, optim, rundir
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
+from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
+from training.folds import fold_split
 from training.inference import predict
 from training.layers import BatchNormSettings
+from training.metrics import LOSS, check_metric, default_metric, evaluate, objective
 from training.state import TrainingState, load_state, save_checkpoint
 from training.targets import check_class_counts
 
@@ -32,9 +35,10 @@ EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 class TrainResult:
     """What train() returns (the run directory holds the rest)."""
 
-    dev_error: float  # final dev error: error rate (classification) or RMSE in target units
+    dev_error: float | None  # final dev objective of the metric (error rate, RMSE…); None: no dev
     history: list[dict[str, Any]]  # one record per epoch (see history.json)
     run_dir: Path
+    kept_epoch: int  # the epoch whose parameters params.npz holds (the best, with early stopping)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class Prepared:
     x_train: np.ndarray  # (n_train, F) standardized, float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
     x_dev: np.ndarray  # (n_dev, F) standardized, float32
+    metric: str = "error"  # the dev metric selected on (training/metrics.py)
+    class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -64,9 +70,26 @@ def prepare(config: TrainConfig) -> Prepared:
     )
     if dataset.task == "classification":
         check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
+    if config.folds is not None:
+        split = fold_split(
+            split,
+            dataset.y,
+            dataset.task,
+            config.folds,
+            config.fold,
+            config.data_split_seed,
+            dataset.source,
+        )
+    metric = config.metric or default_metric(dataset.task)
+    check_metric(metric, dataset.task)
     mean, std = fit_standardization(dataset.x[split.train])
     target_mean = target_std = None
     y_train = dataset.y[split.train]
+    class_weight = None
+    if config.class_weight == "balanced":
+        if dataset.task != "classification":
+            raise ValueError("class_weight 'balanced' weighs classes: the task is regression")
+        class_weight = balanced_class_weights(y_train, len(dataset.class_names or [])).astype(DTYPE)
     if dataset.task == "regression":
         target_mean, target_std = fit_standardization(y_train)
         y_train = ((y_train - target_mean) / target_std).astype(DTYPE)
@@ -80,7 +103,20 @@ def prepare(config: TrainConfig) -> Prepared:
         ((dataset.x[split.train] - mean) / std).astype(DTYPE),
         y_train,
         ((dataset.x[split.dev] - mean) / std).astype(DTYPE),
+        metric,
+        class_weight,
     )
+
+
+def balanced_class_weights(y_train: np.ndarray, n_classes: int) -> np.ndarray:
+    """n / (C·n_c) per class c (scikit-learn's "balanced"): every class weighs the same in total.
+
+    y_train: (n,) class indices; a class absent from the training rows gets weight 0."""
+    counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = len(y_train) / (np.count_nonzero(present) * counts[present])
+    return weights
 
 
 def net_spec(config: TrainConfig) -> model.NetSpec:
@@ -139,12 +175,23 @@ def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
     return float(np.sqrt(np.mean((outputs - y) ** 2)))
 
 
-def dev_error(params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec) -> float:
-    """Error rate (classification) or RMSE in target units (regression) on the dev split."""
+def dev_error(
+    params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec
+) -> tuple[float | None, float | None]:
+    """(objective, loss) on the dev rows, (None, None) without any.
+
+    objective: the run's metric, lower is better (by default the error rate or the RMSE in
+    target units); loss: the mean log loss or MSE, which breaks ties between equal objectives."""
+    if len(prepared.x_dev) == 0:
+        return None, None
     scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
-    if prepared.dataset.task == "regression":
+    task = prepared.dataset.task
+    if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
-    return error_of(scores, prepared.dataset.y[prepared.split.dev], prepared.dataset.task)
+    else:
+        scores = layers.softmax(scores)
+    values = evaluate(scores, prepared.dataset.y[prepared.split.dev], task)
+    return objective(prepared.metric, values), values[LOSS[task]]
 
 
 def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr: float) -> float:
@@ -162,6 +209,7 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
             task=prepared.dataset.task,
             l2=config.l2,
             rng=state.rng,
+            class_weight=prepared.class_weight,
         )
         state.params.update(running)  # grads hold exactly the learnable parameters
         optim.update(state.params, grads, state.optimizer, settings, lr)
@@ -259,8 +307,12 @@ def train(
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
     with single_blas_thread():
-        _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
-        return _finish(state, prepared, config, run_dir, meta, plot)
+        best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
+        kept = _kept_params(state, best, run_dir, config)
+        kept = _train_epochs(
+            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
+        )
+        return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
 
 
 def _restart(
@@ -307,7 +359,10 @@ def _train_epochs(
     progress: bool,
     checkpoints: bool,
     on_epoch: EpochCallback | None,
-) -> None:
+    best: BestEpoch,
+    kept: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Train until config.epochs, early stopping or on_epoch says stop; returns the kept params."""
     spec = net_spec(config)
     bar = tqdm(
         total=config.epochs,
@@ -319,7 +374,7 @@ def _train_epochs(
         dynamic_ncols=True,
     )
     with bar:
-        while state.epoch < config.epochs:
+        while state.epoch < config.epochs and not best.should_stop:
             epoch = state.epoch + 1
             lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
             started = time.perf_counter()
@@ -332,24 +387,39 @@ def _train_epochs(
                     "resume from the last checkpoint with a smaller --lr"
                 )
             examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
-            error = dev_error(state.params, prepared, spec)
+            error, loss = dev_error(state.params, prepared, spec)
             record = {
                 "epoch": epoch,
                 "cost": cost,
                 "dev_error": error,
+                "dev_loss": loss,
                 "lr": lr,
                 "settings": resumable_settings(config),
             }
             state.history.append(record)
             state.epoch = epoch
+            if best.update(epoch, error, loss) and config.early_stopping:
+                kept = {name: array.copy() for name, array in state.params.items()}
             if checkpoints:
                 save_checkpoint(run_dir, state, config)
             bar.set_postfix(
-                cost=f"{cost:.4f}", dev_err=f"{error:.4f}", ex_s=f"{examples_per_second:,.0f}"
+                cost=f"{cost:.4f}", dev_err=f"{error or 0:.4f}", ex_s=f"{examples_per_second:,.0f}"
             )
             bar.update(1)
             if on_epoch is not None and on_epoch(record) is False:
                 break
+    return kept
+
+
+def _kept_params(
+    state: TrainingState, best: BestEpoch, run_dir: Path, config: TrainConfig
+) -> dict[str, np.ndarray]:
+    """Early stopping: the best epoch's parameters so far (its checkpoint's, when resumed)."""
+    if config.early_stopping is None:
+        return {}  # the last epoch's are kept: state.params at the end
+    if best.epoch in (0, state.epoch):
+        return {name: array.copy() for name, array in state.params.items()}
+    return load_state(run_dir, best.epoch)[0].params
 
 
 def _finish(
@@ -359,10 +429,13 @@ def _finish(
     run_dir: Path,
     meta: dict[str, Any],
     plot: bool,
+    best: BestEpoch,
+    kept: dict[str, np.ndarray],
 ) -> TrainResult:
     """Write params.npz, heldout.npz, history.json, the plot, and meta.json last."""
     dataset, split = prepared.dataset, prepared.split
-    params = dict(state.params)
+    kept_epoch = state.epoch if config.early_stopping is None else best.epoch
+    params = dict(state.params if config.early_stopping is None else kept)
     if config.batchnorm and config.stats == "population":
         params.update(model.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
@@ -370,26 +443,68 @@ def _finish(
     if dataset.task == "regression":
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     rundir.write_npz(run_dir / "params.npz", params)
-    heldout_x, heldout_y = dataset.x[split.test], dataset.y[split.test]
+    heldout_part = heldout_source(split)
+    heldout_rows = getattr(split, heldout_part)
+    heldout_x, heldout_y = dataset.x[heldout_rows], dataset.y[heldout_rows]
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
-    rundir.write_json(run_dir / "history.json", state.history)
+    history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
+    rundir.write_json(run_dir / "history.json", history)
     if plot and state.history:
         from training.plot import write_learning_curve  # matplotlib only when plotting
 
-        write_learning_curve(run_dir / "learning_curve.png", state.history, dataset.task)
+        write_learning_curve(run_dir / "learning_curve.png", history, dataset.task, prepared.metric)
     meta.update(_describe(config, dataset))
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
-    dev_outputs = predict(params, meta, dataset.x[split.dev])
-    meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
-    test_error = error_of(predict(params, meta, heldout_x), heldout_y, dataset.task)
+    meta["kept_epoch"] = kept_epoch
+    meta["early_stopping"] = (
+        None
+        if config.early_stopping is None
+        else {
+            "patience": config.early_stopping,
+            "min_delta": config.min_delta,
+            "best_epoch": best.epoch,
+            "stopped": best.should_stop,
+        }
+    )
+    meta["split"] = {
+        "dev_fraction": config.dev_fraction,
+        "test_fraction": config.test_fraction,
+        "seed": config.data_split_seed,
+        **{f"{part}_rows": len(getattr(split, part)) for part in ("train", "dev", "test")},
+        "heldout": heldout_part,
+    }
+    if config.folds is not None:
+        meta["split"].update(folds=config.folds, fold=config.fold)
+    meta["metric"] = prepared.metric
+    meta["class_weight"] = (
+        None if prepared.class_weight is None else [float(w) for w in prepared.class_weight]
+    )
+    meta["dev_error"] = meta["dev_metrics"] = meta["test_metrics"] = None
+    if len(split.dev):
+        dev_outputs = predict(params, meta, dataset.x[split.dev])
+        meta["dev_metrics"] = evaluate(dev_outputs, dataset.y[split.dev], dataset.task)
+        meta["dev_error"] = objective(prepared.metric, meta["dev_metrics"])
+    test_error = None
+    if len(split.test):
+        test_outputs = predict(params, meta, dataset.x[split.test])
+        test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
+        meta["test_metrics"] = evaluate(test_outputs, dataset.y[split.test], dataset.task)
     if dataset.task == "classification":
-        meta["test_accuracy"] = 1.0 - test_error
+        meta["test_accuracy"] = None if test_error is None else 1.0 - test_error
     else:
         meta["test_rmse"] = test_error
     meta["status"] = "finished"
     rundir.write_json(run_dir / "meta.json", meta)
-    return TrainResult(meta["dev_error"], state.history, run_dir)
+    return TrainResult(meta["dev_error"], history, run_dir, kept_epoch)
+
+
+def heldout_source(split: Split) -> str:
+    """Which rows heldout.npz holds: the test rows; without any, the dev rows; else training's.
+
+    The exporter checks its fold and picks reference rows from them: with --test-fraction 0 they
+    are dev rows, which the run selected on but never trained on."""
+    return next(part for part in ("test", "dev", "train") if len(getattr(split, part)))
 
 
 def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def test_run_directory_matches_the_contract(small_run):
     assert run.heldout_x.shape == (270, 64) and run.heldout_y.dtype == np.int64
     history = json.loads((run.path / "history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
-    assert set(history[0]) == {"epoch", "cost", "dev_error", "lr", "settings"}
+    assert set(history[0]) == {"epoch", "cost", "dev_error", "dev_loss", "lr", "settings", "kept"}
     assert history[-1]["cost"] < history[0]["cost"]
     assert result.dev_error == meta["dev_error"] and result.history == history
     assert not list(run.path.rglob(".tmp-*"))

@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.config import METRIC_NAMES
 from training.errors import TrainingError, os_error_line
-from training.tune import report
+from training.tune import cv, report
 from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import (
     DEFAULT_SPACE,
     SpaceError,
+    build_space,
+    describe_default_space,
     load_space_file,
     parse_param_flag,
     parse_scalar,
@@ -26,19 +29,21 @@ from training.tune.store import FILENAME, TrialStore, database_failure
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
-    "target", "task", "epochs",
+    "target", "task", "epochs", "cv", "class_weight", "metric",
 )  # fmt: skip
 
 _EPILOG = """\
 scales: linear, int, log (α = 10^r, r uniform), log_int, log1m (1 − β = 10^r), choice.
   --param lr=log:1e-4:1  --param beta1=log1m:0.9:0.999  --param units=log_int:16:256
   --param batch_size=choice:32,64,128,256  --param optimizer=choice:adam,momentum
-Without --space or --param the default space searches lr, beta1, beta2, units, layers,
-batch_size and lr_decay; --param alone searches only what it names.
+Without --space or --param the default space searches (--param alone searches only what it
+names, with the same fixed settings):
+{default_space}
 
 outputs in TUNE_DIR: tune.sqlite (every trial's state), results.csv (best first),
 best -> the best trial's run directory (bnserve export TUNE_DIR/best --out model.onnx),
-best.json, plots/*.png, trials/trial-NNNN/ (run directories).
+best.json, plots/*.png, trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each and
+final/, the best trial retrained on all train + dev rows, which best points at).
 """
 
 
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bnserve tune",
         description="Random search over training hyperparameters, each on its own scale.",
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(default_space=describe_default_space()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="the tune directory")
@@ -78,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="halving: η, rungs at grace·η^k each keep the best 1/η of trials (default 3)",
     )
     search.add_argument(
+        "--cv",
+        metavar="K|auto",
+        help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
+        f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
+        f"{cv.AUTO_MAX_ROWS} training rows (default off)",
+    )
+    search.add_argument(
         "--objective",
         choices=["train", "synthetic"],
         help="synthetic: a cheap known function, to test or benchmark the tuner itself",
@@ -86,7 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
     training.add_argument("--target", help="CSV target column")
     training.add_argument("--task", choices=["classification", "regression"])
-    training.add_argument("--epochs", type=int, help="epochs per trial (default 30)")
+    training.add_argument("--epochs", type=int, help="epochs per trial (default 200)")
+    training.add_argument(
+        "--class-weight", choices=["none", "balanced"], help="as bnserve train (default none)"
+    )
+    training.add_argument(
+        "--metric",
+        choices=list(METRIC_NAMES),
+        help="the dev metric trials are ranked on, as bnserve train (default error or rmse)",
+    )
     training.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
     )
@@ -110,7 +130,7 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
         name = name.strip()
         fixed[name] = value if name == "hidden" else parse_scalar(value)  # hidden: "64,64"
-    for name in ("data", "target", "task", "epochs"):
+    for name in ("data", "target", "task", "epochs", "class_weight", "metric"):
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed
@@ -131,9 +151,21 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def new_settings(args: argparse.Namespace) -> TuneSettings:
+    space = _space_document(args)
+    folds = None
+    if args.cv is not None:
+        if args.objective == "synthetic":
+            raise SpaceError("--cv trains folds of the data: not with --objective synthetic")
+        try:
+            base = build_space(space).base_config()
+            folds, line = cv.resolve_cv(args.cv, base)
+        except ValueError as error:  # DataError included: a bad file is named here
+            raise SpaceError(str(error)) from None
+        print(line)
     given: dict[str, Any] = {
         "out": args.out,
-        "space": _space_document(args),
+        "space": space,
+        "cv": folds,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,
@@ -193,9 +225,17 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
     print(f"results: {settings.out / report.CSV_NAME}")
     best = result.best
     if best is not None:
-        link = report.link_best(settings.out, best)
+        link = report.link_best(settings.out, best, result.final_run)
         where = f" → {link} (bnserve export {link} --out model.onnx)" if link else ""
-        print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
+        scores = best.scores or {}
+        if settings.cv is not None:
+            error = cv.format_mean_std(best.dev_error, scores.get("dev_std"))
+            print(
+                f"best: trial {best.trial}, dev error {error} over {settings.cv} folds; "
+                f"retrained on all train + dev rows for {scores.get('epochs')} epochs{where}"
+            )
+        else:
+            print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
     if settings.plots and result.ranked:
         from training.tune.plots import write_plots  # matplotlib only when plotting
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from training import rundir
+from training.tune.cv import format_mean_std
 from training.tune.store import TrialRecord
 
 CSV_NAME = "results.csv"
@@ -28,6 +29,11 @@ def result_rows(ranked: list[TrialRecord], names: list[str]) -> list[dict[str, A
             "dev_error": record.dev_error,
             "epochs": len(record.history),
         }
+        scores = record.scores or {}
+        if "dev_std" in scores:  # cross-validated: dev_error is the mean over folds
+            row["dev_std"] = scores["dev_std"]
+        row["dev_loss"] = scores.get("loss")
+        row["kept_epoch"] = scores.get("epochs")  # with cv: the median over folds (retrained for)
         row.update({name: record.params.get(name) for name in names})
         row["seconds"] = None if record.seconds is None else round(record.seconds, 3)
         row["run_dir"] = record.run_dir
@@ -47,9 +53,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], limit: int) -> str:
-    """The first `limit` rows as an aligned text table (without run_dir and error columns)."""
-    columns = [name for name in (rows[0] if rows else {}) if name not in ("run_dir", "error")]
+    """The first `limit` rows as an aligned text table (without run_dir and error columns).
+
+    With cross-validation the dev_error column shows "mean ± std" over folds."""
+    hidden = ("run_dir", "error", "dev_std")
+    columns = [name for name in (rows[0] if rows else {}) if name not in hidden]
     cells = [[_cell(row[name]) for name in columns] for row in rows[:limit]]
+    if rows and "dev_std" in rows[0]:
+        at = columns.index("dev_error")
+        columns[at] = "dev_error ± std"
+        for line, row in zip(cells, rows[:limit], strict=False):
+            line[at] = format_mean_std(row["dev_error"], row["dev_std"])
     widths = [max([len(name)] + [len(line[i]) for line in cells]) for i, name in enumerate(columns)]
     lines = ["  ".join(name.rjust(width) for name, width in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
@@ -66,11 +80,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def link_best(out: Path, best: TrialRecord) -> Path | None:
+def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Path | None:
     """Point `out/best` at the best trial's run directory (atomically) and write best.json.
 
-    Returns None when the trial left no finished run directory (the synthetic objective)."""
-    meta_path = out / best.run_dir / "meta.json"
+    With cross-validation `final_run` (the best trial retrained on all train + dev rows) is what
+    `best` points at. Returns None when the trial left no finished run directory (synthetic)."""
+    run_dir = best.run_dir if final_run is None else final_run.name
+    meta_path = out / run_dir / "meta.json"
     if (
         not meta_path.exists()
         or json.loads(meta_path.read_text("utf-8")).get("status") != "finished"
@@ -79,14 +95,16 @@ def link_best(out: Path, best: TrialRecord) -> Path | None:
     link = out / BEST_LINK
     temporary = out / f".{BEST_LINK}.tmp"
     temporary.unlink(missing_ok=True)
-    os.symlink(best.run_dir, temporary, target_is_directory=True)
+    os.symlink(run_dir, temporary, target_is_directory=True)
     os.replace(temporary, link)
     summary = {
         "trial": best.trial,
         "dev_error": best.dev_error,
         "params": best.params,
-        "run_dir": best.run_dir,
-        "config": json.loads((out / best.run_dir / "config.json").read_text(encoding="utf-8")),
+        "run_dir": run_dir,
+        "config": json.loads((out / run_dir / "config.json").read_text(encoding="utf-8")),
     }
+    if final_run is not None:  # the scores of the cross-validated trial it was retrained from
+        summary["cv"] = best.scores
     rundir.write_json(out / "best.json", summary)
     return link

@@ -6,6 +6,8 @@ any of its trials run, so a resumed tune runs exactly the trials an uninterrupte
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -16,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from training.tune import sampler
+from training.tune import cv, sampler
 from training.tune.executors import Executor, make_executor
 from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
 from training.tune.settings import RUNTIME_FIELDS, TuneSettings
@@ -38,6 +40,7 @@ class TuneResult:
     out: Path
     ranked: list[TrialRecord]  # finished by dev error, then pruned, then failed
     rounds: list[tuple[int, sampler.Box]]  # each round's box, first round first
+    final_run: Path | None = None  # --cv: the best trial retrained on all train + dev rows
 
     @property
     def best(self) -> TrialRecord | None:
@@ -73,7 +76,7 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
     """
     space = settings.search_space()
     if settings.objective == "train":
-        _check_data(space)
+        _check_data(space, settings)
     created = not settings.out.exists()
     lock = lock_tune_dir(settings, resume=resume)
     try:
@@ -134,6 +137,8 @@ def _run_locked(settings: TuneSettings, space: SearchSpace, *, resume: bool) -> 
                     _run_pending(store, settings, space, executor, round_index, bar)
             rounds = [(index, sampler.Box.from_dict(box)) for index, box in store.rounds()]
             result = TuneResult(settings.out, rank_trials(store.trials()), rounds)
+        if settings.cv is not None and result.best is not None:
+            result = _retrain_best(settings, space, result)
     except BaseException:  # Ctrl-C included: do not wait for running trials (--resume reruns)
         executor.close(wait=False)
         raise
@@ -141,15 +146,38 @@ def _run_locked(settings: TuneSettings, space: SearchSpace, *, resume: bool) -> 
     return result
 
 
-def _check_data(space: SearchSpace) -> None:
-    """Load the data once here, so a bad file is named before any trial starts."""
+def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
+    """Load the data once here, so a bad file, fold count or metric is named before any trial."""
     from training.data import load_dataset
+    from training.metrics import check_metric, default_metric
     from training.targets import check_class_counts
 
     config = space.base_config()
     dataset = load_dataset(config.data, target=config.target, task=config.task)
     if dataset.task == "classification":
         check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
+    try:
+        check_metric(config.metric or default_metric(dataset.task), dataset.task)
+    except ValueError as error:
+        raise TuneError(f"--metric: {error}") from None
+    if config.class_weight != "none" and dataset.task != "classification":
+        raise TuneError(
+            f"class_weight {config.class_weight!r} weighs classes: the task is regression"
+        )
+    if settings.cv is not None:
+        cv.check_folds(config, settings.cv)
+    elif config.dev_fraction == 0:
+        raise TuneError("trials are compared on their dev rows: dev_fraction 0 needs --cv")
+
+
+def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult) -> TuneResult:
+    """--cv: train the best trial's settings on every train + dev row, for its folds' epochs."""
+    best = result.best
+    assert best is not None and best.scores is not None
+    config = space.config_for(best.params, seed=best.seed)
+    final = cv.final_config(config, int(best.scores["epochs"]))
+    run_dir = cv.retrain(settings.out, final, plot=settings.plots)
+    return dataclasses.replace(result, final_run=run_dir)
 
 
 def _worker_count(settings: TuneSettings) -> int | None:
@@ -268,6 +296,7 @@ def _run_pending(
                 history=outcome.curve,
                 seconds=outcome.seconds,
                 error=outcome.error,
+                scores=outcome.scores,
             )
             bar.update(1)
             if outcome.state == "failed":
@@ -299,6 +328,7 @@ def _request_for(
         objective=settings.objective,
         checkpoints=settings.checkpoints,
         early_stop=early_stop,
+        cv=settings.cv,
     )
 
 
@@ -324,11 +354,16 @@ def _lost(record: TrialRecord, error: Exception) -> TrialOutcome:
 
 
 def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Best first: finished by dev error, then pruned by dev error, then failed and unfinished."""
+    """Best first: finished by dev error, then pruned by dev error, then failed and unfinished.
+
+    Equal dev errors (one dev row apart is common on small data) go to the lower mean dev loss
+    (log loss or MSE), then to the earlier trial."""
     order = {"finished": 0, "pruned": 1, "failed": 2, "running": 3, "pending": 4}
 
     def key(record: TrialRecord) -> tuple[Any, ...]:
         error = record.dev_error if record.dev_error is not None else float("inf")
-        return (order[record.state], error, record.trial)
+        loss = (record.scores or {}).get("loss", float("inf"))
+        loss = loss if loss is not None and math.isfinite(loss) else float("inf")
+        return (order[record.state], error, loss, record.trial)
 
     return sorted(records, key=key)

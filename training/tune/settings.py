@@ -33,6 +33,7 @@ class TuneSettings:
     compare_batchnorm: bool = False  # each point twice: with and without batch norm
     objective: str = "train"  # "train", or "synthetic" for the tuner's own tests and benchmarks
     checkpoints: bool = False  # per-epoch checkpoints in each trial's run directory
+    cv: int | None = None  # K-fold cross-validation of every trial (see cv.py); None: dev split
     progress: bool = True  # a progress bar over trials
     plots: bool = True  # write plots/*.png at the end
     show: int = 10  # rows of the results table printed in the terminal
@@ -81,6 +82,14 @@ def _validate(settings: TuneSettings) -> None:
     )
     check(0 <= settings.seed < 2**32, f"--seed {settings.seed}: must be in [0, 2**32)")
     check(settings.show >= 0, f"--show {settings.show}: must be ≥ 0")
+    check(
+        settings.cv is None or settings.cv >= 2,
+        f"--cv {settings.cv}: cross-validation needs at least 2 folds",
+    )
+    check(
+        settings.cv is None or settings.objective == "train",
+        "--cv trains folds of the data: not with --objective synthetic",
+    )
     if settings.grid_points is not None:
         check(settings.rounds == 1, "--grid runs one round: drop --rounds")
     space = build_space(settings.space, where="search space")

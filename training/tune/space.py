@@ -45,6 +45,7 @@ SHAPE_NAMES = ("layers", "units")
 # Fields a tune never searches: they pick the data or the bookkeeping, not the model.
 NOT_SEARCHABLE = (
     "data", "target", "task", "seed", "split_seed", "dev_fraction", "test_fraction", "hidden",
+    "folds", "fold",
 )  # fmt: skip
 
 
@@ -157,20 +158,33 @@ class SearchSpace:
         }
 
 
-# Fixed settings are training's defaults (30 epochs, split seed 0): every trial, and a default
-# `bnserve train`, sees the same train/dev split, so their dev errors compare directly.
+# The split is training's default (split seed 0): every trial, and a default `bnserve train`,
+# sees the same train/dev rows, so their dev errors compare directly. Trials train up to 200
+# epochs and stop 15 epochs after their best, keeping it (small data overfits long before 200).
+# Regularization is searched on its own scale (small data needs it): L2 from 1e-6 (next to
+# none) to 0.1 on a log scale, dropout linearly from 0 to 0.5, widths down to 8 units.
 DEFAULT_SPACE: dict[str, Any] = {
-    "fixed": {},
+    "fixed": {"epochs": 200, "early_stopping": 15},
     "search": {
-        "lr": {"scale": "log", "low": 1e-4, "high": 1.0},
+        "lr": {"scale": "log", "low": 1e-4, "high": 1e-1},
         "beta1": {"scale": "log1m", "low": 0.8, "high": 0.99},
         "beta2": {"scale": "log1m", "low": 0.9, "high": 0.9999},
-        "units": {"scale": "log_int", "low": 32, "high": 256},
+        "units": {"scale": "log_int", "low": 8, "high": 256},
         "layers": {"scale": "int", "low": 1, "high": 3},
-        "batch_size": {"choice": [32, 64, 128, 256]},
-        "lr_decay": {"scale": "linear", "low": 0.8, "high": 1.0},
+        "batch_size": {"choice": [16, 32, 64, 128]},
+        "lr_decay": {"scale": "linear", "low": 0.95, "high": 1.0},
+        "l2": {"scale": "log", "low": 1e-6, "high": 1e-1},
+        "dropout": {"scale": "linear", "low": 0.0, "high": 0.5},
     },
 }
+
+
+def describe_default_space() -> str:
+    """The default space as help text: one line per dimension, then the fixed settings."""
+    space = build_space(DEFAULT_SPACE, where="default search space")
+    lines = [f"  {dimension.describe()}" for dimension in space.dimensions]
+    fixed = ", ".join(f"{name} = {value}" for name, value in DEFAULT_SPACE["fixed"].items())
+    return "\n".join([*lines, f"  fixed: {fixed}"])
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:

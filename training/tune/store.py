@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS trials (
     finished_at REAL,
     seconds REAL                   -- wall time of the latest attempt, as the worker measured it
 );
+CREATE TABLE IF NOT EXISTS scores (
+    trial INTEGER PRIMARY KEY REFERENCES trials(trial),
+    value TEXT NOT NULL            -- JSON of the trial's scores (trials.TrialOutcome.scores)
+);
 """
 
 
@@ -88,6 +92,7 @@ class TrialRecord:
     started_at: float | None
     finished_at: float | None
     seconds: float | None
+    scores: dict[str, Any] | None = None  # mean dev loss, kept epochs, cross-validation figures
 
 
 @dataclass(frozen=True)
@@ -218,15 +223,22 @@ class TrialStore:
         history: list[float],
         seconds: float,
         error: str | None = None,
+        scores: dict[str, Any] | None = None,
     ) -> None:
-        """Record a trial's end: finished, pruned or failed."""
+        """Record a trial's end: finished, pruned or failed (and its scores, in one commit)."""
         if state not in ("finished", "pruned", "failed"):
             raise ValueError(f"a trial ends finished, pruned or failed, not {state!r}")
-        self._update(
-            "UPDATE trials SET state = ?, dev_error = ?, history = ?, error = ?, "
-            "finished_at = ?, seconds = ? WHERE trial = ?",
-            (state, dev_error, json.dumps(history), error, time.time(), seconds, trial),
-        )
+        with self._transaction():
+            self._db.execute(
+                "UPDATE trials SET state = ?, dev_error = ?, history = ?, error = ?, "
+                "finished_at = ?, seconds = ? WHERE trial = ?",
+                (state, dev_error, json.dumps(history), error, time.time(), seconds, trial),
+            )
+            self._db.execute("DELETE FROM scores WHERE trial = ?", (trial,))
+            if scores is not None:
+                self._db.execute(
+                    "INSERT INTO scores (trial, value) VALUES (?, ?)", (trial, json.dumps(scores))
+                )
 
     def requeue_interrupted(self) -> list[int]:
         """Trials left running by a killed coordinator go back to pending; returns their ids."""
@@ -236,7 +248,7 @@ class TrialStore:
         return [trial for (trial,) in rows]
 
     def trials(self, *, round_index: int | None = None) -> list[TrialRecord]:
-        query = "SELECT * FROM trials"
+        query = "SELECT trials.*, scores.value AS scores FROM trials LEFT JOIN scores USING (trial)"
         args: tuple[Any, ...] = ()
         if round_index is not None:
             query, args = query + " WHERE round = ?", (round_index,)
@@ -281,4 +293,5 @@ def _record(row: dict[str, Any]) -> TrialRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         seconds=row["seconds"],
+        scores=json.loads(row["scores"]) if row["scores"] else None,
     )

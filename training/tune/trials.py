@@ -11,6 +11,7 @@ import math
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from training.tune.early_stop import build_rule
@@ -29,6 +30,7 @@ class TrialRequest:
     checkpoints: bool = False  # per-epoch checkpoints in the trial's run directory
     # {"rule": "median" | "halving", that rule's fields}, or None: no early stopping
     early_stop: dict[str, Any] | None = None
+    cv: int | None = None  # cross-validation: train this many folds (run_dir/fold-I each)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -45,9 +47,12 @@ class TrialOutcome:
     trial: int
     state: str  # "finished" | "pruned" | "failed"
     dev_error: float | None  # final dev error (None when failed)
-    curve: list[float]  # dev error after each epoch
+    curve: list[float]  # dev error after each epoch (with cv: the mean over folds, see cv.py)
     seconds: float  # wall time in the worker
     error: str | None = None  # failed: the exception, one line
+    # real training: {"loss": mean dev loss (ties), "epochs": kept epochs} and, with cv, the
+    # folds' figures and "dev_std" (cv.summarize)
+    scores: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -61,21 +66,14 @@ def run_trial_json(request_json: str) -> str:
     """Worker entry point: run the trial; any exception becomes a failed outcome."""
     request = TrialRequest.from_json(request_json)
     started = time.perf_counter()
-    curve: list[float] = []
-    rule = build_rule(request.early_stop)
-    stopped = False
-
-    def on_epoch(record: dict[str, Any]) -> bool:
-        nonlocal stopped
-        curve.append(float(record["dev_error"]))
-        stopped = rule is not None and rule.should_stop(curve)
-        return not stopped
-
+    watch = _Watch(build_rule(request.early_stop))
+    scores = None
     try:
         if request.objective == "train":
-            dev_error = _train(request, on_epoch)
+            dev_error, scores = _train(request, watch)
         elif request.objective == "synthetic":
-            dev_error = _synthetic(request, on_epoch)
+            watch.start_fold()
+            dev_error = _synthetic(request, watch)
         else:
             raise ValueError(f"unknown objective {request.objective!r}; one of {OBJECTIVES}")
     except Exception as error:
@@ -83,35 +81,78 @@ def run_trial_json(request_json: str) -> str:
             trial=request.trial,
             state="failed",
             dev_error=None,
-            curve=curve,
+            curve=watch.curve(),
             seconds=time.perf_counter() - started,
             error=_one_line(error),
         ).to_json()
     state = "finished" if math.isfinite(dev_error) else "failed"
     return TrialOutcome(
         trial=request.trial,
-        state="pruned" if stopped and state == "finished" else state,
+        state="pruned" if watch.stopped and state == "finished" else state,
         dev_error=dev_error if math.isfinite(dev_error) else None,
-        curve=curve,
+        curve=watch.curve(),
         seconds=time.perf_counter() - started,
         error=None if state == "finished" else f"dev error is {dev_error} (diverged)",
+        scores=scores,
     ).to_json()
 
 
-def _train(request: TrialRequest, on_epoch: Any) -> float:
+class _Watch:
+    """The on_epoch callback: records each fold's dev-error curve and applies the tuner's rule.
+
+    With cross-validation the rule judges each fold's own curve against the reference curves
+    (other trials' mean curves); a fold it stops ends the whole trial as pruned."""
+
+    def __init__(self, rule: Any) -> None:
+        self.rule = rule
+        self.curves: list[list[float]] = []
+        self.stopped = False
+
+    def start_fold(self) -> None:
+        self.curves.append([])
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        curve = self.curves[-1]
+        curve.append(float(record["dev_error"]))
+        self.stopped = self.rule is not None and self.rule.should_stop(curve)
+        return not self.stopped
+
+    def curve(self) -> list[float]:
+        if len(self.curves) == 1:
+            return self.curves[0]
+        from training.tune.cv import mean_curve
+
+        return mean_curve(self.curves)
+
+
+def _train(request: TrialRequest, watch: _Watch) -> tuple[float, dict[str, Any]]:
     from training.config import TrainConfig  # the worker imports training only when it trains
+    from training.rundir import read_json
     from training.train import train
+    from training.tune.cv import summarize
 
     config = TrainConfig.from_dict(request.config)
-    result = train(
-        config,
-        request.run_dir,
-        progress=False,
-        checkpoints=request.checkpoints,
-        plot=False,
-        on_epoch=on_epoch,
-    )
-    return float(result.dev_error)
+    runs = [(config, request.run_dir)]
+    if request.cv is not None:
+        runs = [
+            (config.replace(folds=request.cv, fold=fold), f"{request.run_dir}/fold-{fold}")
+            for fold in range(request.cv)
+        ]
+    metas = []
+    for fold_config, run_dir in runs:
+        watch.start_fold()
+        train(
+            fold_config,
+            run_dir,
+            progress=False,
+            checkpoints=request.checkpoints,
+            plot=False,
+            on_epoch=watch,
+        )
+        metas.append(read_json(Path(run_dir) / "meta.json"))
+        if watch.stopped:
+            break
+    return summarize(metas, request.cv)
 
 
 def synthetic_curve(config: dict[str, Any], epoch: int) -> float:

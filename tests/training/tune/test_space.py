@@ -171,3 +171,23 @@ def test_the_example_space_file_loads():
     space = build_space(load_space_file(example))
     assert space.dimension("beta1").coordinate_bounds() == pytest.approx((-2, -1))
     assert space.base_config().epochs == 20
+
+
+def test_the_default_space_regularizes_on_the_right_scales():
+    space = build_space(DEFAULT_SPACE)
+    scales = {d.name: (d.scale, d.low, d.high) for d in space.dimensions if d.scale != "choice"}
+    assert scales["l2"][0] == "log" and scales["l2"][2] >= 1e-2
+    assert scales["dropout"] == ("linear", 0.0, 0.5)
+    assert scales["layers"][0] == "int" and scales["layers"][1] == 1
+    assert scales["units"][0] == "log_int" and scales["units"][1] <= 8
+    assert scales["lr"][0] == "log"
+    assert space.base_config().early_stopping is not None  # trials keep their best epoch
+
+
+def test_tune_help_documents_every_default_range(capsys):
+    from training.tune.cli import build_parser
+
+    text = build_parser().format_help()
+    for dimension in build_space(DEFAULT_SPACE).dimensions:
+        assert dimension.describe() in text
+    assert "fixed: epochs = 200, early_stopping = 15" in text

@@ -55,3 +55,29 @@ def test_the_median_rule_stops_a_trial_worse_than_the_references(tmp_path):
         }
     )
     assert TrialOutcome.from_json(run_trial_json(lonely.to_json())).state == "finished"
+
+
+def test_early_stopping_and_the_tuners_halving_rule_work_together(tmp_path):
+    # patience 1 on digits: the trial ends when the dev error stops improving, keeping the best
+    config = TrainConfig(epochs=12, hidden=(16,), early_stopping=1, lr=3e-2)
+    alone = TrialRequest(trial=0, config=config.to_dict(), run_dir=str(tmp_path / "alone"))
+    outcome = TrialOutcome.from_json(run_trial_json(alone.to_json()))
+    run = load_run(tmp_path / "alone")
+    assert outcome.state == "finished" and len(outcome.curve) == run.meta["epochs_trained"] < 12
+    assert outcome.curve[run.meta["kept_epoch"] - 1] == min(outcome.curve)
+    assert abs(outcome.dev_error - min(outcome.curve)) < 1e-6
+    # the halving rule still prunes at its first rung when the references are far better
+    halving = TrialRequest(
+        trial=1,
+        config=config.to_dict(),
+        run_dir=str(tmp_path / "halved"),
+        early_stop={
+            "rule": "halving",
+            "reference_curves": [[0.0, 0.0]] * 4,
+            "grace_epochs": 2,
+            "reduction": 3,
+            "min_reference": 4,
+        },
+    )
+    pruned = TrialOutcome.from_json(run_trial_json(halving.to_json()))
+    assert pruned.state == "pruned" and len(pruned.curve) == 2

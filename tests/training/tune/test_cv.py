@@ -1,0 +1,154 @@
+"""`bnserve tune --cv K`: folds of train + dev only, identical whatever the worker count, the
+best retrained on every training row, ties to the lower loss, bad values refused up front."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+
+from training.data import load_dataset, split_rows
+from training.rundir import load_run
+from training.tune import cv
+from training.tune.cli import main
+from training.tune.runner import rank_trials, run_tune
+from training.tune.settings import TuneSettings
+from training.tune.store import TrialRecord
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """150 rows, 3 classes (the smallest has 23 rows)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 4))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1)
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _space(data, **fixed):
+    return {
+        "fixed": {"data": str(data), "epochs": 6, "hidden": [16], **fixed},
+        "search": {"lr": {"scale": "log", "low": 1e-3, "high": 1e-1}},
+    }
+
+
+def _settings(out, data, **overrides):
+    space = _space(data, early_stopping=2)
+    return TuneSettings(out=out, space=space, progress=False, plots=False, **overrides)
+
+
+def _facts(result):
+    return [(r.trial, r.params, r.state, r.dev_error, r.history, r.scores) for r in result.ranked]
+
+
+def test_cv_with_one_and_two_workers_gives_identical_results(tmp_path, small_npz):
+    one = run_tune(_settings(tmp_path / "one", small_npz, trials=3, cv=3, workers=1))
+    two = run_tune(_settings(tmp_path / "two", small_npz, trials=3, cv=3, workers=2))
+    assert [r.state for r in one.ranked] == ["finished"] * 3
+    assert _facts(one) == _facts(two)
+    final_one, final_two = load_run(one.final_run), load_run(two.final_run)
+    assert final_one.meta["params_sha256"] == final_two.meta["params_sha256"]
+
+
+def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path, small_npz):
+    result = run_tune(_settings(tmp_path / "tune", small_npz, trials=2, cv=3, workers=1))
+    dataset = load_dataset(str(small_npz))
+    split = split_rows(150, dev_fraction=0.15, test_fraction=0.15, seed=0)
+    for record in result.ranked:
+        runs = [load_run(tmp_path / "tune" / record.run_dir / f"fold-{i}") for i in range(3)]
+        dev_rows = sum(run.meta["split"]["dev_rows"] for run in runs)
+        assert dev_rows == len(split.train) + len(split.dev)  # every training row is dev once
+        for run in runs:
+            assert run.meta["split"]["test_rows"] == len(split.test)
+            assert run.meta["split"]["train_rows"] + run.meta["split"]["dev_rows"] == 128
+            np.testing.assert_array_equal(run.heldout_x, dataset.x[split.test])  # test = test
+        errors = [run.meta["dev_error"] for run in runs]
+        assert record.dev_error == pytest.approx(statistics.fmean(errors))
+        assert record.scores["dev_std"] == pytest.approx(statistics.stdev(errors))
+        assert record.scores["fold_kept_epochs"] == [run.meta["kept_epoch"] for run in runs]
+        assert record.scores["epochs"] == round(
+            statistics.median(record.scores["fold_kept_epochs"])
+        )
+    best = result.best
+    final = load_run(result.final_run)
+    assert result.final_run == tmp_path / "tune" / "final"
+    assert final.meta["split"]["train_rows"] == 128 and final.meta["split"]["dev_rows"] == 0
+    assert final.meta["epochs_trained"] == best.scores["epochs"]
+    assert final.config.lr == best.params["lr"] and final.config.seed == best.seed
+
+
+def test_equal_dev_errors_go_to_the_lower_mean_loss():
+    def record(trial, dev_error, loss):
+        return TrialRecord(
+            trial=trial, round=0, point=trial, state="finished", params={}, seed=0,
+            run_dir="", dev_error=dev_error, history=[], error=None, attempts=1,
+            started_at=0.0, finished_at=1.0, seconds=1.0, scores={"loss": loss},
+        )  # fmt: skip
+
+    ranked = rank_trials([record(0, 0.1, 0.5), record(1, 0.1, 0.3), record(2, 0.05, 0.9)])
+    assert [r.trial for r in ranked] == [2, 1, 0]
+
+
+def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
+    out = tmp_path / "tune"
+    args = ["--out", str(out), "--data", str(small_npz), "--trials", "2", "--cv", "3",
+            "--epochs", "3", "--param", "lr=log:1e-3:1e-1", "--workers", "1",
+            "--no-progress", "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "cross-validation: 3 folds of the train + dev rows"
+    assert "dev_error ± std" in printed and " ± " in printed.splitlines()[2]
+    assert "over 3 folds; retrained on all train + dev rows" in printed
+    assert (out / "best").resolve() == (out / "final").resolve()  # what export should take
+    assert load_run(out / "best").meta["split"]["dev_rows"] == 0
+
+
+def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
+    from training.config import TrainConfig
+
+    base = TrainConfig(data=str(small_npz))
+    assert cv.resolve_cv("auto", base) == (
+        5,
+        "cross-validation: 5 folds (auto: 128 training rows < 3000)",
+    )
+    monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)
+    assert cv.resolve_cv("auto", base) == (
+        None,
+        "cross-validation: off (auto: 128 training rows ≥ 100)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cv", "1"], "--cv 1: cross-validation needs at least 2 folds"),
+        (["--cv", "three"], "--cv 'three': expected a number of folds (≥ 2) or auto"),
+        (["--cv", "30"], "30 folds need at least 30 training rows of every class"),
+        (["--cv", "3", "--set", "early_stopping=0"], "'early_stopping' = 0 is invalid"),
+        (["--cv", "3", "--objective", "synthetic"], "not with --objective synthetic"),
+        (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
+        (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
+        (["--set", "patience=3"], "unknown config field(s): patience"),
+    ],
+)
+def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
+    out = tmp_path / "tune"
+    code = main(["--out", str(out), "--data", str(small_npz), "--no-progress", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_class_weight_and_metric_reach_every_trial(tmp_path, small_npz, capsys):
+    out = tmp_path / "tune"
+    args = ["--out", str(out), "--data", str(small_npz), "--trials", "1", "--epochs", "2",
+            "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
+            "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress", "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    run = load_run(out / "best")
+    assert (run.config.class_weight, run.config.metric) == ("balanced", "balanced_accuracy")
+    assert run.meta["dev_error"] == pytest.approx(1 - run.meta["dev_metrics"]["balanced_accuracy"])
+    capsys.readouterr()

@@ -1,0 +1,131 @@
+"""`bnserve tune --cv K`: each trial trains K folds of the train + dev rows (never the test rows).
+
+A trial's dev error is the mean over its folds of each fold's kept dev error; the table shows it
+± the standard deviation over folds (sample std, K − 1). Trials with equal means are ranked by
+the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
+all train + dev rows (dev_fraction 0) for the median of its folds' kept epochs, into
+TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
+training rows.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import TrainConfig
+from training.data import load_dataset, split_rows
+from training.folds import fold_rows
+from training.metrics import LOSS
+
+AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
+AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
+FINAL_RUN = "final"  # the retrained best trial, inside the tune directory
+
+
+def training_rows(base: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """The train + dev row indices of the fixed settings' split, with y and the task."""
+    dataset = load_dataset(base.data, target=base.target, task=base.task)
+    split = split_rows(
+        len(dataset.x),
+        dev_fraction=base.dev_fraction,
+        test_fraction=base.test_fraction,
+        seed=base.data_split_seed,
+        source=dataset.source,
+    )
+    rows = np.sort(np.concatenate([split.train, split.dev]))
+    return rows, dataset.y, dataset.task
+
+
+def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | None]:
+    """--cv K | auto → (folds or None, a line saying what was chosen, or None).
+
+    ValueError for anything but an integer ≥ 2 or "auto"."""
+    if value is None:
+        return None, None
+    if value != "auto":
+        try:
+            folds = int(value)
+        except ValueError:
+            raise ValueError(f"--cv {value!r}: expected a number of folds (≥ 2) or auto") from None
+        if folds < 2:
+            raise ValueError(f"--cv {folds}: cross-validation needs at least 2 folds")
+        return folds, f"cross-validation: {folds} folds of the train + dev rows"
+    rows, y, task = training_rows(base)
+    if len(rows) >= AUTO_MAX_ROWS:
+        return None, f"cross-validation: off (auto: {len(rows)} training rows ≥ {AUTO_MAX_ROWS})"
+    folds = AUTO_FOLDS
+    if task == "classification":
+        folds = min(folds, int(np.bincount(y[rows]).min()) if len(rows) else 0)
+    if folds < 2:
+        return None, "cross-validation: off (auto: a class has fewer than 2 training rows)"
+    return folds, (
+        f"cross-validation: {folds} folds (auto: {len(rows)} training rows < {AUTO_MAX_ROWS})"
+    )
+
+
+def check_folds(base: TrainConfig, folds: int) -> None:
+    """Build the folds once, so K above a class's count is named before any trial starts."""
+    rows, y, task = training_rows(base)
+    fold_rows(rows, y, task, folds, base.data_split_seed, source=base.data)
+
+
+def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, dict[str, Any]]:
+    """A trial's dev error (mean over folds) and its scores from each fold run's meta.json."""
+    task = metas[0]["task"]
+    errors = [float(meta["dev_error"]) for meta in metas]
+    losses = [float(meta["dev_metrics"][LOSS[task]]) for meta in metas]
+    kept = [int(meta["kept_epoch"]) for meta in metas]
+    scores: dict[str, Any] = {
+        "loss": statistics.fmean(losses),
+        "epochs": round(statistics.median(kept)),
+    }
+    if folds is not None:
+        scores.update(
+            folds=folds,
+            dev_std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
+            fold_dev_errors=errors,
+            fold_losses=losses,
+            fold_kept_epochs=kept,
+        )
+    return statistics.fmean(errors), scores
+
+
+def mean_curve(curves: list[list[float]]) -> list[float]:
+    """Per epoch, the mean over folds of each fold's dev error; a stopped fold holds its last."""
+    length = max((len(curve) for curve in curves if curve), default=0)
+    return [
+        statistics.fmean(curve[min(epoch, len(curve) - 1)] for curve in curves if curve)
+        for epoch in range(length)
+    ]
+
+
+def final_config(base: TrainConfig, epochs: int) -> TrainConfig:
+    """The best trial's settings for all train + dev rows: no dev split, a fixed epoch count."""
+    return base.replace(dev_fraction=0.0, early_stopping=None, epochs=max(1, epochs))
+
+
+def retrain(out: Path, config: TrainConfig, *, plot: bool) -> Path:
+    """Train `config` into out/final (again from scratch unless a finished one is there)."""
+    from training.rundir import read_json
+    from training.train import train
+
+    run_dir = out / FINAL_RUN
+    meta_path = run_dir / "meta.json"
+    if meta_path.exists() and read_json(meta_path).get("status") == "finished":
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train(config, run_dir, progress=False, checkpoints=False, plot=plot)
+    return run_dir
+
+
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """'0.0312 ± 0.0121' (or just the mean without a std)."""
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
