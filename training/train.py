@@ -337,8 +337,12 @@ def _restart(
     rundir.remove_stale_temporaries(run_dir)
     state = fresh_state(config, prepared)
     with single_blas_thread():
-        _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
-        return _finish(state, prepared, config, run_dir, meta, plot)
+        best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
+        kept = _kept_params(state, best, run_dir, config)
+        kept = _train_epochs(
+            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
+        )
+        return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
 
 
 def single_blas_thread() -> threadpool_limits:
