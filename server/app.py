@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
+from server.dataplane import DataPlane
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
@@ -27,6 +28,7 @@ from server.repository import ModelRepository
 from server.servable import Servable
 from server.servicers import native, v2
 from server.settings import ServerSettings
+from server.statistics import ModelStats
 from server.versions import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -107,11 +109,12 @@ class Server:
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
+        plane = DataPlane(repository, limiter)
         predictor_pb2_grpc.add_PredictorServicer_to_server(
-            native.PredictorServicer(repository, limiter), grpc_server
+            native.PredictorServicer(plane), grpc_server
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            v2.InferenceServicer(repository, limiter), grpc_server
+            v2.InferenceServicer(plane), grpc_server
         )
         health_servicer = None
         service_names = list(SERVICE_NAMES)
@@ -171,6 +174,8 @@ class Server:
         predict = model.predict
         if self.metrics is not None:
             predict = self.metrics.instrument_predict(name, predict)
+        stats = ModelStats()  # ModelStatistics: every run, batched or not
+        predict = stats.timed(predict)
         batcher = None
         if settings.batching:
             batcher = DynamicBatcher(
@@ -180,7 +185,7 @@ class Server:
                 max_queue=settings.max_inflight,
                 name=name,
             )
-        return Servable(model, batcher, predict)
+        return Servable(model, batcher, predict, stats)
 
     def load_model(self, path: str | Path, name: str, version: str) -> bool:
         """Load, warm up and parity-check a model, then serve it as name/version (replacing any

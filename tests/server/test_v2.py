@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import numpy as np
-import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 
 from server.gen.inference import grpc_service_pb2 as pb
@@ -91,6 +89,6 @@ def test_metadata_and_readiness(inference) -> None:
         ("y", "FP32", [-1, 2])
     ]
     assert metadata.platform == "onnxruntime_onnx"
-    with pytest.raises(grpc.RpcError) as raised:
-        inference.ModelReady(pb.ModelReadyRequest(name="nope"))
-    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # As Triton answers: an unknown model is not ready (status OK), so is_model_ready is False.
+    assert not inference.ModelReady(pb.ModelReadyRequest(name="nope")).ready
+    assert not inference.ModelReady(pb.ModelReadyRequest(name="sales", version="9")).ready
