@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
@@ -23,10 +22,13 @@ from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
 from server.metrics import ServerMetrics
 from server.model import Model, SessionThreads
+from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from server.reflection import enable_reflection
 from server.reload import ReloadPolicy, VersionManager, retire
 from server.repository import ModelRepository
 from server.servable import Servable
 from server.servicers import native, v2
+from server.servicers.unimplemented import UnimplementedHandler
 from server.settings import ServerSettings
 from server.statistics import ModelStats
 from server.versions import ModelSource, resolve_sources
@@ -129,8 +131,9 @@ class Server:
                 health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         if settings.reflection:
-            service_names.append(reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(service_names, grpc_server)
+            enable_reflection(service_names, grpc_server)
+            service_names.extend(REFLECTION_SERVICE_NAMES)
+        grpc_server.add_generic_rpc_handlers([UnimplementedHandler(service_names)])
         address = listen_address(settings.host, settings.port)
         try:
             if credentials is not None:
@@ -174,12 +177,11 @@ class Server:
         predict = model.predict
         if self.metrics is not None:
             predict = self.metrics.instrument_predict(name, predict)
-        stats = ModelStats()  # ModelStatistics: every run, batched or not
-        predict = stats.timed(predict)
+        stats = ModelStats()  # ModelStatistics; the data plane times unbatched runs itself
         batcher = None
         if settings.batching:
             batcher = DynamicBatcher(
-                predict,
+                stats.timed(predict),
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_inflight,

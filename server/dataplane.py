@@ -131,10 +131,18 @@ class DataPlane:
             raise
         done = _now()
         if batchable and servable.batcher is not None and x.shape[0] == 1:
-            queue_ns, infer_ns = done - checked, 0  # the batch wait includes its run
+            # The batcher's timed predict counts the run; the wait includes it.
+            stats.record_success(1, done - started, done - checked, checked - started, 0, 0, False)
         else:
-            queue_ns, infer_ns = admitted - checked, done - admitted
-        stats.record_success(x.shape[0], done - started, queue_ns, checked - started, infer_ns, 0)
+            stats.record_success(
+                x.shape[0],
+                done - started,
+                admitted - checked,
+                checked - started,
+                done - admitted,
+                0,
+                True,
+            )
         return outputs
 
     def infer(

@@ -17,8 +17,8 @@ class Servable:
     """A Model plus its optional DynamicBatcher (single-example calls only go through it) and
     its statistics.
 
-    `stats` given: `predict` (and the batcher's predict) already go through `stats.timed`;
-    not given: a fresh ModelStats times this servable's own unbatched runs.
+    The data plane records requests and unbatched runs in `stats`; the batcher's predict
+    should go through `stats.timed` so batched runs count too (app.build_servable does).
     """
 
     def __init__(
@@ -31,12 +31,8 @@ class Servable:
         self.model = model
         self.batcher = batcher
         # model.predict, or a wrapper around it (metrics count examples per run).
-        predict = predict if predict is not None else model.predict
-        if stats is None:
-            stats = ModelStats()
-            predict = stats.timed(predict)
-        self.stats = stats
-        self._predict = predict
+        self._predict = predict if predict is not None else model.predict
+        self.stats = stats if stats is not None else ModelStats()
         # Output name → index into model.output_specs, and "every output, no class_count".
         self.output_index = {spec.name: i for i, spec in enumerate(model.output_specs)}
         self.all_outputs = tuple((i, 0) for i in range(len(model.output_specs)))

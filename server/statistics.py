@@ -41,9 +41,9 @@ class StatsSnapshot:
 
     success/fail: whole requests; queue: admission plus the wait for a dynamic batch (a batched
     request's wait includes its batch's run); compute_input: validation of the input tensor;
-    compute_infer: the model run of an unbatched request; compute_output: choosing the
-    requested outputs (and the top classes for class_count). inference_count counts examples,
-    execution_count model runs.
+    compute_infer: the model run of an unbatched request (batched runs are in `batches`);
+    compute_output: counted, 0 ns (encoding the answer is the transport's, not timed).
+    inference_count counts examples, execution_count model runs.
     """
 
     last_inference_ms: int
@@ -55,72 +55,113 @@ class StatsSnapshot:
     batches: tuple[BatchStats, ...] = ()
 
 
+# Slots of a thread's tally.
+_ROWS, _SUCCESS, _SUCCESS_NS, _FAIL, _FAIL_NS, _QUEUE_NS, _INPUT_NS, _INFER_NS, _OUTPUT_NS = range(
+    9
+)
+
+
 class ModelStats:
-    """The running totals of one model version; thread-safe, ~0.3 µs a record."""
+    """The running totals of one model version.
+
+    Each thread adds to its own tally (no lock on the request path, ~0.5 µs a request); a
+    snapshot sums the tallies. The data plane records each request (and, for unbatched
+    requests, its run); the dynamic batcher's predict goes through `timed` so batched runs
+    are counted too.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the list of tallies, not their contents
+        self._local = threading.local()
+        self._tallies: list[tuple[list[int], dict[int, list[int]]]] = []
         self._last_inference_ms = 0
-        self._inference_count = 0
-        self._success = [0, 0]
-        self._fail = [0, 0]
-        # [count, ns] per part, in PARTS order
-        self._parts = [[0, 0] for _ in PARTS]
-        self._runs: dict[int, list[int]] = {}  # batch size → [runs, ns]
+
+    def _tally(self) -> tuple[list[int], dict[int, list[int]]]:
+        try:
+            return self._local.tally
+        except AttributeError:
+            tally: tuple[list[int], dict[int, list[int]]] = ([0] * 9, {})
+            self._local.tally = tally
+            with self._lock:
+                self._tallies.append(tally)
+            return tally
 
     def record_success(
-        self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
+        self,
+        rows: int,
+        total_ns: int,
+        queue_ns: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        ran: bool,
     ) -> None:
-        with self._lock:
-            self._inference_count += rows
-            self._success[0] += 1
-            self._success[1] += total_ns
-            for part, ns in zip(
-                self._parts, (queue_ns, input_ns, infer_ns, output_ns), strict=True
-            ):
-                part[0] += 1
-                part[1] += ns
-            self._last_inference_ms = time.time_ns() // 1_000_000
+        """One successful request of `rows` examples; ran: infer_ns was its own model run."""
+        try:
+            counts, runs = self._local.tally
+        except AttributeError:
+            counts, runs = self._tally()
+        counts[_ROWS] += rows
+        counts[_SUCCESS] += 1
+        counts[_SUCCESS_NS] += total_ns
+        counts[_QUEUE_NS] += queue_ns
+        counts[_INPUT_NS] += input_ns
+        counts[_INFER_NS] += infer_ns
+        counts[_OUTPUT_NS] += output_ns
+        if ran:
+            run = runs.get(rows)
+            if run is None:
+                run = runs[rows] = [0, 0]
+            run[0] += 1
+            run[1] += infer_ns
+        self._last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, total_ns: int) -> None:
-        with self._lock:
-            self._fail[0] += 1
-            self._fail[1] += total_ns
+        counts, _ = self._tally()
+        counts[_FAIL] += 1
+        counts[_FAIL_NS] += total_ns
 
     def timed(self, predict: Predict) -> Predict:
-        """predict, counting each run and its duration under its batch size."""
-        runs = self._runs
-        lock = self._lock
+        """predict, counting each run and its duration under its batch size (batched runs)."""
+        tally = self._tally
 
         def timed_predict(x: np.ndarray) -> list[np.ndarray]:
             started = time.perf_counter_ns()
             outputs = predict(x)
             elapsed = time.perf_counter_ns() - started
-            size = x.shape[0]
-            with lock:
-                run = runs.get(size)
-                if run is None:
-                    run = runs[size] = [0, 0]
-                run[0] += 1
-                run[1] += elapsed
+            runs = tally()[1]
+            run = runs.get(x.shape[0])
+            if run is None:
+                run = runs[x.shape[0]] = [0, 0]
+            run[0] += 1
+            run[1] += elapsed
             return outputs
 
         return timed_predict
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
-            batches = tuple(
-                BatchStats(size, Duration(runs, ns))
-                for size, (runs, ns) in sorted(self._runs.items())
-            )
-            return StatsSnapshot(
-                last_inference_ms=self._last_inference_ms,
-                inference_count=self._inference_count,
-                execution_count=sum(batch.compute_infer.count for batch in batches),
-                success=Duration(*self._success),
-                fail=Duration(*self._fail),
-                parts={
-                    name: Duration(*part) for name, part in zip(PARTS, self._parts, strict=True)
-                },
-                batches=batches,
-            )
+            tallies = list(self._tallies)
+        counts = [0] * 9
+        runs: dict[int, list[int]] = {}
+        for thread_counts, thread_runs in tallies:
+            for slot, value in enumerate(list(thread_counts)):
+                counts[slot] += value
+            for size, (number, ns) in list(thread_runs.items()):
+                total = runs.setdefault(size, [0, 0])
+                total[0] += number
+                total[1] += ns
+        batches = tuple(
+            BatchStats(size, Duration(number, ns)) for size, (number, ns) in sorted(runs.items())
+        )
+        success = counts[_SUCCESS]
+        part_ns = (counts[_QUEUE_NS], counts[_INPUT_NS], counts[_INFER_NS], counts[_OUTPUT_NS])
+        return StatsSnapshot(
+            last_inference_ms=self._last_inference_ms,
+            inference_count=counts[_ROWS],
+            execution_count=sum(batch.compute_infer.count for batch in batches),
+            success=Duration(success, counts[_SUCCESS_NS]),
+            fail=Duration(counts[_FAIL], counts[_FAIL_NS]),
+            parts={name: Duration(success, ns) for name, ns in zip(PARTS, part_ns, strict=True)},
+            batches=batches,
+        )
