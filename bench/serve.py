@@ -196,7 +196,7 @@ def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[
     import grpc
 
     # No metrics HTTP port: a fixed default port may be taken on a shared machine.
-    environment = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+    environment = {**os.environ, "BNSERVE_METRICS_PORT": "0", "BNSERVE_HTTP_PORT": "0"}
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment
     )

@@ -7,7 +7,9 @@ answering and loads the configured model, `stop(grace_s)` drains and closes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import ssl
+import threading
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -26,9 +28,11 @@ from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
 from server.reflection import enable_reflection
 from server.reload import ReloadPolicy, VersionManager, retire
 from server.repository import ModelRepository
+from server.rest.server import RestServer
 from server.servable import Servable
 from server.servicers import native, v2
 from server.servicers.unimplemented import UnimplementedHandler
+from server.servicers.v2 import server_version
 from server.settings import ServerSettings
 from server.statistics import ModelStats
 from server.versions import ModelSource, resolve_sources
@@ -61,8 +65,13 @@ class Server:
         port: int,
         metrics: ServerMetrics | None = None,
         sources: Sequence[ModelSource] = (),
+        plane: DataPlane | None = None,
+        http: RestServer | None = None,
     ) -> None:
         self.settings = settings
+        self.plane = plane if plane is not None else DataPlane(repository, limiter)
+        self.http = http  # the HTTP/REST transport, None when --http-port 0
+        self.http_port = http.port if http is not None else None
         self.repository = repository
         self.limiter = limiter
         self.port = port
@@ -91,6 +100,8 @@ class Server:
         repository: ModelRepository | None = None,
         credentials: grpc.ServerCredentials | None = None,
         metrics: ServerMetrics | None = None,
+        http_auth: Callable[[str | None], bool] | None = None,
+        http_tls: ssl.SSLContext | None = None,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
@@ -146,14 +157,38 @@ class Server:
             ) from None
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
+        http = None
+        if settings.http_port:  # the same data plane, tokens and certificates as gRPC
+            http = RestServer(
+                plane,
+                settings.host,
+                settings.http_port,
+                max_body_bytes=settings.max_message_bytes,
+                server_version=server_version(),
+                accepts=http_auth,
+                tls=http_tls,
+                metrics=metrics,
+                workers=settings.max_inflight,
+            )
         return cls(
-            settings, grpc_server, repository, health_servicer, limiter, port, metrics, sources
+            settings,
+            grpc_server,
+            repository,
+            health_servicer,
+            limiter,
+            port,
+            metrics,
+            sources,
+            plane,
+            http,
         )
 
     def start(self) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
         only once every configured model is loaded, warmed up and past its parity gate."""
         self._grpc_server.start()
+        if self.http is not None:
+            self.http.start()
         if self._health is not None:
             self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", listen_address(self.settings.host, self.port))
@@ -229,6 +264,7 @@ class Server:
         """Readiness NOT_SERVING from now on (liveness stays SERVING); calls are still answered,
         so load balancers can take this server out before `stop` refuses anything."""
         self._draining = True
+        self.plane.draining = True
         self.update_health()
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -237,7 +273,14 @@ class Server:
         self.versions.stop()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        self.plane.draining = True
+        http_stop = None
+        if self.http is not None:  # both transports drain at once, each within grace
+            http_stop = threading.Thread(target=self.http.stop, args=(grace,), name="http-stop")
+            http_stop.start()
         self._grpc_server.stop(grace).wait()
+        if http_stop is not None:
+            http_stop.join()
         for name in self.repository.names():
             for version in self.repository.versions(name):
                 servable = self.repository.remove(name, version)

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
     from server.operations import Operations
+    from server.rest.server import ssl_context
 
     try:
         operations = Operations.from_settings(settings, os.environ)
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             interceptors=operations.interceptors,
             credentials=operations.credentials,
             metrics=operations.metrics,
+            http_auth=operations.token_auth.accepts if operations.token_auth else None,
+            http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
         )
         metrics_port = operations.serve_metrics()
     except ValueError as error:  # bad model path, TLS file or token file
@@ -91,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signals = _SignalFlags()
     server.start()
+    if server.http_port is not None:
+        scheme = "https" if settings.tls_cert else "http"
+        log.info(
+            "HTTP/REST (Open Inference Protocol) on %s://%s:%d/v2",
+            scheme,
+            settings.host,
+            server.http_port,
+        )
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
     tls = "TLS" + (" with client certificates" if settings.tls_client_ca else "")
     log.info(

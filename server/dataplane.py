@@ -85,6 +85,7 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, limiter: InflightLimiter) -> None:
         self.repository = repository
         self.limiter = limiter
+        self.draining = False  # set by Server.drain(): readiness false, calls still answered
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -95,7 +96,8 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self.repository.ready
+        """Every configured model serves and the server is not draining."""
+        return self.repository.ready and not self.draining
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """True when that model (version) serves; an unknown one is simply not ready."""

@@ -47,6 +47,7 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
         "BNSERVE_WORKERS": "6",
         "BNSERVE_MAX_INFLIGHT": "4",
         "BNSERVE_METRICS_PORT": "0",  # several test servers at once: 9090 would collide
+        "BNSERVE_HTTP_PORT": "0",  # and 8000 too
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "--model", str(test_models.classification), "--port", "0"],

@@ -38,7 +38,8 @@ class Running:
     """An in-process server on a model directory, with stubs; scans only when told."""
 
     def __init__(self, model_dirs: list[Path], **settings: object) -> None:
-        defaults = {"workers": 6, "max_inflight": 4, "reload_interval_s": 0, "reload_settle_s": 0}
+        defaults = {"workers": 6, "max_inflight": 4, "reload_interval_s": 0, "reload_settle_s": 0,
+                    "http_port": 0}  # fmt: skip
         self.server = Server.create(
             ServerSettings(
                 model=tuple(str(d) for d in model_dirs), host="127.0.0.1", port=0,

@@ -1,0 +1,373 @@
+"""The Open Inference Protocol over HTTP/REST with raw requests as curl sends them: every
+endpoint, every error status, binary tensors, the same answers as gRPC bit for bit, tokens, TLS,
+drain and stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from certificates import Pki, make_pki
+from conftest import start_server
+from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
+from server_process import ServerProcess, free_port
+
+from server.app import Server
+from server.gen.inference import grpc_service_pb2 as pb
+from server.gen.inference import grpc_service_pb2_grpc
+from server.settings import ServerSettings
+
+ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)
+TOKEN = "rest-token-0123456789abcdef"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@pytest.fixture(scope="module")
+def rest(test_models: ModelFiles) -> Iterator[Server]:
+    server = start_server(
+        ServerSettings(workers=8, max_inflight=6, max_message_bytes=64 * 1024),
+        {"iris": test_models.classification, "sales": test_models.regression},
+        http=True,
+    )
+    yield server
+    server.stop(0)
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | dict | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers, body)."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    if tls is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def _infer_body(rows: np.ndarray, **extra: object) -> dict:
+    return {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(rows.shape), "data": rows.tolist()}
+        ],
+        **extra,
+    }
+
+
+def test_health_metadata_and_readiness(rest: Server) -> None:
+    port = rest.http_port
+    assert call(port, "GET", "/v2/health/live")[::2] == (200, b'{"live":true}')
+    assert call(port, "GET", "/v2/health/ready")[::2] == (200, b'{"ready":true}')
+    status, headers, body = call(port, "GET", "/v2")
+    metadata = json.loads(body)
+    assert (status, headers["Content-Type"], metadata["name"]) == (
+        200,
+        "application/json",
+        "bnserve",
+    )
+    assert "binary_tensor_data" in metadata["extensions"]
+    for path in ("/v2/models/iris", "/v2/models/iris/versions/1"):
+        status, _, body = call(port, "GET", path)
+        assert status == 200
+        assert json.loads(body) == {
+            "name": "iris",
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, NUM_FEATURES]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASS_NAMES)]},
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+            ],
+        }
+        status, _, body = call(port, "GET", path + "/ready")
+        assert (status, json.loads(body)) == (200, {"name": "iris", "ready": True})
+    status, _, body = call(port, "GET", "/v2/models/iris/config")
+    assert status == 200 and json.loads(body)["input"][0]["dims"] == [-1, NUM_FEATURES]
+
+
+def test_json_infer_equals_grpc_bit_for_bit(rest: Server, test_models: ModelFiles) -> None:
+    status, _, body = call(
+        rest.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS, id="r1")
+    )
+    assert status == 200, body
+    answer = json.loads(body)
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("iris", "1", "r1")
+    probabilities, label = answer["outputs"]
+    assert (probabilities["name"], probabilities["shape"]) == ("probabilities", [4, 3])
+    rest_probabilities = np.asarray(probabilities["data"], dtype=np.float32)
+
+    grpc_answer = _grpc_raw_infer(rest.port, "iris", ROWS)
+    grpc_probabilities = np.frombuffer(grpc_answer.raw_output_contents[0], dtype="<f4")
+    assert rest_probabilities.tobytes() == grpc_probabilities.tobytes()
+    grpc_labels = np.frombuffer(grpc_answer.raw_output_contents[1], dtype="<i8")
+    assert label["data"] == grpc_labels.tolist()
+    expected = numpy_forward(test_models.classification_weights, ROWS, "classification")
+    assert label["data"] == expected["label"].tolist()
+
+
+def test_binary_tensors_in_and_out(rest: Server) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(ROWS.shape),
+                    "parameters": {"binary_data_size": ROWS.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = call(
+        rest.http_port,
+        "POST",
+        "/v2/models/iris/infer",
+        header + ROWS.tobytes(),
+        {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert status == 200, body
+    json_length = int(headers[HEADER_LENGTH])
+    answer = json.loads(body[:json_length])
+    (output,) = answer["outputs"]
+    size = output["parameters"]["binary_data_size"]
+    assert size == len(body) - json_length == ROWS.shape[0] * len(CLASS_NAMES) * 4
+    grpc_answer = _grpc_raw_infer(rest.port, "iris", ROWS)
+    assert body[json_length:] == grpc_answer.raw_output_contents[0]
+
+
+def test_regression_and_class_count(rest: Server) -> None:
+    status, _, body = call(rest.http_port, "POST", "/v2/models/sales/infer", _infer_body(ROWS))
+    assert status == 200
+    (y,) = json.loads(body)["outputs"]
+    grpc_y = np.frombuffer(_grpc_raw_infer(rest.port, "sales", ROWS).raw_output_contents[0], "<f4")
+    assert np.asarray(y["data"], np.float32).tobytes() == grpc_y.tobytes()
+    top = _infer_body(
+        ROWS, outputs=[{"name": "probabilities", "parameters": {"classification": 1}}]
+    )
+    status, _, body = call(rest.http_port, "POST", "/v2/models/iris/infer", top)
+    (classes,) = json.loads(body)["outputs"]
+    assert (classes["datatype"], classes["shape"]) == ("BYTES", [4, 1])
+    labels = np.frombuffer(_grpc_raw_infer(rest.port, "iris", ROWS).raw_output_contents[1], "<i8")
+    assert [int(entry.split(":")[1]) for entry in classes["data"]] == labels.tolist()
+    assert [entry.split(":")[2] for entry in classes["data"]] == [CLASS_NAMES[i] for i in labels]
+
+
+def _grpc_raw_infer(port: int, model: str, rows: np.ndarray) -> pb.ModelInferResponse:
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[rows.tobytes()])
+    request.inputs.add(name="x", datatype="FP32", shape=rows.shape)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+
+
+NAN_ROW = [[float("nan")] + [0.0] * (NUM_FEATURES - 1)]
+# A header promising 24 binary bytes, followed by 8.
+SHORT_BINARY = (
+    b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,6],'
+    b'"parameters":{"binary_data_size":24}}]}' + bytes(8)
+)
+BAD_REQUESTS = [
+    ("not JSON", b"{inputs", {}, 400, "not JSON"),
+    ("JSON not an object", b"[1, 2]", {}, 400, "JSON object"),
+    ("no inputs", {"inputs": []}, {}, 400, "no inputs (empty request)"),
+    ("unknown input", {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 6],
+                                   "data": [0.0] * 6}]}, {}, 400, "unknown input 'features'"),
+    ("wrong datatype", {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 6],
+                                    "data": [0] * 6}]}, {}, 400, "datatype 'INT64'"),
+    ("wrong width", _infer_body(ROWS[:, :5]), {}, 400, "shape [4, 5]"),
+    ("count disagrees", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 6],
+                                     "data": [0.0] * 6}]}, {}, 400, "needs 12 values"),
+    ("strings as data", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 6],
+                                     "data": ["a"] * 6}]}, {}, 400, "must be numbers"),
+    ("NaN", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 6], "data": NAN_ROW}]},
+     {}, 400, "is nan"),
+    ("unknown output", _infer_body(ROWS, outputs=[{"name": "logits"}]), {}, 400,
+     "unknown output(s) ['logits']"),
+    ("class_count on label", _infer_body(ROWS, outputs=[{"name": "label",
+     "parameters": {"classification": 2}}]), {}, 400, "'probabilities' output"),
+    ("header length past the body", b"{}", {HEADER_LENGTH: "99"}, 400, HEADER_LENGTH),
+    ("binary size past the body", SHORT_BINARY, {HEADER_LENGTH: str(len(SHORT_BINARY) - 8)}, 400,
+     "binary_data_size"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "phrase"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_requests_get_400_naming_the_problem(rest, body, headers, status, phrase) -> None:
+    got, response_headers, answer = call(
+        rest.http_port, "POST", "/v2/models/iris/infer", body, headers
+    )
+    assert got == status, answer
+    assert response_headers["Content-Type"] == "application/json"
+    assert phrase in json.loads(answer)["error"]
+    assert call(rest.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "phrase"),
+    [
+        ("GET", "/v2/models/tulip", 404, "no model named 'tulip'"),
+        ("GET", "/v2/models/tulip/ready", 404, "no model named 'tulip'"),
+        ("POST", "/v2/models/tulip/infer", 404, "no model named 'tulip'"),
+        ("GET", "/v2/models/iris/versions/9", 404, "no version '9'"),
+        ("POST", "/v2/models/iris/versions/9/infer", 404, "no version '9'"),
+        ("GET", "/metrics", 404, "no endpoint GET /metrics"),
+        ("GET", "/", 404, "no endpoint GET /"),
+        ("DELETE", "/v2/models/iris/infer", 405, "DELETE is not allowed"),
+        ("GET", "/v2/models/iris/infer", 405, "GET is not allowed"),
+        ("POST", "/v2/repository/models/iris/load", 403, "closed"),
+    ],
+)
+def test_unknown_things_get_their_status(rest, method, path, status, phrase) -> None:
+    got, _, answer = call(rest.http_port, method, path, b"" if method != "GET" else None)
+    assert got == status, answer
+    assert phrase in json.loads(answer)["error"]
+
+
+def test_body_over_the_limit_is_413(rest: Server) -> None:
+    big = _infer_body(np.tile(ROWS, (1000, 1)))  # ~500 KB of JSON
+    status, _, answer = call(rest.http_port, "POST", "/v2/models/iris/infer", big)
+    assert status == 413 and "65536" in json.loads(answer)["error"]
+
+
+def test_statistics_over_rest_equal_grpc(rest: Server) -> None:
+    call(rest.http_port, "POST", "/v2/models/sales/infer", _infer_body(ROWS[:2]))
+    status, _, body = call(rest.http_port, "GET", "/v2/models/sales/stats")
+    assert status == 200
+    (stats,) = json.loads(body)["model_stats"]
+    with grpc.insecure_channel(f"127.0.0.1:{rest.port}") as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        (grpc_stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="sales")).model_stats
+    assert stats["inference_count"] == grpc_stats.inference_count >= 2
+    assert stats["inference_stats"]["success"] == {
+        "count": grpc_stats.inference_stats.success.count,
+        "ns": grpc_stats.inference_stats.success.ns,
+    }
+    status, _, body = call(rest.http_port, "POST", "/v2/repository/index", b"")
+    assert (status, json.loads(body)) == (
+        200,
+        [
+            {"name": "iris", "version": "1", "state": "READY"},
+            {"name": "sales", "version": "1", "state": "READY"},
+        ],
+    )
+
+
+def test_not_ready_model_is_503(test_models: ModelFiles) -> None:
+    server = start_server(ServerSettings(), {"bad_parity": test_models.bad_parity}, http=True)
+    try:
+        status, _, body = call(server.http_port, "GET", "/v2/health/ready")
+        assert (status, json.loads(body)) == (503, {"ready": False})
+        status, _, body = call(server.http_port, "GET", "/v2/models/bad_parity/ready")
+        assert status == 503 and "parity" in json.loads(body)["error"]
+        status, _, body = call(
+            server.http_port, "POST", "/v2/models/bad_parity/infer", _infer_body(ROWS)
+        )
+        assert status == 503 and "failed" in json.loads(body)["error"]
+    finally:
+        server.stop(0)
+
+
+def test_overloaded_is_429_at_once(test_models: ModelFiles) -> None:
+    """max_inflight 1 taken by a held gRPC call: REST is refused by the same limiter."""
+    server = start_server(
+        ServerSettings(batching=True, max_batch_delay_ms=3000, workers=4, max_inflight=1),
+        {"iris": test_models.classification},
+        http=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(
+                model_name="iris", raw_input_contents=[ROWS[:1].tobytes()]
+            )
+            request.inputs.add(name="x", datatype="FP32", shape=(1, NUM_FEATURES))
+            held = stub.ModelInfer.future(request, timeout=30)
+            deadline = time.monotonic() + 10
+            while server.limiter.in_flight < 1:
+                assert time.monotonic() < deadline, "the held call was never admitted"
+                time.sleep(0.01)
+            status, headers, body = call(
+                server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS[:1])
+            )
+            assert status == 429 and "max_inflight" in json.loads(body)["error"]
+            assert headers["Retry-After"] == "1"
+            assert held.result().outputs
+    finally:
+        server.stop(0)
+
+
+def test_drain_then_stop(test_models: ModelFiles) -> None:
+    server = start_server(ServerSettings(), {"iris": test_models.classification}, http=True)
+    port = server.http_port
+    server.drain()
+    assert call(port, "GET", "/v2/health/ready")[0] == 503
+    assert call(port, "GET", "/v2/health/live")[0] == 200
+    assert call(port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))[0] == 200
+    server.stop(1)
+    with pytest.raises(ConnectionRefusedError):
+        call(port, "GET", "/v2/health/live")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_tls_and_tokens_over_http(pki: Pki, test_models: ModelFiles, tmp_path: Path) -> None:
+    """The CLI's server: the HTTP port takes the gRPC port's certificates and tokens."""
+    http_port = free_port()
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--metrics-port", "0",
+         "--http-port", str(http_port),
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+        env={"BNSERVE_AUTH_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        assert f"on https://127.0.0.1:{http_port}/v2" in server.log()
+        trusted = ssl.create_default_context(cafile=str(pki.ca_cert))
+        assert call(http_port, "GET", "/v2/health/ready", tls=trusted)[0] == 200  # probes: open
+        body = _infer_body(ROWS)
+        status, headers, answer = call(
+            http_port, "POST", "/v2/models/iris/infer", body, tls=trusted
+        )
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        assert "bearer token" in json.loads(answer)["error"]
+        wrong = {"Authorization": "Bearer not-the-token-0123456789"}
+        assert call(http_port, "POST", "/v2/models/iris/infer", body, wrong, tls=trusted)[0] == 401
+        assert call(http_port, "GET", "/v2/models/iris", None, wrong, tls=trusted)[0] == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        status, _, answer = call(
+            http_port, "POST", "/v2/models/iris/infer", body, good, tls=trusted
+        )
+        assert status == 200 and json.loads(answer)["outputs"]
+        untrusted = ssl.create_default_context(cafile=str(pki.other_ca_cert))
+        with pytest.raises(ssl.SSLError):
+            call(http_port, "GET", "/v2/health/live", tls=untrusted)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            call(http_port, "GET", "/v2/health/live")  # plaintext to a TLS port
+    finally:
+        assert server.stop() == 0
