@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,3 +373,39 @@ def test_tls_and_tokens_over_http(pki: Pki, test_models: ModelFiles, tmp_path: P
             call(http_port, "GET", "/v2/health/live")  # plaintext to a TLS port
     finally:
         assert server.stop() == 0
+
+
+HTTP_PROBE = Path(__file__).with_name("triton_http_probe.py")
+
+
+def test_tritonclient_http_sync_and_aio(rest: Server, test_models: ModelFiles) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(HTTP_PROBE), f"127.0.0.1:{rest.http_port}", "iris",
+         json.dumps(ROWS.tolist())],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    answer = json.loads(completed.stdout)
+    grpc_answer = _grpc_raw_infer(rest.port, "iris", ROWS)
+    grpc_probabilities = grpc_answer.raw_output_contents[0].hex()
+    # Binary tensors, JSON tensors and the aio client: the very bytes gRPC answers.
+    assert answer["binary_probabilities"] == grpc_probabilities
+    assert answer["json_probabilities"] == grpc_probabilities
+    assert answer["aio"]["probabilities"] == grpc_probabilities
+    expected = numpy_forward(test_models.classification_weights, ROWS, "classification")
+    assert answer["binary_label"] == expected["label"].tolist()
+    assert (answer["live"], answer["ready"], answer["model_ready"]) == (True, True, True)
+    assert answer["unknown_ready"] is False
+    assert (answer["aio"]["ready"], answer["aio"]["model_ready"]) == (True, True)
+    assert answer["server_metadata"]["name"] == "bnserve"
+    assert answer["model_metadata"]["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, NUM_FEATURES]}
+    ]
+    assert answer["aio"]["metadata"] == answer["model_metadata"]
+    assert answer["config"]["input"][0]["data_type"] == "TYPE_FP32"
+    assert answer["statistics"]["model_stats"][0]["name"] == "iris"
+    assert {"name": "iris", "version": "1", "state": "READY"} in answer["index"]
+    best = np.argsort(-expected["probabilities"], axis=1)[:, :2]
+    assert [[int(c.split(":")[1]) for c in row] for row in answer["top2"]] == best.tolist()
+    assert answer["unknown"]["status"] == "404", answer["unknown"]
+    assert "no model named 'no-such-model'" in answer["unknown"]["message"]
