@@ -568,7 +568,11 @@ def measure(settings: BenchSettings) -> int:
     examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
     report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
     results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
-    return 0 if all(r.verified for r in results) else 1
+    from serve_rest import measure_rest  # the REST rows (bench/serve_rest.py)
+
+    with tempfile.TemporaryDirectory(prefix="bnserve-bench-rest-") as rest_scratch:
+        rest_ok = measure_rest(model, row, settings, Path(rest_scratch))
+    return 0 if rest_ok and all(r.verified for r in results) else 1
 
 
 def report(
