@@ -565,13 +565,13 @@ def measure(settings: BenchSettings) -> int:
             text=True,
             check=True,
         ).stdout
-    examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
-    report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
-    results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
-    from serve_rest import measure_rest  # the REST rows (bench/serve_rest.py)
+        examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
+        report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
+        stack.close()  # the gRPC servers stop before the REST rows (bench/serve_rest.py)
+        from serve_rest import measure_rest
 
-    with tempfile.TemporaryDirectory(prefix="bnserve-bench-rest-") as rest_scratch:
-        rest_ok = measure_rest(model, row, settings, Path(rest_scratch))
+        rest_ok = measure_rest(model, row, settings, scratch)
+    results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
     return 0 if rest_ok and all(r.verified for r in results) else 1
 
 
