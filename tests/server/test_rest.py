@@ -9,6 +9,7 @@ import json
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +20,18 @@ import pytest
 from certificates import Pki, make_pki
 from conftest import start_server
 from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
-from server_process import ServerProcess, free_port
+from server_process import (
+    ServerProcess,
+    bad_parity_bytes,
+    free_port,
+    install_version,
+    model_bytes,
+)
 
 from server.app import Server
 from server.gen.inference import grpc_service_pb2 as pb
 from server.gen.inference import grpc_service_pb2_grpc
+from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
 ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)
@@ -409,3 +417,88 @@ def test_tritonclient_http_sync_and_aio(rest: Server, test_models: ModelFiles) -
     assert [[int(c.split(":")[1]) for c in row] for row in answer["top2"]] == best.tolist()
     assert answer["unknown"]["status"] == "404", answer["unknown"]
     assert "no model named 'no-such-model'" in answer["unknown"]["message"]
+
+
+def test_hot_reload_is_seen_over_http(tmp_path: Path) -> None:
+    """A new version swapped in by a scan is served over REST as over gRPC; a refused one
+    is UNAVAILABLE with its reason in the repository index."""
+    model_dir = tmp_path / "iris"
+    install_version(model_dir, 1, model_bytes(seed=1)[0])
+    server = Server.create(
+        ServerSettings(
+            model=(str(model_dir),), host="127.0.0.1", port=0, http_port=free_port(),
+            reload_interval_s=0, reload_settle_s=0, workers=6, max_inflight=4,
+        )
+    )  # fmt: skip
+    server.start()
+    try:
+        port = server.http_port
+        assert json.loads(call(port, "GET", "/v2/models/iris")[2])["versions"] == ["1"]
+        v2_bytes, v2_weights = model_bytes(seed=2)
+        install_version(model_dir, 2, v2_bytes)
+        install_version(model_dir, 3, bad_parity_bytes(seed=3))
+        server.versions.scan()
+        assert json.loads(call(port, "GET", "/v2/models/iris")[2])["versions"] == ["1", "2"]
+        status, _, body = call(port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))
+        assert status == 200 and json.loads(body)["model_version"] == "2"
+        expected = numpy_forward(v2_weights, ROWS, "classification")["probabilities"]
+        np.testing.assert_allclose(
+            json.loads(body)["outputs"][0]["data"], expected.ravel(), atol=1e-5
+        )
+        status, _, body = call(port, "POST", "/v2/models/iris/versions/3/infer", _infer_body(ROWS))
+        assert status == 503 and "parity gate failed" in json.loads(body)["error"]
+        index = json.loads(call(port, "POST", "/v2/repository/index", b"{}")[2])
+        assert [(m["version"], m["state"]) for m in index] == [
+            ("1", "READY"),
+            ("2", "READY"),
+            ("3", "UNAVAILABLE"),
+        ]
+        assert "parity gate failed" in index[2]["reason"]
+    finally:
+        server.stop(0)
+
+
+def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> None:
+    """A call waiting in the batcher when stop(grace) begins is answered, not cut."""
+    server = start_server(
+        ServerSettings(batching=True, max_batch_delay_ms=800, workers=4, max_inflight=2),
+        {"iris": test_models.classification},
+        http=True,
+    )
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            call(server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS[:1]))[0]
+        )
+    )
+    caller.start()
+    deadline = time.monotonic() + 10
+    while server.limiter.in_flight < 1:
+        assert time.monotonic() < deadline, "the call was never admitted"
+        time.sleep(0.01)
+    server.stop(5)
+    caller.join(10)
+    assert answers == [200]
+
+
+def test_http_calls_are_counted_in_metrics(test_models: ModelFiles) -> None:
+    metrics = ServerMetrics()
+    server = Server.create(
+        ServerSettings(host="127.0.0.1", port=0, http_port=free_port()), metrics=metrics
+    )
+    server.start()
+    server.load_model(test_models.classification, "iris", "1")
+    try:
+        call(server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))
+        call(server.http_port, "POST", "/v2/models/tulip/infer", _infer_body(ROWS))
+        samples = {
+            (s.labels["method"], s.labels["code"]): s.value
+            for family in metrics.registry.collect()
+            if family.name == "bnserve_requests"
+            for s in family.samples
+            if s.name == "bnserve_requests_total"
+        }
+    finally:
+        server.stop(0)
+    infer = "HTTP /v2/models/{name}/infer"
+    assert samples[(infer, "OK")] == 1 and samples[(infer, "NOT_FOUND")] == 1
