@@ -90,6 +90,8 @@ class Server:
             on_change=self.update_health,
             metrics=metrics,
         )
+        if settings.model_control:  # cli refuses it without bearer tokens
+            self.plane.rescan = self.versions.scan
 
     @classmethod
     def create(

@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         operations = Operations.from_settings(settings, os.environ)
+        if settings.model_control and operations.token_auth is None:
+            raise ValueError(
+                "--model-control needs bearer tokens (--auth-token-file or BNSERVE_AUTH_TOKEN): "
+                "no unauthenticated remote model loading"
+            )
         server = Server.create(
             settings,
             interceptors=operations.interceptors,

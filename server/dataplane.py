@@ -10,14 +10,14 @@ transport maps them to its own statuses (server/errors.py for gRPC, server/http 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from server.admission import InflightLimiter
-from server.errors import InvalidInput, ModelNotFound, ServingError
+from server.errors import InvalidInput, ModelControlClosed, ModelNotFound, ServingError
 from server.model import Model, TensorSpec
 from server.repository import FAILED, LOADING, READY, ModelRepository, ModelStatus
 from server.servable import Servable
@@ -30,6 +30,15 @@ EXTENSIONS = ("classification", "model_configuration", "statistics", "binary_ten
 NUMPY_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 # Triton's repository index states.
 INDEX_STATES = {READY: "READY", LOADING: "LOADING", FAILED: "UNAVAILABLE"}
+
+MODEL_CONTROL_CLOSED = (
+    "model control is closed on this server (start it with --model-control and bearer tokens "
+    "to let load rescan the model directories); bnserve reloads its directories itself"
+)
+MODEL_UNLOAD_CLOSED = (
+    "unload is not offered: remove the version directory and the next scan unloads it (never "
+    "a model's last version)"
+)
 
 _now = time.perf_counter_ns
 
@@ -86,6 +95,7 @@ class DataPlane:
         self.repository = repository
         self.limiter = limiter
         self.draining = False  # set by Server.drain(): readiness false, calls still answered
+        self.rescan: Callable[[], None] | None = None  # set when --model-control opens loading
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -221,6 +231,14 @@ class DataPlane:
                 servable = self.repository.get(model_name, model_version)
                 found.append((model_name, model_version, servable.stats.snapshot()))
         return found
+
+    def load(self, name: str) -> None:
+        """Model control's load: rescan the model directories now; returns once `name` serves,
+        raises ModelControlClosed when closed, ModelNotFound / ModelNotReady otherwise."""
+        if self.rescan is None:
+            raise ModelControlClosed(MODEL_CONTROL_CLOSED)
+        self.rescan()
+        self.find(name)
 
     def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
         """Every configured model version, sorted, with its state and the reason it failed."""

@@ -99,6 +99,12 @@ class ServerSettings:
     metrics_port: int = _setting(
         9090, "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics."
     )
+    model_control: bool = _setting(
+        False,
+        "Open Triton's model load call (gRPC RepositoryModelLoad, POST /v2/repository/models/"
+        "NAME/load): it rescans the model directories now and answers the model's state. Needs "
+        "bearer tokens (auth_token_file or BNSERVE_AUTH_TOKEN); unload stays closed.",
+    )
     http_port: int = _setting(
         8000,
         "Port of the Open Inference Protocol over HTTP/REST (/v2/..., JSON and Triton's binary "

@@ -30,11 +30,19 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from server.dataplane import EXTENSIONS, INDEX_STATES, PLATFORM, DataPlane
+from server.dataplane import (
+    EXTENSIONS,
+    INDEX_STATES,
+    MODEL_CONTROL_CLOSED,
+    MODEL_UNLOAD_CLOSED,
+    PLATFORM,
+    DataPlane,
+)
 from server.errors import (
     INTERNAL_MESSAGE,
     DeadlineExpired,
     InvalidInput,
+    ModelControlClosed,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
@@ -47,6 +55,7 @@ from server.rest import codec
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[ServingError], int] = {
+    ModelControlClosed: 403,
     InvalidInput: 400,
     ModelNotFound: 404,
     ModelNotReady: 503,
@@ -70,10 +79,6 @@ CODE_BY_STATUS = {
 DENIED = (
     "missing or invalid bearer token: send the header 'Authorization: Bearer <token>' with a "
     "token the server accepts"
-)
-MODEL_CONTROL_CLOSED = (
-    "model control (load/unload) is closed on this server; bnserve serves the models given at "
-    "start and reloads their directories itself"
 )
 JSON = "application/json"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes send no token
@@ -194,8 +199,8 @@ class RestServer:
             ("GET", "/v2", self._server_metadata),
             ("GET", "/v2/models/stats", self._all_statistics),
             ("POST", "/v2/repository/index", self._repository_index),
-            ("POST", "/v2/repository/models/{name}/load", self._model_control),
-            ("POST", "/v2/repository/models/{name}/unload", self._model_control),
+            ("POST", "/v2/repository/models/{name}/load", self._model_load),
+            ("POST", "/v2/repository/models/{name}/unload", self._model_unload),
         ]
         for prefix in (model, version):
             routes += [
@@ -314,8 +319,15 @@ class RestServer:
             ]
         )
 
-    async def _model_control(self, request: web.Request) -> web.Response:
-        return _error(403, MODEL_CONTROL_CLOSED)
+    async def _model_load(self, request: web.Request) -> web.Response:
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._plane.load, request.match_info["name"]
+        )  # a scan reads and verifies files: not on the loop thread
+        return _json({})
+
+    async def _model_unload(self, request: web.Request) -> web.Response:
+        closed = MODEL_UNLOAD_CLOSED if self._plane.rescan else MODEL_CONTROL_CLOSED
+        return _error(403, closed)
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)

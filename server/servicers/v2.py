@@ -13,6 +13,8 @@ from server.dataplane import (
     BACKEND,
     EXTENSIONS,
     INDEX_STATES,
+    MODEL_CONTROL_CLOSED,
+    MODEL_UNLOAD_CLOSED,
     PLATFORM,
     DataPlane,
     OutputRequest,
@@ -30,10 +32,6 @@ from server.statistics import Duration, StatsSnapshot
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "bnserve"
 CLASSIFICATION = "classification"  # the requested output parameter of the extension
-MODEL_CONTROL_CLOSED = (
-    "model control (load/unload) is closed on this server; bnserve serves the models given at "
-    "start and reloads their directories itself"
-)
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
@@ -179,15 +177,18 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
+    @translate_errors
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, MODEL_CONTROL_CLOSED)
+        self._plane.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, MODEL_CONTROL_CLOSED)
+        closed = MODEL_UNLOAD_CLOSED if self._plane.rescan else MODEL_CONTROL_CLOSED
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, closed)
 
 
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:

@@ -4,6 +4,7 @@ drain and stop."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import ssl
@@ -29,6 +30,7 @@ from server_process import (
 )
 
 from server.app import Server
+from server.auth import TokenAuthInterceptor
 from server.gen.inference import grpc_service_pb2 as pb
 from server.gen.inference import grpc_service_pb2_grpc
 from server.metrics import ServerMetrics
@@ -502,3 +504,64 @@ def test_http_calls_are_counted_in_metrics(test_models: ModelFiles) -> None:
         server.stop(0)
     infer = "HTTP /v2/models/{name}/infer"
     assert samples[(infer, "OK")] == 1 and samples[(infer, "NOT_FOUND")] == 1
+
+
+def test_model_control_needs_tokens_to_open(test_models: ModelFiles) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "server", "--model", str(test_models.classification),
+         "--model-control", "--port", "0", "--http-port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "--model-control needs bearer tokens" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_model_control_load_rescans_behind_a_token(tmp_path: Path) -> None:
+    """--model-control: load (gRPC and REST) rescans now; without a token both refuse;
+    unload stays closed."""
+    model_dir = tmp_path / "iris"
+    install_version(model_dir, 1, model_bytes(seed=1)[0])
+    auth = TokenAuthInterceptor([hashlib.sha256(TOKEN.encode()).digest()])
+    server = Server.create(
+        ServerSettings(
+            model=(str(model_dir),), host="127.0.0.1", port=0, http_port=free_port(),
+            reload_interval_s=0, reload_settle_s=0, model_control=True,
+        ),
+        interceptors=[auth],
+        http_auth=auth.accepts,
+    )  # fmt: skip
+    server.start()
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        port = server.http_port
+        assert call(port, "POST", "/v2/repository/models/iris/load", b"")[0] == 401
+        install_version(model_dir, 2, model_bytes(seed=2)[0])
+        status, _, body = call(port, "POST", "/v2/repository/models/iris/load", b"", good)
+        assert (status, json.loads(body)) == (200, {})
+        assert json.loads(call(port, "GET", "/v2/models/iris", None, good)[2])["versions"] == [
+            "1",
+            "2",
+        ]
+        status, _, body = call(port, "POST", "/v2/repository/models/tulip/load", b"", good)
+        assert status == 404
+        status, _, body = call(port, "POST", "/v2/repository/models/iris/unload", b"", good)
+        assert status == 403 and "remove the version directory" in json.loads(body)["error"]
+        install_version(model_dir, 3, model_bytes(seed=3)[0])
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="iris"))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            metadata = [("authorization", f"Bearer {TOKEN}")]
+            stub.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="iris"), metadata=metadata
+            )
+            assert server.repository.versions("iris") == ["1", "2", "3"]
+            with pytest.raises(grpc.RpcError) as closed:
+                stub.RepositoryModelUnload(
+                    pb.RepositoryModelUnloadRequest(model_name="iris"), metadata=metadata
+                )
+            assert closed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
