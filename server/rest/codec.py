@@ -35,6 +35,8 @@ class InferRequest:
             request = json.loads(header)
         except (ValueError, UnicodeDecodeError) as error:
             raise InvalidInput(f"the request body is not JSON ({error})") from None
+        except RecursionError:
+            raise InvalidInput("the request body nests JSON deeper than any tensor needs") from None
         if not isinstance(request, dict):
             raise InvalidInput("the request body must be a JSON object with 'inputs'")
         self.id = request.get("id", "")

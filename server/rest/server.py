@@ -306,7 +306,7 @@ class RestServer:
         if body.strip():
             try:
                 parsed = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise InvalidInput("the request body is not JSON") from None
             if not isinstance(parsed, dict):
                 raise InvalidInput('the request body must be a JSON object, e.g. {"ready": true}')

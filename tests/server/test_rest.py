@@ -200,6 +200,9 @@ SHORT_BINARY = (
 BAD_REQUESTS = [
     ("not JSON", b"{inputs", {}, 400, "not JSON"),
     ("JSON not an object", b"[1, 2]", {}, 400, "JSON object"),
+    ("JSON nested 50 000 deep", b"[" * 50_000, {}, 400, "nests JSON deeper"),
+    ("ragged rows", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 6],
+                                 "data": [[0.0] * 6, [0.0] * 5]}]}, {}, 400, "must be numbers"),
     ("no inputs", {"inputs": []}, {}, 400, "no inputs (empty request)"),
     ("unknown input", {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 6],
                                    "data": [0.0] * 6}]}, {}, 400, "unknown input 'features'"),
