@@ -55,9 +55,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     BNSERVE_MODEL_ROOT=/models \
     BNSERVE_HOST=0.0.0.0 \
     BNSERVE_PORT=50051 \
+    BNSERVE_HTTP_PORT=8000 \
     BNSERVE_METRICS_PORT=9090
 USER 10001:10001
-EXPOSE 50051 9090
+# gRPC (native and v2), HTTP/REST v2, Prometheus metrics
+EXPOSE 50051 8000 9090
 # Asks grpc.health.v1 over the gRPC port (not a TCP poke): healthy only when SERVING.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-m", "server.healthcheck"]

@@ -166,7 +166,9 @@ def end_to_end(rounds: int, requests: int) -> None:
         servers = {}
         try:
             for name, (flags, env, _) in variants.items():
-                servers[name] = _start_server(model, flags, {**os.environ, **env})
+                servers[name] = _start_server(
+                    model, flags, {**os.environ, "BNSERVE_HTTP_PORT": "0", **env}
+                )
             for _ in range(rounds):  # interleaved, so drifting machine load hits all alike
                 for name, (_, _, headers) in variants.items():
                     _h2load(servers[name][1], body, requests // 10, headers)  # warm

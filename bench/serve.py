@@ -196,7 +196,7 @@ def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[
     import grpc
 
     # No metrics HTTP port: a fixed default port may be taken on a shared machine.
-    environment = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+    environment = {**os.environ, "BNSERVE_METRICS_PORT": "0", "BNSERVE_HTTP_PORT": "0"}
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment
     )
@@ -565,10 +565,14 @@ def measure(settings: BenchSettings) -> int:
             text=True,
             check=True,
         ).stdout
-    examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
-    report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
+        examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
+        report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
+        stack.close()  # the gRPC servers stop before the REST rows (bench/serve_rest.py)
+        from serve_rest import measure_rest
+
+        rest_ok = measure_rest(model, row, settings, scratch)
     results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
-    return 0 if all(r.verified for r in results) else 1
+    return 0 if rest_ok and all(r.verified for r in results) else 1
 
 
 def report(

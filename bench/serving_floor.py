@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
         os.sched_setaffinity(0, {args.cpu})
 
     from server.admission import InflightLimiter
+    from server.dataplane import DataPlane
     from server.gen.bnserve.v1 import predictor_pb2 as pb
     from server.model import Model, SessionThreads
     from server.repository import ModelRepository
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> int:
         model = models[(256, 256)]
         repository = ModelRepository()
         repository.swap("digits", "1", Servable(model))
-        servicer = PredictorServicer(repository, InflightLimiter(64))
+        servicer = PredictorServicer(DataPlane(repository, InflightLimiter(64)))
         context = _Context()
         predict_bytes = pb.PredictRequest(
             model_name="digits", features=one[0].tolist()

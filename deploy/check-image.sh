@@ -151,24 +151,27 @@ step_done
 # ---- 5. run -------------------------------------------------------------------------------------
 step "run"
 grpc_port=$(free_port)
+http_port=$(free_port)
 metrics_port=$(free_port)
 # podman's stderr here says only that systemd (absent) cannot time the HEALTHCHECK.
 podman run -d --name "$container" --network host \
   -v "$work/models:/models:ro" \
-  -e BNSERVE_PORT="$grpc_port" -e BNSERVE_METRICS_PORT="$metrics_port" \
+  -e BNSERVE_PORT="$grpc_port" -e BNSERVE_HTTP_PORT="$http_port" \
+  -e BNSERVE_METRICS_PORT="$metrics_port" \
   "$image" >/dev/null 2>"$work/podman-run.log" || { cat "$work/podman-run.log" >&2; fail "podman run"; }
 step_done
 
 # ---- 6. probe from the host ---------------------------------------------------------------------
-step "probe from the host: SERVING, native, v2, metrics"
+step "probe from the host: SERVING, native, v2 over gRPC and HTTP, metrics"
 "$venv_python" scripts/demo.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
   --min-accuracy 0.9 --serve-deadline 90 ||
   {
     podman logs --tail 40 "$container" >&2 || true
     fail "the container did not serve the held-out set correctly (its log tail above)"
   }
-"$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" --run "$work/run" ||
-  fail "the container's Open Inference Protocol (v2) answers are wrong"
+"$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" \
+  --http-target "127.0.0.1:$http_port" --run "$work/run" ||
+  fail "the container's Open Inference Protocol (v2) answers over gRPC or HTTP are wrong"
 # The metrics port answers Prometheus text that counted the Predict calls just made.
 "$venv_python" - "$metrics_port" <<'PYTHON' || fail "the container's /metrics endpoint"
 import re, sys, urllib.request

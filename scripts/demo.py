@@ -34,7 +34,7 @@ from training.rundir import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 # No Prometheus endpoint for the demo's short-lived server: its default port (9090) may be taken.
-DEMO_SERVER_ENV = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+DEMO_SERVER_ENV = {**os.environ, "BNSERVE_METRICS_PORT": "0", "BNSERVE_HTTP_PORT": "0"}
 
 
 @dataclass(frozen=True)

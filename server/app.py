@@ -7,28 +7,36 @@ answering and loads the configured model, `stop(grace_s)` drains and closes.
 from __future__ import annotations
 
 import logging
+import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
+from server.dataplane import DataPlane
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
 from server.metadata import Tolerance
 from server.metrics import ServerMetrics
 from server.model import Model, ModelLimits, SessionThreads
+from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from server.reflection import enable_reflection
 from server.reload import ReloadPolicy, VersionManager, retire
 from server.repository import ModelRepository
+from server.rest.server import RestServer
 from server.servable import Servable
 from server.servicers import native, v2
+from server.servicers.unimplemented import UnimplementedHandler
+from server.servicers.v2 import server_version
 from server.settings import ServerSettings
+from server.statistics import ModelStats
 from server.transport import MessageFirstExecutor
 from server.versions import ModelSource, resolve_sources
 
@@ -65,9 +73,14 @@ class Server:
         port: int,
         metrics: ServerMetrics | None = None,
         sources: Sequence[ModelSource] = (),
+        plane: DataPlane | None = None,
+        http: RestServer | None = None,
         pool: MessageFirstExecutor | None = None,
     ) -> None:
         self.settings = settings
+        self.plane = plane if plane is not None else DataPlane(repository, limiter)
+        self.http = http  # the HTTP/REST transport, None when --http-port 0
+        self.http_port = http.port if http is not None else None
         self.pool = pool  # the grpc server's threads; its `waiting` holds calls not yet read
         self.repository = repository
         self.limiter = limiter
@@ -87,6 +100,8 @@ class Server:
             on_change=self.update_health,
             metrics=metrics,
         )
+        if settings.model_control:  # cli refuses it without bearer tokens
+            self.plane.rescan = self.versions.scan
 
     @classmethod
     def create(
@@ -97,6 +112,8 @@ class Server:
         repository: ModelRepository | None = None,
         credentials: grpc.ServerCredentials | None = None,
         metrics: ServerMetrics | None = None,
+        http_auth: Callable[[str | None], bool] | None = None,
+        http_tls: ssl.SSLContext | None = None,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
@@ -125,11 +142,12 @@ class Server:
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
+        plane = DataPlane(repository, limiter)
         predictor_pb2_grpc.add_PredictorServicer_to_server(
-            native.PredictorServicer(repository, limiter), grpc_server
+            native.PredictorServicer(plane), grpc_server
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            v2.InferenceServicer(repository, limiter), grpc_server
+            v2.InferenceServicer(plane), grpc_server
         )
         health_servicer = None
         service_names = list(SERVICE_NAMES)
@@ -144,8 +162,9 @@ class Server:
                 health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         if settings.reflection:
-            service_names.append(reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(service_names, grpc_server)
+            enable_reflection(service_names, grpc_server)
+            service_names.extend(REFLECTION_SERVICE_NAMES)
+        grpc_server.add_generic_rpc_handlers([UnimplementedHandler(service_names)])
         address = listen_address(settings.host, settings.port)
         try:
             if credentials is not None:
@@ -158,6 +177,19 @@ class Server:
             ) from None
         if port == 0:
             raise OSError(f"cannot listen on {address} (in use, or not a local address?)")
+        http = None
+        if settings.http_port:  # the same data plane, tokens and certificates as gRPC
+            http = RestServer(
+                plane,
+                settings.host,
+                settings.http_port,
+                max_body_bytes=settings.max_message_bytes,
+                server_version=server_version(),
+                accepts=http_auth,
+                tls=http_tls,
+                metrics=metrics,
+                workers=settings.max_inflight,
+            )
         return cls(
             settings,
             grpc_server,
@@ -167,6 +199,8 @@ class Server:
             port,
             metrics,
             sources,
+            plane,
+            http,
             pool,
         )
 
@@ -174,6 +208,8 @@ class Server:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
         only once every configured model is loaded, warmed up and past its parity gate."""
         self._grpc_server.start()
+        if self.http is not None:
+            self.http.start()
         if self._health is not None:
             self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", listen_address(self.settings.host, self.port))
@@ -210,16 +246,17 @@ class Server:
         predict = model.predict
         if self.metrics is not None:
             predict = self.metrics.instrument_predict(name, predict)
+        stats = ModelStats()  # ModelStatistics; the data plane times unbatched runs itself
         batcher = None
         if settings.batching:
             batcher = DynamicBatcher(
-                predict,
+                stats.timed(predict),
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_inflight,
                 name=name,
             )
-        return Servable(model, batcher, predict)
+        return Servable(model, batcher, predict, stats)
 
     def load_model(self, path: str | Path, name: str, version: str) -> bool:
         """Load, warm up and parity-check a model, then serve it as name/version (replacing any
@@ -261,6 +298,7 @@ class Server:
         """Readiness NOT_SERVING from now on (liveness stays SERVING); calls are still answered,
         so load balancers can take this server out before `stop` refuses anything."""
         self._draining = True
+        self.plane.draining = True
         self.update_health()
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -269,6 +307,11 @@ class Server:
         self.versions.stop()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        self.plane.draining = True
+        http_stop = None
+        if self.http is not None:  # both transports drain at once, each within grace
+            http_stop = threading.Thread(target=self.http.stop, args=(grace,), name="http-stop")
+            http_stop.start()
         started = time.monotonic()
         if self.pool is not None:
             # Refuse new calls with UNAVAILABLE ourselves until the accepted unary calls are
@@ -277,6 +320,8 @@ class Server:
             self.pool.refuse_new_calls()
             self.pool.wait_until_quiet(grace)
         self._grpc_server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
+        if http_stop is not None:
+            http_stop.join()
         for name in self.repository.names():
             for version in self.repository.versions(name):
                 servable = self.repository.remove(name, version)

@@ -80,14 +80,22 @@ def _serve(settings: ServerSettings) -> int:
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
     from server.operations import Operations
+    from server.rest.server import ssl_context
 
     try:
         operations = Operations.from_settings(settings, os.environ)
+        if settings.model_control and operations.token_auth is None:
+            raise ValueError(
+                "--model-control needs bearer tokens (--auth-token-file or BNSERVE_AUTH_TOKEN): "
+                "no unauthenticated remote model loading"
+            )
         server = Server.create(
             settings,
             interceptors=operations.interceptors,
             credentials=operations.credentials,
             metrics=operations.metrics,
+            http_auth=operations.token_auth.accepts if operations.token_auth else None,
+            http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
         )
         metrics_port = operations.serve_metrics()
     except ValueError as error:  # bad model path, TLS file or token file
@@ -111,6 +119,14 @@ def _serve(settings: ServerSettings) -> int:
         server.stop(0)
         operations.stop()
         return 1
+    if server.http_port is not None:
+        scheme = "https" if settings.tls_cert else "http"
+        log.info(
+            "HTTP/REST (Open Inference Protocol) on %s://%s:%d/v2",
+            scheme,
+            settings.host,
+            server.http_port,
+        )
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
     tls = "TLS" + (" with client certificates" if settings.tls_client_ca else "")
     log.info(

@@ -46,7 +46,12 @@ class ModelLoadError(ServingError):
     """A model file cannot be served: unreadable, wrong metadata, hash or parity mismatch."""
 
 
+class ModelControlClosed(ServingError):
+    """Model load/unload asked of a server that does not offer it (see --model-control)."""
+
+
 STATUS_BY_ERROR: dict[type[ServingError], grpc.StatusCode] = {
+    ModelControlClosed: grpc.StatusCode.UNIMPLEMENTED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,

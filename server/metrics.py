@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from server.decoding import current_request
 from server.logs import LogThrottle
 from server.metrics_http import MetricsHTTPServer, serve_metrics
+from server.servicers.unimplemented import is_unimplemented
 
 # Counters without their `_created` twin series (prometheus-client exports one per counter and
 # histogram by default, doubling the series a scrape carries).
@@ -225,9 +226,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None:
+        if handler is None or is_unimplemented(handler):
             self._count_unimplemented(handler_call_details.method)
-            return None  # grpc answers UNIMPLEMENTED itself
+            return handler  # answered UNIMPLEMENTED, counted apart from the served methods
         cached = self._wrapped.get(handler_call_details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]

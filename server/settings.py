@@ -152,6 +152,17 @@ class ServerSettings:
     metrics_port: int = _setting(
         9090, "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics."
     )
+    model_control: bool = _setting(
+        False,
+        "Open Triton's model load call (gRPC RepositoryModelLoad, POST /v2/repository/models/"
+        "NAME/load): it rescans the model directories now and answers the model's state. Needs "
+        "bearer tokens (auth_token_file or BNSERVE_AUTH_TOKEN); unload stays closed.",
+    )
+    http_port: int = _setting(
+        8000,
+        "Port of the Open Inference Protocol over HTTP/REST (/v2/..., JSON and Triton's binary "
+        "tensors), on host; 8000 as Triton's; 0: no HTTP.",
+    )
     tls_cert: str = _setting("", "PEM server certificate (chain); with tls_key turns TLS on.")
     tls_key: str = _setting("", "PEM private key of tls_cert.")
     tls_client_ca: str = _setting(
@@ -221,6 +232,8 @@ class ServerSettings:
             problems.append(f"drain_s={self.drain_s} must be ≥ 0")
         if not 0 <= self.metrics_port <= 65535:
             problems.append(f"metrics_port={self.metrics_port} must be in 0..65535 (0: off)")
+        if not 0 <= self.http_port <= 65535:
+            problems.append(f"http_port={self.http_port} must be in 0..65535 (0: off)")
         if self.max_versions < 0:
             problems.append(f"max_versions={self.max_versions} must be ≥ 0 (0: all)")
         if self.reload_interval_s < 0 or self.reload_settle_s < 0:

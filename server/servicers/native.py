@@ -7,12 +7,11 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
-from server.admission import InflightLimiter
+from server.dataplane import DataPlane
 from server.errors import InvalidInput, ServingError, translate_errors
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.model import Model, TensorSpec
-from server.repository import ModelRepository
 from server.servable import Servable
 from server.streaming import ReadAhead
 
@@ -22,31 +21,28 @@ STREAM_CHUNK = 64  # most stream messages scored in one model run
 
 
 class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
-    """The native API; every inference call holds one admission slot while it is scored."""
+    """The native API, translation only: protobuf in and out, the data plane in between."""
 
-    def __init__(self, repository: ModelRepository, limiter: InflightLimiter) -> None:
-        self._repository = repository
-        self._limiter = limiter
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     @translate_errors
     def Predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext
     ) -> pb.PredictResponse:
-        servable = self._repository.get(request.model_name, request.model_version)
+        servable = self._plane.find(request.model_name, request.model_version)
         x = _example(request, servable.model)
-        with self._limiter:
-            outputs = servable.score(x, context.time_remaining())
+        outputs = self._plane.score(servable, x, context.time_remaining())
         return _response(servable.model, outputs, request.id)
 
     @translate_errors
     def PredictBatch(
         self, request: pb.PredictBatchRequest, context: grpc.ServicerContext
     ) -> pb.PredictBatchResponse:
-        servable = self._repository.get(request.model_name, request.model_version)
+        servable = self._plane.find(request.model_name, request.model_version)
         model = servable.model
         x = _batch(request, model.num_features)
-        with self._limiter:
-            outputs = servable.score(x, context.time_remaining())
+        outputs = self._plane.score(servable, x, context.time_remaining())
         response = pb.PredictBatchResponse(
             model_name=model.name, model_version=model.version, num_examples=x.shape[0]
         )
@@ -75,7 +71,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         group_servable = None
         for offset, request in enumerate(chunk):
             try:
-                servable = self._repository.get(request.model_name, request.model_version)
+                servable = self._plane.find(request.model_name, request.model_version)
                 row = _example(request, servable.model)
                 servable.model.check_features(row)
             except ServingError as error:
@@ -102,8 +98,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.PredictResponse]:
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        with self._limiter:
-            outputs = servable.score(x, context.time_remaining(), batchable=False)
+        outputs = self._plane.score(servable, x, context.time_remaining(), batchable=False)
         for row, request in enumerate(requests):
             yield _response(servable.model, outputs, request.id, row)
 
@@ -111,12 +106,12 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     def ModelInfo(
         self, request: pb.ModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfoResponse:
-        model = self._repository.get(request.model_name, request.model_version).model
+        model = self._plane.find(request.model_name, request.model_version).model
         card = model.card
         return pb.ModelInfoResponse(
             model_name=model.name,
             model_version=model.version,
-            versions=self._repository.versions(model.name),
+            versions=self._plane.versions(model.name),
             task=card.task,
             inputs=[_tensor_info(model.input_spec)],
             outputs=[_tensor_info(spec) for spec in model.output_specs],

@@ -20,15 +20,26 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 @pytest.fixture(scope="session")
-def served_demo_model(small_demo: DemoRun) -> Iterator[str]:
-    """`bnserve serve` on the small demo's model.onnx (a free loopback port); yields HOST:PORT."""
+def demo_http_port() -> int:
+    """The HTTP/REST port of served_demo_model."""
+    return free_loopback_port()
+
+
+@pytest.fixture(scope="session")
+def served_demo_model(small_demo: DemoRun, demo_http_port: int) -> Iterator[str]:
+    """`bnserve serve` on the small demo's model.onnx (free loopback ports, HTTP on
+    demo_http_port); yields the gRPC HOST:PORT."""
     port = free_loopback_port()
     command = [sys.executable, "-m", "bnserve_cli", "serve", "--port", str(port)]
     command += ["--model", str(small_demo.out_dir / "model.onnx")]
     log_path = small_demo.out_dir / "test-server.log"
     with log_path.open("wb") as log:
         # Metrics off: the default metrics port (9090) is shared by every server on the host.
-        environment = {**os.environ, "BNSERVE_METRICS_PORT": "0"}
+        environment = {
+            **os.environ,
+            "BNSERVE_METRICS_PORT": "0",
+            "BNSERVE_HTTP_PORT": str(demo_http_port),
+        }
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     try:
         wait_until_serving(f"127.0.0.1:{port}", server, log_path, deadline_s=60)

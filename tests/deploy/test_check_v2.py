@@ -19,11 +19,17 @@ def run_check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def test_check_v2_passes_on_the_model_the_run_made(small_demo: DemoRun, served_demo_model: str):
+def test_check_v2_passes_on_the_model_the_run_made(
+    small_demo: DemoRun, served_demo_model: str, demo_http_port: int
+):
     run_dir = str(small_demo.out_dir / "run")
-    completed = run_check("--target", served_demo_model, "--run", run_dir)
+    http_target = f"127.0.0.1:{demo_http_port}"
+    completed = run_check(
+        "--target", served_demo_model, "--http-target", http_target, "--run", run_dir
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "v2 ModelInfer on 32 rows" in completed.stdout
+    assert "v2 ModelInfer (gRPC) on 32 rows" in completed.stdout
+    assert "v2 ModelInfer (HTTP) on 32 rows" in completed.stdout
 
 
 def test_check_v2_fails_against_another_run(

@@ -164,6 +164,11 @@ def test_dockerfile_ports_env_and_user_match_the_deployment():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert int(image_env["BNSERVE_PORT"]) == int(manifest_env["BNSERVE_PORT"]) == ports["grpc"]
     assert (
+        int(image_env["BNSERVE_HTTP_PORT"])
+        == int(manifest_env["BNSERVE_HTTP_PORT"])
+        == ports["http"]
+    )
+    assert (
         int(image_env["BNSERVE_METRICS_PORT"])
         == int(manifest_env["BNSERVE_METRICS_PORT"])
         == ports["metrics"]
@@ -220,9 +225,14 @@ def test_inferenceservice_required_fields_and_runtime():
     assert container["image"] == deployment_container()["image"]
     env = container_env(container)
     assert env["BNSERVE_MODEL"].startswith("/mnt/models/"), "KServe's storage initializer target"
-    grpc_ports = [p["containerPort"] for p in container["ports"] if p["name"] == "h2c"]
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"]), "both v2 transports"
+    http_ports = [p["containerPort"] for p in container["ports"] if p["name"] == "http1"]
+    assert http_ports == [int(env["BNSERVE_HTTP_PORT"])], "REST on the port KServe routes"
     isvc_ports = [p["containerPort"] for p in model["ports"] if p["name"] == "h2c"]
-    assert grpc_ports == isvc_ports == [int(env["BNSERVE_PORT"])]
+    assert isvc_ports == [int(env["BNSERVE_PORT"])], "gRPC on the h2c port the isvc names"
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert annotations["prometheus.kserve.io/port"] == env["BNSERVE_METRICS_PORT"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == int(env["BNSERVE_PORT"]), probe
 

@@ -33,7 +33,8 @@ class ServerProcess:
     """A running `python -m server`; every stderr line is kept in `lines`."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        environment = {**os.environ, **(env or {})}
+        # HTTP off unless a test asks (flag or env): several test servers at once would collide.
+        environment = {"BNSERVE_HTTP_PORT": "0", **os.environ, **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
             stderr=subprocess.PIPE,

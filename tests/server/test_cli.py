@@ -47,6 +47,7 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
         "BNSERVE_WORKERS": "6",
         "BNSERVE_MAX_INFLIGHT": "4",
         "BNSERVE_METRICS_PORT": "0",  # several test servers at once: 9090 would collide
+        "BNSERVE_HTTP_PORT": "0",  # and 8000 too
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "--model", str(test_models.classification), "--port", "0"],
@@ -111,7 +112,7 @@ def test_a_server_whose_only_model_fails_exits_1_naming_it(tmp_path: Path) -> No
     not_onnx.write_text("these are my notes, not a model\n")
     served = subprocess.run(
         [sys.executable, "-m", "server", "--model", str(not_onnx), "--port", "0",
-         "--metrics-port", "0"],
+         "--metrics-port", "0", "--http-port", "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert served.returncode == 1

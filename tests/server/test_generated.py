@@ -11,7 +11,7 @@ from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor
 
-from server.gen.inference import grpc_service_pb2
+from server.gen.inference import grpc_service_pb2, model_config_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "server" / "gen"
@@ -45,7 +45,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 DUMP_TRITON = """
 import json
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 def fields(d):
     out = {f.name: [f.number, f.type, f.is_repeated] for f in d.fields}
     for nested in d.nested_types:
@@ -54,6 +54,9 @@ def fields(d):
 service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 print(json.dumps({
     "messages": {n: fields(d) for n, d in service_pb2.DESCRIPTOR.message_types_by_name.items()},
+    "config": {n: fields(d) for n, d in model_config_pb2.DESCRIPTOR.message_types_by_name.items()},
+    "enums": {n: {v.name: v.number for v in e.values}
+              for n, e in model_config_pb2.DESCRIPTOR.enum_types_by_name.items()},
     "methods": {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods},
 }))
 """
@@ -73,8 +76,21 @@ def test_v2_proto_is_wire_compatible_with_tritonclient() -> None:
     assert completed.returncode == 0, completed.stderr
     triton = json.loads(completed.stdout)
     ours = grpc_service_pb2.DESCRIPTOR
-    for name, descriptor in ours.message_types_by_name.items():
-        assert _fields(descriptor) == triton["messages"][name], f"message {name} differs"
+    # Every field we declare has Triton's number, type and repetition (fields we leave out are
+    # unknown fields to the other side, which protobuf skips); the core messages are whole.
+    whole = {"ModelInferRequest", "ModelInferResponse", "ModelMetadataResponse", "InferParameter"}
+    for tables, pool in (
+        (triton["messages"], ours.message_types_by_name),
+        (triton["config"], model_config_pb2.DESCRIPTOR.message_types_by_name),
+    ):
+        for name, descriptor in pool.items():
+            declared = _fields(descriptor)
+            theirs = tables[name]
+            assert {k: theirs.get(k) for k in declared} == declared, f"message {name} differs"
+            if name in whole:
+                assert declared == theirs, f"message {name} is not whole"
+    for name, enum in model_config_pb2.DESCRIPTOR.enum_types_by_name.items():
+        assert {v.name: v.number for v in enum.values} == triton["enums"][name]
     service = ours.services_by_name["GRPCInferenceService"]
     for method in service.methods:
         expected = [method.input_type.full_name, method.output_type.full_name]
@@ -86,4 +102,10 @@ def test_v2_proto_is_wire_compatible_with_tritonclient() -> None:
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "ModelStreamInfer",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }

@@ -120,3 +120,42 @@ def test_reflection_lists_every_service(channel) -> None:
     )
     files = next(stub.ServerReflectionInfo(iter([by_symbol]))).file_descriptor_response
     assert files.file_descriptor_proto  # grpcurl can describe and call it
+
+
+def test_reflection_v1_answers_as_v1alpha_does(channel) -> None:
+    """grpc.reflection.v1 (current grpcurl asks it first): the same answers, same bytes."""
+    v1_info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    listing = next(v1_info(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {service.name for service in listing.list_services_response.service}
+    assert {
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "inference.GRPCInferenceService",
+    } <= names
+    by_symbol = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="inference.GRPCInferenceService"
+    )
+    v1_files = next(v1_info(iter([by_symbol]))).file_descriptor_response.file_descriptor_proto
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    v1alpha_files = next(stub.ServerReflectionInfo(iter([by_symbol])))
+    assert v1_files and list(v1_files) == list(
+        v1alpha_files.file_descriptor_response.file_descriptor_proto
+    )
+
+
+def test_unknown_method_is_unimplemented_naming_what_is_served(channel) -> None:
+    for method in (
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
+        "/no.such.Service/Call",
+    ):
+        call = channel.unary_unary(method)
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"")
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        details = raised.value.details()
+        assert method in details
+        assert "inference.GRPCInferenceService" in details and "bnserve.v1.Predictor" in details

@@ -25,7 +25,7 @@ def run_check(
 @pytest.fixture(scope="module")
 def unloaded_server() -> Iterator[Server]:
     """Started, listening, but with no model loaded: health answers NOT_SERVING."""
-    server = Server.create(ServerSettings(host="127.0.0.1", port=0, metrics_port=0))
+    server = Server.create(ServerSettings(host="127.0.0.1", port=0, metrics_port=0, http_port=0))
     server.start()
     yield server
     server.stop(0)

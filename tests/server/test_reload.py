@@ -38,7 +38,8 @@ class Running:
     """An in-process server on a model directory, with stubs; scans only when told."""
 
     def __init__(self, model_dirs: list[Path], **settings: object) -> None:
-        defaults = {"workers": 6, "max_inflight": 4, "reload_interval_s": 0, "reload_settle_s": 0}
+        defaults = {"workers": 6, "max_inflight": 4, "reload_interval_s": 0, "reload_settle_s": 0,
+                    "http_port": 0}  # fmt: skip
         self.server = Server.create(
             ServerSettings(
                 model=tuple(str(d) for d in model_dirs), host="127.0.0.1", port=0,
@@ -408,7 +409,7 @@ def test_a_version_whose_warm_up_raises_is_refused_once_and_counted(
     metrics = ServerMetrics()
     settings = ServerSettings(
         model=(str(model_dir),), host="127.0.0.1", port=0, workers=6, max_inflight=4,
-        reload_interval_s=0, reload_settle_s=0,
+        reload_interval_s=0, reload_settle_s=0, http_port=0,
     )  # fmt: skip
     server = Server.create(settings, metrics=metrics)
     server.start()

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol over HTTP/REST (server/rest/server.py), beside the gRPC server."""
