@@ -162,6 +162,8 @@ class VersionManager:
                 error = ModelLoadError(f"model {found.path}: unexpected {type(error).__name__}")
             self._refused[key] = found.signature
             self._repository.mark_failed(found.name, found.version, str(error))
+            if self._metrics is not None:  # counted before the log line that reports it
+                self._metrics.reload_failed(found.name)
             kept = "keeps serving" if found.name in self._repository.names() else "has none of"
             log.error(
                 "model %s: version %s refused: %s (the model %s its other versions)",
@@ -170,8 +172,6 @@ class VersionManager:
                 error,
                 kept,
             )
-            if self._metrics is not None:
-                self._metrics.reload_failed(found.name)
             return serving
         retire(self._repository.swap(found.name, found.version, servable))
         self._loaded[key] = found.signature
