@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
+from server.drift import DriftCollector, drift_settings
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
@@ -95,6 +96,8 @@ class Server:
             settings.model, settings.name, settings.model_version, settings.model_root
         )
         repository = repository if repository is not None else ModelRepository()
+        if metrics is not None and settings.drift:
+            metrics.registry.register(DriftCollector(repository))
         limiter = InflightLimiter(settings.max_inflight)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -165,7 +168,7 @@ class Server:
         ModelLoadError naming the file and the problem."""
         settings = self.settings
         threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
-        model = Model.load(path, name, version, threads)
+        model = Model.load(path, name, version, threads, drift_settings(settings))
         model.warm_up(settings.max_batch_size)
         model.check_parity()
         predict = model.predict

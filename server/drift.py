@@ -1,0 +1,580 @@
+"""Covariate-shift monitoring: streaming statistics of what a model version scores, compared with
+the training distribution its metadata carries (`bnserve.drift`, docs/contracts.md).
+
+Per input feature: the standardized mean shift |μ_live − μ_train| / σ_train, the variance ratio
+σ²_live / σ²_train, the population stability index over the training deciles, and the share of
+values outside the training range. Per hidden layer with batch norm: z_norm = (pre − β)/γ, which
+has mean 0 and variance 1 per unit on training data; the layer score is the mean over units of
+KL(N(m, v) ‖ N(0, 1)) = ½(v + m² − 1 − ln v). A layer sees what the marginals cannot: rows whose
+features each look normal but whose combination the network never saw.
+
+Two windows: the whole life of the version and a recent one, where each example's weight decays
+as exp(−age / window) with age counted in examples scored after it. Rows are buffered and folded
+into the sums a chunk at a time with a few numpy calls, so a single-example call costs a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.errors import ServingError
+from server.logs import LogThrottle
+
+log = logging.getLogger(__name__)
+
+DRIFT_KEY = "drift"  # metadata bnserve.drift
+SUPPORTED_DRIFT_FORMAT = 1
+CHUNK_ROWS = 64  # rows buffered before the sums are updated
+CHECK_INTERVAL_S = 1.0  # thresholds are checked for the log at most this often
+PSI_FLOOR = 1e-4  # bin shares are floored here so an empty bin does not make PSI infinite
+MIN_VARIANCE = 1e-6  # floor of a unit's live variance inside ln v
+WINDOWS = ("life", "recent")
+REEXPORT_HINT = (
+    "re-export it from its training run with `bnserve export` (which stores the training "
+    "distribution in metadata bnserve.drift)"
+)
+
+
+class DriftMetadataError(ValueError):
+    """The model's bnserve.drift entry is missing or malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How a server watches drift (from ServerSettings' drift_* fields)."""
+
+    layers: bool = True  # also watch hidden layers' pre-activations (second session)
+    window: int = 2000  # recent window: weights decay as exp(−age/window), age in examples
+    sample: float = 1.0  # share of scoring runs whose rows enter the statistics
+    shift_threshold: float = 0.5  # flag a feature past this |μ_live − μ_train| / σ_train
+    psi_threshold: float = 0.25  # flag a feature past this PSI
+    variance_threshold: float = 0.0  # flag a feature whose σ²_live / σ²_train exceeds this; 0: no
+    layer_threshold: float = 0.05  # flag a layer past this mean KL score
+    min_examples: int = 100  # no flags (and no warnings) before a window weighs this much
+    top_k: int = 16  # features exported to Prometheus per model version (the worst ones)
+    log_interval_s: float = 60.0  # at most one drift warning per model version this often
+
+
+def drift_settings(settings: Any) -> DriftSettings | None:
+    """DriftSettings from a ServerSettings (None when drift monitoring is off)."""
+    if not settings.drift:
+        return None
+    return DriftSettings(
+        layers=settings.drift_layers,
+        window=settings.drift_window,
+        sample=settings.drift_sample,
+        shift_threshold=settings.drift_shift_threshold,
+        psi_threshold=settings.drift_psi_threshold,
+        variance_threshold=settings.drift_variance_threshold,
+        layer_threshold=settings.drift_layer_threshold,
+        min_examples=settings.drift_min_examples,
+        top_k=settings.drift_top_k,
+        log_interval_s=settings.drift_log_interval_s,
+    )
+
+
+@dataclass(frozen=True)
+class LayerReference:
+    """One hidden layer's frozen statistics; `monitored` marks the units with |γ| ≥ GAMMA_MIN."""
+
+    name: str
+    output: str  # graph tensor holding the pre-activation γ·ẑ + β
+    gamma: np.ndarray  # (H,)
+    beta: np.ndarray  # (H,)
+    running_mean: np.ndarray  # (H,)
+    running_var: np.ndarray  # (H,)
+    monitored: np.ndarray  # (H,) bool
+
+    @property
+    def width(self) -> int:
+        return int(self.gamma.size)
+
+
+GAMMA_MIN = 1e-3  # (pre − β)/γ would only magnify float32 noise for smaller |γ|
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """The training distribution of one model, as parsed from its metadata.
+
+    mean, std: (F,) the standardization (std 1 for a constant column); variance: (F,) the actual
+    training variance (0 for a constant column); minimum, maximum: (F,) float32; edges: (F, K)
+    float32 padded with +inf, bins: (F,) valid bins per feature (≤ K + 1), shares: (F, K + 1)
+    training share per bin (0 past a feature's last bin).
+    """
+
+    feature_names: tuple[str, ...]
+    source: str
+    mean: np.ndarray
+    std: np.ndarray
+    variance: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    edges: np.ndarray
+    bins: np.ndarray
+    shares: np.ndarray
+    layers: tuple[LayerReference, ...]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+
+def parse_reference(text: str, feature_names: Sequence[str]) -> DriftReference:
+    """Parse a bnserve.drift JSON value; raises DriftMetadataError naming the problem."""
+    if not text:
+        raise DriftMetadataError(
+            f"has no bnserve.drift metadata (exported before drift monitoring; {REEXPORT_HINT})"
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DriftMetadataError(f"bnserve.drift is not valid JSON ({error})") from None
+    if not isinstance(value, dict) or value.get("format") != SUPPORTED_DRIFT_FORMAT:
+        raise DriftMetadataError(
+            f"bnserve.drift is not a format-{SUPPORTED_DRIFT_FORMAT} object; {REEXPORT_HINT}"
+        )
+    count = len(feature_names)
+    try:
+        features = value["features"]
+        vectors = {
+            key: np.asarray(features[key], dtype=np.float64)
+            for key in ("mean", "std", "min", "max")
+        }
+        edge_lists = [np.asarray(edges, dtype=np.float32) for edges in features["edges"]]
+        share_lists = [np.asarray(shares, dtype=np.float64) for shares in features["shares"]]
+        layers = tuple(_layer(entry) for entry in value["layers"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DriftMetadataError(f"bnserve.drift is malformed ({error!r})") from None
+    for key, vector in vectors.items():
+        if vector.shape != (count,) or not np.isfinite(vector).all():
+            raise DriftMetadataError(f"bnserve.drift features.{key} is not {count} finite numbers")
+    if len(edge_lists) != count or len(share_lists) != count:
+        raise DriftMetadataError(
+            f"bnserve.drift features.edges/shares do not list {count} features"
+        )
+    widest = max(edges.size for edges in edge_lists)
+    padded_edges = np.full((count, widest), np.inf, dtype=np.float32)
+    padded_shares = np.zeros((count, widest + 1))
+    for index, (edges, shares) in enumerate(zip(edge_lists, share_lists, strict=True)):
+        if edges.ndim != 1 or shares.shape != (edges.size + 1,) or np.any(np.diff(edges) <= 0):
+            raise DriftMetadataError(
+                f"bnserve.drift feature {feature_names[index]!r}: edges must increase and shares "
+                "have one entry more"
+            )
+        padded_edges[index, : edges.size] = edges
+        padded_shares[index, : shares.size] = shares
+    std = vectors["std"]
+    constant = vectors["min"] == vectors["max"]
+    return DriftReference(
+        feature_names=tuple(feature_names),
+        source=str(value.get("source", "")),
+        mean=vectors["mean"],
+        std=np.where(std > 0, std, 1.0),
+        variance=np.where(constant, 0.0, std**2),
+        minimum=vectors["min"].astype(np.float32),
+        maximum=vectors["max"].astype(np.float32),
+        edges=padded_edges,
+        bins=np.array([edges.size + 1 for edges in edge_lists]),
+        shares=padded_shares,
+        layers=layers,
+    )
+
+
+def _layer(entry: Mapping[str, Any]) -> LayerReference:
+    arrays = {
+        key: np.asarray(entry[key], dtype=np.float64)
+        for key in ("gamma", "beta", "running_mean", "running_var")
+    }
+    width = arrays["gamma"].size
+    if any(array.shape != (width,) for array in arrays.values()):
+        raise ValueError(f"layer {entry['name']!r}: gamma, beta and running stats differ in size")
+    return LayerReference(
+        name=str(entry["name"]),
+        output=str(entry["output"]),
+        monitored=np.abs(arrays["gamma"]) >= GAMMA_MIN,
+        **arrays,
+    )
+
+
+class _Sums:
+    """Weighted sums over the rows seen: of u = (x − μ)/σ and u², bin counts, out-of-range
+    flags, and per layer of z_norm and z_norm²."""
+
+    def __init__(self, reference: DriftReference) -> None:
+        count = reference.num_features
+        self.weight = 0.0
+        self.u = np.zeros(count)
+        self.u_squared = np.zeros(count)
+        self.bins = np.zeros((count, reference.shares.shape[1]))
+        self.outside = np.zeros(count)  # per feature: weight of values outside [min, max]
+        self.outside_rows = 0.0  # weight of rows with any value outside the training range
+        self.z = [np.zeros(int(layer.monitored.sum())) for layer in reference.layers]
+        self.z_squared = [np.zeros_like(z) for z in self.z]
+        self.layer_weight = 0.0
+
+    def scale(self, factor: float) -> None:
+        self.weight *= factor
+        self.u *= factor
+        self.u_squared *= factor
+        self.bins *= factor
+        self.outside *= factor
+        self.outside_rows *= factor
+        self.layer_weight *= factor
+        for z, z_squared in zip(self.z, self.z_squared, strict=True):
+            z *= factor
+            z_squared *= factor
+
+
+class DriftMonitor:
+    """Streaming drift statistics of one model version; thread-safe.
+
+    `observe(x, preactivations)` takes each scored batch: x (N, F) float32 raw features and, when
+    layers are watched, one (N, H_l) float32 pre-activation per hidden layer. `report()` gives
+    both windows' figures.
+    """
+
+    def __init__(
+        self, reference: DriftReference, settings: DriftSettings, label: str = "model"
+    ) -> None:
+        self.reference = reference
+        self.settings = settings
+        self.label = label  # "model NAME version V", for the log
+        self.watch_layers = settings.layers and bool(reference.layers)
+        count = reference.num_features
+        self._lock = threading.Lock()
+        self._x = np.empty((CHUNK_ROWS, count), dtype=np.float32)
+        layers = reference.layers if self.watch_layers else ()
+        self._pre = [np.empty((CHUNK_ROWS, layer.width), dtype=np.float32) for layer in layers]
+        self._filled = 0
+        self._life = _Sums(reference)
+        self._recent = _Sums(reference)
+        self._bin_offsets = np.arange(count) * reference.shares.shape[1]
+        self._throttle = LogThrottle(settings.log_interval_s)
+        self._next_check_at = 0.0
+        self._sample = settings.sample
+        self._random = random.Random()
+
+    @property
+    def layer_outputs(self) -> list[str]:
+        """Graph tensors `observe` wants, in order (empty when layers are not watched)."""
+        return [layer.output for layer in self.reference.layers] if self.watch_layers else []
+
+    def sampled(self) -> bool:
+        """Whether this scoring run's rows should enter the statistics."""
+        return self._sample >= 1.0 or self._random.random() < self._sample
+
+    def observe(self, x: np.ndarray, preactivations: Sequence[np.ndarray] | None = None) -> None:
+        """Add a scored batch: x (N, F) float32; preactivations one (N, H) per watched layer."""
+        if self.watch_layers and (preactivations is None or len(preactivations) != len(self._pre)):
+            raise ValueError(f"{self.label}: observe needs {len(self._pre)} pre-activations")
+        flushed = False
+        with self._lock:
+            start = 0
+            rows = x.shape[0]
+            while start < rows:
+                take = min(CHUNK_ROWS - self._filled, rows - start)
+                end = self._filled + take
+                self._x[self._filled : end] = x[start : start + take]
+                for buffer, pre in zip(self._pre, preactivations or (), strict=False):
+                    buffer[self._filled : end] = pre[start : start + take]
+                self._filled = end
+                start += take
+                if self._filled == CHUNK_ROWS:
+                    self._flush()
+                    flushed = True
+        if flushed:
+            self._maybe_warn()
+
+    def _flush(self) -> None:
+        """Fold the buffered rows into both windows (lock held)."""
+        rows = self._filled
+        if rows == 0:
+            return
+        self._filled = 0
+        reference = self.reference
+        x = self._x[:rows]
+        # weight of row i in the recent window once all `rows` are in: exp(−(rows−1−i)/window)
+        ages = np.arange(rows - 1, -1, -1, dtype=np.float64)
+        recent_weights = np.exp(-ages / self.settings.window)
+        decay = math.exp(-rows / self.settings.window)
+        u = (x - reference.mean) / reference.std
+        u_squared = u * u
+        bin_index = (x[:, :, None] > reference.edges[None, :, :]).sum(axis=2)
+        flat_bins = (bin_index + self._bin_offsets).ravel()
+        size = self._life.bins.size
+        shape = self._life.bins.shape
+        outside = (x < reference.minimum) | (x > reference.maximum)
+        outside_rows = outside.any(axis=1)
+        life, recent = self._life, self._recent
+        recent.scale(decay)
+        life.weight += rows
+        recent.weight += recent_weights.sum()
+        life.u += u.sum(axis=0)
+        recent.u += recent_weights @ u
+        life.u_squared += u_squared.sum(axis=0)
+        recent.u_squared += recent_weights @ u_squared
+        life.bins += np.bincount(flat_bins, minlength=size).reshape(shape)
+        recent.bins += np.bincount(
+            flat_bins, weights=np.repeat(recent_weights, x.shape[1]), minlength=size
+        ).reshape(shape)
+        life.outside += outside.sum(axis=0)
+        recent.outside += recent_weights @ outside
+        life.outside_rows += outside_rows.sum()
+        recent.outside_rows += recent_weights @ outside_rows
+        if self._pre:
+            life.layer_weight += rows
+            recent.layer_weight += recent_weights.sum()
+        for index, (layer, buffer) in enumerate(zip(reference.layers, self._pre, strict=False)):
+            mask = layer.monitored
+            z = (buffer[:rows, mask] - layer.beta[mask]) / layer.gamma[mask]
+            z_squared = z * z
+            life.z[index] += z.sum(axis=0)
+            recent.z[index] += recent_weights @ z
+            life.z_squared[index] += z_squared.sum(axis=0)
+            recent.z_squared[index] += recent_weights @ z_squared
+
+    def _maybe_warn(self) -> None:
+        """Log (throttled) when the recent window has flagged features or layers."""
+        now = time.monotonic()
+        if now < self._next_check_at:
+            return
+        self._next_check_at = now + CHECK_INTERVAL_S
+        report = self.report()["recent"]
+        if not report["flagged_features"] and not report["flagged_layers"]:
+            return
+        held_back = self._throttle.admit(self.label)
+        if held_back is None:
+            return
+        worst = sorted(report["features"], key=lambda f: -f["score"])
+        parts = [
+            f"{f['name']} (shift {f['mean_shift']:.2f}σ, variance ×{f['variance_ratio']:.2f}, "
+            f"PSI {f['psi']:.2f})"
+            for f in worst
+            if f["flagged"]
+        ][:5]
+        parts += [
+            f"layer {layer['name']} score {layer['score']:.3f}"
+            for layer in report["layers"]
+            if layer["flagged"]
+        ]
+        log.warning(
+            "drift: %s, recent window of %.0f examples: %d feature(s) and %d layer(s) past "
+            "threshold: %s",
+            self.label,
+            report["examples"],
+            len(report["flagged_features"]),
+            len(report["flagged_layers"]),
+            "; ".join(parts),
+        )
+
+    def report(self) -> dict[str, Any]:
+        """{"life": window, "recent": window}; see `window_report` for a window's keys."""
+        with self._lock:
+            self._flush()
+            sums = {"life": _copy(self._life), "recent": _copy(self._recent)}
+        return {name: window_report(self.reference, self.settings, s) for name, s in sums.items()}
+
+
+def _copy(sums: _Sums) -> _Sums:
+    copied = _Sums.__new__(_Sums)
+    for key, value in vars(sums).items():
+        if isinstance(value, list):
+            setattr(copied, key, [array.copy() for array in value])
+        elif isinstance(value, np.ndarray):
+            setattr(copied, key, value.copy())
+        else:
+            setattr(copied, key, value)
+    return copied
+
+
+def window_report(
+    reference: DriftReference, settings: DriftSettings, sums: _Sums
+) -> dict[str, Any]:
+    """One window's figures: examples, out_of_range_share, score, flagged_features,
+    flagged_layers, features (one dict per feature in model order) and layers."""
+    weight = sums.weight
+    enough = weight >= settings.min_examples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_u = sums.u / weight if weight else np.zeros_like(sums.u)
+        variance_u = np.maximum(sums.u_squared / weight - mean_u**2, 0.0) if weight else mean_u
+        live_mean = reference.mean + reference.std * mean_u
+        live_variance = variance_u * reference.std**2
+        shift = np.abs(mean_u)
+        ratio = np.where(
+            reference.variance > 0,
+            live_variance / np.where(reference.variance > 0, reference.variance, 1.0),
+            np.where(live_variance > 0, np.inf, 1.0),
+        )
+        live_shares = sums.bins / weight if weight else np.zeros_like(sums.bins)
+        valid = np.arange(reference.shares.shape[1])[None, :] < reference.bins[:, None]
+        p_live = np.maximum(live_shares, PSI_FLOOR)
+        p_train = np.maximum(reference.shares, PSI_FLOOR)
+        psi = np.where(valid, (p_live - p_train) * np.log(p_live / p_train), 0.0).sum(axis=1)
+        if not weight:
+            psi = np.zeros_like(psi)
+        outside = sums.outside / weight if weight else np.zeros_like(sums.outside)
+    parts = [shift / settings.shift_threshold, psi / settings.psi_threshold]
+    if settings.variance_threshold > 0:
+        parts.append(ratio / settings.variance_threshold)
+    score = np.maximum.reduce(parts)
+    flagged = score > 1.0 if enough else np.zeros(score.shape, dtype=bool)
+    features = [
+        {
+            "name": name,
+            "train_mean": float(reference.mean[i]),
+            "train_std": float(math.sqrt(reference.variance[i])),
+            "live_mean": float(live_mean[i]),
+            "live_std": float(math.sqrt(live_variance[i])),
+            "mean_shift": float(shift[i]),
+            "variance_ratio": float(ratio[i]),
+            "psi": float(psi[i]),
+            "out_of_range_share": float(outside[i]),
+            "score": float(score[i]),
+            "flagged": bool(flagged[i]),
+        }
+        for i, name in enumerate(reference.feature_names)
+    ]
+    layers = []
+    for layer, z, z_squared in zip(reference.layers, sums.z, sums.z_squared, strict=True):
+        layer_weight = sums.layer_weight
+        if layer_weight:
+            unit_mean = z / layer_weight
+            unit_variance = np.maximum(z_squared / layer_weight - unit_mean**2, 0.0)
+            floored = np.maximum(unit_variance, MIN_VARIANCE)
+            layer_score = float(np.mean(0.5 * (floored + unit_mean**2 - 1.0 - np.log(floored))))
+        else:
+            unit_mean = unit_variance = np.zeros_like(z)
+            layer_score = 0.0
+        layers.append(
+            {
+                "name": layer.name,
+                "units": int(z.size),
+                "unit_mean": unit_mean.tolist(),
+                "unit_variance": unit_variance.tolist(),
+                "score": layer_score,
+                "flagged": bool(
+                    layer_weight >= settings.min_examples and layer_score > settings.layer_threshold
+                ),
+            }
+        )
+    return {
+        "examples": float(weight),
+        "out_of_range_share": float(sums.outside_rows / weight) if weight else 0.0,
+        "score": float(score.max()) if weight else 0.0,
+        "flagged_features": [f["name"] for f in features if f["flagged"]],
+        "flagged_layers": [layer["name"] for layer in layers if layer["flagged"]],
+        "features": features,
+        "layers": layers,
+    }
+
+
+def repository_monitors(repository: Any) -> Iterator[tuple[str, str, DriftMonitor]]:
+    """(name, version, monitor) of every served version that keeps drift statistics."""
+    for name in repository.names():
+        for version in repository.versions(name):
+            try:
+                monitor = repository.get(name, version).model.drift
+            except ServingError:
+                continue  # removed between the listing and the lookup
+            if monitor is not None:
+                yield name, version, monitor
+
+
+class DriftCollector(Collector):
+    """Prometheus gauges of every served version's drift, computed at scrape time.
+
+    Per feature only the `top_k` highest-scoring features of each version (all when F ≤ top_k),
+    so the label set stays bounded whatever the number of features.
+    """
+
+    def __init__(self, repository: Any) -> None:
+        self._repository = repository  # a ModelRepository (names, versions, get)
+
+    def describe(self) -> list[Any]:
+        return []  # computed at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        model_labels = ["model", "version", "window"]
+        feature_labels = ["model", "version", "window", "feature"]
+        layer_labels = ["model", "version", "window", "layer"]
+        families = {
+            "examples": GaugeMetricFamily(
+                "bnserve_drift_examples",
+                "Examples in the drift statistics (recent window: decayed weight).",
+                labels=model_labels,
+            ),
+            "score": GaugeMetricFamily(
+                "bnserve_drift_score",
+                "Worst feature drift relative to its threshold (> 1: some feature is flagged).",
+                labels=model_labels,
+            ),
+            "flagged": GaugeMetricFamily(
+                "bnserve_drift_features_flagged",
+                "Features past a drift threshold.",
+                labels=model_labels,
+            ),
+            "outside": GaugeMetricFamily(
+                "bnserve_drift_out_of_range_share",
+                "Share of examples with a feature outside the training split's range.",
+                labels=model_labels,
+            ),
+            "layer": GaugeMetricFamily(
+                "bnserve_drift_layer_score",
+                "Mean over a hidden layer's units of KL(N(mean, var) of z_norm ‖ N(0, 1)).",
+                labels=layer_labels,
+            ),
+            "shift": GaugeMetricFamily(
+                "bnserve_drift_feature_mean_shift",
+                "|μ_live − μ_train| / σ_train of a feature (top-k features).",
+                labels=feature_labels,
+            ),
+            "ratio": GaugeMetricFamily(
+                "bnserve_drift_feature_variance_ratio",
+                "σ²_live / σ²_train of a feature (top-k features).",
+                labels=feature_labels,
+            ),
+            "psi": GaugeMetricFamily(
+                "bnserve_drift_feature_psi",
+                "Population stability index over the training deciles (top-k features).",
+                labels=feature_labels,
+            ),
+            "feature_flagged": GaugeMetricFamily(
+                "bnserve_drift_feature_flagged",
+                "1 when a feature is past a drift threshold (top-k features).",
+                labels=feature_labels,
+            ),
+        }
+        for name, version, monitor in repository_monitors(self._repository):
+            report = monitor.report()
+            for window in WINDOWS:
+                figures = report[window]
+                labels = [name, version, window]
+                families["examples"].add_metric(labels, figures["examples"])
+                families["score"].add_metric(labels, figures["score"])
+                families["flagged"].add_metric(labels, len(figures["flagged_features"]))
+                families["outside"].add_metric(labels, figures["out_of_range_share"])
+                for layer in figures["layers"]:
+                    families["layer"].add_metric([*labels, layer["name"]], layer["score"])
+                ranked = sorted(figures["features"], key=lambda f: -f["score"])
+                for feature in ranked[: monitor.settings.top_k]:
+                    feature_labels_values = [*labels, feature["name"]]
+                    families["shift"].add_metric(feature_labels_values, feature["mean_shift"])
+                    families["ratio"].add_metric(feature_labels_values, feature["variance_ratio"])
+                    families["psi"].add_metric(feature_labels_values, feature["psi"])
+                    families["feature_flagged"].add_metric(
+                        feature_labels_values, float(feature["flagged"])
+                    )
+        yield from families.values()
