@@ -247,9 +247,15 @@ class DriftMonitor:
     """
 
     def __init__(
-        self, reference: DriftReference, settings: DriftSettings, label: str = "model"
+        self,
+        reference: DriftReference,
+        settings: DriftSettings,
+        label: str = "model",
+        *,
+        warn: bool = True,
     ) -> None:
         self.reference = reference
+        self.warn = warn  # log a (throttled) warning when the recent window crosses a threshold
         self.settings = settings
         self.label = label  # "model NAME version V", for the log
         self.watch_layers = settings.layers and bool(reference.layers)
@@ -295,7 +301,7 @@ class DriftMonitor:
                 if self._filled == CHUNK_ROWS:
                     self._flush()
                     flushed = True
-        if flushed:
+        if flushed and self.warn:
             self._maybe_warn()
 
     def _flush(self) -> None:

@@ -419,3 +419,36 @@ def test_malformed_drift_metadata_is_reported_and_the_model_served(
         assert not report.monitored and problem in report.status
     finally:
         server.stop(0)
+
+
+def _write_csv(path: Path, names: list[str], x: np.ndarray) -> Path:
+    lines = [",".join([*names, "label"])]
+    lines += [",".join([*(repr(float(v)) for v in row), "unknown"]) for row in x]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bnserve_drift_flags_the_same_four_offline(digits, served, tmp_path, capsys) -> None:
+    from export.drift_cli import main
+
+    rows, moved = shifted_rows(digits)
+    names = sorted(digits.feature_names[column] for column in moved)
+    shifted_csv = _write_csv(tmp_path / "shifted.csv", digits.feature_names, rows)
+    heldout_csv = _write_csv(tmp_path / "heldout.csv", digits.feature_names, digits.heldout)
+
+    assert main([str(shifted_csv), "--model", str(digits.path), "--top", "5"]) == 1
+    out = capsys.readouterr().out
+    flagged = sorted(line.split()[1] for line in out.splitlines() if line.endswith("DRIFT")
+                     and not line.startswith("layer"))  # fmt: skip
+    assert flagged == names
+    assert "layer hidden1: score" in out and "4 of 64 features" in out
+    assert (tmp_path / "shifted-drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    served_life = {f.name: f for f in _report(served, "shifted").life.features}
+    for line in out.splitlines():
+        if line.endswith("DRIFT") and not line.startswith("layer"):
+            cells = line.split()
+            assert float(cells[3]) == pytest.approx(served_life[cells[1]].mean_shift, abs=0.005)
+            assert float(cells[5]) == pytest.approx(served_life[cells[1]].psi, abs=0.0005)
+
+    assert main([str(heldout_csv), "--model", str(digits.path), "--no-png"]) == 0
+    assert "0 of 64 features and 0 of 2 layers past threshold" in capsys.readouterr().out
