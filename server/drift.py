@@ -209,33 +209,70 @@ def _layer(entry: Mapping[str, Any]) -> LayerReference:
     )
 
 
+class _Layout:
+    """Where each per-row statistic sits in a row of the chunk matrix (and in _Sums.values):
+    weight 1, u = (x − μ)/σ (F), u² (F), outside [min, max] (F), any outside (1), then per
+    watched layer z_norm (H) and z_norm² (H)."""
+
+    def __init__(self, feature_count: int, layer_widths: Sequence[int]) -> None:
+        offset = 0
+
+        def take(width: int) -> slice:
+            nonlocal offset
+            offset += width
+            return slice(offset - width, offset)
+
+        self.weight = take(1)
+        self.u = take(feature_count)
+        self.u_squared = take(feature_count)
+        self.outside = take(feature_count)
+        self.outside_rows = take(1)
+        self.z = [take(width) for width in layer_widths]
+        self.z_squared = [take(width) for width in layer_widths]
+        self.width = offset
+
+
 class _Sums:
-    """Weighted sums over the rows seen: of u = (x − μ)/σ and u², bin counts, out-of-range
-    flags, and per layer of z_norm and z_norm²."""
+    """Weighted sums of the per-row statistics (see _Layout) and of the decile bin counts."""
 
-    def __init__(self, reference: DriftReference) -> None:
-        count = reference.num_features
-        self.weight = 0.0
-        self.u = np.zeros(count)
-        self.u_squared = np.zeros(count)
-        self.bins = np.zeros((count, reference.shares.shape[1]))
-        self.outside = np.zeros(count)  # per feature: weight of values outside [min, max]
-        self.outside_rows = 0.0  # weight of rows with any value outside the training range
-        self.z = [np.zeros(int(layer.monitored.sum())) for layer in reference.layers]
-        self.z_squared = [np.zeros_like(z) for z in self.z]
-        self.layer_weight = 0.0
+    def __init__(self, layout: _Layout, bins_shape: tuple[int, int]) -> None:
+        self.layout = layout
+        self.values = np.zeros(layout.width)
+        self.bins = np.zeros(bins_shape)
 
-    def scale(self, factor: float) -> None:
-        self.weight *= factor
-        self.u *= factor
-        self.u_squared *= factor
-        self.bins *= factor
-        self.outside *= factor
-        self.outside_rows *= factor
-        self.layer_weight *= factor
-        for z, z_squared in zip(self.z, self.z_squared, strict=True):
-            z *= factor
-            z_squared *= factor
+    def copy(self) -> _Sums:
+        copied = _Sums(self.layout, self.bins.shape)
+        copied.values[:] = self.values
+        copied.bins[:] = self.bins
+        return copied
+
+    @property
+    def weight(self) -> float:
+        return float(self.values[self.layout.weight][0])
+
+    @property
+    def u(self) -> np.ndarray:
+        return self.values[self.layout.u]
+
+    @property
+    def u_squared(self) -> np.ndarray:
+        return self.values[self.layout.u_squared]
+
+    @property
+    def outside(self) -> np.ndarray:
+        return self.values[self.layout.outside]
+
+    @property
+    def outside_rows(self) -> float:
+        return float(self.values[self.layout.outside_rows][0])
+
+    @property
+    def z(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.z]
+
+    @property
+    def z_squared(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.z_squared]
 
 
 class DriftMonitor:
@@ -265,8 +302,13 @@ class DriftMonitor:
         layers = reference.layers if self.watch_layers else ()
         self._pre = [np.empty((CHUNK_ROWS, layer.width), dtype=np.float32) for layer in layers]
         self._filled = 0
-        self._life = _Sums(reference)
-        self._recent = _Sums(reference)
+        widths = [int(layer.monitored.sum()) for layer in layers]
+        self._layout = _Layout(count, widths)
+        self._chunk = np.zeros((CHUNK_ROWS, self._layout.width))
+        self._chunk[:, self._layout.weight] = 1.0
+        bins_shape = (count, reference.shares.shape[1])
+        self._life = _Sums(self._layout, bins_shape)
+        self._recent = _Sums(self._layout, bins_shape)
         self._bin_offsets = np.arange(count) * reference.shares.shape[1]
         self._throttle = LogThrottle(settings.log_interval_s)
         self._next_check_at = 0.0
@@ -286,15 +328,23 @@ class DriftMonitor:
         """Add a scored batch: x (N, F) float32; preactivations one (N, H) per watched layer."""
         if self.watch_layers and (preactivations is None or len(preactivations) != len(self._pre)):
             raise ValueError(f"{self.label}: observe needs {len(self._pre)} pre-activations")
+        rows = x.shape[0]
+        pres = preactivations or ()
         flushed = False
         with self._lock:
+            filled = self._filled
+            if filled + rows < CHUNK_ROWS:  # the common case: it fits, one copy per array
+                self._x[filled : filled + rows] = x
+                for buffer, pre in zip(self._pre, pres, strict=False):
+                    buffer[filled : filled + rows] = pre
+                self._filled = filled + rows
+                return
             start = 0
-            rows = x.shape[0]
             while start < rows:
                 take = min(CHUNK_ROWS - self._filled, rows - start)
                 end = self._filled + take
                 self._x[self._filled : end] = x[start : start + take]
-                for buffer, pre in zip(self._pre, preactivations or (), strict=False):
+                for buffer, pre in zip(self._pre, pres, strict=False):
                     buffer[self._filled : end] = pre[start : start + take]
                 self._filled = end
                 start += take
@@ -316,41 +366,35 @@ class DriftMonitor:
         ages = np.arange(rows - 1, -1, -1, dtype=np.float64)
         recent_weights = np.exp(-ages / self.settings.window)
         decay = math.exp(-rows / self.settings.window)
-        u = (x - reference.mean) / reference.std
-        u_squared = u * u
-        bin_index = (x[:, :, None] > reference.edges[None, :, :]).sum(axis=2)
+        layout, chunk = self._layout, self._chunk[:rows]
+        u = chunk[:, layout.u]
+        np.divide(x - reference.mean, reference.std, out=u)
+        np.multiply(u, u, out=chunk[:, layout.u_squared])
+        outside = (x < reference.minimum) | (x > reference.maximum)
+        chunk[:, layout.outside] = outside
+        chunk[:, layout.outside_rows] = outside.any(axis=1, keepdims=True)
+        for index, (layer, buffer) in enumerate(zip(reference.layers, self._pre, strict=False)):
+            mask = layer.monitored
+            z = chunk[:, layout.z[index]]
+            np.divide(buffer[:rows, mask] - layer.beta[mask], layer.gamma[mask], out=z)
+            np.multiply(z, z, out=chunk[:, layout.z_squared[index]])
+        # bin of each value: how many of its feature's edges lie below it (+inf pads never do);
+        # one comparison per edge rank is much faster than a broadcast (N, F, K) reduction
+        bin_index = np.zeros(x.shape, dtype=np.intp)
+        for rank in range(reference.edges.shape[1]):
+            bin_index += x > reference.edges[:, rank]
         flat_bins = (bin_index + self._bin_offsets).ravel()
         size = self._life.bins.size
         shape = self._life.bins.shape
-        outside = (x < reference.minimum) | (x > reference.maximum)
-        outside_rows = outside.any(axis=1)
         life, recent = self._life, self._recent
-        recent.scale(decay)
-        life.weight += rows
-        recent.weight += recent_weights.sum()
-        life.u += u.sum(axis=0)
-        recent.u += recent_weights @ u
-        life.u_squared += u_squared.sum(axis=0)
-        recent.u_squared += recent_weights @ u_squared
+        life.values += chunk.sum(axis=0)
+        recent.values *= decay
+        recent.values += recent_weights @ chunk
         life.bins += np.bincount(flat_bins, minlength=size).reshape(shape)
+        recent.bins *= decay
         recent.bins += np.bincount(
             flat_bins, weights=np.repeat(recent_weights, x.shape[1]), minlength=size
         ).reshape(shape)
-        life.outside += outside.sum(axis=0)
-        recent.outside += recent_weights @ outside
-        life.outside_rows += outside_rows.sum()
-        recent.outside_rows += recent_weights @ outside_rows
-        if self._pre:
-            life.layer_weight += rows
-            recent.layer_weight += recent_weights.sum()
-        for index, (layer, buffer) in enumerate(zip(reference.layers, self._pre, strict=False)):
-            mask = layer.monitored
-            z = (buffer[:rows, mask] - layer.beta[mask]) / layer.gamma[mask]
-            z_squared = z * z
-            life.z[index] += z.sum(axis=0)
-            recent.z[index] += recent_weights @ z
-            life.z_squared[index] += z_squared.sum(axis=0)
-            recent.z_squared[index] += recent_weights @ z_squared
 
     def _maybe_warn(self) -> None:
         """Log (throttled) when the recent window has flagged features or layers."""
@@ -390,20 +434,8 @@ class DriftMonitor:
         """{"life": window, "recent": window}; see `window_report` for a window's keys."""
         with self._lock:
             self._flush()
-            sums = {"life": _copy(self._life), "recent": _copy(self._recent)}
+            sums = {"life": self._life.copy(), "recent": self._recent.copy()}
         return {name: window_report(self.reference, self.settings, s) for name, s in sums.items()}
-
-
-def _copy(sums: _Sums) -> _Sums:
-    copied = _Sums.__new__(_Sums)
-    for key, value in vars(sums).items():
-        if isinstance(value, list):
-            setattr(copied, key, [array.copy() for array in value])
-        elif isinstance(value, np.ndarray):
-            setattr(copied, key, value.copy())
-        else:
-            setattr(copied, key, value)
-    return copied
 
 
 def window_report(
@@ -454,8 +486,9 @@ def window_report(
         for i, name in enumerate(reference.feature_names)
     ]
     layers = []
-    for layer, z, z_squared in zip(reference.layers, sums.z, sums.z_squared, strict=True):
-        layer_weight = sums.layer_weight
+    watched = reference.layers[: len(sums.z)]  # none when layers are not watched
+    for layer, z, z_squared in zip(watched, sums.z, sums.z_squared, strict=True):
+        layer_weight = weight
         if layer_weight:
             unit_mean = z / layer_weight
             unit_variance = np.maximum(z_squared / layer_weight - unit_mean**2, 0.0)
