@@ -211,8 +211,10 @@ def _layer(entry: Mapping[str, Any]) -> LayerReference:
 
 class _Layout:
     """Where each per-row statistic sits in a row of the chunk matrix (and in _Sums.values):
-    weight 1, u = (x − μ)/σ (F), u² (F), outside [min, max] (F), any outside (1), then per
-    watched layer z_norm (H) and z_norm² (H)."""
+    weight 1, outside [min, max] (F), any outside (1), then the values whose squares are also
+    summed — u = (x − μ)/σ (F) and per watched layer the pre-activation (H) — then those squares
+    in the same order (one multiply squares them all). z_norm = (pre − β)/γ is affine in pre, so
+    its mean and variance follow from these at report time: no per-row transform."""
 
     def __init__(self, feature_count: int, layer_widths: Sequence[int]) -> None:
         offset = 0
@@ -223,12 +225,14 @@ class _Layout:
             return slice(offset - width, offset)
 
         self.weight = take(1)
-        self.u = take(feature_count)
-        self.u_squared = take(feature_count)
         self.outside = take(feature_count)
         self.outside_rows = take(1)
-        self.z = [take(width) for width in layer_widths]
-        self.z_squared = [take(width) for width in layer_widths]
+        self.u = take(feature_count)
+        self.pre = [take(width) for width in layer_widths]
+        self.squared_from = slice(self.u.start, offset)
+        self.u_squared = take(feature_count)
+        self.pre_squared = [take(width) for width in layer_widths]
+        self.squared = slice(self.u_squared.start, offset)
         self.width = offset
 
 
@@ -267,12 +271,12 @@ class _Sums:
         return float(self.values[self.layout.outside_rows][0])
 
     @property
-    def z(self) -> list[np.ndarray]:
-        return [self.values[part] for part in self.layout.z]
+    def pre(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.pre]
 
     @property
-    def z_squared(self) -> list[np.ndarray]:
-        return [self.values[part] for part in self.layout.z_squared]
+    def pre_squared(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.pre_squared]
 
 
 class DriftMonitor:
@@ -300,16 +304,17 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._x = np.empty((CHUNK_ROWS, count), dtype=np.float32)
         layers = reference.layers if self.watch_layers else ()
-        self._pre = [np.empty((CHUNK_ROWS, layer.width), dtype=np.float32) for layer in layers]
         self._filled = 0
-        widths = [int(layer.monitored.sum()) for layer in layers]
-        self._layout = _Layout(count, widths)
+        self._layout = _Layout(count, [layer.width for layer in layers])
         self._chunk = np.zeros((CHUNK_ROWS, self._layout.width))
+        # observe writes pre-activations straight into their columns of the chunk matrix
+        self._pre = [self._chunk[:, part] for part in self._layout.pre]
         self._chunk[:, self._layout.weight] = 1.0
         bins_shape = (count, reference.shares.shape[1])
         self._life = _Sums(self._layout, bins_shape)
         self._recent = _Sums(self._layout, bins_shape)
         self._bin_offsets = np.arange(count) * reference.shares.shape[1]
+        self._full_chunk_weights: np.ndarray | None = None
         self._throttle = LogThrottle(settings.log_interval_s)
         self._next_check_at = 0.0
         self._sample = settings.sample
@@ -362,39 +367,42 @@ class DriftMonitor:
         self._filled = 0
         reference = self.reference
         x = self._x[:rows]
-        # weight of row i in the recent window once all `rows` are in: exp(−(rows−1−i)/window)
-        ages = np.arange(rows - 1, -1, -1, dtype=np.float64)
-        recent_weights = np.exp(-ages / self.settings.window)
+        recent_weights = self._recent_weights(rows)
         decay = math.exp(-rows / self.settings.window)
         layout, chunk = self._layout, self._chunk[:rows]
-        u = chunk[:, layout.u]
-        np.divide(x - reference.mean, reference.std, out=u)
-        np.multiply(u, u, out=chunk[:, layout.u_squared])
+        np.divide(x - reference.mean, reference.std, out=chunk[:, layout.u])
+        np.square(chunk[:, layout.squared_from], out=chunk[:, layout.squared])
         outside = (x < reference.minimum) | (x > reference.maximum)
         chunk[:, layout.outside] = outside
         chunk[:, layout.outside_rows] = outside.any(axis=1, keepdims=True)
-        for index, (layer, buffer) in enumerate(zip(reference.layers, self._pre, strict=False)):
-            mask = layer.monitored
-            z = chunk[:, layout.z[index]]
-            np.divide(buffer[:rows, mask] - layer.beta[mask], layer.gamma[mask], out=z)
-            np.multiply(z, z, out=chunk[:, layout.z_squared[index]])
         # bin of each value: how many of its feature's edges lie below it (+inf pads never do);
         # one comparison per edge rank is much faster than a broadcast (N, F, K) reduction
-        bin_index = np.zeros(x.shape, dtype=np.intp)
-        for rank in range(reference.edges.shape[1]):
+        bin_index = self._bin_offsets + (x > reference.edges[:, 0])
+        for rank in range(1, reference.edges.shape[1]):
             bin_index += x > reference.edges[:, rank]
-        flat_bins = (bin_index + self._bin_offsets).ravel()
-        size = self._life.bins.size
-        shape = self._life.bins.shape
+        flat_bins = bin_index.ravel()
         life, recent = self._life, self._recent
-        life.values += chunk.sum(axis=0)
+        weighted_sums = recent_weights @ chunk  # row 0: plain sums, row 1: decayed
+        life.values += weighted_sums[0]
         recent.values *= decay
-        recent.values += recent_weights @ chunk
+        recent.values += weighted_sums[1]
+        size, shape = life.bins.size, life.bins.shape
         life.bins += np.bincount(flat_bins, minlength=size).reshape(shape)
         recent.bins *= decay
         recent.bins += np.bincount(
-            flat_bins, weights=np.repeat(recent_weights, x.shape[1]), minlength=size
+            flat_bins, weights=np.repeat(recent_weights[1], x.shape[1]), minlength=size
         ).reshape(shape)
+
+    def _recent_weights(self, rows: int) -> np.ndarray:
+        """(2, rows): ones, and each row's recent-window weight once all `rows` are in,
+        exp(−(rows − 1 − i)/window); cached for full chunks."""
+        if rows == CHUNK_ROWS and self._full_chunk_weights is not None:
+            return self._full_chunk_weights
+        ages = np.arange(rows - 1, -1, -1, dtype=np.float64)
+        weights = np.stack([np.ones(rows), np.exp(-ages / self.settings.window)])
+        if rows == CHUNK_ROWS:
+            self._full_chunk_weights = weights
+        return weights
 
     def _maybe_warn(self) -> None:
         """Log (throttled) when the recent window has flagged features or layers."""
@@ -486,26 +494,28 @@ def window_report(
         for i, name in enumerate(reference.feature_names)
     ]
     layers = []
-    watched = reference.layers[: len(sums.z)]  # none when layers are not watched
-    for layer, z, z_squared in zip(watched, sums.z, sums.z_squared, strict=True):
-        layer_weight = weight
-        if layer_weight:
-            unit_mean = z / layer_weight
-            unit_variance = np.maximum(z_squared / layer_weight - unit_mean**2, 0.0)
+    watched = reference.layers[: len(sums.pre)]  # none when layers are not watched
+    for layer, pre_sum, pre_squared_sum in zip(watched, sums.pre, sums.pre_squared, strict=True):
+        kept = layer.monitored
+        if weight:
+            pre_mean = pre_sum[kept] / weight
+            pre_variance = np.maximum(pre_squared_sum[kept] / weight - pre_mean**2, 0.0)
+            unit_mean = (pre_mean - layer.beta[kept]) / layer.gamma[kept]
+            unit_variance = pre_variance / layer.gamma[kept] ** 2
             floored = np.maximum(unit_variance, MIN_VARIANCE)
             layer_score = float(np.mean(0.5 * (floored + unit_mean**2 - 1.0 - np.log(floored))))
         else:
-            unit_mean = unit_variance = np.zeros_like(z)
+            unit_mean = unit_variance = np.zeros(int(kept.sum()))
             layer_score = 0.0
         layers.append(
             {
                 "name": layer.name,
-                "units": int(z.size),
+                "units": int(unit_mean.size),
                 "unit_mean": unit_mean.tolist(),
                 "unit_variance": unit_variance.tolist(),
                 "score": layer_score,
                 "flagged": bool(
-                    layer_weight >= settings.min_examples and layer_score > settings.layer_threshold
+                    weight >= settings.min_examples and layer_score > settings.layer_threshold
                 ),
             }
         )
