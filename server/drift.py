@@ -409,8 +409,9 @@ class DriftMonitor:
         now = time.monotonic()
         if now < self._next_check_at:
             return
-        self._next_check_at = now + CHECK_INTERVAL_S
         report = self.report()["recent"]
+        if report["examples"] >= self.settings.min_examples:
+            self._next_check_at = now + CHECK_INTERVAL_S  # before that, check every chunk
         if not report["flagged_features"] and not report["flagged_layers"]:
             return
         held_back = self._throttle.admit(self.label)

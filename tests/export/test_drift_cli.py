@@ -101,3 +101,31 @@ def test_an_unwritable_figure_is_one_line(digits_model, tmp_path, capsys) -> Non
     blocker.write_text("")
     code, _, err = _run(capsys, data, "--model", path, "--png", blocker / "x.png")
     assert code == 2 and err.startswith("bnserve drift: error: cannot write")
+
+
+def test_parquet_input(digits_model, tmp_path, capsys) -> None:
+    pyarrow = pytest.importorskip("pyarrow")  # the Parquet reader comes with issue 15's extra
+    import pyarrow.parquet as parquet
+
+    path, heldout, names = digits_model
+    data = tmp_path / "rows.parquet"
+    parquet.write_table(pyarrow.table({name: heldout[:, i] for i, name in enumerate(names)}), data)
+    code, out, _ = _run(capsys, data, "--model", path, "--no-png")
+    assert code == 0 and "0 of 64 features" in out
+
+
+def test_parquet_without_pyarrow_is_one_line(digits_model, tmp_path, capsys, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("pyarrow"):
+            raise ModuleNotFoundError(name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    data = tmp_path / "rows.parquet"
+    data.write_bytes(b"PAR1")
+    code, _, err = _run(capsys, data, "--model", digits_model[0], "--no-png")
+    assert code == 2 and "reading Parquet needs pyarrow" in err
