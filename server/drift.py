@@ -431,12 +431,13 @@ class DriftMonitor:
         ]
         log.warning(
             "drift: %s, recent window of %.0f examples: %d feature(s) and %d layer(s) past "
-            "threshold: %s",
+            "threshold: %s%s",
             self.label,
             report["examples"],
             len(report["flagged_features"]),
             len(report["flagged_layers"]),
             "; ".join(parts),
+            f" ({held_back} more such warnings held back)" if held_back else "",
         )
 
     def report(self) -> dict[str, Any]:
