@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DRIFT_KEY = "drift"  # metadata bnserve.drift
 SUPPORTED_DRIFT_FORMAT = 1
 CHUNK_ROWS = 64  # rows buffered before the sums are updated
+MAX_EDGES = 255  # bin indices are counted in uint8 (the exporter writes ≤ 9 decile edges)
 CHECK_INTERVAL_S = 1.0  # thresholds are checked for the log at most this often
 PSI_FLOOR = 1e-4  # bin shares are floored here so an empty bin does not make PSI infinite
 MIN_VARIANCE = 1e-6  # floor of a unit's live variance inside ln v
@@ -166,6 +167,10 @@ def parse_reference(text: str, feature_names: Sequence[str]) -> DriftReference:
             f"bnserve.drift features.edges/shares do not list {count} features"
         )
     widest = max(edges.size for edges in edge_lists)
+    if widest > MAX_EDGES:
+        raise DriftMetadataError(
+            f"bnserve.drift lists {widest} edges for a feature (≤ {MAX_EDGES})"
+        )
     padded_edges = np.full((count, widest), np.inf, dtype=np.float32)
     padded_shares = np.zeros((count, widest + 1))
     for index, (edges, shares) in enumerate(zip(edge_lists, share_lists, strict=True)):
@@ -314,6 +319,7 @@ class DriftMonitor:
         self._life = _Sums(self._layout, bins_shape)
         self._recent = _Sums(self._layout, bins_shape)
         self._bin_offsets = np.arange(count) * reference.shares.shape[1]
+        self._edges_by_rank = np.ascontiguousarray(reference.edges.T)[:, None, :]  # (K, 1, F)
         self._full_chunk_weights: np.ndarray | None = None
         self._throttle = LogThrottle(settings.log_interval_s)
         self._next_check_at = 0.0
@@ -375,17 +381,16 @@ class DriftMonitor:
         outside = (x < reference.minimum) | (x > reference.maximum)
         chunk[:, layout.outside] = outside
         chunk[:, layout.outside_rows] = outside.any(axis=1, keepdims=True)
-        # bin of each value: how many of its feature's edges lie below it (+inf pads never do);
-        # one comparison per edge rank is much faster than a broadcast (N, F, K) reduction
-        bin_index = self._bin_offsets + (x > reference.edges[:, 0])
-        for rank in range(1, reference.edges.shape[1]):
-            bin_index += x > reference.edges[:, rank]
-        flat_bins = bin_index.ravel()
+        # bin of each value: how many of its feature's edges lie below it (+inf pads never do).
+        # Comparing against (K, 1, F) edges and summing over the outer axis as uint8 adds whole
+        # contiguous planes (several times faster than reducing a trailing axis of length K).
+        below = x[None, :, :] > self._edges_by_rank
+        bin_index = below.view(np.uint8).sum(axis=0, dtype=np.uint8)
+        flat_bins = (bin_index + self._bin_offsets).ravel()
         life, recent = self._life, self._recent
-        weighted_sums = recent_weights @ chunk  # row 0: plain sums, row 1: decayed
-        life.values += weighted_sums[0]
+        life.values += recent_weights[0] @ chunk  # two matrix-vector products: BLAS gemv
         recent.values *= decay
-        recent.values += weighted_sums[1]
+        recent.values += recent_weights[1] @ chunk
         size, shape = life.bins.size, life.bins.shape
         life.bins += np.bincount(flat_bins, minlength=size).reshape(shape)
         recent.bins *= decay
