@@ -129,3 +129,23 @@ def test_parquet_without_pyarrow_is_one_line(digits_model, tmp_path, capsys, mon
     data.write_bytes(b"PAR1")
     code, _, err = _run(capsys, data, "--model", digits_model[0], "--no-png")
     assert code == 2 and "reading Parquet needs pyarrow" in err
+
+
+@pytest.mark.parametrize(
+    ("run_name", "unfolded", "layers"),
+    [("regression-bn-population", False, 2), ("digits-bn", True, 2), ("digits-no-bn", False, 0)],
+)
+def test_regression_unfolded_and_batchnorm_free_models(
+    trained_runs, tmp_path, capsys, run_name, unfolded, layers
+) -> None:
+    run_dir = trained_runs[run_name]
+    model = tmp_path / "model.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=model, unfolded=unfolded))
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=load_run(run_dir).heldout_x)
+    code, out, _ = _run(capsys, data, "--model", model, "--no-png", "--top", "0")
+    layer_lines = [line for line in out.splitlines() if line.startswith("layer ")]
+    assert len(layer_lines) == layers
+    assert f"of {layers} layers past threshold" in out
+    summary = out.splitlines()[-1].split()  # "N of F features and M of L layers past …"
+    assert code == (1 if int(summary[0]) + int(summary[5]) else 0)
