@@ -58,7 +58,7 @@ class DriftSettings:
 
     layers: bool = True  # also watch hidden layers' pre-activations (second session)
     window: int = 2000  # recent window: weights decay as exp(−age/window), age in examples
-    sample: float = 1.0  # share of scoring runs whose rows enter the statistics
+    sample: float = 0.1  # share of scoring runs whose rows enter the statistics
     shift_threshold: float = 0.5  # flag a feature past this |μ_live − μ_train| / σ_train
     psi_threshold: float = 0.25  # flag a feature past this PSI
     variance_threshold: float = 0.0  # flag a feature whose σ²_live / σ²_train exceeds this; 0: no

@@ -125,7 +125,10 @@ class ServerSettings:
         "counted in examples scored after it.",
     )
     drift_sample: float = _setting(
-        1.0, "Share of scoring runs whose rows enter the drift statistics (0 < s ≤ 1)."
+        0.1,
+        "Share of scoring runs whose rows enter the drift statistics (0 < s ≤ 1); a sampled run "
+        "costs a second-session run and a copy, so 0.1 keeps the serving cost within a few "
+        "percent (drift is slow; 1: every run, e.g. to audit a batch).",
     )
     drift_shift_threshold: float = _setting(
         0.5, "Flag a feature whose mean moved more than this many training std devs."

@@ -97,7 +97,7 @@ class Served:
 def served(digits: DigitsModel) -> Iterator[Served]:
     metrics = ServerMetrics()
     settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_window=WINDOW
+        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_window=WINDOW, drift_sample=1.0
     )
     server = Server.create(settings, metrics=metrics, interceptors=[MetricsInterceptor(metrics)])
     server.start()
@@ -348,7 +348,12 @@ def test_drift_off_keeps_no_statistics(digits) -> None:
 
 def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
     settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_log_interval_s=3600
+        host="127.0.0.1",
+        port=0,
+        workers=4,
+        max_inflight=2,
+        drift_log_interval_s=3600,
+        drift_sample=1.0,
     )
     server = Server.create(settings)
     server.start()
