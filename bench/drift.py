@@ -9,6 +9,8 @@ between the variants, the median is reported), for one example and for 64:
               result is a graph output)
   layers      that session asked for everything (a monitored run)
   monitored   layers + DriftMonitor.observe: the whole monitored predict
+and server.model.Model.predict as the server calls it, drift off and on (the default sample of
+0.1 of the runs, and every run).
 
     .venv/bin/python bench/drift.py [--rounds 7] [--calls 3000] [--quick]
 """
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from server.drift import DriftMonitor, DriftSettings, parse_reference  # noqa: E402
+from server.model import Model, SessionThreads  # noqa: E402
 from server.wire import with_graph_outputs  # noqa: E402
 
 HIDDEN = (256, 256)  # training's default widths
@@ -76,11 +79,20 @@ def variants(model: Path, rows: np.ndarray) -> dict[str, Callable[[], object]]:
         monitor.observe(rows, outputs[2:])
         return outputs[:2]
 
+    models = {
+        label: Model.load(model, "digits", "1", SessionThreads(), drift)
+        for label, drift in [
+            ("predict, drift off", None),
+            ("predict, sample 0.1", DriftSettings(sample=0.1)),
+            ("predict, sample 1", DriftSettings(sample=1.0)),
+        ]
+    }
     return {
         "default": lambda: default.run(OUTPUTS, feed),
         "by name": lambda: layered.run(OUTPUTS, feed),
         "layers": lambda: layered.run(OUTPUTS + layer_names, feed),
         "monitored": monitored,
+        **{label: (lambda m=served: m.predict(rows)) for label, served in models.items()},
     }
 
 
@@ -117,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbench/drift.py: 64→{'→'.join(map(str, HIDDEN))}→10, one onnxruntime thread, "
         f"median of {rounds} interleaved rounds (µs per run; ratio over default)"
     )
-    print(f"{'':<12}" + "".join(f"{f'{batch} example(s)':>22}" for batch in results))
+    print(f"{'':<20}" + "".join(f"{f'{batch} example(s)':>22}" for batch in results))
     for name in results[1]:
         cells = [
             f"{figures[name]:>12.1f}{figures[name] / figures['default']:>9.2f}×"
             for figures in results.values()
         ]
-        print(f"{name:<12}" + "".join(cells))
+        print(f"{name:<20}" + "".join(cells))
     return 0
 
 
