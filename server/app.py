@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
-from server.drift import DriftCollector, drift_settings
+from server.drift import drift_settings
+from server.drift_metrics import DriftCollector
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
