@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "import": ("export.import_cli", "main", "fold and wrap a BN MLP trained elsewhere (ONNX)"),
     "serve": ("server.cli", "main", "serve an ONNX model over gRPC"),
     "predict": ("server.client", "main", "score examples against a running server"),
+    "drift": ("export.drift_cli", "main", "compare inputs with a model's training distribution"),
 }
 
 

@@ -6,7 +6,7 @@ application/grpc`, `te: trailers`) goes to
   (a') a minimal sync grpcio + onnxruntime Predict server: parse, one InferenceSession.run,
        answer — no checks, no admission, no metrics: the floor for any Python server doing
        this work, so the ratio to it shows what bnserve's own serving path costs;
-  (b) bnserve native Predict (batching off, and on);
+  (b) bnserve native Predict (batching off, and on; drift monitoring on, the default, and off);
   (c) bnserve v2 ModelInfer (raw_input_contents, as tritonclient sends);
 single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 latency, and each as a
 ratio to the echo server. Then PredictBatch (64 examples a call) and PredictStream (many examples
@@ -51,6 +51,9 @@ GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 ECHO_PATH = "/bench.Echo/Call"
 ECHO_LABEL = "bare grpcio echo"
 MINIMAL_LABEL = "minimal grpcio + onnxruntime"
+PREDICT_LABEL = "native Predict"
+DRIFT_OFF_LABEL = "native Predict, drift off"
+BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
 PATHS = {
     "predict": "/bnserve.v1.Predictor/Predict",
     "infer": "/inference.GRPCInferenceService/ModelInfer",
@@ -226,7 +229,7 @@ def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[
 
 
 def bnserve_command(
-    model: Path, port: int, settings: BenchSettings, *, batching: bool
+    model: Path, port: int, settings: BenchSettings, *, batching: bool, drift: bool = True
 ) -> list[str]:
     # A sync server batches only the calls it holds threads for: give batching room to fill.
     workers = (
@@ -251,6 +254,7 @@ def bnserve_command(
             "--log-level",
             "WARNING",
             "--batching" if batching else "--no-batching",
+            "--drift" if drift else "--no-drift",
         ],
     )
 
@@ -472,7 +476,9 @@ def measure(settings: BenchSettings) -> int:
         model = build_model(scratch, settings.hidden)
         row = example_row(model)
         messages = request_messages(row, settings)
-        ports = {name: free_port() for name in ("echo", "minimal", "bnserve", "batching")}
+        ports = {
+            name: free_port() for name in ("echo", "minimal", "bnserve", "batching", "nodrift")
+        }
         predict_probe = messages["predict"][0]
         pids = {}
         pids["bnserve"] = stack.enter_context(
@@ -521,6 +527,15 @@ def measure(settings: BenchSettings) -> int:
             )
         )
 
+        pids["nodrift"] = stack.enter_context(
+            running(
+                bnserve_command(model, ports["nodrift"], settings, batching=False, drift=False),
+                ports["nodrift"],
+                PATHS["predict"],
+                predict_probe,
+            )
+        )
+
         def target(label: str, server: str, kind: str, body: bytes, examples: int = 1) -> Target:
             response_bytes = len(frame(echo_response)) if server == "echo" else framed[kind]
             path = ECHO_PATH if server == "echo" else PATHS[kind]
@@ -530,7 +545,8 @@ def measure(settings: BenchSettings) -> int:
         unary_targets = [
             target(ECHO_LABEL, "echo", "predict", predict_body),
             target(MINIMAL_LABEL, "minimal", "predict", predict_body),
-            target("native Predict", "bnserve", "predict", predict_body),
+            target(PREDICT_LABEL, "bnserve", "predict", predict_body),
+            target(DRIFT_OFF_LABEL, "nodrift", "predict", predict_body),
             target("v2 ModelInfer", "bnserve", "infer", frame(messages["infer"][0])),
             target("native Predict, batching on", "batching", "predict", predict_body),
         ]
@@ -538,6 +554,8 @@ def measure(settings: BenchSettings) -> int:
         throughput_targets = [
             target(f"PredictBatch ({settings.batch_examples}/call)", "bnserve", "batch",
                    frame(messages["batch"][0]), settings.batch_examples),
+            target(BATCH_DRIFT_OFF_LABEL, "nodrift", "batch", frame(messages["batch"][0]),
+                   settings.batch_examples),
             target(f"PredictStream ({settings.stream_examples}/stream)", "bnserve", "stream",
                    stream_body, settings.stream_examples),
             target("native Predict (unary)", "bnserve", "predict", predict_body),
@@ -618,6 +636,18 @@ def report(
             for c in settings.concurrencies
         ]
         print(f"{label:<30}" + "".join(cells))
+    print("\ndrift monitoring on (the default) over off, requests/s (goal ≥ 0.95)")
+    print(f"{'':<30}" + "".join(f"{f'c={c}':>9}" for c in settings.concurrencies))
+    cells = [
+        f"{unary[c][PREDICT_LABEL].requests_per_s / unary[c][DRIFT_OFF_LABEL].requests_per_s:>9.2f}"
+        for c in settings.concurrencies
+    ]
+    print(f"{'native Predict':<30}" + "".join(cells))
+    batch_label = next(label for label in throughput if label.startswith("PredictBatch ("))
+    batch_ratio = (
+        throughput[batch_label].requests_per_s / throughput[BATCH_DRIFT_OFF_LABEL].requests_per_s
+    )
+    print(f"{f'PredictBatch, c={settings.throughput_concurrency}':<30}{batch_ratio:>9.2f}")
     unary_rate = throughput["native Predict (unary)"].requests_per_s
     print(
         f"\nthroughput at concurrency {settings.throughput_concurrency} "

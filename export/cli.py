@@ -44,7 +44,7 @@ def _describe(report: ExportReport) -> str:
     bound = (
         f"{tolerance.abs:g}" if tolerance.rel == 0 else f"{tolerance.abs:g} + {tolerance.rel:g}·|y|"
     )
-    return (
+    text = (
         f"wrote {report.out} ({'folded' if report.folded else 'unfolded'}, "
         f"{report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
         f"onnxruntime vs numpy on {check.example_count - EDGE_ROWS} held-out examples and "
@@ -55,6 +55,12 @@ def _describe(report: ExportReport) -> str:
         f"{report.layers.bound:g})\n"
         f"graph sha256 {report.graph_sha256}"
     )
+    rows = report.drift_rows
+    if rows is not None:
+        text += f"\ndrift reference: {rows.source}, {rows.x.shape[0]} rows"
+        if rows.note:
+            text += f" ({rows.note}; quantile edges are less precise)"
+    return text
 
 
 def main(argv: list[str]) -> int:

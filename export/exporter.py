@@ -15,9 +15,15 @@ from typing import Any
 import numpy as np
 import onnx
 
+from export.distribution import TrainingRows, drift_metadata, training_rows
 from export.errors import ExportError
 from export.fold import fold_params
-from export.graph import build_folded_model, build_unfolded_model
+from export.graph import (
+    FOLDED_PREACTIVATION,
+    UNFOLDED_PREACTIVATION,
+    build_folded_model,
+    build_unfolded_model,
+)
 from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_metadata, graph_sha256
 from export.network import check_params, spec_from_run
 from export.verify import (
@@ -58,6 +64,7 @@ class ExportReport:
     node_count: int
     size_bytes: int
     graph_sha256: str
+    drift_rows: TrainingRows | None = None  # what the drift reference was measured on
 
 
 def export_run(settings: ExportSettings) -> ExportReport:
@@ -80,6 +87,14 @@ def export_run(settings: ExportSettings) -> ExportReport:
     verification = compare_outputs(outputs, expected, run.meta["task"], tolerance)
     if not verification.passed:
         raise ExportError(_verification_failure(settings.run_dir, verification, heldout_count))
+    rows = training_rows(run)
+    params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
+    drift = drift_metadata(
+        rows,
+        params,
+        len(run.config.hidden),
+        UNFOLDED_PREACTIVATION if settings.unfolded else FOLDED_PREACTIVATION,
+    )
     metadata = build_metadata(
         meta=run.meta,
         training=_training_summary(run),
@@ -88,6 +103,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         tolerance=tolerance,
         references=reference_rows(run, settings.reference_rows),
         model=model,
+        drift=drift,
     )
     attach_metadata(model, metadata)
     onnx.checker.check_model(model, full_check=True)
@@ -107,6 +123,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         node_count=len(model.graph.node),
         size_bytes=len(payload),
         graph_sha256=graph_sha256(model),
+        drift_rows=rows,
     )
 
 

@@ -21,6 +21,9 @@ OPSET = 17
 IR_VERSION = 8
 BATCH_DIM = "N"
 ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_relu": "LeakyRelu"}
+# The tensor holding hidden layer i's pre-activation γ·ẑ + β (i from 1), in each graph kind.
+FOLDED_PREACTIVATION = "hidden{i}.z"
+UNFOLDED_PREACTIVATION = "hidden{i}.z_bn"
 
 
 class _GraphBuilder:
@@ -62,13 +65,18 @@ def _add_classification_head(builder: _GraphBuilder, logits: str) -> None:
 
 
 def _finish(
-    builder: _GraphBuilder, task: str, feature_count: int, output_count: int, graph_name: str
+    builder: _GraphBuilder,
+    task: str,
+    feature_count: int,
+    output_count: int,
+    graph_name: str,
+    extra_outputs: tuple[onnx.ValueInfoProto, ...] = (),
 ) -> onnx.ModelProto:
     graph = helper.make_graph(
         builder.nodes,
         graph_name,
         [_input_info(feature_count)],
-        _output_infos(task, output_count),
+        [*_output_infos(task, output_count), *extra_outputs],
         initializer=builder.initializers,
     )
     model = helper.make_model(
@@ -90,8 +98,24 @@ def _activation_attributes(network: FoldedNetwork) -> dict[str, float]:
     return {}
 
 
-def build_folded_model(network: FoldedNetwork) -> onnx.ModelProto:
-    """The folded network as Gemm → activation → … → Gemm (→ Softmax, ArgMax): no BN node."""
+def preactivation_outputs(widths: list[int], name: str) -> tuple[onnx.ValueInfoProto, ...]:
+    """Graph outputs for hidden layers' pre-activations: float32 [N, width] each, named by the
+    format string `name` (FOLDED_PREACTIVATION or UNFOLDED_PREACTIVATION)."""
+    return tuple(
+        helper.make_tensor_value_info(name.format(i=index), TensorProto.FLOAT, [BATCH_DIM, width])
+        for index, width in enumerate(widths, start=1)
+    )
+
+
+def build_folded_model(
+    network: FoldedNetwork, *, expose_preactivations: bool = False
+) -> onnx.ModelProto:
+    """The folded network as Gemm → activation → … → Gemm (→ Softmax, ArgMax): no BN node.
+
+    expose_preactivations: also output each hidden layer's Gemm result `hidden{i}.z` (N, n_i),
+    γ·ẑ + β when batch norm was folded in, for drift monitoring. The default graph has only the
+    task's outputs (onnxruntime may then fuse Gemm with the activation).
+    """
     builder = _GraphBuilder()
     activation_op = ACTIVATION_OPS[network.activation]
     a = "x"
@@ -115,7 +139,11 @@ def build_folded_model(network: FoldedNetwork) -> onnx.ModelProto:
     if network.task == "classification":
         _add_classification_head(builder, z)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
-    return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded")
+    extra: tuple[onnx.ValueInfoProto, ...] = ()
+    if expose_preactivations:
+        widths = [layer.bias.size for layer in network.layers[:-1]]
+        extra = preactivation_outputs(widths, FOLDED_PREACTIVATION)
+    return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra)
 
 
 def build_unfolded_model(

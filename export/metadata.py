@@ -55,10 +55,12 @@ def build_metadata(
     tolerance: Tolerance,
     references: ReferenceRows,
     model: onnx.ModelProto,
+    drift: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every `bnserve.*` key for a model, from the run's meta.json and the verification result.
 
-    `model` must be the final graph: its hash is taken here.
+    `model` must be the final graph: its hash is taken here. `drift` is the training
+    distribution for drift monitoring (export.distribution.drift_metadata), stored compactly.
     """
     task = meta["task"]
     names_key = "class_names" if task == "classification" else "target_names"
@@ -86,6 +88,11 @@ def build_metadata(
         "bnserve.reference_tolerance": tolerance.as_json(),
         "bnserve.training": json.dumps(dict(training), sort_keys=True, default=str),
         "bnserve.created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(
+            {"bnserve.drift": json.dumps(dict(drift), separators=(",", ":"))}
+            if drift is not None
+            else {}
+        ),
     }
 
 

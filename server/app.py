@@ -20,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
 from server.dataplane import DataPlane
+from server.drift import drift_settings
+from server.drift_metrics import DriftCollector
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
@@ -122,6 +124,8 @@ class Server:
             settings.model, settings.name, settings.model_version, settings.model_root
         )
         repository = repository if repository is not None else ModelRepository()
+        if metrics is not None and settings.drift:
+            metrics.registry.register(DriftCollector(repository))
         limiter = InflightLimiter(settings.max_inflight)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -231,7 +235,7 @@ class Server:
         settings = self.settings
         threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
         limits = ModelLimits(settings.max_model_bytes, settings.max_model_nodes)
-        model = Model.load(path, name, version, threads, limits)
+        model = Model.load(path, name, version, threads, limits, drift_settings(settings))
         ceiling = Tolerance(settings.max_parity_tolerance_abs, settings.max_parity_tolerance_rel)
         try:
             model.warm_up(settings.max_batch_size)

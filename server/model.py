@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from server.drift import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
 from server.errors import InvalidInput, ModelLoadError
 from server.metadata import ModelCard, Tolerance, parse_model_card
 from server.wire import (
@@ -19,6 +20,7 @@ from server.wire import (
     count_fields,
     field_bytes,
     graph_sha256,
+    with_graph_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,14 @@ class Model:
     """
 
     def __init__(
-        self, name: str, version: str, path: str, session: ort.InferenceSession, card: ModelCard
+        self,
+        name: str,
+        version: str,
+        path: str,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        drift: DriftMonitor | None = None,
+        layer_session: ort.InferenceSession | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -79,6 +88,12 @@ class Model:
         self.is_classification = card.task == "classification"
         self.input_spec = TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features))
         self.output_specs = _output_specs(session, self.output_names)
+        # Drift statistics of what predict scores (None: off, or the model has no reference);
+        # layer_session is the same graph also returning the hidden pre-activations.
+        self.drift = drift
+        self.drift_status = "on" if drift is not None else "off"
+        self._layer_session = layer_session
+        self._layer_output_list = self._output_list + (drift.layer_outputs if drift else [])
 
     @classmethod
     def load(
@@ -88,8 +103,11 @@ class Model:
         version: str,
         threads: SessionThreads,
         limits: ModelLimits = ModelLimits(),
+        drift: DriftSettings | None = None,
     ) -> Model:
-        """Read, verify and open a model file; raises ModelLoadError naming the file and problem."""
+        """Read, verify and open a model file; raises ModelLoadError naming the file and problem.
+
+        With drift settings, scored inputs are watched (when the metadata allows it)."""
         source = str(path)
         try:
             size = Path(path).stat().st_size
@@ -106,11 +124,43 @@ class Model:
         card = parse_model_card(session.get_modelmeta().custom_metadata_map, source)
         _check_graph_hash(model_bytes, card.graph_sha256, source)
         _check_signature(session, card, source)
-        return cls(name, version, source, session, card)
+        if drift is None:
+            return cls(name, version, source, session, card)
+        label = f"model {name} version {version}"
+        try:
+            reference = parse_reference(card.get("drift"), card.feature_names)
+        except DriftMetadataError as error:
+            log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
+            model = cls(name, version, source, session, card)
+            model.drift_status = f"not monitored: {error}"
+            return model
+        monitor = DriftMonitor(reference, drift, label)
+        layer_session = None
+        if monitor.watch_layers:
+            widths = [(layer.output, layer.width) for layer in reference.layers]
+            layer_session = _open_session(with_graph_outputs(model_bytes, widths), source, threads)
+        return cls(name, version, source, session, card, monitor, layer_session)
 
     def predict(self, x: np.ndarray) -> list[np.ndarray]:
         """Score x (N, F) float32; answers in `output_names` order: probabilities (N, C) float32
-        and label (N,) int64, or y (N, T) float32. x must have passed `check_features`."""
+        and label (N,) int64, or y (N, T) float32. x must have passed `check_features`.
+
+        Sampled runs also feed the drift statistics (hidden pre-activations included, from the
+        second session, when layers are watched)."""
+        drift = self.drift
+        if drift is None or not drift.sampled():
+            return self._run(x)
+        if self._layer_session is None:
+            outputs = self._run(x)
+            drift.observe(x)
+            return outputs
+        outputs = self._layer_session.run(self._layer_output_list, {INPUT_NAME: x})
+        count = len(self._output_list)
+        drift.observe(x, outputs[count:])
+        return outputs[:count]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Score x without touching the drift statistics (warm-up, parity gate)."""
         return self._session.run(self._output_list, {INPUT_NAME: x})
 
     def check_features(self, x: np.ndarray) -> None:
@@ -155,7 +205,9 @@ class Model:
         for batch_size in sorted({1, 2, max_batch_size}):
             zeros = np.zeros((batch_size, self.num_features), dtype=np.float32)
             for _ in range(3):
-                self.predict(zeros)
+                self._run(zeros)
+                if self._layer_session is not None:
+                    self._layer_session.run(self._layer_output_list, {INPUT_NAME: zeros})
 
     def check_parity(self, ceiling: Tolerance = DEFAULT_PARITY_CEILING) -> None:
         """Score the embedded reference rows together and one at a time; raise ModelLoadError
@@ -163,11 +215,18 @@ class Model:
         tolerance is no looser than the server's ceiling allows (`check_tolerance`)."""
         self.check_tolerance(ceiling)
         reference_x = self.card.reference_inputs
-        together = self.predict(reference_x)
-        alone = [self.predict(reference_x[i : i + 1]) for i in range(reference_x.shape[0])]
+        together = self._run(reference_x)
+        alone = [self._run(reference_x[i : i + 1]) for i in range(reference_x.shape[0])]
         alone_stacked = [np.concatenate(parts) for parts in zip(*alone, strict=True)]
         problems = self._parity_problems(together, "scored together")
         problems += self._parity_problems(alone_stacked, "scored one at a time")
+        if self._layer_session is not None:
+            with_layers = self._layer_session.run(
+                self._layer_output_list, {INPUT_NAME: reference_x}
+            )
+            problems += self._parity_problems(
+                with_layers[: len(self._output_list)], "scored by the drift session"
+            )
         if problems:
             quoted = "; ".join(problems[:PARITY_REPORT_LIMIT])
             more = (

@@ -173,6 +173,50 @@ class ServerSettings:
         "File of accepted bearer tokens, one a line; BNSERVE_AUTH_TOKEN adds one. With any, "
         "calls need 'authorization: Bearer <token>' (health checks stay open).",
     )
+    drift: bool = _setting(
+        True,
+        "Keep drift statistics of the inputs each model version scores, against the training "
+        "distribution in its metadata (bnserve_drift_* metrics, the ModelDrift call).",
+    )
+    drift_layers: bool = _setting(
+        True,
+        "Also watch each hidden layer's normalized pre-activation (sampled runs use a second "
+        "onnxruntime session that returns them).",
+    )
+    drift_window: int = _setting(
+        2000,
+        "Recent drift window in examples: an example's weight decays as exp(-age/window), age "
+        "counted in examples scored after it.",
+    )
+    drift_sample: float = _setting(
+        0.1,
+        "Share of scoring runs whose rows enter the drift statistics (0 < s ≤ 1); a sampled run "
+        "costs a second-session run and a copy, so 0.1 keeps the serving cost within a few "
+        "percent (drift is slow; 1: every run, e.g. to audit a batch).",
+    )
+    drift_shift_threshold: float = _setting(
+        0.5, "Flag a feature whose mean moved more than this many training std devs."
+    )
+    drift_psi_threshold: float = _setting(
+        0.25, "Flag a feature whose population stability index over training deciles is above."
+    )
+    drift_variance_threshold: float = _setting(
+        0.0,
+        "Flag a feature whose variance grew more than this factor; 0: only reported (features "
+        "that are almost always 0 in training swing with a handful of values; PSI sees spread).",
+    )
+    drift_layer_threshold: float = _setting(
+        0.05, "Flag a hidden layer whose mean KL(z_norm ‖ N(0, 1)) per unit is above this."
+    )
+    drift_min_examples: int = _setting(
+        100, "Nothing is flagged before a drift window holds this many examples."
+    )
+    drift_top_k: int = _setting(
+        16, "Features per model version in the per-feature drift metrics: the worst k."
+    )
+    drift_log_interval_s: float = _setting(
+        60.0, "At most one drift warning per model version in this many seconds."
+    )
     # Not settable: env var names this object was read from (for the start-up line).
     from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -240,6 +284,22 @@ class ServerSettings:
             problems.append("reload_interval_s and reload_settle_s must be ≥ 0")
         if not 0 <= self.access_log_sample <= 1:
             problems.append(f"access_log_sample={self.access_log_sample} must be in [0, 1]")
+        if self.drift_window < 1 or not 0 < self.drift_sample <= 1:
+            problems.append(
+                f"drift_window={self.drift_window} must be ≥ 1 and drift_sample="
+                f"{self.drift_sample} in (0, 1]"
+            )
+        if (
+            min(self.drift_shift_threshold, self.drift_psi_threshold, self.drift_layer_threshold)
+            <= 0
+        ):
+            problems.append("drift_shift, drift_psi and drift_layer thresholds must be > 0")
+        if self.drift_variance_threshold < 0 or self.drift_min_examples < 0 or self.drift_top_k < 0:
+            problems.append(
+                "drift_variance_threshold, drift_min_examples and drift_top_k must be ≥ 0"
+            )
+        if self.drift_log_interval_s < 0:
+            problems.append(f"drift_log_interval_s={self.drift_log_interval_s} must be ≥ 0")
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format={self.log_format!r} must be 'text' or 'json'")
         if problems:

@@ -79,3 +79,53 @@ def graph_sha256(model_bytes: bytes) -> str:
     if len(graphs) != 1:
         raise WireFormatError(f"expected exactly one graph (field 7), found {len(graphs)}")
     return hashlib.sha256(graphs[0]).hexdigest()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+GRAPH_OUTPUT_FIELD = 12  # GraphProto.output (repeated ValueInfoProto)
+_FLOAT_ELEMENT_TYPE = 1  # TensorProto.FLOAT
+
+
+def float_output_info(name: str, width: int, batch_dim: str = "N") -> bytes:
+    """A serialized ValueInfoProto: `name`, float32 tensor [batch_dim, width]."""
+    dimensions = _length_delimited(1, _length_delimited(2, batch_dim.encode())) + _length_delimited(
+        1, _varint(1 << 3) + _varint(width)
+    )
+    tensor_type = _varint(1 << 3) + _varint(_FLOAT_ELEMENT_TYPE) + _length_delimited(2, dimensions)
+    return _length_delimited(1, name.encode()) + _length_delimited(
+        2, _length_delimited(1, tensor_type)
+    )
+
+
+def with_graph_outputs(model_bytes: bytes, outputs: list[tuple[str, int]]) -> bytes:
+    """The model with extra float32 [N, width] graph outputs naming existing tensors (for a
+    second session that also returns intermediate values); everything else byte for byte."""
+    graphs = field_bytes(model_bytes, GRAPH_FIELD)
+    if len(graphs) != 1:
+        raise WireFormatError(f"expected exactly one graph (field 7), found {len(graphs)}")
+    extra = b"".join(
+        _length_delimited(GRAPH_OUTPUT_FIELD, float_output_info(name, width))
+        for name, width in outputs
+    )
+    start = model_bytes.index(graphs[0])  # the payload is unique: the graph is most of the file
+    header_start = start - len(_length_delimited(GRAPH_FIELD, graphs[0])) + len(graphs[0])
+    return (
+        model_bytes[:header_start]
+        + _length_delimited(GRAPH_FIELD, graphs[0] + extra)
+        + model_bytes[start + len(graphs[0]) :]
+    )

@@ -1,4 +1,4 @@
-"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo."""
+"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.model import Model, TensorSpec
 from server.servable import Servable
+from server.servicers.drift_rpc import drift_response
 from server.streaming import ReadAhead
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
@@ -131,6 +132,12 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             created_at=card.get("created_at"),
             metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
         )
+
+    @translate_errors
+    def ModelDrift(
+        self, request: pb.ModelDriftRequest, context: grpc.ServicerContext
+    ) -> pb.ModelDriftResponse:
+        return drift_response(self._repository.get(request.model_name, request.model_version).model)
 
 
 def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:

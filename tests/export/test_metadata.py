@@ -36,6 +36,7 @@ COMMON_KEYS = {
     "bnserve.reference_tolerance",
     "bnserve.training",
     "bnserve.created_at",
+    "bnserve.drift",
 }
 
 

@@ -151,3 +151,91 @@ class ModelInfoResponse(_message.Message):
     created_at: str
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., stats: _Optional[str] = ..., bn_momentum: _Optional[str] = ..., running_var: _Optional[str] = ..., epsilon: _Optional[str] = ..., folded: _Optional[bool] = ..., fold_max_abs_error: _Optional[str] = ..., run_id: _Optional[str] = ..., params_sha256: _Optional[str] = ..., graph_sha256: _Optional[str] = ..., training_json: _Optional[str] = ..., created_at: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ModelDriftRequest(_message.Message):
+    __slots__ = ("model_name", "model_version")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class FeatureDrift(_message.Message):
+    __slots__ = ("name", "train_mean", "train_std", "live_mean", "live_std", "mean_shift", "variance_ratio", "psi", "out_of_range_share", "score", "flagged")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MEAN_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_STD_FIELD_NUMBER: _ClassVar[int]
+    LIVE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    LIVE_STD_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SHIFT_FIELD_NUMBER: _ClassVar[int]
+    VARIANCE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_RANGE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    train_mean: float
+    train_std: float
+    live_mean: float
+    live_std: float
+    mean_shift: float
+    variance_ratio: float
+    psi: float
+    out_of_range_share: float
+    score: float
+    flagged: bool
+    def __init__(self, name: _Optional[str] = ..., train_mean: _Optional[float] = ..., train_std: _Optional[float] = ..., live_mean: _Optional[float] = ..., live_std: _Optional[float] = ..., mean_shift: _Optional[float] = ..., variance_ratio: _Optional[float] = ..., psi: _Optional[float] = ..., out_of_range_share: _Optional[float] = ..., score: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
+
+class LayerDrift(_message.Message):
+    __slots__ = ("name", "units", "unit_mean", "unit_variance", "score", "flagged")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    UNIT_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    units: int
+    unit_mean: _containers.RepeatedScalarFieldContainer[float]
+    unit_variance: _containers.RepeatedScalarFieldContainer[float]
+    score: float
+    flagged: bool
+    def __init__(self, name: _Optional[str] = ..., units: _Optional[int] = ..., unit_mean: _Optional[_Iterable[float]] = ..., unit_variance: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
+
+class DriftWindow(_message.Message):
+    __slots__ = ("examples", "out_of_range_share", "score", "flagged_features", "flagged_layers", "features", "layers")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_RANGE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    examples: float
+    out_of_range_share: float
+    score: float
+    flagged_features: _containers.RepeatedScalarFieldContainer[str]
+    flagged_layers: _containers.RepeatedScalarFieldContainer[str]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerDrift]
+    def __init__(self, examples: _Optional[float] = ..., out_of_range_share: _Optional[float] = ..., score: _Optional[float] = ..., flagged_features: _Optional[_Iterable[str]] = ..., flagged_layers: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[LayerDrift, _Mapping]]] = ...) -> None: ...
+
+class ModelDriftResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "monitored", "status", "life", "recent", "window", "reference")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MONITORED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIFE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    monitored: bool
+    status: str
+    life: DriftWindow
+    recent: DriftWindow
+    window: int
+    reference: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., monitored: _Optional[bool] = ..., status: _Optional[str] = ..., life: _Optional[_Union[DriftWindow, _Mapping]] = ..., recent: _Optional[_Union[DriftWindow, _Mapping]] = ..., window: _Optional[int] = ..., reference: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class PredictorStub:
                 request_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ModelDrift = channel.unary_unary(
+                '/bnserve.v1.Predictor/ModelDrift',
+                request_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.SerializeToString,
+                response_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -87,6 +92,13 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelDrift(self, request, context):
+        """How the inputs a model version has scored compare with its training distribution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelInfoRequest.FromString,
                     response_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'ModelDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelDrift,
+                    request_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.FromString,
+                    response_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Predictor:
             '/bnserve.v1.Predictor/ModelInfo',
             bnserve_dot_v1_dot_predictor__pb2.ModelInfoRequest.SerializeToString,
             bnserve_dot_v1_dot_predictor__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bnserve.v1.Predictor/ModelDrift',
+            bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.SerializeToString,
+            bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,133 @@
+"""The training distribution a model carries for drift monitoring (metadata `bnserve.drift`).
+
+Per input feature: the training split's mean and std (the standardization the fold baked in),
+its min and max, its decile edges and the share of training rows in each decile bin. Per hidden
+layer with batch norm: the frozen running mean and variance of z, γ and β, and the name of the
+graph tensor that holds the pre-activation γ·ẑ + β (what the server reads back to get ẑ).
+
+Bins are right-closed: bin k holds the values v with edges[k-1] < v ≤ edges[k] (bin 0 everything
+≤ edges[0], the last bin everything above the last edge). Edges are unique, so a discrete
+feature with many equal deciles gets fewer, wider bins; the stored shares say how full each was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from training.data import fit_standardization, load_dataset, split_rows
+from training.errors import DataError
+from training.rundir import Run
+
+DRIFT_FORMAT = 1
+DECILES = np.linspace(0.1, 0.9, 9)
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """Raw feature rows (N, F) float64 the distribution was measured on, and what they are."""
+
+    x: np.ndarray
+    source: str  # "training split" or "held-out split" (when the training data is gone)
+    note: str  # why the held-out split was used; empty for the training split
+
+
+def training_rows(run: Run) -> TrainingRows:
+    """The run's training split, reloaded from its data source and checked against the
+    standardization in params.npz; the held-out split (with a note why) when that fails."""
+    config = run.config
+    try:
+        dataset = load_dataset(config.data, target=config.target, task=config.task)
+        split = split_rows(
+            len(dataset.x),
+            dev_fraction=config.dev_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.data_split_seed,
+            source=dataset.source,
+        )
+    except DataError as error:
+        return _heldout(run, f"training data not readable ({error})")
+    x_train = dataset.x[split.train]
+    mean, std = fit_standardization(x_train)
+    same_shape = mean.shape == run.params["input.mean"].shape
+    if not same_shape or not (
+        np.allclose(mean, run.params["input.mean"], rtol=1e-6, atol=1e-6)
+        and np.allclose(std, run.params["input.std"], rtol=1e-6, atol=1e-6)
+    ):
+        return _heldout(run, f"{config.data} no longer gives the split the run was standardized on")
+    return TrainingRows(x_train, "training split", "")
+
+
+def _heldout(run: Run, why: str) -> TrainingRows:
+    return TrainingRows(np.asarray(run.heldout_x, dtype=np.float64), "held-out split", why)
+
+
+def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value of x (N,) for sorted unique edges (K,): 0..K, right-closed."""
+    return np.searchsorted(edges, x, side="left")
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """Values rounded to float32, each written as the shortest decimal that reads back as the
+    same float32 (readers cast to float32 and compare exactly what the model sees)."""
+    return [float(str(v)) for v in np.asarray(values, dtype=np.float32).ravel()]
+
+
+def feature_distribution(x_train: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    """Per-feature statistics of x_train (N, F) raw; mean and std (F,) are the run's own."""
+    edges_per_feature, shares_per_feature = [], []
+    x32 = x_train.astype(np.float32)
+    for column in x32.T:
+        edges = np.unique(np.asarray(_rounded(np.quantile(column, DECILES)), dtype=np.float32))
+        counts = np.bincount(bin_index(column, edges), minlength=edges.size + 1)
+        edges_per_feature.append(_rounded(edges))
+        shares_per_feature.append([round(float(c) / column.size, 6) for c in counts])
+    return {
+        "mean": _rounded(mean),
+        "std": _rounded(std),
+        "min": _rounded(x32.min(axis=0)),
+        "max": _rounded(x32.max(axis=0)),
+        "edges": edges_per_feature,
+        "shares": shares_per_feature,
+    }
+
+
+def layer_statistics(
+    params: dict[str, np.ndarray], hidden_count: int, preactivation_name: str
+) -> list[dict[str, Any]]:
+    """Each batch-normed hidden layer's frozen statistics; `preactivation_name` is a format
+    string with {i} (1-based layer) naming the graph tensor γ·ẑ + β."""
+    layers = []
+    for index in range(1, hidden_count + 1):
+        prefix = f"hidden{index}"
+        if f"{prefix}.gamma" not in params:
+            return []  # no batch norm: no frozen statistics to compare with
+        layers.append(
+            {
+                "name": prefix,
+                "output": preactivation_name.format(i=index),
+                "running_mean": _rounded(params[f"{prefix}.running_mean"]),
+                "running_var": _rounded(params[f"{prefix}.running_var"]),
+                "gamma": _rounded(params[f"{prefix}.gamma"]),
+                "beta": _rounded(params[f"{prefix}.beta"]),
+            }
+        )
+    return layers
+
+
+def drift_metadata(
+    rows: TrainingRows,
+    params: dict[str, np.ndarray],
+    hidden_count: int,
+    preactivation_name: str,
+) -> dict[str, Any]:
+    """The `bnserve.drift` object (docs/contracts.md)."""
+    return {
+        "format": DRIFT_FORMAT,
+        "source": rows.source,
+        "rows": int(rows.x.shape[0]),
+        "features": feature_distribution(rows.x, params["input.mean"], params["input.std"]),
+        "layers": layer_statistics(params, hidden_count, preactivation_name),
+    }

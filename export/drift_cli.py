@@ -1,0 +1,343 @@
+"""`bnserve drift DATA --model model.onnx`: production inputs against a model's training
+distribution, offline, with the server's own statistics (server/drift.py).
+
+Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
+shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
+is, 2 for bad input), so a pipeline can gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from server.drift import (
+    DriftMetadataError,
+    DriftMonitor,
+    DriftReference,
+    DriftSettings,
+    parse_reference,
+)
+from server.wire import with_graph_outputs
+from training.rundir import write_bytes
+
+DEFAULTS = DriftSettings()
+CHUNK = 4096  # rows scored per onnxruntime run
+EXIT_CLEAN, EXIT_DRIFT, EXIT_BAD_INPUT = 0, 1, 2
+FEW_ROWS = 100  # below this, say that the figures are noisy
+
+
+class DriftInputError(ValueError):
+    """Bad data or model file; the message names the file and the problem."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnserve drift",
+        description=(
+            "Compare a file of production inputs with the training distribution stored in a "
+            "model's metadata: per feature the mean shift in training standard deviations, the "
+            "variance ratio and the PSI over training deciles; per hidden layer how far the "
+            "normalized pre-activations are from N(0, 1). Exit status 1 when anything is past "
+            "a threshold, 0 when nothing is, 2 for bad input."
+        ),
+    )
+    parser.add_argument(
+        "data",
+        type=Path,
+        metavar="DATA",
+        help="inputs: .csv with a header naming the model's features (other columns ignored), "
+        ".npz with 'x' (and optionally 'feature_names'), or .parquet",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="the model.onnx to compare with")
+    parser.add_argument(
+        "--png", type=Path, default=None, help="figure to write (default: DATA-drift.png)"
+    )
+    parser.add_argument("--no-png", action="store_true", help="write no figure")
+    parser.add_argument(
+        "--top", type=int, default=20, help="features in the table (flagged ones always shown)"
+    )
+    for name, help_text in (
+        ("shift", "mean shift in training std devs"),
+        ("psi", "population stability index"),
+        ("variance", "variance ratio (0: not a flag)"),
+        ("layer", "layer score, mean KL(z_norm ‖ N(0, 1)) per unit"),
+    ):
+        default = getattr(DEFAULTS, f"{name}_threshold")
+        parser.add_argument(
+            f"--{name}-threshold",
+            type=float,
+            default=default,
+            help=f"flag past this {help_text} (default {default:g}, as the server)",
+        )
+    return parser
+
+
+def read_inputs(path: Path, feature_names: tuple[str, ...]) -> np.ndarray:
+    """The model's features from DATA as (N, F) float32, in model order."""
+    if not path.is_file():
+        raise DriftInputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        header, column = _read_csv(path)
+    elif suffix == ".npz":
+        header, column = _read_npz(path, feature_names)
+    elif suffix == ".parquet":
+        header, column = _read_parquet(path)
+    else:
+        raise DriftInputError(
+            f"{path}: unsupported file type {suffix!r} (use .csv, .npz, .parquet)"
+        )
+    missing = [name for name in feature_names if name not in header]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:5])
+        raise DriftInputError(
+            f"{path}: missing {len(missing)} of the model's {len(feature_names)} features "
+            f"({shown}{', …' if len(missing) > 5 else ''})"
+        )
+    x = np.stack([column(header.index(name)) for name in feature_names], axis=1)
+    if x.shape[0] == 0:
+        raise DriftInputError(f"{path}: no data rows")
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        row, index = (int(v) for v in bad[0])
+        raise DriftInputError(
+            f"{path}: data row {row + 1}, column {feature_names[index]!r} is {x[row, index]} "
+            "(not a finite number)"
+        )
+    return x.astype(np.float32)
+
+
+ColumnReader = Callable[[int], np.ndarray]  # column index in the header -> (N,) float64
+
+
+def _read_csv(path: Path) -> tuple[list[str], ColumnReader]:
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DriftInputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    if not rows:
+        raise DriftInputError(f"{path}: empty file (a header line is needed)")
+    header = [name.strip() for name in rows[0]]
+    body = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+    for line, row in body:
+        if len(row) != len(header):
+            raise DriftInputError(
+                f"{path}: line {line} has {len(row)} cells, the header has {len(header)}"
+            )
+
+    def column(index: int) -> np.ndarray:
+        values = np.empty(len(body))
+        for position, (line, row) in enumerate(body):
+            try:
+                values[position] = float(row[index])
+            except ValueError:
+                raise DriftInputError(
+                    f"{path}: line {line}, column {header[index]!r}: {row[index]!r} is not a number"
+                ) from None
+        return values
+
+    return header, column
+
+
+def _read_npz(path: Path, feature_names: tuple[str, ...]) -> tuple[list[str], ColumnReader]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:
+        raise DriftInputError(
+            f"{path}: not a readable .npz file without pickle ({error})"
+        ) from None
+    if "x" not in arrays:
+        raise DriftInputError(f"{path}: missing array 'x' (found {sorted(arrays)})")
+    x = arrays["x"]
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DriftInputError(f"{path}: 'x' must be a 2-D numeric array, got {x.dtype} {x.shape}")
+    if "feature_names" in arrays:
+        header = [str(name) for name in arrays["feature_names"].tolist()]
+        if len(header) != x.shape[1]:
+            raise DriftInputError(
+                f"{path}: 'feature_names' has {len(header)} names, 'x' has {x.shape[1]} columns"
+            )
+    elif x.shape[1] == len(feature_names):
+        header = list(feature_names)  # no names: columns in model order
+    else:
+        raise DriftInputError(
+            f"{path}: 'x' has {x.shape[1]} columns and no 'feature_names'; the model takes "
+            f"{len(feature_names)}"
+        )
+    return header, lambda index: x[:, index].astype(np.float64)
+
+
+def _read_parquet(path: Path) -> tuple[list[str], ColumnReader]:
+    try:
+        import pyarrow.parquet as parquet
+    except ModuleNotFoundError:
+        raise DriftInputError(
+            f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
+        ) from None
+    try:
+        table = parquet.read_table(path)
+    except Exception as error:
+        raise DriftInputError(f"{path}: not a readable Parquet file ({error})") from None
+
+    def column(index: int) -> np.ndarray:
+        try:
+            return table.column(index).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (TypeError, ValueError) as error:
+            name = table.column_names[index]
+            raise DriftInputError(f"{path}: column {name!r} is not numeric ({error})") from None
+
+    return list(table.column_names), column
+
+
+def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
+    """A session that also returns the watched pre-activations, and the model's reference."""
+    try:
+        model_bytes = path.read_bytes()
+        metadata = ort.InferenceSession(model_bytes).get_modelmeta().custom_metadata_map
+    except OSError as error:
+        raise DriftInputError(f"{path}: cannot read it ({error.strerror})") from None
+    except Exception as error:
+        raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
+    try:
+        feature_names = tuple(json.loads(metadata["bnserve.feature_names"]))
+        reference = parse_reference(metadata.get("bnserve.drift", ""), feature_names)
+    except (KeyError, json.JSONDecodeError):
+        raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
+    except DriftMetadataError as error:
+        raise DriftInputError(f"{path}: {error}") from None
+    outputs = [(layer.output, layer.width) for layer in reference.layers]
+    try:
+        session = ort.InferenceSession(with_graph_outputs(model_bytes, outputs))
+    except Exception as error:  # onnxruntime raises untyped errors
+        raise DriftInputError(f"{path}: cannot expose its hidden layers ({error})") from None
+    return session, reference
+
+
+def drift_report(
+    session: ort.InferenceSession, reference: DriftReference, x: np.ndarray, settings: DriftSettings
+) -> dict[str, Any]:
+    """The server's whole-life window for the rows of x (N, F) float32."""
+    monitor = DriftMonitor(reference, settings, "offline", warn=False)
+    layer_names = monitor.layer_outputs
+    for start in range(0, x.shape[0], CHUNK):
+        rows = x[start : start + CHUNK]
+        outputs = session.run(layer_names, {"x": rows}) if layer_names else None
+        monitor.observe(rows, outputs)
+    return monitor.report()["life"]
+
+
+def format_table(report: dict[str, Any], top: int) -> str:
+    """Features ranked by score (the top ones and every flagged one), then the layers."""
+    ranked = sorted(report["features"], key=lambda f: -f["score"])
+    shown = [f for i, f in enumerate(ranked) if i < top or f["flagged"]]
+    lines = [
+        f"{'rank':>4}  {'feature':<18} {'score':>7} {'shift σ':>8} {'var ×':>7} {'PSI':>7} "
+        f"{'outside':>8} {'train μ':>9} {'live μ':>9}",
+    ]
+    for rank, feature in enumerate(shown, start=1):
+        lines.append(
+            f"{rank:>4}  {feature['name']:<18} {feature['score']:>7.2f} "
+            f"{feature['mean_shift']:>8.2f} {feature['variance_ratio']:>7.2f} "
+            f"{feature['psi']:>7.3f} {feature['out_of_range_share']:>8.1%} "
+            f"{feature['train_mean']:>9.3g} {feature['live_mean']:>9.3g}"
+            + ("  DRIFT" if feature["flagged"] else "")
+        )
+    if len(ranked) > len(shown):
+        lines.append(f"      … {len(ranked) - len(shown)} more features, none flagged")
+    for layer in report["layers"]:
+        lines.append(
+            f"layer {layer['name']}: score {layer['score']:.4f} over {layer['units']} units"
+            + ("  DRIFT" if layer["flagged"] else "")
+        )
+    return "\n".join(lines)
+
+
+def write_figure(path: Path, report: dict[str, Any], settings: DriftSettings, title: str) -> None:
+    """Per-feature mean shift bars (flagged in red) and layer score bars, with thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    features = report["features"]
+    layers = report["layers"]
+    ratios = (3, 1) if layers else (1,)
+    figure, axes = plt.subplots(
+        len(ratios), 1, figsize=(max(8, 0.14 * len(features) + 2), 6), height_ratios=ratios
+    )
+    shift_axis = axes[0] if layers else axes
+    colors = ["C3" if f["flagged"] else "C0" for f in features]
+    shift_axis.bar(range(len(features)), [f["mean_shift"] for f in features], color=colors)
+    shift_axis.axhline(settings.shift_threshold, color="grey", linestyle="--", linewidth=1)
+    shift_axis.set(ylabel="|μ_live − μ_train| / σ_train", title=title)
+    shift_axis.set_xticks(range(len(features)))
+    shift_axis.set_xticklabels([f["name"] for f in features], rotation=90, fontsize=6)
+    if layers:
+        layer_axis = axes[1]
+        layer_colors = ["C3" if layer["flagged"] else "C0" for layer in layers]
+        layer_axis.barh([layer["name"] for layer in layers], [layer["score"] for layer in layers],
+                        color=layer_colors)  # fmt: skip
+        layer_axis.axvline(settings.layer_threshold, color="grey", linestyle="--", linewidth=1)
+        layer_axis.set(xlabel="layer score: mean KL(z_norm ‖ N(0, 1)) per unit")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.top < 0 or min(args.shift_threshold, args.psi_threshold, args.layer_threshold) <= 0:
+        print("bnserve drift: error: --top must be ≥ 0 and thresholds > 0", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    settings = DriftSettings(
+        window=1,  # unused: the table is the whole-life window
+        shift_threshold=args.shift_threshold,
+        psi_threshold=args.psi_threshold,
+        variance_threshold=args.variance_threshold,
+        layer_threshold=args.layer_threshold,
+        min_examples=0,
+    )
+    png = None if args.no_png else (args.png or args.data.with_name(f"{args.data.stem}-drift.png"))
+    try:
+        session, reference = load_model(args.model)
+        x = read_inputs(args.data, reference.feature_names)
+    except DriftInputError as error:
+        print(f"bnserve drift: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        print(
+            f"bnserve drift: error: {args.data}: cannot read it ({error.strerror})", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    report = drift_report(session, reference, x, settings)
+    if png is not None:
+        try:
+            write_figure(png, report, settings, f"{args.data.name} vs {args.model.name}")
+        except OSError as error:
+            print(f"bnserve drift: error: cannot write {png} ({error.strerror})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    flagged_features, flagged_layers = report["flagged_features"], report["flagged_layers"]
+    print(f"{args.data}: {x.shape[0]} rows against {args.model} ({reference.source})")
+    if x.shape[0] < FEW_ROWS:
+        print(f"note: only {x.shape[0]} rows; the figures are noisy below {FEW_ROWS}")
+    print(format_table(report, args.top))
+    print(
+        f"{len(flagged_features)} of {reference.num_features} features and "
+        f"{len(flagged_layers)} of {len(report['layers'])} layers past threshold; "
+        f"{report['out_of_range_share']:.1%} of rows have a value outside the training range"
+        + (f"; figure {png}" if png is not None else "")
+    )
+    return EXIT_DRIFT if flagged_features or flagged_layers else EXIT_CLEAN

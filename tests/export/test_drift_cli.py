@@ -1,0 +1,151 @@
+"""`bnserve drift`: exit status, the table, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export.drift_cli import main
+from export.exporter import ExportSettings, export_run
+from training.rundir import load_run
+
+
+@pytest.fixture(scope="module")
+def digits_model(trained_runs, tmp_path_factory) -> tuple[Path, np.ndarray, list[str]]:
+    run_dir = trained_runs["digits-bn"]
+    path = tmp_path_factory.mktemp("drift") / "digits.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=path))
+    run = load_run(run_dir)
+    return path, run.heldout_x, list(run.meta["feature_names"])
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.write_text("\n".join(",".join(row) for row in [header, *rows]) + "\n")
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_npz_input_in_a_different_column_order(digits_model, tmp_path, capsys) -> None:
+    path, heldout, names = digits_model
+    order = np.arange(len(names))[::-1]
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=heldout[:, order], feature_names=np.array(names)[order])
+    code, out, _ = _run(capsys, data, "--model", path, "--no-png")
+    assert code == 0
+    assert "0 of 64 features" in out
+
+
+def test_a_model_exported_before_drift_monitoring_says_what_to_re_export(
+    digits_model, tmp_path, capsys
+) -> None:
+    path, heldout, _ = digits_model
+    model = onnx.load(str(path))
+    kept = [prop for prop in model.metadata_props if prop.key != "bnserve.drift"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "old.onnx"
+    old.write_bytes(model.SerializeToString())
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=heldout)
+
+    code, out, err = _run(capsys, data, "--model", old)
+    assert code == 2 and out == ""
+    assert err.startswith(f"bnserve drift: error: {old}: has no bnserve.drift metadata")
+    assert "re-export it from its training run with `bnserve export`" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d, n: _csv(d / "a.csv", n[:-1], [["1"] * 63]), "missing 1 of the model's 64"),
+        (lambda d, n: _csv(d / "b.csv", n, [["1"] * 63 + ["x"]]), "line 2, column 'pixel_7_7'"),
+        (lambda d, n: _csv(d / "c.csv", n, [["1"] * 62]), "line 2 has 62 cells"),
+        (lambda d, n: _csv(d / "d.csv", n, []), "no data rows"),
+        (lambda d, n: _csv(d / "e.csv", n, [["1"] * 63 + ["nan"]]), "is nan (not a finite"),
+        (lambda d, n: d / "missing.csv", "no such file"),
+        (lambda d, n: (d / "f.txt").write_text("1") and d / "f.txt", "unsupported file type"),
+    ],
+    ids=["column", "cell", "cells", "empty", "nan", "nofile", "suffix"],
+)
+def test_bad_data_gets_one_line(digits_model, tmp_path, capsys, make, message) -> None:
+    path, _, names = digits_model
+    code, out, err = _run(capsys, make(tmp_path, names), "--model", path, "--no-png")
+    assert code == 2 and out == ""
+    assert err.startswith("bnserve drift: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_not_a_model(tmp_path, capsys) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not onnx")
+    data = _csv(tmp_path / "a.csv", ["a"], [["1"]])
+    code, _, err = _run(capsys, data, "--model", junk)
+    assert code == 2 and "not an ONNX model onnxruntime can load" in err
+
+
+def test_an_unwritable_figure_is_one_line(digits_model, tmp_path, capsys) -> None:
+    path, heldout, _ = digits_model
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=heldout)
+    # write_bytes makes missing parent directories; a file in the way of one cannot be made
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = _run(capsys, data, "--model", path, "--png", blocker / "x.png")
+    assert code == 2 and err.startswith("bnserve drift: error: cannot write")
+
+
+def test_parquet_input(digits_model, tmp_path, capsys) -> None:
+    pyarrow = pytest.importorskip("pyarrow")  # the Parquet reader comes with issue 15's extra
+    import pyarrow.parquet as parquet
+
+    path, heldout, names = digits_model
+    data = tmp_path / "rows.parquet"
+    parquet.write_table(pyarrow.table({name: heldout[:, i] for i, name in enumerate(names)}), data)
+    code, out, _ = _run(capsys, data, "--model", path, "--no-png")
+    assert code == 0 and "0 of 64 features" in out
+
+
+def test_parquet_without_pyarrow_is_one_line(digits_model, tmp_path, capsys, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("pyarrow"):
+            raise ModuleNotFoundError(name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    data = tmp_path / "rows.parquet"
+    data.write_bytes(b"PAR1")
+    code, _, err = _run(capsys, data, "--model", digits_model[0], "--no-png")
+    assert code == 2 and "reading Parquet needs pyarrow" in err
+
+
+@pytest.mark.parametrize(
+    ("run_name", "unfolded", "layers"),
+    [("regression-bn-population", False, 2), ("digits-bn", True, 2), ("digits-no-bn", False, 0)],
+)
+def test_regression_unfolded_and_batchnorm_free_models(
+    trained_runs, tmp_path, capsys, run_name, unfolded, layers
+) -> None:
+    run_dir = trained_runs[run_name]
+    model = tmp_path / "model.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=model, unfolded=unfolded))
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=load_run(run_dir).heldout_x)
+    code, out, _ = _run(capsys, data, "--model", model, "--no-png", "--top", "0")
+    layer_lines = [line for line in out.splitlines() if line.startswith("layer ")]
+    assert len(layer_lines) == layers
+    assert f"of {layers} layers past threshold" in out
+    summary = out.splitlines()[-1].split()  # "N of F features and M of L layers past …"
+    assert code == (1 if int(summary[0]) + int(summary[5]) else 0)
