@@ -1,8 +1,9 @@
 """KServe's own Python SDK (InferenceRESTClient, InferenceGRPCClient) against a real server.
 
-kserve 0.21 installs ~500 MB in 3.5 min and requires a newer grpcio than the one pinned here, so
-it is not in the test extra: this slow test makes a venv of its own once (BNSERVE_KSERVE_VENV
-names an existing one instead) and runs tests/server/kserve_probe.py in it.
+kserve 0.21 brings ~500 MB (fastapi, uvicorn, pandas, kubernetes, pillow, …; 3.5 min to install
+here) and its generated code defines protobuf package `inference` as server.gen does, so it is
+not in the test extra: this slow test makes a venv of its own once (BNSERVE_KSERVE_VENV names an
+existing one instead) and runs tests/server/kserve_probe.py in it.
 """
 
 from __future__ import annotations
