@@ -79,7 +79,10 @@ class ServerSettings:
     )
     max_batch_size: int = _setting(64, "Most examples scored in one batched onnxruntime run.")
     max_batch_delay_ms: float = _setting(
-        1.0, "Longest a call waits for batch-mates, in milliseconds."
+        0.0,
+        "Once the model frees with calls queued behind it, how long (ms) their batch may wait "
+        "for more calls to fill max_batch_size; 0: run what queued at once. A call that finds "
+        "the model idle runs at once whatever this says.",
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
