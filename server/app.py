@@ -87,10 +87,12 @@ class Server:
         repository: ModelRepository | None = None,
         credentials: grpc.ServerCredentials | None = None,
         metrics: ServerMetrics | None = None,
+        reuse_port: bool = False,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
-        when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
-        OSError for a port it cannot bind."""
+        when credentials are given; reuse_port shares the port with the other processes of a
+        supervisor (server/supervisor.py), which holds it against anyone else. Raises
+        ModelPathError (a ValueError) for bad model paths, OSError for a port it cannot bind."""
         sources = resolve_sources(
             settings.model, settings.name, settings.model_version, settings.model_root
         )
@@ -99,7 +101,9 @@ class Server:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+            # A second server on the same port must fail, not share (a supervisor's children
+            # share it: the supervisor's own reservation keeps everyone else out).
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
         grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),

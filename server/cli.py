@@ -15,6 +15,7 @@ from typing import Any
 
 from server.logs import configure_logging
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
+from server.supervisor import Supervisor, WorkerLink
 
 log = logging.getLogger("server")
 
@@ -70,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log.info("%s", settings.summary())
+    link = WorkerLink.from_env(os.environ)
+    if link is None and settings.process_count() > 1:
+        argv = sys.argv[1:] if argv is None else argv
+        supervisor = Supervisor(settings, argv, settings.process_count())
+        return supervisor.run(SignalFlags())
+    if link is not None:
+        link.watch_supervisor()
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
     from server.operations import Operations
@@ -81,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             interceptors=operations.interceptors,
             credentials=operations.credentials,
             metrics=operations.metrics,
+            reuse_port=link is not None,
         )
-        metrics_port = operations.serve_metrics()
+        metrics_port = operations.serve_metrics() if link is None else None
     except ValueError as error:  # bad model path, TLS file or token file
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 1
-    signals = _SignalFlags()
+    signals = SignalFlags()
     server.start()
+    if link is not None:
+        link.report(server.repository.ready)
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
     tls = "TLS" + (" with client certificates" if settings.tls_client_ca else "")
     log.info(
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _SignalFlags:
+class SignalFlags:
     """SIGINT/SIGTERM ask to stop, SIGHUP to reload. The handlers only count; the main loop
     sleeps in select() on a self-pipe that Python's C-level handler writes to (set_wakeup_fd),
     so no lock is ever taken inside a handler: an Event.set() there deadlocks when the signal
@@ -165,6 +176,13 @@ class _SignalFlags:
                 self._reloads = 0
                 return "reload"
             self._sleep(None)
+
+    def poll(self, timeout_s: float) -> tuple[int, bool]:
+        """Sleep until a signal (or timeout_s); (stop signals so far, whether a reload was
+        asked since the last call)."""
+        self._sleep(timeout_s)
+        reload, self._reloads = self._reloads > 0, 0
+        return self._stops, reload
 
     def wait_for_stop(self, timeout_s: float) -> bool:
         """After the first stop signal: wait up to timeout_s for a second (True if one came)."""

@@ -58,6 +58,7 @@ class ServerMetrics:
             "1 for every model version being served.",
             ["model", "version"],
             registry=self.registry,
+            multiprocess_mode="livemax",  # --processes N: 1 if any live process serves it
         )
         self.model_loads = Counter(
             "bnserve_model_loads",
@@ -103,6 +104,7 @@ class ServerMetrics:
         self.model_loads.labels(model_name).inc()
 
     def version_unloaded(self, model_name: str, version: str) -> None:
+        self.loaded_versions.labels(model_name, version).set(0)  # multiprocess files keep it
         self.loaded_versions.remove(model_name, version)
 
     def reload_failed(self, model_name: str) -> None:
