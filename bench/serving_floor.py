@@ -3,13 +3,19 @@
 bench/serve.py measures whole gRPC calls against a bare echo server. This bench measures, in one
 process pinned to one core and with no transport at all, the two costs a Python server adds to
 the echo server's per-call CPU:
-  1. InferenceSession.run of an exported digits model (bnserve's own session options), for a
+  1. Model.predict (onnxruntime run) of an exported digits model (bnserve's own options), for a
      tiny model (64→16→10) and the benchmark's model (64→256→256→10), at 1 and 64 rows;
   2. bnserve's native handlers called directly (parse the request bytes, check, score, build
-     and serialize the answer): Predict with one example, PredictBatch with 64 raw rows.
+     and serialize the answer): Predict with one example, PredictBatch with 64 raw rows;
+  3. ways to run the same session on the benchmark's model, side by side: `run` as bnserve did
+     before (a RunOptions made per call), `run` with one shared RunOptions, the session's C++
+     binding directly (skipping the Python-side checks of feed names that bnserve's own checks
+     already cover), io binding with preallocated outputs (copied out, since a batch's callers
+     read their rows after the next run may have started), and run_with_ort_values; as a
+     ratio to bnserve's `Model.predict` as it is now.
 Each figure is the median over rounds of the mean µs per call.
 
-    .venv/bin/python bench/serving_floor.py [--rounds 7] [--calls 3000] [--cpu 0]
+    .venv/bin/python bench/serving_floor.py [--rounds 7] [--calls 3000] [--cpu 0] [--short]
 """
 
 from __future__ import annotations
@@ -41,6 +47,39 @@ class Cell:
     rows: int
     call: Callable[[], object]
     calls: int
+
+
+def run_path_variants(model: object, x: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The ways to score x with model's session; each returns the outputs as numpy arrays."""
+    import onnxruntime as ort
+
+    session = model._session  # type: ignore[attr-defined]
+    names = list(model.output_names)  # type: ignore[attr-defined]
+    feed = {"x": x}
+    shared = ort.RunOptions()
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    outputs = [np.empty((x.shape[0], 10), np.float32), np.empty((x.shape[0],), np.int64)]
+    for name, out in zip(names, outputs, strict=True):
+        binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+
+    def io_bound() -> list[np.ndarray]:
+        binding.bind_cpu_input("x", x)
+        session.run_with_iobinding(binding, shared)
+        return [out.copy() for out in outputs]
+
+    def ort_values() -> list[np.ndarray]:
+        values = session.run_with_ort_values(names, {"x": ort.OrtValue.ortvalue_from_numpy(x)})
+        return [value.numpy() for value in values]
+
+    return {
+        "Model.predict (bnserve now)": partial(model.predict, x),  # type: ignore[attr-defined]
+        "run, RunOptions per call (before)": partial(session.run, names, feed),
+        "run, one shared RunOptions": partial(session.run, names, feed, shared),
+        "C++ binding run, shared RunOptions": partial(session._sess.run, names, feed, shared),
+        "io binding, preallocated, copied out": io_bound,
+        "run_with_ort_values": ort_values,
+    }
 
 
 class _Context:
@@ -83,7 +122,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000, help="calls per round")
     parser.add_argument("--cpu", type=int, default=0, help="the one CPU to run on")
+    parser.add_argument("--short", action="store_true", help="9 rounds of 300 calls: a smoke run")
     args = parser.parse_args(argv)
+    if args.short:
+        args.rounds, args.calls = 9, 300
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
@@ -108,7 +150,7 @@ def main(argv: list[str]) -> int:
             shape = "→".join(map(str, (64, *hidden, 10)))
             for x, calls in ((one, args.calls), (batch, batch_calls)):
                 call = partial(model.predict, x)
-                cells.append(Cell(f"InferenceSession.run, {shape}", x.shape[0], call, calls))
+                cells.append(Cell(f"Model.predict (onnxruntime), {shape}", x.shape[0], call, calls))
 
         model = models[(256, 256)]
         repository = ModelRepository()
@@ -134,7 +176,15 @@ def main(argv: list[str]) -> int:
         cells.append(
             Cell("bnserve PredictBatch handler (raw rows)", BATCH_ROWS, predict_batch, batch_calls)
         )
-        results = per_call_us(cells, args.rounds)
+        variants = []
+        for x, calls in ((one, args.calls), (batch, batch_calls)):
+            reference = model.predict(x)
+            for label, call in run_path_variants(model, x).items():
+                for got, expected in zip(call(), reference, strict=True):  # same answers
+                    np.testing.assert_array_equal(got, expected)
+                variants.append(Cell(label, x.shape[0], call, calls))
+        results = per_call_us(cells + variants, args.rounds)
+        results, variant_results = results[: len(cells)], results[len(cells) :]
 
     print(
         f"bench/serving_floor.py: one process on CPU {args.cpu}, no transport; "
@@ -148,6 +198,14 @@ def main(argv: list[str]) -> int:
         "\nA call costs at least the echo server's per-call CPU (bench/serve.py prints it) plus "
         "the handler row above."
     )
+    print("\nonnxruntime run paths, 64→256→256→10 (ratio: µs per call over Model.predict's)")
+    print(f"{'':44}{'rows':>5}{'µs/call':>10}{'ratio':>8}")
+    for start in range(0, len(variants), len(variants) // 2):
+        now = variant_results[start]
+        for cell, us in zip(variants[start:], variant_results[start:], strict=False):
+            if cell.rows != variants[start].rows:
+                break
+            print(f"{cell.label:44}{cell.rows:>5}{us:>10.1f}{us / now:>8.2f}")
     return 0
 
 

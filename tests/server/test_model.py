@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from model_builder import NUM_FEATURES, ModelFiles, build_model
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from server.errors import InvalidInput, ModelLoadError
 from server.model import Model, SessionThreads
@@ -141,3 +143,27 @@ def test_answers_do_not_depend_on_batch_mates(test_models: ModelFiles) -> None:
     together = model.predict(x)[0]
     alone = np.concatenate([model.predict(x[i : i + 1])[0] for i in range(len(x))])
     np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_predict_answers_exactly_what_inference_session_run_does(
+    test_models: ModelFiles, task: str
+) -> None:
+    path = test_models.classification if task == "classification" else test_models.regression
+    model = Model.load(path, "m", "1", THREADS)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    for rows in (1, 2, 64):
+        x = rng.normal(0, 2, (rows, NUM_FEATURES)).astype(np.float32)
+        served = model.predict(x)
+        expected = session.run(list(model.output_names), {"x": x})
+        assert [a.dtype for a in served] == [a.dtype for a in expected]
+        for got, want in zip(served, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(model.predict(x)[0], served[0])  # each call its own arrays
+
+
+def test_predict_still_rejects_what_onnxruntime_rejects(test_models: ModelFiles) -> None:
+    model = Model.load(test_models.classification, "iris", "1", THREADS)
+    with pytest.raises(InvalidArgument, match="Unexpected input data type"):
+        model.predict(np.zeros((1, NUM_FEATURES), np.float64))
