@@ -68,8 +68,9 @@ class ServerSettings:
     )
     intra_op_threads: int = _setting(
         1,
-        "onnxruntime threads inside one operator; one example of a small MLP takes ~5 µs, so "
-        "extra threads only add wake-ups and take cores from the gRPC threads.",
+        "onnxruntime threads inside one operator; one example of a small MLP costs far less "
+        "than the gRPC call around it (bench/serving_floor.py prints both), so extra threads "
+        "only add wake-ups and take cores from the gRPC threads.",
     )
     inter_op_threads: int = _setting(
         1, "onnxruntime threads across independent operators (sequential execution uses none)."
