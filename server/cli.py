@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         state,
         tls if operations.credentials is not None else "plaintext",
         ", bearer tokens required" if operations.token_auth is not None else "",
-        f"on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off",
+        f"on http://{settings.host}:{metrics_port}/metrics"
+        if metrics_port
+        else ("served by the supervisor" if link and operations.metrics else "off"),
         " and re-reads tokens" if operations.token_auth is not None else "",
     )
     while signals.wait() == "reload":

@@ -147,10 +147,13 @@ class Supervisor:
     def run(self, signals: SignalFlags) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code (a child's start-up failure's code)."""
         settings = self.settings
-        try:  # bad paths are reported once, here, not by every child
+        try:  # bad model paths, TLS or token files are reported once, here, not by every child
             resolve_sources(
                 settings.model, settings.name, settings.model_version, settings.model_root
             )
+            from server.operations import Operations  # grpc: harmless, children are spawned
+
+            Operations.from_settings(settings, os.environ)
         except ValueError as error:
             print(f"bnserve serve: {error}", file=sys.stderr)
             return 2

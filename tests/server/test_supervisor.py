@@ -230,15 +230,20 @@ def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
         assert server.stop() == 0
 
 
-def test_bad_settings_fail_once_before_any_process_starts(tmp_path: Path) -> None:
-    missing = str(tmp_path / "missing.onnx")
+def test_bad_settings_fail_once_before_any_process_starts(
+    tmp_path: Path, test_models: ModelFiles
+) -> None:
+    missing = ["--model", str(tmp_path / "missing.onnx")]
+    no_file = str(tmp_path / "none.pem")
+    tls = ["--model", str(test_models.classification), "--tls-cert", no_file, "--tls-key", no_file]
     for args, expected in [
-        (["--processes", "0"], "processes='0' must be a whole number ≥ 1 or 'auto'"),
-        (["--processes", "two"], "processes='two' must be a whole number ≥ 1 or 'auto'"),
-        (["--processes", "2"], "missing.onnx"),
+        ([*missing, "--processes", "0"], "processes='0' must be a whole number ≥ 1 or 'auto'"),
+        ([*missing, "--processes", "two"], "processes='two' must be a whole number ≥ 1 or 'auto'"),
+        ([*missing, "--processes", "2"], "missing.onnx does not exist"),
+        ([*tls, "--processes", "2"], "none.pem: cannot read it"),
     ]:
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--model", missing, "--metrics-port", "0", *args],
+            [sys.executable, "-m", "server", "--metrics-port", "0", *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2, result.stderr
