@@ -131,8 +131,8 @@ class DynamicBatcher:
     def _run(self, batch: list[_Request]) -> None:
         """Score batch in this thread, answer each member its own rows, hand the model on."""
         try:
-            x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             try:
+                x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
                 outputs = self._predict(x)
             except Exception as error:
                 for member in batch:

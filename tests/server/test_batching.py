@@ -233,3 +233,19 @@ def test_close_waits_for_queued_calls() -> None:
         closed.join(10)
         assert not closed.is_alive()
         assert all(call.result(10)[0].shape == (1, 2) for call in calls)
+
+
+def test_rows_that_cannot_be_stacked_fail_their_batch_not_the_batcher() -> None:
+    batcher = DynamicBatcher(_tagging_predict, max_batch_size=8, max_delay_s=0.0, max_queue=8)
+    gate = ModelGate(batcher)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first = pool.submit(batcher.score, np.ones((1, 3), np.float32))
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
+        mismatched = [pool.submit(batcher.score, np.ones((1, n), np.float32)) for n in (3, 4)]
+        wait_until(lambda: batcher.queued == 2, "two calls queued")
+        gate.release()
+        first.result(10)
+        for future in mismatched:
+            with pytest.raises(ValueError, match="dimension"):
+                future.result(10)
+    np.testing.assert_array_equal(batcher.score(np.ones((1, 3), np.float32))[0], np.full((1, 3), 2))

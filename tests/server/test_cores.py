@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.cores import cgroup_cpu_quota, usable_cores
+from server.settings import ServerSettings
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:
@@ -81,3 +82,11 @@ def test_affinity_is_respected(tmp_path: Path) -> None:
     finally:
         os.sched_setaffinity(0, before)
     assert usable_cores(tmp_path / "none", tmp_path / "none") == len(before)
+
+
+def test_processes_setting_resolves_auto_to_the_usable_cores() -> None:
+    assert ServerSettings(processes="auto").process_count() == usable_cores()
+    assert ServerSettings(processes="3").process_count() == 3
+    for bad in ("0", "-1", "1.5", "", "２"):
+        with pytest.raises(ValueError, match="must be a whole number ≥ 1 or 'auto'"):
+            ServerSettings(processes=bad)
