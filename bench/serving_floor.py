@@ -6,7 +6,8 @@ the echo server's per-call CPU:
   1. Model.predict (onnxruntime run) of an exported digits model (bnserve's own options), for a
      tiny model (64→16→10) and the benchmark's model (64→256→256→10), at 1 and 64 rows;
   2. bnserve's native handlers called directly (parse the request bytes, check, score, build
-     and serialize the answer): Predict with one example, PredictBatch with 64 raw rows;
+     and serialize the answer): Predict with one example, PredictBatch with 64 raw rows; and
+     Servable.score (check and score) of one example with batching off and on;
   3. ways to run the same session on the benchmark's model, side by side: `run` as bnserve did
      before (a RunOptions made per call), `run` with one shared RunOptions, the session's C++
      binding directly (skipping the Python-side checks of feed names that bnserve's own checks
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> int:
         os.sched_setaffinity(0, {args.cpu})
 
     from server.admission import InflightLimiter
+    from server.batching import DynamicBatcher
     from server.gen.bnserve.v1 import predictor_pb2 as pb
     from server.model import Model, SessionThreads
     from server.repository import ModelRepository
@@ -176,6 +178,13 @@ def main(argv: list[str]) -> int:
         cells.append(
             Cell("bnserve PredictBatch handler (raw rows)", BATCH_ROWS, predict_batch, batch_calls)
         )
+        # A lone call with batching on pays the batcher's idle check and hand-on, nothing else.
+        batcher = DynamicBatcher(model.predict, max_batch_size=64, max_delay_s=0.0, max_queue=64)
+        for label, servable in (
+            ("Servable.score, batching off", Servable(model)),
+            ("Servable.score, batching on (a lone call)", Servable(model, batcher)),
+        ):
+            cells.append(Cell(label, 1, partial(servable.score, one), args.calls))
         variants = []
         for x, calls in ((one, args.calls), (batch, batch_calls)):
             reference = model.predict(x)

@@ -67,6 +67,7 @@ class DynamicBatcher:
         self._idle = threading.Condition(self._lock)  # notified when the model goes idle
         self._queue: deque[_Request] = deque()
         self._busy = False  # a thread is running (or about to run) the model
+        self._closing = 0  # close() calls waiting for the model to go idle
         # Counters read by tests and logs (written under the lock or by the one running thread).
         self.batches_run = 0  # model runs, a lone call's included
         self.requests_batched = 0  # calls scored in a run with at least one other call
@@ -106,7 +107,11 @@ class DynamicBatcher:
     def close(self, timeout_s: float | None = None) -> None:
         """Wait until queued calls are answered and the model is idle (at most timeout_s)."""
         with self._idle:
-            self._idle.wait_for(lambda: not self._busy and not self._queue, timeout_s)
+            self._closing += 1
+            try:
+                self._idle.wait_for(lambda: not self._busy and not self._queue, timeout_s)
+            finally:
+                self._closing -= 1
 
     def _wait(self, request: _Request, timeout_s: float | None) -> list[np.ndarray]:
         if not request.woken.wait(timeout_s):
@@ -157,10 +162,11 @@ class DynamicBatcher:
         if self.max_delay_s > 0:
             self._fill(time.monotonic() + self.max_delay_s)
         with self._lock:
-            batch = self._take()
+            batch = self._take() if self._queue else None
             if not batch:
                 self._busy = False
-                self._idle.notify_all()
+                if self._closing:
+                    self._idle.notify_all()
                 return
             batch[0].batch = batch
         batch[0].woken.set()
