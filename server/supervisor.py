@@ -241,6 +241,8 @@ class Supervisor:
     def _start(self, index: int) -> None:
         status_read, status_write = os.pipe()
         env = {**os.environ, WORKER_ENV: f"{index},{self._lifeline_read},{status_write}"}
+        for name in (MULTIPROC_ENV, MULTIPROC_ENV.lower()):  # never another program's directory
+            env.pop(name, None)
         if self._metrics_dir:
             env[MULTIPROC_ENV] = self._metrics_dir
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from model_builder import NUM_FEATURES, ModelFiles
 from model_gate import wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +29,7 @@ SUPERVISOR_READY = r"(\d+) processes serving on port (\d+), ready"
 CHILD_PID = r"process (\d+) is pid (\d+)"
 PREDICT = "bnserve.v1.Predictor/Predict"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a TCP connection per channel
+LIVENESS = health_pb2.HealthCheckRequest(service="liveness")
 ROWS = np.random.default_rng(3).normal(0, 2, (40, NUM_FEATURES)).astype(np.float32)
 
 
@@ -82,7 +84,8 @@ def _channels_to_every_process(
     while not all(_connections_of(pid, server.port) for pid in pids):
         assert len(channels) < limit, f"{limit} connections never reached every process"
         channel = stack.enter_context(grpc.insecure_channel(server.target, OWN_CONNECTION))
-        predictor_pb2_grpc.PredictorStub(channel).Predict(_request(0), timeout=30)
+        alive = health_pb2_grpc.HealthStub(channel).Check(LIVENESS, timeout=30)
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING
         channels.append(channel)
     return channels
 
@@ -130,7 +133,7 @@ def test_two_processes_answer_as_one_and_their_metrics_are_summed(
                     for i in range(len(ROWS))
                 ]
                 assert answers == one_process_answers
-        calls = len(channels) * (1 + len(ROWS))
+        calls = len(channels) * len(ROWS)
         samples = _scrape(metrics_port)
         ok = (("code", "OK"), ("method", PREDICT))
         assert samples[("bnserve_requests_total", ok)] == calls
@@ -198,6 +201,26 @@ def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
     assert re.search(
         rf"process {victim_index} \(pid {victim}\) was killed by SIGKILL", server.log()
     )
+
+
+def test_a_model_failing_its_parity_gate_leaves_every_process_unready(
+    test_models: ModelFiles,
+) -> None:
+    server = ServerProcess(
+        ["--model", str(test_models.bad_parity), "--processes", "2", "--metrics-port", "0"]
+    )
+    try:
+        server.port = int(server.wait_for(r"2 processes serving on port (\d+), NOT ready").group(1))
+        children = [int(m[1]) for m in re.findall(CHILD_PID, server.log())]
+        with ExitStack() as stack:
+            for channel in _channels_to_every_process(stack, server, children):
+                readiness = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=30
+                )
+                assert readiness.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert server.log().count("parity gate failed") >= 2  # each process checked for itself
+    finally:
+        assert server.stop() == 0
 
 
 def test_sigterm_drains_and_sighup_reloads_every_process(test_models: ModelFiles) -> None:
