@@ -148,14 +148,19 @@ class Server:
             settings, grpc_server, repository, health_servicer, limiter, port, metrics, sources
         )
 
-    def start(self) -> None:
+    def start(self, load_before_listening: bool = False) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
-        only once every configured model is loaded, warmed up and past its parity gate."""
+        only once every configured model is loaded, warmed up and past its parity gate.
+        load_before_listening (a supervised process sharing the port): load first, so the
+        kernel hands this process no connection before its models are ready or failed."""
+        if load_before_listening:
+            self.versions.scan(initial=True)
         self._grpc_server.start()
         if self._health is not None:
             self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", listen_address(self.settings.host, self.port))
-        self.versions.scan(initial=True)
+        if not load_before_listening:
+            self.versions.scan(initial=True)
         if self.versions.sources:
             self.versions.start()
         self.update_health()

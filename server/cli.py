@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 1
     signals = SignalFlags()
-    server.start()
+    server.start(load_before_listening=link is not None)
     if link is not None:
         link.report(server.repository.ready)
     state = "ready" if server.repository.ready else "NOT ready (see the errors above)"
