@@ -44,9 +44,10 @@ class DynamicBatcher:
     """Score concurrent requests together: `score(x, timeout_s)` blocks until x's own rows are back.
 
     max_delay_s: once the model frees with calls queued, how long the next batch may wait for
-    more calls to fill it to max_batch_size (0: run what queued at once). A call that finds the
-    model idle and nothing queued never waits. Queued calls whose deadline passes before their
-    batch runs are not scored.
+    more calls to fill it to max_batch_size (0: run what queued at once); the wait is the next
+    batch's own, in its leader's thread, so the call that freed the model returns at once. A
+    call that finds the model idle and nothing queued never waits. Queued calls whose deadline
+    passes before their batch runs are not scored.
     """
 
     def __init__(
@@ -125,6 +126,8 @@ class DynamicBatcher:
                     )
             request.woken.wait()  # in a batch already: it is ours to run, or being run now
         if request.batch is not None:
+            if self.max_delay_s > 0:
+                self._fill(request.batch, time.monotonic() + self.max_delay_s)
             self._run(request.batch)
             if request.deadline is not None and request.deadline <= time.monotonic():
                 raise DeadlineExpired("deadline passed while its batch was scored")
@@ -159,10 +162,8 @@ class DynamicBatcher:
 
     def _hand_on(self) -> None:
         """The model is free: give the queued calls to the first of them as a batch, or idle."""
-        if self.max_delay_s > 0:
-            self._fill(time.monotonic() + self.max_delay_s)
         with self._lock:
-            batch = self._take() if self._queue else None
+            batch = self._take(self.max_batch_size) if self._queue else None
             if not batch:
                 self._busy = False
                 if self._closing:
@@ -171,19 +172,23 @@ class DynamicBatcher:
             batch[0].batch = batch
         batch[0].woken.set()
 
-    def _fill(self, until: float) -> None:
-        """Wait (until the monotonic time `until`) for the queue to reach max_batch_size rows,
-        but only when something is queued: an idle model never waits."""
-        while self._queue:
-            rows = sum(request.x.shape[0] for request in list(self._queue))
+    def _fill(self, batch: list[_Request], until: float) -> None:
+        """In the leader's thread, before its batch runs: add calls that queue until the
+        monotonic time `until`, or until the batch holds max_batch_size rows."""
+        rows = sum(request.x.shape[0] for request in batch)
+        while rows < self.max_batch_size:
+            with self._lock:
+                more = self._take(self.max_batch_size - rows, at_least_one=False)
+            batch.extend(more)
+            rows += sum(request.x.shape[0] for request in more)
             remaining = until - time.monotonic()
             if rows >= self.max_batch_size or remaining <= 0:
                 return
             time.sleep(min(remaining, 0.0005))
 
-    def _take(self) -> list[_Request]:
-        """Under the lock: pop queued calls up to max_batch_size rows (at least one), dropping
-        those whose deadline has passed."""
+    def _take(self, max_rows: int, at_least_one: bool = True) -> list[_Request]:
+        """Under the lock: pop queued calls up to max_rows rows (and at least one, however many
+        rows it has, if at_least_one), dropping those whose deadline has passed."""
         now = time.monotonic()
         batch: list[_Request] = []
         rows = 0
@@ -196,7 +201,7 @@ class DynamicBatcher:
                 request.error = DeadlineExpired("deadline passed before scoring")
                 request.woken.set()
                 continue
-            if batch and rows + request.x.shape[0] > self.max_batch_size:
+            if rows + request.x.shape[0] > max_rows and (batch or not at_least_one):
                 break
             self._queue.popleft()
             request.taken = True

@@ -249,3 +249,47 @@ def test_rows_that_cannot_be_stacked_fail_their_batch_not_the_batcher() -> None:
             with pytest.raises(ValueError, match="dimension"):
                 future.result(10)
     np.testing.assert_array_equal(batcher.score(np.ones((1, 3), np.float32))[0], np.full((1, 3), 2))
+
+
+def test_a_delay_lets_a_queued_batch_fill_but_never_holds_a_full_one() -> None:
+    batcher = DynamicBatcher(_tagging_predict, max_batch_size=4, max_delay_s=0.2, max_queue=64)
+    gate = ModelGate(batcher)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = pool.submit(batcher.score, np.ones((1, 3), np.float32))
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
+        two = [pool.submit(batcher.score, np.ones((1, 3), np.float32)) for _ in range(2)]
+        wait_until(lambda: batcher.queued == 2, "two calls queued")
+        gate.release()
+        for future in [first, *two]:
+            future.result(10)
+        assert gate.runs == [1, 2]  # the two waited out the delay together; nobody else came
+    gate = ModelGate(batcher)  # and again, with a full batch queued behind the model
+    batcher.max_delay_s = LONG_DELAY_MS / 1000
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = pool.submit(batcher.score, np.ones((1, 3), np.float32))
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
+        four = [pool.submit(batcher.score, np.ones((1, 3), np.float32)) for _ in range(4)]
+        wait_until(lambda: batcher.queued == 4, "four calls queued")
+        gate.release()
+        for future in [first, *four]:
+            future.result(2)  # a full batch runs at once, whatever the 10 s delay says
+        assert gate.runs == [1, 4]
+
+
+def test_the_call_that_frees_the_model_returns_while_the_next_batch_fills() -> None:
+    batcher = DynamicBatcher(
+        _tagging_predict, max_batch_size=4, max_delay_s=LONG_DELAY_MS / 1000, max_queue=64
+    )
+    gate = ModelGate(batcher)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = pool.submit(batcher.score, np.ones((1, 3), np.float32))
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
+        queued = [pool.submit(batcher.score, np.ones((1, 3), np.float32)) for _ in range(2)]
+        wait_until(lambda: batcher.queued == 2, "two calls queued")
+        gate.release()
+        first.result(5)  # answered at once, while its successors wait to fill their batch
+        assert not any(future.done() for future in queued)
+        queued += [pool.submit(batcher.score, np.ones((1, 3), np.float32)) for _ in range(2)]
+        for future in queued:
+            future.result(5)  # the batch filled to max_batch_size and ran
+    assert gate.runs == [1, 4]
