@@ -4,6 +4,7 @@ calls that queue behind a busy model, each caller gets exactly its own rows."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -293,3 +294,47 @@ def test_the_call_that_frees_the_model_returns_while_the_next_batch_fills() -> N
         for future in queued:
             future.result(5)  # the batch filled to max_batch_size and ran
     assert gate.runs == [1, 4]
+
+
+def _hammer(calls_per_thread: int, threads: int, seed: int) -> None:
+    """Many threads, rows of 1–3, some with deadlines too short to make: every call gets its
+    own rows or DeadlineExpired (only if it had a deadline), and the batcher ends idle."""
+
+    def sleepy_predict(x: np.ndarray) -> list[np.ndarray]:
+        time.sleep(0.0002 * (x.shape[0] % 3))  # releases the GIL, as onnxruntime does
+        return _tagging_predict(x)
+
+    batcher = DynamicBatcher(sleepy_predict, max_batch_size=8, max_delay_s=0.0, max_queue=1024)
+
+    def caller(index: int) -> tuple[int, int]:
+        rng = np.random.default_rng(seed + index)
+        answered = expired = 0
+        for call in range(calls_per_thread):
+            x = np.full((int(rng.integers(1, 4)), 3), index * 1000 + call, np.float32)
+            timeout_s = 0.0005 if rng.random() < 0.1 else None
+            try:
+                doubled, _ = batcher.score(x, timeout_s)
+            except DeadlineExpired:
+                assert timeout_s is not None
+                expired += 1
+                continue
+            np.testing.assert_array_equal(doubled, x * 2.0)
+            answered += 1
+        return answered, expired
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        totals = list(pool.map(caller, range(threads)))
+    assert sum(a + e for a, e in totals) == calls_per_thread * threads
+    batcher.close(timeout_s=10)
+    assert batcher.queued == 0 and not batcher._busy  # idle: nothing lost in a hand-off
+    assert batcher.requests_batched > 0  # the hand-offs under test really happened
+
+
+def test_many_threads_each_get_their_own_rows() -> None:
+    _hammer(calls_per_thread=100, threads=12, seed=0)
+
+
+@pytest.mark.slow
+def test_many_threads_each_get_their_own_rows_soak() -> None:
+    for seed in range(20):
+        _hammer(calls_per_thread=500, threads=32, seed=seed * 100)
