@@ -6,20 +6,25 @@ application/grpc`, `te: trailers`) goes to
   (a') a minimal sync grpcio + onnxruntime Predict server: parse, one InferenceSession.run,
        answer — no checks, no admission, no metrics: the floor for any Python server doing
        this work, so the ratio to it shows what bnserve's own serving path costs;
-  (b) bnserve native Predict (batching off, and on; drift monitoring on, the default, and off);
+  (b) bnserve native Predict (drift monitoring on, the default, and off);
   (c) bnserve v2 ModelInfer (raw_input_contents, as tritonclient sends);
+  (d) bnserve with batching off and on, flags otherwise identical, for the default model and for
+      a large one (--large-hidden, 1024,1024,1024: a run that costs more than the call);
 single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 latency, and each as a
-ratio to the echo server. Then PredictBatch (64 examples a call) and PredictStream (many examples
-per stream) in examples/s, and the server's overhead over a bare onnxruntime
-InferenceSession.run of the same example (p50/p99).
+ratio to the echo server and to the minimal server; batching on over off. Then
+  (e) `--processes 1` against `--processes 2`, servers and h2load unpinned, sharing every core;
+then PredictBatch (64 examples a call) and PredictStream (many examples per stream) in
+examples/s over unary, and the server's overhead over a bare onnxruntime run of the same example.
 
-The server runs pinned to one core, h2load to the other (taskset). h2load cannot see trailers,
-so every call's success is checked another way: each body is first sent once with a grpcio
-client (status OK, response size recorded), and after the run the DATA bytes h2load received
+Servers run pinned to one core, h2load to the other (taskset), except in (e).
+h2load cannot see trailers, so every call's success is checked another way: each body is
+first sent once with a grpcio client (status OK, response size recorded), and after the run
+the DATA bytes h2load received
 must equal (successful requests) × (that response's framed size) — a failed gRPC call answers
 with trailers only and no DATA, so any failure shows up as missing bytes.
 
-Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick]
+Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256,256]
+                             [--large-hidden 1024,1024,1024]
 (installs h2load with apt-get when run as root and it is missing)
 """
 
@@ -75,8 +80,10 @@ class BenchSettings:
     throughput_concurrency: int = 8  # concurrency of the PredictBatch / PredictStream rows
     bare_runs: int = 20000  # InferenceSession.run calls timed for the overhead row
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of the digits model (training's default)
+    large_hidden: tuple[int, ...] = (1024, 1024, 1024)  # a model whose run costs more than a call
     server_cpu: str = "0"  # taskset CPU list of the server
     load_cpu: str = "1"  # taskset CPU list of h2load
+    all_cpus: str = "0,1"  # servers and h2load of the --processes rows (sharing the cores)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,8 @@ class Target:
     body: bytes  # length-prefixed gRPC message(s)
     examples_per_call: int
     framed_response_bytes: int  # DATA bytes one successful call answers with
-    server_pid: int  # whose CPU time is charged to the calls
+    server_pid: int  # whose CPU time (with its child processes') is charged to the calls
+    load_cpu: str = ""  # taskset CPU list of h2load for this target; "": settings.load_cpu
 
 
 @dataclass(frozen=True)
@@ -188,14 +196,24 @@ def call_once(port: int, path: str, messages: list[bytes], streaming: bool) -> l
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of every thread of a process, from /proc/PID/stat."""
+    """User + system CPU seconds of every thread of a process and of its live child processes
+    (a --processes supervisor's serving processes), from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        total += sum(process_cpu_s(int(child)) for child in children.read_text().split())
+    return total
 
 
 @contextmanager
-def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[int]:
-    """Start a server process, wait until `path` answers `probe`, yield its pid, stop it."""
+def running(
+    command: list[str], port: int, path: str, probe: bytes, ready_line: str = ""
+) -> Iterator[int]:
+    """Start a server process, wait until `path` answers `probe` (and, if given, ready_line is
+    in its log), yield its pid, stop it. Its stderr is drained all along."""
+    import threading
+
     import grpc
 
     # No metrics HTTP port: a fixed default port may be taken on a shared machine.
@@ -203,20 +221,25 @@ def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment
     )
+    lines: list[str] = []
+    drain = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    drain.start()
     try:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise SystemExit(
-                    f"server exited early: {' '.join(command)}\n{process.stderr.read()}"
-                )
+                drain.join(5)
+                raise SystemExit(f"server exited early: {' '.join(command)}\n{''.join(lines)}")
             try:
                 call_once(port, path, [probe], streaming=False)
-                break
+                if not ready_line or any(ready_line in line for line in list(lines)):
+                    break
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.2)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no {ready_line!r} from {' '.join(command)}\n{''.join(lines)}")
+            time.sleep(0.2)
         yield process.pid  # taskset execs the server, so this is the server's own pid
     finally:
         process.terminate()
@@ -225,38 +248,51 @@ def running(command: list[str], port: int, path: str, probe: bytes) -> Iterator[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        drain.join(5)
         process.stderr.close()
 
 
 def bnserve_command(
-    model: Path, port: int, settings: BenchSettings, *, batching: bool, drift: bool = True
+    model: Path,
+    port: int,
+    settings: BenchSettings,
+    *,
+    batching: bool = False,
+    workers: int = 0,
+    processes: int = 1,
+    drift: bool = True,
 ) -> list[str]:
-    # A sync server batches only the calls it holds threads for: give batching room to fill.
-    workers = (
-        max(settings.workers, max(settings.concurrencies) + 8) if batching else settings.workers
-    )
-    return pinned(
-        settings.server_cpu,
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--model",
-            str(model),
-            "--name",
-            "digits",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--max-inflight",
-            str(workers - 2),
-            "--log-level",
-            "WARNING",
-            "--batching" if batching else "--no-batching",
-            "--drift" if drift else "--no-drift",
-        ],
-    )
+    """bnserve serving model as "digits"; workers 0: settings.workers. Pinned to the server
+    CPU, except with several processes (they are there to use every core)."""
+    workers = workers or settings.workers
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model",
+        str(model),
+        "--name",
+        "digits",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--max-inflight",
+        str(workers - 2),
+        "--log-level",
+        "INFO" if processes > 1 else "WARNING",
+        "--batching" if batching else "--no-batching",
+        "--processes",
+        str(processes),
+        "--drift" if drift else "--no-drift",
+    ]
+    return pinned(settings.all_cpus if processes > 1 else settings.server_cpu, command)
+
+
+def batching_workers(settings: BenchSettings) -> int:
+    """gRPC threads of the batching on/off pair: a sync server batches only the calls it holds
+    threads for, so both get room for every concurrent call."""
+    return max(settings.workers, max(settings.concurrencies) + 8)
 
 
 def reference_command(mode: str, port: int, settings: BenchSettings, *options: str) -> list[str]:
@@ -353,7 +389,7 @@ def _h2load_command(
     connections = min(concurrency, 8)
     streams = max(1, concurrency // connections)
     return pinned(
-        settings.load_cpu,
+        target.load_cpu or settings.load_cpu,
         [
             ensure_h2load(),
             "-n",
@@ -466,29 +502,52 @@ def bare_run(model: Path, row: np.ndarray, runs: int, batch_examples: int) -> Ba
 # ---------------------------------------------------------------------------- report
 
 
+BATCHING_OFF = "batching off"
+BATCHING_ON = "batching on"
+LARGE = "large model"
+PROCESSES = ("--processes 1", "--processes 2")
+
+
 def measure(settings: BenchSettings) -> int:
     ensure_h2load()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as scratch_name, ExitStack() as stack:
         scratch = Path(scratch_name)
-        print(
-            f"training and exporting a digits model {settings.hidden} (2 epochs) …", file=sys.stderr
-        )
-        model = build_model(scratch, settings.hidden)
+        models = {}
+        for key, hidden in (("default", settings.hidden), ("large", settings.large_hidden)):
+            print(f"training and exporting a digits model {hidden} (2 epochs) …", file=sys.stderr)
+            (scratch / key).mkdir()
+            models[key] = build_model(scratch / key, hidden)
+        model = models["default"]
         row = example_row(model)
         messages = request_messages(row, settings)
-        ports = {
-            name: free_port() for name in ("echo", "minimal", "bnserve", "batching", "nodrift")
-        }
         predict_probe = messages["predict"][0]
+        wide = batching_workers(settings)
+        names = ["echo", "minimal", "bnserve", "nodrift", "off", "on", "large off", "large on"]
+        names += ["p1", "p2"]
+        ports = {name: free_port() for name in names}
+        large = models["large"]
+        servers = {  # name → (command, log line when ready)
+            "bnserve": (bnserve_command(model, ports["bnserve"], settings), ""),
+            "nodrift": (bnserve_command(model, ports["nodrift"], settings, drift=False), ""),
+            "off": (bnserve_command(model, ports["off"], settings, workers=wide), ""),
+            "on": (bnserve_command(model, ports["on"], settings, workers=wide, batching=True), ""),
+            "large off": (bnserve_command(large, ports["large off"], settings, workers=wide), ""),
+            "large on": (
+                bnserve_command(large, ports["large on"], settings, workers=wide, batching=True),
+                "",
+            ),
+            "p1": (bnserve_command(model, ports["p1"], settings, processes=1), ""),
+            "p2": (
+                bnserve_command(model, ports["p2"], settings, processes=2),
+                "2 processes serving",
+            ),
+        }
         pids = {}
-        pids["bnserve"] = stack.enter_context(
-            running(
-                bnserve_command(model, ports["bnserve"], settings, batching=False),
-                ports["bnserve"],
-                PATHS["predict"],
-                predict_probe,
+        for name, (command, ready_line) in servers.items():
+            pids[name] = stack.enter_context(
+                running(command, ports[name], PATHS["predict"], predict_probe, ready_line)
             )
-        )
         answers = {
             kind: call_once(ports["bnserve"], PATHS[kind], messages[kind], kind == "stream")
             for kind in PATHS
@@ -518,28 +577,22 @@ def measure(settings: BenchSettings) -> int:
         )
         minimal_answer = call_once(ports["minimal"], PATHS["predict"], [predict_probe], False)[0]
         assert len(minimal_answer) == len(answers["predict"][0]), "minimal server's answer size"
-        pids["batching"] = stack.enter_context(
-            running(
-                bnserve_command(model, ports["batching"], settings, batching=True),
-                ports["batching"],
-                PATHS["predict"],
-                predict_probe,
-            )
-        )
 
-        pids["nodrift"] = stack.enter_context(
-            running(
-                bnserve_command(model, ports["nodrift"], settings, batching=False, drift=False),
-                ports["nodrift"],
-                PATHS["predict"],
-                predict_probe,
-            )
-        )
-
-        def target(label: str, server: str, kind: str, body: bytes, examples: int = 1) -> Target:
-            response_bytes = len(frame(echo_response)) if server == "echo" else framed[kind]
+        def target(
+            label: str, server: str, kind: str, body: bytes, examples: int = 1, load_cpu: str = ""
+        ) -> Target:
+            if server == "echo":
+                response_bytes = len(frame(echo_response))
+            elif server.startswith("large"):  # its own answer: a label 0 is not on the wire
+                response_bytes = len(
+                    frame(call_once(ports[server], PATHS[kind], [body[5:]], False)[0])
+                )
+            else:
+                response_bytes = framed[kind]
             path = ECHO_PATH if server == "echo" else PATHS[kind]
-            return Target(label, ports[server], path, body, examples, response_bytes, pids[server])
+            return Target(
+                label, ports[server], path, body, examples, response_bytes, pids[server], load_cpu
+            )
 
         predict_body = frame(predict_probe)
         unary_targets = [
@@ -548,7 +601,14 @@ def measure(settings: BenchSettings) -> int:
             target(PREDICT_LABEL, "bnserve", "predict", predict_body),
             target(DRIFT_OFF_LABEL, "nodrift", "predict", predict_body),
             target("v2 ModelInfer", "bnserve", "infer", frame(messages["infer"][0])),
-            target("native Predict, batching on", "batching", "predict", predict_body),
+            target(f"Predict, {BATCHING_OFF}", "off", "predict", predict_body),
+            target(f"Predict, {BATCHING_ON}", "on", "predict", predict_body),
+            target(f"{LARGE}, {BATCHING_OFF}", "large off", "predict", predict_body),
+            target(f"{LARGE}, {BATCHING_ON}", "large on", "predict", predict_body),
+        ]
+        process_targets = [
+            target(label, server, "predict", predict_body, load_cpu=settings.all_cpus)
+            for label, server in zip(PROCESSES, ("p1", "p2"), strict=True)
         ]
         stream_body = b"".join(frame(m) for m in messages["stream"])
         throughput_targets = [
@@ -562,6 +622,9 @@ def measure(settings: BenchSettings) -> int:
         ]  # fmt: skip
         unary = {
             c: interleaved(unary_targets, c, settings, scratch) for c in settings.concurrencies
+        }
+        processes = {
+            c: interleaved(process_targets, c, settings, scratch) for c in settings.concurrencies
         }
         throughput = interleaved(
             throughput_targets, settings.throughput_concurrency, settings, scratch
@@ -584,26 +647,56 @@ def measure(settings: BenchSettings) -> int:
             check=True,
         ).stdout
         examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
-        report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
+        report(
+            settings, unary, processes, throughput, examples_per_call, BareRun(**json.loads(bare))
+        )
         stack.close()  # the gRPC servers stop before the REST rows (bench/serve_rest.py)
         from serve_rest import measure_rest
 
         rest_ok = measure_rest(model, row, settings, scratch)
-    results = [r for rows in unary.values() for r in rows.values()] + list(throughput.values())
+    print(
+        "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
+        "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())
+    )
+    results = [r for group in (unary, processes) for rows in group.values() for r in rows.values()]
+    results += list(throughput.values())
     return 0 if rest_ok and all(r.verified for r in results) else 1
+
+
+def _ratio_table(
+    title: str, rows: dict[int, dict[str, LoadResult]], pairs: list[tuple[str, str, str]]
+) -> None:
+    """One line per (label, numerator, denominator): requests/s of both and their ratio."""
+    concurrencies = list(rows)
+    print(f"\n{title}")
+    print(f"{'':<34}" + "".join(f"{f'concurrency {c}':>26}" for c in concurrencies))
+    print(f"{'':<34}" + f"{'req/s':>9}{'over':>9}{'ratio':>8}" * len(concurrencies))
+    for label, numerator, denominator in pairs:
+        cells = []
+        for c in concurrencies:
+            top, bottom = rows[c][numerator], rows[c][denominator]
+            mark = " " if top.verified and bottom.verified else "!"
+            cells.append(
+                f"{top.requests_per_s:>9.0f}{bottom.requests_per_s:>9.0f}"
+                f"{top.requests_per_s / bottom.requests_per_s:>7.2f}{mark}"
+            )
+        print(f"{label:<34}" + "".join(cells))
 
 
 def report(
     settings: BenchSettings,
     unary: dict[int, dict[str, LoadResult]],
+    processes: dict[int, dict[str, LoadResult]],
     throughput: dict[str, LoadResult],
     examples_per_call: dict[str, int],
     bare: BareRun,
 ) -> None:
     print(
         f"\nbench/serve.py: server on CPU {settings.server_cpu}, h2load on {settings.load_cpu}, "
-        f"{settings.workers} gRPC threads; median of {settings.rounds} interleaved runs of "
-        f"~{settings.duration_s} s per cell; model 64→{'→'.join(map(str, settings.hidden))}→10"
+        f"{settings.workers} gRPC threads ({batching_workers(settings)} for the batching pair); "
+        f"median of {settings.rounds} interleaved runs of ~{settings.duration_s} s per cell; "
+        f"model 64→{'→'.join(map(str, settings.hidden))}→10, large model "
+        f"64→{'→'.join(map(str, settings.large_hidden))}→10"
     )
     print("\nsingle-example unary calls (ratio: requests/s over the bare grpcio echo server)")
     labels = list(next(iter(unary.values())))
@@ -621,7 +714,7 @@ def report(
         print(f"{label:<30}" + "".join(cells))
     print(f"\nrequests/s as a ratio to the {MINIMAL_LABEL} server (what bnserve's own path costs)")
     print(f"{'server':<30}" + "".join(f"{f'c={c}':>9}" for c in settings.concurrencies))
-    for label in labels[2:]:
+    for label in labels[2:6]:
         cells = [
             f"{unary[c][label].requests_per_s / unary[c][MINIMAL_LABEL].requests_per_s:>9.2f}"
             for c in settings.concurrencies
@@ -648,6 +741,25 @@ def report(
         throughput[batch_label].requests_per_s / throughput[BATCH_DRIFT_OFF_LABEL].requests_per_s
     )
     print(f"{f'PredictBatch, c={settings.throughput_concurrency}':<30}{batch_ratio:>9.2f}")
+    _ratio_table(
+        "batching on over off (same flags otherwise; ratio: on's requests/s over off's)",
+        unary,
+        [
+            ("default model", f"Predict, {BATCHING_ON}", f"Predict, {BATCHING_OFF}"),
+            (LARGE, f"{LARGE}, {BATCHING_ON}", f"{LARGE}, {BATCHING_OFF}"),
+        ],
+    )
+    _ratio_table(
+        f"--processes 2 over --processes 1 (servers and h2load unpinned on CPUs "
+        f"{settings.all_cpus}; ratio: requests/s)",
+        processes,
+        [("native Predict", PROCESSES[1], PROCESSES[0])],
+    )
+    print(f"{'server CPU µs per call':<34}" + "".join(
+        f"{processes[c][PROCESSES[1]].server_cpu_us:>9.0f}"
+        f"{processes[c][PROCESSES[0]].server_cpu_us:>9.0f}{'':>8}"
+        for c in processes
+    ))  # fmt: skip
     unary_rate = throughput["native Predict (unary)"].requests_per_s
     print(
         f"\nthroughput at concurrency {settings.throughput_concurrency} "
@@ -693,6 +805,11 @@ def main(argv: list[str] | None = None) -> int:
         default="256,256",
         help="hidden widths of the benchmark's model (default 256,256)",
     )
+    parser.add_argument(
+        "--large-hidden",
+        default="1024,1024,1024",
+        help="hidden widths of the large model of the batching rows (default 1024,1024,1024)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 s per row, fewer bare runs")
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
@@ -707,7 +824,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(dataclasses.asdict(result)))
         return 0
     hidden = tuple(int(width) for width in args.hidden.split(","))
-    settings = BenchSettings(duration_s=args.duration, rounds=args.rounds, hidden=hidden)
+    large = tuple(int(width) for width in args.large_hidden.split(","))
+    settings = BenchSettings(
+        duration_s=args.duration, rounds=args.rounds, hidden=hidden, large_hidden=large
+    )
     if args.quick:
         settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
     return measure(settings)

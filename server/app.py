@@ -116,10 +116,12 @@ class Server:
         metrics: ServerMetrics | None = None,
         http_auth: Callable[[str | None], bool] | None = None,
         http_tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
-        when credentials are given. Raises ModelPathError (a ValueError) for bad model paths,
-        OSError for a port it cannot bind."""
+        when credentials are given; reuse_port shares the port with the other processes of a
+        supervisor (server/supervisor.py), which holds it against anyone else. Raises
+        ModelPathError (a ValueError) for bad model paths, OSError for a port it cannot bind."""
         sources = resolve_sources(
             settings.model, settings.name, settings.model_version, settings.model_root
         )
@@ -130,7 +132,9 @@ class Server:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+            # A second server on the same port must fail, not share (a supervisor's children
+            # share it: the supervisor's own reservation keeps everyone else out).
+            ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ]
         pool = MessageFirstExecutor(
@@ -208,9 +212,13 @@ class Server:
             pool,
         )
 
-    def start(self) -> None:
+    def start(self, load_before_listening: bool = False) -> None:
         """Answer calls (liveness at once), then load the configured model; health says SERVING
-        only once every configured model is loaded, warmed up and past its parity gate."""
+        only once every configured model is loaded, warmed up and past its parity gate.
+        load_before_listening (a supervised process sharing the port): load first, so the
+        kernel hands this process no connection before its models are ready or failed."""
+        if load_before_listening:
+            self.versions.scan(initial=True)
         self._grpc_server.start()
         if self.http is not None:
             self.http.start()
@@ -220,7 +228,8 @@ class Server:
         if self.metrics is not None:
             for source in self.versions.sources:
                 self.metrics.model_configured(source.name)
-        self.versions.scan(initial=True)
+        if not load_before_listening:
+            self.versions.scan(initial=True)
         if self.versions.sources:
             self.versions.start()
         self.update_health()

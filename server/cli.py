@@ -16,6 +16,7 @@ from typing import Any
 from server.core_logs import relay_core_logs
 from server.logs import configure_logging
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
+from server.supervisor import Supervisor, WorkerLink
 
 log = logging.getLogger("server")
 
@@ -69,14 +70,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    link = WorkerLink.from_env(os.environ)
+    if link is None and settings.process_count() > 1:
+        # The supervisor's children relay their own grpc core lines; it relays none.
+        configure_logging(settings.log_level, settings.log_format)
+        log.info("%s", settings.summary())
+        supervisor = Supervisor(
+            settings, sys.argv[1:] if argv is None else argv, settings.process_count()
+        )
+        return supervisor.run(SignalFlags())
     with relay_core_logs():  # before logging is set up: it moves Python's stderr
         configure_logging(settings.log_level, settings.log_format)
-        return _serve(settings)
+        return _serve(settings, link)
 
 
-def _serve(settings: ServerSettings) -> int:
-    """Run the configured server until a stop signal; the exit code."""
+def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
+    """Run the configured server (a supervised process when link is given) until a stop
+    signal; the exit code."""
     log.info("%s", settings.summary())
+    if link is not None:
+        link.watch_supervisor()
 
     from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
     from server.operations import Operations
@@ -96,17 +109,21 @@ def _serve(settings: ServerSettings) -> int:
             metrics=operations.metrics,
             http_auth=operations.token_auth.accepts if operations.token_auth else None,
             http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
+            reuse_port=link is not None,
         )
-        metrics_port = operations.serve_metrics()
+        metrics_port = operations.serve_metrics() if link is None else None
     except ValueError as error:  # bad model path, TLS file or token file
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 1
-    signals = _SignalFlags()
-    server.start()
-    if not server.repository.names() and not settings.wait_for_model:
+    signals = SignalFlags()
+    server.start(load_before_listening=link is not None)
+    if link is not None:
+        link.report(server.repository.ready)
+    no_model = not server.repository.names() and not settings.wait_for_model
+    if link is None and no_model:  # a supervised process: its supervisor decides
         failures = "; ".join(
             f"{status.name} version {status.version}: {status.error or status.state}"
             for status in server.repository.statuses()
@@ -136,7 +153,9 @@ def _serve(settings: ServerSettings) -> int:
         state,
         tls if operations.credentials is not None else "plaintext",
         ", bearer tokens required" if operations.token_auth is not None else "",
-        f"on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "off",
+        f"on http://{settings.host}:{metrics_port}/metrics"
+        if metrics_port
+        else ("served by the supervisor" if link and operations.metrics else "off"),
         " and re-reads tokens" if operations.token_auth is not None else "",
     )
     while signals.wait() == "reload":
@@ -162,7 +181,7 @@ def _serve(settings: ServerSettings) -> int:
     return 0
 
 
-class _SignalFlags:
+class SignalFlags:
     """SIGINT/SIGTERM ask to stop, SIGHUP to reload. The handlers only count; the main loop
     sleeps in select() on a self-pipe that Python's C-level handler writes to (set_wakeup_fd),
     so no lock is ever taken inside a handler: an Event.set() there deadlocks when the signal
@@ -201,6 +220,13 @@ class _SignalFlags:
                 self._reloads = 0
                 return "reload"
             self._sleep(None)
+
+    def poll(self, timeout_s: float) -> tuple[int, bool]:
+        """Sleep until a signal (or timeout_s); (stop signals so far, whether a reload was
+        asked since the last call)."""
+        self._sleep(timeout_s)
+        reload, self._reloads = self._reloads > 0, 0
+        return self._stops, reload
 
     def wait_for_stop(self, timeout_s: float) -> bool:
         """After the first stop signal: wait up to timeout_s for a second (True if one came)."""

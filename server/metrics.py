@@ -89,6 +89,7 @@ class ServerMetrics:
             "1 for every model version being served.",
             ["model", "version"],
             registry=self.registry,
+            multiprocess_mode="livemax",  # --processes N: 1 if any live process serves it
         )
         self.model_loads = Counter(
             "bnserve_model_loads",
@@ -140,6 +141,7 @@ class ServerMetrics:
         self.model_loads.labels(model_name).inc()
 
     def version_unloaded(self, model_name: str, version: str) -> None:
+        self.loaded_versions.labels(model_name, version).set(0)  # multiprocess files keep it
         self.loaded_versions.remove(model_name, version)
 
     def model_configured(self, model_name: str) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from server.cores import usable_cores
+
 ENV_PREFIX = "BNSERVE_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -97,8 +99,9 @@ class ServerSettings:
     )
     intra_op_threads: int = _setting(
         1,
-        "onnxruntime threads inside one operator; one example of a small MLP takes ~5 µs, so "
-        "extra threads only add wake-ups and take cores from the gRPC threads.",
+        "onnxruntime threads inside one operator; one example of a small MLP costs far less "
+        "than the gRPC call around it (bench/serving_floor.py prints both), so extra threads "
+        "only add wake-ups and take cores from the gRPC threads.",
     )
     inter_op_threads: int = _setting(
         1, "onnxruntime threads across independent operators (sequential execution uses none)."
@@ -110,7 +113,16 @@ class ServerSettings:
     )
     max_batch_size: int = _setting(64, "Most examples scored in one batched onnxruntime run.")
     max_batch_delay_ms: float = _setting(
-        1.0, "Longest a call waits for batch-mates, in milliseconds."
+        0.0,
+        "Once the model frees with calls queued behind it, how long (ms) their batch may wait "
+        "for more calls to fill max_batch_size; 0: run what queued at once. A call that finds "
+        "the model idle runs at once whatever this says.",
+    )
+    processes: str = _setting(
+        "1",
+        "Serving processes on one port (SO_REUSEPORT), each with its own onnxruntime session, "
+        "under a supervisor that restarts any that dies; 'auto': the cores this process may use "
+        "(affinity, capped by a cgroup CPU quota).",
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
@@ -268,6 +280,10 @@ class ServerSettings:
             problems.append(f"max_batch_size={self.max_batch_size} must be ≥ 1")
         if self.max_batch_delay_ms < 0:
             problems.append(f"max_batch_delay_ms={self.max_batch_delay_ms} must be ≥ 0")
+        if self.processes != "auto" and not (
+            self.processes.isascii() and self.processes.isdigit() and int(self.processes) >= 1
+        ):
+            problems.append(f"processes={self.processes!r} must be a whole number ≥ 1 or 'auto'")
         if self.max_message_bytes < 1024:
             problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
         if self.grace_s < 0:
@@ -328,6 +344,12 @@ class ServerSettings:
         parts = [f"{setting.name}={getattr(self, setting.name)!r}" for setting in settable_fields()]
         source = f" (from env: {', '.join(self.from_env)})" if self.from_env else ""
         return "bnserve settings: " + " ".join(parts) + source
+
+    def process_count(self) -> int:
+        """Serving processes to run: `processes`, with 'auto' resolved to the usable cores."""
+        if self.processes == "auto":
+            return usable_cores()
+        return int(self.processes)
 
     def replace(self, **changes: Any) -> ServerSettings:
         return dataclasses.replace(self, **changes)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, MlpWeights, ModelFiles, build_model
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from server.errors import InvalidInput, ModelLoadError
 from server.metadata import Tolerance
@@ -198,3 +200,27 @@ def test_a_model_past_the_node_or_byte_limit_is_refused_before_onnxruntime(tmp_p
     size = path.stat().st_size
     with pytest.raises(ModelLoadError, match=rf"{size:,} bytes, more than this server loads"):
         Model.load(path, "m", "1", THREADS, ModelLimits(max_bytes=size - 1))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_predict_answers_exactly_what_inference_session_run_does(
+    test_models: ModelFiles, task: str
+) -> None:
+    path = test_models.classification if task == "classification" else test_models.regression
+    model = Model.load(path, "m", "1", THREADS)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    for rows in (1, 2, 64):
+        x = rng.normal(0, 2, (rows, NUM_FEATURES)).astype(np.float32)
+        served = model.predict(x)
+        expected = session.run(list(model.output_names), {"x": x})
+        assert [a.dtype for a in served] == [a.dtype for a in expected]
+        for got, want in zip(served, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert not np.shares_memory(model.predict(x)[0], served[0])  # each call its own arrays
+
+
+def test_predict_still_rejects_what_onnxruntime_rejects(test_models: ModelFiles) -> None:
+    model = Model.load(test_models.classification, "iris", "1", THREADS)
+    with pytest.raises(InvalidArgument, match="Unexpected input data type"):
+        model.predict(np.zeros((1, NUM_FEATURES), np.float64))

@@ -13,6 +13,7 @@ import pytest
 from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from model_builder import NUM_FEATURES, ModelFiles
+from model_gate import ModelGate, wait_until
 
 from server.app import Server
 from server.gen.bnserve.v1 import predictor_pb2 as pb
@@ -22,25 +23,25 @@ from server.gen.inference import grpc_service_pb2_grpc
 from server.settings import ServerSettings
 
 REQUEST = pb.PredictRequest(model_name="iris", features=[0.25] * NUM_FEATURES)
-HOLD_S = 2.0  # a batch waits this long for batch-mates, so admitted calls stay in flight
+HOLD_S = 2.0  # timeouts of calls made while the model is held
 
 
 @pytest.fixture
-def slow_server(test_models: ModelFiles) -> Iterator[Server]:
-    """Batching with a long delay and room for 2 inference calls: easy to saturate."""
-    settings = ServerSettings(
-        batching=True,
-        max_batch_delay_ms=HOLD_S * 1000,
-        max_batch_size=64,
-        workers=6,
-        max_inflight=2,
-    )
+def slow_server(test_models: ModelFiles) -> Iterator[tuple[Server, ModelGate]]:
+    """Batching, room for 2 inference calls, and the model's runs held until the gate opens:
+    easy to saturate."""
+    settings = ServerSettings(batching=True, max_batch_size=64, workers=6, max_inflight=2)
     server = start_server(settings, {"iris": test_models.classification})
-    yield server
+    gate = ModelGate(server.repository.get("iris").batcher)
+    yield server, gate
+    gate.release()
     server.stop(0)
 
 
-def test_saturated_server_refuses_at_once_and_health_still_answers(slow_server: Server) -> None:
+def test_saturated_server_refuses_at_once_and_health_still_answers(
+    slow_server: tuple[Server, ModelGate],
+) -> None:
+    slow_server, gate = slow_server
     with grpc.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
         predictor = predictor_pb2_grpc.PredictorStub(channel)
         admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
@@ -59,29 +60,26 @@ def test_saturated_server_refuses_at_once_and_health_still_answers(slow_server: 
         metadata = inference.ModelMetadata(v2.ModelMetadataRequest(name="iris"), timeout=HOLD_S / 2)
         assert metadata.name == "iris"
         assert not any(call.done() for call in admitted)  # all of the above ran while saturated
+        gate.release()
         assert all(call.result().class_name for call in admitted)
 
 
 def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(test_models: ModelFiles) -> None:
     settings = ServerSettings(
-        batching=True,
-        max_batch_delay_ms=HOLD_S * 1000,
-        workers=6,
-        max_inflight=2,
-        max_concurrent_rpcs=3,
-        max_waiting_calls=2,
+        batching=True, workers=6, max_inflight=2, max_concurrent_rpcs=3, max_waiting_calls=2
     )
     server = start_server(settings, {"iris": test_models.classification})
+    gate = ModelGate(server.repository.get("iris").batcher)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             predictor = predictor_pb2_grpc.PredictorStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             # Three calls held open: a stream (one message answered, then kept open) and two
-            # calls admitted and waiting for batch-mates.
+            # calls admitted and held at the model's gate.
             stream_requests: queue.Queue[pb.PredictRequest | None] = queue.Queue()
             stream_requests.put(REQUEST)
             stream = predictor.PredictStream(iter(stream_requests.get, None), timeout=30)
-            assert next(stream).class_name
+            assert next(stream).class_name  # streams bypass the batcher and its gate
             admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
             deadline = time.monotonic() + 10
             while server.limiter.in_flight < 2:
@@ -91,26 +89,32 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(test_models: Model
                 health.Check(health_pb2.HealthCheckRequest(service=""), timeout=HOLD_S / 2)
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert not any(call.done() for call in admitted)  # refused, not queued behind them
+            gate.release()
             stream_requests.put(None)
             assert list(stream) == []
             assert all(call.result().class_name for call in admitted)
             status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
     finally:
+        gate.release()
         server.stop(0)
 
 
-def test_deadline_is_honoured_and_expired_call_not_scored(slow_server: Server) -> None:
+def test_deadline_is_honoured_and_expired_call_not_scored(
+    slow_server: tuple[Server, ModelGate],
+) -> None:
+    slow_server, gate = slow_server
     batcher = slow_server.repository.get("iris").batcher
     with grpc.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
         predictor = predictor_pb2_grpc.PredictorStub(channel)
+        holder = predictor.Predict.future(REQUEST, timeout=30)
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
         with pytest.raises(grpc.RpcError) as raised:
             predictor.Predict(REQUEST, timeout=0.3)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        deadline = time.monotonic() + HOLD_S * 3
-        while batcher.requests_expired < 1:
-            assert time.monotonic() < deadline, "the expired call was never dropped"
-            time.sleep(0.02)
-        assert batcher.batches_run == 0  # nothing was scored for a caller that had given up
+        wait_until(lambda: batcher.requests_expired == 1, "the expired call dropped")
+        gate.release()
+        assert holder.result().class_name
+        assert gate.runs == [1]  # nothing was scored for the caller that had given up
         answer = predictor.Predict(REQUEST, timeout=HOLD_S * 3)
         np.testing.assert_allclose(sum(answer.probabilities), 1.0, rtol=1e-5)
