@@ -39,6 +39,7 @@ from server.servicers.unimplemented import UnimplementedHandler
 from server.servicers.v2 import server_version
 from server.settings import ServerSettings
 from server.statistics import ModelStats
+from server.tracing import Tracing
 from server.transport import MessageFirstExecutor
 from server.versions import ModelSource, resolve_sources
 
@@ -116,6 +117,7 @@ class Server:
         metrics: ServerMetrics | None = None,
         http_auth: Callable[[str | None], bool] | None = None,
         http_tls: ssl.SSLContext | None = None,
+        tracing: Tracing | None = None,
         reuse_port: bool = False,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
@@ -151,6 +153,7 @@ class Server:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         plane = DataPlane(repository, limiter)
+        plane.tracing = tracing
         predictor_pb2_grpc.add_PredictorServicer_to_server(
             native.PredictorServicer(plane), grpc_server
         )

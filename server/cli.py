@@ -109,6 +109,7 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
             metrics=operations.metrics,
             http_auth=operations.token_auth.accepts if operations.token_auth else None,
             http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
+            tracing=operations.tracing,
             reuse_port=link is not None,
         )
         metrics_port = operations.serve_metrics() if link is None else None

@@ -22,6 +22,7 @@ from server.model import Model, TensorSpec
 from server.repository import FAILED, LOADING, READY, ModelRepository, ModelStatus
 from server.servable import Servable
 from server.statistics import StatsSnapshot
+from server.tracing import Tracing, scored_at
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -95,6 +96,7 @@ class DataPlane:
         self.repository = repository
         self.limiter = limiter
         self.draining = False  # set by Server.drain(): readiness false, calls still answered
+        self.tracing: Tracing | None = None  # set by Server.create when tracing is on
         self.rescan: Callable[[], None] | None = None  # set when --model-control opens loading
 
     # --- lookups ---------------------------------------------------------------------------
@@ -142,6 +144,15 @@ class DataPlane:
             stats.record_failure(_now() - started)
             raise
         done = _now()
+        if self.tracing is not None:
+            self.tracing.parts(
+                [
+                    ("validate", started, checked),
+                    ("queue", checked, admitted),
+                    ("run", admitted, done),
+                ]
+            )
+            scored_at.set(done)
         if batchable and servable.batcher is not None and x.shape[0] == 1:
             # The batcher's timed predict counts the run; the wait includes it.
             stats.record_success(1, done - started, done - checked, checked - started, 0, 0, False)

@@ -11,6 +11,7 @@ answered for, so a client cannot grow the label set by inventing model names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -35,6 +36,7 @@ from server.decoding import current_request
 from server.logs import LogThrottle
 from server.metrics_http import MetricsHTTPServer, serve_metrics
 from server.servicers.unimplemented import is_unimplemented
+from server.tracing import Tracing
 
 # Counters without their `_created` twin series (prometheus-client exports one per counter and
 # histogram by default, doubling the series a scrape carries).
@@ -210,13 +212,20 @@ class _ModelLabel:
 
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Times and counts every call (status from the servicer's abort, UNKNOWN if it raised),
-    counts calls to unimplemented methods, and writes the access log: one line for a share
-    `access_log_sample` of calls (0: none), with method, model, version, status, latency,
-    request id and peer. Either half may be off (metrics None, sample 0)."""
+    counts calls to unimplemented methods, writes the access log (one line for a share
+    `access_log_sample` of calls, 0: none, with method, model, version, status, latency,
+    request id and peer) and, with `tracing`, makes each call an OpenTelemetry span. Each part
+    may be off (metrics None, sample 0, tracing None)."""
 
-    def __init__(self, metrics: ServerMetrics | None, access_log_sample: float = 0.0) -> None:
+    def __init__(
+        self,
+        metrics: ServerMetrics | None,
+        access_log_sample: float = 0.0,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._metrics = metrics
         self._sample = access_log_sample
+        self._tracing = tracing
         self._models = _ModelLabel()
         self._unimplemented_log = LogThrottle(10.0)
         # method → (handler, its timed wrapper): wrapping once per method, not per call.
@@ -261,20 +270,26 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             self._metrics.observe_call(method, code, seconds, model)
         if self._sample and (self._sample >= 1 or random.random() < self._sample):
             _write_access_line(method, model, code, seconds, context, request, response)
+        if self._tracing is not None:
+            self._tracing.end_call(code.name, model)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        observe = self.observe
+        observe, tracing = self.observe, self._tracing
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_timed_unary(handler.unary_unary, method, observe))
+            return handler._replace(
+                unary_unary=_timed_unary(handler.unary_unary, method, observe, tracing)
+            )
         if handler.stream_unary is not None:
             return handler._replace(
-                stream_unary=_timed_unary(handler.stream_unary, method, observe)
+                stream_unary=_timed_unary(handler.stream_unary, method, observe, tracing)
             )
         if handler.unary_stream is not None:
             return handler._replace(
-                unary_stream=_timed_stream(handler.unary_stream, method, observe)
+                unary_stream=_timed_stream(handler.unary_stream, method, observe, tracing)
             )
-        return handler._replace(stream_stream=_timed_stream(handler.stream_stream, method, observe))
+        return handler._replace(
+            stream_stream=_timed_stream(handler.stream_stream, method, observe, tracing)
+        )
 
 
 def _write_access_line(
@@ -308,37 +323,52 @@ def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
     return code
 
 
-def _timed_unary(behavior: Callable[..., Any], method: str, observe: Observe) -> Callable[..., Any]:
+def _span(
+    tracing: Tracing | None, method: str, context: grpc.ServicerContext
+) -> contextlib.AbstractContextManager[Any]:
+    if tracing is None:
+        return contextlib.nullcontext()
+    return tracing.server_span(method, context.invocation_metadata())
+
+
+def _timed_unary(
+    behavior: Callable[..., Any], method: str, observe: Observe, tracing: Tracing | None = None
+) -> Callable[..., Any]:
     def timed(request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
-        raised = True
-        response = None
-        try:
-            response = behavior(request, context)
-            raised = False
-            return response
-        finally:
-            seconds = time.perf_counter() - start
-            observe(method, _final_code(context, raised), seconds, context, response)
+        with _span(tracing, method, context):
+            start = time.perf_counter()
+            raised = True
+            response = None
+            try:
+                response = behavior(request, context)
+                raised = False
+                return response
+            finally:
+                seconds = time.perf_counter() - start
+                observe(method, _final_code(context, raised), seconds, context, response)
 
     return timed
 
 
 def _timed_stream(
-    behavior: Callable[..., Iterator[Any]], method: str, observe: Observe
+    behavior: Callable[..., Iterator[Any]],
+    method: str,
+    observe: Observe,
+    tracing: Tracing | None = None,
 ) -> Callable[..., Iterator[Any]]:
     def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        start = time.perf_counter()
-        raised = True
-        cancelled = False
-        try:
-            yield from behavior(request, context)
-            raised = False
-        except GeneratorExit:
-            cancelled = True  # the client went away mid-stream
-            raise
-        finally:
-            code = grpc.StatusCode.CANCELLED if cancelled else _final_code(context, raised)
-            observe(method, code, time.perf_counter() - start, context)
+        with _span(tracing, method, context):
+            start = time.perf_counter()
+            raised = True
+            cancelled = False
+            try:
+                yield from behavior(request, context)
+                raised = False
+            except GeneratorExit:
+                cancelled = True  # the client went away mid-stream
+                raise
+            finally:
+                code = grpc.StatusCode.CANCELLED if cancelled else _final_code(context, raised)
+                observe(method, code, time.perf_counter() - start, context)
 
     return timed

@@ -16,6 +16,7 @@ from server.decoding import RequestDecodingInterceptor
 from server.metrics import MetricsInterceptor, ServerMetrics
 from server.settings import ServerSettings
 from server.tls import server_credentials
+from server.tracing import Tracing
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Operations:
     credentials: grpc.ServerCredentials | None
     settings: ServerSettings
     environ: Mapping[str, str]
+    tracing: Tracing | None = None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, environ: Mapping[str, str]) -> Operations:
@@ -39,13 +41,15 @@ class Operations:
         token_digests = load_token_digests(settings.auth_token_file, environ)
         token_auth = TokenAuthInterceptor(token_digests) if token_digests else None
         metrics = ServerMetrics() if settings.metrics_port else None
-        return cls(metrics, token_auth, credentials, settings, environ)
+        tracing = Tracing.to_collector(settings.otlp_endpoint) if settings.otlp_endpoint else None
+        return cls(metrics, token_auth, credentials, settings, environ, tracing)
 
     @property
     def interceptors(self) -> list[grpc.ServerInterceptor]:
         interceptors: list[grpc.ServerInterceptor] = []
-        if self.metrics is not None or self.settings.access_log_sample > 0:
-            interceptors.append(MetricsInterceptor(self.metrics, self.settings.access_log_sample))
+        observed = self.metrics, self.settings.access_log_sample, self.tracing
+        if observed != (None, 0, None):
+            interceptors.append(MetricsInterceptor(*observed))
         if self.token_auth is not None:
             interceptors.append(self.token_auth)
         interceptors.append(RequestDecodingInterceptor())
@@ -68,3 +72,5 @@ class Operations:
     def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the spans not yet exported

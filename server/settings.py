@@ -175,6 +175,12 @@ class ServerSettings:
         "Port of the Open Inference Protocol over HTTP/REST (/v2/..., JSON and Triton's binary "
         "tensors), on host; 8000 as Triton's; 0: no HTTP.",
     )
+    otlp_endpoint: str = _setting(
+        "",
+        "OpenTelemetry collector for traces over OTLP/gRPC (http://HOST:4317; https: TLS); each "
+        "call a span continuing the caller's W3C traceparent, with validate/queue/run/encode "
+        "parts. Empty: no tracing. Needs pip install 'bnserve[tracing]'.",
+    )
     tls_cert: str = _setting("", "PEM server certificate (chain); with tls_key turns TLS on.")
     tls_key: str = _setting("", "PEM private key of tls_cert.")
     tls_client_ca: str = _setting(

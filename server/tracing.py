@@ -2,9 +2,9 @@
 
 Each gRPC call becomes a SERVER span named by its method, continuing the caller's trace when its
 metadata carries a W3C `traceparent`. Scoring adds child spans from the data plane's own
-timestamps: `validate` (the input check), `queue` (admission and any wait for a dynamic batch),
-`run` (the model) and `encode` (building the answer). Nothing here is imported unless tracing is
-on, so the serving image needs no OpenTelemetry package.
+timestamps: `validate` (the input check), `queue` (admission), `run` (the model; for a call
+in a dynamic batch, its wait for the batch too) and `encode` (building the answer). OpenTelemetry
+is imported only when tracing is on, so the serving image needs none of it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -95,6 +96,17 @@ def ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLCo
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=client_ca_file)
     return context
+
+
+def _finite_or_null(value: Any) -> Any:
+    """value with every NaN or ±inf float (anywhere inside) replaced by None: JSON has none."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -208,6 +220,7 @@ class RestServer:
                 ("GET", prefix + "/ready", self._model_ready),
                 ("GET", prefix + "/config", self._model_config),
                 ("GET", prefix + "/stats", self._model_statistics),
+                ("GET", prefix + "/drift", self._model_drift),
                 ("POST", prefix + "/infer", self._infer),
             ]
         for method, path, handler in routes:
@@ -296,6 +309,22 @@ class RestServer:
     async def _model_statistics(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
         return _json(codec.model_statistics(self._plane.statistics(name, version)))
+
+    async def _model_drift(self, request: web.Request) -> web.Response:
+        """The ModelDrift RPC's figures as JSON (a non-finite figure, e.g. the variance ratio
+        of a feature constant in training, is null)."""
+        name, version = _model_path(request)
+        model = self._plane.find(name, version).model
+        answer: dict[str, Any] = {
+            "model_name": model.name,
+            "model_version": model.version,
+            "monitored": model.drift is not None,
+            "status": model.drift_status,
+        }
+        if model.drift is not None:
+            answer["window"] = model.drift.settings.window
+            answer.update(_finite_or_null(model.drift.report()))
+        return _json(answer)
 
     async def _all_statistics(self, request: web.Request) -> web.Response:
         return _json(codec.model_statistics(self._plane.statistics()))

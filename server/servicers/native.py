@@ -137,7 +137,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     def ModelDrift(
         self, request: pb.ModelDriftRequest, context: grpc.ServicerContext
     ) -> pb.ModelDriftResponse:
-        return drift_response(self._repository.get(request.model_name, request.model_version).model)
+        return drift_response(self._plane.find(request.model_name, request.model_version).model)
 
 
 def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
+from in_process import start_server
 from model_builder import CLASS_NAMES, MlpWeights, ModelFiles, build_model
-from server_process import free_port
 
 from server.app import Server
 from server.gen.bnserve.v1 import predictor_pb2_grpc
@@ -30,19 +29,6 @@ def test_models(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     return ModelFiles(
         paths["iris"], paths["sales"], paths["bad_parity"], classifier_weights, regressor_weights
     )
-
-
-def start_server(
-    settings: ServerSettings, models: dict[str, Path] | None = None, *, http: bool = False
-) -> Server:
-    """A real Server on a free loopback port with the given name → path models loaded; with
-    http, the HTTP/REST transport too on another free port (`server.http_port`)."""
-    http_port = free_port() if http else 0
-    server = Server.create(settings.replace(host="127.0.0.1", port=0, http_port=http_port))
-    server.start()
-    for name, path in (models or {}).items():
-        server.load_model(path, name, "1")
-    return server
 
 
 @pytest.fixture(scope="session")

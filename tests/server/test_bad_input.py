@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
+from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb

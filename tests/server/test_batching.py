@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
+from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from model_gate import ModelGate, wait_until
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
+from server_process import free_port
 
 from server.app import Server
 from server.gen.bnserve.v1 import predictor_pb2 as pb
@@ -97,8 +98,9 @@ class Served:
 def served(digits: DigitsModel) -> Iterator[Served]:
     metrics = ServerMetrics()
     settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_window=WINDOW, drift_sample=1.0
-    )
+        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_window=WINDOW, drift_sample=1.0,
+        http_port=free_port(),
+    )  # fmt: skip
     server = Server.create(settings, metrics=metrics, interceptors=[MetricsInterceptor(metrics)])
     server.start()
     for name in NAMES:
@@ -282,6 +284,13 @@ def test_three_shifted_and_one_scaled_feature_are_exactly_the_four_flagged(digit
     assert samples[("bnserve_drift_layer_score", layer_key)] == report.life.layers[0].score
     assert samples[("bnserve_drift_score", labels)] == report.life.score
 
+    url = f"http://127.0.0.1:{served.server.http_port}/v2/models/shifted/drift"
+    with urllib.request.urlopen(url, timeout=10) as answer:  # the same figures over HTTP
+        over_http = json.loads(answer.read())
+    assert over_http["monitored"] and over_http["model_name"] == "shifted"
+    assert sorted(over_http["life"]["flagged_features"]) == sorted(names)
+    assert over_http["life"]["score"] == report.life.score
+
 
 def test_metrics_bound_the_feature_labels_to_the_top_k(digits, served) -> None:
     samples = _scrape(served.metrics_port)
@@ -313,7 +322,7 @@ def test_shuffling_each_column_keeps_the_marginals_but_moves_the_layers(digits, 
 def test_a_model_exported_before_drift_monitoring_is_served_and_says_so_once(
     test_models, caplog
 ) -> None:
-    settings = ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2)
+    settings = ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2, http_port=0)
     server = Server.create(settings)
     server.start()
     try:
@@ -334,7 +343,9 @@ def test_a_model_exported_before_drift_monitoring_is_served_and_says_so_once(
 
 
 def test_drift_off_keeps_no_statistics(digits) -> None:
-    settings = ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2, drift=False)
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift=False, http_port=0
+    )
     server = Server.create(settings)
     server.start()
     try:
@@ -354,6 +365,7 @@ def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
         max_inflight=2,
         drift_log_interval_s=3600,
         drift_sample=1.0,
+        http_port=0,
     )
     server = Server.create(settings)
     server.start()
@@ -378,7 +390,7 @@ def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
 
 def test_sampling_observes_a_share_of_the_runs(digits) -> None:
     settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_sample=0.25
+        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_sample=0.25, http_port=0
     )
     server = Server.create(settings)
     server.start()
@@ -411,7 +423,9 @@ def test_malformed_drift_metadata_is_reported_and_the_model_served(
             prop.value = value
     path = tmp_path / "edited.onnx"
     path.write_bytes(model.SerializeToString())
-    server = Server.create(ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2))
+    server = Server.create(
+        ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2, http_port=0)
+    )
     server.start()
     try:
         with caplog.at_level(logging.WARNING, logger="server.model"):

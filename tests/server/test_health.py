@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 
 from server.app import LIVENESS

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from model_gate import ModelGate, wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
+from in_process import start_server
 
 from server.app import Server
 from server.gen.bnserve.v1 import predictor_pb2 as pb

@@ -19,8 +19,9 @@ import grpc
 import numpy as np
 import pytest
 from certificates import Pki, make_pki
-from conftest import start_server
+from in_process import start_server
 from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
+from model_gate import ModelGate, wait_until
 from server_process import (
     ServerProcess,
     bad_parity_bytes,
@@ -308,10 +309,11 @@ def test_not_ready_model_is_503(test_models: ModelFiles) -> None:
 def test_overloaded_is_429_at_once(test_models: ModelFiles) -> None:
     """max_inflight 1 taken by a held gRPC call: REST is refused by the same limiter."""
     server = start_server(
-        ServerSettings(batching=True, max_batch_delay_ms=3000, workers=4, max_inflight=1),
+        ServerSettings(batching=True, workers=4, max_inflight=1),
         {"iris": test_models.classification},
         http=True,
     )
+    gate = ModelGate(server.repository.get("iris").batcher)  # holds the model's run
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -329,8 +331,10 @@ def test_overloaded_is_429_at_once(test_models: ModelFiles) -> None:
             )
             assert status == 429 and "max_inflight" in json.loads(body)["error"]
             assert headers["Retry-After"] == "1"
+            gate.release()
             assert held.result().outputs
     finally:
+        gate.release()
         server.stop(0)
 
 
@@ -466,10 +470,11 @@ def test_hot_reload_is_seen_over_http(tmp_path: Path) -> None:
 def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> None:
     """A call waiting in the batcher when stop(grace) begins is answered, not cut."""
     server = start_server(
-        ServerSettings(batching=True, max_batch_delay_ms=800, workers=4, max_inflight=2),
+        ServerSettings(batching=True, workers=4, max_inflight=2),
         {"iris": test_models.classification},
         http=True,
     )
+    gate = ModelGate(server.repository.get("iris").batcher)  # holds the call in the model
     answers: list[int] = []
     caller = threading.Thread(
         target=lambda: answers.append(
@@ -481,7 +486,11 @@ def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> Non
     while server.limiter.in_flight < 1:
         assert time.monotonic() < deadline, "the call was never admitted"
         time.sleep(0.01)
-    server.stop(5)
+    wait_until(lambda: gate.waiting == 1, "the call reaches the model")
+    stopping = threading.Thread(target=server.stop, args=(5,))
+    stopping.start()  # stop begins while the call is held in the model
+    gate.release()
+    stopping.join(15)
     caller.join(10)
     assert answers == [200]
 

@@ -135,9 +135,14 @@ def test_two_processes_answer_as_one_and_their_metrics_are_summed(
                 assert answers == one_process_answers
         calls = len(channels) * len(ROWS)
         samples = _scrape(metrics_port)
-        ok = (("code", "OK"), ("method", PREDICT))
+        ok = (("code", "OK"), ("method", PREDICT), ("model", "iris"))
         assert samples[("bnserve_requests_total", ok)] == calls
-        assert samples[("bnserve_request_duration_seconds_count", (("method", PREDICT),))] == calls
+        assert (
+            samples[
+                ("bnserve_request_duration_seconds_count", (("method", PREDICT), ("model", "iris")))
+            ]
+            == calls
+        )
         assert samples[("bnserve_batch_size_sum", (("model", "iris"),))] == calls
         loaded = (("model", "iris"), ("version", "1"))
         assert samples[("bnserve_model_version_loaded", loaded)] == 1  # not one per process

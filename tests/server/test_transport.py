@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 from certificates import Pki, make_pki
-from conftest import start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2_attacker import StallingConnection
+from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import ServerProcess
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import start_server
+from in_process import start_server
 from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 
 from server.gen.inference import grpc_service_pb2 as pb
