@@ -36,9 +36,10 @@ scales: linear, int, log (α = 10^r, r uniform), log_int, log1m (1 − β = 10^r
 Without --space or --param the default space searches lr, beta1, beta2, units, layers,
 batch_size and lr_decay; --param alone searches only what it names.
 
-outputs in TUNE_DIR: tune.sqlite (every trial's state), results.csv (best first),
-best -> the best trial's run directory (bnserve export TUNE_DIR/best --out model.onnx),
-best.json, plots/*.png, trials/trial-NNNN/ (run directories).
+outputs in TUNE_DIR: tune.sqlite (every trial's state), tune.lock (its one writer),
+results.csv (best first), best -> the best trial's run directory
+(bnserve export TUNE_DIR/best --out best.onnx), best.json, plots/*.png,
+trials/trial-NNNN/ (run directories).
 """
 
 
@@ -194,7 +195,7 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
     best = result.best
     if best is not None:
         link = report.link_best(settings.out, best)
-        where = f" → {link} (bnserve export {link} --out model.onnx)" if link else ""
+        where = f" → {link} (bnserve export {link} --out best.onnx)" if link else ""
         print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
     if settings.plots and result.ranked:
         from training.tune.plots import write_plots  # matplotlib only when plotting
