@@ -215,8 +215,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         settings = resumed_settings(args, parser) if args.resume else new_settings(args)
-        result = run_tune(settings, resume=args.resume)
-        report_results(settings, result)
+        result = run_tune(
+            settings, resume=args.resume, report=lambda ended: report_results(settings, ended)
+        )
     except (SpaceError, TuneError, TrainingError) as error:
         print(f"bnserve tune: error: {error}", file=sys.stderr)
         return 2

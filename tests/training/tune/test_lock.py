@@ -116,3 +116,27 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
     assert [r.state for r in _states(out).values()] == ["finished"] * 4
     assert (out / LOCK_NAME).read_text() == ""
     assert (out / FILENAME).exists()
+
+
+def test_the_results_are_written_while_the_lock_is_held(tmp_path: Path) -> None:
+    """results.csv, the best link and the plots are written by the directory's one writer too."""
+    from training.tune.runner import run_tune
+    from training.tune.settings import TuneSettings
+
+    from .test_executors import SYNTHETIC
+
+    seen = []
+
+    def report(result) -> None:
+        with pytest.raises(TuneLocked, match=f"process {os.getpid()}"):
+            TuneLock(result.out).acquire()
+        seen.append(len(result.ranked))
+
+    settings = TuneSettings(
+        out=tmp_path / "tune", space=SYNTHETIC, trials=3, workers=1, progress=False,
+        objective="synthetic",
+    )  # fmt: skip
+    run_tune(settings, report=report)
+    assert seen == [3]
+    with TuneLock(tmp_path / "tune"):  # released at the end
+        pass
