@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.errors import TrainingError, os_error_line
+from training.errors import TrainingError, disk_full, os_error_line
 from training.tune import report
 from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
@@ -227,12 +227,13 @@ def main(argv: list[str]) -> int:
         )
         return 2
     except OSError as error:
-        print(
-            f"bnserve tune: error: {args.out}: the tune stopped, {os_error_line(error)}; every "
-            f"trial recorded in {FILENAME} stays; make room, then bnserve tune --resume "
-            f"--out {args.out}",
-            file=sys.stderr,
-        )
+        what = f"{args.out}: cannot write the tune directory: {os_error_line(error)}"
+        if disk_full(error):
+            what = (
+                f"{args.out}: the tune stopped, {os_error_line(error)}; every trial recorded in "
+                f"{FILENAME} stays; make room, then bnserve tune --resume --out {args.out}"
+            )
+        print(f"bnserve tune: error: {what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bnserve tune: interrupted; finish with --resume --out {args.out}", file=sys.stderr)
