@@ -18,6 +18,8 @@ from training.tune.store import FILENAME
 from .processes import alive
 from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, _states
 
+# Trials of a few seconds each: the first tune is still mid-way while the second ones are refused.
+LONG_TRIALS = [*SLOW_TRIALS, "--epochs", "150"]
 HOLD = (
     "import sys; from pathlib import Path; from training.tune.lock import TuneLock\n"
     "with TuneLock(Path(sys.argv[1])):\n"
@@ -68,7 +70,7 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
     """The bug: two `--resume` at once ran the same trials and both exited 0."""
     out = tmp_path / "tune"
     first = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *SLOW_TRIALS],
+        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *LONG_TRIALS],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -79,7 +81,7 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
             assert time.monotonic() < deadline and first.poll() is None, "the tune never started"
             time.sleep(0.02)
         before = _states(out)
-        for args in (["--resume"], SLOW_TRIALS):  # resumed, or started again over it
+        for args in (["--resume"], LONG_TRIALS):  # resumed, or started again over it
             second = subprocess.run(
                 [BNSERVE, "tune", "--out", str(out), *args, "--no-progress", "--no-plots"],
                 capture_output=True,
