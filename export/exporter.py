@@ -37,7 +37,7 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
-from training.errors import RunError, os_error_line
+from training.errors import RunError, disk_full, os_error_line
 from training.inference import predict
 from training.rundir import Run, load_run
 
@@ -111,9 +111,10 @@ def export_run(settings: ExportSettings) -> ExportReport:
     try:
         write_atomically(settings.out, payload)
     except OSError as error:  # a full disk, most likely
+        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
         raise ExportError(
             f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
-            "written (no partial file); make room or choose another --out, then run it again"
+            f"written (no partial file); {then}, then run it again"
         ) from None
     return ExportReport(
         out=settings.out,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import METRIC_NAMES, TrainConfig
-from training.errors import TrainingError, os_error_line
+from training.errors import TrainingError, disk_full, os_error_line
 from training.rundir import read_json
 
 BN_EPILOG = """\
@@ -170,6 +170,8 @@ def momentum_warning(bn_momentum: float | None) -> str | None:
 
 def _write_failure(error: OSError, run_dir: Path) -> str:
     """What a failed write left (whole files only) and how to go on."""
+    if not disk_full(error):  # a file where a directory should be, no permission, …
+        return f"{run_dir}: cannot write the run directory: {os_error_line(error)}"
     if (run_dir / "config.json").is_file():
         then = f"continue with: bnserve train --resume {run_dir}"
     else:

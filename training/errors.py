@@ -17,9 +17,13 @@ class RunError(TrainingError):
     """A run directory is missing, incomplete or inconsistent; the message names the file."""
 
 
+def disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def os_error_line(error: OSError) -> str:
     """What a failed read or write means, in words, with the file when the OS named one."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(error):
         what = "no space left on the device (the disk, or your quota, is full)"
     else:
         what = (error.strerror or str(error)).lower()

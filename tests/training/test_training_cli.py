@@ -166,3 +166,11 @@ def test_a_disk_full_before_the_first_file_says_run_it_again(tmp_path, capsys, s
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no space left" in error
     assert "run the same command again" in error
+
+
+def test_an_out_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["--out", str(tmp_path / "afile"), *FAST]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot write the run directory" in error, error
+    assert "make room" not in error  # not a full disk: no advice about space

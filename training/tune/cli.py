@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import METRIC_NAMES
-from training.errors import TrainingError, os_error_line
+from training.errors import TrainingError, disk_full, os_error_line
 from training.tune import cv, report
 from training.tune.early_stop import RULES
 from training.tune.runner import TuneError, TuneResult, run_tune
@@ -40,10 +40,11 @@ Without --space or --param the default space searches (--param alone searches on
 names, with the same fixed settings):
 {default_space}
 
-outputs in TUNE_DIR: tune.sqlite (every trial's state), results.csv (best first),
-best -> the best trial's run directory (bnserve export TUNE_DIR/best --out model.onnx),
-best.json, plots/*.png, trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each and
-final/, the best trial retrained on all train + dev rows, which best points at).
+outputs in TUNE_DIR: tune.sqlite (every trial's state), tune.lock (its one writer),
+results.csv (best first), best -> the best trial's run directory
+(bnserve export TUNE_DIR/best --out best.onnx), best.json, plots/*.png,
+trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each and final/, the best trial
+retrained on all train + dev rows, which best points at).
 """
 
 
@@ -226,7 +227,7 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
     best = result.best
     if best is not None:
         link = report.link_best(settings.out, best, result.final_run)
-        where = f" → {link} (bnserve export {link} --out model.onnx)" if link else ""
+        where = f" → {link} (bnserve export {link} --out best.onnx)" if link else ""
         scores = best.scores or {}
         if settings.cv is not None:
             error = cv.format_mean_std(best.dev_error, scores.get("dev_std"))
@@ -254,8 +255,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         settings = resumed_settings(args, parser) if args.resume else new_settings(args)
-        result = run_tune(settings, resume=args.resume)
-        report_results(settings, result)
+        result = run_tune(
+            settings, resume=args.resume, report=lambda ended: report_results(settings, ended)
+        )
     except (SpaceError, TuneError, TrainingError) as error:
         print(f"bnserve tune: error: {error}", file=sys.stderr)
         return 2
@@ -265,12 +267,13 @@ def main(argv: list[str]) -> int:
         )
         return 2
     except OSError as error:
-        print(
-            f"bnserve tune: error: {args.out}: the tune stopped, {os_error_line(error)}; every "
-            f"trial recorded in {FILENAME} stays; make room, then bnserve tune --resume "
-            f"--out {args.out}",
-            file=sys.stderr,
-        )
+        what = f"{args.out}: cannot write the tune directory: {os_error_line(error)}"
+        if disk_full(error):
+            what = (
+                f"{args.out}: the tune stopped, {os_error_line(error)}; every trial recorded in "
+                f"{FILENAME} stays; make room, then bnserve tune --resume --out {args.out}"
+            )
+        print(f"bnserve tune: error: {what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bnserve tune: interrupted; finish with --resume --out {args.out}", file=sys.stderr)

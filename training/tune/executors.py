@@ -7,6 +7,7 @@ the coordinator waits on them the same way. Workers never touch the tune's SQLit
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -297,6 +298,8 @@ class RayExecutor:
         if workers is not None and workers < 1:
             raise SpaceError(f"--workers {workers}: need at least 1 worker")
         check_ray_address(address)
+        if _is_loopback(address):
+            _keep_ray_on_loopback()
         try:
             import ray
         except ModuleNotFoundError:
@@ -343,6 +346,27 @@ def _init_ray(ray: Any, address: str, workers: int | None) -> None:
             f"token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
             f"{RAY_DEFAULT_TOKEN_FILE} (`ray get-auth-token` on the head prints it)"
         ) from None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keep_ray_on_loopback() -> None:
+    """Ray rewrites 127.0.0.1 in an address to this machine's routable address, unless its
+    single-machine mode is on (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as on the head kept on
+    loopback); a loopback address must stay one. Ray reads the variable when imported, and
+    ray_constants.ENABLE_RAY_CLUSTER when it resolves addresses."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 RAY_DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,16 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
     return TrialStore.create(path, settings.to_dict())
 
 
-def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
+def run_tune(
+    settings: TuneSettings,
+    *,
+    resume: bool = False,
+    report: Callable[[TuneResult], None] | None = None,
+) -> TuneResult:
     """Run (or finish) every round of the tune and return its trials best first.
 
-    Everything is validated (space, settings, Ray address) before any trial starts.
+    Everything is validated (space, settings, Ray address) before any trial starts. `report`
+    (results.csv, the best link, plots) runs while this process still holds the tune's lock.
     """
     space = settings.search_space()
     if settings.objective == "train":
@@ -80,7 +87,10 @@ def run_tune(settings: TuneSettings, *, resume: bool = False) -> TuneResult:
     created = not settings.out.exists()
     lock = lock_tune_dir(settings, resume=resume)
     try:
-        return _run_locked(settings, space, resume=resume)
+        result = _run_locked(settings, space, resume=resume)
+        if report is not None:
+            report(result)
+        return result
     except BaseException:
         if created and _entries(settings.out) <= {LOCK_NAME}:  # refused before it began
             (settings.out / LOCK_NAME).unlink(missing_ok=True)

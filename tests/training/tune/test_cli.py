@@ -351,3 +351,10 @@ def test_a_full_disk_is_one_line_and_leaves_a_directory_that_starts_again(capsys
     assert not out.exists()  # nothing half-made that --resume would refuse
     small_disk.resize(disk, 10 * 1024)
     assert main(["--out", str(out), *SYNTHETIC]) == 0
+
+
+def test_an_out_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["--out", str(tmp_path / "afile"), *SYNTHETIC]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot write the tune directory: file exists" in error

@@ -18,6 +18,8 @@ from training.tune.store import FILENAME
 from .processes import alive
 from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, _states
 
+# Trials of a few seconds each: the first tune is still mid-way while the second ones are refused.
+LONG_TRIALS = [*SLOW_TRIALS, "--epochs", "150"]
 HOLD = (
     "import sys; from pathlib import Path; from training.tune.lock import TuneLock\n"
     "with TuneLock(Path(sys.argv[1])):\n"
@@ -68,7 +70,7 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
     """The bug: two `--resume` at once ran the same trials and both exited 0."""
     out = tmp_path / "tune"
     first = subprocess.Popen(
-        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *SLOW_TRIALS],
+        [BNSERVE, "tune", "--out", str(out), "--workers", "1", *LONG_TRIALS],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -79,7 +81,7 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
             assert time.monotonic() < deadline and first.poll() is None, "the tune never started"
             time.sleep(0.02)
         before = _states(out)
-        for args in (["--resume"], SLOW_TRIALS):  # resumed, or started again over it
+        for args in (["--resume"], LONG_TRIALS):  # resumed, or started again over it
             second = subprocess.run(
                 [BNSERVE, "tune", "--out", str(out), *args, "--no-progress", "--no-plots"],
                 capture_output=True,
@@ -116,3 +118,27 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
     assert [r.state for r in _states(out).values()] == ["finished"] * 4
     assert (out / LOCK_NAME).read_text() == ""
     assert (out / FILENAME).exists()
+
+
+def test_the_results_are_written_while_the_lock_is_held(tmp_path: Path) -> None:
+    """results.csv, the best link and the plots are written by the directory's one writer too."""
+    from training.tune.runner import run_tune
+    from training.tune.settings import TuneSettings
+
+    from .test_executors import SYNTHETIC
+
+    seen = []
+
+    def report(result) -> None:
+        with pytest.raises(TuneLocked, match=f"process {os.getpid()}"):
+            TuneLock(result.out).acquire()
+        seen.append(len(result.ranked))
+
+    settings = TuneSettings(
+        out=tmp_path / "tune", space=SYNTHETIC, trials=3, workers=1, progress=False,
+        objective="synthetic",
+    )  # fmt: skip
+    run_tune(settings, report=report)
+    assert seen == [3]
+    with TuneLock(tmp_path / "tune"):  # released at the end
+        pass

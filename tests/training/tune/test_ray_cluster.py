@@ -64,8 +64,9 @@ class Head:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
+    """No RAY_* variable but `extra`: the tune itself keeps a loopback address on loopback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return {**env, **LOOPBACK_ONLY, **extra}
+    return {**env, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def head() -> Iterator[Head]:
         "--dashboard-agent-listen-port", str(_free_port()),
         "--temp-dir", str(root / "ray"), "--disable-usage-stats",
     ]  # fmt: skip
-    env = _clean_env(HOME=str(root), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env = _clean_env(HOME=str(root), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **LOOPBACK_ONLY)
     log = (root / "head.log").open("w")
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -1,0 +1,95 @@
+"""README.md as a newcomer follows it: the venv, the example files it says how to make, names
+that do not collide between sections, the Python equivalent of the grpcurl calls."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deploy_support import REPO, DemoRun
+
+from server.client import InputError, read_examples
+from training.cli import main as train_main
+from training.data import load_dataset
+
+README = (REPO / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    """The text of `## title` up to the next `## ` heading."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else len(README)]
+
+
+def test_it_says_to_use_the_venv_before_the_first_bnserve_command() -> None:
+    """The bug: `bnserve train …` right after `make demo` gave "command not found"."""
+    first_command = README.index("$ bnserve ")
+    assert README.index("source .venv/bin/activate") < first_command
+    assert ".venv/bin/bnserve" in README[:first_command]
+
+
+def test_the_example_files_are_made_by_the_command_it_gives(
+    tmp_path: Path, small_demo: DemoRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: digits.csv, bad.csv and heldout.csv were described but never made."""
+    for command in ("$ python scripts/example_files.py\n", "scripts/example_files.py --run "):
+        assert command in README
+    run_dir = small_demo.out_dir / "run"
+    made = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "example_files.py"), "--run", str(run_dir)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "wrote digits.csv (1797 rows)\nwrote bad.csv (5 rows; line 3, column 3: x)\n" in (
+        made.stdout
+    )
+    digits = load_dataset(str(tmp_path / "digits.csv"), target="digit")
+    builtin = load_dataset("digits")
+    assert digits.x.tolist() == builtin.x.tolist() and digits.feature_names == builtin.feature_names
+    assert (tmp_path / "heldout.csv").read_text()[:60] == (
+        "pixel_0_0,pixel_0_1,pixel_0_2,pixel_0_3,pixel_0_4,pixel_0_5,"
+    )
+    # the errors the README shows for bad.csv, from training and from the client
+    assert train_main(["--out", str(tmp_path / "x"), "--data", str(tmp_path / "bad.csv")]) == 1
+    train_error = capsys.readouterr().err.strip().replace(str(tmp_path) + "/", "")
+    assert f"$ bnserve train --out runs/x --data bad.csv\n{train_error}\n" in README
+    with pytest.raises(InputError) as raised:
+        read_examples(tmp_path / "bad.csv", builtin.feature_names)
+    predict_error = str(raised.value).replace(str(tmp_path) + "/", "")
+    assert f"bnserve predict: {predict_error}\n" in README
+
+
+def test_tune_and_export_write_different_model_files() -> None:
+    """The bug: followed in order, Tune and Export both wrote model.onnx; the second failed."""
+    outputs = {
+        title: set(re.findall(r"^\$ bnserve export \S+ --out (\S+\.onnx)", _section(title), re.M))
+        for title in ("Tune", "Export")
+    }
+    assert outputs["Tune"] and outputs["Export"]
+    assert not outputs["Tune"] & outputs["Export"], outputs
+    from training.tune.cli import build_parser  # the tune's own hint names the Tune file
+
+    assert f"--out {sorted(outputs['Tune'])[0]}" in build_parser().epilog
+
+
+def test_the_python_equivalent_of_the_grpcurl_calls_runs(served_demo_model: str) -> None:
+    match = re.search(r"^\$ python - <<'EOF'\n(.*?)^EOF\n(.*?)^```", README, re.M | re.S)
+    assert match, "no Python block for the grpcurl calls"
+    code, shown = match.group(1), match.group(2).splitlines()
+    assert "grpcurl" in README[: match.start()][-3000:]  # next to the grpcurl examples
+    code = code.replace("127.0.0.1:50514", served_demo_model)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.splitlines()
+    assert printed[:5] == shown[:5]  # services and SERVING
+    assert printed[5].startswith("model 1 ")  # this model's class and probability may differ
+    assert printed[6] == shown[6]
