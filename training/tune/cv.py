@@ -3,9 +3,9 @@
 A trial's dev error is the mean over its folds of each fold's kept dev error; the table shows it
 ± the standard deviation over folds (sample std, K − 1). Trials with equal means are ranked by
 the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
-all train + dev rows (dev_fraction 0) for the median of its folds' kept epochs, into
-TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
-training rows.
+all train + dev rows (dev_fraction 0, population BN statistics) for the median of its folds'
+kept epochs, into TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below
+AUTO_MAX_ROWS training rows.
 """
 
 from __future__ import annotations
@@ -106,8 +106,15 @@ def mean_curve(curves: list[list[float]]) -> list[float]:
 
 
 def final_config(base: TrainConfig, epochs: int) -> TrainConfig:
-    """The best trial's settings for all train + dev rows: no dev split, a fixed epoch count."""
-    return base.replace(dev_fraction=0.0, early_stopping=None, epochs=max(1, epochs))
+    """The best trial's settings for all train + dev rows: no dev split, a fixed epoch count.
+
+    Its batch-norm statistics are the exact population ones of the final weights: a fold's kept
+    epoch was chosen on dev rows with its EMA statistics, but the retrain has no dev rows to
+    catch EMA statistics that lag behind the weights (after a few epochs of a few batches, at a
+    high learning rate, they can leave the net predicting one class)."""
+    return base.replace(
+        dev_fraction=0.0, early_stopping=None, epochs=max(1, epochs), stats="population"
+    )
 
 
 def retrain(out: Path, config: TrainConfig, *, plot: bool) -> Path:

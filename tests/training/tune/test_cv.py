@@ -78,6 +78,7 @@ def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path,
     assert final.meta["split"]["train_rows"] == 128 and final.meta["split"]["dev_rows"] == 0
     assert final.meta["epochs_trained"] == best.scores["epochs"]
     assert final.config.lr == best.params["lr"] and final.config.seed == best.seed
+    assert final.meta["stats"] == "population"  # no dev rows to vouch for lagging EMA statistics
 
 
 def test_equal_dev_errors_go_to_the_lower_mean_loss():
