@@ -52,6 +52,9 @@ bench: $(STAMP)
 	# bench/train.py compares with eager PyTorch on the CPU; torch is never needed to run or test
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 \
 		|| echo "torch==2.13.0 not installable here: bench/train.py prints numpy only"
+	# bench/data.py compares with pandas.read_csv; pandas is never needed to run or test
+	$(PY) -c "import pandas" 2>/dev/null || $(PY) -m pip install --quiet pandas==3.1.1 \
+		|| echo "pandas==3.1.1 not installable here: bench/data.py leaves it out"
 	$(PY) bench/run_all.py
 
 image-check:

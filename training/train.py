@@ -51,9 +51,12 @@ class Prepared:
     x_dev: np.ndarray  # (n_dev, F) standardized, float32
 
 
-def prepare(config: TrainConfig) -> Prepared:
-    """Load the data, split it with the seed, standardize with training-split statistics."""
-    dataset = load_dataset(config.data, target=config.target, task=config.task)
+def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
+    """Load the data, split it with the seed, standardize with training-split statistics.
+
+    cache_dir: where CSV/Parquet sources are cached as float32 (training/cache.py).
+    """
+    dataset = load_dataset(config.data, target=config.target, task=config.task, cache_dir=cache_dir)
     split = split_rows(
         len(dataset.x),
         dev_fraction=config.dev_fraction,
