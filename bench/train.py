@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.batches import Rows
 from training.config import TrainConfig
 from training.data import Dataset, Split
-from training.train import Prepared, TrainingState, fresh_state, run_epoch, single_blas_thread
+from training.threads import blas_threads
+from training.train import Prepared, TrainingState, fresh_state, run_epoch
 
 FEATURES, HIDDEN, CLASSES, BATCH = 64, (128, 128), 10, 64
 
@@ -47,7 +49,9 @@ def synthetic_prepared(examples: int, seed: int = 0) -> Prepared:
     )
     rows = np.arange(examples)
     ones, zeros = np.ones(FEATURES), np.zeros(FEATURES)
-    return Prepared(dataset, Split(rows, rows[:0], rows[:0]), zeros, ones, None, None, x, y, x[:0])
+    split = Split(rows, rows[:0], rows[:0])
+    train, dev = Rows(x, rows, zeros, ones), Rows(x, rows[:0], zeros, ones)
+    return Prepared(dataset, split, zeros, ones, None, None, train, y, dev)
 
 
 class NumpyTrainer:
@@ -57,7 +61,7 @@ class NumpyTrainer:
         self.state: TrainingState = fresh_state(self.config, prepared)
 
     def epoch(self) -> None:
-        with single_blas_thread():
+        with blas_threads(1):
             run_epoch(self.state, self.prepared, self.config, self.config.lr)
 
 
@@ -78,7 +82,7 @@ class TorchTrainer:
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.loss = nn.CrossEntropyLoss()
-        self.x = torch.from_numpy(prepared.x_train)
+        self.x = torch.from_numpy(prepared.x_train.take(slice(None)))
         self.y = torch.from_numpy(prepared.y_train)
 
     def epoch(self) -> None:

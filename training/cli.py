@@ -41,11 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", help="'digits' (built in, default), FILE.csv (header) or FILE.npz")
+    data.add_argument(
+        "--data",
+        help="'digits' (built in, default), FILE.csv[.gz] (header), FILE.parquet or FILE.npz",
+    )
     data.add_argument("--target", help="CSV target column (default: the last column)")
     data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
     data.add_argument("--dev-fraction", type=float, help="share of rows for dev (default 0.15)")
     data.add_argument("--test-fraction", type=float, help="share of rows for test (default 0.15)")
+    data.add_argument(
+        "--cache-dir",
+        help="float32 cache of CSV/Parquet data ('off': read into memory; default "
+        "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
@@ -90,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--no-checkpoints", action="store_true", help="no per-epoch checkpoints")
     out.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
+    out.add_argument(
+        "--blas-threads", type=int, help="BLAS threads (default: by the size of the matrices)"
+    )
     return parser
 
 
@@ -133,6 +144,8 @@ def main(argv: list[str]) -> int:
             checkpoints=not args.no_checkpoints,
             plot=not args.no_plot,
             from_epoch=args.from_epoch,
+            cache_dir=args.cache_dir,
+            blas_threads=args.blas_threads,
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)

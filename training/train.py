@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from training import model, optim, rundir
+from training import batches, model, optim, rundir, threads
+from training.batches import Rows
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
 from training.errors import RunError, TrainingError
-from training.inference import predict
 from training.layers import BatchNormSettings
 from training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
+HELDOUT_MAX_ROWS = 10_000  # heldout.npz: the first rows of the test split, never the whole data
 EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 
 
@@ -38,7 +38,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The split data, standardized with training statistics, in the training dtype."""
+    """The split data, standardized with training statistics when read (training/batches.py)."""
 
     dataset: Dataset
     split: Split
@@ -46,9 +46,9 @@ class Prepared:
     input_std: np.ndarray  # (F,) float64
     target_mean: np.ndarray | None  # (T,) regression only
     target_std: np.ndarray | None
-    x_train: np.ndarray  # (n_train, F) standardized, float32
+    x_train: Rows  # (n_train, F) read on demand, standardized float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
-    x_dev: np.ndarray  # (n_dev, F) standardized, float32
+    x_dev: Rows  # (n_dev, F) read on demand, standardized float32
 
 
 def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
@@ -64,7 +64,7 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         seed=config.data_split_seed,
         source=dataset.source,
     )
-    mean, std = fit_standardization(dataset.x[split.train])
+    mean, std = batches.fit_standardization(dataset.x, split.train)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     if dataset.task == "regression":
@@ -77,9 +77,9 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         std,
         target_mean,
         target_std,
-        ((dataset.x[split.train] - mean) / std).astype(DTYPE),
+        Rows(dataset.x, split.train, mean, std),
         y_train,
-        ((dataset.x[split.dev] - mean) / std).astype(DTYPE),
+        Rows(dataset.x, split.dev, mean, std),
     )
 
 
@@ -141,7 +141,7 @@ def error_of(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
 
 def dev_error(params: dict[str, np.ndarray], prepared: Prepared, spec: model.NetSpec) -> float:
     """Error rate (classification) or RMSE in target units (regression) on the dev split."""
-    scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
+    scores = batches.scores(params, prepared.x_dev, spec)
     if prepared.dataset.task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
     return error_of(scores, prepared.dataset.y[prepared.split.dev], prepared.dataset.task)
@@ -151,13 +151,13 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
     """One pass over the shuffled training split; returns the mean cost per example."""
     spec, settings = net_spec(config), optimizer_settings(config)
     order = state.rng.permutation(len(prepared.x_train))
-    x_shuffled, y_shuffled = prepared.x_train[order], prepared.y_train[order]
     total_cost = 0.0
     for rows in batch_slices(len(order), config.batch_size):
+        positions = order[rows]  # gathered per batch: the shuffled split is never copied whole
         cost, grads, running = model.loss_and_grads(
             state.params,
-            x_shuffled[rows],
-            y_shuffled[rows],
+            prepared.x_train.take(positions),
+            prepared.y_train[positions],
             spec,
             task=prepared.dataset.task,
             l2=config.l2,
@@ -222,15 +222,19 @@ def train(
     plot: bool = True,
     from_epoch: int | None = None,
     on_epoch: EpochCallback | None = None,
+    cache_dir: str | None = None,
+    blas_threads: int | None = None,
 ) -> TrainResult:
     """Train into run directory `out_dir` (docs/contracts.md) and return the final dev error.
 
     resume: continue from the last checkpoint (or `from_epoch`'s, discarding later ones); only
     RESUMABLE_FIELDS of `config` may differ from the stored config. checkpoints/plot/progress off
     make cheap tuning trials. on_epoch(record) returning False stops training after that epoch.
+    cache_dir: the float32 data cache (training/cache.py; "off": in memory). blas_threads:
+    None chooses by the size of the work (training/threads.py).
     """
     run_dir = Path(out_dir)
-    prepared = prepare(config)
+    prepared = prepare(config, cache_dir=cache_dir)
     if resume:
         check_resume_config(run_dir, config)
         epochs = rundir.checkpoint_epochs(run_dir)
@@ -258,19 +262,11 @@ def train(
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
-    with single_blas_thread():
+    n_outputs = state.params["output.b"].shape[0]
+    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
+    with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
         _train_epochs(state, prepared, config, run_dir, progress, checkpoints, on_epoch)
         return _finish(state, prepared, config, run_dir, meta, plot)
-
-
-def single_blas_thread() -> threadpool_limits:
-    """Limit BLAS to one thread while training.
-
-    The matrices here are at most a few hundred wide, too small for BLAS threads to help, and
-    OpenBLAS threads spin while they wait: on a shared 2-core machine (load ~9) a 12-epoch digits
-    run took 15.6 s with the default two threads and 0.9 s with one.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _train_epochs(
@@ -338,13 +334,15 @@ def _finish(
     dataset, split = prepared.dataset, prepared.split
     params = dict(state.params)
     if config.batchnorm and config.stats == "population":
-        params.update(model.population_statistics(params, prepared.x_train, net_spec(config)))
+        params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
     params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
     if dataset.task == "regression":
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     rundir.write_npz(run_dir / "params.npz", params)
-    heldout_x, heldout_y = dataset.x[split.test], dataset.y[split.test]
+    heldout_rows = split.test[:HELDOUT_MAX_ROWS]
+    heldout_x = np.asarray(dataset.x[heldout_rows], dtype=np.float64)
+    heldout_y = dataset.y[heldout_rows]
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
     rundir.write_json(run_dir / "history.json", state.history)
     if plot and state.history:
@@ -354,9 +352,11 @@ def _finish(
     meta.update(_describe(config, dataset))
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
-    dev_outputs = predict(params, meta, dataset.x[split.dev])
+    dev_outputs = batches.predictions(params, meta, prepared.x_dev)
     meta["dev_error"] = error_of(dev_outputs, dataset.y[split.dev], dataset.task)
-    test_error = error_of(predict(params, meta, heldout_x), heldout_y, dataset.task)
+    test_rows = Rows(dataset.x, split.test, prepared.input_mean, prepared.input_std)
+    test_outputs = batches.predictions(params, meta, test_rows)
+    test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
     if dataset.task == "classification":
         meta["test_accuracy"] = 1.0 - test_error
     else:
