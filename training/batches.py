@@ -1,14 +1,15 @@
 """Rows of a split read on demand: standardized mini-batches, one-pass statistics, chunked scoring.
 
-The features stay where they were loaded (an array in memory or the memory-mapped float32
-cache); nothing here copies a whole split. Work over many rows goes in chunks of CHUNK_ROWS,
-so memory is bounded by the chunk, not by the data. A split that fits in one chunk is
+The features stay where they were loaded (an array in memory or the float32 cache file);
+nothing here copies a whole split. Work over many rows goes in chunks of CHUNK_BYTES, so
+memory is bounded by the chunk, not by the data. A split that fits in one chunk is
 computed exactly as on a whole array (np.mean/np.std, model.population_statistics); larger
 ones merge per-chunk moments (Chan et al.) in float64, in one pass per quantity.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,10 @@ from training import layers, model
 from training.inference import predict
 from training.layers import RunningStats
 
-CHUNK_ROWS = 32_768  # rows per chunk for statistics and scoring (64 features: 16 MB float64)
+CHUNK_BYTES = 8 << 20  # float64 bytes per chunk for statistics and scoring (64 features: 16k rows)
+WINDOW_BYTES = 8 << 20  # raw float32 rows gathered at once for the coming mini-batches
 DTYPE = np.float32  # training arithmetic
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclass(frozen=True)
@@ -42,20 +45,67 @@ class Rows:
 
     def take(self, positions: np.ndarray | slice) -> np.ndarray:
         """Standardized float32 rows (len(positions), F) at these positions of the split."""
-        raw = np.asarray(self.x[self.index[positions]])
-        return ((raw - self.mean) / self.std).astype(DTYPE)
+        values = np.asarray(self.x[self.index[positions]], dtype=np.float64)  # a fresh copy
+        values -= self.mean  # in place: the same float64 arithmetic as (x - mean) / std
+        values /= self.std
+        return values.astype(DTYPE)
 
     def raw_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         """Consecutive raw float64 chunks (≤ size, F) in row order."""
-        size = size or CHUNK_ROWS
+        size = size or chunk_rows(self.shape[1])
         for start in range(0, len(self.index), size):
             yield np.asarray(self.x[self.index[start : start + size]], dtype=np.float64)
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         """Consecutive standardized float32 chunks (≤ size, F) in row order."""
-        size = size or CHUNK_ROWS
+        size = size or chunk_rows(self.shape[1])
         for start in range(0, len(self.index), size):
             yield self.take(slice(start, start + size))
+
+
+def release_freed_memory() -> None:
+    """Keep glibc from holding on to freed chunk-sized arrays.
+
+    glibc raises its mmap threshold after a large block is freed, so later chunks come from
+    the heap, which it does not give back: peak RSS crept up by a chunk per phase. A fixed
+    1 MiB threshold keeps every chunk an mmap of its own, returned when freed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def chunk_rows(features: int) -> int:
+    """Rows per chunk: CHUNK_BYTES of float64 values."""
+    return max(256, CHUNK_BYTES // (8 * max(1, features)))
+
+
+def shuffled_batches(
+    rows: Rows, y: np.ndarray, order: np.ndarray, slices: list[slice]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) of each mini-batch `order[s]` for s in slices, standardized float32.
+
+    The rows of many consecutive batches (WINDOW_BYTES of them) are gathered in one read, in
+    file order, so a shuffled epoch over data larger than memory reads the file in sweeps
+    instead of a page per row. The values are exactly those of gathering batch by batch.
+    """
+    window_rows = max(1, WINDOW_BYTES // (4 * max(1, rows.shape[1])))
+    start = 0
+    while start < len(slices):
+        stop = start
+        first = slices[start].start
+        while stop < len(slices) and slices[stop].stop - first <= max(
+            window_rows, slices[start].stop - first
+        ):
+            stop += 1
+        last = slices[stop - 1].stop
+        window = rows.take(order[first:last])
+        for part in slices[start:stop]:
+            local = slice(part.start - first, part.stop - first)
+            yield window[local], y[order[part]]
+        start = stop
 
 
 class Moments:
@@ -94,13 +144,14 @@ def fit_standardization(x: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, n
 
     One pass over the rows in chunks; within one chunk the same as np.mean and np.std.
     """
-    if len(index) <= CHUNK_ROWS:
+    size = chunk_rows(x.shape[1])
+    if len(index) <= size:
         values = np.asarray(x[index], dtype=np.float64)
         mean, std = values.mean(axis=0), values.std(axis=0)
     else:
         moments = Moments()
-        for start in range(0, len(index), CHUNK_ROWS):
-            moments.add(x[index[start : start + CHUNK_ROWS]])
+        for start in range(0, len(index), size):
+            moments.add(x[index[start : start + size]])
         assert moments.mean is not None
         mean, std = moments.mean, np.sqrt(moments.variance())
     std[std == 0] = 1.0
@@ -131,7 +182,7 @@ def population_statistics(
     Layer i's z is computed with layers 1..i-1 already normalized by their population
     statistics, as in the in-memory version (which a split of one chunk uses as it is).
     """
-    if len(rows) <= CHUNK_ROWS:
+    if len(rows) <= chunk_rows(rows.shape[1]):
         return model.population_statistics(params, rows.take(slice(None)), spec)
     activation_forward = layers.ACTIVATION_FUNCTIONS[spec.activation][0]
     stats: dict[str, np.ndarray] = {}

@@ -1,4 +1,4 @@
-"""The float32 data cache: a CSV/Parquet source converted once, then memory-mapped on every run.
+"""The float32 data cache: a CSV/Parquet source converted once, then read in place on every run.
 
 An entry is a directory `<cache dir>/<sha256 of the source's bytes>-<key of the read settings>/`
 holding x.f32 (rows × features float32, C order, no header), codes.npy and cells.npy (the
@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import uuid
+import weakref
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,8 +53,8 @@ def content_sha256(path: Path) -> str:
 
 def load_table(
     path: Path, target: str | None, cache_dir: Path | None
-) -> tuple[np.ndarray, TableInfo]:
-    """(x (N, F) float32, info): memory-mapped from the cache, or read into memory when off."""
+) -> tuple[np.ndarray | RowFile, TableInfo]:
+    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
     if cache_dir is None:
         buffer = io.BytesIO()
         info = read_table(path, target, buffer)
@@ -150,7 +151,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _open_entry(entry: Path) -> tuple[np.ndarray, TableInfo] | None:
+def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
     """The entry's arrays, or None when it is missing, partial or of another format."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
@@ -161,10 +162,7 @@ def _open_entry(entry: Path) -> tuple[np.ndarray, TableInfo] | None:
         x_path = entry / "x.f32"
         if x_path.stat().st_size != rows * len(names) * 4:
             return None
-        if rows == 0:
-            x = np.zeros(shape, dtype=np.float32)
-        else:
-            x = np.memmap(x_path, dtype=np.float32, mode="r", shape=shape)
+        x = RowFile(x_path, *shape)
         codes = np.load(entry / "codes.npy", allow_pickle=False)
         cells = np.load(entry / "cells.npy", allow_pickle=False).tolist()
     except (OSError, ValueError, KeyError, TypeError):
@@ -184,3 +182,58 @@ def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:
                 shutil.rmtree(meta_path.parent, ignore_errors=True)
         except (OSError, ValueError):
             continue
+
+
+class RowFile:
+    """A (rows, features) float32 C-order file read with pread, rows on demand.
+
+    Rows are gathered in file order, a piece of PIECE_BYTES at a time (a whole piece is read
+    once even when it holds many wanted rows), then put back in the order asked for. Unlike
+    a memory map, pages read this way are never mapped into the process: under a memory limit
+    the kernel can drop them at once, and a random mini-batch does not fault in page by page.
+    """
+
+    PIECE_BYTES = 4 << 20
+
+    def __init__(self, path: Path, rows: int, features: int) -> None:
+        self.path = path
+        self.shape = (rows, features)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        self._row_bytes = features * 4
+        self._fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[np.arange(self.shape[0])]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(self.shape[0]))
+        elif isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        rows = np.asarray(index, dtype=np.int64)
+        if rows.ndim != 1:
+            raise IndexError("RowFile takes a 1-D array of row numbers")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row out of range for {self.shape[0]} rows")
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        rows_per_piece = max(1, self.PIECE_BYTES // self._row_bytes)
+        pieces = wanted // rows_per_piece
+        bounds = np.flatnonzero(np.diff(pieces)) + 1
+        for start, stop in zip(
+            np.concatenate([[0], bounds]), np.concatenate([bounds, [len(wanted)]]), strict=True
+        ):
+            if start == stop:
+                continue
+            first, last = int(wanted[start]), int(wanted[stop - 1])
+            data = os.pread(self._fd, (last - first + 1) * self._row_bytes, first * self._row_bytes)
+            block = np.frombuffer(data, dtype=np.float32).reshape(-1, self.shape[1])
+            out[order[start:stop]] = block[wanted[start:stop] - first]
+        return out

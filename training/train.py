@@ -152,12 +152,17 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
     spec, settings = net_spec(config), optimizer_settings(config)
     order = state.rng.permutation(len(prepared.x_train))
     total_cost = 0.0
-    for rows in batch_slices(len(order), config.batch_size):
-        positions = order[rows]  # gathered per batch: the shuffled split is never copied whole
+    slices = batch_slices(len(order), config.batch_size)
+    # read a window of batches at a time: the shuffled split is never copied whole
+    for rows, (x_batch, y_batch) in zip(
+        slices,
+        batches.shuffled_batches(prepared.x_train, prepared.y_train, order, slices),
+        strict=True,
+    ):
         cost, grads, running = model.loss_and_grads(
             state.params,
-            prepared.x_train.take(positions),
-            prepared.y_train[positions],
+            x_batch,
+            y_batch,
             spec,
             task=prepared.dataset.task,
             l2=config.l2,
@@ -234,6 +239,7 @@ def train(
     None chooses by the size of the work (training/threads.py).
     """
     run_dir = Path(out_dir)
+    batches.release_freed_memory()
     prepared = prepare(config, cache_dir=cache_dir)
     if resume:
         check_resume_config(run_dir, config)
