@@ -187,13 +187,14 @@ def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:
 class RowFile:
     """A (rows, features) float32 C-order file read with pread, rows on demand.
 
-    Rows are gathered in file order, a piece of PIECE_BYTES at a time (a whole piece is read
-    once even when it holds many wanted rows), then put back in the order asked for. Unlike
-    a memory map, pages read this way are never mapped into the process: under a memory limit
-    the kernel can drop them at once, and a random mini-batch does not fault in page by page.
+    Wanted rows are read in file order, neighbours closer than GAP_BYTES in one pread (up to
+    PIECE_BYTES), then put back in the order asked for. Unlike a memory map, pages read this
+    way are never mapped into the process: under a memory limit the kernel can drop them at
+    once, and a sparse gather reads only the pages that hold wanted rows.
     """
 
     PIECE_BYTES = 4 << 20
+    GAP_BYTES = 16 << 10
 
     def __init__(self, path: Path, rows: int, features: int) -> None:
         self.path = path
@@ -224,16 +225,23 @@ class RowFile:
         order = np.argsort(rows, kind="stable")
         wanted = rows[order]
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
-        rows_per_piece = max(1, self.PIECE_BYTES // self._row_bytes)
-        pieces = wanted // rows_per_piece
-        bounds = np.flatnonzero(np.diff(pieces)) + 1
-        for start, stop in zip(
-            np.concatenate([[0], bounds]), np.concatenate([bounds, [len(wanted)]]), strict=True
-        ):
-            if start == stop:
-                continue
-            first, last = int(wanted[start]), int(wanted[stop - 1])
-            data = os.pread(self._fd, (last - first + 1) * self._row_bytes, first * self._row_bytes)
-            block = np.frombuffer(data, dtype=np.float32).reshape(-1, self.shape[1])
-            out[order[start:stop]] = block[wanted[start:stop] - first]
+        if not len(wanted):
+            return out
+        gap_rows = max(1, self.GAP_BYTES // self._row_bytes)
+        piece_rows = max(1, self.PIECE_BYTES // self._row_bytes)
+        breaks = np.flatnonzero(np.diff(wanted) > gap_rows) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [len(wanted)]])
+        for run_start, run_stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            start = run_start
+            while start < run_stop:  # a long run in pieces of at most PIECE_BYTES
+                first = int(wanted[start])
+                stop = int(np.searchsorted(wanted, first + piece_rows, side="left", sorter=None))
+                stop = min(max(stop, start + 1), run_stop)
+                last = int(wanted[stop - 1])
+                size, offset = (last - first + 1) * self._row_bytes, first * self._row_bytes
+                block = np.frombuffer(os.pread(self._fd, size, offset), dtype=np.float32)
+                block = block.reshape(-1, self.shape[1])
+                out[order[start:stop]] = block[wanted[start:stop] - first]
+                start = stop
         return out

@@ -118,8 +118,10 @@ def test_cache_dir_setting(monkeypatch, tmp_path):
     assert cache.cache_dir_setting() == tmp_path / "xdg" / "bnserve" / "data"
 
 
-def test_rowfile_gathers_any_rows_in_the_order_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr(RowFile, "PIECE_BYTES", 64)  # many pieces for a small file
+@pytest.mark.parametrize(("piece", "gap"), [(64, 16 << 10), (1 << 20, 20), (1 << 20, 1 << 20)])
+def test_rowfile_gathers_any_rows_in_the_order_asked(tmp_path, monkeypatch, piece, gap):
+    monkeypatch.setattr(RowFile, "PIECE_BYTES", piece)  # many pieces for a small file
+    monkeypatch.setattr(RowFile, "GAP_BYTES", gap)  # or a read per row
     x = np.random.default_rng(0).standard_normal((300, 5)).astype(np.float32)
     path = tmp_path / "x.f32"
     x.tofile(path)
