@@ -218,6 +218,7 @@ class RowFile:
         elif isinstance(index, (int, np.integer)):
             return self[np.array([index])][0]
         rows = np.asarray(index, dtype=np.int64)
+        rows = np.where(rows < 0, rows + self.shape[0], rows)  # from the end, as numpy does
         if rows.ndim != 1:
             raise IndexError("RowFile takes a 1-D array of row numbers")
         if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
