@@ -213,6 +213,8 @@ class RowFile:
         return whole if dtype is None else whole.astype(dtype)
 
     def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, tuple):  # x[rows, columns]: the rows first, then numpy's indexing
+            return self[index[0]][(slice(None), *index[1:])]
         if isinstance(index, slice):
             index = np.arange(*index.indices(self.shape[0]))
         elif isinstance(index, (int, np.integer)):

@@ -166,8 +166,20 @@ def _feature_block(batch, names: list[str]) -> np.ndarray:
     """(B, F) float32, filled column by column from an Arrow record batch."""
     block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
     for out_col, name in enumerate(names):
-        block[:, out_col] = batch.column(name).to_numpy(zero_copy_only=False)
+        block[:, out_col] = _numbers(batch.column(name))
     return block
+
+
+def _numbers(array) -> np.ndarray:
+    """A numeric Arrow array without nulls as a numpy view of its data buffer.
+
+    Array.to_numpy consults pandas when it is installed (importing it costs about a second).
+    """
+    if array.null_count:
+        raise ValueError("an array with nulls has no plain numpy view")
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
 def _trimmed(column):
@@ -182,7 +194,7 @@ def _encode(chunks: list) -> Target:
 
     column = pa.chunked_array(chunks, type=pa.string())
     cells = pc.unique(column)
-    codes = pc.index_in(column, value_set=cells).to_numpy()
+    codes = _numbers(pc.index_in(column, value_set=cells).combine_chunks())
     dtype = np.int32 if len(cells) < 2**31 else np.int64
     return Target([str(cell) for cell in cells.to_pylist()], codes.astype(dtype, copy=False))
 
@@ -335,7 +347,7 @@ def _parquet_numbers(path: Path, column, name: str, first_row: int) -> np.ndarra
                         f"{cell!r} is not a number"
                     ) from None
             raise
-    values = column.to_numpy(zero_copy_only=False)
+    values = _numbers(column)
     with np.errstate(over="ignore"):
         as_float32 = values.astype(np.float32)
     bad = ~np.isfinite(as_float32)

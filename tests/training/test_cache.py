@@ -131,6 +131,7 @@ def test_rowfile_gathers_any_rows_in_the_order_asked(tmp_path, monkeypatch, piec
     np.testing.assert_array_equal(rows[np.array([7, 7, 3])], x[[7, 7, 3]])
     np.testing.assert_array_equal(rows[10:20], x[10:20])
     np.testing.assert_array_equal(rows[-1], x[-1])
+    np.testing.assert_array_equal(rows[5:9, 2], x[5:9, 2])
     np.testing.assert_array_equal(rows[np.array([-2, 0])], x[[-2, 0]])
     np.testing.assert_array_equal(rows[np.array([], dtype=int)], x[:0])
     with pytest.raises(IndexError):
