@@ -136,3 +136,18 @@ def test_rowfile_gathers_any_rows_in_the_order_asked(tmp_path, monkeypatch, piec
     np.testing.assert_array_equal(rows[np.array([], dtype=int)], x[:0])
     with pytest.raises(IndexError):
         rows[np.array([300])]
+
+
+def test_train_cli_puts_the_cache_where_cache_dir_says(tmp_path):
+    from training.cli import main
+
+    source = tmp_path / "d.csv"
+    write_csv(source, 60)
+    argv = ["--data", str(source), "--epochs", "1", "--hidden", "4", "--no-plot", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert len(list((tmp_path / "c").iterdir())) == 1
+    assert (
+        main([*argv, "--out", str(tmp_path / "b"), "--cache-dir", "off", "--blas-threads", "1"])
+        == 0
+    )
+    assert len(list((tmp_path / "c").iterdir())) == 1
