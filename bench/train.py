@@ -220,7 +220,7 @@ def bench_network(net: Network, rounds: int, scale: float, torch) -> None:
         return
     numpy_rows = {n: s for n, s in medians.items() if n.startswith("numpy")}
     torch_rows = {n: s for n, s in medians.items() if n.startswith("pytorch")}
-    one = lambda rows: next(s for n, s in rows.items() if ", 1 thread" in n)  # noqa: E731
+    one = lambda rows: next(s for n, s in rows.items() if n.split(", ")[1].startswith("1 "))  # noqa: E731
     best = lambda rows: max(rows.values(), key=lambda s: s.wall)  # noqa: E731
     goal = "≥ 1.5x" if net.name == "small" else "≥ 1.0x"
     numpy_one, torch_one = one(numpy_rows), one(torch_rows)
