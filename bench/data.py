@@ -4,7 +4,7 @@ Synthetic tables as in issue 15: 64 numeric columns with 4 decimals and an integ
 10 classes, as CSV and Parquet, at 10k / 100k / 1M rows (10M with --large). Every load runs in
 a fresh process (imports done before the clock starts), which reports its own time and peak
 RSS; ratios are against pyarrow's bare read of the same file in the same run. bnserve is timed
-cold (the float32 cache is built) and warm (the cache is memory-mapped), and as
+cold (the float32 cache is built) and warm (the cache is read in place), and as
 load + split + standardize, the part of `bnserve train` before the first batch. The one-epoch
 rows are whole `bnserve train --epochs 1` processes: from the CSV (cold cache) and from an
 in-memory NPZ of the same data. pandas is optional (skipped when not installed).

@@ -30,7 +30,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 class Rows:
     """Rows `index` (n,) ascending of x (N, F), standardized with mean/std (F,) when read."""
 
-    x: np.ndarray  # (N, F) raw features: float32/float64, in memory or memory-mapped
+    x: np.ndarray  # (N, F) raw features, float32/float64: an array or a cache.RowFile
     index: np.ndarray  # (n,) int64 row numbers of x
     mean: np.ndarray  # (F,) float64
     std: np.ndarray  # (F,) float64

@@ -26,7 +26,8 @@ MAX_INFERRED_CLASSES = 20
 class Dataset:
     """Examples as loaded: x (N, F); y (N,) int64 class indices or (N, T) float64.
 
-    x is float32 for CSV and Parquet (memory-mapped from the cache) and float64 for digits/NPZ.
+    x is float32 for CSV and Parquet (a cache.RowFile over the float32 cache, or an array when
+    the cache is off) and float64 for digits/NPZ.
     """
 
     x: np.ndarray
@@ -57,7 +58,7 @@ def load_dataset(
     """Load "digits", a CSV (.csv or .csv.gz, with header), a .parquet, or a .npz.
 
     CSV and Parquet go through the float32 cache (training/cache.py; cache_dir None: the
-    default location, "off": read into memory); x is then memory-mapped.
+    default location, "off": read into memory); x then reads the cache file on demand.
     """
     if source == "digits":
         return _load_digits(task)
