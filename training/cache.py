@@ -12,6 +12,7 @@ else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -128,12 +129,17 @@ def _build_entry(path: Path, target: str | None, entry: Path, sha: str) -> None:
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_dir(temporary)
+        if _open_entry(entry) is not None:
+            return  # another process wrote the same entry meanwhile
         if entry.exists():
             shutil.rmtree(entry)  # an unreadable entry (e.g. of an older format)
-        os.rename(temporary, entry)
+        try:
+            os.rename(temporary, entry)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return  # another process renamed its copy into place first
+            raise
         _fsync_dir(cache_dir)
-    except FileExistsError:
-        pass  # another process wrote the same entry first
     except OSError as error:
         raise DataError(
             f"{cache_dir}: cannot write the data cache ({error}); "

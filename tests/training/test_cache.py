@@ -151,3 +151,23 @@ def test_train_cli_puts_the_cache_where_cache_dir_says(tmp_path):
         == 0
     )
     assert len(list((tmp_path / "c").iterdir())) == 1
+
+
+def test_two_processes_building_one_entry_both_get_it(tmp_path, monkeypatch):
+    source = tmp_path / "d.csv"
+    write_csv(source, 40)
+    real = cache.read_table
+    raced: list[int] = []
+
+    def read_while_another_finishes(path, target, sink):
+        info = real(path, target, sink)
+        if not raced:  # the other process renames its entry into place during our read
+            raced.append(1)
+            monkeypatch.setattr(cache, "read_table", real)
+            load_table(source, None, tmp_path / "cache")
+        return info
+
+    monkeypatch.setattr(cache, "read_table", read_while_another_finishes)
+    x, info = load_table(source, None, tmp_path / "cache")
+    assert info.rows == 40 and np.asarray(x).shape == (40, 2)
+    assert [p.name.startswith(".tmp-") for p in (tmp_path / "cache").iterdir()] == [False]
