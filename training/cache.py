@@ -61,8 +61,11 @@ def load_table(
         info = read_table(path, target, buffer)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    before = _identity(path)
-    sha = content_sha256(path)
+    try:
+        before = _identity(path)
+        sha = content_sha256(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
     entry = cache_dir / f"{sha}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
     opened = _open_entry(entry)

@@ -147,8 +147,8 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
             sink.write(block.data)
             chunks.append(_trimmed(batch.column(target_name)))
             rows += batch.num_rows
-    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        locate_csv_problem(path, target)
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
+        locate_csv_problem(path, target)  # e.g. a gzip file cut short: OSError from pyarrow
         raise DataError(f"{path}: not a readable CSV ({error})") from None
     codes_target = _encode(chunks)
     if any(_bad_target_cell(cell) for cell in codes_target.cells):
@@ -243,7 +243,7 @@ def locate_csv_problem(path: Path, target: str | None) -> None:
                 _check_row(path, line, row, header, feature_cols, target_col, target_name)
     except UnicodeDecodeError:
         _raise_decode_error(path)
-    except csv.Error as error:
+    except (csv.Error, OSError, EOFError) as error:
         raise DataError(f"{path}: not a readable CSV ({error})") from None
 
 

@@ -236,3 +236,15 @@ def test_a_broken_parquet_file_is_a_data_error(tmp_path):
     path.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(DataError, match=r"broken.parquet: not a readable Parquet file"):
         load_dataset(str(path))
+
+
+def test_a_gzip_csv_cut_short_or_not_gzip_at_all_is_named(tmp_path):
+    whole = gzip.compress(("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(100_000))).encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"cut.csv.gz: not a readable CSV"):
+        load_dataset(str(cut))
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_bytes(b"plain text, not gzip")
+    with pytest.raises(DataError, match=r"fake.csv.gz: not a readable CSV \(Not a gzipped file"):
+        load_dataset(str(fake))
