@@ -14,10 +14,11 @@ import os
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-# 2·batch·fan_in·fan_out of the largest layer at which a second thread starts to pay:
-# 64→128→128 at batch 64 is 2 MFLOP (one thread), 784→512 at batch 256 is 205 MFLOP and
-# 256→1024 at batch 512 is 1.1 GFLOP (all cores).
-PARALLEL_FLOPS = 1e8
+# 2·batch·fan_in·fan_out of the largest layer at which a second thread starts to pay. Measured
+# with bench/train.py on 2 cores at load average 0.6: 784→512→512 at batch 256 (205 MFLOP) ran
+# 11,982 examples/s on one thread and 3,494 on two; 256→1024×3 at batch 512 (1.07 GFLOP)
+# 4,904 on one and 7,257 on two. 64→128→128 at batch 64 is 2 MFLOP.
+PARALLEL_FLOPS = 5e8
 
 
 def available_cores() -> int:
