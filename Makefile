@@ -55,6 +55,9 @@ bench: $(STAMP)
 	# bench/quality.py compares with scikit-learn's linear models and MLP; only the bench needs it
 	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install --quiet --constraint constraints.txt \
 		scikit-learn==1.9.1 || echo "scikit-learn==1.9.1 not installable here: bench/quality.py skips"
+	# bench/data.py compares with pandas.read_csv; pandas is never needed to run or test
+	$(PY) -c "import pandas" 2>/dev/null || $(PY) -m pip install --quiet pandas==3.1.1 \
+		|| echo "pandas==3.1.1 not installable here: bench/data.py leaves it out"
 	$(PY) bench/run_all.py
 
 image-check:

@@ -1,4 +1,5 @@
-"""Fixtures every test package may use: a real, tiny filesystem to fill up."""
+"""Fixtures every test package may use: a real, tiny filesystem to fill up; and, for the whole
+suite, the float32 data cache (training/cache.py) in a temporary directory."""
 
 from __future__ import annotations
 
@@ -44,3 +45,8 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisks]:
     yield disks
     for point in disks.mounted:
         subprocess.run(["umount", "--lazy", str(point)], check=True)
+
+
+@pytest.fixture(autouse=True)
+def _data_cache_in_tmp(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("BNSERVE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))

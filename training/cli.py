@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", help="'digits' (built in, default), FILE.csv (header) or FILE.npz")
+    data.add_argument(
+        "--data",
+        help="'digits' (built in, default), FILE.csv[.gz] (header), FILE.parquet or FILE.npz",
+    )
     data.add_argument("--target", help="CSV target column (default: the last column)")
     data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
     data.add_argument(
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(METRIC_NAMES),
         help="dev/test metric to select on: error, balanced_accuracy, log_loss (classification), "
         "rmse, r2 (regression); default error or rmse",
+    )
+    data.add_argument(
+        "--cache-dir",
+        help="float32 cache of CSV/Parquet data ('off': read into memory; default "
+        "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
     )
     net = parser.add_argument_group("network")
     net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
@@ -129,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--no-checkpoints", action="store_true", help="no per-epoch checkpoints")
     out.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
+    out.add_argument(
+        "--blas-threads", type=int, help="BLAS threads (default: by the size of the matrices)"
+    )
     return parser
 
 
@@ -208,6 +219,8 @@ def main(argv: list[str]) -> int:
             checkpoints=not args.no_checkpoints,
             plot=not args.no_plot,
             from_epoch=args.from_epoch,
+            cache_dir=args.cache_dir,
+            blas_threads=args.blas_threads,
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)

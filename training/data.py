@@ -1,20 +1,20 @@
-"""Data: the built-in digits, CSV with a header, NPZ; task inference; seeded split; standardization.
+"""Data: the built-in digits, CSV (plain or gzip) with a header, Parquet, NPZ; task inference;
+seeded split.
 
 Every error names the file and the row/column. Rows are counted as in the file: a CSV's header is
-line 1, its first data row line 2; NPZ rows count from 0 like the array.
+line 1, its first data row line 2; Parquet and NPZ rows count from 0 like the array.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from training import readers
+from training.cache import cache_dir_setting, load_table
 from training.errors import DataError
 
 DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
@@ -24,7 +24,11 @@ MAX_INFERRED_CLASSES = 20
 
 @dataclass(frozen=True)
 class Dataset:
-    """Examples as loaded: x (N, F) float64; y (N,) int64 class indices or (N, T) float64."""
+    """Examples as loaded: x (N, F); y (N,) int64 class indices or (N, T) float64.
+
+    x is float32 for CSV and Parquet (a cache.RowFile over the float32 cache, or an array when
+    the cache is off) and float64 for digits/NPZ.
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -44,85 +48,61 @@ class Split:
     test: np.ndarray
 
 
-def load_dataset(source: str, *, target: str | None = None, task: str | None = None) -> Dataset:
-    """Load "digits", a .csv (with header) or a .npz ("x", "y", optional "feature_names")."""
+def load_dataset(
+    source: str,
+    *,
+    target: str | None = None,
+    task: str | None = None,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Load "digits", a CSV (.csv or .csv.gz, with header), a .parquet, or a .npz.
+
+    CSV and Parquet go through the float32 cache (training/cache.py; cache_dir None: the
+    default location, "off": read into memory); x then reads the cache file on demand.
+    """
     if source == "digits":
         return _load_digits(task)
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"{source}: no such data file (use 'digits', a .csv or a .npz file)")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _load_csv(path, target, task)
-    if suffix == ".npz":
+        raise DataError(
+            f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz file)"
+        )
+    if readers.is_csv(path) or readers.is_parquet(path):
+        x, info = load_table(path, target, cache_dir_setting(cache_dir))
+        cells, codes = info.target.cells, info.target.codes
+        return _build(x, cells, codes, info.feature_names, info.target_name, task, str(path))
+    if path.suffix.lower() == ".npz":
         if target is not None:
             raise DataError(f"{path}: --target names a CSV column; an NPZ file's target is 'y'")
         return _load_npz(path, task)
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv or .npz)")
+    raise DataError(
+        f"{path}: unsupported file type {path.suffix.lower()!r} "
+        "(use .csv, .csv.gz, .parquet or .npz)"
+    )
 
 
 def _load_digits(task: str | None) -> Dataset:
     with gzip.open(DIGITS_PATH, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     names = [f"pixel_{row}_{col}" for row in range(8) for col in range(8)]
-    labels = table[:, -1].astype(np.int64)
-    return _build(table[:, :-1], [str(v) for v in labels], names, "target", task, "digits")
+    labels = [str(v) for v in table[:, -1].astype(np.int64)]
+    return _build_from_cells(table[:, :-1], labels, names, "target", task, "digits")
 
 
-def _load_csv(path: Path, target: str | None, task: str | None) -> Dataset:
-    try:
-        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except csv.Error as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
-    if not rows or not any(cell.strip() for cell in rows[0]):
-        raise DataError(f"{path}: empty file (a header line is needed)")
-    header = [name.strip() for name in rows[0]]
-    target_name = target if target is not None else header[-1]
-    if target_name not in header:
-        raise DataError(f"{path}: target column {target_name!r} not found in header {header}")
-    target_col = header.index(target_name)
-    feature_cols = [col for col in range(len(header)) if col != target_col]
-    if not feature_cols:
-        raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
-    data_rows = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
-    features = np.empty((len(data_rows), len(feature_cols)), dtype=np.float64)
-    targets: list[str] = []
-    for index, (line, row) in enumerate(data_rows):
-        if len(row) != len(header):
-            raise DataError(
-                f"{path}: line {line} has {len(row)} cells, the header has {len(header)}"
-            )
-        for out_col, col in enumerate(feature_cols):
-            features[index, out_col] = _parse_number(row[col], path, line, header[col])
-        cell = row[target_col].strip()
-        if cell == "":
-            raise DataError(f"{path}: line {line}, column {target_name!r}: missing target value")
-        if not _is_finite_or_text(cell):
-            raise DataError(f"{path}: line {line}, column {target_name!r}: {cell!r} is not finite")
-        targets.append(cell)
-    names = [header[col] for col in feature_cols]
-    return _build(features, targets, names, target_name, task, str(path))
-
-
-def _parse_number(cell: str, path: Path, line: int, column: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise DataError(
-            f"{path}: line {line}, column {column!r}: {cell!r} is not a number"
-        ) from None
-    if not math.isfinite(value):
-        raise DataError(f"{path}: line {line}, column {column!r}: {cell!r} is not finite")
-    return value
-
-
-def _is_finite_or_text(cell: str) -> bool:
-    try:
-        return math.isfinite(float(cell))
-    except ValueError:
-        return True  # a class name such as "setosa"
+def _build_from_cells(
+    x: np.ndarray,
+    target_cells: list[str],
+    feature_names: list[str],
+    target_name: str,
+    task: str | None,
+    source: str,
+) -> Dataset:
+    """_build for a list of target strings (digits, NPZ)."""
+    index_of: dict[str, int] = {}
+    codes = np.array(
+        [index_of.setdefault(cell, len(index_of)) for cell in target_cells], dtype=np.int64
+    )
+    return _build(x, list(index_of), codes, feature_names, target_name, task, source)
 
 
 def _load_npz(path: Path, task: str | None) -> Dataset:
@@ -162,7 +142,7 @@ def _load_npz(path: Path, task: str | None) -> Dataset:
         cells = [repr(float(v)) if not float(v).is_integer() else str(int(v)) for v in y]
     else:
         cells = [str(v) for v in y.tolist()]
-    return _build(x, cells, names, "y", task, str(path))
+    return _build_from_cells(x, cells, names, "y", task, str(path))
 
 
 def _numeric_targets(y: np.ndarray, path: Path) -> np.ndarray:
@@ -182,42 +162,50 @@ def _check_finite(values: np.ndarray, where: str) -> None:
 
 def _build(
     x: np.ndarray,
-    target_cells: list[str],
+    cells: list[str],
+    codes: np.ndarray,
     feature_names: list[str],
     target_name: str,
     task: str | None,
     source: str,
 ) -> Dataset:
-    """Turn target strings into class indices or numbers, inferring the task when not given."""
+    """Turn the target (unique cells, a code (N,) per row) into class indices or numbers.
+
+    cells are in first-seen order, so the first bad cell is also the first bad row's.
+    The task is inferred when not given.
+    """
     if x.shape[0] == 0:
         raise DataError(f"{source}: no data rows")
     if x.shape[1] == 0:
         raise DataError(f"{source}: no feature columns")
-    numbers = _try_numbers(target_cells)
+    cell_numbers = _try_numbers(cells)
     if task is None:
-        task = _infer_task(numbers)
+        task = _infer_task(cell_numbers)
     if task == "regression":
-        if numbers is None:
-            first_bad = next(c for c in target_cells if _try_numbers([c]) is None)
+        if cell_numbers is None:
+            first_bad = next(c for c in cells if _try_numbers([c]) is None)
             raise DataError(
                 f"{source}: regression target {target_name!r} has non-numeric value {first_bad!r}"
             )
+        numbers = cell_numbers[codes]
         bad = np.flatnonzero(~np.isfinite(numbers))
         if bad.size:
             raise DataError(f"{source}: target {target_name!r} row {bad[0]} is not finite")
         return _regression(x, numbers[:, None], feature_names, [target_name], source)
-    if numbers is not None:
+    if cell_numbers is not None:
         # numeric labels sort by value ("2" before "10")
-        class_names = sorted(set(target_cells), key=lambda cell: float(cell))
+        order = sorted(range(len(cells)), key=lambda index: float(cells[index]))
     else:
-        class_names = sorted(set(target_cells))
+        order = sorted(range(len(cells)), key=lambda index: cells[index])
+    class_names = [cells[index] for index in order]
     if len(class_names) < 2:
         raise DataError(
             f"{source}: target {target_name!r} has a single class {class_names[0]!r}; "
             "classification needs at least two"
         )
-    index_of = {name: index for index, name in enumerate(class_names)}
-    y = np.array([index_of[cell] for cell in target_cells], dtype=np.int64)
+    class_of_cell = np.empty(len(cells), dtype=np.int64)
+    class_of_cell[order] = np.arange(len(cells))
+    y = class_of_cell[codes]
     return Dataset(x, y, "classification", feature_names, class_names, None, source)
 
 

@@ -12,22 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from training import layers, model, optim, rundir
+from training import batches, layers, model, optim, rundir, threads
+from training.batches import Rows
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
 from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
 from training.folds import fold_split
-from training.inference import predict
 from training.layers import BatchNormSettings
 from training.metrics import LOSS, check_metric, default_metric, evaluate, objective
 from training.state import TrainingState, load_state, save_checkpoint
 from training.targets import check_class_counts
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
+HELDOUT_MAX_ROWS = 10_000  # heldout.npz: the first rows of the test split, never the whole data
 EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 
 
@@ -43,7 +43,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The split data, standardized with training statistics, in the training dtype."""
+    """The split data, standardized with training statistics when read (training/batches.py)."""
 
     dataset: Dataset
     split: Split
@@ -51,16 +51,19 @@ class Prepared:
     input_std: np.ndarray  # (F,) float64
     target_mean: np.ndarray | None  # (T,) regression only
     target_std: np.ndarray | None
-    x_train: np.ndarray  # (n_train, F) standardized, float32
+    x_train: Rows  # (n_train, F) read on demand, standardized float32
     y_train: np.ndarray  # (n_train,) int64 or (n_train, T) standardized float32
-    x_dev: np.ndarray  # (n_dev, F) standardized, float32
+    x_dev: Rows  # (n_dev, F) read on demand, standardized float32
     metric: str = "error"  # the dev metric selected on (training/metrics.py)
     class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
 
 
-def prepare(config: TrainConfig) -> Prepared:
-    """Load the data, split it with the seed, standardize with training-split statistics."""
-    dataset = load_dataset(config.data, target=config.target, task=config.task)
+def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
+    """Load the data, split it with the seed, standardize with training-split statistics.
+
+    cache_dir: where CSV/Parquet sources are cached as float32 (training/cache.py).
+    """
+    dataset = load_dataset(config.data, target=config.target, task=config.task, cache_dir=cache_dir)
     split = split_rows(
         len(dataset.x),
         dev_fraction=config.dev_fraction,
@@ -82,7 +85,7 @@ def prepare(config: TrainConfig) -> Prepared:
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
-    mean, std = fit_standardization(dataset.x[split.train])
+    mean, std = batches.fit_standardization(dataset.x, split.train)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     class_weight = None
@@ -100,9 +103,9 @@ def prepare(config: TrainConfig) -> Prepared:
         std,
         target_mean,
         target_std,
-        ((dataset.x[split.train] - mean) / std).astype(DTYPE),
+        Rows(dataset.x, split.train, mean, std),
         y_train,
-        ((dataset.x[split.dev] - mean) / std).astype(DTYPE),
+        Rows(dataset.x, split.dev, mean, std),
         metric,
         class_weight,
     )
@@ -184,7 +187,7 @@ def dev_error(
     target units); loss: the mean log loss or MSE, which breaks ties between equal objectives."""
     if len(prepared.x_dev) == 0:
         return None, None
-    scores, _, _ = model.forward(params, prepared.x_dev, spec, train=False)
+    scores = batches.scores(params, prepared.x_dev, spec)
     task = prepared.dataset.task
     if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
@@ -198,13 +201,18 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
     """One pass over the shuffled training split; returns the mean cost per example."""
     spec, settings = net_spec(config), optimizer_settings(config)
     order = state.rng.permutation(len(prepared.x_train))
-    x_shuffled, y_shuffled = prepared.x_train[order], prepared.y_train[order]
     total_cost = 0.0
-    for rows in batch_slices(len(order), config.batch_size):
+    slices = batch_slices(len(order), config.batch_size)
+    # read a window of batches at a time: the shuffled split is never copied whole
+    for rows, (x_batch, y_batch) in zip(
+        slices,
+        batches.shuffled_batches(prepared.x_train, prepared.y_train, order, slices),
+        strict=True,
+    ):
         cost, grads, running = model.loss_and_grads(
             state.params,
-            x_shuffled[rows],
-            y_shuffled[rows],
+            x_batch,
+            y_batch,
             spec,
             task=prepared.dataset.task,
             l2=config.l2,
@@ -270,20 +278,27 @@ def train(
     plot: bool = True,
     from_epoch: int | None = None,
     on_epoch: EpochCallback | None = None,
+    cache_dir: str | None = None,
+    blas_threads: int | None = None,
 ) -> TrainResult:
     """Train into run directory `out_dir` (docs/contracts.md) and return the final dev error.
 
     resume: continue from the last checkpoint (or `from_epoch`'s, discarding later ones); only
     RESUMABLE_FIELDS of `config` may differ from the stored config. checkpoints/plot/progress off
     make cheap tuning trials. on_epoch(record) returning False stops training after that epoch.
+    cache_dir: the float32 data cache (training/cache.py; "off": in memory). blas_threads:
+    None chooses by the size of the work (training/threads.py).
     """
     run_dir = Path(out_dir)
-    prepared = prepare(config)
+    batches.release_freed_memory()
+    prepared = prepare(config, cache_dir=cache_dir)
     if resume:
         check_resume_config(run_dir, config)
         epochs = rundir.checkpoint_epochs(run_dir)
         if not epochs and from_epoch in (None, 0):  # killed before its first checkpoint
-            return _restart(config, run_dir, prepared, progress, checkpoints, plot, on_epoch)
+            return _restart(
+                config, run_dir, prepared, progress, checkpoints, plot, on_epoch, blas_threads
+            )
         epoch = epochs[-1] if from_epoch is None else from_epoch
         if epoch not in epochs:
             raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
@@ -306,7 +321,9 @@ def train(
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
-    with single_blas_thread():
+    n_outputs = state.params["output.b"].shape[0]
+    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
+    with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
         best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
         kept = _kept_params(state, best, run_dir, config)
         kept = _train_epochs(
@@ -323,6 +340,7 @@ def _restart(
     checkpoints: bool,
     plot: bool,
     on_epoch: EpochCallback | None,
+    blas_threads: int | None = None,
 ) -> TrainResult:
     """--resume of a run with no checkpoint (killed in its first epoch): start it again."""
     meta_path = run_dir / "meta.json"  # written just after config.json: a kill can fall between
@@ -336,23 +354,15 @@ def _restart(
     )
     rundir.remove_stale_temporaries(run_dir)
     state = fresh_state(config, prepared)
-    with single_blas_thread():
+    n_outputs = state.params["output.b"].shape[0]
+    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
+    with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
         best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
         kept = _kept_params(state, best, run_dir, config)
         kept = _train_epochs(
             state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
         )
         return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
-
-
-def single_blas_thread() -> threadpool_limits:
-    """Limit BLAS to one thread while training.
-
-    The matrices here are at most a few hundred wide, too small for BLAS threads to help, and
-    OpenBLAS threads spin while they wait: on a shared 2-core machine (load ~9) a 12-epoch digits
-    run took 15.6 s with the default two threads and 0.9 s with one.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _train_epochs(
@@ -441,15 +451,16 @@ def _finish(
     kept_epoch = state.epoch if config.early_stopping is None else best.epoch
     params = dict(state.params if config.early_stopping is None else kept)
     if config.batchnorm and config.stats == "population":
-        params.update(model.population_statistics(params, prepared.x_train, net_spec(config)))
+        params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
     params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
     if dataset.task == "regression":
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     rundir.write_npz(run_dir / "params.npz", params)
     heldout_part = heldout_source(split)
-    heldout_rows = getattr(split, heldout_part)
-    heldout_x, heldout_y = dataset.x[heldout_rows], dataset.y[heldout_rows]
+    heldout_rows = getattr(split, heldout_part)[:HELDOUT_MAX_ROWS]
+    heldout_x = np.asarray(dataset.x[heldout_rows], dtype=np.float64)
+    heldout_y = dataset.y[heldout_rows]
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
     history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
     rundir.write_json(run_dir / "history.json", history)
@@ -486,12 +497,13 @@ def _finish(
     )
     meta["dev_error"] = meta["dev_metrics"] = meta["test_metrics"] = None
     if len(split.dev):
-        dev_outputs = predict(params, meta, dataset.x[split.dev])
+        dev_outputs = batches.predictions(params, meta, prepared.x_dev)
         meta["dev_metrics"] = evaluate(dev_outputs, dataset.y[split.dev], dataset.task)
         meta["dev_error"] = objective(prepared.metric, meta["dev_metrics"])
     test_error = None
     if len(split.test):
-        test_outputs = predict(params, meta, dataset.x[split.test])
+        test_rows = Rows(dataset.x, split.test, prepared.input_mean, prepared.input_std)
+        test_outputs = batches.predictions(params, meta, test_rows)
         test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
         meta["test_metrics"] = evaluate(test_outputs, dataset.y[split.test], dataset.task)
     if dataset.task == "classification":

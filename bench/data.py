@@ -1,0 +1,214 @@
+"""Data loading: bnserve's CSV/Parquet reader next to pyarrow, pandas and numpy.loadtxt.
+
+Synthetic tables as in issue 15: 64 numeric columns with 4 decimals and an integer target with
+10 classes, as CSV and Parquet, at 10k / 100k / 1M rows (10M with --large). Every load runs in
+a fresh process (imports done before the clock starts), which reports its own time and peak
+RSS; ratios are against pyarrow's bare read of the same file in the same run. bnserve is timed
+cold (the float32 cache is built) and warm (the cache is read in place), and as
+load + split + standardize, the part of `bnserve train` before the first batch. The one-epoch
+rows are whole `bnserve train --epochs 1` processes: from the CSV (cold cache) and from an
+in-memory NPZ of the same data. pandas is optional (skipped when not installed).
+
+    .venv/bin/python bench/data.py [--sizes 10000,100000] [--large] [--no-epoch] [--no-loadtxt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FEATURES, CLASSES = 64, 10
+REPO = Path(__file__).resolve().parent.parent
+
+# Each loader is the body of a child process: `path` is the file, `cache` a fresh cache dir.
+# Imports happen before the clock starts (bnserve imports pyarrow lazily: done here up front).
+PYARROW = "import pyarrow.csv, pyarrow.parquet, pyarrow.compute; "
+LOADERS = {
+    "bnserve, cold cache": (
+        PYARROW + "from training.data import load_dataset",
+        "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
+    ),
+    "bnserve, warm cache": (
+        PYARROW + "from training.data import load_dataset; load_dataset(path, cache_dir=cache)",
+        "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
+    ),
+    "bnserve load+split+standardize": (
+        PYARROW + "from training.config import TrainConfig; from training.train import prepare",
+        "p = prepare(TrainConfig(data=path), cache_dir=cache)",
+    ),
+    "pyarrow": (
+        "import pyarrow.csv, pyarrow.parquet",
+        "t = (pyarrow.parquet.read_table(path) if path.endswith('.parquet') "
+        "else pyarrow.csv.read_csv(path))",
+    ),
+    "pandas": (
+        "import pandas",
+        "t = (pandas.read_parquet(path) if path.endswith('.parquet') else pandas.read_csv(path))",
+    ),
+    "numpy.loadtxt": ("", "t = np.loadtxt(path, delimiter=',', skiprows=1, dtype=np.float32)"),
+}
+
+CHILD = """
+import json, sys, time
+import numpy as np
+path, cache = sys.argv[1], sys.argv[2]
+{setup}
+started = time.perf_counter()
+{body}
+seconds = time.perf_counter() - started
+with open("/proc/self/status") as status:  # VmHWM: this process's own peak (not its parent's)
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({{"seconds": seconds, "peak_mb": peak_kb / 1024}}))
+"""
+
+
+def write_tables(rows: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The synthetic CSV, Parquet and NPZ of `rows` rows (written in blocks)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    names = [f"f{col}" for col in range(FEATURES)]
+    paths = {kind: folder / f"data-{rows}.{kind}" for kind in ("csv", "parquet", "npz")}
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([*(pa.field(n, pa.float64()) for n in names), pa.field("y", pa.int64())])
+    xs, ys = [], []
+    with (
+        pa_csv.CSVWriter(paths["csv"], schema) as csv_writer,
+        pq.ParquetWriter(paths["parquet"], schema) as parquet_writer,
+    ):
+        for start in range(0, rows, 250_000):
+            count = min(250_000, rows - start)
+            x = np.round(rng.standard_normal((count, FEATURES)), 4)
+            y = rng.integers(0, CLASSES, count)
+            table = pa.table({**{n: x[:, i] for i, n in enumerate(names)}, "y": y}, schema=schema)
+            csv_writer.write_table(table)
+            parquet_writer.write_table(table)
+            xs.append(x.astype(np.float32))
+            ys.append(y)
+    np.savez(paths["npz"], x=np.concatenate(xs), y=np.concatenate(ys))
+    return paths
+
+
+def run_loader(name: str, path: Path, work: Path) -> dict[str, float] | None:
+    """{seconds, peak_mb} of one load in a fresh process; None when it cannot run here."""
+    setup, body = LOADERS[name]
+    cache = work / f"cache-{name.split(',')[0].split()[0]}-{path.name}"
+    shutil.rmtree(cache, ignore_errors=True)
+    code = CHILD.format(setup=setup, body=body)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(cache)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    shutil.rmtree(cache, ignore_errors=True)
+    if done.returncode != 0:
+        if "ModuleNotFoundError" in done.stderr:
+            return None
+        raise RuntimeError(f"{name} on {path.name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_epoch(data: Path, work: Path, cache: Path) -> tuple[float, float]:
+    """(seconds, peak MB) of a whole `bnserve train --epochs 1` process on `data`."""
+    out = work / f"run-{data.name}"
+    command = [
+        *(sys.executable, "-m", "training", "--data", str(data), "--out", str(out)),
+        *("--epochs", "1", "--no-plot", "--no-checkpoints", "--no-progress"),
+        *("--cache-dir", str(cache)),
+    ]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    shutil.rmtree(out, ignore_errors=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"bnserve train on {data.name} exited {child.returncode}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="rows, comma-separated")
+    parser.add_argument("--large", action="store_true", help="also 10,000,000 rows")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the one-epoch rows")
+    parser.add_argument("--no-loadtxt", action="store_true", help="skip numpy.loadtxt")
+    parser.add_argument("--dir", type=Path, help="keep the generated files here")
+    parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # child: write files
+    args = parser.parse_args()
+    if args.generate is not None:
+        write_tables(args.generate, args.dir)
+        return
+    sizes = [int(size) for size in args.sizes.split(",")] + ([10_000_000] if args.large else [])
+    work = args.dir or Path(tempfile.mkdtemp(prefix="bnserve-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}")
+    try:
+        for rows in sizes:
+            # generated in a child: this process stays small, and a child's peak RSS as
+            # getrusage reports it starts from its parent's
+            generate = [sys.executable, __file__, "--generate", str(rows), "--dir", str(work)]
+            subprocess.run(generate, check=True)
+            paths = {kind: work / f"data-{rows}.{kind}" for kind in ("csv", "parquet", "npz")}
+            float32_mb = rows * FEATURES * 4 / 2**20
+            for kind in ("csv", "parquet"):
+                path = paths[kind]
+                print(
+                    f"\n{kind}, {rows:,} rows × {FEATURES} features: "
+                    f"{path.stat().st_size / 2**20:,.0f} MB file, {float32_mb:,.0f} MB float32"
+                )
+                print(f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'peak RSS MB':>12}")
+                names = [
+                    name
+                    for name in LOADERS
+                    if not (name == "numpy.loadtxt" and (kind == "parquet" or args.no_loadtxt))
+                ]
+                results = {name: run_loader(name, path, work) for name in names}
+                base = results["pyarrow"]["seconds"]
+                for name, result in results.items():
+                    if result is None:
+                        print(f"  {name:<32} {'not installed':>8}")
+                        continue
+                    print(
+                        f"  {name:<32} {result['seconds']:>8.3f} "
+                        f"{result['seconds'] / base:>9.2f}x {result['peak_mb']:>12,.0f}"
+                    )
+            if not args.no_epoch:
+                cache = work / "cache-epoch"
+                shutil.rmtree(cache, ignore_errors=True)
+                cold_s, cold_mb = one_epoch(paths["csv"], work, cache)
+                warm_s, warm_mb = one_epoch(paths["csv"], work, cache)
+                npz_s, npz_mb = one_epoch(paths["npz"], work, cache)
+                shutil.rmtree(cache, ignore_errors=True)
+                print("  one epoch, a whole `bnserve train --epochs 1` process:")
+                for name, seconds, peak in (
+                    ("CSV, cold cache", cold_s, cold_mb),
+                    ("CSV, warm cache", warm_s, warm_mb),
+                    ("NPZ, in memory", npz_s, npz_mb),
+                ):
+                    print(
+                        f"    {name:<16} {seconds:>7.2f} s {seconds / npz_s:>6.2f}x NPZ "
+                        f"(goal ≤ 1.3x)  peak RSS {peak:,.0f} MB"
+                    )
+            for path in paths.values():
+                path.unlink()
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The float32 data cache: a CSV/Parquet source converted once, then read in place on every run.
+
+An entry is a directory `<cache dir>/<sha256 of the source's bytes>-<key of the read settings>/`
+holding x.f32 (rows × features float32, C order, no header), codes.npy and cells.npy (the
+target), and meta.json, written into a temporary directory and renamed into place whole. The
+key is the content hash, so a changed file never finds the old entry; the entry of the file's
+previous contents is deleted when the new one is written.
+
+The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
+else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+import weakref
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from training.errors import DataError
+from training.readers import TableInfo, Target, read_table
+
+CACHE_ENV = "BNSERVE_CACHE_DIR"
+OFF = "off"
+FORMAT = 1  # bump when the entry layout or the readers' output changes
+SYNC_BYTES = 64 << 20  # written pages are flushed and dropped from the page cache this often
+
+
+def cache_dir_setting(given: str | None = None) -> Path | None:
+    """The cache directory in force (None: off, read into memory)."""
+    value = given if given is not None else os.environ.get(CACHE_ENV)
+    if value is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "bnserve" / "data"
+    return None if value in ("", OFF) else Path(value)
+
+
+def content_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes, read in 8 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while piece := handle.read(8 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def load_table(
+    path: Path, target: str | None, cache_dir: Path | None
+) -> tuple[np.ndarray | RowFile, TableInfo]:
+    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
+    if cache_dir is None:
+        buffer = io.BytesIO()
+        info = read_table(path, target, buffer)
+        x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
+        return x.reshape(info.rows, len(info.feature_names)), info
+    try:
+        before = _identity(path)
+        sha = content_sha256(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
+    entry = cache_dir / f"{sha}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+    opened = _open_entry(entry)
+    if opened is None:
+        _build_entry(path, target, entry, sha)
+        if _identity(path) != before:
+            shutil.rmtree(entry, ignore_errors=True)
+            raise DataError(f"{path}: changed while being read; run again")
+        opened = _open_entry(entry)
+        if opened is None:
+            raise DataError(f"{entry}: cache entry unreadable right after writing it")
+        _remove_older_entries(cache_dir, path, sha)
+    return opened
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class _DroppingWriter:
+    """A file sink that flushes and drops its written pages every SYNC_BYTES.
+
+    Under a memory limit the dirty pages of a large cache file would otherwise count against
+    the process until the kernel writes them back.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.unsynced = 0
+
+    def write(self, data: memoryview | bytes) -> int:
+        written = self.handle.write(data)
+        self.unsynced += written
+        if self.unsynced >= SYNC_BYTES:
+            self.sync()
+        return written
+
+    def sync(self) -> None:
+        self.handle.flush()
+        os.fdatasync(self.handle.fileno())
+        os.posix_fadvise(self.handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        self.unsynced = 0
+
+
+def _build_entry(path: Path, target: str | None, entry: Path, sha: str) -> None:
+    cache_dir = entry.parent
+    temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
+    try:
+        temporary.mkdir(parents=True)
+        with (temporary / "x.f32").open("wb") as handle:
+            writer = _DroppingWriter(handle)
+            info = read_table(path, target, writer)  # type: ignore[arg-type]
+            writer.sync()
+        np.save(temporary / "codes.npy", info.target.codes)
+        np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
+        meta = {
+            "format": FORMAT,
+            "source": str(path.resolve()),
+            "sha256": sha,
+            "rows": info.rows,
+            "feature_names": info.feature_names,
+            "target_name": info.target_name,
+        }
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _fsync_dir(temporary)
+        if _open_entry(entry) is not None:
+            return  # another process wrote the same entry meanwhile
+        if entry.exists():
+            shutil.rmtree(entry)  # an unreadable entry (e.g. of an older format)
+        try:
+            os.rename(temporary, entry)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return  # another process renamed its copy into place first
+            raise
+        _fsync_dir(cache_dir)
+    except OSError as error:
+        raise DataError(
+            f"{cache_dir}: cannot write the data cache ({error}); "
+            f"choose another with --cache-dir or ${CACHE_ENV}, or 'off'"
+        ) from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
+    """The entry's arrays, or None when it is missing, partial or of another format."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            return None
+        rows, names = int(meta["rows"]), list(meta["feature_names"])
+        shape = (rows, len(names))
+        x_path = entry / "x.f32"
+        if x_path.stat().st_size != rows * len(names) * 4:
+            return None
+        x = RowFile(x_path, *shape)
+        codes = np.load(entry / "codes.npy", allow_pickle=False)
+        cells = np.load(entry / "cells.npy", allow_pickle=False).tolist()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if codes.shape != (rows,):
+        return None
+    return x, TableInfo(rows, names, str(meta["target_name"]), Target(cells, codes))
+
+
+def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:
+    """Entries of earlier contents of the same source file (they can never be used again)."""
+    source = str(path.resolve())
+    for meta_path in cache_dir.glob("*/meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("source") == source and meta.get("sha256") != sha:
+                shutil.rmtree(meta_path.parent, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+class RowFile:
+    """A (rows, features) float32 C-order file read with pread, rows on demand.
+
+    Wanted rows are read in file order, neighbours closer than GAP_BYTES in one pread (up to
+    PIECE_BYTES), then put back in the order asked for. Unlike a memory map, pages read this
+    way are never mapped into the process: under a memory limit the kernel can drop them at
+    once, and a sparse gather reads only the pages that hold wanted rows.
+    """
+
+    PIECE_BYTES = 4 << 20
+    GAP_BYTES = 16 << 10
+
+    def __init__(self, path: Path, rows: int, features: int) -> None:
+        self.path = path
+        self.shape = (rows, features)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        self._row_bytes = features * 4
+        self._fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[np.arange(self.shape[0])]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, tuple):  # x[rows, columns]: the rows first, then numpy's indexing
+            return self[index[0]][(slice(None), *index[1:])]
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(self.shape[0]))
+        elif isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        rows = np.asarray(index, dtype=np.int64)
+        rows = np.where(rows < 0, rows + self.shape[0], rows)  # from the end, as numpy does
+        if rows.ndim != 1:
+            raise IndexError("RowFile takes a 1-D array of row numbers")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row out of range for {self.shape[0]} rows")
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        if not len(wanted):
+            return out
+        gap_rows = max(1, self.GAP_BYTES // self._row_bytes)
+        piece_rows = max(1, self.PIECE_BYTES // self._row_bytes)
+        breaks = np.flatnonzero(np.diff(wanted) > gap_rows) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [len(wanted)]])
+        for run_start, run_stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            start = run_start
+            while start < run_stop:  # a long run in pieces of at most PIECE_BYTES
+                first = int(wanted[start])
+                stop = int(np.searchsorted(wanted, first + piece_rows, side="left", sorter=None))
+                stop = min(max(stop, start + 1), run_stop)
+                last = int(wanted[stop - 1])
+                size, offset = (last - first + 1) * self._row_bytes, first * self._row_bytes
+                block = np.frombuffer(os.pread(self._fd, size, offset), dtype=np.float32)
+                block = block.reshape(-1, self.shape[1])
+                out[order[start:stop]] = block[wanted[start:stop] - first]
+                start = stop
+        return out
