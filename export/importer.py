@@ -258,7 +258,7 @@ def _verification_inputs(
             f"model takes {features}"
         )
     how = f"from {settings.reference_data.name}: {data.x.shape[0]} rows"
-    return data.x.astype(np.float32), how, list(data.feature_names)
+    return np.asarray(data.x, dtype=np.float32), how, list(data.feature_names)
 
 
 def _read_reference_data(settings: ImportSettings) -> Dataset:

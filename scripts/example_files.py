@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     digits = load_dataset("digits")
     classes = digits.class_names or []
     labels = [classes[index] for index in digits.y]
-    _write(args.dir / "digits.csv", digits.feature_names, digits.x, labels)
+    _write(args.dir / "digits.csv", digits.feature_names, np.asarray(digits.x), labels)
     lines = (args.dir / "digits.csv").read_text().splitlines()[:6]
     cells = lines[BAD_LINE - 1].split(",")
     cells[BAD_COLUMN] = "x"

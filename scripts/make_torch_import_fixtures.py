@@ -110,7 +110,7 @@ def main() -> None:
     models: dict[str, bytes] = {}
 
     digits = load_dataset("digits")
-    x = digits.x.astype(np.float32)
+    x = np.asarray(digits.x, dtype=np.float32)
     net = torch.nn.Sequential(
         Standardize(x[:1500]),
         torch.nn.Linear(64, 32),
