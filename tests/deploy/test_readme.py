@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from deploy_support import REPO, DemoRun
 
@@ -52,7 +53,8 @@ def test_the_example_files_are_made_by_the_command_it_gives(
     )
     digits = load_dataset(str(tmp_path / "digits.csv"), target="digit")
     builtin = load_dataset("digits")
-    assert digits.x.tolist() == builtin.x.tolist() and digits.feature_names == builtin.feature_names
+    assert np.array_equal(np.asarray(digits.x), np.asarray(builtin.x))
+    assert digits.feature_names == builtin.feature_names
     assert (tmp_path / "heldout.csv").read_text()[:60] == (
         "pixel_0_0,pixel_0_1,pixel_0_2,pixel_0_3,pixel_0_4,pixel_0_5,"
     )
