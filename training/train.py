@@ -321,15 +321,9 @@ def train(
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
-    n_outputs = state.params["output.b"].shape[0]
-    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
-    with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
-        best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
-        kept = _kept_params(state, best, run_dir, config)
-        kept = _train_epochs(
-            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
-        )
-        return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
+    return _train_and_finish(
+        state, prepared, config, run_dir, meta, progress, checkpoints, plot, on_epoch, blas_threads
+    )
 
 
 def _restart(
@@ -354,6 +348,24 @@ def _restart(
     )
     rundir.remove_stale_temporaries(run_dir)
     state = fresh_state(config, prepared)
+    return _train_and_finish(
+        state, prepared, config, run_dir, meta, progress, checkpoints, plot, on_epoch, blas_threads
+    )
+
+
+def _train_and_finish(
+    state: TrainingState,
+    prepared: Prepared,
+    config: TrainConfig,
+    run_dir: Path,
+    meta: dict[str, Any],
+    progress: bool,
+    checkpoints: bool,
+    plot: bool,
+    on_epoch: EpochCallback | None,
+    blas_threads: int | None,
+) -> TrainResult:
+    """Train from state with the BLAS threads the work's size calls for, then write the run."""
     n_outputs = state.params["output.b"].shape[0]
     sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
     with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
