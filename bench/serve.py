@@ -56,6 +56,7 @@ GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 ECHO_PATH = "/bench.Echo/Call"
 ECHO_LABEL = "bare grpcio echo"
 MINIMAL_LABEL = "minimal grpcio + onnxruntime"
+MINIMAL_POOL_LABEL = "minimal, bnserve's pool"  # server/transport.py's MessageFirstExecutor
 PREDICT_LABEL = "native Predict"
 DRIFT_OFF_LABEL = "native Predict, drift off"
 BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
@@ -313,8 +314,9 @@ def reference_command(mode: str, port: int, settings: BenchSettings, *options: s
     )
 
 
-def serve_until_sigterm(handler: Any, port: int, workers: int) -> None:
-    """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM.
+def serve_until_sigterm(handler: Any, port: int, workers: int, message_first: bool = False) -> None:
+    """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM
+    (message_first: in bnserve's own pool, server/transport.py, instead of grpcio's).
 
     SIGTERM is blocked before the server's threads start (they inherit the mask) and taken with
     sigwait: no Python handler, so none that could deadlock on a lock the main thread holds."""
@@ -324,7 +326,13 @@ def serve_until_sigterm(handler: Any, port: int, workers: int) -> None:
     import grpc
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    if message_first:
+        from server.transport import MessageFirstExecutor
+
+        pool: futures.ThreadPoolExecutor = MessageFirstExecutor(workers, 8, 10.0, 256)
+    else:
+        pool = futures.ThreadPoolExecutor(max_workers=workers)
+    server = grpc.server(pool)
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -343,7 +351,7 @@ def echo_server(port: int, workers: int, response: bytes) -> None:
     serve_until_sigterm(handler, port, workers)
 
 
-def minimal_server(model: Path, port: int, workers: int) -> None:
+def minimal_server(model: Path, port: int, workers: int, message_first: bool = False) -> None:
     """The least a Python gRPC server can do to score one example: parse the request, run
     onnxruntime (same session options as bnserve), answer. No checks of any kind."""
     import grpc
@@ -376,7 +384,7 @@ def minimal_server(model: Path, port: int, workers: int) -> None:
             )
         },
     )
-    serve_until_sigterm(handler, port, workers)
+    serve_until_sigterm(handler, port, workers, message_first)
 
 
 # ---------------------------------------------------------------------------- load
@@ -523,7 +531,8 @@ def measure(settings: BenchSettings) -> int:
         messages = request_messages(row, settings)
         predict_probe = messages["predict"][0]
         wide = batching_workers(settings)
-        names = ["echo", "minimal", "bnserve", "nodrift", "off", "on", "large off", "large on"]
+        names = ["echo", "minimal", "minimal pool", "bnserve", "nodrift", "off", "on"]
+        names += ["large off", "large on"]
         names += ["p1", "p2"]
         ports = {name: free_port() for name in names}
         large = models["large"]
@@ -575,6 +584,17 @@ def measure(settings: BenchSettings) -> int:
                 predict_probe,
             )
         )
+        pids["minimal pool"] = stack.enter_context(
+            running(
+                reference_command(
+                    "minimal-server", ports["minimal pool"], settings, "--model", str(model),
+                    "--message-first",
+                ),
+                ports["minimal pool"],
+                PATHS["predict"],
+                predict_probe,
+            )
+        )  # fmt: skip
         minimal_answer = call_once(ports["minimal"], PATHS["predict"], [predict_probe], False)[0]
         assert len(minimal_answer) == len(answers["predict"][0]), "minimal server's answer size"
 
@@ -605,6 +625,7 @@ def measure(settings: BenchSettings) -> int:
             target(f"Predict, {BATCHING_ON}", "on", "predict", predict_body),
             target(f"{LARGE}, {BATCHING_OFF}", "large off", "predict", predict_body),
             target(f"{LARGE}, {BATCHING_ON}", "large on", "predict", predict_body),
+            target(MINIMAL_POOL_LABEL, "minimal pool", "predict", predict_body),
         ]
         process_targets = [
             target(label, server, "predict", predict_body, load_cpu=settings.all_cpus)
@@ -720,6 +741,13 @@ def report(
             for c in settings.concurrencies
         ]
         print(f"{label:<30}" + "".join(cells))
+    pool_rows = [unary[c][MINIMAL_POOL_LABEL] for c in settings.concurrencies]
+    base_rows = [unary[c][MINIMAL_LABEL] for c in settings.concurrencies]
+    cells = [
+        f"{pool.requests_per_s / base.requests_per_s:>9.2f}"
+        for pool, base in zip(pool_rows, base_rows, strict=True)
+    ]
+    print(f"{'  with bnserve pool over grpcio':<30}" + "".join(cells))
     print("\nserver CPU time per call, µs (ratio: echo's CPU per call over this server's)")
     print(f"{'server':<30}" + "".join(f"{f'c={c} µs':>11}{'ratio':>7}" for c in unary))
     for label in labels:
@@ -795,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     minimal.add_argument("--model", type=Path, required=True)
     minimal.add_argument("--port", type=int, required=True)
     minimal.add_argument("--workers", type=int, required=True)
+    minimal.add_argument("--message-first", action="store_true", help="bnserve's thread pool")
     bare = sub.add_parser("bare-run")
     bare.add_argument("--model", type=Path, required=True)
     bare.add_argument("--runs", type=int, required=True)
@@ -816,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
         return 0
     if args.mode == "minimal-server":
-        minimal_server(args.model, args.port, args.workers)
+        minimal_server(args.model, args.port, args.workers, args.message_first)
         return 0
     if args.mode == "bare-run":
         model = Path(args.model)

@@ -49,6 +49,7 @@ _INTERNALS = (
 )
 
 _HEALTH = b"/grpc.health.v1.Health/"  # answered even while shutting down
+WATCH_RESOLUTION_S = 0.25  # overdue calls are answered within this of their deadline
 SHUTDOWN_QUIET_S = 1.0  # no new call this long: callers have heard UNAVAILABLE and stopped
 _SHUTTING_DOWN = b"server shutting down; retry (another replica will answer)"
 
@@ -108,11 +109,14 @@ class _WaitingCalls:
         waiting = _WaitingCall(time.monotonic() + self.timeout_s, next(self._order), state, call)
         overflow: _WaitingCall | None = None
         with self._lock:
+            # Deadlines only grow (one timeout for all), so the watchdog needs waking only when
+            # it sleeps with nothing to watch: waking it per call cost 25% of the calls/s at 64.
+            if not self._heap:
+                self._wake.notify()
             heapq.heappush(self._heap, waiting)
             self._count += 1
             if self._count > self.max_waiting:
                 overflow = self._pop_oldest_unreceived()
-            self._wake.notify()
         if overflow is not None:
             self.dropped["overflow"] += 1
             _answer_without_message(
@@ -133,6 +137,8 @@ class _WaitingCalls:
             if not waiting.received:
                 waiting.received = True
                 self._count -= 1
+                # The entry stays in the heap until its deadline: let the call go now.
+                waiting.state = waiting.call = None
 
     def _pop_oldest_unreceived(self) -> _WaitingCall | None:
         """Under the lock: remove and return the oldest call still waiting."""
@@ -158,7 +164,9 @@ class _WaitingCalls:
                         self._count -= 1
                         overdue.append(entry)
                 if not overdue:
-                    timeout = self._heap[0].deadline - now if self._heap else None
+                    timeout = None
+                    if self._heap:  # at most one wake-up per WATCH_RESOLUTION_S under load
+                        timeout = max(self._heap[0].deadline - now, WATCH_RESOLUTION_S)
                     self._wake.wait(timeout)
                     continue
             for entry in overdue:
