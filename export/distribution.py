@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import fit_standardization, load_dataset, split_rows
+from training.data import fit_standardization, load_split
 from training.errors import DataError
 from training.rundir import Run
 
@@ -39,14 +39,7 @@ def training_rows(run: Run) -> TrainingRows:
     standardization in params.npz; the held-out split (with a note why) when that fails."""
     config = run.config
     try:
-        dataset = load_dataset(config.data, target=config.target, task=config.task)
-        split = split_rows(
-            len(dataset.x),
-            dev_fraction=config.dev_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.data_split_seed,
-            source=dataset.source,
-        )
+        dataset, split = load_split(config)
     except DataError as error:
         return _heldout(run, f"training data not readable ({error})")
     x_train = dataset.x[split.train]

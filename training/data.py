@@ -10,12 +10,16 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training import readers
 from training.cache import cache_dir_setting, load_table
 from training.errors import DataError
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
 # A numeric target with at most this many distinct integer values is taken as class labels.
@@ -254,6 +258,20 @@ def split_rows(
         dev=np.sort(order[n_train : n_train + n_dev]),
         test=np.sort(order[n_train + n_dev :]),
     )
+
+
+def load_split(config: TrainConfig, *, cache_dir: str | None = None) -> tuple[Dataset, Split]:
+    """config's data set and its seeded train/dev/test split, exactly as a training run makes
+    them (export and the tuner's folds reload a run's split through this)."""
+    dataset = load_dataset(config.data, target=config.target, task=config.task, cache_dir=cache_dir)
+    split = split_rows(
+        len(dataset.x),
+        dev_fraction=config.dev_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.data_split_seed,
+        source=dataset.source,
+    )
+    return dataset, split
 
 
 def fit_standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from training import batches, layers, model, optim, rundir, threads
 from training.batches import Rows
 from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.data import Dataset, Split, fit_standardization, load_dataset, split_rows
+from training.data import Dataset, Split, fit_standardization, load_split
 from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
 from training.folds import fold_split
@@ -63,14 +63,7 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
 
     cache_dir: where CSV/Parquet sources are cached as float32 (training/cache.py).
     """
-    dataset = load_dataset(config.data, target=config.target, task=config.task, cache_dir=cache_dir)
-    split = split_rows(
-        len(dataset.x),
-        dev_fraction=config.dev_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.data_split_seed,
-        source=dataset.source,
-    )
+    dataset, split = load_split(config, cache_dir=cache_dir)
     if dataset.task == "classification":
         check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
     if config.folds is not None:

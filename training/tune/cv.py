@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from training.config import TrainConfig
-from training.data import load_dataset, split_rows
+from training.data import load_split
 from training.folds import fold_rows
 from training.metrics import LOSS
 
@@ -30,14 +30,7 @@ FINAL_RUN = "final"  # the retrained best trial, inside the tune directory
 
 def training_rows(base: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
     """The train + dev row indices of the fixed settings' split, with y and the task."""
-    dataset = load_dataset(base.data, target=base.target, task=base.task)
-    split = split_rows(
-        len(dataset.x),
-        dev_fraction=base.dev_fraction,
-        test_fraction=base.test_fraction,
-        seed=base.data_split_seed,
-        source=dataset.source,
-    )
+    dataset, split = load_split(base)
     rows = np.sort(np.concatenate([split.train, split.dev]))
     return rows, dataset.y, dataset.task
 
