@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,7 @@ class LoadResult:
     succeeded: int
     verified: bool  # every call answered its full response (see module docstring)
     server_cpu_us: float  # server process CPU time (user + system) per call, in µs
+    load_cpu_us: float = 0.0  # h2load's own CPU time (user + system) per call, in µs
 
 
 def frame(message: bytes) -> bytes:
@@ -426,8 +428,10 @@ def h2load(
     log.unlink(missing_ok=True)
     command = _h2load_command(target, concurrency, requests, settings, body, log)
     cpu_before = process_cpu_s(target.server_pid)
+    load_before = children_cpu_s()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu_per_call_us = (process_cpu_s(target.server_pid) - cpu_before) / requests * 1e6
+    load_cpu_per_call_us = (children_cpu_s() - load_before) / requests * 1e6
     succeeded = int(re.search(r"requests: .*?(\d+) succeeded", output).group(1))
     data_bytes = int(re.search(r"\((\d+)\) data", output).group(1))
     rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
@@ -443,7 +447,14 @@ def h2load(
         and succeeded == requests
         and data_bytes == requests * target.framed_response_bytes,
         server_cpu_us=cpu_per_call_us,
+        load_cpu_us=load_cpu_per_call_us,
     )
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's waited-for children: h2load's, per run."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def calibrated_requests(
@@ -684,6 +695,11 @@ def measure(settings: BenchSettings) -> int:
     return 0 if rest_ok and all(r.verified for r in results) else 1
 
 
+def ceiling_rate(result: LoadResult, cpus: int) -> float:
+    """The most calls/s `cpus` fully busy CPUs can give at this run's server + h2load CPU cost."""
+    return cpus * 1e6 / (result.server_cpu_us + result.load_cpu_us)
+
+
 def _ratio_table(
     title: str, rows: dict[int, dict[str, LoadResult]], pairs: list[tuple[str, str, str]]
 ) -> None:
@@ -786,6 +802,22 @@ def report(
     print(f"{'server CPU µs per call':<34}" + "".join(
         f"{processes[c][PROCESSES[1]].server_cpu_us:>9.0f}"
         f"{processes[c][PROCESSES[0]].server_cpu_us:>9.0f}{'':>8}"
+        for c in processes
+    ))  # fmt: skip
+    print(f"{'h2load CPU µs per call':<34}" + "".join(
+        f"{processes[c][PROCESSES[1]].load_cpu_us:>9.0f}"
+        f"{processes[c][PROCESSES[0]].load_cpu_us:>9.0f}{'':>8}"
+        for c in processes
+    ))  # fmt: skip
+    cpus = len(settings.all_cpus.split(","))
+    print(
+        f"ceiling of --processes 2 on {cpus} CPUs shared with h2load: "
+        f"{cpus} × 10⁶ / (server + h2load CPU µs per call), over --processes 1's req/s"
+    )
+    ceilings = {c: ceiling_rate(processes[c][PROCESSES[1]], cpus) for c in processes}
+    one_process = {c: processes[c][PROCESSES[0]].requests_per_s for c in processes}
+    print(f"{'':<34}" + "".join(
+        f"{ceilings[c]:>9.0f}{one_process[c]:>9.0f}{ceilings[c] / one_process[c]:>8.2f}"
         for c in processes
     ))  # fmt: skip
     unary_rate = throughput["native Predict (unary)"].requests_per_s

@@ -5,10 +5,13 @@ so concurrency = connections) goes to
   (a) a bare aiohttp echo server on one event loop thread, as bnserve's HTTP transport runs:
       the request body read, a fixed response of bnserve's answer size written (that stack's
       transport limit);
-  (b) bnserve `POST /v2/models/digits/infer` with the body tritonclient.http sends for one
+  (b) a minimal aiohttp + onnxruntime server on the same loop: the binary request parsed, the
+      model run, the binary answer written, and nothing else (no validation, admission,
+      deadline or metrics): the floor of REST infer on that stack;
+  (c) bnserve `POST /v2/models/digits/infer` with the body tritonclient.http sends for one
       example (JSON header + binary tensor, Inference-Header-Content-Length), binary output.
-The ratio is (b)'s requests/s over (a)'s. Success is checked by status (h2load's log) and by
-the body bytes received: (successful requests) × (one answer's size).
+The ratios are requests/s over (a)'s and over (b)'s. Success is checked by status (h2load's log)
+and by the body bytes received: (successful requests) × (that server's answer size).
 
 Run by bench/serve.py after its gRPC rows; alone: python bench/serve_rest.py [--quick]
 """
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve
 
 ECHO_LABEL = "bare aiohttp echo"
+MINIMAL_LABEL = "minimal aiohttp + onnxruntime"
 REST_LABEL = "bnserve REST infer"
 INFER_PATH = "/v2/models/digits/infer"
 
@@ -84,6 +88,62 @@ def echo_server(port: int, response_hex: str) -> None:
     async def main() -> None:
         app = web.Application()
         app.router.add_post(INFER_PATH, echo)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def minimal_server(port: int, model: str) -> None:
+    """aiohttp + onnxruntime on one event loop: parse, run, answer, nothing else (until SIGTERM)."""
+    import asyncio
+    import signal
+
+    import onnxruntime as ort
+    from aiohttp import web
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    output_names = [output.name for output in session.get_outputs()]
+
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.read()
+        header_length = int(request.headers["Inference-Header-Content-Length"])
+        shape = json.loads(body[:header_length])["inputs"][0]["shape"]
+        x = np.frombuffer(body, dtype="<f4", offset=header_length).reshape(shape)
+        outputs = session.run(output_names, {"x": x})
+        header = json.dumps(
+            {
+                "model_name": "digits",
+                "model_version": "1",
+                "outputs": [
+                    {
+                        "name": name,
+                        "datatype": "FP32" if value.dtype == np.float32 else "INT64",
+                        "shape": list(value.shape),
+                        "parameters": {"binary_data_size": value.nbytes},
+                    }
+                    for name, value in zip(output_names, outputs, strict=True)
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+        return web.Response(
+            body=header + b"".join(value.tobytes() for value in outputs),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            content_type="application/octet-stream",
+        )
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post(INFER_PATH, infer)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -222,7 +282,7 @@ def measure_rest(
         "Inference-Header-Content-Length": str(header_length),
     }
     header_list = tuple(f"{key}: {value}" for key, value in headers.items())
-    ports = {"bnserve": serve.free_port(), "echo": serve.free_port()}
+    ports = {"bnserve": serve.free_port(), "echo": serve.free_port(), "minimal": serve.free_port()}
     with ExitStack() as stack:
         command = serve.bnserve_command(model, serve.free_port(), settings, batching=False)
         command += ["--http-port", str(ports["bnserve"])]
@@ -234,28 +294,57 @@ def measure_rest(
              "--response-hex", answer.hex()],
         )  # fmt: skip
         echo_pid = stack.enter_context(running_http(echo_command, ports["echo"], body, headers))
+        minimal_command = serve.pinned(
+            settings.server_cpu,
+            [sys.executable, __file__, "minimal-server", "--port", str(ports["minimal"]),
+             "--model", str(model)],
+        )  # fmt: skip
+        minimal_pid = stack.enter_context(
+            running_http(minimal_command, ports["minimal"], body, headers)
+        )
+        minimal_answer, _ = answer_size(ports["minimal"], body, headers)
+        if minimal_answer != answer:
+            raise SystemExit(f"the minimal REST server answers {minimal_answer!r}, not {answer!r}")
         targets = [
             RestTarget(ECHO_LABEL, ports["echo"], body, header_list, len(answer), echo_pid),
+            RestTarget(MINIMAL_LABEL, ports["minimal"], body, header_list, len(answer),
+                       minimal_pid),
             RestTarget(REST_LABEL, ports["bnserve"], body, header_list, len(answer), bnserve_pid),
-        ]
+        ]  # fmt: skip
         results = {c: interleaved(targets, c, settings, scratch) for c in settings.concurrencies}
+    print_rest_table(results, settings)
+    return all(r.verified for rows in results.values() for r in rows.values())
+
+
+def print_rest_table(
+    results: dict[int, dict[str, serve.LoadResult]], settings: serve.BenchSettings
+) -> None:
+    """Requests/s, latency and both ratios per server and concurrency; server CPU per call."""
     print(
-        "\nREST (HTTP/1.1 keep-alive, binary tensors as tritonclient.http sends; ratio: "
-        "requests/s over the bare aiohttp echo server)"
+        "\nREST (HTTP/1.1 keep-alive, binary tensors as tritonclient.http sends; ratios: "
+        "requests/s over the bare aiohttp echo server, and over the minimal one)"
     )
-    print(f"{'':<30}" + "".join(f"{f'concurrency {c}':>33}" for c in settings.concurrencies))
-    print(f"{'server':<30}" + f"{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>8}" * len(results))
-    for label in (ECHO_LABEL, REST_LABEL):
+    print(f"{'':<30}" + "".join(f"{f'concurrency {c}':>41}" for c in settings.concurrencies))
+    print(
+        f"{'server':<30}"
+        + f"{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'/echo':>8}{'/min':>8}" * len(results)
+    )
+    for label in (ECHO_LABEL, MINIMAL_LABEL, REST_LABEL):
         cells = []
         for c in settings.concurrencies:
-            result, echo = results[c][label], results[c][ECHO_LABEL]
+            result = results[c][label]
+            echo, minimal = results[c][ECHO_LABEL], results[c][MINIMAL_LABEL]
             mark = " " if result.verified else "!"
             cells.append(
                 f"{result.requests_per_s:>8.0f}{mark}{result.p50_ms:>8.2f}{result.p99_ms:>8.2f}"
                 f"{result.requests_per_s / echo.requests_per_s:>8.2f}"
+                f"{result.requests_per_s / minimal.requests_per_s:>8.2f}"
             )
         print(f"{label:<30}" + "".join(cells))
-    return all(r.verified for rows in results.values() for r in rows.values())
+    print("server CPU µs per call")
+    for label in (ECHO_LABEL, MINIMAL_LABEL, REST_LABEL):
+        cpu = "".join(f"{results[c][label].server_cpu_us:>41.0f}" for c in settings.concurrencies)
+        print(f"  {label:<28}{cpu}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,10 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     echo = sub.add_parser("echo-server")
     echo.add_argument("--port", type=int, required=True)
     echo.add_argument("--response-hex", required=True)
+    minimal = sub.add_parser("minimal-server")
+    minimal.add_argument("--port", type=int, required=True)
+    minimal.add_argument("--model", required=True)
     parser.add_argument("--quick", action="store_true", help="0.7 s per cell, one round")
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.response_hex)
+        return 0
+    if args.mode == "minimal-server":
+        minimal_server(args.port, args.model)
         return 0
     settings = serve.BenchSettings()
     if args.quick:
