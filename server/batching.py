@@ -3,14 +3,17 @@ thread; calls that arrive while the model is busy queue, and run together as the
 
 No worker thread and no fixed wait: when a run ends, the thread that made it takes the queued
 calls (up to max_batch_size rows) as the next batch and hands it to the first of them, whose
-own thread runs it, answers every member its own rows, and hands on in turn. So a lone call
-pays one lock and one check, and under load a batch holds exactly what queued during the run
-before it.
+own thread runs it, answers every member its own rows, and hands on in turn. Before it runs,
+the leader yields the CPU for as long as each yield brings more calls to the queue (calls that
+were being decoded when the model freed; a yield costs nothing when no other thread can run).
+So a lone call pays one lock and one check, and under load a batch holds what queued during
+the run before it and what was about to.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -126,6 +129,7 @@ class DynamicBatcher:
                     )
             request.woken.wait()  # in a batch already: it is ours to run, or being run now
         if request.batch is not None:
+            self._gather(request.batch)
             if self.max_delay_s > 0:
                 self._fill(request.batch, time.monotonic() + self.max_delay_s)
             self._run(request.batch)
@@ -171,6 +175,20 @@ class DynamicBatcher:
                 return
             batch[0].batch = batch
         batch[0].woken.set()
+
+    def _gather(self, batch: list[_Request]) -> None:
+        """In the leader's thread, before its batch runs: yield the CPU and add the calls that
+        queue meanwhile, for as long as each yield brings more (calls being decoded when the
+        model freed). A yield costs nothing when no other thread can run."""
+        rows = sum(request.x.shape[0] for request in batch)
+        while rows < self.max_batch_size:
+            os.sched_yield()
+            with self._lock:
+                more = self._take(self.max_batch_size - rows, at_least_one=False)
+            if not more:
+                return
+            batch.extend(more)
+            rows += sum(request.x.shape[0] for request in more)
 
     def _fill(self, batch: list[_Request], until: float) -> None:
         """In the leader's thread, before its batch runs: add calls that queue until the

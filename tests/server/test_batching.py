@@ -64,6 +64,34 @@ def test_calls_queued_behind_a_busy_model_run_as_one_batch_and_get_their_own_row
     assert batcher.requests_batched == 8
 
 
+def test_calls_that_queue_while_the_next_batch_gathers_join_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader of the next batch yields the CPU before it runs; a call that reaches the
+    queue meanwhile (it was being decoded when the model freed) rides in the same run."""
+    batcher = DynamicBatcher(_tagging_predict, max_batch_size=64, max_delay_s=0.0, max_queue=64)
+    gate = ModelGate(batcher)
+    callers = [_rows(caller) for caller in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        late: list = []
+
+        def a_call_arrives_during_the_first_yield() -> None:
+            if not late:
+                late.append(pool.submit(batcher.score, callers[2]))
+                wait_until(lambda: batcher.queued == 1, "the late call queued")
+
+        first = pool.submit(batcher.score, callers[0])
+        wait_until(lambda: gate.waiting == 1, "the first call holds the model")
+        second = pool.submit(batcher.score, callers[1])
+        wait_until(lambda: batcher.queued == 1, "the second call queued behind it")
+        monkeypatch.setattr("server.batching.os.sched_yield", a_call_arrives_during_the_first_yield)
+        gate.release()
+        answers = [first.result(10), second.result(10), late[0].result(10)]
+    for x, (doubled, _) in zip(callers, answers, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2.0)
+    assert gate.runs == [callers[0].shape[0], callers[1].shape[0] + callers[2].shape[0]]
+
+
 def test_batches_hold_at_most_max_batch_size_rows() -> None:
     batcher = DynamicBatcher(_tagging_predict, max_batch_size=4, max_delay_s=0.0, max_queue=64)
     gate = ModelGate(batcher)
