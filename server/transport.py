@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import _server as grpc_server
@@ -64,15 +64,20 @@ def check_grpc_internals() -> None:
         )
 
 
-@dataclass(order=True)
+@dataclass
 class _WaitingCall:
     """A call whose request message is still on its way."""
 
     deadline: float
     order: int
-    state: Any = field(compare=False)  # grpc._server._RPCState
-    call: Any = field(compare=False)  # cygrpc.Call
-    received: bool = field(default=False, compare=False)
+    state: Any  # grpc._server._RPCState
+    call: Any  # cygrpc.Call
+    received: bool = False
+
+    @property
+    def heap_key(self) -> tuple[float, int, _WaitingCall]:
+        """Its heap entry: ordered by deadline, then arrival, compared in C (no __lt__ call)."""
+        return (self.deadline, self.order, self)
 
 
 class _WaitingCalls:
@@ -94,7 +99,7 @@ class _WaitingCalls:
         self._setting = setting
         self._mid_stream = mid_stream
         self.dropped = {"timeout": 0, "overflow": 0}  # calls answered without a message
-        self._heap: list[_WaitingCall] = []
+        self._heap: list[tuple[float, int, _WaitingCall]] = []  # _WaitingCall.heap_key
         self._count = 0  # waiting calls not yet received or dropped
         self._order = itertools.count()
         self._lock = threading.Lock()
@@ -113,7 +118,7 @@ class _WaitingCalls:
             # it sleeps with nothing to watch: waking it per call cost 25% of the calls/s at 64.
             if not self._heap:
                 self._wake.notify()
-            heapq.heappush(self._heap, waiting)
+            heapq.heappush(self._heap, waiting.heap_key)
             self._count += 1
             if self._count > self.max_waiting:
                 overflow = self._pop_oldest_unreceived()
@@ -143,7 +148,7 @@ class _WaitingCalls:
     def _pop_oldest_unreceived(self) -> _WaitingCall | None:
         """Under the lock: remove and return the oldest call still waiting."""
         while self._heap:
-            oldest = heapq.heappop(self._heap)
+            oldest = heapq.heappop(self._heap)[2]
             if not oldest.received:
                 oldest.received = True
                 self._count -= 1
@@ -157,8 +162,8 @@ class _WaitingCalls:
                 if self._closed:
                     return
                 now = time.monotonic()
-                while self._heap and (self._heap[0].received or self._heap[0].deadline <= now):
-                    entry = heapq.heappop(self._heap)
+                while self._heap and (self._heap[0][2].received or self._heap[0][0] <= now):
+                    entry = heapq.heappop(self._heap)[2]
                     if not entry.received:
                         entry.received = True
                         self._count -= 1
@@ -166,7 +171,7 @@ class _WaitingCalls:
                 if not overdue:
                     timeout = None
                     if self._heap:  # at most one wake-up per WATCH_RESOLUTION_S under load
-                        timeout = max(self._heap[0].deadline - now, WATCH_RESOLUTION_S)
+                        timeout = max(self._heap[0][0] - now, WATCH_RESOLUTION_S)
                     self._wake.wait(timeout)
                     continue
             for entry in overdue:
