@@ -1,7 +1,7 @@
 """The Open Inference Protocol over HTTP/REST on --http-port: aiohttp on its own event loop
 thread, calling the same data plane as the gRPC servicers.
 
-aiohttp was chosen by measurement (bench notes in README: an echo POST at concurrency 1 cost
+aiohttp was chosen by measurement (docs/serving.md, HTTP/REST: an echo POST at concurrency 1 cost
 about the same as uvicorn+httptools and ~90× less than the standard library's http.server,
 which waits on delayed ACKs), and it is one well-kept package with TLS and keep-alive built in.
 Its loop runs in one thread: calls of an unbatched model are scored inline (tens of µs, no thread

@@ -1,5 +1,6 @@
-"""README.md as a newcomer follows it: the venv, the example files it says how to make, names
-that do not collide between sections, the Python equivalent of the grpcurl calls."""
+"""README.md and docs/ as a newcomer follows them: the venv, the example files it says how to make,
+names that do not collide between sections, the Python equivalent of the grpcurl calls, links
+that resolve."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from training.cli import main as train_main
 from training.data import load_dataset
 
 README = (REPO / "README.md").read_text()
+SERVING = (REPO / "docs" / "serving.md").read_text()
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def _section(title: str) -> str:
@@ -82,11 +85,12 @@ def test_tune_and_export_write_different_model_files() -> None:
 
 
 def test_the_python_equivalent_of_the_grpcurl_calls_runs(served_demo_model: str) -> None:
-    match = re.search(r"^\$ python - <<'EOF'\n(.*?)^EOF\n(.*?)^```", README, re.M | re.S)
+    match = re.search(r"^\$ python - <<'EOF'\n(.*?)^EOF\n(.*?)^```", SERVING, re.M | re.S)
     assert match, "no Python block for the grpcurl calls"
     code, shown = match.group(1), match.group(2).splitlines()
-    assert "grpcurl" in README[: match.start()][-3000:]  # next to the grpcurl examples
-    code = code.replace("127.0.0.1:50514", served_demo_model)
+    assert "grpcurl" in SERVING[: match.start()][-3000:]  # next to the grpcurl examples
+    assert "127.0.0.1:50051" in code  # the Serve tour's server, replaced by the test's own
+    code = code.replace("127.0.0.1:50051", served_demo_model)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
     )
@@ -96,3 +100,30 @@ def test_the_python_equivalent_of_the_grpcurl_calls_runs(served_demo_model: str)
     assert printed[:served] == shown[:served]  # services and SERVING
     assert printed[served].startswith("model 1 ")  # this model's class and probability may differ
     assert printed[served + 1] == shown[served + 1]
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the `#` headings of a Markdown page (code blocks skipped)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_relative_link_in_readme_and_docs_resolves() -> None:
+    """README.md and docs/*.md link to each other: every file and #anchor they name exists."""
+    links = 0
+    for page in PAGES:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: link {target!r}: no file {linked}"
+            if anchor:
+                assert anchor in _anchors(linked), f"{page.name}: link {target!r}: no such heading"
+            links += 1
+    assert links >= 20  # the README's index of docs/ and the docs' links back
