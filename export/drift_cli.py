@@ -192,7 +192,8 @@ def _read_parquet(path: Path) -> tuple[list[str], ColumnReader]:
 
     def column(index: int) -> np.ndarray:
         try:
-            return table.column(index).to_numpy(zero_copy_only=False).astype(np.float64)
+            values: np.ndarray = table.column(index).to_numpy(zero_copy_only=False)
+            return values.astype(np.float64)
         except (TypeError, ValueError) as error:
             name = table.column_names[index]
             raise DriftInputError(f"{path}: column {name!r} is not numeric ({error})") from None
@@ -234,7 +235,8 @@ def drift_report(
         rows = x[start : start + CHUNK]
         outputs = session.run(layer_names, {"x": rows}) if layer_names else None
         monitor.observe(rows, outputs)
-    return monitor.report()["life"]
+    life: dict[str, Any] = monitor.report()["life"]
+    return life
 
 
 def format_table(report: dict[str, Any], top: int) -> str:
