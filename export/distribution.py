@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from server.contract import DRIFT_FORMAT
 from training.data import fit_standardization, load_split
 from training.errors import DataError
 from training.rundir import Run
 
-DRIFT_FORMAT = 1
 DECILES = np.linspace(0.1, 0.9, 9)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from server.contract import MetadataKey
 from server.drift import (
     DriftMetadataError,
     DriftMonitor,
@@ -211,8 +212,8 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
     except Exception as error:
         raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
     try:
-        feature_names = tuple(json.loads(metadata["bnserve.feature_names"]))
-        reference = parse_reference(metadata.get("bnserve.drift", ""), feature_names)
+        feature_names = tuple(json.loads(metadata[MetadataKey.FEATURE_NAMES.full]))
+        reference = parse_reference(metadata.get(MetadataKey.DRIFT.full, ""), feature_names)
     except (KeyError, json.JSONDecodeError):
         raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
     except DriftMetadataError as error:
