@@ -31,6 +31,7 @@ import onnxruntime as ort  # noqa: E402
 from export.fold import fold_params  # noqa: E402
 from export.graph import build_folded_model, build_unfolded_model  # noqa: E402
 from export.importer import ImportSettings, import_model  # noqa: E402
+from export.network import NetworkSpec  # noqa: E402
 
 LAYER_SIZES = (64, 128, 128, 10)
 BATCH = 64
@@ -115,12 +116,19 @@ def main() -> None:
     settings = BenchSettings(rounds=args.rounds, calls=args.calls, threads=args.threads)
 
     params = random_params()
-    structure = dict(
-        hidden_count=2, batchnorm=True, epsilon=1e-5, activation="relu", task="classification"
+    features, *hidden, classes = LAYER_SIZES
+    spec = NetworkSpec(
+        feature_count=features,
+        hidden_sizes=tuple(hidden),
+        output_count=classes,
+        activation="relu",
+        batchnorm=True,
+        epsilon=1e-5,
+        task="classification",
     )
     models = {
-        "folded": build_folded_model(fold_params(params, **structure)),
-        "unfolded": build_unfolded_model(params, **structure),
+        "folded": build_folded_model(fold_params(params, spec)),
+        "unfolded": build_unfolded_model(params, spec),
     }
     sessions = {name: make_session(model, settings.threads) for name, model in models.items()}
 

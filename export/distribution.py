@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from server.contract import DRIFT_FORMAT
 from training.data import fit_standardization, load_split
 from training.errors import DataError
+from training.model import layer_names
 from training.rundir import Run
 
-DRIFT_FORMAT = 1
 DECILES = np.linspace(0.1, 0.9, 9)
 
 
@@ -93,8 +94,7 @@ def layer_statistics(
     """Each batch-normed hidden layer's frozen statistics; `preactivation_name` is a format
     string with {i} (1-based layer) naming the graph tensor γ·ẑ + β."""
     layers = []
-    for index in range(1, hidden_count + 1):
-        prefix = f"hidden{index}"
+    for index, prefix in enumerate(layer_names(hidden_count)[:-1], start=1):
         if f"{prefix}.gamma" not in params:
             return []  # no batch norm: no frozen statistics to compare with
         layers.append(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from server.contract import MetadataKey
 from server.drift import (
     DriftMetadataError,
     DriftMonitor,
@@ -192,7 +193,8 @@ def _read_parquet(path: Path) -> tuple[list[str], ColumnReader]:
 
     def column(index: int) -> np.ndarray:
         try:
-            return table.column(index).to_numpy(zero_copy_only=False).astype(np.float64)
+            values: np.ndarray = table.column(index).to_numpy(zero_copy_only=False)
+            return values.astype(np.float64)
         except (TypeError, ValueError) as error:
             name = table.column_names[index]
             raise DriftInputError(f"{path}: column {name!r} is not numeric ({error})") from None
@@ -210,8 +212,8 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
     except Exception as error:
         raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
     try:
-        feature_names = tuple(json.loads(metadata["bnserve.feature_names"]))
-        reference = parse_reference(metadata.get("bnserve.drift", ""), feature_names)
+        feature_names = tuple(json.loads(metadata[MetadataKey.FEATURE_NAMES.full]))
+        reference = parse_reference(metadata.get(MetadataKey.DRIFT.full, ""), feature_names)
     except (KeyError, json.JSONDecodeError):
         raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
     except DriftMetadataError as error:
@@ -234,7 +236,8 @@ def drift_report(
         rows = x[start : start + CHUNK]
         outputs = session.run(layer_names, {"x": rows}) if layer_names else None
         monitor.observe(rows, outputs)
-    return monitor.report()["life"]
+    life: dict[str, Any] = monitor.report()["life"]
+    return life
 
 
 def format_table(report: dict[str, Any], top: int) -> str:

@@ -1,13 +1,12 @@
 """Export one training run to a verified ONNX file: load, check, fold, build, verify, write.
 
-Nothing is written unless every step passed; the file appears atomically (a temporary file in
-the same directory, then os.replace), so a reader never sees half a model.
+Nothing is written unless every step passed; the file appears atomically
+(`training.rundir.write_bytes`), so a reader never sees half a model.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from export.graph import (
     build_folded_model,
     build_unfolded_model,
 )
-from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_metadata, graph_sha256
+from export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
 from export.network import check_params, spec_from_run
 from export.verify import (
     PROBABILITY_TOLERANCE,
@@ -37,9 +36,10 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
+from server.contract import Tolerance
 from training.errors import RunError, disk_full, os_error_line
 from training.inference import predict
-from training.rundir import Run, load_run
+from training.rundir import Run, load_run, write_bytes
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
     onnx.checker.check_model(model, full_check=True)
     payload = model.SerializeToString()
     try:
-        write_atomically(settings.out, payload)
+        write_bytes(settings.out, payload)
     except OSError as error:  # a full disk, most likely
         then = "make room or choose another --out" if disk_full(error) else "choose another --out"
         raise ExportError(
@@ -146,17 +146,10 @@ def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance
         # the checks name the file within the run ("params.npz: …"); say which run it is
         raise ExportError(f"{run.path}{os.sep}{error}") from None
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
-    structure: dict[str, Any] = {
-        "hidden_count": len(spec.hidden_sizes),
-        "batchnorm": spec.batchnorm,
-        "epsilon": spec.epsilon,
-        "activation": spec.activation,
-        "task": spec.task,
-    }
     if unfolded:
-        model = build_unfolded_model(params, **structure)
+        model = build_unfolded_model(params, spec)
     else:
-        model = build_folded_model(fold_params(params, **structure))
+        model = build_folded_model(fold_params(params, spec))
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
     return model, regression_tolerance(params["target.std"])
@@ -220,19 +213,3 @@ def _training_summary(run: Run) -> dict[str, Any]:
         "config": run.config.to_dict(),
         "metrics": {key: run.meta[key] for key in metric_keys if key in run.meta},
     }
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write payload to path via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a server under another user reads it
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

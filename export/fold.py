@@ -8,14 +8,17 @@ layer computes z = a @ W + b, and scaling an output unit scales a COLUMN of W.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")  # what bnserve trains
-# what a folded graph may apply: `bnserve import` also takes LeakyRelu from other frameworks
-FOLDED_ACTIVATIONS = (*HIDDEN_ACTIVATIONS, "leaky_relu")
+from export.network import NetworkSpec
+from training.config import ACTIVATIONS
+from training.model import layer_names
+
+# what a folded graph may apply: what bnserve trains, and LeakyRelu from other frameworks
+FOLDED_ACTIVATIONS = (*ACTIVATIONS, "leaky_relu")
 LEAKY_RELU_ALPHA = 0.01  # ONNX's LeakyRelu default and PyTorch's default negative_slope
 
 
@@ -159,75 +162,35 @@ def fold_layers(
     )
 
 
-def fold_params(
-    params: dict[str, np.ndarray],
-    *,
-    hidden_count: int,
-    batchnorm: bool,
-    epsilon: float,
-    activation: str,
-    task: str,
-) -> FoldedNetwork:
+def fold_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> FoldedNetwork:
     """Fold a run's parameters (the params.npz layout of docs/contracts.md) into affine layers.
 
-    The parameters must already be validated (`export.network.check_params`); everything is
-    computed in float64.
+    The parameters must already be validated against spec (`export.network.check_params`);
+    everything is computed in float64.
     """
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
     layers: list[LinearLayer] = []
-    for index in range(1, hidden_count + 1):
-        prefix = f"hidden{index}"
+    for prefix in layer_names(len(spec.hidden_sizes))[:-1]:
         norm = None
-        if batchnorm:
+        if spec.batchnorm:
             norm = BatchNormStats(
                 gamma=p[f"{prefix}.gamma"],
                 beta=p[f"{prefix}.beta"],
                 running_mean=p[f"{prefix}.running_mean"],
                 running_var=p[f"{prefix}.running_var"],
-                epsilon=epsilon,
+                epsilon=spec.epsilon,
             )
         layers.append(
             LinearLayer(weight=p[f"{prefix}.W"], bias=p.get(f"{prefix}.b"), batchnorm=norm)
         )
     layers.append(LinearLayer(weight=p["output.W"], bias=p["output.b"]))
-    regression = task == "regression"
+    regression = spec.task == "regression"
     return fold_layers(
         layers,
         input_mean=p["input.mean"],
         input_std=p["input.std"],
-        activation=activation,
-        task=task,
+        activation=spec.activation,
+        task=spec.task,
         target_mean=p["target.mean"] if regression else None,
         target_std=p["target.std"] if regression else None,
     )
-
-
-def _activate(z: np.ndarray, activation: str, leaky_relu_alpha: float) -> np.ndarray:
-    if activation == "relu":
-        return np.maximum(z, 0.0)
-    if activation == "leaky_relu":
-        return np.where(z >= 0.0, z, leaky_relu_alpha * z)
-    if activation == "tanh":
-        return np.tanh(z)
-    if activation == "sigmoid":
-        # tanh form: no overflow warning for large |z|
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
-    raise ValueError(f"unknown activation {activation!r}; expected one of {FOLDED_ACTIVATIONS}")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def forward_folded(network: FoldedNetwork, x_raw: np.ndarray) -> np.ndarray:
-    """Score raw features x_raw (N, F) with the folded network, in float64.
-
-    Returns probabilities (N, C) for classification or y (N, T) for regression: the same
-    quantity `training.inference.predict` returns, so the two can be compared.
-    """
-    a = x_raw
-    for layer in network.layers[:-1]:
-        a = _activate(a @ layer.weight + layer.bias, network.activation, network.leaky_relu_alpha)
-    out = a @ network.layers[-1].weight + network.layers[-1].bias
-    return _softmax(out) if network.task == "classification" else out

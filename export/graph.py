@@ -8,12 +8,15 @@ Every model passes `onnx.checker` before it is returned.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.fold import FoldedNetwork
+from export.network import NetworkSpec
+from training.model import BATCHNORM_ARRAYS, layer_names
 
 OPSET = 17
 # IR 8 is what opset 17 was released with; onnxruntime ≥ 1.20 loads it (onnx 1.20 would
@@ -38,7 +41,7 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, name: str, **attributes: object) -> str:
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attributes))
         return output
 
@@ -146,21 +149,14 @@ def build_folded_model(
     return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra)
 
 
-def build_unfolded_model(
-    params: Mapping[str, np.ndarray],
-    *,
-    hidden_count: int,
-    batchnorm: bool,
-    epsilon: float,
-    activation: str,
-    task: str,
-) -> onnx.ModelProto:
+def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> onnx.ModelProto:
     """The network as trained: Sub/Div standardization, Gemm, BatchNormalization, activation.
 
     For audit and comparison with the folded model; params in the params.npz layout, already
-    checked by `export.network.check_params`.
+    checked against spec by `export.network.check_params`.
     """
     builder = _GraphBuilder()
+    activation, task = spec.activation, spec.task
     activation_op = ACTIVATION_OPS[activation]
     centred = builder.node(
         "Sub",
@@ -171,21 +167,21 @@ def build_unfolded_model(
     a = builder.node(
         "Div", [centred, builder.constant("input.std", params["input.std"])], "input.z", "input.div"
     )
-    for index in range(1, hidden_count + 1):
-        prefix = f"hidden{index}"
+    for prefix in layer_names(len(spec.hidden_sizes))[:-1]:
         weight = builder.constant(f"{prefix}.W", params[f"{prefix}.W"])
-        if batchnorm:
+        if spec.batchnorm:
             z = builder.node("Gemm", [a, weight], f"{prefix}.z", f"{prefix}.gemm")
+            # BatchNormalization's inputs are scale, B, input_mean, input_var: the layout's order
             statistics = [
                 builder.constant(f"{prefix}.{name}", params[f"{prefix}.{name}"])
-                for name in ("gamma", "beta", "running_mean", "running_var")
+                for name in BATCHNORM_ARRAYS
             ]
             z = builder.node(
                 "BatchNormalization",
                 [z, *statistics],
                 f"{prefix}.z_bn",
                 f"{prefix}.batchnorm",
-                epsilon=float(epsilon),
+                epsilon=float(spec.epsilon),
             )
         else:
             bias = builder.constant(f"{prefix}.b", params[f"{prefix}.b"])
@@ -210,6 +206,4 @@ def build_unfolded_model(
             "y",
             "target.add",
         )
-    feature_count = params["input.mean"].shape[0]
-    output_count = params["output.b"].shape[0]
-    return _finish(builder, task, feature_count, output_count, "bnserve_mlp_unfolded")
+    return _finish(builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded")

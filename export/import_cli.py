@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from export.errors import ExportError
+from export.fold import FOLDED_ACTIVATIONS
 from export.importer import ImportReport, ImportSettings, import_model
+from server.contract import TASKS
 
 MAX_ROWS = 1_000_000  # generated or embedded rows: beyond that only memory grows
 
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--task",
-        choices=("classification", "regression"),
+        choices=TASKS,
         help="default: from the graph's end (Softmax/LogSoftmax/Sigmoid: classification, nothing: "
         "regression); classification reads a graph that ends in logits as a classifier, its "
         "probabilities the softmax of the logits",
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     state_dict.add_argument(
         "--activation",
-        choices=("relu", "tanh", "sigmoid", "leaky_relu"),
+        choices=FOLDED_ACTIVATIONS,
         help="the activation between the layers (a state dict does not record it)",
     )
     state_dict.add_argument(

@@ -19,10 +19,10 @@ import onnx
 import onnxruntime as ort
 
 from export.errors import ExportError
-from export.exporter import check_output_path, write_atomically
+from export.exporter import check_output_path
 from export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
 from export.graph import build_folded_model
-from export.metadata import ReferenceRows, Tolerance, attach_metadata, build_metadata, graph_sha256
+from export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
 from export.onnx_chain import ParsedChain, parse_chain
 from export.state_dict import (
     StateDictSpec,
@@ -38,10 +38,11 @@ from export.verify import (
     onnx_session,
     score_onnx,
 )
+from server.contract import MetadataKey, Tolerance
 from training.data import Dataset, load_dataset
 from training.errors import DataError
+from training.rundir import write_bytes
 
-IMPORT_KEY = "bnserve.import"  # JSON: where the model came from and what its source states
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 
 
@@ -123,14 +124,15 @@ def import_model(settings: ImportSettings) -> ImportReport:
         model=model,
     )
     epsilons = sorted({node.stated_epsilon for node in chain.batchnorms})
-    metadata["bnserve.epsilon"] = (
+    metadata[MetadataKey.EPSILON.full] = (
         repr(epsilons[0]) if len(epsilons) == 1 else json.dumps(epsilons) if epsilons else ""
     )
-    metadata[IMPORT_KEY] = json.dumps(card["import"], sort_keys=True)
+    # where the model came from and what its source states
+    metadata[MetadataKey.IMPORT.full] = json.dumps(card["import"], sort_keys=True)
     attach_metadata(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     payload = model.SerializeToString()
-    write_atomically(settings.out, payload)
+    write_bytes(settings.out, payload)
     return ImportReport(
         out=settings.out,
         chain=chain,
@@ -303,7 +305,8 @@ def _original_outputs(
         return np.exp(output)
     if chain.head == "logits":
         shifted = np.exp(output - output.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+        return probabilities
     if chain.head == "sigmoid":
         return np.concatenate([1.0 - output, output], axis=1)
     return output

@@ -16,21 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-FORMAT_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A comparison passes where |onnx − numpy| ≤ abs + rel·|numpy|, elementwise."""
-
-    abs: float
-    rel: float
-
-    def as_json(self) -> str:
-        """`{"abs": …}` when rel is 0 (probabilities), else `{"rel": …, "abs": …}`."""
-        if self.rel == 0:
-            return json.dumps({"abs": self.abs})
-        return json.dumps({"rel": self.rel, "abs": self.abs})
+from server.contract import FORMAT_VERSION, MetadataKey, Tolerance, output_names_key
 
 
 @dataclass(frozen=True)
@@ -63,37 +49,36 @@ def build_metadata(
     distribution for drift monitoring (export.distribution.drift_metadata), stored compactly.
     """
     task = meta["task"]
-    names_key = "class_names" if task == "classification" else "target_names"
+    names_key = output_names_key(task)
     # tolist() gives Python floats; json writes their shortest repr, which round-trips exactly
     # (a float32 value widened to float64 included), so readers get the very same numbers.
     reference_outputs = {name: value.tolist() for name, value in references.outputs.items()}
-    return {
-        "bnserve.format": FORMAT_VERSION,
-        "bnserve.task": task,
-        "bnserve.feature_names": json.dumps(list(meta["feature_names"])),
-        f"bnserve.{names_key}": json.dumps(list(meta[names_key])),
-        "bnserve.stats": str(meta["stats"]),
-        "bnserve.bn_momentum": str(meta["bn_momentum"]) if meta["batchnorm"] else "",
-        "bnserve.running_var": str(meta["running_var"]),
-        "bnserve.epsilon": repr(float(meta["epsilon"])),
-        "bnserve.folded": "true" if folded else "false",
-        "bnserve.fold_max_abs_error": repr(float(fold_max_abs_error)),
-        "bnserve.run_id": str(meta["run_id"]),
-        "bnserve.params_sha256": str(meta["params_sha256"]),
-        "bnserve.graph_sha256": graph_sha256(model),
-        "bnserve.reference_inputs": json.dumps(
+    key = MetadataKey
+    values = {
+        key.FORMAT: FORMAT_VERSION,
+        key.TASK: task,
+        key.FEATURE_NAMES: json.dumps(list(meta["feature_names"])),
+        names_key: json.dumps(list(meta[names_key.value])),
+        key.STATS: str(meta["stats"]),
+        key.BN_MOMENTUM: str(meta["bn_momentum"]) if meta["batchnorm"] else "",
+        key.RUNNING_VAR: str(meta["running_var"]),
+        key.EPSILON: repr(float(meta["epsilon"])),
+        key.FOLDED: "true" if folded else "false",
+        key.FOLD_MAX_ABS_ERROR: repr(float(fold_max_abs_error)),
+        key.RUN_ID: str(meta["run_id"]),
+        key.PARAMS_SHA256: str(meta["params_sha256"]),
+        key.GRAPH_SHA256: graph_sha256(model),
+        key.REFERENCE_INPUTS: json.dumps(
             references.inputs.astype(np.float32).astype(np.float64).tolist()
         ),
-        "bnserve.reference_outputs": json.dumps(reference_outputs),
-        "bnserve.reference_tolerance": tolerance.as_json(),
-        "bnserve.training": json.dumps(dict(training), sort_keys=True, default=str),
-        "bnserve.created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **(
-            {"bnserve.drift": json.dumps(dict(drift), separators=(",", ":"))}
-            if drift is not None
-            else {}
-        ),
+        key.REFERENCE_OUTPUTS: json.dumps(reference_outputs),
+        key.REFERENCE_TOLERANCE: tolerance.as_json(),
+        key.TRAINING: json.dumps(dict(training), sort_keys=True, default=str),
+        key.CREATED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if drift is not None:
+        values[key.DRIFT] = json.dumps(dict(drift), separators=(",", ":"))
+    return {name.full: value for name, value in values.items()}
 
 
 def attach_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:

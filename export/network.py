@@ -7,7 +7,6 @@ otherwise (file, key, shape, unit index).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +15,8 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
-from export.fold import HIDDEN_ACTIVATIONS
-from training.config import RUNNING_VAR_MODES, STATS_MODES, TrainConfig
-
-TASKS = ("classification", "regression")
+from training.config import ACTIVATIONS, RUNNING_VAR_MODES, STATS_MODES, TASKS, TrainConfig
+from training.model import param_shapes
 
 
 @dataclass(frozen=True)
@@ -34,12 +31,17 @@ class NetworkSpec:
     epsilon: float
     task: str
 
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """[F, n_1, ..., n_L, C or T]: the sizes `training.model.param_shapes` takes."""
+        return (self.feature_count, *self.hidden_sizes, self.output_count)
+
 
 def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
     """The network meta.json and config.json describe; ExportError names any bad or
     inconsistent value (the exporter relies on meta for the graph and on both for metadata)."""
     task = _choice(meta, "task", TASKS)
-    activation = _choice(meta, "activation", HIDDEN_ACTIVATIONS)
+    activation = _choice(meta, "activation", ACTIVATIONS)
     batchnorm = meta.get("batchnorm")
     if not isinstance(batchnorm, bool):
         raise ExportError(f"meta.json: 'batchnorm' is {batchnorm!r}; expected true or false")
@@ -78,7 +80,7 @@ def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
 
 def _choice(meta: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     value = meta.get(key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ExportError(f"meta.json: {key!r} is {value!r}; expected one of {allowed}")
     return value
 
@@ -99,35 +101,13 @@ def _string_list(meta: Mapping[str, Any], key: str) -> list[str]:
     return value
 
 
-def expected_shapes(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
-    """Every params.npz key the spec requires, with its shape (docs/contracts.md)."""
-    widths = (spec.feature_count, *spec.hidden_sizes)
-    shapes: dict[str, tuple[int, ...]] = {
-        "input.mean": (spec.feature_count,),
-        "input.std": (spec.feature_count,),
-    }
-    for index, (fan_in, width) in enumerate(itertools.pairwise(widths), start=1):
-        prefix = f"hidden{index}"
-        shapes[f"{prefix}.W"] = (fan_in, width)
-        if spec.batchnorm:
-            for name in ("gamma", "beta", "running_mean", "running_var"):
-                shapes[f"{prefix}.{name}"] = (width,)
-        else:
-            shapes[f"{prefix}.b"] = (width,)
-    shapes["output.W"] = (widths[-1], spec.output_count)
-    shapes["output.b"] = (spec.output_count,)
-    if spec.task == "regression":
-        shapes["target.mean"] = (spec.output_count,)
-        shapes["target.std"] = (spec.output_count,)
-    return shapes
-
-
 def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
-    """Raise ExportError unless params hold exactly the spec's keys and shapes, finite, foldable.
+    """Raise ExportError unless params hold exactly the spec's keys and shapes (the params.npz
+    layout, `training.model.param_shapes`), finite, foldable.
 
     Foldable: running_var + ε > 0 (so 1/√(σ²+ε) exists) and input/target std > 0.
     """
-    shapes = expected_shapes(spec)
+    shapes = param_shapes(spec.layer_sizes, batchnorm=spec.batchnorm, task=spec.task)
     missing = sorted(set(shapes) - set(params))
     unexpected = sorted(set(params) - set(shapes))
     described = (
@@ -162,8 +142,7 @@ def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
         if key in shapes:
             _require_positive(key, params[key], 0.0, "standard deviations must be > 0")
     if spec.batchnorm:
-        for index in range(1, len(spec.hidden_sizes) + 1):
-            key = f"hidden{index}.running_var"
+        for key in [name for name in shapes if name.endswith(".running_var")]:
             _require_positive(
                 key,
                 params[key],

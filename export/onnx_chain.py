@@ -29,9 +29,10 @@ from onnx import helper, numpy_helper
 
 from export.errors import ExportError
 from export.fold import LEAKY_RELU_ALPHA, BatchNormStats, LinearLayer
+from export.graph import ACTIVATION_OPS
 
 ELEMENTWISE_OPS = ("Sub", "Add", "Mul", "Div")
-ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyRelu": "leaky_relu"}
+ACTIVATIONS = {op: kind for kind, op in ACTIVATION_OPS.items()}  # ONNX op → activation name
 HEADS = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}
 SUPPORTED_OPS = (
     "Gemm",
@@ -88,7 +89,7 @@ class ParsedChain:
 
     @property
     def feature_count(self) -> int:
-        return self.input_mean.shape[0]
+        return int(self.input_mean.shape[0])
 
     @property
     def task(self) -> str:
@@ -105,7 +106,7 @@ class ParsedChain:
         parts = ["/".join(self.normalization)] if self.normalization else []
         for index, layer in enumerate(self.layers):
             if index:
-                parts.append(_OP_OF[self.activation])
+                parts.append(ACTIVATION_OPS[self.activation])
             parts.append(
                 f"{layer.weight.shape[0]}→{layer.weight.shape[1]}"
                 + ("+BN" if layer.batchnorm is not None else "")
@@ -116,7 +117,6 @@ class ParsedChain:
         return " → ".join(parts)
 
 
-_OP_OF = {kind: op for op, kind in ACTIVATIONS.items()}
 HEAD_NAMES = {
     "softmax": "Softmax",
     "log_softmax": "LogSoftmax",
@@ -186,7 +186,7 @@ class _Walker:
                 )
             if not users:
                 return None
-            node = self.graph.node[users[0]]
+            node: onnx.NodeProto = self.graph.node[users[0]]
             if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
                 domain = f" (domain {node.domain!r})" if node.domain not in ("", "ai.onnx") else ""
                 self.fail(
@@ -504,7 +504,7 @@ class _Walker:
         if seen is not None and seen != (kind, alpha):
 
             def name(pair: tuple[str, float]) -> str:
-                op = _OP_OF[pair[0]]
+                op = ACTIVATION_OPS[pair[0]]
                 return f"{op}(alpha={pair[1]:g})" if pair[0] == "leaky_relu" else op
 
             self.fail(

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -168,7 +169,9 @@ def graph_from_state_dict(
     return model
 
 
-def _node(nodes: list[onnx.NodeProto], op: str, inputs: list[str], name: str, **attributes) -> str:
+def _node(
+    nodes: list[onnx.NodeProto], op: str, inputs: list[str], name: str, **attributes: Any
+) -> str:
     nodes.append(helper.make_node(op, inputs, [name], name=name, **attributes))
     return name
 
@@ -226,9 +229,9 @@ def _modules(
                 "not fold"
             )
         else:
-            shapes = {k: list(v.shape) for k, v in params.items()}
+            listed = {k: list(v.shape) for k, v in params.items()}
             raise ExportError(
-                f"{source}: module {module!r} with {shapes} is neither a Linear nor a "
+                f"{source}: module {module!r} with {listed} is neither a Linear nor a "
                 "BatchNorm1d; bnserve imports an nn.Sequential of Linear, BatchNorm1d and "
                 "parameter-free activations"
             )

@@ -27,7 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from export.metadata import Tolerance
+from server.contract import Tolerance, decisive_rows
+from training.model import hidden_count
 
 PROBABILITY_TOLERANCE = Tolerance(abs=1e-5, rel=0.0)
 REGRESSION_RELATIVE = 1e-4
@@ -78,16 +79,14 @@ def compare_outputs(
     if actual.shape != expected.shape:
         raise ValueError(f"{main_name}: onnx shape {actual.shape} != numpy shape {expected.shape}")
     error = np.abs(actual - expected)
-    excess = error - (tolerance.abs + tolerance.rel * np.abs(expected))
+    excess = error - tolerance.bound(expected)
     failures = int(np.count_nonzero(~(excess <= 0)))  # NaN counts as a failure
     ranked_excess = np.where(np.isnan(excess), np.inf, excess)
     worst_example = int(np.unravel_index(np.argmax(ranked_excess), excess.shape)[0])
     label_mismatches = 0
     if task == "classification":
-        top_two = np.sort(expected, axis=1)[:, -2:]
-        clear = (top_two[:, 1] - top_two[:, 0]) > 2 * tolerance.abs
         disagree = onnx_outputs["label"] != np.argmax(expected, axis=1)
-        label_mismatches = int(np.count_nonzero(disagree & clear))
+        label_mismatches = int(np.count_nonzero(disagree & decisive_rows(expected, tolerance)))
     return Verification(
         example_count=expected.shape[0],
         max_abs_error=float(np.max(error)) if error.size else 0.0,
@@ -144,10 +143,6 @@ def probe_rows(heldout_x: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.vstack([x, low, high, np.where(corners, high, low)])
 
 
-def _hidden_count(params: dict[str, np.ndarray]) -> int:
-    return sum(1 for name in params if name.startswith("hidden") and name.endswith(".W"))
-
-
 def _float64_graph(model: onnx.ModelProto, extra_outputs: list[str]) -> bytes:
     """The same graph computing in float64 from its float32 initializers (each value kept
     exactly), with `extra_outputs` (intermediate tensors) exposed; serialized."""
@@ -166,13 +161,14 @@ def _float64_graph(model: onnx.ModelProto, extra_outputs: list[str]) -> bytes:
     for name in extra_outputs:
         if name not in present:
             graph.output.append(helper.make_tensor_value_info(name, TensorProto.DOUBLE, None))
-    return probe.SerializeToString()
+    serialized: bytes = probe.SerializeToString()
+    return serialized
 
 
-def _pre_activation_names(model: onnx.ModelProto, hidden_count: int) -> list[str]:
+def _pre_activation_names(model: onnx.ModelProto, n_hidden: int) -> list[str]:
     """The input of each hidden layer's activation node ("hidden{i}.a" is its output)."""
     producer = {node.output[0]: node for node in model.graph.node}
-    return [producer[f"hidden{index}.a"].input[0] for index in range(1, hidden_count + 1)]
+    return [producer[f"hidden{index}.a"].input[0] for index in range(1, n_hidden + 1)]
 
 
 def check_layers(
@@ -183,11 +179,11 @@ def check_layers(
 ) -> LayerVerification:
     """Compare every layer on probe rows x_raw (N, F); params in the params.npz layout."""
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
-    hidden_count = _hidden_count(p)
+    n_hidden = hidden_count(p)
     batchnorm, epsilon, task = bool(meta["batchnorm"]), float(meta["epsilon"]), meta["task"]
-    pre_names = _pre_activation_names(model, hidden_count)
+    pre_names = _pre_activation_names(model, n_hidden)
     last_name = "logits" if task == "classification" else "y"
-    activation_names = [f"hidden{index}.a" for index in range(1, hidden_count + 1)]
+    activation_names = [f"hidden{index}.a" for index in range(1, n_hidden + 1)]
     session = onnx_session(_float64_graph(model, [*pre_names, *activation_names, last_name]))
     x = np.asarray(x_raw, dtype=np.float32).astype(np.float64)  # the values the model sees
     names = [output.name for output in session.get_outputs()]
@@ -196,7 +192,7 @@ def check_layers(
     magnitude = (np.abs(x) + np.abs(p["input.mean"])) / p["input.std"]  # of the folded input
     a = (x - p["input.mean"]) / p["input.std"]
     ratios: list[tuple[str, np.ndarray]] = []
-    for index in range(1, hidden_count + 1):
+    for index in range(1, n_hidden + 1):
         prefix = f"hidden{index}"
         weight = p[f"{prefix}.W"]
         if batchnorm:

@@ -19,13 +19,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.admission import InflightLimiter
 from server.batching import DynamicBatcher
+from server.contract import Tolerance
 from server.dataplane import DataPlane
 from server.drift import drift_settings
 from server.drift_metrics import DriftCollector
 from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
-from server.metadata import Tolerance
 from server.metrics import ServerMetrics
 from server.model import Model, ModelLimits, SessionThreads
 from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES

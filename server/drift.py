@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from server.contract import DRIFT_FORMAT
 from server.logs import LogThrottle
 
 log = logging.getLogger(__name__)
 
-DRIFT_KEY = "drift"  # metadata bnserve.drift
-SUPPORTED_DRIFT_FORMAT = 1
 CHUNK_ROWS = 64  # rows buffered before the sums are updated
 MAX_EDGES = 255  # bin indices are counted in uint8 (the exporter writes ≤ 9 decile edges)
 CHECK_INTERVAL_S = 1.0  # thresholds are checked for the log at most this often
@@ -140,9 +139,9 @@ def parse_reference(text: str, feature_names: Sequence[str]) -> DriftReference:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise DriftMetadataError(f"bnserve.drift is not valid JSON ({error})") from None
-    if not isinstance(value, dict) or value.get("format") != SUPPORTED_DRIFT_FORMAT:
+    if not isinstance(value, dict) or value.get("format") != DRIFT_FORMAT:
         raise DriftMetadataError(
-            f"bnserve.drift is not a format-{SUPPORTED_DRIFT_FORMAT} object; {REEXPORT_HINT}"
+            f"bnserve.drift is not a format-{DRIFT_FORMAT} object; {REEXPORT_HINT}"
         )
     count = len(feature_names)
     try:

@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
+from server.contract import (
+    FORMAT_VERSION,
+    PREFIX,
+    TASKS,
+    MetadataKey,
+    Tolerance,
+    output_names_key,
+)
 from server.errors import ModelLoadError
-
-PREFIX = "bnserve."
-SUPPORTED_FORMAT = "1"
-TASKS = ("classification", "regression")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """|served − reference| ≤ abs + rel·|reference| passes the parity gate."""
-
-    abs: float
-    rel: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,25 +50,27 @@ class ModelCard:
 def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     """Check and parse the custom metadata map of the model file named by source."""
     entries = {
-        key[len(PREFIX) :]: value for key, value in metadata.items() if key.startswith(PREFIX)
+        name[len(PREFIX) :]: value for name, value in metadata.items() if name.startswith(PREFIX)
     }
     reader = _Reader(entries, source)
-    if (model_format := reader.text("format")) != SUPPORTED_FORMAT:
-        reader.fail("format", f"is {model_format!r}; this server reads format {SUPPORTED_FORMAT!r}")
-    task = reader.text("task")
+    key = MetadataKey
+    if (model_format := reader.text(key.FORMAT)) != FORMAT_VERSION:
+        reader.fail(key.FORMAT, f"is {model_format!r}; this server reads format {FORMAT_VERSION!r}")
+    task = reader.text(key.TASK)
     if task not in TASKS:
-        reader.fail("task", f"is {task!r}; expected one of {', '.join(TASKS)}")
-    feature_names = reader.names("feature_names")
-    class_names = reader.names("class_names") if task == "classification" else ()
-    target_names = reader.names("target_names") if task == "regression" else ()
-    graph_hash = reader.text("graph_sha256").lower()
+        reader.fail(key.TASK, f"is {task!r}; expected one of {', '.join(TASKS)}")
+    feature_names = reader.names(key.FEATURE_NAMES)
+    output_names = reader.names(output_names_key(task))
+    class_names = output_names if task == "classification" else ()
+    target_names = output_names if task == "regression" else ()
+    graph_hash = reader.text(key.GRAPH_SHA256).lower()
     if len(graph_hash) != 64 or any(c not in "0123456789abcdef" for c in graph_hash):
-        reader.fail("graph_sha256", f"is {graph_hash!r}, not a hex sha256")
-    reference_inputs = reader.matrix("reference_inputs", len(feature_names), np.float32)
+        reader.fail(key.GRAPH_SHA256, f"is {graph_hash!r}, not a hex sha256")
+    reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
     rows = reference_inputs.shape[0]
-    raw_outputs = reader.json_value("reference_outputs")
+    raw_outputs = reader.json_value(key.REFERENCE_OUTPUTS)
     if not isinstance(raw_outputs, dict):
-        reader.fail("reference_outputs", "is not a JSON object")
+        reader.fail(key.REFERENCE_OUTPUTS, "is not a JSON object")
     if task == "classification":
         reference_outputs = {
             "probabilities": reader.array_in(
@@ -90,7 +88,7 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
         graph_sha256=graph_hash,
         reference_inputs=reference_inputs,
         reference_outputs=reference_outputs,
-        tolerance=reader.tolerance("reference_tolerance"),
+        tolerance=reader.tolerance(key.REFERENCE_TOLERANCE),
         entries=entries,
     )
 
@@ -102,7 +100,7 @@ class _Reader:
         self.entries = entries
         self.source = source
 
-    def fail(self, key: str, problem: str) -> None:
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ModelLoadError(f"model {self.source}: metadata {PREFIX}{key} {problem}")
 
     def text(self, key: str) -> str:
@@ -126,7 +124,7 @@ class _Reader:
 
     def matrix(self, key: str, columns: int, dtype: type) -> np.ndarray:
         try:
-            array = np.asarray(self.json_value(key), dtype=dtype)
+            array: np.ndarray = np.asarray(self.json_value(key), dtype=dtype)
         except (TypeError, ValueError) as error:
             self.fail(key, f"is not a list of numeric rows ({error})")
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != columns:
@@ -134,7 +132,7 @@ class _Reader:
         return array
 
     def array_in(self, container: dict[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:
-        key = f"reference_outputs[{name!r}]"
+        key = f"{MetadataKey.REFERENCE_OUTPUTS}[{name!r}]"
         if name not in container:
             self.fail(key, "is missing")
         try:

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from server.contract import Tolerance, decisive_rows
 from server.drift import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
 from server.errors import InvalidInput, ModelLoadError
-from server.metadata import ModelCard, Tolerance, parse_model_card
+from server.metadata import ModelCard, parse_model_card
 from server.wire import (
     GRAPH_FIELD,
     GRAPH_NODE_FIELD,
@@ -276,7 +277,7 @@ class Model:
             if name == "label":
                 problems += self._label_problems(served_values, how)
                 continue
-            allowed = tolerance.abs + tolerance.rel * np.abs(reference)
+            allowed = tolerance.bound(reference)
             difference = np.abs(served_values.astype(np.float64) - reference)
             for row, column in np.argwhere(difference > allowed):
                 problems.append(
@@ -287,10 +288,8 @@ class Model:
         return problems
 
     def _label_problems(self, served_labels: np.ndarray, how: str) -> list[str]:
-        # A label may flip only where the reference's top two classes are closer than tolerance.
         reference_probabilities = self.card.reference_outputs["probabilities"]
-        top_two = np.sort(reference_probabilities, axis=1)[:, -2:]
-        decisive = (top_two[:, 1] - top_two[:, 0]) > 2 * self.card.tolerance.abs
+        decisive = decisive_rows(reference_probabilities, self.card.tolerance)
         reference_labels = self.card.reference_outputs["label"]
         wrong = np.flatnonzero(decisive & (served_labels != reference_labels))
         return [

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from server.errors import ModelNotFound, ModelNotReady
 from server.servable import Servable
+from server.versions import version_key
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
@@ -19,11 +20,6 @@ class ModelStatus:
     version: str
     state: str
     error: str = ""
-
-
-def _version_key(version: str) -> tuple[int, int | str]:
-    # Numeric versions sort numerically ("10" after "9"), then the rest by text.
-    return (1, int(version)) if version.isdigit() else (0, version)
 
 
 class ModelRepository:
@@ -76,14 +72,14 @@ class ModelRepository:
                 f"model {name!r} version {status.version!r} is {status.state}{reason}"
             )
         if name in self._servables:
-            versions = ", ".join(sorted(self._servables[name], key=_version_key))
+            versions = ", ".join(sorted(self._servables[name], key=version_key))
             return ModelNotFound(f"model {name!r} has no version {version!r} (it has: {versions})")
         known = ", ".join(sorted(self._servables)) or "none"
         return ModelNotFound(f"no model named {name!r} (this server has: {known})")
 
     def versions(self, name: str) -> list[str]:
         """The ready versions of a model, oldest first."""
-        return sorted(self._servables.get(name, {}), key=_version_key)
+        return sorted(self._servables.get(name, {}), key=version_key)
 
     def names(self) -> list[str]:
         return sorted(self._servables)
@@ -97,7 +93,7 @@ class ModelRepository:
         if not matches:
             raise ModelNotFound(f"no model named {name!r} version {version or '(any)'!r}")
         ready = [s for s in matches if s.state == READY]
-        return max(ready or matches, key=lambda s: _version_key(s.version))
+        return max(ready or matches, key=lambda s: version_key(s.version))
 
     def statuses(self) -> list[ModelStatus]:
         return list(self._statuses.values())
@@ -149,7 +145,7 @@ class ModelRepository:
         newest = dict(self._newest)
         if versions:
             servables[name] = versions
-            newest[name] = versions[max(versions, key=_version_key)]
+            newest[name] = versions[max(versions, key=version_key)]
         else:
             servables.pop(name, None)
             newest.pop(name, None)

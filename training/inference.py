@@ -12,9 +12,8 @@ from training.layers import BatchNormSettings
 
 def spec_from_meta(params: dict[str, np.ndarray], meta: dict[str, Any]) -> model.NetSpec:
     """The network's shape as a finished run describes it (depth read from the params)."""
-    n_hidden = sum(1 for name in params if name.startswith("hidden") and name.endswith(".W"))
     return model.NetSpec(
-        n_hidden=n_hidden,
+        n_hidden=model.hidden_count(params),
         activation=meta["activation"],
         batchnorm=bool(meta["batchnorm"]),
         bn=BatchNormSettings(epsilon=float(meta["epsilon"])),

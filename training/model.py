@@ -6,6 +6,7 @@ dropout (training only); output: scores = a @ W + b. The input is already standa
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,49 @@ class NetSpec:
     dropout: float = 0.0  # drop probability after each hidden activation (training only)
 
 
+# --- the params.npz layout (docs/contracts.md): every reader derives it from these ---------------
+
+BATCHNORM_ARRAYS = ("gamma", "beta", "running_mean", "running_var")  # per unit, batch norm on
+RUNNING_STATISTICS = ("running_mean", "running_var")  # frozen statistics, not learned
+
+
+def layer_names(n_hidden: int) -> list[str]:
+    """The layers' key prefixes, input side first: hidden1, …, hidden{n_hidden}, output."""
+    return [f"hidden{i}" for i in range(1, n_hidden + 1)] + ["output"]
+
+
+def hidden_count(params: Mapping[str, np.ndarray]) -> int:
+    """How many hidden layers a params dict holds (its hidden{i}.W arrays)."""
+    return sum(1 for name in params if name.startswith("hidden") and name.endswith(".W"))
+
+
+def layer_shapes(layer_sizes: Sequence[int], *, batchnorm: bool) -> dict[str, tuple[int, ...]]:
+    """The layers' keys and shapes for sizes [F, n_1, ..., n_L, C or T]: hidden{i}.W (in, out),
+    then γ, β, running μ, σ² (out,) with batch norm or a bias b (out,); output.W and output.b."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    names = layer_names(len(layer_sizes) - 2)
+    for name, fan_in, fan_out in zip(names, layer_sizes[:-1], layer_sizes[1:], strict=True):
+        shapes[f"{name}.W"] = (fan_in, fan_out)
+        vectors = BATCHNORM_ARRAYS if batchnorm and name != "output" else ("b",)
+        for vector in vectors:
+            shapes[f"{name}.{vector}"] = (fan_out,)
+    return shapes
+
+
+def param_shapes(
+    layer_sizes: Sequence[int], *, batchnorm: bool, task: str
+) -> dict[str, tuple[int, ...]]:
+    """Every params.npz key with its shape for sizes [F, n_1, ..., n_L, C or T]: the input
+    standardization input.mean/std (F,), the layers (`layer_shapes`), and for regression the
+    target standardization target.mean/std (T,)."""
+    features, outputs = layer_sizes[0], layer_sizes[-1]
+    shapes: dict[str, tuple[int, ...]] = {"input.mean": (features,), "input.std": (features,)}
+    shapes.update(layer_shapes(layer_sizes, batchnorm=batchnorm))
+    if task == "regression":
+        shapes["target.mean"] = shapes["target.std"] = (outputs,)
+    return shapes
+
+
 def init_params(
     layer_sizes: list[int],
     *,
@@ -33,27 +77,28 @@ def init_params(
     rng: np.random.Generator,
     dtype: type = np.float32,
 ) -> dict[str, np.ndarray]:
-    """Initial parameters for layer sizes [F, n_1, ..., n_L, C]: He (relu) or Xavier weights."""
+    """Initial layer parameters for sizes [F, n_1, ..., n_L, C]: He (relu) or Xavier weights,
+    γ = 1, β = 0, running μ = 0, σ² = 1, biases 0."""
     params: dict[str, np.ndarray] = {}
-    gain = 2.0 if activation == "relu" else 1.0
-    names = [f"hidden{i}" for i in range(1, len(layer_sizes) - 1)] + ["output"]
-    for name, fan_in, fan_out in zip(names, layer_sizes[:-1], layer_sizes[1:], strict=True):
-        std = np.sqrt(gain / fan_in) if name != "output" else np.sqrt(1.0 / fan_in)
-        params[f"{name}.W"] = (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
-        if name != "output" and batchnorm:
-            params[f"{name}.gamma"] = np.ones(fan_out, dtype)
-            params[f"{name}.beta"] = np.zeros(fan_out, dtype)
-            params[f"{name}.running_mean"] = np.zeros(fan_out, dtype)
-            params[f"{name}.running_var"] = np.ones(fan_out, dtype)
+    hidden_gain = 2.0 if activation == "relu" else 1.0
+    for key, shape in layer_shapes(layer_sizes, batchnorm=batchnorm).items():
+        name, array = key.split(".")
+        if array == "W":
+            gain = 1.0 if name == "output" else hidden_gain
+            params[key] = (rng.standard_normal(shape) * np.sqrt(gain / shape[0])).astype(dtype)
         else:
-            params[f"{name}.b"] = np.zeros(fan_out, dtype)
+            params[key] = np.full(shape, 1.0 if array in ("gamma", "running_var") else 0.0, dtype)
     return params
 
 
-def learnable_names(params: dict[str, np.ndarray]) -> list[str]:
+def learnable_names(params: Mapping[str, np.ndarray]) -> list[str]:
     """Names the optimizer updates: W, b, γ, β (not running statistics or standardization)."""
-    suffixes = (".W", ".b", ".gamma", ".beta")
-    return [name for name in params if name.endswith(suffixes) and not name.startswith("input.")]
+    layers = set(layer_names(hidden_count(params)))
+    return [
+        name
+        for name in params
+        if name.split(".")[0] in layers and name.split(".")[1] not in RUNNING_STATISTICS
+    ]
 
 
 def forward(
@@ -89,6 +134,8 @@ def forward(
         a, activation_cache = activation_forward(z)
         dropout_mask = None
         if train and spec.dropout > 0:
+            if rng is None:
+                raise ValueError(f"dropout {spec.dropout} needs rng, a numpy Generator")
             a, dropout_mask = layers.dropout_forward(a, spec.dropout, rng)
         caches.append((affine_cache, norm_cache, activation_cache, dropout_mask))
     scores, output_cache = layers.affine_forward(a, params["output.W"], params["output.b"])
@@ -104,6 +151,7 @@ def backward(dscores: np.ndarray, caches: list[tuple], spec: NetSpec) -> dict[st
     for i in range(spec.n_hidden, 0, -1):
         name = f"hidden{i}"
         affine_cache, norm_cache, activation_cache, dropout_mask = caches[i - 1]
+        assert da is not None  # only the first layer's input gradient is skipped
         if dropout_mask is not None:
             da = layers.dropout_backward(da, dropout_mask)
         dz = activation_backward(da, activation_cache)

@@ -9,18 +9,22 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
+from training import model
 from training.config import TrainConfig
 from training.errors import RunError
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same directory, then rename over `path`."""
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temp file in the same directory, then rename over `path` (mode 0644).
+
+    A reader never sees half a file; a killed writer leaves only a `.tmp-*` file behind
+    (`remove_stale_temporaries`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False)  # noqa: SIM115
     try:
@@ -28,6 +32,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # mkstemp makes 0600; a server under another user reads it
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
@@ -50,7 +55,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         if array.dtype == object:
             raise TypeError(f"{path}: array {name!r} has dtype object (would need pickle)")
-    _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+    _atomic_write(Path(path), lambda handle: np.savez(handle, allow_pickle=False, **arrays))
 
 
 def sha256_of(path: Path) -> str:
@@ -126,29 +131,23 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def _check_params(params: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> None:
-    """Every key the contract requires is present and the shapes chain."""
-    required = ["input.mean", "input.std", "output.W", "output.b"]
-    n_hidden = sum(1 for name in params if name.startswith("hidden") and name.endswith(".W"))
-    per_layer = (
-        ("gamma", "beta", "running_mean", "running_var") if meta.get("batchnorm") else ("b",)
-    )
-    for i in range(1, n_hidden + 1):
-        required += [f"hidden{i}.W"] + [f"hidden{i}.{suffix}" for suffix in per_layer]
-    if meta.get("task") == "regression":
-        required += ["target.mean", "target.std"]
+    """Every key of the layout (`training.model.param_shapes`) is present and the shapes chain."""
+    n_hidden = model.hidden_count(params)
+    batchnorm, task = bool(meta.get("batchnorm")), str(meta.get("task"))
+    placeholder_sizes = [0] * (n_hidden + 2)  # the keys do not depend on the sizes
+    required = model.param_shapes(placeholder_sizes, batchnorm=batchnorm, task=task)
     missing = [name for name in required if name not in params]
     if missing:
         raise RunError(f"{path}: missing arrays {missing}")
-    width = params["input.mean"].shape[0]
-    for name in [f"hidden{i}" for i in range(1, n_hidden + 1)] + ["output"]:
+    sizes = [params["input.mean"].shape[0]]
+    for name in model.layer_names(n_hidden):
         weights = params[f"{name}.W"]
-        if weights.ndim != 2 or weights.shape[0] != width:
-            raise RunError(f"{path}: {name}.W has shape {weights.shape}, expected ({width}, ·)")
-        width = weights.shape[1]
-        for suffix in (*per_layer, "b") if name == "output" else per_layer:
-            key = f"{name}.{suffix}"
-            if key in params and params[key].shape != (width,):
-                raise RunError(f"{path}: {key} has shape {params[key].shape}, expected ({width},)")
+        if weights.ndim != 2:
+            raise RunError(f"{path}: {name}.W has shape {weights.shape}, expected (in, out)")
+        sizes.append(weights.shape[1])
+    for key, shape in model.param_shapes(sizes, batchnorm=batchnorm, task=task).items():
+        if params[key].shape != shape:
+            raise RunError(f"{path}: {key} has shape {params[key].shape}, expected {shape}")
 
 
 # --- checkpoints: checkpoints/epoch-NNNN.npz (arrays) + epoch-NNNN.json (the commit marker) ---

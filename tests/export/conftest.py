@@ -123,6 +123,14 @@ def write_synthetic_run(
 
 
 @pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """An empty folder for exported models (the failure tests check it stays as it was)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def make_params():
     """Factory: make_params(**SyntheticRun fields) -> float32 params, to break or mismatch."""
 

@@ -15,6 +15,7 @@ from export.exporter import ExportSettings, build_model, export_run
 from export.fold import fold_params
 from export.graph import build_folded_model
 from export.metadata import read_metadata
+from export.network import spec_from_run
 from server.wire import with_graph_outputs
 from training.data import load_dataset, split_rows
 from training.rundir import load_run
@@ -101,10 +102,7 @@ def test_a_run_whose_training_data_is_not_reproducible_falls_back_to_heldout(
 def test_preactivation_outputs_are_gamma_z_hat_plus_beta(trained_runs) -> None:
     run = load_run(trained_runs["digits-bn"])
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
-    network = fold_params(
-        params, hidden_count=2, batchnorm=True, epsilon=1e-5, activation="relu",
-        task="classification",
-    )  # fmt: skip
+    network = fold_params(params, spec_from_run(run.meta, run.config))
     exposed = build_folded_model(network, expose_preactivations=True)
     default, _ = build_model(run, unfolded=False)
     x = run.heldout_x[:50]
@@ -134,10 +132,7 @@ def test_the_servers_wire_edit_gives_the_same_outputs_as_the_exporters_graph(
     run = load_run(trained_runs["digits-bn"])
     default, _ = build_model(run, unfolded=False)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
-    network = fold_params(
-        params, hidden_count=2, batchnorm=True, epsilon=1e-5, activation="relu",
-        task="classification",
-    )  # fmt: skip
+    network = fold_params(params, spec_from_run(run.meta, run.config))
     exposed = build_folded_model(network, expose_preactivations=True)
     edited = with_graph_outputs(default.SerializeToString(), [("hidden1.z", 32), ("hidden2.z", 16)])
     x = {"x": run.heldout_x.astype(np.float32)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from folded_forward import forward_folded
 
 from export.fold import (
     AffineLayer,
@@ -17,8 +18,8 @@ from export.fold import (
     fold_layers,
     fold_params,
     fold_target_destandardization,
-    forward_folded,
 )
+from export.network import spec_from_run
 from training.inference import predict
 from training.rundir import load_run
 
@@ -103,14 +104,7 @@ NETWORKS = [
 def _fold_run(run_dir: Path):
     run = load_run(run_dir)
     params64 = {name: value.astype(np.float64) for name, value in run.params.items()}
-    network = fold_params(
-        params64,
-        hidden_count=len(run.config.hidden),
-        batchnorm=run.meta["batchnorm"],
-        epsilon=run.meta["epsilon"],
-        activation=run.meta["activation"],
-        task=run.meta["task"],
-    )
+    network = fold_params(params64, spec_from_run(run.meta, run.config))
     return run, params64, network
 
 

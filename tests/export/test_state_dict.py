@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from folded_forward import forward_folded
 
 from export.errors import ExportError
-from export.fold import forward_folded
 from export.importer import fold_chain
 from export.onnx_chain import parse_chain
 from export.state_dict import StateDictSpec, graph_from_state_dict

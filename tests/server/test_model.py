@@ -13,8 +13,8 @@ import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, MlpWeights, ModelFiles, build_model
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from server.contract import Tolerance
 from server.errors import InvalidInput, ModelLoadError
-from server.metadata import Tolerance
 from server.model import Model, ModelLimits, SessionThreads
 from server.wire import WireFormatError, field_bytes, graph_sha256
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from training import rundir
+from training import model, rundir
 from training.config import TrainConfig
 from training.errors import RunError
 from training.rundir import load_run
@@ -65,6 +65,42 @@ def test_missing_arrays_are_listed(run_copy):
     meta["params_sha256"] = rundir.sha256_of(run_copy / "params.npz")
     (run_copy / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RunError, match=r"params.npz: missing arrays \['hidden1.running_var'\]"):
+        load_run(run_copy)
+
+
+def _rewrite_params(run_copy, params):
+    rundir.write_npz(run_copy / "params.npz", params)
+    meta = json.loads((run_copy / "meta.json").read_text())
+    meta["params_sha256"] = rundir.sha256_of(run_copy / "params.npz")
+    (run_copy / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_finished_run_holds_exactly_the_param_shapes_layout(finished_run):
+    run = load_run(finished_run)
+    sizes = [run.heldout_x.shape[1], *run.config.hidden, len(run.meta["class_names"])]
+    expected = model.param_shapes(sizes, batchnorm=True, task="classification")
+    assert {name: value.shape for name, value in run.params.items()} == expected
+
+
+def test_an_array_of_the_wrong_shape_is_named_with_the_shape_expected(run_copy):
+    params = rundir.read_npz(run_copy / "params.npz")
+    params["hidden1.beta"] = params["hidden1.beta"][:-1]
+    _rewrite_params(run_copy, params)
+    width = params["hidden1.W"].shape[1]
+    with pytest.raises(
+        RunError,
+        match=rf"params.npz: hidden1.beta has shape \({width - 1},\), expected \({width},\)",
+    ):
+        load_run(run_copy)
+
+
+def test_weights_that_do_not_chain_are_named(run_copy):
+    params = rundir.read_npz(run_copy / "params.npz")
+    params["output.W"] = params["output.W"][:-1]
+    _rewrite_params(run_copy, params)
+    with pytest.raises(
+        RunError, match=r"params.npz: output.W has shape \(7, \d+\), expected \(8, "
+    ):
         load_run(run_copy)
 
 

@@ -113,3 +113,44 @@ def test_population_statistics_are_exact_over_the_whole_set(unbiased):
     z2 = a1 @ params["hidden2.W"]
     np.testing.assert_allclose(stats["hidden2.running_mean"], z2.mean(axis=0))
     np.testing.assert_allclose(stats["hidden2.running_var"], z2.var(axis=0, ddof=ddof))
+
+
+def test_param_shapes_state_the_params_npz_layout():
+    shapes = model.param_shapes([5, 6, 4, 3], batchnorm=True, task="classification")
+    assert shapes == {
+        "input.mean": (5,),
+        "input.std": (5,),
+        "hidden1.W": (5, 6),
+        "hidden1.gamma": (6,),
+        "hidden1.beta": (6,),
+        "hidden1.running_mean": (6,),
+        "hidden1.running_var": (6,),
+        "hidden2.W": (6, 4),
+        "hidden2.gamma": (4,),
+        "hidden2.beta": (4,),
+        "hidden2.running_mean": (4,),
+        "hidden2.running_var": (4,),
+        "output.W": (4, 3),
+        "output.b": (3,),
+    }
+    plain = model.param_shapes([5, 6, 2], batchnorm=False, task="regression")
+    assert plain == {
+        "input.mean": (5,),
+        "input.std": (5,),
+        "hidden1.W": (5, 6),
+        "hidden1.b": (6,),
+        "output.W": (6, 2),
+        "output.b": (2,),
+        "target.mean": (2,),
+        "target.std": (2,),
+    }
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_init_params_makes_exactly_the_layer_shapes(batchnorm):
+    params = make_net(batchnorm=batchnorm)
+    expected = model.layer_shapes([5, 6, 4, 3], batchnorm=batchnorm)
+    assert list(params) == list(expected)
+    assert {name: value.shape for name, value in params.items()} == expected
+    assert model.hidden_count(params) == 2
+    assert model.layer_names(2) == ["hidden1", "hidden2", "output"]
