@@ -33,8 +33,10 @@ class ServerProcess:
     """A running `python -m server`; every stderr line is kept in `lines`."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        # HTTP off unless a test asks (flag or env): several test servers at once would collide.
-        environment = {"BNSERVE_HTTP_PORT": "0", **os.environ, **(env or {})}
+        # HTTP and metrics off unless a test asks (flag or env): test servers at once, or another
+        # program on 8000 or 9090, would collide.
+        defaults = {"BNSERVE_HTTP_PORT": "0", "BNSERVE_METRICS_PORT": "0"}
+        environment = {**defaults, **os.environ, **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
             stderr=subprocess.PIPE,
