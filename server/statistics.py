@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-Predict = Callable[[np.ndarray], list[np.ndarray]]
+from server.batching import Predict
 
 # The parts of a successful request, in Triton's names.
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
