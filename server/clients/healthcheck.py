@@ -1,4 +1,5 @@
-"""`python -m server.clients.healthcheck`: the container HEALTHCHECK, asking grpc.health.v1 (no TCP poke).
+"""`python -m server.clients.healthcheck`: the container HEALTHCHECK, asking grpc.health.v1
+(no TCP poke).
 
 Exits 0 when the server answers SERVING and 1 otherwise (NOT_SERVING, unknown service, no answer
 within the timeout), printing one line either way. With no flags it asks 127.0.0.1 on the port
