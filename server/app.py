@@ -281,4 +281,5 @@ class Server:
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
         """Block until the server stops (True) or timeout_s passes (False)."""
-        return self._grpc_server.wait_for_termination(timeout_s)
+        stopped: bool = self._grpc_server.wait_for_termination(timeout_s)
+        return stopped
