@@ -138,6 +138,8 @@ class Server:
             settings.max_waiting_calls,
             settings.stream_idle_timeout_s,
         )
+        if metrics is not None:
+            metrics.watch_waiting_calls(pool.waiting)
         grpc_server = grpc.server(
             pool,
             interceptors=list(interceptors),

@@ -9,8 +9,8 @@ counted by server/observability.py's interceptor through `observe_call`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -37,6 +37,18 @@ LATENCY_BUCKETS = (
     5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)  # examples per run
+
+
+class WaitingCalls(Protocol):
+    """What the metrics read of a server pool's calls waiting for their message
+    (server/transport.py): how many wait now, and how many were answered without it, by
+    reason."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
 
 
 class ServerMetrics:
@@ -108,7 +120,7 @@ class ServerMetrics:
         counter.inc()
         latency.observe(seconds)
 
-    def watch_waiting_calls(self, waiting: Any) -> None:
+    def watch_waiting_calls(self, waiting: WaitingCalls) -> None:
         """Export a server pool's calls waiting for their message (server/transport.py)."""
         self.registry.register(_WaitingCallsCollector(waiting))
 
@@ -159,7 +171,7 @@ class ServerMetrics:
 class _WaitingCallsCollector:
     """Reads a transport pool's waiting-call bookkeeping at scrape time."""
 
-    def __init__(self, waiting: Any) -> None:
+    def __init__(self, waiting: WaitingCalls) -> None:
         self._waiting = waiting
 
     def collect(self) -> Iterable[Metric]:
