@@ -1,4 +1,5 @@
-"""A loaded model as the servicers use it: checked input in, outputs out, batched or not."""
+"""A loaded model as the servicers use it: checked input in, outputs out, batched or not; and
+`build_servable`, which makes one from a model file and the server's settings."""
 
 from __future__ import annotations
 
