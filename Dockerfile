@@ -62,7 +62,7 @@ USER 10001:10001
 EXPOSE 50051 8000 9090
 # Asks grpc.health.v1 over the gRPC port (not a TCP poke): healthy only when SERVING.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-m", "server.healthcheck"]
+  CMD ["python", "-m", "server.clients.healthcheck"]
 STOPSIGNAL SIGTERM
 # Exec form: the server is PID 1 and receives SIGTERM itself (it drains, then exits 0).
 ENTRYPOINT ["python", "-m", "server"]

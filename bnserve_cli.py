@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export.cli", "main", "fold batch norm and write model.onnx"),
     "import": ("export.import_cli", "main", "fold and wrap a BN MLP trained elsewhere (ONNX)"),
     "serve": ("server.cli", "main", "serve an ONNX model over gRPC"),
-    "predict": ("server.client", "main", "score examples against a running server"),
+    "predict": ("server.clients.predict", "main", "score examples against a running server"),
     "drift": ("export.drift_cli", "main", "compare inputs with a model's training distribution"),
 }
 

@@ -35,7 +35,8 @@ from model_builder import NUM_FEATURES, build_model
 from server.auth import TokenAuthInterceptor, load_token_digests
 from server.decoding import RequestDecodingInterceptor
 from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.metrics import MetricsInterceptor, ServerMetrics
+from server.metrics import ServerMetrics
+from server.observability import ObservabilityInterceptor
 
 METHOD = "/bnserve.v1.Predictor/Predict"
 TOKEN = "bench-token-0123456789abcdef"
@@ -77,7 +78,7 @@ def _per_call_us(interceptors: list[grpc.ServerInterceptor], calls: int) -> floa
 
 
 def in_process(calls: int) -> None:
-    metrics = MetricsInterceptor(ServerMetrics())
+    metrics = ObservabilityInterceptor(ServerMetrics())
     auth = TokenAuthInterceptor(load_token_digests("", {"BNSERVE_AUTH_TOKEN": TOKEN}))
     decoding = RequestDecodingInterceptor()
     rows = [

@@ -12,33 +12,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.admission import InflightLimiter
-from server.batching import DynamicBatcher
-from server.contract import Tolerance
 from server.dataplane import DataPlane
-from server.drift import drift_settings
 from server.drift_metrics import DriftCollector
-from server.errors import ModelLoadError
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
 from server.metrics import ServerMetrics
-from server.model import Model, ModelLimits, SessionThreads
 from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
 from server.reflection import enable_reflection
-from server.reload import ReloadPolicy, VersionManager, retire
+from server.reload import ReloadPolicy, VersionManager
 from server.repository import ModelRepository
 from server.rest.server import RestServer
-from server.servable import Servable
+from server.servable import build_servable
 from server.servicers import native, v2
 from server.servicers.unimplemented import UnimplementedHandler
 from server.servicers.v2 import server_version
 from server.settings import ServerSettings
-from server.statistics import ModelStats
 from server.tracing import Tracing
 from server.transport import MessageFirstExecutor
 from server.versions import ModelSource, resolve_sources
@@ -51,11 +44,6 @@ OVERALL = ""  # the health service's name for the server as a whole: readiness
 # whatever the models do, so an orchestrator restarts a hung process, not one whose model
 # failed to load (that one stays up, unready, with the reason in its log and answers).
 LIVENESS = "liveness"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def listen_address(host: str, port: int) -> str:
@@ -94,7 +82,7 @@ class Server:
         self._draining = False  # set by drain(): readiness stays NOT_SERVING whatever reloads do
         self.versions = VersionManager(
             sources,
-            self.build_servable,
+            lambda path, name, version: build_servable(path, name, version, settings, metrics),
             repository,
             ReloadPolicy(
                 settings.max_versions, settings.reload_settle_s, settings.reload_interval_s
@@ -111,6 +99,7 @@ class Server:
         cls,
         settings: ServerSettings,
         *,
+        sources: Sequence[ModelSource] | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         repository: ModelRepository | None = None,
         credentials: grpc.ServerCredentials | None = None,
@@ -122,11 +111,14 @@ class Server:
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given; reuse_port shares the port with the other processes of a
-        supervisor (server/supervisor.py), which holds it against anyone else. Raises
-        ModelPathError (a ValueError) for bad model paths, OSError for a port it cannot bind."""
-        sources = resolve_sources(
-            settings.model, settings.name, settings.model_version, settings.model_root
-        )
+        supervisor (server/supervisor.py), which holds it against anyone else. sources: the
+        models to serve; None: those settings.model, name, model_version and model_root name
+        (as `bnserve serve` resolves them). Raises ModelPathError (a ValueError) for bad model
+        paths, OSError for a port it cannot bind."""
+        if sources is None:
+            sources = resolve_sources(
+                settings.model, settings.name, settings.model_version, settings.model_root
+            )
         repository = repository if repository is not None else ModelRepository()
         if metrics is not None and settings.drift:
             metrics.registry.register(DriftCollector(repository))
@@ -146,6 +138,8 @@ class Server:
             settings.max_waiting_calls,
             settings.stream_idle_timeout_s,
         )
+        if metrics is not None:
+            metrics.watch_waiting_calls(pool.waiting)
         grpc_server = grpc.server(
             pool,
             interceptors=list(interceptors),
@@ -241,63 +235,6 @@ class Server:
         """Scan the model directories now (SIGHUP); safe from a signal handler."""
         self.versions.request_scan()
 
-    def build_servable(self, path: str | Path, name: str, version: str) -> Servable:
-        """Load, verify (structure, graph hash, parity gate) and warm up a model file; raises
-        ModelLoadError naming the file and the problem."""
-        settings = self.settings
-        threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
-        limits = ModelLimits(settings.max_model_bytes, settings.max_model_nodes)
-        model = Model.load(path, name, version, threads, limits, drift_settings(settings))
-        ceiling = Tolerance(settings.max_parity_tolerance_abs, settings.max_parity_tolerance_rel)
-        try:
-            model.warm_up(settings.max_batch_size)
-            model.check_parity(ceiling)
-        except ModelLoadError:
-            raise
-        except Exception as error:  # onnxruntime raises its own untyped errors from a run
-            raise ModelLoadError(
-                f"model {path}: a run during warm-up or the parity gate failed "
-                f"({_first_line(error)})"
-            ) from None
-        predict = model.predict
-        if self.metrics is not None:
-            predict = self.metrics.instrument_predict(name, predict)
-        stats = ModelStats()  # ModelStatistics; the data plane times unbatched runs itself
-        batcher = None
-        if settings.batching:
-            batcher = DynamicBatcher(
-                stats.timed(predict),
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_batch_delay_ms / 1000,
-                max_queue=settings.max_inflight,
-                name=name,
-            )
-        return Servable(model, batcher, predict, stats)
-
-    def load_model(self, path: str | Path, name: str, version: str) -> bool:
-        """Load, warm up and parity-check a model, then serve it as name/version (replacing any
-        previous one atomically). On failure the error is logged and recorded; returns success."""
-        self.repository.mark_loading(name, version)
-        try:
-            servable = self.build_servable(path, name, version)
-        except ModelLoadError as error:
-            log.error("model %s version %s not served: %s", name, version, error)
-            self.repository.mark_failed(name, version, str(error))
-            self.update_health()
-            return False
-        retire(self.repository.swap(name, version, servable))
-        model = servable.model
-        log.info(
-            "model %s version %s ready: %s, %d features, parity gate passed on %d reference rows",
-            name,
-            version,
-            model.card.task,
-            model.num_features,
-            model.card.reference_inputs.shape[0],
-        )
-        self.update_health()
-        return True
-
     def update_health(self) -> None:
         """Health SERVING exactly when the repository is ready and the server is not draining."""
         if self._health is None:
@@ -346,4 +283,5 @@ class Server:
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
         """Block until the server stops (True) or timeout_s passes (False)."""
-        return self._grpc_server.wait_for_termination(timeout_s)
+        stopped: bool = self._grpc_server.wait_for_termination(timeout_s)
+        return stopped

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from server.interceptors import Continuation, HandlerWrappers, replace_behavior
 from server.logs import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, token_digests: Sequence[bytes]) -> None:
         self._token_digests = tuple(token_digests)
-        # method → (handler, its denying twin): built once per method, not per refused call.
-        self._denying: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._denying = HandlerWrappers(_denying_handler)
         # A client can send refused calls as fast as it likes: log them, not each of them.
         self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
@@ -105,9 +105,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return matched
 
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
@@ -121,10 +119,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         if held_back is not None:
             more = f" ({held_back} more since the last such line)" if held_back else ""
             log.warning("refused %s: %s (UNAUTHENTICATED)%s", method, reason, more)
-        cached = self._denying.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._denying[method] = (handler, _denying_handler(handler))
-        return cached[1]
+        return self._denying.of(handler, method)
 
 
 def _deny(request: Any, context: grpc.ServicerContext) -> Any:
@@ -136,12 +131,7 @@ def _deny_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
     yield  # pragma: no cover  (makes this a generator, as a streaming handler must be)
 
 
-def _denying_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """A handler of the same shape that aborts at once; requests are left unparsed."""
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(_deny_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(_deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_deny_stream)
-    return grpc.unary_unary_rpc_method_handler(_deny)
+    deny = _deny_stream if handler.response_streaming else _deny
+    return replace_behavior(handler, lambda _behavior: deny, request_deserializer=None)

@@ -25,6 +25,7 @@ from server.errors import DeadlineExpired, Overloaded
 
 log = logging.getLogger(__name__)
 
+# A model run: x (N, F) float32 → every output, N rows each (Model.predict, or a wrapper of it).
 Predict = Callable[[np.ndarray], list[np.ndarray]]
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import threading
+from typing import TextIO
 
 from server.logs import LogThrottle
 
@@ -81,9 +82,9 @@ class CoreLogRelay:
         log.log(level, "%s", message)
 
 
-def _writes_to_fd_2(stream: object) -> bool:
+def _writes_to_fd_2(stream: TextIO) -> bool:
     try:
-        return stream.fileno() == 2  # type: ignore[attr-defined]
+        return stream.fileno() == 2
     except (AttributeError, OSError, ValueError):
         return False
 

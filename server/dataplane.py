@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -28,7 +28,7 @@ PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 # The Open Inference Protocol extensions served on both transports (ServerMetadata lists them).
 EXTENSIONS = ("classification", "model_configuration", "statistics", "binary_tensor_data")
-NUMPY_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 # Triton's repository index states.
 INDEX_STATES = {READY: "READY", LOADING: "LOADING", FAILED: "UNAVAILABLE"}
 
@@ -250,6 +250,11 @@ class DataPlane:
             raise ModelControlClosed(MODEL_CONTROL_CLOSED)
         self.rescan()
         self.find(name)
+
+    def unload(self, name: str) -> NoReturn:
+        """Model control's unload, never offered: raises ModelControlClosed saying how a version
+        is unloaded (or, with model control closed, that it is)."""
+        raise ModelControlClosed(MODEL_UNLOAD_CLOSED if self.rescan else MODEL_CONTROL_CLOSED)
 
     def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
         """Every configured model version, sorted, with its state and the reason it failed."""

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from server.errors import InvalidInput
+from server.interceptors import Behavior, Continuation, HandlerWrappers, replace_behavior
 
 Parse = Callable[[bytes], Any]
 
@@ -55,40 +56,31 @@ class RequestDecodingInterceptor(grpc.ServerInterceptor):
     """Parse requests in the handler, answering bad bytes with INVALID_ARGUMENT."""
 
     def __init__(self) -> None:
-        # method → (handler, its decoding wrapper): wrapping once per method, not per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._decoding = HandlerWrappers(_decoding)
 
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _decoding(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._decoding.of(handler, handler_call_details.method)
 
 
 def _decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    parse = handler.request_deserializer
-    if handler.request_streaming:
-        behavior = handler.stream_unary or handler.stream_stream
-        field = "stream_unary" if handler.stream_unary else "stream_stream"
+    parse: Parse = handler.request_deserializer
 
+    def decode_stream(behavior: Behavior) -> Behavior:
         def decoded(raw_messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
             return behavior(_parse_stream(parse, raw_messages, context, method), context)
 
-    else:
-        behavior = handler.unary_unary or handler.unary_stream
-        field = "unary_unary" if handler.unary_unary else "unary_stream"
+        return decoded
 
+    def decode_one(behavior: Behavior) -> Behavior:
         def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
             return behavior(_parse_or_abort(parse, raw, context, method), context)
 
-    return handler._replace(request_deserializer=None, **{field: decoded})
+        return decoded
+
+    decode = decode_stream if handler.request_streaming else decode_one
+    return replace_behavior(handler, decode, request_deserializer=None)

@@ -1,8 +1,9 @@
 """Domain errors and the one place that maps them to gRPC status codes.
 
 Model, batching and repository code raise these; servicers wrap every RPC handler in
-`translate_errors`, which answers a domain error with its status and message and any other
-exception with a generic INTERNAL (the full traceback goes to the server log, not the client).
+`translate_errors` (`translate_stream_errors` for streamed answers), which answers a domain
+error with its status and message and any other exception with a generic INTERNAL (the full
+traceback goes to the server log, not the client).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -71,38 +72,59 @@ def status_for(error: ServingError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(error: Exception, context: grpc.ServicerContext, method_name: str) -> None:
+class _AbortingContext(Protocol):
+    """What error translation needs of a grpc.ServicerContext (grpc ships no types): its
+    abort always raises."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+
+def _abort(error: Exception, context: _AbortingContext, method_name: str) -> NoReturn:
     if isinstance(error, ServingError):
         context.abort(status_for(error), str(error))
     log.exception("unexpected error in %s", method_name)
     context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
-def translate_errors(handler: Handler) -> Handler:
-    """Wrap a servicer method (unary or streaming response) so errors become gRPC statuses."""
+def translate_errors(
+    handler: Callable[[Servicer, Request, grpc.ServicerContext], Response],
+) -> Callable[[Servicer, Request, grpc.ServicerContext], Response]:
+    """Wrap a unary-response servicer method so errors become gRPC statuses."""
+    if inspect.isgeneratorfunction(handler):
+        raise TypeError(f"{handler.__qualname__} streams its answers: use translate_stream_errors")
     method_name = handler.__qualname__
 
-    if inspect.isgeneratorfunction(handler):
-
-        @functools.wraps(handler)
-        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from handler(self, request, context)
-            except grpc.RpcError:
-                return  # the request stream ended with the call (client cancel, idle timeout)
-            except Exception as error:
-                _abort(error, context, method_name)
-
-        return streaming  # type: ignore[return-value]
-
     @functools.wraps(handler)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def unary(self: Servicer, request: Request, context: grpc.ServicerContext) -> Response:
         try:
             return handler(self, request, context)
         except Exception as error:
             _abort(error, context, method_name)
 
-    return unary  # type: ignore[return-value]
+    return unary
+
+
+def translate_stream_errors(
+    handler: Callable[[Servicer, Request, grpc.ServicerContext], Iterator[Response]],
+) -> Callable[[Servicer, Request, grpc.ServicerContext], Iterator[Response]]:
+    """Wrap a response-streaming servicer method so errors become gRPC statuses; the request
+    stream ending with the call (client cancel, idle timeout) ends the answers quietly."""
+    method_name = handler.__qualname__
+
+    @functools.wraps(handler)
+    def streaming(
+        self: Servicer, request: Request, context: grpc.ServicerContext
+    ) -> Iterator[Response]:
+        try:
+            yield from handler(self, request, context)
+        except grpc.RpcError:
+            return
+        except Exception as error:
+            _abort(error, context, method_name)
+
+    return streaming

@@ -1,24 +1,16 @@
-"""Prometheus metrics and the access log: calls by method, model and status code, latency,
-batch sizes, versions, reloads, calls waiting for their message, process resources.
+"""Prometheus metrics: calls by method, model and status code, latency, batch sizes, versions,
+reloads, calls waiting for their message, process resources.
 
 Each server has its own registry (several servers in one test process do not collide) and its
-own HTTP endpoint on `metrics_port` (server/metrics_http.py: /metrics only). Counting goes
-through `MetricsInterceptor`, which resolves label children once per (method, code, model) so a
-call costs a dict lookup, a counter increment and a histogram observation
-(bench/metrics_overhead.py measures it). The model label takes only names this server has
-answered for, so a client cannot grow the label set by inventing model names.
+own HTTP endpoint on `metrics_port` (server/metrics_http.py: /metrics only). The calls are
+counted by server/observability.py's interceptor through `observe_call`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import random
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -32,18 +24,12 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from server.decoding import current_request
-from server.logs import LogThrottle
+from server.batching import Predict
 from server.metrics_http import MetricsHTTPServer, serve_metrics
-from server.servicers.unimplemented import is_unimplemented
-from server.tracing import Tracing
 
 # Counters without their `_created` twin series (prometheus-client exports one per counter and
 # histogram by default, doubling the series a scrape carries).
 disable_created_metrics()
-
-log = logging.getLogger(__name__)
-access_log = logging.getLogger("server.access")
 
 # Seconds: a local unary call takes ~0.1–1 ms; streams and overload push into seconds.
 LATENCY_BUCKETS = (
@@ -52,7 +38,17 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)  # examples per run
 
-Predict = Callable[[np.ndarray], list[np.ndarray]]
+
+class WaitingCalls(Protocol):
+    """What the metrics read of a server pool's calls waiting for their message
+    (server/transport.py): how many wait now, and how many were answered without it, by
+    reason."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
 
 
 class ServerMetrics:
@@ -124,7 +120,7 @@ class ServerMetrics:
         counter.inc()
         latency.observe(seconds)
 
-    def watch_waiting_calls(self, waiting: Any) -> None:
+    def watch_waiting_calls(self, waiting: WaitingCalls) -> None:
         """Export a server pool's calls waiting for their message (server/transport.py)."""
         self.registry.register(_WaitingCallsCollector(waiting))
 
@@ -175,7 +171,7 @@ class ServerMetrics:
 class _WaitingCallsCollector:
     """Reads a transport pool's waiting-call bookkeeping at scrape time."""
 
-    def __init__(self, waiting: Any) -> None:
+    def __init__(self, waiting: WaitingCalls) -> None:
         self._waiting = waiting
 
     def collect(self) -> Iterable[Metric]:
@@ -193,182 +189,3 @@ class _WaitingCallsCollector:
         for reason, count in self._waiting.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
-
-
-class _ModelLabel:
-    """The model label of a call: a name this server has answered for, else "" (bounded)."""
-
-    def __init__(self) -> None:
-        self.served: set[str] = set()
-
-    def of(self, request: Any, response: Any) -> str:
-        answered = getattr(response, "model_name", "")
-        if answered:
-            self.served.add(answered)
-            return str(answered)
-        asked = getattr(request, "model_name", "")
-        return str(asked) if asked in self.served else ""
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Times and counts every call (status from the servicer's abort, UNKNOWN if it raised),
-    counts calls to unimplemented methods, writes the access log (one line for a share
-    `access_log_sample` of calls, 0: none, with method, model, version, status, latency,
-    request id and peer) and, with `tracing`, makes each call an OpenTelemetry span. Each part
-    may be off (metrics None, sample 0, tracing None)."""
-
-    def __init__(
-        self,
-        metrics: ServerMetrics | None,
-        access_log_sample: float = 0.0,
-        tracing: Tracing | None = None,
-    ) -> None:
-        self._metrics = metrics
-        self._sample = access_log_sample
-        self._tracing = tracing
-        self._models = _ModelLabel()
-        self._unimplemented_log = LogThrottle(10.0)
-        # method → (handler, its timed wrapper): wrapping once per method, not per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or is_unimplemented(handler):
-            self._count_unimplemented(handler_call_details.method)
-            return handler  # answered UNIMPLEMENTED, counted apart from the served methods
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, handler_call_details.method.lstrip("/"))
-        self._wrapped[handler_call_details.method] = (handler, wrapped)
-        return wrapped
-
-    def _count_unimplemented(self, method: str) -> None:
-        if self._metrics is not None:
-            self._metrics.unimplemented.inc()
-        held_back = self._unimplemented_log.admit("unimplemented")
-        if held_back is not None:
-            more = f" ({held_back} more since the last line)" if held_back else ""
-            log.warning("call to an unimplemented method %.100r%s", method, more)
-
-    def observe(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        seconds: float,
-        context: grpc.ServicerContext,
-        response: Any = None,
-    ) -> None:
-        """Record one answered call in the metrics and (sampled) the access log."""
-        request = current_request.get()
-        model = self._models.of(request, response)
-        if self._metrics is not None:
-            self._metrics.observe_call(method, code, seconds, model)
-        if self._sample and (self._sample >= 1 or random.random() < self._sample):
-            _write_access_line(method, model, code, seconds, context, request, response)
-        if self._tracing is not None:
-            self._tracing.end_call(code.name, model)
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        observe, tracing = self.observe, self._tracing
-        if handler.unary_unary is not None:
-            return handler._replace(
-                unary_unary=_timed_unary(handler.unary_unary, method, observe, tracing)
-            )
-        if handler.stream_unary is not None:
-            return handler._replace(
-                stream_unary=_timed_unary(handler.stream_unary, method, observe, tracing)
-            )
-        if handler.unary_stream is not None:
-            return handler._replace(
-                unary_stream=_timed_stream(handler.unary_stream, method, observe, tracing)
-            )
-        return handler._replace(
-            stream_stream=_timed_stream(handler.stream_stream, method, observe, tracing)
-        )
-
-
-def _write_access_line(
-    method: str,
-    model: str,
-    code: grpc.StatusCode,
-    seconds: float,
-    context: grpc.ServicerContext,
-    request: Any,
-    response: Any,
-) -> None:
-    fields = {
-        "method": method,
-        "model": model,
-        "version": getattr(response, "model_version", "") or getattr(request, "model_version", ""),
-        "code": code.name,
-        "ms": round(seconds * 1000, 3),
-        "id": getattr(request, "id", "") or getattr(response, "id", ""),
-        "peer": context.peer(),
-    }
-    access_log.info(json.dumps(fields, separators=(",", ":")), extra={"fields": fields})
-
-
-Observe = Callable[..., None]
-
-
-def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
-    code = context.code()
-    if code is None:
-        return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
-    return code
-
-
-def _span(
-    tracing: Tracing | None, method: str, context: grpc.ServicerContext
-) -> contextlib.AbstractContextManager[Any]:
-    if tracing is None:
-        return contextlib.nullcontext()
-    return tracing.server_span(method, context.invocation_metadata())
-
-
-def _timed_unary(
-    behavior: Callable[..., Any], method: str, observe: Observe, tracing: Tracing | None = None
-) -> Callable[..., Any]:
-    def timed(request: Any, context: grpc.ServicerContext) -> Any:
-        with _span(tracing, method, context):
-            start = time.perf_counter()
-            raised = True
-            response = None
-            try:
-                response = behavior(request, context)
-                raised = False
-                return response
-            finally:
-                seconds = time.perf_counter() - start
-                observe(method, _final_code(context, raised), seconds, context, response)
-
-    return timed
-
-
-def _timed_stream(
-    behavior: Callable[..., Iterator[Any]],
-    method: str,
-    observe: Observe,
-    tracing: Tracing | None = None,
-) -> Callable[..., Iterator[Any]]:
-    def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        with _span(tracing, method, context):
-            start = time.perf_counter()
-            raised = True
-            cancelled = False
-            try:
-                yield from behavior(request, context)
-                raised = False
-            except GeneratorExit:
-                cancelled = True  # the client went away mid-stream
-                raise
-            finally:
-                code = grpc.StatusCode.CANCELLED if cancelled else _final_code(context, raised)
-                observe(method, code, time.perf_counter() - start, context)
-
-    return timed

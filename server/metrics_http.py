@@ -29,8 +29,9 @@ class _MetricsHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # a half-open request cannot hold a thread
         super().setup()
+        # A half-open request cannot hold a thread.
+        self.connection.settimeout(self.server.read_timeout_s)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

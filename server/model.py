@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +33,9 @@ DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)"
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
 # bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for regression.
 DEFAULT_PARITY_CEILING = Tolerance(abs=1e-4, rel=1e-3)
+# An onnxruntime run (onnxruntime gives no types): (output names, {input name: array}, run
+# options) → the outputs, in the order asked.
+SessionRun = Callable[[list[str], dict[str, np.ndarray], Any], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,8 @@ class Model:
         # and _check_signature verified the session takes exactly x. io binding with
         # preallocated outputs and run_with_ort_values measured slower (they must copy out).
         self._run_options = ort.RunOptions()
-        binding = getattr(session, "_sess", None)
-        self._session_run = binding.run if hasattr(binding, "run") else session.run
+        binding: Any = getattr(session, "_sess", None)
+        self._session_run: SessionRun = binding.run if hasattr(binding, "run") else session.run
         self._feature_index = {feature: i for i, feature in enumerate(card.feature_names)}
         self.num_features = card.num_features
         self.is_classification = card.task == "classification"
@@ -164,10 +168,12 @@ class Model:
             outputs = self._run(x)
             drift.observe(x)
             return outputs
-        outputs = self._layer_session.run(self._layer_output_list, {INPUT_NAME: x})
+        with_layers: list[np.ndarray] = self._layer_session.run(
+            self._layer_output_list, {INPUT_NAME: x}
+        )
         count = len(self._output_list)
-        drift.observe(x, outputs[count:])
-        return outputs[:count]
+        drift.observe(x, with_layers[count:])
+        return with_layers[:count]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         """Score x without touching the drift statistics (warm-up, parity gate)."""

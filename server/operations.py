@@ -13,7 +13,8 @@ import grpc
 
 from server.auth import TokenAuthInterceptor, load_token_digests
 from server.decoding import RequestDecodingInterceptor
-from server.metrics import MetricsInterceptor, ServerMetrics
+from server.metrics import ServerMetrics
+from server.observability import ObservabilityInterceptor
 from server.settings import ServerSettings
 from server.tls import server_credentials
 from server.tracing import Tracing
@@ -49,7 +50,7 @@ class Operations:
         interceptors: list[grpc.ServerInterceptor] = []
         observed = self.metrics, self.settings.access_log_sample, self.tracing
         if observed != (None, 0, None):
-            interceptors.append(MetricsInterceptor(*observed))
+            interceptors.append(ObservabilityInterceptor(*observed))
         if self.token_auth is not None:
             interceptors.append(self.token_auth)
         interceptors.append(RequestDecodingInterceptor())

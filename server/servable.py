@@ -1,12 +1,19 @@
-"""A loaded model as the servicers use it: checked input in, outputs out, batched or not."""
+"""A loaded model as the servicers use it: checked input in, outputs out, batched or not; and
+`build_servable`, which makes one from a model file and the server's settings."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from server.batching import DynamicBatcher, Predict
-from server.errors import DeadlineExpired
-from server.model import Model
+from server.drift import drift_settings
+from server.errors import DeadlineExpired, ModelLoadError
+from server.contract import Tolerance
+from server.metrics import ServerMetrics
+from server.model import Model, ModelLimits, SessionThreads
+from server.settings import ServerSettings
 from server.statistics import ModelStats
 
 # grpc reports "no deadline" as a huge time_remaining(); anything beyond a day means none.
@@ -18,7 +25,7 @@ class Servable:
     its statistics.
 
     The data plane records requests and unbatched runs in `stats`; the batcher's predict
-    should go through `stats.timed` so batched runs count too (app.build_servable does).
+    should go through `stats.timed` so batched runs count too (`build_servable` does).
     """
 
     def __init__(
@@ -66,3 +73,47 @@ class Servable:
         """Finish queued work and stop the batcher, if any."""
         if self.batcher is not None:
             self.batcher.close()
+
+
+def build_servable(
+    path: str | Path,
+    name: str,
+    version: str,
+    settings: ServerSettings,
+    metrics: ServerMetrics | None = None,
+) -> Servable:
+    """Load, verify (structure, graph hash, parity gate) and warm up a model file, and serve it
+    as name/version with the settings' batching and onnxruntime threads; raises ModelLoadError
+    naming the file and the problem."""
+    threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
+    limits = ModelLimits(settings.max_model_bytes, settings.max_model_nodes)
+    model = Model.load(path, name, version, threads, limits, drift_settings(settings))
+    ceiling = Tolerance(settings.max_parity_tolerance_abs, settings.max_parity_tolerance_rel)
+    try:
+        model.warm_up(settings.max_batch_size)
+        model.check_parity(ceiling)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # onnxruntime raises its own untyped errors from a run
+        raise ModelLoadError(
+            f"model {path}: a run during warm-up or the parity gate failed ({_first_line(error)})"
+        ) from None
+    predict: Predict = model.predict
+    if metrics is not None:
+        predict = metrics.instrument_predict(name, predict)
+    stats = ModelStats()  # ModelStatistics; the data plane times unbatched runs itself
+    batcher = None
+    if settings.batching:
+        batcher = DynamicBatcher(
+            stats.timed(predict),
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue=settings.max_inflight,
+            name=name,
+        )
+    return Servable(model, batcher, predict, stats)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-Predict = Callable[[np.ndarray], list[np.ndarray]]
+from server.batching import Predict
 
 # The parts of a successful request, in Triton's names.
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -55,6 +54,8 @@ class StatsSnapshot:
     batches: tuple[BatchStats, ...] = ()
 
 
+# A thread's tally: the counts by slot below, and batch size → [runs, summed run ns].
+Tally = tuple[list[int], dict[int, list[int]]]
 # Slots of a thread's tally.
 _ROWS, _SUCCESS, _SUCCESS_NS, _FAIL, _FAIL_NS, _QUEUE_NS, _INPUT_NS, _INFER_NS, _OUTPUT_NS = range(
     9
@@ -73,14 +74,15 @@ class ModelStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards the list of tallies, not their contents
         self._local = threading.local()
-        self._tallies: list[tuple[list[int], dict[int, list[int]]]] = []
+        self._tallies: list[Tally] = []
         self._last_inference_ms = 0
 
-    def _tally(self) -> tuple[list[int], dict[int, list[int]]]:
+    def _tally(self) -> Tally:
         try:
-            return self._local.tally
+            tally: Tally = self._local.tally  # threading.local attributes are untyped
+            return tally
         except AttributeError:
-            tally: tuple[list[int], dict[int, list[int]]] = ([0] * 9, {})
+            tally = ([0] * 9, {})
             self._local.tally = tally
             with self._lock:
                 self._tallies.append(tally)

@@ -15,13 +15,19 @@ from typing import Generic, TypeVar
 
 Message = TypeVar("Message")
 
-_END = object()
-_NOTHING = object()
+
+class _End:
+    """Queued after the source's last message."""
 
 
 class _Failure:
+    """Queued in place of the message the source raised on."""
+
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+_END = _End()
 
 
 class ReadAhead(Generic[Message]):
@@ -35,7 +41,7 @@ class ReadAhead(Generic[Message]):
     def __init__(self, source: Iterator[Message], *, window: int, max_chunk: int) -> None:
         self._source = source
         self._max_chunk = max_chunk
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=window)
+        self._queue: queue.Queue[Message | _End | _Failure] = queue.Queue(maxsize=window)
         self._stopped = threading.Event()
         self._reader = threading.Thread(target=self._read, name="stream-read-ahead", daemon=True)
         self._reader.start()
@@ -50,7 +56,7 @@ class ReadAhead(Generic[Message]):
             return
         self._put(_END)
 
-    def _put(self, item: object) -> bool:
+    def _put(self, item: Message | _End | _Failure) -> bool:
         while not self._stopped.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -61,11 +67,11 @@ class ReadAhead(Generic[Message]):
 
     def chunks(self) -> Iterator[list[Message]]:
         """Block for the next message, then take what else has arrived, up to max_chunk."""
-        held: object = _NOTHING  # an end or failure marker taken while filling a chunk
+        held: _End | _Failure | None = None  # an end or failure taken while filling a chunk
         try:
             while True:
-                item = self._queue.get() if held is _NOTHING else held
-                if item is _END:
+                item = self._queue.get() if held is None else held
+                if isinstance(item, _End):
                     return
                 if isinstance(item, _Failure):
                     raise item.error
@@ -75,10 +81,10 @@ class ReadAhead(Generic[Message]):
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is _END or isinstance(item, _Failure):
+                    if isinstance(item, (_End, _Failure)):
                         held = item
                         break
                     chunk.append(item)
-                yield chunk  # type: ignore[misc]
+                yield chunk
         finally:
             self._stopped.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -48,16 +49,19 @@ class Tracing:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider)
 
-    def server_span(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Any:
-        """A context manager: the call's span, current while its handler runs."""
+    def server_span(
+        self, method: str, metadata: Sequence[tuple[str, Any]] | None
+    ) -> AbstractContextManager[Any]:
+        """The call's span, current while its handler runs (`with tracing.server_span(…)`)."""
         carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
         parent = self._propagate.extract(carrier)
-        return self.tracer.start_as_current_span(
+        span: AbstractContextManager[Any] = self.tracer.start_as_current_span(
             method,
             context=parent,
             kind=self._trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.method": method},
         )
+        return span
 
     def parts(self, marks: Sequence[tuple[str, int, int]]) -> None:
         """Child spans of the current span from (name, start, end) perf_counter ns."""

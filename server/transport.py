@@ -288,6 +288,11 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             self._unary_calls -= 1
             self._unary_done.notify_all()
 
+    def _submit_here(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> futures.Future[Any]:
+        return super().submit(fn, *args, **kwargs)
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         # grpc submits state.context.run(runner, rpc_event, state, behavior, argument_thunk,
         # request_deserializer, response_serializer); anything else runs as usual.
@@ -313,8 +318,9 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         waiting = self.waiting.add(state, rpc_event.call)
 
         def run(argument: Any) -> None:
-            pool = self._streams if requests is not None else super(MessageFirstExecutor, self)
-            started = pool.submit(
+            # Streams on their own pool; unary calls on this one's threads (its own submit).
+            submit = self._streams.submit if requests is not None else self._submit_here
+            started = submit(
                 fn, runner, rpc_event, state, behavior, lambda: argument, deserializer, serializer
             )
             started.add_done_callback(lambda done: _copy_outcome(done, outcome))

@@ -34,8 +34,6 @@ from aiohttp import web
 from server.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
-    MODEL_CONTROL_CLOSED,
-    MODEL_UNLOAD_CLOSED,
     PLATFORM,
     DataPlane,
 )
@@ -355,8 +353,7 @@ class RestServer:
         return _json({})
 
     async def _model_unload(self, request: web.Request) -> web.Response:
-        closed = MODEL_UNLOAD_CLOSED if self._plane.rescan else MODEL_CONTROL_CLOSED
-        return _error(403, closed)
+        self._plane.unload(request.match_info["name"])
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)

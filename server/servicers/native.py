@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from server.dataplane import DataPlane
-from server.errors import InvalidInput, ServingError, translate_errors
+from server.errors import InvalidInput, ServingError, translate_errors, translate_stream_errors
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.model import Model, TensorSpec
@@ -53,7 +53,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             _fill_batch(response, model, outputs)
         return response
 
-    @translate_errors
+    @translate_stream_errors
     def PredictStream(
         self, request_iterator: Iterator[pb.PredictRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PredictResponse]:
@@ -69,26 +69,26 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         """Answer stream messages in order, one model run per run of messages for one model."""
         group: list[pb.PredictRequest] = []
         rows: list[np.ndarray] = []
-        group_servable = None
+        group_servable: Servable | None = None  # the servable of the group, None: no group yet
         for offset, request in enumerate(chunk):
             try:
                 servable = self._plane.find(request.model_name, request.model_version)
                 row = _example(request, servable.model)
                 servable.model.check_features(row)
             except ServingError as error:
-                if group:
+                if group_servable is not None:
                     yield from self._answer_group(group_servable, group, rows, context)
                 label = f" (id {request.id!r})" if request.id else ""
                 raise type(error)(
                     f"stream message {first_index + offset}{label}: {error}"
                 ) from None
-            if group and servable is not group_servable:
+            if group_servable is not None and servable is not group_servable:
                 yield from self._answer_group(group_servable, group, rows, context)
                 group, rows = [], []
             group_servable = servable
             group.append(request)
             rows.append(row)
-        if group:
+        if group_servable is not None:
             yield from self._answer_group(group_servable, group, rows, context)
 
     def _answer_group(

@@ -32,14 +32,20 @@ class UnimplementedHandler(grpc.GenericRpcHandler):
 def is_unimplemented(handler: grpc.RpcMethodHandler) -> bool:
     """True for the handlers this module answers unknown methods with (metrics count them
     apart: their method names are the client's, not a bounded label set)."""
-    return getattr(handler.stream_stream, "refuses_unknown_method", False)
+    return isinstance(handler.stream_stream, _Refusal)
+
+
+class _Refusal:
+    """A stream-stream behaviour answering UNIMPLEMENTED with its message: with raw bytes it
+    fits every call shape (on the wire every call is a stream)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, self.message)
+        yield  # pragma: no cover  (makes this a generator, as a streaming handler must be)
 
 
 def _refusing(message: str) -> grpc.RpcMethodHandler:
-    # Stream-stream with raw bytes fits every call shape: on the wire every call is a stream.
-    def refuse(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-        yield  # pragma: no cover  (makes this a generator, as a streaming handler must be)
-
-    refuse.refuses_unknown_method = True  # type: ignore[attr-defined]
-    return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(_Refusal(message))

@@ -13,8 +13,6 @@ from server.dataplane import (
     BACKEND,
     EXTENSIONS,
     INDEX_STATES,
-    MODEL_CONTROL_CLOSED,
-    MODEL_UNLOAD_CLOSED,
     PLATFORM,
     DataPlane,
     OutputRequest,
@@ -22,7 +20,7 @@ from server.dataplane import (
     TensorOut,
     raw_bytes,
 )
-from server.errors import InvalidInput, ServingError, translate_errors
+from server.errors import InvalidInput, ServingError, translate_errors, translate_stream_errors
 from server.gen.inference import grpc_service_pb2 as pb
 from server.gen.inference import grpc_service_pb2_grpc
 from server.gen.inference import model_config_pb2 as config_pb
@@ -99,7 +97,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         return self._infer(request, context)
 
-    @translate_errors
+    @translate_stream_errors
     def ModelStreamInfer(
         self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ModelStreamInferResponse]:
@@ -184,11 +182,11 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._plane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
+    @translate_errors
     def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        closed = MODEL_UNLOAD_CLOSED if self._plane.rescan else MODEL_CONTROL_CLOSED
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, closed)
+        self._plane.unload(request.model_name)
 
 
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:

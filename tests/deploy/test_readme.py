@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from deploy_support import REPO, DemoRun
 
-from server.client import InputError, read_examples
+from server.clients.predict import InputError, read_examples
 from training.cli import main as train_main
 from training.data import load_dataset
 

@@ -9,7 +9,9 @@ from typing import Any
 from server_process import free_port
 
 from server.app import Server
+from server.repository import READY
 from server.settings import ServerSettings
+from server.versions import resolve_sources
 
 
 def start_server(
@@ -19,14 +21,26 @@ def start_server(
     http: bool = False,
     **create: Any,
 ) -> Server:
-    """A real Server on a free loopback port with the given name → path models loaded; with
-    http, the HTTP/REST transport too on another free port (`server.http_port`); `create`
+    """A real Server on a free loopback port serving each name → model file as version "1" of
+    that name, each resolved as `--model FILE --name NAME` resolves it and loaded by the
+    server's own version scan at start (a refused file is left failed, as the CLI leaves it);
+    with http, the HTTP/REST transport too on another free port (`server.http_port`); `create`
     goes to Server.create (interceptors, tracing, …)."""
     http_port = free_port() if http else 0
+    sources = None  # without models: what settings.model and model_root configure
+    if models:
+        sources = [
+            source
+            for name, path in models.items()
+            for source in resolve_sources([str(path)], name, "1", "")
+        ]
     server = Server.create(
-        settings.replace(host="127.0.0.1", port=0, http_port=http_port), **create
+        settings.replace(host="127.0.0.1", port=0, http_port=http_port), sources=sources, **create
     )
     server.start()
-    for name, path in (models or {}).items():
-        server.load_model(path, name, "1")
     return server
+
+
+def is_serving(server: Server, name: str) -> bool:
+    """True when the server's version scan loaded model `name` (version "1") and serves it."""
+    return server.repository.status(name, "1").state == READY

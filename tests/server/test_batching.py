@@ -168,10 +168,7 @@ def _batching_server(test_models: ModelFiles, **changes: object) -> Server:
     settings = ServerSettings(
         batching=True, max_batch_delay_ms=LONG_DELAY_MS, workers=24, max_inflight=20
     ).replace(**changes)
-    server = Server.create(settings.replace(host="127.0.0.1", port=0), metrics=ServerMetrics())
-    server.start()
-    server.load_model(test_models.classification, "iris", "1")
-    return server
+    return start_server(settings, {"iris": test_models.classification}, metrics=ServerMetrics())
 
 
 def test_lone_and_one_after_another_calls_are_answered_despite_a_10_s_delay(

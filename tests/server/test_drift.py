@@ -19,14 +19,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from in_process import is_serving, start_server
 from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import free_port
 
 from server.app import Server
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.metrics import MetricsInterceptor, ServerMetrics
+from server.metrics import ServerMetrics
+from server.observability import ObservabilityInterceptor
 from server.settings import ServerSettings
 
 WINDOW = 200  # recent window (examples): differs from the whole life, still holds > 100
@@ -97,14 +98,16 @@ class Served:
 @pytest.fixture(scope="module")
 def served(digits: DigitsModel) -> Iterator[Served]:
     metrics = ServerMetrics()
-    settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_window=WINDOW, drift_sample=1.0,
-        http_port=free_port(),
-    )  # fmt: skip
-    server = Server.create(settings, metrics=metrics, interceptors=[MetricsInterceptor(metrics)])
-    server.start()
+    settings = ServerSettings(workers=4, max_inflight=2, drift_window=WINDOW, drift_sample=1.0)
+    server = start_server(
+        settings,
+        dict.fromkeys(NAMES, digits.path),
+        http=True,
+        metrics=metrics,
+        interceptors=[ObservabilityInterceptor(metrics)],
+    )
     for name in NAMES:
-        assert server.load_model(digits.path, name, "1")
+        assert is_serving(server, name)
     metrics_port = metrics.serve("127.0.0.1", 0)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = predictor_pb2_grpc.PredictorStub(channel)
@@ -322,12 +325,11 @@ def test_shuffling_each_column_keeps_the_marginals_but_moves_the_layers(digits, 
 def test_a_model_exported_before_drift_monitoring_is_served_and_says_so_once(
     test_models, caplog
 ) -> None:
-    settings = ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2, http_port=0)
-    server = Server.create(settings)
-    server.start()
+    settings = ServerSettings(workers=4, max_inflight=2)
+    with caplog.at_level(logging.WARNING, logger="server.model"):
+        server = start_server(settings, {"old": test_models.classification})
     try:
-        with caplog.at_level(logging.WARNING, logger="server.model"):
-            assert server.load_model(test_models.classification, "old", "1")
+        assert is_serving(server, "old")
         lines = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
         assert len(lines) == 1
         assert "exported before drift monitoring" in lines[0] and "serving on" in lines[0]
@@ -343,13 +345,10 @@ def test_a_model_exported_before_drift_monitoring_is_served_and_says_so_once(
 
 
 def test_drift_off_keeps_no_statistics(digits) -> None:
-    settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift=False, http_port=0
-    )
-    server = Server.create(settings)
-    server.start()
+    settings = ServerSettings(workers=4, max_inflight=2, drift=False)
+    server = start_server(settings, {"digits": digits.path})
     try:
-        assert server.load_model(digits.path, "digits", "1")
+        assert is_serving(server, "digits")
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             report = predictor_pb2_grpc.PredictorStub(channel).ModelDrift(pb.ModelDriftRequest())
         assert not report.monitored and report.status == "off"
@@ -359,19 +358,12 @@ def test_drift_off_keeps_no_statistics(digits) -> None:
 
 def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
     settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        workers=4,
-        max_inflight=2,
-        drift_log_interval_s=3600,
-        drift_sample=1.0,
-        http_port=0,
+        workers=4, max_inflight=2, drift_log_interval_s=3600, drift_sample=1.0
     )
-    server = Server.create(settings)
-    server.start()
+    server = start_server(settings, {"digits": digits.path})
     rows, moved = shifted_rows(digits)
     try:
-        assert server.load_model(digits.path, "digits", "1")
+        assert is_serving(server, "digits")
         with (
             caplog.at_level(logging.WARNING, logger="server.drift"),
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
@@ -389,13 +381,10 @@ def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
 
 
 def test_sampling_observes_a_share_of_the_runs(digits) -> None:
-    settings = ServerSettings(
-        host="127.0.0.1", port=0, workers=4, max_inflight=2, drift_sample=0.25, http_port=0
-    )
-    server = Server.create(settings)
-    server.start()
+    settings = ServerSettings(workers=4, max_inflight=2, drift_sample=0.25)
+    server = start_server(settings, {"digits": digits.path})
     try:
-        assert server.load_model(digits.path, "digits", "1")
+        assert is_serving(server, "digits")
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = predictor_pb2_grpc.PredictorStub(channel)
             for row in digits.heldout[:200]:
@@ -423,13 +412,10 @@ def test_malformed_drift_metadata_is_reported_and_the_model_served(
             prop.value = value
     path = tmp_path / "edited.onnx"
     path.write_bytes(model.SerializeToString())
-    server = Server.create(
-        ServerSettings(host="127.0.0.1", port=0, workers=4, max_inflight=2, http_port=0)
-    )
-    server.start()
+    with caplog.at_level(logging.WARNING, logger="server.model"):
+        server = start_server(ServerSettings(workers=4, max_inflight=2), {"edited": path})
     try:
-        with caplog.at_level(logging.WARNING, logger="server.model"):
-            assert server.load_model(path, "edited", "1")
+        assert is_serving(server, "edited")
         assert any(problem in r.getMessage() for r in caplog.records)
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = predictor_pb2_grpc.PredictorStub(channel)

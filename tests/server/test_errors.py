@@ -1,5 +1,5 @@
-"""translate_errors: domain errors keep their status and message; anything else is a generic
-INTERNAL with the traceback in the log only."""
+"""translate_errors and translate_stream_errors: domain errors keep their status and message;
+anything else is a generic INTERNAL with the traceback in the log only."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from server.errors import (
     Overloaded,
     ServingError,
     translate_errors,
+    translate_stream_errors,
 )
 
 
@@ -40,7 +41,7 @@ class _Servicer:
     def Unary(self, request: object, context: object) -> object:
         raise self.error
 
-    @translate_errors
+    @translate_stream_errors
     def Stream(self, request: object, context: object) -> Iterator[int]:
         yield 1
         raise self.error
@@ -77,3 +78,13 @@ def test_unexpected_error_is_generic_internal_and_logged(caplog: pytest.LogCaptu
     assert context.details == INTERNAL_MESSAGE and "secret" not in context.details
     assert "unexpected error in _Servicer.Unary" in caplog.text
     assert "KeyError: 'secret internals'" in caplog.text  # the traceback, for the operator
+
+
+def test_a_streaming_method_needs_the_streaming_wrapper() -> None:
+    """translate_errors would return the generator unwrapped: its errors would escape."""
+
+    def Stream(self: object, request: object, context: object) -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="translate_stream_errors"):
+        translate_errors(Stream)

@@ -1,4 +1,5 @@
-"""server/healthcheck.py: the image's HEALTHCHECK against real servers on free loopback ports."""
+"""server/clients/healthcheck.py: the image's HEALTHCHECK against real servers on free loopback
+ports."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from certificates import Pki, make_pki
 from model_builder import ModelFiles
 from server_process import ServerProcess, free_port
 
-from server import healthcheck
 from server.app import Server
+from server.clients import healthcheck
 from server.settings import ServerSettings
 
 

@@ -497,11 +497,9 @@ def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> Non
 
 def test_http_calls_are_counted_in_metrics(test_models: ModelFiles) -> None:
     metrics = ServerMetrics()
-    server = Server.create(
-        ServerSettings(host="127.0.0.1", port=0, http_port=free_port()), metrics=metrics
+    server = start_server(
+        ServerSettings(), {"iris": test_models.classification}, http=True, metrics=metrics
     )
-    server.start()
-    server.load_model(test_models.classification, "iris", "1")
     try:
         call(server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))
         call(server.http_port, "POST", "/v2/models/tulip/infer", _infer_body(ROWS))

@@ -13,7 +13,7 @@ from model_builder import NUM_FEATURES, ModelFiles
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.metrics import MetricsInterceptor
+from server.observability import ObservabilityInterceptor
 from server.settings import ServerSettings
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -37,7 +37,7 @@ def traced(test_models: ModelFiles):
     server = start_server(
         ServerSettings(workers=4, max_inflight=2),
         {"iris": test_models.classification},
-        interceptors=[MetricsInterceptor(None, tracing=tracing)],
+        interceptors=[ObservabilityInterceptor(None, tracing=tracing)],
         tracing=tracing,
     )
     yield server, exporter

@@ -21,6 +21,7 @@ from server_process import ServerProcess
 
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 from server.transport import check_grpc_internals
 
@@ -87,7 +88,8 @@ def small_server_waiting(server) -> int:
 
 def test_past_max_waiting_calls_the_oldest_waiting_call_is_dropped(test_models) -> None:
     settings = ServerSettings(workers=4, max_inflight=2, request_timeout_s=60, max_waiting_calls=4)
-    server = start_server(settings, {"iris": test_models.classification})
+    metrics = ServerMetrics()
+    server = start_server(settings, {"iris": test_models.classification}, metrics=metrics)
     attacker = StallingConnection("127.0.0.1", server.port)
     try:
         first = [attacker.open_stream(PREDICT) for _ in range(2)]
@@ -96,6 +98,10 @@ def test_past_max_waiting_calls_the_oldest_waiting_call_is_dropped(test_models) 
         assert _wait_for(lambda: set(attacker.closed_streams) == set(first))
         assert set(attacker.closed_streams.values()) == {RESOURCE_EXHAUSTED}
         assert small_server_waiting(server) == len(later)
+        sample = metrics.registry.get_sample_value
+        assert sample("bnserve_calls_waiting_for_message") == len(later)
+        assert sample("bnserve_calls_dropped_total", {"reason": "overflow"}) == len(first)
+        assert sample("bnserve_calls_dropped_total", {"reason": "timeout"}) == 0
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
             assert len(_predict(channel).probabilities) == 3

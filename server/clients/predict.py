@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from server.connect import ConnectError, open_channel, read_token
+from server.clients.connect import ConnectError, open_channel, read_token
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 

@@ -74,7 +74,12 @@ class _BearerToken(
             details.wait_for_ready, details.compression,
         )  # fmt: skip
 
-    def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    def _intercept(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         return continuation(self._with_token(details), request)
 
     intercept_unary_unary = _intercept

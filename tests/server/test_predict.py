@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.client import InputError, parse_features, read_examples, write_table
+from server.clients.predict import InputError, parse_features, read_examples, write_table
 
 NAMES = ["a", "b", "c"]
 
