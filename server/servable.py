@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from server.batching import DynamicBatcher, Predict
+from server.contract import Tolerance
 from server.drift import drift_settings
 from server.errors import DeadlineExpired, ModelLoadError
-from server.contract import Tolerance
 from server.metrics import ServerMetrics
 from server.model import Model, ModelLimits, SessionThreads
 from server.settings import ServerSettings
