@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from training.config import METRIC_NAMES
-from training.errors import TrainingError, disk_full, os_error_line
+from training.errors import DataError, TrainingError, disk_full, os_error_line
 from training.tune import cv, report
 from training.tune.early_stop import RULES
-from training.tune.runner import TuneError, TuneResult, run_tune
+from training.tune.errors import SpaceError, TuneError, TuneSettingsError
+from training.tune.runner import TuneResult, existing_store, run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import (
     DEFAULT_SPACE,
-    SpaceError,
     build_space,
     describe_default_space,
     load_space_file,
@@ -156,12 +156,14 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
     folds = None
     if args.cv is not None:
         if args.objective == "synthetic":
-            raise SpaceError("--cv trains folds of the data: not with --objective synthetic")
+            raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
         try:
             base = build_space(space).base_config()
             folds, line = cv.resolve_cv(args.cv, base)
-        except ValueError as error:  # DataError included: a bad file is named here
-            raise SpaceError(str(error)) from None
+        except DataError:  # a bad file, named
+            raise
+        except ValueError as error:
+            raise TuneSettingsError(str(error)) from None
         print(line)
     given: dict[str, Any] = {
         "out": args.out,
@@ -200,10 +202,7 @@ def resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise TuneError(f"--resume keeps the tune's stored settings: drop {flags}")
-    path = args.out / FILENAME
-    if not path.exists():
-        raise TuneError(f"{args.out}: no {FILENAME} to resume (start it without --resume)")
-    with TrialStore(path, readonly=True) as store:
+    with TrialStore(existing_store(args.out), readonly=True) as store:
         stored = store.settings()
     runtime = _runtime(args)
     if runtime["workers"] is None:  # keep the stored worker count
@@ -258,7 +257,7 @@ def main(argv: list[str]) -> int:
         result = run_tune(
             settings, resume=args.resume, report=lambda ended: report_results(settings, ended)
         )
-    except (SpaceError, TuneError, TrainingError) as error:
+    except TrainingError as error:  # SpaceError, TuneSettingsError, TuneError, DataError, …
         print(f"bnserve tune: error: {error}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as error:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from training.tune.space import Dimension, SearchSpace, SpaceError
+from training.tune.errors import SpaceError, TuneSettingsError
+from training.tune.space import Dimension, SearchSpace
 
 MAX_GRID_POINTS = 10_000
 
@@ -100,7 +101,7 @@ def shrink_box(
     ranked_points: the points tried so far, best first (at least one).
     """
     if not 0 < shrink < 1:
-        raise SpaceError(f"shrink factor {shrink!r} must be in (0, 1)")
+        raise TuneSettingsError(f"shrink factor {shrink!r} must be in (0, 1)")
     if not ranked_points:
         raise ValueError("cannot shrink a box around no points")
     original = full_box(space)
@@ -137,7 +138,7 @@ def grid_points(space: SearchSpace, points_per_dimension: int) -> list[dict[str,
     """Every combination: numeric dimensions at evenly spaced search coordinates (ends included,
     duplicates after integer rounding dropped), choice dimensions at every value."""
     if points_per_dimension < 2:
-        raise SpaceError(f"--grid-points {points_per_dimension} must be ≥ 2")
+        raise TuneSettingsError(f"--grid-points {points_per_dimension} must be ≥ 2")
     axes = []
     for dimension in space.dimensions:
         if dimension.scale == "choice":
