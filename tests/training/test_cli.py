@@ -1,8 +1,4 @@
-"""`bnserve train` (training/cli.py): options, BN momentum naming, each bad input of the issue.
-
-(Named test_training_cli.py, not test_cli.py: pytest's default import mode needs unique basenames
-and tests/export/test_cli.py exists.)
-"""
+"""`bnserve train` (training/cli.py): options, BN momentum naming, each bad input of the issue."""
 
 from __future__ import annotations
 
