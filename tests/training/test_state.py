@@ -1,4 +1,4 @@
-"""training/state.py: a checkpoint restores exactly the state it saved, through the run directory."""
+"""training/state.py: a checkpoint restores exactly the state it saved."""
 
 from __future__ import annotations
 
