@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import METRIC_NAMES
 from training.errors import DataError, TrainingError, disk_full, os_error_line
+from training.flags import add_config_flag
 from training.tune import cv, report
 from training.tune.early_stop import RULES
 from training.tune.errors import SpaceError, TuneError, TuneSettingsError
@@ -25,11 +25,18 @@ from training.tune.space import (
 )
 from training.tune.store import FILENAME, TrialStore, database_failure
 
+# TrainConfig fields with a flag of their own here (any other: --set FIELD=VALUE)
+_TRAINING_FLAGS = ("data", "target", "task", "epochs", "class_weight", "metric")
+_TRAINING_HELP = {
+    "epochs": f"epochs per trial (default {DEFAULT_SPACE['fixed']['epochs']})",
+    "metric": "the dev metric trials are ranked on, as bnserve train (default: error or rmse)",
+}
+
 # Flags that define which trials a tune has; a resumed tune keeps its stored values.
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
-    "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
-    "target", "task", "epochs", "cv", "class_weight", "metric",
+    "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
+    *_TRAINING_FLAGS,
 )  # fmt: skip
 
 _EPILOG = """\
@@ -96,18 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic: a cheap known function, to test or benchmark the tuner itself",
     )
     training = parser.add_argument_group("every trial's training settings")
-    training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
-    training.add_argument("--target", help="CSV target column")
-    training.add_argument("--task", choices=["classification", "regression"])
-    training.add_argument("--epochs", type=int, help="epochs per trial (default 200)")
-    training.add_argument(
-        "--class-weight", choices=["none", "balanced"], help="as bnserve train (default none)"
-    )
-    training.add_argument(
-        "--metric",
-        choices=list(METRIC_NAMES),
-        help="the dev metric trials are ranked on, as bnserve train (default error or rmse)",
-    )
+    for name in _TRAINING_FLAGS:  # as bnserve train's, from TrainConfig's fields
+        add_config_flag(training, name, help_text=_TRAINING_HELP.get(name))
     training.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
     )
@@ -131,7 +128,7 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
         name = name.strip()
         fixed[name] = value if name == "hidden" else parse_scalar(value)  # hidden: "64,64"
-    for name in ("data", "target", "task", "epochs", "class_weight", "metric"):
+    for name in _TRAINING_FLAGS:
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed
