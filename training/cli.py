@@ -147,7 +147,7 @@ def _write_failure(error: OSError, run_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run `bnserve train ARGS`: 0 on success, 1 on bad input or settings, 2 on bad usage."""
+    """Run `bnserve train ARGS`: 0 when done, else 2 with one error line (README: Exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_epoch is not None and args.resume is None:
@@ -177,10 +177,10 @@ def main(argv: list[str]) -> int:
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     except OSError as error:  # a full disk, most likely: every file is written atomically
         print(f"bnserve train: error: {_write_failure(error, run_dir)}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
         return 130
