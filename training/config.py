@@ -34,7 +34,7 @@ def _setting(
 
     group: the --help section; choices: the allowed values (validated here too); none: what a
     None default means, in words; resumable: a resumed run may change it (babysitting)."""
-    metadata = {"help": help_text, "group": group, "choices": choices, "none": none}
+    metadata: dict[str, Any] = {"help": help_text, "group": group, "choices": choices, "none": none}
     metadata |= {"metavar": metavar, "resumable": resumable}
     return dataclasses.field(default=default, metadata=metadata)
 

@@ -355,7 +355,7 @@ def _keep_ray_on_loopback() -> None:
     loopback); a loopback address must stay one. Ray reads the variable when imported, and
     ray_constants.ENABLE_RAY_CLUSTER when it resolves addresses."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")  # ray's, untyped
     if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
         constants.ENABLE_RAY_CLUSTER = False
 
@@ -408,8 +408,12 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def make_executor(workers: int, ray_address: str | None) -> Executor:
-    """Local processes, or Ray when an address is given (validated before any trial)."""
+def make_executor(workers: int | None, ray_address: str | None) -> Executor:
+    """Local processes, or Ray when an address is given (validated before any trial).
+
+    workers None: as many as the Ray cluster has CPUs (a local pool needs a count)."""
     if ray_address:
         return RayExecutor(ray_address, workers)
+    if workers is None:
+        raise TuneSettingsError("local trials need a worker count (--workers)")
     return LocalExecutor(workers)

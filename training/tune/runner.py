@@ -247,7 +247,7 @@ def ensure_round_planned(
             sampler.sample_point(space, box, sampler.point_rng(settings.seed, first_point + i))
             for i in range(n_points)
         ]
-    planned = []
+    planned: list[PlannedTrial] = []
     variants = [{"batchnorm": True}, {"batchnorm": False}] if settings.compare_batchnorm else [{}]
     for offset, point in enumerate(points):
         for variant in variants:

@@ -76,7 +76,7 @@ def sample_point(space: SearchSpace, box: Box, rng: np.random.Generator) -> dict
             lo, hi = box.ranges[dimension.name]
             value = dimension.from_coordinate(float(rng.uniform(lo, hi)))
             if dimension.is_integer:
-                value = _integer_inside(dimension, lo, hi, value)
+                value = _integer_inside(dimension, lo, hi, int(value))
             point[dimension.name] = value
     return point
 
@@ -87,7 +87,7 @@ def _integer_inside(dimension: Dimension, lo: float, hi: float, value: int) -> i
     first = math.ceil(dimension.raw_value(lo) - 1e-9)
     last = math.floor(dimension.raw_value(hi) + 1e-9)
     if first > last:
-        return dimension.from_coordinate((lo + hi) / 2)
+        return int(dimension.from_coordinate((lo + hi) / 2))
     return min(max(value, first), last)
 
 
