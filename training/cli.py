@@ -11,14 +11,14 @@ from typing import Any
 
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.errors import TrainingError, disk_full, os_error_line
-from training.flags import CONFIG_FIELDS, add_config_flag, flag_of
+from training.flags import CONFIG_FIELDS, add_config_flag, default_text, flag_of
 from training.rundir import read_json
 
 BN_EPILOG = """\
 batch-norm running statistics (frozen for test time):
   running_mean = (1 − m)·running_mean + m·batch_mean
   running_var  = (1 − m)·running_var  + m·batch_var·n/(n − 1)    (n/(n − 1) only when unbiased)
-  m is --bn-momentum (PyTorch BatchNorm1d convention, default 0.1). --bn-decay d is the
+  m is --bn-momentum (PyTorch BatchNorm1d convention, default {bn_momentum}). --bn-decay d is the
   Keras/TensorFlow convention for the same thing, m = 1 − d: --bn-decay 0.9 ≡ --bn-momentum 0.1.
   Normalization during training uses the batch mean and the biased (1/n) batch variance.
   A last mini-batch of one example is merged into the previous batch.
@@ -33,7 +33,7 @@ early stopping: --early-stopping P ends the run after P epochs in a row whose de
 
 
 def _epilog() -> str:
-    """BN_EPILOG with the settings a resumed run may change (config.RESUMABLE_FIELDS)."""
+    """BN_EPILOG with the default momentum and the settings a resumed run may change."""
     babysitting = textwrap.fill(
         "babysitting: --resume RUN_DIR continues from the last checkpoint; "
         + ", ".join(map(flag_of, RESUMABLE_FIELDS))
@@ -43,7 +43,7 @@ def _epilog() -> str:
         subsequent_indent="  ",
         break_on_hyphens=False,
     )
-    return BN_EPILOG.format(babysitting=babysitting)
+    return BN_EPILOG.format(bn_momentum=default_text("bn_momentum"), babysitting=babysitting)
 
 
 # TrainConfig's field groups (config.py `group=`) as --help sections, in this order
@@ -68,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="new run directory to create")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
-    sections = {}
-    for group, title in CONFIG_SECTIONS.items():
-        sections[group] = parser.add_argument_group(title)
+    sections = {group: parser.add_argument_group(title) for group, title in CONFIG_SECTIONS.items()}
     # --bn-momentum and --bn-decay state the same thing in two conventions: one of them at most
     momentum = sections["batch norm"].add_mutually_exclusive_group()
     for name, setting in CONFIG_FIELDS.items():
