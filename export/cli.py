@@ -64,7 +64,7 @@ def _describe(report: ExportReport) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the exporter; prints what was written, or the error and exits 1."""
+    """Run the exporter; prints what was written, or the error and exits 2 (README: Exit codes)."""
     args = _parser().parse_args(argv)
     if args.reference_rows < 1:
         print("bnserve export: --reference-rows must be ≥ 1", file=sys.stderr)
@@ -80,6 +80,6 @@ def main(argv: list[str]) -> int:
         report = export_run(settings)
     except ExportError as error:
         print(f"bnserve export: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(_describe(report))
     return 0

@@ -132,7 +132,7 @@ def _describe(report: ImportReport) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the importer; prints what was written, or the error and exits 1."""
+    """Run the importer; prints what was written, or the error and exits 2 (README: Exit codes)."""
     parser = _parser()
     args = parser.parse_args(argv)
     for flag, value in (
@@ -170,6 +170,6 @@ def main(argv: list[str]) -> int:
         report = import_model(settings)
     except ExportError as error:
         print(f"bnserve import: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(_describe(report))
     return 0

@@ -58,6 +58,8 @@ def settings_from_args(argv: list[str]) -> ServerSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `bnserve serve ARGS` until stopped: 0 after a clean stop, 2 when it cannot start or
+    serve (README: Exit codes)."""
     try:
         settings = settings_from_args(sys.argv[1:] if argv is None else argv)
     except ValueError as error:
@@ -116,9 +118,9 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     except ValueError as error:  # bad model path, TLS file or token file
         print(f"bnserve serve: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
+    except OSError as error:  # a port in use, most likely
         print(f"bnserve serve: {error}", file=sys.stderr)
-        return 1
+        return 2
     signals = SignalFlags()
     server.start(load_before_listening=link is not None)
     if link is not None:
@@ -136,7 +138,7 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         )
         server.stop(0)
         operations.stop()
-        return 1
+        return 2
     if server.http_port is not None:
         scheme = "https" if settings.tls_cert else "http"
         log.info(

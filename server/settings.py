@@ -38,7 +38,7 @@ class ServerSettings:
     wait_for_model: bool = _setting(
         False,
         "Keep running, NOT ready, when no configured model loads at start-up (a model directory "
-        "filled later); without it the server exits 1 naming each model's reason.",
+        "filled later); without it the server exits 2 naming each model's reason.",
     )
     max_versions: int = _setting(
         0, "Serve the newest N good versions of each model directory; 0: every version on disk."

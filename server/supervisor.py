@@ -160,7 +160,7 @@ class Supervisor:
             reservation = PortReservation(self.settings.host, self.settings.port)
         except OSError as error:
             print(f"bnserve serve: {error}", file=sys.stderr)
-            return 1
+            return 2
         self.port = reservation.port
         self._metrics_dir = (
             tempfile.mkdtemp(prefix="bnserve-metrics-") if self.settings.metrics_port else ""
@@ -190,7 +190,7 @@ class Supervisor:
         except OSError as error:
             print(f"bnserve serve: {error}", file=sys.stderr)
             self._stop_all()
-            return 1
+            return 2
         finally:
             if metrics_http is not None:
                 metrics_http.shutdown()
@@ -315,7 +315,7 @@ class Supervisor:
                     how,
                 )
                 self._stop_all()
-                return code if code > 0 else 1
+                return code if code > 0 else 2
             lived = time.monotonic() - child.started_at
             failures = 0 if lived >= STABLE_S else self._failures.get(index, 0) + 1
             self._failures[index] = failures

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from training import layers, model
+from training.cache import FeatureRows
 from training.inference import predict
 from training.layers import RunningStats
 
@@ -30,7 +31,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 class Rows:
     """Rows `index` (n,) ascending of x (N, F), standardized with mean/std (F,) when read."""
 
-    x: np.ndarray  # (N, F) raw features, float32/float64: an array or a cache.RowFile
+    x: FeatureRows  # (N, F) raw features, float32/float64: an array or a cache.RowFile
     index: np.ndarray  # (n,) int64 row numbers of x
     mean: np.ndarray  # (F,) float64
     std: np.ndarray  # (F,) float64
@@ -139,7 +140,7 @@ class Moments:
         return self.m2 / self.n
 
 
-def fit_standardization(x: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_standardization(x: FeatureRows, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and std (F,) float64 of rows `index` of x; a constant column gets std 1.
 
     One pass over the rows in chunks; within one chunk the same as np.mean and np.std.

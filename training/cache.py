@@ -21,7 +21,7 @@ import shutil
 import uuid
 import weakref
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def content_sha256(path: Path) -> str:
 
 def load_table(
     path: Path, target: str | None, cache_dir: Path | None
-) -> tuple[np.ndarray | RowFile, TableInfo]:
+) -> tuple[FeatureRows, TableInfo]:
     """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
     if cache_dir is None:
         buffer = io.BytesIO()
@@ -191,6 +191,20 @@ def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:
                 shutil.rmtree(meta_path.parent, ignore_errors=True)
         except (OSError, ValueError):
             continue
+
+
+class FeatureRows(Protocol):
+    """x (N, F) as training reads it: a numpy array, or a RowFile over the float32 cache."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any, /) -> Any: ...
 
 
 class RowFile:

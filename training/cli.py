@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+import textwrap
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from training.config import METRIC_NAMES, TrainConfig
+from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.errors import TrainingError, disk_full, os_error_line
+from training.flags import CONFIG_FIELDS, add_config_flag, default_text, flag_of
 from training.rundir import read_json
 
 BN_EPILOG = """\
 batch-norm running statistics (frozen for test time):
   running_mean = (1 − m)·running_mean + m·batch_mean
   running_var  = (1 − m)·running_var  + m·batch_var·n/(n − 1)    (n/(n − 1) only when unbiased)
-  m is --bn-momentum (PyTorch BatchNorm1d convention, default 0.1). --bn-decay d is the
+  m is --bn-momentum (PyTorch BatchNorm1d convention, default {bn_momentum}). --bn-decay d is the
   Keras/TensorFlow convention for the same thing, m = 1 − d: --bn-decay 0.9 ≡ --bn-momentum 0.1.
   Normalization during training uses the batch mean and the biased (1/n) batch variance.
   A last mini-batch of one example is merged into the previous batch.
 
-babysitting: --resume RUN_DIR continues from the last checkpoint; optimizer settings, --epochs,
-  --batch-size, --dropout, --l2 and early stopping given with it apply from the next epoch
-  (history.json records them per epoch); --from-epoch K goes back to checkpoint K first,
-  discarding later ones.
+{babysitting}
 
 early stopping: --early-stopping P ends the run after P epochs in a row whose dev error did not
   beat the best by more than --min-delta (an equal dev error with a lower dev loss counts as
@@ -34,12 +32,35 @@ early stopping: --early-stopping P ends the run after P epochs in a row whose de
 """
 
 
+def _epilog() -> str:
+    """BN_EPILOG with the default momentum and the settings a resumed run may change."""
+    babysitting = textwrap.fill(
+        "babysitting: --resume RUN_DIR continues from the last checkpoint; "
+        + ", ".join(map(flag_of, RESUMABLE_FIELDS))
+        + " given with it apply from the next epoch (history.json records them per epoch); "
+        "--from-epoch K goes back to checkpoint K first, discarding later ones.",
+        width=95,
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+    )
+    return BN_EPILOG.format(bn_momentum=default_text("bn_momentum"), babysitting=babysitting)
+
+
+# TrainConfig's field groups (config.py `group=`) as --help sections, in this order
+CONFIG_SECTIONS = {
+    "data": "data",
+    "network": "network",
+    "batch norm": "batch norm (see the formula below)",
+    "optimization": "optimization",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `bnserve train` options; every config option defaults to None (meaning: not given)."""
     parser = argparse.ArgumentParser(
         prog="bnserve train",
         description="Train an MLP with batch normalization (numpy) into a run directory.",
-        epilog=BN_EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=None,
     )
@@ -47,91 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="new run directory to create")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        help="'digits' (built in, default), FILE.csv[.gz] (header), FILE.parquet or FILE.npz",
-    )
-    data.add_argument("--target", help="CSV target column (default: the last column)")
-    data.add_argument("--task", choices=["classification", "regression"], help="default: inferred")
-    data.add_argument(
-        "--dev-fraction", type=float, help="share of rows for dev (default 0.15; 0: no dev rows)"
-    )
-    data.add_argument(
-        "--test-fraction",
-        type=float,
-        help="share of rows for test (default 0.15; 0: none, keep your own test set)",
-    )
-    data.add_argument(
-        "--folds", type=int, metavar="K", help="K stratified folds of the train + dev rows"
-    )
-    data.add_argument(
-        "--fold", type=int, metavar="I", help="with --folds: fold I (from 0) is dev (default 0)"
-    )
-    data.add_argument(
-        "--class-weight",
-        choices=["none", "balanced"],
-        help="balanced: weigh each class's loss by n / (C·n_c) (default none)",
-    )
-    data.add_argument(
-        "--metric",
-        choices=list(METRIC_NAMES),
-        help="dev/test metric to select on: error, balanced_accuracy, log_loss (classification), "
-        "rmse, r2 (regression); default error or rmse",
-    )
-    data.add_argument(
-        "--cache-dir",
-        help="float32 cache of CSV/Parquet data ('off': read into memory; default "
-        "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
-    )
-    net = parser.add_argument_group("network")
-    net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
-    net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
-    net.add_argument(
-        "--no-batchnorm", dest="batchnorm", action="store_false", default=None, help="plain bias"
-    )
-    net.add_argument("--dropout", type=float, help="drop probability per hidden unit (default 0)")
-    bn = parser.add_argument_group("batch norm (see the formula below)")
-    momentum = bn.add_mutually_exclusive_group()
-    momentum.add_argument(
-        "--bn-momentum", type=float, help="PyTorch-style weight of the NEW batch (default 0.1)"
-    )
+    sections = {group: parser.add_argument_group(title) for group, title in CONFIG_SECTIONS.items()}
+    # --bn-momentum and --bn-decay state the same thing in two conventions: one of them at most
+    momentum = sections["batch norm"].add_mutually_exclusive_group()
+    for name, setting in CONFIG_FIELDS.items():
+        group = setting.metadata["group"]
+        add_config_flag(momentum if name == "bn_momentum" else sections[group], name)
     momentum.add_argument(
         "--bn-decay",
         type=float,
         help="Keras-style weight of the OLD running value (= 1 − momentum)",
     )
-    bn.add_argument("--bn-epsilon", type=float, help="ε inside √(σ² + ε) (default 1e-5)")
-    bn.add_argument("--running-var", choices=["unbiased", "biased"], help="default unbiased")
-    bn.add_argument(
-        "--stats",
-        choices=["ema", "population"],
-        help="frozen statistics: EMA of batches (default) or exact over the training set",
-    )
-    opt = parser.add_argument_group("optimization")
-    opt.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"])
-    opt.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    opt.add_argument("--beta1", type=float, help="Adam (default 0.9)")
-    opt.add_argument("--beta2", type=float, help="Adam (default 0.999)")
-    opt.add_argument("--adam-epsilon", type=float, help="Adam/RMSprop (default 1e-8)")
-    opt.add_argument("--momentum", type=float, help="momentum optimizer (default 0.9)")
-    opt.add_argument("--rho", type=float, help="RMSprop decay (default 0.99)")
-    opt.add_argument("--lr-decay", type=float, help="lr multiplier per epoch (default 1)")
-    opt.add_argument("--l2", type=float, help="L2 penalty 0.5·l2·ΣW² (default 0)")
-    opt.add_argument("--batch-size", type=int, help="default 64")
-    opt.add_argument("--epochs", type=int, help="total epochs (default 30)")
-    opt.add_argument(
-        "--early-stopping",
-        type=int,
-        metavar="PATIENCE",
-        help="stop after PATIENCE epochs without a better dev error; keep the best epoch",
-    )
-    opt.add_argument(
-        "--min-delta", type=float, help="early stopping: the least improvement (default 0)"
-    )
-    opt.add_argument("--seed", type=int, help="initial weights, shuffling, dropout (default 0)")
-    opt.add_argument(
-        "--split-seed", type=int, help="train/dev/test split (default: the same as --seed)"
+    sections["data"].add_argument(
+        "--cache-dir",
+        help="float32 cache of CSV/Parquet data ('off': read into memory; default "
+        "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # every TrainConfig field has an option of the same name (tests check it)
-CONFIG_OPTIONS = [field.name for field in dataclasses.fields(TrainConfig)]
+CONFIG_OPTIONS = list(CONFIG_FIELDS)
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +145,7 @@ def _write_failure(error: OSError, run_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run `bnserve train ARGS`: 0 on success, 1 on bad input or settings, 2 on bad usage."""
+    """Run `bnserve train ARGS`: 0 when done, else 2 with one error line (README: Exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_epoch is not None and args.resume is None:
@@ -224,10 +175,10 @@ def main(argv: list[str]) -> int:
         )
     except (TrainingError, ValueError) as error:
         print(f"bnserve train: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     except OSError as error:  # a full disk, most likely: every file is written atomically
         print(f"bnserve train: error: {_write_failure(error, run_dir)}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
         return 130

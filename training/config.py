@@ -3,81 +3,195 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from training.metrics import METRICS
+from training.optim import UPDATES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
-OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+OPTIMIZERS = tuple(UPDATES)  # optim.py's update functions, one per family
 TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
 METRIC_NAMES = tuple(name for names in METRICS.values() for name in names)
 
-# Settings a resumed run may change (babysitting); anything else would make it another model.
-RESUMABLE_FIELDS = (
-    "optimizer",
-    "lr",
-    "beta1",
-    "beta2",
-    "adam_epsilon",
-    "momentum",
-    "rho",
-    "lr_decay",
-    "batch_size",
-    "epochs",
-    "dropout",
-    "l2",
-    "early_stopping",
-    "min_delta",
-)
+
+def _setting(
+    default: Any,
+    help_text: str,
+    *,
+    group: str,
+    choices: tuple[str, ...] | None = None,
+    none: str | None = None,
+    metavar: str | None = None,
+    resumable: bool = False,
+) -> Any:
+    """A TrainConfig field and what `bnserve train` says of it (training/flags.py reads it).
+
+    group: the --help section; choices: the allowed values (validated here too); none: what a
+    None default means, in words; resumable: a resumed run may change it (babysitting)."""
+    metadata: dict[str, Any] = {"help": help_text, "group": group, "choices": choices, "none": none}
+    metadata |= {"metavar": metavar, "resumable": resumable}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run; `from_dict` validates, `to_dict` is what config.json holds."""
+    """Settings of one training run; `from_dict` validates, `to_dict` is what config.json holds.
 
-    data: str = "digits"  # "digits" (built in) or a path to a .csv (with header) or .npz file
-    target: str | None = None  # CSV target column name; None = the last column
-    task: str | None = None  # "classification" | "regression"; None = inferred from the target
-    hidden: tuple[int, ...] = (256, 256)  # width of each hidden layer, input side first
-    activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
-    batchnorm: bool = True  # batch norm on every hidden layer (False: plain affine with bias)
-    optimizer: str = "adam"  # sgd | momentum | rmsprop | adam
-    lr: float = 1e-3  # learning rate at the start of the current settings
-    beta1: float = 0.9  # Adam: decay of the first-moment average
-    beta2: float = 0.999  # Adam: decay of the second-moment average
-    adam_epsilon: float = 1e-8  # Adam and RMSprop: added to the root of the second moment
-    momentum: float = 0.9  # momentum optimizer: velocity decay
-    rho: float = 0.99  # RMSprop: decay of the squared-gradient average
-    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
-    batch_size: int = 64  # examples per mini-batch (a last batch of one joins the previous one)
-    epochs: int = 30  # total epochs of the run (resuming with a larger value trains on)
-    bn_momentum: float = 0.1  # PyTorch convention: running = (1 − m)·running + m·batch
-    bn_epsilon: float = 1e-5  # added to the variance inside the square root
-    running_var: str = "unbiased"  # EMA of the batch variance times m/(m−1) ("unbiased") or not
-    stats: str = "ema"  # frozen statistics: "ema" of mini-batches or exact "population" at the end
-    dropout: float = 0.0  # probability of dropping a hidden unit during training (inverted)
-    l2: float = 0.0  # L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)
-    seed: int = 0  # seeds the initial weights, shuffling and dropout (and the split, by default)
-    split_seed: int | None = None  # seeds the train/dev/test split; None: the same as seed
-    dev_fraction: float = 0.15  # share of rows held out for the dev error; 0: none (no selection)
-    test_fraction: float = 0.15  # share of rows held out for the final test (heldout.npz); 0: none
-    # early stopping: stop after this many epochs without a new best dev objective and keep the
-    # best epoch's parameters; None: train every epoch and keep the last
-    early_stopping: int | None = None
-    min_delta: float = 0.0  # early stopping: a new best must beat the old one by more than this
-    # cross-validation (the tuner's --cv): train + dev rows in this many stratified folds, fold
-    # `fold` (from 0) is the dev part; None: the plain train/dev split
-    folds: int | None = None
-    fold: int = 0
-    # "balanced": each class's loss weighted n / (C·n_c) over the training rows; "none": 1
-    class_weight: str = "none"
-    # dev/test metric the run selects on (early stopping, the tuner): error | balanced_accuracy |
-    # log_loss (classification), rmse | r2 (regression); None: error or rmse
-    metric: str | None = None
+    Each field's help is its `bnserve train --FIELD` text; its default, the flag's default."""
+
+    data: str = _setting(
+        "digits",
+        "'digits' (built in), FILE.csv[.gz] (with a header), FILE.parquet or FILE.npz",
+        group="data",
+    )
+    target: str | None = _setting(None, "CSV target column", group="data", none="the last column")
+    task: str | None = _setting(
+        None, "what the target is", group="data", choices=TASKS, none="inferred from the target"
+    )
+    hidden: tuple[int, ...] = _setting(
+        (256, 256), "hidden widths, comma-separated, input side first", group="network"
+    )
+    activation: str = _setting("relu", "hidden activation", group="network", choices=ACTIVATIONS)
+    batchnorm: bool = _setting(
+        True,
+        "batch norm on every hidden layer (--no-batchnorm: a plain affine with bias)",
+        group="network",
+    )
+    optimizer: str = _setting(
+        "adam", "optimizer family", group="optimization", choices=OPTIMIZERS, resumable=True
+    )
+    lr: float = _setting(
+        1e-3,
+        "learning rate at the start of the current settings",
+        group="optimization",
+        resumable=True,
+    )
+    beta1: float = _setting(
+        0.9, "Adam: decay of the first-moment average", group="optimization", resumable=True
+    )
+    beta2: float = _setting(
+        0.999, "Adam: decay of the second-moment average", group="optimization", resumable=True
+    )
+    adam_epsilon: float = _setting(
+        1e-8,
+        "Adam/RMSprop: added to the root of the second moment",
+        group="optimization",
+        resumable=True,
+    )
+    momentum: float = _setting(
+        0.9, "momentum optimizer: velocity decay", group="optimization", resumable=True
+    )
+    rho: float = _setting(
+        0.99,
+        "RMSprop: decay of the squared-gradient average",
+        group="optimization",
+        resumable=True,
+    )
+    lr_decay: float = _setting(
+        1.0, "lr multiplier after every epoch", group="optimization", resumable=True
+    )
+    batch_size: int = _setting(
+        64,
+        "examples per mini-batch (a last batch of one joins the previous one)",
+        group="optimization",
+        resumable=True,
+    )
+    epochs: int = _setting(
+        30,
+        "total epochs of the run (resuming with a larger value trains on)",
+        group="optimization",
+        resumable=True,
+    )
+    bn_momentum: float = _setting(
+        0.1,
+        "PyTorch-style weight of the NEW batch: running = (1 − m)·running + m·batch",
+        group="batch norm",
+    )
+    bn_epsilon: float = _setting(1e-5, "ε inside √(σ² + ε)", group="batch norm")
+    running_var: str = _setting(
+        "unbiased",
+        "EMA of the batch variance times m/(m − 1) (unbiased) or not (biased)",
+        group="batch norm",
+        choices=RUNNING_VAR_MODES,
+    )
+    stats: str = _setting(
+        "ema",
+        "frozen statistics: EMA of mini-batches, or exact over the training set at the end",
+        group="batch norm",
+        choices=STATS_MODES,
+    )
+    dropout: float = _setting(
+        0.0,
+        "probability of dropping a hidden unit during training (inverted dropout)",
+        group="network",
+        resumable=True,
+    )
+    l2: float = _setting(
+        0.0,
+        "L2 penalty 0.5·l2·ΣW² on weight matrices (not γ, β or biases)",
+        group="optimization",
+        resumable=True,
+    )
+    seed: int = _setting(
+        0,
+        "seeds the initial weights, shuffling and dropout (and the split, by default)",
+        group="optimization",
+    )
+    split_seed: int | None = _setting(
+        None, "seeds the train/dev/test split", group="optimization", none="the same as --seed"
+    )
+    dev_fraction: float = _setting(
+        0.15, "share of rows held out for the dev error (0: none, no selection)", group="data"
+    )
+    test_fraction: float = _setting(
+        0.15,
+        "share of rows held out for the final test, heldout.npz (0: none, keep your own)",
+        group="data",
+    )
+    early_stopping: int | None = _setting(
+        None,
+        "stop after PATIENCE epochs without a better dev objective; keep the best epoch",
+        group="optimization",
+        none="off: train every epoch, keep the last",
+        metavar="PATIENCE",
+        resumable=True,
+    )
+    min_delta: float = _setting(
+        0.0,
+        "early stopping: a new best must beat the old one by more than this",
+        group="optimization",
+        resumable=True,
+    )
+    folds: int | None = _setting(
+        None,
+        "K stratified folds of the train + dev rows (the tuner's --cv)",
+        group="data",
+        none="off: the plain train/dev split",
+        metavar="K",
+    )
+    fold: int = _setting(
+        0, "with --folds: fold I (from 0) is the dev part", group="data", metavar="I"
+    )
+    class_weight: str = _setting(
+        "none",
+        "balanced: weigh each class's loss by n / (C·n_c) over the training rows",
+        group="data",
+        choices=CLASS_WEIGHTS,
+    )
+    metric: str | None = _setting(
+        None,
+        "dev/test metric the run selects on (early stopping, the tuner): error, "
+        "balanced_accuracy, log_loss (classification), rmse, r2 (regression)",
+        group="data",
+        choices=METRIC_NAMES,
+        none="error or rmse",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -108,41 +222,40 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-_INT_FIELDS = ("batch_size", "epochs", "seed", "fold")
-_FLOAT_FIELDS = (
-    "lr",
-    "beta1",
-    "beta2",
-    "adam_epsilon",
-    "momentum",
-    "rho",
-    "lr_decay",
-    "bn_momentum",
-    "bn_epsilon",
-    "dropout",
-    "l2",
-    "dev_fraction",
-    "test_fraction",
-    "min_delta",
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """Each field's value type (int, float, str, bool, tuple) and whether it may be None."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kind = next(member for member in members if member is not type(None))
+        kinds[name] = (typing.get_origin(kind) or kind, type(None) in members)
+    return kinds
+
+
+FIELD_TYPES = _field_types()
+# Settings a resumed run may change (babysitting); anything else would make it another model.
+RESUMABLE_FIELDS = tuple(
+    setting.name for setting in dataclasses.fields(TrainConfig) if setting.metadata["resumable"]
 )
 
 
 def _convert(name: str, value: Any) -> Any:
     """Coerce JSON-ish values (lists, ints for floats) to the field's type; ValueError names it."""
+    kind, nullable = FIELD_TYPES[name]
     try:
-        if name == "hidden":
+        if value is None and nullable:
+            return None
+        if kind is tuple:  # hidden: widths, or "64,32" from a flag
             if isinstance(value, str):
                 value = [part for part in value.split(",") if part.strip()]
             return tuple(_as_int(width) for width in value)
-        if name in _INT_FIELDS:
+        if kind is int:
             return _as_int(value)
-        if name in ("split_seed", "early_stopping", "folds"):
-            return None if value is None else _as_int(value)
-        if name in _FLOAT_FIELDS:
+        if kind is float:
             if isinstance(value, bool):
                 raise TypeError("a boolean is not a number")
             return float(value)
-        if name == "batchnorm" and not isinstance(value, bool):
+        if kind is bool and not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {value!r}")
     except (TypeError, ValueError) as error:
         raise ValueError(f"config field {name!r}: {error}") from None
@@ -169,14 +282,17 @@ def _shown(value: Any) -> str:
 
 def _validate(config: TrainConfig) -> None:
     _check(isinstance(config.data, str) and config.data != "", "data", config.data, "non-empty")
-    _check(config.task in (None, *TASKS), "task", config.task, f"one of {TASKS} or None")
+    for setting in dataclasses.fields(config):
+        choices, value = setting.metadata["choices"], getattr(config, setting.name)
+        nullable = FIELD_TYPES[setting.name][1]
+        if choices is not None and not (value in choices or (nullable and value is None)):
+            allowed = f"in {choices}" + (" or None" if nullable else "")
+            _check(False, setting.name, value, allowed)
     _check(len(config.hidden) >= 1, "hidden", config.hidden, "at least one hidden layer")
     for index, width in enumerate(config.hidden, start=1):
         _check(
             width >= 1, "hidden", config.hidden, f"≥ 1 unit per layer (layer {index} is {width})"
         )
-    _check(config.activation in ACTIVATIONS, "activation", config.activation, f"in {ACTIVATIONS}")
-    _check(config.optimizer in OPTIMIZERS, "optimizer", config.optimizer, f"in {OPTIMIZERS}")
     _check(config.lr > 0, "lr", config.lr, "> 0")
     for name in ("beta1", "beta2", "momentum", "rho"):
         value = getattr(config, name)
@@ -193,13 +309,6 @@ def _validate(config: TrainConfig) -> None:
     _check(config.epochs >= 1, "epochs", config.epochs, "≥ 1")
     _check(0 < config.bn_momentum <= 1, "bn_momentum", config.bn_momentum, "in (0, 1]")
     _check(config.bn_epsilon > 0, "bn_epsilon", config.bn_epsilon, "> 0")
-    _check(
-        config.running_var in RUNNING_VAR_MODES,
-        "running_var",
-        config.running_var,
-        f"in {RUNNING_VAR_MODES}",
-    )
-    _check(config.stats in STATS_MODES, "stats", config.stats, f"in {STATS_MODES}")
     _check(0 <= config.dropout < 1, "dropout", config.dropout, "in [0, 1)")
     _check(config.l2 >= 0, "l2", config.l2, "≥ 0")
     _check(0 <= config.seed < 2**32, "seed", config.seed, "in [0, 2**32)")
@@ -220,13 +329,6 @@ def _validate(config: TrainConfig) -> None:
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
     _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
-    _check(
-        config.class_weight in CLASS_WEIGHTS,
-        "class_weight",
-        config.class_weight,
-        f"in {CLASS_WEIGHTS}",
-    )
-    _check(config.metric in (None, *METRIC_NAMES), "metric", config.metric, f"in {METRIC_NAMES}")
     _check(
         0 <= config.fold < (config.folds or 1),
         "fold",

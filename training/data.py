@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from training import readers
-from training.cache import cache_dir_setting, load_table
+from training.cache import FeatureRows, cache_dir_setting, load_table
 from training.errors import DataError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class Dataset:
     the cache is off) and float64 for digits/NPZ.
     """
 
-    x: np.ndarray
+    x: FeatureRows
     y: np.ndarray
     task: str  # classification | regression
     feature_names: list[str]
@@ -165,7 +165,7 @@ def _check_finite(values: np.ndarray, where: str) -> None:
 
 
 def _build(
-    x: np.ndarray,
+    x: FeatureRows,
     cells: list[str],
     codes: np.ndarray,
     feature_names: list[str],
@@ -214,7 +214,7 @@ def _build(
 
 
 def _regression(
-    x: np.ndarray, y: np.ndarray, names: list[str], target_names: list[str] | None, source: str
+    x: FeatureRows, y: np.ndarray, names: list[str], target_names: list[str] | None, source: str
 ) -> Dataset:
     if target_names is None:
         target_names = [f"y{col}" for col in range(y.shape[1])]

@@ -17,7 +17,10 @@ Params = dict[str, np.ndarray]  # full parameter name ("hidden1.gamma") -> array
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """Hyperparameters of one optimizer family (the learning rate is passed per step)."""
+    """Hyperparameters of one optimizer family (the learning rate is passed per step).
+
+    TrainConfig (config.py) validates them, and names the config field; train.py's
+    optimizer_settings copies them here. Built by hand (tests), they are taken as given."""
 
     name: str = "adam"  # sgd | momentum | rmsprop | adam
     beta1: float = 0.9  # adam: first-moment decay
@@ -25,16 +28,6 @@ class OptimizerSettings:
     epsilon: float = 1e-8  # adam, rmsprop: added to the root of the second moment
     momentum: float = 0.9  # momentum: velocity decay
     rho: float = 0.99  # rmsprop: squared-gradient decay
-
-    def __post_init__(self) -> None:
-        if self.name not in UPDATES:
-            raise ValueError(f"optimizer {self.name!r} is unknown: must be one of {list(UPDATES)}")
-        for name in ("beta1", "beta2", "momentum", "rho"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"optimizer {name} = {value!r} is invalid: must be in [0, 1)")
-        if not self.epsilon > 0:
-            raise ValueError(f"optimizer epsilon = {self.epsilon!r} is invalid: must be > 0")
 
 
 @dataclass

@@ -231,11 +231,8 @@ def resumed_state(run_dir: Path, epoch: int, config: TrainConfig) -> TrainingSta
 def fresh_state(config: TrainConfig, prepared: Prepared) -> TrainingState:
     """Initial weights (He or Xavier, seeded), empty optimizer state, epoch 0."""
     rng = np.random.default_rng(config.seed)
-    n_outputs = (
-        len(prepared.dataset.class_names)
-        if prepared.dataset.task == "classification"
-        else prepared.y_train.shape[1]
-    )
+    class_names = prepared.dataset.class_names  # None: regression
+    n_outputs = prepared.y_train.shape[1] if class_names is None else len(class_names)
     sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
     params = model.init_params(
         sizes, activation=config.activation, batchnorm=config.batchnorm, rng=rng, dtype=DTYPE
@@ -459,7 +456,7 @@ def _finish(
         params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
     params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
-    if dataset.task == "regression":
+    if prepared.target_mean is not None and prepared.target_std is not None:  # regression
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     rundir.write_npz(run_dir / "params.npz", params)
     heldout_part = heldout_source(split)

@@ -62,7 +62,7 @@ def test_the_example_files_are_made_by_the_command_it_gives(
         "pixel_0_0,pixel_0_1,pixel_0_2,pixel_0_3,pixel_0_4,pixel_0_5,"
     )
     # the errors the README shows for bad.csv, from training and from the client
-    assert train_main(["--out", str(tmp_path / "x"), "--data", str(tmp_path / "bad.csv")]) == 1
+    assert train_main(["--out", str(tmp_path / "x"), "--data", str(tmp_path / "bad.csv")]) == 2
     train_error = capsys.readouterr().err.strip().replace(str(tmp_path) + "/", "")
     assert f"$ bnserve train --out runs/x --data bad.csv\n{train_error}\n" in README
     with pytest.raises(InputError) as raised:

@@ -1,5 +1,5 @@
 """`bnserve import`: what cannot be folded exactly is refused with one line naming the node and
-why, exit 1, nothing written; the good path prints what it read, wrote and verified."""
+why, exit 2, nothing written; the good path prints what it read, wrote and verified."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_unfoldable_graphs_are_refused_naming_the_node(case, tmp_path, out_dir, 
     code = main([str(source), "--out", str(out_dir / "folded.onnx")])
 
     error = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert error.startswith(f"bnserve import: error: {source}: "), error
     assert error.count("\n") == 1, error  # one line, no traceback
     for fragment in fragments:
@@ -200,7 +200,7 @@ def test_unfoldable_graphs_are_refused_naming_the_node(case, tmp_path, out_dir, 
 
 def test_sigmoid_over_several_outputs_is_not_binary(tmp_path, out_dir, capsys) -> None:
     source = _write(build_foreign(ForeignMlp(head="Sigmoid", outputs=3)), tmp_path / "ml.onnx")
-    assert main([str(source), "--out", str(out_dir / "m.onnx")]) == 1
+    assert main([str(source), "--out", str(out_dir / "m.onnx")]) == 2
     assert "Sigmoid 'head' ends the graph over 3 outputs" in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
 
@@ -212,7 +212,7 @@ def test_sigmoid_over_several_outputs_is_not_binary(tmp_path, out_dir, capsys) -
 def test_not_an_onnx_file(content, fragment, tmp_path, out_dir, capsys) -> None:
     source = tmp_path / "bad.onnx"
     source.write_bytes(content)
-    assert main([str(source), "--out", str(out_dir / "m.onnx")]) == 1
+    assert main([str(source), "--out", str(out_dir / "m.onnx")]) == 2
     assert fragment in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
 
@@ -220,23 +220,23 @@ def test_not_an_onnx_file(content, fragment, tmp_path, out_dir, capsys) -> None:
 def test_bad_names_and_reference_data(tmp_path, out_dir, capsys) -> None:
     source = _write(build_foreign(ForeignMlp()), tmp_path / "m.onnx")
     out = str(out_dir / "m.onnx")
-    assert main([str(source), "--out", out, "--class-names", "a,b"]) == 1
+    assert main([str(source), "--out", out, "--class-names", "a,b"]) == 2
     assert "--class-names: 2 names for 3 classes" in capsys.readouterr().err
-    assert main([str(source), "--out", out, "--feature-names", "a,b,c,d,a"]) == 1
+    assert main([str(source), "--out", out, "--feature-names", "a,b,c,d,a"]) == 2
     assert "--feature-names: a name is listed twice" in capsys.readouterr().err
     narrow = tmp_path / "narrow.csv"
     narrow.write_text("a,b,label\n1,2,0\n3,4,1\n")
-    assert main([str(source), "--out", out, "--reference-data", str(narrow)]) == 1
+    assert main([str(source), "--out", out, "--reference-data", str(narrow)]) == 2
     assert "2 feature columns besides the target" in capsys.readouterr().err
-    assert main([str(source), "--out", out, "--reference-data", str(tmp_path / "no.csv")]) == 1
+    assert main([str(source), "--out", out, "--reference-data", str(tmp_path / "no.csv")]) == 2
     assert "--reference-data: " in capsys.readouterr().err
     assert main([str(source), "--out", out, "--generated-rows", "0"]) == 2
     assert "--generated-rows must be in 1..1,000,000" in capsys.readouterr().err
-    assert main([str(source), "--out", out, "--activation", "relu"]) == 1
+    assert main([str(source), "--out", out, "--activation", "relu"]) == 2
     assert "--activation is for a state dict (.pt)" in capsys.readouterr().err
     parquet = tmp_path / "rows.parquet"
     parquet.write_bytes(b"PAR1")
-    assert main([str(source), "--out", out, "--reference-data", str(parquet)]) == 1
+    assert main([str(source), "--out", out, "--reference-data", str(parquet)]) == 2
     assert "--reference-data: " in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
 
@@ -278,11 +278,11 @@ def test_task_flag_reads_logits_as_a_classifier_and_refuses_contradictions(
     assert "→ 6→3 → logits (+ Softmax)" in capsys.readouterr().out
     (out_dir / "c.onnx").unlink()
     softmax = _write(build_foreign(ForeignMlp()), tmp_path / "softmax.onnx")
-    assert main([str(softmax), "--out", str(out_dir / "r.onnx"), "--task", "regression"]) == 1
+    assert main([str(softmax), "--out", str(out_dir / "r.onnx"), "--task", "regression"]) == 2
     assert "--task regression, but the graph ends in Softmax: it is a classifier" in (
         capsys.readouterr().err
     )
     single = _write(build_foreign(ForeignMlp(head="none", outputs=1)), tmp_path / "one.onnx")
-    assert main([str(single), "--out", str(out_dir / "o.onnx"), "--task", "classification"]) == 1
+    assert main([str(single), "--out", str(out_dir / "o.onnx"), "--task", "classification"]) == 2
     assert "ends in one output with no Sigmoid" in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []

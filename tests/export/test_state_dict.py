@@ -135,7 +135,7 @@ def test_without_torch_a_state_dict_gets_one_clear_line(tmp_path: Path) -> None:
         f"{str(tmp_path / 'out.onnx')!r}, '--task', 'classification']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"bnserve import: error: {source}: reading a PyTorch state dict needs torch, which is not "
         "installed here (pip install 'bnserve[torch]'), or export the model with "
@@ -172,6 +172,6 @@ def test_real_state_dict_through_the_cli(tmp_path: Path, capsys) -> None:
         expected = torch.softmax(net(x), dim=1).numpy()
     served = onnx_session(out.read_bytes()).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(served, expected, atol=1e-5)
-    assert main([str(tmp_path / "whole.pt"), "--out", str(tmp_path / "w.onnx"), *flags]) == 1
+    assert main([str(tmp_path / "whole.pt"), "--out", str(tmp_path / "w.onnx"), *flags]) == 2
     assert "not a state dict that torch.load(weights_only=True) reads" in capsys.readouterr().err
     assert not (tmp_path / "w.onnx").exists()

@@ -107,7 +107,7 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
     assert returncode == 0
 
 
-def test_a_server_whose_only_model_fails_exits_1_naming_it(tmp_path: Path) -> None:
+def test_a_server_whose_only_model_fails_exits_2_naming_it(tmp_path: Path) -> None:
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("these are my notes, not a model\n")
     served = subprocess.run(
@@ -115,7 +115,7 @@ def test_a_server_whose_only_model_fails_exits_1_naming_it(tmp_path: Path) -> No
          "--metrics-port", "0", "--http-port", "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert served.returncode == 1
+    assert served.returncode == 2
     last = served.stderr.strip().splitlines()[-1]
     assert last.startswith("bnserve serve: error: no model could be loaded (notes version 1:")
     assert "notes.onnx" in last and "--wait-for-model" in last

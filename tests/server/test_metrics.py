@@ -118,7 +118,7 @@ def test_metrics_port_in_use_is_named(tmp_path: Path) -> None:
         server = ServerProcess(["--model", str(tmp_path / "iris"), "--metrics-port", str(port)])
         exit_code = server.process.wait(timeout=60)
         server.stop()
-    assert exit_code == 1
+    assert exit_code == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()
 
 

@@ -253,7 +253,7 @@ def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
                  "--port", str(server.port), "--metrics-port", "0", *extra],
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
-            assert second.returncode == 1
+            assert second.returncode == 2
             assert f"bnserve serve: cannot listen on 127.0.0.1:{server.port}" in second.stderr
             assert "Traceback" not in second.stderr
     finally:

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
+from training import optim
+from training.config import OPTIMIZERS, TrainConfig
+from training.train import optimizer_settings
 
 
 def test_round_trip_through_json():
@@ -66,3 +68,34 @@ def test_messages_show_numpy_values_as_plain_numbers():
     with pytest.raises(ValueError) as raised:
         TrainConfig(hidden=(np.int64(8), np.int64(0)))
     assert "'hidden' = (8, 0) is invalid" in str(raised.value)
+
+
+# Moved from test_optim.py: the optimizer's hyperparameters are validated once, by TrainConfig.
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("beta1", 1.0, r"\[0, 1\)"),
+        ("beta2", -0.1, r"\[0, 1\)"),
+        ("momentum", 1.5, r"\[0, 1\)"),
+        ("rho", 1.0, r"\[0, 1\)"),
+        ("adam_epsilon", 0.0, "> 0"),
+    ],
+)
+def test_bad_hyperparameters_name_the_value_and_the_range(field, value, allowed):
+    with pytest.raises(
+        ValueError, match=rf"'{field}' = {value!r} is invalid: must be (in )?{allowed}"
+    ):
+        TrainConfig(optimizer="adam", **{field: value})
+
+
+def test_unknown_optimizer_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"'lbfgs' is invalid.*adam"):
+        TrainConfig(optimizer="lbfgs")
+
+
+def test_the_optimizers_are_optims_update_functions():
+    assert set(OPTIMIZERS) == set(optim.UPDATES)
+    for name in OPTIMIZERS:  # every valid config has its update function
+        settings = optimizer_settings(TrainConfig(optimizer=name, adam_epsilon=1e-7, rho=0.9))
+        assert optim.UPDATES[settings.name] is getattr(optim, name)
+        assert (settings.epsilon, settings.rho) == (1e-7, 0.9)

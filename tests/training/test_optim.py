@@ -69,25 +69,3 @@ def test_each_optimizer_minimizes_a_quadratic(name):
 def test_learning_rate_must_be_positive_and_finite(lr):
     with pytest.raises(ValueError, match=r"learning rate = .* must be a finite number > 0"):
         one_step("sgd", lr=lr)
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "allowed"),
-    [
-        ("beta1", 1.0, r"\[0, 1\)"),
-        ("beta2", -0.1, r"\[0, 1\)"),
-        ("momentum", 1.5, r"\[0, 1\)"),
-        ("rho", 1.0, r"\[0, 1\)"),
-        ("epsilon", 0.0, "> 0"),
-    ],
-)
-def test_bad_hyperparameters_name_the_value_and_the_range(field, value, allowed):
-    with pytest.raises(
-        ValueError, match=rf"{field} = {value!r} is invalid: must be (in )?{allowed}"
-    ):
-        optim.OptimizerSettings("adam", **{field: value})
-
-
-def test_unknown_optimizer_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"'lbfgs' is unknown.*adam"):
-        optim.OptimizerSettings("lbfgs")

@@ -92,7 +92,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_0(tmp_path)
         [sys.executable, "-m", "training", "--out", str(killed_dir), *small],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert again.returncode == 1 and "use --resume" in again.stderr
+    assert again.returncode == 2 and "use --resume" in again.stderr
 
     resumed = subprocess.run(
         [sys.executable, "-m", "training", "--resume", str(killed_dir), "--epochs", "3", *small],

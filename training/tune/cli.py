@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import METRIC_NAMES
-from training.errors import TrainingError, disk_full, os_error_line
+from training.errors import DataError, TrainingError, disk_full, os_error_line
+from training.flags import add_config_flag
 from training.tune import cv, report
 from training.tune.early_stop import RULES
-from training.tune.runner import TuneError, TuneResult, run_tune
+from training.tune.errors import SpaceError, TuneError, TuneSettingsError
+from training.tune.runner import TuneResult, existing_store, run_tune
 from training.tune.settings import TuneSettings
 from training.tune.space import (
     DEFAULT_SPACE,
-    SpaceError,
     build_space,
     describe_default_space,
     load_space_file,
@@ -25,11 +25,18 @@ from training.tune.space import (
 )
 from training.tune.store import FILENAME, TrialStore, database_failure
 
+# TrainConfig fields with a flag of their own here (any other: --set FIELD=VALUE)
+_TRAINING_FLAGS = ("data", "target", "task", "epochs", "class_weight", "metric")
+_TRAINING_HELP = {
+    "epochs": f"epochs per trial (default {DEFAULT_SPACE['fixed']['epochs']})",
+    "metric": "the dev metric trials are ranked on, as bnserve train (default: error or rmse)",
+}
+
 # Flags that define which trials a tune has; a resumed tune keeps its stored values.
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
-    "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "data",
-    "target", "task", "epochs", "cv", "class_weight", "metric",
+    "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
+    *_TRAINING_FLAGS,
 )  # fmt: skip
 
 _EPILOG = """\
@@ -96,18 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic: a cheap known function, to test or benchmark the tuner itself",
     )
     training = parser.add_argument_group("every trial's training settings")
-    training.add_argument("--data", help="digits (default), FILE.csv or FILE.npz")
-    training.add_argument("--target", help="CSV target column")
-    training.add_argument("--task", choices=["classification", "regression"])
-    training.add_argument("--epochs", type=int, help="epochs per trial (default 200)")
-    training.add_argument(
-        "--class-weight", choices=["none", "balanced"], help="as bnserve train (default none)"
-    )
-    training.add_argument(
-        "--metric",
-        choices=list(METRIC_NAMES),
-        help="the dev metric trials are ranked on, as bnserve train (default error or rmse)",
-    )
+    for name in _TRAINING_FLAGS:  # as bnserve train's, from TrainConfig's fields
+        add_config_flag(training, name, help_text=_TRAINING_HELP.get(name))
     training.add_argument(
         "--set", action="append", metavar="FIELD=VALUE", help="any other TrainConfig field"
     )
@@ -131,7 +128,7 @@ def _fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SpaceError(f"--set {flag!r}: expected FIELD=VALUE")
         name = name.strip()
         fixed[name] = value if name == "hidden" else parse_scalar(value)  # hidden: "64,64"
-    for name in ("data", "target", "task", "epochs", "class_weight", "metric"):
+    for name in _TRAINING_FLAGS:
         if getattr(args, name) is not None:
             fixed[name] = getattr(args, name)
     return fixed
@@ -156,12 +153,14 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
     folds = None
     if args.cv is not None:
         if args.objective == "synthetic":
-            raise SpaceError("--cv trains folds of the data: not with --objective synthetic")
+            raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
         try:
             base = build_space(space).base_config()
             folds, line = cv.resolve_cv(args.cv, base)
-        except ValueError as error:  # DataError included: a bad file is named here
-            raise SpaceError(str(error)) from None
+        except DataError:  # a bad file, named
+            raise
+        except ValueError as error:
+            raise TuneSettingsError(str(error)) from None
         print(line)
     given: dict[str, Any] = {
         "out": args.out,
@@ -200,10 +199,7 @@ def resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise TuneError(f"--resume keeps the tune's stored settings: drop {flags}")
-    path = args.out / FILENAME
-    if not path.exists():
-        raise TuneError(f"{args.out}: no {FILENAME} to resume (start it without --resume)")
-    with TrialStore(path, readonly=True) as store:
+    with TrialStore(existing_store(args.out), readonly=True) as store:
         stored = store.settings()
     runtime = _runtime(args)
     if runtime["workers"] is None:  # keep the stored worker count
@@ -258,7 +254,7 @@ def main(argv: list[str]) -> int:
         result = run_tune(
             settings, resume=args.resume, report=lambda ended: report_results(settings, ended)
         )
-    except (SpaceError, TuneError, TrainingError) as error:
+    except TrainingError as error:  # SpaceError, TuneSettingsError, TuneError, DataError, …
         print(f"bnserve tune: error: {error}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as error:

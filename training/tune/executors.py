@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from training.tune.space import SpaceError
+from training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
 from training.tune.trials import run_trial_json
 
 # One BLAS thread per worker: K workers on K cores, not K × cores threads fighting.
@@ -75,15 +75,6 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-class WorkerLost(RuntimeError):
-    """The worker process running a trial ended before it answered (killed, OOM, crash)."""
-
-
-class TrialCrashed(RuntimeError):
-    """Something escaped the trial runner inside a worker (it turns exceptions into outcomes, so
-    this is a bug or an interrupt); the message is the worker's one-line account."""
-
-
 @dataclass
 class _Worker:
     """One local worker process and the parent's end of its private pipe."""
@@ -124,7 +115,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
-            raise SpaceError(f"--workers {workers}: need at least 1 worker")
+            raise TuneSettingsError(f"--workers {workers}: need at least 1 worker")
         self.slots = workers
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # guards _queue, the flags and the wakeup pipe
@@ -296,14 +287,14 @@ class RayExecutor:
 
     def __init__(self, address: str, workers: int | None) -> None:
         if workers is not None and workers < 1:
-            raise SpaceError(f"--workers {workers}: need at least 1 worker")
+            raise TuneSettingsError(f"--workers {workers}: need at least 1 worker")
         check_ray_address(address)
         if _is_loopback(address):
             _keep_ray_on_loopback()
         try:
             import ray
         except ModuleNotFoundError:
-            raise SpaceError("--ray-address needs Ray: pip install 'bnserve[ray]'") from None
+            raise TuneSettingsError("--ray-address needs Ray: pip install 'bnserve[ray]'") from None
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
@@ -341,7 +332,7 @@ def _init_ray(ray: Any, address: str, workers: int | None) -> None:
             else "no Ray token was given, and a cluster with token authentication (Ray ≥ 2.59's "
             "default) refuses a client without one"
         )
-        raise SpaceError(
+        raise TuneSettingsError(
             f"--ray-address {address}: cannot connect to Ray ({error}); {hint}: give the head's "
             f"token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
             f"{RAY_DEFAULT_TOKEN_FILE} (`ray get-auth-token` on the head prints it)"
@@ -364,7 +355,7 @@ def _keep_ray_on_loopback() -> None:
     loopback); a loopback address must stay one. Ray reads the variable when imported, and
     ray_constants.ENABLE_RAY_CLUSTER when it resolves addresses."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")  # ray's, untyped
     if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
         constants.ENABLE_RAY_CLUSTER = False
 
@@ -404,21 +395,25 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
     host_port = address.removeprefix("ray://")
     host, sep, port = host_port.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise SpaceError(
+        raise TuneSettingsError(
             f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local"
         )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as error:
-        raise SpaceError(
+        raise TuneSettingsError(
             f"--ray-address {address}: unreachable ({error.strerror or error}); "
             "is the Ray head running (ray start --head)?"
         ) from None
 
 
-def make_executor(workers: int, ray_address: str | None) -> Executor:
-    """Local processes, or Ray when an address is given (validated before any trial)."""
+def make_executor(workers: int | None, ray_address: str | None) -> Executor:
+    """Local processes, or Ray when an address is given (validated before any trial).
+
+    workers None: as many as the Ray cluster has CPUs (a local pool needs a count)."""
     if ray_address:
         return RayExecutor(ray_address, workers)
+    if workers is None:
+        raise TuneSettingsError("local trials need a worker count (--workers)")
     return LocalExecutor(workers)

@@ -14,11 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from training.tune.errors import TuneLocked
+
 LOCK_NAME = "tune.lock"
-
-
-class TuneLocked(Exception):
-    """Another live process is the tune directory's writer; the message names its pid."""
 
 
 class TuneLock:

@@ -20,18 +20,15 @@ from typing import Any
 from tqdm import tqdm
 
 from training.tune import cv, sampler
+from training.tune.errors import TuneError
 from training.tune.executors import Executor, make_executor
-from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
+from training.tune.lock import LOCK_NAME, TuneLock
 from training.tune.settings import RUNTIME_FIELDS, TuneSettings
 from training.tune.space import SearchSpace
 from training.tune.store import FILENAME, NEW_FILENAME, PlannedTrial, TrialRecord, TrialStore
 from training.tune.trials import TrialOutcome, TrialRequest
 
 MIN_REFERENCE = 4  # early stopping waits for this many ended trials to compare with
-
-
-class TuneError(Exception):
-    """A tune cannot go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,7 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
     """Create the tune directory and store, or reopen one to resume (same settings required)."""
     path = settings.out / FILENAME
     if resume:
-        if not path.exists():
-            raise TuneError(f"{settings.out}: no {FILENAME} to resume (start it without --resume)")
-        store = TrialStore(path)
+        store = TrialStore(existing_store(settings.out))
         ignored = (*RUNTIME_FIELDS, "out")  # the directory may be reached by another path
         stored = {k: v for k, v in store.settings().items() if k not in ignored}
         given = {k: v for k, v in settings.to_dict().items() if k not in ignored}
@@ -100,6 +95,14 @@ def run_tune(
         lock.release()
 
 
+def existing_store(out: Path) -> Path:
+    """The SQLite file of the tune in `out`, to resume; TuneError when there is none."""
+    path = out / FILENAME
+    if not path.exists():
+        raise TuneError(f"{out}: no {FILENAME} to resume (start it without --resume)")
+    return path
+
+
 def _entries(directory: Path) -> set[str]:
     return {entry.name for entry in directory.iterdir()} if directory.is_dir() else set()
 
@@ -111,16 +114,13 @@ def lock_tune_dir(settings: TuneSettings, *, resume: bool) -> TuneLock:
     process is running is refused with that process's pid, before anything is written.
     """
     out = settings.out
-    if resume and not (out / FILENAME).exists():
-        raise TuneError(f"{out}: no {FILENAME} to resume (start it without --resume)")
+    if resume:
+        existing_store(out)
     if not resume and _entries(out) - {LOCK_NAME, NEW_FILENAME} and not (out / FILENAME).exists():
         raise TuneError(f"{out}: already exists and is not empty (use a new --out)")
     out.mkdir(parents=True, exist_ok=True)
     lock = TuneLock(out)
-    try:
-        lock.acquire()
-    except TuneLocked as error:
-        raise TuneError(str(error)) from None
+    lock.acquire()  # TuneLocked (a TuneError) names the live holder
     return lock
 
 
@@ -247,7 +247,7 @@ def ensure_round_planned(
             sampler.sample_point(space, box, sampler.point_rng(settings.seed, first_point + i))
             for i in range(n_points)
         ]
-    planned = []
+    planned: list[PlannedTrial] = []
     variants = [{"batchnorm": True}, {"batchnorm": False}] if settings.compare_batchnorm else [{}]
     for offset, point in enumerate(points):
         for variant in variants:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from training.tune.space import Dimension, SearchSpace, SpaceError
+from training.tune.errors import SpaceError, TuneSettingsError
+from training.tune.space import Dimension, SearchSpace
 
 MAX_GRID_POINTS = 10_000
 
@@ -75,7 +76,7 @@ def sample_point(space: SearchSpace, box: Box, rng: np.random.Generator) -> dict
             lo, hi = box.ranges[dimension.name]
             value = dimension.from_coordinate(float(rng.uniform(lo, hi)))
             if dimension.is_integer:
-                value = _integer_inside(dimension, lo, hi, value)
+                value = _integer_inside(dimension, lo, hi, int(value))
             point[dimension.name] = value
     return point
 
@@ -86,7 +87,7 @@ def _integer_inside(dimension: Dimension, lo: float, hi: float, value: int) -> i
     first = math.ceil(dimension.raw_value(lo) - 1e-9)
     last = math.floor(dimension.raw_value(hi) + 1e-9)
     if first > last:
-        return dimension.from_coordinate((lo + hi) / 2)
+        return int(dimension.from_coordinate((lo + hi) / 2))
     return min(max(value, first), last)
 
 
@@ -100,7 +101,7 @@ def shrink_box(
     ranked_points: the points tried so far, best first (at least one).
     """
     if not 0 < shrink < 1:
-        raise SpaceError(f"shrink factor {shrink!r} must be in (0, 1)")
+        raise TuneSettingsError(f"shrink factor {shrink!r} must be in (0, 1)")
     if not ranked_points:
         raise ValueError("cannot shrink a box around no points")
     original = full_box(space)
@@ -137,7 +138,7 @@ def grid_points(space: SearchSpace, points_per_dimension: int) -> list[dict[str,
     """Every combination: numeric dimensions at evenly spaced search coordinates (ends included,
     duplicates after integer rounding dropped), choice dimensions at every value."""
     if points_per_dimension < 2:
-        raise SpaceError(f"--grid-points {points_per_dimension} must be ≥ 2")
+        raise TuneSettingsError(f"--grid-points {points_per_dimension} must be ≥ 2")
     axes = []
     for dimension in space.dimensions:
         if dimension.scale == "choice":

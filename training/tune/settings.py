@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from training.tune.early_stop import RULES
-from training.tune.space import SearchSpace, SpaceError, build_space
+from training.tune.errors import TuneSettingsError
+from training.tune.space import SearchSpace, build_space
 from training.tune.trials import OBJECTIVES
 
 # Settings a resumed tune may change: they decide how trials run, not which trials there are.
@@ -54,14 +55,14 @@ class TuneSettings:
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SpaceError(f"unknown tune setting(s): {', '.join(unknown)}")
+            raise TuneSettingsError(f"unknown tune setting(s): {', '.join(unknown)}")
         return cls(**{**values, "out": Path(values["out"])})
 
 
 def _validate(settings: TuneSettings) -> None:
     def check(condition: bool, message: str) -> None:
         if not condition:
-            raise SpaceError(message)
+            raise TuneSettingsError(message)
 
     check(settings.trials >= 1, f"--trials {settings.trials}: need at least 1 trial")
     check(settings.rounds >= 1, f"--rounds {settings.rounds}: need at least 1 round")

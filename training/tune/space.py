@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
+from training.tune.errors import SpaceError
 
 NUMERIC_SCALES = ("linear", "int", "log", "log_int", "log1m")
 SCALES = (*NUMERIC_SCALES, "choice")
@@ -47,10 +48,6 @@ NOT_SEARCHABLE = (
     "data", "target", "task", "seed", "split_seed", "dev_fraction", "test_fraction", "hidden",
     "folds", "fold",
 )  # fmt: skip
-
-
-class SpaceError(ValueError):
-    """A search space or tune setting is invalid; the message names the dimension and value."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from training.rundir import load_run
-from training.tune.executors import LocalExecutor, TrialCrashed, WorkerLost, check_ray_address
+from training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
+from training.tune.executors import LocalExecutor, check_ray_address
 from training.tune.runner import run_tune
 from training.tune.settings import TuneSettings
-from training.tune.space import SpaceError
 from training.tune.trials import TrialOutcome, TrialRequest
 
 from .processes import alive
@@ -52,7 +52,7 @@ def test_local_executor_runs_trials_in_worker_processes(tmp_path):
 
 
 def test_fewer_than_one_worker_is_refused():
-    with pytest.raises(SpaceError, match="--workers 0"):
+    with pytest.raises(TuneSettingsError, match="--workers 0"):
         LocalExecutor(0)
 
 
@@ -64,19 +64,19 @@ def _closed_port():
 
 def test_an_unreachable_ray_address_fails_before_any_trial(tmp_path):
     address = f"127.0.0.1:{_closed_port()}"
-    with pytest.raises(SpaceError, match=rf"--ray-address {address}: unreachable"):
+    with pytest.raises(TuneSettingsError, match=rf"--ray-address {address}: unreachable"):
         check_ray_address(address)
     settings = TuneSettings(
         out=tmp_path / "tune", space=SYNTHETIC, ray_address=address, progress=False
     )
-    with pytest.raises(SpaceError, match="unreachable"):
+    with pytest.raises(TuneSettingsError, match="unreachable"):
         run_tune(settings)
     assert not (tmp_path / "tune").exists()
 
 
 @pytest.mark.parametrize("address", ["nohost", "host:port", "ray://:10001"])
 def test_a_malformed_ray_address_is_refused(address):
-    with pytest.raises(SpaceError, match="expected HOST:PORT"):
+    with pytest.raises(TuneSettingsError, match="expected HOST:PORT"):
         check_ray_address(address)
 
 

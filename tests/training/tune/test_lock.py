@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from training.tune.lock import LOCK_NAME, TuneLock, TuneLocked
+from training.tune.errors import TuneLocked
+from training.tune.lock import LOCK_NAME, TuneLock
 from training.tune.store import FILENAME
 
 from .processes import alive

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from training.rundir import load_run
-from training.tune.runner import TuneError, run_tune
+from training.tune.errors import TuneError, TuneSettingsError
+from training.tune.runner import run_tune
 from training.tune.settings import TuneSettings
-from training.tune.space import SpaceError
 from training.tune.store import FILENAME, TrialStore
 
 # Real training, small enough for ~0.2 s a trial on digits.
@@ -188,7 +188,7 @@ def test_resume_of_a_finished_tune_reruns_nothing(tmp_path):
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, overrides, message):
-    with pytest.raises(SpaceError) as raised:
+    with pytest.raises(TuneSettingsError) as raised:
         _settings(tmp_path / "tune", SYNTHETIC, **{"trials": 4, **overrides})
     assert message in str(raised.value)
     assert not (tmp_path / "tune").exists()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from training.tune import sampler
-from training.tune.space import SpaceError, build_space
+from training.tune.errors import SpaceError, TuneSettingsError
+from training.tune.space import build_space
 
 N_SAMPLES = 4000
 # Binomial standard deviation for p = 0.25 and n = 4000 is 0.007: 0.035 is five of them.
@@ -148,7 +149,7 @@ def test_choices_keep_the_values_that_did_best():
 
 def test_shrink_outside_zero_one_is_refused():
     space = _space(lr={"scale": "log", "low": 1e-4, "high": 1.0})
-    with pytest.raises(SpaceError, match=r"shrink factor 1\.5"):
+    with pytest.raises(TuneSettingsError, match=r"shrink factor 1\.5"):
         sampler.shrink_box(space, sampler.full_box(space), [{"lr": 0.1}], 1.5)
 
 

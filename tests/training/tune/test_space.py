@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from training.tune.errors import SpaceError
 from training.tune.space import (
     DEFAULT_SPACE,
     Dimension,
-    SpaceError,
     build_space,
     load_space_file,
     parse_param_flag,

@@ -1,8 +1,4 @@
-"""training/model.py: gradient check through the whole net, inference, population statistics.
-
-(Named test_training_model.py: pytest's default import mode needs unique basenames, and
-tests/server/test_model.py exists.)
-"""
+"""training/model.py: gradient check through the whole net, inference, population statistics."""
 
 from __future__ import annotations
 

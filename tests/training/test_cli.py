@@ -1,8 +1,4 @@
-"""`bnserve train` (training/cli.py): options, BN momentum naming, each bad input of the issue.
-
-(Named test_training_cli.py, not test_cli.py: pytest's default import mode needs unique basenames
-and tests/export/test_cli.py exists.)
-"""
+"""`bnserve train` (training/cli.py): options, BN momentum naming, each bad input of the issue."""
 
 from __future__ import annotations
 
@@ -93,7 +89,7 @@ def test_resume_with_a_new_learning_rate_via_the_cli(tmp_path, capsys):
     assert main(["--resume", run, "--lr", "3e-4", "--epochs", "2", "--no-progress"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["settings"]["lr"] for record in history] == [1e-3, 3e-4]
-    assert main(["--resume", run, "--hidden", "32", "--no-progress"]) == 1
+    assert main(["--resume", run, "--hidden", "32", "--no-progress"]) == 2
     assert "cannot resume with different hidden" in capsys.readouterr().err
 
 
@@ -115,7 +111,7 @@ def test_classification_of_a_continuous_target_is_refused(tmp_path, capsys):
     rows = "".join(f"{a:.4f},{a * 3 + rng.normal():.4f}\n" for a in rng.normal(size=200))
     data = write_csv(tmp_path, "a,y\n" + rows)
     out = tmp_path / "run"
-    assert main(["--out", str(out), "--data", data, "--task", "classification", *FAST]) == 1
+    assert main(["--out", str(out), "--data", data, "--task", "classification", *FAST]) == 2
     error = capsys.readouterr().err
     assert error.startswith("bnserve train: error: ") and error.count("\n") == 1
     assert "200 classes in 200 rows" in error and "--task regression" in error
@@ -146,7 +142,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(
     """The bug: 61 lines of traceback ending in ENOSPC."""
     disk = small_disk.mount(600)  # config.json fits, the first checkpoint (256×256 + Adam) not
     run = disk / "run"
-    assert main(["--out", str(run), "--epochs", "2", "--no-progress", "--no-plot"]) == 1
+    assert main(["--out", str(run), "--epochs", "2", "--no-progress", "--no-plot"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error, error
     assert error.startswith(f"bnserve train: error: {run}: training stopped, no space left")
@@ -162,7 +158,7 @@ def test_a_disk_full_before_the_first_file_says_run_it_again(tmp_path, capsys, s
     disk = small_disk.mount(4)  # one page: a directory fits, no file of a run does
     (disk / "filler").write_bytes(b"x" * 4096)  # the page is taken
     run = disk / "run"
-    assert main(["--out", str(run), *FAST]) == 1
+    assert main(["--out", str(run), *FAST]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no space left" in error
     assert "run the same command again" in error
@@ -170,7 +166,7 @@ def test_a_disk_full_before_the_first_file_says_run_it_again(tmp_path, capsys, s
 
 def test_an_out_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
-    assert main(["--out", str(tmp_path / "afile"), *FAST]) == 1
+    assert main(["--out", str(tmp_path / "afile"), *FAST]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot write the run directory" in error, error
     assert "make room" not in error  # not a full disk: no advice about space
