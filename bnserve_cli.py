@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         print(
-            f"bnserve {command}: needs {error.name!r}, which is not installed here "
+            f"bnserve {command}: error: needs {error.name!r}, which is not installed here "
             f"(install the extra: pip install 'bnserve[train]')",
             file=sys.stderr,
         )

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     """Run the exporter; prints what was written, or the error and exits 2 (README: Exit codes)."""
     args = _parser().parse_args(argv)
     if args.reference_rows < 1:
-        print("bnserve export: --reference-rows must be ≥ 1", file=sys.stderr)
+        print("bnserve export: error: --reference-rows must be ≥ 1", file=sys.stderr)
         return 2
     settings = ExportSettings(
         run_dir=args.run_dir,

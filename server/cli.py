@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(sys.argv[1:] if argv is None else argv)
     except ValueError as error:
-        print(f"bnserve serve: {error}", file=sys.stderr)
+        print(f"bnserve serve: error: {error}", file=sys.stderr)
         return 2
     if not settings.model and not settings.model_root:
         print(
-            "bnserve serve: --model PATH is required (a model file, a model directory or a "
+            "bnserve serve: error: --model PATH is required (a model file, a model directory or a "
             f"root of them; or --model-root DIR; env {ENV_PREFIX}MODEL / {ENV_PREFIX}MODEL_ROOT)",
             file=sys.stderr,
         )
@@ -116,10 +116,10 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         )
         metrics_port = operations.serve_metrics() if link is None else None
     except ValueError as error:  # bad model path, TLS file or token file
-        print(f"bnserve serve: {error}", file=sys.stderr)
+        print(f"bnserve serve: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a port in use, most likely
-        print(f"bnserve serve: {error}", file=sys.stderr)
+        print(f"bnserve serve: error: {error}", file=sys.stderr)
         return 2
     signals = SignalFlags()
     server.start(load_before_listening=link is not None)

@@ -154,12 +154,12 @@ class Supervisor:
 
             Operations.from_settings(settings, os.environ)
         except ValueError as error:
-            print(f"bnserve serve: {error}", file=sys.stderr)
+            print(f"bnserve serve: error: {error}", file=sys.stderr)
             return 2
         try:
             reservation = PortReservation(self.settings.host, self.settings.port)
         except OSError as error:
-            print(f"bnserve serve: {error}", file=sys.stderr)
+            print(f"bnserve serve: error: {error}", file=sys.stderr)
             return 2
         self.port = reservation.port
         self._metrics_dir = (
@@ -188,7 +188,7 @@ class Supervisor:
                 self._start(index)
             return self._loop(signals)
         except OSError as error:
-            print(f"bnserve serve: {error}", file=sys.stderr)
+            print(f"bnserve serve: error: {error}", file=sys.stderr)
             self._stop_all()
             return 2
         finally:

@@ -45,7 +45,7 @@ def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path
     assert bnserve_cli.main([command, *args]) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("bnserve ")]  # serve: + its log
-    assert len(said) == 1 and said[0].startswith(f"bnserve {command}: "), err
+    assert len(said) == 1 and said[0].startswith(f"bnserve {command}: error: "), err
     assert named in said[0] and "Traceback" not in err
     assert command == "serve" or err.count("\n") == 1  # serve logs its settings first
 

@@ -266,7 +266,7 @@ def run(settings: ClientSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.out is not None and args.csv is None:
-        print("bnserve predict: --out goes with --csv", file=sys.stderr)
+        print("bnserve predict: error: --out goes with --csv", file=sys.stderr)
         return 2
     settings = ClientSettings(
         target=args.target,
@@ -287,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return run(settings)
     except (InputError, ConnectError) as error:
-        print(f"bnserve predict: {error}", file=sys.stderr)
+        print(f"bnserve predict: error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
         print(
-            f"bnserve predict: {settings.target} answered {error.code().name}: {error.details()}",
+            f"bnserve predict: error: {settings.target} answered {error.code().name}: {error.details()}",
             file=sys.stderr,
         )
         return 1

@@ -68,7 +68,7 @@ def test_the_example_files_are_made_by_the_command_it_gives(
     with pytest.raises(InputError) as raised:
         read_examples(tmp_path / "bad.csv", builtin.feature_names)
     predict_error = str(raised.value).replace(str(tmp_path) + "/", "")
-    assert f"bnserve predict: {predict_error}\n" in README
+    assert f"bnserve predict: error: {predict_error}\n" in README
 
 
 def test_tune_and_export_write_different_model_files() -> None:

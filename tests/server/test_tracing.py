@@ -88,5 +88,5 @@ def test_otlp_endpoint_without_the_tracing_extra_is_one_clear_line(test_models) 
     )  # fmt: skip
     assert served.returncode == 2
     assert served.stderr.strip().splitlines()[-1] == (
-        "bnserve serve: --otlp-endpoint needs OpenTelemetry: pip install 'bnserve[tracing]'"
+        "bnserve serve: error: --otlp-endpoint needs OpenTelemetry: pip install 'bnserve[tracing]'"
     )
