@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except grpc.RpcError as error:
         print(
-            f"bnserve predict: error: {settings.target} answered {error.code().name}: {error.details()}",
+            f"bnserve predict: error: {settings.target} answered {error.code().name}: "
+            f"{error.details()}",
             file=sys.stderr,
         )
         return 1

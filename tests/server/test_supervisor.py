@@ -254,7 +254,8 @@ def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             assert second.returncode == 2
-            assert f"bnserve serve: error: cannot listen on 127.0.0.1:{server.port}" in second.stderr
+            listening = f"bnserve serve: error: cannot listen on 127.0.0.1:{server.port}"
+            assert listening in second.stderr
             assert "Traceback" not in second.stderr
     finally:
         assert server.stop() == 0
