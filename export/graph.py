@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.fold import FoldedNetwork
 from export.network import NetworkSpec
+from server.contract import INPUT_NAME, OUTPUT_NAMES
 from training.model import BATCHNORM_ARRAYS, layer_names
 
 OPSET = 17
@@ -47,24 +48,27 @@ class _GraphBuilder:
 
 
 def _input_info(feature_count: int) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH_DIM, feature_count])
+    return helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, feature_count])
 
 
 def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
     if task == "classification":
+        probabilities, label = OUTPUT_NAMES[task]
         return [
             helper.make_tensor_value_info(
-                "probabilities", TensorProto.FLOAT, [BATCH_DIM, output_count]
+                probabilities, TensorProto.FLOAT, [BATCH_DIM, output_count]
             ),
-            helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH_DIM]),
+            helper.make_tensor_value_info(label, TensorProto.INT64, [BATCH_DIM]),
         ]
-    return [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH_DIM, output_count])]
+    (y,) = OUTPUT_NAMES[task]
+    return [helper.make_tensor_value_info(y, TensorProto.FLOAT, [BATCH_DIM, output_count])]
 
 
 def _add_classification_head(builder: _GraphBuilder, logits: str) -> None:
-    probabilities = builder.node("Softmax", [logits], "probabilities", "output.softmax", axis=1)
+    probabilities_name, label_name = OUTPUT_NAMES["classification"]
+    probabilities = builder.node("Softmax", [logits], probabilities_name, "output.softmax", axis=1)
     # The label is the argmax of the probabilities the caller sees, so the two always agree.
-    builder.node("ArgMax", [probabilities], "label", "output.argmax", axis=1, keepdims=0)
+    builder.node("ArgMax", [probabilities], label_name, "output.argmax", axis=1, keepdims=0)
 
 
 def _finish(
@@ -121,14 +125,14 @@ def build_folded_model(
     """
     builder = _GraphBuilder()
     activation_op = ACTIVATION_OPS[network.activation]
-    a = "x"
+    a = INPUT_NAME
     last = len(network.layers) - 1
     for index, layer in enumerate(network.layers):
         prefix = "output" if index == last else f"hidden{index + 1}"
         weight = builder.constant(f"{prefix}.weight", layer.weight)
         bias = builder.constant(f"{prefix}.bias", layer.bias)
         if index == last:
-            z_name = "y" if network.task == "regression" else "logits"
+            z_name = OUTPUT_NAMES["regression"][0] if network.task == "regression" else "logits"
             z = builder.node("Gemm", [a, weight, bias], z_name, f"{prefix}.gemm")
         else:
             z = builder.node("Gemm", [a, weight, bias], f"{prefix}.z", f"{prefix}.gemm")
@@ -160,7 +164,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     activation_op = ACTIVATION_OPS[activation]
     centred = builder.node(
         "Sub",
-        ["x", builder.constant("input.mean", params["input.mean"])],
+        [INPUT_NAME, builder.constant("input.mean", params["input.mean"])],
         "input.centred",
         "input.sub",
     )
@@ -203,7 +207,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
         builder.node(
             "Add",
             [scaled, builder.constant("target.mean", params["target.mean"])],
-            "y",
+            OUTPUT_NAMES["regression"][0],
             "target.add",
         )
     return _finish(builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded")

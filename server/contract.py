@@ -17,6 +17,10 @@ PREFIX = "bnserve."  # every metadata key starts with it
 FORMAT_VERSION = "1"  # the value of bnserve.format this contract describes
 TASKS = ("classification", "regression")  # the source of the list; training.config checks it
 DRIFT_FORMAT = 1  # the "format" inside bnserve.drift (export/distribution.py, server/drift.py)
+# The graph's tensors: input x float32 [N, F] of raw features; per task, the outputs in order
+# (probabilities float32 [N, C] and label int64 [N], or y float32 [N, T]).
+INPUT_NAME = "x"
+OUTPUT_NAMES = {"classification": ("probabilities", "label"), "regression": ("y",)}
 
 
 class MetadataKey(StrEnum):

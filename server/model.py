@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.contract import Tolerance, decisive_rows
+from server.contract import INPUT_NAME, OUTPUT_NAMES, Tolerance, decisive_rows
 from server.drift import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
 from server.errors import InvalidInput, ModelLoadError
 from server.metadata import ModelCard, parse_model_card
@@ -27,8 +27,6 @@ from server.wire import (
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "x"
-OUTPUT_NAMES = {"classification": ("probabilities", "label"), "regression": ("y",)}
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
 # bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for regression.

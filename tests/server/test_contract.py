@@ -15,6 +15,8 @@ from export.fold import FOLDED_ACTIVATIONS
 from export.graph import ACTIVATION_OPS
 from server.contract import (
     FORMAT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAMES,
     PREFIX,
     TASKS,
     MetadataKey,
@@ -42,6 +44,15 @@ def test_the_keys_are_the_ones_docs_contracts_md_lists() -> None:
     assert all(key.full == PREFIX + key.value for key in MetadataKey)
     assert table["bnserve.format"] == f'`"{FORMAT_VERSION}"`'
     assert table["bnserve.task"] == " / ".join(f"`{task}`" for task in TASKS)
+
+
+def test_the_graph_tensors_are_the_ones_design_md_fixes() -> None:
+    """DESIGN.md: input `x`; `probabilities` and `label`, or `y` (export and server use these)."""
+    assert INPUT_NAME == "x"
+    assert OUTPUT_NAMES == {"classification": ("probabilities", "label"), "regression": ("y",)}
+    assert set(OUTPUT_NAMES) == set(TASKS)
+    section = _model_section()
+    assert all(f"`{name}`" in section for names in OUTPUT_NAMES.values() for name in names)
 
 
 def test_output_names_key_follows_the_task() -> None:
