@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,22 +73,16 @@ def infer_body(row: np.ndarray) -> tuple[bytes, int]:
     return header + x.tobytes(), len(header)
 
 
-def echo_server(port: int, response_hex: str) -> None:
-    """aiohttp on one event loop: read the body, answer fixed bytes (until SIGTERM)."""
+def serve_until_sigterm(port: int, handler: Any) -> None:
+    """aiohttp on one event loop, POST INFER_PATH → handler, on 127.0.0.1:port until SIGTERM."""
     import asyncio
     import signal
 
     from aiohttp import web
 
-    response = bytes.fromhex(response_hex)
-
-    async def echo(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=response, content_type="application/octet-stream")
-
     async def main() -> None:
         app = web.Application()
-        app.router.add_post(INFER_PATH, echo)
+        app.router.add_post(INFER_PATH, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -99,11 +94,21 @@ def echo_server(port: int, response_hex: str) -> None:
     asyncio.run(main())
 
 
+def echo_server(port: int, response_hex: str) -> None:
+    """aiohttp on one event loop: read the body, answer fixed bytes (until SIGTERM)."""
+    from aiohttp import web
+
+    response = bytes.fromhex(response_hex)
+
+    async def echo(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=response, content_type="application/octet-stream")
+
+    serve_until_sigterm(port, echo)
+
+
 def minimal_server(port: int, model: str) -> None:
     """aiohttp + onnxruntime on one event loop: parse, run, answer, nothing else (until SIGTERM)."""
-    import asyncio
-    import signal
-
     import onnxruntime as ort
     from aiohttp import web
 
@@ -141,18 +146,7 @@ def minimal_server(port: int, model: str) -> None:
             content_type="application/octet-stream",
         )
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post(INFER_PATH, infer)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(main())
+    serve_until_sigterm(port, infer)
 
 
 @contextmanager
