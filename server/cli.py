@@ -123,22 +123,25 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         return 2
     signals = SignalFlags()
     server.start(load_before_listening=link is not None)
-    if link is not None:
-        link.report(server.repository.ready)
     no_model = not server.repository.names() and not settings.wait_for_model
-    if link is None and no_model:  # a supervised process: its supervisor decides
+    if no_model:  # as with one process, so with several: no model, no server
         failures = "; ".join(
             f"{status.name} version {status.version}: {status.error or status.state}"
             for status in server.repository.statuses()
         )
-        print(
-            f"bnserve serve: error: no model could be loaded ({failures or 'no model found'}); "
-            "fix the model, or pass --wait-for-model to wait for one",
-            file=sys.stderr,
+        message = (
+            f"no model could be loaded ({failures or 'no model found'}); "
+            "fix the model, or pass --wait-for-model to wait for one"
         )
+        if link is None:
+            print(f"bnserve serve: error: {message}", file=sys.stderr)
+        else:  # the supervisor says it once, for every process
+            link.report_no_model(message)
         server.stop(0)
         operations.stop()
         return 2
+    if link is not None:
+        link.report(server.repository.ready)
     if server.http_port is not None:
         scheme = "https" if settings.tls_cert else "http"
         log.info(

@@ -46,6 +46,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess m
 POLL_S = 0.1  # how often the supervisor looks at its children between signals
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a child that died
 STABLE_S = 30.0  # a child that lived this long is restarted after the first backoff again
+NO_MODEL = "no-model"  # a child's report when none of its models loaded (it exits 2 then)
+REPORT_BYTES = 4096  # a child's report is one write of at most PIPE_BUF bytes
 KILL_AFTER_S = 30.0  # after drain_s + grace_s, children still running on shutdown are killed
 
 
@@ -55,7 +57,7 @@ class WorkerLink:
 
     index: int
     lifeline_fd: int  # EOF when the supervisor is gone
-    status_fd: int  # the child writes "ready\n" or "unready\n" once it answers calls
+    status_fd: int  # the child writes "ready\n", "unready\n" or a NO_MODEL report, once
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerLink | None:
@@ -80,8 +82,15 @@ class WorkerLink:
 
     def report(self, ready: bool) -> None:
         """Tell the supervisor this process answers calls, and whether its models are ready."""
+        self._write(b"ready\n" if ready else b"unready\n")
+
+    def report_no_model(self, message: str) -> None:
+        """Tell the supervisor no model loaded (message: why); the process then exits 2."""
+        self._write(f"{NO_MODEL}\t{message}"[: REPORT_BYTES - 1].encode(errors="replace") + b"\n")
+
+    def _write(self, report: bytes) -> None:
         with contextlib.suppress(OSError):
-            os.write(self.status_fd, b"ready\n" if ready else b"unready\n")
+            os.write(self.status_fd, report)  # ≤ PIPE_BUF bytes: one atomic write
             os.close(self.status_fd)
 
 
@@ -91,7 +100,8 @@ class _Child:
     process: subprocess.Popen[bytes]
     status_fd: int  # read end; -1 once the child has reported (or died)
     started_at: float
-    reported: str = ""  # "ready" / "unready" once reported
+    reported: str = ""  # "ready" / "unready" / NO_MODEL once reported
+    no_model: str = ""  # why no model loaded, when it reported NO_MODEL
 
 
 class PortReservation:
@@ -263,10 +273,12 @@ class Supervisor:
             data = b""
             with contextlib.suppress(BlockingIOError):
                 os.set_blocking(child.status_fd, False)
-                data = os.read(child.status_fd, 64)
+                data = os.read(child.status_fd, REPORT_BYTES)
             if not data:
                 continue
-            child.reported = data.decode(errors="replace").strip()
+            child.reported, _, child.no_model = (
+                data.decode(errors="replace").strip().partition("\t")
+            )
             os.close(child.status_fd)
             child.status_fd = -1
             if self._announced:
@@ -281,6 +293,7 @@ class Supervisor:
             not self._announced
             and len(children) == self.count
             and all(c.reported for c in children)
+            and not any(c.reported == NO_MODEL for c in children)  # _reap ends the start-up
         ):
             self._announced = True
             ready = all(c.reported == "ready" for c in children)
@@ -307,6 +320,10 @@ class Supervisor:
                 log.info("process %d (pid %d) exited %d", index, child.process.pid, code)
                 continue
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited {code}"
+            if not self._announced and child.reported == NO_MODEL:
+                print(f"bnserve serve: error: {child.no_model}", file=sys.stderr)
+                self._stop_all()
+                return 2
             if not self._announced:
                 log.error(
                     "process %d (pid %d) %s during start-up; stopping",

@@ -210,12 +210,33 @@ def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
     )
 
 
+def test_no_loadable_model_ends_the_start_up_with_one_line_as_one_process_does(
+    test_models: ModelFiles,
+) -> None:
+    """The bug: with --processes 2 a model no process could load served NOT ready forever,
+    where one process exits 2."""
+    for processes in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-m", "server", "--model", str(test_models.bad_parity),
+             "--port", "0", "--metrics-port", "0", "--http-port", "0", "--processes", processes],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if "bnserve serve:" in line]
+        assert len(errors) == 1, result.stderr
+        assert errors[0].startswith("bnserve serve: error: no model could be loaded (bad_parity")
+        assert "parity gate failed" in errors[0] and "--wait-for-model" in errors[0]
+        assert "Traceback" not in result.stderr
+
+
 def test_a_model_failing_its_parity_gate_leaves_every_process_unready(
     test_models: ModelFiles,
 ) -> None:
+    """With --wait-for-model the processes serve, not ready, as one process does."""
     server = ServerProcess(
-        ["--model", str(test_models.bad_parity), "--processes", "2", "--metrics-port", "0"]
-    )
+        ["--model", str(test_models.bad_parity), "--processes", "2", "--metrics-port", "0",
+         "--wait-for-model"]
+    )  # fmt: skip
     try:
         server.port = int(server.wait_for(r"2 processes serving on port (\d+), NOT ready").group(1))
         children = [int(m[1]) for m in re.findall(CHILD_PID, server.log())]
