@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
     )
     net = parser.add_argument_group("network")
-    net.add_argument("--hidden", help="hidden widths, comma-separated (default 256,256)")
+    net.add_argument(
+        "--hidden",
+        help='hidden widths, comma-separated (default 256,256; "" for none: a linear model)',
+    )
     net.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], help="default relu")
     net.add_argument(
         "--no-batchnorm", dest="batchnorm", action="store_false", default=None, help="plain bias"

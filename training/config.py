@@ -42,7 +42,9 @@ class TrainConfig:
     data: str = "digits"  # "digits" (built in) or a path to a .csv (with header) or .npz file
     target: str | None = None  # CSV target column name; None = the last column
     task: str | None = None  # "classification" | "regression"; None = inferred from the target
-    hidden: tuple[int, ...] = (256, 256)  # width of each hidden layer, input side first
+    # width of each hidden layer, input side first; () = none: a linear model (softmax or affine
+    # output on the standardized inputs, with l2 exactly logistic or ridge regression)
+    hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
     batchnorm: bool = True  # batch norm on every hidden layer (False: plain affine with bias)
     optimizer: str = "adam"  # sgd | momentum | rmsprop | adam
@@ -170,7 +172,6 @@ def _shown(value: Any) -> str:
 def _validate(config: TrainConfig) -> None:
     _check(isinstance(config.data, str) and config.data != "", "data", config.data, "non-empty")
     _check(config.task in (None, *TASKS), "task", config.task, f"one of {TASKS} or None")
-    _check(len(config.hidden) >= 1, "hidden", config.hidden, "at least one hidden layer")
     for index, width in enumerate(config.hidden, start=1):
         _check(
             width >= 1, "hidden", config.hidden, f"≥ 1 unit per layer (layer {index} is {width})"
