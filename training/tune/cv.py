@@ -2,15 +2,10 @@
 
 A trial's dev error is the mean over its folds of each fold's kept dev error; the table shows it
 ± the standard deviation over folds (sample std, K − 1). Trials with equal means are ranked by
-the lower mean dev loss (log loss or MSE), then by trial number. The best trial is the simplest
-(fewest hidden layers, then fewest hidden units) whose mean is within one standard error (std/√K)
-of the lowest mean: the one-standard-error rule (Hastie, Tibshirani and Friedman, The Elements of
-Statistical Learning, §7.10). On small data the folds cannot tell such trials apart, and the
-lowest of 30 noisy means favours the model whose luck was best, often the more complex one;
-the simpler one generalizes more reliably (a linear model, when it is among them). It is
-retrained on all train + dev rows (dev_fraction 0, population BN statistics) for the median of
-its folds' kept epochs, into TUNE_DIR/final, which `best` then points at. `--cv auto`
-cross-validates below AUTO_MAX_ROWS training rows.
+the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
+all train + dev rows (dev_fraction 0, population BN statistics) for the median of its folds'
+kept epochs, into TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below
+AUTO_MAX_ROWS training rows.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from training.config import TrainConfig
 from training.data import load_split
 from training.folds import fold_rows
 from training.metrics import LOSS
-from training.tune.store import TrialRecord
 
 AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
 AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
@@ -72,37 +66,6 @@ def check_folds(base: TrainConfig, folds: int) -> None:
     """Build the folds once, so K above a class's count is named before any trial starts."""
     rows, y, task = training_rows(base)
     fold_rows(rows, y, task, folds, base.data_split_seed, source=base.data)
-
-
-def simplest_within_one_standard_error(ranked: list[TrialRecord]) -> list[TrialRecord]:
-    """`ranked` (best first by mean dev error) with the one-standard-error choice moved first.
-
-    Applies when the first trial was cross-validated (its scores hold folds and dev_std); among
-    the finished trials with a mean dev error ≤ lowest + dev_std/√folds, the one of least
-    `complexity` wins, earlier in `ranked` on equal complexity. The others keep their order."""
-    if not ranked or ranked[0].state != "finished" or ranked[0].dev_error is None:
-        return ranked
-    scores = ranked[0].scores or {}
-    if not scores.get("folds") or scores.get("dev_std") is None:
-        return ranked
-    threshold = ranked[0].dev_error + scores["dev_std"] / math.sqrt(scores["folds"])
-    candidates = [
-        record
-        for record in ranked
-        if record.state == "finished"
-        and record.dev_error is not None
-        and record.dev_error <= threshold
-    ]
-    chosen = min(candidates, key=lambda record: complexity(record.params))  # first of the least
-    return [chosen, *(record for record in ranked if record is not chosen)]
-
-
-def complexity(params: dict[str, Any]) -> tuple[int, int]:
-    """(hidden layers, hidden units in all) of a trial's searched shape; 0 for what it does not
-    search (its fixed `hidden` is then the same for every trial)."""
-    layers = int(params.get("layers", 1 if "units" in params else 0))
-    units = int(params.get("units", 0))
-    return (layers if "layers" in params else 0, layers * units)
 
 
 def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, dict[str, Any]]:

@@ -367,8 +367,7 @@ def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:
     """Best first: finished by dev error, then pruned by dev error, then failed and unfinished.
 
     Equal dev errors (one dev row apart is common on small data) go to the lower mean dev loss
-    (log loss or MSE), then to the earlier trial. With cross-validation the first place goes to
-    the simplest trial within one standard error of the lowest (cv.py)."""
+    (log loss or MSE), then to the earlier trial."""
     order = {"finished": 0, "pruned": 1, "failed": 2, "running": 3, "pending": 4}
 
     def key(record: TrialRecord) -> tuple[Any, ...]:
@@ -377,4 +376,4 @@ def rank_trials(records: list[TrialRecord]) -> list[TrialRecord]:
         loss = loss if loss is not None and math.isfinite(loss) else float("inf")
         return (order[record.state], error, loss, record.trial)
 
-    return cv.simplest_within_one_standard_error(sorted(records, key=key))
+    return sorted(records, key=key)

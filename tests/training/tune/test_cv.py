@@ -3,7 +3,6 @@ best retrained on every training row, ties to the lower loss, bad values refused
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 
 import numpy as np
@@ -92,28 +91,6 @@ def test_equal_dev_errors_go_to_the_lower_mean_loss():
 
     ranked = rank_trials([record(0, 0.1, 0.5), record(1, 0.1, 0.3), record(2, 0.05, 0.9)])
     assert [r.trial for r in ranked] == [2, 1, 0]
-
-
-def test_the_simplest_trial_within_one_standard_error_of_the_lowest_goes_first():
-    def record(trial, dev_error, layers, units, dev_std=0.02, state="finished"):
-        return TrialRecord(
-            trial=trial, round=0, point=trial, state=state, seed=0, run_dir="",
-            params={"layers": layers, "units": units}, dev_error=dev_error, history=[],
-            error=None, attempts=1, started_at=0.0, finished_at=1.0, seconds=1.0,
-            scores={"loss": dev_error, "folds": 4, "dev_std": dev_std},
-        )  # fmt: skip
-
-    # one standard error of the lowest (0.10) is 0.02/√4 = 0.01: 0.11 is within it, 0.111 not
-    trials = [record(0, 0.10, 3, 64), record(1, 0.11, 1, 256), record(2, 0.105, 1, 16),
-              record(3, 0.111, 0, 8), record(4, 0.09, 0, 8, state="pruned")]  # fmt: skip
-    assert [r.trial for r in rank_trials(trials)] == [2, 0, 1, 3, 4]
-    assert cv.complexity({"layers": 0, "units": 512}) < cv.complexity({"layers": 1, "units": 8})
-    # an equal shape keeps the lower mean; without folds (no --cv) the lowest mean stays first
-    assert [r.trial for r in rank_trials([record(0, 0.11, 1, 16), record(1, 0.10, 1, 16)])] == [
-        1, 0,
-    ]  # fmt: skip
-    plain = [dataclasses.replace(r, scores={"loss": r.dev_error}) for r in trials[:3]]
-    assert [r.trial for r in rank_trials(plain)] == [0, 2, 1]
 
 
 def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
