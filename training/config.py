@@ -54,8 +54,12 @@ class TrainConfig:
     task: str | None = _setting(
         None, "what the target is", group="data", choices=TASKS, none="inferred from the target"
     )
+    # () = no hidden layer: a linear model (softmax or affine output on the standardized
+    # inputs, with l2 exactly logistic or ridge regression)
     hidden: tuple[int, ...] = _setting(
-        (256, 256), "hidden widths, comma-separated, input side first", group="network"
+        (256, 256),
+        'hidden widths, comma-separated, input side first ("" for none: a linear model)',
+        group="network",
     )
     activation: str = _setting("relu", "hidden activation", group="network", choices=ACTIVATIONS)
     batchnorm: bool = _setting(
@@ -288,7 +292,6 @@ def _validate(config: TrainConfig) -> None:
         if choices is not None and not (value in choices or (nullable and value is None)):
             allowed = f"in {choices}" + (" or None" if nullable else "")
             _check(False, setting.name, value, allowed)
-    _check(len(config.hidden) >= 1, "hidden", config.hidden, "at least one hidden layer")
     for index, width in enumerate(config.hidden, start=1):
         _check(
             width >= 1, "hidden", config.hidden, f"≥ 1 unit per layer (layer {index} is {width})"

@@ -77,3 +77,19 @@ def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None
 
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
     assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 2
+
+
+def test_a_run_without_hidden_layers_exports_as_one_gemm(tmp_path, out_dir, capsys) -> None:
+    """hidden = () (the tuner's layers = 0): a linear model folds to Gemm → Softmax/ArgMax."""
+    from training.config import TrainConfig
+    from training.train import train
+
+    run_dir = tmp_path / "linear"
+    train(TrainConfig(hidden=(), epochs=2, l2=1e-3), run_dir, progress=False, plot=False)
+    out = out_dir / "linear.onnx"
+    assert main([str(run_dir), "--out", str(out)]) == 0
+    assert "max abs error" in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph
+    assert [node.op_type for node in graph.node].count("Gemm") == 1
+    assert not {"Relu", "Tanh", "Sigmoid", "BatchNormalization"} & {n.op_type for n in graph.node}
+    assert main([str(run_dir), "--out", str(out_dir / "unfolded.onnx"), "--unfolded"]) == 0

@@ -248,3 +248,27 @@ def test_resume_with_fewer_epochs_than_trained_points_to_from_epoch(tmp_path):
         config.replace(epochs=2), tmp_path / "run", resume=True, from_epoch=2, progress=False
     )
     assert len(result.history) == 2
+
+
+def test_no_hidden_layer_with_l2_is_ridge_regression(tmp_path):
+    """hidden = (): the output layer on the standardized inputs; with l2 its minimum is ridge's,
+    mean((x·W + b − y)²) + ½·l2·ΣW² on standardized x and y: W = (XᵀX + ½·n·l2·I)⁻¹ Xᵀy."""
+    rng = np.random.default_rng(3)
+    x = rng.normal([1.0, -50.0, 0.02], [2.0, 10.0, 0.01], size=(200, 3))
+    y = 3.0 * x[:, :1] - 0.1 * x[:, 1:2] + rng.normal(0, 2.0, size=(200, 1))
+    np.savez(tmp_path / "linear.npz", x=x, y=y)
+    l2 = 0.5
+    config = TrainConfig.from_dict(
+        {"data": str(tmp_path / "linear.npz"), "hidden": [], "l2": l2, "epochs": 300, "lr": 0.05,
+         "lr_decay": 0.98, "batch_size": 200, "dev_fraction": 0, "test_fraction": 0}
+    )  # fmt: skip
+    train(config, tmp_path / "run", progress=False, checkpoints=False, plot=False)
+    run = load_run(tmp_path / "run")
+    assert set(run.params) == {
+        "input.mean", "input.std", "output.W", "output.b", "target.mean", "target.std",
+    }  # fmt: skip
+    x_std = (x - run.params["input.mean"]) / run.params["input.std"]
+    y_std = (y - run.params["target.mean"]) / run.params["target.std"]
+    ridge = np.linalg.solve(x_std.T @ x_std + 0.5 * len(x) * l2 * np.eye(3), x_std.T @ y_std)
+    np.testing.assert_allclose(run.params["output.W"], ridge, atol=2e-3)
+    np.testing.assert_allclose(run.params["output.b"], [0.0], atol=2e-3)

@@ -96,6 +96,15 @@ def test_layers_and_units_build_hidden():
     assert space.config_for({"layers": 3}).hidden == (64, 64, 64)
 
 
+def test_zero_layers_is_a_linear_model():
+    space = build_space(DEFAULT_SPACE, params=["layers=int:0:3"])
+    assert space.config_for({"layers": 0, "units": 64}).hidden == ()
+    low, _ = space.dimension("layers").coordinate_bounds()
+    assert space.dimension("layers").from_coordinate(low) == 0
+    with pytest.raises(SpaceError, match=r"'layers' reaches 2, .* layers = 2 needs a width"):
+        build_space({"fixed": {"hidden": []}, "search": {}}, params=["layers=int:0:2"])
+
+
 @pytest.mark.parametrize(
     ("search", "message"),
     [
