@@ -20,6 +20,7 @@ import grpc
 
 from server.interceptors import Continuation, HandlerWrappers, replace_behavior
 from server.logs import LogThrottle
+from server.servicers.unimplemented import is_unimplemented
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
+        # Methods nobody serves answer UNIMPLEMENTED whatever the token: refused here, a client
+        # inventing names would add a metric label and a log-throttle key per name.
+        if handler is None or is_unimplemented(handler) or method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         token = bearer_token(handler_call_details.invocation_metadata)
         if self.accepts(token):

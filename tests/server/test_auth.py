@@ -28,6 +28,7 @@ from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2 as v2
 from server.gen.inference import grpc_service_pb2_grpc
+from server.servicers.unimplemented import UnimplementedHandler
 
 FILE_TOKENS = ["file-token-0123456789abcdef", "rotating-token-0123456789ab"]
 ENV_TOKEN = "env-token-fedcba9876543210"
@@ -75,6 +76,22 @@ def test_a_flood_of_refused_calls_logs_one_line_per_interval(
     assert served is handler
     lines = [record.getMessage() for record in caplog.records]
     assert lines == [f"refused {method}: no bearer token (UNAUTHENTICATED)"]
+
+
+def test_a_method_nobody_serves_answers_unimplemented_without_a_token_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bug: each invented method name, refused for its missing token, became a metric label
+    and a log-throttle key (unbounded growth from one unauthenticated client)."""
+    auth = TokenAuthInterceptor(load_token_digests("", {TOKEN_ENV: ENV_TOKEN}))
+    unimplemented = UnimplementedHandler(["bnserve.v1.Predictor"])
+    with caplog.at_level(logging.WARNING, logger="server.auth"):
+        for index in range(200):
+            details = _Details(f"/invented.Service/Method{index}", ())
+            handler = unimplemented.service(details)
+            assert auth.intercept_service(unimplemented.service, details) is handler
+    assert caplog.records == []
+    assert auth._refusal_lines._next_line_at == {}  # no throttle key per invented name
 
 
 @pytest.mark.parametrize(
@@ -164,6 +181,10 @@ def test_tokens_required_health_open_rotation_and_never_logged(
                 assert set(_calls(channel, token).values()) == {grpc.StatusCode.OK}, token
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING
+            invented = channel.unary_unary("/invented.Service/Method")
+            with pytest.raises(grpc.RpcError) as refused:
+                invented(b"", timeout=10)  # no token: a method nobody serves, not a refusal
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
             token_file.write_text(f"{FILE_TOKENS[1]}\n{NEW_TOKEN}\n")  # rotate: drop the first
             server.signal(signal.SIGHUP)
