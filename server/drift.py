@@ -129,12 +129,21 @@ class DriftReference:
         return len(self.feature_names)
 
 
-def parse_reference(text: str, feature_names: Sequence[str]) -> DriftReference:
-    """Parse a bnserve.drift JSON value; raises DriftMetadataError naming the problem."""
+IMPORTED_HINT = (
+    "made by `bnserve import`, which has no training split to describe; drift monitoring needs "
+    "a model exported from a bnserve training run"
+)
+
+
+def parse_reference(
+    text: str, feature_names: Sequence[str], *, imported: bool = False
+) -> DriftReference:
+    """Parse a bnserve.drift JSON value; raises DriftMetadataError naming the problem.
+
+    imported: the model came from `bnserve import` (its missing metadata has another remedy)."""
     if not text:
-        raise DriftMetadataError(
-            f"has no bnserve.drift metadata (exported before drift monitoring; {REEXPORT_HINT})"
-        )
+        why = IMPORTED_HINT if imported else f"exported before drift monitoring; {REEXPORT_HINT}"
+        raise DriftMetadataError(f"has no bnserve.drift metadata ({why})")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.contract import INPUT_NAME, OUTPUT_NAMES, Tolerance, decisive_rows
+from server.contract import INPUT_NAME, OUTPUT_NAMES, MetadataKey, Tolerance, decisive_rows
 from server.drift import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
 from server.errors import InvalidInput, ModelLoadError
 from server.metadata import ModelCard, parse_model_card
@@ -140,7 +140,10 @@ class Model:
             return cls(name, version, source, session, card)
         label = f"model {name} version {version}"
         try:
-            reference = parse_reference(card.get("drift"), card.feature_names)
+            imported = bool(card.get(MetadataKey.IMPORT))
+            reference = parse_reference(
+                card.get(MetadataKey.DRIFT), card.feature_names, imported=imported
+            )
         except DriftMetadataError as error:
             log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
             model = cls(name, version, source, session, card)

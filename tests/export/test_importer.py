@@ -246,6 +246,11 @@ def test_imported_models_serve_in_a_real_server(imported) -> None:
                     assert list(batch.labels) == expected.argmax(axis=1).tolist()
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
                 np.testing.assert_allclose(alone, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+        # no training split behind it: the warning says so, not "re-export it from its run"
+        warnings = [line for line in server.log().splitlines() if "no drift statistics" in line]
+        assert len(warnings) == len(names), server.log()
+        assert all("made by `bnserve import`" in line for line in warnings), warnings
+        assert not any("re-export" in line for line in warnings), warnings
     finally:
         assert server.stop() == 0, server.log()
 
