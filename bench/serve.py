@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -427,10 +427,19 @@ def h2load(
     log = scratch / "requests.tsv"
     log.unlink(missing_ok=True)
     command = _h2load_command(target, concurrency, requests, settings, body, log)
-    cpu_before = process_cpu_s(target.server_pid)
+    return run_h2load(command, log, requests, target.server_pid, target.framed_response_bytes)
+
+
+def run_h2load(
+    command: list[str], log: Path, requests: int, server_pid: int, response_bytes: int
+) -> LoadResult:
+    """Run an h2load command that sends exactly `requests` calls and logs each to `log`; its
+    rate, latency percentiles, server and h2load CPU per call, and whether every call answered
+    status 200 with `response_bytes` of body."""
+    cpu_before = process_cpu_s(server_pid)
     load_before = children_cpu_s()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    cpu_per_call_us = (process_cpu_s(target.server_pid) - cpu_before) / requests * 1e6
+    cpu_per_call_us = (process_cpu_s(server_pid) - cpu_before) / requests * 1e6
     load_cpu_per_call_us = (children_cpu_s() - load_before) / requests * 1e6
     succeeded = int(re.search(r"requests: .*?(\d+) succeeded", output).group(1))
     data_bytes = int(re.search(r"\((\d+)\) data", output).group(1))
@@ -443,9 +452,7 @@ def h2load(
         p50_ms=float(np.percentile(latencies_ms, 50)),
         p99_ms=float(np.percentile(latencies_ms, 99)),
         succeeded=succeeded,
-        verified=statuses_ok
-        and succeeded == requests
-        and data_bytes == requests * target.framed_response_bytes,
+        verified=statuses_ok and succeeded == requests and data_bytes == requests * response_bytes,
         server_cpu_us=cpu_per_call_us,
         load_cpu_us=load_cpu_per_call_us,
     )
@@ -457,25 +464,34 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+Load = Callable[[Any, int, int, "BenchSettings", Path], LoadResult]  # h2load or the REST one
+
+
 def calibrated_requests(
-    target: Target, concurrency: int, settings: BenchSettings, scratch: Path
+    target: Any, concurrency: int, settings: BenchSettings, scratch: Path, load: Load
 ) -> int:
     """Warm the target up and size a run to last about duration_s at its current rate."""
-    warm = h2load(target, concurrency, max(200, concurrency * 10), settings, scratch)
+    warm = load(target, concurrency, max(200, concurrency * 10), settings, scratch)
     return max(concurrency * 20, int(warm.requests_per_s * settings.duration_s))
 
 
 def interleaved(
-    targets: list[Target], concurrency: int, settings: BenchSettings, scratch: Path
+    targets: list[Any],
+    concurrency: int,
+    settings: BenchSettings,
+    scratch: Path,
+    load: Load | None = None,
 ) -> dict[str, LoadResult]:
-    """Each target `rounds` times, alternating, so load from other processes hits all alike;
-    the median run (by requests/s) of each target is kept."""
-    sizes = {t.label: calibrated_requests(t, concurrency, settings, scratch) for t in targets}
+    """Each target (anything with a `label` that `load` runs; default h2load over gRPC)
+    `rounds` times, alternating, so load from other processes hits all alike; the median run
+    (by requests/s) of each target is kept."""
+    load = load or h2load
+    sizes = {t.label: calibrated_requests(t, concurrency, settings, scratch, load) for t in targets}
     runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
     for _ in range(settings.rounds):
         for target in targets:
             runs[target.label].append(
-                h2load(target, concurrency, sizes[target.label], settings, scratch)
+                load(target, concurrency, sizes[target.label], settings, scratch)
             )
     medians = {}
     for label, results in runs.items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -223,47 +222,7 @@ def h2load_h1(
             f"http://127.0.0.1:{target.port}{INFER_PATH}",
         ],
     )
-    cpu_before = serve.process_cpu_s(target.server_pid)
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    cpu_per_call_us = (serve.process_cpu_s(target.server_pid) - cpu_before) / requests * 1e6
-    succeeded = int(re.search(r"requests: .*?(\d+) succeeded", output).group(1))
-    data_bytes = int(re.search(r"\((\d+)\) data", output).group(1))
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
-    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
-    statuses_ok = rows.shape[0] == requests and bool(np.all(rows[:, 1] == 200))
-    latencies_ms = rows[:, 2] / 1000.0
-    return serve.LoadResult(
-        requests_per_s=rate,
-        p50_ms=float(np.percentile(latencies_ms, 50)),
-        p99_ms=float(np.percentile(latencies_ms, 99)),
-        succeeded=succeeded,
-        verified=statuses_ok
-        and succeeded == requests
-        and data_bytes == requests * target.response_bytes,
-        server_cpu_us=cpu_per_call_us,
-    )
-
-
-def interleaved(
-    targets: list[RestTarget], concurrency: int, settings: serve.BenchSettings, scratch: Path
-) -> dict[str, serve.LoadResult]:
-    sizes = {}
-    for target in targets:
-        warm = h2load_h1(target, concurrency, max(200, concurrency * 10), settings, scratch)
-        sizes[target.label] = max(concurrency * 20, int(warm.requests_per_s * settings.duration_s))
-    runs: dict[str, list[serve.LoadResult]] = {t.label: [] for t in targets}
-    for _ in range(settings.rounds):
-        for target in targets:
-            runs[target.label].append(
-                h2load_h1(target, concurrency, sizes[target.label], settings, scratch)
-            )
-    medians = {}
-    for label, results in runs.items():
-        ordered = sorted(results, key=lambda r: r.requests_per_s)
-        medians[label] = replace(
-            ordered[len(ordered) // 2], verified=all(r.verified for r in results)
-        )
-    return medians
+    return serve.run_h2load(command, log, requests, target.server_pid, target.response_bytes)
 
 
 def measure_rest(
@@ -305,7 +264,10 @@ def measure_rest(
                        minimal_pid),
             RestTarget(REST_LABEL, ports["bnserve"], body, header_list, len(answer), bnserve_pid),
         ]  # fmt: skip
-        results = {c: interleaved(targets, c, settings, scratch) for c in settings.concurrencies}
+        results = {
+            c: serve.interleaved(targets, c, settings, scratch, load=h2load_h1)
+            for c in settings.concurrencies
+        }
     print_rest_table(results, settings)
     return all(r.verified for rows in results.values() for r in rows.values())
 

@@ -306,7 +306,7 @@ def train(
             raise RunError(
                 f"{run_dir}: already exists and is not empty (use --resume or a new --out)"
             )
-        meta = {"run_id": uuid.uuid4().hex[:12], "created_at": _now()}
+        meta = _new_meta()
         state = fresh_state(config, prepared)
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
