@@ -119,12 +119,13 @@ class Moments:
 
     def add(self, chunk: np.ndarray) -> None:
         """Merge a chunk (B, F) (Chan, Golub and LeVeque's pairwise update)."""
-        values = np.asarray(chunk, dtype=np.float64)
+        values = np.asarray(chunk)
         count = len(values)
         if count == 0:
             return
-        mean = values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
+        mean = values.mean(axis=0, dtype=np.float64)
+        centered = values - mean  # float64: the one temporary
+        m2 = np.einsum("ij,ij->j", centered, centered)
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = count, mean, m2
             return

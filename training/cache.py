@@ -1,10 +1,11 @@
 """The float32 data cache: a CSV/Parquet source converted once, then read in place on every run.
 
-An entry is a directory `<cache dir>/<sha256 of the source's bytes>-<key of the read settings>/`
-holding x.f32 (rows × features float32, C order, no header), codes.npy and cells.npy (the
-target), and meta.json, written into a temporary directory and renamed into place whole. The
-key is the content hash, so a changed file never finds the old entry; the entry of the file's
-previous contents is deleted when the new one is written.
+An entry is a directory `<cache dir>/<source size>-<sha256 of the source's bytes>-<key of the
+read settings>/` holding x.f32 (rows × features float32, C order, no header), codes.npy and
+cells.npy (the target), and meta.json, written into a temporary directory and renamed into place
+whole. The key is the content hash, so a changed file never finds the old entry; the entry of the
+file's previous contents is deleted when the new one is written. When no entry has the source's
+size, the source is hashed on a second thread while it is read.
 
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
@@ -20,6 +21,8 @@ import os
 import shutil
 import uuid
 import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -30,7 +33,7 @@ from training.readers import TableInfo, Target, read_table
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
-FORMAT = 1  # bump when the entry layout or the readers' output changes
+FORMAT = 2  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed and dropped from the page cache this often
 
 
@@ -61,24 +64,34 @@ def load_table(
         info = read_table(path, target, buffer)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
+    settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     try:
         before = _identity(path)
-        sha = content_sha256(path)
+        size = before[1]
+        # A file's entry is named by its size first: when no entry has this size, the file
+        # cannot be cached, and it is hashed while it is read instead of before.
+        sha = content_sha256(path) if any(cache_dir.glob(f"{size}-*")) else None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
-    entry = cache_dir / f"{sha}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+    if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
+        return opened
+    entry, sha = _build_entry(
+        path, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key)
+    )
+    if _identity(path) != before:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise DataError(f"{path}: changed while being read; run again")
     opened = _open_entry(entry)
     if opened is None:
-        _build_entry(path, target, entry, sha)
-        if _identity(path) != before:
-            shutil.rmtree(entry, ignore_errors=True)
-            raise DataError(f"{path}: changed while being read; run again")
-        opened = _open_entry(entry)
-        if opened is None:
-            raise DataError(f"{entry}: cache entry unreadable right after writing it")
-        _remove_older_entries(cache_dir, path, sha)
+        raise DataError(f"{entry}: cache entry unreadable right after writing it")
+    _remove_older_entries(cache_dir, path, sha)
     return opened
+
+
+def _entry(cache_dir: Path, size: int, sha: str, key: str) -> Path:
+    """The entry of a source of `size` bytes with content hash `sha`, read with settings `key`."""
+    return cache_dir / f"{size}-{sha}-{key}"
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
@@ -111,38 +124,52 @@ class _DroppingWriter:
         self.unsynced = 0
 
 
-def _build_entry(path: Path, target: str | None, entry: Path, sha: str) -> None:
-    cache_dir = entry.parent
+def _build_entry(
+    path: Path,
+    target: str | None,
+    cache_dir: Path,
+    sha: str | None,
+    entry_of: Callable[[str], Path],
+) -> tuple[Path, str]:
+    """Read the source into a new entry and rename it into place: (entry, content sha256).
+
+    sha None: the source is hashed on a second thread while it is read."""
     temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
     try:
-        temporary.mkdir(parents=True)
-        with (temporary / "x.f32").open("wb") as handle:
-            writer = _DroppingWriter(handle)
-            info = read_table(path, target, writer)  # type: ignore[arg-type]
-            writer.sync()
+        with ThreadPoolExecutor(1, thread_name_prefix="bnserve-hash") as hasher:
+            hashing = hasher.submit(content_sha256, path) if sha is None else None
+            temporary.mkdir(parents=True)
+            with (temporary / "x.f32").open("wb") as handle:
+                writer = _DroppingWriter(handle)
+                info = read_table(path, target, writer)  # type: ignore[arg-type]
+                writer.sync()
+            content_sha = hashing.result() if hashing is not None else sha
+        assert content_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
         np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
         meta = {
             "format": FORMAT,
             "source": str(path.resolve()),
-            "sha256": sha,
+            "sha256": content_sha,
             "rows": info.rows,
             "feature_names": info.feature_names,
             "target_name": info.target_name,
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_dir(temporary)
+        entry = entry_of(content_sha)
         if _open_entry(entry) is not None:
-            return  # another process wrote the same entry meanwhile
+            return entry, content_sha  # another process wrote the same entry meanwhile
         if entry.exists():
             shutil.rmtree(entry)  # an unreadable entry (e.g. of an older format)
         try:
             os.rename(temporary, entry)
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return  # another process renamed its copy into place first
+                return entry, content_sha  # another process renamed its copy into place first
             raise
         _fsync_dir(cache_dir)
+        return entry, content_sha
     except OSError as error:
         raise DataError(
             f"{cache_dir}: cannot write the data cache ({error}); "

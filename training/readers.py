@@ -2,6 +2,8 @@
 
 pyarrow reads each block column by column; the features go straight into row-major float32
 blocks written to a binary sink (the cache file, or memory), never into a Python list of rows.
+Blocks are made on several threads (a CSV piece is parsed and converted on one; a Parquet
+batch, decoded by pyarrow's own threads, is converted on one) and written in order.
 The target column is kept as trimmed strings and turned into (unique cells, per-row codes).
 
 Errors name the file, the place and the column. CSV lines are counted as in the file (the
@@ -13,23 +15,30 @@ first bad line, so the message is the same whichever check caught it.
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import gzip
 import io
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from training.errors import DataError
+from training.threads import available_cores
 
-# pyarrow's streaming CSV reader keeps ~36 blocks in flight: 512 KiB blocks hold it near 20 MB
-# (4 MiB blocks took 150 MB) and read as fast on 2 cores.
-BLOCK_BYTES = 1 << 19
+# CSV pieces parsed at once, each by one thread: 2·READ_THREADS of them (and their float32
+# blocks) are in flight. pyarrow's own streaming reader parses on one thread only.
+BLOCK_BYTES = 4 << 20
 PARQUET_BATCH_ROWS = 32_768
+READ_THREADS = 4  # at most, and never more than the cores this process may use
+_Piece = TypeVar("_Piece")
+_Result = TypeVar("_Result")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # What pyarrow's float parser accepts (and so what a feature cell may be): decimal notation,
 # nan and inf, surrounding spaces. Python's float() would also take "1_0" or non-ASCII digits.
@@ -136,17 +145,21 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
-    read = pa_csv.ReadOptions(column_names=header, skip_rows=1, block_size=BLOCK_BYTES)
-    rows, chunks = 0, []
+
+    def parse(piece: bytes) -> tuple[np.ndarray, list]:
+        read = pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=len(piece))
+        table = pa_csv.read_csv(pa.py_buffer(piece), read_options=read, convert_options=convert)
+        block = _feature_block(table, names)
+        if not np.isfinite(block).all():
+            raise _NotFinite
+        return block, _trimmed(table.column(target_name)).chunks
+
     try:
-        reader = pa_csv.open_csv(path, read_options=read, convert_options=convert)
-        for batch in reader:
-            block = _feature_block(batch, names)
-            if not np.isfinite(block).all():
-                _fail(path, target, "a feature value is not finite in float32")
-            sink.write(block.data)
-            chunks.append(_trimmed(batch.column(target_name)))
-            rows += batch.num_rows
+        with _open_bytes(path) as raw:
+            raw.readline()  # the header, read above (pyarrow too takes a line as a row)
+            rows, chunks = _write_blocks(ordered_map(parse, _line_pieces(raw)), sink)
+    except _NotFinite:
+        _fail(path, target, "a feature value is not finite in float32")
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target)  # e.g. a gzip file cut short: OSError from pyarrow
         raise DataError(f"{path}: not a readable CSV ({error})") from None
@@ -156,17 +169,73 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     return TableInfo(rows, names, target_name, codes_target)
 
 
+class _NotFinite(Exception):
+    """A block holds NaN or Inf (the rescan names the line)."""
+
+
+def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
+    """The rest of the file in pieces of about BLOCK_BYTES, each ending at a line break.
+
+    As in pyarrow's own parallel reader (newlines_in_values off), a line break ends a row.
+    """
+    carry = b""
+    while chunk := raw.read(BLOCK_BYTES):
+        piece = carry + chunk
+        cut = piece.rfind(b"\n") + 1
+        if cut == 0:
+            carry = piece  # a line longer than a block: read on
+            continue
+        carry = piece[cut:]
+        yield piece[:cut]
+    if carry:
+        yield carry
+
+
+def ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
+    """work(piece) for each piece on READ_THREADS threads, yielded in the pieces' order.
+
+    At most 2·READ_THREADS pieces are in flight, so memory stays bounded by the piece size.
+    A failure is raised where its result would have been yielded; the rest are cancelled.
+    """
+    threads = max(1, min(READ_THREADS, available_cores()))
+    with ThreadPoolExecutor(threads, thread_name_prefix="bnserve-read") as pool:
+        pending: collections.deque[Future[_Result]] = collections.deque()
+        try:
+            for piece in pieces:
+                pending.append(pool.submit(work, piece))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _write_blocks(results: Iterable[tuple[np.ndarray, list]], sink: BinaryIO) -> tuple[int, list]:
+    """Write each (block, target chunks) result's block to sink, in order: (rows, all chunks)."""
+    rows, chunks = 0, []
+    for block, target_chunks in results:
+        sink.write(block.data)
+        chunks.extend(target_chunks)
+        rows += len(block)
+    return rows, chunks
+
+
 def _fail(path: Path, target: str | None, reason: str) -> None:
     """Raise the slow scan's exact message, or `reason` if the scan finds nothing wrong."""
     locate_csv_problem(path, target)
     raise DataError(f"{path}: {reason}")
 
 
-def _feature_block(batch, names: list[str]) -> np.ndarray:
-    """(B, F) float32, filled column by column from an Arrow record batch."""
-    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+def _feature_block(table, names: list[str]) -> np.ndarray:
+    """(N, F) float32, filled column by column from an Arrow table of float32 columns."""
+    block = np.empty((table.num_rows, len(names)), dtype=np.float32)
     for out_col, name in enumerate(names):
-        block[:, out_col] = _numbers(batch.column(name))
+        start = 0
+        for chunk in table.column(name).chunks:
+            block[start : start + len(chunk), out_col] = _numbers(chunk)
+            start += len(chunk)
     return block
 
 
@@ -302,24 +371,16 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
         kind = parquet.schema_arrow.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or _is_text(kind)):
             raise DataError(f"{path}: column {name!r} has type {kind}, not numbers")
-    rows, chunks = 0, []
+
+    def convert(numbered: tuple[int, Any]) -> tuple[np.ndarray, list]:
+        first_row, batch = numbered
+        return _parquet_block(path, batch, names, first_row), [
+            _parquet_target(path, batch.column(target_name), target_name, first_row)
+        ]
+
     try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
-            with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
-                for out_col, name in enumerate(names):
-                    column = batch.column(name)
-                    if column.null_count or _is_text(column.type):
-                        column = _parquet_numbers(path, column, name, rows)
-                    else:
-                        column = _numbers(column)
-                    block[:, out_col] = column  # cast to float32 on assignment
-            if not np.isfinite(block).all():  # name the first bad cell's row and column
-                for name in names:
-                    _parquet_numbers(path, batch.column(name), name, rows)
-            sink.write(block.data)
-            chunks.append(_parquet_target(path, batch.column(target_name), target_name, rows))
-            rows += batch.num_rows
+        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        rows, chunks = _write_blocks(ordered_map(convert, _numbered(batches)), sink)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
     codes_target = _encode(chunks)
@@ -335,6 +396,31 @@ def _is_text(kind) -> bool:
     import pyarrow as pa
 
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    """(number of the batch's first row, batch) for each record batch."""
+    first_row = 0
+    for batch in batches:
+        yield first_row, batch
+        first_row += batch.num_rows
+
+
+def _parquet_block(path: Path, batch, names: list[str], first_row: int) -> np.ndarray:
+    """(B, F) float32 of one record batch; the first bad cell's row and column named."""
+    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
+        for out_col, name in enumerate(names):
+            column = batch.column(name)
+            if column.null_count or _is_text(column.type):
+                column = _parquet_numbers(path, column, name, first_row)
+            else:
+                column = _numbers(column)
+            block[:, out_col] = column  # cast to float32 on assignment
+    if not np.isfinite(block).all():  # name the first bad cell's row and column
+        for name in names:
+            _parquet_numbers(path, batch.column(name), name, first_row)
+    return block
 
 
 def _parquet_numbers(path: Path, column, name: str, first_row: int) -> np.ndarray:

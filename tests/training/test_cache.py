@@ -50,6 +50,21 @@ def test_the_second_load_reuses_the_cache(tmp_path, monkeypatch):
     ]
 
 
+def test_an_entry_is_named_by_size_and_content_hash_however_it_was_hashed(tmp_path):
+    import json
+
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    write_csv(first, 30)
+    second.write_bytes(first.read_bytes().replace(b"\n0.0,", b"\n9.0,"))  # the same size:
+    assert first.stat().st_size == second.stat().st_size
+    load_table(first, None, tmp_path / "cache")  # nothing of its size cached: hashed meanwhile
+    load_table(second, None, tmp_path / "cache")  # hashed before reading
+    for source in (first, second):
+        sha = cache.content_sha256(source)
+        (entry,) = (tmp_path / "cache").glob(f"{source.stat().st_size}-{sha}-*")
+        assert json.loads((entry / "meta.json").read_text())["sha256"] == sha
+
+
 def test_a_changed_file_is_never_served_from_the_old_entry(tmp_path, monkeypatch):
     calls = counting_reader(monkeypatch)
     source = tmp_path / "d.csv"

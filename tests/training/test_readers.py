@@ -88,6 +88,43 @@ def test_csv_with_many_blocks_keeps_row_order(tmp_path, monkeypatch):
         np.testing.assert_array_equal(dataset.y, y)
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_csv_pieces_cut_only_at_line_breaks(tmp_path, monkeypatch, ending):
+    from training import readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 16)  # most lines are longer than a piece
+    rows = [[1.5, 123456.789012, 0], [-2.0, 0.25, 1], [3.0, 4.0, 1]] * 20
+    lines = [f"{a},{b},{y}" for a, b, y in rows]
+    lines.insert(7, "")  # a blank line is skipped, as pyarrow does
+    path = tmp_path / "cut.csv"
+    path.write_bytes(("a,b,y" + ending + ending.join(lines)).encode())  # no final line break
+    dataset = load_dataset(str(path), cache_dir="off")
+    expected = np.array([row[:2] for row in rows], dtype=np.float32)
+    np.testing.assert_array_equal(dataset.x, expected)
+    np.testing.assert_array_equal(dataset.y, [row[2] for row in rows])
+
+
+def test_a_failing_piece_stops_the_read_and_names_its_line(tmp_path, monkeypatch):
+    from training import readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 64)
+    parsed: list[int] = []
+    real = readers._feature_block
+
+    def counting(table, names):
+        parsed.append(table.num_rows)
+        return real(table, names)
+
+    monkeypatch.setattr(readers, "_feature_block", counting)
+    lines = [f"{i},{i % 2}\n" for i in range(5000)]
+    lines[40] = "4o,1\n"
+    path = tmp_path / "early.csv"
+    path.write_text("a,y\n" + "".join(lines))
+    with pytest.raises(DataError, match=r"early.csv: line 42, column 'a': '4o' is not a number"):
+        load_dataset(str(path), cache_dir="off")
+    assert sum(parsed) < 1000  # the pieces after the bad one were not all parsed
+
+
 # (CSV text, Parquet columns, the message both must give, CSV place, Parquet place)
 BAD_INPUTS = {
     "non-numeric cell": (
