@@ -3,13 +3,15 @@
 Synthetic tables as in issue 15: 64 numeric columns with 4 decimals and an integer target with
 10 classes, as CSV and Parquet, at 10k / 100k / 1M rows (10M with --large). Every load runs in
 a fresh process (imports done before the clock starts), which reports its own time and peak
-RSS; ratios are against pyarrow's bare read of the same file in the same run. bnserve is timed
-cold (the float32 cache is built) and warm (the cache is read in place), and as
-load + split + standardize, the part of `bnserve train` before the first batch. The one-epoch
+RSS; each loader runs --repeats times in turn (the median is shown), and ratios are against
+pyarrow's bare read of the same file in the same run. bnserve is timed cold (the float32 cache
+is built) and warm (the cache is read in place), and as load + split + standardize, the part of
+`bnserve train` before the first batch. The one-epoch
 rows are whole `bnserve train --epochs 1` processes: from the CSV (cold cache) and from an
 in-memory NPZ of the same data. pandas is optional (skipped when not installed).
 
     .venv/bin/python bench/data.py [--sizes 10000,100000] [--large] [--no-epoch] [--no-loadtxt]
+        [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +123,36 @@ def run_loader(name: str, path: Path, work: Path) -> dict[str, float] | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def interleaved_loads(
+    names: list[str], path: Path, work: Path, repeats: int
+) -> dict[str, dict[str, float] | None]:
+    """Each loader's median seconds and largest peak over `repeats` rounds, A B C A B C ...
+
+    Taken in turn, so a loader is not favoured by the state (CPU clocks, free memory) the one
+    before it left; one run each varied 2x between runs of pyarrow on this VM.
+    """
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    missing: set[str] = set()
+    for _ in range(repeats):
+        for name in names:
+            if name in missing:
+                continue
+            result = run_loader(name, path, work)
+            if result is None:
+                missing.add(name)
+            else:
+                runs[name].append(result)
+    return {
+        name: None
+        if name in missing
+        else {
+            "seconds": statistics.median(run["seconds"] for run in runs[name]),
+            "peak_mb": max(run["peak_mb"] for run in runs[name]),
+        }
+        for name in names
+    }
+
+
 def one_epoch(data: Path, work: Path, cache: Path) -> tuple[float, float]:
     """(seconds, peak MB) of a whole `bnserve train --epochs 1` process on `data`."""
     out = work / f"run-{data.name}"
@@ -146,6 +179,7 @@ def main() -> None:
     parser.add_argument("--no-epoch", action="store_true", help="skip the one-epoch rows")
     parser.add_argument("--no-loadtxt", action="store_true", help="skip numpy.loadtxt")
     parser.add_argument("--dir", type=Path, help="keep the generated files here")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each loader")
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # child: write files
     args = parser.parse_args()
     if args.generate is not None:
@@ -169,13 +203,16 @@ def main() -> None:
                     f"\n{kind}, {rows:,} rows × {FEATURES} features: "
                     f"{path.stat().st_size / 2**20:,.0f} MB file, {float32_mb:,.0f} MB float32"
                 )
-                print(f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'peak RSS MB':>12}")
+                print(
+                    f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'peak RSS MB':>12}"
+                    f"   (median of {args.repeats} interleaved runs)"
+                )
                 names = [
                     name
                     for name in LOADERS
                     if not (name == "numpy.loadtxt" and (kind == "parquet" or args.no_loadtxt))
                 ]
-                results = {name: run_loader(name, path, work) for name in names}
+                results = interleaved_loads(names, path, work, args.repeats)
                 base = results["pyarrow"]["seconds"]
                 for name, result in results.items():
                     if result is None:

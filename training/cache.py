@@ -34,7 +34,7 @@ from training.readers import TableInfo, Target, read_table
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
 FORMAT = 2  # bump when the entry layout or the readers' output changes
-SYNC_BYTES = 64 << 20  # written pages are flushed and dropped from the page cache this often
+SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
 
 
 def cache_dir_setting(given: str | None = None) -> Path | None:
@@ -99,11 +99,14 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-class _DroppingWriter:
-    """A file sink that flushes and drops its written pages every SYNC_BYTES.
+class _SyncingWriter:
+    """A file sink that writes its dirty pages back every SYNC_BYTES.
 
     Under a memory limit the dirty pages of a large cache file would otherwise count against
-    the process until the kernel writes them back.
+    the process until the kernel writes them back. The clean pages stay in the page cache
+    (reclaimable under a limit): the split, the standardization and the first epoch read them
+    right after: dropping them made the standardization read from disk at 1M rows (its preads
+    took 0.51 s instead of 0.03 s).
     """
 
     def __init__(self, handle: BinaryIO) -> None:
@@ -120,7 +123,6 @@ class _DroppingWriter:
     def sync(self) -> None:
         self.handle.flush()
         os.fdatasync(self.handle.fileno())
-        os.posix_fadvise(self.handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         self.unsynced = 0
 
 
@@ -140,7 +142,7 @@ def _build_entry(
             hashing = hasher.submit(content_sha256, path) if sha is None else None
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
-                writer = _DroppingWriter(handle)
+                writer = _SyncingWriter(handle)
                 info = read_table(path, target, writer)  # type: ignore[arg-type]
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha

@@ -32,9 +32,9 @@ import numpy as np
 from training.errors import DataError
 from training.threads import available_cores
 
-# CSV pieces parsed at once, each by one thread: 2·READ_THREADS of them (and their float32
+# CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
 # blocks) are in flight. pyarrow's own streaming reader parses on one thread only.
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 32_768
 READ_THREADS = 4  # at most, and never more than the cores this process may use
 _Piece = TypeVar("_Piece")
@@ -194,7 +194,7 @@ def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
 def ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
     """work(piece) for each piece on READ_THREADS threads, yielded in the pieces' order.
 
-    At most 2·READ_THREADS pieces are in flight, so memory stays bounded by the piece size.
+    At most READ_THREADS + 1 pieces are in flight, so memory stays bounded by the piece size.
     A failure is raised where its result would have been yielded; the rest are cancelled.
     """
     threads = max(1, min(READ_THREADS, available_cores()))
@@ -203,7 +203,7 @@ def ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> 
         try:
             for piece in pieces:
                 pending.append(pool.submit(work, piece))
-                if len(pending) >= 2 * threads:
+                if len(pending) > threads:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
