@@ -213,7 +213,9 @@ def main() -> None:
                     if not (name == "numpy.loadtxt" and (kind == "parquet" or args.no_loadtxt))
                 ]
                 results = interleaved_loads(names, path, work, args.repeats)
-                base = results["pyarrow"]["seconds"]
+                pyarrow_result = results["pyarrow"]
+                assert pyarrow_result is not None  # a training dependency: always installed
+                base = pyarrow_result["seconds"]
                 for name, result in results.items():
                     if result is None:
                         print(f"  {name:<32} {'not installed':>8}")
