@@ -157,7 +157,7 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     try:
         with _open_bytes(path) as raw:
             raw.readline()  # the header, read above (pyarrow too takes a line as a row)
-            rows, chunks = _write_blocks(ordered_map(parse, _line_pieces(raw)), sink)
+            rows, chunks = _write_blocks(_ordered_map(parse, _line_pieces(raw)), sink)
     except _NotFinite:
         _fail(path, target, "a feature value is not finite in float32")
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
@@ -191,7 +191,7 @@ def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
         yield carry
 
 
-def ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
+def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
     """work(piece) for each piece on READ_THREADS threads, yielded in the pieces' order.
 
     At most READ_THREADS + 1 pieces are in flight, so memory stays bounded by the piece size.
@@ -380,7 +380,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
 
     try:
         batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
-        rows, chunks = _write_blocks(ordered_map(convert, _numbered(batches)), sink)
+        rows, chunks = _write_blocks(_ordered_map(convert, _numbered(batches)), sink)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
     codes_target = _encode(chunks)
