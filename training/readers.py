@@ -156,7 +156,6 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
 
     try:
         with _open_bytes(path) as raw:
-            raw.readline()  # the header, read above (pyarrow too takes a line as a row)
             rows, chunks = _write_blocks(_ordered_map(parse, _line_pieces(raw)), sink)
     except _NotFinite:
         _fail(path, target, "a feature value is not finite in float32")
@@ -174,20 +173,29 @@ class _NotFinite(Exception):
 
 
 def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
-    """The rest of the file in pieces of about BLOCK_BYTES, each ending at a line break.
+    """The file after its first line (the header), in pieces of about BLOCK_BYTES that each end
+    at a line break.
 
-    As in pyarrow's own parallel reader (newlines_in_values off), a line break ends a row.
+    As in pyarrow's own parallel reader (newlines_in_values off), a line break ends a row. It
+    may be \\n, \\r\\n or a lone \\r; a piece cut between \\r and \\n starts with an empty line,
+    which pyarrow skips.
     """
-    carry = b""
+    carry, in_header = b"", True
     while chunk := raw.read(BLOCK_BYTES):
         piece = carry + chunk
-        cut = piece.rfind(b"\n") + 1
+        if in_header:
+            ends = [at for at in (piece.find(b"\n"), piece.find(b"\r")) if at >= 0]
+            if not ends:
+                carry = piece  # a header longer than a block: read on
+                continue
+            piece, in_header = piece[min(ends) + 1 :], False
+        cut = max(piece.rfind(b"\n"), piece.rfind(b"\r")) + 1
         if cut == 0:
             carry = piece  # a line longer than a block: read on
             continue
         carry = piece[cut:]
         yield piece[:cut]
-    if carry:
+    if carry and not in_header:
         yield carry
 
 

@@ -88,7 +88,7 @@ def test_csv_with_many_blocks_keeps_row_order(tmp_path, monkeypatch):
         np.testing.assert_array_equal(dataset.y, y)
 
 
-@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
 def test_csv_pieces_cut_only_at_line_breaks(tmp_path, monkeypatch, ending):
     from training import readers
 
@@ -97,7 +97,8 @@ def test_csv_pieces_cut_only_at_line_breaks(tmp_path, monkeypatch, ending):
     lines = [f"{a},{b},{y}" for a, b, y in rows]
     lines.insert(7, "")  # a blank line is skipped, as pyarrow does
     path = tmp_path / "cut.csv"
-    path.write_bytes(("a,b,y" + ending + ending.join(lines)).encode())  # no final line break
+    header = "first_feature,second_feature,y"  # longer than a piece too
+    path.write_bytes((header + ending + ending.join(lines)).encode())  # no final line break
     dataset = load_dataset(str(path), cache_dir="off")
     expected = np.array([row[:2] for row in rows], dtype=np.float32)
     np.testing.assert_array_equal(dataset.x, expected)
