@@ -172,6 +172,14 @@ class TrainConfig:
         group="optimization",
         resumable=True,
     )
+    average_epochs: int | None = _setting(
+        None,
+        "keep the mean weights of the last N epochs (Polyak/SWA averaging); needs --stats "
+        "population, whose statistics are then those of the averaged weights",
+        group="optimization",
+        none="off: keep one epoch's weights",
+        metavar="N",
+    )
     folds: int | None = _setting(
         None,
         "K stratified folds of the train + dev rows (the tuner's --cv)",
@@ -331,6 +339,24 @@ def _validate(config: TrainConfig) -> None:
         "None or a patience ≥ 1 epoch",
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
+    _check(
+        config.average_epochs is None or 1 <= config.average_epochs <= config.epochs,
+        "average_epochs",
+        config.average_epochs,
+        f"None or in [1, epochs = {config.epochs}]",
+    )
+    _check(
+        config.average_epochs is None or config.early_stopping is None,
+        "average_epochs",
+        config.average_epochs,
+        "None with early_stopping (it keeps the best epoch, not a mean of the last ones)",
+    )
+    _check(
+        config.average_epochs is None or not config.batchnorm or config.stats == "population",
+        "average_epochs",
+        config.average_epochs,
+        "None with stats 'ema' (EMA statistics belong to no averaged weights: use population)",
+    )
     _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
     _check(
         0 <= config.fold < (config.folds or 1),

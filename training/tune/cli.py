@@ -36,6 +36,7 @@ _TRAINING_HELP = {
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
+    "final_average",
     *_TRAINING_FLAGS,
 )  # fmt: skip
 
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
         f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
         f"{cv.AUTO_MAX_ROWS} training rows (default off)",
+    )
+    search.add_argument(
+        "--final-average",
+        type=float,
+        metavar="SHARE",
+        help="--cv: the retrain keeps the mean weights (then their population BN statistics) "
+        "of this share of its last epochs; 0: its last epoch's (default 0.5)",
     )
     search.add_argument(
         "--objective",
@@ -166,6 +174,7 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
         "out": args.out,
         "space": space,
         "cv": folds,
+        "final_average": args.final_average,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,

@@ -4,8 +4,9 @@ A trial's dev error is the mean over its folds of each fold's kept dev error; th
 ± the standard deviation over folds (sample std, K − 1). Trials with equal means are ranked by
 the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
 all train + dev rows (dev_fraction 0, population BN statistics) for the median of its folds'
-kept epochs, into TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below
-AUTO_MAX_ROWS training rows.
+kept epochs, keeping the mean weights of the last share of them (final_config), into
+TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
+training rows.
 """
 
 from __future__ import annotations
@@ -98,15 +99,23 @@ def mean_curve(curves: list[list[float]]) -> list[float]:
     ]
 
 
-def final_config(base: TrainConfig, epochs: int) -> TrainConfig:
+def final_config(base: TrainConfig, epochs: int, average_share: float) -> TrainConfig:
     """The best trial's settings for all train + dev rows: no dev split, a fixed epoch count.
 
     Its batch-norm statistics are the exact population ones of the final weights: a fold's kept
     epoch was chosen on dev rows with its EMA statistics, but the retrain has no dev rows to
     catch EMA statistics that lag behind the weights (after a few epochs of a few batches, at a
-    high learning rate, they can leave the net predicting one class)."""
+    high learning rate, they can leave the net predicting one class). It keeps the mean weights
+    of its last ⌈average_share·epochs⌉ epochs (none at 0): one seed's last epoch is a noisy
+    point of the walk, and no dev rows are left to pick a better one."""
+    epochs = max(1, epochs)
+    average_epochs = math.ceil(average_share * epochs) if average_share > 0 else None
     return base.replace(
-        dev_fraction=0.0, early_stopping=None, epochs=max(1, epochs), stats="population"
+        dev_fraction=0.0,
+        early_stopping=None,
+        epochs=epochs,
+        stats="population",
+        average_epochs=average_epochs,
     )
 
 

@@ -185,7 +185,7 @@ def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult
     best = result.best
     assert best is not None and best.scores is not None
     config = space.config_for(best.params, seed=best.seed)
-    final = cv.final_config(config, int(best.scores["epochs"]))
+    final = cv.final_config(config, int(best.scores["epochs"]), settings.final_average)
     run_dir = cv.retrain(settings.out, final, plot=settings.plots)
     return dataclasses.replace(result, final_run=run_dir)
 

@@ -35,6 +35,8 @@ class TuneSettings:
     objective: str = "train"  # "train", or "synthetic" for the tuner's own tests and benchmarks
     checkpoints: bool = False  # per-epoch checkpoints in each trial's run directory
     cv: int | None = None  # K-fold cross-validation of every trial (see cv.py); None: dev split
+    # --cv: the retrain keeps the mean weights of this share of its last epochs (cv.py), 0: off
+    final_average: float = 0.5
     progress: bool = True  # a progress bar over trials
     plots: bool = True  # write plots/*.png at the end
     show: int = 10  # rows of the results table printed in the terminal
@@ -86,6 +88,10 @@ def _validate(settings: TuneSettings) -> None:
     check(
         settings.cv is None or settings.cv >= 2,
         f"--cv {settings.cv}: cross-validation needs at least 2 folds",
+    )
+    check(
+        0 <= settings.final_average <= 1,
+        f"--final-average {settings.final_average}: a share of the epochs, in [0, 1]",
     )
     check(
         settings.cv is None or settings.objective == "train",

@@ -3,6 +3,7 @@ best retrained on every training row, ties to the lower loss, bad values refused
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import numpy as np
@@ -81,6 +82,25 @@ def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path,
     assert final.meta["stats"] == "population"  # no dev rows to vouch for lagging EMA statistics
 
 
+def test_the_retrain_keeps_the_mean_weights_of_its_last_epochs(tmp_path, small_npz):
+    result = run_tune(_settings(tmp_path / "half", small_npz, trials=2, cv=3, workers=1))
+    epochs = result.best.scores["epochs"]
+    averaged = math.ceil(0.5 * epochs)  # the default final_average
+    final = load_run(result.final_run)
+    assert final.config.average_epochs == averaged
+    assert final.meta["weight_averaging"] == {
+        "epochs": averaged,
+        "first_epoch": epochs - averaged + 1,
+        "last_epoch": epochs,
+        "averaged": averaged,
+    }
+    settings = _settings(tmp_path / "off", small_npz, trials=2, cv=3, workers=1, final_average=0)
+    off = run_tune(settings)
+    assert _facts(off) == _facts(result)  # the trials are the same: only the retrain differs
+    assert load_run(off.final_run).meta["weight_averaging"] is None
+    assert load_run(off.final_run).config.average_epochs is None
+
+
 def test_equal_dev_errors_go_to_the_lower_mean_loss():
     def record(trial, dev_error, loss):
         return TrialRecord(
@@ -133,6 +153,8 @@ def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
         (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
         (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
         (["--set", "patience=3"], "unknown config field(s): patience"),
+        (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
+        (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
     ],
 )
 def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
