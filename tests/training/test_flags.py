@@ -17,8 +17,8 @@ TRAIN_FLAGS = {
     "--hidden", "--activation", "--no-batchnorm", "--dropout", "--bn-momentum", "--bn-decay",
     "--bn-epsilon", "--running-var", "--stats", "--optimizer", "--lr", "--beta1", "--beta2",
     "--adam-epsilon", "--momentum", "--rho", "--lr-decay", "--l2", "--batch-size", "--epochs",
-    "--early-stopping", "--min-delta", "--average-epochs", "--seed", "--split-seed", "--no-progress",
-    "--no-checkpoints", "--no-plot", "--blas-threads", "-h", "--help",
+    "--early-stopping", "--min-delta", "--average-epochs", "--seed", "--split-seed",
+    "--no-progress", "--no-checkpoints", "--no-plot", "--blas-threads", "-h", "--help",
 }  # fmt: skip
 
 
