@@ -190,6 +190,12 @@ class TrainConfig:
     fold: int = _setting(
         0, "with --folds: fold I (from 0) is the dev part", group="data", metavar="I"
     )
+    fold_repeat: int = _setting(
+        0,
+        "with --folds: the R-th drawing of the folds (the tuner's --cv-repeats)",
+        group="data",
+        metavar="R",
+    )
     class_weight: str = _setting(
         "none",
         "balanced: weigh each class's loss by n / (C·n_c) over the training rows",
@@ -364,6 +370,7 @@ def _validate(config: TrainConfig) -> None:
         config.fold,
         f"in [0, {config.folds or 1}) (a fold of `folds`)",
     )
+    _check(config.fold_repeat >= 0, "fold_repeat", config.fold_repeat, "≥ 0")
     _check(
         config.early_stopping is None or config.dev_fraction > 0,
         "early_stopping",

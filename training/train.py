@@ -76,6 +76,7 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
             config.fold,
             config.data_split_seed,
             dataset.source,
+            config.fold_repeat,
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
@@ -513,7 +514,7 @@ def _finish(
         "heldout": heldout_part,
     }
     if config.folds is not None:
-        meta["split"].update(folds=config.folds, fold=config.fold)
+        meta["split"].update(folds=config.folds, fold=config.fold, fold_repeat=config.fold_repeat)
     meta["metric"] = prepared.metric
     meta["class_weight"] = (
         None if prepared.class_weight is None else [float(w) for w in prepared.class_weight]

@@ -7,6 +7,12 @@ all train + dev rows (dev_fraction 0, population BN statistics) for the median o
 kept epochs, keeping the mean weights of the last share of them (final_config), into
 TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
 training rows.
+
+`--cv-repeats R` draws the folds R times (repeated cross-validation: each drawing its own
+stream of the split seed) and averages over all R·K fold runs: with a few hundred rows a fold's
+dev part is a few dozen, one row moves its error by a few percent, and one drawing of the folds
+ranks trials that differ by a row or two by chance. `auto` (the default) repeats AUTO_REPEATS
+times below REPEAT_MAX_ROWS training rows (a fold's dev part under 100 rows at 5 folds).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from training.metrics import LOSS
 
 AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
 AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
+REPEAT_MAX_ROWS = 500  # --cv-repeats auto: repeat the folds below this many train + dev rows
+AUTO_REPEATS = 3  # --cv-repeats auto: that many drawings of the folds
 FINAL_RUN = "final"  # the retrained best trial, inside the tune directory
 
 
@@ -63,14 +71,42 @@ def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | 
     )
 
 
+def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> tuple[int, str]:
+    """--cv-repeats R | auto (None: auto) → (drawings of the folds, a line saying so).
+
+    ValueError for anything but an integer ≥ 1 or "auto", or R > 1 without cross-validation."""
+    if value is not None and value != "auto":
+        try:
+            repeats = int(value)
+        except ValueError:
+            raise ValueError(f"--cv-repeats {value!r}: expected a count (≥ 1) or auto") from None
+        if repeats < 1:
+            raise ValueError(f"--cv-repeats {repeats}: must be ≥ 1")
+        if repeats > 1 and folds is None:
+            raise ValueError(f"--cv-repeats {repeats} repeats cross-validation: it is off")
+        return repeats, f"folds drawn {repeats} time(s)"
+    if folds is None:
+        return 1, ""
+    rows = len(training_rows(base)[0])
+    if rows >= REPEAT_MAX_ROWS:
+        return 1, f"folds drawn once (auto: {rows} training rows ≥ {REPEAT_MAX_ROWS})"
+    return AUTO_REPEATS, (
+        f"folds drawn {AUTO_REPEATS} times (auto: {rows} training rows < {REPEAT_MAX_ROWS})"
+    )
+
+
 def check_folds(base: TrainConfig, folds: int) -> None:
     """Build the folds once, so K above a class's count is named before any trial starts."""
     rows, y, task = training_rows(base)
     fold_rows(rows, y, task, folds, base.data_split_seed, source=base.data)
 
 
-def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, dict[str, Any]]:
-    """A trial's dev error (mean over folds) and its scores from each fold run's meta.json."""
+def summarize(
+    metas: list[dict[str, Any]], folds: int | None, repeats: int = 1
+) -> tuple[float, dict[str, Any]]:
+    """A trial's dev error (mean over fold runs) and its scores from each one's meta.json.
+
+    With repeats, the fold figures list every drawing's folds in turn (R·K of them)."""
     task = metas[0]["task"]
     errors = [float(meta["dev_error"]) for meta in metas]
     losses = [float(meta["dev_metrics"][LOSS[task]]) for meta in metas]
@@ -82,6 +118,7 @@ def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, di
     if folds is not None:
         scores.update(
             folds=folds,
+            repeats=repeats,
             dev_std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
             fold_dev_errors=errors,
             fold_losses=losses,

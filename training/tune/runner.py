@@ -339,6 +339,7 @@ def _request_for(
         checkpoints=settings.checkpoints,
         early_stop=early_stop,
         cv=settings.cv,
+        cv_repeats=settings.cv_repeats,
     )
 
 

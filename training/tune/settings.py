@@ -35,6 +35,7 @@ class TuneSettings:
     objective: str = "train"  # "train", or "synthetic" for the tuner's own tests and benchmarks
     checkpoints: bool = False  # per-epoch checkpoints in each trial's run directory
     cv: int | None = None  # K-fold cross-validation of every trial (see cv.py); None: dev split
+    cv_repeats: int = 1  # --cv: the folds drawn this many times (repeated CV; see cv.py)
     # --cv: the retrain keeps the mean weights of this share of its last epochs (cv.py), 0: off
     final_average: float = 0.5
     progress: bool = True  # a progress bar over trials
@@ -88,6 +89,11 @@ def _validate(settings: TuneSettings) -> None:
     check(
         settings.cv is None or settings.cv >= 2,
         f"--cv {settings.cv}: cross-validation needs at least 2 folds",
+    )
+    check(settings.cv_repeats >= 1, f"--cv-repeats {settings.cv_repeats}: must be ≥ 1")
+    check(
+        settings.cv_repeats == 1 or settings.cv is not None,
+        f"--cv-repeats {settings.cv_repeats} repeats cross-validation: give --cv",
     )
     check(
         0 <= settings.final_average <= 1,

@@ -46,7 +46,7 @@ SHAPE_NAMES = ("layers", "units")
 # Fields a tune never searches: they pick the data or the bookkeeping, not the model.
 NOT_SEARCHABLE = (
     "data", "target", "task", "seed", "split_seed", "dev_fraction", "test_fraction", "hidden",
-    "folds", "fold",
+    "folds", "fold", "fold_repeat",
 )  # fmt: skip
 
 
