@@ -51,10 +51,7 @@ def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | 
     if value is None:
         return None, None
     if value != "auto":
-        try:
-            folds = int(value)
-        except ValueError:
-            raise ValueError(f"--cv {value!r}: expected a number of folds (≥ 2) or auto") from None
+        folds = _whole_number("--cv", value, "a number of folds (≥ 2)")
         if folds < 2:
             raise ValueError(f"--cv {folds}: cross-validation needs at least 2 folds")
         return folds, f"cross-validation: {folds} folds of the train + dev rows"
@@ -76,10 +73,7 @@ def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> 
 
     ValueError for anything but an integer ≥ 1 or "auto", or R > 1 without cross-validation."""
     if value is not None and value != "auto":
-        try:
-            repeats = int(value)
-        except ValueError:
-            raise ValueError(f"--cv-repeats {value!r}: expected a count (≥ 1) or auto") from None
+        repeats = _whole_number("--cv-repeats", value, "a count (≥ 1)")
         if repeats < 1:
             raise ValueError(f"--cv-repeats {repeats}: must be ≥ 1")
         if repeats > 1 and folds is None:
@@ -93,6 +87,13 @@ def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> 
     return AUTO_REPEATS, (
         f"folds drawn {AUTO_REPEATS} times (auto: {rows} training rows < {REPEAT_MAX_ROWS})"
     )
+
+
+def _whole_number(flag: str, value: str, expected: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: expected {expected} or auto") from None
 
 
 def check_folds(base: TrainConfig, folds: int) -> None:
