@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,16 @@ class TuneSettings:
         if unknown:
             raise TuneSettingsError(f"unknown tune setting(s): {', '.join(unknown)}")
         return cls(**{**values, "out": Path(values["out"])})
+
+
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings with the fields added since they were written at their defaults, so a
+    tune made by an earlier bnserve (before cv_repeats, final_average) still resumes."""
+    defaults = {field.name: field.default for field in fields(TuneSettings)}
+    return {
+        **{name: value for name, value in defaults.items() if value is not MISSING},
+        **stored,
+    }
 
 
 def _validate(settings: TuneSettings) -> None:
