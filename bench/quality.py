@@ -4,8 +4,9 @@ Per data set and seed, every method trains on the same rows and is scored on the
 test rows (bnserve's split: 20 % test with split seed = the seed; the rest is train + dev):
 
 - bnserve defaults:  `bnserve train` with its defaults (the dev rows select nothing)
-- bnserve tuned:     `bnserve tune --trials N --cv auto` with the default search space; the best
-                     trial retrained on all train + dev rows (TUNE_DIR/final)
+- bnserve tuned:     `bnserve tune --trials N --cv auto` with the default search space (and the
+                     defaults --cv-repeats auto, --final-average 0.5); the best trial retrained
+                     on all train + dev rows (TUNE_DIR/final)
 - linear:            standardized LogisticRegression (classification) or Ridge (regression),
                      scikit-learn defaults, on all train + dev rows
 - sklearn MLP:       MLPClassifier / MLPRegressor, default architecture (100,), max_iter 2000
@@ -118,10 +119,12 @@ def bnserve_scores(
     train(defaults, work / "defaults", progress=False, checkpoints=False, plot=False)
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
     space = {"fixed": fixed, "search": DEFAULT_SPACE["search"]}
-    folds, line = cv.resolve_cv("auto", TrainConfig.from_dict(fixed))
+    base = TrainConfig.from_dict(fixed)
+    folds, line = cv.resolve_cv("auto", base)
+    repeats, repeats_line = cv.resolve_repeats("auto", base, folds)  # as bnserve tune's default
     settings = TuneSettings(
         out=work / "tune", space=space, trials=trials, seed=seed, cv=folds, workers=workers,
-        progress=False, plots=False,
+        cv_repeats=repeats, progress=False, plots=False,
     )  # fmt: skip
     result = run_tune(settings)
     tuned_dir = (
@@ -132,7 +135,7 @@ def bnserve_scores(
     return {
         "bnserve defaults": bnserve_test_score(work / "defaults"),
         "bnserve tuned (CV)": bnserve_test_score(tuned_dir),
-    }, line or ""
+    }, "; ".join(said for said in (line, repeats_line) if said)
 
 
 def main(argv: list[str]) -> int:

@@ -172,6 +172,14 @@ class TrainConfig:
         group="optimization",
         resumable=True,
     )
+    average_epochs: int | None = _setting(
+        None,
+        "keep the mean weights of the last N epochs (Polyak/SWA averaging); needs --stats "
+        "population, whose statistics are then those of the averaged weights",
+        group="optimization",
+        none="off: keep one epoch's weights",
+        metavar="N",
+    )
     folds: int | None = _setting(
         None,
         "K stratified folds of the train + dev rows (the tuner's --cv)",
@@ -181,6 +189,12 @@ class TrainConfig:
     )
     fold: int = _setting(
         0, "with --folds: fold I (from 0) is the dev part", group="data", metavar="I"
+    )
+    fold_repeat: int = _setting(
+        0,
+        "with --folds: the R-th drawing of the folds (the tuner's --cv-repeats)",
+        group="data",
+        metavar="R",
     )
     class_weight: str = _setting(
         "none",
@@ -331,6 +345,24 @@ def _validate(config: TrainConfig) -> None:
         "None or a patience ≥ 1 epoch",
     )
     _check(config.min_delta >= 0, "min_delta", config.min_delta, "≥ 0")
+    _check(
+        config.average_epochs is None or 1 <= config.average_epochs <= config.epochs,
+        "average_epochs",
+        config.average_epochs,
+        f"None or in [1, epochs = {config.epochs}]",
+    )
+    _check(
+        config.average_epochs is None or config.early_stopping is None,
+        "average_epochs",
+        config.average_epochs,
+        "None with early_stopping (it keeps the best epoch, not a mean of the last ones)",
+    )
+    _check(
+        config.average_epochs is None or not config.batchnorm or config.stats == "population",
+        "average_epochs",
+        config.average_epochs,
+        "None with stats 'ema' (EMA statistics belong to no averaged weights: use population)",
+    )
     _check(config.folds is None or config.folds >= 2, "folds", config.folds, "None or ≥ 2")
     _check(
         0 <= config.fold < (config.folds or 1),
@@ -338,6 +370,7 @@ def _validate(config: TrainConfig) -> None:
         config.fold,
         f"in [0, {config.folds or 1}) (a fold of `folds`)",
     )
+    _check(config.fold_repeat >= 0, "fold_repeat", config.fold_repeat, "≥ 0")
     _check(
         config.early_stopping is None or config.dev_fraction > 0,
         "early_stopping",

@@ -14,11 +14,18 @@ from training.errors import DataError
 
 
 def fold_rows(
-    rows: np.ndarray, y: np.ndarray, task: str, folds: int, seed: int, source: str = "data"
+    rows: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    folds: int,
+    seed: int,
+    source: str = "data",
+    repeat: int = 0,
 ) -> list[np.ndarray]:
     """Split row indices `rows` (R,) into `folds` disjoint sorted parts that together are `rows`.
 
     y: the labels (N,) or targets (N, T) of every row of the data set, indexed by `rows`.
+    repeat: which drawing of the folds (repeated cross-validation); 0 is the first.
     DataError when a fold would miss a class (K above the smallest class count) or be empty.
     """
     if folds < 2:
@@ -26,7 +33,8 @@ def fold_rows(
     rows = np.asarray(rows)
     if len(rows) < folds:
         raise DataError(f"{source}: {len(rows)} training rows cannot make {folds} folds")
-    rng = np.random.default_rng([seed, 2])  # its own stream, apart from the split's
+    # its own stream, apart from the split's; each repeat another one
+    rng = np.random.default_rng([seed, 2] if repeat == 0 else [seed, 2, repeat])
     fold_of = np.empty(len(rows), dtype=np.int64)
     if task == "classification":
         labels = y[rows]
@@ -51,11 +59,19 @@ def fold_rows(
 
 
 def fold_split(
-    split: Split, y: np.ndarray, task: str, folds: int, fold: int, seed: int, source: str = "data"
+    split: Split,
+    y: np.ndarray,
+    task: str,
+    folds: int,
+    fold: int,
+    seed: int,
+    source: str = "data",
+    repeat: int = 0,
 ) -> Split:
     """Fold `fold` of the train + dev rows as dev, the other folds as train; test unchanged."""
     if not 0 <= fold < folds:
         raise DataError(f"fold {fold} is not in 0 … {folds - 1}")
-    parts = fold_rows(np.concatenate([split.train, split.dev]), y, task, folds, seed, source)
+    rows = np.concatenate([split.train, split.dev])
+    parts = fold_rows(rows, y, task, folds, seed, source, repeat)
     train = np.sort(np.concatenate([part for index, part in enumerate(parts) if index != fold]))
     return Split(train=train, dev=parts[fold], test=split.test)

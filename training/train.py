@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training import batches, layers, model, optim, rundir, threads
+from training.averaging import WeightAverage
 from training.batches import Rows
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import Dataset, Split, fit_standardization, load_split
@@ -75,6 +76,7 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
             config.fold,
             config.data_split_seed,
             dataset.source,
+            config.fold_repeat,
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
@@ -361,10 +363,11 @@ def _train_and_finish(
     with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
         best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
         kept = _kept_params(state, best, run_dir, config)
+        average = _resumed_average(state, run_dir, config)
         kept = _train_epochs(
-            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept
+            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept, average
         )
-        return _finish(state, prepared, config, run_dir, meta, plot, best, kept)
+        return _finish(state, prepared, config, run_dir, meta, plot, best, kept, average)
 
 
 def _train_epochs(
@@ -377,6 +380,7 @@ def _train_epochs(
     on_epoch: EpochCallback | None,
     best: BestEpoch,
     kept: dict[str, np.ndarray],
+    average: WeightAverage | None,
 ) -> dict[str, np.ndarray]:
     """Train until config.epochs, early stopping or on_epoch says stop; returns the kept params."""
     spec = net_spec(config)
@@ -414,6 +418,8 @@ def _train_epochs(
             }
             state.history.append(record)
             state.epoch = epoch
+            if average is not None:
+                average.add(epoch, state.params)
             if best.update(epoch, error, loss) and config.early_stopping:
                 kept = {name: array.copy() for name, array in state.params.items()}
             if checkpoints:
@@ -438,6 +444,18 @@ def _kept_params(
     return load_state(run_dir, best.epoch)[0].params
 
 
+def _resumed_average(
+    state: TrainingState, run_dir: Path, config: TrainConfig
+) -> WeightAverage | None:
+    """--average-epochs: the window's running mean, with its epochs already trained (resumed)."""
+    if config.average_epochs is None:
+        return None
+    average = WeightAverage.for_run(config.average_epochs, config.epochs)
+    if state.epoch > 0:
+        average.replay(state.epoch, lambda epoch: load_state(run_dir, epoch)[0].params)
+    return average
+
+
 def _finish(
     state: TrainingState,
     prepared: Prepared,
@@ -447,11 +465,14 @@ def _finish(
     plot: bool,
     best: BestEpoch,
     kept: dict[str, np.ndarray],
+    average: WeightAverage | None = None,
 ) -> TrainResult:
     """Write params.npz, heldout.npz, history.json, the plot, and meta.json last."""
     dataset, split = prepared.dataset, prepared.split
     kept_epoch = state.epoch if config.early_stopping is None else best.epoch
     params = dict(state.params if config.early_stopping is None else kept)
+    if average is not None and average.epochs:  # else stopped (on_epoch) before the window
+        params = average.mean(DTYPE)
     if config.batchnorm and config.stats == "population":
         params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
@@ -484,6 +505,7 @@ def _finish(
             "stopped": best.should_stop,
         }
     )
+    meta["weight_averaging"] = None if average is None else average.describe()
     meta["split"] = {
         "dev_fraction": config.dev_fraction,
         "test_fraction": config.test_fraction,
@@ -492,7 +514,7 @@ def _finish(
         "heldout": heldout_part,
     }
     if config.folds is not None:
-        meta["split"].update(folds=config.folds, fold=config.fold)
+        meta["split"].update(folds=config.folds, fold=config.fold, fold_repeat=config.fold_repeat)
     meta["metric"] = prepared.metric
     meta["class_weight"] = (
         None if prepared.class_weight is None else [float(w) for w in prepared.class_weight]

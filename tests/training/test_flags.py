@@ -13,12 +13,13 @@ from training.tune.cli import build_parser as build_tune_parser
 # The command line users type (before the flags were built from the fields): it must not change.
 TRAIN_FLAGS = {
     "--out", "--resume", "--from-epoch", "--data", "--target", "--task", "--dev-fraction",
-    "--test-fraction", "--folds", "--fold", "--class-weight", "--metric", "--cache-dir",
+    "--test-fraction", "--folds", "--fold", "--fold-repeat", "--class-weight", "--metric",
+    "--cache-dir",
     "--hidden", "--activation", "--no-batchnorm", "--dropout", "--bn-momentum", "--bn-decay",
     "--bn-epsilon", "--running-var", "--stats", "--optimizer", "--lr", "--beta1", "--beta2",
     "--adam-epsilon", "--momentum", "--rho", "--lr-decay", "--l2", "--batch-size", "--epochs",
-    "--early-stopping", "--min-delta", "--seed", "--split-seed", "--no-progress",
-    "--no-checkpoints", "--no-plot", "--blas-threads", "-h", "--help",
+    "--early-stopping", "--min-delta", "--average-epochs", "--seed", "--split-seed",
+    "--no-progress", "--no-checkpoints", "--no-plot", "--blas-threads", "-h", "--help",
 }  # fmt: skip
 
 

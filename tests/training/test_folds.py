@@ -17,11 +17,11 @@ def digits():
     return dataset, split
 
 
-@pytest.mark.parametrize("folds", [2, 5, 7])
-def test_folds_partition_the_training_rows_and_never_hold_a_test_row(digits, folds):
+@pytest.mark.parametrize(("folds", "repeat"), [(2, 0), (5, 0), (7, 0), (5, 2)])
+def test_folds_partition_the_training_rows_and_never_hold_a_test_row(digits, folds, repeat):
     dataset, split = digits
     training = np.concatenate([split.train, split.dev])
-    parts = fold_rows(training, dataset.y, "classification", folds, seed=0)
+    parts = fold_rows(training, dataset.y, "classification", folds, seed=0, repeat=repeat)
     joined = np.concatenate(parts)
     assert len(joined) == len(np.unique(joined)) == len(training)  # disjoint, nothing lost
     np.testing.assert_array_equal(np.sort(joined), np.sort(training))
@@ -65,6 +65,21 @@ def test_the_same_seed_gives_the_same_folds_and_another_seed_others(digits):
     c = fold_rows(rows, dataset.y, "classification", 3, seed=2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_each_repeat_draws_other_folds_and_the_first_is_the_plain_one(digits):
+    dataset, split = digits
+    rows = np.concatenate([split.train, split.dev])
+
+    def folds(**repeat):
+        return fold_rows(rows, dataset.y, "classification", 5, seed=1, **repeat)
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(folds(repeat=0), folds())  # the folds of a tune without repeats
+    assert same(folds(repeat=1), folds(repeat=1))
+    assert not same(folds(repeat=1), folds()) and not same(folds(repeat=1), folds(repeat=2))
 
 
 def test_more_folds_than_a_class_has_rows_is_named():

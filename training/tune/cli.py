@@ -36,6 +36,7 @@ _TRAINING_HELP = {
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
+    "cv_repeats", "final_average",
     *_TRAINING_FLAGS,
 )  # fmt: skip
 
@@ -50,8 +51,8 @@ names, with the same fixed settings):
 outputs in TUNE_DIR: tune.sqlite (every trial's state), tune.lock (its one writer),
 results.csv (best first), best -> the best trial's run directory
 (bnserve export TUNE_DIR/best --out best.onnx), best.json, plots/*.png,
-trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each and final/, the best trial
-retrained on all train + dev rows, which best points at).
+trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each, repeat-R/fold-I/ with
+--cv-repeats, and final/, the best trial retrained on all train + dev rows, which best points at).
 """
 
 
@@ -96,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
         f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
         f"{cv.AUTO_MAX_ROWS} training rows (default off)",
+    )
+    search.add_argument(
+        "--cv-repeats",
+        metavar="R|auto",
+        help="--cv: draw the folds R times and score each trial over all R·K fold runs; auto: "
+        f"{cv.AUTO_REPEATS} below {cv.REPEAT_MAX_ROWS} training rows, else 1 (default auto)",
+    )
+    search.add_argument(
+        "--final-average",
+        type=float,
+        metavar="SHARE",
+        help="--cv: the retrain keeps the mean weights (then their population BN statistics) "
+        "of this share of its last epochs; 0: its last epoch's (default 0.5)",
     )
     search.add_argument(
         "--objective",
@@ -150,22 +164,27 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 
 def new_settings(args: argparse.Namespace) -> TuneSettings:
     space = _space_document(args)
-    folds = None
-    if args.cv is not None:
+    folds, repeats = None, None
+    if args.cv is not None or args.cv_repeats is not None:
         if args.objective == "synthetic":
             raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
         try:
             base = build_space(space).base_config()
             folds, line = cv.resolve_cv(args.cv, base)
+            repeats, repeats_line = cv.resolve_repeats(args.cv_repeats, base, folds)
         except DataError:  # a bad file, named
             raise
         except ValueError as error:
             raise TuneSettingsError(str(error)) from None
-        print(line)
+        for said in (line, repeats_line):
+            if said:
+                print(said)
     given: dict[str, Any] = {
         "out": args.out,
         "space": space,
         "cv": folds,
+        "cv_repeats": repeats,
+        "final_average": args.final_average,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,

@@ -4,8 +4,15 @@ A trial's dev error is the mean over its folds of each fold's kept dev error; th
 ± the standard deviation over folds (sample std, K − 1). Trials with equal means are ranked by
 the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
 all train + dev rows (dev_fraction 0, population BN statistics) for the median of its folds'
-kept epochs, into TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below
-AUTO_MAX_ROWS training rows.
+kept epochs, keeping the mean weights of the last share of them (final_config), into
+TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
+training rows.
+
+`--cv-repeats R` draws the folds R times (repeated cross-validation: each drawing its own
+stream of the split seed) and averages over all R·K fold runs: with a few hundred rows a fold's
+dev part is a few dozen, one row moves its error by a few percent, and one drawing of the folds
+ranks trials that differ by a row or two by chance. `auto` (the default) repeats AUTO_REPEATS
+times below REPEAT_MAX_ROWS training rows (a fold's dev part under 100 rows at 5 folds).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from training.metrics import LOSS
 
 AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
 AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
+REPEAT_MAX_ROWS = 500  # --cv-repeats auto: repeat the folds below this many train + dev rows
+AUTO_REPEATS = 3  # --cv-repeats auto: that many drawings of the folds
 FINAL_RUN = "final"  # the retrained best trial, inside the tune directory
 
 
@@ -42,10 +51,7 @@ def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | 
     if value is None:
         return None, None
     if value != "auto":
-        try:
-            folds = int(value)
-        except ValueError:
-            raise ValueError(f"--cv {value!r}: expected a number of folds (≥ 2) or auto") from None
+        folds = _whole_number("--cv", value, "a number of folds (≥ 2)")
         if folds < 2:
             raise ValueError(f"--cv {folds}: cross-validation needs at least 2 folds")
         return folds, f"cross-validation: {folds} folds of the train + dev rows"
@@ -62,14 +68,46 @@ def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | 
     )
 
 
+def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> tuple[int, str]:
+    """--cv-repeats R | auto (None: auto) → (drawings of the folds, a line saying so).
+
+    ValueError for anything but an integer ≥ 1 or "auto", or R > 1 without cross-validation."""
+    if value is not None and value != "auto":
+        repeats = _whole_number("--cv-repeats", value, "a count (≥ 1)")
+        if repeats < 1:
+            raise ValueError(f"--cv-repeats {repeats}: must be ≥ 1")
+        if repeats > 1 and folds is None:
+            raise ValueError(f"--cv-repeats {repeats} repeats cross-validation: it is off")
+        return repeats, f"folds drawn {repeats} time(s)"
+    if folds is None:
+        return 1, ""
+    rows = len(training_rows(base)[0])
+    if rows >= REPEAT_MAX_ROWS:
+        return 1, f"folds drawn once (auto: {rows} training rows ≥ {REPEAT_MAX_ROWS})"
+    return AUTO_REPEATS, (
+        f"folds drawn {AUTO_REPEATS} times (auto: {rows} training rows < {REPEAT_MAX_ROWS})"
+    )
+
+
+def _whole_number(flag: str, value: str, expected: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: expected {expected} or auto") from None
+
+
 def check_folds(base: TrainConfig, folds: int) -> None:
     """Build the folds once, so K above a class's count is named before any trial starts."""
     rows, y, task = training_rows(base)
     fold_rows(rows, y, task, folds, base.data_split_seed, source=base.data)
 
 
-def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, dict[str, Any]]:
-    """A trial's dev error (mean over folds) and its scores from each fold run's meta.json."""
+def summarize(
+    metas: list[dict[str, Any]], folds: int | None, repeats: int = 1
+) -> tuple[float, dict[str, Any]]:
+    """A trial's dev error (mean over fold runs) and its scores from each one's meta.json.
+
+    With repeats, the fold figures list every drawing's folds in turn (R·K of them)."""
     task = metas[0]["task"]
     errors = [float(meta["dev_error"]) for meta in metas]
     losses = [float(meta["dev_metrics"][LOSS[task]]) for meta in metas]
@@ -81,6 +119,7 @@ def summarize(metas: list[dict[str, Any]], folds: int | None) -> tuple[float, di
     if folds is not None:
         scores.update(
             folds=folds,
+            repeats=repeats,
             dev_std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
             fold_dev_errors=errors,
             fold_losses=losses,
@@ -98,15 +137,23 @@ def mean_curve(curves: list[list[float]]) -> list[float]:
     ]
 
 
-def final_config(base: TrainConfig, epochs: int) -> TrainConfig:
+def final_config(base: TrainConfig, epochs: int, average_share: float) -> TrainConfig:
     """The best trial's settings for all train + dev rows: no dev split, a fixed epoch count.
 
     Its batch-norm statistics are the exact population ones of the final weights: a fold's kept
     epoch was chosen on dev rows with its EMA statistics, but the retrain has no dev rows to
     catch EMA statistics that lag behind the weights (after a few epochs of a few batches, at a
-    high learning rate, they can leave the net predicting one class)."""
+    high learning rate, they can leave the net predicting one class). It keeps the mean weights
+    of its last ⌈average_share·epochs⌉ epochs (none at 0): one seed's last epoch is a noisy
+    point of the walk, and no dev rows are left to pick a better one."""
+    epochs = max(1, epochs)
+    average_epochs = math.ceil(average_share * epochs) if average_share > 0 else None
     return base.replace(
-        dev_fraction=0.0, early_stopping=None, epochs=max(1, epochs), stats="population"
+        dev_fraction=0.0,
+        early_stopping=None,
+        epochs=epochs,
+        stats="population",
+        average_epochs=average_epochs,
     )
 
 

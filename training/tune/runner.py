@@ -23,7 +23,7 @@ from training.tune import cv, sampler
 from training.tune.errors import TuneError
 from training.tune.executors import Executor, make_executor
 from training.tune.lock import LOCK_NAME, TuneLock
-from training.tune.settings import RUNTIME_FIELDS, TuneSettings
+from training.tune.settings import RUNTIME_FIELDS, TuneSettings, with_defaults
 from training.tune.space import SearchSpace
 from training.tune.store import FILENAME, NEW_FILENAME, PlannedTrial, TrialRecord, TrialStore
 from training.tune.trials import TrialOutcome, TrialRequest
@@ -51,7 +51,7 @@ def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
     if resume:
         store = TrialStore(existing_store(settings.out))
         ignored = (*RUNTIME_FIELDS, "out")  # the directory may be reached by another path
-        stored = {k: v for k, v in store.settings().items() if k not in ignored}
+        stored = {k: v for k, v in with_defaults(store.settings()).items() if k not in ignored}
         given = {k: v for k, v in settings.to_dict().items() if k not in ignored}
         if stored != given:
             store.close()
@@ -185,7 +185,7 @@ def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult
     best = result.best
     assert best is not None and best.scores is not None
     config = space.config_for(best.params, seed=best.seed)
-    final = cv.final_config(config, int(best.scores["epochs"]))
+    final = cv.final_config(config, int(best.scores["epochs"]), settings.final_average)
     run_dir = cv.retrain(settings.out, final, plot=settings.plots)
     return dataclasses.replace(result, final_run=run_dir)
 
@@ -339,6 +339,7 @@ def _request_for(
         checkpoints=settings.checkpoints,
         early_stop=early_stop,
         cv=settings.cv,
+        cv_repeats=settings.cv_repeats,
     )
 
 

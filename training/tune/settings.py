@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class TuneSettings:
     objective: str = "train"  # "train", or "synthetic" for the tuner's own tests and benchmarks
     checkpoints: bool = False  # per-epoch checkpoints in each trial's run directory
     cv: int | None = None  # K-fold cross-validation of every trial (see cv.py); None: dev split
+    cv_repeats: int = 1  # --cv: the folds drawn this many times (repeated CV; see cv.py)
+    # --cv: the retrain keeps the mean weights of this share of its last epochs (cv.py), 0: off
+    final_average: float = 0.5
     progress: bool = True  # a progress bar over trials
     plots: bool = True  # write plots/*.png at the end
     show: int = 10  # rows of the results table printed in the terminal
@@ -57,6 +60,16 @@ class TuneSettings:
         if unknown:
             raise TuneSettingsError(f"unknown tune setting(s): {', '.join(unknown)}")
         return cls(**{**values, "out": Path(values["out"])})
+
+
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings with the fields added since they were written at their defaults, so a
+    tune made by an earlier bnserve (before cv_repeats, final_average) still resumes."""
+    defaults = {field.name: field.default for field in fields(TuneSettings)}
+    return {
+        **{name: value for name, value in defaults.items() if value is not MISSING},
+        **stored,
+    }
 
 
 def _validate(settings: TuneSettings) -> None:
@@ -86,6 +99,15 @@ def _validate(settings: TuneSettings) -> None:
     check(
         settings.cv is None or settings.cv >= 2,
         f"--cv {settings.cv}: cross-validation needs at least 2 folds",
+    )
+    check(settings.cv_repeats >= 1, f"--cv-repeats {settings.cv_repeats}: must be ≥ 1")
+    check(
+        settings.cv_repeats == 1 or settings.cv is not None,
+        f"--cv-repeats {settings.cv_repeats} repeats cross-validation: give --cv",
+    )
+    check(
+        0 <= settings.final_average <= 1,
+        f"--final-average {settings.final_average}: a share of the epochs, in [0, 1]",
     )
     check(
         settings.cv is None or settings.objective == "train",

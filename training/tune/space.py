@@ -46,7 +46,7 @@ SHAPE_NAMES = ("layers", "units")
 # Fields a tune never searches: they pick the data or the bookkeeping, not the model.
 NOT_SEARCHABLE = (
     "data", "target", "task", "seed", "split_seed", "dev_fraction", "test_fraction", "hidden",
-    "folds", "fold",
+    "folds", "fold", "fold_repeat",
 )  # fmt: skip
 
 
@@ -163,7 +163,7 @@ class SearchSpace:
 # Regularization is searched on its own scale (small data needs it): L2 from 1e-6 (next to
 # none) to 0.1 on a log scale, dropout linearly from 0 to 0.5, widths down to 8 units. Layers
 # start at 1: `--param layers=int:0:3` adds the linear model (layers 0), but in bench/quality.py
-# it did not raise held-out quality (README, "bench/quality.py").
+# it did not raise held-out quality (docs/benchmarks.md, "Quality").
 DEFAULT_SPACE: dict[str, Any] = {
     "fixed": {"epochs": 200, "early_stopping": 15},
     "search": {

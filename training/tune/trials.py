@@ -31,6 +31,7 @@ class TrialRequest:
     # {"rule": "median" | "halving", that rule's fields}, or None: no early stopping
     early_stop: dict[str, Any] | None = None
     cv: int | None = None  # cross-validation: train this many folds (run_dir/fold-I each)
+    cv_repeats: int = 1  # repeated cross-validation: the folds drawn anew (run_dir/repeat-R/…)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -135,7 +136,11 @@ def _train(request: TrialRequest, watch: _Watch) -> tuple[float, dict[str, Any]]
     runs = [(config, request.run_dir)]
     if request.cv is not None:
         runs = [
-            (config.replace(folds=request.cv, fold=fold), f"{request.run_dir}/fold-{fold}")
+            (
+                config.replace(folds=request.cv, fold=fold, fold_repeat=repeat),
+                f"{request.run_dir}/{fold_dir(fold, repeat)}",
+            )
+            for repeat in range(request.cv_repeats)
             for fold in range(request.cv)
         ]
     metas = []
@@ -152,7 +157,12 @@ def _train(request: TrialRequest, watch: _Watch) -> tuple[float, dict[str, Any]]
         metas.append(read_json(Path(run_dir) / "meta.json"))
         if watch.stopped:
             break
-    return summarize(metas, request.cv)
+    return summarize(metas, request.cv, request.cv_repeats)
+
+
+def fold_dir(fold: int, repeat: int) -> str:
+    """A fold run's directory inside its trial's: fold-I, or repeat-R/fold-I after the first."""
+    return f"fold-{fold}" if repeat == 0 else f"repeat-{repeat}/fold-{fold}"
 
 
 def synthetic_curve(config: dict[str, Any], epoch: int) -> float:

@@ -302,6 +302,17 @@ def test_resume_keeps_the_stored_settings(tmp_path, capsys):
 SYNTHETIC = ["--trials", "6", "--objective", "synthetic", "--no-plots", "--no-progress"]
 
 
+def test_a_tune_stored_before_newer_settings_resumes_with_their_defaults(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["--out", str(out), *SYNTHETIC]) == 0
+    with sqlite3.connect(out / FILENAME) as db:  # as an earlier bnserve wrote it
+        db.execute("DELETE FROM settings WHERE key IN ('cv_repeats', 'final_average')")
+    db.close()
+    capsys.readouterr()
+    assert main(["--out", str(out), "--resume", "--no-progress", "--no-plots"]) == 0
+    assert "6 finished" in capsys.readouterr().out
+
+
 def _damage(path, how):
     if how == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

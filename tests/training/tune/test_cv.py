@@ -3,6 +3,7 @@ best retrained on every training row, ties to the lower loss, bad values refused
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import numpy as np
@@ -81,6 +82,75 @@ def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path,
     assert final.meta["stats"] == "population"  # no dev rows to vouch for lagging EMA statistics
 
 
+def test_the_retrain_keeps_the_mean_weights_of_its_last_epochs(tmp_path, small_npz):
+    result = run_tune(_settings(tmp_path / "half", small_npz, trials=2, cv=3, workers=1))
+    epochs = result.best.scores["epochs"]
+    averaged = math.ceil(0.5 * epochs)  # the default final_average
+    final = load_run(result.final_run)
+    assert final.config.average_epochs == averaged
+    assert final.meta["weight_averaging"] == {
+        "epochs": averaged,
+        "first_epoch": epochs - averaged + 1,
+        "last_epoch": epochs,
+        "averaged": averaged,
+    }
+    settings = _settings(tmp_path / "off", small_npz, trials=2, cv=3, workers=1, final_average=0)
+    off = run_tune(settings)
+    assert _facts(off) == _facts(result)  # the trials are the same: only the retrain differs
+    assert load_run(off.final_run).meta["weight_averaging"] is None
+    assert load_run(off.final_run).config.average_epochs is None
+
+
+def test_repeated_cv_scores_every_drawing_of_the_folds_the_same_with_1_and_2_workers(
+    tmp_path, small_npz
+):
+    one = run_tune(_settings(tmp_path / "one", small_npz, trials=2, cv=3, cv_repeats=2, workers=1))
+    two = run_tune(_settings(tmp_path / "two", small_npz, trials=2, cv=3, cv_repeats=2, workers=2))
+    assert _facts(one) == _facts(two)
+    once = run_tune(_settings(tmp_path / "once", small_npz, trials=2, cv=3, workers=1))
+    for record in one.ranked:
+        trial_dir = tmp_path / "one" / record.run_dir
+        dirs = [trial_dir / f"fold-{i}" for i in range(3)]
+        dirs += [trial_dir / "repeat-1" / f"fold-{i}" for i in range(3)]
+        runs = [load_run(path) for path in dirs]
+        assert [run.meta["split"]["fold_repeat"] for run in runs] == [0] * 3 + [1] * 3
+        for repeat in (runs[:3], runs[3:]):  # each drawing: every training row is dev once
+            assert sum(run.meta["split"]["dev_rows"] for run in repeat) == 128
+        np.testing.assert_array_equal(runs[0].heldout_x, runs[3].heldout_x)  # the test rows
+        dev_sets = [run.meta["dev_metrics"] for run in runs]
+        assert dev_sets[:3] != dev_sets[3:]  # the second drawing put other rows in each fold
+        errors = [run.meta["dev_error"] for run in runs]
+        assert record.dev_error == pytest.approx(statistics.fmean(errors))
+        assert record.scores["fold_dev_errors"] == errors and record.scores["repeats"] == 2
+        assert record.scores["epochs"] == round(
+            statistics.median(record.scores["fold_kept_epochs"])
+        )
+    # the first drawing is the folds of a tune without repeats
+    for a, b in zip(
+        sorted(one.ranked, key=lambda r: r.trial),
+        sorted(once.ranked, key=lambda r: r.trial),
+        strict=True,
+    ):
+        assert a.scores["fold_dev_errors"][:3] == b.scores["fold_dev_errors"]
+
+
+def test_cv_repeats_auto_repeats_for_small_data(small_npz, monkeypatch):
+    from training.config import TrainConfig
+
+    base = TrainConfig(data=str(small_npz))
+    assert cv.resolve_repeats(None, base, 5) == (
+        3,
+        "folds drawn 3 times (auto: 128 training rows < 500)",
+    )
+    assert cv.resolve_repeats("2", base, 5) == (2, "folds drawn 2 time(s)")
+    assert cv.resolve_repeats("auto", base, None) == (1, "")  # no cross-validation
+    monkeypatch.setattr(cv, "REPEAT_MAX_ROWS", 100)
+    assert cv.resolve_repeats("auto", base, 5) == (
+        1,
+        "folds drawn once (auto: 128 training rows ≥ 100)",
+    )
+
+
 def test_equal_dev_errors_go_to_the_lower_mean_loss():
     def record(trial, dev_error, loss):
         return TrialRecord(
@@ -133,6 +203,11 @@ def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
         (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
         (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
         (["--set", "patience=3"], "unknown config field(s): patience"),
+        (["--cv", "3", "--cv-repeats", "0"], "--cv-repeats 0: must be ≥ 1"),
+        (["--cv", "3", "--cv-repeats", "two"], "--cv-repeats 'two': expected a count"),
+        (["--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation: it is off"),
+        (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
+        (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
     ],
 )
 def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
