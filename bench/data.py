@@ -3,12 +3,12 @@
 Synthetic tables as in issue 15: 64 numeric columns with 4 decimals and an integer target with
 10 classes, as CSV and Parquet, at 10k / 100k / 1M rows (10M with --large). Every load runs in
 a fresh process (imports done before the clock starts), which reports its own time and peak
-RSS; each loader runs --repeats times in turn (the median is shown), and ratios are against
-pyarrow's bare read of the same file in the same run. bnserve is timed cold (the float32 cache
-is built) and warm (the cache is read in place), and as load + split + standardize, the part of
-`bnserve train` before the first batch. The one-epoch
-rows are whole `bnserve train --epochs 1` processes: from the CSV (cold cache) and from an
-in-memory NPZ of the same data. pandas is optional (skipped when not installed).
+RSS; each loader (and each epoch row) runs --repeats times in turn (the median is shown), and
+ratios are against pyarrow's bare read of the same file in the same run. bnserve is timed cold
+(the float32 cache is built) and warm (the cache is read in place), and as load + split +
+standardize, the part of `bnserve train` before the first batch. The one-epoch rows are whole
+`bnserve train --epochs 1` processes: from the CSV (cold and warm cache) and from an in-memory
+NPZ of the same data. pandas is optional (skipped when not installed).
 
     .venv/bin/python bench/data.py [--sizes 10000,100000] [--large] [--no-epoch] [--no-loadtxt]
         [--repeats 3]
@@ -172,6 +172,22 @@ def one_epoch(data: Path, work: Path, cache: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+def interleaved_epochs(paths: dict[str, Path], work: Path, repeats: int) -> list[float]:
+    """[seconds, peak MB] × (CSV cold cache, CSV warm cache, NPZ): medians and largest peaks
+    over `repeats` rounds, each round cold, warm, NPZ in turn."""
+    runs: list[list[tuple[float, float]]] = [[], [], []]
+    cache = work / "cache-epoch"
+    for _ in range(repeats):
+        shutil.rmtree(cache, ignore_errors=True)
+        for kind, out in zip(("csv", "csv", "npz"), runs, strict=True):
+            out.append(one_epoch(paths[kind], work, cache))
+    shutil.rmtree(cache, ignore_errors=True)
+    summary: list[float] = []
+    for out in runs:
+        summary += [statistics.median(s for s, _ in out), max(mb for _, mb in out)]
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="rows, comma-separated")
@@ -179,7 +195,9 @@ def main() -> None:
     parser.add_argument("--no-epoch", action="store_true", help="skip the one-epoch rows")
     parser.add_argument("--no-loadtxt", action="store_true", help="skip numpy.loadtxt")
     parser.add_argument("--dir", type=Path, help="keep the generated files here")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each loader")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs of each loader and epoch"
+    )
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # child: write files
     args = parser.parse_args()
     if args.generate is not None:
@@ -225,13 +243,13 @@ def main() -> None:
                         f"{result['seconds'] / base:>9.2f}x {result['peak_mb']:>12,.0f}"
                     )
             if not args.no_epoch:
-                cache = work / "cache-epoch"
-                shutil.rmtree(cache, ignore_errors=True)
-                cold_s, cold_mb = one_epoch(paths["csv"], work, cache)
-                warm_s, warm_mb = one_epoch(paths["csv"], work, cache)
-                npz_s, npz_mb = one_epoch(paths["npz"], work, cache)
-                shutil.rmtree(cache, ignore_errors=True)
-                print("  one epoch, a whole `bnserve train --epochs 1` process:")
+                cold_s, cold_mb, warm_s, warm_mb, npz_s, npz_mb = interleaved_epochs(
+                    paths, work, args.repeats
+                )
+                print(
+                    "  one epoch, a whole `bnserve train --epochs 1` process "
+                    f"(median of {args.repeats} interleaved runs):"
+                )
                 for name, seconds, peak in (
                     ("CSV, cold cache", cold_s, cold_mb),
                     ("CSV, warm cache", warm_s, warm_mb),
