@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import uuid
 import weakref
 from collections.abc import Callable
@@ -35,6 +36,7 @@ CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
 FORMAT = 2  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
+NOTICE_BYTES = 256 << 20  # a source this large is announced on stderr before its first read
 
 
 def cache_dir_setting(given: str | None = None) -> Path | None:
@@ -137,6 +139,14 @@ def _build_entry(
 
     sha None: the source is hashed on a second thread while it is read."""
     temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
+    size = path.stat().st_size
+    if size >= NOTICE_BYTES:  # minutes of silence otherwise, at 10M rows
+        print(
+            f"bnserve: reading {path} ({size / 2**20:,.0f} MB) into the float32 cache in "
+            f"{cache_dir}, once: later runs read it in place",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="bnserve-hash") as hasher:
             hashing = hasher.submit(content_sha256, path) if sha is None else None

@@ -65,6 +65,19 @@ def test_an_entry_is_named_by_size_and_content_hash_however_it_was_hashed(tmp_pa
         assert json.loads((entry / "meta.json").read_text())["sha256"] == sha
 
 
+def test_a_large_source_is_announced_once_before_its_first_read(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cache, "NOTICE_BYTES", 100)
+    source = tmp_path / "d.csv"
+    write_csv(source, 50)
+    load_table(source, None, tmp_path / "cache")
+    assert capsys.readouterr().err == (
+        f"bnserve: reading {source} (0 MB) into the float32 cache in {tmp_path / 'cache'}, "
+        "once: later runs read it in place\n"
+    )
+    load_table(source, None, tmp_path / "cache")  # read in place: nothing to announce
+    assert capsys.readouterr().err == ""
+
+
 def test_a_changed_file_is_never_served_from_the_old_entry(tmp_path, monkeypatch):
     calls = counting_reader(monkeypatch)
     source = tmp_path / "d.csv"
