@@ -79,7 +79,7 @@ def load_table(
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
         return opened
     entry, sha = _build_entry(
-        path, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key)
+        path, size, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key)
     )
     if _identity(path) != before:
         shutil.rmtree(entry, ignore_errors=True)
@@ -130,17 +130,16 @@ class _SyncingWriter:
 
 def _build_entry(
     path: Path,
+    size: int,
     target: str | None,
     cache_dir: Path,
     sha: str | None,
     entry_of: Callable[[str], Path],
 ) -> tuple[Path, str]:
-    """Read the source into a new entry and rename it into place: (entry, content sha256).
-
-    sha None: the source is hashed on a second thread while it is read."""
+    """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
+    sha256). sha None: the source is hashed on a second thread while it is read."""
     temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
-    size = path.stat().st_size
-    if size >= NOTICE_BYTES:  # minutes of silence otherwise, at 10M rows
+    if size >= NOTICE_BYTES:  # the first read of a 453 MB CSV took 4 s: say why it waits
         print(
             f"bnserve: reading {path} ({size / 2**20:,.0f} MB) into the float32 cache in "
             f"{cache_dir}, once: later runs read it in place",
