@@ -78,6 +78,23 @@ def test_a_large_source_is_announced_once_before_its_first_read(tmp_path, monkey
     assert capsys.readouterr().err == ""
 
 
+def test_a_file_written_to_during_its_first_read_leaves_no_entry(tmp_path, monkeypatch):
+    source = tmp_path / "d.csv"
+    write_csv(source, 50)
+    real = cache.read_table
+
+    def read_while_appended(path, target, sink):
+        info = real(path, target, sink)
+        with source.open("a") as handle:  # another program still writing the file
+            handle.write("99.0,1.5,2\n")
+        return info
+
+    monkeypatch.setattr(cache, "read_table", read_while_appended)
+    with pytest.raises(DataError, match=r"d.csv: changed while being read; run again"):
+        load_table(source, None, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # neither the entry nor a temporary
+
+
 def test_a_changed_file_is_never_served_from_the_old_entry(tmp_path, monkeypatch):
     calls = counting_reader(monkeypatch)
     source = tmp_path / "d.csv"
