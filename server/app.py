@@ -32,6 +32,7 @@ from server.servicers import native, v2
 from server.servicers.unimplemented import UnimplementedHandler
 from server.servicers.v2 import server_version
 from server.settings import ServerSettings
+from server.shutdown import stop_reserve_s
 from server.tracing import Tracing
 from server.transport import MessageFirstExecutor
 from server.versions import ModelSource, resolve_sources
@@ -194,6 +195,7 @@ class Server:
                 tls=http_tls,
                 metrics=metrics,
                 workers=settings.max_inflight,
+                grace_s=settings.grace_s,
             )
         return cls(
             settings,
@@ -263,16 +265,22 @@ class Server:
         self.plane.draining = True
         http_stop = None
         if self.http is not None:  # both transports drain at once, each within grace
-            http_stop = threading.Thread(target=self.http.stop, args=(grace,), name="http-stop")
+            http_stop = threading.Thread(
+                target=self.http.stop, args=(grace, stop_reserve_s(grace)), name="http-stop"
+            )
             http_stop.start()
-        started = time.monotonic()
+        deadline = time.monotonic() + grace
         if self.pool is not None:
-            # Refuse new calls with UNAVAILABLE ourselves until the accepted unary calls are
-            # done and callers have gone quiet (`wait_until_quiet` says why); streams then get
-            # what is left of the grace.
+            # server/shutdown.py: hold new calls until the accepted ones are done, keeping a
+            # part of the grace for grpc's stop, so it never has to cancel a held call.
             self.pool.refuse_new_calls()
-            self.pool.wait_until_quiet(grace)
-        self._grpc_server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
+            self.pool.wait_until_quiet(max(0.0, grace - stop_reserve_s(grace)))
+        stopped = self._grpc_server.stop(max(0.0, deadline - time.monotonic()))
+        if self.pool is not None:  # grpc's GOAWAY is out: callers' retries go elsewhere
+            held = self.pool.release_held_calls()
+            if held:
+                log.info("shutdown: %d call(s) held during the drain answered UNAVAILABLE", held)
+        stopped.wait()
         if http_stop is not None:
             http_stop.join()
         for name in self.repository.names():

@@ -34,6 +34,8 @@ from typing import Any
 from grpc import _server as grpc_server
 from grpc._cython import cygrpc
 
+from server.shutdown import SHUTDOWN_QUIET_S, SHUTTING_DOWN
+
 log = logging.getLogger(__name__)
 
 _INTERNALS = (
@@ -50,8 +52,7 @@ _INTERNALS = (
 
 _HEALTH = b"/grpc.health.v1.Health/"  # answered even while shutting down
 WATCH_RESOLUTION_S = 0.25  # overdue calls are answered within this of their deadline
-SHUTDOWN_QUIET_S = 1.0  # no new call this long: callers have heard UNAVAILABLE and stopped
-_SHUTTING_DOWN = b"server shutting down; retry (another replica will answer)"
+_SHUTTING_DOWN = SHUTTING_DOWN.encode()
 
 
 def check_grpc_internals() -> None:
@@ -192,6 +193,13 @@ class _WaitingCalls:
         self._watchdog.join(timeout=5)
 
 
+def _refuse(state: Any, call: Any) -> None:
+    """Answer a call whose message is in UNAVAILABLE: the server is shutting down."""
+    with state.condition:
+        if grpc_server._is_rpc_state_active(state):
+            grpc_server._abort(state, call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN)
+
+
 def _answer_without_message(waiting: _WaitingCall, code: Any, details: str) -> None:
     """End a call that is still waiting for its message with a status (and nothing else)."""
     state = waiting.state
@@ -254,24 +262,24 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             if stream_idle_timeout_s > 0
             else None
         )
-        self._refusing = False  # shutting down: new calls are answered UNAVAILABLE
+        self._refusing = False  # shutting down: new calls are held, then answered UNAVAILABLE
+        self._held: list[tuple[Any, Any]] = []  # (state, call) refused, not yet answered
+        self._holding = True  # False once release_held_calls ran: refuse at once from then on
         self._unary_calls = 0  # unary-request calls accepted and not yet finished
         self._last_arrival = 0.0  # monotonic time the last call arrived
         self._unary_done = threading.Condition()
 
     def refuse_new_calls(self) -> None:
-        """From now on answer every new call but health checks UNAVAILABLE (retryable), so a
-        call is either answered in full or refused explicitly, never cut off (CANCELLED)."""
+        """From now on every new call but health checks is refused with UNAVAILABLE (retryable),
+        never cut off (CANCELLED): held unanswered until `release_held_calls`, which runs once
+        grpc's stop has sent its GOAWAY (server/shutdown.py says why)."""
         self._refusing = True
 
     def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:
         """After `refuse_new_calls`: block until every accepted unary-request call has finished
         and no call has come for quiet_s (True), or timeout_s passes (False); an idle server
-        returns at once.
-
-        grpc's stop() cancels the calls that reach it once it has begun (clients see CANCELLED,
-        which retry policies do not retry), so it must start only once callers have been told
-        UNAVAILABLE and have stopped calling; quiet_s is how long "stopped" has to last."""
+        returns at once. Callers whose calls are held send no more, so the quiet comes as soon
+        as the accepted calls are done and their callers' next calls are held."""
         deadline = time.monotonic() + timeout_s
         with self._unary_done:
             while True:
@@ -282,6 +290,23 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                 if now >= deadline:
                     return False
                 self._unary_done.wait(min(deadline, max(quiet_until, now + 0.01)) - now)
+
+    def release_held_calls(self) -> int:
+        """Answer every held call UNAVAILABLE (once grpc's stop has begun), and refuse later
+        ones at once; returns how many were held."""
+        with self._unary_done:
+            held, self._held, self._holding = self._held, [], False
+        for state, call in held:
+            _refuse(state, call)
+        return len(held)
+
+    def _hold(self, state: Any, call: Any) -> bool:
+        """Keep a refused call unanswered until release (False: answer it now instead)."""
+        with self._unary_done:
+            if self._holding and len(self._held) < self.waiting.max_waiting:
+                self._held.append((state, call))
+                return True
+        return False
 
     def _unary_call_finished(self, _: futures.Future[Any]) -> None:
         with self._unary_done:
@@ -341,11 +366,11 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                             f'"{method}" requires exactly one request message.'.encode(),
                         )
                     active = False
-                if active and refused:
-                    grpc_server._abort(
-                        state, rpc_event.call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN
-                    )
+                hold = active and refused
+                if hold:
                     active = False
+            if hold and not self._hold(state, rpc_event.call):
+                _refuse(state, rpc_event.call)
             if not active:
                 outcome.set_result(None)
             elif requests is not None:

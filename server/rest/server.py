@@ -50,6 +50,7 @@ from server.errors import (
 )
 from server.metrics import ServerMetrics
 from server.rest import codec
+from server.rest.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,10 @@ class RestServer:
         tls: ssl.SSLContext | None = None,
         metrics: ServerMetrics | None = None,
         workers: int = 8,
+        grace_s: float = 5.0,
     ) -> None:
         self._plane = plane
+        self._grace_s = grace_s  # aiohttp's shutdown_timeout: in-flight handlers' last wait
         self._accepts = accepts
         self._tls = tls
         self._metrics = metrics
@@ -142,6 +145,7 @@ class RestServer:
         self.port = self._socket.getsockname()[1]
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self._max_body_bytes = max_body_bytes
+        self._drain = Drain()
         self._app = web.Application(client_max_size=max_body_bytes)
         self._add_routes(self._app.router)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,7 +167,9 @@ class RestServer:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(
+                self._app, access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
+            )
             loop.run_until_complete(self._runner.setup())
             site = web.SockSite(self._runner, self._socket, ssl_context=self._tls)
             loop.run_until_complete(site.start())
@@ -175,18 +181,30 @@ class RestServer:
         loop.run_forever()
         loop.close()
 
-    def stop(self, grace_s: float) -> None:
-        """Refuse new connections, give in-flight calls grace_s seconds, then close."""
+    def stop(self, grace_s: float, reserve_s: float = 0.0) -> None:
+        """Drain, then close: new requests are held (unanswered) while the in-flight ones
+        finish and their clients' next requests are held too, at most grace_s - reserve_s; then
+        the listening socket closes, the held requests are answered 503 with Retry-After and
+        Connection: close (the retry meets a closed port: refused, never lost), and in-flight
+        calls get what is left of the grace."""
         loop, runner = self._loop, self._runner
         if loop is None or runner is None or self._thread is None:
             self._socket.close()
             return
+        drain = self._drain
 
         async def shut_down() -> None:
             try:
-                # AppRunner(shutdown_timeout=) set late: grace is known only now.
-                runner._shutdown_timeout = grace_s
-                await runner.cleanup()
+                drain.begin()
+                await drain.wait_until_quiet(max(0.0, grace_s - reserve_s))
+                for site in runner.sites:
+                    await site.stop()  # the listening socket closes: new connections refused
+                held = drain.release()
+                if held:
+                    log.info(
+                        "HTTP shutdown: %d request(s) held during the drain answered 503", held
+                    )
+                await runner.cleanup()  # idle keep-alive connections close; in-flight finish
             finally:
                 loop.stop()
 
@@ -242,8 +260,28 @@ class RestServer:
         method = "HTTP " + path
         open_path = path in OPEN_PATHS
 
+        drain = self._drain
+
         async def wrapped(request: web.Request) -> web.Response:
             started = time.perf_counter()
+            if drain.draining:
+                response = await drain.refused(request, open_path)
+                if response is not None:
+                    if metrics is not None:
+                        metrics.observe_call(
+                            method, grpc.StatusCode.UNAVAILABLE, time.perf_counter() - started
+                        )
+                    return response
+            drain.entered()
+            try:
+                response = await answer(request, started)
+            finally:
+                drain.left()
+            if drain.draining:
+                response.force_close()  # Connection: close: the client's next call goes elsewhere
+            return response
+
+        async def answer(request: web.Request, started: float) -> web.Response:
             if accepts is not None and not open_path and not accepts(_bearer(request)):
                 response = _error(401, DENIED, **{"WWW-Authenticate": "Bearer"})
             else:

@@ -1,0 +1,79 @@
+"""The HTTP transport's part of a stop (server/shutdown.py): requests in flight counted, new ones
+held while draining and then answered 503 with Retry-After and Connection: close. Every method
+runs on the HTTP server's event loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server.rest import codec
+from server.shutdown import RETRY_AFTER_S, SHUTDOWN_QUIET_S, SHUTTING_DOWN
+
+POLL_S = 0.01  # how often wait_until_quiet looks (shutdown only)
+
+
+class Drain:
+    """In-flight requests and, once `begin` ran, the held ones."""
+
+    def __init__(self, max_held: int = 4096) -> None:
+        self.draining = False
+        self._max_held = max_held  # past it a refused request is answered at once
+        self._inflight = 0  # requests being answered (not held)
+        self._held = 0
+        self._last_arrival = 0.0  # loop time of the last refused request
+        self._released: asyncio.Event | None = None
+
+    def begin(self) -> None:
+        """From now on refuse new requests (health probes still answer)."""
+        self._released = asyncio.Event()
+        self.draining = True
+
+    def entered(self) -> None:
+        self._inflight += 1
+
+    def left(self) -> None:
+        self._inflight -= 1
+
+    async def refused(self, request: web.Request, open_path: bool) -> web.Response | None:
+        """While draining: the answer to a new request (held until `release`), or None for a
+        health probe, which is answered as usual."""
+        if open_path:
+            return None
+        loop = asyncio.get_running_loop()
+        self._last_arrival = loop.time()
+        released = self._released
+        if released is not None and not released.is_set() and self._held < self._max_held:
+            self._held += 1
+            try:
+                await released.wait()
+            finally:
+                self._held -= 1
+        response = web.Response(
+            status=503,
+            body=codec.dumps({"error": SHUTTING_DOWN}),
+            content_type="application/json",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+        response.force_close()  # Connection: close
+        return response
+
+    async def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:
+        """Until no request is in flight and none came for quiet_s (True), or timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            now = loop.time()
+            if self._inflight == 0 and now >= self._last_arrival + quiet_s:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(POLL_S)
+
+    def release(self) -> int:
+        """Answer the held requests (and later ones at once); returns how many were held."""
+        held = self._held
+        if self._released is not None:
+            self._released.set()
+        return held
