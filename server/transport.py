@@ -273,6 +273,7 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         """From now on every new call but health checks is refused with UNAVAILABLE (retryable),
         never cut off (CANCELLED): held unanswered until `release_held_calls`, which runs once
         grpc's stop has sent its GOAWAY (server/shutdown.py says why)."""
+        self._last_arrival = time.monotonic()  # the quiet is counted from now
         self._refusing = True
 
     def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:

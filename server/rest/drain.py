@@ -26,8 +26,10 @@ class Drain:
         self._released: asyncio.Event | None = None
 
     def begin(self) -> None:
-        """From now on refuse new requests (health probes still answer)."""
+        """From now on refuse new requests (health probes still answer). The quiet is counted
+        from now: the loop runs this only between requests, so none looks in flight yet."""
         self._released = asyncio.Event()
+        self._last_arrival = asyncio.get_running_loop().time()
         self.draining = True
 
     def entered(self) -> None:

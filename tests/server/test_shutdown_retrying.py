@@ -53,7 +53,7 @@ def _sigterm_under_retrying_clients(test_models: ModelFiles) -> None:
     assert exited_after < GRACE_S, outcomes
     assert set(clients.grpc) == {"OK", "UNAVAILABLE"}, outcomes
     assert set(clients.rest) <= {"200", "503", "refused"}, outcomes
-    assert clients.rest["refused"] > 0, outcomes
+    assert clients.rest["503"] > 0 and clients.rest["refused"] > 0, outcomes
 
 
 def test_sigterm_with_retrying_clients_never_cancels_a_call(test_models: ModelFiles) -> None:
