@@ -16,6 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from server._compat import grpc_internals_problem
 from server.admission import InflightLimiter
 from server.dataplane import DataPlane
 from server.drift_metrics import DriftCollector
@@ -50,6 +51,27 @@ LIVENESS = "liveness"
 def listen_address(host: str, port: int) -> str:
     """host:port for grpc, bracketing IPv6 literals."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _grpc_pool(settings: ServerSettings) -> MessageFirstExecutor | None:
+    """The stall-protected pool, or None for grpcio's own (--allow-unpinned-grpcio on a grpcio it
+    was not checked against). Raises UnpinnedGrpcio (a ValueError) otherwise."""
+    problem = grpc_internals_problem()
+    if problem is not None and settings.allow_unpinned_grpcio:
+        log.warning(
+            "%s: serving WITHOUT the protection against stalled calls (--allow-unpinned-grpcio); "
+            "a client that opens `workers` calls and never sends their message holds every "
+            "thread. bnserve_grpc_stall_protection reads 0",
+            problem,
+        )
+        return None
+    return MessageFirstExecutor(
+        settings.workers,
+        settings.stream_workers,
+        settings.request_timeout_s,
+        settings.max_waiting_calls,
+        settings.stream_idle_timeout_s,
+    )
 
 
 class Server:
@@ -132,17 +154,13 @@ class Server:
             ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ]
-        pool = MessageFirstExecutor(
-            settings.workers,
-            settings.stream_workers,
-            settings.request_timeout_s,
-            settings.max_waiting_calls,
-            settings.stream_idle_timeout_s,
-        )
+        pool = _grpc_pool(settings)
         if metrics is not None:
-            metrics.watch_waiting_calls(pool.waiting)
+            if pool is not None:
+                metrics.watch_waiting_calls(pool.waiting)
+            metrics.watch_stall_protection(pool.stock_path if pool is not None else None)
         grpc_server = grpc.server(
-            pool,
+            pool if pool is not None else futures.ThreadPoolExecutor(settings.workers, "grpc"),
             interceptors=list(interceptors),
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,

@@ -51,6 +51,13 @@ class WaitingCalls(Protocol):
     def dropped(self) -> Mapping[str, int]: ...
 
 
+class StockPath(Protocol):
+    """Calls that took grpcio's stock path, not the stall-protected one (server/_compat.py)."""
+
+    @property
+    def count(self) -> int: ...
+
+
 class ServerMetrics:
     """The server's metrics in one registry; `serve(host, port)` exposes them over HTTP."""
 
@@ -124,6 +131,11 @@ class ServerMetrics:
         """Export a server pool's calls waiting for their message (server/transport.py)."""
         self.registry.register(_WaitingCallsCollector(waiting))
 
+    def watch_stall_protection(self, stock_path: StockPath | None) -> None:
+        """Export whether the stall-protected gRPC pool runs (stock_path None: grpcio's own pool,
+        --allow-unpinned-grpcio) and how many calls took the stock path anyway."""
+        self.registry.register(_StallProtectionCollector(stock_path))
+
     def instrument_predict(self, model_name: str, predict: Predict) -> Predict:
         """predict, recording each run's example count in bnserve_batch_size."""
         batch_size = self.batch_size.labels(model_name)
@@ -189,3 +201,24 @@ class _WaitingCallsCollector:
         for reason, count in self._waiting.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
+
+
+class _StallProtectionCollector:
+    """Reads the gRPC pool's stall protection at scrape time."""
+
+    def __init__(self, stock_path: StockPath | None) -> None:
+        self._stock_path = stock_path
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "bnserve_grpc_stall_protection",
+            "1: a gRPC call gets a thread only once its message is in (server/transport.py); "
+            "0: grpcio's own pool (--allow-unpinned-grpcio on a grpcio other than the pinned one).",
+            value=0 if self._stock_path is None else 1,
+        )
+        yield CounterMetricFamily(
+            "bnserve_grpc_stock_path_calls",
+            "gRPC calls that took grpcio's stock path because grpc handed them over in a shape "
+            "other than the one checked (server/_compat.py); each went without stall protection.",
+            value=0 if self._stock_path is None else self._stock_path.count,
+        )

@@ -85,6 +85,12 @@ class ServerSettings:
         "A gRPC client multiplexes all its calls on one connection: keep this well above a "
         "client's concurrency (at 100, 64 concurrent callers saw REFUSED_STREAM).",
     )
+    allow_unpinned_grpcio: bool = _setting(
+        False,
+        "Start on a grpcio other than the pinned one, without the protection against stalled "
+        "calls (grpcio's own pool gives a thread per call as soon as its headers arrive); logged "
+        "at start, and bnserve_grpc_stall_protection reads 0.",
+    )
     max_inflight: int = _setting(
         12,
         "Inference calls admitted at once (being scored or waiting for a batch); more are refused "

@@ -15,8 +15,7 @@ out of the threads:
   stream that stalls between messages can only take threads from other streams.
 
 It keeps grpcio's sync server and its speed (bench/serve.py); the price is a dependence on
-grpcio internals, pinned in pyproject.toml and checked by `check_grpc_internals` at start-up
-and in tests/server/test_transport.py.
+grpcio internals, every one of them in server/_compat.py with the version it was checked in.
 """
 
 from __future__ import annotations
@@ -31,38 +30,14 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-from grpc import _server as grpc_server
-from grpc._cython import cygrpc
-
+from server import _compat as compat
 from server.shutdown import SHUTDOWN_QUIET_S, SHUTTING_DOWN
 
 log = logging.getLogger(__name__)
 
-_INTERNALS = (
-    "_unary_response_in_pool",
-    "_stream_response_in_pool",
-    "_receive_message",
-    "_RequestIterator",
-    "_RECEIVE_MESSAGE_TOKEN",
-    "_abort",
-    "_is_rpc_state_active",
-    "_CLOSED",
-    "_EMPTY_FLAGS",
-)
-
 _HEALTH = b"/grpc.health.v1.Health/"  # answered even while shutting down
 WATCH_RESOLUTION_S = 0.25  # overdue calls are answered within this of their deadline
 _SHUTTING_DOWN = SHUTTING_DOWN.encode()
-
-
-def check_grpc_internals() -> None:
-    """Raise RuntimeError unless the grpcio internals this pool relies on are there."""
-    missing = [name for name in _INTERNALS if not hasattr(grpc_server, name)]
-    if missing:
-        raise RuntimeError(
-            "this grpcio lacks the internals bnserve's server pool needs "
-            f"({', '.join(missing)}); install the grpcio version pyproject.toml pins"
-        )
 
 
 @dataclass
@@ -72,7 +47,7 @@ class _WaitingCall:
     deadline: float
     order: int
     state: Any  # grpc._server._RPCState
-    call: Any  # cygrpc.Call
+    call: Any  # grpc's cygrpc.Call
     received: bool = False
 
     @property
@@ -127,7 +102,7 @@ class _WaitingCalls:
             self.dropped["overflow"] += 1
             _answer_without_message(
                 overflow,
-                cygrpc.StatusCode.resource_exhausted,
+                compat.StatusCode.resource_exhausted,
                 f"too many calls waiting for their request message (max_waiting_calls="
                 f"{self.max_waiting}); the oldest was dropped",
             )
@@ -182,9 +157,9 @@ class _WaitingCalls:
                     f"({self._setting}); call dropped"
                 )
                 if self._mid_stream:
-                    entry.call.cancel(cygrpc.StatusCode.deadline_exceeded, details)
+                    entry.call.cancel(compat.StatusCode.deadline_exceeded, details)
                 else:
-                    _answer_without_message(entry, cygrpc.StatusCode.deadline_exceeded, details)
+                    _answer_without_message(entry, compat.StatusCode.deadline_exceeded, details)
 
     def close(self) -> None:
         with self._lock:
@@ -196,16 +171,16 @@ class _WaitingCalls:
 def _refuse(state: Any, call: Any) -> None:
     """Answer a call whose message is in UNAVAILABLE: the server is shutting down."""
     with state.condition:
-        if grpc_server._is_rpc_state_active(state):
-            grpc_server._abort(state, call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN)
+        if compat.is_active(state):
+            compat.abort(state, call, compat.StatusCode.unavailable, _SHUTTING_DOWN)
 
 
 def _answer_without_message(waiting: _WaitingCall, code: Any, details: str) -> None:
     """End a call that is still waiting for its message with a status (and nothing else)."""
     state = waiting.state
     with state.condition:
-        if grpc_server._is_rpc_state_active(state):
-            grpc_server._abort(state, waiting.call, code, details.encode())
+        if compat.is_active(state):
+            compat.abort(state, waiting.call, code, details.encode())
     log.debug("call dropped before its message: %s", details)
 
 
@@ -250,12 +225,13 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         max_waiting: int,
         stream_idle_timeout_s: float = 0.0,
     ) -> None:
-        check_grpc_internals()
+        compat.check_grpc_internals()
         super().__init__(max_workers=workers, thread_name_prefix="grpc")
         self._streams = futures.ThreadPoolExecutor(
             max_workers=stream_workers, thread_name_prefix="grpc-stream"
         )
         self.waiting = _WaitingCalls(request_timeout_s, max_waiting)
+        self.stock_path = compat.StockPathCounter()  # calls not of the checked shape
         # Streams between messages: at most stream_workers of them wait, so no overflow bound.
         self.idle_streams = (
             _WaitingCalls(stream_idle_timeout_s, 1 << 30, "stream_idle_timeout_s", True)
@@ -320,20 +296,16 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
-        # grpc submits state.context.run(runner, rpc_event, state, behavior, argument_thunk,
-        # request_deserializer, response_serializer); anything else runs as usual.
-        runner = args[0] if args else None
-        if kwargs or len(args) != 7 or runner not in _RUNNERS:
+        pool_call = compat.parse_pool_call(args, kwargs)
+        if pool_call is None:  # not the shape checked: grpcio's stock path, counted
+            self.stock_path.add(args, kwargs)
             return super().submit(fn, *args, **kwargs)
-        _, rpc_event, state, behavior, argument_thunk, deserializer, serializer = args
-        requests = argument_thunk() if argument_thunk.__name__ == "<lambda>" else None
-        if requests is not None and not isinstance(requests, grpc_server._RequestIterator):
-            return super().submit(fn, *args, **kwargs)
+        state, call, requests = pool_call.state, pool_call.call, pool_call.requests
         outcome: futures.Future[Any] = futures.Future()
         outcome.set_running_or_notify_cancel()
         # Shutting down: refused once the message is in (a call refused before its request is
         # read reaches the client as CANCELLED, not as the UNAVAILABLE it was sent).
-        health = rpc_event.call_details.method.startswith(_HEALTH)  # probes never hold a stop
+        health = pool_call.method.startswith(_HEALTH)  # probes never hold a stop
         refused = self._refusing and not health
         if not health:
             self._last_arrival = time.monotonic()
@@ -341,42 +313,40 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             with self._unary_done:
                 self._unary_calls += 1
             outcome.add_done_callback(self._unary_call_finished)
-        waiting = self.waiting.add(state, rpc_event.call)
+        waiting = self.waiting.add(state, call)
 
         def run(argument: Any) -> None:
             # Streams on their own pool; unary calls on this one's threads (its own submit).
             submit = self._streams.submit if requests is not None else self._submit_here
-            started = submit(
-                fn, runner, rpc_event, state, behavior, lambda: argument, deserializer, serializer
-            )
+            started = submit(fn, *pool_call.arguments(argument))
             started.add_done_callback(lambda done: _copy_outcome(done, outcome))
 
-        def on_message(event: Any) -> Any:
-            finished = receive(event)  # sets state.request, or marks the client closed
+        def on_message(receive: Callable[[Any], Any], event: Any) -> Any:
+            finished = receive(event)  # sets the state's request, or marks the client closed
             self.waiting.received(waiting)
             with state.condition:
-                request, state.request = state.request, None
-                active = grpc_server._is_rpc_state_active(state)
+                request = compat.take_request(state)
+                active = compat.is_active(state)
                 if active and request is None and requests is None:
-                    if state.client is grpc_server._CLOSED:
-                        method = rpc_event.call_details.method.decode(errors="replace")
-                        grpc_server._abort(
+                    if compat.client_closed(state):
+                        method = pool_call.method.decode(errors="replace")
+                        compat.abort(
                             state,
-                            rpc_event.call,
-                            cygrpc.StatusCode.unimplemented,
+                            call,
+                            compat.StatusCode.unimplemented,
                             f'"{method}" requires exactly one request message.'.encode(),
                         )
                     active = False
                 hold = active and refused
                 if hold:
                     active = False
-            if hold and not self._hold(state, rpc_event.call):
-                _refuse(state, rpc_event.call)
+            if hold and not self._hold(state, call):
+                _refuse(state, call)
             if not active:
                 outcome.set_result(None)
             elif requests is not None:
                 run(
-                    _StreamRequests(request, requests, self.idle_streams, state, rpc_event.call)
+                    _StreamRequests(request, requests, self.idle_streams, state, call)
                     if request is not None
                     else requests
                 )
@@ -384,12 +354,7 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                 run(request)
             return finished
 
-        receive = grpc_server._receive_message(state, rpc_event.call, deserializer)
-        with state.condition:
-            rpc_event.call.start_server_batch(
-                (cygrpc.ReceiveMessageOperation(grpc_server._EMPTY_FLAGS),), on_message
-            )
-            state.due.add(grpc_server._RECEIVE_MESSAGE_TOKEN)
+        compat.start_receive(state, call, pool_call.deserializer, on_message)
         return outcome
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -398,9 +363,6 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             self.idle_streams.close()
         self._streams.shutdown(wait=wait, cancel_futures=cancel_futures)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-_RUNNERS = (grpc_server._unary_response_in_pool, grpc_server._stream_response_in_pool)
 
 
 def _copy_outcome(done: futures.Future[Any], outcome: futures.Future[Any]) -> None:

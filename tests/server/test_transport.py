@@ -23,7 +23,7 @@ from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
-from server.transport import check_grpc_internals
+from server._compat import check_grpc_internals
 
 PREDICT = "/bnserve.v1.Predictor/Predict"
 STREAM = "/bnserve.v1.Predictor/PredictStream"
