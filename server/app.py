@@ -27,7 +27,8 @@ from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
 from server.reflection import enable_reflection
 from server.reload import ReloadPolicy, VersionManager
 from server.repository import ModelRepository
-from server.rest.server import RestServer
+from server.rest.connections import connection_cap
+from server.rest.server import HttpLimits, RestServer
 from server.servable import build_servable
 from server.servicers import native, v2
 from server.servicers.unimplemented import UnimplementedHandler
@@ -154,6 +155,15 @@ class Server:
             ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ]
+        if settings.grpc_max_connection_idle_s:
+            options.append(
+                ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_s * 1000))
+            )
+        if settings.grpc_max_connection_age_s:
+            options += [
+                ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
+            ]
         pool = _grpc_pool(settings)
         if metrics is not None:
             if pool is not None:
@@ -214,6 +224,14 @@ class Server:
                 metrics=metrics,
                 workers=settings.max_inflight,
                 grace_s=settings.grace_s,
+                limits=HttpLimits(
+                    max_connections=connection_cap(
+                        settings.http_max_connections, settings.grpc_fd_reserve
+                    ),
+                    header_timeout_s=settings.http_header_timeout_s,
+                    keepalive_timeout_s=settings.http_keepalive_timeout_s,
+                    body_timeout_s=settings.request_timeout_s,
+                ),
             )
         return cls(
             settings,

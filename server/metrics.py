@@ -58,6 +58,17 @@ class StockPath(Protocol):
     def count(self) -> int: ...
 
 
+class HttpConnections(Protocol):
+    """The HTTP transport's open connections and those it closed, by reason
+    (server/rest/connections.py)."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def closed(self) -> Mapping[str, int]: ...
+
+
 class ServerMetrics:
     """The server's metrics in one registry; `serve(host, port)` exposes them over HTTP."""
 
@@ -135,6 +146,10 @@ class ServerMetrics:
         """Export whether the stall-protected gRPC pool runs (stock_path None: grpcio's own pool,
         --allow-unpinned-grpcio) and how many calls took the stock path anyway."""
         self.registry.register(_StallProtectionCollector(stock_path))
+
+    def watch_http_connections(self, connections: HttpConnections) -> None:
+        """Export the HTTP transport's connections (open now, closed by the server by reason)."""
+        self.registry.register(_HttpConnectionsCollector(connections))
 
     def instrument_predict(self, model_name: str, predict: Predict) -> Predict:
         """predict, recording each run's example count in bnserve_batch_size."""
@@ -222,3 +237,25 @@ class _StallProtectionCollector:
             "other than the one checked (server/_compat.py); each went without stall protection.",
             value=0 if self._stock_path is None else self._stock_path.count,
         )
+
+
+class _HttpConnectionsCollector:
+    """Reads the HTTP connection registry at scrape time."""
+
+    def __init__(self, connections: HttpConnections) -> None:
+        self._connections = connections
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "bnserve_http_connections", "HTTP connections open.", value=self._connections.count
+        )
+        closed = CounterMetricFamily(
+            "bnserve_http_connections_closed",
+            "HTTP connections the server closed: 'header_timeout' (http_header_timeout_s), "
+            "'evicted' (the oldest idle one, past http_max_connections), 'over_capacity' (a new "
+            "one while every open one was busy).",
+            labels=["reason"],
+        )
+        for reason in ("header_timeout", "evicted", "over_capacity"):
+            closed.add_metric([reason], self._connections.closed.get(reason, 0))
+        yield closed

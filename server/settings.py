@@ -67,7 +67,8 @@ class ServerSettings:
     request_timeout_s: float = _setting(
         10.0,
         "A call whose (first) request message has not fully arrived this long after its headers "
-        "is answered DEADLINE_EXCEEDED. Calls hold no thread while their message is on its way.",
+        "is answered DEADLINE_EXCEEDED (HTTP: a body, 408). Calls hold no thread while their "
+        "message is on its way.",
     )
     stream_idle_timeout_s: float = _setting(
         300.0,
@@ -90,6 +91,36 @@ class ServerSettings:
         "Start on a grpcio other than the pinned one, without the protection against stalled "
         "calls (grpcio's own pool gives a thread per call as soon as its headers arrive); logged "
         "at start, and bnserve_grpc_stall_protection reads 0.",
+    )
+    grpc_max_connection_idle_s: float = _setting(
+        300.0,
+        "A gRPC connection with no call for this long is closed (GOAWAY; grpc.max_connection_"
+        "idle_ms); 0: never.",
+    )
+    grpc_max_connection_age_s: float = _setting(
+        0.0,
+        "A gRPC connection older than this is closed (GOAWAY, its calls get grace_s to finish; "
+        "grpc.max_connection_age_ms), so clients rebalance across replicas; 0: no limit.",
+    )
+    grpc_fd_reserve: int = _setting(
+        256,
+        "File descriptors HTTP may never take: the HTTP connection cap is lowered so that this "
+        "many of the process's file limit stay free for gRPC connections and models.",
+    )
+    http_max_connections: int = _setting(
+        1000,
+        "HTTP connections open at once; a new one past it evicts the oldest that is idle or "
+        "still sending its request head (all busy: it is answered 503 and closed).",
+    )
+    http_header_timeout_s: float = _setting(
+        10.0,
+        "An HTTP request head must be complete this long after its first byte, or the "
+        "connection is closed (a slow-loris client holds nothing).",
+    )
+    http_keepalive_timeout_s: float = _setting(
+        75.0,
+        "An HTTP connection idle this long after opening or after its last response is closed; "
+        "keep it above the idle timeout of any load balancer in front (AWS ALB: 60 s).",
     )
     max_inflight: int = _setting(
         12,
@@ -272,6 +303,15 @@ class ServerSettings:
             problems.append(f"request_timeout_s={self.request_timeout_s} must be > 0")
         if self.stream_idle_timeout_s < 0:
             problems.append(f"stream_idle_timeout_s={self.stream_idle_timeout_s} must be ≥ 0")
+        if min(self.grpc_max_connection_idle_s, self.grpc_max_connection_age_s) < 0:
+            problems.append("grpc_max_connection_idle_s and grpc_max_connection_age_s must be ≥ 0")
+        if self.grpc_fd_reserve < 0 or self.http_max_connections < 1:
+            problems.append(
+                f"grpc_fd_reserve={self.grpc_fd_reserve} must be ≥ 0 and http_max_connections="
+                f"{self.http_max_connections} ≥ 1"
+            )
+        if min(self.http_header_timeout_s, self.http_keepalive_timeout_s) <= 0:
+            problems.append("http_header_timeout_s and http_keepalive_timeout_s must be > 0")
         if self.max_waiting_calls < 1:
             problems.append(f"max_waiting_calls={self.max_waiting_calls} must be ≥ 1")
         if self.max_streams_per_connection < 1:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -50,6 +51,7 @@ from server.errors import (
 )
 from server.metrics import ServerMetrics
 from server.rest import codec
+from server.rest.connections import Connections, Listener
 from server.rest.drain import Drain
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,20 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=codec.dumps(value), content_type=JSON)
 
 
+class BodyTimeout(Exception):
+    """A request body did not arrive within its deadline."""
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long and how many HTTP connections may be held (server/rest/connections.py)."""
+
+    max_connections: int = 1000  # open at once; past it the oldest idle one is evicted
+    header_timeout_s: float = 10.0  # from a request head's first byte to its end
+    keepalive_timeout_s: float = 30.0  # idle between requests (aiohttp's keepalive_timeout)
+    body_timeout_s: float = 10.0  # from the head's end to the body's end
+
+
 class RestServer:
     """Bound at construction (port known, errors early); `start` serves, `stop(grace)` drains."""
 
@@ -134,6 +150,7 @@ class RestServer:
         metrics: ServerMetrics | None = None,
         workers: int = 8,
         grace_s: float = 5.0,
+        limits: HttpLimits = HttpLimits(),
     ) -> None:
         self._plane = plane
         self._grace_s = grace_s  # aiohttp's shutdown_timeout: in-flight handlers' last wait
@@ -146,6 +163,11 @@ class RestServer:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self._max_body_bytes = max_body_bytes
         self._drain = Drain()
+        self._limits = limits
+        self.connections = Connections(limits.max_connections, limits.header_timeout_s)
+        if metrics is not None:
+            metrics.watch_http_connections(self.connections)
+        self._listener: Listener | None = None
         self._app = web.Application(client_max_size=max_body_bytes)
         self._add_routes(self._app.router)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,12 +189,23 @@ class RestServer:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(
-                self._app, access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
+            runner = self._runner = web.AppRunner(
+                self._app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=self._grace_s,
+                keepalive_timeout=self._limits.keepalive_timeout_s,
             )
-            loop.run_until_complete(self._runner.setup())
-            site = web.SockSite(self._runner, self._socket, ssl_context=self._tls)
-            loop.run_until_complete(site.start())
+            loop.run_until_complete(runner.setup())
+            protocols = runner.server  # aiohttp's protocol factory, as its sites use it
+            assert protocols is not None
+
+            # Our own listener (not a SockSite): each connection is counted from its accept
+            # and goes through the registry (server/rest/connections.py) on its way to aiohttp.
+            async def listen() -> Listener:
+                return Listener(self._socket, self.connections, protocols, self._tls)
+
+            self._listener = loop.run_until_complete(listen())
         except BaseException as error:  # reported to start()
             self._start_error = error
             self._started.set()
@@ -197,8 +230,8 @@ class RestServer:
             try:
                 drain.begin()
                 await drain.wait_until_quiet(max(0.0, grace_s - reserve_s))
-                for site in runner.sites:
-                    await site.stop()  # the listening socket closes: new connections refused
+                if self._listener is not None:
+                    self._listener.close()  # new connections refused from now on
                 held = drain.release()
                 if held:
                     log.info(
@@ -261,6 +294,8 @@ class RestServer:
         open_path = path in OPEN_PATHS
 
         drain = self._drain
+        connections = self.connections
+        body_timeout_s = self._limits.body_timeout_s
 
         async def wrapped(request: web.Request) -> web.Response:
             started = time.perf_counter()
@@ -273,10 +308,12 @@ class RestServer:
                         )
                     return response
             drain.entered()
+            connections.request_started(request.transport)
             try:
                 response = await answer(request, started)
             finally:
                 drain.left()
+                connections.request_finished(request.transport)
             if drain.draining:
                 response.force_close()  # Connection: close: the client's next call goes elsewhere
             return response
@@ -291,6 +328,13 @@ class RestServer:
                     status = _status(error)
                     extra = {"Retry-After": "1"} if status == 429 else {}
                     response = _error(status, str(error), **extra)
+                except BodyTimeout:
+                    response = _error(
+                        408,
+                        f"request body not received within {body_timeout_s:g} s "
+                        "(--request-timeout-s)",
+                    )
+                    response.force_close()
                 except web.HTTPRequestEntityTooLarge:
                     response = _error(
                         413,
@@ -366,7 +410,7 @@ class RestServer:
         return _json(codec.model_statistics(self._plane.statistics()))
 
     async def _repository_index(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._read_body(request)
         ready_only = False
         if body.strip():
             try:
@@ -396,7 +440,7 @@ class RestServer:
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
         servable = self._plane.find(name, version)
-        body = await request.read()
+        body = await self._read_body(request)
         decoded = codec.InferRequest(body, request.headers.get(codec.HEADER_LENGTH))
         plane = self._plane
         if servable.batcher is None:
@@ -418,6 +462,14 @@ class RestServer:
             content_type="application/octet-stream",
             headers={codec.HEADER_LENGTH: str(header_length)},
         )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, within body_timeout_s of the handler's start (else BodyTimeout)."""
+        try:
+            async with asyncio.timeout(self._limits.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise BodyTimeout from None
 
     async def _no_route(self, request: web.Request) -> web.Response:
         allowed = sorted(

@@ -7,6 +7,7 @@ import contextlib
 import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -32,7 +33,10 @@ def free_port() -> int:
 class ServerProcess:
     """A running `python -m server`; every stderr line is kept in `lines`."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, file_limit: int | None = None
+    ) -> None:
+        """file_limit: the server's soft RLIMIT_NOFILE (None: this process's)."""
         # HTTP and metrics off unless a test asks (flag or env): test servers at once, or another
         # program on 8000 or 9090, would collide.
         defaults = {"BNSERVE_HTTP_PORT": "0", "BNSERVE_METRICS_PORT": "0"}
@@ -42,6 +46,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=environment,
+            preexec_fn=None if file_limit is None else lambda: _limit_files(file_limit),
         )
         self.lines: list[str] = []
         self._new_lines: queue.Queue[str] = queue.Queue()
@@ -111,6 +116,11 @@ class ServerProcess:
             self._reader.join(timeout=5)
             if self.process.stderr is not None:
                 self.process.stderr.close()
+
+
+def _limit_files(soft: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def model_bytes(seed: int, task: str = "classification") -> tuple[bytes, MlpWeights]:

@@ -19,11 +19,11 @@ from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import ServerProcess
 
+from server._compat import check_grpc_internals
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
-from server._compat import check_grpc_internals
 
 PREDICT = "/bnserve.v1.Predictor/Predict"
 STREAM = "/bnserve.v1.Predictor/PredictStream"
