@@ -464,12 +464,18 @@ class RestServer:
         )
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The whole body, within body_timeout_s of the handler's start (else BodyTimeout)."""
+        """The whole body, within body_timeout_s of the handler's start (else BodyTimeout);
+        InvalidInput when it ends early or its framing is broken (the client went away, or
+        sent a bad chunk): no traceback, the answer is a 400 that may never be read."""
         try:
             async with asyncio.timeout(self._limits.body_timeout_s):
                 return await request.read()
         except TimeoutError:
             raise BodyTimeout from None
+        except (ConnectionError, web.RequestPayloadError) as error:
+            raise InvalidInput(
+                f"the request body ended before its Content-Length or is malformed ({error})"
+            ) from None
 
     async def _no_route(self, request: web.Request) -> web.Response:
         allowed = sorted(
