@@ -29,7 +29,7 @@ ANSWER_TIMEOUT_S = 10.0
 VALID_JSON = json.dumps(
     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, NUM_FEATURES],
                  "data": FEATURES.tolist()}],
-     "outputs": [{"name": "probabilities"}, {"name": "label", "parameters": {"classification": 2}}]}
+     "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}, {"name": "label"}]}
 ).encode()  # fmt: skip
 _BINARY_HEADER = json.dumps(
     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, NUM_FEATURES],
