@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Any
 
-from server.core_logs import relay_core_logs
-from server.logs import configure_logging
+from server.grpc.core_logs import relay_core_logs
+from server.observability.logs import configure_logging
+from server.process.supervisor import Supervisor, WorkerLink
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
-from server.supervisor import Supervisor, WorkerLink
 
 log = logging.getLogger("server")
 
