@@ -1,8 +1,8 @@
 """The model file's contract: what `export` writes into metadata_props and `server` reads back.
 
-docs/contracts.md ("The ONNX model") documents every key; tests/server/modelfile/test_contract.py keeps
-that table and MetadataKey in step. This module imports only numpy and the standard library, so
-the exporter may use it and the serving image (no onnx, no training code) carries it.
+docs/contracts.md ("The ONNX model") documents every key; tests/server/modelfile/test_contract.py
+keeps that table and MetadataKey in step. This module imports only numpy and the standard
+library, so the exporter may use it and the serving image (no onnx, no training code) carries it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import numpy as np
 
 PREFIX = "bnserve."  # every metadata key starts with it
 FORMAT_VERSION = "1"  # the value of bnserve.format this contract describes
-TASKS = ("classification", "regression")  # the source of the list; training.config checks it
+TASKS = (
+    "classification",
+    "regression",
+)  # the source of the list; bnserve.training.config checks it
 DRIFT_FORMAT = (
     1  # the "format" inside bnserve.drift (export/distribution.py, server/drift/monitor.py)
 )

@@ -22,8 +22,8 @@ from model_gate import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess, free_port
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 SUPERVISOR_READY = r"(\d+) processes serving on port (\d+), ready"
 CHILD_PID = r"process (\d+) is pid (\d+)"
@@ -47,7 +47,7 @@ def _supervised(test_models: ModelFiles, *args: str) -> tuple[ServerProcess, dic
     match = server.wait_for(SUPERVISOR_READY, 120)
     server.port = int(match.group(2))
     children = {int(m[0]): int(m[1]) for m in re.findall(CHILD_PID, server.log())}
-    assert len(children) == 2 and server.pid not in children.values()
+    assert len(children) == 2 and server.process.pid not in children.values()
     return server, children
 
 
@@ -217,7 +217,7 @@ def test_no_loadable_model_ends_the_start_up_with_one_line_as_one_process_does(
     where one process exits 2."""
     for processes in ("1", "2"):
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--model", str(test_models.bad_parity),
+            [sys.executable, "-m", "bnserve.server", "--model", str(test_models.bad_parity),
              "--port", "0", "--metrics-port", "0", "--http-port", "0", "--processes", processes],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -270,7 +270,7 @@ def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
     try:
         for extra in ([], ["--processes", "2"]):
             second = subprocess.run(
-                [sys.executable, "-m", "server", "--model", str(test_models.classification),
+                [sys.executable, "-m", "bnserve.server", "--model", str(test_models.classification),
                  "--port", str(server.port), "--metrics-port", "0", *extra],
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
@@ -295,7 +295,7 @@ def test_bad_settings_fail_once_before_any_process_starts(
         ([*tls, "--processes", "2"], "none.pem: cannot read it"),
     ]:
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "bnserve.server", "--metrics-port", "0", *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2, result.stderr
@@ -306,7 +306,7 @@ def test_bad_settings_fail_once_before_any_process_starts(
 
 def test_child_dies_when_the_supervisor_is_killed(test_models: ModelFiles) -> None:
     server, children = _supervised(test_models)
-    server.kill()
+    server.process.kill()
     assert server.stop() == -signal.SIGKILL
     for pid in children.values():
         wait_until(lambda pid=pid: not _alive(pid), f"child {pid} stopped", 60)
