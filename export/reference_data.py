@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import ExportError
-from training.data import load_dataset
+from bnserve.export.errors import ExportError
+from bnserve.training.data.loading import load_dataset
 
 
 def read_reference_data(

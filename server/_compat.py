@@ -2,12 +2,12 @@
 it was checked against. Nothing else in server/ reaches into a library's underscore names.
 
 - grpcio 1.85.3 (pinned in pyproject.toml): `grpc._server`'s call machinery, which
-  server/transport.py's MessageFirstExecutor drives so that a call gets a thread only once its
+  server/grpc/executor.py's MessageFirstExecutor drives so that a call gets a thread only once its
   request message is in (the stall protection). The server refuses to start on another grpcio
   unless `--allow-unpinned-grpcio` says to run without that protection (grpcio's own pool,
   logged, `bnserve_grpc_stall_protection` 0). A call whose submit does not have the shape below
   takes grpcio's stock path: counted (`bnserve_grpc_stock_path_calls`) and logged once.
-- onnxruntime 1.32.0: `InferenceSession._sess.run`, the C++ binding server/model.py calls per
+- onnxruntime 1.32.0: `InferenceSession._sess.run`, the C++ binding server/models/model.py calls per
   request (it skips only Python-side checks that hold by construction); without it,
   `InferenceSession.run`, logged once.
 
@@ -69,7 +69,7 @@ def check_grpc_internals() -> None:
     problem = grpc_internals_problem()
     if problem is not None:
         raise UnpinnedGrpcio(
-            f"{problem}: the protection against stalled calls (server/transport.py) relies on "
+            f"{problem}: the protection against stalled calls (server/grpc/executor.py) relies on "
             "its internals. Install the pinned grpcio, or pass --allow-unpinned-grpcio "
             "(BNSERVE_ALLOW_UNPINNED_GRPCIO=1) to serve without that protection"
         )

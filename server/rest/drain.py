@@ -8,8 +8,8 @@ import asyncio
 
 from aiohttp import web
 
-from server.rest import codec
-from server.shutdown import RETRY_AFTER_S, SHUTDOWN_QUIET_S, SHUTTING_DOWN
+from bnserve.server.rest import codec
+from bnserve.server.shutdown import RETRY_AFTER_S, SHUTDOWN_QUIET_S, SHUTTING_DOWN
 
 POLL_S = 0.01  # how often wait_until_quiet looks (shutdown only)
 

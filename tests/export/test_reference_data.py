@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from foreign_graphs import ForeignMlp, build_foreign
 
-from export.errors import ExportError
-from export.importer import ImportSettings, import_model
-from export.reference_data import read_reference_data
+from bnserve.export.errors import ExportError
+from bnserve.export.importer import ImportSettings, import_model
+from bnserve.export.reference_data import read_reference_data
 
 FEATURES = 5  # ForeignMlp's default
 ROWS = np.round(np.random.default_rng(3).normal(3, 2, (30, FEATURES)), 4)

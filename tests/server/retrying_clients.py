@@ -13,8 +13,8 @@ import time
 import grpc
 import numpy as np
 
-from server.gen.inference import grpc_service_pb2 as v2_pb
-from server.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2_pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 
 RETRY_AFTER_S = 0.01
 

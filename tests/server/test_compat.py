@@ -17,15 +17,15 @@ from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import free_port
 
-from server import _compat as compat
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.settings import ServerSettings
+from bnserve.server import _compat as compat
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.settings import ServerSettings
 
 # `python -m server` with grpc.__version__ replaced first, as another grpcio would report it.
 OTHER_GRPCIO = (
-    "import sys, grpc; grpc.__version__ = '1.99.0'; from server.cli import main; "
+    "import sys, grpc; grpc.__version__ = '1.99.0'; from bnserve.server.cli import main; "
     "sys.exit(main(sys.argv[1:]))"
 )
 
@@ -99,7 +99,7 @@ def test_a_call_of_another_shape_takes_the_stock_path_counted_and_logged_once(
         ServerSettings(workers=4, max_inflight=2), {"iris": test_models.classification}
     )
     try:
-        with caplog.at_level(logging.WARNING, logger="server._compat"):
+        with caplog.at_level(logging.WARNING, logger=compat.__name__):
             for _ in range(3):
                 assert len(_predict(server.port).probabilities) == 3
         assert server.pool is not None and server.pool.stock_path.count >= 3
@@ -116,7 +116,7 @@ def test_onnxruntime_without_the_binding_scores_through_run_logged_once(caplog) 
 
     monkeypatch_flag = compat._onnxruntime_fallback_logged
     monkeypatch_flag.clear()
-    with caplog.at_level(logging.WARNING, logger="server._compat"):
+    with caplog.at_level(logging.WARNING, logger=compat.__name__):
         first = compat.session_run(Session())
         compat.session_run(Session())
     assert first(["y"], {}, None) == ["public"]

@@ -7,7 +7,7 @@ import logging
 import sys
 import types
 
-from training.tune import _ray_compat as compat
+from bnserve.training.tune import _ray_compat as compat
 
 
 def test_loopback_constant_is_set_and_its_absence_logged_once(monkeypatch, caplog) -> None:
