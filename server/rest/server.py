@@ -170,9 +170,8 @@ class RestTransport:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.max_inflight, thread_name_prefix="http"
         )
-        max_body_bytes = settings.max_message_bytes
-        self._max_body_bytes = max_body_bytes
-        self._app = web.Application(client_max_size=max_body_bytes)
+        self._max_body_bytes = settings.max_message_bytes
+        self._app = web.Application(client_max_size=self._max_body_bytes)
         self._add_routes(self._app.router)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
