@@ -30,10 +30,10 @@ from server.rest.server import RestServer
 from server.servable import build_servable
 from server.servicers import native, v2
 from server.servicers.unimplemented import UnimplementedHandler
-from server.servicers.v2 import server_version
 from server.settings import ServerSettings
 from server.tracing import Tracing
 from server.transport import MessageFirstExecutor
+from server.version import installed_version
 from server.versions import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class Server:
                 settings.host,
                 settings.http_port,
                 max_body_bytes=settings.max_message_bytes,
-                server_version=server_version(),
+                server_version=installed_version(),
                 accepts=http_auth,
                 tls=http_tls,
                 metrics=metrics,

@@ -29,13 +29,15 @@ def _setting(
     none: str | None = None,
     metavar: str | None = None,
     resumable: bool = False,
+    off: str | None = None,
 ) -> Any:
     """A TrainConfig field and what `bnserve train` says of it (training/flags.py reads it).
 
     group: the --help section; choices: the allowed values (validated here too); none: what a
-    None default means, in words; resumable: a resumed run may change it (babysitting)."""
+    None default means, in words; resumable: a resumed run may change it (babysitting); off: what
+    the --no- flag of a True-by-default bool does (its help), the field's help being what on is."""
     metadata: dict[str, Any] = {"help": help_text, "group": group, "choices": choices, "none": none}
-    metadata |= {"metavar": metavar, "resumable": resumable}
+    metadata |= {"metavar": metavar, "resumable": resumable, "off": off}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -64,8 +66,9 @@ class TrainConfig:
     activation: str = _setting("relu", "hidden activation", group="network", choices=ACTIVATIONS)
     batchnorm: bool = _setting(
         True,
-        "batch norm on every hidden layer (--no-batchnorm: a plain affine with bias)",
+        "batch norm on every hidden layer",
         group="network",
+        off="every hidden layer a plain affine with bias, no batch norm",
     )
     optimizer: str = _setting(
         "adam", "optimizer family", group="optimization", choices=OPTIMIZERS, resumable=True
@@ -120,7 +123,7 @@ class TrainConfig:
     bn_epsilon: float = _setting(1e-5, "ε inside √(σ² + ε)", group="batch norm")
     running_var: str = _setting(
         "unbiased",
-        "EMA of the batch variance times m/(m − 1) (unbiased) or not (biased)",
+        "EMA of the batch variance times n/(n − 1), n the batch size (unbiased), or not (biased)",
         group="batch norm",
         choices=RUNNING_VAR_MODES,
     )

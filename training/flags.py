@@ -50,8 +50,9 @@ def add_config_flag(
     meta = setting.metadata
     text = help_text or f"{meta['help']} (default: {default_text(name)})"
     if kind is bool:
-        if setting.default is not True:
-            raise TypeError(f"{name}: only True-by-default booleans have a --no- flag")
+        if setting.default is not True or meta["off"] is None:
+            raise TypeError(f"{name}: only True-by-default booleans (with off=) have a --no- flag")
+        text = help_text or f"{meta['off']} (default: {meta['help']})"
         group.add_argument(
             "--no-" + flag_of(name)[2:],
             dest=name,

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from server.clients.connect import ConnectError, open_channel, read_token
+from server.clients.targets import TargetError, check_target, connection_failure
 from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv", type=Path, help="CSV of examples (header with feature names, or none)"
     )
     parser.add_argument("--out", type=Path, help="write --csv predictions here (default: stdout)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default: 10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --csv")
     parser.add_argument("--tls-ca", default="", help="PEM CA of the server's certificate (TLS)")
     parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
@@ -285,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(
             settings, token=read_token(args.token_file, os.environ.get("BNSERVE_AUTH_TOKEN", ""))
         )
+        check_target(settings.target)
         return run(settings)
-    except (InputError, ConnectError) as error:
+    except (InputError, ConnectError, TargetError) as error:
         print(f"bnserve predict: error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
+        if (reason := connection_failure(settings.target, error)) is not None:
+            print(f"bnserve predict: error: {reason}", file=sys.stderr)
+            return 2
         print(
             f"bnserve predict: error: {settings.target} answered {error.code().name}: "
             f"{error.details()}",

@@ -15,6 +15,7 @@ from server.model import Model, TensorSpec
 from server.servable import Servable
 from server.servicers.drift_rpc import drift_response
 from server.streaming import ReadAhead
+from server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
 STREAM_WINDOW = 256  # stream messages read ahead of their answers (back-pressure beyond)
@@ -131,6 +132,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             training_json=card.get("training"),
             created_at=card.get("created_at"),
             metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
+            server_version=installed_version(),
         )
 
     @translate_errors

@@ -5,7 +5,6 @@ classification extension). Translation only: protobuf in and out, the data plane
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import metadata as package_metadata
 
 import grpc
 
@@ -26,6 +25,7 @@ from server.gen.inference import grpc_service_pb2_grpc
 from server.gen.inference import model_config_pb2 as config_pb
 from server.model import TensorSpec
 from server.statistics import Duration, StatsSnapshot
+from server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "bnserve"
@@ -37,13 +37,6 @@ DATA_TYPES = {
 }
 
 
-def server_version() -> str:
-    try:
-        return package_metadata.version("bnserve")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """Liveness, readiness, metadata, ModelInfer and ModelStreamInfer (FP32 typed contents or
     raw bytes), ModelConfig, ModelStatistics, RepositoryIndex."""
@@ -51,7 +44,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._metadata = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
+            name=SERVER_NAME, version=installed_version(), extensions=EXTENSIONS
         )
 
     @translate_errors
