@@ -41,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif kind.startswith("tuple"):
-            parser.add_argument(
-                flag, action="append", default=None, metavar="PATH", help=help_text
-            )
+            parser.add_argument(flag, action="append", default=None, metavar="PATH", help=help_text)
         else:
             parser.add_argument(
                 flag, type={"int": int, "float": float}.get(kind, str), default=None, help=help_text
@@ -95,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     if link is None and settings.process_count() > 1:
         # The supervisor's children relay their own grpc core lines; it relays none.
         configure_logging(settings.log_level, settings.log_format)
-        log.info("%s", settings.summary())
         supervisor = Supervisor(
             settings, sys.argv[1:] if argv is None else argv, settings.process_count()
         )
@@ -107,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     """Run the configured server (a supervised process when link is given) until a stop
-    signal; the exit code."""
-    log.info("%s", settings.summary())
+    signal; the exit code. The settings line comes once the start-up checks have passed, so a
+    server that cannot start says only why."""
     if link is not None:
         link.watch_supervisor()
 
@@ -159,6 +156,7 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         server.stop(0)
         operations.stop()
         return 2
+    log.info("%s", settings.summary())
     if link is not None:
         link.report(server.repository.ready)
     if server.http_port is not None:

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv", type=Path, help="CSV of examples (header with feature names, or none)"
     )
     parser.add_argument("--out", type=Path, help="write --csv predictions here (default: stdout)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default: 10)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per call (default: 10)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --csv")
     parser.add_argument("--tls-ca", default="", help="PEM CA of the server's certificate (TLS)")
     parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
