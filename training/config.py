@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from training.header_hints import parse_delimiter
 from training.metrics import METRICS
 from training.optim import UPDATES
 
@@ -30,14 +32,16 @@ def _setting(
     metavar: str | None = None,
     resumable: bool = False,
     off: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A TrainConfig field and what `bnserve train` says of it (training/flags.py reads it).
 
     group: the --help section; choices: the allowed values (validated here too); none: what a
     None default means, in words; resumable: a resumed run may change it (babysitting); off: what
-    the --no- flag of a True-by-default bool does (its help), the field's help being what on is."""
+    the --no- flag of a True-by-default bool does (its help), the field's help being what on is;
+    parse: turns the flag's text into the value (ValueError for a bad one)."""
     metadata: dict[str, Any] = {"help": help_text, "group": group, "choices": choices, "none": none}
-    metadata |= {"metavar": metavar, "resumable": resumable, "off": off}
+    metadata |= {"metavar": metavar, "resumable": resumable, "off": off, "parse": parse}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -53,6 +57,12 @@ class TrainConfig:
         group="data",
     )
     target: str | None = _setting(None, "CSV target column", group="data", none="the last column")
+    delimiter: str = _setting(
+        ",",
+        "a CSV's field separator, one character (\\t: a tab)",
+        group="data",
+        parse=parse_delimiter,
+    )
     task: str | None = _setting(
         None, "what the target is", group="data", choices=TASKS, none="inferred from the target"
     )
@@ -303,6 +313,12 @@ def _shown(value: Any) -> str:
 
 def _validate(config: TrainConfig) -> None:
     _check(isinstance(config.data, str) and config.data != "", "data", config.data, "non-empty")
+    _check(
+        len(config.delimiter) == 1 and config.delimiter not in '\r\n"',
+        "delimiter",
+        config.delimiter,
+        "one character other than a quote or a line break",
+    )
     for setting in dataclasses.fields(config):
         choices, value = setting.metadata["choices"], getattr(config, setting.name)
         nullable = FIELD_TYPES[setting.name][1]
