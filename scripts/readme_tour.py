@@ -49,7 +49,7 @@ MASKS = [
     (re.compile(r"^(\S*?:? ?)\s*\d+%\|.*$"), r"\1<progress bar>"),  # tqdm
     (re.compile(r"\(([0-9a-f]{12})\)"), "(<run id>)"),
     # bnserve tune's table: the trailing seconds column
-    (re.compile(r"^(\s+\d+\s+\d+\s+\d+\s+(?:finished|pruned|failed)\s.*\s)\s*[\d.]+$"), r"\1<s>"),
+    (re.compile(r"^(\s+\d+\s+\d+\s+\d+\s+(?:finished|pruned|failed)\s.*?\S)\s+[\d.]+$"), r"\1 <s>"),
 ]
 
 

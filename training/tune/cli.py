@@ -28,7 +28,7 @@ from training.tune.store import FILENAME, TrialStore, database_failure
 # TrainConfig fields with a flag of their own here (any other: --set FIELD=VALUE)
 _TRAINING_FLAGS = ("data", "target", "delimiter", "task", "epochs", "class_weight", "metric")
 _TRAINING_HELP = {
-    "epochs": f"epochs per trial (default {DEFAULT_SPACE['fixed']['epochs']})",
+    "epochs": f"epochs per trial (default: {DEFAULT_SPACE['fixed']['epochs']})",
     "metric": "the dev metric trials are ranked on, as bnserve train (default: error or rmse)",
 }
 
