@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -70,6 +71,7 @@ def add_config_flag(
     group.add_argument(flag_of(name), **options)
 
 
+@functools.cache  # one per field: train's and tune's flags share it
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """parse, with its ValueError's words as argparse's one error line."""
 
