@@ -3,13 +3,13 @@ HTTP/REST port. A failure to connect is the client's problem (exit 2), not the s
 
 from __future__ import annotations
 
+import os
 import re
 
 import grpc
 
-from server.settings import ServerSettings
+from server.settings import ENV_PREFIX, ServerSettings
 
-DEFAULT_GRPC_PORT: int = ServerSettings.port  # `bnserve serve`'s default, as the hints name it
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 # grpc-core's words for "no HTTP/2 server at the other end" (checked with grpcio 1.85)
 _NOT_CONNECTED = ("failed to connect", "connection refused", "dns resolution failed")
@@ -20,13 +20,19 @@ class TargetError(ValueError):
     """--target is unusable or unreachable; the message says why and what to give instead."""
 
 
+def serve_port() -> int:
+    """The port a plain `bnserve serve` listens on here: BNSERVE_PORT if set, else the default."""
+    configured = os.environ.get(f"{ENV_PREFIX}PORT", "").strip()
+    return int(configured) if configured.isdigit() else ServerSettings.port
+
+
 def check_target(target: str) -> None:
     """Refuse a URL up front: gRPC targets are HOST:PORT (or grpc's own `dns:///HOST:PORT`)."""
     if _URL.match(target) and not target.lower().startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
         host = _URL.sub("", target).split("/", 1)[0].rsplit(":", 1)[0]
         raise TargetError(
             f"--target {target!r} is a URL; give the gRPC server's HOST:PORT, not an HTTP "
-            f"address (e.g. --target {host}:{DEFAULT_GRPC_PORT}, bnserve serve's default port)"
+            f"address (e.g. --target {host}:{serve_port()}, bnserve serve's default port)"
         )
 
 
@@ -48,13 +54,13 @@ def connection_failure(target: str, error: grpc.RpcError) -> str | None:
         return (
             f"{target} does not speak gRPC (the reply was not HTTP/2: {details}); is it the "
             f"HTTP/REST or metrics port? bnserve predict needs the server's gRPC port "
-            f"(--port, default {DEFAULT_GRPC_PORT})"
+            f"(--port, default {serve_port()})"
         )
     if not any(words in lowered for words in _NOT_CONNECTED):
         return None
     if not has_port(target):
         return (
             f"nothing is listening at {target}: with no port gRPC uses 443; bnserve serve "
-            f"listens on {DEFAULT_GRPC_PORT} by default (--target {target}:{DEFAULT_GRPC_PORT})"
+            f"listens on {serve_port()} by default (--target {target}:{serve_port()})"
         )
     return f"nothing is listening at {target} (is `bnserve serve` running there?): {details}"

@@ -37,14 +37,20 @@ def test_nothing_listening_exits_2_and_says_so(capsys: pytest.CaptureFixture[str
     assert "answered" not in lines[0]
 
 
-def test_no_port_says_grpc_took_443(capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_port_says_grpc_took_443(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BNSERVE_PORT", raising=False)
     code, lines = _predict("127.0.0.1", capsys)
     assert code == 2 and len(lines) == 1, lines
     assert "nothing is listening at 127.0.0.1: with no port gRPC uses 443" in lines[0]
     assert "--target 127.0.0.1:50051" in lines[0]
 
 
-def test_a_url_is_refused_before_any_call(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_url_is_refused_before_any_call(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BNSERVE_PORT", raising=False)
     code, lines = _predict("http://127.0.0.1:8000/v2", capsys)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0] == (
