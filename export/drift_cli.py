@@ -1,5 +1,5 @@
 """`bnserve drift DATA --model model.onnx`: production inputs against a model's training
-distribution, offline, with the server's own statistics (server/drift.py).
+distribution, offline, with the server's own statistics (server/drift/monitor.py).
 
 Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
 shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.contract import MetadataKey
-from server.drift import (
+from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
     DriftReference,
     DriftSettings,
     parse_reference,
 )
-from server.wire import with_graph_outputs
-from training.header_hints import delimiter_hint, parse_delimiter
-from training.rundir import write_bytes
+from bnserve.server.modelfile.contract import MetadataKey
+from bnserve.server.modelfile.wire import with_graph_outputs
+from bnserve.training.data.header_hints import delimiter_hint, parse_delimiter
+from bnserve.training.rundir import write_bytes
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run

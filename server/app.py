@@ -16,25 +16,25 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.admission import InflightLimiter
-from server.dataplane import DataPlane
-from server.drift_metrics import DriftCollector
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2_grpc
-from server.metrics import ServerMetrics
-from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
-from server.reflection import enable_reflection
-from server.reload import ReloadPolicy, VersionManager
-from server.repository import ModelRepository
-from server.rest.server import RestServer
-from server.servable import build_servable
-from server.servicers import native, v2
-from server.servicers.unimplemented import UnimplementedHandler
-from server.settings import ServerSettings
-from server.tracing import Tracing
-from server.transport import MessageFirstExecutor
-from server.version import installed_version
-from server.versions import ModelSource, resolve_sources
+from bnserve.server.drift.metrics import DriftCollector
+from bnserve.server.grpc.executor import MessageFirstExecutor
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from bnserve.server.grpc.reflection import enable_reflection
+from bnserve.server.grpc.servicers import native, v2
+from bnserve.server.grpc.servicers.unimplemented import UnimplementedHandler
+from bnserve.server.models.reload import ReloadPolicy, VersionManager
+from bnserve.server.models.repository import ModelRepository
+from bnserve.server.models.servable import build_servable
+from bnserve.server.models.versions import ModelSource, resolve_sources
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.tracing import Tracing
+from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.dataplane import DataPlane
+from bnserve.server.rest.server import RestServer
+from bnserve.server.settings import ServerSettings
+from bnserve.server.version import installed_version
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Server:
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given; reuse_port shares the port with the other processes of a
-        supervisor (server/supervisor.py), which holds it against anyone else. sources: the
+        supervisor (server/process/supervisor.py), which holds it against anyone else. sources: the
         models to serve; None: those settings.model, name, model_version and model_root name
         (as `bnserve serve` resolves them). Raises ModelPathError (a ValueError) for bad model
         paths, OSError for a port it cannot bind."""

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from server.auth import TokenAuthInterceptor, load_token_digests
-from server.decoding import RequestDecodingInterceptor
-from server.metrics import ServerMetrics
-from server.observability import ObservabilityInterceptor
-from server.settings import ServerSettings
-from server.tls import server_credentials
-from server.tracing import Tracing
+from bnserve.server.grpc.decoding import RequestDecodingInterceptor
+from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.tracing import Tracing
+from bnserve.server.security.auth import TokenAuthInterceptor, load_token_digests
+from bnserve.server.security.tls import server_credentials
+from bnserve.server.settings import ServerSettings
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from server.cores import usable_cores
+from bnserve.server.process.cores import usable_cores
 
 ENV_PREFIX = "BNSERVE_"
 _TRUE = {"1", "true", "yes", "on"}

@@ -1,4 +1,4 @@
-"""bnserve_cli.py: every command keeps README's exit codes — 2 with one line when it cannot do
+"""bnserve/cli.py: every command keeps README's exit codes — 2 with one line when it cannot do
 its work (usage, a bad value, an unusable file), 1 only for a negative answer, 0 when done."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import bnserve_cli
+import bnserve.cli
 
 
 def _free_port() -> int:
@@ -44,7 +44,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
 @pytest.mark.parametrize("index", range(13))
 def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path, capsys):
     command, args, named = _cases(tmp_path)[index]
-    assert bnserve_cli.main([command, *args]) == 2
+    assert bnserve.cli.main([command, *args]) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("bnserve ")]  # serve: + its log
     assert len(said) == 1 and said[0].startswith(f"bnserve {command}: error: "), err
@@ -52,51 +52,51 @@ def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path
     assert err.count("\n") == 1, err  # serve too: no settings line before a failed start
 
 
-@pytest.mark.parametrize("command", sorted(bnserve_cli.SUBCOMMANDS))
+@pytest.mark.parametrize("command", sorted(bnserve.cli.SUBCOMMANDS))
 def test_a_usage_error_exits_2_in_every_command(command, capsys):
     with pytest.raises(SystemExit) as exited:
-        bnserve_cli.main([command, "--no-such-flag"])
+        bnserve.cli.main([command, "--no-such-flag"])
     assert exited.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]  # argparse: the usage, then the error
     assert last.startswith(f"bnserve {command}: error: "), last
-    assert bnserve_cli.main(["no-such-command"]) == 2
+    assert bnserve.cli.main(["no-such-command"]) == 2
 
 
 def test_a_predict_with_no_server_listening_exits_2(capsys):
     """Nothing answered, so no negative answer (1): the client could not do its work (2)."""
     port = _free_port()
     args = ["predict", "--target", f"127.0.0.1:{port}", "--features", "1,2", "--timeout", "2"]
-    assert bnserve_cli.main(args) == 2
+    assert bnserve.cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bnserve predict: error: nothing is listening at 127.0.0.1:{port} ")
     assert err.count("\n") == 1
 
 
 def test_bare_bnserve_prints_the_usage_and_exits_2(capsys):
-    assert bnserve_cli.main([]) == 2
+    assert bnserve.cli.main([]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("usage: bnserve COMMAND")
-    assert all(f"  {name} " in captured.err for name in bnserve_cli.SUBCOMMANDS)
+    assert all(f"  {name} " in captured.err for name in bnserve.cli.SUBCOMMANDS)
 
 
 def test_version_is_the_installed_distribution_s(capsys):
     from importlib import metadata
 
-    assert bnserve_cli.main(["--version"]) == 0
+    assert bnserve.cli.main(["--version"]) == 0
     assert capsys.readouterr().out == f"bnserve {metadata.version('bnserve')}\n"
 
 
 def test_help_command_is_the_command_s_help(capsys):
     with pytest.raises(SystemExit) as exited:
-        bnserve_cli.main(["help", "export"])
+        bnserve.cli.main(["help", "export"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("usage: bnserve export ")
-    assert bnserve_cli.main(["help", "exprot"]) == 2
+    assert bnserve.cli.main(["help", "exprot"]) == 2
     assert "unknown command 'exprot' (did you mean 'export'?)" in capsys.readouterr().err
 
 
 def test_serve_summary_names_rest_and_metrics(capsys):
-    assert bnserve_cli.main(["--help"]) == 0
+    assert bnserve.cli.main(["--help"]) == 0
     assert "serve an ONNX model over gRPC, HTTP/REST and metrics" in capsys.readouterr().out
 
 
@@ -114,7 +114,7 @@ def _tables(tmp: Path) -> dict[str, Path]:
 
 def _mistake(capsys, command: str, *args: str) -> str:
     """Run a command that must refuse: its one line (exit 2, nothing else on stderr)."""
-    code = bnserve_cli.main([command, *args])
+    code = bnserve.cli.main([command, *args])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     return err.rstrip("\n")
@@ -132,7 +132,7 @@ def test_a_bom_csv_trains_and_tunes_as_the_plain_one(command, tmp_path, capsys):
     tables = _tables(tmp_path)
     for kind in ("plain", "bom"):
         args = ["--out", str(tmp_path / kind), "--data", str(tables[kind]), *_small(command)]
-        assert bnserve_cli.main([command, *args]) == 0, capsys.readouterr().err
+        assert bnserve.cli.main([command, *args]) == 0, capsys.readouterr().err
     runs = [tmp_path / kind / ("best" if command == "tune" else "") for kind in ("plain", "bom")]
     names = [json.loads((run / "meta.json").read_text())["feature_names"] for run in runs]
     assert names[0] == names[1] == ["a", "b"]
@@ -147,7 +147,7 @@ def test_a_semicolon_csv_gets_the_delimiter_hint_then_reads_with_it(command, tmp
         "is the file separated by ';'? (--delimiter ';')"
     )
     args = ["--out", str(tmp_path / "b"), "--data", str(data), "--delimiter", ";"]
-    assert bnserve_cli.main([command, *args, *_small(command)]) == 0
+    assert bnserve.cli.main([command, *args, *_small(command)]) == 0
 
 
 def test_a_wrong_target_column_suggests_the_closest(tmp_path, capsys):
@@ -175,7 +175,7 @@ def test_the_built_in_digits_refuse_a_target_they_lack_and_take_their_own(tmp_pa
         "'digit' (--target digit, or leave --target out)"
     )
     args = ["--out", str(tmp_path / "b"), "--target", "digit", *_small("train")]
-    assert bnserve_cli.main(["train", *args]) == 0
+    assert bnserve.cli.main(["train", *args]) == 0
 
 
 def test_serving_a_run_directory_says_bnserve_export_makes_the_model(tmp_path, capsys):
@@ -199,11 +199,11 @@ def test_exporting_a_path_that_does_not_exist_says_so(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("command", sorted(bnserve_cli.SUBCOMMANDS))
+@pytest.mark.parametrize("command", sorted(bnserve.cli.SUBCOMMANDS))
 def test_every_help_writes_defaults_one_way_with_plain_values(command, capsys):
     """`(default: X)` everywhere, X as a user types it: no Python reprs ('127.0.0.1', '', ())."""
     with pytest.raises(SystemExit):
-        bnserve_cli.main([command, "--help"])
+        bnserve.cli.main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     assert "(default" in text
     assert not re.search(r"\(default(?!: )", text), re.findall(r".{40}\(default(?!: ).{20}", text)
@@ -213,7 +213,7 @@ def test_every_help_writes_defaults_one_way_with_plain_values(command, capsys):
 
 def test_serve_help_shows_model_as_the_required_choice(capsys):
     with pytest.raises(SystemExit):
-        bnserve_cli.main(["serve", "--help"])
+        bnserve.cli.main(["serve", "--help"])
     help_text = capsys.readouterr().out
     assert help_text.startswith(
         "usage: bnserve serve (--model PATH [--model PATH ...] | --model-root DIR) [OPTIONS]"

@@ -1,12 +1,12 @@
-"""training/header_hints.py and the client's copy (server/clients/header_hints.py) say the same:
-the serving image has no training code, so the client cannot import the original."""
+"""training/data/header_hints.py and the client's copy (server/clients/header_hints.py) say the
+same: the serving image has no training code, so the client cannot import the original."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.clients import header_hints as client
-from training import header_hints as training
+from bnserve.server.clients import header_hints as client
+from bnserve.training.data import header_hints as training
 
 HEADERS = [["a;b;c"], ["a\tb"], ["a|b"], ["a,b"], ["abc"], ["a", "b;c"], ["a;b\tc"]]
 

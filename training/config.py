@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.header_hints import parse_delimiter
-from training.metrics import METRICS
-from training.optim import UPDATES
+from bnserve.training.data.header_hints import parse_delimiter
+from bnserve.training.metrics import METRICS
+from bnserve.training.optim import UPDATES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = tuple(UPDATES)  # optim.py's update functions, one per family

@@ -1,4 +1,4 @@
-"""The client's copy of training/header_hints.py's delimiter hint and --delimiter parsing: the
+"""The client's copy of training/data/header_hints.py's delimiter hint and --delimiter parsing: the
 serving image carries no training code, so the words are copied, and
 tests/test_header_hints.py checks that both say the same."""
 

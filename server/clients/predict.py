@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 
-from server.clients.connect import ConnectError, open_channel, read_token
-from server.clients.header_hints import delimiter_hint, parse_delimiter
-from server.clients.targets import TargetError, check_target, connection_failure
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.clients.connect import ConnectError, open_channel, read_token
+from bnserve.server.clients.header_hints import delimiter_hint, parse_delimiter
+from bnserve.server.clients.targets import TargetError, check_target, connection_failure
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 
 class InputError(ValueError):

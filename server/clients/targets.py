@@ -8,7 +8,7 @@ import re
 
 import grpc
 
-from server.settings import ENV_PREFIX, ServerSettings
+from bnserve.server.settings import ENV_PREFIX, ServerSettings
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 # grpc-core's words for "no HTTP/2 server at the other end" (checked with grpcio 1.85)

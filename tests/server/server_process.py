@@ -1,4 +1,4 @@
-"""`python -m server` as a real subprocess for the operations tests: start it, read its log,
+"""`python -m bnserve.server` as a real subprocess for the operations tests: start it, read its log,
 signal it, measure its memory, and lay out model directories the way operators do."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running `python -m server`; every stderr line is kept in `lines`."""
+    """A running `python -m bnserve.server`; every stderr line is kept in `lines`."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         # HTTP and metrics off unless a test asks (flag or env): test servers at once, or another
@@ -38,7 +38,7 @@ class ServerProcess:
         defaults = {"BNSERVE_HTTP_PORT": "0", "BNSERVE_METRICS_PORT": "0"}
         environment = {**defaults, **os.environ, **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
+            [sys.executable, "-m", "bnserve.server", "--host", "127.0.0.1", "--port", "0", *args],
             stderr=subprocess.PIPE,
             text=True,
             env=environment,

@@ -10,9 +10,9 @@ from in_process import start_server
 from model_builder import ModelFiles
 from server_process import free_port
 
-from server.app import Server
-from server.clients.predict import main
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.clients.predict import main
+from bnserve.server.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import grpc
 from in_process import start_server
 from model_builder import ModelFiles
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.gen.inference import grpc_service_pb2_grpc
-from server.settings import ServerSettings
-from server.version import installed_version
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.settings import ServerSettings
+from bnserve.server.version import installed_version
 
 
 def test_the_installed_version_is_pip_s() -> None:

@@ -1,0 +1,497 @@
+"""Columnar readers for CSV (plain or gzip) and Parquet: float32 features, streamed block by block.
+
+pyarrow reads each block column by column; the features go straight into row-major float32
+blocks written to a binary sink (the cache file, or memory), never into a Python list of rows.
+Blocks are made on several threads (a CSV piece is parsed and converted on one; a Parquet
+batch, decoded by pyarrow's own threads, is converted on one) and written in order.
+The target column is kept as trimmed strings and turned into (unique cells, per-row codes).
+
+Errors name the file, the place and the column. CSV lines are counted as in the file (the
+header is line 1); Parquet rows count from 0 like an array. When pyarrow's fast path fails, or
+finds a value that is not allowed, the CSV is scanned again with the csv module to find the
+first bad line, so the message is the same whichever check caught it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import csv
+import gzip
+import io
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import numpy as np
+
+from bnserve.training.data.header_hints import closest, delimiter_hint
+from bnserve.training.errors import DataError
+from bnserve.training.threads import available_cores
+
+# CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
+# blocks) are in flight. pyarrow's own streaming reader parses on one thread only.
+BLOCK_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 32_768
+READ_THREADS = 4  # at most, and never more than the cores this process may use
+_Piece = TypeVar("_Piece")
+_Result = TypeVar("_Result")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# What pyarrow's float parser accepts (and so what a feature cell may be): decimal notation,
+# nan and inf, surrounding spaces. Python's float() would also take "1_0" or non-ASCII digits.
+NUMBER = re.compile(r"\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)\s*", re.I)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target column as unique trimmed cells (first-seen order) and a code (N,) per row."""
+
+    cells: list[str]
+    codes: np.ndarray  # (N,) int32 or int64 index into cells
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What a reader found besides the feature bytes it wrote."""
+
+    rows: int
+    feature_names: list[str]
+    target_name: str
+    target: Target
+
+
+def is_csv(path: Path) -> bool:
+    """A .csv or .csv.gz path."""
+    name = path.name.lower()
+    return name.endswith(".csv") or name.endswith(".csv.gz")
+
+
+def is_parquet(path: Path) -> bool:
+    """A .parquet or .pq path."""
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def read_table(path: Path, target: str | None, sink: BinaryIO, delimiter: str = ",") -> TableInfo:
+    """Write the features of a CSV/Parquet file to `sink` as (N, F) float32 C-order bytes.
+
+    delimiter: a CSV's field separator (one character)."""
+    import pyarrow as pa
+
+    try:
+        if is_parquet(path):
+            return _read_parquet(path, target, sink)
+        return _read_csv(path, target, sink, delimiter)
+    finally:
+        pa.default_memory_pool().release_unused()  # the blocks are gone: give their pages back
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes, unzipped when it ends in .gz (the caller closes it)."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="")
+
+
+def _read_header(path: Path, delimiter: str) -> list[str]:
+    try:
+        with _open_text(path) as handle:
+            first = next(csv.reader(handle, delimiter=delimiter), [])
+    except UnicodeDecodeError:
+        _raise_decode_error(path)
+    except (OSError, EOFError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
+    return [name.strip() for name in first]
+
+
+def _columns(
+    path: Path, header: list[str], target: str | None, delimiter: str = ","
+) -> tuple[str, list[int], int]:
+    """(target name, feature column indices, target column index); refuses bad headers."""
+    if not header or not any(header):
+        raise DataError(f"{path}: empty file (a header line is needed)")
+    if hint := delimiter_hint(header, delimiter):
+        raise DataError(f"{path}: line 1: {hint}")
+    seen: dict[str, int] = {}
+    for col, name in enumerate(header):
+        if name in seen:
+            raise DataError(
+                f"{path}: duplicate column name {name!r} (columns {seen[name] + 1} and {col + 1})"
+            )
+        seen[name] = col
+    target_name = target if target is not None else header[-1]
+    if target_name not in seen:
+        raise DataError(
+            f"{path}: target column {target_name!r} is not in the header; "
+            f"{closest(target_name, header)}"
+        )
+    target_col = seen[target_name]
+    feature_cols = [col for col in range(len(header)) if col != target_col]
+    if not feature_cols:
+        raise DataError(f"{path}: no feature columns besides the target {target_name!r}")
+    return target_name, feature_cols, target_col
+
+
+def _read_csv(path: Path, target: str | None, sink: BinaryIO, delimiter: str) -> TableInfo:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    header = _read_header(path, delimiter)
+    target_name, feature_cols, _ = _columns(path, header, target, delimiter)
+    parse_options = pa_csv.ParseOptions(delimiter=delimiter)
+    names = [header[col] for col in feature_cols]
+    convert = pa_csv.ConvertOptions(
+        column_types={**{name: pa.float32() for name in names}, target_name: pa.string()},
+        null_values=[],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+
+    def parse(piece: bytes) -> tuple[np.ndarray, list]:
+        read = pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=len(piece))
+        table = pa_csv.read_csv(
+            pa.py_buffer(piece),
+            read_options=read,
+            parse_options=parse_options,
+            convert_options=convert,
+        )
+        block = _feature_block(table, names)
+        if not np.isfinite(block).all():
+            raise _NotFinite
+        return block, _trimmed(table.column(target_name)).chunks
+
+    try:
+        with _open_bytes(path) as raw:
+            rows, chunks = _write_blocks(_ordered_map(parse, _line_pieces(raw)), sink)
+    except _NotFinite:
+        _fail(path, target, "a feature value is not finite in float32", delimiter)
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
+        locate_csv_problem(path, target, delimiter)  # a gzip file cut short: pyarrow's OSError
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
+    codes_target = _encode(chunks)
+    if any(_bad_target_cell(cell) for cell in codes_target.cells):
+        _fail(path, target, f"column {target_name!r} has a missing or non-finite target", delimiter)
+    return TableInfo(rows, names, target_name, codes_target)
+
+
+class _NotFinite(Exception):
+    """A block holds NaN or Inf (the rescan names the line)."""
+
+
+def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
+    """The file after its first line (the header), in pieces of about BLOCK_BYTES that each end
+    at a line break.
+
+    As in pyarrow's own parallel reader (newlines_in_values off), a line break ends a row. It
+    may be \\n, \\r\\n or a lone \\r; a piece cut between \\r and \\n starts with an empty line,
+    which pyarrow skips.
+    """
+    carry, in_header = b"", True
+    while chunk := raw.read(BLOCK_BYTES):
+        piece = carry + chunk
+        if in_header:
+            ends = [at for at in (piece.find(b"\n"), piece.find(b"\r")) if at >= 0]
+            if not ends:
+                carry = piece  # a header longer than a block: read on
+                continue
+            piece, in_header = piece[min(ends) + 1 :], False
+        cut = max(piece.rfind(b"\n"), piece.rfind(b"\r")) + 1
+        if cut == 0:
+            carry = piece  # a line longer than a block: read on
+            continue
+        carry = piece[cut:]
+        yield piece[:cut]
+    if carry and not in_header:
+        yield carry
+
+
+def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
+    """work(piece) for each piece on READ_THREADS threads, yielded in the pieces' order.
+
+    At most READ_THREADS + 1 pieces are in flight, so memory stays bounded by the piece size.
+    A failure is raised where its result would have been yielded; the rest are cancelled.
+    """
+    threads = max(1, min(READ_THREADS, available_cores()))
+    with ThreadPoolExecutor(threads, thread_name_prefix="bnserve-read") as pool:
+        pending: collections.deque[Future[_Result]] = collections.deque()
+        try:
+            for piece in pieces:
+                pending.append(pool.submit(work, piece))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _write_blocks(results: Iterable[tuple[np.ndarray, list]], sink: BinaryIO) -> tuple[int, list]:
+    """Write each (block, target chunks) result's block to sink, in order: (rows, all chunks)."""
+    rows, chunks = 0, []
+    for block, target_chunks in results:
+        sink.write(block.data)
+        chunks.extend(target_chunks)
+        rows += len(block)
+    return rows, chunks
+
+
+def _fail(path: Path, target: str | None, reason: str, delimiter: str) -> None:
+    """Raise the slow scan's exact message, or `reason` if the scan finds nothing wrong."""
+    locate_csv_problem(path, target, delimiter)
+    raise DataError(f"{path}: {reason}")
+
+
+def _feature_block(table, names: list[str]) -> np.ndarray:
+    """(N, F) float32, filled column by column from an Arrow table of float32 columns."""
+    block = np.empty((table.num_rows, len(names)), dtype=np.float32)
+    for out_col, name in enumerate(names):
+        start = 0
+        for chunk in table.column(name).chunks:
+            block[start : start + len(chunk), out_col] = _numbers(chunk)
+            start += len(chunk)
+    return block
+
+
+def _numbers(array) -> np.ndarray:
+    """A numeric Arrow array without nulls as a numpy view of its data buffer.
+
+    Array.to_numpy consults pandas when it is installed (importing it costs about a second).
+    """
+    if array.null_count:
+        raise ValueError("an array with nulls has no plain numpy view")
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def _trimmed(column):
+    import pyarrow.compute as pc
+
+    return pc.utf8_trim_whitespace(column)
+
+
+def _encode(chunks: list) -> Target:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = pa.chunked_array(chunks, type=pa.string())
+    cells = pc.unique(column)
+    codes = _numbers(pc.index_in(column, value_set=cells).combine_chunks())
+    dtype = np.int32 if len(cells) < 2**31 else np.int64
+    return Target([str(cell) for cell in cells.to_pylist()], codes.astype(dtype, copy=False))
+
+
+def _bad_target_cell(cell: str) -> bool:
+    """Empty, or a number that is not finite (NaN, inf): never a usable target."""
+    if cell == "":
+        return True
+    try:
+        return not math.isfinite(float(cell))
+    except ValueError:
+        return False
+
+
+def _raise_decode_error(path: Path) -> None:
+    """Find the first byte that is not UTF-8, counting from the start of the (unzipped) file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with _open_bytes(path) as raw:
+        while chunk := raw.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: not UTF-8 text (byte {offset + error.start})") from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text (byte {offset + error.start})") from None
+    raise DataError(f"{path}: not UTF-8 text")
+
+
+def locate_csv_problem(path: Path, target: str | None, delimiter: str = ",") -> None:
+    """Scan the CSV with the csv module and raise DataError at its first bad line, if any.
+
+    The slow path behind the pyarrow reader: it streams the file (no list of rows) and stops
+    at the first problem. Returns when it finds none (the caller then reports pyarrow's error).
+    """
+    header = _read_header(path, delimiter)
+    target_name, feature_cols, target_col = _columns(path, header, target, delimiter)
+    try:
+        with _open_text(path) as handle:
+            rows = csv.reader(handle, delimiter=delimiter)
+            next(rows, None)
+            for line, row in enumerate(rows, start=2):
+                _check_row(path, line, row, header, feature_cols, target_col, target_name)
+    except UnicodeDecodeError:
+        _raise_decode_error(path)
+    except (csv.Error, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
+
+
+def _check_row(
+    path: Path,
+    line: int,
+    row: list[str],
+    header: list[str],
+    feature_cols: list[int],
+    target_col: int,
+    target_name: str,
+) -> None:
+    if not row:
+        return  # a blank line (pyarrow skips those too)
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
+    for col in feature_cols:
+        cell = row[col]
+        if NUMBER.fullmatch(cell) is None:
+            raise DataError(
+                f"{path}: line {line}, column {header[col]!r}: {cell!r} is not a number"
+            )
+        value = float(cell)
+        if not math.isfinite(value):
+            raise DataError(f"{path}: line {line}, column {header[col]!r}: {cell!r} is not finite")
+        if abs(value) > FLOAT32_MAX:
+            raise DataError(
+                f"{path}: line {line}, column {header[col]!r}: {cell!r} is beyond float32"
+            )
+    cell = row[target_col].strip()
+    if cell == "":
+        raise DataError(f"{path}: line {line}, column {target_name!r}: missing target value")
+    if _bad_target_cell(cell):
+        raise DataError(f"{path}: line {line}, column {target_name!r}: {cell!r} is not finite")
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (not Parquet)")
+    try:
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    header = list(parquet.schema_arrow.names)
+    if not header:
+        raise DataError(f"{path}: empty file (no columns)")
+    target_name, feature_cols, _ = _columns(path, header, target)
+    names = [header[col] for col in feature_cols]
+    for name in names:
+        kind = parquet.schema_arrow.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or _is_text(kind)):
+            raise DataError(f"{path}: column {name!r} has type {kind}, not numbers")
+
+    def convert(numbered: tuple[int, Any]) -> tuple[np.ndarray, list]:
+        first_row, batch = numbered
+        return _parquet_block(path, batch, names, first_row), [
+            _parquet_target(path, batch.column(target_name), target_name, first_row)
+        ]
+
+    try:
+        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        rows, chunks = _write_blocks(_ordered_map(convert, _numbered(batches)), sink)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    codes_target = _encode(chunks)
+    for index, cell in enumerate(codes_target.cells):
+        if _bad_target_cell(cell):
+            row = int(np.argmax(codes_target.codes == index))
+            what = "missing target value" if cell == "" else f"{cell!r} is not finite"
+            raise DataError(f"{path}: row {row}, column {target_name!r}: {what}")
+    return TableInfo(rows, names, target_name, codes_target)
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    """(number of the batch's first row, batch) for each record batch."""
+    first_row = 0
+    for batch in batches:
+        yield first_row, batch
+        first_row += batch.num_rows
+
+
+def _parquet_block(path: Path, batch, names: list[str], first_row: int) -> np.ndarray:
+    """(B, F) float32 of one record batch; the first bad cell's row and column named."""
+    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
+        for out_col, name in enumerate(names):
+            column = batch.column(name)
+            if column.null_count or _is_text(column.type):
+                column = _parquet_numbers(path, column, name, first_row)
+            else:
+                column = _numbers(column)
+            block[:, out_col] = column  # cast to float32 on assignment
+    if not np.isfinite(block).all():  # name the first bad cell's row and column
+        for name in names:
+            _parquet_numbers(path, batch.column(name), name, first_row)
+    return block
+
+
+def _parquet_numbers(path: Path, column, name: str, first_row: int) -> np.ndarray:
+    """One batch of a feature column as float32; the first bad row named in the error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        row = first_row + int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+        raise DataError(f"{path}: row {row}, column {name!r}: missing value")
+    if _is_text(column.type):
+        try:
+            column = pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
+        except pa.ArrowInvalid:
+            for offset, cell in enumerate(column.to_pylist()):
+                if NUMBER.fullmatch(cell) is None:
+                    raise DataError(
+                        f"{path}: row {first_row + offset}, column {name!r}: "
+                        f"{cell!r} is not a number"
+                    ) from None
+            raise
+    values = _numbers(column)
+    with np.errstate(over="ignore"):
+        as_float32 = values.astype(np.float32)
+    bad = ~np.isfinite(as_float32)
+    if bad.any():
+        offset = int(np.argmax(bad))
+        beyond = " (beyond float32)" if np.isfinite(values[offset]) else ""
+        raise DataError(
+            f"{path}: row {first_row + offset}, column {name!r}: "
+            f"{values[offset]} is not finite{beyond}"
+        )
+    return as_float32
+
+
+def _parquet_target(path: Path, column, name: str, first_row: int):
+    """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        row = first_row + int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+        raise DataError(f"{path}: row {row}, column {name!r}: missing target value")
+    if _is_text(column.type):
+        return pc.utf8_trim_whitespace(column.cast(pa.string()))
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return pc.cast(column, pa.string())
+    if pa.types.is_boolean(column.type) or pa.types.is_dictionary(column.type):
+        return pc.cast(column, pa.string())
+    raise DataError(f"{path}: target column {name!r} has type {column.type}")
