@@ -22,7 +22,7 @@ def test_the_wheel_installs_only_bnserve_and_carries_the_digits(tmp_path: Path) 
             "--wheel-dir",
             str(tmp_path),
             str(REPO),
-        ],  # fmt: skip
+        ],
         check=True,
         capture_output=True,
         timeout=300,
