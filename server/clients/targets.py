@@ -14,6 +14,7 @@ _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 # grpc-core's words for "no HTTP/2 server at the other end" (checked with grpcio 1.85)
 _NOT_CONNECTED = ("failed to connect", "connection refused", "dns resolution failed")
 _NOT_HTTP2 = "failed parsing http/2"
+_CLOSED = "socket closed"  # TLS on one side only: the server hangs up at the first bytes
 
 
 class TargetError(ValueError):
@@ -44,8 +45,8 @@ def has_port(target: str) -> bool:
 
 
 def connection_failure(target: str, error: grpc.RpcError) -> str | None:
-    """The one-line reason when error means the call never reached a gRPC server; None when the
-    server itself answered (its status is then the answer, exit 1)."""
+    """The one-line reason when error means the call never reached a gRPC server's handlers;
+    None when the server itself answered (its status is then the answer, exit 1)."""
     code, details = error.code(), (error.details() or "")
     lowered = details.lower()
     if code != grpc.StatusCode.UNAVAILABLE:
@@ -63,4 +64,11 @@ def connection_failure(target: str, error: grpc.RpcError) -> str | None:
             f"nothing is listening at {target}: with no port gRPC uses 443; bnserve serve "
             f"listens on {serve_port()} by default (--target {target}:{serve_port()})"
         )
-    return f"nothing is listening at {target} (is `bnserve serve` running there?): {details}"
+    if "connection refused" in lowered:
+        return f"nothing is listening at {target} (is `bnserve serve` running there?): {details}"
+    if _CLOSED in lowered:
+        return (
+            f"{target} closed the connection before any answer: a TLS server reached without "
+            f"--tls-ca, or a plaintext one with it? ({details})"
+        )
+    return f"cannot connect to {target}: {details}"
