@@ -1,15 +1,12 @@
 """The HTTP transport's part of a stop (server/shutdown.py): requests in flight counted, new ones
-held while draining and then answered 503 with Retry-After and Connection: close. Every method
-runs on the HTTP server's event loop thread."""
+held while draining until `release` (the transport then answers them 503 with Retry-After and
+Connection: close). Every method runs on the HTTP server's event loop thread."""
 
 from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
-from bnserve.server.rest import codec
-from bnserve.server.shutdown import RETRY_AFTER_S, SHUTDOWN_QUIET_S, SHUTTING_DOWN
+from bnserve.server.shutdown import SHUTDOWN_QUIET_S
 
 POLL_S = 0.01  # how often wait_until_quiet looks (shutdown only)
 
@@ -38,13 +35,12 @@ class Drain:
     def left(self) -> None:
         self._inflight -= 1
 
-    async def refused(self, request: web.Request, open_path: bool) -> web.Response | None:
-        """While draining: the answer to a new request (held until `release`), or None for a
-        health probe, which is answered as usual."""
+    async def hold(self, open_path: bool) -> bool:
+        """While draining: True for a new request, which must be refused once this returns
+        (held until `release`); False for a health probe, which is answered as usual."""
         if open_path:
-            return None
-        loop = asyncio.get_running_loop()
-        self._last_arrival = loop.time()
+            return False
+        self._last_arrival = asyncio.get_running_loop().time()
         released = self._released
         if released is not None and not released.is_set() and self._held < self._max_held:
             self._held += 1
@@ -52,14 +48,7 @@ class Drain:
                 await released.wait()
             finally:
                 self._held -= 1
-        response = web.Response(
-            status=503,
-            body=codec.dumps({"error": SHUTTING_DOWN}),
-            content_type="application/json",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-        response.force_close()  # Connection: close
-        return response
+        return True
 
     async def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:
         """Until no request is in flight and none came for quiet_s (True), or timeout_s."""
