@@ -184,13 +184,6 @@ class RestTransport:
             max_workers=settings.max_inflight, thread_name_prefix="http"
         )
         self._max_body_bytes = settings.max_message_bytes
-        self._app = web.Application(client_max_size=self._max_body_bytes)
-        self._add_routes(self._app.router)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
         self._grace_s = settings.grace_s  # aiohttp's shutdown_timeout: in-flight's last wait
         self._keepalive_timeout_s = settings.http_keepalive_timeout_s
         self._body_timeout_s = settings.request_timeout_s
@@ -202,6 +195,13 @@ class RestTransport:
         if options.metrics is not None:
             options.metrics.watch_http_connections(self.connections)
         self._listener: Listener | None = None
+        self._app = web.Application(client_max_size=self._max_body_bytes)
+        self._add_routes(self._app.router)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
