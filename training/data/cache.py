@@ -29,12 +29,13 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.data.readers import TableInfo, Target, read_table
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
-FORMAT = 2  # bump when the entry layout or the readers' output changes
+FORMAT = 3  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
 NOTICE_BYTES = 256 << 20  # a source this large is announced on stderr before its first read
 
@@ -58,15 +59,23 @@ def content_sha256(path: Path) -> str:
 
 
 def load_table(
-    path: Path, target: str | None, cache_dir: Path | None
+    path: Path,
+    target: str | None,
+    cache_dir: Path | None,
+    na_values: tuple[str, ...] = DEFAULT_NA_VALUES,
 ) -> tuple[FeatureRows, TableInfo]:
-    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
+    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off.
+
+    na_values: the cells read as missing (mixed.py); part of the entry's key."""
     if cache_dir is None:
         buffer = io.BytesIO()
-        info = read_table(path, target, buffer)
+        info = read_table(path, target, buffer, na_values)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
+    read_settings = {"format": FORMAT, "target": target}
+    if na_values != DEFAULT_NA_VALUES:
+        read_settings["na_values"] = list(na_values)
+    settings = json.dumps(read_settings, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     try:
         before = _identity(path)
@@ -79,7 +88,12 @@ def load_table(
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
         return opened
     entry, sha = _build_entry(
-        path, size, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key)
+        path,
+        size,
+        (target, na_values),
+        cache_dir,
+        sha,
+        lambda sha: _entry(cache_dir, size, sha, key),
     )
     if _identity(path) != before:
         shutil.rmtree(entry, ignore_errors=True)
@@ -122,6 +136,12 @@ class _SyncingWriter:
             self.sync()
         return written
 
+    def seek(self, offset: int) -> int:
+        return self.handle.seek(offset)
+
+    def truncate(self) -> int:
+        return self.handle.truncate()
+
     def sync(self) -> None:
         self.handle.flush()
         os.fdatasync(self.handle.fileno())
@@ -131,7 +151,7 @@ class _SyncingWriter:
 def _build_entry(
     path: Path,
     size: int,
-    target: str | None,
+    read_settings: tuple[str | None, tuple[str, ...]],
     cache_dir: Path,
     sha: str | None,
     entry_of: Callable[[str], Path],
@@ -152,12 +172,16 @@ def _build_entry(
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
                 writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer)  # type: ignore[arg-type]
+                target, na_values = read_settings
+                info = read_table(path, target, writer, na_values)  # type: ignore[arg-type]
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
         np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
+        for col, vocabulary in enumerate(info.vocabularies):
+            if vocabulary is not None:
+                np.save(temporary / f"vocabulary{col}.npy", np.array(vocabulary, dtype=str))
         meta = {
             "format": FORMAT,
             "source": str(path.resolve()),
@@ -165,6 +189,8 @@ def _build_entry(
             "rows": info.rows,
             "feature_names": info.feature_names,
             "target_name": info.target_name,
+            "text_columns": [col for col, v in enumerate(info.vocabularies) if v is not None],
+            "mixed": info.mixed,
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_dir(temporary)
@@ -212,11 +238,18 @@ def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
         x = RowFile(x_path, *shape)
         codes = np.load(entry / "codes.npy", allow_pickle=False)
         cells = np.load(entry / "cells.npy", allow_pickle=False).tolist()
+        text = {
+            int(col): tuple(np.load(entry / f"vocabulary{col}.npy", allow_pickle=False).tolist())
+            for col in meta["text_columns"]
+        }
+        mixed = bool(meta["mixed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if codes.shape != (rows,):
         return None
-    return x, TableInfo(rows, names, str(meta["target_name"]), Target(cells, codes))
+    vocabularies = tuple(text.get(col) for col in range(len(names))) if mixed else ()
+    target = Target(cells, codes)
+    return x, TableInfo(rows, names, str(meta["target_name"]), target, vocabularies, mixed)
 
 
 def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:
