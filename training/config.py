@@ -18,7 +18,7 @@ STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
 # Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
-MIN_LEVEL_COUNT = 5
+MIN_LEVEL_COUNT = 2
 MAX_LEVELS = 1000
 METRIC_NAMES = tuple(name for names in METRICS.values() for name in names)
 

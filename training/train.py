@@ -522,7 +522,9 @@ def _finish(
     rundir.write_npz(run_dir / "params.npz", params)
     heldout_part = heldout_source(split)
     heldout_rows = getattr(split, heldout_part)[:HELDOUT_MAX_ROWS]
-    heldout = Rows(dataset.x, heldout_rows, prepared.input_mean, prepared.input_std, prepared.encoder)
+    heldout = Rows(
+        dataset.x, heldout_rows, prepared.input_mean, prepared.input_std, prepared.encoder
+    )
     heldout_x = heldout.inputs(heldout_rows)  # (n, D): the inputs params.npz's input.mean is of
     rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": dataset.y[heldout_rows]})
     history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]

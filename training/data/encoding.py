@@ -113,7 +113,15 @@ def _column_encoder(
         numbers = _level_numbers(column.levels)
         order = np.argsort(numbers, kind="stable")
         return ColumnEncoder(
-            position, offset, column, None, None, None, numbers[order], order, other_slot,
+            position,
+            offset,
+            column,
+            None,
+            None,
+            None,
+            numbers[order],
+            order,
+            other_slot,
             missing_slot,
         )
     slot_of = {value: slot for slot, (value, _) in enumerate(column.levels)}

@@ -90,7 +90,9 @@ def load_dataset(
             f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz file)"
         )
     if readers.is_csv(path) or readers.is_parquet(path):
-        missing_cells = DEFAULT_NA_VALUES + tuple(c for c in na_values if c not in DEFAULT_NA_VALUES)
+        missing_cells = DEFAULT_NA_VALUES + tuple(
+            c for c in na_values if c not in DEFAULT_NA_VALUES
+        )
         x, info = load_table(path, target, cache_dir_setting(cache_dir), missing_cells)
         cells, codes = info.target.cells, info.target.codes
         unlabeled = [index for index, cell in enumerate(cells) if cell in missing_cells]

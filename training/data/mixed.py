@@ -56,7 +56,7 @@ class Vocabulary:
 
 @dataclass(frozen=True)
 class TextPiece:
-    """One block's text column: its distinct cells and each row's position among them (−1: missing)."""
+    """One block's text column: its distinct cells, each row's position among them (−1: missing)."""
 
     uniques: list[str]
     positions: np.ndarray  # (B,) int32
@@ -232,6 +232,5 @@ def is_parquet_text(kind: Any) -> bool:
 def vocabulary_tuple(vocabularies: dict[int, Vocabulary], n_features: int) -> tuple[Any, ...]:
     """Per feature column: its vocabulary's cells (a text column), or None (numbers)."""
     return tuple(
-        tuple(vocabularies[col].cells) if col in vocabularies else None
-        for col in range(n_features)
+        tuple(vocabularies[col].cells) if col in vocabularies else None for col in range(n_features)
     )

@@ -229,7 +229,9 @@ def _read_csv_mixed(
 
     try:
         with _open_bytes(path) as raw:
-            text = mixed.text_columns_of_csv(_ordered_map(parse, _line_pieces(raw)), names, na_values)
+            text = mixed.text_columns_of_csv(
+                _ordered_map(parse, _line_pieces(raw)), names, na_values
+            )
         vocabularies = {col: mixed.Vocabulary.empty() for col in sorted(text)}
         first_rows = [0]
 
@@ -522,7 +524,9 @@ def _read_parquet_mixed(
     target_name, feature_cols, _ = _columns(path, header, target)
     names = [header[col] for col in feature_cols]
     text = [
-        col for col, name in enumerate(names) if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
+        col
+        for col, name in enumerate(names)
+        if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
     ]
     vocabularies = {col: mixed.Vocabulary.empty() for col in text}
 

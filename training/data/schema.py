@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.training.config import MAX_LEVELS, MIN_LEVEL_COUNT
 from bnserve.training.data.cache import FeatureRows
 from bnserve.training.data.mixed import NUMBER_PATTERN
 from bnserve.training.errors import DataError
@@ -277,8 +278,8 @@ class SchemaSettings:
     numeric: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     na_values: tuple[str, ...] = ()
-    min_level_count: int = 5
-    max_levels: int = 1000
+    min_level_count: int = MIN_LEVEL_COUNT
+    max_levels: int = MAX_LEVELS
 
 
 def fit_schema(
@@ -370,10 +371,26 @@ def _column(
     counts_by_code = tally.code_counts[col]
     used = np.flatnonzero(counts_by_code)
     numbers = [number_of_cell(vocabulary[code]) for code in used.tolist()]
-    text_codes = [code for code, number in zip(used.tolist(), numbers, strict=True) if number is None]
+    text_codes = [
+        code for code, number in zip(used.tolist(), numbers, strict=True) if number is None
+    ]
+    if named is None and not text_codes:  # numbers in training: text elsewhere is a typo
+        stray = [
+            code
+            for code, cell in enumerate(vocabulary)
+            if not counts_by_code[code] and number_of_cell(cell) is None
+        ]
+        if stray:
+            every_row = np.arange(x.shape[0])
+            _refuse_text_cell(
+                name, vocabulary, stray, x, col, every_row, place, "outside the training rows"
+            )
     if named == "--categorical" or (text_codes and named is None):
-        if named is None:
-            _refuse_nearly_numeric(name, vocabulary, counts_by_code, text_codes, x, col, train, place)
+        if named is None and _nearly_numeric(counts_by_code, text_codes):
+            present = int(counts_by_code.sum())
+            text_cells = int(counts_by_code[text_codes].sum())
+            share = f"{text_cells} of its {present} present training cells are text"
+            _refuse_text_cell(name, vocabulary, text_codes, x, col, train, place, share)
         counts = {vocabulary[code]: int(counts_by_code[code]) for code in used.tolist()}
         return _categorical(name, counts, missing, named or "inferred", settings)
     # numbers (or --numeric: text cells become missing)
@@ -415,10 +432,14 @@ def _categorical(
             f"--ignore {name}, or raise --max-levels"
         )
     kept = tuple(
-        sorted((value, count) for value, count in counts.items() if count >= settings.min_level_count)
+        sorted(
+            (value, count) for value, count in counts.items() if count >= settings.min_level_count
+        )
     )
     rare = tuple(
-        sorted((value, count) for value, count in counts.items() if count < settings.min_level_count)
+        sorted(
+            (value, count) for value, count in counts.items() if count < settings.min_level_count
+        )
     )
     column = ColumnSchema(name, "categorical", why, missing, levels=kept, rare=rare)
     if len(column.inputs) <= 1:
@@ -427,31 +448,35 @@ def _categorical(
     return column
 
 
-def _refuse_nearly_numeric(
+def _nearly_numeric(counts_by_code: np.ndarray, text_codes: list[int]) -> bool:
+    """At least NEARLY_NUMERIC of the present training cells are numbers."""
+    present = int(counts_by_code.sum())
+    text_cells = int(counts_by_code[text_codes].sum())
+    return present > 0 and (present - text_cells) / present >= NEARLY_NUMERIC
+
+
+def _refuse_text_cell(
     name: str,
     vocabulary: tuple[str, ...],
-    counts_by_code: np.ndarray,
     text_codes: list[int],
     x: FeatureRows,
     col: int,
-    train: np.ndarray,
+    rows_to_scan: np.ndarray,
     place: Callable[[int], str],
+    detail: str,
 ) -> None:
-    """A column of numbers with a few text cells is a typo, not a categorical column."""
-    present = int(counts_by_code.sum())
-    text_cells = int(counts_by_code[text_codes].sum())
-    if present == 0 or (present - text_cells) / present < NEARLY_NUMERIC:
-        return
-    for start in range(0, len(train), CHUNK_ROWS):
-        rows = train[start : start + CHUNK_ROWS]
+    """Raise at the first of rows_to_scan whose cell is a text code: a typo in a column of
+    numbers (3,5 or n/a), with both ways out. Never turned into hundreds of levels."""
+    wanted = np.array(text_codes, dtype=np.float64)
+    for start in range(0, len(rows_to_scan), CHUNK_ROWS):
+        rows = rows_to_scan[start : start + CHUNK_ROWS]
         codes = np.asarray(x[rows], dtype=np.float64)[:, col]
-        hits = np.flatnonzero(np.isin(codes, np.array(text_codes, dtype=np.float64)))
+        hits = np.flatnonzero(np.isin(codes, wanted))
         if hits.size:
             row = int(rows[hits[0]])
             cell = vocabulary[int(codes[hits[0]])]
             raise DataError(
                 f"{place(row)}, column {name!r}: {cell!r} is not a number, in a column of "
-                f"numbers ({text_cells} of its {present} present training cells are text); "
-                f"--numeric {name} reads such cells as missing, --categorical {name} keeps the "
-                "column as text"
+                f"numbers ({detail}); --numeric {name} reads such cells as missing, "
+                f"--categorical {name} keeps the column as text"
             )
