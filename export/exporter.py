@@ -37,9 +37,9 @@ from bnserve.export.verify import (
     score_onnx,
 )
 from bnserve.server.modelfile.contract import Tolerance
+from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError, disk_full, os_error_line
 from bnserve.training.inference import predict
-from bnserve.training.data.schema import TableSchema
 from bnserve.training.rundir import Run, load_run, read_json, write_bytes
 
 
@@ -170,7 +170,8 @@ def _check_plain_inputs(run_dir: Path) -> None:
         {
             "categorical columns" if column.kind == "categorical" else "missing-value handling"
             for column in schema.columns
-            if column.kind == "categorical" or (column.kind == "numeric" and column.fill is not None)
+            if column.kind == "categorical"
+            or (column.kind == "numeric" and column.fill is not None)
         }
     )
     raise ExportError(

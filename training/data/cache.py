@@ -72,7 +72,7 @@ def load_table(
         info = read_table(path, target, buffer, na_values)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    read_settings = {"format": FORMAT, "target": target}
+    read_settings: dict[str, object] = {"format": FORMAT, "target": target}
     if na_values != DEFAULT_NA_VALUES:
         read_settings["na_values"] = list(na_values)
     settings = json.dumps(read_settings, sort_keys=True)

@@ -104,8 +104,8 @@ def _column_encoder(
     if column.kind == "numeric":
         values = None
         if vocabulary is not None:
-            numbers = [number_of_cell(cell) for cell in vocabulary]
-            values = np.array([np.nan if n is None else n for n in numbers], dtype=np.float64)
+            parsed = [number_of_cell(cell) for cell in vocabulary]
+            values = np.array([np.nan if n is None else n for n in parsed], dtype=np.float64)
         return ColumnEncoder(
             position, offset, column, values, None, None, None, None, -1, missing_slot
         )

@@ -400,9 +400,9 @@ def _column(
         for code, number in zip(used.tolist(), numbers, strict=True)
         if number is not None
     )
-    present = [number for number in numbers if number is not None]
-    low, high = (min(present), max(present)) if present else (np.inf, -np.inf)
-    if not present:
+    parsed = [number for number in numbers if number is not None]
+    low, high = (min(parsed), max(parsed)) if parsed else (np.inf, -np.inf)
+    if not parsed:
         return ColumnSchema(name, "ignored", "all missing", missing + text_cells)
     return _numeric(name, missing + text_cells, total, low, high, n_train, named)
 

@@ -151,7 +151,9 @@ def test_more_levels_than_max_levels_is_refused_with_a_hint_to_ignore(tmp_path, 
 
 def test_missing_targets_are_counted_and_refused_unless_dropped(tmp_path, capsys):
     path = tmp_path / "gaps.csv"
-    rows = [f"{i % 7},{'' if i in (10, 20) else 'NA' if i == 30 else 'ab'[i % 2]}" for i in range(60)]
+    rows = [
+        f"{i % 7},{'' if i in (10, 20) else 'NA' if i == 30 else 'ab'[i % 2]}" for i in range(60)
+    ]
     path.write_text("x,label\n" + "\n".join(rows) + "\n")
     code = main(["--out", str(tmp_path / "r"), "--data", str(path), *QUIET])
     err = capsys.readouterr().err
@@ -196,7 +198,7 @@ def test_parquet_dictionary_string_boolean_columns_and_nulls(tmp_path):
             "size": pa.array([None if i % 7 == 0 else float(i % 5) for i in range(rows)]),
             "colour": colour,
             "member": pa.array([i % 4 != 0 for i in range(rows)]),
-            "name": pa.array([("ann", "bob") [i % 2] for i in range(rows)]),
+            "name": pa.array([("ann", "bob")[i % 2] for i in range(rows)]),
             "label": pa.array([i % 2 for i in range(rows)]),
         }
     )
