@@ -59,7 +59,7 @@ def test_penguins_from_the_raw_file_reach_the_one_hot_logistic_baseline(tmp_path
     code = main(["--data", PENGUINS, "--target", "species", "--out", str(out), *QUIET])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "columns: 5 numeric column(s): bill_length_mm, 1 missing," in printed
+    assert "columns: 5 numeric column(s): bill_length_mm (1 missing), bill_depth_mm (1" in printed
     assert "columns: 2 categorical column(s): island (3 levels), sex (3 levels)" in printed
     meta = json.loads((out / "meta.json").read_text())
     baseline = one_hot_logistic_accuracy(PENGUINS, TrainConfig(data=PENGUINS, target="species"))

@@ -26,7 +26,7 @@ from bnserve.training.data.mixed import NUMBER_PATTERN
 from bnserve.training.errors import DataError
 
 SCHEMA_VERSION = 1
-CHUNK_ROWS = 1 << 15
+CHUNK_BYTES = 8 << 20  # float64 values per pass over the training rows, as data/batches.py
 # a text column whose present training cells are at least this share numbers is a numeric column
 # with typos (3,5 or n/a): refused, never turned into hundreds of levels
 NEARLY_NUMERIC = 0.95
@@ -175,7 +175,7 @@ def _short(column: ColumnSchema) -> str:
         return f"{column.name} ({len(column.inputs)} levels)"
     if column.kind == "ignored":
         return f"{column.name or repr(column.name)} ({column.why})"
-    gaps = f", {column.missing_count} missing" if column.missing_count else ""
+    gaps = f" ({column.missing_count} missing)" if column.missing_count else ""
     return f"{column.name}{gaps}"
 
 
@@ -232,8 +232,9 @@ def _tally(
         value_counts={col: {} for col in categorical_numbers},
         row_index=True,
     )
-    for start in range(0, len(train), CHUNK_ROWS):
-        rows = train[start : start + CHUNK_ROWS]
+    chunk = max(256, CHUNK_BYTES // (8 * max(1, features)))
+    for start in range(0, len(train), chunk):
+        rows = train[start : start + chunk]
         block = np.asarray(x[rows], dtype=np.float64)
         missing = np.isnan(block)
         tally.missing += missing.sum(axis=0)
@@ -298,6 +299,13 @@ def fit_schema(
     for error messages. DataError for a nearly numeric column, too many levels, a name not in
     the table."""
     vocabularies = list(vocabularies) or [None] * len(names)
+    named_any = settings.categorical or settings.numeric or settings.ignore
+    if not mixed and not named_any and not (names and names[0] in ROW_INDEX_NAMES):
+        # numbers without gaps (the readers' fast path): the columns as they are, not read again
+        plain = tuple(ColumnSchema(name, "numeric", "inferred", 0) for name in names)
+        return TableSchema(
+            plain, len(train), settings.min_level_count, settings.max_levels, (), plain=True
+        )
     for flag in ("categorical", "numeric", "ignore"):
         for name in getattr(settings, flag):
             if name not in names:
@@ -468,8 +476,9 @@ def _refuse_text_cell(
     """Raise at the first of rows_to_scan whose cell is a text code: a typo in a column of
     numbers (3,5 or n/a), with both ways out. Never turned into hundreds of levels."""
     wanted = np.array(text_codes, dtype=np.float64)
-    for start in range(0, len(rows_to_scan), CHUNK_ROWS):
-        rows = rows_to_scan[start : start + CHUNK_ROWS]
+    chunk = max(256, CHUNK_BYTES // (8 * max(1, x.shape[1])))
+    for start in range(0, len(rows_to_scan), chunk):
+        rows = rows_to_scan[start : start + chunk]
         codes = np.asarray(x[rows], dtype=np.float64)[:, col]
         hits = np.flatnonzero(np.isin(codes, wanted))
         if hits.size:

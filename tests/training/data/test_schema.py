@@ -182,7 +182,7 @@ def test_the_run_prints_one_line_per_column_kind(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--out", str(out), "--data", mixed_csv(tmp_path), *QUIET]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("columns: 1 numeric column(s): size, ")
+    assert lines[0].startswith("columns: 1 numeric column(s): size (")
     assert lines[1].startswith("columns: 2 categorical column(s): colour (")
     assert lines[2] == (
         "columns: 3 ignored column(s): '' (row index 1, 2, 3, …), always (constant 7), "
