@@ -302,9 +302,9 @@ def fit_schema(
     named_any = settings.categorical or settings.numeric or settings.ignore
     if not mixed and not named_any and not (names and names[0] in ROW_INDEX_NAMES):
         # numbers without gaps (the readers' fast path): the columns as they are, not read again
-        plain = tuple(ColumnSchema(name, "numeric", "inferred", 0) for name in names)
+        as_they_are = tuple(ColumnSchema(name, "numeric", "inferred", 0) for name in names)
         return TableSchema(
-            plain, len(train), settings.min_level_count, settings.max_levels, (), plain=True
+            as_they_are, len(train), settings.min_level_count, settings.max_levels, (), plain=True
         )
     for flag in ("categorical", "numeric", "ignore"):
         for name in getattr(settings, flag):
