@@ -182,9 +182,9 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     except _NotFinite:
         raise _NotNumbers from None  # NaN is a missing cell; inf is refused by mixed.py
     except pa.ArrowInvalid as error:
+        if "conversion error" in str(error).lower():
+            raise _NotNumbers from None  # text or an empty cell: mixed.py reads it
         locate_csv_problem(path, target)  # a ragged line or bad bytes: named here
-        if "conversion error" in str(error).lower() or "invalid value" in str(error).lower():
-            raise _NotNumbers from None
         raise DataError(f"{path}: not a readable CSV ({error})") from None
     except (UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target)  # e.g. a gzip file cut short: OSError from pyarrow
