@@ -62,20 +62,26 @@ def load_table(
     path: Path,
     target: str | None,
     cache_dir: Path | None,
+    delimiter: str = ",",
     na_values: tuple[str, ...] = DEFAULT_NA_VALUES,
 ) -> tuple[FeatureRows, TableInfo]:
     """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off.
 
-    na_values: the cells read as missing (mixed.py); part of the entry's key."""
+    delimiter: a CSV's field separator; na_values: the cells read as missing (mixed.py); both
+    are part of the entry's key."""
     if cache_dir is None:
         buffer = io.BytesIO()
-        info = read_table(path, target, buffer, na_values)
+        info = read_table(path, target, buffer, delimiter, na_values)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    read_settings: dict[str, object] = {"format": FORMAT, "target": target}
+    # read with another delimiter or other missing cells, the same bytes are another table
+    # (a comma and the default missing cells keep older keys)
+    read_with: dict[str, object] = {"target": target}
+    if delimiter != ",":
+        read_with["delimiter"] = delimiter
     if na_values != DEFAULT_NA_VALUES:
-        read_settings["na_values"] = list(na_values)
-    settings = json.dumps(read_settings, sort_keys=True)
+        read_with["na_values"] = list(na_values)
+    settings = json.dumps({"format": FORMAT, **read_with}, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     try:
         before = _identity(path)
@@ -90,10 +96,12 @@ def load_table(
     entry, sha = _build_entry(
         path,
         size,
-        (target, na_values),
+        target,
         cache_dir,
         sha,
         lambda sha: _entry(cache_dir, size, sha, key),
+        delimiter,
+        na_values,
     )
     if _identity(path) != before:
         shutil.rmtree(entry, ignore_errors=True)
@@ -151,10 +159,12 @@ class _SyncingWriter:
 def _build_entry(
     path: Path,
     size: int,
-    read_settings: tuple[str | None, tuple[str, ...]],
+    target: str | None,
     cache_dir: Path,
     sha: str | None,
     entry_of: Callable[[str], Path],
+    delimiter: str,
+    na_values: tuple[str, ...],
 ) -> tuple[Path, str]:
     """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
     sha256). sha None: the source is hashed on a second thread while it is read."""
@@ -172,8 +182,7 @@ def _build_entry(
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
                 writer = _SyncingWriter(handle)
-                target, na_values = read_settings
-                info = read_table(path, target, writer, na_values)  # type: ignore[arg-type]
+                info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from bnserve.training.config import TrainConfig
 
 DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
+# The built-in digits' target column, as scripts/example_files.py writes it into digits.csv.
+DIGITS_TARGET = "digit"
 # A numeric target with at most this many distinct integer values is taken as class labels.
 MAX_INFERRED_CLASSES = 20
 
@@ -48,12 +50,13 @@ class Dataset:
     vocabularies: tuple[tuple[str, ...] | None, ...] = ()
     mixed: bool = False  # text columns or missing cells somewhere (data/mixed.py)
     labeled: np.ndarray | None = None  # (n,) rows with a target (--drop-missing-target); None: all
+    delimiter: str = ","  # a CSV's field separator, to find a row's line
 
     def place(self, row: int) -> str:
         """Where row `row` (from 0) is, for messages: "FILE: line L" for a CSV, else "row R"."""
         path = Path(self.source)
         if readers.is_csv(path) and path.is_file():
-            return f"{self.source}: line {readers.csv_line_of_row(path, row)}"
+            return f"{self.source}: line {readers.csv_line_of_row(path, row, self.delimiter)}"
         return f"{self.source}: row {row}"
 
 
@@ -72,6 +75,7 @@ def load_dataset(
     target: str | None = None,
     task: str | None = None,
     cache_dir: str | None = None,
+    delimiter: str = ",",
     na_values: tuple[str, ...] = (),
     drop_missing_target: bool = False,
 ) -> Dataset:
@@ -83,6 +87,11 @@ def load_dataset(
     refused with their count, unless drop_missing_target (Dataset.labeled lists the others).
     """
     if source == "digits":
+        if target not in (None, DIGITS_TARGET):
+            raise DataError(
+                f"digits: the built-in set has no column {target!r}; its target is "
+                f"{DIGITS_TARGET!r} (--target {DIGITS_TARGET}, or leave --target out)"
+            )
         return _load_digits(task)
     path = Path(source)
     if not path.is_file():
@@ -93,7 +102,7 @@ def load_dataset(
         missing_cells = DEFAULT_NA_VALUES + tuple(
             c for c in na_values if c not in DEFAULT_NA_VALUES
         )
-        x, info = load_table(path, target, cache_dir_setting(cache_dir), missing_cells)
+        x, info = load_table(path, target, cache_dir_setting(cache_dir), delimiter, missing_cells)
         cells, codes = info.target.cells, info.target.codes
         unlabeled = [index for index, cell in enumerate(cells) if cell in missing_cells]
         labeled = None
@@ -101,9 +110,10 @@ def load_dataset(
             missing_rows = np.isin(codes, unlabeled)
             count = int(np.count_nonzero(missing_rows))
             if not drop_missing_target:
-                first = Dataset(x, codes, "", [], None, None, str(path)).place(
-                    int(np.argmax(missing_rows))
+                unlabeled_set = Dataset(
+                    x, codes, "", [], None, None, str(path), delimiter=delimiter
                 )
+                first = unlabeled_set.place(int(np.argmax(missing_rows)))
                 raise DataError(
                     f"{first}, column {info.target_name!r}: {count} row(s) have no target value; "
                     "leave them out with --drop-missing-target"
@@ -112,7 +122,11 @@ def load_dataset(
             cells, codes = _without_cells(cells, codes, unlabeled)
         dataset = _build(x, cells, codes, info.feature_names, info.target_name, task, str(path))
         return dataclasses.replace(
-            dataset, vocabularies=info.vocabularies, mixed=info.mixed, labeled=labeled
+            dataset,
+            vocabularies=info.vocabularies,
+            mixed=info.mixed,
+            labeled=labeled,
+            delimiter=delimiter,
         )
     if path.suffix.lower() == ".npz":
         if target is not None:
@@ -139,7 +153,7 @@ def _load_digits(task: str | None) -> Dataset:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     names = [f"pixel_{row}_{col}" for row in range(8) for col in range(8)]
     labels = [str(v) for v in table[:, -1].astype(np.int64)]
-    return _build_from_cells(table[:, :-1], labels, names, "target", task, "digits")
+    return _build_from_cells(table[:, :-1], labels, names, DIGITS_TARGET, task, "digits")
 
 
 def _build_from_cells(
@@ -317,6 +331,7 @@ def load_split(config: TrainConfig, *, cache_dir: str | None = None) -> tuple[Da
         target=config.target,
         task=config.task,
         cache_dir=cache_dir,
+        delimiter=config.delimiter,
         na_values=config.na_values,
         drop_missing_target=config.drop_missing_target,
     )

@@ -173,6 +173,7 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
         config.data,
         target=config.target,
         task=config.task,
+        delimiter=config.delimiter,
         na_values=config.na_values,
         drop_missing_target=config.drop_missing_target,
     )

@@ -84,7 +84,7 @@ def test_a_file_written_to_during_its_first_read_leaves_no_entry(tmp_path, monke
     real = cache.read_table
 
     def read_while_appended(path, target, sink, *settings):
-        info = real(path, target, sink)
+        info = real(path, target, sink, *settings)
         with source.open("a") as handle:  # another program still writing the file
             handle.write("99.0,1.5,2\n")
         return info
@@ -205,7 +205,7 @@ def test_two_processes_building_one_entry_both_get_it(tmp_path, monkeypatch):
     raced: list[int] = []
 
     def read_while_another_finishes(path, target, sink, *settings):
-        info = real(path, target, sink)
+        info = real(path, target, sink, *settings)
         if not raced:  # the other process renames its entry into place during our read
             raced.append(1)
             monkeypatch.setattr(cache, "read_table", real)

@@ -229,3 +229,23 @@ def test_a_table_of_numbers_without_gaps_is_read_and_trained_as_before(tmp_path)
 def test_unknown_column_in_a_flag_is_named(tmp_path):
     with pytest.raises(DataError, match=r"--ignore 'nope': no such column"):
         prepare(TrainConfig(data=mixed_csv(tmp_path), ignore=("nope",)), cache_dir="off")
+
+
+def test_a_mixed_table_with_another_delimiter_and_a_byte_order_mark(tmp_path, capsys):
+    lines = ["size;colour;label"] + [
+        f"{'NA' if i == 7 else i % 9};{('red', 'green')[i % 2]};{'ab'[(i // 2) % 2]}"
+        for i in range(60)
+    ]
+    lines[41] = "4;n/a;a"  # a text cell in a text column: just a level
+    lines[31] = "x3;red;a"  # a typo in a column of numbers: named by its line
+    path = tmp_path / "semi.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    code = main(["--out", str(tmp_path / "r"), "--data", str(path), "--delimiter", ";", *QUIET])
+    assert code == 2
+    assert "semi.csv: line 32, column 'size': 'x3' is not a number" in capsys.readouterr().err
+    lines[31] = "3;red;a"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    config = TrainConfig(data=str(path), delimiter=";")
+    prepared = prepare(config, cache_dir="off")
+    assert prepared.schema is not None
+    assert [column.kind for column in prepared.schema.columns] == ["numeric", "categorical"]
