@@ -123,7 +123,12 @@ def _variance(values: np.ndarray, unbiased: bool) -> np.ndarray:
 
 
 def adapt_params(
-    params: dict[str, np.ndarray], x: np.ndarray, plan: AdaptPlan, *, activation: str, epsilon: float
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    plan: AdaptPlan,
+    *,
+    activation: str,
+    epsilon: float,
 ) -> dict[str, np.ndarray]:
     """New parameters with the planned statistics re-estimated on x (N, F) raw float64.
 
@@ -199,7 +204,9 @@ def restandardize(
     moved = dict(params)
     moved["input.mean"], moved["input.std"] = mean, std
     moved["hidden1.W"] = weight * (std / old_std)[:, np.newaxis]
-    moved["hidden1.running_mean"] = params["hidden1.running_mean"] - ((mean - old_mean) / old_std) @ weight
+    moved["hidden1.running_mean"] = (
+        params["hidden1.running_mean"] - ((mean - old_mean) / old_std) @ weight
+    )
     return moved
 
 
