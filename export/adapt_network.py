@@ -1,5 +1,6 @@
-"""Un-fold a folded bnserve model back into the params.npz layout, and re-estimate its batch-norm
-statistics on recent rows (AdaBN, Li et al. 2016), blended with the source's (Schneider et al. 2020).
+"""Un-fold a folded bnserve model back into the params.npz layout, and re-estimate its
+batch-norm statistics on recent rows (AdaBN, Li et al. 2016), blended with the source's
+(Schneider et al. 2020).
 
 Pure functions of float64 arrays. The formulas are in docs/adapt.md; in brief, per hidden unit,
 with s = γ/√(σ²+ε) the fold scale and (W', b') the folded layer (W stored (in, out)):
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnserve.export.fold import AffineLayer, BatchNormStats, FoldedNetwork, fold_params
+from bnserve.export.fold import BatchNormStats, FoldedNetwork, fold_params
 from bnserve.export.network import NetworkSpec
 from bnserve.training import layers
 from bnserve.training.layers import BatchNormSettings, RunningStats
@@ -38,6 +39,9 @@ class FoldedSource:
     batchnorm: tuple[BatchNormStats, ...]
     input_mean: np.ndarray
     input_std: np.ndarray
+
+
+TINY = float(np.finfo(np.float32).tiny)
 
 
 def fold_scale(norm: BatchNormStats) -> np.ndarray:
@@ -94,7 +98,7 @@ def refold_error(source: FoldedSource, params: dict[str, np.ndarray]) -> float:
     worst = 0.0
     for old, new in zip(source.network.layers, refolded.layers, strict=True):
         for before, after in ((old.weight, new.weight), (old.bias, new.bias)):
-            scale = max(float(np.max(np.abs(before), initial=0.0)), np.finfo(np.float32).tiny)
+            scale = max(float(np.max(np.abs(before), initial=0.0)), TINY)
             worst = max(worst, float(np.max(np.abs(after - before), initial=0.0)) / scale)
     return worst
 

@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from bnserve.export.adapt_network import FoldedSource
 from bnserve.export.errors import ExportError
 from bnserve.export.fold import AffineLayer, BatchNormStats, FoldedNetwork
 from bnserve.export.graph import ACTIVATION_OPS
 from bnserve.export.metadata import read_metadata
-from bnserve.export.adapt_network import FoldedSource
 from bnserve.server.modelfile.contract import INPUT_NAME, MetadataKey
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
 from bnserve.server.plane.errors import ModelLoadError
