@@ -117,9 +117,7 @@ def train_model(x: np.ndarray, y: np.ndarray, names: list[str], work: Path, seed
     data = work / "train.npz"
     with data.open("wb") as handle:
         np.savez(handle, x=x, y=y, feature_names=np.array(names))
-    config = TrainConfig(
-        data=str(data), hidden=HIDDEN, epochs=EPOCHS, seed=seed, test_fraction=0.0
-    )
+    config = TrainConfig(data=str(data), hidden=HIDDEN, epochs=EPOCHS, seed=seed, test_fraction=0.0)
     run = Path(train(config, work / "run", progress=False, checkpoints=False, plot=False).run_dir)
     return export_run(ExportSettings(run_dir=run, out=work / "model.onnx")).out
 
@@ -181,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 draw = np.random.default_rng(1000 + seed)
                 x_test, y_test = shift(data.x_test, data.y_test, draw)
                 x_oracle, y_oracle = shift(data.x_source, data.y_source, draw)
-                oracle = train_model(
-                    x_oracle, y_oracle, data.names, work / f"o{seed}{kind}", seed
-                )
+                oracle = train_model(x_oracle, y_oracle, data.names, work / f"o{seed}{kind}", seed)
                 row = {
                     "clean": clean,
                     "source": accuracy(source, x_test, y_test),
@@ -220,7 +216,9 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def print_table(table: dict[str, list[dict[str, float]]]) -> None:
-    print(f"\naccuracy on shifted test rows, {1_000} adaptation rows, --prior-rows 0 (mean over seeds)")
+    print(
+        f"\naccuracy on shifted test rows, {1_000} adaptation rows, --prior-rows 0 (mean over seeds)"
+    )
     head = f"{'shift':<12} {'clean':>6} {'source':>7} " + " ".join(
         f"{name:>12}" for name in VARIANTS
     )

@@ -169,12 +169,20 @@ def test_adapted_model_repairs_the_offset_passes_the_parity_gate_and_serves(
     assert "flagged before: 2 features, 2 layers; after: 0 features, 0 layers" in printed
 
     # the served file: graph hash, metadata and reference rows pass the gate, and it scores
-    model = Model.load(out, "adapted", "2", THREADS, drift=DriftSettings(min_examples=0))
+    watch_all = DriftSettings(sample=1.0, min_examples=0)
+    model = Model.load(out, "adapted", "2", THREADS, drift=watch_all)
     model.check_parity()
     test_x = _training_x(base, seed=2, rows=300)
-    served = score_onnx(onnx_session(out.read_bytes()), _offset(test_x))["probabilities"]
+    served = model.predict(_offset(test_x).astype(np.float32))[0]
     original = score_onnx(onnx_session(source_path.read_bytes()), test_x)["probabilities"]
     np.testing.assert_allclose(served, original, atol=2e-5)
+    # the served monitor no longer flags the shift it was adapted to; the source's does
+    assert model.drift is not None
+    life = model.drift.report()["life"]
+    assert not life["flagged_features"] and not life["flagged_layers"]
+    source_model = Model.load(source_path, "adapted", "1", THREADS, drift=watch_all)
+    source_model.predict(_offset(test_x).astype(np.float32))
+    assert source_model.drift is not None and source_model.drift.report()["life"]["flagged_layers"]
 
     metadata = read_metadata(onnx.load(str(out)))
     provenance = json.loads(metadata[MetadataKey.ADAPT.full])
