@@ -216,9 +216,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def print_table(table: dict[str, list[dict[str, float]]]) -> None:
-    print(
-        f"\naccuracy on shifted test rows, {1_000} adaptation rows, --prior-rows 0 (mean over seeds)"
-    )
+    print("\naccuracy on shifted test rows, 1,000 adaptation rows, --prior-rows 0, mean over seeds")
     head = f"{'shift':<12} {'clean':>6} {'source':>7} " + " ".join(
         f"{name:>12}" for name in VARIANTS
     )
