@@ -12,7 +12,7 @@ from bnserve.export.adapt_source import AdaptError
 from bnserve.export.adapter import AdaptReport, AdaptSettings, NoShiftError, adapt_model
 
 DEFAULTS = AdaptSettings(source=Path(), data=Path(), out=Path())
-TOP = 10  # features in the before/after table (flagged ones always shown)
+TOP = 5  # features in the before/after table (flagged ones always shown)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +98,7 @@ def format_drift(before: dict[str, Any], after: dict[str, Any] | None) -> str:
             + ("  DRIFT" if layer["flagged"] else "")
             + ("  still" if then and then["flagged"] else "")
         )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _describe(report: AdaptReport, source: Path, data: Path) -> str:

@@ -337,3 +337,17 @@ def test_refuses_an_existing_output_and_a_missing_model(
         [str(missing), "--data", str(recent), "--out", str(tmp_path / "n.onnx")], capsys
     )
     assert "no such file" in line
+
+
+def test_a_regression_model_is_adapted_and_passes_the_parity_gate(
+    tmp_path: Path, synthetic_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = synthetic_run(task="regression", hidden=(8,), features=6, outputs=2, heldout_rows=400)
+    source = tmp_path / "regression.onnx"
+    export_run(ExportSettings(run_dir=run, out=source))
+    rng = np.random.default_rng(3)
+    recent = _write_csv(tmp_path / "recent.csv", _offset(rng.normal(0.0, 5.0, (400, 6))))
+    out = tmp_path / "adapted.onnx"
+    argv = [str(source), "--data", str(recent), "--out", str(out), "--force"]
+    assert adapt_main(argv) == 0, capsys.readouterr().err
+    Model.load(out, "regression", "2", THREADS).check_parity()
