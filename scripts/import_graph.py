@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         DOC.write_text(f"{head}{BEGIN}\n```\n{drawn}\n```\n{END}{tail}")
     elif args.check:
         if _documented() != drawn:
-            print(f"{DOC.relative_to(REPO)}: the import graph is stale; run "
-                  "`python scripts/import_graph.py --write`", file=sys.stderr)
+            print(
+                f"{DOC.relative_to(REPO)}: the import graph is stale; run "
+                "`python scripts/import_graph.py --write`",
+                file=sys.stderr,
+            )
             return 1
     else:
         print(drawn)
