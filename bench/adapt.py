@@ -90,7 +90,9 @@ def make_shift(kind: str, data: Data, seed: int) -> Shift:
     order = rng.permutation(features)
     offset_columns, scale_columns = order[:third], order[third : 2 * third]
     offset = np.zeros(features)
-    offset[offset_columns] = rng.uniform(1, 3, third) * std[offset_columns]
+    # multiples of 1/64: a column constant in the source rows stays EXACTLY constant when offset
+    # (training's standardization gives a float-rounded constant a std of 1e-16, not 1)
+    offset[offset_columns] = np.round(rng.uniform(1, 3, third) * std[offset_columns] * 64) / 64
     scale = np.ones(features)
     scale[scale_columns] = rng.uniform(0.5, 3, third)
     priors = np.where(np.arange(10) < 5, 4.0, 1.0)

@@ -146,7 +146,7 @@ def adapt_params(
     if plan.input_standardization:
         std = adapted["input.std"]
         recent_var = x.var(axis=0)
-        varies = recent_var > 0
+        varies = np.ptp(x, axis=0) > 0
         adapted["input.mean"] = blend(adapted["input.mean"], x.mean(axis=0), plan.prior_rows, rows)
         blended_var = blend(std**2, recent_var, plan.prior_rows, rows)
         adapted["input.std"] = np.where(varies, np.sqrt(blended_var), std)
@@ -212,6 +212,16 @@ def restandardize(
         params["hidden1.running_mean"] - ((mean - old_mean) / old_std) @ weight
     )
     return moved
+
+
+def recent_standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (F,) of x (N, F), as training standardizes; a constant column
+    (every value equal) gets its value as mean and std 1. Its float mean may differ from the value
+    by a rounding, which would leave a std of 1e-16 and divide by it."""
+    constant = np.ptp(x, axis=0) == 0
+    mean = np.where(constant, x[0], x.mean(axis=0))
+    std = np.where(constant, 1.0, x.std(axis=0))
+    return mean, std
 
 
 def float32_exact(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from bnserve.export.adapt_network import (
     hidden_layers,
     layer_range,
     network_spec,
+    recent_standardization,
     refold_error,
     restandardize,
     unfold,
@@ -55,7 +56,6 @@ from bnserve.export.verify import (
 from bnserve.server.drift.monitor import DriftSettings, parse_reference
 from bnserve.server.modelfile.contract import MetadataKey, output_names_key
 from bnserve.server.modelfile.wire import with_graph_outputs
-from bnserve.training.data.loading import fit_standardization
 from bnserve.training.errors import disk_full, os_error_line
 from bnserve.training.inference import predict
 from bnserve.training.rundir import write_bytes
@@ -152,7 +152,7 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
     spec = network_spec(source.folded)
     adapted = adapt_params(params, x, plan, activation=spec.activation, epsilon=spec.epsilon)
     if not settings.input_standardization:
-        adapted = restandardize(adapted, *fit_standardization(x))
+        adapted = restandardize(adapted, *recent_standardization(x))
     adapted = float32_exact(adapted)
     check_params(adapted, spec)  # finite, positive variances: the exporter's own checks
     model = build_folded_model(fold_params(adapted, spec))
