@@ -55,9 +55,10 @@ PRIORS = (0, 100, 1_000)
 SHIFTS = ("offset", "scale", "both", "label", "none")
 LABELS = {"offset": "(a)", "scale": "(b)", "both": "(c)", "label": "(d)", "none": "(e)"}
 VARIANTS = {  # name -> AdaptSettings fields
-    "first": {"layers": "first"},
-    "all": {"layers": "all"},
+    "first": {"layers": "first", "input_standardization": False},
+    "all": {"layers": "all", "input_standardization": False},
     "first+input": {"layers": "first", "input_standardization": True},
+    "all+input": {"layers": "all", "input_standardization": True},
 }
 
 
@@ -157,11 +158,15 @@ def recent_rows(shift: Shift, data: Data, rows: int, rng: np.random.Generator) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="shift draws (and models) averaged")
-    parser.add_argument("--quick", action="store_true", help="1 seed, rows 100/1000, prior 0")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="shift draws (and models) averaged (default 3)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="rows 100/1000, prior 0, 1 seed unless --seeds"
+    )
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "adapt-recovery.png")
     args = parser.parse_args(argv)
-    seeds = 1 if args.quick else args.seeds
+    seeds = args.seeds or (1 if args.quick else 3)
     rows_sweep = (100, 1_000) if args.quick else ROWS
     priors = (0,) if args.quick else PRIORS
     data = load()
@@ -223,16 +228,16 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 def print_table(table: dict[str, list[dict[str, float]]]) -> None:
     print("\naccuracy on shifted test rows, 1,000 adaptation rows, --prior-rows 0, mean over seeds")
     head = f"{'shift':<12} {'clean':>6} {'source':>7} " + " ".join(
-        f"{name:>12}" for name in VARIANTS
+        f"{name:<12}" for name in VARIANTS
     )
-    print(head + f" {'oracle':>7}  recovery (first / all / first+input)")
+    print(head + f" {'oracle':>7}  recovery ({' / '.join(VARIANTS)})")
     for kind, rows in table.items():
         clean, source = _mean(rows, "clean"), _mean(rows, "source")
         cells = []
         for name in VARIANTS:
-            refused = _mean(rows, f"{name} refused")
-            mark = "*" if refused > 0 else " "
-            cells.append(f"{_mean(rows, name):>11.4f}{mark}")
+            refused = [row[f"{name} refused"] for row in rows if f"{name} refused" in row]
+            mark = f"r{int(sum(refused))}/{len(refused)}" if sum(refused) else ""
+            cells.append(f"{_mean(rows, name):>7.4f}{mark:<5}")
         lost = clean - source
         recovery = " / ".join(
             f"{(_mean(rows, name) - source) / lost:.0%}" if lost > 0.005 else "—"
@@ -240,7 +245,7 @@ def print_table(table: dict[str, list[dict[str, float]]]) -> None:
         )
         print(f"{LABELS[kind]} {kind:<8} {clean:>6.4f} {source:>7.4f} " + " ".join(cells)
               + f" {_mean(rows, 'oracle'):>7.4f}  {recovery}")  # fmt: skip
-    print("* refused without --force (share of seeds > 0); the figure is the --force model's")
+    print("rK/N: refused without --force for K of N seeds; the figure is then the --force model's")
 
 
 def print_sweep(

@@ -56,9 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input-standardization",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.input_standardization,
         help="also re-estimate each feature's mean and std (undoes a per-feature change of "
-        "scale, which the first batch-norm layer repairs only in part)",
+        "scale, which the first batch-norm layer repairs only in part); default on",
     )
     parser.add_argument(
         "--min-rows",

@@ -144,6 +144,28 @@ def test_offset_is_repaired_exactly_by_the_first_layer_with_population_statistic
     np.testing.assert_array_equal(adapted["hidden2.running_mean"], params["hidden2.running_mean"])
 
 
+def test_input_standardization_repairs_a_per_feature_scale_exactly(
+    base: dict[str, np.ndarray],
+) -> None:
+    """x_j → k_j·x_j + c_j: re-estimated per feature, the standardized inputs are the source's
+    (the first layer alone repairs this only in part)."""
+    x = _training_x(base)
+    params = _population_params(base, x)
+    params["input.mean"], params["input.std"] = x.mean(axis=0), x.std(axis=0)
+    params = _population_params({**params}, x)  # batch norm's statistics on that standardization
+    k = np.array([3.0, 0.5, 1.0, 1.0, 2.0, 1.0])
+    moved = x * k + OFFSET_SIGMA
+    plan = AdaptPlan(layers=(1,), prior_rows=0, input_standardization=True, unbiased=True)
+    adapted = adapt_params(params, moved, plan, activation="relu", epsilon=1e-5)
+    np.testing.assert_allclose(
+        predict(adapted, META, moved), predict(params, META, x), rtol=0, atol=1e-9
+    )
+    first_only = adapt_params(
+        params, moved, AdaptPlan((1,), 0, False, True), activation="relu", epsilon=1e-5
+    )
+    assert np.max(np.abs(predict(first_only, META, moved) - predict(params, META, x))) > 1e-2
+
+
 def test_blend_weighs_the_source_statistics_as_prior_rows(base: dict[str, np.ndarray]) -> None:
     x = _training_x(base)
     params = _population_params(base, x)
@@ -164,7 +186,8 @@ def test_adapted_model_repairs_the_offset_passes_the_parity_gate_and_serves(
     source_path = _exported(tmp_path, synthetic_run, _population_params(base, x))
     recent = _write_csv(tmp_path / "recent.csv", _offset(x))
     out = tmp_path / "adapted.onnx"
-    assert adapt_main([str(source_path), "--data", str(recent), "--out", str(out)]) == 0
+    argv = [str(source_path), "--data", str(recent), "--out", str(out)]
+    assert adapt_main([*argv, "--no-input-standardization"]) == 0  # the first layer alone
     printed = capsys.readouterr().out
     assert "flagged before: 2 features, 2 layers; after: 0 features, 0 layers" in printed
 
