@@ -374,3 +374,37 @@ def test_a_regression_model_is_adapted_and_passes_the_parity_gate(
     argv = [str(source), "--data", str(recent), "--out", str(out), "--force"]
     assert adapt_main(argv) == 0, capsys.readouterr().err
     Model.load(out, "regression", "2", THREADS).check_parity()
+
+
+def test_a_real_server_serves_the_adapted_model(
+    tmp_path: Path, synthetic_run, base: dict[str, np.ndarray]
+) -> None:
+    """`python -m bnserve.server` on a free loopback port: the parity gate passes (it reports
+    ready only after) and Predict answers the offset rows as the source answered the originals."""
+    import grpc
+    from server_process import ServerProcess
+
+    from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+    from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+
+    x = _training_x(base)
+    source = _exported(tmp_path, synthetic_run, _population_params(base, x))
+    recent = _write_csv(tmp_path / "recent.csv", _offset(x))
+    out = tmp_path / "adapted.onnx"
+    argv = [str(source), "--data", str(recent), "--out", str(out), "--no-input-standardization"]
+    assert adapt_main(argv) == 0
+    server = ServerProcess(["--model", str(out), "--name", "adapted", "--metrics-port", "0"])
+    try:
+        server.wait_ready()
+        rows = _training_x(base, seed=9, rows=20).astype(np.float32)
+        expected = score_onnx(onnx_session(source.read_bytes()), rows)["probabilities"]
+        with grpc.insecure_channel(server.target) as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)
+            served = [
+                stub.Predict(pb.PredictRequest(model_name="adapted", features=features))
+                for features in _offset(rows.astype(np.float64))
+            ]
+        np.testing.assert_allclose([answer.probabilities for answer in served], expected, atol=2e-5)
+        assert [answer.model_version for answer in served] == ["1"] * len(rows)
+    finally:
+        assert server.stop() == 0
