@@ -113,6 +113,15 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
         raise AdaptError(f"{settings.out}: already exists; choose a new name for the new version")
     source = read_source(settings.source)
     try:
+        selected = hidden_layers(settings.layers, len(source.folded.batchnorm))
+    except ValueError as error:
+        raise AdaptError(str(error)) from None
+    if settings.data.is_dir():
+        raise AdaptError(
+            f"{settings.data}: a directory; a server capture directory is not read yet (it comes "
+            "with the feedback work): give its rows as a CSV or Parquet file"
+        )
+    try:
         x = read_inputs(settings.data, source.card.feature_names).astype(np.float64)
     except DriftInputError as error:
         raise AdaptError(str(error)) from None
@@ -140,10 +149,6 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
             before,
         )
     n_hidden = len(source.folded.batchnorm)
-    try:
-        selected = hidden_layers(settings.layers, n_hidden)
-    except ValueError as error:
-        raise AdaptError(str(error)) from None
     plan = AdaptPlan(
         layers=selected,
         prior_rows=settings.prior_rows,

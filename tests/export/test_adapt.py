@@ -360,6 +360,8 @@ def test_refuses_an_existing_output_and_a_missing_model(
         [str(missing), "--data", str(recent), "--out", str(tmp_path / "n.onnx")], capsys
     )
     assert "no such file" in line
+    directory = [str(source), "--data", str(tmp_path), "--out", str(tmp_path / "n.onnx")]
+    assert "capture directory is not read yet" in _refused(directory, capsys)
 
 
 def test_a_regression_model_is_adapted_and_passes_the_parity_gate(
