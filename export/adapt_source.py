@@ -19,8 +19,8 @@ from onnx import numpy_helper
 from bnserve.export.adapt_network import FoldedSource
 from bnserve.export.errors import ExportError
 from bnserve.export.fold import AffineLayer, BatchNormStats, FoldedNetwork
-from bnserve.export.graph import ACTIVATION_OPS
-from bnserve.export.metadata import read_metadata
+from bnserve.export.graph import ACTIVATION_OPS, build_folded_model
+from bnserve.export.metadata import graph_sha256, read_metadata
 from bnserve.server.modelfile.contract import INPUT_NAME, MetadataKey
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
 from bnserve.server.plane.errors import ModelLoadError
@@ -61,6 +61,11 @@ def read_source(path: Path) -> SourceModel:
         card = parse_model_card(read_metadata(model), str(path))
     except ModelLoadError as error:
         raise AdaptError(str(error)) from None
+    if graph_sha256(model) != card.graph_sha256:
+        raise AdaptError(
+            f"{path}: its graph does not match its card's bnserve.graph_sha256 (changed after "
+            "export); the server would not load it either"
+        )
     if card.get(MetadataKey.FOLDED) != "true":
         raise AdaptError(
             f"{path}: an unfolded model (bnserve.folded = {card.get(MetadataKey.FOLDED)!r}); "
@@ -134,7 +139,21 @@ def _folded_source(
     if len(activations) != 1:
         raise AdaptError(f"{path}: expected one activation kind in the graph, found {activations}")
     network = FoldedNetwork(layers=(*hidden, output), activation=activations[0], task=card.task)
+    _check_rebuildable(path, model, network)
     return FoldedSource(network, batchnorm, input_mean, input_std)
+
+
+def _check_rebuildable(path: Path, model: onnx.ModelProto, network: FoldedNetwork) -> None:
+    """The graph must be exactly what build_folded_model makes of its layers (no imputation,
+    lookups or other parts adapt would drop when it rebuilds the graph)."""
+    rebuilt = build_folded_model(network)
+    found = [node.op_type for node in model.graph.node]
+    expected = [node.op_type for node in rebuilt.graph.node]
+    if found != expected:
+        raise AdaptError(
+            f"{path}: its graph ({', '.join(found)}) is not the plain folded MLP adapt rebuilds "
+            f"({', '.join(expected)}); nothing of it can be adapted yet"
+        )
 
 
 def _affine(initializers: dict[str, onnx.TensorProto], prefix: str) -> AffineLayer:

@@ -23,7 +23,7 @@ from bnserve.export.adapt_source import read_source
 from bnserve.export.exporter import ExportSettings, export_run
 from bnserve.export.fold import fold_params
 from bnserve.export.graph import build_folded_model
-from bnserve.export.metadata import read_metadata
+from bnserve.export.metadata import attach_metadata, graph_sha256, read_metadata
 from bnserve.export.verify import onnx_session, score_onnx
 from bnserve.server.drift.monitor import DriftSettings
 from bnserve.server.modelfile.contract import MetadataKey
@@ -326,6 +326,28 @@ def test_refuses_a_model_with_text_columns(
     onnx.save(model, str(mixed))
     line = _refused([str(mixed), "--data", str(recent), "--out", str(tmp_path / "n.onnx")], capsys)
     assert "models with text columns" in line
+
+
+def test_refuses_a_graph_with_parts_it_would_not_rebuild(
+    tmp_path: Path, source_and_recent: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, recent = source_and_recent
+    model = onnx.load(str(source))
+    first = model.graph.node[0]  # hidden1.gemm: feed it x clipped to the training range
+    clip = onnx.helper.make_node("Clip", ["x"], ["x.clipped"], name="input.clip")
+    first.input[0] = "x.clipped"
+    model.graph.node.insert(0, clip)
+    clipped = tmp_path / "clipped.onnx"
+    onnx.save(model, str(clipped))
+    out = tmp_path / "n.onnx"
+    line = _refused([str(clipped), "--data", str(recent), "--out", str(out)], capsys)
+    assert "does not match its card's bnserve.graph_sha256" in line
+    metadata = read_metadata(model)  # a tool that re-hashes what it changed
+    metadata[MetadataKey.GRAPH_SHA256.full] = graph_sha256(model)
+    attach_metadata(model, metadata)
+    onnx.save(model, str(clipped))
+    line = _refused([str(clipped), "--data", str(recent), "--out", str(out)], capsys)
+    assert "is not the plain folded MLP adapt rebuilds" in line and "Clip" in line
 
 
 @pytest.mark.parametrize(
