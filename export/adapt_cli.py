@@ -43,29 +43,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layers",
         default=DEFAULTS.layers,
-        help="hidden layers to re-estimate: first, all, or K (the first K); default "
-        f"{DEFAULTS.layers}",
+        help="hidden layers to re-estimate: first, all, or K (the first K) "
+        f"(default: {DEFAULTS.layers})",
     )
     parser.add_argument(
         "--prior-rows",
         type=float,
         default=DEFAULTS.prior_rows,
         metavar="N",
-        help="the source statistics count as N rows in the blend (0: the recent rows' own); "
-        f"default {DEFAULTS.prior_rows:g}",
+        help="the source statistics count as N rows in the blend (0: the recent rows' own) "
+        f"(default: {DEFAULTS.prior_rows:g})",
     )
     parser.add_argument(
         "--input-standardization",
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS.input_standardization,
         help="also re-estimate each feature's mean and std (undoes a per-feature change of "
-        "scale, which the first batch-norm layer repairs only in part); default on",
+        "scale, which the first batch-norm layer repairs only in part) (default: on)",
     )
     parser.add_argument(
         "--min-rows",
         type=int,
         default=DEFAULTS.min_rows,
-        help=f"refuse fewer recent rows (default {DEFAULTS.min_rows})",
+        help=f"refuse fewer recent rows (default: {DEFAULTS.min_rows})",
     )
     parser.add_argument(
         "--force", action="store_true", help="adapt even when no drift is past a threshold"
