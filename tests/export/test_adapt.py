@@ -144,6 +144,22 @@ def test_offset_is_repaired_exactly_by_the_first_layer_with_population_statistic
     np.testing.assert_array_equal(adapted["hidden2.running_mean"], params["hidden2.running_mean"])
 
 
+def test_every_layer_is_measured_with_the_layers_before_it_adapted(
+    base: dict[str, np.ndarray],
+) -> None:
+    """--layers all with N0 = 0 is training's exact population pass over the recent rows, which
+    normalizes each layer by its own new statistics before measuring the next."""
+    params = _population_params(base, _training_x(base))
+    recent = _offset(_training_x(base, seed=5)) * np.array([1.0, 1.0, 2.0, 1.0, 0.5, 1.0])
+    plan = AdaptPlan(layers=(1, 2), prior_rows=0, input_standardization=False, unbiased=True)
+    adapted = adapt_params(params, recent, plan, activation="relu", epsilon=1e-5)
+    spec = NetSpec(n_hidden=2, activation="relu", batchnorm=True, bn=BatchNormSettings())
+    standardized = (recent - params["input.mean"]) / params["input.std"]
+    for name, expected in population_statistics(params, standardized, spec).items():
+        np.testing.assert_allclose(adapted[name], expected, rtol=1e-12, err_msg=name)
+    assert not np.allclose(adapted["hidden2.running_var"], params["hidden2.running_var"])
+
+
 def test_input_standardization_repairs_a_per_feature_scale_exactly(
     base: dict[str, np.ndarray],
 ) -> None:
