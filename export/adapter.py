@@ -116,22 +116,7 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
         selected = hidden_layers(settings.layers, len(source.folded.batchnorm))
     except ValueError as error:
         raise AdaptError(str(error)) from None
-    if settings.data.is_dir():
-        raise AdaptError(
-            f"{settings.data}: a directory; a server capture directory is not read yet (it comes "
-            "with the feedback work): give its rows as a CSV or Parquet file"
-        )
-    try:
-        x = read_inputs(settings.data, source.card.feature_names).astype(np.float64)
-    except DriftInputError as error:
-        raise AdaptError(str(error)) from None
-    except OSError as error:
-        raise AdaptError(f"{settings.data}: cannot read it ({error.strerror})") from None
-    if x.shape[0] < settings.min_rows:
-        raise AdaptError(
-            f"{settings.data}: {x.shape[0]} rows, fewer than --min-rows {settings.min_rows}: "
-            "too few to re-estimate the statistics; collect more rows"
-        )
+    x = _recent_rows(settings, source)
     params = unfold(source.folded)
     mismatch = refold_error(source.folded, params)
     if not mismatch <= REFOLD_LIMIT:
@@ -141,13 +126,7 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
         )
     before = drift_of(source.model, source.card.entries[MetadataKey.DRIFT], source, x)
     if not settings.force and not worth_adapting(before):
-        worst = max(before["layers"], key=lambda layer: layer["score"])
-        raise NoShiftError(
-            f"{settings.data}: no feature past the server's drift thresholds and no layer score "
-            f"above {LAYER_WORTH:g} (largest: {worst['name']} {worst['score']:.3f}): no shift "
-            "worth adapting; pass --force to adapt anyway",
-            before,
-        )
+        raise NoShiftError(_no_shift(settings.data, before), before)
     n_hidden = len(source.folded.batchnorm)
     plan = AdaptPlan(
         layers=selected,
@@ -193,6 +172,36 @@ def adapt_model(settings: AdaptSettings) -> AdaptReport:
         verification=verification,
         layers=layer_check,
         graph_sha256=graph_sha256(model),
+    )
+
+
+def _recent_rows(settings: AdaptSettings, source: SourceModel) -> np.ndarray:
+    """The model's features from settings.data, (N, F) float64; AdaptError when unusable."""
+    if settings.data.is_dir():
+        raise AdaptError(
+            f"{settings.data}: a directory; a server capture directory is not read yet (it comes "
+            "with the feedback work): give its rows as a CSV or Parquet file"
+        )
+    try:
+        x = read_inputs(settings.data, source.card.feature_names).astype(np.float64)
+    except DriftInputError as error:
+        raise AdaptError(str(error)) from None
+    except OSError as error:
+        raise AdaptError(f"{settings.data}: cannot read it ({error.strerror})") from None
+    if x.shape[0] < settings.min_rows:
+        raise AdaptError(
+            f"{settings.data}: {x.shape[0]} rows, fewer than --min-rows {settings.min_rows}: "
+            "too few to re-estimate the statistics; collect more rows"
+        )
+    return x
+
+
+def _no_shift(data: Path, before: dict[str, Any]) -> str:
+    worst = max(before["layers"], key=lambda layer: layer["score"])
+    return (
+        f"{data}: no feature past the server's drift thresholds and no layer score above "
+        f"{LAYER_WORTH:g} (largest: {worst['name']} {worst['score']:.3f}): no shift worth "
+        "adapting; pass --force to adapt anyway"
     )
 
 
