@@ -110,8 +110,8 @@ class Server:
         reuse_port: bool = False,
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
-        when credentials are given; reuse_port shares the port with the other processes of a
-        supervisor (server/supervisor.py), which holds it against anyone else. sources: the
+        when credentials are given; reuse_port shares the gRPC and HTTP ports with the other
+        processes of a supervisor (server/supervisor.py), which holds it against anyone else. sources: the
         models to serve; None: those settings.model, name, model_version and model_root name
         (as `bnserve serve` resolves them). Raises ModelPathError (a ValueError) for bad model
         paths, OSError for a port it cannot bind."""
@@ -194,6 +194,7 @@ class Server:
                 tls=http_tls,
                 metrics=metrics,
                 workers=settings.max_inflight,
+                reuse_port=reuse_port,
             )
         return cls(
             settings,

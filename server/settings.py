@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from server.cores import usable_cores
+from server.placement import setting_problem
 
 ENV_PREFIX = "BNSERVE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -123,6 +124,15 @@ class ServerSettings:
         "Serving processes on one port (SO_REUSEPORT), each with its own onnxruntime session, "
         "under a supervisor that restarts any that dies; 'auto': the cores this process may use "
         "(affinity, capped by a cgroup CPU quota).",
+    )
+    cpu_affinity: str = _setting(
+        "auto",
+        "Cores each serving process runs on: 'auto' pins process i of several to the i-th core "
+        "this process may use (affinity mask within the cgroup cpuset) and one process to the "
+        "core it starts on, since a server whose threads roam over cores spends more CPU per "
+        "call (docs/serving.md, Placement); it pins nothing under a CPU quota smaller than the "
+        "mask or with --intra-op-threads other than 1. 'none': the kernel places threads. A "
+        "CPU list (0-1,3): split among the processes; it must lie inside the mask.",
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
@@ -290,6 +300,9 @@ class ServerSettings:
             self.processes.isascii() and self.processes.isdigit() and int(self.processes) >= 1
         ):
             problems.append(f"processes={self.processes!r} must be a whole number ≥ 1 or 'auto'")
+        affinity_problem = setting_problem(self.cpu_affinity)
+        if affinity_problem:
+            problems.append(affinity_problem)
         if self.max_message_bytes < 1024:
             problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
         if self.grace_s < 0:

@@ -132,13 +132,16 @@ class RestServer:
         tls: ssl.SSLContext | None = None,
         metrics: ServerMetrics | None = None,
         workers: int = 8,
+        reuse_port: bool = False,
     ) -> None:
+        """reuse_port: share the port with the other processes of a supervisor (which holds it
+        against anyone else, server/supervisor.py)."""
         self._plane = plane
         self._accepts = accepts
         self._tls = tls
         self._metrics = metrics
         self._metadata = {"name": "bnserve", "version": server_version, "extensions": EXTENSIONS}
-        self._socket = _bind(host, port)
+        self._socket = _bind(host, port, reuse_port)
         self.port = self._socket.getsockname()[1]
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self._max_body_bytes = max_body_bytes
@@ -422,11 +425,13 @@ def _status(error: ServingError) -> int:
     return 500
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(1024)
     except OSError as error:
