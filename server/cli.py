@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for note in placement.notes:
             log.info("%s", note)
         who = "this process" if link is None else f"process {link.index}"
-        log.info("%s (pid %d) on %s", who, os.getpid(), placement.describe(0))
+        log.info("%s (pid %d): %s", who, os.getpid(), placement.describe(0))
         return _serve(settings, link)
 
 

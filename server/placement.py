@@ -35,11 +35,11 @@ class Placement:
     warnings: tuple[str, ...] = ()  # pins that share a core (logged at WARNING)
 
     def describe(self, index: int) -> str:
-        """'core 1', 'cores 0-3' or 'not pinned' for process index."""
+        """'pinned to core 1', 'pinned to cores 0-3' or 'not pinned' for process index."""
         cores = self.cores[index]
         if cores is None:
             return "not pinned"
-        return f"core{'s' if len(cores) > 1 else ''} {format_cpu_list(cores)}"
+        return f"pinned to core{'s' if len(cores) > 1 else ''} {format_cpu_list(cores)}"
 
     def flag(self, index: int) -> str:
         """The --cpu-affinity value that gives a child process exactly its cores."""

@@ -290,7 +290,7 @@ class Supervisor:
         finally:
             os.close(status_write)
         self.children[index] = _Child(index, process, status_read, time.monotonic())
-        log.info("process %d is pid %d on %s", index, process.pid, self.placement.describe(index))
+        log.info("process %d is pid %d, %s", index, process.pid, self.placement.describe(index))
 
     def _read_reports(self) -> None:
         for child in self.children.values():

@@ -34,11 +34,7 @@ ROWS = np.random.default_rng(3).normal(0, 2, (40, NUM_FEATURES)).astype(np.float
 
 
 def _start(test_models: ModelFiles, *args: str) -> ServerProcess:
-    server = ServerProcess(
-        ["--model", str(test_models.classification), "--name", "iris", *args],
-        env={"BNSERVE_METRICS_PORT": "0"},
-    )
-    return server
+    return ServerProcess(["--model", str(test_models.classification), "--name", "iris", *args])
 
 
 def _supervised(test_models: ModelFiles, *args: str) -> tuple[ServerProcess, dict[int, int]]:
@@ -234,8 +230,7 @@ def test_a_model_failing_its_parity_gate_leaves_every_process_unready(
 ) -> None:
     """With --wait-for-model the processes serve, not ready, as one process does."""
     server = ServerProcess(
-        ["--model", str(test_models.bad_parity), "--processes", "2", "--metrics-port", "0",
-         "--wait-for-model"]
+        ["--model", str(test_models.bad_parity), "--processes", "2", "--wait-for-model"]
     )  # fmt: skip
     try:
         server.port = int(server.wait_for(r"2 processes serving on port (\d+), NOT ready").group(1))
@@ -265,19 +260,29 @@ def test_sigterm_drains_and_sighup_reloads_every_process(test_models: ModelFiles
             os.kill(pid, 0)
 
 
-def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
+def test_ports_are_kept_from_independent_servers(test_models: ModelFiles) -> None:
+    """The gRPC port and the HTTP port the children share: a second server, with one process
+    or several, is refused either, in one line."""
     server, _ = _supervised(test_models)
+    assert server.http_port and f"HTTP/REST on port {server.http_port}" in server.log()
     try:
         for extra in ([], ["--processes", "2"]):
-            second = subprocess.run(
-                [sys.executable, "-m", "server", "--model", str(test_models.classification),
-                 "--port", str(server.port), "--metrics-port", "0", *extra],
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert second.returncode == 2
-            listening = f"bnserve serve: error: cannot listen on 127.0.0.1:{server.port}"
-            assert listening in second.stderr
-            assert "Traceback" not in second.stderr
+            for ports, refused in [
+                # HTTP off here: the gRPC port is refused before HTTP would bind
+                (["--port", str(server.port), "--http-port", "0"], f"127.0.0.1:{server.port}"),
+                (["--port", "0", "--http-port", str(server.http_port)],
+                 f"127.0.0.1:{server.http_port}"),
+            ]:  # fmt: skip
+                second = subprocess.run(
+                    [sys.executable, "-m", "server", "--model", str(test_models.classification),
+                     "--metrics-port", "0", *ports, *extra],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert second.returncode == 2, second.stderr
+                errors = [line for line in second.stderr.splitlines() if "error:" in line]
+                assert len(errors) == 1 and errors[0].startswith("bnserve serve: error: cannot ")
+                assert refused in errors[0]
+                assert "Traceback" not in second.stderr
     finally:
         assert server.stop() == 0
 
