@@ -135,7 +135,7 @@ def _plan_list(listed: frozenset[int], count: int, allowed: tuple[int, ...]) -> 
 
 def _one_core_each(cores: tuple[int, ...], count: int) -> Placement:
     placed = tuple(frozenset({cores[i % len(cores)]}) for i in range(count))
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if count > len(cores):
         warnings = (
             f"{count} serving processes share {len(cores)} core"
