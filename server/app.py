@@ -113,8 +113,8 @@ class Server:
         when credentials are given; reuse_port shares the gRPC and HTTP ports with the other
         processes of a supervisor (server/supervisor.py), which holds them against anyone else.
         sources: the models to serve; None: those settings.model, name, model_version and
-        model_root name (as `bnserve serve` resolves them). Raises ModelPathError (a ValueError) for bad model
-        paths, OSError for a port it cannot bind."""
+        model_root name (as `bnserve serve` resolves them). Raises ModelPathError (a
+        ValueError) for bad model paths, OSError for a port it cannot bind."""
         if sources is None:
             sources = resolve_sources(
                 settings.model, settings.name, settings.model_version, settings.model_root
