@@ -3,6 +3,8 @@ process, metrics summed, drain and reload reach every process, a killed process 
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -145,6 +147,38 @@ def test_two_processes_answer_as_one_and_their_metrics_are_summed(
     finally:
         assert server.stop() == 0
     assert not Path(re.search(r"summed from files in (\S+)", server.log()).group(1)).exists()
+
+
+def test_rest_on_the_shared_http_port_reaches_every_process(
+    test_models: ModelFiles, one_process_answers: list[bytes]
+) -> None:
+    """Issue 24: with HTTP on (the default) every child listens on the one HTTP port; keep-alive
+    connections land on each of them, and each answers what one process answers over gRPC."""
+    server, children = _supervised(test_models)
+    expected = [
+        pb.PredictResponse.FromString(answer).probabilities for answer in one_process_answers
+    ]
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        while not all(_connections_of(pid, server.http_port) for pid in children.values()):
+            assert len(connections) < 64, "64 connections never reached every process"
+            connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            connections.append(connection)
+            for index in range(len(ROWS)):
+                body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, NUM_FEATURES],
+                                    "data": ROWS[index].tolist()}]}  # fmt: skip
+                connection.request("POST", "/v2/models/iris/infer", json.dumps(body))
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                assert response.status == 200, answer
+                (probabilities,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+                np.testing.assert_array_equal(
+                    np.float32(probabilities["data"]), np.float32(expected[index])
+                )
+    finally:
+        for connection in connections:
+            connection.close()
+        assert server.stop() == 0
 
 
 def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
