@@ -37,11 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 PYARROW = "import pyarrow.csv, pyarrow.parquet, pyarrow.compute; "
 LOADERS = {
     "bnserve, cold cache": (
-        PYARROW + "from training.data import load_dataset",
+        PYARROW + "from training.data.loading import load_dataset",
         "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
     ),
     "bnserve, warm cache": (
-        PYARROW + "from training.data import load_dataset; load_dataset(path, cache_dir=cache)",
+        PYARROW
+        + "from training.data.loading import load_dataset; load_dataset(path, cache_dir=cache)",
         "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
     ),
     "bnserve load+split+standardize": (

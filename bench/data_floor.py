@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from data import write_tables
 
-from training import batches, cache, readers
 from training.config import TrainConfig
-from training.data import load_split
+from training.data import batches, cache, readers
+from training.data.loading import load_split
 from training.threads import available_cores
 from training.train import prepare
 

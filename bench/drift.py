@@ -9,8 +9,8 @@ between the variants, the median is reported), for one example and for 64:
               result is a graph output)
   layers      that session asked for everything (a monitored run)
   monitored   layers + DriftMonitor.observe: the whole monitored predict
-and server.model.Model.predict as the server calls it, drift off and on (the default sample of
-0.1 of the runs, and every run).
+and server.models.model.Model.predict as the server calls it, drift off and on (the default
+sample of 0.1 of the runs, and every run).
 
     .venv/bin/python bench/drift.py [--rounds 7] [--calls 3000] [--quick]
 """
@@ -32,9 +32,9 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.drift import DriftMonitor, DriftSettings, parse_reference  # noqa: E402
-from server.model import Model, SessionThreads  # noqa: E402
-from server.wire import with_graph_outputs  # noqa: E402
+from server.drift.monitor import DriftMonitor, DriftSettings, parse_reference  # noqa: E402
+from server.modelfile.wire import with_graph_outputs  # noqa: E402
+from server.models.model import Model, SessionThreads  # noqa: E402
 
 HIDDEN = (256, 256)  # training's default widths
 OUTPUTS = ["probabilities", "label"]
@@ -51,7 +51,7 @@ def build_model(directory: Path) -> Path:
 
 
 def session(model_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()  # as server/model.py opens them
+    options = ort.SessionOptions()  # as server/models/model.py opens them
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -32,11 +32,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
 from model_builder import NUM_FEATURES, build_model
 
-from server.auth import TokenAuthInterceptor, load_token_digests
-from server.decoding import RequestDecodingInterceptor
 from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.metrics import ServerMetrics
-from server.observability import ObservabilityInterceptor
+from server.grpc.decoding import RequestDecodingInterceptor
+from server.observability.calls import ObservabilityInterceptor
+from server.observability.metrics import ServerMetrics
+from server.security.auth import TokenAuthInterceptor, load_token_digests
 
 METHOD = "/bnserve.v1.Predictor/Predict"
 TOKEN = "bench-token-0123456789abcdef"

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from training.config import TrainConfig
-from training.data import split_rows
+from training.data.loading import split_rows
 from training.rundir import load_run
 from training.train import train
 from training.tune import cv

@@ -59,7 +59,7 @@ GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 ECHO_PATH = "/bench.Echo/Call"
 ECHO_LABEL = "bare grpcio echo"
 MINIMAL_LABEL = "minimal grpcio + onnxruntime"
-MINIMAL_POOL_LABEL = "minimal, bnserve's pool"  # server/transport.py's MessageFirstExecutor
+MINIMAL_POOL_LABEL = "minimal, bnserve's pool"  # server/grpc/executor.py's MessageFirstExecutor
 PREDICT_LABEL = "native Predict"
 DRIFT_OFF_LABEL = "native Predict, drift off"
 BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
@@ -319,7 +319,7 @@ def reference_command(mode: str, port: int, settings: BenchSettings, *options: s
 
 def serve_until_sigterm(handler: Any, port: int, workers: int, message_first: bool = False) -> None:
     """Serve one generic handler with a sync grpcio server of `workers` threads until SIGTERM
-    (message_first: in bnserve's own pool, server/transport.py, instead of grpcio's).
+    (message_first: in bnserve's own pool, server/grpc/executor.py, instead of grpcio's).
 
     SIGTERM is blocked before the server's threads start (they inherit the mask) and taken with
     sigwait: no Python handler, so none that could deadlock on a lock the main thread holds."""
@@ -330,7 +330,7 @@ def serve_until_sigterm(handler: Any, port: int, workers: int, message_first: bo
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     if message_first:
-        from server.transport import MessageFirstExecutor
+        from server.grpc.executor import MessageFirstExecutor
 
         pool: futures.ThreadPoolExecutor = MessageFirstExecutor(workers, 8, 10.0, 256)
     else:
@@ -360,7 +360,7 @@ def minimal_server(model: Path, port: int, workers: int, message_first: bool = F
     import grpc
 
     from server.gen.bnserve.v1 import predictor_pb2 as pb
-    from server.model import Model, SessionThreads
+    from server.models.model import Model, SessionThreads
 
     loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
     class_names = loaded.card.class_names
@@ -512,7 +512,7 @@ class BareRun:
 
 
 def bare_run(model: Path, row: np.ndarray, runs: int, batch_examples: int) -> BareRun:
-    from server.model import Model, SessionThreads
+    from server.models.model import Model, SessionThreads
 
     loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
     x = row.reshape(1, -1)

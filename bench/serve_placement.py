@@ -5,7 +5,7 @@ and with two serving processes, side by side in one run.
   taskset   `--cpu-affinity none`, pinned from outside as an operator would: one process under
             `taskset -c C`; two processes pinned after start-up, child i to the i-th server core
             with `taskset -a -p -c` (every thread);
-  auto      `--cpu-affinity auto` (server/placement.py).
+  auto      `--cpu-affinity auto` (server/process/placement.py).
 The row whose placement is the default carries "(default)". Every server has HTTP and metrics on,
 as the defaults have them. The same h2load load (v2 ModelInfer, raw_input_contents, as
 tritonclient sends; interleaved rounds, median) goes to each; each row gives requests/s and the

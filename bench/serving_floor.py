@@ -131,14 +131,14 @@ def main(argv: list[str]) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
-    from server.admission import InflightLimiter
-    from server.batching import DynamicBatcher
-    from server.dataplane import DataPlane
     from server.gen.bnserve.v1 import predictor_pb2 as pb
-    from server.model import Model, SessionThreads
-    from server.repository import ModelRepository
-    from server.servable import Servable
-    from server.servicers.native import PredictorServicer
+    from server.grpc.servicers.native import PredictorServicer
+    from server.models.model import Model, SessionThreads
+    from server.models.repository import ModelRepository
+    from server.models.servable import Servable
+    from server.plane.admission import InflightLimiter
+    from server.plane.batching import DynamicBatcher
+    from server.plane.dataplane import DataPlane
 
     rng = np.random.default_rng(0)
     batch = (rng.random((BATCH_ROWS, 64)) * 16).astype(np.float32)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.batches import Rows
 from training.config import TrainConfig
-from training.data import Dataset, Split
+from training.data.batches import Rows
+from training.data.loading import Dataset, Split
 from training.threads import available_cores, blas_threads, blas_threads_for
 from training.train import Prepared, TrainingState, fresh_state, run_epoch
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from server.contract import DRIFT_FORMAT
-from training.data import fit_standardization, load_split
+from server.modelfile.contract import DRIFT_FORMAT
+from training.data.loading import fit_standardization, load_split
 from training.errors import DataError
 from training.model import layer_names
 from training.rundir import Run

@@ -1,5 +1,5 @@
 """`bnserve drift DATA --model model.onnx`: production inputs against a model's training
-distribution, offline, with the server's own statistics (server/drift.py).
+distribution, offline, with the server's own statistics (server/drift/monitor.py).
 
 Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
 shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.contract import MetadataKey
-from server.drift import (
+from server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
     DriftReference,
     DriftSettings,
     parse_reference,
 )
-from server.wire import with_graph_outputs
+from server.modelfile.contract import MetadataKey
+from server.modelfile.wire import with_graph_outputs
 from training.rundir import write_bytes
 
 DEFAULTS = DriftSettings()

@@ -36,7 +36,7 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
-from server.contract import Tolerance
+from server.modelfile.contract import Tolerance
 from training.errors import RunError, disk_full, os_error_line
 from training.inference import predict
 from training.rundir import Run, load_run, write_bytes

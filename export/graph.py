@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.fold import FoldedNetwork
 from export.network import NetworkSpec
-from server.contract import INPUT_NAME, OUTPUT_NAMES
+from server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 from training.model import BATCHNORM_ARRAYS, layer_names
 
 OPSET = 17

@@ -11,7 +11,7 @@ from pathlib import Path
 from export.errors import ExportError
 from export.fold import FOLDED_ACTIVATIONS
 from export.importer import ImportReport, ImportSettings, import_model
-from server.contract import TASKS
+from server.modelfile.contract import TASKS
 
 MAX_ROWS = 1_000_000  # generated or embedded rows: beyond that only memory grows
 

@@ -38,8 +38,8 @@ from export.verify import (
     onnx_session,
     score_onnx,
 )
-from server.contract import MetadataKey, Tolerance
-from training.data import Dataset, load_dataset
+from server.modelfile.contract import MetadataKey, Tolerance
+from training.data.loading import Dataset, load_dataset
 from training.errors import DataError
 from training.rundir import write_bytes
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from server.contract import FORMAT_VERSION, MetadataKey, Tolerance, output_names_key
+from server.modelfile.contract import FORMAT_VERSION, MetadataKey, Tolerance, output_names_key
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from server.contract import Tolerance, decisive_rows
+from server.modelfile.contract import Tolerance, decisive_rows
 from training.model import hidden_count
 
 PROBABILITY_TOLERANCE = Tolerance(abs=1e-5, rel=0.0)

@@ -16,25 +16,25 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.admission import InflightLimiter
-from server.dataplane import DataPlane
-from server.drift_metrics import DriftCollector
+from server.drift.metrics import DriftCollector
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2_grpc
-from server.metrics import ServerMetrics
-from server.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
-from server.reflection import enable_reflection
-from server.reload import ReloadPolicy, VersionManager
-from server.repository import ModelRepository
+from server.grpc.executor import MessageFirstExecutor
+from server.grpc.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from server.grpc.reflection import enable_reflection
+from server.grpc.servicers import native, v2
+from server.grpc.servicers.unimplemented import UnimplementedHandler
+from server.grpc.servicers.v2 import server_version
+from server.models.reload import ReloadPolicy, VersionManager
+from server.models.repository import ModelRepository
+from server.models.servable import build_servable
+from server.models.versions import ModelSource, resolve_sources
+from server.observability.metrics import ServerMetrics
+from server.observability.tracing import Tracing
+from server.plane.admission import InflightLimiter
+from server.plane.dataplane import DataPlane
 from server.rest.server import RestServer
-from server.servable import build_servable
-from server.servicers import native, v2
-from server.servicers.unimplemented import UnimplementedHandler
-from server.servicers.v2 import server_version
 from server.settings import ServerSettings
-from server.tracing import Tracing
-from server.transport import MessageFirstExecutor
-from server.versions import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,10 @@ class Server:
     ) -> Server:
         """Build the gRPC server with every service and bind the port (not started yet); TLS
         when credentials are given; reuse_port shares the gRPC and HTTP ports with the other
-        processes of a supervisor (server/supervisor.py), which holds them against anyone else.
-        sources: the models to serve; None: those settings.model, name, model_version and
-        model_root name (as `bnserve serve` resolves them). Raises ModelPathError (a
-        ValueError) for bad model paths, OSError for a port it cannot bind."""
+        processes of a supervisor (server/process/supervisor.py), which holds them against
+        anyone else. sources: the models to serve; None: those settings.model, name,
+        model_version and model_root name (as `bnserve serve` resolves them). Raises
+        ModelPathError (a ValueError) for bad model paths, OSError for a port it cannot bind."""
         if sources is None:
             sources = resolve_sources(
                 settings.model, settings.name, settings.model_version, settings.model_root

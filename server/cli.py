@@ -13,12 +13,12 @@ import sys
 import time
 from typing import Any
 
-from server.core_logs import relay_core_logs
-from server.cores import allowed_cores, cgroup_cpu_quota
-from server.logs import configure_logging
-from server.placement import current_core, pin_process, plan_placement
+from server.grpc.core_logs import relay_core_logs
+from server.observability.logs import configure_logging
+from server.process.cores import allowed_cores, cgroup_cpu_quota
+from server.process.placement import current_core, pin_process, plan_placement
+from server.process.supervisor import Supervisor, WorkerLink
 from server.settings import ENV_PREFIX, ServerSettings, settable_fields
-from server.supervisor import Supervisor, WorkerLink
 
 log = logging.getLogger("server")
 

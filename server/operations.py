@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from server.auth import TokenAuthInterceptor, load_token_digests
-from server.decoding import RequestDecodingInterceptor
-from server.metrics import ServerMetrics
-from server.observability import ObservabilityInterceptor
+from server.grpc.decoding import RequestDecodingInterceptor
+from server.observability.calls import ObservabilityInterceptor
+from server.observability.metrics import ServerMetrics
+from server.observability.tracing import Tracing
+from server.security.auth import TokenAuthInterceptor, load_token_digests
+from server.security.tls import server_credentials
 from server.settings import ServerSettings
-from server.tls import server_credentials
-from server.tracing import Tracing
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Fixtures every test package may use: a real, tiny filesystem to fill up; and, for the whole
-suite, the float32 data cache (training/cache.py) in a temporary directory."""
+suite, the float32 data cache (training/data/cache.py) in a temporary directory."""
 
 from __future__ import annotations
 

@@ -14,18 +14,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training import batches, layers, model, optim, rundir, threads
+from training import layers, model, optim, rundir, threads
 from training.averaging import WeightAverage
-from training.batches import Rows
 from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.data import Dataset, Split, fit_standardization, load_split
+from training.data import batches
+from training.data.batches import Rows
+from training.data.folds import fold_split
+from training.data.loading import Dataset, Split, fit_standardization, load_split
+from training.data.targets import check_class_counts
 from training.early_stopping import BestEpoch
 from training.errors import RunError, TrainingError
-from training.folds import fold_split
 from training.layers import BatchNormSettings
 from training.metrics import LOSS, check_metric, default_metric, evaluate, objective
 from training.state import TrainingState, load_state, save_checkpoint
-from training.targets import check_class_counts
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
 HELDOUT_MAX_ROWS = 10_000  # heldout.npz: the first rows of the test split, never the whole data
@@ -44,7 +45,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The split data, standardized with training statistics when read (training/batches.py)."""
+    """The split data, standardized with training statistics when read
+    (training/data/batches.py)."""
 
     dataset: Dataset
     split: Split
@@ -62,7 +64,7 @@ class Prepared:
 def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
     """Load the data, split it with the seed, standardize with training-split statistics.
 
-    cache_dir: where CSV/Parquet sources are cached as float32 (training/cache.py).
+    cache_dir: where CSV/Parquet sources are cached as float32 (training/data/cache.py).
     """
     dataset, split = load_split(config, cache_dir=cache_dir)
     if dataset.task == "classification":
@@ -278,7 +280,7 @@ def train(
     resume: continue from the last checkpoint (or `from_epoch`'s, discarding later ones); only
     RESUMABLE_FIELDS of `config` may differ from the stored config. checkpoints/plot/progress off
     make cheap tuning trials. on_epoch(record) returning False stops training after that epoch.
-    cache_dir: the float32 data cache (training/cache.py; "off": in memory). blas_threads:
+    cache_dir: the float32 data cache (training/data/cache.py; "off": in memory). blas_threads:
     None chooses by the size of the work (training/threads.py).
     """
     run_dir = Path(out_dir)

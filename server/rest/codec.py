@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from server.dataplane import ModelConfigInfo, OutputRequest, TensorIn, TensorOut, raw_bytes
-from server.errors import InvalidInput
-from server.model import Model, TensorSpec
-from server.statistics import Duration, StatsSnapshot
+from server.models.model import Model, TensorSpec
+from server.plane.dataplane import ModelConfigInfo, OutputRequest, TensorIn, TensorOut, raw_bytes
+from server.plane.errors import InvalidInput
+from server.plane.statistics import Duration, StatsSnapshot
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

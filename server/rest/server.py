@@ -31,13 +31,14 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from server.dataplane import (
+from server.observability.metrics import ServerMetrics
+from server.plane.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
     PLATFORM,
     DataPlane,
 )
-from server.errors import (
+from server.plane.errors import (
     INTERNAL_MESSAGE,
     DeadlineExpired,
     InvalidInput,
@@ -48,7 +49,6 @@ from server.errors import (
     Overloaded,
     ServingError,
 )
-from server.metrics import ServerMetrics
 from server.rest import codec
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext | None:
-    """The HTTP port's TLS from the gRPC port's files (server/tls.py checked them already)."""
+    """The HTTP port's TLS from the gRPC port's files (server/security/tls.py checked them
+    already)."""
     if not cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -135,7 +136,7 @@ class RestServer:
         reuse_port: bool = False,
     ) -> None:
         """reuse_port: share the port with the other processes of a supervisor (which holds it
-        against anyone else, server/supervisor.py)."""
+        against anyone else, server/process/supervisor.py)."""
         self._plane = plane
         self._accepts = accepts
         self._tls = tls

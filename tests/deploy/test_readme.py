@@ -15,7 +15,7 @@ from deploy_support import REPO, DemoRun
 
 from server.clients.predict import InputError, read_examples
 from training.cli import main as train_main
-from training.data import load_dataset
+from training.data.loading import load_dataset
 
 README = (REPO / "README.md").read_text()
 SERVING = (REPO / "docs" / "serving.md").read_text()

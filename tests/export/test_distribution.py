@@ -16,8 +16,8 @@ from export.fold import fold_params
 from export.graph import build_folded_model
 from export.metadata import read_metadata
 from export.network import spec_from_run
-from server.wire import with_graph_outputs
-from training.data import load_dataset, split_rows
+from server.modelfile.wire import with_graph_outputs
+from training.data.loading import load_dataset, split_rows
 from training.rundir import load_run
 
 

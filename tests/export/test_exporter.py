@@ -16,7 +16,7 @@ from export.cli import main
 from export.exporter import ExportSettings, build_model, export_run, reference_rows
 from export.metadata import read_metadata
 from export.verify import PROBABILITY_TOLERANCE, regression_tolerance
-from server.contract import MetadataKey
+from server.modelfile.contract import MetadataKey
 from training.inference import predict
 from training.rundir import load_run
 

@@ -17,8 +17,8 @@ from foreign_graphs import ForeignMlp, build_foreign
 
 from export.importer import ImportSettings, import_model
 from export.verify import onnx_session
-from server.metadata import parse_model_card
-from server.model import Model, SessionThreads
+from server.modelfile.metadata import parse_model_card
+from server.models.model import Model, SessionThreads
 
 SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 sys.path.insert(0, str(SERVER_TESTS))

@@ -9,7 +9,7 @@ import pytest
 
 from export.cli import main as export_main
 from training.config import TrainConfig
-from training.data import load_dataset, split_rows
+from training.data.loading import load_dataset, split_rows
 from training.inference import predict
 from training.rundir import load_run
 from training.train import train

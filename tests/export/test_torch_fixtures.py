@@ -15,8 +15,8 @@ import pytest
 
 from export.importer import ImportSettings, import_model
 from export.verify import onnx_session
-from server.metadata import parse_model_card
-from server.model import Model, SessionThreads
+from server.modelfile.metadata import parse_model_card
+from server.models.model import Model, SessionThreads
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = np.load(FIXTURES / "torch_import_fixtures.npz", allow_pickle=False)

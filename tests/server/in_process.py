@@ -9,9 +9,9 @@ from typing import Any
 from server_process import free_port
 
 from server.app import Server
-from server.repository import READY
+from server.models.repository import READY
+from server.models.versions import resolve_sources
 from server.settings import ServerSettings
-from server.versions import resolve_sources
 
 
 def start_server(

@@ -15,8 +15,8 @@ from server.gen.bnserve.v1 import predictor_pb2 as pb
 from server.gen.bnserve.v1 import predictor_pb2_grpc
 from server.gen.inference import grpc_service_pb2 as v2
 from server.gen.inference import grpc_service_pb2_grpc
+from server.modelfile.wire import graph_sha256
 from server.settings import ServerSettings
-from server.wire import graph_sha256
 
 
 def _regression_npz(path: Path) -> Path:

@@ -31,10 +31,10 @@ from server_process import (
 )
 
 from server.app import Server
-from server.auth import TokenAuthInterceptor
 from server.gen.inference import grpc_service_pb2 as pb
 from server.gen.inference import grpc_service_pb2_grpc
-from server.metrics import ServerMetrics
+from server.observability.metrics import ServerMetrics
+from server.security.auth import TokenAuthInterceptor
 from server.settings import ServerSettings
 
 ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 
 from training.cli import main
 from training.config import TrainConfig
-from training.data import load_dataset, split_rows
+from training.data.loading import load_dataset, split_rows
 from training.rundir import load_run
 
 SMALL = {"hidden": (16,), "epochs": 2}

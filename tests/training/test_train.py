@@ -146,7 +146,7 @@ def test_population_statistics_are_stored_for_stats_population(tmp_path):
     run = load_run(tmp_path / "run")
     assert run.meta["stats"] == "population"
     # the exact training-set mean of hidden1's z with the final weights
-    from training.data import load_dataset, split_rows
+    from training.data.loading import load_dataset, split_rows
 
     dataset = load_dataset("digits")
     split = split_rows(len(dataset.x), dev_fraction=0.15, test_fraction=0.15, seed=0)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from training.config import TrainConfig
-from training.data import load_split
-from training.folds import fold_rows
+from training.data.folds import fold_rows
+from training.data.loading import load_split
 from training.metrics import LOSS
 
 AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this

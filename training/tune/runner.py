@@ -158,9 +158,9 @@ def _run_locked(settings: TuneSettings, space: SearchSpace, *, resume: bool) -> 
 
 def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
     """Load the data once here, so a bad file, fold count or metric is named before any trial."""
-    from training.data import load_dataset
+    from training.data.loading import load_dataset
+    from training.data.targets import check_class_counts
     from training.metrics import check_metric, default_metric
-    from training.targets import check_class_counts
 
     config = space.base_config()
     dataset = load_dataset(config.data, target=config.target, task=config.task)

@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from training.data import load_dataset, split_rows
+from training.data.loading import load_dataset, split_rows
 from training.rundir import load_run
 from training.tune import cv
 from training.tune.cli import main

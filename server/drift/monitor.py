@@ -1,0 +1,542 @@
+"""Covariate-shift monitoring: streaming statistics of what a model version scores, compared with
+the training distribution its metadata carries (`bnserve.drift`, docs/contracts.md).
+
+Per input feature: the standardized mean shift |μ_live − μ_train| / σ_train, the variance ratio
+σ²_live / σ²_train, the population stability index over the training deciles, and the share of
+values outside the training range. Per hidden layer with batch norm: z_norm = (pre − β)/γ, which
+has mean 0 and variance 1 per unit on training data; the layer score is the mean over units of
+KL(N(m, v) ‖ N(0, 1)) = ½(v + m² − 1 − ln v). A layer sees what the marginals cannot: rows whose
+features each look normal but whose combination the network never saw.
+
+Two windows: the whole life of the version and a recent one, where each example's weight decays
+as exp(−age / window) with age counted in examples scored after it. Rows are buffered and folded
+into the sums a chunk at a time with a few numpy calls, so a single-example call costs a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.modelfile.contract import DRIFT_FORMAT
+from server.observability.logs import LogThrottle
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 64  # rows buffered before the sums are updated
+MAX_EDGES = 255  # bin indices are counted in uint8 (the exporter writes ≤ 9 decile edges)
+CHECK_INTERVAL_S = 1.0  # thresholds are checked for the log at most this often
+PSI_FLOOR = 1e-4  # bin shares are floored here so an empty bin does not make PSI infinite
+MIN_VARIANCE = 1e-6  # floor of a unit's live variance inside ln v
+WINDOWS = ("life", "recent")  # the keys of DriftMonitor.report()
+REEXPORT_HINT = (
+    "re-export it from its training run with `bnserve export` (which stores the training "
+    "distribution in metadata bnserve.drift)"
+)
+
+
+class DriftMetadataError(ValueError):
+    """The model's bnserve.drift entry is missing or malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How a server watches drift (from ServerSettings' drift_* fields)."""
+
+    layers: bool = True  # also watch hidden layers' pre-activations (second session)
+    window: int = 2000  # recent window: weights decay as exp(−age/window), age in examples
+    sample: float = 0.1  # share of scoring runs whose rows enter the statistics
+    shift_threshold: float = 0.5  # flag a feature past this |μ_live − μ_train| / σ_train
+    psi_threshold: float = 0.25  # flag a feature past this PSI
+    variance_threshold: float = 0.0  # flag a feature whose σ²_live / σ²_train exceeds this; 0: no
+    layer_threshold: float = 0.05  # flag a layer past this mean KL score
+    min_examples: int = 100  # no flags (and no warnings) before a window weighs this much
+    top_k: int = 16  # features exported to Prometheus per model version (the worst ones)
+    log_interval_s: float = 60.0  # at most one drift warning per model version this often
+
+
+def drift_settings(settings: Any) -> DriftSettings | None:
+    """DriftSettings from a ServerSettings (None when drift monitoring is off)."""
+    if not settings.drift:
+        return None
+    return DriftSettings(
+        layers=settings.drift_layers,
+        window=settings.drift_window,
+        sample=settings.drift_sample,
+        shift_threshold=settings.drift_shift_threshold,
+        psi_threshold=settings.drift_psi_threshold,
+        variance_threshold=settings.drift_variance_threshold,
+        layer_threshold=settings.drift_layer_threshold,
+        min_examples=settings.drift_min_examples,
+        top_k=settings.drift_top_k,
+        log_interval_s=settings.drift_log_interval_s,
+    )
+
+
+@dataclass(frozen=True)
+class LayerReference:
+    """One hidden layer's frozen statistics; `monitored` marks the units with |γ| ≥ GAMMA_MIN."""
+
+    name: str
+    output: str  # graph tensor holding the pre-activation γ·ẑ + β
+    gamma: np.ndarray  # (H,)
+    beta: np.ndarray  # (H,)
+    running_mean: np.ndarray  # (H,)
+    running_var: np.ndarray  # (H,)
+    monitored: np.ndarray  # (H,) bool
+
+    @property
+    def width(self) -> int:
+        return int(self.gamma.size)
+
+
+GAMMA_MIN = 1e-3  # (pre − β)/γ would only magnify float32 noise for smaller |γ|
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """The training distribution of one model, as parsed from its metadata.
+
+    mean, std: (F,) the standardization (std 1 for a constant column); variance: (F,) the actual
+    training variance (0 for a constant column); minimum, maximum: (F,) float32; edges: (F, K)
+    float32 padded with +inf, bins: (F,) valid bins per feature (≤ K + 1), shares: (F, K + 1)
+    training share per bin (0 past a feature's last bin).
+    """
+
+    feature_names: tuple[str, ...]
+    source: str
+    mean: np.ndarray
+    std: np.ndarray
+    variance: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    edges: np.ndarray
+    bins: np.ndarray
+    shares: np.ndarray
+    layers: tuple[LayerReference, ...]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+
+IMPORTED_HINT = (
+    "made by `bnserve import`, which has no training split to describe; drift monitoring needs "
+    "a model exported from a bnserve training run"
+)
+
+
+def parse_reference(
+    text: str, feature_names: Sequence[str], *, imported: bool = False
+) -> DriftReference:
+    """Parse a bnserve.drift JSON value; raises DriftMetadataError naming the problem.
+
+    imported: the model came from `bnserve import` (its missing metadata has another remedy)."""
+    if not text:
+        why = IMPORTED_HINT if imported else f"exported before drift monitoring; {REEXPORT_HINT}"
+        raise DriftMetadataError(f"has no bnserve.drift metadata ({why})")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DriftMetadataError(f"bnserve.drift is not valid JSON ({error})") from None
+    if not isinstance(value, dict) or value.get("format") != DRIFT_FORMAT:
+        raise DriftMetadataError(
+            f"bnserve.drift is not a format-{DRIFT_FORMAT} object; {REEXPORT_HINT}"
+        )
+    count = len(feature_names)
+    try:
+        features = value["features"]
+        vectors = {
+            key: np.asarray(features[key], dtype=np.float64)
+            for key in ("mean", "std", "min", "max")
+        }
+        edge_lists = [np.asarray(edges, dtype=np.float32) for edges in features["edges"]]
+        share_lists = [np.asarray(shares, dtype=np.float64) for shares in features["shares"]]
+        layers = tuple(_layer(entry) for entry in value["layers"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DriftMetadataError(f"bnserve.drift is malformed ({error!r})") from None
+    for key, vector in vectors.items():
+        if vector.shape != (count,) or not np.isfinite(vector).all():
+            raise DriftMetadataError(f"bnserve.drift features.{key} is not {count} finite numbers")
+    if len(edge_lists) != count or len(share_lists) != count:
+        raise DriftMetadataError(
+            f"bnserve.drift features.edges/shares do not list {count} features"
+        )
+    widest = max(edges.size for edges in edge_lists)
+    if widest > MAX_EDGES:
+        raise DriftMetadataError(
+            f"bnserve.drift lists {widest} edges for a feature (≤ {MAX_EDGES})"
+        )
+    padded_edges = np.full((count, widest), np.inf, dtype=np.float32)
+    padded_shares = np.zeros((count, widest + 1))
+    for index, (edges, shares) in enumerate(zip(edge_lists, share_lists, strict=True)):
+        if edges.ndim != 1 or shares.shape != (edges.size + 1,) or np.any(np.diff(edges) <= 0):
+            raise DriftMetadataError(
+                f"bnserve.drift feature {feature_names[index]!r}: edges must increase and shares "
+                "have one entry more"
+            )
+        padded_edges[index, : edges.size] = edges
+        padded_shares[index, : shares.size] = shares
+    std = vectors["std"]
+    constant = vectors["min"] == vectors["max"]
+    return DriftReference(
+        feature_names=tuple(feature_names),
+        source=str(value.get("source", "")),
+        mean=vectors["mean"],
+        std=np.where(std > 0, std, 1.0),
+        variance=np.where(constant, 0.0, std**2),
+        minimum=vectors["min"].astype(np.float32),
+        maximum=vectors["max"].astype(np.float32),
+        edges=padded_edges,
+        bins=np.array([edges.size + 1 for edges in edge_lists]),
+        shares=padded_shares,
+        layers=layers,
+    )
+
+
+def _layer(entry: Mapping[str, Any]) -> LayerReference:
+    arrays = {
+        key: np.asarray(entry[key], dtype=np.float64)
+        for key in ("gamma", "beta", "running_mean", "running_var")
+    }
+    width = arrays["gamma"].size
+    if any(array.shape != (width,) for array in arrays.values()):
+        raise ValueError(f"layer {entry['name']!r}: gamma, beta and running stats differ in size")
+    return LayerReference(
+        name=str(entry["name"]),
+        output=str(entry["output"]),
+        monitored=np.abs(arrays["gamma"]) >= GAMMA_MIN,
+        **arrays,
+    )
+
+
+class _Layout:
+    """Where each per-row statistic sits in a row of the chunk matrix (and in _Sums.values):
+    weight 1, outside [min, max] (F), any outside (1), then the values whose squares are also
+    summed — u = (x − μ)/σ (F) and per watched layer the pre-activation (H) — then those squares
+    in the same order (one multiply squares them all). z_norm = (pre − β)/γ is affine in pre, so
+    its mean and variance follow from these at report time: no per-row transform."""
+
+    def __init__(self, feature_count: int, layer_widths: Sequence[int]) -> None:
+        offset = 0
+
+        def take(width: int) -> slice:
+            nonlocal offset
+            offset += width
+            return slice(offset - width, offset)
+
+        self.weight = take(1)
+        self.outside = take(feature_count)
+        self.outside_rows = take(1)
+        self.u = take(feature_count)
+        self.pre = [take(width) for width in layer_widths]
+        self.squared_from = slice(self.u.start, offset)
+        self.u_squared = take(feature_count)
+        self.pre_squared = [take(width) for width in layer_widths]
+        self.squared = slice(self.u_squared.start, offset)
+        self.width = offset
+
+
+class _Sums:
+    """Weighted sums of the per-row statistics (see _Layout) and of the decile bin counts."""
+
+    def __init__(self, layout: _Layout, bins_shape: tuple[int, int]) -> None:
+        self.layout = layout
+        self.values = np.zeros(layout.width)
+        self.bins = np.zeros(bins_shape)
+
+    def copy(self) -> _Sums:
+        copied = _Sums(self.layout, self.bins.shape)
+        copied.values[:] = self.values
+        copied.bins[:] = self.bins
+        return copied
+
+    @property
+    def weight(self) -> float:
+        return float(self.values[self.layout.weight][0])
+
+    @property
+    def u(self) -> np.ndarray:
+        return self.values[self.layout.u]
+
+    @property
+    def u_squared(self) -> np.ndarray:
+        return self.values[self.layout.u_squared]
+
+    @property
+    def outside(self) -> np.ndarray:
+        return self.values[self.layout.outside]
+
+    @property
+    def outside_rows(self) -> float:
+        return float(self.values[self.layout.outside_rows][0])
+
+    @property
+    def pre(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.pre]
+
+    @property
+    def pre_squared(self) -> list[np.ndarray]:
+        return [self.values[part] for part in self.layout.pre_squared]
+
+
+class DriftMonitor:
+    """Streaming drift statistics of one model version; thread-safe.
+
+    `observe(x, preactivations)` takes each scored batch: x (N, F) float32 raw features and, when
+    layers are watched, one (N, H_l) float32 pre-activation per hidden layer. `report()` gives
+    both windows' figures.
+    """
+
+    def __init__(
+        self,
+        reference: DriftReference,
+        settings: DriftSettings,
+        label: str = "model",
+        *,
+        warn: bool = True,
+    ) -> None:
+        self.reference = reference
+        self.warn = warn  # log a (throttled) warning when the recent window crosses a threshold
+        self.settings = settings
+        self.label = label  # "model NAME version V", for the log
+        self.watch_layers = settings.layers and bool(reference.layers)
+        count = reference.num_features
+        self._lock = threading.Lock()
+        self._x = np.empty((CHUNK_ROWS, count), dtype=np.float32)
+        layers = reference.layers if self.watch_layers else ()
+        self._filled = 0
+        self._layout = _Layout(count, [layer.width for layer in layers])
+        self._chunk = np.zeros((CHUNK_ROWS, self._layout.width))
+        # observe writes pre-activations straight into their columns of the chunk matrix
+        self._pre = [self._chunk[:, part] for part in self._layout.pre]
+        self._chunk[:, self._layout.weight] = 1.0
+        bins_shape = (count, reference.shares.shape[1])
+        self._life = _Sums(self._layout, bins_shape)
+        self._recent = _Sums(self._layout, bins_shape)
+        self._bin_offsets = np.arange(count) * reference.shares.shape[1]
+        self._edges_by_rank = np.ascontiguousarray(reference.edges.T)[:, None, :]  # (K, 1, F)
+        self._full_chunk_weights: np.ndarray | None = None
+        self._throttle = LogThrottle(settings.log_interval_s)
+        self._next_check_at = 0.0
+        self._sample = settings.sample
+        self._random = random.Random()
+
+    @property
+    def layer_outputs(self) -> list[str]:
+        """Graph tensors `observe` wants, in order (empty when layers are not watched)."""
+        return [layer.output for layer in self.reference.layers] if self.watch_layers else []
+
+    def sampled(self) -> bool:
+        """Whether this scoring run's rows should enter the statistics."""
+        return self._sample >= 1.0 or self._random.random() < self._sample
+
+    def observe(self, x: np.ndarray, preactivations: Sequence[np.ndarray] | None = None) -> None:
+        """Add a scored batch: x (N, F) float32; preactivations one (N, H) per watched layer."""
+        if self.watch_layers and (preactivations is None or len(preactivations) != len(self._pre)):
+            raise ValueError(f"{self.label}: observe needs {len(self._pre)} pre-activations")
+        rows = x.shape[0]
+        pres = preactivations or ()
+        flushed = False
+        with self._lock:
+            filled = self._filled
+            if filled + rows < CHUNK_ROWS:  # the common case: it fits, one copy per array
+                self._x[filled : filled + rows] = x
+                for buffer, pre in zip(self._pre, pres, strict=False):
+                    buffer[filled : filled + rows] = pre
+                self._filled = filled + rows
+                return
+            start = 0
+            while start < rows:
+                take = min(CHUNK_ROWS - self._filled, rows - start)
+                end = self._filled + take
+                self._x[self._filled : end] = x[start : start + take]
+                for buffer, pre in zip(self._pre, pres, strict=False):
+                    buffer[self._filled : end] = pre[start : start + take]
+                self._filled = end
+                start += take
+                if self._filled == CHUNK_ROWS:
+                    self._flush()
+                    flushed = True
+        if flushed and self.warn:
+            self._maybe_warn()
+
+    def _flush(self) -> None:
+        """Fold the buffered rows into both windows (lock held)."""
+        rows = self._filled
+        if rows == 0:
+            return
+        self._filled = 0
+        reference = self.reference
+        x = self._x[:rows]
+        recent_weights = self._recent_weights(rows)
+        decay = math.exp(-rows / self.settings.window)
+        layout, chunk = self._layout, self._chunk[:rows]
+        np.divide(x - reference.mean, reference.std, out=chunk[:, layout.u])
+        np.square(chunk[:, layout.squared_from], out=chunk[:, layout.squared])
+        outside = (x < reference.minimum) | (x > reference.maximum)
+        chunk[:, layout.outside] = outside
+        chunk[:, layout.outside_rows] = outside.any(axis=1, keepdims=True)
+        # bin of each value: how many of its feature's edges lie below it (+inf pads never do).
+        # Comparing against (K, 1, F) edges and summing over the outer axis as uint8 adds whole
+        # contiguous planes (several times faster than reducing a trailing axis of length K).
+        below = x[None, :, :] > self._edges_by_rank
+        bin_index = below.view(np.uint8).sum(axis=0, dtype=np.uint8)
+        flat_bins = (bin_index + self._bin_offsets).ravel()
+        life, recent = self._life, self._recent
+        life.values += recent_weights[0] @ chunk  # two matrix-vector products: BLAS gemv
+        recent.values *= decay
+        recent.values += recent_weights[1] @ chunk
+        size, shape = life.bins.size, life.bins.shape
+        life.bins += np.bincount(flat_bins, minlength=size).reshape(shape)
+        recent.bins *= decay
+        recent.bins += np.bincount(
+            flat_bins, weights=np.repeat(recent_weights[1], x.shape[1]), minlength=size
+        ).reshape(shape)
+
+    def _recent_weights(self, rows: int) -> np.ndarray:
+        """(2, rows): ones, and each row's recent-window weight once all `rows` are in,
+        exp(−(rows − 1 − i)/window); cached for full chunks."""
+        if rows == CHUNK_ROWS and self._full_chunk_weights is not None:
+            return self._full_chunk_weights
+        ages = np.arange(rows - 1, -1, -1, dtype=np.float64)
+        weights = np.stack([np.ones(rows), np.exp(-ages / self.settings.window)])
+        if rows == CHUNK_ROWS:
+            self._full_chunk_weights = weights
+        return weights
+
+    def _maybe_warn(self) -> None:
+        """Log (throttled) when the recent window has flagged features or layers."""
+        now = time.monotonic()
+        if now < self._next_check_at:
+            return
+        report = self.report()["recent"]
+        if report["examples"] >= self.settings.min_examples:
+            self._next_check_at = now + CHECK_INTERVAL_S  # before that, check every chunk
+        if not report["flagged_features"] and not report["flagged_layers"]:
+            return
+        held_back = self._throttle.admit(self.label)
+        if held_back is None:
+            return
+        worst = sorted(report["features"], key=lambda f: -f["score"])
+        parts = [
+            f"{f['name']} (shift {f['mean_shift']:.2f}σ, variance ×{f['variance_ratio']:.2f}, "
+            f"PSI {f['psi']:.2f})"
+            for f in worst
+            if f["flagged"]
+        ][:5]
+        parts += [
+            f"layer {layer['name']} score {layer['score']:.3f}"
+            for layer in report["layers"]
+            if layer["flagged"]
+        ]
+        log.warning(
+            "drift: %s, recent window of %.0f examples: %d feature(s) and %d layer(s) past "
+            "threshold: %s%s",
+            self.label,
+            report["examples"],
+            len(report["flagged_features"]),
+            len(report["flagged_layers"]),
+            "; ".join(parts),
+            f" ({held_back} more such warnings held back)" if held_back else "",
+        )
+
+    def report(self) -> dict[str, Any]:
+        """{"life": window, "recent": window}; see `window_report` for a window's keys."""
+        with self._lock:
+            self._flush()
+            sums = {"life": self._life.copy(), "recent": self._recent.copy()}
+        return {name: window_report(self.reference, self.settings, s) for name, s in sums.items()}
+
+
+def window_report(
+    reference: DriftReference, settings: DriftSettings, sums: _Sums
+) -> dict[str, Any]:
+    """One window's figures: examples, out_of_range_share, score, flagged_features,
+    flagged_layers, features (one dict per feature in model order) and layers."""
+    weight = sums.weight
+    enough = weight >= settings.min_examples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_u = sums.u / weight if weight else np.zeros_like(sums.u)
+        variance_u = np.maximum(sums.u_squared / weight - mean_u**2, 0.0) if weight else mean_u
+        live_mean = reference.mean + reference.std * mean_u
+        live_variance = variance_u * reference.std**2
+        shift = np.abs(mean_u)
+        ratio = np.where(
+            reference.variance > 0,
+            live_variance / np.where(reference.variance > 0, reference.variance, 1.0),
+            np.where(live_variance > 0, np.inf, 1.0),
+        )
+        live_shares = sums.bins / weight if weight else np.zeros_like(sums.bins)
+        valid = np.arange(reference.shares.shape[1])[None, :] < reference.bins[:, None]
+        p_live = np.maximum(live_shares, PSI_FLOOR)
+        p_train = np.maximum(reference.shares, PSI_FLOOR)
+        psi = np.where(valid, (p_live - p_train) * np.log(p_live / p_train), 0.0).sum(axis=1)
+        if not weight:
+            psi = np.zeros_like(psi)
+        outside = sums.outside / weight if weight else np.zeros_like(sums.outside)
+    parts = [shift / settings.shift_threshold, psi / settings.psi_threshold]
+    if settings.variance_threshold > 0:
+        parts.append(ratio / settings.variance_threshold)
+    score = np.maximum.reduce(parts)
+    flagged = score > 1.0 if enough else np.zeros(score.shape, dtype=bool)
+    features = [
+        {
+            "name": name,
+            "train_mean": float(reference.mean[i]),
+            "train_std": float(math.sqrt(reference.variance[i])),
+            "live_mean": float(live_mean[i]),
+            "live_std": float(math.sqrt(live_variance[i])),
+            "mean_shift": float(shift[i]),
+            "variance_ratio": float(ratio[i]),
+            "psi": float(psi[i]),
+            "out_of_range_share": float(outside[i]),
+            "score": float(score[i]),
+            "flagged": bool(flagged[i]),
+        }
+        for i, name in enumerate(reference.feature_names)
+    ]
+    layers = []
+    watched = reference.layers[: len(sums.pre)]  # none when layers are not watched
+    for layer, pre_sum, pre_squared_sum in zip(watched, sums.pre, sums.pre_squared, strict=True):
+        kept = layer.monitored
+        if weight:
+            pre_mean = pre_sum[kept] / weight
+            pre_variance = np.maximum(pre_squared_sum[kept] / weight - pre_mean**2, 0.0)
+            unit_mean = (pre_mean - layer.beta[kept]) / layer.gamma[kept]
+            unit_variance = pre_variance / layer.gamma[kept] ** 2
+            floored = np.maximum(unit_variance, MIN_VARIANCE)
+            layer_score = float(np.mean(0.5 * (floored + unit_mean**2 - 1.0 - np.log(floored))))
+        else:
+            unit_mean = unit_variance = np.zeros(int(kept.sum()))
+            layer_score = 0.0
+        layers.append(
+            {
+                "name": layer.name,
+                "units": int(unit_mean.size),
+                "unit_mean": unit_mean.tolist(),
+                "unit_variance": unit_variance.tolist(),
+                "score": layer_score,
+                "flagged": bool(
+                    weight >= settings.min_examples and layer_score > settings.layer_threshold
+                ),
+            }
+        )
+    return {
+        "examples": float(weight),
+        "out_of_range_share": float(sums.outside_rows / weight) if weight else 0.0,
+        "score": float(score.max()) if weight else 0.0,
+        "flagged_features": [f["name"] for f in features if f["flagged"]],
+        "flagged_layers": [layer["name"] for layer in layers if layer["flagged"]],
+        "features": features,
+        "layers": layers,
+    }

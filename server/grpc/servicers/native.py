@@ -1,0 +1,236 @@
+"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from server.gen.bnserve.v1 import predictor_pb2 as pb
+from server.gen.bnserve.v1 import predictor_pb2_grpc
+from server.grpc.servicers.drift_rpc import drift_response
+from server.grpc.streaming import ReadAhead
+from server.models.model import Model, TensorSpec
+from server.models.servable import Servable
+from server.plane.dataplane import DataPlane
+from server.plane.errors import (
+    InvalidInput,
+    ServingError,
+    translate_errors,
+    translate_stream_errors,
+)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+STREAM_WINDOW = 256  # stream messages read ahead of their answers (back-pressure beyond)
+STREAM_CHUNK = 64  # most stream messages scored in one model run
+
+
+class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
+    """The native API, translation only: protobuf in and out, the data plane in between."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    @translate_errors
+    def Predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
+        servable = self._plane.find(request.model_name, request.model_version)
+        x = _example(request, servable.model)
+        outputs = self._plane.score(servable, x, context.time_remaining())
+        return _response(servable.model, outputs, request.id)
+
+    @translate_errors
+    def PredictBatch(
+        self, request: pb.PredictBatchRequest, context: grpc.ServicerContext
+    ) -> pb.PredictBatchResponse:
+        servable = self._plane.find(request.model_name, request.model_version)
+        model = servable.model
+        x = _batch(request, model.num_features)
+        outputs = self._plane.score(servable, x, context.time_remaining())
+        response = pb.PredictBatchResponse(
+            model_name=model.name, model_version=model.version, num_examples=x.shape[0]
+        )
+        if request.raw_features:
+            _fill_raw_batch(response, model, outputs)
+        else:
+            _fill_batch(response, model, outputs)
+        return response
+
+    @translate_stream_errors
+    def PredictStream(
+        self, request_iterator: Iterator[pb.PredictRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.PredictResponse]:
+        read_ahead = ReadAhead(request_iterator, window=STREAM_WINDOW, max_chunk=STREAM_CHUNK)
+        index = 0
+        for chunk in read_ahead.chunks():
+            yield from self._answer_chunk(chunk, index, context)
+            index += len(chunk)
+
+    def _answer_chunk(
+        self, chunk: list[pb.PredictRequest], first_index: int, context: grpc.ServicerContext
+    ) -> Iterator[pb.PredictResponse]:
+        """Answer stream messages in order, one model run per run of messages for one model."""
+        group: list[pb.PredictRequest] = []
+        rows: list[np.ndarray] = []
+        group_servable: Servable | None = None  # the servable of the group, None: no group yet
+        for offset, request in enumerate(chunk):
+            try:
+                servable = self._plane.find(request.model_name, request.model_version)
+                row = _example(request, servable.model)
+                servable.model.check_features(row)
+            except ServingError as error:
+                if group_servable is not None:
+                    yield from self._answer_group(group_servable, group, rows, context)
+                label = f" (id {request.id!r})" if request.id else ""
+                raise type(error)(
+                    f"stream message {first_index + offset}{label}: {error}"
+                ) from None
+            if group_servable is not None and servable is not group_servable:
+                yield from self._answer_group(group_servable, group, rows, context)
+                group, rows = [], []
+            group_servable = servable
+            group.append(request)
+            rows.append(row)
+        if group_servable is not None:
+            yield from self._answer_group(group_servable, group, rows, context)
+
+    def _answer_group(
+        self,
+        servable: Servable,
+        requests: list[pb.PredictRequest],
+        rows: list[np.ndarray],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.PredictResponse]:
+        x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        outputs = self._plane.score(servable, x, context.time_remaining(), batchable=False)
+        for row, request in enumerate(requests):
+            yield _response(servable.model, outputs, request.id, row)
+
+    @translate_errors
+    def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfoResponse:
+        model = self._plane.find(request.model_name, request.model_version).model
+        card = model.card
+        return pb.ModelInfoResponse(
+            model_name=model.name,
+            model_version=model.version,
+            versions=self._plane.versions(model.name),
+            task=card.task,
+            inputs=[_tensor_info(model.input_spec)],
+            outputs=[_tensor_info(spec) for spec in model.output_specs],
+            feature_names=card.feature_names,
+            class_names=card.class_names,
+            target_names=card.target_names,
+            stats=card.get("stats"),
+            bn_momentum=card.get("bn_momentum"),
+            running_var=card.get("running_var"),
+            epsilon=card.get("epsilon"),
+            folded=card.get("folded") == "true",
+            fold_max_abs_error=card.get("fold_max_abs_error"),
+            run_id=card.get("run_id"),
+            params_sha256=card.get("params_sha256"),
+            graph_sha256=card.graph_sha256,
+            training_json=card.get("training"),
+            created_at=card.get("created_at"),
+            metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
+        )
+
+    @translate_errors
+    def ModelDrift(
+        self, request: pb.ModelDriftRequest, context: grpc.ServicerContext
+    ) -> pb.ModelDriftResponse:
+        return drift_response(self._plane.find(request.model_name, request.model_version).model)
+
+
+def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:
+    """One example's features as (1, F) float32, from position or name."""
+    if request.features:
+        if request.named_features:
+            raise InvalidInput("set either features (by position) or named_features, not both")
+        # [:] makes a list: numpy converts it ~5× faster than the protobuf container itself.
+        return np.array(request.features[:], dtype=np.float32).reshape(1, -1)
+    if request.named_features:
+        # dict() first: a protobuf map answers a missing key with 0.0 instead of KeyError.
+        row = model.row_from_names(dict(request.named_features))
+        return np.array(row, dtype=np.float32).reshape(1, -1)
+    raise InvalidInput(
+        f"empty request: set features ({model.num_features} values in the order ModelInfo "
+        "lists feature_names) or named_features"
+    )
+
+
+def _batch(request: pb.PredictBatchRequest, num_features: int) -> np.ndarray:
+    """Many examples as (N, F) float32 from the flat features or raw little-endian bytes."""
+    if request.raw_features:
+        if request.features:
+            raise InvalidInput("set either features or raw_features, not both")
+        if len(request.raw_features) % 4:
+            raise InvalidInput(
+                f"raw_features has {len(request.raw_features)} bytes, not a whole number of "
+                "float32 values (4 bytes each)"
+            )
+        values = np.frombuffer(request.raw_features, dtype="<f4")
+    elif request.features:
+        values = np.array(request.features[:], dtype=np.float32)
+    else:
+        raise InvalidInput("empty request: set features or raw_features (N × F float32, row-major)")
+    if values.size % num_features:
+        raise InvalidInput(
+            f"{values.size} feature values is not a whole number of examples of "
+            f"{num_features} features each"
+        )
+    return values.reshape(-1, num_features)
+
+
+def _fill_batch(
+    response: pb.PredictBatchResponse, model: Model, outputs: Sequence[np.ndarray]
+) -> None:
+    if model.is_classification:
+        probabilities, labels = outputs
+        response.probabilities.extend(probabilities.ravel().tolist())
+        label_list = labels.tolist()
+        response.labels.extend(label_list)
+        class_names = model.card.class_names
+        response.class_names.extend([class_names[label] for label in label_list])
+    else:
+        response.values.extend(outputs[0].ravel().tolist())
+
+
+def _fill_raw_batch(
+    response: pb.PredictBatchResponse, model: Model, outputs: Sequence[np.ndarray]
+) -> None:
+    if model.is_classification:
+        probabilities, labels = outputs
+        response.raw_probabilities = probabilities.astype("<f4", copy=False).tobytes()
+        response.raw_labels = labels.astype("<i8", copy=False).tobytes()
+    else:
+        response.raw_values = outputs[0].astype("<f4", copy=False).tobytes()
+
+
+def _response(
+    model: Model, outputs: Sequence[np.ndarray], request_id: str, row: int = 0
+) -> pb.PredictResponse:
+    """The answer for one example: row `row` of the outputs."""
+    if model.is_classification:
+        label = int(outputs[1][row])
+        return pb.PredictResponse(
+            model_name=model.name,
+            model_version=model.version,
+            id=request_id,
+            probabilities=outputs[0][row].tolist(),
+            label=label,
+            class_name=model.card.class_names[label],
+        )
+    return pb.PredictResponse(
+        model_name=model.name,
+        model_version=model.version,
+        id=request_id,
+        values=outputs[0][row].tolist(),
+    )
+
+
+def _tensor_info(spec: TensorSpec) -> pb.TensorInfo:
+    return pb.TensorInfo(name=spec.name, datatype=spec.datatype, shape=spec.shape)

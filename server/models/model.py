@@ -1,0 +1,387 @@
+"""One served model: its onnxruntime session, metadata, input checks, warm-up and parity gate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from server.drift.monitor import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
+from server.modelfile.contract import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    MetadataKey,
+    Tolerance,
+    decisive_rows,
+)
+from server.modelfile.metadata import ModelCard, parse_model_card
+from server.modelfile.wire import (
+    GRAPH_FIELD,
+    GRAPH_NODE_FIELD,
+    WireFormatError,
+    count_fields,
+    field_bytes,
+    graph_sha256,
+    with_graph_outputs,
+)
+from server.plane.errors import InvalidInput, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
+PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
+# bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for regression.
+DEFAULT_PARITY_CEILING = Tolerance(abs=1e-4, rel=1e-3)
+# An onnxruntime run (onnxruntime gives no types): (output names, {input name: array}, run
+# options) → the outputs, in the order asked.
+SessionRun = Callable[[list[str], dict[str, np.ndarray], Any], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the Open Inference Protocol describes it (-1: batch dim)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The most a model file may demand before onnxruntime is given it: a 40 MB file of 10⁶
+    nodes took 2.6 GB and 33 s to load. Folded bnserve MLPs have a handful of nodes."""
+
+    max_bytes: int = 1 << 30  # file size
+    max_nodes: int = 10_000  # nodes in the main graph
+
+
+@dataclass(frozen=True)
+class SessionThreads:
+    """onnxruntime thread counts (0: onnxruntime's own default for the machine)."""
+
+    intra_op: int = 1
+    inter_op: int = 1
+
+
+class Model:
+    """An exported bnserve model ready to score: `predict(x)` with x (N, F) float32 raw features.
+
+    Build it with `Model.load`, which verifies the graph hash and the metadata; call `warm_up`
+    and `check_parity` before serving it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        path: str,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        drift: DriftMonitor | None = None,
+        layer_session: ort.InferenceSession | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.card = card
+        self._session = session
+        self.output_names: tuple[str, ...] = OUTPUT_NAMES[card.task]
+        self._output_list = list(self.output_names)
+        # The run path bench/serving_floor.py measured fastest for one example: the session's
+        # C++ binding with one RunOptions shared by every call (read-only during a run). It
+        # skips only InferenceSession.run's Python-side checks of the feed's names and OrtValue
+        # ownership, which hold by construction here: the feed is always {"x": float32 array}
+        # and _check_signature verified the session takes exactly x. io binding with
+        # preallocated outputs and run_with_ort_values measured slower (they must copy out).
+        self._run_options = ort.RunOptions()
+        binding: Any = getattr(session, "_sess", None)
+        self._session_run: SessionRun = binding.run if hasattr(binding, "run") else session.run
+        self._feature_index = {feature: i for i, feature in enumerate(card.feature_names)}
+        self.num_features = card.num_features
+        self.is_classification = card.task == "classification"
+        self.input_spec = TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features))
+        self.output_specs = _output_specs(session, self.output_names)
+        # Drift statistics of what predict scores (None: off, or the model has no reference);
+        # layer_session is the same graph also returning the hidden pre-activations.
+        self.drift = drift
+        self.drift_status = "on" if drift is not None else "off"
+        self._layer_session = layer_session
+        self._layer_output_list = self._output_list + (drift.layer_outputs if drift else [])
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        name: str,
+        version: str,
+        threads: SessionThreads,
+        limits: ModelLimits = ModelLimits(),
+        drift: DriftSettings | None = None,
+    ) -> Model:
+        """Read, verify and open a model file; raises ModelLoadError naming the file and problem.
+
+        With drift settings, scored inputs are watched (when the metadata allows it)."""
+        source = str(path)
+        try:
+            size = Path(path).stat().st_size
+            if size > limits.max_bytes:
+                raise ModelLoadError(
+                    f"model {source}: {size:,} bytes, more than this server loads "
+                    f"({limits.max_bytes:,}, --max-model-bytes)"
+                )
+            model_bytes = Path(path).read_bytes()
+        except OSError as error:
+            raise ModelLoadError(f"model {source}: cannot read it ({error.strerror})") from None
+        _check_node_count(model_bytes, source, limits.max_nodes)
+        session = _open_session(model_bytes, source, threads)
+        card = parse_model_card(session.get_modelmeta().custom_metadata_map, source)
+        _check_graph_hash(model_bytes, card.graph_sha256, source)
+        _check_signature(session, card, source)
+        if drift is None:
+            return cls(name, version, source, session, card)
+        label = f"model {name} version {version}"
+        try:
+            imported = bool(card.get(MetadataKey.IMPORT))
+            reference = parse_reference(
+                card.get(MetadataKey.DRIFT), card.feature_names, imported=imported
+            )
+        except DriftMetadataError as error:
+            log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
+            model = cls(name, version, source, session, card)
+            model.drift_status = f"not monitored: {error}"
+            return model
+        monitor = DriftMonitor(reference, drift, label)
+        layer_session = None
+        if monitor.watch_layers:
+            widths = [(layer.output, layer.width) for layer in reference.layers]
+            layer_session = _open_session(with_graph_outputs(model_bytes, widths), source, threads)
+        return cls(name, version, source, session, card, monitor, layer_session)
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        """Score x (N, F) float32; answers in `output_names` order: probabilities (N, C) float32
+        and label (N,) int64, or y (N, T) float32. x must have passed `check_features`.
+
+        Sampled runs also feed the drift statistics (hidden pre-activations included, from the
+        second session, when layers are watched)."""
+        drift = self.drift
+        if drift is None or not drift.sampled():
+            return self._run(x)
+        if self._layer_session is None:
+            outputs = self._run(x)
+            drift.observe(x)
+            return outputs
+        with_layers: list[np.ndarray] = self._layer_session.run(
+            self._layer_output_list, {INPUT_NAME: x}
+        )
+        count = len(self._output_list)
+        drift.observe(x, with_layers[count:])
+        return with_layers[:count]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Score x without touching the drift statistics (warm-up, parity gate)."""
+        return self._session_run(self._output_list, {INPUT_NAME: x}, self._run_options)
+
+    def check_features(self, x: np.ndarray) -> None:
+        """Raise InvalidInput unless x is (N ≥ 1, F) of finite values."""
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            given = x.shape[-1] if x.ndim else 0
+            raise InvalidInput(
+                f"model {self.name!r} takes {self.num_features} features per example "
+                f"({_preview(self.card.feature_names)}); got {given}"
+            )
+        if x.shape[0] == 0:
+            raise InvalidInput("empty request: no examples to score")
+        if not np.isfinite(x).all():
+            row, column = np.argwhere(~np.isfinite(x))[0]
+            raise InvalidInput(
+                f"example {row}, feature {column} ({self.card.feature_names[column]!r}) is "
+                f"{x[row, column]}; features must be finite numbers"
+            )
+
+    def row_from_names(self, named: Mapping[str, float]) -> list[float]:
+        """Feature values in model order from a name → value map naming every feature once."""
+        try:
+            row = [named[feature] for feature in self.card.feature_names]
+        except KeyError:
+            row = None
+        if row is None or len(named) != self.num_features:
+            unknown = sorted(set(named) - set(self._feature_index))
+            missing = [f for f in self.card.feature_names if f not in named]
+            problems = []
+            if unknown:
+                problems.append(f"unknown feature names {_preview(unknown)}")
+            if missing:
+                problems.append(f"missing features {_preview(missing)}")
+            raise InvalidInput(
+                f"model {self.name!r}: {'; '.join(problems)}; it takes "
+                f"{_preview(self.card.feature_names)}"
+            )
+        return row
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run the sizes serving will use so the first real calls pay no allocation cost."""
+        for batch_size in sorted({1, 2, max_batch_size}):
+            zeros = np.zeros((batch_size, self.num_features), dtype=np.float32)
+            for _ in range(3):
+                self._run(zeros)
+                if self._layer_session is not None:
+                    self._layer_session.run(self._layer_output_list, {INPUT_NAME: zeros})
+
+    def check_parity(self, ceiling: Tolerance = DEFAULT_PARITY_CEILING) -> None:
+        """Score the embedded reference rows together and one at a time; raise ModelLoadError
+        unless both reproduce the numpy inference path within the stated tolerance, and that
+        tolerance is no looser than the server's ceiling allows (`check_tolerance`)."""
+        self.check_tolerance(ceiling)
+        reference_x = self.card.reference_inputs
+        together = self._run(reference_x)
+        alone = [self._run(reference_x[i : i + 1]) for i in range(reference_x.shape[0])]
+        alone_stacked = [np.concatenate(parts) for parts in zip(*alone, strict=True)]
+        problems = self._parity_problems(together, "scored together")
+        problems += self._parity_problems(alone_stacked, "scored one at a time")
+        if self._layer_session is not None:
+            with_layers = self._layer_session.run(
+                self._layer_output_list, {INPUT_NAME: reference_x}
+            )
+            problems += self._parity_problems(
+                with_layers[: len(self._output_list)], "scored by the drift session"
+            )
+        if problems:
+            quoted = "; ".join(problems[:PARITY_REPORT_LIMIT])
+            more = (
+                f"; and {len(problems) - PARITY_REPORT_LIMIT} more"
+                if len(problems) > PARITY_REPORT_LIMIT
+                else ""
+            )
+            raise ModelLoadError(
+                f"model {self.path}: parity gate failed, the served model does not reproduce its "
+                f"{reference_x.shape[0]} reference rows ({quoted}{more}); re-export it from its "
+                "training run with `bnserve export`"
+            )
+
+    def check_tolerance(self, ceiling: Tolerance) -> None:
+        """Raise ModelLoadError when the file states a parity tolerance looser than the server
+        accepts: for probabilities abs ≤ ceiling.abs; for regression outputs (target units)
+        abs ≤ ceiling.abs + ceiling.rel·max|reference y|; for both rel ≤ ceiling.rel. The file
+        cannot vouch for itself: an edited model with a loosened tolerance would pass."""
+        stated = self.card.tolerance
+        allowed_abs = ceiling.abs
+        if not self.is_classification:
+            scale = float(np.max(np.abs(self.card.reference_outputs["y"])))
+            allowed_abs += ceiling.rel * scale
+        if stated.abs > allowed_abs or stated.rel > ceiling.rel:
+            raise ModelLoadError(
+                f"model {self.path}: metadata bnserve.reference_tolerance (abs {stated.abs:g}, "
+                f"rel {stated.rel:g}) is looser than this server accepts (abs ≤ "
+                f"{allowed_abs:.3g}, rel ≤ {ceiling.rel:g}; --max-parity-tolerance-abs / "
+                "--max-parity-tolerance-rel); a parity gate that loose would pass a model whose "
+                "weights were changed: re-export it with `bnserve export`"
+            )
+
+    def _parity_problems(self, served: Sequence[np.ndarray], how: str) -> list[str]:
+        tolerance = self.card.tolerance
+        problems = []
+        for name, served_values in zip(self.output_names, served, strict=True):
+            reference = self.card.reference_outputs[name]
+            if name == "label":
+                problems += self._label_problems(served_values, how)
+                continue
+            allowed = tolerance.bound(reference)
+            difference = np.abs(served_values.astype(np.float64) - reference)
+            for row, column in np.argwhere(difference > allowed):
+                problems.append(
+                    f"{name}[{row}, {column}] {how}: {served_values[row, column]:.7g} vs reference "
+                    f"{reference[row, column]:.7g} (|diff| {difference[row, column]:.2g} > "
+                    f"{allowed[row, column]:.2g})"
+                )
+        return problems
+
+    def _label_problems(self, served_labels: np.ndarray, how: str) -> list[str]:
+        reference_probabilities = self.card.reference_outputs["probabilities"]
+        decisive = decisive_rows(reference_probabilities, self.card.tolerance)
+        reference_labels = self.card.reference_outputs["label"]
+        wrong = np.flatnonzero(decisive & (served_labels != reference_labels))
+        return [
+            f"label[{row}] {how}: {served_labels[row]} vs reference {reference_labels[row]}"
+            for row in wrong
+        ]
+
+
+def _open_session(model_bytes: bytes, source: str, threads: SessionThreads) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads.intra_op
+    options.inter_op_num_threads = threads.inter_op
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would burn the cores the gRPC threads need between tiny runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ModelLoadError(f"model {source}: onnxruntime cannot load it ({first_line})") from None
+
+
+def _check_node_count(model_bytes: bytes, source: str, max_nodes: int) -> None:
+    try:
+        graphs = field_bytes(model_bytes, GRAPH_FIELD)
+        nodes = sum(count_fields(graph, GRAPH_NODE_FIELD) for graph in graphs)
+    except WireFormatError as error:
+        raise ModelLoadError(f"model {source}: not a well-formed ONNX file ({error})") from None
+    if nodes > max_nodes:
+        raise ModelLoadError(
+            f"model {source}: {nodes:,} graph nodes, more than this server loads "
+            f"({max_nodes:,}, --max-model-nodes); a folded bnserve MLP has a few per layer"
+        )
+
+
+def _check_graph_hash(model_bytes: bytes, expected: str, source: str) -> None:
+    try:
+        actual = graph_sha256(model_bytes)
+    except WireFormatError as error:
+        raise ModelLoadError(f"model {source}: not a well-formed ONNX file ({error})") from None
+    if actual != expected:
+        raise ModelLoadError(
+            f"model {source}: graph sha256 is {actual} but metadata bnserve.graph_sha256 says "
+            f"{expected}; the nodes or weights were changed after export"
+        )
+
+
+def _check_signature(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
+    inputs = {tensor.name: tensor for tensor in session.get_inputs()}
+    if set(inputs) != {INPUT_NAME}:
+        raise ModelLoadError(f"model {source}: inputs are {sorted(inputs)}; expected ['x']")
+    x = inputs[INPUT_NAME]
+    if x.type != "tensor(float)" or len(x.shape) != 2 or x.shape[1] != card.num_features:
+        raise ModelLoadError(
+            f"model {source}: input x is {x.type} {x.shape}; expected tensor(float) "
+            f"[N, {card.num_features}] for {card.num_features} feature names"
+        )
+    outputs = {tensor.name for tensor in session.get_outputs()}
+    missing = [name for name in OUTPUT_NAMES[card.task] if name not in outputs]
+    if missing:
+        raise ModelLoadError(
+            f"model {source}: a {card.task} model needs outputs {list(OUTPUT_NAMES[card.task])}; "
+            f"missing {missing} (has {sorted(outputs)})"
+        )
+
+
+def _output_specs(session: ort.InferenceSession, names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    by_name = {tensor.name: tensor for tensor in session.get_outputs()}
+    specs = []
+    for name in names:
+        tensor = by_name[name]
+        shape = tuple(dim if isinstance(dim, int) else -1 for dim in tensor.shape)
+        specs.append(TensorSpec(name, DATATYPES.get(tensor.type, tensor.type), shape))
+    return tuple(specs)
+
+
+def _preview(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return f"[{shown}{', …' if len(names) > limit else ''}] ({len(names)})"

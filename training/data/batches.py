@@ -1,0 +1,218 @@
+"""Rows of a split read on demand: standardized mini-batches, one-pass statistics, chunked scoring.
+
+The features stay where they were loaded (an array in memory or the float32 cache file);
+nothing here copies a whole split. Work over many rows goes in chunks of CHUNK_BYTES, so
+memory is bounded by the chunk, not by the data. A split that fits in one chunk is
+computed exactly as on a whole array (np.mean/np.std, model.population_statistics); larger
+ones merge per-chunk moments (Chan et al.) in float64, in one pass per quantity.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from training import layers, model
+from training.data.cache import FeatureRows
+from training.inference import predict
+from training.layers import RunningStats
+
+CHUNK_BYTES = 8 << 20  # float64 bytes per chunk for statistics and scoring (64 features: 16k rows)
+WINDOW_BYTES = 8 << 20  # raw float32 rows gathered at once for the coming mini-batches
+DTYPE = np.float32  # training arithmetic
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows `index` (n,) ascending of x (N, F), standardized with mean/std (F,) when read."""
+
+    x: FeatureRows  # (N, F) raw features, float32/float64: an array or a cache.RowFile
+    index: np.ndarray  # (n,) int64 row numbers of x
+    mean: np.ndarray  # (F,) float64
+    std: np.ndarray  # (F,) float64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n, F), as if the rows were an array."""
+        return (len(self.index), self.x.shape[1])
+
+    def take(self, positions: np.ndarray | slice) -> np.ndarray:
+        """Standardized float32 rows (len(positions), F) at these positions of the split."""
+        values = np.asarray(self.x[self.index[positions]], dtype=np.float64)  # a fresh copy
+        values -= self.mean  # in place: the same float64 arithmetic as (x - mean) / std
+        values /= self.std
+        return values.astype(DTYPE)
+
+    def raw_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """Consecutive raw float64 chunks (≤ size, F) in row order."""
+        size = size or chunk_rows(self.shape[1])
+        for start in range(0, len(self.index), size):
+            yield np.asarray(self.x[self.index[start : start + size]], dtype=np.float64)
+
+    def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """Consecutive standardized float32 chunks (≤ size, F) in row order."""
+        size = size or chunk_rows(self.shape[1])
+        for start in range(0, len(self.index), size):
+            yield self.take(slice(start, start + size))
+
+
+def release_freed_memory() -> None:
+    """Keep glibc from holding on to freed chunk-sized arrays.
+
+    glibc raises its mmap threshold after a large block is freed, so later chunks come from
+    the heap, which it does not give back: peak RSS crept up by a chunk per phase. A fixed
+    1 MiB threshold keeps every chunk an mmap of its own, returned when freed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def chunk_rows(features: int) -> int:
+    """Rows per chunk: CHUNK_BYTES of float64 values."""
+    return max(256, CHUNK_BYTES // (8 * max(1, features)))
+
+
+def shuffled_batches(
+    rows: Rows, y: np.ndarray, order: np.ndarray, slices: list[slice]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) of each mini-batch `order[s]` for s in slices, standardized float32.
+
+    The rows of many consecutive batches (WINDOW_BYTES of them) are gathered in one read, in
+    file order, so a shuffled epoch over data larger than memory reads the file in sweeps
+    instead of a page per row. The values are exactly those of gathering batch by batch.
+    """
+    window_rows = max(1, WINDOW_BYTES // (4 * max(1, rows.shape[1])))
+    start = 0
+    while start < len(slices):
+        stop = start
+        first = slices[start].start
+        while stop < len(slices) and slices[stop].stop - first <= max(
+            window_rows, slices[start].stop - first
+        ):
+            stop += 1
+        last = slices[stop - 1].stop
+        window = rows.take(order[first:last])
+        for part in slices[start:stop]:
+            local = slice(part.start - first, part.stop - first)
+            yield window[local], y[order[part]]
+        start = stop
+
+
+class Moments:
+    """Count, mean and sum of squared deviations (float64), merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Merge a chunk (B, F) (Chan, Golub and LeVeque's pairwise update)."""
+        values = np.asarray(chunk)
+        count = len(values)
+        if count == 0:
+            return
+        mean = values.mean(axis=0, dtype=np.float64)
+        centered = values - mean  # float64: the one temporary
+        m2 = np.einsum("ij,ij->j", centered, centered)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.n + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * count / total)
+        self.n = total
+
+    def variance(self) -> np.ndarray:
+        """The biased (1/n) variance."""
+        assert self.m2 is not None
+        return self.m2 / self.n
+
+
+def fit_standardization(x: FeatureRows, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (F,) float64 of rows `index` of x; a constant column gets std 1.
+
+    One pass over the rows in chunks; within one chunk the same as np.mean and np.std.
+    """
+    size = chunk_rows(x.shape[1])
+    if len(index) <= size:
+        values = np.asarray(x[index], dtype=np.float64)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+    else:
+        moments = Moments()
+        for start in range(0, len(index), size):
+            moments.add(x[index[start : start + size]])
+        assert moments.mean is not None
+        mean, std = moments.mean, np.sqrt(moments.variance())
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def scores(params: dict[str, np.ndarray], rows: Rows, spec: model.NetSpec) -> np.ndarray:
+    """Test-mode scores (n, C or T) of standardized rows, chunk by chunk."""
+    parts = [model.forward(params, chunk, spec, train=False)[0] for chunk in rows.chunks()]
+    if not parts:
+        return np.zeros((0, params["output.b"].shape[0]), dtype=DTYPE)
+    return np.concatenate(parts)
+
+
+def predictions(params: dict[str, np.ndarray], meta: dict[str, Any], rows: Rows) -> np.ndarray:
+    """inference.predict (float64, raw features) over the rows, chunk by chunk."""
+    parts = [predict(params, meta, chunk) for chunk in rows.raw_chunks()]
+    if not parts:
+        return np.zeros((0, params["output.b"].shape[0]))
+    return np.concatenate(parts)
+
+
+def population_statistics(
+    params: dict[str, np.ndarray], rows: Rows, spec: model.NetSpec
+) -> dict[str, np.ndarray]:
+    """model.population_statistics over the rows: one pass per hidden layer, chunk by chunk.
+
+    Layer i's z is computed with layers 1..i-1 already normalized by their population
+    statistics, as in the in-memory version (which a split of one chunk uses as it is).
+    """
+    if len(rows) <= chunk_rows(rows.shape[1]):
+        return model.population_statistics(params, rows.take(slice(None)), spec)
+    activation_forward = layers.ACTIVATION_FUNCTIONS[spec.activation][0]
+    stats: dict[str, np.ndarray] = {}
+    for i in range(1, spec.n_hidden + 1):
+        moments = Moments()
+        for chunk in rows.chunks():
+            a = chunk
+            for j in range(1, i + 1):
+                z, _ = layers.affine_forward(a, params[f"hidden{j}.W"])
+                if j == i:
+                    moments.add(z)
+                    break
+                state = RunningStats(
+                    stats[f"hidden{j}.running_mean"], stats[f"hidden{j}.running_var"]
+                )
+                z, _, _ = layers.batchnorm_forward(
+                    z,
+                    params[f"hidden{j}.gamma"],
+                    params[f"hidden{j}.beta"],
+                    state,
+                    spec.bn,
+                    train=False,
+                )
+                a, _ = activation_forward(z)
+        var = moments.variance()
+        if spec.bn.unbiased and moments.n > 1:
+            var = var * (moments.n / (moments.n - 1))
+        assert moments.mean is not None
+        stats[f"hidden{i}.running_mean"] = moments.mean.astype(DTYPE)
+        stats[f"hidden{i}.running_var"] = var.astype(DTYPE)
+    return stats
