@@ -30,7 +30,8 @@ RUN /opt/venv/bin/pip install --requirement requirements.txt --constraint constr
 
 # Only the serving code goes in: without training/ and export/ in the context copy,
 # setuptools' package discovery installs neither.
-COPY pyproject.toml README.md bnserve_cli.py ./
+COPY pyproject.toml README.md ./
+COPY bnserve/ bnserve/
 COPY server/ server/
 RUN /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
@@ -62,7 +63,7 @@ USER 10001:10001
 EXPOSE 50051 8000 9090
 # Asks grpc.health.v1 over the gRPC port (not a TCP poke): healthy only when SERVING.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-m", "server.clients.healthcheck"]
+  CMD ["python", "-m", "bnserve.server.clients.healthcheck"]
 STOPSIGNAL SIGTERM
 # Exec form: the server is PID 1 and receives SIGTERM itself (it drains, then exits 0).
-ENTRYPOINT ["python", "-m", "server"]
+ENTRYPOINT ["python", "-m", "bnserve.server"]

@@ -47,7 +47,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 serve: $(STAMP)
-	$(PY) -m server --model demo/model.onnx
+	$(PY) -m bnserve.server --model demo/model.onnx
 
 bench: $(STAMP)
 	# bench/train.py compares with eager PyTorch on the CPU; torch is never needed to run or test

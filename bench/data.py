@@ -37,16 +37,19 @@ REPO = Path(__file__).resolve().parent.parent
 PYARROW = "import pyarrow.csv, pyarrow.parquet, pyarrow.compute; "
 LOADERS = {
     "bnserve, cold cache": (
-        PYARROW + "from training.data.loading import load_dataset",
+        PYARROW + "from bnserve.training.data.loading import load_dataset",
         "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
     ),
     "bnserve, warm cache": (
         PYARROW
-        + "from training.data.loading import load_dataset; load_dataset(path, cache_dir=cache)",
+        + "from bnserve.training.data.loading import load_dataset; "
+        + "load_dataset(path, cache_dir=cache)",
         "d = load_dataset(path, cache_dir=cache); x = np.asarray(d.x[-1])",
     ),
     "bnserve load+split+standardize": (
-        PYARROW + "from training.config import TrainConfig; from training.train import prepare",
+        PYARROW
+        + "from bnserve.training.config import TrainConfig; "
+        + "from bnserve.training.train import prepare",
         "p = prepare(TrainConfig(data=path), cache_dir=cache)",
     ),
     "pyarrow": (
@@ -158,7 +161,7 @@ def one_epoch(data: Path, work: Path, cache: Path) -> tuple[float, float]:
     """(seconds, peak MB) of a whole `bnserve train --epochs 1` process on `data`."""
     out = work / f"run-{data.name}"
     command = [
-        *(sys.executable, "-m", "training", "--data", str(data), "--out", str(out)),
+        *(sys.executable, "-m", "bnserve.training", "--data", str(data), "--out", str(out)),
         *("--epochs", "1", "--no-plot", "--no-checkpoints", "--no-progress"),
         *("--cache-dir", str(cache)),
     ]

@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from data import write_tables
 
-from training.config import TrainConfig
-from training.data import batches, cache, readers
-from training.data.loading import load_split
-from training.threads import available_cores
-from training.train import prepare
+from bnserve.training.config import TrainConfig
+from bnserve.training.data import batches, cache, readers
+from bnserve.training.data.loading import load_split
+from bnserve.training.threads import available_cores
+from bnserve.training.train import prepare
 
 
 def best(run: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -9,8 +9,8 @@ between the variants, the median is reported), for one example and for 64:
               result is a graph output)
   layers      that session asked for everything (a monitored run)
   monitored   layers + DriftMonitor.observe: the whole monitored predict
-and server.models.model.Model.predict as the server calls it, drift off and on (the default
-sample of 0.1 of the runs, and every run).
+and bnserve.server.models.model.Model.predict as the server calls it, drift off and on (the
+default sample of 0.1 of the runs, and every run).
 
     .venv/bin/python bench/drift.py [--rounds 7] [--calls 3000] [--quick]
 """
@@ -32,18 +32,18 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.drift.monitor import DriftMonitor, DriftSettings, parse_reference  # noqa: E402
-from server.modelfile.wire import with_graph_outputs  # noqa: E402
-from server.models.model import Model, SessionThreads  # noqa: E402
+from bnserve.server.drift.monitor import DriftMonitor, DriftSettings, parse_reference  # noqa: E402
+from bnserve.server.modelfile.wire import with_graph_outputs  # noqa: E402
+from bnserve.server.models.model import Model, SessionThreads  # noqa: E402
 
 HIDDEN = (256, 256)  # training's default widths
 OUTPUTS = ["probabilities", "label"]
 
 
 def build_model(directory: Path) -> Path:
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import train
 
     run_dir = Path(train(TrainConfig(hidden=HIDDEN, epochs=2, seed=0), directory / "run",
                          progress=False).run_dir)  # fmt: skip

@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from export.fold import fold_params  # noqa: E402
-from export.graph import build_folded_model, build_unfolded_model  # noqa: E402
-from export.importer import ImportSettings, import_model  # noqa: E402
-from export.network import NetworkSpec  # noqa: E402
+from bnserve.export.fold import fold_params  # noqa: E402
+from bnserve.export.graph import build_folded_model, build_unfolded_model  # noqa: E402
+from bnserve.export.importer import ImportSettings, import_model  # noqa: E402
+from bnserve.export.network import NetworkSpec  # noqa: E402
 
 LAYER_SIZES = (64, 128, 128, 10)
 BATCH = 64

@@ -4,8 +4,9 @@
    histogram updates; sha256 and constant-time compare of a token), in µs, against the bare
    handler call.
 2. End to end: the same h2load load (single-example Predict, concurrency 8) against
-   `python -m server` with metrics off, metrics on, and metrics + tokens, interleaved rounds,
-   server pinned to one core and h2load to the other; requests/s and the ratio to metrics off.
+   `python -m bnserve.server` with metrics off, metrics on, and metrics + tokens, interleaved
+   rounds, server pinned to one core and h2load to the other; requests/s and the ratio to
+   metrics off.
 
 Usage: python bench/metrics_overhead.py [--rounds 3] [--requests 20000]
 """
@@ -32,11 +33,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
 from model_builder import NUM_FEATURES, build_model
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.grpc.decoding import RequestDecodingInterceptor
-from server.observability.calls import ObservabilityInterceptor
-from server.observability.metrics import ServerMetrics
-from server.security.auth import TokenAuthInterceptor, load_token_digests
+from bnserve.server.grpc.decoding import RequestDecodingInterceptor
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.security.auth import TokenAuthInterceptor, load_token_digests
 
 METHOD = "/bnserve.v1.Predictor/Predict"
 TOKEN = "bench-token-0123456789abcdef"
@@ -107,7 +108,7 @@ def _start_server(
 ) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     command = [
-        sys.executable, "-m", "server", "--model", str(model), "--port", str(port),
+        sys.executable, "-m", "bnserve.server", "--model", str(model), "--port", str(port),
         "--workers", "16", "--max-inflight", "12", "--log-level", "WARNING", *extra,
     ]  # fmt: skip
     if shutil.which("taskset"):

@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import TrainConfig
-from training.data.loading import split_rows
-from training.rundir import load_run
-from training.train import train
-from training.tune import cv
-from training.tune.runner import run_tune
-from training.tune.settings import TuneSettings
-from training.tune.space import DEFAULT_SPACE
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.loading import split_rows
+from bnserve.training.rundir import load_run
+from bnserve.training.train import train
+from bnserve.training.tune import cv
+from bnserve.training.tune.runner import run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.space import DEFAULT_SPACE
 
 DATASETS = ("breast_cancer", "wine", "iris", "diabetes", "digits")  # fixed before any result
 TEST_FRACTION = 0.2

@@ -148,9 +148,9 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 
 def build_model(directory: Path, hidden: tuple[int, ...]) -> Path:
     """Train a digits MLP with batch norm for a couple of epochs and export it (the real path)."""
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import train
 
     config = TrainConfig(hidden=hidden, epochs=2, seed=0)
     run_dir = Path(train(config, directory / "run", progress=False).run_dir)
@@ -166,8 +166,8 @@ def example_row(model_path: Path) -> np.ndarray:
 
 def request_messages(row: np.ndarray, settings: BenchSettings) -> dict[str, list[bytes]]:
     """Serialized request message(s) per call kind."""
-    from server.gen.bnserve.v1 import predictor_pb2 as pb
-    from server.gen.inference import grpc_service_pb2 as v2
+    from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+    from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 
     infer = v2.ModelInferRequest(model_name="digits", raw_input_contents=[row.tobytes()])
     infer.inputs.add(name="x", datatype="FP32", shape=[1, row.size])
@@ -272,7 +272,7 @@ def bnserve_command(
     command = [
         sys.executable,
         "-m",
-        "server",
+        "bnserve.server",
         "--model",
         str(model),
         "--name",
@@ -330,7 +330,7 @@ def serve_until_sigterm(handler: Any, port: int, workers: int, message_first: bo
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     if message_first:
-        from server.grpc.executor import MessageFirstExecutor
+        from bnserve.server.grpc.executor import MessageFirstExecutor
 
         pool: futures.ThreadPoolExecutor = MessageFirstExecutor(workers, 8, 10.0, 256)
     else:
@@ -359,8 +359,8 @@ def minimal_server(model: Path, port: int, workers: int, message_first: bool = F
     onnxruntime (same session options as bnserve), answer. No checks of any kind."""
     import grpc
 
-    from server.gen.bnserve.v1 import predictor_pb2 as pb
-    from server.models.model import Model, SessionThreads
+    from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+    from bnserve.server.models.model import Model, SessionThreads
 
     loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
     class_names = loaded.card.class_names
@@ -512,7 +512,7 @@ class BareRun:
 
 
 def bare_run(model: Path, row: np.ndarray, runs: int, batch_examples: int) -> BareRun:
-    from server.models.model import Model, SessionThreads
+    from bnserve.server.models.model import Model, SessionThreads
 
     loaded = Model.load(model, "digits", "1", SessionThreads(1, 1))
     x = row.reshape(1, -1)

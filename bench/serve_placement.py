@@ -64,7 +64,7 @@ def label(placement: str, processes: int, default: str) -> str:
 
 def default_placement() -> str:
     """The placement row that `bnserve serve` gives when not told (settings.py's default)."""
-    from server.settings import ServerSettings
+    from bnserve.server.settings import ServerSettings
 
     return {"auto": "auto", "none": "unpinned"}.get(ServerSettings().cpu_affinity, "")
 

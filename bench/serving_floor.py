@@ -109,9 +109,9 @@ def per_call_us(cells: list[Cell], rounds: int) -> tuple[list[float], list[float
 
 def exported_model(directory: Path, hidden: tuple[int, ...]) -> Path:
     """Train a digits MLP with batch norm for one epoch and export it (the real path)."""
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import train
 
     name = "-".join(map(str, hidden))
     config = TrainConfig(hidden=hidden, epochs=1, seed=0)
@@ -131,14 +131,14 @@ def main(argv: list[str]) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
-    from server.gen.bnserve.v1 import predictor_pb2 as pb
-    from server.grpc.servicers.native import PredictorServicer
-    from server.models.model import Model, SessionThreads
-    from server.models.repository import ModelRepository
-    from server.models.servable import Servable
-    from server.plane.admission import InflightLimiter
-    from server.plane.batching import DynamicBatcher
-    from server.plane.dataplane import DataPlane
+    from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+    from bnserve.server.grpc.servicers.native import PredictorServicer
+    from bnserve.server.models.model import Model, SessionThreads
+    from bnserve.server.models.repository import ModelRepository
+    from bnserve.server.models.servable import Servable
+    from bnserve.server.plane.admission import InflightLimiter
+    from bnserve.server.plane.batching import DynamicBatcher
+    from bnserve.server.plane.dataplane import DataPlane
 
     rng = np.random.default_rng(0)
     batch = (rng.random((BATCH_ROWS, 64)) * 16).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Training throughput: numpy (training.train.run_epoch) vs eager PyTorch on the CPU, three sizes.
+"""Training throughput: numpy (training/train.py) vs eager PyTorch on the CPU, three sizes.
 
 The networks of issue 15, each Linear (no bias) + BatchNorm1d + ReLU per hidden layer, softmax
 cross-entropy, Adam (lr 1e-3), a fresh shuffle every epoch:
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.config import TrainConfig
-from training.data.batches import Rows
-from training.data.loading import Dataset, Split
-from training.threads import available_cores, blas_threads, blas_threads_for
-from training.train import Prepared, TrainingState, fresh_state, run_epoch
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.batches import Rows
+from bnserve.training.data.loading import Dataset, Split
+from bnserve.training.threads import available_cores, blas_threads, blas_threads_for
+from bnserve.training.train import Prepared, TrainingState, fresh_state, run_epoch
 
 CLASSES = 10
 

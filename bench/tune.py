@@ -63,8 +63,8 @@ def _cpu_seconds() -> float:
 def timed_tune(workdir: Path, name: str, **settings: object) -> Timing:
     # Imported here, not at the top: spawned workers re-import this file as their main module,
     # and `bnserve tune`'s own main module imports nothing heavy either.
-    from training.tune.runner import run_tune
-    from training.tune.settings import TuneSettings
+    from bnserve.training.tune.runner import run_tune
+    from bnserve.training.tune.settings import TuneSettings
 
     tune_settings = TuneSettings(out=workdir / name, progress=False, plots=False, **settings)
     cpu_before = _cpu_seconds()

@@ -134,10 +134,10 @@ if [[ ! -x $venv_python ]]; then
 fi
 mkdir -p "$work/models"
 chmod 755 "$work" "$work/models"
-"$venv_python" -m bnserve_cli train --out "$work/run" --data digits --hidden 64,64 --epochs 10 \
+"$venv_python" -m bnserve.cli train --out "$work/run" --data digits --hidden 64,64 --epochs 10 \
   --seed 0 --no-progress --no-checkpoints >"$work/train.log" 2>&1 ||
   { tail -20 "$work/train.log" >&2; fail "bnserve train"; }
-"$venv_python" -m bnserve_cli export "$work/run" --out "$work/models/model.onnx" \
+"$venv_python" -m bnserve.cli export "$work/run" --out "$work/models/model.onnx" \
   >"$work/export.log" 2>&1 || { tail -20 "$work/export.log" >&2; fail "bnserve export"; }
 chmod 644 "$work/models/model.onnx"
 step_done
@@ -215,7 +215,9 @@ user=$(podman image inspect --format '{{.Config.User}}' "$image")
 [[ -n $user && ${user%%:*} != 0 && ${user%%:*} != root ]] || fail "image runs as root (User=$user)"
 podman run --rm --network none --entrypoint python "$image" 2>"$work/contents.log" -c '
 import importlib.util, shutil, sys
-present = [m for m in ("onnx", "training", "export", "matplotlib", "pytest") if importlib.util.find_spec(m)]
+# generic top-level names (server, training, export) are never installed: only bnserve
+present = [m for m in ("onnx", "bnserve.training", "bnserve.export", "server", "training", "export",
+                      "matplotlib", "pytest") if importlib.util.find_spec(m)]
 compilers = [c for c in ("gcc", "cc", "g++", "clang") if shutil.which(c)]
 if present or compilers:
     sys.exit(f"runtime image carries {present + compilers}")

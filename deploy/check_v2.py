@@ -22,8 +22,8 @@ import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 # Served float32 probabilities against the float64 numpy path (the exporter's own tolerance).
 MAX_ABS_DIFF = 1e-5

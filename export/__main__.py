@@ -1,9 +1,9 @@
-"""`python -m export RUN_DIR --out model.onnx`: the same as `bnserve export`;
-`python -m export import MODEL.onnx --out folded.onnx`: the same as `bnserve import`."""
+"""`python -m bnserve.export RUN_DIR --out model.onnx`: the same as `bnserve export`;
+`python -m bnserve.export import MODEL.onnx --out folded.onnx`: the same as `bnserve import`."""
 
 import sys
 
-from export import cli, import_cli
+from bnserve.export import cli, import_cli
 
 if sys.argv[1:2] == ["import"]:
     sys.exit(import_cli.main(sys.argv[2:]))

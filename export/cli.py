@@ -1,4 +1,6 @@
-"""`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]` (also `python -m export`)."""
+"""`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]`.
+
+Also `python -m bnserve.export`."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.errors import ExportError
-from export.exporter import ExportReport, ExportSettings, export_run
-from export.verify import EDGE_ROWS
+from bnserve.export.errors import ExportError
+from bnserve.export.exporter import ExportReport, ExportSettings, export_run
+from bnserve.export.verify import EDGE_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from server.modelfile.contract import DRIFT_FORMAT
-from training.data.loading import fit_standardization, load_split
-from training.errors import DataError
-from training.model import layer_names
-from training.rundir import Run
+from bnserve.server.modelfile.contract import DRIFT_FORMAT
+from bnserve.training.data.loading import fit_standardization, load_split
+from bnserve.training.errors import DataError
+from bnserve.training.model import layer_names
+from bnserve.training.rundir import Run
 
 DECILES = np.linspace(0.1, 0.9, 9)
 

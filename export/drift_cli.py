@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.drift.monitor import (
+from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
     DriftReference,
     DriftSettings,
     parse_reference,
 )
-from server.modelfile.contract import MetadataKey
-from server.modelfile.wire import with_graph_outputs
-from training.rundir import write_bytes
+from bnserve.server.modelfile.contract import MetadataKey
+from bnserve.server.modelfile.wire import with_graph_outputs
+from bnserve.training.rundir import write_bytes
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run

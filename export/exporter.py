@@ -1,7 +1,7 @@
 """Export one training run to a verified ONNX file: load, check, fold, build, verify, write.
 
 Nothing is written unless every step passed; the file appears atomically
-(`training.rundir.write_bytes`), so a reader never sees half a model.
+(`bnserve.training.rundir.write_bytes`), so a reader never sees half a model.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.distribution import TrainingRows, drift_metadata, training_rows
-from export.errors import ExportError
-from export.fold import fold_params
-from export.graph import (
+from bnserve.export.distribution import TrainingRows, drift_metadata, training_rows
+from bnserve.export.errors import ExportError
+from bnserve.export.fold import fold_params
+from bnserve.export.graph import (
     FOLDED_PREACTIVATION,
     UNFOLDED_PREACTIVATION,
     build_folded_model,
     build_unfolded_model,
 )
-from export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
-from export.network import check_params, spec_from_run
-from export.verify import (
+from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
+from bnserve.export.network import check_params, spec_from_run
+from bnserve.export.verify import (
     PROBABILITY_TOLERANCE,
     LayerVerification,
     Verification,
@@ -36,10 +36,10 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
-from server.modelfile.contract import Tolerance
-from training.errors import RunError, disk_full, os_error_line
-from training.inference import predict
-from training.rundir import Run, load_run, write_bytes
+from bnserve.server.modelfile.contract import Tolerance
+from bnserve.training.errors import RunError, disk_full, os_error_line
+from bnserve.training.inference import predict
+from bnserve.training.rundir import Run, load_run, write_bytes
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Fold input standardization, batch norm and target de-standardization into affine layers.
 
-Pure functions of float64 arrays, with no validation: `export.network` checks a run's
-parameters (`export.onnx_chain` an imported graph's) and explains what is wrong before any of
+Pure functions of float64 arrays, with no validation: `export/network.py` checks a run's
+parameters (`export/onnx_chain.py` an imported graph's) and explains what is wrong before any of
 these run. Weights are stored (in, out), so a
 layer computes z = a @ W + b, and scaling an output unit scales a COLUMN of W.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.network import NetworkSpec
-from training.config import ACTIVATIONS
-from training.model import layer_names
+from bnserve.export.network import NetworkSpec
+from bnserve.training.config import ACTIVATIONS
+from bnserve.training.model import layer_names
 
 # what a folded graph may apply: what bnserve trains, and LeakyRelu from other frameworks
 FOLDED_ACTIVATIONS = (*ACTIVATIONS, "leaky_relu")
@@ -132,8 +132,7 @@ def fold_layers(
 
     Each layer's batch norm and scaling, if any, fold into it; (x − input_mean)/input_std (F,)
     into the first; y·target_std + target_mean (T,) into the last when given. Values must be
-    validated by the caller (`export.network.check_params` for runs, `export.onnx_chain` for
-    imports)."""
+    validated by the caller (`network.check_params` for runs, `onnx_chain` for imports)."""
     folded: list[AffineLayer] = []
     for layer in layers:
         norm = layer.batchnorm
@@ -165,7 +164,7 @@ def fold_layers(
 def fold_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> FoldedNetwork:
     """Fold a run's parameters (the params.npz layout of docs/contracts.md) into affine layers.
 
-    The parameters must already be validated against spec (`export.network.check_params`);
+    The parameters must already be validated against spec (`bnserve.export.network.check_params`);
     everything is computed in float64.
     """
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}

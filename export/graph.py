@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.fold import FoldedNetwork
-from export.network import NetworkSpec
-from server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
-from training.model import BATCHNORM_ARRAYS, layer_names
+from bnserve.export.fold import FoldedNetwork
+from bnserve.export.network import NetworkSpec
+from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
+from bnserve.training.model import BATCHNORM_ARRAYS, layer_names
 
 OPSET = 17
 # IR 8 is what opset 17 was released with; onnxruntime ≥ 1.20 loads it (onnx 1.20 would
@@ -157,7 +157,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     """The network as trained: Sub/Div standardization, Gemm, BatchNormalization, activation.
 
     For audit and comparison with the folded model; params in the params.npz layout, already
-    checked against spec by `export.network.check_params`.
+    checked against spec by `bnserve.export.network.check_params`.
     """
     builder = _GraphBuilder()
     activation, task = spec.activation, spec.task

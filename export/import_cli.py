@@ -1,5 +1,5 @@
 """`bnserve import MODEL.onnx --out folded.onnx [--reference-data FILE] …` (also
-`python -m export import`)."""
+`python -m bnserve.export import`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import math
 import sys
 from pathlib import Path
 
-from export.errors import ExportError
-from export.fold import FOLDED_ACTIVATIONS
-from export.importer import ImportReport, ImportSettings, import_model
-from server.modelfile.contract import TASKS
+from bnserve.export.errors import ExportError
+from bnserve.export.fold import FOLDED_ACTIVATIONS
+from bnserve.export.importer import ImportReport, ImportSettings, import_model
+from bnserve.server.modelfile.contract import TASKS
 
 MAX_ROWS = 1_000_000  # generated or embedded rows: beyond that only memory grows
 

@@ -18,19 +18,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.errors import ExportError
-from export.exporter import check_output_path
-from export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
-from export.graph import build_folded_model
-from export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
-from export.onnx_chain import ParsedChain, parse_chain
-from export.state_dict import (
+from bnserve.export.errors import ExportError
+from bnserve.export.exporter import check_output_path
+from bnserve.export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
+from bnserve.export.graph import build_folded_model
+from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
+from bnserve.export.onnx_chain import ParsedChain, parse_chain
+from bnserve.export.state_dict import (
     StateDictSpec,
     graph_from_state_dict,
     is_state_dict_path,
     load_state_dict,
 )
-from export.verify import (
+from bnserve.export.verify import (
     PROBABILITY_TOLERANCE,
     REGRESSION_RELATIVE,
     Verification,
@@ -38,10 +38,10 @@ from export.verify import (
     onnx_session,
     score_onnx,
 )
-from server.modelfile.contract import MetadataKey, Tolerance
-from training.data.loading import Dataset, load_dataset
-from training.errors import DataError
-from training.rundir import write_bytes
+from bnserve.server.modelfile.contract import MetadataKey, Tolerance
+from bnserve.training.data.loading import Dataset, load_dataset
+from bnserve.training.errors import DataError
+from bnserve.training.rundir import write_bytes
 
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 
@@ -162,7 +162,7 @@ def _as_task(chain: ParsedChain, settings: ImportSettings) -> ParsedChain:
 
 
 def fold_chain(chain: ParsedChain) -> FoldedNetwork:
-    """The parsed chain through export.fold's one fold; a Sigmoid head becomes a two-class
+    """The parsed chain through bnserve.export.fold's one fold; a Sigmoid head becomes a two-class
     softmax: softmax([0, z]) = [1 − σ(z), σ(z)] exactly, so bnserve's contract holds."""
     network = fold_layers(
         chain.layers,

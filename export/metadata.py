@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from server.modelfile.contract import FORMAT_VERSION, MetadataKey, Tolerance, output_names_key
+from bnserve.server.modelfile.contract import (
+    FORMAT_VERSION,
+    MetadataKey,
+    Tolerance,
+    output_names_key,
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ def build_metadata(
     """Every `bnserve.*` key for a model, from the run's meta.json and the verification result.
 
     `model` must be the final graph: its hash is taken here. `drift` is the training
-    distribution for drift monitoring (export.distribution.drift_metadata), stored compactly.
+    distribution for drift monitoring (export/distribution.py drift_metadata), stored compactly.
     """
     task = meta["task"]
     names_key = output_names_key(task)

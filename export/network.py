@@ -1,6 +1,6 @@
 """Check a run's meta, config and parameters before folding: the wrapper that explains.
 
-`export.fold` holds the pure arithmetic; this module makes sure the arrays it receives are the
+`export/fold.py` holds the pure arithmetic; this module makes sure the arrays it receives are the
 ones the run's config describes, finite, and safe to divide by, and says exactly what is wrong
 otherwise (file, key, shape, unit index).
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
-from training.config import ACTIVATIONS, RUNNING_VAR_MODES, STATS_MODES, TASKS, TrainConfig
-from training.model import param_shapes
+from bnserve.export.errors import ExportError
+from bnserve.training.config import ACTIVATIONS, RUNNING_VAR_MODES, STATS_MODES, TASKS, TrainConfig
+from bnserve.training.model import param_shapes
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class NetworkSpec:
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
-        """[F, n_1, ..., n_L, C or T]: the sizes `training.model.param_shapes` takes."""
+        """[F, n_1, ..., n_L, C or T]: the sizes `bnserve.training.model.param_shapes` takes."""
         return (self.feature_count, *self.hidden_sizes, self.output_count)
 
 
@@ -103,7 +103,7 @@ def _string_list(meta: Mapping[str, Any], key: str) -> list[str]:
 
 def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
     """Raise ExportError unless params hold exactly the spec's keys and shapes (the params.npz
-    layout, `training.model.param_shapes`), finite, foldable.
+    layout, `bnserve.training.model.param_shapes`), finite, foldable.
 
     Foldable: running_var + ε > 0 (so 1/√(σ²+ε) exists) and input/target std > 0.
     """

@@ -1,4 +1,4 @@
-"""Read a foreign ONNX MLP into the layers `export.fold` folds: one chain from input to output.
+"""Read a foreign ONNX MLP into the layers `export/fold.py` folds: one chain from input to output.
 
 Accepted, in this order (every operand besides the running tensor is a constant: an
 initializer or a Constant node):
@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.errors import ExportError
-from export.fold import LEAKY_RELU_ALPHA, BatchNormStats, LinearLayer
-from export.graph import ACTIVATION_OPS
+from bnserve.export.errors import ExportError
+from bnserve.export.fold import LEAKY_RELU_ALPHA, BatchNormStats, LinearLayer
+from bnserve.export.graph import ACTIVATION_OPS
 
 ELEMENTWISE_OPS = ("Sub", "Add", "Mul", "Div")
 ACTIVATIONS = {op: kind for kind, op in ACTIVATION_OPS.items()}  # ONNX op → activation name
@@ -79,7 +79,9 @@ class ParsedChain:
     input_std: np.ndarray  # (F,); mean 0 and std 1 when it has none
     normalization: tuple[str, ...]  # the normalization's op types in order; () without one
     layers: tuple[LinearLayer, ...]  # the last is the output layer
-    activation: str  # one of export.fold.FOLDED_ACTIVATIONS ("relu" when there is one layer)
+    activation: (
+        str  # one of bnserve.export.fold.FOLDED_ACTIVATIONS ("relu" when there is one layer)
+    )
     leaky_relu_alpha: float
     # "softmax" | "log_softmax" | "sigmoid" (one output: binary) | "none" (regression), or
     # "logits": a graph that ends in logits, read as a classifier (`--task classification`)

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import ExportError
-from export.fold import LEAKY_RELU_ALPHA
+from bnserve.export.errors import ExportError
+from bnserve.export.fold import LEAKY_RELU_ALPHA
 
 STATE_DICT_SUFFIXES = (".pt", ".pth")
 ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_relu": "LeakyRelu"}

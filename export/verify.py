@@ -27,8 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from server.modelfile.contract import Tolerance, decisive_rows
-from training.model import hidden_count
+from bnserve.server.modelfile.contract import Tolerance, decisive_rows
+from bnserve.training.model import hidden_count
 
 PROBABILITY_TOLERANCE = Tolerance(abs=1e-5, rel=0.0)
 REGRESSION_RELATIVE = 1e-4

@@ -28,9 +28,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.bnserve.v1 import predictor_pb2, predictor_pb2_grpc
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2, predictor_pb2_grpc
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 # No Prometheus endpoint for the demo's short-lived server: its default port (9090) may be taken.
@@ -102,7 +102,7 @@ class DemoError(RuntimeError):
 
 def bnserve(*args: str) -> list[str]:
     """The command line of `bnserve ARGS...` run with this interpreter."""
-    return [sys.executable, "-m", "bnserve_cli", *args]
+    return [sys.executable, "-m", "bnserve.cli", *args]
 
 
 def run_step(title: str, args: list[str]) -> None:

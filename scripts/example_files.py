@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.loading import load_dataset
-from training.rundir import load_run
+from bnserve.training.data.loading import load_dataset
+from bnserve.training.rundir import load_run
 
 BAD_LINE, BAD_COLUMN = 3, 2  # line 3 of the file (the second data row), third column
 

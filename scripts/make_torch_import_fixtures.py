@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from training.data.loading import load_dataset  # noqa: E402
+from bnserve.training.data.loading import load_dataset  # noqa: E402
 
 OUT = ROOT / "tests" / "export" / "fixtures"
 SEED = 20261201

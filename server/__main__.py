@@ -1,7 +1,7 @@
-"""`python -m server ARGS` is `bnserve serve ARGS`."""
+"""`python -m bnserve.server ARGS` is `bnserve serve ARGS`."""
 
 import sys
 
-from server.cli import main
+from bnserve.server.cli import main
 
 sys.exit(main())

@@ -16,25 +16,25 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.drift.metrics import DriftCollector
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2_grpc
-from server.grpc.executor import MessageFirstExecutor
-from server.grpc.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
-from server.grpc.reflection import enable_reflection
-from server.grpc.servicers import native, v2
-from server.grpc.servicers.unimplemented import UnimplementedHandler
-from server.grpc.servicers.v2 import server_version
-from server.models.reload import ReloadPolicy, VersionManager
-from server.models.repository import ModelRepository
-from server.models.servable import build_servable
-from server.models.versions import ModelSource, resolve_sources
-from server.observability.metrics import ServerMetrics
-from server.observability.tracing import Tracing
-from server.plane.admission import InflightLimiter
-from server.plane.dataplane import DataPlane
-from server.rest.server import RestServer
-from server.settings import ServerSettings
+from bnserve.server.drift.metrics import DriftCollector
+from bnserve.server.grpc.executor import MessageFirstExecutor
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from bnserve.server.grpc.reflection import enable_reflection
+from bnserve.server.grpc.servicers import native, v2
+from bnserve.server.grpc.servicers.unimplemented import UnimplementedHandler
+from bnserve.server.grpc.servicers.v2 import server_version
+from bnserve.server.models.reload import ReloadPolicy, VersionManager
+from bnserve.server.models.repository import ModelRepository
+from bnserve.server.models.servable import build_servable
+from bnserve.server.models.versions import ModelSource, resolve_sources
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.tracing import Tracing
+from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.dataplane import DataPlane
+from bnserve.server.rest.server import RestServer
+from bnserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`bnserve serve` / `python -m server`: run the gRPC server until SIGINT or SIGTERM."""
+"""`bnserve serve` / `python -m bnserve.server`: run the gRPC server until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import sys
 import time
 from typing import Any
 
-from server.grpc.core_logs import relay_core_logs
-from server.observability.logs import configure_logging
-from server.process.cores import allowed_cores, cgroup_cpu_quota
-from server.process.placement import current_core, pin_process, plan_placement
-from server.process.supervisor import Supervisor, WorkerLink
-from server.settings import ENV_PREFIX, ServerSettings, settable_fields
+from bnserve.server.grpc.core_logs import relay_core_logs
+from bnserve.server.observability.logs import configure_logging
+from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
+from bnserve.server.process.placement import current_core, pin_process, plan_placement
+from bnserve.server.process.supervisor import Supervisor, WorkerLink
+from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
-log = logging.getLogger("server")
+log = logging.getLogger("bnserve.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,9 +113,11 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     if link is not None:
         link.watch_supervisor()
 
-    from server.app import Server  # after logging is set up: grpc and onnxruntime log at import
-    from server.operations import Operations
-    from server.rest.server import ssl_context
+    from bnserve.server.app import (
+        Server,  # after logging is set up: grpc and onnxruntime log at import
+    )
+    from bnserve.server.operations import Operations
+    from bnserve.server.rest.server import ssl_context
 
     try:
         operations = Operations.from_settings(settings, os.environ)

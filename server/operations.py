@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from server.grpc.decoding import RequestDecodingInterceptor
-from server.observability.calls import ObservabilityInterceptor
-from server.observability.metrics import ServerMetrics
-from server.observability.tracing import Tracing
-from server.security.auth import TokenAuthInterceptor, load_token_digests
-from server.security.tls import server_credentials
-from server.settings import ServerSettings
+from bnserve.server.grpc.decoding import RequestDecodingInterceptor
+from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.tracing import Tracing
+from bnserve.server.security.auth import TokenAuthInterceptor, load_token_digests
+from bnserve.server.security.tls import server_credentials
+from bnserve.server.settings import ServerSettings
 
 
 @dataclass

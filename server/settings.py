@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from server.process.cores import usable_cores
-from server.process.placement import setting_problem
+from bnserve.server.process.cores import usable_cores
+from bnserve.server.process.placement import setting_problem
 
 ENV_PREFIX = "BNSERVE_"
 _TRUE = {"1", "true", "yes", "on"}

@@ -1,4 +1,4 @@
-"""bnserve_cli.py: every command keeps README's exit codes — 2 with one line when it cannot do
+"""bnserve/cli.py: every command keeps README's exit codes — 2 with one line when it cannot do
 its work (usage, a bad value, an unusable file), 1 only for a negative answer, 0 when done."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import bnserve_cli
+import bnserve.cli
 
 
 def _free_port() -> int:
@@ -42,7 +42,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
 @pytest.mark.parametrize("index", range(13))
 def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path, capsys):
     command, args, named = _cases(tmp_path)[index]
-    assert bnserve_cli.main([command, *args]) == 2
+    assert bnserve.cli.main([command, *args]) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("bnserve ")]  # serve: + its log
     assert len(said) == 1 and said[0].startswith(f"bnserve {command}: error: "), err
@@ -50,18 +50,18 @@ def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path
     assert command == "serve" or err.count("\n") == 1  # serve logs its settings first
 
 
-@pytest.mark.parametrize("command", sorted(bnserve_cli.SUBCOMMANDS))
+@pytest.mark.parametrize("command", sorted(bnserve.cli.SUBCOMMANDS))
 def test_a_usage_error_exits_2_in_every_command(command, capsys):
     with pytest.raises(SystemExit) as exited:
-        bnserve_cli.main([command, "--no-such-flag"])
+        bnserve.cli.main([command, "--no-such-flag"])
     assert exited.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]  # argparse: the usage, then the error
     assert last.startswith(f"bnserve {command}: error: "), last
-    assert bnserve_cli.main(["no-such-command"]) == 2
+    assert bnserve.cli.main(["no-such-command"]) == 2
 
 
 def test_a_call_that_ends_with_a_grpc_status_exits_1(capsys):
     port = _free_port()  # nothing listens: the call ends UNAVAILABLE
     args = ["predict", "--target", f"127.0.0.1:{port}", "--features", "1,2", "--timeout", "2"]
-    assert bnserve_cli.main(args) == 1
+    assert bnserve.cli.main(args) == 1
     assert f"127.0.0.1:{port} answered UNAVAILABLE" in capsys.readouterr().err

@@ -1,7 +1,7 @@
-"""`python -m training` is `bnserve train`."""
+"""`python -m bnserve.training` is `bnserve train`."""
 
 import sys
 
-from training.cli import main
+from bnserve.training.cli import main
 
 sys.exit(main(sys.argv[1:]))

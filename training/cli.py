@@ -1,4 +1,4 @@
-"""`bnserve train` / `python -m training`: parse options into a TrainConfig and run train()."""
+"""`bnserve train` / `python -m bnserve.training`: parse options into a TrainConfig, run train()."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.errors import TrainingError, disk_full, os_error_line
-from training.flags import CONFIG_FIELDS, add_config_flag, default_text, flag_of
-from training.rundir import read_json
+from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
+from bnserve.training.errors import TrainingError, disk_full, os_error_line
+from bnserve.training.flags import CONFIG_FIELDS, add_config_flag, default_text, flag_of
+from bnserve.training.rundir import read_json
 
 BN_EPILOG = """\
 batch-norm running statistics (frozen for test time):
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.from_epoch is not None and args.resume is None:
         parser.error("--from-epoch needs --resume RUN_DIR")
-    from training.train import train  # after parsing: --help stays fast
+    from bnserve.training.train import train  # after parsing: --help stays fast
 
     run_dir = args.resume if args.resume is not None else args.out
     try:

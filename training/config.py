@@ -8,8 +8,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from training.metrics import METRICS
-from training.optim import UPDATES
+from bnserve.training.metrics import METRICS
+from bnserve.training.optim import UPDATES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = tuple(UPDATES)  # optim.py's update functions, one per family

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from training.config import FIELD_TYPES, TrainConfig
+from bnserve.training.config import FIELD_TYPES, TrainConfig
 
 CONFIG_FIELDS = {setting.name: setting for setting in dataclasses.fields(TrainConfig)}
 # argparse converts a flag's text with the field's type; widths stay text ("64,64")

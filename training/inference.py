@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from training import layers, model
-from training.layers import BatchNormSettings
+from bnserve.training import layers, model
+from bnserve.training.layers import BatchNormSettings
 
 
 def spec_from_meta(params: dict[str, np.ndarray], meta: dict[str, Any]) -> model.NetSpec:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training import layers
-from training.layers import BatchNormSettings, RunningStats
+from bnserve.training import layers
+from bnserve.training.layers import BatchNormSettings, RunningStats
 
 
 @dataclass(frozen=True)

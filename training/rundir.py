@@ -13,9 +13,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from training import model
-from training.config import TrainConfig
-from training.errors import RunError
+from bnserve.training import model
+from bnserve.training.config import TrainConfig
+from bnserve.training.errors import RunError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -131,7 +131,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def _check_params(params: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> None:
-    """Every key of the layout (`training.model.param_shapes`) is present and the shapes chain."""
+    """Every key of the layout (`model.param_shapes`) is present and the shapes chain."""
     n_hidden = model.hidden_count(params)
     batchnorm, task = bool(meta.get("batchnorm")), str(meta.get("task"))
     placeholder_sizes = [0] * (n_hidden + 2)  # the keys do not depend on the sizes

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from training import optim, rundir
-from training.config import TrainConfig
+from bnserve.training import optim, rundir
+from bnserve.training.config import TrainConfig
 
 
 @dataclass

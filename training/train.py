@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training import layers, model, optim, rundir, threads
-from training.averaging import WeightAverage
-from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.data import batches
-from training.data.batches import Rows
-from training.data.folds import fold_split
-from training.data.loading import Dataset, Split, fit_standardization, load_split
-from training.data.targets import check_class_counts
-from training.early_stopping import BestEpoch
-from training.errors import RunError, TrainingError
-from training.layers import BatchNormSettings
-from training.metrics import LOSS, check_metric, default_metric, evaluate, objective
-from training.state import TrainingState, load_state, save_checkpoint
+from bnserve.training import layers, model, optim, rundir, threads
+from bnserve.training.averaging import WeightAverage
+from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
+from bnserve.training.data import batches
+from bnserve.training.data.batches import Rows
+from bnserve.training.data.folds import fold_split
+from bnserve.training.data.loading import Dataset, Split, fit_standardization, load_split
+from bnserve.training.data.targets import check_class_counts
+from bnserve.training.early_stopping import BestEpoch
+from bnserve.training.errors import RunError, TrainingError
+from bnserve.training.layers import BatchNormSettings
+from bnserve.training.metrics import LOSS, check_metric, default_metric, evaluate, objective
+from bnserve.training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
 HELDOUT_MAX_ROWS = 10_000  # heldout.npz: the first rows of the test split, never the whole data
@@ -45,8 +45,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The split data, standardized with training statistics when read
-    (training/data/batches.py)."""
+    """The split data, standardized with training statistics when read (data/batches.py)."""
 
     dataset: Dataset
     split: Split
@@ -490,7 +489,7 @@ def _finish(
     history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
     rundir.write_json(run_dir / "history.json", history)
     if plot and state.history:
-        from training.plot import write_learning_curve  # matplotlib only when plotting
+        from bnserve.training.plot import write_learning_curve  # matplotlib only when plotting
 
         write_learning_curve(run_dir / "learning_curve.png", history, dataset.task, prepared.metric)
     meta.update(_describe(config, dataset))

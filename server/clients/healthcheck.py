@@ -1,4 +1,4 @@
-"""`python -m server.clients.healthcheck`: the container HEALTHCHECK, asking grpc.health.v1
+"""`python -m bnserve.server.clients.healthcheck`: the container HEALTHCHECK, asking grpc.health.v1
 (no TCP poke).
 
 Exits 0 when the server answers SERVING and 1 otherwise (NOT_SERVING, unknown service, no answer
@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.clients.connect import ConnectError, open_channel
-from server.settings import ENV_PREFIX
+from bnserve.server.clients.connect import ConnectError, open_channel
+from bnserve.server.settings import ENV_PREFIX
 
 DEFAULT_PORT = 50051
 
@@ -27,7 +27,7 @@ DEFAULT_PORT = 50051
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     port = environ.get(ENV_PREFIX + "PORT", "").strip() or str(DEFAULT_PORT)
     parser = argparse.ArgumentParser(
-        prog="python -m server.clients.healthcheck", description=__doc__.split("\n\n")[0]
+        prog="python -m bnserve.server.clients.healthcheck", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--target", default=f"127.0.0.1:{port}", help=f"HOST:PORT (default 127.0.0.1:{port})"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import grpc
 
-from server.clients.connect import ConnectError, open_channel, read_token
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.clients.connect import ConnectError, open_channel, read_token
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 
 class InputError(ValueError):

@@ -1,5 +1,4 @@
-"""Prometheus gauges of every served version's drift (server/drift/monitor.py), computed at
-scrape time."""
+"""Prometheus gauges of every served version's drift (drift/monitor.py), computed at scrape time."""
 
 from __future__ import annotations
 
@@ -9,8 +8,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.drift.monitor import WINDOWS, DriftMonitor
-from server.plane.errors import ServingError
+from bnserve.server.drift.monitor import WINDOWS, DriftMonitor
+from bnserve.server.plane.errors import ServingError
 
 
 def repository_monitors(repository: Any) -> Iterator[tuple[str, str, DriftMonitor]]:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from server.modelfile.contract import DRIFT_FORMAT
-from server.observability.logs import LogThrottle
+from bnserve.server.modelfile.contract import DRIFT_FORMAT
+from bnserve.server.observability.logs import LogThrottle
 
 log = logging.getLogger(__name__)
 

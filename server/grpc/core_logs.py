@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import TextIO
 
-from server.observability.logs import LogThrottle
+from bnserve.server.observability.logs import LogThrottle
 
 log = logging.getLogger("grpc.core")
 

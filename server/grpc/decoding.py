@@ -14,8 +14,13 @@ from typing import Any
 
 import grpc
 
-from server.grpc.interceptors import Behavior, Continuation, HandlerWrappers, replace_behavior
-from server.plane.errors import InvalidInput
+from bnserve.server.grpc.interceptors import (
+    Behavior,
+    Continuation,
+    HandlerWrappers,
+    replace_behavior,
+)
+from bnserve.server.plane.errors import InvalidInput
 
 Parse = Callable[[bytes], Any]
 

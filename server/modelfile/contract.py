@@ -15,7 +15,10 @@ import numpy as np
 
 PREFIX = "bnserve."  # every metadata key starts with it
 FORMAT_VERSION = "1"  # the value of bnserve.format this contract describes
-TASKS = ("classification", "regression")  # the source of the list; training.config checks it
+TASKS = (
+    "classification",
+    "regression",
+)  # the source of the list; bnserve.training.config checks it
 DRIFT_FORMAT = (
     1  # the "format" inside bnserve.drift (export/distribution.py, server/drift/monitor.py)
 )

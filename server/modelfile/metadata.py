@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from server.modelfile.contract import (
+from bnserve.server.modelfile.contract import (
     FORMAT_VERSION,
     PREFIX,
     TASKS,
@@ -17,7 +17,7 @@ from server.modelfile.contract import (
     Tolerance,
     output_names_key,
 )
-from server.plane.errors import ModelLoadError
+from bnserve.server.plane.errors import ModelLoadError
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.drift.monitor import DriftMetadataError, DriftMonitor, DriftSettings, parse_reference
-from server.modelfile.contract import (
+from bnserve.server.drift.monitor import (
+    DriftMetadataError,
+    DriftMonitor,
+    DriftSettings,
+    parse_reference,
+)
+from bnserve.server.modelfile.contract import (
     INPUT_NAME,
     OUTPUT_NAMES,
     MetadataKey,
     Tolerance,
     decisive_rows,
 )
-from server.modelfile.metadata import ModelCard, parse_model_card
-from server.modelfile.wire import (
+from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
+from bnserve.server.modelfile.wire import (
     GRAPH_FIELD,
     GRAPH_NODE_FIELD,
     WireFormatError,
@@ -29,7 +34,7 @@ from server.modelfile.wire import (
     graph_sha256,
     with_graph_outputs,
 )
-from server.plane.errors import InvalidInput, ModelLoadError
+from bnserve.server.plane.errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.models.repository import ModelRepository
-from server.models.servable import Servable
-from server.models.versions import (
+from bnserve.server.models.repository import ModelRepository
+from bnserve.server.models.servable import Servable
+from bnserve.server.models.versions import (
     FileSignature,
     ModelSource,
     VersionFile,
@@ -27,8 +27,8 @@ from server.models.versions import (
     scan_versions,
     version_key,
 )
-from server.observability.metrics import ServerMetrics
-from server.plane.errors import ModelLoadError
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.plane.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from server.models.servable import Servable
-from server.models.versions import version_key
-from server.plane.errors import ModelNotFound, ModelNotReady
+from bnserve.server.models.servable import Servable
+from bnserve.server.models.versions import version_key
+from bnserve.server.plane.errors import ModelNotFound, ModelNotReady
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
 

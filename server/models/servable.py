@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from server.drift.monitor import drift_settings
-from server.modelfile.contract import Tolerance
-from server.models.model import Model, ModelLimits, SessionThreads
-from server.observability.metrics import ServerMetrics
-from server.plane.batching import DynamicBatcher, Predict
-from server.plane.errors import DeadlineExpired, ModelLoadError
-from server.plane.statistics import ModelStats
-from server.settings import ServerSettings
+from bnserve.server.drift.monitor import drift_settings
+from bnserve.server.modelfile.contract import Tolerance
+from bnserve.server.models.model import Model, ModelLimits, SessionThreads
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.plane.batching import DynamicBatcher, Predict
+from bnserve.server.plane.errors import DeadlineExpired, ModelLoadError
+from bnserve.server.plane.statistics import ModelStats
+from bnserve.server.settings import ServerSettings
 
 # grpc reports "no deadline" as a huge time_remaining(); anything beyond a day means none.
 NO_DEADLINE_S = 86_400.0

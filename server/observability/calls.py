@@ -19,12 +19,17 @@ from typing import Any, Protocol
 
 import grpc
 
-from server.grpc.decoding import current_request
-from server.grpc.interceptors import Behavior, Continuation, HandlerWrappers, replace_behavior
-from server.grpc.servicers.unimplemented import is_unimplemented
-from server.observability.logs import LogThrottle
-from server.observability.metrics import ServerMetrics
-from server.observability.tracing import Tracing
+from bnserve.server.grpc.decoding import current_request
+from bnserve.server.grpc.interceptors import (
+    Behavior,
+    Continuation,
+    HandlerWrappers,
+    replace_behavior,
+)
+from bnserve.server.grpc.servicers.unimplemented import is_unimplemented
+from bnserve.server.observability.logs import LogThrottle
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("server.access")

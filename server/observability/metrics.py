@@ -2,8 +2,8 @@
 reloads, calls waiting for their message, process resources.
 
 Each server has its own registry (several servers in one test process do not collide) and its
-own HTTP endpoint on `metrics_port` (server/observability/metrics_http.py: /metrics only). The
-calls are counted by server/observability/calls.py's interceptor through `observe_call`.
+own HTTP endpoint on `metrics_port` (observability/metrics_http.py: /metrics only). The calls
+are counted by server/observability/calls.py's interceptor through `observe_call`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from server.observability.metrics_http import MetricsHTTPServer, serve_metrics
-from server.plane.batching import Predict
+from bnserve.server.observability.metrics_http import MetricsHTTPServer, serve_metrics
+from bnserve.server.plane.batching import Predict
 
 # Counters without their `_created` twin series (prometheus-client exports one per counter and
 # histogram by default, doubling the series a scrape carries).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
-from server.plane.errors import Overloaded
+from bnserve.server.plane.errors import Overloaded
 
 
 class InflightLimiter:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from server.plane.errors import DeadlineExpired, Overloaded
+from bnserve.server.plane.errors import DeadlineExpired, Overloaded
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,18 @@ from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
-from server.models.model import Model, TensorSpec
-from server.models.repository import FAILED, LOADING, READY, ModelRepository, ModelStatus
-from server.models.servable import Servable
-from server.observability.tracing import Tracing, scored_at
-from server.plane.admission import InflightLimiter
-from server.plane.errors import InvalidInput, ModelControlClosed, ModelNotFound, ServingError
-from server.plane.statistics import StatsSnapshot
+from bnserve.server.models.model import Model, TensorSpec
+from bnserve.server.models.repository import FAILED, LOADING, READY, ModelRepository, ModelStatus
+from bnserve.server.models.servable import Servable
+from bnserve.server.observability.tracing import Tracing, scored_at
+from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.errors import (
+    InvalidInput,
+    ModelControlClosed,
+    ModelNotFound,
+    ServingError,
+)
+from bnserve.server.plane.statistics import StatsSnapshot
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.plane.batching import Predict
+from bnserve.server.plane.batching import Predict
 
 # The parts of a successful request, in Triton's names.
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.process.cores import format_cpu_list, parse_cpu_list
+from bnserve.server.process.cores import format_cpu_list, parse_cpu_list
 
 AUTO = "auto"
 NONE = "none"

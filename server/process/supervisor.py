@@ -7,7 +7,7 @@ The supervisor imports neither grpc nor onnxruntime. It
   that does not set SO_REUSEPORT (a second `bnserve serve`) fails to bind, as with one
   process; and it holds an abstract unix socket named after the port, so a second supervisor
   fails too (docs/serving.md says why not one socket handed down);
-- starts N `python -m server` children with the same flags plus `--port P --http-port H
+- starts N `python -m bnserve.server` children with the same flags plus `--port P --http-port H
   --cpu-affinity CORES` (server/process/placement.py); each loads, checks (parity gate) and
   serves the model itself, with its own onnxruntime session, and says over a pipe when it is
   up and whether it is ready;
@@ -35,15 +35,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.models.versions import resolve_sources
-from server.observability.metrics_http import MetricsHTTPServer, serve_metrics
-from server.process.placement import Placement
-from server.settings import ServerSettings
+from bnserve.server.models.versions import resolve_sources
+from bnserve.server.observability.metrics_http import MetricsHTTPServer, serve_metrics
+from bnserve.server.process.placement import Placement
+from bnserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from server.cli import SignalFlags
+    from bnserve.server.cli import SignalFlags
 
-log = logging.getLogger("server.process.supervisor")
+log = logging.getLogger("bnserve.server.process.supervisor")
 
 WORKER_ENV = "_BNSERVE_WORKER"  # "INDEX,LIFELINE_FD,STATUS_FD" in a supervised child
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode switch
@@ -168,7 +168,7 @@ class Supervisor:
             resolve_sources(
                 settings.model, settings.name, settings.model_version, settings.model_root
             )
-            from server.operations import Operations  # grpc: harmless, children are spawned
+            from bnserve.server.operations import Operations  # grpc: harmless, children are spawned
 
             Operations.from_settings(settings, os.environ)
         except ValueError as error:
@@ -279,7 +279,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 [
-                    *[sys.executable, "-m", "server", *self.argv],
+                    *[sys.executable, "-m", "bnserve.server", *self.argv],
                     *["--port", str(self.port), "--http-port", str(self.http_port)],
                     *["--cpu-affinity", self.placement.flag(index)],
                 ],
@@ -399,8 +399,8 @@ class Supervisor:
 
 
 def _serve_summed_metrics(directory: str, host: str, port: int) -> MetricsHTTPServer:
-    """/metrics on host:port (server/observability/metrics_http.py), summing every child's
-    samples in directory."""
+    """/metrics on host:port (observability/metrics_http.py), summing every child's samples in
+    directory."""
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()

@@ -15,10 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from server.models.model import Model, TensorSpec
-from server.plane.dataplane import ModelConfigInfo, OutputRequest, TensorIn, TensorOut, raw_bytes
-from server.plane.errors import InvalidInput
-from server.plane.statistics import Duration, StatsSnapshot
+from bnserve.server.models.model import Model, TensorSpec
+from bnserve.server.plane.dataplane import (
+    ModelConfigInfo,
+    OutputRequest,
+    TensorIn,
+    TensorOut,
+    raw_bytes,
+)
+from bnserve.server.plane.errors import InvalidInput
+from bnserve.server.plane.statistics import Duration, StatsSnapshot
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

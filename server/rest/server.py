@@ -31,14 +31,14 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from server.observability.metrics import ServerMetrics
-from server.plane.dataplane import (
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.plane.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
     PLATFORM,
     DataPlane,
 )
-from server.plane.errors import (
+from bnserve.server.plane.errors import (
     INTERNAL_MESSAGE,
     DeadlineExpired,
     InvalidInput,
@@ -49,7 +49,7 @@ from server.plane.errors import (
     Overloaded,
     ServingError,
 )
-from server.rest import codec
+from bnserve.server.rest import codec
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext | None:
-    """The HTTP port's TLS from the gRPC port's files (server/security/tls.py checked them
-    already)."""
+    """The HTTP port's TLS from the gRPC port's files (security/tls.py checked them already)."""
     if not cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

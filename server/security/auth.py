@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 
-from server.grpc.interceptors import Continuation, HandlerWrappers, replace_behavior
-from server.grpc.servicers.unimplemented import is_unimplemented
-from server.observability.logs import LogThrottle
+from bnserve.server.grpc.interceptors import Continuation, HandlerWrappers, replace_behavior
+from bnserve.server.grpc.servicers.unimplemented import is_unimplemented
+from bnserve.server.observability.logs import LogThrottle
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def served_demo_model(small_demo: DemoRun, demo_http_port: int) -> Iterator[str]
     """`bnserve serve` on the small demo's model.onnx (free loopback ports, HTTP on
     demo_http_port); yields the gRPC HOST:PORT."""
     port = free_loopback_port()
-    command = [sys.executable, "-m", "bnserve_cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "bnserve.cli", "serve", "--port", str(port)]
     command += ["--model", str(small_demo.out_dir / "model.onnx")]
     log_path = small_demo.out_dir / "test-server.log"
     with log_path.open("wb") as log:

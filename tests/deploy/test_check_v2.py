@@ -37,7 +37,7 @@ def test_check_v2_fails_against_another_run(
 ):
     """Reference outputs from a differently seeded run must not match the served model."""
     other = tmp_path_factory.mktemp("other")
-    command = [sys.executable, "-m", "bnserve_cli", "train", "--out", str(other / "run")]
+    command = [sys.executable, "-m", "bnserve.cli", "train", "--out", str(other / "run")]
     command += ["--hidden", "32", "--epochs", "3", "--seed", "7", "--no-progress"]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     completed = run_check("--target", served_demo_model, "--run", str(other / "run"))

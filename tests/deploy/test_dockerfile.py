@@ -50,8 +50,10 @@ def test_dockerfile_shape():
     assert arguments_of["USER"].split(":")[0] not in ("0", "root")
     assert arguments_of["STOPSIGNAL"] == "SIGTERM"
     assert arguments_of["ENTRYPOINT"].startswith("["), "exec form: the server is PID 1"
-    assert "server.clients.healthcheck" in arguments_of["HEALTHCHECK"]
-    assert importlib.util.find_spec("server.clients.healthcheck"), "the HEALTHCHECK probe module"
+    assert "bnserve.server.clients.healthcheck" in arguments_of["HEALTHCHECK"]
+    assert importlib.util.find_spec("bnserve.server.clients.healthcheck"), (
+        "the HEALTHCHECK probe module"
+    )
     # The runtime stage installs nothing itself: it copies the builder's venv.
     assert not any("pip install" in arguments for keyword, arguments in runtime if keyword == "RUN")
 

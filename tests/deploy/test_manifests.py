@@ -17,8 +17,8 @@ import pytest
 import yaml
 from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
-from server.app import LIVENESS
-from server.settings import ENV_PREFIX, settable_fields
+from bnserve.server.app import LIVENESS
+from bnserve.server.settings import ENV_PREFIX, settable_fields
 
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 KSERVE_DIR = REPO / "deploy" / "kserve"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from deploy_support import REPO, DemoRun
 
-from server.clients.predict import InputError, read_examples
-from training.cli import main as train_main
-from training.data.loading import load_dataset
+from bnserve.server.clients.predict import InputError, read_examples
+from bnserve.training.cli import main as train_main
+from bnserve.training.data.loading import load_dataset
 
 README = (REPO / "README.md").read_text()
 SERVING = (REPO / "docs" / "serving.md").read_text()
@@ -61,7 +61,7 @@ def test_the_example_files_are_made_by_the_command_it_gives(
     assert (tmp_path / "heldout.csv").read_text()[:60] == (
         "pixel_0_0,pixel_0_1,pixel_0_2,pixel_0_3,pixel_0_4,pixel_0_5,"
     )
-    # the errors the README shows for bad.csv, from training and from the client
+    # the errors the README shows for bad.csv, from bnserve.training and from the client
     assert train_main(["--out", str(tmp_path / "x"), "--data", str(tmp_path / "bad.csv")]) == 2
     train_error = capsys.readouterr().err.strip().replace(str(tmp_path) + "/", "")
     assert f"$ bnserve train --out runs/x --data bad.csv\n{train_error}\n" in README
@@ -79,7 +79,7 @@ def test_tune_and_export_write_different_model_files() -> None:
     }
     assert outputs["Tune"] and outputs["Export"]
     assert not outputs["Tune"] & outputs["Export"], outputs
-    from training.tune.cli import build_parser  # the tune's own hint names the Tune file
+    from bnserve.training.tune.cli import build_parser  # the tune's own hint names the Tune file
 
     assert f"--out {sorted(outputs['Tune'])[0]}" in build_parser().epilog
 

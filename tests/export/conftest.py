@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
+from bnserve.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def _regression_data(path: Path, seed: int = 7) -> Path:
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real, tiny training runs (a few seconds in all): name -> finished run directory."""
-    from training.train import train
+    from bnserve.training.train import train
 
     root = tmp_path_factory.mktemp("trained")
     regression_npz = _regression_data(root / "regression.npz")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.cli import main
+from bnserve.export.cli import main
 
 
 def assert_fails_cleanly(

@@ -1,11 +1,11 @@
 """Scoring a FoldedNetwork in numpy: the tests' second path beside the ONNX graph (export itself
-verifies with onnxruntime against `training.inference.predict`)."""
+verifies with onnxruntime against `bnserve.training.inference.predict`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from export.fold import FOLDED_ACTIVATIONS, FoldedNetwork
+from bnserve.export.fold import FOLDED_ACTIVATIONS, FoldedNetwork
 
 
 def _activate(z: np.ndarray, activation: str, leaky_relu_alpha: float) -> np.ndarray:
@@ -30,7 +30,7 @@ def forward_folded(network: FoldedNetwork, x_raw: np.ndarray) -> np.ndarray:
     """Score raw features x_raw (N, F) with the folded network, in float64.
 
     Returns probabilities (N, C) for classification or y (N, T) for regression: the same
-    quantity `training.inference.predict` returns, so the two can be compared.
+    quantity `bnserve.training.inference.predict` returns, so the two can be compared.
     """
     a = x_raw
     for layer in network.layers[:-1]:

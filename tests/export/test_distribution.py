@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.exporter import ExportSettings, build_model, export_run
-from export.fold import fold_params
-from export.graph import build_folded_model
-from export.metadata import read_metadata
-from export.network import spec_from_run
-from server.modelfile.wire import with_graph_outputs
-from training.data.loading import load_dataset, split_rows
-from training.rundir import load_run
+from bnserve.export.exporter import ExportSettings, build_model, export_run
+from bnserve.export.fold import fold_params
+from bnserve.export.graph import build_folded_model
+from bnserve.export.metadata import read_metadata
+from bnserve.export.network import spec_from_run
+from bnserve.server.modelfile.wire import with_graph_outputs
+from bnserve.training.data.loading import load_dataset, split_rows
+from bnserve.training.rundir import load_run
 
 
 def _drift(run_dir: Path, out: Path, **settings: object) -> dict:

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from export.drift_cli import main
-from export.exporter import ExportSettings, export_run
-from training.rundir import load_run
+from bnserve.export.drift_cli import main
+from bnserve.export.exporter import ExportSettings, export_run
+from bnserve.training.rundir import load_run
 
 
 @pytest.fixture(scope="module")

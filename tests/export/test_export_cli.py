@@ -10,8 +10,8 @@ import sys
 import onnx
 from export_failure import assert_fails_cleanly
 
-import bnserve_cli
-from export.cli import main
+import bnserve.cli
+from bnserve.export.cli import main
 
 
 def test_export_writes_a_verified_model(synthetic_run, out_dir, capsys) -> None:
@@ -66,7 +66,7 @@ def test_unfinished_run(synthetic_run, out_dir, capsys) -> None:
 def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None:
     run_dir = synthetic_run(task="regression", outputs=2)
     completed = subprocess.run(
-        [sys.executable, "-m", "export", str(run_dir), "--out", str(out_dir / "a.onnx")],
+        [sys.executable, "-m", "bnserve.export", str(run_dir), "--out", str(out_dir / "a.onnx")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -75,14 +75,14 @@ def test_python_dash_m_export_and_bnserve_export(synthetic_run, out_dir) -> None
     assert completed.returncode == 0, completed.stderr
     assert "wrote" in completed.stdout
 
-    assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
-    assert bnserve_cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 2
+    assert bnserve.cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 0
+    assert bnserve.cli.main(["export", str(run_dir), "--out", str(out_dir / "b.onnx")]) == 2
 
 
 def test_a_run_without_hidden_layers_exports_as_one_gemm(tmp_path, out_dir, capsys) -> None:
     """hidden = () (the tuner's layers = 0): a linear model folds to Gemm → Softmax/ArgMax."""
-    from training.config import TrainConfig
-    from training.train import train
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import train
 
     run_dir = tmp_path / "linear"
     train(TrainConfig(hidden=(), epochs=2, l2=1e-3), run_dir, progress=False, plot=False)

@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 from export_failure import assert_fails_cleanly
 
-import export.exporter
-from export.cli import main
-from export.exporter import ExportSettings, build_model, export_run, reference_rows
-from export.metadata import read_metadata
-from export.verify import PROBABILITY_TOLERANCE, regression_tolerance
-from server.modelfile.contract import MetadataKey
-from training.inference import predict
-from training.rundir import load_run
+import bnserve.export.exporter
+from bnserve.export.cli import main
+from bnserve.export.exporter import ExportSettings, build_model, export_run, reference_rows
+from bnserve.export.metadata import read_metadata
+from bnserve.export.verify import PROBABILITY_TOLERANCE, regression_tolerance
+from bnserve.server.modelfile.contract import MetadataKey
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 
 def _replace_heldout_x(run_dir: Path, heldout_x: np.ndarray) -> None:
@@ -73,13 +73,13 @@ def test_output_that_is_a_directory(synthetic_run, out_dir, capsys) -> None:
 def test_model_that_misses_the_numpy_path_is_not_written(
     synthetic_run, out_dir, capsys, monkeypatch
 ) -> None:
-    real_predict = export.exporter.predict
+    real_predict = bnserve.export.exporter.predict
 
     def predict_off_by_1e4(params, meta, x_raw):
         # stands in for a folding bug: numpy's answer and the model's now differ by 1e-4
         return real_predict(params, meta, x_raw) + 1e-4
 
-    monkeypatch.setattr(export.exporter, "predict", predict_off_by_1e4)
+    monkeypatch.setattr(bnserve.export.exporter, "predict", predict_off_by_1e4)
     assert_fails_cleanly(
         capsys,
         [str(synthetic_run()), "--out", str(out_dir / "m.onnx")],

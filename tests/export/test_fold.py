@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from folded_forward import forward_folded
 
-from export.fold import (
+from bnserve.export.fold import (
     AffineLayer,
     BatchNormStats,
     LinearLayer,
@@ -19,9 +19,9 @@ from export.fold import (
     fold_params,
     fold_target_destandardization,
 )
-from export.network import spec_from_run
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.export.network import spec_from_run
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 EXACT = 1e-10  # float64 folding only reorders a few multiplications
 

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from export.exporter import build_model
-from export.graph import OPSET
-from export.verify import compare_outputs, onnx_session, score_onnx
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.export.exporter import build_model
+from bnserve.export.graph import OPSET
+from bnserve.export.verify import compare_outputs, onnx_session, score_onnx
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 NETWORKS = [
     pytest.param({"hidden": (5,)}, id="shallow-relu-bn"),

@@ -14,8 +14,8 @@ import pytest
 from foreign_graphs import ForeignMlp, build_foreign, find_node
 from onnx import TensorProto, helper, numpy_helper
 
-import bnserve_cli
-from export.import_cli import main
+import bnserve.cli
+from bnserve.export.import_cli import main
 
 
 @pytest.fixture
@@ -245,7 +245,7 @@ def test_cli_prints_what_it_read_wrote_and_verified(tmp_path, out_dir, capsys) -
     source = _write(build_foreign(ForeignMlp()), tmp_path / "m.onnx")
     out = out_dir / "folded.onnx"
     assert (
-        bnserve_cli.main(["import", str(source), "--out", str(out), "--class-names", "a,b,c"]) == 0
+        bnserve.cli.main(["import", str(source), "--out", str(out), "--class-names", "a,b,c"]) == 0
     )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == (
@@ -261,7 +261,7 @@ def test_python_dash_m_export_import(tmp_path, out_dir) -> None:
     source = _write(build_foreign(ForeignMlp(head="none")), tmp_path / "r.onnx")
     out = out_dir / "r-folded.onnx"
     result = subprocess.run(
-        [sys.executable, "-m", "export", "import", str(source), "--out", str(out)],
+        [sys.executable, "-m", "bnserve.export", "import", str(source), "--out", str(out)],
         capture_output=True,
         text=True,
         check=False,

@@ -15,17 +15,17 @@ import onnx
 import pytest
 from foreign_graphs import ForeignMlp, build_foreign
 
-from export.importer import ImportSettings, import_model
-from export.verify import onnx_session
-from server.modelfile.metadata import parse_model_card
-from server.models.model import Model, SessionThreads
+from bnserve.export.importer import ImportSettings, import_model
+from bnserve.export.verify import onnx_session
+from bnserve.server.modelfile.metadata import parse_model_card
+from bnserve.server.models.model import Model, SessionThreads
 
 SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 sys.path.insert(0, str(SERVER_TESTS))
 from server_process import ServerProcess  # noqa: E402
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb  # noqa: E402
-from server.gen.bnserve.v1 import predictor_pb2_grpc  # noqa: E402
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb  # noqa: E402
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc  # noqa: E402
 
 SHAPES = {
     "gemm_transb": ForeignMlp(layer="gemm_transb"),
@@ -217,7 +217,7 @@ def test_reference_data_npz(tmp_path) -> None:
 
 
 def test_imported_models_serve_in_a_real_server(imported) -> None:
-    """One `python -m server` process loads every imported shape (parity gate included) and
+    """One `python -m bnserve.server` process loads every imported shape (parity gate included) and
     answers like the original graph, one example at a time and in a batch."""
     names = list(SHAPES)
     args = [arg for name in names for arg in ("--model", str(imported[name][1]))]
@@ -271,7 +271,7 @@ def test_bnserve_unfolded_regression_export_imports_back_to_the_folded_one(
 ) -> None:
     """`bnserve export --unfolded` (Sub/Div, Gemm, BatchNormalization, …, Mul/Add of the target
     scale) imported gives the same answers as `bnserve export`'s own folded model."""
-    from export.cli import main as export_main
+    from bnserve.export.cli import main as export_main
 
     run_dir = synthetic_run(task="regression", outputs=2)
     unfolded, folded, imported = (tmp_path / f"{n}.onnx" for n in ("u", "f", "i"))

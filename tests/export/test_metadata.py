@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.exporter import ExportSettings, export_run
-from export.metadata import graph_sha256, read_metadata
-from export.verify import onnx_session, probe_rows, score_onnx
-from server.modelfile.wire import graph_sha256 as server_graph_sha256
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.export.exporter import ExportSettings, export_run
+from bnserve.export.metadata import graph_sha256, read_metadata
+from bnserve.export.verify import onnx_session, probe_rows, score_onnx
+from bnserve.server.modelfile.wire import graph_sha256 as server_graph_sha256
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 COMMON_KEYS = {
     "bnserve.format",
@@ -156,7 +156,7 @@ def test_fold_max_abs_error_is_the_maximum_over_the_probe_rows(synthetic_run, tm
 def test_the_server_loads_exported_models_and_passes_their_parity_gate(
     trained_runs, synthetic_run, tmp_path
 ) -> None:
-    from server.models.model import Model, SessionThreads
+    from bnserve.server.models.model import Model, SessionThreads
 
     run_dirs = [*trained_runs.values(), synthetic_run(task="regression", outputs=3)]
     for index, run_dir in enumerate(run_dirs):

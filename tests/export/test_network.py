@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from export_failure import assert_fails_cleanly
 
-from export.cli import main
-from export.errors import ExportError
-from export.network import NetworkSpec, check_params, spec_from_run
-from training.model import param_shapes
-from training.rundir import load_run
+from bnserve.export.cli import main
+from bnserve.export.errors import ExportError
+from bnserve.export.network import NetworkSpec, check_params, spec_from_run
+from bnserve.training.model import param_shapes
+from bnserve.training.rundir import load_run
 
 
 @pytest.mark.parametrize(

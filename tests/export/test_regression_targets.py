@@ -7,12 +7,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from export.cli import main as export_main
-from training.config import TrainConfig
-from training.data.loading import load_dataset, split_rows
-from training.inference import predict
-from training.rundir import load_run
-from training.train import train
+from bnserve.export.cli import main as export_main
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.loading import load_dataset, split_rows
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
+from bnserve.training.train import train
 
 
 def test_a_large_valued_target_trains_standardized_and_exports_in_its_units(tmp_path):

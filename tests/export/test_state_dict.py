@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from folded_forward import forward_folded
 
-from export.errors import ExportError
-from export.importer import fold_chain
-from export.onnx_chain import parse_chain
-from export.state_dict import StateDictSpec, graph_from_state_dict
-from export.verify import onnx_session
+from bnserve.export.errors import ExportError
+from bnserve.export.importer import fold_chain
+from bnserve.export.onnx_chain import parse_chain
+from bnserve.export.state_dict import StateDictSpec, graph_from_state_dict
+from bnserve.export.verify import onnx_session
 
 
 def torch_layout(seed: int = 0) -> dict[str, np.ndarray]:
@@ -130,8 +130,8 @@ def test_without_torch_a_state_dict_gets_one_clear_line(tmp_path: Path) -> None:
     source.write_bytes(b"PK\x03\x04 not really")
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import bnserve_cli\n"
-        f"sys.exit(bnserve_cli.main(['import', {str(source)!r}, '--out', "
+        "import bnserve.cli\n"
+        f"sys.exit(bnserve.cli.main(['import', {str(source)!r}, '--out', "
         f"{str(tmp_path / 'out.onnx')!r}, '--task', 'classification']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -146,7 +146,7 @@ def test_without_torch_a_state_dict_gets_one_clear_line(tmp_path: Path) -> None:
 
 def test_real_state_dict_through_the_cli(tmp_path: Path, capsys) -> None:
     torch = pytest.importorskip("torch")
-    from export.import_cli import main
+    from bnserve.export.import_cli import main
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

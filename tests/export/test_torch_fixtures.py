@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from export.importer import ImportSettings, import_model
-from export.verify import onnx_session
-from server.modelfile.metadata import parse_model_card
-from server.models.model import Model, SessionThreads
+from bnserve.export.importer import ImportSettings, import_model
+from bnserve.export.verify import onnx_session
+from bnserve.server.modelfile.metadata import parse_model_card
+from bnserve.server.models.model import Model, SessionThreads
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = np.load(FIXTURES / "torch_import_fixtures.npz", allow_pickle=False)
@@ -31,8 +31,8 @@ def _import_without_torch(source: Path, out: Path, *flags: str) -> subprocess.Co
     """`bnserve import` in a fresh interpreter where `import torch` fails."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import bnserve_cli\n"
-        f"sys.exit(bnserve_cli.main(['import', {str(source)!r}, '--out', {str(out)!r}, "
+        "import bnserve.cli\n"
+        f"sys.exit(bnserve.cli.main(['import', {str(source)!r}, '--out', {str(out)!r}, "
         f"*{list(flags)!r}]))"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import export.fold
-from export.errors import ExportError
-from export.exporter import ExportSettings, build_model, export_run
-from export.verify import (
+import bnserve.export.fold
+from bnserve.export.errors import ExportError
+from bnserve.export.exporter import ExportSettings, build_model, export_run
+from bnserve.export.verify import (
     EDGE_ROWS,
     PROBABILITY_TOLERANCE,
     ROUNDING_BOUND,
@@ -21,9 +21,9 @@ from export.verify import (
     regression_tolerance,
     score_onnx,
 )
-from training.config import TrainConfig
-from training.inference import predict
-from training.rundir import load_run
+from bnserve.training.config import TrainConfig
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
 
 
 def _probabilities(rows: int, classes: int, seed: int = 0) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_regression_bound_is_relative_plus_a_share_of_the_target_std() -> None:
 
 # --- the layer check on real folds -----------------------------------------------------------
 
-CORRECT_FOLD = export.fold.fold_batchnorm
+CORRECT_FOLD = bnserve.export.fold.fold_batchnorm
 
 
 def _fold_without_epsilon(weight, gamma, beta, running_mean, running_var, epsilon, bias=None):
@@ -121,7 +121,7 @@ def _fold_mixing_mean_and_beta(weight, gamma, beta, running_mean, running_var, e
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default digits network (256, 256), briefly trained."""
-    from training.train import train
+    from bnserve.training.train import train
 
     out = tmp_path_factory.mktemp("digits") / "run"
     return train(TrainConfig(epochs=5), out, progress=False, plot=False, checkpoints=False).run_dir
@@ -131,7 +131,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_fold_bug_fails_verification_on_digits_and_nothing_is_written(
     digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug
 ) -> None:
-    monkeypatch.setattr(export.fold, "fold_batchnorm", bug)
+    monkeypatch.setattr(bnserve.export.fold, "fold_batchnorm", bug)
     run = load_run(digits_run)
     model, _ = build_model(run, unfolded=False)
     check = check_layers(model, run.params, run.meta, probe_rows(run.heldout_x))
@@ -150,7 +150,7 @@ def test_the_epsilon_bug_passes_the_probability_check_alone(
     digits_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Why the layer check exists: softmax squashes a 1e-5 relative error under 1e-5 absolute."""
-    monkeypatch.setattr(export.fold, "fold_batchnorm", _fold_without_epsilon)
+    monkeypatch.setattr(bnserve.export.fold, "fold_batchnorm", _fold_without_epsilon)
     run = load_run(digits_run)
     model, tolerance = build_model(run, unfolded=False)
     x = probe_rows(run.heldout_x).astype(np.float32)

@@ -9,10 +9,10 @@ import pytest
 from in_process import start_server
 from model_builder import CLASS_NAMES, MlpWeights, ModelFiles, build_model
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2_grpc
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.settings import ServerSettings
 
 
 @pytest.fixture(scope="session")

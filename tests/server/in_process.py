@@ -8,10 +8,10 @@ from typing import Any
 
 from server_process import free_port
 
-from server.app import Server
-from server.models.repository import READY
-from server.models.versions import resolve_sources
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.models.repository import READY
+from bnserve.server.models.versions import resolve_sources
+from bnserve.server.settings import ServerSettings
 
 
 def start_server(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The models follow docs/contracts.md: input x (N, F) float32, Gemm/Relu/Gemm then Softmax+ArgMax
 (classification) or nothing (regression), bnserve.* metadata with reference rows computed by a
-float64 numpy forward pass — the role training.inference.predict plays for real exports.
+float64 numpy forward pass — the role bnserve.training.inference.predict plays for real exports.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from server.plane.batching import DynamicBatcher
+from bnserve.server.plane.batching import DynamicBatcher
 
 Predict = Callable[[np.ndarray], list[np.ndarray]]
 

@@ -1,4 +1,4 @@
-"""`python -m server` as a real subprocess for the operations tests: start it, read its log,
+"""`python -m bnserve.server` as a real subprocess for the operations tests: start it, read its log,
 signal it, measure its memory, and lay out model directories the way operators do."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running `python -m server`; every stderr line is kept in `lines`."""
+    """A running `python -m bnserve.server`; every stderr line is kept in `lines`."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, cpus: str = "") -> None:
         """cpus: a CPU list the server starts confined to (taskset -c), as an inherited
@@ -48,7 +48,7 @@ class ServerProcess:
                 *confined,
                 sys.executable,
                 "-m",
-                "server",
+                "bnserve.server",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -8,10 +8,10 @@ import pytest
 from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.settings import ServerSettings
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.settings import ServerSettings
 
 GOOD = [0.5] * NUM_FEATURES
 NAMED_EXTRA = {**{f"f{i}": 1.0 for i in range(NUM_FEATURES)}, "petal": 2.0}

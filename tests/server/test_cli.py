@@ -37,7 +37,7 @@ def _wait_for(lines: queue.Queue, pattern: str, seen: list[str], timeout_s: floa
 
 def _bnserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bnserve_cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "bnserve.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -50,7 +50,15 @@ def test_serve_predict_csv_and_stop(tmp_path: Path, test_models: ModelFiles) -> 
         "BNSERVE_HTTP_PORT": "0",  # and 8000 too
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--model", str(test_models.classification), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "bnserve.server",
+            "--model",
+            str(test_models.classification),
+            "--port",
+            "0",
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
@@ -111,7 +119,7 @@ def test_a_server_whose_only_model_fails_exits_2_naming_it(tmp_path: Path) -> No
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("these are my notes, not a model\n")
     served = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(not_onnx), "--port", "0",
+        [sys.executable, "-m", "bnserve.server", "--model", str(not_onnx), "--port", "0",
          "--metrics-port", "0", "--http-port", "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -24,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as native_pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2_pb
-from server.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as native_pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2_pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 
 NAME = "digits"
 TOKEN = "defaults-matrix-token-0123456789"
@@ -44,10 +44,10 @@ class Digits:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.rundir import load_run
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.rundir import load_run
+    from bnserve.training.train import train
 
     directory = tmp_path_factory.mktemp("defaults")
     config = TrainConfig(hidden=(16,), epochs=1, seed=0)

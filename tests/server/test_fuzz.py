@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 
 SHORT_EXAMPLES = 150
 SLOW_EXAMPLES = 10_000

@@ -11,9 +11,9 @@ from certificates import Pki, make_pki
 from model_builder import ModelFiles
 from server_process import ServerProcess, free_port
 
-from server.app import Server
-from server.clients import healthcheck
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.clients import healthcheck
+from bnserve.server.settings import ServerSettings
 
 
 def run_check(

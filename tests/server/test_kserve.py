@@ -1,9 +1,9 @@
 """KServe's own Python SDK (InferenceRESTClient, InferenceGRPCClient) against a real server.
 
 kserve 0.21 brings ~500 MB (fastapi, uvicorn, pandas, kubernetes, pillow, …; 3.5 min to install
-here) and its generated code defines protobuf package `inference` as server.gen does, so it is
-not in the test extra: this slow test makes a venv of its own once (BNSERVE_KSERVE_VENV names an
-existing one instead) and runs tests/server/kserve_probe.py in it.
+here) and its generated code defines protobuf package `inference` as bnserve.server.grpc.gen
+does, so it is not in the test extra: this slow test makes a venv of its own once
+(BNSERVE_KSERVE_VENV names an existing one instead) and runs tests/server/kserve_probe.py in it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
 
-from server.gen.inference import grpc_service_pb2 as pb
-from server.gen.inference import grpc_service_pb2_grpc
-from server.settings import ServerSettings
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.settings import ServerSettings
 
 KSERVE = "kserve==0.21.0"
 PROBE = Path(__file__).with_name("kserve_probe.py")

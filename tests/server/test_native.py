@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, TARGET_NAMES, ModelFiles, numpy_forward
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 
 RNG = np.random.default_rng(7)
 EXAMPLES = RNG.normal(0, 1.5, (20, NUM_FEATURES)).astype(np.float32)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from in_process import start_server
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.gen.inference import grpc_service_pb2_grpc
-from server.modelfile.wire import graph_sha256
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.modelfile.wire import graph_sha256
+from bnserve.server.settings import ServerSettings
 
 
 def _regression_npz(path: Path) -> Path:
@@ -31,10 +31,10 @@ def _regression_npz(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
     """name → (model.onnx, training Run) for a tiny digits run and a tiny regression run."""
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.rundir import load_run
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.rundir import load_run
+    from bnserve.training.train import train
 
     root = tmp_path_factory.mktemp("pipeline")
     configs = {
@@ -61,7 +61,7 @@ def pipeline_server(exported) -> Iterator[Server]:
 
 
 def test_served_classification_equals_training_inference(exported, pipeline_server) -> None:
-    from training.inference import predict
+    from bnserve.training.inference import predict
 
     _, run = exported["digits"]
     x = run.heldout_x[:40]
@@ -82,7 +82,7 @@ def test_served_classification_equals_training_inference(exported, pipeline_serv
 
 
 def test_served_regression_equals_training_inference(exported, pipeline_server) -> None:
-    from training.inference import predict
+    from bnserve.training.inference import predict
 
     _, run = exported["sales"]
     x = run.heldout_x[:20]

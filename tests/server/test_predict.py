@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.clients.predict import InputError, parse_features, read_examples, write_table
+from bnserve.server.clients.predict import InputError, parse_features, read_examples, write_table
 
 NAMES = ["a", "b", "c"]
 

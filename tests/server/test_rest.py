@@ -30,12 +30,12 @@ from server_process import (
     model_bytes,
 )
 
-from server.app import Server
-from server.gen.inference import grpc_service_pb2 as pb
-from server.gen.inference import grpc_service_pb2_grpc
-from server.observability.metrics import ServerMetrics
-from server.security.auth import TokenAuthInterceptor
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.security.auth import TokenAuthInterceptor
+from bnserve.server.settings import ServerSettings
 
 ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)
 TOKEN = "rest-token-0123456789abcdef"
@@ -518,7 +518,7 @@ def test_http_calls_are_counted_in_metrics(test_models: ModelFiles) -> None:
 
 def test_model_control_needs_tokens_to_open(test_models: ModelFiles) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(test_models.classification),
+        [sys.executable, "-m", "bnserve.server", "--model", str(test_models.classification),
          "--model-control", "--port", "0", "--http-port", "0", "--metrics-port", "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.cli import build_parser, main, settings_from_args
-from server.settings import ServerSettings, settable_fields
+from bnserve.server.cli import build_parser, main, settings_from_args
+from bnserve.server.settings import ServerSettings, settable_fields
 
 
 def test_every_field_has_help_and_a_flag() -> None:

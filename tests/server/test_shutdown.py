@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2_pb
-from server.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2_pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 
 EXAMPLES = np.random.default_rng(5).normal(0, 1.5, (16, NUM_FEATURES)).astype(np.float32)
 GRACE_S = 20.0

@@ -1,7 +1,8 @@
 """Run in a subprocess by test_v2.py: call a bnserve server with tritonclient.grpc, print JSON.
 
 tritonclient's generated code defines protobuf package `inference` too, so it cannot share an
-interpreter with server.gen.inference. Usage: python triton_probe.py HOST:PORT MODEL ROWS_JSON
+interpreter with bnserve.server.grpc.gen.inference.
+Usage: python triton_probe.py HOST:PORT MODEL ROWS_JSON
 """
 
 from __future__ import annotations

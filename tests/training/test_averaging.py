@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.exporter import ExportSettings, export_run
-from training import model
-from training.averaging import WeightAverage
-from training.cli import main
-from training.config import TrainConfig
-from training.rundir import load_run
-from training.state import load_state
-from training.train import net_spec, prepare, train
+from bnserve.export.exporter import ExportSettings, export_run
+from bnserve.training import model
+from bnserve.training.averaging import WeightAverage
+from bnserve.training.cli import main
+from bnserve.training.config import TrainConfig
+from bnserve.training.rundir import load_run
+from bnserve.training.state import load_state
+from bnserve.training.train import net_spec, prepare, train
 
 STATISTICS = ("running_mean", "running_var")
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bnserve_cli import main as bnserve_main
-from training.cli import CONFIG_OPTIONS, build_parser, given_settings, main
+from bnserve.cli import main as bnserve_main
+from bnserve.training.cli import CONFIG_OPTIONS, build_parser, given_settings, main
 
 FAST = ["--hidden", "16", "--epochs", "1", "--no-progress", "--no-plot"]
 

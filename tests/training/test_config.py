@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from training import optim
-from training.config import OPTIMIZERS, TrainConfig
-from training.train import optimizer_settings
+from bnserve.training import optim
+from bnserve.training.config import OPTIMIZERS, TrainConfig
+from bnserve.training.train import optimizer_settings
 
 
 def test_round_trip_through_json():

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from training import rundir
-from training.config import TrainConfig
-from training.early_stopping import BestEpoch
-from training.rundir import load_run
-from training.state import load_state
-from training.train import train
+from bnserve.training import rundir
+from bnserve.training.config import TrainConfig
+from bnserve.training.early_stopping import BestEpoch
+from bnserve.training.rundir import load_run
+from bnserve.training.state import load_state
+from bnserve.training.train import train
 
 
 def test_the_best_epoch_needs_more_than_min_delta_and_patience_counts_from_it():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from training.cli import build_parser
-from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.flags import CONFIG_FIELDS, default_text, flag_of
-from training.tune.cli import build_parser as build_tune_parser
+from bnserve.training.cli import build_parser
+from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
+from bnserve.training.flags import CONFIG_FIELDS, default_text, flag_of
+from bnserve.training.tune.cli import build_parser as build_tune_parser
 
 # The command line users type (before the flags were built from the fields): it must not change.
 TRAIN_FLAGS = {

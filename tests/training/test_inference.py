@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.inference import predict
+from bnserve.training.inference import predict
 
 META = {"task": "classification", "activation": "tanh", "batchnorm": True, "epsilon": 1e-3}
 

@@ -8,8 +8,8 @@ from gradcheck import numerical_gradient, relative_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import layers
-from training.layers import BatchNormSettings, RunningStats
+from bnserve.training import layers
+from bnserve.training.layers import BatchNormSettings, RunningStats
 
 TOLERANCE = 1e-6  # relative error of analytic vs numeric gradients in float64
 

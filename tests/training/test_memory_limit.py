@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from memory_cgroup import run_limited, unavailable_reason
 
-from training.rundir import load_run
+from bnserve.training.rundir import load_run
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -38,7 +38,15 @@ def train_under_limit(tmp_path, rows: int, limit_mb: int, epochs: int, timeout: 
     limit = limit_mb << 20
     assert data_bytes > limit  # the data cannot all be in memory at once
     command = [
-        *(sys.executable, "-m", "training", "--data", str(data), "--out", str(tmp_path / "run")),
+        *(
+            sys.executable,
+            "-m",
+            "bnserve.training",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+        ),
         *("--epochs", str(epochs), "--hidden", "8", "--batch-size", "1024"),
         *("--stats", "population", "--no-plot", "--no-progress", "--no-checkpoints"),
         *("--cache-dir", str(tmp_path / "cache")),

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from training import layers, model
-from training.config import TrainConfig
-from training.metrics import evaluate, objective
-from training.rundir import load_run
-from training.train import balanced_class_weights, net_spec, train
+from bnserve.training import layers, model
+from bnserve.training.config import TrainConfig
+from bnserve.training.metrics import evaluate, objective
+from bnserve.training.rundir import load_run
+from bnserve.training.train import balanced_class_weights, net_spec, train
 
 
 def test_classification_metrics_by_hand():

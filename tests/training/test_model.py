@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gradcheck import numerical_gradient, relative_error
 
-from training import model
-from training.layers import BatchNormSettings
+from bnserve.training import model
+from bnserve.training.layers import BatchNormSettings
 
 TOLERANCE = 1e-6
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training import optim
+from bnserve.training import optim
 
 
 def one_step(name: str, lr: float = 0.1, **settings):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.rundir import checkpoint_paths, read_npz
+from bnserve.training.rundir import checkpoint_paths, read_npz
 
 EPOCHS = 40  # long enough that the kill after epoch 3 lands well before the end
 TRAIN_ARGS = ["--epochs", str(EPOCHS), "--dropout", "0.1", "--no-progress", "--no-plot"]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_training(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "training", *args],
+        [sys.executable, "-m", "bnserve.training", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -52,7 +52,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     assert not (killed_dir / "params.npz").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "training", "--resume", str(killed_dir), "--no-progress"],
+        [sys.executable, "-m", "bnserve.training", "--resume", str(killed_dir), "--no-progress"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -89,19 +89,21 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_0(tmp_path)
     assert not list((killed_dir / "checkpoints").glob("*.json"))
 
     again = subprocess.run(
-        [sys.executable, "-m", "training", "--out", str(killed_dir), *small],
+        [sys.executable, "-m", "bnserve.training", "--out", str(killed_dir), *small],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert again.returncode == 2 and "use --resume" in again.stderr
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "training", "--resume", str(killed_dir), "--epochs", "3", *small],
+        [sys.executable, "-m", "bnserve.training", "--resume", str(killed_dir), "--epochs", "3",
+         *small],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert "no checkpoint yet" in resumed.stderr and "restarting from epoch 0" in resumed.stderr
     reference = subprocess.run(
-        [sys.executable, "-m", "training", "--out", str(tmp_path / "ref"), "--epochs", "3", *small],
+        [sys.executable, "-m", "bnserve.training", "--out", str(tmp_path / "ref"), "--epochs", "3",
+         *small],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert reference.returncode == 0, reference.stderr

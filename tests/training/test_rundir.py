@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from training import model, rundir
-from training.config import TrainConfig
-from training.errors import RunError
-from training.rundir import load_run
-from training.train import train
+from bnserve.training import model, rundir
+from bnserve.training.config import TrainConfig
+from bnserve.training.errors import RunError
+from bnserve.training.rundir import load_run
+from bnserve.training.train import train
 
 
 @pytest.fixture(scope="module")

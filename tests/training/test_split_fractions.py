@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.cli import main
-from training.config import TrainConfig
-from training.data.loading import load_dataset, split_rows
-from training.rundir import load_run
+from bnserve.training.cli import main
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.loading import load_dataset, split_rows
+from bnserve.training.rundir import load_run
 
 SMALL = {"hidden": (16,), "epochs": 2}
 
@@ -48,7 +48,9 @@ def test_test_fraction_zero_gives_every_row_to_train_and_dev(tmp_path, capsys):
 
 
 def test_the_exporter_checks_its_fold_on_the_dev_rows_when_there_are_no_test_rows(tmp_path):
-    from export.cli import main as export_main  # export may import training, not the reverse
+    from bnserve.export.cli import (
+        main as export_main,  # export may import training, not the reverse
+    )
 
     assert _train(tmp_path / "run", "--test-fraction", "0") == 0
     assert export_main([str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]) == 0
@@ -56,7 +58,7 @@ def test_the_exporter_checks_its_fold_on_the_dev_rows_when_there_are_no_test_row
 
 
 def test_dev_fraction_zero_trains_on_every_non_test_row_without_a_dev_error(tmp_path):
-    from training.train import train
+    from bnserve.training.train import train
 
     result = train(
         TrainConfig.from_dict({**SMALL, "dev_fraction": 0.0}), tmp_path / "run", progress=False

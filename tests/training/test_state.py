@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from training import optim, rundir
-from training.config import TrainConfig
-from training.errors import RunError
-from training.state import TrainingState, load_state, save_checkpoint
+from bnserve.training import optim, rundir
+from bnserve.training.config import TrainConfig
+from bnserve.training.errors import RunError
+from bnserve.training.state import TrainingState, load_state, save_checkpoint
 
 
 def _state(epoch: int = 3) -> TrainingState:

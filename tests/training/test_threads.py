@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from threadpoolctl import threadpool_limits
 
-from training import threads
+from bnserve.training import threads
 
 
 def test_small_matrices_get_one_thread_large_ones_every_core(monkeypatch):

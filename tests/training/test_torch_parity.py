@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import layers, model, optim
-from training.layers import BatchNormSettings, RunningStats
+from bnserve.training import layers, model, optim
+from bnserve.training.layers import BatchNormSettings, RunningStats
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torch_bn_mlp.npz"
 RTOL, ATOL, STATE_ATOL = 1e-9, 1e-12, 1e-10

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from training import rundir
-from training.config import TrainConfig
-from training.errors import RunError, TrainingError
-from training.inference import predict
-from training.rundir import load_run
-from training.train import batch_slices, train
+from bnserve.training import rundir
+from bnserve.training.config import TrainConfig
+from bnserve.training.errors import RunError, TrainingError
+from bnserve.training.inference import predict
+from bnserve.training.rundir import load_run
+from bnserve.training.train import batch_slices, train
 
 SMALL = {"hidden": (32, 16), "epochs": 4}
 
@@ -146,7 +146,7 @@ def test_population_statistics_are_stored_for_stats_population(tmp_path):
     run = load_run(tmp_path / "run")
     assert run.meta["stats"] == "population"
     # the exact training-set mean of hidden1's z with the final weights
-    from training.data.loading import load_dataset, split_rows
+    from bnserve.training.data.loading import load_dataset, split_rows
 
     dataset = load_dataset("digits")
     split = split_rows(len(dataset.x), dev_fraction=0.15, test_fraction=0.15, seed=0)

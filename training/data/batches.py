@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from training import layers, model
-from training.data.cache import FeatureRows
-from training.inference import predict
-from training.layers import RunningStats
+from bnserve.training import layers, model
+from bnserve.training.data.cache import FeatureRows
+from bnserve.training.inference import predict
+from bnserve.training.layers import RunningStats
 
 CHUNK_BYTES = 8 << 20  # float64 bytes per chunk for statistics and scoring (64 features: 16k rows)
 WINDOW_BYTES = 8 << 20  # raw float32 rows gathered at once for the coming mini-batches

@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from training.data.readers import TableInfo, Target, read_table
-from training.errors import DataError
+from bnserve.training.data.readers import TableInfo, Target, read_table
+from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data.loading import Split
-from training.errors import DataError
+from bnserve.training.data.loading import Split
+from bnserve.training.errors import DataError
 
 
 def fold_rows(

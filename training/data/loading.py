@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.data import readers
-from training.data.cache import FeatureRows, cache_dir_setting, load_table
-from training.errors import DataError
+from bnserve.training.data import readers
+from bnserve.training.data.cache import FeatureRows, cache_dir_setting, load_table
+from bnserve.training.errors import DataError
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from bnserve.training.config import TrainConfig
 
 DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
 # A numeric target with at most this many distinct integer values is taken as class labels.

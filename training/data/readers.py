@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
-from training.errors import DataError
-from training.threads import available_cores
+from bnserve.training.errors import DataError
+from bnserve.training.threads import available_cores
 
 # CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
 # blocks) are in flight. pyarrow's own streaming reader parses on one thread only.

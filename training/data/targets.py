@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.errors import DataError
+from bnserve.training.errors import DataError
 
 MIN_ROWS_PER_CLASS = 5  # on average over all classes
 

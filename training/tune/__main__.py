@@ -1,7 +1,7 @@
-"""`python -m training.tune` is `bnserve tune`."""
+"""`python -m bnserve.training.tune` is `bnserve tune`."""
 
 import sys
 
-from training.tune.cli import main
+from bnserve.training.tune.cli import main
 
 sys.exit(main(sys.argv[1:]))

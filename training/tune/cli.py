@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError, TrainingError, disk_full, os_error_line
-from training.flags import add_config_flag
-from training.tune import cv, report
-from training.tune.early_stop import RULES
-from training.tune.errors import SpaceError, TuneError, TuneSettingsError
-from training.tune.runner import TuneResult, existing_store, run_tune
-from training.tune.settings import TuneSettings
-from training.tune.space import (
+from bnserve.training.errors import DataError, TrainingError, disk_full, os_error_line
+from bnserve.training.flags import add_config_flag
+from bnserve.training.tune import cv, report
+from bnserve.training.tune.early_stop import RULES
+from bnserve.training.tune.errors import SpaceError, TuneError, TuneSettingsError
+from bnserve.training.tune.runner import TuneResult, existing_store, run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.space import (
     DEFAULT_SPACE,
     build_space,
     describe_default_space,
@@ -23,7 +23,7 @@ from training.tune.space import (
     parse_param_flag,
     parse_scalar,
 )
-from training.tune.store import FILENAME, TrialStore, database_failure
+from bnserve.training.tune.store import FILENAME, TrialStore, database_failure
 
 # TrainConfig fields with a flag of their own here (any other: --set FIELD=VALUE)
 _TRAINING_FLAGS = ("data", "target", "task", "epochs", "class_weight", "metric")
@@ -253,7 +253,7 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
         else:
             print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
     if settings.plots and result.ranked:
-        from training.tune.plots import write_plots  # matplotlib only when plotting
+        from bnserve.training.tune.plots import write_plots  # matplotlib only when plotting
 
         paths = write_plots(
             settings.out,

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from training.config import TrainConfig
-from training.data.folds import fold_rows
-from training.data.loading import load_split
-from training.metrics import LOSS
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.folds import fold_rows
+from bnserve.training.data.loading import load_split
+from bnserve.training.metrics import LOSS
 
 AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
 AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
@@ -159,8 +159,8 @@ def final_config(base: TrainConfig, epochs: int, average_share: float) -> TrainC
 
 def retrain(out: Path, config: TrainConfig, *, plot: bool) -> Path:
     """Train `config` into out/final (again from scratch unless a finished one is there)."""
-    from training.rundir import read_json
-    from training.train import train
+    from bnserve.training.rundir import read_json
+    from bnserve.training.train import train
 
     run_dir = out / FINAL_RUN
     meta_path = run_dir / "meta.json"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.errors import TrainingError
+from bnserve.training.errors import TrainingError
 
 
 class TuneError(TrainingError):

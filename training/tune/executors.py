@@ -24,8 +24,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
-from training.tune.trials import run_trial_json
+from bnserve.training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
+from bnserve.training.tune.trials import run_trial_json
 
 # One BLAS thread per worker: K workers on K cores, not K × cores threads fighting.
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.tune.errors import TuneLocked
+from bnserve.training.tune.errors import TuneLocked
 
 LOCK_NAME = "tune.lock"
 

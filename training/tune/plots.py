@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from training import rundir
-from training.tune.sampler import Box
-from training.tune.space import Dimension, SearchSpace
-from training.tune.store import TrialRecord
+from bnserve.training import rundir
+from bnserve.training.tune.sampler import Box
+from bnserve.training.tune.space import Dimension, SearchSpace
+from bnserve.training.tune.store import TrialRecord
 
 BEST_CURVES = 5
 

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from training import rundir
-from training.tune.cv import format_mean_std
-from training.tune.store import TrialRecord
+from bnserve.training import rundir
+from bnserve.training.tune.cv import format_mean_std
+from bnserve.training.tune.store import TrialRecord
 
 CSV_NAME = "results.csv"
 BEST_LINK = "best"  # symlink to the best trial's run directory, ready for `bnserve export`

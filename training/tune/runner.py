@@ -19,14 +19,20 @@ from typing import Any
 
 from tqdm import tqdm
 
-from training.tune import cv, sampler
-from training.tune.errors import TuneError
-from training.tune.executors import Executor, make_executor
-from training.tune.lock import LOCK_NAME, TuneLock
-from training.tune.settings import RUNTIME_FIELDS, TuneSettings, with_defaults
-from training.tune.space import SearchSpace
-from training.tune.store import FILENAME, NEW_FILENAME, PlannedTrial, TrialRecord, TrialStore
-from training.tune.trials import TrialOutcome, TrialRequest
+from bnserve.training.tune import cv, sampler
+from bnserve.training.tune.errors import TuneError
+from bnserve.training.tune.executors import Executor, make_executor
+from bnserve.training.tune.lock import LOCK_NAME, TuneLock
+from bnserve.training.tune.settings import RUNTIME_FIELDS, TuneSettings, with_defaults
+from bnserve.training.tune.space import SearchSpace
+from bnserve.training.tune.store import (
+    FILENAME,
+    NEW_FILENAME,
+    PlannedTrial,
+    TrialRecord,
+    TrialStore,
+)
+from bnserve.training.tune.trials import TrialOutcome, TrialRequest
 
 MIN_REFERENCE = 4  # early stopping waits for this many ended trials to compare with
 
@@ -158,9 +164,9 @@ def _run_locked(settings: TuneSettings, space: SearchSpace, *, resume: bool) -> 
 
 def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
     """Load the data once here, so a bad file, fold count or metric is named before any trial."""
-    from training.data.loading import load_dataset
-    from training.data.targets import check_class_counts
-    from training.metrics import check_metric, default_metric
+    from bnserve.training.data.loading import load_dataset
+    from bnserve.training.data.targets import check_class_counts
+    from bnserve.training.metrics import check_metric, default_metric
 
     config = space.base_config()
     dataset = load_dataset(config.data, target=config.target, task=config.task)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from training.tune.errors import SpaceError, TuneSettingsError
-from training.tune.space import Dimension, SearchSpace
+from bnserve.training.tune.errors import SpaceError, TuneSettingsError
+from bnserve.training.tune.space import Dimension, SearchSpace
 
 MAX_GRID_POINTS = 10_000
 

@@ -6,10 +6,10 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from training.tune.early_stop import RULES
-from training.tune.errors import TuneSettingsError
-from training.tune.space import SearchSpace, build_space
-from training.tune.trials import OBJECTIVES
+from bnserve.training.tune.early_stop import RULES
+from bnserve.training.tune.errors import TuneSettingsError
+from bnserve.training.tune.space import SearchSpace, build_space
+from bnserve.training.tune.trials import OBJECTIVES
 
 # Settings a resumed tune may change: they decide how trials run, not which trials there are.
 RUNTIME_FIELDS = ("workers", "ray_address", "progress", "plots", "show")

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
-from training.tune.errors import SpaceError
+from bnserve.training.config import TrainConfig
+from bnserve.training.tune.errors import SpaceError
 
 NUMERIC_SCALES = ("linear", "int", "log", "log_int", "log1m")
 SCALES = (*NUMERIC_SCALES, "choice")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from training.tune.early_stop import build_rule
+from bnserve.training.tune.early_stop import build_rule
 
 OBJECTIVES = ("train", "synthetic")
 
@@ -121,16 +121,18 @@ class _Watch:
     def curve(self) -> list[float]:
         if len(self.curves) == 1:
             return self.curves[0]
-        from training.tune.cv import mean_curve
+        from bnserve.training.tune.cv import mean_curve
 
         return mean_curve(self.curves)
 
 
 def _train(request: TrialRequest, watch: _Watch) -> tuple[float, dict[str, Any]]:
-    from training.config import TrainConfig  # the worker imports training only when it trains
-    from training.rundir import read_json
-    from training.train import train
-    from training.tune.cv import summarize
+    from bnserve.training.config import (
+        TrainConfig,  # the worker imports training only when it trains
+    )
+    from bnserve.training.rundir import read_json
+    from bnserve.training.train import train
+    from bnserve.training.tune.cv import summarize
 
     config = TrainConfig.from_dict(request.config)
     runs = [(config, request.run_dir)]

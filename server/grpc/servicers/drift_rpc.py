@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.models.model import Model
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.models.model import Model
 
 
 def drift_response(model: Model) -> pb.ModelDriftResponse:

@@ -7,14 +7,14 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.grpc.servicers.drift_rpc import drift_response
-from server.grpc.streaming import ReadAhead
-from server.models.model import Model, TensorSpec
-from server.models.servable import Servable
-from server.plane.dataplane import DataPlane
-from server.plane.errors import (
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.servicers.drift_rpc import drift_response
+from bnserve.server.grpc.streaming import ReadAhead
+from bnserve.server.models.model import Model, TensorSpec
+from bnserve.server.models.servable import Servable
+from bnserve.server.plane.dataplane import DataPlane
+from bnserve.server.plane.errors import (
     InvalidInput,
     ServingError,
     translate_errors,

@@ -9,11 +9,11 @@ from importlib import metadata as package_metadata
 
 import grpc
 
-from server.gen.inference import grpc_service_pb2 as pb
-from server.gen.inference import grpc_service_pb2_grpc
-from server.gen.inference import model_config_pb2 as config_pb
-from server.models.model import TensorSpec
-from server.plane.dataplane import (
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.gen.inference import model_config_pb2 as config_pb
+from bnserve.server.models.model import TensorSpec
+from bnserve.server.plane.dataplane import (
     BACKEND,
     EXTENSIONS,
     INDEX_STATES,
@@ -24,13 +24,13 @@ from server.plane.dataplane import (
     TensorOut,
     raw_bytes,
 )
-from server.plane.errors import (
+from bnserve.server.plane.errors import (
     InvalidInput,
     ServingError,
     translate_errors,
     translate_stream_errors,
 )
-from server.plane.statistics import Duration, StatsSnapshot
+from bnserve.server.plane.statistics import Duration, StatsSnapshot
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "bnserve"

@@ -23,12 +23,12 @@ from in_process import is_serving, start_server
 from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.observability.calls import ObservabilityInterceptor
-from server.observability.metrics import ServerMetrics
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.settings import ServerSettings
 
 WINDOW = 200  # recent window (examples): differs from the whole life, still holds > 100
 NAMES = ("heldout", "shifted", "shuffled")
@@ -46,10 +46,10 @@ class DigitsModel:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsModel:
-    from export.exporter import ExportSettings, export_run
-    from training.config import TrainConfig
-    from training.rundir import load_run
-    from training.train import train
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.rundir import load_run
+    from bnserve.training.train import train
 
     root = tmp_path_factory.mktemp("digits")
     config = TrainConfig(hidden=(64, 32), epochs=8, seed=0)
@@ -326,7 +326,7 @@ def test_a_model_exported_before_drift_monitoring_is_served_and_says_so_once(
     test_models, caplog
 ) -> None:
     settings = ServerSettings(workers=4, max_inflight=2)
-    with caplog.at_level(logging.WARNING, logger="server.models.model"):
+    with caplog.at_level(logging.WARNING, logger="bnserve.server.models.model"):
         server = start_server(settings, {"old": test_models.classification})
     try:
         assert is_serving(server, "old")
@@ -365,13 +365,15 @@ def test_a_crossed_threshold_is_logged_and_rate_limited(digits, caplog) -> None:
     try:
         assert is_serving(server, "digits")
         with (
-            caplog.at_level(logging.WARNING, logger="server.drift.monitor"),
+            caplog.at_level(logging.WARNING, logger="bnserve.server.drift.monitor"),
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             stub = predictor_pb2_grpc.PredictorStub(channel)
             for _ in range(3):
                 stub.PredictBatch(pb.PredictBatchRequest(features=rows.ravel()))
-        warnings = [r.getMessage() for r in caplog.records if r.name == "server.drift.monitor"]
+        warnings = [
+            r.getMessage() for r in caplog.records if r.name == "bnserve.server.drift.monitor"
+        ]
         assert len(warnings) == 1
         assert "model digits version 1" in warnings[0] and "4 feature(s)" in warnings[0]
         for column in moved:
@@ -412,7 +414,7 @@ def test_malformed_drift_metadata_is_reported_and_the_model_served(
             prop.value = value
     path = tmp_path / "edited.onnx"
     path.write_bytes(model.SerializeToString())
-    with caplog.at_level(logging.WARNING, logger="server.models.model"):
+    with caplog.at_level(logging.WARNING, logger="bnserve.server.models.model"):
         server = start_server(ServerSettings(workers=4, max_inflight=2), {"edited": path})
     try:
         assert is_serving(server, "edited")
@@ -434,7 +436,7 @@ def _write_csv(path: Path, names: list[str], x: np.ndarray) -> Path:
 
 
 def test_bnserve_drift_flags_the_same_four_offline(digits, served, tmp_path, capsys) -> None:
-    from export.drift_cli import main
+    from bnserve.export.drift_cli import main
 
     rows, moved = shifted_rows(digits)
     names = sorted(digits.feature_names[column] for column in moved)

@@ -19,11 +19,11 @@ from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.grpc.executor import check_grpc_internals
-from server.observability.metrics import ServerMetrics
-from server.settings import ServerSettings
+from bnserve.server.grpc.executor import check_grpc_internals
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.settings import ServerSettings
 
 PREDICT = "/bnserve.v1.Predictor/Predict"
 STREAM = "/bnserve.v1.Predictor/PredictStream"

@@ -1,4 +1,4 @@
-"""server/gen is exactly what proto/generate.py makes from proto/, and wire-compatible with
+"""server/grpc/gen is exactly what proto/generate.py makes from proto/, and wire-compatible with
 tritonclient's own `inference` definitions."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor
 
-from server.gen.inference import grpc_service_pb2, model_config_pb2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2, model_config_pb2
 
 REPO = Path(__file__).resolve().parents[3]
-GENERATED = REPO / "server" / "gen"
+GENERATED = REPO / "server" / "grpc" / "gen"
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.grpc.streaming import ReadAhead
+from bnserve.server.grpc.streaming import ReadAhead
 
 
 def test_chunks_keep_every_message_in_order() -> None:

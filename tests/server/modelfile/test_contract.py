@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.fold import FOLDED_ACTIVATIONS
-from export.graph import ACTIVATION_OPS
-from server.modelfile.contract import (
+from bnserve.export.fold import FOLDED_ACTIVATIONS
+from bnserve.export.graph import ACTIVATION_OPS
+from bnserve.server.modelfile.contract import (
     FORMAT_VERSION,
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -25,7 +25,7 @@ from server.modelfile.contract import (
     decisive_rows,
     output_names_key,
 )
-from training import config as training_config
+from bnserve.training import config as training_config
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "docs" / "contracts.md"
 
@@ -86,7 +86,7 @@ def test_a_label_must_match_only_where_the_top_two_are_more_than_twice_abs_apart
 
 def test_importing_the_contract_pulls_in_nothing_heavy() -> None:
     code = (
-        "import sys, server.modelfile.contract; "
+        "import sys, bnserve.server.modelfile.contract; "
         "heavy = [m for m in ('onnx', 'onnxruntime', 'grpc', 'training', 'export') "
         "if m in sys.modules]; print(heavy)"
     )

@@ -13,10 +13,10 @@ import pytest
 from model_builder import CLASS_NAMES, NUM_FEATURES, MlpWeights, ModelFiles, build_model
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from server.modelfile.contract import Tolerance
-from server.modelfile.wire import WireFormatError, field_bytes, graph_sha256
-from server.models.model import Model, ModelLimits, SessionThreads
-from server.plane.errors import InvalidInput, ModelLoadError
+from bnserve.server.modelfile.contract import Tolerance
+from bnserve.server.modelfile.wire import WireFormatError, field_bytes, graph_sha256
+from bnserve.server.models.model import Model, ModelLimits, SessionThreads
+from bnserve.server.plane.errors import InvalidInput, ModelLoadError
 
 THREADS = SessionThreads(1, 1)
 

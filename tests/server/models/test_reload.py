@@ -24,12 +24,12 @@ from server_process import (
     remove_version,
 )
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.gen.inference import grpc_service_pb2_grpc
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.settings import ServerSettings
 
 EXAMPLES = np.random.default_rng(11).normal(0, 1.5, (32, NUM_FEATURES)).astype(np.float32)
 
@@ -140,7 +140,7 @@ def test_new_version_swapped_in_and_bad_ones_refused(
     assert answer.model_version == "2"
     np.testing.assert_allclose(answer.probabilities, _probabilities(weights, 0), atol=1e-5)
 
-    caplog.set_level(logging.ERROR, logger="server.models.reload")
+    caplog.set_level(logging.ERROR, logger="bnserve.server.models.reload")
     install_version(model_dir, 3, corrupt_bytes(model_bytes(seed=3)[0]))
     install_version(model_dir, 4, bad_parity_bytes(seed=4))
     running.server.versions.scan()
@@ -178,7 +178,7 @@ def test_file_still_being_written_is_not_read(
     data, _ = model_bytes(seed=2)
     (model_dir / "2").mkdir()
     partial = model_dir / "2" / "model.onnx"
-    caplog.set_level(logging.INFO, logger="server.models.reload")
+    caplog.set_level(logging.INFO, logger="bnserve.server.models.reload")
     with partial.open("wb") as writer:  # an in-place copy, half done
         writer.write(data[: len(data) // 2])
         writer.flush()
@@ -370,7 +370,7 @@ def test_single_file_replaced_is_reloaded_and_deleted_keeps_serving(
     answer = running.predict()
     assert answer.model_version == "1"
     np.testing.assert_allclose(answer.probabilities, _probabilities(weights, 0), atol=1e-5)
-    caplog.set_level(logging.WARNING, logger="server.models.reload")
+    caplog.set_level(logging.WARNING, logger="bnserve.server.models.reload")
     model_file.unlink()
     running.server.versions.scan()
     assert running.predict().model_version == "1" and running.serving()
@@ -402,7 +402,7 @@ def _failing_warm_up_bytes(seed: int) -> bytes:
 def test_a_version_whose_warm_up_raises_is_refused_once_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from server.observability.metrics import ServerMetrics
+    from bnserve.server.observability.metrics import ServerMetrics
 
     model_dir = tmp_path / "iris"
     install_version(model_dir, 1, model_bytes(seed=1)[0])

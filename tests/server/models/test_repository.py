@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.models.repository import FAILED, READY, ModelRepository
-from server.models.servable import Servable
-from server.plane.errors import ModelNotFound, ModelNotReady
+from bnserve.server.models.repository import FAILED, READY, ModelRepository
+from bnserve.server.models.servable import Servable
+from bnserve.server.plane.errors import ModelNotFound, ModelNotReady
 
 
 class _Tag(Servable):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.models.versions import (
+from bnserve.server.models.versions import (
     ModelPathError,
     is_settled,
     resolve_sources,

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from server.observability.logs import JsonFormatter, LogThrottle, configure_logging
+from bnserve.server.observability.logs import JsonFormatter, LogThrottle, configure_logging
 
 
 def _formatted(record_logger: logging.Logger, formatter: logging.Formatter) -> list[str]:

@@ -15,8 +15,8 @@ from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess, corrupt_bytes, free_port, install_version, model_bytes
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 PREDICT = "bnserve.v1.Predictor/Predict"
 BATCH = "bnserve.v1.Predictor/PredictBatch"
@@ -116,7 +116,7 @@ def test_metrics_port_in_use_is_named(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         server = ServerProcess(["--model", str(tmp_path / "iris"), "--metrics-port", str(port)])
-        exit_code = server.wait(timeout=60)
+        exit_code = server.process.wait(timeout=60)
         server.stop()
     assert exit_code == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()

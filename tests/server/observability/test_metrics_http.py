@@ -1,5 +1,4 @@
-"""The metrics endpoint's own server (server/observability/metrics_http.py): /metrics only,
-capped threads."""
+"""The metrics endpoint's own server (metrics_http.py): /metrics only, capped threads."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from server.observability.metrics_http import serve_metrics
+from bnserve.server.observability.metrics_http import serve_metrics
 
 
 @pytest.fixture()

@@ -11,10 +11,10 @@ import pytest
 from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.observability.calls import ObservabilityInterceptor
-from server.settings import ServerSettings
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.settings import ServerSettings
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
     InMemorySpanExporter,
 )
 
-from server.observability.tracing import Tracing  # noqa: E402
+from bnserve.server.observability.tracing import Tracing  # noqa: E402
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -81,7 +81,7 @@ def test_otlp_endpoint_without_the_tracing_extra_is_one_clear_line(test_models) 
     if importlib.util.find_spec("opentelemetry.exporter.otlp") is not None:
         pytest.skip("the tracing extra is installed here")
     served = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(test_models.classification),
+        [sys.executable, "-m", "bnserve.server", "--model", str(test_models.classification),
          "--port", "0", "--metrics-port", "0", "--http-port", "0",
          "--otlp-endpoint", "http://127.0.0.1:4317"],
         capture_output=True, text=True, timeout=120,

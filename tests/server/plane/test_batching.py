@@ -14,13 +14,13 @@ from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from model_gate import ModelGate, wait_until
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.observability.metrics import ServerMetrics
-from server.plane.batching import DynamicBatcher
-from server.plane.errors import DeadlineExpired, Overloaded
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.plane.batching import DynamicBatcher
+from bnserve.server.plane.errors import DeadlineExpired, Overloaded
+from bnserve.server.settings import ServerSettings
 
 LONG_DELAY_MS = 10_000.0  # a batch that waited for batch-mates would outlive every deadline
 
@@ -85,7 +85,7 @@ def test_calls_that_queue_while_the_next_batch_gathers_join_it(
         second = pool.submit(batcher.score, callers[1])
         wait_until(lambda: batcher.queued == 1, "the second call queued behind it")
         monkeypatch.setattr(
-            "server.plane.batching.os.sched_yield", a_call_arrives_during_the_first_yield
+            "bnserve.server.plane.batching.os.sched_yield", a_call_arrives_during_the_first_yield
         )
         gate.release()
         answers = [first.result(10), second.result(10), late[0].result(10)]

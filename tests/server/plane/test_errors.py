@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from server.plane.errors import (
+from bnserve.server.plane.errors import (
     INTERNAL_MESSAGE,
     DeadlineExpired,
     InvalidInput,
@@ -72,7 +72,10 @@ def test_domain_errors_map_to_their_status(error: ServingError, code: grpc.Statu
 
 def test_unexpected_error_is_generic_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     context = _Context()
-    with caplog.at_level(logging.ERROR, logger="server.plane.errors"), pytest.raises(_Aborted):
+    with (
+        caplog.at_level(logging.ERROR, logger="bnserve.server.plane.errors"),
+        pytest.raises(_Aborted),
+    ):
         _Servicer(KeyError("secret internals")).Unary(None, context)
     assert context.code == grpc.StatusCode.INTERNAL
     assert context.details == INTERNAL_MESSAGE and "secret" not in context.details

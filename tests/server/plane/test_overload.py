@@ -15,12 +15,12 @@ from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 from model_gate import ModelGate, wait_until
 
-from server.app import Server
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.gen.inference import grpc_service_pb2_grpc
-from server.settings import ServerSettings
+from bnserve.server.app import Server
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.settings import ServerSettings
 
 REQUEST = pb.PredictRequest(model_name="iris", features=[0.25] * NUM_FEATURES)
 HOLD_S = 2.0  # timeouts of calls made while the model is held

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.process.cores import cgroup_cpu_quota, usable_cores
-from server.settings import ServerSettings
+from bnserve.server.process.cores import cgroup_cpu_quota, usable_cores
+from bnserve.server.settings import ServerSettings
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:

@@ -14,9 +14,14 @@ import pytest
 from model_builder import ModelFiles
 from server_process import ServerProcess
 
-from server.process.cores import allowed_cores, cgroup_cpuset, format_cpu_list, parse_cpu_list
-from server.process.placement import plan_placement, setting_problem
-from server.settings import ServerSettings
+from bnserve.server.process.cores import (
+    allowed_cores,
+    cgroup_cpuset,
+    format_cpu_list,
+    parse_cpu_list,
+)
+from bnserve.server.process.placement import plan_placement, setting_problem
+from bnserve.server.settings import ServerSettings
 
 CHILD_PID = r"process (\d+) is pid (\d+), "
 SUPERVISOR_READY = r"2 processes serving on port (\d+), ready"
@@ -198,7 +203,7 @@ def test_a_list_outside_the_mask_is_refused_in_one_line(
     core = min(allowed_cores())
     other = core + 1
     refused = subprocess.run(
-        ["taskset", "-c", str(core), sys.executable, "-m", "server",
+        ["taskset", "-c", str(core), sys.executable, "-m", "bnserve.server",
          "--model", str(test_models.classification), "--processes", processes,
          "--cpu-affinity", f"{core},{other}", "--port", "0", "--http-port", "0",
          "--metrics-port", "0"],  # refused before anything binds; nothing to collide

@@ -24,8 +24,8 @@ from model_gate import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess, free_port
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
 SUPERVISOR_READY = r"(\d+) processes serving on port (\d+), ready"
 CHILD_PID = r"process (\d+) is pid (\d+)"
@@ -247,7 +247,7 @@ def test_no_loadable_model_ends_the_start_up_with_one_line_as_one_process_does(
     where one process exits 2."""
     for processes in ("1", "2"):
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--model", str(test_models.bad_parity),
+            [sys.executable, "-m", "bnserve.server", "--model", str(test_models.bad_parity),
              "--port", "0", "--metrics-port", "0", "--http-port", "0", "--processes", processes],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -308,8 +308,9 @@ def test_ports_are_kept_from_independent_servers(test_models: ModelFiles) -> Non
                  f"127.0.0.1:{server.http_port}"),
             ]:  # fmt: skip
                 second = subprocess.run(
-                    [sys.executable, "-m", "server", "--model", str(test_models.classification),
-                     "--metrics-port", "0", *ports, *extra],
+                    [sys.executable, "-m", "bnserve.server",
+                     "--model", str(test_models.classification), "--metrics-port", "0",
+                     *ports, *extra],
                     capture_output=True, text=True, timeout=120,
                 )  # fmt: skip
                 assert second.returncode == 2, second.stderr
@@ -334,7 +335,7 @@ def test_bad_settings_fail_once_before_any_process_starts(
         ([*tls, "--processes", "2"], "none.pem: cannot read it"),
     ]:
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "bnserve.server", "--metrics-port", "0", *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2, result.stderr
@@ -345,7 +346,7 @@ def test_bad_settings_fail_once_before_any_process_starts(
 
 def test_child_dies_when_the_supervisor_is_killed(test_models: ModelFiles) -> None:
     server, children = _supervised(test_models)
-    server.kill()
+    server.process.kill()
     assert server.stop() == -signal.SIGKILL
     for pid in children.values():
         wait_until(lambda pid=pid: not _alive(pid), f"child {pid} stopped", 60)

@@ -17,12 +17,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.gen.inference import grpc_service_pb2 as v2
-from server.gen.inference import grpc_service_pb2_grpc
-from server.grpc.servicers.unimplemented import UnimplementedHandler
-from server.security.auth import (
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.servicers.unimplemented import UnimplementedHandler
+from bnserve.server.security.auth import (
     TOKEN_ENV,
     TokenAuthInterceptor,
     TokenConfigError,
@@ -66,7 +66,7 @@ def test_a_flood_of_refused_calls_logs_one_line_per_interval(
     auth = TokenAuthInterceptor(load_token_digests("", {TOKEN_ENV: ENV_TOKEN}))
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     method = "/bnserve.v1.Predictor/Predict"
-    with caplog.at_level(logging.WARNING, logger="server.security.auth"):
+    with caplog.at_level(logging.WARNING, logger="bnserve.server.security.auth"):
         for _ in range(500):
             denying = auth.intercept_service(lambda details: handler, _Details(method, ()))
             assert denying is not handler
@@ -85,7 +85,7 @@ def test_a_method_nobody_serves_answers_unimplemented_without_a_token_check(
     and a log-throttle key (unbounded growth from one unauthenticated client)."""
     auth = TokenAuthInterceptor(load_token_digests("", {TOKEN_ENV: ENV_TOKEN}))
     unimplemented = UnimplementedHandler(["bnserve.v1.Predictor"])
-    with caplog.at_level(logging.WARNING, logger="server.security.auth"):
+    with caplog.at_level(logging.WARNING, logger="bnserve.server.security.auth"):
         for index in range(200):
             details = _Details(f"/invented.Service/Method{index}", ())
             handler = unimplemented.service(details)

@@ -15,9 +15,9 @@ from certificates import Pki, make_pki
 from model_builder import NUM_FEATURES, ModelFiles
 from server_process import ServerProcess
 
-from server.gen.bnserve.v1 import predictor_pb2 as pb
-from server.gen.bnserve.v1 import predictor_pb2_grpc
-from server.security.tls import TlsConfigError, server_credentials
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from bnserve.server.security.tls import TlsConfigError, server_credentials
 
 FEATURES = np.linspace(-1, 1, NUM_FEATURES, dtype=np.float32)
 
@@ -108,7 +108,7 @@ def test_predict_client_with_ca_and_token(pki: Pki, test_models: ModelFiles, tmp
     features = ",".join(str(value) for value in FEATURES)
     try:
         server.wait_ready()
-        base = [sys.executable, "-m", "bnserve_cli", "predict", "--target", server.target,
+        base = [sys.executable, "-m", "bnserve.cli", "predict", "--target", server.target,
                 f"--features={features}", "--timeout", "10"]  # fmt: skip
         env = {key: value for key, value in os.environ.items() if key != "BNSERVE_AUTH_TOKEN"}
 

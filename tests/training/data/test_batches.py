@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import model
-from training.config import TrainConfig
-from training.data import batches
-from training.data.batches import Rows
-from training.layers import BatchNormSettings
-from training.rundir import load_run
-from training.train import batch_slices, train
+from bnserve.training import model
+from bnserve.training.config import TrainConfig
+from bnserve.training.data import batches
+from bnserve.training.data.batches import Rows
+from bnserve.training.layers import BatchNormSettings
+from bnserve.training.rundir import load_run
+from bnserve.training.train import batch_slices, train
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_streaming_over_the_cache_equals_the_in_memory_path(tmp_path, small_chun
 
 
 def test_the_run_directory_holds_at_most_the_heldout_cap(tmp_path, monkeypatch):
-    from training import train as train_module
+    from bnserve.training import train as train_module
 
     monkeypatch.setattr(train_module, "HELDOUT_MAX_ROWS", 40)
     data = tmp_path / "table.csv"

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from training.data import cache
-from training.data.cache import RowFile, load_table
-from training.errors import DataError
+from bnserve.training.data import cache
+from bnserve.training.data.cache import RowFile, load_table
+from bnserve.training.errors import DataError
 
 
 def write_csv(path, rows: int, offset: float = 0.0) -> None:
@@ -184,7 +184,7 @@ def test_rowfile_gathers_any_rows_in_the_order_asked(tmp_path, monkeypatch, piec
 
 
 def test_train_cli_puts_the_cache_where_cache_dir_says(tmp_path):
-    from training.cli import main
+    from bnserve.training.cli import main
 
     source = tmp_path / "d.csv"
     write_csv(source, 60)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.folds import fold_rows, fold_split
-from training.data.loading import load_dataset, split_rows
-from training.errors import DataError
+from bnserve.training.data.folds import fold_rows, fold_split
+from bnserve.training.data.loading import load_dataset, split_rows
+from bnserve.training.errors import DataError
 
 
 @pytest.fixture(scope="module")

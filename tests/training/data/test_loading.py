@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.data.loading import fit_standardization, load_dataset, split_rows
-from training.errors import DataError
+from bnserve.training.data.loading import fit_standardization, load_dataset, split_rows
+from bnserve.training.errors import DataError
 
 
 def write_csv(tmp_path, text: str, name: str = "data.csv"):

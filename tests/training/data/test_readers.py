@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.config import TrainConfig
-from training.data.loading import load_dataset
-from training.errors import DataError
-from training.train import prepare
+from bnserve.training.config import TrainConfig
+from bnserve.training.data.loading import load_dataset
+from bnserve.training.errors import DataError
+from bnserve.training.train import prepare
 
 
 def write_parquet(path, columns: dict[str, list], names: list[str] | None = None) -> str:
@@ -69,7 +69,7 @@ def test_parquet_regression_and_string_feature_columns(tmp_path):
 
 
 def test_csv_with_many_blocks_keeps_row_order(tmp_path, monkeypatch):
-    from training.data import readers
+    from bnserve.training.data import readers
 
     monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 10)
     monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 7)
@@ -90,7 +90,7 @@ def test_csv_with_many_blocks_keeps_row_order(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
 def test_csv_pieces_cut_only_at_line_breaks(tmp_path, monkeypatch, ending):
-    from training.data import readers
+    from bnserve.training.data import readers
 
     monkeypatch.setattr(readers, "BLOCK_BYTES", 16)  # most lines are longer than a piece
     rows = [[1.5, 123456.789012, 0], [-2.0, 0.25, 1], [3.0, 4.0, 1]] * 20
@@ -106,7 +106,7 @@ def test_csv_pieces_cut_only_at_line_breaks(tmp_path, monkeypatch, ending):
 
 
 def test_a_failing_piece_stops_the_read_and_names_its_line(tmp_path, monkeypatch):
-    from training.data import readers
+    from bnserve.training.data import readers
 
     monkeypatch.setattr(readers, "BLOCK_BYTES", 64)
     parsed: list[int] = []
@@ -249,7 +249,7 @@ def test_fewer_than_two_training_rows_names_the_file(tmp_path, kind):
 
 
 def test_a_bad_line_deep_in_a_gzip_csv_is_found_by_the_rescan(tmp_path, monkeypatch):
-    from training.data import readers
+    from bnserve.training.data import readers
 
     monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 12)
     lines = [f"{i},{i % 2}\n" for i in range(3000)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.targets import MIN_ROWS_PER_CLASS, check_class_counts
-from training.errors import DataError
+from bnserve.training.data.targets import MIN_ROWS_PER_CLASS, check_class_counts
+from bnserve.training.errors import DataError
 
 
 def _labels(counts: list[int]) -> tuple[np.ndarray, list[str]]:

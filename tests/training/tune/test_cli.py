@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from training.rundir import load_run
-from training.tune.cli import main
-from training.tune.store import FILENAME, TrialStore
+from bnserve.training.rundir import load_run
+from bnserve.training.tune.cli import main
+from bnserve.training.tune.store import FILENAME, TrialStore
 
 from .processes import alive
 

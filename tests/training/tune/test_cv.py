@@ -9,13 +9,13 @@ import statistics
 import numpy as np
 import pytest
 
-from training.data.loading import load_dataset, split_rows
-from training.rundir import load_run
-from training.tune import cv
-from training.tune.cli import main
-from training.tune.runner import rank_trials, run_tune
-from training.tune.settings import TuneSettings
-from training.tune.store import TrialRecord
+from bnserve.training.data.loading import load_dataset, split_rows
+from bnserve.training.rundir import load_run
+from bnserve.training.tune import cv
+from bnserve.training.tune.cli import main
+from bnserve.training.tune.runner import rank_trials, run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.store import TrialRecord
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_repeated_cv_scores_every_drawing_of_the_folds_the_same_with_1_and_2_wor
 
 
 def test_cv_repeats_auto_repeats_for_small_data(small_npz, monkeypatch):
-    from training.config import TrainConfig
+    from bnserve.training.config import TrainConfig
 
     base = TrainConfig(data=str(small_npz))
     assert cv.resolve_repeats(None, base, 5) == (
@@ -178,7 +178,7 @@ def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
 
 
 def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
-    from training.config import TrainConfig
+    from bnserve.training.config import TrainConfig
 
     base = TrainConfig(data=str(small_npz))
     assert cv.resolve_cv("auto", base) == (

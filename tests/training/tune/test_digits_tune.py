@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import TrainConfig
-from training.train import train
-from training.tune.runner import run_tune
-from training.tune.settings import TuneSettings
-from training.tune.space import DEFAULT_SPACE
+from bnserve.training.config import TrainConfig
+from bnserve.training.train import train
+from bnserve.training.tune.runner import run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.space import DEFAULT_SPACE
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.tune.early_stop import HalvingRule, MedianRule, build_rule
+from bnserve.training.tune.early_stop import HalvingRule, MedianRule, build_rule
 
 # Eight reference trials whose best dev errors by any epoch are 0.1, 0.2, …, 0.8.
 REFERENCES = tuple((0.9, *(0.1 * k,) * 11) for k in range(1, 9))

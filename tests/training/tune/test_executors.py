@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from training.rundir import load_run
-from training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
-from training.tune.executors import LocalExecutor, check_ray_address
-from training.tune.runner import run_tune
-from training.tune.settings import TuneSettings
-from training.tune.trials import TrialOutcome, TrialRequest
+from bnserve.training.rundir import load_run
+from bnserve.training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
+from bnserve.training.tune.executors import LocalExecutor, check_ray_address
+from bnserve.training.tune.runner import run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.trials import TrialOutcome, TrialRequest
 
 from .processes import alive
 
@@ -214,7 +214,7 @@ def test_a_cluster_address_sends_the_token_ray_would(tmp_path, env, home_token, 
         (tmp_path / ".ray" / "auth_token").write_text("t0k")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     code = (
-        "import os; from training.tune.executors import use_cluster_token; "
+        "import os; from bnserve.training.tune.executors import use_cluster_token; "
         "print(use_cluster_token(), os.environ.get('RAY_AUTH_MODE'))"
     )
     result = subprocess.run(

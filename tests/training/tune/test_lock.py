@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from training.tune.errors import TuneLocked
-from training.tune.lock import LOCK_NAME, TuneLock
-from training.tune.store import FILENAME
+from bnserve.training.tune.errors import TuneLocked
+from bnserve.training.tune.lock import LOCK_NAME, TuneLock
+from bnserve.training.tune.store import FILENAME
 
 from .processes import alive
 from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, _states
@@ -22,7 +22,7 @@ from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, 
 # Trials of a few seconds each: the first tune is still mid-way while the second ones are refused.
 LONG_TRIALS = [*SLOW_TRIALS, "--epochs", "150"]
 HOLD = (
-    "import sys; from pathlib import Path; from training.tune.lock import TuneLock\n"
+    "import sys; from pathlib import Path; from bnserve.training.tune.lock import TuneLock\n"
     "with TuneLock(Path(sys.argv[1])):\n"
     "    print('locked', flush=True); sys.stdin.read()\n"
 )
@@ -123,8 +123,8 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
 
 def test_the_results_are_written_while_the_lock_is_held(tmp_path: Path) -> None:
     """results.csv, the best link and the plots are written by the directory's one writer too."""
-    from training.tune.runner import run_tune
-    from training.tune.settings import TuneSettings
+    from bnserve.training.tune.runner import run_tune
+    from bnserve.training.tune.settings import TuneSettings
 
     from .test_executors import SYNTHETIC
 

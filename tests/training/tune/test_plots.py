@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.tune.plots import dev_error_figure, write_plots
-from training.tune.sampler import full_box
-from training.tune.space import build_space
-from training.tune.store import TrialRecord
+from bnserve.training.tune.plots import dev_error_figure, write_plots
+from bnserve.training.tune.sampler import full_box
+from bnserve.training.tune.space import build_space
+from bnserve.training.tune.store import TrialRecord
 
 SPACE = build_space(
     {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from training.tune.store import FILENAME, TrialStore
+from bnserve.training.tune.store import FILENAME, TrialStore
 
 pytestmark = [
     pytest.mark.slow,

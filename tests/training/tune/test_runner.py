@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.rundir import load_run
-from training.tune.errors import TuneError, TuneSettingsError
-from training.tune.runner import run_tune
-from training.tune.settings import TuneSettings
-from training.tune.store import FILENAME, TrialStore
+from bnserve.training.rundir import load_run
+from bnserve.training.tune.errors import TuneError, TuneSettingsError
+from bnserve.training.tune.runner import run_tune
+from bnserve.training.tune.settings import TuneSettings
+from bnserve.training.tune.store import FILENAME, TrialStore
 
 # Real training, small enough for ~0.2 s a trial on digits.
 TINY_TRAINING = {

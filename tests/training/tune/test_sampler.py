@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.tune import sampler
-from training.tune.errors import SpaceError, TuneSettingsError
-from training.tune.space import build_space
+from bnserve.training.tune import sampler
+from bnserve.training.tune.errors import SpaceError, TuneSettingsError
+from bnserve.training.tune.space import build_space
 
 N_SAMPLES = 4000
 # Binomial standard deviation for p = 0.25 and n = 4000 is 0.007: 0.035 is five of them.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.tune.errors import SpaceError
-from training.tune.space import (
+from bnserve.training.tune.errors import SpaceError
+from bnserve.training.tune.space import (
     DEFAULT_SPACE,
     Dimension,
     build_space,
@@ -194,7 +194,7 @@ def test_the_default_space_regularizes_on_the_right_scales():
 
 
 def test_tune_help_documents_every_default_range(capsys):
-    from training.tune.cli import build_parser
+    from bnserve.training.tune.cli import build_parser
 
     text = build_parser().format_help()
     for dimension in build_space(DEFAULT_SPACE).dimensions:

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from training.tune.store import PlannedTrial, TrialStore
+from bnserve.training.tune.store import PlannedTrial, TrialStore
 
 
 def _planned(first, count):

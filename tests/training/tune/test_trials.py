@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from training.config import TrainConfig
-from training.rundir import load_run
-from training.tune.trials import TrialOutcome, TrialRequest, run_trial_json
+from bnserve.training.config import TrainConfig
+from bnserve.training.rundir import load_run
+from bnserve.training.tune.trials import TrialOutcome, TrialRequest, run_trial_json
 
 
 def _request(tmp_path, **config_changes):

@@ -11,13 +11,25 @@ import sys
 
 # subcommand -> (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("training.cli", "main", "train an MLP with batch norm into a run directory"),
-    "tune": ("training.tune.cli", "main", "random search over hyperparameters"),
-    "export": ("export.cli", "main", "fold batch norm and write model.onnx"),
-    "import": ("export.import_cli", "main", "fold and wrap a BN MLP trained elsewhere (ONNX)"),
-    "serve": ("server.cli", "main", "serve an ONNX model over gRPC"),
-    "predict": ("server.clients.predict", "main", "score examples against a running server"),
-    "drift": ("export.drift_cli", "main", "compare inputs with a model's training distribution"),
+    "train": ("bnserve.training.cli", "main", "train an MLP with batch norm into a run directory"),
+    "tune": ("bnserve.training.tune.cli", "main", "random search over hyperparameters"),
+    "export": ("bnserve.export.cli", "main", "fold batch norm and write model.onnx"),
+    "import": (
+        "bnserve.export.import_cli",
+        "main",
+        "fold and wrap a BN MLP trained elsewhere (ONNX)",
+    ),
+    "serve": ("bnserve.server.cli", "main", "serve an ONNX model over gRPC"),
+    "predict": (
+        "bnserve.server.clients.predict",
+        "main",
+        "score examples against a running server",
+    ),
+    "drift": (
+        "bnserve.export.drift_cli",
+        "main",
+        "compare inputs with a model's training distribution",
+    ),
 }
 
 

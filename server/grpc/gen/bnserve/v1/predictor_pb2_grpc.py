@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.gen.bnserve.v1 import predictor_pb2 as bnserve_dot_v1_dot_predictor__pb2
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as bnserve_dot_v1_dot_predictor__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
