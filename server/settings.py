@@ -121,9 +121,9 @@ class ServerSettings:
     )
     processes: str = _setting(
         "1",
-        "Serving processes on one port (SO_REUSEPORT), each with its own onnxruntime session, "
-        "under a supervisor that restarts any that dies; 'auto': the cores this process may use "
-        "(affinity, capped by a cgroup CPU quota).",
+        "Serving processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own "
+        "onnxruntime session, under a supervisor that restarts any that dies; 'auto': the cores "
+        "this process may use (affinity within the cgroup cpuset, capped by a CPU quota).",
     )
     cpu_affinity: str = _setting(
         "auto",
