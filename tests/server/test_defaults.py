@@ -4,14 +4,18 @@ on every door: gRPC health, native Predict, v2 ModelInfer, REST and /metrics.
 
 Issue 24: `--processes 2` exited 2 at start with its defaults (both children bound HTTP 8000)
 and the suite never saw it, because every multi-process test turned HTTP off. HTTP and metrics
-get free ports here (server_process.py), not 8000 and 9090, which other servers may hold.
+get free ports here (server_process.py), not 8000 and 9090, which other servers may hold; the
+literal default ports are used in a network namespace of the test's own (defaults_probe.py).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import ssl
+import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,13 +110,13 @@ def test_every_door_answers(mode: str, digits: Digits, pki: Pki, tmp_path: Path)
                 health_pb2.HealthCheckRequest(service=""), timeout=30
             )  # open without a token, as probes call it
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-            native = _native(channel, digits.rows, token)
-            v2 = _v2(channel, digits.rows, token)
-        rest = _rest(server.http_port, digits.rows, tls, token)
+            native = native_probabilities(channel, digits.rows, token)
+            v2 = v2_probabilities(channel, digits.rows, token)
+        rest = rest_probabilities(server.http_port, digits.rows, tls, token)
         np.testing.assert_array_equal(native, v2)
         np.testing.assert_array_equal(native, rest)
         assert np.allclose(native.sum(axis=1), 1, atol=1e-5)
-        metrics = _scrape(server.metrics_port)
+        metrics = scrape(server.metrics_port)
         for method in ("bnserve.v1.Predictor/Predict", "inference.GRPCInferenceService/ModelInfer"):
             key = ("bnserve_requests_total", (("code", "OK"), ("method", method), ("model", NAME)))
             assert metrics.get(key) == len(digits.rows), (method, sorted(metrics)[:40])
@@ -127,6 +131,33 @@ def test_every_door_answers(mode: str, digits: Digits, pki: Pki, tmp_path: Path)
         assert server.stop() == 0
 
 
+def _private_network() -> bool:
+    """Whether this machine lets an unprivileged process make its own network namespace."""
+    if shutil.which("unshare") is None:
+        return False
+    made = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30)
+    return made.returncode == 0
+
+
+@pytest.mark.skipif(not _private_network(), reason="needs `unshare -rn` (user namespaces)")
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_literal_defaults_in_a_private_network(digits: Digits, processes: str) -> None:
+    """`bnserve serve --model M [--processes 2]` and nothing else: gRPC 50051, HTTP 8000,
+    metrics 9090, in a network namespace no other program shares, so nothing can collide."""
+    probe = Path(__file__).with_name("defaults_probe.py")
+    probed = subprocess.run(
+        ["unshare", "-rn", sys.executable, str(probe), str(digits.path), processes],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert probed.returncode == 0, probed.stdout + probed.stderr
+    assert probed.stdout.splitlines() == [
+        "health SERVING on 127.0.0.1:50051",
+        "native Predict, v2 ModelInfer and REST on 8000 agree",
+        "/metrics on 9090 counted 3 Predict calls",
+        "stopped with exit code 0",
+    ]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: the supervisor sums prometheus-client's multiprocess files, which carry "
@@ -137,14 +168,14 @@ def test_drift_metrics_of_several_processes(digits: Digits, pki: Pki, tmp_path: 
     try:
         server.port = int(server.wait_for(SUPERVISOR_READY, 120).group(1))
         with grpc.insecure_channel(server.target) as channel:
-            _native(channel, digits.rows, [])
-        metrics = _scrape(server.metrics_port)
+            native_probabilities(channel, digits.rows, [])
+        metrics = scrape(server.metrics_port)
         assert any(name == "bnserve_drift_examples" for name, _ in metrics)
     finally:
         assert server.stop() == 0
 
 
-def _native(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
+def native_probabilities(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
     stub = predictor_pb2_grpc.PredictorStub(channel)
     answers = [
         stub.Predict(native_pb.PredictRequest(model_name=NAME, features=row), metadata=token,
@@ -154,7 +185,7 @@ def _native(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
     return np.asarray(answers, dtype=np.float32)
 
 
-def _v2(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
+def v2_probabilities(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     answers = []
     for row in rows:
@@ -167,7 +198,9 @@ def _v2(channel: grpc.Channel, rows: np.ndarray, token: list) -> np.ndarray:
     return np.asarray(answers, dtype=np.float32)
 
 
-def _rest(port: int, rows: np.ndarray, tls: ssl.SSLContext | None, token: list) -> np.ndarray:
+def rest_probabilities(
+    port: int, rows: np.ndarray, tls: ssl.SSLContext | None, token: list
+) -> np.ndarray:
     headers = {"Content-Type": "application/json", **{k.title(): v for k, v in token}}
     if tls is None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -193,7 +226,7 @@ def _rest(port: int, rows: np.ndarray, tls: ssl.SSLContext | None, token: list) 
     return np.asarray(answers, dtype=np.float32)
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
