@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
@@ -19,6 +19,10 @@ from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
 from bnserve.server.process.placement import current_core, pin_process, plan_placement
 from bnserve.server.process.supervisor import Supervisor, WorkerLink
 from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
+
+if TYPE_CHECKING:  # imported when serving starts, after logging is set up
+    from bnserve.server.app import Server
+    from bnserve.server.operations import Operations
 
 log = logging.getLogger("bnserve.server")
 
@@ -112,58 +116,66 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     log.info("%s", settings.summary())
     if link is not None:
         link.watch_supervisor()
-
-    from bnserve.server.app import (
-        Server,  # after logging is set up: grpc and onnxruntime log at import
-    )
-    from bnserve.server.operations import Operations
-    from bnserve.server.rest.server import ssl_context
-
-    try:
-        operations = Operations.from_settings(settings, os.environ)
-        if settings.model_control and operations.token_auth is None:
-            raise ValueError(
-                "--model-control needs bearer tokens (--auth-token-file or BNSERVE_AUTH_TOKEN): "
-                "no unauthenticated remote model loading"
-            )
-        server = Server.create(
-            settings,
-            interceptors=operations.interceptors,
-            credentials=operations.credentials,
-            metrics=operations.metrics,
-            http_auth=operations.token_auth.accepts if operations.token_auth else None,
-            http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
-            tracing=operations.tracing,
-            reuse_port=link is not None,
-        )
-        metrics_port = operations.serve_metrics() if link is None else None
-    except ValueError as error:  # bad model path, TLS file or token file
-        print(f"bnserve serve: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a port in use, most likely
-        print(f"bnserve serve: error: {error}", file=sys.stderr)
-        return 2
-    signals = SignalFlags()
+    created = _create(settings, link)
+    if isinstance(created, int):
+        return created
+    server, operations, metrics_port = created
+    signals = SignalFlags()  # before the models load: a stop signal then still stops cleanly
     server.start(load_before_listening=link is not None)
-    no_model = not server.repository.names() and not settings.wait_for_model
-    if no_model:  # as with one process, so with several: no model, no server
-        failures = "; ".join(
-            f"{status.name} version {status.version}: {status.error or status.state}"
-            for status in server.repository.statuses()
-        )
-        message = (
-            f"no model could be loaded ({failures or 'no model found'}); "
-            "fix the model, or pass --wait-for-model to wait for one"
-        )
-        if link is None:
-            print(f"bnserve serve: error: {message}", file=sys.stderr)
-        else:  # the supervisor says it once, for every process
-            link.report_no_model(message)
+    if not server.repository.names() and not settings.wait_for_model:
+        _report_no_model(server, link)  # as with one process, so with several
         server.stop(0)
         operations.stop()
         return 2
     if link is not None:
         link.report(server.repository.ready)
+    _log_serving(server, operations, metrics_port, link)
+    _serve_until_stopped(server, operations, signals)
+    log.info("stopped")
+    return 0
+
+
+def _create(
+    settings: ServerSettings, link: WorkerLink | None
+) -> tuple[Server, Operations, int | None] | int:
+    """Build and bind the server and the metrics endpoint: (server, operations, metrics port),
+    or exit code 2 after one error line (bad model path, TLS or token file; a port in use)."""
+    from bnserve.server.app import (
+        Server,  # after logging is set up: grpc and onnxruntime log at import
+    )
+    from bnserve.server.operations import Operations
+
+    try:
+        operations = Operations.from_settings(settings, os.environ)
+        server = Server.create(settings, operations.extras(reuse_port=link is not None))
+        metrics_port = operations.serve_metrics() if link is None else None
+    except (ValueError, OSError) as error:  # bad files, or a port in use
+        print(f"bnserve serve: error: {error}", file=sys.stderr)
+        return 2
+    return server, operations, metrics_port
+
+
+def _report_no_model(server: Server, link: WorkerLink | None) -> None:
+    """Say once why no model could be loaded (a supervised process tells the supervisor)."""
+    failures = "; ".join(
+        f"{status.name} version {status.version}: {status.error or status.state}"
+        for status in server.repository.statuses()
+    )
+    message = (
+        f"no model could be loaded ({failures or 'no model found'}); "
+        "fix the model, or pass --wait-for-model to wait for one"
+    )
+    if link is None:
+        print(f"bnserve serve: error: {message}", file=sys.stderr)
+    else:  # the supervisor says it once, for every process
+        link.report_no_model(message)
+
+
+def _log_serving(
+    server: Server, operations: Operations, metrics_port: int | None, link: WorkerLink | None
+) -> None:
+    """The start-up lines: the HTTP address, then ports, readiness, TLS, auth and metrics."""
+    settings = server.settings
     if server.http_port is not None:
         scheme = "https" if settings.tls_cert else "http"
         log.info(
@@ -186,6 +198,11 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         else ("served by the supervisor" if link and operations.metrics else "off"),
         " and re-reads tokens" if operations.token_auth is not None else "",
     )
+
+
+def _serve_until_stopped(server: Server, operations: Operations, signals: SignalFlags) -> None:
+    """Reload on SIGHUP; on a stop signal drain (settings.drain_s), then stop."""
+    settings = server.settings
     while signals.wait() == "reload":
         log.info("SIGHUP: rescanning model directories")
         server.request_reload()
@@ -205,8 +222,6 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     log.info("stopping: health NOT_SERVING, in-flight calls get %.1f s", settings.grace_s)
     server.stop()
     operations.stop()
-    log.info("stopped")
-    return 0
 
 
 class SignalFlags:

@@ -48,15 +48,15 @@ class Placement:
 
 
 def setting_problem(value: str) -> str | None:
-    """What is wrong with a --cpu-affinity value's form, or None (the cores are checked against
-    this process's mask by plan_placement)."""
+    """What a --cpu-affinity value must be when its form is wrong ("must be …"), or None (the
+    cores are checked against this process's mask by plan_placement)."""
     if value in (AUTO, NONE):
         return None
     try:
-        cores = parse_cpu_list(value)
+        parse_cpu_list(value)
     except ValueError as error:
-        return f"cpu_affinity={value!r} must be 'auto', 'none' or a CPU list like 0-1,3 ({error})"
-    return None if cores else f"cpu_affinity={value!r} names no core"
+        return f"must be 'auto', 'none' or a CPU list like 0-1,3 ({error})"
+    return None
 
 
 def plan_placement(

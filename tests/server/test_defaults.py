@@ -120,7 +120,7 @@ def test_every_door_answers(mode: str, digits: Digits, pki: Pki, tmp_path: Path)
         for method in ("bnserve.v1.Predictor/Predict", "inference.GRPCInferenceService/ModelInfer"):
             key = ("bnserve_requests_total", (("code", "OK"), ("method", method), ("model", NAME)))
             assert metrics.get(key) == len(digits.rows), (method, sorted(metrics)[:40])
-        rest_infer = ("code", "OK"), ("method", "HTTP /v2/models/{name}/infer"), ("model", "")
+        rest_infer = ("code", "OK"), ("method", "HTTP /v2/models/{name}/infer"), ("model", NAME)
         assert metrics.get(("bnserve_requests_total", rest_infer)) == len(digits.rows)
         drift = {name for name, _ in metrics if name.startswith("bnserve_drift_")}
         if mode == "drift off":

@@ -104,7 +104,10 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.PredictResponse]:
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        outputs = self._plane.score(servable, x, context.time_remaining(), batchable=False)
+        # Each message passed check_features in _answer_chunk, which names the bad one.
+        outputs = self._plane.score(
+            servable, x, context.time_remaining(), batchable=False, checked=True
+        )
         for row, request in enumerate(requests):
             yield _response(servable.model, outputs, request.id, row)
 

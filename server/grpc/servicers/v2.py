@@ -5,7 +5,6 @@ classification extension). Translation only: protobuf in and out, the data plane
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import metadata as package_metadata
 
 import grpc
 
@@ -18,11 +17,13 @@ from bnserve.server.plane.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
     PLATFORM,
+    SERVER_NAME,
     DataPlane,
     OutputRequest,
     TensorIn,
     TensorOut,
     raw_bytes,
+    server_version,
 )
 from bnserve.server.plane.errors import (
     InvalidInput,
@@ -33,20 +34,12 @@ from bnserve.server.plane.errors import (
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "bnserve"
 CLASSIFICATION = "classification"  # the requested output parameter of the extension
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
     "BYTES": config_pb.TYPE_STRING,
 }
-
-
-def server_version() -> str:
-    try:
-        return package_metadata.version("bnserve")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
