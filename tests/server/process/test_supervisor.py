@@ -230,9 +230,21 @@ def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
         assert server.stop() == 0
     every = [outcome for results in outcomes for outcome in results]
     assert set(every) <= {"OK", "UNAVAILABLE"}, sorted(set(every))
-    # Only the dead process's connections lose calls: the one in flight on each (and at most
-    # one more, sent before the client saw the connection reset).
-    assert every.count("UNAVAILABLE") <= 2 * on_victim, details
+    # Only the dead process's connections lose calls, in at most two short runs each: the call
+    # in flight (and one sent before the client saw the reset), then perhaps the reconnect.
+    # The kernel releases a SIGKILLed process's sockets one by one, so a client whose
+    # connection is gone first may reconnect into the dying listener's queue (SO_REUSEPORT)
+    # and be reset again when it goes; its channel then fails calls at once for its reconnect
+    # backoff (~1 s: thousands of calls in this tight loop) and recovers, as the tail shows.
+    failing = [results for results in outcomes if "UNAVAILABLE" in results]
+    assert len(failing) <= on_victim, details
+    for results in failing:
+        runs = sum(
+            1
+            for before, outcome in zip(["OK", *results], results, strict=False)
+            if outcome == "UNAVAILABLE" and before == "OK"
+        )
+        assert runs <= 2, details
     for results in outcomes:
         assert results[-5:] == ["OK"] * 5  # every connection goes on succeeding
     assert re.search(
