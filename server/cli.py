@@ -31,25 +31,42 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per settings field (--max-inflight sets max_inflight); unset flags keep env."""
     parser = argparse.ArgumentParser(
         prog="bnserve serve",
-        description="Serve an exported bnserve model over gRPC: the native bnserve.v1 API, the "
-        "Open Inference Protocol (KServe v2), health and reflection. Every flag can also be set "
-        f"by environment variable {ENV_PREFIX}<FIELD> (e.g. {ENV_PREFIX}PORT); flags win.",
+        usage="bnserve serve (--model PATH [--model PATH ...] | --model-root DIR) [OPTIONS]",
+        description="Serve an exported bnserve model: over gRPC (the native bnserve.v1 API, the "
+        "Open Inference Protocol (KServe v2), health and reflection), the Open Inference "
+        "Protocol over HTTP/REST (--http-port) and Prometheus metrics (--metrics-port). Every "
+        f"flag can also be set by environment variable {ENV_PREFIX}<FIELD> (e.g. "
+        f"{ENV_PREFIX}PORT); flags win.",
     )
     for setting in settable_fields():
         flag = "--" + setting.name.replace("_", "-")
         kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
-        help_text = f"{setting.metadata['help']} (default: {setting.default!r})"
+        help_text = setting.metadata["help"].rstrip(".") + default_text(setting.default)
         if kind == "bool":
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif kind.startswith("tuple"):
-            parser.add_argument(flag, action="append", default=None, help=help_text)
+            parser.add_argument(flag, action="append", default=None, metavar="PATH", help=help_text)
         else:
             parser.add_argument(
                 flag, type={"int": int, "float": float}.get(kind, str), default=None, help=help_text
             )
     return parser
+
+
+def default_text(default: object) -> str:
+    """A setting's default as --help ends it: ` (default: 127.0.0.1)`, ` (default: on)`, or
+    nothing for an empty one (its help says what empty means)."""
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, tuple):
+        shown = ",".join(map(str, default))
+    elif isinstance(default, float):
+        shown = f"{default:g}"
+    else:
+        shown = str(default)
+    return f" (default: {shown})" if shown else ""
 
 
 def settings_from_args(argv: list[str]) -> ServerSettings:
@@ -95,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     if count > 1:
         # The supervisor's children relay their own grpc core lines; it relays none.
         configure_logging(settings.log_level, settings.log_format)
-        log.info("%s", settings.summary())
         supervisor = Supervisor(settings, sys.argv[1:] if argv is None else argv, count, placement)
         return supervisor.run(SignalFlags())
     cores = placement.cores[0]
@@ -112,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     """Run the configured server (a supervised process when link is given) until a stop
-    signal; the exit code."""
-    log.info("%s", settings.summary())
+    signal; the exit code. The settings line comes once the start-up checks have passed, so a
+    server that cannot start says only why."""
     if link is not None:
         link.watch_supervisor()
     created = _create(settings, link)
@@ -127,6 +143,7 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         server.stop(0)
         operations.stop()
         return 2
+    log.info("%s", settings.summary())
     if link is not None:
         link.report(server.repository.ready)
     _log_serving(server, operations, metrics_port, link)

@@ -66,8 +66,9 @@ class ServerSettings:
 
     model: tuple[str, ...] = _setting(
         (),
-        "Model to serve, repeatable (env: comma-separated): a model.onnx file, a model directory "
-        "NAME/VERSION/model.onnx, or a root of such directories.",
+        "Model to serve (required unless --model-root), repeatable (env: comma-separated): a "
+        "model.onnx file, a model directory NAME/VERSION/model.onnx, or a root of such "
+        "directories.",
     )
     name: str = _setting("", "Model name clients use; empty: the file's stem or directory name.")
     model_version: str = _setting("1", "Version label of a model given as a single file.")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bnserve.training.config import FIELD_TYPES, TrainConfig
@@ -50,8 +51,9 @@ def add_config_flag(
     meta = setting.metadata
     text = help_text or f"{meta['help']} (default: {default_text(name)})"
     if kind is bool:
-        if setting.default is not True:
-            raise TypeError(f"{name}: only True-by-default booleans have a --no- flag")
+        if setting.default is not True or meta["off"] is None:
+            raise TypeError(f"{name}: only True-by-default booleans (with off=) have a --no- flag")
+        text = help_text or f"{meta['off']} (default: {meta['help']})"
         group.add_argument(
             "--no-" + flag_of(name)[2:],
             dest=name,
@@ -60,12 +62,26 @@ def add_config_flag(
             help=text,
         )
         return
-    options: dict[str, Any] = {"type": _PARSERS[kind], "default": None, "help": text}
+    parse = _argparse_type(meta["parse"]) if meta["parse"] is not None else _PARSERS[kind]
+    options: dict[str, Any] = {"type": parse, "default": None, "help": text}
     if meta["choices"] is not None:
         options["choices"] = list(meta["choices"])
     if meta["metavar"] is not None:
         options["metavar"] = meta["metavar"]
     group.add_argument(flag_of(name), **options)
+
+
+@functools.cache  # one per field: train's and tune's flags share it
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """parse, with its ValueError's words as argparse's one error line."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse_flag
 
 
 def fields_in_group(group: str) -> Iterable[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata as package_metadata
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -50,14 +49,6 @@ MODEL_UNLOAD_CLOSED = (
 )
 
 _now = time.perf_counter_ns
-
-
-def server_version() -> str:
-    """The installed bnserve's version, as both transports' server metadata states it."""
-    try:
-        return package_metadata.version("bnserve")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class TensorIn(NamedTuple):

@@ -43,7 +43,6 @@ from bnserve.server.plane.dataplane import (
     PLATFORM,
     SERVER_NAME,
     DataPlane,
-    server_version,
 )
 from bnserve.server.plane.errors import (
     BODY_TOO_LARGE,
@@ -62,6 +61,7 @@ from bnserve.server.plane.errors import (
 )
 from bnserve.server.rest import codec
 from bnserve.server.settings import ServerSettings
+from bnserve.server.version import installed_version
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class RestTransport:
         self._observer = options.observer
         self._metadata = {
             "name": SERVER_NAME,
-            "version": server_version(),
+            "version": installed_version(),
             "extensions": EXTENSIONS,
         }
         self._host, self._port = settings.host, settings.http_port

@@ -23,7 +23,6 @@ from bnserve.server.plane.dataplane import (
     TensorIn,
     TensorOut,
     raw_bytes,
-    server_version,
 )
 from bnserve.server.plane.errors import (
     InvalidInput,
@@ -32,6 +31,7 @@ from bnserve.server.plane.errors import (
     translate_stream_errors,
 )
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
+from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 CLASSIFICATION = "classification"  # the requested output parameter of the extension
@@ -49,7 +49,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._metadata = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
+            name=SERVER_NAME, version=installed_version(), extensions=EXTENSIONS
         )
 
     @translate_errors
