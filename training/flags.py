@@ -33,7 +33,7 @@ def default_text(name: str) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, tuple):
-        return ",".join(str(item) for item in default)
+        return ",".join(str(item) for item in default) or "none"
     if isinstance(default, float):
         return f"{default:g}"
     return str(default)
@@ -50,6 +50,9 @@ def add_config_flag(
     kind, _ = FIELD_TYPES[name]
     meta = setting.metadata
     text = help_text or f"{meta['help']} (default: {default_text(name)})"
+    if kind is bool and setting.default is False:
+        group.add_argument(flag_of(name), dest=name, action="store_true", default=None, help=text)
+        return
     if kind is bool:
         if setting.default is not True or meta["off"] is None:
             raise TypeError(f"{name}: only True-by-default booleans (with off=) have a --no- flag")

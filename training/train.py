@@ -19,8 +19,10 @@ from bnserve.training.averaging import WeightAverage
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.data import batches
 from bnserve.training.data.batches import Rows
+from bnserve.training.data.encoding import Encoder
 from bnserve.training.data.folds import fold_split
 from bnserve.training.data.loading import Dataset, Split, fit_standardization, load_split
+from bnserve.training.data.schema import SchemaSettings, TableSchema, fit_schema
 from bnserve.training.data.targets import check_class_counts
 from bnserve.training.early_stopping import BestEpoch
 from bnserve.training.errors import RunError, TrainingError
@@ -58,16 +60,22 @@ class Prepared:
     x_dev: Rows  # (n_dev, F) read on demand, standardized float32
     metric: str = "error"  # the dev metric selected on (training/metrics.py)
     class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
+    schema: TableSchema | None = None  # the columns as the training rows shaped them
+    encoder: Encoder | None = None  # None: x's columns are the inputs as they are
 
 
-def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
-    """Load the data, split it with the seed, standardize with training-split statistics.
+def prepare(
+    config: TrainConfig, *, cache_dir: str | None = None, schema: TableSchema | None = None
+) -> Prepared:
+    """Load the data, split it with the seed, fit the schema and the standardization on the
+    training rows (schema: a resumed run's own, kept as it was).
 
     cache_dir: where CSV/Parquet sources are cached as float32 (training/data/cache.py).
     """
     dataset, split = load_split(config, cache_dir=cache_dir)
     if dataset.task == "classification":
-        check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
+        labeled = dataset.y if dataset.labeled is None else dataset.y[dataset.labeled]
+        check_class_counts(labeled, dataset.class_names or [], dataset.source)
     if config.folds is not None:
         split = fold_split(
             split,
@@ -81,7 +89,10 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
-    mean, std = batches.fit_standardization(dataset.x, split.train)
+    if schema is None:
+        schema = fit_table_schema(config, dataset, split.train)
+    encoder = None if schema.plain else Encoder(schema, dataset.vocabularies)
+    mean, std = batches.fit_standardization(dataset.x, split.train, encoder)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     class_weight = None
@@ -99,11 +110,34 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         std,
         target_mean,
         target_std,
-        Rows(dataset.x, split.train, mean, std),
+        Rows(dataset.x, split.train, mean, std, encoder),
         y_train,
-        Rows(dataset.x, split.dev, mean, std),
+        Rows(dataset.x, split.dev, mean, std, encoder),
         metric,
         class_weight,
+        schema,
+        encoder,
+    )
+
+
+def fit_table_schema(config: TrainConfig, dataset: Dataset, train_rows: np.ndarray) -> TableSchema:
+    """The schema of the dataset's feature columns from its training rows (data/schema.py)."""
+    settings = SchemaSettings(
+        categorical=config.categorical,
+        numeric=config.numeric,
+        ignore=config.ignore,
+        na_values=config.na_values,
+        min_level_count=config.min_level_count,
+        max_levels=config.max_levels,
+    )
+    return fit_schema(
+        dataset.x,
+        train_rows,
+        dataset.feature_names,
+        dataset.vocabularies,
+        dataset.mixed,
+        settings,
+        dataset.place,
     )
 
 
@@ -284,7 +318,10 @@ def train(
     """
     run_dir = Path(out_dir)
     batches.release_freed_memory()
-    prepared = prepare(config, cache_dir=cache_dir)
+    stored_schema = None
+    if resume and (run_dir / "schema.json").is_file():  # the run's columns stay as they were
+        stored_schema = TableSchema.from_dict(rundir.read_json(run_dir / "schema.json"))
+    prepared = prepare(config, cache_dir=cache_dir, schema=stored_schema)
     if resume:
         check_resume_config(run_dir, config)
         epochs = rundir.checkpoint_epochs(run_dir)
@@ -313,6 +350,8 @@ def train(
         state = fresh_state(config, prepared)
     meta["status"] = "running"
     rundir.write_json(run_dir / "config.json", config.to_dict())
+    if prepared.schema is not None and not prepared.schema.plain:
+        rundir.write_json(run_dir / "schema.json", prepared.schema.to_dict())
     rundir.write_json(run_dir / "meta.json", meta)
     return _train_and_finish(
         state, prepared, config, run_dir, meta, progress, checkpoints, plot, on_epoch, blas_threads
@@ -483,9 +522,11 @@ def _finish(
     rundir.write_npz(run_dir / "params.npz", params)
     heldout_part = heldout_source(split)
     heldout_rows = getattr(split, heldout_part)[:HELDOUT_MAX_ROWS]
-    heldout_x = np.asarray(dataset.x[heldout_rows], dtype=np.float64)
-    heldout_y = dataset.y[heldout_rows]
-    rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": heldout_y})
+    heldout = Rows(
+        dataset.x, heldout_rows, prepared.input_mean, prepared.input_std, prepared.encoder
+    )
+    heldout_x = heldout.inputs(heldout_rows)  # (n, D): the inputs params.npz's input.mean is of
+    rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": dataset.y[heldout_rows]})
     history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
     rundir.write_json(run_dir / "history.json", history)
     if plot and state.history:
@@ -493,6 +534,14 @@ def _finish(
 
         write_learning_curve(run_dir / "learning_curve.png", history, dataset.task, prepared.metric)
     meta.update(_describe(config, dataset))
+    if prepared.schema is not None and not prepared.schema.plain:
+        meta["feature_names"] = prepared.schema.inputs  # the D inputs, as params.npz has them
+        meta["columns"] = dataset.feature_names  # the table's feature columns (schema.json)
+    if prepared.encoder is not None:
+        meta["unseen_levels"] = {
+            part: prepared.encoder.unseen_counts(np.asarray(dataset.x[getattr(split, part)]))
+            for part in ("dev", "test")
+        }
     meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
     meta["epochs_trained"] = state.epoch
     meta["kept_epoch"] = kept_epoch
@@ -527,7 +576,9 @@ def _finish(
         meta["dev_error"] = objective(prepared.metric, meta["dev_metrics"])
     test_error = None
     if len(split.test):
-        test_rows = Rows(dataset.x, split.test, prepared.input_mean, prepared.input_std)
+        test_rows = Rows(
+            dataset.x, split.test, prepared.input_mean, prepared.input_std, prepared.encoder
+        )
         test_outputs = batches.predictions(params, meta, test_rows)
         test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
         meta["test_metrics"] = evaluate(test_outputs, dataset.y[split.test], dataset.task)
