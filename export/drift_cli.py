@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bnserve.atomic import write_bytes
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -29,7 +30,6 @@ from bnserve.server.drift.monitor import (
 )
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
-from bnserve.training.rundir import write_bytes
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run

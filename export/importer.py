@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bnserve.atomic import write_bytes
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import check_output_path
 from bnserve.export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
@@ -41,7 +42,6 @@ from bnserve.export.verify import (
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
 from bnserve.training.data.loading import Dataset, load_dataset
 from bnserve.training.errors import DataError
-from bnserve.training.rundir import write_bytes
 
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 

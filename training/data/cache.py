@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+from bnserve import atomic
 from bnserve.training.data.readers import TableInfo, Target, read_table
 from bnserve.training.errors import DataError
 
@@ -138,7 +139,7 @@ def _build_entry(
 ) -> tuple[Path, str]:
     """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
     sha256). sha None: the source is hashed on a second thread while it is read."""
-    temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
+    temporary = cache_dir / f"{atomic.TEMP_PREFIX}{uuid.uuid4().hex}"
     if size >= NOTICE_BYTES:  # the first read of a 453 MB CSV took 4 s: say why it waits
         print(
             f"bnserve: reading {path} ({size / 2**20:,.0f} MB) into the float32 cache in "
@@ -167,7 +168,7 @@ def _build_entry(
             "target_name": info.target_name,
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _fsync_dir(temporary)
+        atomic.fsync_directory(temporary)
         entry = entry_of(content_sha)
         if _open_entry(entry) is not None:
             return entry, content_sha  # another process wrote the same entry meanwhile
@@ -179,7 +180,7 @@ def _build_entry(
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return entry, content_sha  # another process renamed its copy into place first
             raise
-        _fsync_dir(cache_dir)
+        atomic.fsync_directory(cache_dir)
         return entry, content_sha
     except OSError as error:
         raise DataError(
@@ -188,14 +189,6 @@ def _build_entry(
         ) from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
