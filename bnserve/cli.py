@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "score examples against a running server",
     ),
     "drift": (
-        "bnserve.export.drift_cli",
+        "bnserve.server.drift.cli",
         "main",
         "compare inputs with a model's training distribution",
     ),

@@ -4,6 +4,9 @@ distribution, offline, with the server's own statistics (server/drift/monitor.py
 Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
 shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
 is, 2 for bad input), so a pipeline can gate on it.
+
+It imports neither training nor export (the serving image carries it); pyarrow and matplotlib,
+which that image lacks, are imported only when a Parquet file or a PNG asks for them.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from bnserve.export.drift_cli import main
 from bnserve.export.exporter import ExportSettings, export_run
+from bnserve.server.drift.cli import main
 from bnserve.training.rundir import load_run
 
 
@@ -149,3 +151,18 @@ def test_regression_unfolded_and_batchnorm_free_models(
     assert f"of {layers} layers past threshold" in out
     summary = out.splitlines()[-1].split()  # "N of F features and M of L layers past …"
     assert code == (1 if int(summary[0]) + int(summary[5]) else 0)
+
+
+def test_the_command_imports_nothing_the_serving_image_lacks() -> None:
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bnserve.server.drift.cli; print(' '.join(sys.modules))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    heavy = ("bnserve.training", "bnserve.export", "pyarrow", "matplotlib", "onnx.")
+    assert not [name for name in loaded if name.startswith(heavy) or name == "onnx"]

@@ -436,7 +436,7 @@ def _write_csv(path: Path, names: list[str], x: np.ndarray) -> Path:
 
 
 def test_bnserve_drift_flags_the_same_four_offline(digits, served, tmp_path, capsys) -> None:
-    from bnserve.export.drift_cli import main
+    from bnserve.server.drift.cli import main
 
     rows, moved = shifted_rows(digits)
     names = sorted(digits.feature_names[column] for column in moved)
