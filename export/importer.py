@@ -112,7 +112,7 @@ def import_model(settings: ImportSettings) -> ImportReport:
             "batchnorm": bool(chain.batchnorms),
             "bn_momentum": card["bn_momentum"],
             "running_var": card["running_var"],
-            "epsilon": 0.0,  # replaced below: the source's ε per node
+            "epsilon": [node.stated_epsilon for node in chain.batchnorms],
             "run_id": f"import-{source_sha256[:12]}",
             "params_sha256": source_sha256,  # imported: the sha256 of the source .onnx file
         },
@@ -122,10 +122,6 @@ def import_model(settings: ImportSettings) -> ImportReport:
         tolerance=tolerance,
         references=references,
         model=model,
-    )
-    epsilons = sorted({node.stated_epsilon for node in chain.batchnorms})
-    metadata[MetadataKey.EPSILON.full] = (
-        repr(epsilons[0]) if len(epsilons) == 1 else json.dumps(epsilons) if epsilons else ""
     )
     # where the model came from and what its source states
     metadata[MetadataKey.IMPORT.full] = json.dumps(card["import"], sort_keys=True)
