@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from bnserve.flags import add_field_flag, field_types
 from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
 from bnserve.server.process.supervisor import Supervisor, WorkerLink
@@ -29,20 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Open Inference Protocol (KServe v2), health and reflection. Every flag can also be set "
         f"by environment variable {ENV_PREFIX}<FIELD> (e.g. {ENV_PREFIX}PORT); flags win.",
     )
+    kinds = field_types(ServerSettings)
     for setting in settable_fields():
-        flag = "--" + setting.name.replace("_", "-")
-        kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
-        help_text = f"{setting.metadata['help']} (default: {setting.default!r})"
-        if kind == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif kind.startswith("tuple"):
-            parser.add_argument(flag, action="append", default=None, help=help_text)
-        else:
-            parser.add_argument(
-                flag, type={"int": int, "float": float}.get(kind, str), default=None, help=help_text
-            )
+        add_field_flag(
+            parser,
+            setting,
+            kinds[setting.name],
+            shown=repr(setting.default),
+            booleans="pair",  # --health / --no-health
+            sequences="repeated",  # --model A --model B
+        )
     return parser
 
 

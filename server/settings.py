@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bnserve.flags import field_types
 from bnserve.server.process.cores import usable_cores
 
 ENV_PREFIX = "BNSERVE_"
@@ -361,26 +362,29 @@ class ServerSettings:
         return dataclasses.replace(self, **changes)
 
 
+_FIELD_TYPES = field_types(ServerSettings)
+
+
 def settable_fields() -> list[dataclasses.Field[Any]]:
     """The fields a flag or env var may set."""
     return [setting for setting in fields(ServerSettings) if setting.name != "from_env"]
 
 
 def _parse(raw: str, setting: dataclasses.Field[Any], env_name: str) -> Any:
-    kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
+    kind = _FIELD_TYPES[setting.name].kind
     text = raw.strip()
     try:
-        if kind == "bool":
+        if kind is bool:
             if text.lower() in _TRUE:
                 return True
             if text.lower() in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if kind == "int":
+        if kind is int:
             return int(text)
-        if kind == "float":
+        if kind is float:
             return float(text)
-        if kind.startswith("tuple"):
+        if kind is tuple:
             return tuple(item.strip() for item in raw.split(",") if item.strip())
         return raw
     except ValueError as error:
