@@ -79,9 +79,7 @@ def add_field_flag(
     text = help_text or f"{meta['help']} (default: {shown})"
     flag = flag_of(setting.name)
     if field_type.kind is bool and booleans == "pair":
-        container.add_argument(
-            flag, action=argparse.BooleanOptionalAction, default=None, help=text
-        )
+        container.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         return
     if field_type.kind is bool:
         if setting.default is not True:

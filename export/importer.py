@@ -39,6 +39,7 @@ from bnserve.export.verify import (
     onnx_session,
     score_onnx,
 )
+from bnserve.flags import flag_of
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
 from bnserve.training.data.loading import Dataset, load_dataset
 from bnserve.training.errors import DataError
@@ -327,7 +328,7 @@ def _names(
             [f"y{i}" for i in range(outputs)],
         )
     names = list(given or default)
-    flag = "--" + key.replace("_", "-")
+    flag = flag_of(key)
     if len(names) != outputs:
         what = "classes" if chain.task == "classification" else "outputs"
         raise ExportError(f"{flag}: {len(names)} names for {outputs} {what}")
