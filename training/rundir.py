@@ -72,7 +72,7 @@ class Run:
     heldout_y: np.ndarray  # (R,) int64 labels or (R, T) float64 targets
 
 
-def load_run(path: str | os.PathLike) -> Run:
+def load_run(path: str | os.PathLike[str]) -> Run:
     """Load and validate a finished run directory; RunError names the file and the problem."""
     run_dir = Path(path)
     if not run_dir.is_dir():

@@ -22,12 +22,13 @@ import shutil
 import sys
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from bnserve import atomic
 from bnserve.training.data.readers import TableInfo, Target, read_table
@@ -238,6 +239,10 @@ class FeatureRows(Protocol):
     def __getitem__(self, index: Any, /) -> Any: ...
 
 
+# what RowFile[...] takes: a row, a slice of rows, an array of row numbers, or (rows, columns)
+RowIndex = int | np.integer[Any] | slice | np.ndarray | Sequence[int] | tuple[Any, ...]
+
+
 class RowFile:
     """A (rows, features) float32 C-order file read with pread, rows on demand.
 
@@ -262,17 +267,18 @@ class RowFile:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         whole = self[np.arange(self.shape[0])]
         return whole if dtype is None else whole.astype(dtype)
 
-    def __getitem__(self, index) -> np.ndarray:
+    def __getitem__(self, index: RowIndex) -> np.ndarray:
         if isinstance(index, tuple):  # x[rows, columns]: the rows first, then numpy's indexing
             return self[index[0]][(slice(None), *index[1:])]
         if isinstance(index, slice):
             index = np.arange(*index.indices(self.shape[0]))
         elif isinstance(index, (int, np.integer)):
-            return self[np.array([index])][0]
+            row: np.ndarray = self[np.array([index])][0]
+            return row
         rows = np.asarray(index, dtype=np.int64)
         rows = np.where(rows < 0, rows + self.shape[0], rows)  # from the end, as numpy does
         if rows.ndim != 1:
