@@ -154,7 +154,7 @@ def _build_entry(
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
                 writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer)  # type: ignore[arg-type]
+                info = read_table(path, target, writer)
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None

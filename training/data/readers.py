@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,13 @@ from bnserve.training.threads import available_cores
 
 if TYPE_CHECKING:  # pyarrow ships no type information: these names are Any to mypy
     import pyarrow as pa
+
+
+class ByteSink(Protocol):
+    """Where read_table writes the float32 feature bytes: a file, memory, cache.py's writer."""
+
+    def write(self, data: memoryview | bytes, /) -> int: ...
+
 
 # CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
 # blocks) are in flight. pyarrow's own streaming reader parses on one thread only.
@@ -77,7 +84,7 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def read_table(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
+def read_table(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
     """Write the features of a CSV/Parquet file to `sink` as (N, F) float32 C-order bytes."""
     import pyarrow as pa
 
@@ -92,10 +99,10 @@ def read_table(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
 # --- CSV ----------------------------------------------------------------------------------------
 
 
-def _open_bytes(path: Path) -> BinaryIO:
+def _open_bytes(path: Path) -> gzip.GzipFile | io.BufferedReader:
     """The file's bytes, unzipped when it ends in .gz (the caller closes it)."""
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return path.open("rb")
 
 
@@ -135,7 +142,7 @@ def _columns(path: Path, header: list[str], target: str | None) -> tuple[str, li
     return target_name, feature_cols, target_col
 
 
-def _read_csv(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
+def _read_csv(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -175,7 +182,7 @@ class _NotFinite(Exception):
     """A block holds NaN or Inf (the rescan names the line)."""
 
 
-def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
+def _line_pieces(raw: io.BufferedIOBase) -> Iterator[bytes]:
     """The file after its first line (the header), in pieces of about BLOCK_BYTES that each end
     at a line break.
 
@@ -224,7 +231,7 @@ def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) ->
 
 
 def _write_blocks(
-    results: Iterable[tuple[np.ndarray, list[pa.Array]]], sink: BinaryIO
+    results: Iterable[tuple[np.ndarray, list[pa.Array]]], sink: ByteSink
 ) -> tuple[int, list[pa.Array]]:
     """Write each (block, target chunks) result's block to sink, in order: (rows, all chunks)."""
     rows = 0
@@ -366,7 +373,7 @@ def _check_row(
 # --- Parquet ------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
+def _read_parquet(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
