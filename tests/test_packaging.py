@@ -11,9 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_only_bnserve_and_carries_the_digits(tmp_path: Path) -> None:
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
     subprocess.run(
-        [*pip_wheel, "--wheel-dir", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
