@@ -35,7 +35,8 @@ from model_builder import NUM_FEATURES, build_model
 
 from bnserve.server.grpc.decoding import RequestDecodingInterceptor
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
-from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.grpc.observing import ObservabilityInterceptor
+from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.security.auth import TokenAuthInterceptor, load_token_digests
 
@@ -79,7 +80,7 @@ def _per_call_us(interceptors: list[grpc.ServerInterceptor], calls: int) -> floa
 
 
 def in_process(calls: int) -> None:
-    metrics = ObservabilityInterceptor(ServerMetrics())
+    metrics = ObservabilityInterceptor(CallObserver(ServerMetrics()))
     auth = TokenAuthInterceptor(load_token_digests("", {"BNSERVE_AUTH_TOKEN": TOKEN}))
     decoding = RequestDecodingInterceptor()
     rows = [

@@ -7,7 +7,7 @@ the echo server's per-call CPU:
      tiny model (64→16→10) and the benchmark's model (64→256→256→10), at 1 and 64 rows;
   2. bnserve's native handlers called directly (parse the request bytes, check, score, build
      and serialize the answer): Predict with one example, PredictBatch with 64 raw rows; and
-     Servable.score (check and score) of one example with batching off and on;
+     check_features + Servable.run of one example with batching off and on;
   3. ways to run the same session on the benchmark's model, side by side: `run` as bnserve did
      before (a RunOptions made per call), `run` with one shared RunOptions, the session's C++
      binding directly (skipping the Python-side checks of feed names that bnserve's own checks
@@ -31,8 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported in main, after the CPU is pinned
+    from bnserve.server.models.servable import Servable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,6 +52,12 @@ class Cell:
     rows: int
     call: Callable[[], object]
     calls: int
+
+
+def _check_and_run(servable: Servable, x: np.ndarray) -> list[np.ndarray]:
+    """What the data plane does to one example before and around the model, minus admission."""
+    servable.model.check_features(x)
+    return servable.run(x)
 
 
 def run_path_variants(model: object, x: np.ndarray) -> dict[str, Callable[[], object]]:
@@ -183,10 +193,10 @@ def main(argv: list[str]) -> int:
         # A lone call with batching on pays the batcher's idle check and hand-on, nothing else.
         batcher = DynamicBatcher(model.predict, max_batch_size=64, max_delay_s=0.0, max_queue=64)
         for label, servable in (
-            ("Servable.score, batching off", Servable(model)),
-            ("Servable.score, batching on (a lone call)", Servable(model, batcher)),
+            ("check + Servable.run, batching off", Servable(model)),
+            ("check + Servable.run, batching on (a lone call)", Servable(model, batcher)),
         ):
-            cells.append(Cell(label, 1, partial(servable.score, one), args.calls))
+            cells.append(Cell(label, 1, partial(_check_and_run, servable, one), args.calls))
         variants = []
         for x, calls in ((one, args.calls), (batch, batch_calls)):
             reference = model.predict(x)

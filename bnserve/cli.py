@@ -6,6 +6,7 @@ carries no training code.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -19,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "fold and wrap a BN MLP trained elsewhere (ONNX)",
     ),
-    "serve": ("bnserve.server.cli", "main", "serve an ONNX model over gRPC"),
+    "serve": ("bnserve.server.cli", "main", "serve an ONNX model over gRPC, HTTP/REST and metrics"),
     "predict": (
         "bnserve.server.clients.predict",
         "main",
@@ -34,21 +35,49 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: bnserve COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: bnserve COMMAND [ARGS...] | bnserve help COMMAND | bnserve --version", ""]
+    lines += ["commands:"]
     lines += [f"  {name:<8} {help_text}" for name, (_, _, help_text) in SUBCOMMANDS.items()]
-    lines += ["", "Run `bnserve COMMAND --help` for a command's options."]
+    lines += ["", "Run `bnserve help COMMAND` (or `bnserve COMMAND --help`) for its options."]
     return "\n".join(lines)
 
 
+def installed_version() -> str:
+    """The installed distribution's version (pyproject's, as pip recorded it)."""
+    from bnserve.server.version import installed_version as version
+
+    return version()
+
+
+def _unknown(command: str) -> int:
+    close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    print(f"bnserve: error: unknown command {command!r}{hint}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch `bnserve COMMAND ARGS`; a bare `bnserve` prints the usage and exits 2."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if args[0] in ("-V", "--version"):
+        print(f"bnserve {installed_version()}")
+        return 0
+    if args[0] == "help":
+        if len(args) == 1:
+            print(_usage())
+            return 0
+        if args[1] not in SUBCOMMANDS:
+            return _unknown(args[1])
+        args = [args[1], "--help"]
     command, rest = args[0], args[1:]
     if command not in SUBCOMMANDS:
-        print(f"bnserve: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return _unknown(command)
     module_name, function_name, _ = SUBCOMMANDS[command]
     try:
         module = importlib.import_module(module_name)

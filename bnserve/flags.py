@@ -4,9 +4,11 @@ One generator for `bnserve serve` (server/settings.py's ServerSettings) and `bns
 `bnserve tune` (training/config.py's TrainConfig): field `batch_size` is flag `--batch-size`, its
 type is the flag's type, and its metadata says the rest:
 
-    help     what the flag does (required)
+    help     what the flag does (required); for a --no- flag, what the field on means
+    off      what a --no- flag does (a True-by-default bool of a "negative" command)
     choices  the allowed values (optional)
     metavar  the value's name in --help (optional)
+    parse    turns the flag's text into the value, ValueError for a bad one (optional)
 
 Every flag defaults to None, meaning "not given", so a command can tell a flag from a default and
 layer flags over environment variables or a stored config. A module of the `bnserve` package
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 # argparse's `type=` per field kind; a tuple's text stays text ("64,64") for the caller to split
@@ -48,7 +52,8 @@ def flag_of(name: str) -> str:
 
 
 def shown_default(default: object) -> str:
-    """A default as --help shows it: 256,256 for a tuple; 0.001; on/off for a bool."""
+    """A default as --help shows it: 256,256 for a tuple; 0.001; on/off for a bool; "" for an
+    empty text or tuple (its help says what empty means)."""
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, tuple):
@@ -70,30 +75,57 @@ def add_field_flag(
 ) -> None:
     """Add the flag of `setting` to `container` (a parser, an argument group or an exclusive one).
 
-    shown: the default as the help ends it, "(default: SHOWN)". booleans: "pair" gives --NAME
-    and --no-NAME; "negative" only --no-NAME, for a True-by-default field (else TypeError).
-    sequences: a tuple field's flag is "repeated" (--model A --model B: a list of texts) or one
-    comma-separated "text" (--hidden 64,32). help_text replaces the whole help where a command
-    means something else by the field (the tuner's per-trial --epochs)."""
+    shown: the default as the help ends it, " (default: SHOWN)" (nothing when empty).
+    booleans: "pair" gives --NAME and --no-NAME; "negative" only --no-NAME, for a True-by-default
+    field with an `off` text (else TypeError), its help "OFF (default: HELP)". sequences: a tuple
+    field's flag is "repeated" (--model A --model B: a list of texts) or one comma-separated
+    "text" (--hidden 64,32). help_text replaces the whole help where a command means something
+    else by the field (the tuner's per-trial --epochs)."""
     meta = setting.metadata
-    text = help_text or f"{meta['help']} (default: {shown})"
+    text = help_text or help_line(meta["help"], shown)
     flag = flag_of(setting.name)
     if field_type.kind is bool and booleans == "pair":
         container.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         return
     if field_type.kind is bool:
-        if setting.default is not True:
-            raise TypeError(f"{setting.name}: only True-by-default booleans have a --no- flag")
+        if setting.default is not True or meta.get("off") is None:
+            raise TypeError(
+                f"{setting.name}: only True-by-default booleans (with off=) have a --no- flag"
+            )
         container.add_argument(
-            "--no-" + flag[2:], dest=setting.name, action="store_false", default=None, help=text
+            "--no-" + flag[2:],
+            dest=setting.name,
+            action="store_false",
+            default=None,
+            help=help_text or help_line(meta["off"], meta["help"]),
         )
         return
-    if field_type.kind is tuple and sequences == "repeated":
-        container.add_argument(flag, action="append", default=None, help=text)
-        return
-    options: dict[str, Any] = {"type": _PARSERS[field_type.kind], "default": None, "help": text}
-    if meta.get("choices") is not None:
-        options["choices"] = list(meta["choices"])
+    options: dict[str, Any] = {"default": None, "help": text}
     if meta.get("metavar") is not None:
         options["metavar"] = meta["metavar"]
+    if field_type.kind is tuple and sequences == "repeated":
+        container.add_argument(flag, action="append", **options)
+        return
+    parse = meta.get("parse")
+    options["type"] = _PARSERS[field_type.kind] if parse is None else _argparse_type(parse)
+    if meta.get("choices") is not None:
+        options["choices"] = list(meta["choices"])
     container.add_argument(flag, **options)
+
+
+def help_line(help_text: str, shown: str) -> str:
+    """One flag's help: the text without a final period, then " (default: SHOWN)" unless empty."""
+    return help_text.rstrip(".") + (f" (default: {shown})" if shown else "")
+
+
+@functools.cache  # one wrapper per parse function: train's and tune's flags share it
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """parse, with its ValueError's words as argparse's one error line."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse_flag

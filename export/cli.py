@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--reference-rows",
         type=int,
         default=8,
-        help="held-out rows embedded for the server's parity gate (default 8)",
+        help="held-out rows embedded for the server's parity gate (default: 8)",
     )
     return parser
 

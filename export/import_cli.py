@@ -78,14 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         default=8,
-        help="rows embedded for the server's parity gate (default 8)",
+        help="rows embedded for the server's parity gate (default: 8)",
     )
     parser.add_argument(
         "--generated-rows",
         type=int,
         metavar="N",
         default=256,
-        help="rows verified on without --reference-data (default 256)",
+        help="rows verified on without --reference-data (default: 256)",
     )
     state_dict = parser.add_argument_group(
         "a PyTorch state dict (MODEL.pt: nn.Sequential of Linear, BatchNorm1d, activations; "
@@ -100,13 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         "--leaky-relu-alpha",
         type=float,
         metavar="A",
-        help="LeakyReLU's negative_slope (default 0.01)",
+        help="LeakyReLU's negative_slope (default: 0.01)",
     )
     state_dict.add_argument(
         "--bn-epsilon",
         type=float,
         metavar="EPS",
-        help="BatchNorm1d's eps (default 1e-5; a state dict does not store it)",
+        help="BatchNorm1d's eps (default: 1e-5; a state dict does not store it)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     return parser

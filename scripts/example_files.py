@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnserve.training.data.loading import load_dataset
+from bnserve.training.data.loading import DIGITS_TARGET, load_dataset
 from bnserve.training.rundir import load_run
 
 BAD_LINE, BAD_COLUMN = 3, 2  # line 3 of the file (the second data row), third column
@@ -24,7 +24,7 @@ BAD_LINE, BAD_COLUMN = 3, 2  # line 3 of the file (the second data row), third c
 def _write(path: Path, names: list[str], x: np.ndarray, labels: list[str]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*names, "digit"])
+        writer.writerow([*names, DIGITS_TARGET])
         for row, label in zip(x, labels, strict=True):
             writer.writerow([f"{value:g}" for value in row] + [label])
     print(f"wrote {path} ({len(labels)} rows)")

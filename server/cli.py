@@ -11,13 +11,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bnserve.flags import add_field_flag, field_types
+from bnserve.flags import add_field_flag, field_types, shown_default
 from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
 from bnserve.server.process.supervisor import Supervisor, WorkerLink
 from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
+
+if TYPE_CHECKING:  # imported when serving starts, after logging is set up
+    from bnserve.server.app import Server
+    from bnserve.server.operations import Operations
 
 log = logging.getLogger("bnserve.server")
 
@@ -26,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per settings field (--max-inflight sets max_inflight); unset flags keep env."""
     parser = argparse.ArgumentParser(
         prog="bnserve serve",
-        description="Serve an exported bnserve model over gRPC: the native bnserve.v1 API, the "
-        "Open Inference Protocol (KServe v2), health and reflection. Every flag can also be set "
-        f"by environment variable {ENV_PREFIX}<FIELD> (e.g. {ENV_PREFIX}PORT); flags win.",
+        usage="bnserve serve (--model PATH [--model PATH ...] | --model-root DIR) [OPTIONS]",
+        description="Serve an exported bnserve model: over gRPC (the native bnserve.v1 API, the "
+        "Open Inference Protocol (KServe v2), health and reflection), the Open Inference "
+        "Protocol over HTTP/REST (--http-port) and Prometheus metrics (--metrics-port). Every "
+        f"flag can also be set by environment variable {ENV_PREFIX}<FIELD> (e.g. "
+        f"{ENV_PREFIX}PORT); flags win.",
     )
     kinds = field_types(ServerSettings)
     for setting in settable_fields():
@@ -36,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser,
             setting,
             kinds[setting.name],
-            shown=repr(setting.default),
+            shown=shown_default(setting.default),
             booleans="pair",  # --health / --no-health
             sequences="repeated",  # --model A --model B
         )
@@ -73,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     if link is None and settings.process_count() > 1:
         # The supervisor's children relay their own grpc core lines; it relays none.
         configure_logging(settings.log_level, settings.log_format)
-        log.info("%s", settings.summary())
         supervisor = Supervisor(
             settings, sys.argv[1:] if argv is None else argv, settings.process_count()
         )
@@ -85,62 +91,71 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     """Run the configured server (a supervised process when link is given) until a stop
-    signal; the exit code."""
-    log.info("%s", settings.summary())
+    signal; the exit code. The settings line comes once the start-up checks have passed, so a
+    server that cannot start says only why."""
     if link is not None:
         link.watch_supervisor()
+    created = _create(settings, link)
+    if isinstance(created, int):
+        return created
+    server, operations, metrics_port = created
+    signals = SignalFlags()  # before the models load: a stop signal then still stops cleanly
+    server.start(load_before_listening=link is not None)
+    if not server.repository.names() and not settings.wait_for_model:
+        _report_no_model(server, link)  # as with one process, so with several
+        server.stop(0)
+        operations.stop()
+        return 2
+    log.info("%s", settings.summary())
+    if link is not None:
+        link.report(server.repository.ready)
+    _log_serving(server, operations, metrics_port, link)
+    _serve_until_stopped(server, operations, signals)
+    log.info("stopped")
+    return 0
 
+
+def _create(
+    settings: ServerSettings, link: WorkerLink | None
+) -> tuple[Server, Operations, int | None] | int:
+    """Build and bind the server and the metrics endpoint: (server, operations, metrics port),
+    or exit code 2 after one error line (bad model path, TLS or token file; a port in use)."""
     from bnserve.server.app import (
         Server,  # after logging is set up: grpc and onnxruntime log at import
     )
     from bnserve.server.operations import Operations
-    from bnserve.server.rest.server import ssl_context
 
     try:
         operations = Operations.from_settings(settings, os.environ)
-        if settings.model_control and operations.token_auth is None:
-            raise ValueError(
-                "--model-control needs bearer tokens (--auth-token-file or BNSERVE_AUTH_TOKEN): "
-                "no unauthenticated remote model loading"
-            )
-        server = Server.create(
-            settings,
-            interceptors=operations.interceptors,
-            credentials=operations.credentials,
-            metrics=operations.metrics,
-            http_auth=operations.token_auth.accepts if operations.token_auth else None,
-            http_tls=ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
-            tracing=operations.tracing,
-            reuse_port=link is not None,
-        )
+        server = Server.create(settings, operations.extras(reuse_port=link is not None))
         metrics_port = operations.serve_metrics() if link is None else None
-    except ValueError as error:  # bad model path, TLS file or token file
+    except (ValueError, OSError) as error:  # bad files, or a port in use
         print(f"bnserve serve: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # a port in use, most likely
-        print(f"bnserve serve: error: {error}", file=sys.stderr)
-        return 2
-    signals = SignalFlags()
-    server.start(load_before_listening=link is not None)
-    no_model = not server.repository.names() and not settings.wait_for_model
-    if no_model:  # as with one process, so with several: no model, no server
-        failures = "; ".join(
-            f"{status.name} version {status.version}: {status.error or status.state}"
-            for status in server.repository.statuses()
-        )
-        message = (
-            f"no model could be loaded ({failures or 'no model found'}); "
-            "fix the model, or pass --wait-for-model to wait for one"
-        )
-        if link is None:
-            print(f"bnserve serve: error: {message}", file=sys.stderr)
-        else:  # the supervisor says it once, for every process
-            link.report_no_model(message)
-        server.stop(0)
-        operations.stop()
-        return 2
-    if link is not None:
-        link.report(server.repository.ready)
+    return server, operations, metrics_port
+
+
+def _report_no_model(server: Server, link: WorkerLink | None) -> None:
+    """Say once why no model could be loaded (a supervised process tells the supervisor)."""
+    failures = "; ".join(
+        f"{status.name} version {status.version}: {status.error or status.state}"
+        for status in server.repository.statuses()
+    )
+    message = (
+        f"no model could be loaded ({failures or 'no model found'}); "
+        "fix the model, or pass --wait-for-model to wait for one"
+    )
+    if link is None:
+        print(f"bnserve serve: error: {message}", file=sys.stderr)
+    else:  # the supervisor says it once, for every process
+        link.report_no_model(message)
+
+
+def _log_serving(
+    server: Server, operations: Operations, metrics_port: int | None, link: WorkerLink | None
+) -> None:
+    """The start-up lines: the HTTP address, then ports, readiness, TLS, auth and metrics."""
+    settings = server.settings
     if server.http_port is not None:
         scheme = "https" if settings.tls_cert else "http"
         log.info(
@@ -163,6 +178,11 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         else ("served by the supervisor" if link and operations.metrics else "off"),
         " and re-reads tokens" if operations.token_auth is not None else "",
     )
+
+
+def _serve_until_stopped(server: Server, operations: Operations, signals: SignalFlags) -> None:
+    """Reload on SIGHUP; on a stop signal drain (settings.drain_s), then stop."""
+    settings = server.settings
     while signals.wait() == "reload":
         log.info("SIGHUP: rescanning model directories")
         server.request_reload()
@@ -182,8 +202,6 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
     log.info("stopping: health NOT_SERVING, in-flight calls get %.1f s", settings.grace_s)
     server.stop()
     operations.stop()
-    log.info("stopped")
-    return 0
 
 
 class SignalFlags:

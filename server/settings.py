@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,8 +17,50 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _setting(default: Any, help_text: str) -> Any:
-    return field(default=default, metadata={"help": help_text})
+# A field's own check: its value → what the value must be ("must be ≥ 1"), None when fine.
+Check = Callable[[Any], str | None]
+
+
+def _setting(
+    default: Any, help_text: str, check: Check | None = None, *, metavar: str | None = None
+) -> Any:
+    """A settings field: its help and metavar (bnserve/flags.py reads them) and its check."""
+    return field(default=default, metadata={"help": help_text, "check": check, "metavar": metavar})
+
+
+def _at_least(low: float, note: str = "") -> Check:
+    return lambda value: None if value >= low else f"must be ≥ {low}{note}"
+
+
+def _above(low: float) -> Check:
+    return lambda value: None if value > low else f"must be > {low}"
+
+
+def _port(note: str = "") -> Check:
+    return lambda value: None if 0 <= value <= 65535 else f"must be in 0..65535{note}"
+
+
+def _share(low_open: bool = False, high_open: bool = False) -> Check:
+    """A value in [0, 1], either end open."""
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+
+    def check(value: float) -> str | None:
+        low_ok = value > 0 if low_open else value >= 0
+        high_ok = value < 1 if high_open else value <= 1
+        return None if low_ok and high_ok and not math.isnan(value) else f"must be in {interval}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    allowed = " or ".join(repr(choice) for choice in choices)
+    return lambda value: None if value in choices else f"must be {allowed}"
+
+
+def _process_count(value: str) -> str | None:
+    if value == "auto" or (value.isascii() and value.isdigit() and int(value) >= 1):
+        return None
+    return "must be a whole number ≥ 1 or 'auto'"
 
 
 @dataclass(frozen=True)
@@ -26,8 +69,10 @@ class ServerSettings:
 
     model: tuple[str, ...] = _setting(
         (),
-        "Model to serve, repeatable (env: comma-separated): a model.onnx file, a model directory "
-        "NAME/VERSION/model.onnx, or a root of such directories.",
+        "Model to serve (required unless --model-root), repeatable (env: comma-separated): a "
+        "model.onnx file, a model directory NAME/VERSION/model.onnx, or a root of such "
+        "directories.",
+        metavar="PATH",
     )
     name: str = _setting("", "Model name clients use; empty: the file's stem or directory name.")
     model_version: str = _setting("1", "Version label of a model given as a single file.")
@@ -42,49 +87,60 @@ class ServerSettings:
         "filled later); without it the server exits 2 naming each model's reason.",
     )
     max_versions: int = _setting(
-        0, "Serve the newest N good versions of each model directory; 0: every version on disk."
+        0,
+        "Serve the newest N good versions of each model directory; 0: every version on disk.",
+        _at_least(0, " (0: all)"),
     )
     reload_interval_s: float = _setting(
-        2.0, "Seconds between model directory scans for new versions; 0: only on SIGHUP."
+        2.0,
+        "Seconds between model directory scans for new versions; 0: only on SIGHUP.",
+        _at_least(0),
     )
     reload_settle_s: float = _setting(
         2.0,
         "A version file written in place is read only once unmodified this long (files moved "
         "in whole, e.g. with mv, keep their old mtime and load at once).",
+        _at_least(0),
     )
     host: str = _setting(
         "127.0.0.1", "Address to listen on (127.0.0.1: loopback only; 0.0.0.0 in containers)."
     )
-    port: int = _setting(50051, "TCP port; 0 picks a free one (tests).")
+    port: int = _setting(50051, "TCP port; 0 picks a free one (tests).", _port())
     workers: int = _setting(
         16,
         "gRPC handler threads. The sync server with a thread pool beat grpc.aio in bench/serve.py.",
+        _at_least(2),
     )
     stream_workers: int = _setting(
         8,
         "Threads for streaming calls (PredictStream, ModelStreamInfer, reflection), apart from "
         "`workers`, so streams that stall between messages cannot take the unary calls' threads.",
+        _at_least(1),
     )
     request_timeout_s: float = _setting(
         10.0,
         "A call whose (first) request message has not fully arrived this long after its headers "
         "is answered DEADLINE_EXCEEDED. Calls hold no thread while their message is on its way.",
+        _above(0),
     )
     stream_idle_timeout_s: float = _setting(
         300.0,
         "A stream that has sent a message and then sends none for this long is cancelled "
         "DEADLINE_EXCEEDED, giving its stream_workers thread back; 0: streams may idle forever.",
+        _at_least(0),
     )
     max_waiting_calls: int = _setting(
         256,
         "Calls waiting for their request message at once; past it the oldest is answered "
         "RESOURCE_EXHAUSTED (a slow-loris client cannot pile them up).",
+        _at_least(1),
     )
     max_streams_per_connection: int = _setting(
         256,
         "HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). "
         "A gRPC client multiplexes all its calls on one connection: keep this well above a "
         "client's concurrency (at 100, 64 concurrent callers saw REFUSED_STREAM).",
+        _at_least(1),
     )
     max_inflight: int = _setting(
         12,
@@ -103,67 +159,89 @@ class ServerSettings:
         "onnxruntime threads inside one operator; one example of a small MLP costs far less "
         "than the gRPC call around it (bench/serving_floor.py prints both), so extra threads "
         "only add wake-ups and take cores from the gRPC threads.",
+        _at_least(0, " (0: onnxruntime picks)"),
     )
     inter_op_threads: int = _setting(
-        1, "onnxruntime threads across independent operators (sequential execution uses none)."
+        1,
+        "onnxruntime threads across independent operators (sequential execution uses none).",
+        _at_least(0, " (0: onnxruntime picks)"),
     )
     batching: bool = _setting(
         False,
         "Gather concurrent single-example calls into one onnxruntime run (pays off for large "
         "models; for a small MLP the gRPC cost per call dominates — see bench/serve.py).",
     )
-    max_batch_size: int = _setting(64, "Most examples scored in one batched onnxruntime run.")
+    max_batch_size: int = _setting(
+        64, "Most examples scored in one batched onnxruntime run.", _at_least(1)
+    )
     max_batch_delay_ms: float = _setting(
         0.0,
         "Once the model frees with calls queued behind it, how long (ms) their batch may wait "
         "for more calls to fill max_batch_size; 0: run what queued at once. A call that finds "
         "the model idle runs at once whatever this says.",
+        _at_least(0),
     )
     processes: str = _setting(
         "1",
         "Serving processes on one port (SO_REUSEPORT), each with its own onnxruntime session, "
         "under a supervisor that restarts any that dies; 'auto': the cores this process may use "
         "(affinity, capped by a cgroup CPU quota).",
+        _process_count,
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
         "Largest request or response message in bytes; larger ones get RESOURCE_EXHAUSTED.",
+        _at_least(1024),
     )
     max_model_bytes: int = _setting(
-        1 << 30, "Largest model file loaded, in bytes; a larger one is refused before it is read."
+        1 << 30,
+        "Largest model file loaded, in bytes; a larger one is refused before it is read.",
+        _at_least(1),
     )
     max_model_nodes: int = _setting(
         10_000,
         "Most nodes a model graph may have (a folded MLP has a few per layer); a file of 10⁶ "
         "nodes took 2.6 GB and 33 s in onnxruntime before this bound.",
+        _at_least(1),
     )
     max_parity_tolerance_abs: float = _setting(
         1e-4,
         "Loosest absolute tolerance on probabilities a model file may state for its parity gate "
         "(bnserve export states 1e-5); a looser model is refused. Regression outputs may add "
         "max_parity_tolerance_rel of their largest reference value.",
+        _at_least(0),
     )
     max_parity_tolerance_rel: float = _setting(
-        1e-3, "Loosest relative tolerance a model file may state for its parity gate."
+        1e-3,
+        "Loosest relative tolerance a model file may state for its parity gate.",
+        _share(high_open=True),
     )
     health: bool = _setting(True, "Serve grpc.health.v1.Health.")
     reflection: bool = _setting(True, "Serve gRPC server reflection (grpcurl, grpcui).")
-    grace_s: float = _setting(5.0, "Seconds in-flight calls get to finish on shutdown.")
+    grace_s: float = _setting(
+        5.0, "Seconds in-flight calls get to finish on shutdown.", _at_least(0)
+    )
     drain_s: float = _setting(
         0.0,
         "Seconds to go on answering calls after SIGTERM while readiness reports NOT_SERVING, so "
         "load balancers stop routing here before calls are refused (a second signal ends it "
         "early). 0: refuse new calls at once (Kubernetes: a preStop sleep does the same).",
+        _at_least(0),
     )
     log_level: str = _setting("INFO", "Python logging level name.")
-    log_format: str = _setting("text", "Log lines as 'text' or 'json' (one object a line).")
+    log_format: str = _setting(
+        "text", "Log lines as 'text' or 'json' (one object a line).", _one_of("text", "json")
+    )
     access_log_sample: float = _setting(
         0.0,
         "Share of calls written to the access log (logger server.access, one JSON line each: "
         "method, model, version, code, ms, id, peer); 0: off, 1: every call.",
+        _share(),
     )
     metrics_port: int = _setting(
-        9090, "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics."
+        9090,
+        "Port of the Prometheus /metrics endpoint (HTTP, on host); 0: no metrics.",
+        _port(" (0: off)"),
     )
     model_control: bool = _setting(
         False,
@@ -175,6 +253,7 @@ class ServerSettings:
         8000,
         "Port of the Open Inference Protocol over HTTP/REST (/v2/..., JSON and Triton's binary "
         "tensors), on host; 8000 as Triton's; 0: no HTTP.",
+        _port(" (0: off)"),
     )
     otlp_endpoint: str = _setting(
         "",
@@ -206,45 +285,71 @@ class ServerSettings:
         2000,
         "Recent drift window in examples: an example's weight decays as exp(-age/window), age "
         "counted in examples scored after it.",
+        _at_least(1),
     )
     drift_sample: float = _setting(
         0.1,
         "Share of scoring runs whose rows enter the drift statistics (0 < s ≤ 1); a sampled run "
         "costs a second-session run and a copy, so 0.1 keeps the serving cost within a few "
         "percent (drift is slow; 1: every run, e.g. to audit a batch).",
+        _share(low_open=True),
     )
     drift_shift_threshold: float = _setting(
-        0.5, "Flag a feature whose mean moved more than this many training std devs."
+        0.5,
+        "Flag a feature whose mean moved more than this many training std devs.",
+        _above(0),
     )
     drift_psi_threshold: float = _setting(
-        0.25, "Flag a feature whose population stability index over training deciles is above."
+        0.25,
+        "Flag a feature whose population stability index over training deciles is above.",
+        _above(0),
     )
     drift_variance_threshold: float = _setting(
         0.0,
         "Flag a feature whose variance grew more than this factor; 0: only reported (features "
         "that are almost always 0 in training swing with a handful of values; PSI sees spread).",
+        _at_least(0),
     )
     drift_layer_threshold: float = _setting(
-        0.05, "Flag a hidden layer whose mean KL(z_norm ‖ N(0, 1)) per unit is above this."
+        0.05,
+        "Flag a hidden layer whose mean KL(z_norm ‖ N(0, 1)) per unit is above this.",
+        _above(0),
     )
     drift_min_examples: int = _setting(
-        100, "Nothing is flagged before a drift window holds this many examples."
+        100,
+        "Nothing is flagged before a drift window holds this many examples.",
+        _at_least(0),
     )
     drift_top_k: int = _setting(
-        16, "Features per model version in the per-feature drift metrics: the worst k."
+        16,
+        "Features per model version in the per-feature drift metrics: the worst k.",
+        _at_least(0),
     )
     drift_log_interval_s: float = _setting(
-        60.0, "At most one drift warning per model version in this many seconds."
+        60.0,
+        "At most one drift warning per model version in this many seconds.",
+        _at_least(0),
     )
     # Not settable: env var names this object was read from (for the start-up line).
     from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Each field's own check, then the checks that relate fields; ValueError naming every
+        bad value."""
         problems = []
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port={self.port} must be in 0..65535")
-        if self.workers < 2:
-            problems.append(f"workers={self.workers} must be ≥ 2")
+        for setting in settable_fields():
+            check = setting.metadata["check"]
+            value = getattr(self, setting.name)
+            problem = check(value) if check is not None else None
+            if problem is not None:
+                problems.append(f"{setting.name}={value!r} {problem}")
+        problems += self._relation_problems()
+        if problems:
+            raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    def _relation_problems(self) -> list[str]:
+        """The bounds that keep a thread and a slot free for health and metadata calls."""
+        problems = []
         if not 1 <= self.max_inflight < self.workers:
             problems.append(
                 f"max_inflight={self.max_inflight} must be in 1..workers-1 ({self.workers - 1}) "
@@ -255,78 +360,13 @@ class ServerSettings:
                 f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be above max_inflight "
                 f"({self.max_inflight}), so health and metadata calls still get in (0: no bound)"
             )
-        if not (self.max_parity_tolerance_abs >= 0 and 0 <= self.max_parity_tolerance_rel < 1):
-            problems.append(
-                "max_parity_tolerance_abs must be ≥ 0 and max_parity_tolerance_rel in [0, 1)"
-            )
-        if self.max_model_bytes < 1 or self.max_model_nodes < 1:
-            problems.append("max_model_bytes and max_model_nodes must be ≥ 1")
-        if self.stream_workers < 1:
-            problems.append(f"stream_workers={self.stream_workers} must be ≥ 1")
-        if self.request_timeout_s <= 0:
-            problems.append(f"request_timeout_s={self.request_timeout_s} must be > 0")
-        if self.stream_idle_timeout_s < 0:
-            problems.append(f"stream_idle_timeout_s={self.stream_idle_timeout_s} must be ≥ 0")
-        if self.max_waiting_calls < 1:
-            problems.append(f"max_waiting_calls={self.max_waiting_calls} must be ≥ 1")
-        if self.max_streams_per_connection < 1:
-            problems.append(
-                f"max_streams_per_connection={self.max_streams_per_connection} must be ≥ 1"
-            )
         if self.max_concurrent_rpcs != 0 and self.max_concurrent_rpcs <= self.max_waiting_calls:
             problems.append(
                 f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be above "
                 f"max_waiting_calls ({self.max_waiting_calls}), so calls waiting for their "
                 "message can never fill it (0: no bound)"
             )
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            problems.append(
-                "intra_op_threads and inter_op_threads must be ≥ 0 (0: onnxruntime picks)"
-            )
-        if self.max_batch_size < 1:
-            problems.append(f"max_batch_size={self.max_batch_size} must be ≥ 1")
-        if self.max_batch_delay_ms < 0:
-            problems.append(f"max_batch_delay_ms={self.max_batch_delay_ms} must be ≥ 0")
-        if self.processes != "auto" and not (
-            self.processes.isascii() and self.processes.isdigit() and int(self.processes) >= 1
-        ):
-            problems.append(f"processes={self.processes!r} must be a whole number ≥ 1 or 'auto'")
-        if self.max_message_bytes < 1024:
-            problems.append(f"max_message_bytes={self.max_message_bytes} must be ≥ 1024")
-        if self.grace_s < 0:
-            problems.append(f"grace_s={self.grace_s} must be ≥ 0")
-        if self.drain_s < 0:
-            problems.append(f"drain_s={self.drain_s} must be ≥ 0")
-        if not 0 <= self.metrics_port <= 65535:
-            problems.append(f"metrics_port={self.metrics_port} must be in 0..65535 (0: off)")
-        if not 0 <= self.http_port <= 65535:
-            problems.append(f"http_port={self.http_port} must be in 0..65535 (0: off)")
-        if self.max_versions < 0:
-            problems.append(f"max_versions={self.max_versions} must be ≥ 0 (0: all)")
-        if self.reload_interval_s < 0 or self.reload_settle_s < 0:
-            problems.append("reload_interval_s and reload_settle_s must be ≥ 0")
-        if not 0 <= self.access_log_sample <= 1:
-            problems.append(f"access_log_sample={self.access_log_sample} must be in [0, 1]")
-        if self.drift_window < 1 or not 0 < self.drift_sample <= 1:
-            problems.append(
-                f"drift_window={self.drift_window} must be ≥ 1 and drift_sample="
-                f"{self.drift_sample} in (0, 1]"
-            )
-        if (
-            min(self.drift_shift_threshold, self.drift_psi_threshold, self.drift_layer_threshold)
-            <= 0
-        ):
-            problems.append("drift_shift, drift_psi and drift_layer thresholds must be > 0")
-        if self.drift_variance_threshold < 0 or self.drift_min_examples < 0 or self.drift_top_k < 0:
-            problems.append(
-                "drift_variance_threshold, drift_min_examples and drift_top_k must be ≥ 0"
-            )
-        if self.drift_log_interval_s < 0:
-            problems.append(f"drift_log_interval_s={self.drift_log_interval_s} must be ≥ 0")
-        if self.log_format not in ("text", "json"):
-            problems.append(f"log_format={self.log_format!r} must be 'text' or 'json'")
-        if problems:
-            raise ValueError("invalid server settings: " + "; ".join(problems))
+        return problems
 
     @classmethod
     def load(
@@ -368,6 +408,14 @@ _FIELD_TYPES = field_types(ServerSettings)
 def settable_fields() -> list[dataclasses.Field[Any]]:
     """The fields a flag or env var may set."""
     return [setting for setting in fields(ServerSettings) if setting.name != "from_env"]
+
+
+def default(name: str) -> Any:
+    """The default of settings field `name`: components that take a few of the settings (the
+    model's limits and threads, drift, the parity ceiling) state their defaults by this, so each
+    default is written once, here."""
+    (setting,) = [setting for setting in fields(ServerSettings) if setting.name == name]
+    return setting.default
 
 
 def _parse(raw: str, setting: dataclasses.Field[Any], env_name: str) -> Any:

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_only_bnserve_and_carries_the_digits(tmp_path: Path) -> None:
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -25,8 +25,11 @@ def test_the_wheel_installs_only_bnserve_and_carries_the_digits(tmp_path: Path) 
         ],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    # issue 30: `project.license` as a TOML table printed a deprecation twice in every install
+    assert "deprecated" not in built.stderr.lower(), built.stderr
     (wheel,) = tmp_path.glob("bnserve-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith("info")}

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sections["data"].add_argument(
         "--cache-dir",
-        help="float32 cache of CSV/Parquet data ('off': read into memory; default "
+        help="float32 cache of CSV/Parquet data ('off': read into memory; default: "
         "$BNSERVE_CACHE_DIR, else ~/.cache/bnserve/data)",
     )
     out = parser.add_argument_group("output")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bnserve.flags import field_types
+from bnserve.training.data.header_hints import parse_delimiter
 from bnserve.training.metrics import METRICS
 from bnserve.training.optim import UPDATES
 
@@ -28,14 +30,18 @@ def _setting(
     none: str | None = None,
     metavar: str | None = None,
     resumable: bool = False,
+    off: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A TrainConfig field and what `bnserve train` says of it (bnserve/flags.py reads help,
     choices and metavar; training/flags.py none; training/cli.py group).
 
     group: the --help section; choices: the allowed values (validated here too); none: what a
-    None default means, in words; resumable: a resumed run may change it (babysitting)."""
+    None default means, in words; resumable: a resumed run may change it (babysitting); off: what
+    the --no- flag of a True-by-default bool does (its help), the field's help being what on is;
+    parse: turns the flag's text into the value (ValueError for a bad one)."""
     metadata: dict[str, Any] = {"help": help_text, "group": group, "choices": choices, "none": none}
-    metadata |= {"metavar": metavar, "resumable": resumable}
+    metadata |= {"metavar": metavar, "resumable": resumable, "off": off, "parse": parse}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -51,6 +57,12 @@ class TrainConfig:
         group="data",
     )
     target: str | None = _setting(None, "CSV target column", group="data", none="the last column")
+    delimiter: str = _setting(
+        ",",
+        "a CSV's field separator, one character (\\t: a tab)",
+        group="data",
+        parse=parse_delimiter,
+    )
     task: str | None = _setting(
         None, "what the target is", group="data", choices=TASKS, none="inferred from the target"
     )
@@ -64,8 +76,9 @@ class TrainConfig:
     activation: str = _setting("relu", "hidden activation", group="network", choices=ACTIVATIONS)
     batchnorm: bool = _setting(
         True,
-        "batch norm on every hidden layer (--no-batchnorm: a plain affine with bias)",
+        "batch norm on every hidden layer",
         group="network",
+        off="every hidden layer a plain affine with bias, no batch norm",
     )
     optimizer: str = _setting(
         "adam", "optimizer family", group="optimization", choices=OPTIMIZERS, resumable=True
@@ -120,7 +133,7 @@ class TrainConfig:
     bn_epsilon: float = _setting(1e-5, "ε inside √(σ² + ε)", group="batch norm")
     running_var: str = _setting(
         "unbiased",
-        "EMA of the batch variance times m/(m − 1) (unbiased) or not (biased)",
+        "EMA of the batch variance times n/(n − 1), n the batch size (unbiased), or not (biased)",
         group="batch norm",
         choices=RUNNING_VAR_MODES,
     )
@@ -291,6 +304,12 @@ def _shown(value: Any) -> str:
 
 def _validate(config: TrainConfig) -> None:
     _check(isinstance(config.data, str) and config.data != "", "data", config.data, "non-empty")
+    _check(
+        len(config.delimiter) == 1 and config.delimiter not in '\r\n"',
+        "delimiter",
+        config.delimiter,
+        "one character other than a quote or a line break",
+    )
     for setting in dataclasses.fields(config):
         choices, value = setting.metadata["choices"], getattr(config, setting.name)
         nullable = FIELD_TYPES[setting.name][1]

@@ -75,8 +75,12 @@ class Run:
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Load and validate a finished run directory; RunError names the file and the problem."""
     run_dir = Path(path)
+    if not run_dir.exists():
+        raise RunError(f"{run_dir}: does not exist (a run directory of bnserve train is needed)")
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: not a run directory")
+        raise RunError(
+            f"{run_dir}: not a run directory (a run directory of bnserve train is needed)"
+        )
     meta = read_json(run_dir / "meta.json")
     if not isinstance(meta, dict) or meta.get("status") != "finished":
         status = meta.get("status") if isinstance(meta, dict) else None

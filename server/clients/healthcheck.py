@@ -30,7 +30,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="python -m bnserve.server.clients.healthcheck", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--target", default=f"127.0.0.1:{port}", help=f"HOST:PORT (default 127.0.0.1:{port})"
+        "--target", default=f"127.0.0.1:{port}", help=f"HOST:PORT (default: 127.0.0.1:{port})"
     )
     parser.add_argument("--service", default="", help="health service name ('': the server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds for the call")

@@ -16,6 +16,8 @@ import grpc
 
 from bnserve import atomic
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
+from bnserve.server.clients.header_hints import delimiter_hint, parse_delimiter
+from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 
@@ -40,6 +42,7 @@ class ClientSettings:
     tls_cert: str = ""  # PEM client certificate (servers that require one)
     tls_key: str = ""  # its PEM private key
     token: str = ""  # bearer token sent as `authorization` metadata; empty: none
+    delimiter: str = ","  # the CSV's field separator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--csv", type=Path, help="CSV of examples (header with feature names, or none)"
     )
+    parser.add_argument(
+        "--delimiter",
+        default=",",
+        help="field separator of --csv: one character, \\t for a tab (default: ,)",
+    )
     parser.add_argument("--out", type=Path, help="write --csv predictions here (default: stdout)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per call (default: 10)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for --csv")
     parser.add_argument("--tls-ca", default="", help="PEM CA of the server's certificate (TLS)")
     parser.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
@@ -99,15 +109,18 @@ def _number(text: str, where: str) -> float:
     return value
 
 
-def read_examples(path: Path, feature_names: Sequence[str]) -> tuple[list[int], list[list[float]]]:
+def read_examples(
+    path: Path, feature_names: Sequence[str], delimiter: str = ","
+) -> tuple[list[int], list[list[float]]]:
     """(line numbers, rows in model feature order) from a CSV with or without a header.
 
     With a header, the model's feature columns are picked by name (others, like a target column,
-    are ignored); without one, every row must have exactly the model's F values in order.
+    are ignored); without one, every row must have exactly the model's F values in order. A UTF-8
+    byte-order mark is skipped, as every reader of bnserve skips it.
     """
     try:
-        with path.open(newline="") as handle:
-            lines = list(csv.reader(handle))
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            lines = list(csv.reader(handle, delimiter=delimiter))
     except OSError as error:
         raise InputError(f"{path}: cannot read it ({error.strerror})") from None
     except (csv.Error, UnicodeDecodeError) as error:
@@ -116,6 +129,8 @@ def read_examples(path: Path, feature_names: Sequence[str]) -> tuple[list[int], 
         raise InputError(f"{path}: empty file, no examples")
     first = [cell.strip() for cell in lines[0]]
     has_header = not all(_is_number(cell) for cell in first)
+    if hint := delimiter_hint(first, delimiter):
+        raise InputError(f"{path}: line 1: {hint}")
     if has_header:
         missing = [name for name in feature_names if name not in first]
         if missing:
@@ -201,7 +216,7 @@ def stream_csv(
     from tqdm import tqdm
 
     assert settings.csv_path is not None
-    line_numbers, rows = read_examples(settings.csv_path, info.feature_names)
+    line_numbers, rows = read_examples(settings.csv_path, info.feature_names, settings.delimiter)
 
     def requests() -> Iterator[pb.PredictRequest]:
         for line, row in zip(line_numbers, rows, strict=True):
@@ -257,6 +272,13 @@ def run(settings: ClientSettings) -> int:
         return 0
 
 
+def _delimiter(text: str) -> str:
+    try:
+        return parse_delimiter(text)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.out is not None and args.csv is None:
@@ -276,14 +298,19 @@ def main(argv: list[str] | None = None) -> int:
         tls_key=args.tls_key,
     )
     try:
+        settings = replace(settings, delimiter=_delimiter(args.delimiter))
         settings = replace(
             settings, token=read_token(args.token_file, os.environ.get("BNSERVE_AUTH_TOKEN", ""))
         )
+        check_target(settings.target)
         return run(settings)
-    except (InputError, ConnectError) as error:
+    except (InputError, ConnectError, TargetError) as error:
         print(f"bnserve predict: error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
+        if (reason := connection_failure(settings.target, error)) is not None:
+            print(f"bnserve predict: error: {reason}", file=sys.stderr)
+            return 2
         print(
             f"bnserve predict: error: {settings.target} answered {error.code().name}: "
             f"{error.details()}",

@@ -33,6 +33,7 @@ from bnserve.server.drift.monitor import (
 )
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
+from bnserve.training.data.header_hints import delimiter_hint, parse_delimiter
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run
@@ -68,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-png", action="store_true", help="write no figure")
     parser.add_argument(
-        "--top", type=int, default=20, help="features in the table (flagged ones always shown)"
+        "--top",
+        type=int,
+        default=20,
+        help="features in the table; flagged ones are always shown (default: 20)",
+    )
+    parser.add_argument(
+        "--delimiter",
+        default=",",
+        help="field separator of a .csv DATA: one character, \\t for a tab (default: ,)",
     )
     for name, help_text in (
         ("shift", "mean shift in training std devs"),
@@ -81,18 +90,18 @@ def _parser() -> argparse.ArgumentParser:
             f"--{name}-threshold",
             type=float,
             default=default,
-            help=f"flag past this {help_text} (default {default:g}, as the server)",
+            help=f"flag past this {help_text} (default: {default:g}, as the server)",
         )
     return parser
 
 
-def read_inputs(path: Path, feature_names: tuple[str, ...]) -> np.ndarray:
+def read_inputs(path: Path, feature_names: tuple[str, ...], delimiter: str = ",") -> np.ndarray:
     """The model's features from DATA as (N, F) float32, in model order."""
     if not path.is_file():
         raise DriftInputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        header, column = _read_csv(path)
+        header, column = _read_csv(path, delimiter)
     elif suffix == ".npz":
         header, column = _read_npz(path, feature_names)
     elif suffix == ".parquet":
@@ -124,14 +133,17 @@ def read_inputs(path: Path, feature_names: tuple[str, ...]) -> np.ndarray:
 ColumnReader = Callable[[int], np.ndarray]  # column index in the header -> (N,) float64
 
 
-def _read_csv(path: Path) -> tuple[list[str], ColumnReader]:
+def _read_csv(path: Path, delimiter: str) -> tuple[list[str], ColumnReader]:
     try:
-        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+        text = path.read_text(encoding="utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     except (UnicodeDecodeError, csv.Error) as error:
         raise DriftInputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
     if not rows:
         raise DriftInputError(f"{path}: empty file (a header line is needed)")
     header = [name.strip() for name in rows[0]]
+    if hint := delimiter_hint(header, delimiter):
+        raise DriftInputError(f"{path}: line 1: {hint}")
     body = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
     for line, row in body:
         if len(row) != len(header):
@@ -216,7 +228,11 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
         raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
     try:
         feature_names = tuple(json.loads(metadata[MetadataKey.FEATURE_NAMES.full]))
-        reference = parse_reference(metadata.get(MetadataKey.DRIFT.full, ""), feature_names)
+        reference = parse_reference(
+            metadata.get(MetadataKey.DRIFT.full, ""),
+            feature_names,
+            imported=bool(metadata.get(MetadataKey.IMPORT.full)),
+        )
     except (KeyError, json.JSONDecodeError):
         raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
     except DriftMetadataError as error:
@@ -318,8 +334,12 @@ def main(argv: list[str]) -> int:
     )
     png = None if args.no_png else (args.png or args.data.with_name(f"{args.data.stem}-drift.png"))
     try:
+        try:
+            delimiter = parse_delimiter(args.delimiter)
+        except ValueError as error:
+            raise DriftInputError(str(error)) from None
         session, reference = load_model(args.model)
-        x = read_inputs(args.data, reference.feature_names)
+        x = read_inputs(args.data, reference.feature_names, delimiter)
     except DriftInputError as error:
         print(f"bnserve drift: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -29,6 +29,7 @@ import numpy as np
 
 from bnserve.server.modelfile.contract import DRIFT_FORMAT
 from bnserve.server.observability.logs import LogThrottle
+from bnserve.server.settings import ServerSettings, default
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +51,37 @@ class DriftMetadataError(ValueError):
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """How a server watches drift (from ServerSettings' drift_* fields)."""
+    """How a server watches drift: ServerSettings' drift_* fields, whose help says what each
+    means and whose defaults these are (server/settings.py states them once)."""
 
-    layers: bool = True  # also watch hidden layers' pre-activations (second session)
-    window: int = 2000  # recent window: weights decay as exp(−age/window), age in examples
-    sample: float = 0.1  # share of scoring runs whose rows enter the statistics
-    shift_threshold: float = 0.5  # flag a feature past this |μ_live − μ_train| / σ_train
-    psi_threshold: float = 0.25  # flag a feature past this PSI
-    variance_threshold: float = 0.0  # flag a feature whose σ²_live / σ²_train exceeds this; 0: no
-    layer_threshold: float = 0.05  # flag a layer past this mean KL score
-    min_examples: int = 100  # no flags (and no warnings) before a window weighs this much
-    top_k: int = 16  # features exported to Prometheus per model version (the worst ones)
-    log_interval_s: float = 60.0  # at most one drift warning per model version this often
+    layers: bool = default("drift_layers")  # also watch hidden layers (a second session)
+    window: int = default("drift_window")  # recent window in examples: exp(−age/window)
+    sample: float = default("drift_sample")  # share of scoring runs entering the statistics
+    shift_threshold: float = default("drift_shift_threshold")  # |μ_live − μ_train| / σ_train
+    psi_threshold: float = default("drift_psi_threshold")  # population stability index
+    variance_threshold: float = default("drift_variance_threshold")  # σ²_live/σ²_train; 0: off
+    layer_threshold: float = default("drift_layer_threshold")  # mean KL score of a layer
+    min_examples: int = default("drift_min_examples")  # no flags before a window weighs this
+    top_k: int = default("drift_top_k")  # features exported per model version (the worst)
+    log_interval_s: float = default("drift_log_interval_s")  # one warning per version per this
 
-
-def drift_settings(settings: Any) -> DriftSettings | None:
-    """DriftSettings from a ServerSettings (None when drift monitoring is off)."""
-    if not settings.drift:
-        return None
-    return DriftSettings(
-        layers=settings.drift_layers,
-        window=settings.drift_window,
-        sample=settings.drift_sample,
-        shift_threshold=settings.drift_shift_threshold,
-        psi_threshold=settings.drift_psi_threshold,
-        variance_threshold=settings.drift_variance_threshold,
-        layer_threshold=settings.drift_layer_threshold,
-        min_examples=settings.drift_min_examples,
-        top_k=settings.drift_top_k,
-        log_interval_s=settings.drift_log_interval_s,
-    )
+    @classmethod
+    def of(cls, settings: ServerSettings) -> DriftSettings | None:
+        """The server's drift settings (None when drift monitoring is off)."""
+        if not settings.drift:
+            return None
+        return cls(
+            layers=settings.drift_layers,
+            window=settings.drift_window,
+            sample=settings.drift_sample,
+            shift_threshold=settings.drift_shift_threshold,
+            psi_threshold=settings.drift_psi_threshold,
+            variance_threshold=settings.drift_variance_threshold,
+            layer_threshold=settings.drift_layer_threshold,
+            min_examples=settings.drift_min_examples,
+            top_k=settings.drift_top_k,
+            log_interval_s=settings.drift_log_interval_s,
+        )
 
 
 @dataclass(frozen=True)

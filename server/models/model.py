@@ -34,14 +34,19 @@ from bnserve.server.modelfile.wire import (
     graph_sha256,
     with_graph_outputs,
 )
-from bnserve.server.plane.errors import InvalidInput, ModelLoadError
+from bnserve.server.plane.errors import InvalidInput, ModelLoadError, first_line
+from bnserve.server.settings import ServerSettings, default
 
 log = logging.getLogger(__name__)
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
-# bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for regression.
-DEFAULT_PARITY_CEILING = Tolerance(abs=1e-4, rel=1e-3)
+# The loosest parity tolerance a model file may state, by default (the server's own settings
+# cap it; bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for
+# regression).
+DEFAULT_PARITY_CEILING = Tolerance(
+    abs=default("max_parity_tolerance_abs"), rel=default("max_parity_tolerance_rel")
+)
 # An onnxruntime run (onnxruntime gives no types): (output names, {input name: array}, run
 # options) → the outputs, in the order asked.
 SessionRun = Callable[[list[str], dict[str, np.ndarray], Any], list[np.ndarray]]
@@ -59,18 +64,28 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ModelLimits:
     """The most a model file may demand before onnxruntime is given it: a 40 MB file of 10⁶
-    nodes took 2.6 GB and 33 s to load. Folded bnserve MLPs have a handful of nodes."""
+    nodes took 2.6 GB and 33 s to load. Folded bnserve MLPs have a handful of nodes. Defaults:
+    the settings' max_model_bytes and max_model_nodes."""
 
-    max_bytes: int = 1 << 30  # file size
-    max_nodes: int = 10_000  # nodes in the main graph
+    max_bytes: int = default("max_model_bytes")  # file size
+    max_nodes: int = default("max_model_nodes")  # nodes in the main graph
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> ModelLimits:
+        return cls(settings.max_model_bytes, settings.max_model_nodes)
 
 
 @dataclass(frozen=True)
 class SessionThreads:
-    """onnxruntime thread counts (0: onnxruntime's own default for the machine)."""
+    """onnxruntime thread counts (0: onnxruntime's own default for the machine). Defaults: the
+    settings' intra_op_threads and inter_op_threads."""
 
-    intra_op: int = 1
-    inter_op: int = 1
+    intra_op: int = default("intra_op_threads")
+    inter_op: int = default("inter_op_threads")
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> SessionThreads:
+        return cls(settings.intra_op_threads, settings.inter_op_threads)
 
 
 class Model:
@@ -329,8 +344,9 @@ def _open_session(model_bytes: bytes, source: str, threads: SessionThreads) -> o
     try:
         return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise ModelLoadError(f"model {source}: onnxruntime cannot load it ({first_line})") from None
+        raise ModelLoadError(
+            f"model {source}: onnxruntime cannot load it ({first_line(error)})"
+        ) from None
 
 
 def _check_node_count(model_bytes: bytes, source: str, max_nodes: int) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bnserve.server.drift.monitor import drift_settings
+from bnserve.server.drift.monitor import DriftSettings
 from bnserve.server.modelfile.contract import Tolerance
 from bnserve.server.models.model import Model, ModelLimits, SessionThreads
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.plane.batching import DynamicBatcher, Predict
-from bnserve.server.plane.errors import DeadlineExpired, ModelLoadError
+from bnserve.server.plane.errors import DeadlineExpired, ModelLoadError, first_line
 from bnserve.server.plane.statistics import ModelStats
 from bnserve.server.settings import ServerSettings
 
@@ -44,23 +44,14 @@ class Servable:
         self.output_index = {spec.name: i for i, spec in enumerate(model.output_specs)}
         self.all_outputs = tuple((i, 0) for i in range(len(model.output_specs)))
 
-    def score(
-        self, x: np.ndarray, timeout_s: float | None = None, *, batchable: bool = True
-    ) -> list[np.ndarray]:
-        """Check and score x (N, F) float32 within timeout_s seconds (the call's deadline).
-
-        Single examples go through the batcher when there is one and `batchable` (a stream
-        passes False: it scores its messages one after another, so each would wait out the
-        batching delay alone).
-        Answers in `model.output_names` order, N rows each.
-        """
-        self.model.check_features(x)
-        return self.run(x, timeout_s, batchable=batchable)
-
     def run(
         self, x: np.ndarray, timeout_s: float | None = None, *, batchable: bool = True
     ) -> list[np.ndarray]:
-        """`score` for an x that already passed `model.check_features`."""
+        """Score x (N, F) float32, which passed `model.check_features`, within timeout_s seconds
+        (the call's deadline). Single examples go through the batcher when there is one and
+        `batchable` (a stream passes False: it scores its messages one after another, so each
+        would wait out the batching delay alone). Answers in `model.output_names` order, N rows
+        each."""
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExpired("deadline passed before scoring")
         if batchable and self.batcher is not None and x.shape[0] == 1:
@@ -85,9 +76,14 @@ def build_servable(
     """Load, verify (structure, graph hash, parity gate) and warm up a model file, and serve it
     as name/version with the settings' batching and onnxruntime threads; raises ModelLoadError
     naming the file and the problem."""
-    threads = SessionThreads(settings.intra_op_threads, settings.inter_op_threads)
-    limits = ModelLimits(settings.max_model_bytes, settings.max_model_nodes)
-    model = Model.load(path, name, version, threads, limits, drift_settings(settings))
+    model = Model.load(
+        path,
+        name,
+        version,
+        SessionThreads.of(settings),
+        ModelLimits.of(settings),
+        DriftSettings.of(settings),
+    )
     ceiling = Tolerance(settings.max_parity_tolerance_abs, settings.max_parity_tolerance_rel)
     try:
         model.warm_up(settings.max_batch_size)
@@ -96,7 +92,7 @@ def build_servable(
         raise
     except Exception as error:  # onnxruntime raises its own untyped errors from a run
         raise ModelLoadError(
-            f"model {path}: a run during warm-up or the parity gate failed ({_first_line(error)})"
+            f"model {path}: a run during warm-up or the parity gate failed ({first_line(error)})"
         ) from None
     predict: Predict = model.predict
     if metrics is not None:
@@ -112,8 +108,3 @@ def build_servable(
             name=name,
         )
     return Servable(model, batcher, predict, stats)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -110,12 +110,21 @@ def _sources_at(path: Path, version: str) -> list[ModelSource]:
     if _version_dirs(path):
         return [ModelSource(path.name, path)]
     models = sorted(child for child in path.iterdir() if child.is_dir() and _version_dirs(child))
+    if not models and all((path / name).is_file() for name in RUN_DIRECTORY_FILES):
+        raise ModelPathError(
+            f"model path {path} is a training run directory, not a model: make a model from it "
+            f"with `bnserve export {path} --out model.onnx`, then serve that"
+        )
     if not models:
         raise ModelPathError(
             f"model path {path} holds no model: expected {path}/VERSION/{MODEL_FILE} (a model "
             f"directory) or {path}/NAME/VERSION/{MODEL_FILE} (a model root)"
         )
     return [ModelSource(child.name, child) for child in models]
+
+
+# files of every run directory `bnserve train` writes (docs/contracts.md); the server reads none
+RUN_DIRECTORY_FILES = ("config.json", "meta.json", "params.npz")
 
 
 def _version_dirs(directory: Path) -> list[Path]:

@@ -3,7 +3,8 @@ reloads, calls waiting for their message, process resources.
 
 Each server has its own registry (several servers in one test process do not collide) and its
 own HTTP endpoint on `metrics_port` (observability/metrics_http.py: /metrics only). The calls
-are counted by server/observability/calls.py's interceptor through `observe_call`.
+of both transports are counted by the call observer (server/observability/calls.py) through
+`observe_call`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "bnserve_requests",
-            "gRPC calls answered, by method, model (empty: none or not served here) and status.",
+            "Calls answered (gRPC and HTTP), by method, model (empty: none or not served here) "
+            "and status (the gRPC code; an HTTP answer's code of the same meaning).",
             ["method", "model", "code"],
             registry=self.registry,
         )

@@ -1,10 +1,11 @@
 """OpenTelemetry tracing, optional (`--otlp-endpoint`, the `tracing` extra).
 
-Each gRPC call becomes a SERVER span named by its method, continuing the caller's trace when its
-metadata carries a W3C `traceparent`. Scoring adds child spans from the data plane's own
-timestamps: `validate` (the input check), `queue` (admission), `run` (the model; for a call
-in a dynamic batch, its wait for the batch too) and `encode` (building the answer). OpenTelemetry
-is imported only when tracing is on, so the serving image needs none of it.
+Each call, over gRPC or HTTP, becomes a SERVER span named by its method (the metrics' method
+label), continuing the caller's trace when its metadata or headers carry a W3C `traceparent`.
+Scoring adds child spans from the data plane's own timestamps: `validate` (the input check),
+`queue` (admission), `run` (the model; for a call in a dynamic batch, its wait for the batch
+too) and `encode` (building the answer). OpenTelemetry is imported only when tracing is on, so
+the serving image needs none of it.
 """
 
 from __future__ import annotations
@@ -50,16 +51,17 @@ class Tracing:
         return cls(provider)
 
     def server_span(
-        self, method: str, metadata: Sequence[tuple[str, Any]] | None
+        self, method: str, metadata: Sequence[tuple[str, Any]] | None, system: str = "grpc"
     ) -> AbstractContextManager[Any]:
-        """The call's span, current while its handler runs (`with tracing.server_span(…)`)."""
+        """The call's span, current while its handler runs (`with tracing.server_span(…)`);
+        metadata: gRPC metadata or HTTP headers, names lower-case; system: "grpc" or "http"."""
         carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
         parent = self._propagate.extract(carrier)
         span: AbstractContextManager[Any] = self.tracer.start_as_current_span(
             method,
             context=parent,
             kind=self._trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.method": method},
+            attributes={"rpc.system": system, "rpc.method": method},
         )
         return span
 
@@ -71,12 +73,15 @@ class Tracing:
             span = self.tracer.start_span(name, start_time=start + self._epoch_offset_ns)
             span.end(end_time=end + self._epoch_offset_ns)
 
-    def end_call(self, code_name: str, model: str) -> None:
-        """Label the current span with the call's outcome and add its `encode` part."""
+    def end_call(self, code_name: str, model: str, http_status: int | None = None) -> None:
+        """Label the current span with the call's outcome (its gRPC code; an HTTP call also its
+        HTTP status) and add its `encode` part."""
         span = self._trace.get_current_span()
         if not span.get_span_context().is_valid:
             return
         span.set_attribute("rpc.grpc.status_code", code_name)
+        if http_status is not None:
+            span.set_attribute("http.response.status_code", http_status)
         if model:
             span.set_attribute("bnserve.model", model)
         if code_name != "OK":

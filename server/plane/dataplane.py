@@ -3,8 +3,9 @@
 A transport decodes its wire format into numpy arrays and plain values, calls one function here
 per request kind, and encodes what comes back. Everything between is here: finding the model
 and version, validation, admission (overload refusal), the deadline, scoring (batched or not),
-per-version statistics, the classification extension. Errors are ServingErrors; each
-transport maps them to its own statuses (server/plane/errors.py for gRPC, server/http for HTTP).
+per-version statistics, the classification extension. Errors are ServingErrors; both
+transports answer them with the status server/plane/errors.py's one table gives (server/grpc/ and
+server/rest/ read it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bnserve.server.plane.errors import (
 )
 from bnserve.server.plane.statistics import StatsSnapshot
 
+SERVER_NAME = "bnserve"
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 # The Open Inference Protocol extensions served on both transports (ServerMetadata lists them).
@@ -95,14 +97,28 @@ class ModelConfigInfo:
 
 
 class DataPlane:
-    """Every request kind of every transport, over one repository and one admission limiter."""
+    """Every request kind of every transport, over one repository and one admission limiter.
 
-    def __init__(self, repository: ModelRepository, limiter: InflightLimiter) -> None:
+    tracing: the data plane's parts of each call's span (None: no tracing); rescan: model
+    control's load, a scan of the model directories (None: model control closed)."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        limiter: InflightLimiter,
+        *,
+        tracing: Tracing | None = None,
+        rescan: Callable[[], None] | None = None,
+    ) -> None:
         self.repository = repository
         self.limiter = limiter
-        self.draining = False  # set by Server.drain(): readiness false, calls still answered
-        self.tracing: Tracing | None = None  # set by Server.create when tracing is on
-        self.rescan: Callable[[], None] | None = None  # set when --model-control opens loading
+        self._tracing = tracing
+        self._rescan = rescan
+        self._draining = False
+
+    def drain(self) -> None:
+        """Readiness false from now on; calls are still answered."""
+        self._draining = True
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -114,7 +130,7 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         """Every configured model serves and the server is not draining."""
-        return self.repository.ready and not self.draining
+        return self.repository.ready and not self._draining
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """True when that model (version) serves; an unknown one is simply not ready."""
@@ -129,19 +145,27 @@ class DataPlane:
     # --- scoring ---------------------------------------------------------------------------
 
     def score(
-        self, servable: Servable, x: np.ndarray, timeout_s: float | None, *, batchable: bool = True
+        self,
+        servable: Servable,
+        x: np.ndarray,
+        timeout_s: float | None,
+        *,
+        batchable: bool = True,
+        checked: bool = False,
     ) -> list[np.ndarray]:
         """Validate x (N, F) float32, admit, check the deadline, score; record statistics.
 
         timeout_s: seconds left of the caller's deadline (None: none). batchable=False keeps
         single examples out of the dynamic batcher (a stream scores its messages in order).
-        Answers in `servable.model.output_names` order, N rows each.
+        checked: x already passed `servable.model.check_features` (a stream checks each message
+        to name the bad one). Answers in `servable.model.output_names` order, N rows each.
         """
         stats = servable.stats
         started = _now()
         try:
-            servable.model.check_features(x)
-            checked = _now()
+            if not checked:
+                servable.model.check_features(x)
+            checked_at = _now()
             with self.limiter:
                 admitted = _now()
                 outputs = servable.run(x, timeout_s, batchable=batchable)
@@ -149,24 +173,26 @@ class DataPlane:
             stats.record_failure(_now() - started)
             raise
         done = _now()
-        if self.tracing is not None:
-            self.tracing.parts(
+        if self._tracing is not None:
+            self._tracing.parts(
                 [
-                    ("validate", started, checked),
-                    ("queue", checked, admitted),
+                    ("validate", started, checked_at),
+                    ("queue", checked_at, admitted),
                     ("run", admitted, done),
                 ]
             )
             scored_at.set(done)
         if batchable and servable.batcher is not None and x.shape[0] == 1:
             # The batcher's timed predict counts the run; the wait includes it.
-            stats.record_success(1, done - started, done - checked, checked - started, 0, 0, False)
+            stats.record_success(
+                1, done - started, done - checked_at, checked_at - started, 0, 0, False
+            )
         else:
             stats.record_success(
                 x.shape[0],
                 done - started,
-                admitted - checked,
-                checked - started,
+                admitted - checked_at,
+                checked_at - started,
                 done - admitted,
                 0,
                 True,
@@ -251,15 +277,15 @@ class DataPlane:
     def load(self, name: str) -> None:
         """Model control's load: rescan the model directories now; returns once `name` serves,
         raises ModelControlClosed when closed, ModelNotFound / ModelNotReady otherwise."""
-        if self.rescan is None:
+        if self._rescan is None:
             raise ModelControlClosed(MODEL_CONTROL_CLOSED)
-        self.rescan()
+        self._rescan()
         self.find(name)
 
     def unload(self, name: str) -> NoReturn:
         """Model control's unload, never offered: raises ModelControlClosed saying how a version
         is unloaded (or, with model control closed, that it is)."""
-        raise ModelControlClosed(MODEL_UNLOAD_CLOSED if self.rescan else MODEL_CONTROL_CLOSED)
+        raise ModelControlClosed(MODEL_UNLOAD_CLOSED if self._rescan else MODEL_CONTROL_CLOSED)
 
     def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
         """Every configured model version, sorted, with its state and the reason it failed."""

@@ -1,9 +1,10 @@
-"""Domain errors and the one place that maps them to gRPC status codes.
+"""Domain errors and the one table that maps each to its gRPC code and its HTTP status.
 
-Model, batching and repository code raise these; servicers wrap every RPC handler in
-`translate_errors` (`translate_stream_errors` for streamed answers), which answers a domain
-error with its status and message and any other exception with a generic INTERNAL (the full
-traceback goes to the server log, not the client).
+Model, batching and repository code raise these. Both transports and the metrics read
+`STATUS_BY_ERROR`: gRPC servicers wrap every RPC handler in `translate_errors`
+(`translate_stream_errors` for streamed answers), the HTTP transport answers `status_for(error)
+.http`, and the metrics count an HTTP answer under its `.grpc` code. Any other exception answers
+a generic INTERNAL (500) and its full traceback goes to the server log, not the client.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
-from typing import NoReturn, Protocol, TypeVar
+from typing import NamedTuple, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -51,25 +52,52 @@ class ModelControlClosed(ServingError):
     """Model load/unload asked of a server that does not offer it (see --model-control)."""
 
 
-STATUS_BY_ERROR: dict[type[ServingError], grpc.StatusCode] = {
-    ModelControlClosed: grpc.StatusCode.UNIMPLEMENTED,
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+class Status(NamedTuple):
+    """One answer's status on each transport; `grpc` is also the code the metrics count."""
+
+    grpc: grpc.StatusCode
+    http: int
+
+
+# The HTTP status of each gRPC code is the canonical one of google.rpc.Code (what grpc-gateway
+# and Google's APIs answer), so a client reads the same meaning on either transport.
+STATUS_BY_ERROR: dict[type[ServingError], Status] = {
+    InvalidInput: Status(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    ModelNotFound: Status(grpc.StatusCode.NOT_FOUND, 404),
+    ModelNotReady: Status(grpc.StatusCode.UNAVAILABLE, 503),
+    Overloaded: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    DeadlineExpired: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    # Retrying does not help until someone replaces the file: not UNAVAILABLE/503, which
+    # clients retry (docs/serving.md, Errors).
+    ModelLoadError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    # Not offered by this server, whoever asks: not PERMISSION_DENIED/403, which sends an
+    # operator to the tokens (docs/serving.md, Errors).
+    ModelControlClosed: Status(grpc.StatusCode.UNIMPLEMENTED, 501),
 }
+OK = Status(grpc.StatusCode.OK, 200)
+INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)
+# Answers only the HTTP transport gives (gRPC's own stack answers these before a handler runs).
+UNAUTHENTICATED = Status(grpc.StatusCode.UNAUTHENTICATED, 401)
+NO_ROUTE = Status(grpc.StatusCode.NOT_FOUND, 404)
+METHOD_NOT_ALLOWED = Status(grpc.StatusCode.UNIMPLEMENTED, 405)
+BODY_TOO_LARGE = Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
 
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
-def status_for(error: ServingError) -> grpc.StatusCode:
-    """The gRPC status a domain error answers with."""
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for quoting a
+    library's error inside a ServingError's message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def status_for(error: ServingError) -> Status:
+    """The status a domain error answers with (its nearest listed base class's)."""
     for error_type in type(error).__mro__:
         if error_type in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[error_type]
-    return grpc.StatusCode.INTERNAL
+    return INTERNAL
 
 
 class _AbortingContext(Protocol):
@@ -81,7 +109,7 @@ class _AbortingContext(Protocol):
 
 def _abort(error: Exception, context: _AbortingContext, method_name: str) -> NoReturn:
     if isinstance(error, ServingError):
-        context.abort(status_for(error), str(error))
+        context.abort(status_for(error).grpc, str(error))
     log.exception("unexpected error in %s", method_name)
     context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 

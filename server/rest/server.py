@@ -1,5 +1,6 @@
-"""The Open Inference Protocol over HTTP/REST on --http-port: aiohttp on its own event loop
-thread, calling the same data plane as the gRPC servicers.
+"""The HTTP transport: the Open Inference Protocol over HTTP/REST on --http-port, aiohttp on its
+own event loop thread, calling the same data plane as the gRPC servicers. A peer of the gRPC
+transport (server/grpc/transport.py), with the same `bind`, `start`, `drain`, `stop`.
 
 aiohttp was chosen by measurement (docs/serving.md, HTTP/REST: an echo POST at concurrency 1 cost
 about the same as uvicorn+httptools and ~90× less than the standard library's http.server,
@@ -8,14 +9,17 @@ Its loop runs in one thread: calls of an unbatched model are scored inline (tens
 hop); calls that may wait for a dynamic batch go to a small thread pool so batch-mates can arrive.
 While idle the loop sleeps in epoll and takes nothing from the gRPC threads.
 
-Errors are {"error": "..."} with the status that fits: 400 bad input, 401 no valid token, 404
-unknown model/version or path, 405 wrong method, 413 body too large, 429 overloaded, 503 not
-ready, 504 timeout; 500 only for a server fault.
+Errors are {"error": "..."} with the status server/plane/errors.py's table gives each domain
+error (400 bad input, 404 unknown model or version, 429 overloaded, 503 not ready, 504 timeout,
+…) and the HTTP-only ones it lists (401 no valid token, 404 unknown path, 405 wrong method, 413
+body too large); 500 only for a server fault. Every call goes through the call observer
+(server/observability/calls.py): metrics, access log and trace span, as over gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import math
@@ -26,55 +30,41 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import grpc
 from aiohttp import web
 
-from bnserve.server.observability.metrics import ServerMetrics
+from bnserve.server.observability.calls import CallObserver
+from bnserve.server.observability.tracing import scored_at
 from bnserve.server.plane.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
     PLATFORM,
+    SERVER_NAME,
     DataPlane,
 )
 from bnserve.server.plane.errors import (
+    BODY_TOO_LARGE,
+    INTERNAL,
     INTERNAL_MESSAGE,
-    DeadlineExpired,
+    METHOD_NOT_ALLOWED,
+    NO_ROUTE,
+    OK,
+    STATUS_BY_ERROR,
+    UNAUTHENTICATED,
     InvalidInput,
-    ModelControlClosed,
-    ModelLoadError,
-    ModelNotFound,
     ModelNotReady,
-    Overloaded,
     ServingError,
+    Status,
+    status_for,
 )
 from bnserve.server.rest import codec
+from bnserve.server.settings import ServerSettings
+from bnserve.server.version import installed_version
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: dict[type[ServingError], int] = {
-    ModelControlClosed: 403,
-    InvalidInput: 400,
-    ModelNotFound: 404,
-    ModelNotReady: 503,
-    Overloaded: 429,
-    DeadlineExpired: 504,
-    ModelLoadError: 503,
-}
-# For bnserve_requests: an HTTP answer counted under the gRPC code of the same meaning.
-CODE_BY_STATUS = {
-    200: grpc.StatusCode.OK,
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 DENIED = (
     "missing or invalid bearer token: send the header 'Authorization: Bearer <token>' with a "
     "token the server accepts"
@@ -82,18 +72,8 @@ DENIED = (
 JSON = "application/json"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes send no token
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext | None:
-    """The HTTP port's TLS from the gRPC port's files (security/tls.py checked them already)."""
-    if not cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    if client_ca_file:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=client_ca_file)
-    return context
+STATUS = web.ResponseKey("status", Status)  # the answer's status on both transports
+Result = TypeVar("Result")
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -107,42 +87,91 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.Response(
-        status=status, body=codec.dumps({"error": message}), content_type=JSON, headers=headers
+def _error(status: Status, message: str, **headers: str) -> web.Response:
+    response = web.Response(
+        status=status.http, body=codec.dumps({"error": message}), content_type=JSON, headers=headers
     )
+    response[STATUS] = status
+    return response
 
 
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=codec.dumps(value), content_type=JSON)
+def _json(value: Any, status: Status = OK) -> web.Response:
+    response = web.Response(status=status.http, body=codec.dumps(value), content_type=JSON)
+    response[STATUS] = status
+    return response
 
 
-class RestServer:
-    """Bound at construction (port known, errors early); `start` serves, `stop(grace)` drains."""
+@dataclass(frozen=True)
+class RestOptions:
+    """What the HTTP transport takes besides the data plane (all optional).
+
+    accepts: whether a bearer token (None: none sent) is good, None: no auth; tls: HTTPS."""
+
+    accepts: Callable[[str | None], bool] | None = None
+    tls: ssl.SSLContext | None = None
+    observer: CallObserver | None = None
+
+
+class _HttpCall:
+    """CallFacts of an HTTP call; infer fills in the model it asked for and answered."""
+
+    __slots__ = ("_request", "answered", "answered_version", "asked", "id")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.asked = self.answered = self.answered_version = self.id = ""
+
+    def asked_model(self) -> str:
+        return self.asked
+
+    def answered_model(self) -> str:
+        return self.answered
+
+    def version(self) -> str:
+        return self.answered_version or self._request.match_info.get("version", "")
+
+    def request_id(self) -> str:
+        return self.id
+
+    def peer(self) -> str:
+        peer = (
+            self._request.transport.get_extra_info("peername") if self._request.transport else None
+        )
+        if not peer:
+            return ""
+        host, port = peer[0], peer[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
+CALL = web.RequestKey("call", _HttpCall)  # what the handler learnt of the call
+
+
+class RestTransport:
+    """Built around a data plane; `bind` takes the port, `start` serves, `drain` is readiness
+    off (the ready endpoint reads the data plane), `stop(grace_s)` finishes in-flight calls."""
 
     def __init__(
-        self,
-        plane: DataPlane,
-        host: str,
-        port: int,
-        *,
-        max_body_bytes: int,
-        server_version: str,
-        accepts: Callable[[str | None], bool] | None = None,
-        tls: ssl.SSLContext | None = None,
-        metrics: ServerMetrics | None = None,
-        workers: int = 8,
+        self, settings: ServerSettings, plane: DataPlane, options: RestOptions = RestOptions()
     ) -> None:
+        """On settings.host and settings.http_port; bodies up to settings.max_message_bytes;
+        up to settings.max_inflight calls on the thread pool (model scans, batched scoring)."""
         self._plane = plane
-        self._accepts = accepts
-        self._tls = tls
-        self._metrics = metrics
-        self._metadata = {"name": "bnserve", "version": server_version, "extensions": EXTENSIONS}
-        self._socket = _bind(host, port)
-        self.port = self._socket.getsockname()[1]
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
-        self._max_body_bytes = max_body_bytes
-        self._app = web.Application(client_max_size=max_body_bytes)
+        self._accepts = options.accepts
+        self._tls = options.tls
+        self._observer = options.observer
+        self._metadata = {
+            "name": SERVER_NAME,
+            "version": installed_version(),
+            "extensions": EXTENSIONS,
+        }
+        self._host, self._port = settings.host, settings.http_port
+        self._socket: socket.socket | None = None
+        self.port = 0  # known after bind()
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.max_inflight, thread_name_prefix="http"
+        )
+        self._max_body_bytes = settings.max_message_bytes
+        self._app = web.Application(client_max_size=self._max_body_bytes)
         self._add_routes(self._app.router)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -152,7 +181,15 @@ class RestServer:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def bind(self) -> int:
+        """Listen on host and port (errors early, before anything starts); the port bound.
+        Raises OSError naming --http-port."""
+        self._socket = _bind(self._host, self._port)
+        self.port = int(self._socket.getsockname()[1])
+        return self.port
+
     def start(self) -> None:
+        """Serve on the bound port from the loop thread; OSError if aiohttp cannot."""
         self._thread = threading.Thread(target=self._run, name="http-loop", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -165,6 +202,7 @@ class RestServer:
         try:
             self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
             loop.run_until_complete(self._runner.setup())
+            assert self._socket is not None, "bind() before start()"
             site = web.SockSite(self._runner, self._socket, ssl_context=self._tls)
             loop.run_until_complete(site.start())
         except BaseException as error:  # reported to start()
@@ -175,11 +213,14 @@ class RestServer:
         loop.run_forever()
         loop.close()
 
+    def drain(self) -> None:
+        """Nothing of its own: /v2/health/ready reads the data plane, which drains first."""
+
     def stop(self, grace_s: float) -> None:
         """Refuse new connections, give in-flight calls grace_s seconds, then close."""
         loop, runner = self._loop, self._runner
         if loop is None or runner is None or self._thread is None:
-            self._socket.close()
+            self._close_socket()
             return
 
         async def shut_down() -> None:
@@ -194,9 +235,23 @@ class RestServer:
         self._thread.join(grace_s + 10)
         if done.done() and done.exception() is not None:
             log.error("HTTP server shutdown: %s", done.exception())
-        self._socket.close()
+        self._close_socket()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._loop = None
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+
+    async def _in_thread(self, function: Callable[..., Result], *args: Any) -> Result:
+        """function(*args) on the pool (it may wait: a model scan, batch-mates), in this call's
+        context: its span parents the data plane's parts, and the scoring time comes back."""
+        context = contextvars.copy_context()
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._executor, context.run, function, *args
+        )
+        scored_at.set(context.get(scored_at, 0))
+        return result
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -235,38 +290,46 @@ class RestServer:
         router.add_route("*", "/{tail:.*}", self._wrap(self._no_route, "other"))
 
     def _wrap(self, handler: Handler, path: str) -> Handler:
-        """Token check (except probes), error → status translation, metrics."""
+        """Token check (except probes), error → status translation, the call observer."""
         accepts = self._accepts
-        metrics = self._metrics
+        observer = self._observer
         max_body_bytes = self._max_body_bytes
-        method = "HTTP " + path
+        method = "HTTP " + path  # the metrics' method label and the span's name
         open_path = path in OPEN_PATHS
 
-        async def wrapped(request: web.Request) -> web.Response:
-            started = time.perf_counter()
+        async def answer(request: web.Request) -> web.Response:
             if accepts is not None and not open_path and not accepts(_bearer(request)):
-                response = _error(401, DENIED, **{"WWW-Authenticate": "Bearer"})
-            else:
-                try:
-                    response = await handler(request)
-                except ServingError as error:
-                    status = _status(error)
-                    extra = {"Retry-After": "1"} if status == 429 else {}
-                    response = _error(status, str(error), **extra)
-                except web.HTTPRequestEntityTooLarge:
-                    response = _error(
-                        413,
-                        f"request body over the {max_body_bytes}-byte limit (--max-message-bytes)",
-                    )
-                except Exception:
-                    log.exception("unexpected error in %s %s", request.method, request.path)
-                    response = _error(500, INTERNAL_MESSAGE)
-            if metrics is not None:
-                code = CODE_BY_STATUS.get(response.status, grpc.StatusCode.INTERNAL)
-                metrics.observe_call(method, code, time.perf_counter() - started)
+                return _error(UNAUTHENTICATED, DENIED, **{"WWW-Authenticate": "Bearer"})
+            try:
+                return await handler(request)
+            except ServingError as error:
+                status = status_for(error)
+                extra = {"Retry-After": "1"} if status.http == 429 else {}
+                return _error(status, str(error), **extra)
+            except web.HTTPRequestEntityTooLarge:
+                return _error(
+                    BODY_TOO_LARGE,
+                    f"request body over the {max_body_bytes}-byte limit (--max-message-bytes)",
+                )
+            except Exception:
+                log.exception("unexpected error in %s %s", request.method, request.path)
+                return _error(INTERNAL, INTERNAL_MESSAGE)
+
+        if observer is None:
+            return answer
+
+        async def observed(request: web.Request) -> web.Response:
+            headers = [(name.lower(), value) for name, value in request.headers.items()]
+            with observer.span(method, headers, "http"):
+                started = time.perf_counter()
+                request[CALL] = facts = _HttpCall(request)
+                response = await answer(request)
+                status = response.get(STATUS, INTERNAL)
+                seconds = time.perf_counter() - started
+                observer.observe(method, status.grpc, seconds, facts, status.http)
             return response
 
-        return wrapped
+        return observed
 
     # --- handlers ----------------------------------------------------------------------------
 
@@ -275,7 +338,7 @@ class RestServer:
 
     async def _ready(self, request: web.Request) -> web.Response:
         ready = self._plane.ready
-        return _json({"ready": ready}, 200 if ready else 503)
+        return _json({"ready": ready}, OK if ready else STATUS_BY_ERROR[ModelNotReady])
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
         return _json(self._metadata)
@@ -298,7 +361,7 @@ class RestServer:
         if self._plane.model_ready(name, version):
             return _json({"name": name, "ready": True})
         self._plane.find(name, version)  # raises: unknown (404) or not ready (503)
-        return _json({"name": name, "ready": False}, 503)
+        return _json({"name": name, "ready": False}, STATUS_BY_ERROR[ModelNotReady])
 
     async def _model_config(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
@@ -347,9 +410,8 @@ class RestServer:
         )
 
     async def _model_load(self, request: web.Request) -> web.Response:
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._plane.load, request.match_info["name"]
-        )  # a scan reads and verifies files: not on the loop thread
+        # A scan reads and verifies files: not on the loop thread.
+        await self._in_thread(self._plane.load, request.match_info["name"])
         return _json({})
 
     async def _model_unload(self, request: web.Request) -> web.Response:
@@ -357,29 +419,35 @@ class RestServer:
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
+        call = request.get(CALL)  # None: no observer
+        if call is not None:
+            call.asked = name
         servable = self._plane.find(name, version)
         body = await request.read()
         decoded = codec.InferRequest(body, request.headers.get(codec.HEADER_LENGTH))
+        if call is not None:
+            call.id = str(decoded.id)
         plane = self._plane
         if servable.batcher is None:
             outputs = plane.infer(servable, decoded.inputs, decoded.outputs, decoded.timeout_s)
         else:  # may wait for batch-mates: not on the loop thread
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                plane.infer,
-                servable,
-                decoded.inputs,
-                decoded.outputs,
-                decoded.timeout_s,
+            outputs = await self._in_thread(
+                plane.infer, servable, decoded.inputs, decoded.outputs, decoded.timeout_s
             )
-        answer, header_length = codec.infer_response(servable.model, decoded, outputs)
+        model = servable.model
+        if call is not None:
+            call.answered, call.answered_version = model.name, model.version
+        answer, header_length = codec.infer_response(model, decoded, outputs)
         if header_length is None:
-            return web.Response(body=answer, content_type=JSON)
-        return web.Response(
-            body=answer,
-            content_type="application/octet-stream",
-            headers={codec.HEADER_LENGTH: str(header_length)},
-        )
+            response = web.Response(body=answer, content_type=JSON)
+        else:
+            response = web.Response(
+                body=answer,
+                content_type="application/octet-stream",
+                headers={codec.HEADER_LENGTH: str(header_length)},
+            )
+        response[STATUS] = OK
+        return response
 
     async def _no_route(self, request: web.Request) -> web.Response:
         allowed = sorted(
@@ -392,10 +460,12 @@ class RestServer:
         )
         if allowed:
             return _error(
-                405, f"{request.method} is not allowed on {request.path}", Allow=", ".join(allowed)
+                METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {request.path}",
+                Allow=", ".join(allowed),
             )
         return _error(
-            404,
+            NO_ROUTE,
             f"no endpoint {request.method} {request.path}; this server answers the Open Inference "
             "Protocol under /v2 (health/live, health/ready, models/{name}[/versions/{v}]"
             "[/ready|/config|/stats|/infer])",
@@ -413,13 +483,6 @@ def _bearer(request: web.Request) -> str | None:
         return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
-
-
-def _status(error: ServingError) -> int:
-    for error_type in type(error).__mro__:
-        if error_type in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[error_type]
-    return 500
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,5 +1,5 @@
-"""TLS for the gRPC port: server certificate and key, and optionally a client CA (then every
-client must present a certificate it signed: mutual TLS)."""
+"""TLS for the gRPC and HTTP ports, from the same files: server certificate and key, and
+optionally a client CA (then every client must present a certificate it signed: mutual TLS)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,15 @@ def _read(path: str, setting: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise TlsConfigError(f"{setting} {path}: not a PEM file (no -----BEGIN line)")
     return data
+
+
+def ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext | None:
+    """The HTTP port's TLS from the gRPC port's files (`server_credentials` checked them)."""
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=client_ca_file)
+    return context

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
-from bnserve.server.app import LIVENESS
+from bnserve.server.grpc.transport import LIVENESS
 from bnserve.server.settings import ENV_PREFIX, settable_fields
 
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"

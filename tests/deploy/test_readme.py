@@ -40,7 +40,7 @@ def test_the_example_files_are_made_by_the_command_it_gives(
     tmp_path: Path, small_demo: DemoRun, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The bug: digits.csv, bad.csv and heldout.csv were described but never made."""
-    for command in ("$ python scripts/example_files.py\n", "scripts/example_files.py --run "):
+    for command in ("$ python ../scripts/example_files.py\n", "scripts/example_files.py --run "):
         assert command in README
     run_dir = small_demo.out_dir / "run"
     made = subprocess.run(
@@ -127,3 +127,71 @@ def test_every_relative_link_in_readme_and_docs_resolves() -> None:
                 assert anchor in _anchors(linked), f"{page.name}: link {target!r}: no such heading"
             links += 1
     assert links >= 20  # the README's index of docs/ and the docs' links back
+
+
+TOUR = REPO / "scripts" / "readme_tour.py"
+
+
+def _tour(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(TOUR), *args], capture_output=True, text=True, timeout=900, cwd=REPO
+    )
+
+
+def test_the_tour_prints_what_the_page_shows() -> None:
+    """Every README command outside the blocks marked slow or skip, run in order in a scratch
+    tour/ directory: what it prints is what the page shows (timestamps, run ids, progress bars
+    and timings masked), and it writes nothing outside tour/."""
+    followed = _tour()
+    assert followed.returncode == 0, followed.stdout[-6000:] + followed.stderr[-3000:]
+    assert "0 drifted from the page" in followed.stdout
+
+
+@pytest.mark.slow
+def test_the_whole_tour_with_its_slow_blocks_prints_what_the_page_shows() -> None:
+    """The Tune block too (40 trials: about a minute of 2 cores)."""
+    followed = _tour("--slow")
+    assert followed.returncode == 0, followed.stdout[-6000:] + followed.stderr[-3000:]
+
+
+def test_the_tour_check_fails_when_a_recorded_output_drifts(tmp_path: Path) -> None:
+    """A page whose recorded output no longer matches: exit 1 and a diff naming the line."""
+    page = tmp_path / "README.md"
+    shown = [
+        "```",
+        "$ printf 'run runs/a (0123456789ab): 2 epochs\\n'",
+        "run runs/a (ba9876543210): 2 epochs",  # another run id: masked
+        "$ bnserve --version",
+        "bnserve …",
+        "$ printf 'wrote 377,570 bytes\\n'",
+        "wrote 377,570 bytes",
+        "```",
+    ]
+    page.write_text("\n".join(shown) + "\n")
+    assert _tour("--readme", str(page)).returncode == 0
+    page.write_text("\n".join(shown).replace("wrote 377,570 bytes\n", "wrote 377,528 bytes\n"))
+    drifted = _tour("--readme", str(page))
+    assert drifted.returncode == 1
+    assert "README line 6: $ printf 'wrote 377,570 bytes\\n'" in drifted.stdout
+    assert "-wrote 377,528 bytes\n+wrote 377,570 bytes" in drifted.stdout
+    assert "1 drifted from the page" in drifted.stdout
+
+
+def test_a_block_marked_skip_is_not_run_and_one_marked_slow_only_with_slow(tmp_path: Path) -> None:
+    page = tmp_path / "README.md"
+    page.write_text(
+        "<!-- tour: skip (docker) -->\n```\n$ false\nnot this\n```\n\n"
+        "<!-- tour: slow (long) -->\n```\n$ echo slow\nslow\n```\n"
+    )
+    assert "0 commands" in _tour("--readme", str(page)).stdout
+    assert "1 commands, 0 drifted" in _tour("--readme", str(page), "--slow").stdout
+
+
+def test_the_tour_directory_is_ignored_by_git() -> None:
+    """README: the tour runs in tour/ of the clone, so `git status` lists nothing it wrote."""
+    written = ["tour/runs/d/params.npz", "tour/digits.csv", "tour/serve.log"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True
+    )
+    assert ignored.stdout.split() == written
+    assert "(`mkdir\ntour && cd tour` first;" in README

@@ -42,7 +42,7 @@ def test_missing_directory(tmp_path, out_dir, capsys) -> None:
         [str(tmp_path / "nope"), "--out", str(out_dir / "m.onnx")],
         out_dir,
         "nope",
-        "not a run directory",
+        "nope: does not exist (a run directory of bnserve train is needed)",
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from server_process import free_port
 
-from bnserve.server.app import Server
+from bnserve.server.app import Extras, Server
 from bnserve.server.models.repository import READY
 from bnserve.server.models.versions import resolve_sources
 from bnserve.server.settings import ServerSettings
@@ -25,7 +25,7 @@ def start_server(
     that name, each resolved as `--model FILE --name NAME` resolves it and loaded by the
     server's own version scan at start (a refused file is left failed, as the CLI leaves it);
     with http, the HTTP/REST transport too on another free port (`server.http_port`); `create`
-    goes to Server.create (interceptors, tracing, …)."""
+    names the server's Extras (interceptors, metrics, observer, …)."""
     http_port = free_port() if http else 0
     sources = None  # without models: what settings.model and model_root configure
     if models:
@@ -35,7 +35,9 @@ def start_server(
             for source in resolve_sources([str(path)], name, "1", "")
         ]
     server = Server.create(
-        settings.replace(host="127.0.0.1", port=0, http_port=http_port), sources=sources, **create
+        settings.replace(host="127.0.0.1", port=0, http_port=http_port),
+        Extras(**create),
+        sources=sources,
     )
     server.start()
     return server

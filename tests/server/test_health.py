@@ -9,11 +9,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from in_process import start_server
 from model_builder import NUM_FEATURES, ModelFiles
 
-from bnserve.server.app import LIVENESS
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.grpc.transport import LIVENESS
 from bnserve.server.settings import ServerSettings
 
 SERVICES = ["", "bnserve.v1.Predictor", "inference.GRPCInferenceService"]

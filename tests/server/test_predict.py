@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bnserve.server.clients.predict import InputError, parse_features, read_examples, write_table
+from bnserve.server.clients.predict import (
+    InputError,
+    main,
+    parse_features,
+    read_examples,
+    write_table,
+)
 
 NAMES = ["a", "b", "c"]
 
@@ -100,3 +106,34 @@ def test_csv_with_header_still_ignores_extra_columns(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("id,a,b,c\n7,1,2,3\n")
     assert read_examples(path, NAMES) == ([2], [[1.0, 2.0, 3.0]])
+
+
+def test_a_byte_order_mark_is_skipped_as_by_every_reader(tmp_path: Path) -> None:
+    """The bug: predict --csv said the header lacked 'a', which the user could see in the file
+    (a UTF-8 BOM glued to it); train and drift read the same file."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,b,c\n1,2,3\n")
+    assert read_examples(path, NAMES) == ([2], [[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(("delimiter", "shown"), [(";", "';'"), ("\t", "'\\t'"), ("|", "'|'")])
+def test_a_one_column_header_holding_a_delimiter_says_which(
+    tmp_path: Path, delimiter: str, shown: str
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(f"a{delimiter}b{delimiter}c\n1{delimiter}2{delimiter}3\n")
+    with pytest.raises(InputError) as raised:
+        read_examples(path, NAMES)
+    assert str(raised.value) == (
+        f"{path}: line 1: the header has one column containing {shown} — is the file separated "
+        f"by {shown}? (--delimiter {shown})"
+    )
+    assert read_examples(path, NAMES, delimiter) == ([2], [[1.0, 2.0, 3.0]])
+
+
+def test_a_bad_delimiter_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--target", "127.0.0.1:1", "--csv", "x.csv", "--delimiter", ";;"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "bnserve predict: error: --delimiter ';;': expected one character, such as ';' or '\\t'\n"
+    )

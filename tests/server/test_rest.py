@@ -30,9 +30,10 @@ from server_process import (
     model_bytes,
 )
 
-from bnserve.server.app import Server
+from bnserve.server.app import Extras, Server
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.security.auth import TokenAuthInterceptor
 from bnserve.server.settings import ServerSettings
@@ -253,7 +254,7 @@ def test_bad_requests_get_400_naming_the_problem(rest, body, headers, status, ph
         ("GET", "/", 404, "no endpoint GET /"),
         ("DELETE", "/v2/models/iris/infer", 405, "DELETE is not allowed"),
         ("GET", "/v2/models/iris/infer", 405, "GET is not allowed"),
-        ("POST", "/v2/repository/models/iris/load", 403, "closed"),
+        ("POST", "/v2/repository/models/iris/load", 501, "closed"),
     ],
 )
 def test_unknown_things_get_their_status(rest, method, path, status, phrase) -> None:
@@ -498,7 +499,11 @@ def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> Non
 def test_http_calls_are_counted_in_metrics(test_models: ModelFiles) -> None:
     metrics = ServerMetrics()
     server = start_server(
-        ServerSettings(), {"iris": test_models.classification}, http=True, metrics=metrics
+        ServerSettings(),
+        {"iris": test_models.classification},
+        http=True,
+        metrics=metrics,
+        observer=CallObserver(metrics),
     )
     try:
         call(server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS))
@@ -538,8 +543,7 @@ def test_model_control_load_rescans_behind_a_token(tmp_path: Path) -> None:
             model=(str(model_dir),), host="127.0.0.1", port=0, http_port=free_port(),
             reload_interval_s=0, reload_settle_s=0, model_control=True,
         ),
-        interceptors=[auth],
-        http_auth=auth.accepts,
+        Extras(interceptors=[auth], http_auth=auth.accepts),
     )  # fmt: skip
     server.start()
     good = {"Authorization": f"Bearer {TOKEN}"}
@@ -556,7 +560,7 @@ def test_model_control_load_rescans_behind_a_token(tmp_path: Path) -> None:
         status, _, body = call(port, "POST", "/v2/repository/models/tulip/load", b"", good)
         assert status == 404
         status, _, body = call(port, "POST", "/v2/repository/models/iris/unload", b"", good)
-        assert status == 403 and "remove the version directory" in json.loads(body)["error"]
+        assert status == 501 and "remove the version directory" in json.loads(body)["error"]
         install_version(model_dir, 3, model_bytes(seed=3)[0])
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)

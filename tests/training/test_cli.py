@@ -29,7 +29,11 @@ def good_rows(count: int = 40) -> str:
         ("a,b,y\n" + good_rows() + "1,x7,0\n", [], "line 42, column 'b': 'x7' is not a number"),
         ("a,b,y\n" + good_rows() + "1,NaN,0\n", [], "line 42, column 'b': 'NaN' is not finite"),
         ("a,b,y\n" + good_rows() + "inf,2,0\n", [], "line 42, column 'a': 'inf' is not finite"),
-        ("a,b,y\n" + good_rows(), ["--target", "label"], "target column 'label' not found"),
+        (
+            "a,b,y\n" + good_rows(),
+            ["--target", "label"],
+            "target column 'label' is not in the header",
+        ),
         ("a,b,y\n1,2,3\n4,5,3\n6,7,3\n", [], "target 'y' has a single class '3'"),
         ("a,b,y\n1,2,0\n3,4,1\n5,6,0\n", [], "3 rows leave 1 training row(s)"),
         ("a,b,y\n" + good_rows(), ["--hidden", "8,0"], "'hidden' = (8, 0) is invalid"),

@@ -12,9 +12,11 @@ from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.flags import CONFIG_FIELDS, default_text
 from bnserve.training.tune.cli import build_parser as build_tune_parser
 
-# The command line users type (before the flags were built from the fields): it must not change.
+# The command line users type (before the flags were built from the fields): it must not change
+# (--delimiter came later, issue 30).
 TRAIN_FLAGS = {
-    "--out", "--resume", "--from-epoch", "--data", "--target", "--task", "--dev-fraction",
+    "--out", "--resume", "--from-epoch", "--data", "--target", "--delimiter", "--task",
+    "--dev-fraction",
     "--test-fraction", "--folds", "--fold", "--fold-repeat", "--class-weight", "--metric",
     "--cache-dir",
     "--hidden", "--activation", "--no-batchnorm", "--dropout", "--bn-momentum", "--bn-decay",
@@ -41,7 +43,11 @@ def test_each_field_flag_has_the_fields_choices_default_and_type():
         assert action.dest == name and action.default is None  # None: not given
         choices = setting.metadata["choices"]
         assert action.choices == (None if choices is None else list(choices))
-        assert action.help is not None and action.help.endswith(f"(default: {default_text(name)})")
+        if name == "batchnorm":  # --no-batchnorm: what off does, then what the default is
+            meta = setting.metadata
+            assert action.help == f"{meta['off']} (default: {meta['help']})"
+        else:
+            assert action.help and action.help.endswith(f"(default: {default_text(name)})")
         given = getattr(defaults, name)
         if isinstance(given, float) and not isinstance(given, bool):
             assert action.type is float, name
@@ -79,8 +85,16 @@ def test_resumable_fields_come_from_the_field_metadata_and_reach_the_help():
 
 def test_the_tuner_shares_the_training_flags():
     train, tune = _actions(build_parser()), _actions(build_tune_parser())
-    for flag in ("--data", "--target", "--task", "--class-weight", "--metric", "--epochs"):
+    for flag in (
+        "--data",
+        "--target",
+        "--delimiter",
+        "--task",
+        "--class-weight",
+        "--metric",
+        "--epochs",
+    ):
         assert tune[flag].choices == train[flag].choices and tune[flag].type is train[flag].type
-    for flag in ("--data", "--target", "--task", "--class-weight"):
+    for flag in ("--data", "--target", "--delimiter", "--task", "--class-weight"):
         assert tune[flag].help == train[flag].help
-    assert tune["--epochs"].type is int and "(default 200)" in (tune["--epochs"].help or "")
+    assert tune["--epochs"].type is int and "(default: 200)" in (tune["--epochs"].help or "")

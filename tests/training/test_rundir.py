@@ -39,7 +39,7 @@ def test_load_run_returns_everything_the_contract_names(finished_run):
 
 
 def test_a_missing_directory_is_named(tmp_path):
-    with pytest.raises(RunError, match=f"{tmp_path / 'nowhere'}: not a run directory"):
+    with pytest.raises(RunError, match=f"{tmp_path / 'nowhere'}: does not exist"):
         load_run(tmp_path / "nowhere")
 
 

@@ -60,15 +60,17 @@ def content_sha256(path: Path) -> str:
 
 
 def load_table(
-    path: Path, target: str | None, cache_dir: Path | None
+    path: Path, target: str | None, cache_dir: Path | None, delimiter: str = ","
 ) -> tuple[FeatureRows, TableInfo]:
     """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
     if cache_dir is None:
         buffer = io.BytesIO()
-        info = read_table(path, target, buffer)
+        info = read_table(path, target, buffer, delimiter)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    settings = json.dumps({"format": FORMAT, "target": target}, sort_keys=True)
+    # read with another delimiter, the same bytes are another table (a comma keeps older keys)
+    read_with = {"target": target} | ({"delimiter": delimiter} if delimiter != "," else {})
+    settings = json.dumps({"format": FORMAT, **read_with}, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     try:
         before = _identity(path)
@@ -81,7 +83,7 @@ def load_table(
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
         return opened
     entry, sha = _build_entry(
-        path, size, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key)
+        path, size, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key), delimiter
     )
     if _identity(path) != before:
         shutil.rmtree(entry, ignore_errors=True)
@@ -137,6 +139,7 @@ def _build_entry(
     cache_dir: Path,
     sha: str | None,
     entry_of: Callable[[str], Path],
+    delimiter: str,
 ) -> tuple[Path, str]:
     """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
     sha256). sha None: the source is hashed on a second thread while it is read."""
@@ -154,7 +157,7 @@ def _build_entry(
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
                 writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer)
+                info = read_table(path, target, writer, delimiter)
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from bnserve.training.config import TrainConfig
 
 DIGITS_PATH = Path(__file__).parent / "datasets" / "digits.csv.gz"
+# The built-in digits' target column, as scripts/example_files.py writes it into digits.csv.
+DIGITS_TARGET = "digit"
 # A numeric target with at most this many distinct integer values is taken as class labels.
 MAX_INFERRED_CLASSES = 20
 
@@ -58,6 +60,7 @@ def load_dataset(
     target: str | None = None,
     task: str | None = None,
     cache_dir: str | None = None,
+    delimiter: str = ",",
 ) -> Dataset:
     """Load "digits", a CSV (.csv or .csv.gz, with header), a .parquet, or a .npz.
 
@@ -65,6 +68,11 @@ def load_dataset(
     default location, "off": read into memory); x then reads the cache file on demand.
     """
     if source == "digits":
+        if target not in (None, DIGITS_TARGET):
+            raise DataError(
+                f"digits: the built-in set has no column {target!r}; its target is "
+                f"{DIGITS_TARGET!r} (--target {DIGITS_TARGET}, or leave --target out)"
+            )
         return _load_digits(task)
     path = Path(source)
     if not path.is_file():
@@ -72,7 +80,7 @@ def load_dataset(
             f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz file)"
         )
     if readers.is_csv(path) or readers.is_parquet(path):
-        x, info = load_table(path, target, cache_dir_setting(cache_dir))
+        x, info = load_table(path, target, cache_dir_setting(cache_dir), delimiter)
         cells, codes = info.target.cells, info.target.codes
         return _build(x, cells, codes, info.feature_names, info.target_name, task, str(path))
     if path.suffix.lower() == ".npz":
@@ -90,7 +98,7 @@ def _load_digits(task: str | None) -> Dataset:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     names = [f"pixel_{row}_{col}" for row in range(8) for col in range(8)]
     labels = [str(v) for v in table[:, -1].astype(np.int64)]
-    return _build_from_cells(table[:, :-1], labels, names, "target", task, "digits")
+    return _build_from_cells(table[:, :-1], labels, names, DIGITS_TARGET, task, "digits")
 
 
 def _build_from_cells(
@@ -263,7 +271,13 @@ def split_rows(
 def load_split(config: TrainConfig, *, cache_dir: str | None = None) -> tuple[Dataset, Split]:
     """config's data set and its seeded train/dev/test split, exactly as a training run makes
     them (export and the tuner's folds reload a run's split through this)."""
-    dataset = load_dataset(config.data, target=config.target, task=config.task, cache_dir=cache_dir)
+    dataset = load_dataset(
+        config.data,
+        target=config.target,
+        task=config.task,
+        cache_dir=cache_dir,
+        delimiter=config.delimiter,
+    )
     split = split_rows(
         len(dataset.x),
         dev_fraction=config.dev_fraction,

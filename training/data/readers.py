@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
+from bnserve.training.data.header_hints import closest, delimiter_hint
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
 
@@ -84,14 +85,16 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def read_table(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
-    """Write the features of a CSV/Parquet file to `sink` as (N, F) float32 C-order bytes."""
+def read_table(path: Path, target: str | None, sink: ByteSink, delimiter: str = ",") -> TableInfo:
+    """Write the features of a CSV/Parquet file to `sink` as (N, F) float32 C-order bytes.
+
+    delimiter: a CSV's field separator (one character)."""
     import pyarrow as pa
 
     try:
         if is_parquet(path):
             return _read_parquet(path, target, sink)
-        return _read_csv(path, target, sink)
+        return _read_csv(path, target, sink, delimiter)
     finally:
         pa.default_memory_pool().release_unused()  # the blocks are gone: give their pages back
 
@@ -110,10 +113,10 @@ def _open_text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="")
 
 
-def _read_header(path: Path) -> list[str]:
+def _read_header(path: Path, delimiter: str) -> list[str]:
     try:
         with _open_text(path) as handle:
-            first = next(csv.reader(handle), [])
+            first = next(csv.reader(handle, delimiter=delimiter), [])
     except UnicodeDecodeError:
         _raise_decode_error(path)
     except (OSError, EOFError, csv.Error) as error:
@@ -121,10 +124,14 @@ def _read_header(path: Path) -> list[str]:
     return [name.strip() for name in first]
 
 
-def _columns(path: Path, header: list[str], target: str | None) -> tuple[str, list[int], int]:
+def _columns(
+    path: Path, header: list[str], target: str | None, delimiter: str = ","
+) -> tuple[str, list[int], int]:
     """(target name, feature column indices, target column index); refuses bad headers."""
     if not header or not any(header):
         raise DataError(f"{path}: empty file (a header line is needed)")
+    if hint := delimiter_hint(header, delimiter):
+        raise DataError(f"{path}: line 1: {hint}")
     seen: dict[str, int] = {}
     for col, name in enumerate(header):
         if name in seen:
@@ -134,7 +141,10 @@ def _columns(path: Path, header: list[str], target: str | None) -> tuple[str, li
         seen[name] = col
     target_name = target if target is not None else header[-1]
     if target_name not in seen:
-        raise DataError(f"{path}: target column {target_name!r} not found in header {header}")
+        raise DataError(
+            f"{path}: target column {target_name!r} is not in the header; "
+            f"{closest(target_name, header)}"
+        )
     target_col = seen[target_name]
     feature_cols = [col for col in range(len(header)) if col != target_col]
     if not feature_cols:
@@ -142,12 +152,13 @@ def _columns(path: Path, header: list[str], target: str | None) -> tuple[str, li
     return target_name, feature_cols, target_col
 
 
-def _read_csv(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
+def _read_csv(path: Path, target: str | None, sink: ByteSink, delimiter: str) -> TableInfo:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    header = _read_header(path)
-    target_name, feature_cols, _ = _columns(path, header, target)
+    header = _read_header(path, delimiter)
+    target_name, feature_cols, _ = _columns(path, header, target, delimiter)
+    parse_options = pa_csv.ParseOptions(delimiter=delimiter)
     names = [header[col] for col in feature_cols]
     convert = pa_csv.ConvertOptions(
         column_types={**{name: pa.float32() for name in names}, target_name: pa.string()},
@@ -158,7 +169,12 @@ def _read_csv(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
 
     def parse(piece: bytes) -> tuple[np.ndarray, list[pa.Array]]:
         read = pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=len(piece))
-        table = pa_csv.read_csv(pa.py_buffer(piece), read_options=read, convert_options=convert)
+        table = pa_csv.read_csv(
+            pa.py_buffer(piece),
+            read_options=read,
+            parse_options=parse_options,
+            convert_options=convert,
+        )
         block = _feature_block(table, names)
         if not np.isfinite(block).all():
             raise _NotFinite
@@ -168,13 +184,13 @@ def _read_csv(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
         with _open_bytes(path) as raw:
             rows, chunks = _write_blocks(_ordered_map(parse, _line_pieces(raw)), sink)
     except _NotFinite:
-        _fail(path, target, "a feature value is not finite in float32")
+        _fail(path, target, "a feature value is not finite in float32", delimiter)
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
-        locate_csv_problem(path, target)  # e.g. a gzip file cut short: OSError from pyarrow
+        locate_csv_problem(path, target, delimiter)  # a gzip file cut short: pyarrow's OSError
         raise DataError(f"{path}: not a readable CSV ({error})") from None
     codes_target = _encode(chunks)
     if any(_bad_target_cell(cell) for cell in codes_target.cells):
-        _fail(path, target, f"column {target_name!r} has a missing or non-finite target")
+        _fail(path, target, f"column {target_name!r} has a missing or non-finite target", delimiter)
     return TableInfo(rows, names, target_name, codes_target)
 
 
@@ -243,9 +259,9 @@ def _write_blocks(
     return rows, chunks
 
 
-def _fail(path: Path, target: str | None, reason: str) -> None:
+def _fail(path: Path, target: str | None, reason: str, delimiter: str) -> None:
     """Raise the slow scan's exact message, or `reason` if the scan finds nothing wrong."""
-    locate_csv_problem(path, target)
+    locate_csv_problem(path, target, delimiter)
     raise DataError(f"{path}: {reason}")
 
 
@@ -317,17 +333,17 @@ def _raise_decode_error(path: Path) -> None:
     raise DataError(f"{path}: not UTF-8 text")
 
 
-def locate_csv_problem(path: Path, target: str | None) -> None:
+def locate_csv_problem(path: Path, target: str | None, delimiter: str = ",") -> None:
     """Scan the CSV with the csv module and raise DataError at its first bad line, if any.
 
     The slow path behind the pyarrow reader: it streams the file (no list of rows) and stops
     at the first problem. Returns when it finds none (the caller then reports pyarrow's error).
     """
-    header = _read_header(path)
-    target_name, feature_cols, target_col = _columns(path, header, target)
+    header = _read_header(path, delimiter)
+    target_name, feature_cols, target_col = _columns(path, header, target, delimiter)
     try:
         with _open_text(path) as handle:
-            rows = csv.reader(handle)
+            rows = csv.reader(handle, delimiter=delimiter)
             next(rows, None)
             for line, row in enumerate(rows, start=2):
                 _check_row(path, line, row, header, feature_cols, target_col, target_name)

@@ -27,9 +27,9 @@ from bnserve.training.tune.space import (
 from bnserve.training.tune.store import FILENAME, TrialStore, database_failure
 
 # TrainConfig fields with a flag of their own here (any other: --set FIELD=VALUE)
-_TRAINING_FLAGS = ("data", "target", "task", "epochs", "class_weight", "metric")
+_TRAINING_FLAGS = ("data", "target", "delimiter", "task", "epochs", "class_weight", "metric")
 _TRAINING_HELP = {
-    "epochs": f"epochs per trial (default {DEFAULT_SPACE['fixed']['epochs']})",
+    "epochs": f"epochs per trial (default: {DEFAULT_SPACE['fixed']['epochs']})",
     "metric": "the dev metric trials are ranked on, as bnserve train (default: error or rmse)",
 }
 
@@ -71,46 +71,46 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--param", action="append", metavar="NAME=SCALE:LOW:HIGH", help="add a dimension"
     )
-    search.add_argument("--trials", type=int, help="total trials over all rounds (default 20)")
-    search.add_argument("--rounds", type=int, help="coarse-to-fine rounds (default 1)")
-    search.add_argument("--shrink", type=float, help="box width kept per round (default 0.5)")
+    search.add_argument("--trials", type=int, help="total trials over all rounds (default: 20)")
+    search.add_argument("--rounds", type=int, help="coarse-to-fine rounds (default: 1)")
+    search.add_argument("--shrink", type=float, help="box width kept per round (default: 0.5)")
     search.add_argument("--grid", type=int, metavar="P", help="grid: P values per dimension")
-    search.add_argument("--seed", type=int, help="the tune's seed (default 0)")
+    search.add_argument("--seed", type=int, help="the tune's seed (default: 0)")
     search.add_argument(
         "--compare-batchnorm", action="store_true", help="each point with and without BN"
     )
     search.add_argument(
         "--early-stop",
         choices=list(RULES),
-        help="stop hopeless trials: median rule, or successive halving (default none)",
+        help="stop hopeless trials: median rule, or successive halving (default: none)",
     )
     search.add_argument(
-        "--grace-epochs", type=int, help="epochs before any stop; halving's first rung (default 3)"
+        "--grace-epochs", type=int, help="epochs before any stop; halving's first rung (default: 3)"
     )
     search.add_argument(
         "--reduction",
         type=int,
-        help="halving: η, rungs at grace·η^k each keep the best 1/η of trials (default 3)",
+        help="halving: η, rungs at grace·η^k each keep the best 1/η of trials (default: 3)",
     )
     search.add_argument(
         "--cv",
         metavar="K|auto",
         help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
         f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
-        f"{cv.AUTO_MAX_ROWS} training rows (default off)",
+        f"{cv.AUTO_MAX_ROWS} training rows (default: off)",
     )
     search.add_argument(
         "--cv-repeats",
         metavar="R|auto",
         help="--cv: draw the folds R times and score each trial over all R·K fold runs; auto: "
-        f"{cv.AUTO_REPEATS} below {cv.REPEAT_MAX_ROWS} training rows, else 1 (default auto)",
+        f"{cv.AUTO_REPEATS} below {cv.REPEAT_MAX_ROWS} training rows, else 1 (default: auto)",
     )
     search.add_argument(
         "--final-average",
         type=float,
         metavar="SHARE",
         help="--cv: the retrain keeps the mean weights (then their population BN statistics) "
-        "of this share of its last epochs; 0: its last epoch's (default 0.5)",
+        "of this share of its last epochs; 0: its last epoch's (default: 0.5)",
     )
     search.add_argument(
         "--objective",
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="run on a Ray cluster: HOST:PORT, auto or local")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="no plots/*.png")
-    run.add_argument("--show", type=int, default=10, help="table rows to print (default 10)")
+    run.add_argument("--show", type=int, default=10, help="table rows to print (default: 10)")
     return parser
 
 

@@ -169,7 +169,9 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
     from bnserve.training.metrics import check_metric, default_metric
 
     config = space.base_config()
-    dataset = load_dataset(config.data, target=config.target, task=config.task)
+    dataset = load_dataset(
+        config.data, target=config.target, task=config.task, delimiter=config.delimiter
+    )
     if dataset.task == "classification":
         check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
     try:

@@ -20,6 +20,7 @@ from bnserve.server.plane.errors import (
     translate_errors,
     translate_stream_errors,
 )
+from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
 STREAM_WINDOW = 256  # stream messages read ahead of their answers (back-pressure beyond)
@@ -104,7 +105,10 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.PredictResponse]:
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        outputs = self._plane.score(servable, x, context.time_remaining(), batchable=False)
+        # Each message passed check_features in _answer_chunk, which names the bad one.
+        outputs = self._plane.score(
+            servable, x, context.time_remaining(), batchable=False, checked=True
+        )
         for row, request in enumerate(requests):
             yield _response(servable.model, outputs, request.id, row)
 
@@ -136,6 +140,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             training_json=card.get("training"),
             created_at=card.get("created_at"),
             metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
+            server_version=installed_version(),
         )
 
     @translate_errors

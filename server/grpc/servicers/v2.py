@@ -5,7 +5,6 @@ classification extension). Translation only: protobuf in and out, the data plane
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import metadata as package_metadata
 
 import grpc
 
@@ -18,6 +17,7 @@ from bnserve.server.plane.dataplane import (
     EXTENSIONS,
     INDEX_STATES,
     PLATFORM,
+    SERVER_NAME,
     DataPlane,
     OutputRequest,
     TensorIn,
@@ -31,22 +31,15 @@ from bnserve.server.plane.errors import (
     translate_stream_errors,
 )
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
+from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "bnserve"
 CLASSIFICATION = "classification"  # the requested output parameter of the extension
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
     "BYTES": config_pb.TYPE_STRING,
 }
-
-
-def server_version() -> str:
-    try:
-        return package_metadata.version("bnserve")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -56,7 +49,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._metadata = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
+            name=SERVER_NAME, version=installed_version(), extensions=EXTENSIONS
         )
 
     @translate_errors

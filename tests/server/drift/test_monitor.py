@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
-from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
 
@@ -104,7 +104,7 @@ def served(digits: DigitsModel) -> Iterator[Served]:
         dict.fromkeys(NAMES, digits.path),
         http=True,
         metrics=metrics,
-        interceptors=[ObservabilityInterceptor(metrics)],
+        observer=CallObserver(metrics),
     )
     for name in NAMES:
         assert is_serving(server, name)

@@ -24,7 +24,7 @@ from server_process import (
     remove_version,
 )
 
-from bnserve.server.app import Server
+from bnserve.server.app import Extras, Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
@@ -411,7 +411,7 @@ def test_a_version_whose_warm_up_raises_is_refused_once_and_counted(
         model=(str(model_dir),), host="127.0.0.1", port=0, workers=6, max_inflight=4,
         reload_interval_s=0, reload_settle_s=0, http_port=0,
     )  # fmt: skip
-    server = Server.create(settings, metrics=metrics)
+    server = Server.create(settings, Extras(metrics=metrics))
     server.start()
     failures = {"model": "iris"}
     try:

@@ -13,7 +13,7 @@ from model_builder import NUM_FEATURES, ModelFiles
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
-from bnserve.server.observability.calls import ObservabilityInterceptor
+from bnserve.server.observability.calls import CallObserver
 from bnserve.server.settings import ServerSettings
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -37,8 +37,7 @@ def traced(test_models: ModelFiles):
     server = start_server(
         ServerSettings(workers=4, max_inflight=2),
         {"iris": test_models.classification},
-        interceptors=[ObservabilityInterceptor(None, tracing=tracing)],
-        tracing=tracing,
+        observer=CallObserver(None, tracing=tracing),
     )
     yield server, exporter
     server.stop(0)

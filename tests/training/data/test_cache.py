@@ -83,8 +83,8 @@ def test_a_file_written_to_during_its_first_read_leaves_no_entry(tmp_path, monke
     write_csv(source, 50)
     real = cache.read_table
 
-    def read_while_appended(path, target, sink):
-        info = real(path, target, sink)
+    def read_while_appended(path, target, sink, delimiter):
+        info = real(path, target, sink, delimiter)
         with source.open("a") as handle:  # another program still writing the file
             handle.write("99.0,1.5,2\n")
         return info
@@ -204,8 +204,8 @@ def test_two_processes_building_one_entry_both_get_it(tmp_path, monkeypatch):
     real = cache.read_table
     raced: list[int] = []
 
-    def read_while_another_finishes(path, target, sink):
-        info = real(path, target, sink)
+    def read_while_another_finishes(path, target, sink, delimiter):
+        info = real(path, target, sink, delimiter)
         if not raced:  # the other process renames its entry into place during our read
             raced.append(1)
             monkeypatch.setattr(cache, "read_table", real)

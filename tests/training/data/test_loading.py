@@ -105,7 +105,8 @@ def test_binary_file_named_csv_is_a_data_error(tmp_path):
 
 def test_missing_target_column_lists_the_header(tmp_path):
     path = write_csv(tmp_path, "a,b\n1,2\n")
-    with pytest.raises(DataError, match=r"target column 'label' not found in header \['a', 'b'\]"):
+    named = r"target column 'label' is not in the header; the columns are \['a', 'b'\]"
+    with pytest.raises(DataError, match=named):
         load_dataset(path, target="label")
 
 

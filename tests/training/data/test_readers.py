@@ -224,7 +224,8 @@ def test_missing_target_column_lists_the_header(tmp_path, kind):
         path = str(path)
     else:
         path = write_parquet(tmp_path / "d.parquet", {"a": [1], "b": [2]})
-    with pytest.raises(DataError, match=r"target column 'label' not found in header \['a', 'b'\]"):
+    named = r"target column 'label' is not in the header; the columns are \['a', 'b'\]"
+    with pytest.raises(DataError, match=named):
         load_dataset(path, target="label")
 
 

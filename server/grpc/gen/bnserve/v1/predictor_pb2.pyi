@@ -100,7 +100,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "versions", "task", "inputs", "outputs", "feature_names", "class_names", "target_names", "stats", "bn_momentum", "running_var", "epsilon", "folded", "fold_max_abs_error", "run_id", "params_sha256", "graph_sha256", "training_json", "created_at", "metadata")
+    __slots__ = ("model_name", "model_version", "versions", "task", "inputs", "outputs", "feature_names", "class_names", "target_names", "stats", "bn_momentum", "running_var", "epsilon", "folded", "fold_max_abs_error", "run_id", "params_sha256", "graph_sha256", "training_json", "created_at", "metadata", "server_version")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class ModelInfoResponse(_message.Message):
     TRAINING_JSON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -150,7 +151,8 @@ class ModelInfoResponse(_message.Message):
     training_json: str
     created_at: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., stats: _Optional[str] = ..., bn_momentum: _Optional[str] = ..., running_var: _Optional[str] = ..., epsilon: _Optional[str] = ..., folded: _Optional[bool] = ..., fold_max_abs_error: _Optional[str] = ..., run_id: _Optional[str] = ..., params_sha256: _Optional[str] = ..., graph_sha256: _Optional[str] = ..., training_json: _Optional[str] = ..., created_at: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., stats: _Optional[str] = ..., bn_momentum: _Optional[str] = ..., running_var: _Optional[str] = ..., epsilon: _Optional[str] = ..., folded: _Optional[bool] = ..., fold_max_abs_error: _Optional[str] = ..., run_id: _Optional[str] = ..., params_sha256: _Optional[str] = ..., graph_sha256: _Optional[str] = ..., training_json: _Optional[str] = ..., created_at: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ModelDriftRequest(_message.Message):
     __slots__ = ("model_name", "model_version")
