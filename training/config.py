@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bnserve.flags import field_types
-from bnserve.training.data.header_hints import parse_delimiter
+from bnserve.header_hints import parse_delimiter
 from bnserve.training.metrics import METRICS
 from bnserve.training.optim import UPDATES
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 
 from bnserve import atomic
+from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
-from bnserve.server.clients.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc

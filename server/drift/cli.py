@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bnserve.atomic import write_bytes
+from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -33,7 +34,6 @@ from bnserve.server.drift.monitor import (
 )
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
-from bnserve.training.data.header_hints import delimiter_hint, parse_delimiter
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
-from bnserve.training.data.header_hints import closest, delimiter_hint
+from bnserve.header_hints import closest, delimiter_hint
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
 
