@@ -18,17 +18,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from certificates import Pki, make_pki
-from in_process import start_server
-from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
-from model_gate import ModelGate, wait_until
-from server_process import (
-    ServerProcess,
-    bad_parity_bytes,
-    free_port,
-    install_version,
-    model_bytes,
-)
 
 from bnserve.server.app import Extras, Server
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
@@ -37,6 +26,18 @@ from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.security.auth import TokenAuthInterceptor
 from bnserve.server.settings import ServerSettings
+from tests.support.certificates import Pki, make_pki
+from tests.support.in_process import start_server
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.model_gate import ModelGate
+from tests.support.server_process import (
+    ServerProcess,
+    bad_parity_bytes,
+    free_port,
+    install_version,
+    model_bytes,
+)
+from tests.support.waiting import wait_until
 
 ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)
 TOKEN = "rest-token-0123456789abcdef"
@@ -483,10 +484,7 @@ def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> Non
         )
     )
     caller.start()
-    deadline = time.monotonic() + 10
-    while server.limiter.in_flight < 1:
-        assert time.monotonic() < deadline, "the call was never admitted"
-        time.sleep(0.01)
+    wait_until(lambda: server.limiter.in_flight >= 1, "the call admitted", 10, interval_s=0.01)
     wait_until(lambda: gate.waiting == 1, "the call reaches the model")
     stopping = threading.Thread(target=server.stop, args=(5,))
     stopping.start()  # stop begins while the call is held in the model

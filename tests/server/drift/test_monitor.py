@@ -19,8 +19,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from in_process import is_serving, start_server
-from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from bnserve.server.app import Server
@@ -29,6 +27,8 @@ from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import is_serving, start_server
+from tests.support.model_builder import NUM_FEATURES
 
 WINDOW = 200  # recent window (examples): differs from the whole life, still holds > 100
 NAMES = ("heldout", "shifted", "shuffled")
