@@ -20,9 +20,8 @@ from bnserve.training.tune.executors import LocalExecutor, check_ray_address
 from bnserve.training.tune.runner import run_tune
 from bnserve.training.tune.settings import TuneSettings
 from bnserve.training.tune.trials import TrialOutcome, TrialRequest
+from tests.support.processes import alive
 from tests.support.waiting import wait_until
-
-from .processes import alive
 
 SYNTHETIC = {
     "fixed": {"epochs": 5},
