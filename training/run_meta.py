@@ -81,6 +81,7 @@ class ModelFacts:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> ModelFacts:
+        """A key an older bnserve did not write reads as None."""
         facts: dict[str, Any] = {
             field.name: values.get(field.name) for field in dataclasses.fields(cls)
         }
@@ -114,9 +115,12 @@ class Outcome:
 
     @classmethod
     def from_json(cls, values: dict[str, Any], task: str) -> Outcome:
+        """A key an older bnserve did not write reads as None: the resumed run rewrites them all
+        when it finishes."""
         score_key = "test_accuracy" if task == "classification" else "test_rmse"
         names = {field.name for field in dataclasses.fields(cls)} - {"test_score"}
-        return cls(**{name: values[name] for name in names}, test_score=values[score_key])
+        facts: dict[str, Any] = {name: values.get(name) for name in names}
+        return cls(**facts, test_score=values.get(score_key))
 
 
 @dataclass(frozen=True)

@@ -54,3 +54,13 @@ def test_a_real_runs_meta_json_reads_back_unchanged(trained_runs):
         meta = RunMeta.from_json(json.loads(text))
         assert meta.status == "finished" and meta.outcome is not None
         assert json.dumps(meta.to_json(), indent=2) + "\n" == text
+
+
+def test_a_meta_json_of_an_older_bnserve_reads_back_with_nones():
+    model, outcome = _facts("classification")
+    values = RunMeta("r", "t", "finished", model, outcome).to_json()
+    for newer in ("class_weight", "dev_metrics", "test_metrics", "weight_averaging", "metric"):
+        del values[newer]
+    read = RunMeta.from_json(values)
+    assert read.outcome is not None and read.outcome.class_weight is None
+    assert read.outcome.params_sha256 == outcome.params_sha256
