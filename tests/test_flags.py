@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bnserve.flags import FieldType, add_field_flag, field_types, flag_of, shown_default
+from bnserve.flags import (
+    FieldType,
+    add_field_flag,
+    field_types,
+    flag_of,
+    help_line,
+    shown_default,
+)
 
 
 def _setting(default: object, help_text: str, **meta: object) -> object:
@@ -22,7 +29,8 @@ class Example:
     mode: str = _setting("fast", "how", choices=("fast", "slow"), metavar="MODE")
     patience: int | None = _setting(None, "epochs to wait")
     hidden: tuple[int, ...] = _setting((8, 4), "widths")
-    health: bool = _setting(True, "serve health")
+    health: bool = _setting(True, "serve health", off="no health service")
+    delimiter: str = _setting(",", "field separator", parse=lambda text: text.replace("tab", "\t"))
 
 
 def _parser(booleans, sequences) -> argparse.ArgumentParser:
@@ -53,7 +61,7 @@ def test_names_and_shown_defaults():
 def test_every_flag_defaults_to_none_and_parses_to_the_fields_type():
     parser = _parser("negative", "text")
     assert vars(parser.parse_args([])) == dict.fromkeys(
-        ["batch_size", "lr", "mode", "patience", "hidden", "health"]
+        ["batch_size", "lr", "mode", "patience", "hidden", "health", "delimiter"]
     )
     args = parser.parse_args(
         ["--batch-size", "32", "--lr", "0.1", "--mode", "slow", "--hidden", "6,3", "--no-health"]
@@ -61,8 +69,10 @@ def test_every_flag_defaults_to_none_and_parses_to_the_fields_type():
     assert (args.batch_size, args.lr, args.mode, args.hidden, args.health) == (
         32, 0.1, "slow", "6,3", False,
     )  # fmt: skip
-    help_text = parser.format_help()
+    assert parser.parse_args(["--delimiter", "tab"]).delimiter == "\t"  # the field's parse
+    help_text = " ".join(parser.format_help().split())
     assert "--mode MODE" in help_text and "rows per batch (default: 64)" in help_text
+    assert "--no-health no health service (default: serve health)" in help_text
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "medium"])  # choices come from the metadata
 
@@ -104,3 +114,11 @@ def test_help_text_replaces_the_whole_help():
         help_text="per trial (default 200)",
     )
     assert parser._actions[-1].help == "per trial (default 200)"
+
+
+def test_help_lines_drop_a_final_period_and_an_empty_default():
+    assert help_line("Port to listen on.", "50051") == "Port to listen on (default: 50051)"
+    assert (
+        help_line("Model name; empty: the file's stem.", "") == "Model name; empty: the file's stem"
+    )
+    assert shown_default("") == "" and shown_default(()) == ""
