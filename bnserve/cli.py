@@ -26,6 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "score examples against a running server",
     ),
+    "adapt": (
+        "bnserve.export.adapt_cli",
+        "main",
+        "re-estimate batch-norm statistics on recent inputs",
+    ),
     "drift": (
         "bnserve.server.drift.cli",
         "main",

@@ -76,8 +76,9 @@ def add_field_flag(
     """Add the flag of `setting` to `container` (a parser, an argument group or an exclusive one).
 
     shown: the default as the help ends it, " (default: SHOWN)" (nothing when empty).
-    booleans: "pair" gives --NAME and --no-NAME; "negative" only --no-NAME, for a True-by-default
-    field with an `off` text (else TypeError), its help "OFF (default: HELP)". sequences: a tuple
+    booleans: "pair" gives --NAME and --no-NAME; "negative" only --no-NAME for a True-by-default
+    field with an `off` text (else TypeError), its help "OFF (default: HELP)", and only --NAME for
+    a False-by-default one. sequences: a tuple
     field's flag is "repeated" (--model A --model B: a list of texts) or one comma-separated
     "text" (--hidden 64,32). help_text replaces the whole help where a command means something
     else by the field (the tuner's per-trial --epochs)."""
@@ -86,6 +87,11 @@ def add_field_flag(
     flag = flag_of(setting.name)
     if field_type.kind is bool and booleans == "pair":
         container.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    if field_type.kind is bool and setting.default is False:  # "negative": --NAME turns it on
+        container.add_argument(
+            flag, dest=setting.name, action="store_true", default=None, help=text
+        )
         return
     if field_type.kind is bool:
         if setting.default is not True or meta.get("off") is None:

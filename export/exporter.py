@@ -38,9 +38,10 @@ from bnserve.export.verify import (
     score_onnx,
 )
 from bnserve.server.modelfile.contract import Tolerance
+from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError, disk_full, os_error_line
 from bnserve.training.inference import predict
-from bnserve.training.rundir import Run, load_run
+from bnserve.training.rundir import Run, load_run, read_json
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         run = load_run(settings.run_dir)
     except RunError as error:
         raise ExportError(f"not an exportable run: {error}") from None
+    _check_plain_inputs(settings.run_dir)
     _check_heldout(run)
     model, tolerance = build_model(run, unfolded=settings.unfolded)
     probe = probe_rows(run.heldout_x)  # held-out rows, then rows at the edges of their range
@@ -154,6 +156,29 @@ def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
     return model, regression_tolerance(params["target.std"])
+
+
+def _check_plain_inputs(run_dir: Path) -> None:
+    """Refuse a run whose inputs need preprocessing the graph does not hold yet (issue 26,
+    phase 2: categorical lookups, fill values and missing indicators folded into the model)."""
+    schema_path = run_dir / "schema.json"
+    if not schema_path.is_file():
+        return  # numbers only, no gaps: x is the input as it is
+    schema = TableSchema.from_dict(read_json(schema_path))
+    if not schema.needs_preprocessing:
+        return  # numbers without gaps, some columns left out: the inputs are those columns
+    kinds = sorted(
+        {
+            "categorical columns" if column.kind == "categorical" else "missing-value handling"
+            for column in schema.columns
+            if column.kind == "categorical"
+            or (column.kind == "numeric" and column.fill is not None)
+        }
+    )
+    raise ExportError(
+        f"{run_dir}: the run has {' and '.join(kinds)} (schema.json), which bnserve export "
+        "cannot fold into the model file yet; train on a table of numbers without gaps to export"
+    )
 
 
 def _check_heldout(run: Run) -> None:

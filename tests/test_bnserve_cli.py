@@ -35,13 +35,14 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("export", [missing, "--out", str(tmp / "m.onnx"), "--reference-rows", "0"], "rows"),
         ("import", [missing + ".onnx", "--out", str(tmp / "i.onnx")], "missing.onnx"),
         ("drift", [missing + ".csv", "--model", missing + ".onnx"], "missing"),
+        ("adapt", [missing + ".onnx", "--data", "r.csv", "--out", "a.onnx"], "missing.onnx"),
         ("serve", ["--model", missing + ".onnx"], "missing.onnx"),
         ("serve", ["--model", "x.onnx", "--workers", "1"], "workers=1"),
         ("predict", ["--target", "127.0.0.1:1", "--features", "1", "--out", "p.csv"], "--out"),
     ]
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(14))
 def test_a_command_that_cannot_do_its_work_exits_2_with_one_line(index, tmp_path, capsys):
     command, args, named = _cases(tmp_path)[index]
     assert bnserve.cli.main([command, *args]) == 2

@@ -84,21 +84,20 @@ def test_the_serve_style_pairs_booleans_and_repeats_sequences():
     assert parser.parse_args(["--health"]).health is True
 
 
-def test_a_negative_flag_needs_a_true_default():
+def test_a_negative_command_gives_no_flags_to_true_and_plain_flags_to_false_booleans():
     @dataclass(frozen=True)
-    class Off:
+    class Switches:
         verbose: bool = _setting(False, "talk")
+        quiet: bool = _setting(True, "stay quiet")  # no off= text: no --no-quiet to explain
 
-    (setting,) = dataclasses.fields(Off)
+    verbose, quiet = dataclasses.fields(Switches)
+    parser = argparse.ArgumentParser()
+    kind = FieldType(bool, False)
+    add_field_flag(parser, verbose, kind, shown="off", booleans="negative", sequences="text")
+    assert parser.parse_args(["--verbose"]).verbose is True
+    assert parser.parse_args([]).verbose is None
     with pytest.raises(TypeError, match="True-by-default"):
-        add_field_flag(
-            argparse.ArgumentParser(),
-            setting,
-            FieldType(bool, False),
-            shown="off",
-            booleans="negative",
-            sequences="text",
-        )
+        add_field_flag(parser, quiet, kind, shown="on", booleans="negative", sequences="text")
 
 
 def test_help_text_replaces_the_whole_help():

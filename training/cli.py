@@ -50,6 +50,7 @@ def _epilog() -> str:
 # TrainConfig's field groups (config.py `group=`) as --help sections, in this order
 CONFIG_SECTIONS = {
     "data": "data",
+    "columns": "columns (of a CSV or Parquet table; COLS: comma-separated names)",
     "network": "network",
     "batch norm": "batch norm (see the formula below)",
     "optimization": "optimization",
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=None,
     )
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="new run directory to create")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--from-epoch", type=int, metavar="K", help="with --resume: restart at K")
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--bn-decay",
         type=float,
         help="Keras-style weight of the OLD running value (= 1 − momentum)",
+    )
+    sections["columns"].add_argument(
+        "--describe",
+        action="store_true",
+        help="print the schema the training rows give the columns, then exit (no --out needed)",
     )
     sections["data"].add_argument(
         "--cache-dir",
@@ -145,10 +151,47 @@ def _write_failure(error: OSError, run_dir: Path) -> str:
     )
 
 
+def _describe(args: argparse.Namespace) -> int:
+    """--describe: the schema of the training rows, one line per column; nothing is trained."""
+    from bnserve.training.train import prepare
+
+    try:
+        config = TrainConfig.from_dict(given_settings(args))
+        prepared = prepare(config, cache_dir=args.cache_dir)
+    except (TrainingError, ValueError) as error:
+        print(f"bnserve train: error: {error}", file=sys.stderr)
+        return 2
+    assert prepared.schema is not None
+    for line in prepared.schema.describe_lines():
+        print(line)
+    return 0
+
+
+def _column_lines(run_dir: Path, meta: dict[str, Any]) -> list[str]:
+    """The run's columns, one line per kind, and the unseen levels met (tables that have a
+    schema.json: text columns, gaps or columns left out)."""
+    from bnserve.training.data.schema import TableSchema
+
+    if not (run_dir / "schema.json").is_file():
+        return []
+    schema = TableSchema.from_dict(read_json(run_dir / "schema.json"))
+    lines = [f"columns: {line}" for line in schema.summary_lines()]
+    for part, counts in (meta.get("unseen_levels") or {}).items():
+        met = {name: count for name, count in counts.items() if count}
+        if met:
+            shown = ", ".join(f"{name} {count}" for name, count in met.items())
+            lines.append(f"levels never seen in training, scored as other: {part} rows: {shown}")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     """Run `bnserve train ARGS`: 0 when done, else 2 with one error line (README: Exit codes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.describe:
+        return _describe(args)
+    if args.out is None and args.resume is None:
+        parser.error("one of the arguments --out --resume is required")
     if args.from_epoch is not None and args.resume is None:
         parser.error("--from-epoch needs --resume RUN_DIR")
     from bnserve.training.train import train  # after parsing: --help stays fast
@@ -184,6 +227,8 @@ def main(argv: list[str]) -> int:
         print("bnserve train: interrupted; continue with --resume", file=sys.stderr)
         return 130
     meta = read_json(result.run_dir / "meta.json")
+    for line in _column_lines(result.run_dir, meta):
+        print(line)
     if meta["split"]["test_rows"] == 0:
         metric = "no test rows"
     elif meta["task"] == "classification":

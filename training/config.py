@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
+# Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
+MIN_LEVEL_COUNT = 2
+MAX_LEVELS = 1000
 METRIC_NAMES = tuple(name for names in METRICS.values() for name in names)
 
 
@@ -215,6 +219,42 @@ class TrainConfig:
         group="data",
         choices=CLASS_WEIGHTS,
     )
+    categorical: tuple[str, ...] = _setting(
+        (),
+        "columns taken as categorical whatever they hold (e.g. integer codes such as a zip)",
+        group="columns",
+        metavar="COLS",
+    )
+    numeric: tuple[str, ...] = _setting(
+        (),
+        "columns taken as numbers; a cell that is not a number is read as missing",
+        group="columns",
+        metavar="COLS",
+    )
+    ignore: tuple[str, ...] = _setting(
+        (), "columns left out of the model (ids, free text)", group="columns", metavar="COLS"
+    )
+    na_values: tuple[str, ...] = _setting(
+        (),
+        "more cells read as missing, besides empty, NA, NaN, nan, null, NULL and None",
+        group="columns",
+        metavar="CELLS",
+    )
+    min_level_count: int = _setting(
+        MIN_LEVEL_COUNT,
+        "a categorical level seen fewer times in the training rows joins the 'other' level",
+        group="columns",
+        metavar="N",
+    )
+    max_levels: int = _setting(
+        MAX_LEVELS,
+        "a categorical column with more distinct levels in the training rows is refused",
+        group="columns",
+        metavar="N",
+    )
+    drop_missing_target: bool = _setting(
+        False, "leave out rows whose target cell is missing (else refused)", group="columns"
+    )
     metric: str | None = _setting(
         None,
         "dev/test metric the run selects on (early stopping, the tuner): error, "
@@ -240,7 +280,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tuples become lists)."""
         values = dataclasses.asdict(self)
-        values["hidden"] = list(self.hidden)
+        for name, (kind, _) in FIELD_TYPES.items():
+            if kind is tuple:
+                values[name] = list(getattr(self, name))
         return values
 
     @property
@@ -253,8 +295,18 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
+def _tuple_items() -> dict[str, type]:
+    """The item type (int, str) of each tuple field: hidden widths, column names."""
+    items = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        if typing.get_origin(hint) is tuple:
+            items[name] = typing.get_args(hint)[0]
+    return items
+
+
 # each field's value type (int, float, str, bool, tuple) and whether it may be None
 FIELD_TYPES = field_types(TrainConfig)
+TUPLE_ITEMS = _tuple_items()
 # Settings a resumed run may change (babysitting); anything else would make it another model.
 RESUMABLE_FIELDS = tuple(
     setting.name for setting in dataclasses.fields(TrainConfig) if setting.metadata["resumable"]
@@ -267,9 +319,11 @@ def _convert(name: str, value: Any) -> Any:
     try:
         if value is None and nullable:
             return None
-        if kind is tuple:  # hidden: widths, or "64,32" from a flag
+        if kind is tuple:  # widths or column names; "64,32" or "island,sex" from a flag
             if isinstance(value, str):
-                value = [part for part in value.split(",") if part.strip()]
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if TUPLE_ITEMS[name] is str:
+                return tuple(str(item) for item in value)
             return tuple(_as_int(width) for width in value)
         if kind is int:
             return _as_int(value)
@@ -380,6 +434,21 @@ def _validate(config: TrainConfig) -> None:
         config.fold,
         f"in [0, {config.folds or 1}) (a fold of `folds`)",
     )
+    _check(config.min_level_count >= 1, "min_level_count", config.min_level_count, "≥ 1")
+    _check(config.max_levels >= 2, "max_levels", config.max_levels, "≥ 2")
+    named = [
+        (column, kind)
+        for kind in ("categorical", "numeric", "ignore")
+        for column in getattr(config, kind)
+    ]
+    seen: dict[str, str] = {}
+    for column, kind in named:
+        _check(
+            seen.setdefault(column, kind) == kind,
+            kind,
+            getattr(config, kind),
+            f"without column {column!r}, which --{seen[column]} names too",
+        )
     _check(config.fold_repeat >= 0, "fold_repeat", config.fold_repeat, "≥ 0")
     _check(
         config.early_stopping is None or config.dev_fraction > 0,

@@ -1,6 +1,6 @@
 """`bnserve train`'s and `bnserve tune`'s flags for TrainConfig's fields (bnserve/flags.py).
 
-`--FIELD-NAME` sets FIELD_NAME (a True-by-default bool gets `--no-FIELD-NAME`; `--hidden` takes
+`--FIELD-NAME` sets FIELD_NAME (a True-by-default bool gets only `--no-FIELD-NAME`; `--hidden` takes
 one comma-separated text); every flag defaults to None, meaning not given, and its help ends with
 the field's default, or with what a None default means (the field's `none=`).
 """
@@ -17,11 +17,12 @@ CONFIG_FIELDS = {setting.name: setting for setting in dataclasses.fields(TrainCo
 
 
 def default_text(name: str) -> str:
-    """A field's default as `--help` shows it: 256,256; 0.001; or what None means."""
+    """A field's default as `--help` shows it: 256,256; 0.001; none for an empty tuple; or what
+    None means."""
     setting = CONFIG_FIELDS[name]
     if setting.default is None:
         return str(setting.metadata["none"])
-    return shown_default(setting.default)
+    return shown_default(setting.default) or "none"
 
 
 def add_config_flag(

@@ -73,10 +73,18 @@ class ModelFacts:
     running_var: str  # "unbiased" | "biased"
     class_names: list[str] | None  # classification only (the key is absent for regression)
     target_names: list[str] | None  # regression only (absent for classification)
+    # a table with text columns (schema.json): feature_names are then the D inputs params.npz
+    # has, columns the table's feature columns; unseen_levels, per dev/test part, the cells of
+    # levels the training rows never had. Absent (None) for a table of numbers only.
+    columns: list[str] | None = None
+    unseen_levels: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         del values["target_names" if self.task == "classification" else "class_names"]
+        for optional in ("columns", "unseen_levels"):
+            if values[optional] is None:
+                del values[optional]
         return values
 
     @classmethod

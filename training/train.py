@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +18,10 @@ from bnserve.training.averaging import WeightAverage
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.data import batches
 from bnserve.training.data.batches import Rows
+from bnserve.training.data.encoding import Encoder
 from bnserve.training.data.folds import fold_split
 from bnserve.training.data.loading import Dataset, Split, fit_standardization, load_split
+from bnserve.training.data.schema import SchemaSettings, TableSchema, fit_schema
 from bnserve.training.data.targets import check_class_counts
 from bnserve.training.early_stopping import BestEpoch
 from bnserve.training.errors import RunError, TrainingError
@@ -65,16 +68,22 @@ class Prepared:
     x_dev: Rows  # (n_dev, F) read on demand, standardized float32
     metric: str = "error"  # the dev metric selected on (training/metrics.py)
     class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
+    schema: TableSchema | None = None  # the columns as the training rows shaped them
+    encoder: Encoder | None = None  # None: x's columns are the inputs as they are
 
 
-def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
-    """Load the data, split it with the seed, standardize with training-split statistics.
+def prepare(
+    config: TrainConfig, *, cache_dir: str | None = None, schema: TableSchema | None = None
+) -> Prepared:
+    """Load the data, split it with the seed, fit the schema and the standardization on the
+    training rows (schema: a resumed run's own, kept as it was).
 
     cache_dir: where CSV/Parquet sources are cached as float32 (training/data/cache.py).
     """
     dataset, split = load_split(config, cache_dir=cache_dir)
     if dataset.task == "classification":
-        check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
+        labeled = dataset.y if dataset.labeled is None else dataset.y[dataset.labeled]
+        check_class_counts(labeled, dataset.class_names or [], dataset.source)
     if config.folds is not None:
         split = fold_split(
             split,
@@ -88,7 +97,10 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
-    mean, std = batches.fit_standardization(dataset.x, split.train)
+    if schema is None:
+        schema = fit_table_schema(config, dataset, split.train)
+    encoder = None if schema.plain else Encoder(schema, dataset.vocabularies)
+    mean, std = batches.fit_standardization(dataset.x, split.train, encoder)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     class_weight = None
@@ -106,11 +118,34 @@ def prepare(config: TrainConfig, *, cache_dir: str | None = None) -> Prepared:
         std,
         target_mean,
         target_std,
-        Rows(dataset.x, split.train, mean, std),
+        Rows(dataset.x, split.train, mean, std, encoder),
         y_train,
-        Rows(dataset.x, split.dev, mean, std),
+        Rows(dataset.x, split.dev, mean, std, encoder),
         metric,
         class_weight,
+        schema,
+        encoder,
+    )
+
+
+def fit_table_schema(config: TrainConfig, dataset: Dataset, train_rows: np.ndarray) -> TableSchema:
+    """The schema of the dataset's feature columns from its training rows (data/schema.py)."""
+    settings = SchemaSettings(
+        categorical=config.categorical,
+        numeric=config.numeric,
+        ignore=config.ignore,
+        na_values=config.na_values,
+        min_level_count=config.min_level_count,
+        max_levels=config.max_levels,
+    )
+    return fit_schema(
+        dataset.x,
+        train_rows,
+        dataset.feature_names,
+        dataset.vocabularies,
+        dataset.mixed,
+        settings,
+        dataset.place,
     )
 
 
@@ -322,7 +357,11 @@ def train(
     run_dir = Path(out_dir)
     batches.release_freed_memory()
     options = TrainOptions(progress, checkpoints, plot, on_epoch, blas_threads)
-    job = Job(config, prepare(config, cache_dir=cache_dir), run_dir, options)
+    stored_schema = None
+    if resume and (run_dir / "schema.json").is_file():  # the run's columns stay as they were
+        stored_schema = TableSchema.from_dict(rundir.read_json(run_dir / "schema.json"))
+    prepared = prepare(config, cache_dir=cache_dir, schema=stored_schema)
+    job = Job(config, prepared, run_dir, options)
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(
@@ -349,9 +388,12 @@ def train(
 
 
 def _start(job: Job, state: TrainingState, meta: RunMeta) -> TrainResult:
-    """Write config.json and a "running" meta.json, then train and finish the run."""
+    """Write config.json (schema.json) and a "running" meta.json, then train and finish."""
     meta = meta.with_status("running")
     rundir.write_json(job.run_dir / "config.json", job.config.to_dict())
+    schema = job.prepared.schema
+    if schema is not None and not schema.plain:
+        rundir.write_json(job.run_dir / "schema.json", schema.to_dict())
     rundir.write_json(job.run_dir / "meta.json", meta.to_json())
     return _train_and_finish(job, state, meta)
 
@@ -490,6 +532,15 @@ def _finish(job: Job, state: TrainingState, meta: RunMeta, kept: Kept) -> TrainR
             job.run_dir / "learning_curve.png", history, prepared.dataset.task, prepared.metric
         )
     facts = model_facts(config, prepared.dataset)
+    if prepared.schema is not None and not prepared.schema.plain:
+        facts = dataclasses.replace(
+            facts, feature_names=prepared.schema.inputs, columns=prepared.dataset.feature_names
+        )
+    if prepared.encoder is not None:
+        x, split = prepared.dataset.x, prepared.split
+        unseen = {part: prepared.encoder.unseen_counts(np.asarray(x[getattr(split, part)]))
+                  for part in ("dev", "test")}  # fmt: skip
+        facts = dataclasses.replace(facts, unseen_levels=unseen)
     scores = _scores(job, params, facts)
     outcome = Outcome(
         params_sha256=rundir.sha256_of(job.run_dir / "params.npz"),
@@ -529,10 +580,12 @@ def _final_params(job: Job, state: TrainingState, kept: Kept) -> dict[str, np.nd
 def _write_heldout(job: Job) -> HeldoutPart:
     """heldout.npz: raw float64 features and targets of the first HELDOUT_MAX_ROWS rows of the
     part heldout_source picks; returns that part's name."""
-    dataset, split = job.prepared.dataset, job.prepared.split
+    prepared = job.prepared
+    dataset, split = prepared.dataset, prepared.split
     part = heldout_source(split)
     rows = getattr(split, part)[:HELDOUT_MAX_ROWS]
-    x = np.asarray(dataset.x[rows], dtype=np.float64)
+    heldout = Rows(dataset.x, rows, prepared.input_mean, prepared.input_std, prepared.encoder)
+    x = heldout.inputs(rows)  # (n, D): the inputs params.npz's input.mean is of
     rundir.write_npz(job.run_dir / "heldout.npz", {"x": x, "y": dataset.y[rows]})
     return part
 
@@ -557,7 +610,9 @@ def _scores(job: Job, params: dict[str, np.ndarray], facts: ModelFacts) -> Score
         dev_metrics = evaluate(dev_outputs, dataset.y[split.dev], task)
         dev_error = objective(prepared.metric, dev_metrics)
     if len(split.test):
-        test_rows = Rows(dataset.x, split.test, prepared.input_mean, prepared.input_std)
+        test_rows = Rows(
+            dataset.x, split.test, prepared.input_mean, prepared.input_std, prepared.encoder
+        )
         test_outputs = batches.predictions(params, network, test_rows)
         test_error = error_of(test_outputs, dataset.y[split.test], task)
         test_metrics = evaluate(test_outputs, dataset.y[split.test], task)

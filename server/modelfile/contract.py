@@ -52,6 +52,7 @@ class MetadataKey(StrEnum):
     CREATED_AT = "created_at"
     DRIFT = "drift"  # absent in models exported before drift monitoring
     IMPORT = "import"  # models made by `bnserve import` only
+    ADAPT = "adapt"  # models made by `bnserve adapt` only
 
     @property
     def full(self) -> str:

@@ -24,6 +24,9 @@ TRAIN_FLAGS = {
     "--adam-epsilon", "--momentum", "--rho", "--lr-decay", "--l2", "--batch-size", "--epochs",
     "--early-stopping", "--min-delta", "--average-epochs", "--seed", "--split-seed",
     "--no-progress", "--no-checkpoints", "--no-plot", "--blas-threads", "-h", "--help",
+    # issue 26: the columns of a mixed table
+    "--categorical", "--numeric", "--ignore", "--na-values", "--min-level-count", "--max-levels",
+    "--drop-missing-target", "--describe",
 }  # fmt: skip
 
 

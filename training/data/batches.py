@@ -18,6 +18,7 @@ import numpy as np
 
 from bnserve.training import layers, model
 from bnserve.training.data.cache import FeatureRows
+from bnserve.training.data.encoding import Encoder
 from bnserve.training.inference import predict
 from bnserve.training.layers import RunningStats
 
@@ -29,33 +30,43 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows `index` (n,) ascending of x (N, F), standardized with mean/std (F,) when read."""
+    """Rows `index` (n,) ascending of x (N, F), encoded (a table with text columns, gaps or
+    columns left out: data/encoding.py) into D inputs, standardized with mean/std (D,) when read.
+    Without an encoder D = F and the rows are x's own."""
 
     x: FeatureRows  # (N, F) raw features, float32/float64: an array or a cache.RowFile
     index: np.ndarray  # (n,) int64 row numbers of x
-    mean: np.ndarray  # (F,) float64
-    std: np.ndarray  # (F,) float64
+    mean: np.ndarray  # (D,) float64
+    std: np.ndarray  # (D,) float64
+    encoder: Encoder | None = None
 
     def __len__(self) -> int:
         return len(self.index)
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(n, F), as if the rows were an array."""
-        return (len(self.index), self.x.shape[1])
+        """(n, D), as if the rows were an array."""
+        width = self.x.shape[1] if self.encoder is None else self.encoder.width
+        return (len(self.index), width)
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Unstandardized float64 inputs (len(rows), D) of x's rows `rows`: a fresh copy."""
+        if self.encoder is None:
+            return np.asarray(self.x[rows], dtype=np.float64)
+        return self.encoder.encode(np.asarray(self.x[rows]))
 
     def take(self, positions: np.ndarray | slice) -> np.ndarray:
-        """Standardized float32 rows (len(positions), F) at these positions of the split."""
-        values = np.asarray(self.x[self.index[positions]], dtype=np.float64)  # a fresh copy
+        """Standardized float32 rows (len(positions), D) at these positions of the split."""
+        values = self.inputs(self.index[positions])
         values -= self.mean  # in place: the same float64 arithmetic as (x - mean) / std
         values /= self.std
         return values.astype(DTYPE)
 
     def raw_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
-        """Consecutive raw float64 chunks (≤ size, F) in row order."""
+        """Consecutive unstandardized float64 chunks (≤ size, D) in row order."""
         size = size or chunk_rows(self.shape[1])
         for start in range(0, len(self.index), size):
-            yield np.asarray(self.x[self.index[start : start + size]], dtype=np.float64)
+            yield self.inputs(self.index[start : start + size])
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         """Consecutive standardized float32 chunks (≤ size, F) in row order."""
@@ -141,22 +152,29 @@ class Moments:
         return self.m2 / self.n
 
 
-def fit_standardization(x: FeatureRows, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std (F,) float64 of rows `index` of x; a constant column gets std 1.
+def fit_standardization(
+    x: FeatureRows, index: np.ndarray, encoder: Encoder | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-input mean and std (D,) float64 of rows `index` of x (encoded when an encoder is
+    given); a constant input gets std 1, and so do one-hot and indicator inputs, with mean 0.
 
     One pass over the rows in chunks; within one chunk the same as np.mean and np.std.
     """
-    size = chunk_rows(x.shape[1])
+    rows = Rows(x, index, np.zeros(0), np.zeros(0), encoder)
+    size = chunk_rows(rows.shape[1])
     if len(index) <= size:
-        values = np.asarray(x[index], dtype=np.float64)
+        values = rows.inputs(index)
         mean, std = values.mean(axis=0), values.std(axis=0)
     else:
         moments = Moments()
-        for start in range(0, len(index), size):
-            moments.add(x[index[start : start + size]])
+        for chunk in rows.raw_chunks(size):
+            moments.add(chunk)
         assert moments.mean is not None
         mean, std = moments.mean, np.sqrt(moments.variance())
     std[std == 0] = 1.0
+    if encoder is not None:
+        mean[~encoder.standardized_inputs] = 0.0
+        std[~encoder.standardized_inputs] = 1.0
     return mean, std
 
 

@@ -31,12 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from bnserve import atomic
+from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.data.readers import TableInfo, Target, read_table
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
-FORMAT = 2  # bump when the entry layout or the readers' output changes
+FORMAT = 3  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
 NOTICE_BYTES = 256 << 20  # a source this large is announced on stderr before its first read
 
@@ -60,16 +61,28 @@ def content_sha256(path: Path) -> str:
 
 
 def load_table(
-    path: Path, target: str | None, cache_dir: Path | None, delimiter: str = ","
+    path: Path,
+    target: str | None,
+    cache_dir: Path | None,
+    delimiter: str = ",",
+    na_values: tuple[str, ...] = DEFAULT_NA_VALUES,
 ) -> tuple[FeatureRows, TableInfo]:
-    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off."""
+    """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off.
+
+    delimiter: a CSV's field separator; na_values: the cells read as missing (mixed.py); both
+    are part of the entry's key."""
     if cache_dir is None:
         buffer = io.BytesIO()
-        info = read_table(path, target, buffer, delimiter)
+        info = read_table(path, target, buffer, delimiter, na_values)
         x = np.frombuffer(buffer.getbuffer(), dtype=np.float32)
         return x.reshape(info.rows, len(info.feature_names)), info
-    # read with another delimiter, the same bytes are another table (a comma keeps older keys)
-    read_with = {"target": target} | ({"delimiter": delimiter} if delimiter != "," else {})
+    # read with another delimiter or other missing cells, the same bytes are another table
+    # (a comma and the default missing cells keep older keys)
+    read_with: dict[str, object] = {"target": target}
+    if delimiter != ",":
+        read_with["delimiter"] = delimiter
+    if na_values != DEFAULT_NA_VALUES:
+        read_with["na_values"] = list(na_values)
     settings = json.dumps({"format": FORMAT, **read_with}, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     try:
@@ -83,7 +96,14 @@ def load_table(
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
         return opened
     entry, sha = _build_entry(
-        path, size, target, cache_dir, sha, lambda sha: _entry(cache_dir, size, sha, key), delimiter
+        path,
+        size,
+        target,
+        cache_dir,
+        sha,
+        lambda sha: _entry(cache_dir, size, sha, key),
+        delimiter,
+        na_values,
     )
     if _identity(path) != before:
         shutil.rmtree(entry, ignore_errors=True)
@@ -126,6 +146,12 @@ class _SyncingWriter:
             self.sync()
         return written
 
+    def seek(self, offset: int) -> int:
+        return self.handle.seek(offset)
+
+    def truncate(self) -> int:
+        return self.handle.truncate()
+
     def sync(self) -> None:
         self.handle.flush()
         os.fdatasync(self.handle.fileno())
@@ -140,6 +166,7 @@ def _build_entry(
     sha: str | None,
     entry_of: Callable[[str], Path],
     delimiter: str,
+    na_values: tuple[str, ...],
 ) -> tuple[Path, str]:
     """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
     sha256). sha None: the source is hashed on a second thread while it is read."""
@@ -157,12 +184,15 @@ def _build_entry(
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
                 writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer, delimiter)
+                info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
                 writer.sync()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
         np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
+        for col, vocabulary in enumerate(info.vocabularies):
+            if vocabulary is not None:
+                np.save(temporary / f"vocabulary{col}.npy", np.array(vocabulary, dtype=str))
         meta = {
             "format": FORMAT,
             "source": str(path.resolve()),
@@ -170,6 +200,8 @@ def _build_entry(
             "rows": info.rows,
             "feature_names": info.feature_names,
             "target_name": info.target_name,
+            "text_columns": [col for col, v in enumerate(info.vocabularies) if v is not None],
+            "mixed": info.mixed,
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         atomic.fsync_directory(temporary)
@@ -209,11 +241,18 @@ def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
         x = RowFile(x_path, *shape)
         codes = np.load(entry / "codes.npy", allow_pickle=False)
         cells = np.load(entry / "cells.npy", allow_pickle=False).tolist()
+        text = {
+            int(col): tuple(np.load(entry / f"vocabulary{col}.npy", allow_pickle=False).tolist())
+            for col in meta["text_columns"]
+        }
+        mixed = bool(meta["mixed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if codes.shape != (rows,):
         return None
-    return x, TableInfo(rows, names, str(meta["target_name"]), Target(cells, codes))
+    vocabularies = tuple(text.get(col) for col in range(len(names))) if mixed else ()
+    target = Target(cells, codes)
+    return x, TableInfo(rows, names, str(meta["target_name"]), target, vocabularies, mixed)
 
 
 def _remove_older_entries(cache_dir: Path, path: Path, sha: str) -> None:

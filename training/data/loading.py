@@ -7,6 +7,7 @@ line 1, its first data row line 2; Parquet and NPZ rows count from 0 like the ar
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from bnserve.training.data import readers
 from bnserve.training.data.cache import FeatureRows, cache_dir_setting, load_table
+from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 
 if TYPE_CHECKING:
@@ -43,6 +45,19 @@ class Dataset:
     class_names: list[str] | None  # classification: the name of each class index
     target_names: list[str] | None  # regression: the name of each target column
     source: str  # where it came from, for messages
+    # per feature column: None (numbers, NaN missing) or a text column's vocabulary (x holds
+    # codes); empty for digits and NPZ (numbers only)
+    vocabularies: tuple[tuple[str, ...] | None, ...] = ()
+    mixed: bool = False  # text columns or missing cells somewhere (data/mixed.py)
+    labeled: np.ndarray | None = None  # (n,) rows with a target (--drop-missing-target); None: all
+    delimiter: str = ","  # a CSV's field separator, to find a row's line
+
+    def place(self, row: int) -> str:
+        """Where row `row` (from 0) is, for messages: "FILE: line L" for a CSV, else "row R"."""
+        path = Path(self.source)
+        if readers.is_csv(path) and path.is_file():
+            return f"{self.source}: line {readers.csv_line_of_row(path, row, self.delimiter)}"
+        return f"{self.source}: row {row}"
 
 
 @dataclass(frozen=True)
@@ -61,11 +76,15 @@ def load_dataset(
     task: str | None = None,
     cache_dir: str | None = None,
     delimiter: str = ",",
+    na_values: tuple[str, ...] = (),
+    drop_missing_target: bool = False,
 ) -> Dataset:
     """Load "digits", a CSV (.csv or .csv.gz, with header), a .parquet, or a .npz.
 
     CSV and Parquet go through the float32 cache (training/data/cache.py; cache_dir None: the
     default location, "off": read into memory); x then reads the cache file on demand.
+    na_values: cells read as missing besides mixed.DEFAULT_NA_VALUES. A missing target cell is
+    refused with their count, unless drop_missing_target (Dataset.labeled lists the others).
     """
     if source == "digits":
         if target not in (None, DIGITS_TARGET):
@@ -80,9 +99,35 @@ def load_dataset(
             f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz file)"
         )
     if readers.is_csv(path) or readers.is_parquet(path):
-        x, info = load_table(path, target, cache_dir_setting(cache_dir), delimiter)
+        missing_cells = DEFAULT_NA_VALUES + tuple(
+            c for c in na_values if c not in DEFAULT_NA_VALUES
+        )
+        x, info = load_table(path, target, cache_dir_setting(cache_dir), delimiter, missing_cells)
         cells, codes = info.target.cells, info.target.codes
-        return _build(x, cells, codes, info.feature_names, info.target_name, task, str(path))
+        unlabeled = [index for index, cell in enumerate(cells) if cell in missing_cells]
+        labeled = None
+        if unlabeled:
+            missing_rows = np.isin(codes, unlabeled)
+            count = int(np.count_nonzero(missing_rows))
+            if not drop_missing_target:
+                unlabeled_set = Dataset(
+                    x, codes, "", [], None, None, str(path), delimiter=delimiter
+                )
+                first = unlabeled_set.place(int(np.argmax(missing_rows)))
+                raise DataError(
+                    f"{first}, column {info.target_name!r}: {count} row(s) have no target value; "
+                    "leave them out with --drop-missing-target"
+                )
+            labeled = np.flatnonzero(~missing_rows)
+            cells, codes = _without_cells(cells, codes, unlabeled)
+        dataset = _build(x, cells, codes, info.feature_names, info.target_name, task, str(path))
+        return dataclasses.replace(
+            dataset,
+            vocabularies=info.vocabularies,
+            mixed=info.mixed,
+            labeled=labeled,
+            delimiter=delimiter,
+        )
     if path.suffix.lower() == ".npz":
         if target is not None:
             raise DataError(f"{path}: --target names a CSV column; an NPZ file's target is 'y'")
@@ -91,6 +136,16 @@ def load_dataset(
         f"{path}: unsupported file type {path.suffix.lower()!r} "
         "(use .csv, .csv.gz, .parquet or .npz)"
     )
+
+
+def _without_cells(
+    cells: list[str], codes: np.ndarray, dropped: list[int]
+) -> tuple[list[str], np.ndarray]:
+    """Target cells without the missing ones; their rows get code 0 (never read: not labeled)."""
+    keep = [index for index in range(len(cells)) if index not in set(dropped)]
+    new_code = np.zeros(len(cells), dtype=np.int64)
+    new_code[keep] = np.arange(len(keep))
+    return [cells[index] for index in keep], new_code[codes]
 
 
 def _load_digits(task: str | None) -> Dataset:
@@ -277,14 +332,19 @@ def load_split(config: TrainConfig, *, cache_dir: str | None = None) -> tuple[Da
         task=config.task,
         cache_dir=cache_dir,
         delimiter=config.delimiter,
+        na_values=config.na_values,
+        drop_missing_target=config.drop_missing_target,
     )
+    labeled = dataset.labeled
     split = split_rows(
-        len(dataset.x),
+        len(dataset.x) if labeled is None else len(labeled),
         dev_fraction=config.dev_fraction,
         test_fraction=config.test_fraction,
         seed=config.data_split_seed,
         source=dataset.source,
     )
+    if labeled is not None:  # positions among the labeled rows → row numbers
+        split = Split(labeled[split.train], labeled[split.dev], labeled[split.test])
     return dataset, split
 
 

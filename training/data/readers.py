@@ -25,22 +25,18 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from bnserve.header_hints import closest, delimiter_hint
+from bnserve.training.data import mixed
+from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
 
 if TYPE_CHECKING:  # pyarrow ships no type information: these names are Any to mypy
     import pyarrow as pa
-
-
-class ByteSink(Protocol):
-    """Where read_table writes the float32 feature bytes: a file, memory, cache.py's writer."""
-
-    def write(self, data: memoryview | bytes, /) -> int: ...
 
 
 # CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
@@ -72,6 +68,10 @@ class TableInfo:
     feature_names: list[str]
     target_name: str
     target: Target
+    # per feature column: None (numbers; NaN where missing) or a text column's vocabulary (its
+    # distinct trimmed cells, first seen first; the column holds the cell's index as float32)
+    vocabularies: tuple[tuple[str, ...] | None, ...] = ()
+    mixed: bool = False  # read by mixed.py: text columns or missing cells somewhere
 
 
 def is_csv(path: Path) -> bool:
@@ -85,16 +85,32 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def read_table(path: Path, target: str | None, sink: ByteSink, delimiter: str = ",") -> TableInfo:
+def read_table(
+    path: Path,
+    target: str | None,
+    sink: BinaryIO,
+    delimiter: str = ",",
+    na_values: tuple[str, ...] = DEFAULT_NA_VALUES,
+) -> TableInfo:
     """Write the features of a CSV/Parquet file to `sink` as (N, F) float32 C-order bytes.
 
-    delimiter: a CSV's field separator (one character)."""
+    delimiter: a CSV's field separator (one character). A table of numbers without gaps is read
+    once, by the fast path; any other cell sends the whole file to mixed.py (sink rewound: it
+    must support seek and truncate), whose columns hold numbers with NaN for missing cells
+    (na_values), or a text column's codes (TableInfo.vocabularies)."""
     import pyarrow as pa
 
     try:
-        if is_parquet(path):
-            return _read_parquet(path, target, sink)
-        return _read_csv(path, target, sink, delimiter)
+        try:
+            if is_parquet(path):
+                return _read_parquet(path, target, sink)
+            return _read_csv(path, target, sink, delimiter)
+        except _NotNumbers:
+            sink.seek(0)
+            sink.truncate()
+            if is_parquet(path):
+                return _read_parquet_mixed(path, target, sink, na_values)
+            return _read_csv_mixed(path, target, sink, delimiter, na_values)
     finally:
         pa.default_memory_pool().release_unused()  # the blocks are gone: give their pages back
 
@@ -152,7 +168,7 @@ def _columns(
     return target_name, feature_cols, target_col
 
 
-def _read_csv(path: Path, target: str | None, sink: ByteSink, delimiter: str) -> TableInfo:
+def _read_csv(path: Path, target: str | None, sink: BinaryIO, delimiter: str) -> TableInfo:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -184,18 +200,122 @@ def _read_csv(path: Path, target: str | None, sink: ByteSink, delimiter: str) ->
         with _open_bytes(path) as raw:
             rows, chunks = _write_blocks(_ordered_map(parse, _line_pieces(raw)), sink)
     except _NotFinite:
-        _fail(path, target, "a feature value is not finite in float32", delimiter)
-    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
+        raise _NotNumbers from None  # NaN is a missing cell; inf is refused by mixed.py
+    except pa.ArrowInvalid as error:
+        if "conversion error" in str(error).lower():
+            raise _NotNumbers from None  # text or an empty cell: mixed.py reads it
+        locate_csv_problem(path, target, delimiter)  # a ragged line or bad bytes: named here
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
+    except (UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target, delimiter)  # a gzip file cut short: pyarrow's OSError
         raise DataError(f"{path}: not a readable CSV ({error})") from None
     codes_target = _encode(chunks)
     if any(_bad_target_cell(cell) for cell in codes_target.cells):
-        _fail(path, target, f"column {target_name!r} has a missing or non-finite target", delimiter)
+        _fail(path, target, f"column {target_name!r} has a non-finite target", delimiter)
     return TableInfo(rows, names, target_name, codes_target)
+
+
+def _string_options(header: list[str], na_values: tuple[str, ...]) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in header},
+        null_values=list(na_values),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+
+
+def _read_csv_mixed(
+    path: Path, target: str | None, sink: BinaryIO, delimiter: str, na_values: tuple[str, ...]
+) -> TableInfo:
+    """The CSV as numbers and codes (mixed.py): one pass to find the text columns, one to write."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
+    header = _read_header(path, delimiter)
+    target_name, feature_cols, _ = _columns(path, header, target, delimiter)
+    names = [header[col] for col in feature_cols]
+    convert = _string_options(header, na_values)
+    parse_options = pa_csv.ParseOptions(delimiter=delimiter)
+
+    def parse(piece: bytes) -> Any:
+        read = pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=len(piece))
+        return pa_csv.read_csv(
+            pa.py_buffer(piece),
+            read_options=read,
+            parse_options=parse_options,
+            convert_options=convert,
+        )
+
+    def where(row: int) -> str:
+        return f"{path}: line {csv_line_of_row(path, row, delimiter)}"
+
+    try:
+        with _open_bytes(path) as raw:
+            text = mixed.text_columns_of_csv(
+                _ordered_map(parse, _line_pieces(raw)), names, na_values
+            )
+        vocabularies = {col: mixed.Vocabulary.empty() for col in sorted(text)}
+        first_rows = [0]
+
+        def convert_piece(table: Any) -> tuple[np.ndarray, dict[int, Any], list[Any]]:
+            first_row = first_rows[0]
+            first_rows[0] += table.num_rows  # pieces are parsed in order before converting
+
+            def where_in_piece(row: int) -> str:
+                return where(first_row + row)
+
+            block, texts = mixed.csv_block(table, names, text, na_values, where_in_piece)
+            target_column = pc.fill_null(_trimmed(table.column(target_name)), "")
+            return block, texts, target_column.chunks
+
+        with _open_bytes(path) as raw:
+            results = (convert_piece(table) for table in _ordered_map(parse, _line_pieces(raw)))
+            rows, chunks = mixed.write_pieces(results, vocabularies, sink)
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
+        locate_csv_problem(path, target, delimiter)
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
+    codes_target = _encode(chunks)
+    if any(_bad_target_cell(cell) for cell in codes_target.cells):
+        _fail(path, target, f"column {target_name!r} has a non-finite target", delimiter)
+    return TableInfo(
+        rows,
+        names,
+        target_name,
+        codes_target,
+        mixed.vocabulary_tuple(vocabularies, len(names)),
+        mixed=True,
+    )
+
+
+def csv_line_of_row(path: Path, row: int, delimiter: str = ",") -> int:
+    """The line number (header = 1) of data row `row` (from 0), counting as pyarrow does:
+    blank lines are skipped, a quoted cell may span lines."""
+    with _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        next(reader, None)
+        seen = 0
+        line = reader.line_num
+        for cells in reader:
+            if not cells:
+                line = reader.line_num
+                continue
+            if seen == row:
+                return line + 1
+            seen += 1
+            line = reader.line_num
+    return row + 2
 
 
 class _NotFinite(Exception):
     """A block holds NaN or Inf (the rescan names the line)."""
+
+
+class _NotNumbers(Exception):
+    """A feature cell is not a number, or missing: the file is read by mixed.py instead."""
 
 
 def _line_pieces(raw: io.BufferedIOBase) -> Iterator[bytes]:
@@ -247,7 +367,7 @@ def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) ->
 
 
 def _write_blocks(
-    results: Iterable[tuple[np.ndarray, list[pa.Array]]], sink: ByteSink
+    results: Iterable[tuple[np.ndarray, list[pa.Array]]], sink: BinaryIO
 ) -> tuple[int, list[pa.Array]]:
     """Write each (block, target chunks) result's block to sink, in order: (rows, all chunks)."""
     rows = 0
@@ -306,9 +426,10 @@ def _encode(chunks: list[pa.Array]) -> Target:
 
 
 def _bad_target_cell(cell: str) -> bool:
-    """Empty, or a number that is not finite (NaN, inf): never a usable target."""
-    if cell == "":
-        return True
+    """A number that is not finite (inf): never a usable target. A missing cell (empty, NA,
+    NaN, …) is not bad here: loading.py counts missing targets (--drop-missing-target)."""
+    if cell in DEFAULT_NA_VALUES:
+        return False
     try:
         return not math.isfinite(float(cell))
     except ValueError:
@@ -366,22 +487,7 @@ def _check_row(
         return  # a blank line (pyarrow skips those too)
     if len(row) != len(header):
         raise DataError(f"{path}: line {line} has {len(row)} cells, the header has {len(header)}")
-    for col in feature_cols:
-        cell = row[col]
-        if NUMBER.fullmatch(cell) is None:
-            raise DataError(
-                f"{path}: line {line}, column {header[col]!r}: {cell!r} is not a number"
-            )
-        value = float(cell)
-        if not math.isfinite(value):
-            raise DataError(f"{path}: line {line}, column {header[col]!r}: {cell!r} is not finite")
-        if abs(value) > FLOAT32_MAX:
-            raise DataError(
-                f"{path}: line {line}, column {header[col]!r}: {cell!r} is beyond float32"
-            )
     cell = row[target_col].strip()
-    if cell == "":
-        raise DataError(f"{path}: line {line}, column {target_name!r}: missing target value")
     if _bad_target_cell(cell):
         raise DataError(f"{path}: line {line}, column {target_name!r}: {cell!r} is not finite")
 
@@ -389,7 +495,7 @@ def _check_row(
 # --- Parquet ------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
+def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -406,8 +512,11 @@ def _read_parquet(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
     names = [header[col] for col in feature_cols]
     for name in names:
         kind = parquet.schema_arrow.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or _is_text(kind)):
-            raise DataError(f"{path}: column {name!r} has type {kind}, not numbers")
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            if not mixed.is_parquet_text(kind):
+                raise DataError(f"{path}: column {name!r} has type {kind}, not numbers or text")
+            if not _is_text(kind):
+                raise _NotNumbers  # dictionary (categorical) or boolean: text columns
 
     def convert(numbered: tuple[int, pa.RecordBatch]) -> tuple[np.ndarray, list[pa.Array]]:
         first_row, batch = numbered
@@ -421,12 +530,58 @@ def _read_parquet(path: Path, target: str | None, sink: ByteSink) -> TableInfo:
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
     codes_target = _encode(chunks)
+    _check_parquet_target(path, codes_target, target_name)
+    return TableInfo(rows, names, target_name, codes_target)
+
+
+def _check_parquet_target(path: Path, codes_target: Target, target_name: str) -> None:
     for index, cell in enumerate(codes_target.cells):
         if _bad_target_cell(cell):
             row = int(np.argmax(codes_target.codes == index))
-            what = "missing target value" if cell == "" else f"{cell!r} is not finite"
-            raise DataError(f"{path}: row {row}, column {target_name!r}: {what}")
-    return TableInfo(rows, names, target_name, codes_target)
+            raise DataError(f"{path}: row {row}, column {target_name!r}: {cell!r} is not finite")
+
+
+def _read_parquet_mixed(
+    path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
+) -> TableInfo:
+    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    header = list(parquet.schema_arrow.names)
+    target_name, feature_cols, _ = _columns(path, header, target)
+    names = [header[col] for col in feature_cols]
+    text = [
+        col
+        for col, name in enumerate(names)
+        if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
+    ]
+    vocabularies = {col: mixed.Vocabulary.empty() for col in text}
+
+    def convert(numbered: tuple[int, Any]) -> tuple[np.ndarray, dict[int, Any], list[Any]]:
+        first_row, batch = numbered
+        block, texts = mixed.parquet_block(batch, names, na_values, first_row, path)
+        target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
+        return block, texts, [target_column]
+
+    try:
+        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        rows, chunks = mixed.write_pieces(
+            _ordered_map(convert, _numbered(batches)), vocabularies, sink
+        )
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    codes_target = _encode(chunks)
+    _check_parquet_target(path, codes_target, target_name)
+    return TableInfo(
+        rows,
+        names,
+        target_name,
+        codes_target,
+        mixed.vocabulary_tuple(vocabularies, len(names)),
+        mixed=True,
+    )
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -468,20 +623,15 @@ def _parquet_numbers(path: Path, column: pa.Array, name: str, first_row: int) ->
     import pyarrow.compute as pc
 
     if column.null_count:
-        row = first_row + int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
-        raise DataError(f"{path}: row {row}, column {name!r}: missing value")
+        raise _NotNumbers  # a missing cell
     if _is_text(column.type):
         try:
             column = pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
         except pa.ArrowInvalid:
-            for offset, cell in enumerate(column.to_pylist()):
-                if NUMBER.fullmatch(cell) is None:
-                    raise DataError(
-                        f"{path}: row {first_row + offset}, column {name!r}: "
-                        f"{cell!r} is not a number"
-                    ) from None
-            raise
+            raise _NotNumbers from None  # a text column
     values = _numbers(column)
+    if np.isnan(values).any():
+        raise _NotNumbers  # NaN: a missing cell
     with np.errstate(over="ignore"):
         as_float32 = values.astype(np.float32)
     bad = ~np.isfinite(as_float32)
@@ -501,8 +651,7 @@ def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> 
     import pyarrow.compute as pc
 
     if column.null_count:
-        row = first_row + int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
-        raise DataError(f"{path}: row {row}, column {name!r}: missing target value")
+        column = pc.fill_null(column.cast(pa.string()), "")  # missing: counted by loading.py
     if _is_text(column.type):
         return pc.utf8_trim_whitespace(column.cast(pa.string()))
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):

@@ -170,10 +170,16 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
 
     config = space.base_config()
     dataset = load_dataset(
-        config.data, target=config.target, task=config.task, delimiter=config.delimiter
+        config.data,
+        target=config.target,
+        task=config.task,
+        delimiter=config.delimiter,
+        na_values=config.na_values,
+        drop_missing_target=config.drop_missing_target,
     )
     if dataset.task == "classification":
-        check_class_counts(dataset.y, dataset.class_names or [], dataset.source)
+        labeled = dataset.y if dataset.labeled is None else dataset.y[dataset.labeled]
+        check_class_counts(labeled, dataset.class_names or [], dataset.source)
     try:
         check_metric(config.metric or default_metric(dataset.task), dataset.task)
     except ValueError as error:

@@ -83,8 +83,8 @@ def test_a_file_written_to_during_its_first_read_leaves_no_entry(tmp_path, monke
     write_csv(source, 50)
     real = cache.read_table
 
-    def read_while_appended(path, target, sink, delimiter):
-        info = real(path, target, sink, delimiter)
+    def read_while_appended(path, target, sink, *settings):
+        info = real(path, target, sink, *settings)
         with source.open("a") as handle:  # another program still writing the file
             handle.write("99.0,1.5,2\n")
         return info
@@ -124,7 +124,7 @@ def test_another_target_column_is_another_entry(tmp_path):
 
 def test_a_failed_read_leaves_no_entry(tmp_path):
     source = tmp_path / "bad.csv"
-    source.write_text("a,y\n1,0\n2,1\n" + "x,1\n")
+    source.write_text("a,y\n1,0\n2,1\n" + "inf,1\n")  # (a text cell is a categorical level)
     with pytest.raises(DataError, match="line 4"):
         load_table(source, None, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -204,8 +204,8 @@ def test_two_processes_building_one_entry_both_get_it(tmp_path, monkeypatch):
     real = cache.read_table
     raced: list[int] = []
 
-    def read_while_another_finishes(path, target, sink, delimiter):
-        info = real(path, target, sink, delimiter)
+    def read_while_another_finishes(path, target, sink, *settings):
+        info = real(path, target, sink, *settings)
         if not raced:  # the other process renames its entry into place during our read
             raced.append(1)
             monkeypatch.setattr(cache, "read_table", real)

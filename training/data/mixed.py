@@ -1,0 +1,236 @@
+"""Tables with text columns or missing cells: each feature column as float32 numbers or codes.
+
+The readers' fast path (readers.py) takes tables of numbers without gaps. When it meets a cell
+that is not a number, it hands the file to this module, which writes the same (N, F) float32
+blocks with two changes: a missing cell is NaN, and a column holding any text cell (in the
+whole file) holds codes instead, the index of the trimmed cell in that column's vocabulary
+(its distinct cells in first-seen order, small integers exactly representable in float32).
+No Python string is kept per row: pyarrow finds each block's distinct cells, and only those
+are looked up in the vocabulary.
+
+Which cells are missing: null (Parquet), and after trimming spaces the empty cell, NA, NaN,
+nan, null, NULL, None, and any --na-values. A CSV is read twice (the first pass finds the text
+columns, the second writes the blocks); a Parquet file once (its column types say which are
+text: string, dictionary and boolean columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from bnserve.training.errors import DataError
+
+DEFAULT_NA_VALUES = ("", "NA", "NaN", "nan", "null", "NULL", "None")
+# an exact number as pyarrow's float parser reads it (readers.NUMBER, anchored, already trimmed)
+NUMBER_PATTERN = r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass
+class Vocabulary:
+    """A text column's distinct trimmed cells, in first-seen order; code = position."""
+
+    cells: list[str]
+    index: dict[str, int]
+
+    @classmethod
+    def empty(cls) -> Vocabulary:
+        return cls([], {})
+
+    def codes_of(self, uniques: list[str]) -> np.ndarray:
+        """The code (K,) float32 of each of a block's distinct cells, adding new ones."""
+        codes = np.empty(len(uniques), dtype=np.float32)
+        for position, cell in enumerate(uniques):
+            code = self.index.get(cell)
+            if code is None:
+                code = self.index[cell] = len(self.cells)
+                self.cells.append(cell)
+            codes[position] = code
+        return codes
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """One block's text column: its distinct cells, each row's position among them (−1: missing)."""
+
+    uniques: list[str]
+    positions: np.ndarray  # (B,) int32
+
+
+def missing_mask(trimmed: Any, na_values: tuple[str, ...]) -> np.ndarray:
+    """(B,) bool: null or one of na_values, for an Arrow string array already trimmed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    listed = pc.is_in(trimmed, value_set=pa.array(list(na_values), type=pa.string()))
+    missing = pc.or_kleene(pc.is_null(trimmed), pc.fill_null(listed, True))
+    return np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def number_mask(trimmed: Any) -> np.ndarray:
+    """(B,) bool: the cell is a number (nulls are not)."""
+    import pyarrow.compute as pc
+
+    matched = pc.fill_null(pc.match_substring_regex(trimmed, NUMBER_PATTERN), False)
+    return np.asarray(matched.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def trimmed_strings(column: Any) -> Any:
+    """An Arrow column (string, dictionary or boolean) as one trimmed string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_boolean(column.type):
+        return pc.cast(column, pa.string())  # "true" / "false": two levels
+    return pc.utf8_trim_whitespace(column.cast(pa.string()))
+
+
+def numbers_of(
+    trimmed: Any, missing: np.ndarray, where: Callable[[int], str], name: str
+) -> np.ndarray:
+    """(B,) float32 of a column of numbers and missing cells (NaN); inf is refused by row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = pa.array(~missing)
+    values = pc.cast(pc.if_else(present, trimmed, "0"), pa.float64())
+    numbers = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = ~np.isfinite(numbers) | (np.abs(numbers) > FLOAT32_MAX)
+    bad &= ~missing
+    if bad.any():
+        row = int(np.argmax(bad))
+        cell = trimmed[row].as_py()
+        beyond = " (beyond float32)" if np.isfinite(numbers[row]) else ""
+        raise DataError(f"{where(row)}, column {name!r}: {cell!r} is not finite{beyond}")
+    numbers[missing] = np.nan
+    return numbers.astype(np.float32)
+
+
+def text_piece(trimmed: Any, missing: np.ndarray) -> TextPiece:
+    """A block's text column as distinct cells and positions (−1 for missing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = trimmed.filter(pa.array(~missing))
+    uniques = pc.unique(present)
+    positions = pc.index_in(trimmed, value_set=uniques)
+    index = np.array(pc.fill_null(positions, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+    index[missing] = -1
+    return TextPiece([str(cell) for cell in uniques.to_pylist()], index)
+
+
+def write_pieces(
+    results: Iterable[tuple[np.ndarray, dict[int, TextPiece], list[Any]]],
+    vocabularies: dict[int, Vocabulary],
+    sink: BinaryIO,
+) -> tuple[int, list[Any]]:
+    """Put each block's text columns' codes in place, in file order, and write it: (rows, target
+    chunks). Codes are given here, on one thread, so they follow the file's order."""
+    rows, chunks = 0, []
+    for block, texts, target_chunks in results:
+        for col, piece in texts.items():
+            codes = vocabularies[col].codes_of(piece.uniques)
+            column = np.full(len(block), np.nan, dtype=np.float32)
+            present = piece.positions >= 0
+            column[present] = codes[piece.positions[present]]
+            block[:, col] = column
+        sink.write(block.data)
+        chunks.extend(target_chunks)
+        rows += len(block)
+    return rows, chunks
+
+
+def text_columns_of_csv(
+    pieces: Iterator[Any], names: list[str], na_values: tuple[str, ...]
+) -> set[int]:
+    """First CSV pass: which feature columns hold a cell that is neither a number nor missing.
+
+    pieces: Arrow tables of string columns, one per piece of the file."""
+    text: set[int] = set()
+    for table in pieces:
+        for col, name in enumerate(names):
+            if col in text:
+                continue
+            trimmed = trimmed_strings(table.column(name))
+            missing = missing_mask(trimmed, na_values)
+            if np.any(~missing & ~number_mask(trimmed)):
+                text.add(col)
+    return text
+
+
+def csv_block(
+    table: Any,
+    names: list[str],
+    text: set[int],
+    na_values: tuple[str, ...],
+    where: Callable[[int], str],
+) -> tuple[np.ndarray, dict[int, TextPiece]]:
+    """Second CSV pass, one piece: (B, F) float32 with numbers (NaN missing), text columns left
+    for write_pieces."""
+    block = np.empty((table.num_rows, len(names)), dtype=np.float32)
+    texts: dict[int, TextPiece] = {}
+    for col, name in enumerate(names):
+        trimmed = trimmed_strings(table.column(name))
+        missing = missing_mask(trimmed, na_values)
+        if col in text:
+            texts[col] = text_piece(trimmed, missing)
+        else:
+            block[:, col] = numbers_of(trimmed, missing, where, name)
+    return block, texts
+
+
+def parquet_block(
+    batch: Any, names: list[str], na_values: tuple[str, ...], first_row: int, path: Path
+) -> tuple[np.ndarray, dict[int, TextPiece]]:
+    """One Parquet record batch: numeric columns as float32 (null: NaN), text columns (string,
+    dictionary, boolean) as pieces for write_pieces."""
+    import pyarrow as pa
+
+    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    texts: dict[int, TextPiece] = {}
+    for col, name in enumerate(names):
+        column = batch.column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            trimmed = pa.compute.cast(column, pa.string())
+            missing = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            missing |= np.asarray(
+                pa.compute.is_nan(pa.compute.cast(column, pa.float64()))
+                .fill_null(False)
+                .to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
+            block[:, col] = numbers_of(
+                trimmed, missing, lambda row: f"{path}: row {first_row + row}", name
+            )
+            continue
+        trimmed = trimmed_strings(column)
+        texts[col] = text_piece(trimmed, missing_mask(trimmed, na_values))
+    return block, texts
+
+
+def is_parquet_text(kind: Any) -> bool:
+    """Parquet column types read as text: strings, dictionaries (categoricals), booleans."""
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_dictionary(kind)
+        or pa.types.is_boolean(kind)
+    )
+
+
+def vocabulary_tuple(vocabularies: dict[int, Vocabulary], n_features: int) -> tuple[Any, ...]:
+    """Per feature column: its vocabulary's cells (a text column), or None (numbers)."""
+    return tuple(
+        tuple(vocabularies[col].cells) if col in vocabularies else None for col in range(n_features)
+    )
