@@ -12,7 +12,8 @@ application/grpc`, `te: trailers`) goes to
       a large one (--large-hidden, 1024,1024,1024: a run that costs more than the call);
 single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 latency, and each as a
 ratio to the echo server and to the minimal server; batching on over off. Then
-  (e) `--processes 1` against `--processes 2`, servers and h2load unpinned, sharing every core;
+  (e) placement (bench/serve_placement.py): one and two processes, unpinned, pinned by taskset
+      and `--cpu-affinity auto`, requests/s and server CPU per call side by side;
 then PredictBatch (64 examples a call) and PredictStream (many examples per stream) in
 examples/s over unary, and the server's overhead over a bare onnxruntime run of the same example.
 
@@ -24,7 +25,8 @@ must equal (successful requests) × (that response's framed size) — a failed g
 with trailers only and no DATA, so any failure shows up as missing bytes.
 
 Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256,256]
-                             [--large-hidden 1024,1024,1024]
+                             [--large-hidden 1024,1024,1024] [--concurrencies 1,8,64]
+                             [--placement (the placement rows (e) alone)]
 (installs h2load with apt-get when run as root and it is missing)
 """
 
@@ -85,7 +87,6 @@ class BenchSettings:
     large_hidden: tuple[int, ...] = (1024, 1024, 1024)  # a model whose run costs more than a call
     server_cpu: str = "0"  # taskset CPU list of the server
     load_cpu: str = "1"  # taskset CPU list of h2load
-    all_cpus: str = "0,1"  # servers and h2load of the --processes rows (sharing the cores)
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,12 @@ def bnserve_command(
     drift: bool = True,
 ) -> list[str]:
     """bnserve serving model as "digits"; workers 0: settings.workers. Pinned to the server
-    CPU, except with several processes (they are there to use every core)."""
+    CPU with one process; several are left to --cpu-affinity (bench/serve_placement.py)."""
     workers = workers or settings.workers
     command = [
         sys.executable,
         "-m",
-        "server",
+        "bnserve.server",
         "--model",
         str(model),
         "--name",
@@ -289,7 +290,7 @@ def bnserve_command(
         str(processes),
         "--drift" if drift else "--no-drift",
     ]
-    return pinned(settings.all_cpus if processes > 1 else settings.server_cpu, command)
+    return pinned(settings.server_cpu, command) if processes == 1 else command
 
 
 def batching_workers(settings: BenchSettings) -> int:
@@ -540,7 +541,6 @@ def bare_run(model: Path, row: np.ndarray, runs: int, batch_examples: int) -> Ba
 BATCHING_OFF = "batching off"
 BATCHING_ON = "batching on"
 LARGE = "large model"
-PROCESSES = ("--processes 1", "--processes 2")
 
 
 def measure(settings: BenchSettings) -> int:
@@ -560,7 +560,6 @@ def measure(settings: BenchSettings) -> int:
         wide = batching_workers(settings)
         names = ["echo", "minimal", "minimal pool", "bnserve", "nodrift", "off", "on"]
         names += ["large off", "large on"]
-        names += ["p1", "p2"]
         ports = {name: free_port() for name in names}
         large = models["large"]
         servers = {  # name → (command, log line when ready)
@@ -572,11 +571,6 @@ def measure(settings: BenchSettings) -> int:
             "large on": (
                 bnserve_command(large, ports["large on"], settings, workers=wide, batching=True),
                 "",
-            ),
-            "p1": (bnserve_command(model, ports["p1"], settings, processes=1), ""),
-            "p2": (
-                bnserve_command(model, ports["p2"], settings, processes=2),
-                "2 processes serving",
             ),
         }
         pids = {}
@@ -654,10 +648,6 @@ def measure(settings: BenchSettings) -> int:
             target(f"{LARGE}, {BATCHING_ON}", "large on", "predict", predict_body),
             target(MINIMAL_POOL_LABEL, "minimal pool", "predict", predict_body),
         ]
-        process_targets = [
-            target(label, server, "predict", predict_body, load_cpu=settings.all_cpus)
-            for label, server in zip(PROCESSES, ("p1", "p2"), strict=True)
-        ]
         stream_body = b"".join(frame(m) for m in messages["stream"])
         throughput_targets = [
             target(f"PredictBatch ({settings.batch_examples}/call)", "bnserve", "batch",
@@ -670,9 +660,6 @@ def measure(settings: BenchSettings) -> int:
         ]  # fmt: skip
         unary = {
             c: interleaved(unary_targets, c, settings, scratch) for c in settings.concurrencies
-        }
-        processes = {
-            c: interleaved(process_targets, c, settings, scratch) for c in settings.concurrencies
         }
         throughput = interleaved(
             throughput_targets, settings.throughput_concurrency, settings, scratch
@@ -695,25 +682,20 @@ def measure(settings: BenchSettings) -> int:
             check=True,
         ).stdout
         examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
-        report(
-            settings, unary, processes, throughput, examples_per_call, BareRun(**json.loads(bare))
-        )
-        stack.close()  # the gRPC servers stop before the REST rows (bench/serve_rest.py)
+        report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
+        stack.close()  # the servers stop before the placement and REST rows
+        from serve_placement import measure_placement
         from serve_rest import measure_rest
 
+        placement_ok = measure_placement(model, row, settings, scratch)
         rest_ok = measure_rest(model, row, settings, scratch)
     print(
         "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
         "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())
     )
-    results = [r for group in (unary, processes) for rows in group.values() for r in rows.values()]
+    results = [r for rows in unary.values() for r in rows.values()]
     results += list(throughput.values())
-    return 0 if rest_ok and all(r.verified for r in results) else 1
-
-
-def ceiling_rate(result: LoadResult, cpus: int) -> float:
-    """The most calls/s `cpus` fully busy CPUs can give at this run's server + h2load CPU cost."""
-    return cpus * 1e6 / (result.server_cpu_us + result.load_cpu_us)
+    return 0 if placement_ok and rest_ok and all(r.verified for r in results) else 1
 
 
 def _ratio_table(
@@ -739,7 +721,6 @@ def _ratio_table(
 def report(
     settings: BenchSettings,
     unary: dict[int, dict[str, LoadResult]],
-    processes: dict[int, dict[str, LoadResult]],
     throughput: dict[str, LoadResult],
     examples_per_call: dict[str, int],
     bare: BareRun,
@@ -809,33 +790,6 @@ def report(
             (LARGE, f"{LARGE}, {BATCHING_ON}", f"{LARGE}, {BATCHING_OFF}"),
         ],
     )
-    _ratio_table(
-        f"--processes 2 over --processes 1 (servers and h2load unpinned on CPUs "
-        f"{settings.all_cpus}; ratio: requests/s)",
-        processes,
-        [("native Predict", PROCESSES[1], PROCESSES[0])],
-    )
-    print(f"{'server CPU µs per call':<34}" + "".join(
-        f"{processes[c][PROCESSES[1]].server_cpu_us:>9.0f}"
-        f"{processes[c][PROCESSES[0]].server_cpu_us:>9.0f}{'':>8}"
-        for c in processes
-    ))  # fmt: skip
-    print(f"{'h2load CPU µs per call':<34}" + "".join(
-        f"{processes[c][PROCESSES[1]].load_cpu_us:>9.0f}"
-        f"{processes[c][PROCESSES[0]].load_cpu_us:>9.0f}{'':>8}"
-        for c in processes
-    ))  # fmt: skip
-    cpus = len(settings.all_cpus.split(","))
-    print(
-        f"ceiling of --processes 2 on {cpus} CPUs shared with h2load: "
-        f"{cpus} × 10⁶ / (server + h2load CPU µs per call), over --processes 1's req/s"
-    )
-    ceilings = {c: ceiling_rate(processes[c][PROCESSES[1]], cpus) for c in processes}
-    one_process = {c: processes[c][PROCESSES[0]].requests_per_s for c in processes}
-    print(f"{'':<34}" + "".join(
-        f"{ceilings[c]:>9.0f}{one_process[c]:>9.0f}{ceilings[c] / one_process[c]:>8.2f}"
-        for c in processes
-    ))  # fmt: skip
     unary_rate = throughput["native Predict (unary)"].requests_per_s
     print(
         f"\nthroughput at concurrency {settings.throughput_concurrency} "
@@ -888,6 +842,16 @@ def main(argv: list[str] | None = None) -> int:
         help="hidden widths of the large model of the batching rows (default 1024,1024,1024)",
     )
     parser.add_argument("--quick", action="store_true", help="2 s per row, fewer bare runs")
+    parser.add_argument(
+        "--concurrencies",
+        default="1,8,64",
+        help="concurrent streams of the unary and placement rows (default 1,8,64)",
+    )
+    parser.add_argument(
+        "--placement",
+        action="store_true",
+        help="only the placement rows: 1 and 2 processes, unpinned / taskset / --cpu-affinity auto",
+    )
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
@@ -902,12 +866,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     hidden = tuple(int(width) for width in args.hidden.split(","))
     large = tuple(int(width) for width in args.large_hidden.split(","))
+    concurrencies = tuple(int(c) for c in args.concurrencies.split(","))
     settings = BenchSettings(
-        duration_s=args.duration, rounds=args.rounds, hidden=hidden, large_hidden=large
+        duration_s=args.duration,
+        rounds=args.rounds,
+        hidden=hidden,
+        large_hidden=large,
+        concurrencies=concurrencies,
     )
     if args.quick:
         settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
+    if args.placement:
+        return measure_placement_alone(settings)
     return measure(settings)
+
+
+def measure_placement_alone(settings: BenchSettings) -> int:
+    """`--placement`: the digits model, then the placement rows (e) and nothing else."""
+    from serve_placement import measure_placement
+
+    ensure_h2load()
+    with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        print(
+            f"training and exporting a digits model {settings.hidden} (2 epochs) …", file=sys.stderr
+        )
+        model = build_model(scratch, settings.hidden)
+        return 0 if measure_placement(model, example_row(model), settings, scratch) else 1
 
 
 if __name__ == "__main__":

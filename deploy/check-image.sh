@@ -5,11 +5,13 @@
 #   2. base:  localhost/python-base:3.11-<recipe hash>, made with debootstrap when not cached
 #   3. model: a tiny model trained and exported with the repo's .venv
 #   4. build: podman build --format docker (keeps HEALTHCHECK) on the local base
-#   5. run:   the model mounted read-only at /models, host network, free loopback ports
-#   6. probe: grpc.health.v1 SERVING (polled with a deadline), examples scored from the host and
-#             compared with the training inference path, /metrics answered
+#   5. run:   the model mounted read-only at /models, host network, free loopback ports; twice:
+#             with the image's defaults, and with BNSERVE_PROCESSES=2 on top (HTTP stays on)
+#   6. probe: each container: grpc.health.v1 SERVING (polled with a deadline), examples scored
+#             from the host and compared with the training inference path, v2 over gRPC and
+#             HTTP, /metrics answered (summed over both processes of the second)
 #   7. podman healthcheck run; what the image must not carry (onnx, training, compilers, root)
-#   8. podman stop -t 10: exited by itself with code 0 (not killed)
+#   8. podman stop -t 10: each exited by itself with code 0 (not killed)
 #   9. image size <= 400 MB, and how long each step took
 #
 # Exits non-zero with the reason when any step fails or cannot run here.
@@ -22,6 +24,7 @@ max_image_mb=400
 python_for_venv=${PYTHON:-$(command -v python3.11 || command -v python3 || true)}
 venv_python=$repo/.venv/bin/python
 container=bnserve-check-$$
+containers=("$container" "$container-processes-2") # the defaults; BNSERVE_PROCESSES=2 on top
 work=$(mktemp -d "${TMPDIR:-/tmp}/bnserve-image-check.XXXXXX")
 
 fail() {
@@ -33,7 +36,7 @@ untagged_before="" # untagged images that existed before this build: not ours to
 build_started=false
 cleanup() {
   if command -v podman >/dev/null 2>&1; then
-    podman rm --force --time 0 "$container" >/dev/null 2>&1 || true
+    podman rm --force --time 0 "${containers[@]}" >/dev/null 2>&1 || true
     if $build_started; then remove_build_stages; fi
   fi
   rm -rf "$work"
@@ -149,31 +152,39 @@ podman build --pull=never --format docker --network host --layers \
 step_done
 
 # ---- 5. run -------------------------------------------------------------------------------------
-step "run"
-grpc_port=$(free_port)
-http_port=$(free_port)
-metrics_port=$(free_port)
-# podman's stderr here says only that systemd (absent) cannot time the HEALTHCHECK.
-podman run -d --name "$container" --network host \
-  -v "$work/models:/models:ro" \
-  -e BNSERVE_PORT="$grpc_port" -e BNSERVE_HTTP_PORT="$http_port" \
-  -e BNSERVE_METRICS_PORT="$metrics_port" \
-  "$image" >/dev/null 2>"$work/podman-run.log" || { cat "$work/podman-run.log" >&2; fail "podman run"; }
+declare -A grpc_ports=() http_ports=() metrics_ports=()
+run_container() { # run_container NAME [-e VAR=VALUE ...]: the image on free loopback ports
+  local name=$1
+  shift
+  grpc_ports[$name]=$(free_port)
+  http_ports[$name]=$(free_port)
+  metrics_ports[$name]=$(free_port)
+  # podman's stderr here says only that systemd (absent) cannot time the HEALTHCHECK.
+  podman run -d --name "$name" --network host \
+    -v "$work/models:/models:ro" \
+    -e BNSERVE_PORT="${grpc_ports[$name]}" -e BNSERVE_HTTP_PORT="${http_ports[$name]}" \
+    -e BNSERVE_METRICS_PORT="${metrics_ports[$name]}" "$@" \
+    "$image" >/dev/null 2>"$work/podman-run.log" || { cat "$work/podman-run.log" >&2; fail "podman run $name"; }
+}
+step "run (the image's defaults, then BNSERVE_PROCESSES=2 on top)"
+run_container "${containers[0]}"
+run_container "${containers[1]}" -e BNSERVE_PROCESSES=2
 step_done
 
 # ---- 6. probe from the host ---------------------------------------------------------------------
-step "probe from the host: SERVING, native, v2 over gRPC and HTTP, metrics"
-"$venv_python" scripts/demo.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
-  --min-accuracy 0.9 --serve-deadline 90 ||
-  {
-    podman logs --tail 40 "$container" >&2 || true
-    fail "the container did not serve the held-out set correctly (its log tail above)"
-  }
-"$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" \
-  --http-target "127.0.0.1:$http_port" --run "$work/run" ||
-  fail "the container's Open Inference Protocol (v2) answers over gRPC or HTTP are wrong"
-# The metrics port answers Prometheus text that counted the Predict calls just made.
-"$venv_python" - "$metrics_port" <<'PYTHON' || fail "the container's /metrics endpoint"
+probe_container() { # probe_container NAME: scored, v2 over gRPC and HTTP, metrics counted
+  local name=$1 grpc_port=${grpc_ports[$1]} http_port=${http_ports[$1]}
+  "$venv_python" scripts/demo.py --target "127.0.0.1:$grpc_port" --run "$work/run" \
+    --min-accuracy 0.9 --serve-deadline 90 ||
+    {
+      podman logs --tail 40 "$name" >&2 || true
+      fail "$name did not serve the held-out set correctly (its log tail above)"
+    }
+  "$venv_python" deploy/check_v2.py --target "127.0.0.1:$grpc_port" \
+    --http-target "127.0.0.1:$http_port" --run "$work/run" ||
+    fail "$name's Open Inference Protocol (v2) answers over gRPC or HTTP are wrong"
+  # The metrics port answers Prometheus text that counted the Predict calls just made.
+  "$venv_python" - "${metrics_ports[$name]}" <<'PYTHON' || fail "$name's /metrics endpoint"
 import re, sys, urllib.request
 url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
 text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -185,12 +196,21 @@ for labels, value in re.findall(r"^bnserve_requests_total\{(.*)\} (\S+)$", text,
 print(f"{url}: {predicts:.0f} OK Predict calls counted")
 sys.exit(0 if predicts >= 270 else f"expected >= 270 OK Predict calls in {url}")
 PYTHON
+}
+step "probe from the host: SERVING, native, v2 over gRPC and HTTP, metrics (each container)"
+probe_container "${containers[0]}"
+probe_container "${containers[1]}"
+podman logs "${containers[1]}" 2>&1 | grep -q "2 processes serving on port [0-9]*, ready" ||
+  fail "${containers[1]} did not say '2 processes serving on port …, ready'"
+echo "${containers[1]}: 2 processes serving"
 step_done
 
 # ---- 7. healthcheck and what the image carries --------------------------------------------------
 step "healthcheck, user, contents"
-health=$(podman healthcheck run "$container" 2>&1) || fail "HEALTHCHECK: ${health:-unhealthy}"
-echo "HEALTHCHECK: ${health:-healthy}"
+for name in "${containers[@]}"; do
+  health=$(podman healthcheck run "$name" 2>&1) || fail "$name HEALTHCHECK: ${health:-unhealthy}"
+  echo "$name HEALTHCHECK: ${health:-healthy}"
+done
 user=$(podman image inspect --format '{{.Config.User}}' "$image")
 [[ -n $user && ${user%%:*} != 0 && ${user%%:*} != root ]] || fail "image runs as root (User=$user)"
 podman run --rm --network none --entrypoint python "$image" 2>"$work/contents.log" -c '
@@ -206,16 +226,18 @@ print("runtime image: no onnx, training, export, test tools or compilers")
 step_done
 
 # ---- 8. graceful stop ---------------------------------------------------------------------------
-step "podman stop -t 10 (SIGTERM)"
-stop_started=$(date +%s.%N)
-podman stop -t 10 "$container" >/dev/null 2>"$work/podman-stop.log" ||
-  { cat "$work/podman-stop.log" >&2; fail "podman stop"; }
-stop_seconds=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
-echo "exited with code $exit_code after ${stop_seconds}s"
-podman logs --tail 2 "$container" 2>&1 | sed 's/^/  container log: /'
-[[ $exit_code == 0 ]] ||
-  fail "server did not exit cleanly on SIGTERM (exit code $exit_code; 137 means killed after -t 10)"
+step "podman stop -t 10 (SIGTERM), each container"
+for name in "${containers[@]}"; do
+  stop_started=$(date +%s.%N)
+  podman stop -t 10 "$name" >/dev/null 2>"$work/podman-stop.log" ||
+    { cat "$work/podman-stop.log" >&2; fail "podman stop $name"; }
+  stop_seconds=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+  echo "$name exited with code $exit_code after ${stop_seconds}s"
+  podman logs --tail 2 "$name" 2>&1 | sed 's/^/  container log: /'
+  [[ $exit_code == 0 ]] ||
+    fail "$name did not exit cleanly on SIGTERM (exit code $exit_code; 137 means killed after -t 10)"
+done
 step_done
 
 # ---- 9. size and timings ------------------------------------------------------------------------

@@ -39,8 +39,9 @@ class Extras:
     interceptors: gRPC interceptors inside the observer's (auth, request decoding);
     credentials: gRPC TLS; http_auth: whether an HTTP bearer token (None: none sent) is good;
     http_tls: HTTPS; metrics: the registry models and pools report to; observer: metrics,
-    access log and spans of every call on both transports; reuse_port: share the gRPC port
-    with a supervisor's other processes; repository: the models (None: a new, empty one)."""
+    access log and spans of every call on both transports; reuse_port: share the gRPC and
+    HTTP ports with a supervisor's other processes; repository: the models (None: a new,
+    empty one)."""
 
     interceptors: Sequence[grpc.ServerInterceptor] = ()
     credentials: grpc.ServerCredentials | None = None
@@ -98,7 +99,7 @@ class Server:
             self.http = RestTransport(
                 settings,
                 self.plane,
-                RestOptions(extras.http_auth, extras.http_tls, extras.observer),
+                RestOptions(extras.http_auth, extras.http_tls, extras.observer, extras.reuse_port),
             )
 
     @classmethod

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from bnserve.flags import add_field_flag, field_types, shown_default
 from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
+from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
+from bnserve.server.process.placement import current_core, pin_process, plan_placement
 from bnserve.server.process.supervisor import Supervisor, WorkerLink
 from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
@@ -77,15 +79,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     link = WorkerLink.from_env(os.environ)
-    if link is None and settings.process_count() > 1:
+    count = 1 if link is not None else settings.process_count()
+    try:  # a supervised child is given its cores as a list (or none) by the supervisor
+        placement = plan_placement(
+            settings.cpu_affinity,
+            count,
+            allowed_cores(),
+            quota=cgroup_cpu_quota(),
+            intra_op_threads=settings.intra_op_threads,
+            current_core=current_core(),
+        )
+    except ValueError as error:
+        print(f"bnserve serve: error: {error}", file=sys.stderr)
+        return 2
+    if count > 1:
         # The supervisor's children relay their own grpc core lines; it relays none.
         configure_logging(settings.log_level, settings.log_format)
-        supervisor = Supervisor(
-            settings, sys.argv[1:] if argv is None else argv, settings.process_count()
-        )
+        supervisor = Supervisor(settings, sys.argv[1:] if argv is None else argv, count, placement)
         return supervisor.run(SignalFlags())
+    cores = placement.cores[0]
+    if cores is not None:  # before any thread starts: every later thread inherits the pin
+        pin_process(cores)
     with relay_core_logs():  # before logging is set up: it moves Python's stderr
         configure_logging(settings.log_level, settings.log_format)
+        for note in placement.notes:
+            log.info("%s", note)
+        who = "this process" if link is None else f"process {link.index}"
+        log.info("%s (pid %d): %s", who, os.getpid(), placement.describe(0))
         return _serve(settings, link)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bnserve.flags import field_types
 from bnserve.server.process.cores import usable_cores
+from bnserve.server.process.placement import setting_problem
 
 ENV_PREFIX = "BNSERVE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -183,10 +184,20 @@ class ServerSettings:
     )
     processes: str = _setting(
         "1",
-        "Serving processes on one port (SO_REUSEPORT), each with its own onnxruntime session, "
-        "under a supervisor that restarts any that dies; 'auto': the cores this process may use "
-        "(affinity, capped by a cgroup CPU quota).",
+        "Serving processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own "
+        "onnxruntime session, under a supervisor that restarts any that dies; 'auto': the cores "
+        "this process may use (affinity within the cgroup cpuset, capped by a CPU quota).",
         _process_count,
+    )
+    cpu_affinity: str = _setting(
+        "auto",
+        "Cores each serving process runs on: 'auto' pins process i of several to the i-th core "
+        "this process may use (affinity mask within the cgroup cpuset) and one process to the "
+        "core it starts on, since a server whose threads roam over cores spends more CPU per "
+        "call (docs/serving.md, Placement); it pins nothing under a CPU quota smaller than the "
+        "mask or with --intra-op-threads other than 1. 'none': the kernel places threads. A "
+        "CPU list (0-1,3): split among the processes; it must lie inside the mask.",
+        setting_problem,
     )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,

@@ -1,4 +1,5 @@
-"""How many cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+"""Which cores this process may use: its CPU affinity within its cgroup cpuset, and how many
+of them a cgroup CPU quota lets it keep busy.
 
 A container limited with `--cpus 2` (cgroup v2 `cpu.max` "200000 100000", or v1
 `cpu.cfs_quota_us` / `cpu.cfs_period_us`) still sees every core of the node in
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +19,11 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def usable_cores(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
-    """Cores this process may run on (sched_getaffinity), capped by the cgroup CPU quota
-    rounded up; at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """Cores this process may run on (allowed_cores), capped by the cgroup CPU quota rounded
+    up; at least 1."""
+    cores: int | None = len(allowed_cores(cgroup_root, proc_cgroup))
+    if not cores:
+        cores = os.cpu_count()
     quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
     if quota is not None:
         cores = min(cores or 1, math.ceil(quota))
@@ -85,3 +89,85 @@ def _v1_quota(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def allowed_cores(
+    cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> tuple[int, ...]:
+    """The cores this process may run on, ascending: its affinity mask, within its cgroup
+    cpuset when one can be read (the kernel keeps the mask inside the cpuset; reading both
+    keeps a pin inside them even if one lags the other); () where affinity is unknown."""
+    if not hasattr(os, "sched_getaffinity"):
+        return ()
+    mask = set(os.sched_getaffinity(0))
+    cpuset = cgroup_cpuset(cgroup_root, proc_cgroup)
+    inside = mask & cpuset if cpuset else mask
+    return tuple(sorted(inside or mask))
+
+
+def cgroup_cpuset(
+    cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> frozenset[int]:
+    """The effective cpuset of this process's cgroup (v2 `cpuset.cpus.effective`, v1
+    `cpuset.effective_cpus`) from its deepest directory that exists here; empty when none."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    candidates: list[Path] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        relative = Path(path.lstrip("/"))
+        if hierarchy == "0" and controllers == "":
+            mount, name = cgroup_root, "cpuset.cpus.effective"
+        elif "cpuset" in controllers.split(","):
+            mount, name = cgroup_root / "cpuset", "cpuset.effective_cpus"
+        else:
+            continue
+        candidates += [mount / relative / name, *[mount / up / name for up in relative.parents]]
+    if not lines:
+        candidates.append(cgroup_root / "cpuset.cpus.effective")
+    for candidate in candidates:
+        try:
+            text = candidate.read_text().strip()
+        except OSError:
+            continue
+        try:
+            cores = parse_cpu_list(text)
+        except ValueError:
+            continue
+        if cores:
+            return cores
+    return frozenset()
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """Cores of a Linux CPU list ("0-3,6", as taskset -c and cpuset files write them); raises
+    ValueError naming the part that is not one."""
+    cores: set[int] = set()
+    for part in text.strip().split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not a core number or a range like 0-3")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if high < low:
+            raise ValueError(f"{part.strip()!r} is a range that runs backwards")
+        cores.update(range(low, high + 1))
+    return frozenset(cores)
+
+
+def format_cpu_list(cores: frozenset[int] | tuple[int, ...] | set[int]) -> str:
+    """A CPU list with ranges folded ({0, 1, 2, 5} → "0-2,5"), as taskset -c prints one."""
+    parts: list[str] = []
+    ordered = sorted(cores)
+    start = previous = ordered[0] if ordered else 0
+    for core in [*ordered[1:], None]:
+        if core is not None and core == previous + 1:
+            previous = core
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if core is not None:
+            start = previous = core
+    return ",".join(parts) if ordered else ""

@@ -1,14 +1,16 @@
 """`--processes N`: N serving processes on one port, under a supervisor that restarts them.
 
 The supervisor imports neither grpc nor onnxruntime. It
-- reserves the port: binds (never listens on) a socket with SO_REUSEPORT, so its children can
-  bind the same port (port 0 is resolved here and passed on), while any server that does not
-  set SO_REUSEPORT (a second `bnserve serve`) fails to bind, as with one process; and it holds
-  an abstract unix socket named after the port, so a second supervisor fails too;
-- starts N `python -m bnserve.server` children with the same flags plus `--port P`; each loads,
-  checks
-  (parity gate) and serves the model itself, with its own onnxruntime session, and says over a
-  pipe when it is up and whether it is ready;
+- reserves every port a child listens on (gRPC's, and HTTP's unless --http-port 0; metrics are
+  served by the supervisor itself): binds (never listens on) a socket with SO_REUSEPORT, so its
+  children can bind the same port (port 0 is resolved here and passed on), while any server
+  that does not set SO_REUSEPORT (a second `bnserve serve`) fails to bind, as with one
+  process; and it holds an abstract unix socket named after the port, so a second supervisor
+  fails too (docs/serving.md says why not one socket handed down);
+- starts N `python -m bnserve.server` children with the same flags plus `--port P --http-port H
+  --cpu-affinity CORES` (server/process/placement.py); each loads, checks (parity gate) and
+  serves the model itself, with its own onnxruntime session, and says over a pipe when it is
+  up and whether it is ready;
 - forwards SIGTERM/SIGINT (drain and stop, as one process does) and SIGHUP (reload) to every
   child; restarts a child that dies, with backoff, and logs it;
 - serves /metrics summed over the children (prometheus-client multiprocess mode, in a private
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from bnserve.server.models.versions import resolve_sources
 from bnserve.server.observability.metrics_http import MetricsHTTPServer, serve_metrics
+from bnserve.server.process.placement import Placement
 from bnserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -107,9 +110,10 @@ class _Child:
 
 class PortReservation:
     """Sockets bound (not listening) with SO_REUSEPORT on host:port for every address host
-    resolves to, plus an abstract unix socket naming the port so a second supervisor fails."""
+    resolves to, plus an abstract unix socket naming the port so a second supervisor fails.
+    One per port a child listens on (gRPC's, HTTP's); flag names the port in errors."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, flag: str = "--port") -> None:
         self.sockets: list[socket.socket] = []
         try:
             infos = socket.getaddrinfo(
@@ -131,7 +135,7 @@ class PortReservation:
             self.close()
             raise OSError(
                 f"cannot listen on {host}:{port} (in use, or not a local address?): "
-                f"{error.strerror}"
+                f"{error.strerror}; pick another {flag}"
             ) from None
 
     def close(self) -> None:
@@ -144,10 +148,13 @@ class PortReservation:
 class Supervisor:
     """Runs `count` serving processes with the flags in argv until a stop signal."""
 
-    def __init__(self, settings: ServerSettings, argv: Sequence[str], count: int) -> None:
+    def __init__(
+        self, settings: ServerSettings, argv: Sequence[str], count: int, placement: Placement
+    ) -> None:
         self.settings = settings
         self.argv = list(argv)
         self.count = count
+        self.placement = placement  # child i's cores, passed down as --cpu-affinity
         self.children: dict[int, _Child] = {}  # index → the running child
         self._restart_at: dict[int, float] = {}  # index → when to start it again
         self._failures: dict[int, int] = {}  # index → deaths in a row without living STABLE_S
@@ -167,12 +174,24 @@ class Supervisor:
         except ValueError as error:
             print(f"bnserve serve: error: {error}", file=sys.stderr)
             return 2
-        try:
-            reservation = PortReservation(self.settings.host, self.settings.port)
+        reservations: list[PortReservation] = []
+        try:  # every port a child listens on: gRPC, and HTTP unless it is off
+            reservations.append(PortReservation(self.settings.host, self.settings.port))
+            if self.settings.http_port:
+                reservations.append(
+                    PortReservation(self.settings.host, self.settings.http_port, "--http-port")
+                )
         except OSError as error:
+            for reservation in reservations:
+                reservation.close()
             print(f"bnserve serve: error: {error}", file=sys.stderr)
             return 2
-        self.port = reservation.port
+        self.port = reservations[0].port
+        self.http_port = reservations[1].port if len(reservations) > 1 else 0
+        for note in self.placement.notes:
+            log.info("%s", note)
+        for warning in self.placement.warnings:
+            log.warning("%s", warning)
         self._metrics_dir = (
             tempfile.mkdtemp(prefix="bnserve-metrics-") if self.settings.metrics_port else ""
         )
@@ -190,10 +209,11 @@ class Supervisor:
                     self._metrics_dir,
                 )
             log.info(
-                "supervisor pid %d: starting %d serving processes on port %d",
+                "supervisor pid %d: starting %d serving processes on port %d%s",
                 os.getpid(),
                 self.count,
                 self.port,
+                f", HTTP/REST on port {self.http_port}" if self.http_port else "",
             )
             for index in range(self.count):
                 self._start(index)
@@ -208,7 +228,8 @@ class Supervisor:
                 metrics_http.server_close()
             os.close(self._lifeline_write)
             os.close(self._lifeline_read)
-            reservation.close()
+            for reservation in reservations:
+                reservation.close()
             if self._metrics_dir:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
@@ -257,7 +278,11 @@ class Supervisor:
             env[MULTIPROC_ENV] = self._metrics_dir
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "bnserve.server", *self.argv, "--port", str(self.port)],
+                [
+                    *[sys.executable, "-m", "bnserve.server", *self.argv],
+                    *["--port", str(self.port), "--http-port", str(self.http_port)],
+                    *["--cpu-affinity", self.placement.flag(index)],
+                ],
                 env=env,
                 pass_fds=(self._lifeline_read, status_write),
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it passes it on
@@ -265,7 +290,7 @@ class Supervisor:
         finally:
             os.close(status_write)
         self.children[index] = _Child(index, process, status_read, time.monotonic())
-        log.info("process %d is pid %d", index, process.pid)
+        log.info("process %d is pid %d, %s", index, process.pid, self.placement.describe(index))
 
     def _read_reports(self) -> None:
         for child in self.children.values():

@@ -105,11 +105,14 @@ def _json(value: Any, status: Status = OK) -> web.Response:
 class RestOptions:
     """What the HTTP transport takes besides the data plane (all optional).
 
-    accepts: whether a bearer token (None: none sent) is good, None: no auth; tls: HTTPS."""
+    accepts: whether a bearer token (None: none sent) is good, None: no auth; tls: HTTPS;
+    reuse_port: share the port with a supervisor's other processes (the supervisor holds it
+    against anyone else, server/process/supervisor.py)."""
 
     accepts: Callable[[str | None], bool] | None = None
     tls: ssl.SSLContext | None = None
     observer: CallObserver | None = None
+    reuse_port: bool = False
 
 
 class _HttpCall:
@@ -158,6 +161,7 @@ class RestTransport:
         self._plane = plane
         self._accepts = options.accepts
         self._tls = options.tls
+        self._reuse_port = options.reuse_port
         self._observer = options.observer
         self._metadata = {
             "name": SERVER_NAME,
@@ -184,7 +188,7 @@ class RestTransport:
     def bind(self) -> int:
         """Listen on host and port (errors early, before anything starts); the port bound.
         Raises OSError naming --http-port."""
-        self._socket = _bind(self._host, self._port)
+        self._socket = _bind(self._host, self._port, self._reuse_port)
         self.port = int(self._socket.getsockname()[1])
         return self.port
 
@@ -485,11 +489,13 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(1024)
     except OSError as error:

@@ -135,7 +135,7 @@ def test_wait_for_model_keeps_it_up_and_predict_names_the_failed_model(tmp_path:
 
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("these are my notes, not a model\n")
-    server = ServerProcess(["--model", str(not_onnx), "--metrics-port", "0", "--wait-for-model"])
+    server = ServerProcess(["--model", str(not_onnx), "--wait-for-model"])
     try:
         port = int(server.wait_for(r"serving on port (\d+), NOT ready").group(1))
         asked = _bnserve("predict", "--target", f"127.0.0.1:{port}", "--features", "1,2,3")

@@ -65,7 +65,7 @@ STREAMING = {"/bnserve.v1.Predictor/PredictStream"}
 
 @pytest.fixture(scope="module")
 def fuzz_server(test_models: ModelFiles) -> Iterator[ServerProcess]:
-    server = ServerProcess(["--model", str(test_models.classification), "--metrics-port", "0"])
+    server = ServerProcess(["--model", str(test_models.classification)])
     server.wait_ready()
     yield server
     assert server.stop() == 0

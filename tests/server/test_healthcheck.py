@@ -76,7 +76,7 @@ def test_mutual_tls_needs_the_ca_and_a_client_certificate(
     pki: Pki, test_models: ModelFiles, capsys: pytest.CaptureFixture[str]
 ):
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
          "--tls-client-ca", str(pki.ca_cert)]
     )  # fmt: skip

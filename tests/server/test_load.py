@@ -18,7 +18,7 @@ EXAMPLES = np.random.default_rng(9).normal(0, 1.5, (256, NUM_FEATURES)).astype(n
 def _load_then_memory(test_models: ModelFiles, first_calls: int, total_calls: int, batching: bool):
     expected = numpy_forward(test_models.classification_weights, EXAMPLES, "classification")
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          # Admit every call of the load: 64 in flight (+ headroom), threads beyond that.
          "--workers", "80", "--max-inflight", "72",
          "--batching" if batching else "--no-batching"]

@@ -357,7 +357,7 @@ def test_tls_and_tokens_over_http(pki: Pki, test_models: ModelFiles, tmp_path: P
     """The CLI's server: the HTTP port takes the gRPC port's certificates and tokens."""
     http_port = free_port()
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--http-port", str(http_port),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
         env={"BNSERVE_AUTH_TOKEN": TOKEN},

@@ -85,7 +85,7 @@ def _check(row: int, answer: pb.PredictResponse, weights) -> None:
 def test_sigterm_under_load_answers_accepted_calls_and_exits_zero(test_models: ModelFiles):
     weights = test_models.classification_weights
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--grace-s", str(GRACE_S), "--workers", "16", "--max-inflight", "12"]
     )  # fmt: skip
     server.wait_ready()
@@ -145,7 +145,7 @@ def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, 
     # 16 clients calling ModelInfer when SIGTERM came saw 3–13 calls CANCELLED before the
     # server refused calls itself during shutdown.
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--name", "iris", "--metrics-port", "0",
+        ["--model", str(test_models.classification), "--name", "iris",
          "--grace-s", str(GRACE_S), "--workers", "24", "--max-inflight", "20"]
     )  # fmt: skip
     server.wait_ready()
@@ -179,7 +179,7 @@ def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, 
 def test_drain_answers_calls_while_unready_until_a_second_signal(test_models: ModelFiles):
     weights = test_models.classification_weights
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--drain-s", "600", "--grace-s", str(GRACE_S), "--workers", "16", "--max-inflight", "12"]
     )  # fmt: skip
     server.wait_ready()
@@ -231,9 +231,7 @@ def test_signals_in_quick_succession_never_wedge_the_server(test_models: ModelFi
     # A handler that called Event.set() deadlocked when a signal landed inside that Event's own
     # wait(): the 9th of 20 such cycles hung before the handlers only counted.
     for cycle in range(25):
-        server = ServerProcess(
-            ["--model", str(test_models.classification), "--metrics-port", "0", "--drain-s", "600"]
-        )
+        server = ServerProcess(["--model", str(test_models.classification), "--drain-s", "600"])
         try:
             server.wait_ready()
             server.signal(signal.SIGTERM)

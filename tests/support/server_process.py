@@ -20,6 +20,8 @@ import onnx
 
 from tests.support.model_builder import MlpWeights, build_model
 
+from bnserve.server.settings import ServerSettings
+
 READY_PATTERN = r"serving on port (\d+), ready"
 
 
@@ -33,13 +35,28 @@ def free_port() -> int:
 class ServerProcess:
     """A running `python -m bnserve.server`; every stderr line is kept in `lines`."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        # HTTP and metrics off unless a test asks (flag or env): test servers at once, or another
-        # program on 8000 or 9090, would collide.
-        defaults = {"BNSERVE_HTTP_PORT": "0", "BNSERVE_METRICS_PORT": "0"}
-        environment = {**defaults, **os.environ, **(env or {})}
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cpus: str = "",
+        literal_defaults: bool = False,
+    ) -> None:
+        """cpus: a CPU list the server starts confined to (taskset -c), as an inherited
+        affinity mask; "": this process's own. literal_defaults: nothing added to args or env,
+        so every port is its default (only where nothing else can hold them: defaults_probe.py
+        runs in a network namespace of its own)."""
+        # Otherwise HTTP and metrics on, as the defaults have them, each on a free port of its
+        # own: the fixed 8000 and 9090 would collide with other test servers or programs. A test
+        # turns one off (flag or env) only for a reason it states.
+        defaults = {"BNSERVE_HTTP_PORT": str(free_port()), "BNSERVE_METRICS_PORT": str(free_port())}
+        environment = {**({} if literal_defaults else defaults), **os.environ, **(env or {})}
+        self.http_port = _port_setting(args, environment, "http_port")  # 0: HTTP off
+        self.metrics_port = _port_setting(args, environment, "metrics_port")  # 0: metrics off
+        confined = ["taskset", "-c", cpus] if cpus else []  # taskset execs: the pid is the server
+        where = [] if literal_defaults else ["--host", "127.0.0.1", "--port", "0"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bnserve.server", "--host", "127.0.0.1", "--port", "0", *args],
+            [*confined, sys.executable, "-m", "bnserve.server", *where, *args],
             stderr=subprocess.PIPE,
             text=True,
             env=environment,
@@ -112,6 +129,20 @@ class ServerProcess:
             self._reader.join(timeout=5)
             if self.process.stderr is not None:
                 self.process.stderr.close()
+
+
+def _port_setting(args: list[str], environment: dict[str, str], name: str) -> int:
+    """The port a server started with args and environment uses for setting name (flags win
+    over the environment, which wins over the default)."""
+    flag = "--" + name.replace("_", "-")
+    default = getattr(ServerSettings(), name)
+    value = environment.get("BNSERVE_" + name.upper(), str(default))
+    for position, arg in enumerate(args):
+        if arg == flag and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return int(value)
 
 
 def model_bytes(seed: int, task: str = "classification") -> tuple[bytes, MlpWeights]:

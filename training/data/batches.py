@@ -19,6 +19,7 @@ import numpy as np
 from bnserve.training import layers, model
 from bnserve.training.data.cache import FeatureRows
 from bnserve.training.data.encoding import Encoder
+from bnserve.training.data.loading import unit_std_where_constant
 from bnserve.training.inference import predict
 from bnserve.training.layers import RunningStats
 
@@ -121,12 +122,15 @@ def shuffled_batches(
 
 
 class Moments:
-    """Count, mean and sum of squared deviations (float64), merged chunk by chunk."""
+    """Count, mean, sum of squared deviations (float64), minimum and maximum, merged chunk by
+    chunk."""
 
     def __init__(self) -> None:
         self.n = 0
         self.mean: np.ndarray | None = None
         self.m2: np.ndarray | None = None
+        self.minimum: np.ndarray = np.zeros(0)
+        self.maximum: np.ndarray = np.zeros(0)
 
     def add(self, chunk: np.ndarray) -> None:
         """Merge a chunk (B, F) (Chan, Golub and LeVeque's pairwise update)."""
@@ -137,9 +141,13 @@ class Moments:
         mean = values.mean(axis=0, dtype=np.float64)
         centered = values - mean  # float64: the one temporary
         m2 = np.einsum("ij,ij->j", centered, centered)
+        minimum, maximum = values.min(axis=0), values.max(axis=0)
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = count, mean, m2
+            self.minimum, self.maximum = minimum, maximum
             return
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
         total = self.n + count
         delta = mean - self.mean
         self.mean = self.mean + delta * (count / total)
@@ -165,13 +173,15 @@ def fit_standardization(
     if len(index) <= size:
         values = rows.inputs(index)
         mean, std = values.mean(axis=0), values.std(axis=0)
+        minimum, maximum = values.min(axis=0), values.max(axis=0)
     else:
         moments = Moments()
         for chunk in rows.raw_chunks(size):
             moments.add(chunk)
         assert moments.mean is not None
         mean, std = moments.mean, np.sqrt(moments.variance())
-    std[std == 0] = 1.0
+        minimum, maximum = moments.minimum, moments.maximum
+    std = unit_std_where_constant(std, minimum, maximum)
     if encoder is not None:
         mean[~encoder.standardized_inputs] = 0.0
         std[~encoder.standardized_inputs] = 1.0

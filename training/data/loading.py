@@ -352,5 +352,17 @@ def fit_standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and std (F,) of the training split; a constant column gets std 1."""
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
-    std[std == 0] = 1.0
-    return mean, std
+    return mean, unit_std_where_constant(std, x_train.min(axis=0), x_train.max(axis=0))
+
+
+def unit_std_where_constant(
+    std: np.ndarray, minimum: np.ndarray, maximum: np.ndarray
+) -> np.ndarray:
+    """std (F,) with 1 where a column is constant (its minimum equals its maximum).
+
+    A constant float32 column's computed std is not always 0: a mean that rounds away from the
+    value leaves deviations of one rounding step (0.1 repeated gives 1.5e-8), and dividing by
+    that blows the column up to about 1e7 instead of 0."""
+    std = std.copy()
+    std[(std == 0) | (minimum == maximum)] = 1.0
+    return std

@@ -175,7 +175,7 @@ def test_stalled_calls_before_any_token_check_do_not_freeze_a_tls_server(
     tokens = tmp_path / "tokens"
     tokens.write_text("stall-test-token-0123456789\n")
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--name", "iris", "--metrics-port", "0",
+        ["--model", str(test_models.classification), "--name", "iris",
          "--workers", "4", "--max-inflight", "2", "--request-timeout-s", "2",
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
          "--auth-token-file", str(tokens)]

@@ -307,7 +307,7 @@ def test_twenty_swaps_under_load_no_failed_call_every_answer_from_a_serving_vers
     install_version(model_dir, 1, staged[1])
     server = ServerProcess(
         ["--model", str(model_dir), "--reload-interval-s", "0.05", "--max-versions", "2",
-         "--metrics-port", "0", "--workers", "12", "--max-inflight", "10",
+         "--workers", "12", "--max-inflight", "10",
          "--batching" if batching else "--no-batching"]
     )  # fmt: skip
     try:

@@ -149,7 +149,7 @@ def test_the_access_log_writes_one_structured_line_per_call(tmp_path: Path) -> N
 
     install_version(tmp_path / "iris", 1, model_bytes(seed=1)[0])
     server = ServerProcess(
-        ["--model", str(tmp_path / "iris"), "--metrics-port", "0", "--access-log-sample", "1",
+        ["--model", str(tmp_path / "iris"), "--access-log-sample", "1",
          "--log-format", "json"]
     )  # fmt: skip
     row = np.zeros(NUM_FEATURES, np.float32)
@@ -173,7 +173,7 @@ def test_the_access_log_writes_one_structured_line_per_call(tmp_path: Path) -> N
 
 def test_no_access_log_by_default(tmp_path: Path) -> None:
     install_version(tmp_path / "iris", 1, model_bytes(seed=1)[0])
-    server = ServerProcess(["--model", str(tmp_path / "iris"), "--metrics-port", "0"])
+    server = ServerProcess(["--model", str(tmp_path / "iris")])
     try:
         server.wait_ready()
         with grpc.insecure_channel(server.target) as channel:

@@ -3,6 +3,8 @@ process, metrics summed, drain and reload reach every process, a killed process 
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -34,11 +36,7 @@ ROWS = np.random.default_rng(3).normal(0, 2, (40, NUM_FEATURES)).astype(np.float
 
 
 def _start(test_models: ModelFiles, *args: str) -> ServerProcess:
-    server = ServerProcess(
-        ["--model", str(test_models.classification), "--name", "iris", *args],
-        env={"BNSERVE_METRICS_PORT": "0"},
-    )
-    return server
+    return ServerProcess(["--model", str(test_models.classification), "--name", "iris", *args])
 
 
 def _supervised(test_models: ModelFiles, *args: str) -> tuple[ServerProcess, dict[int, int]]:
@@ -151,6 +149,38 @@ def test_two_processes_answer_as_one_and_their_metrics_are_summed(
     assert not Path(re.search(r"summed from files in (\S+)", server.log()).group(1)).exists()
 
 
+def test_rest_on_the_shared_http_port_reaches_every_process(
+    test_models: ModelFiles, one_process_answers: list[bytes]
+) -> None:
+    """Issue 24: with HTTP on (the default) every child listens on the one HTTP port; keep-alive
+    connections land on each of them, and each answers what one process answers over gRPC."""
+    server, children = _supervised(test_models)
+    expected = [
+        pb.PredictResponse.FromString(answer).probabilities for answer in one_process_answers
+    ]
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        while not all(_connections_of(pid, server.http_port) for pid in children.values()):
+            assert len(connections) < 64, "64 connections never reached every process"
+            connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            connections.append(connection)
+            for index in range(len(ROWS)):
+                body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, NUM_FEATURES],
+                                    "data": ROWS[index].tolist()}]}  # fmt: skip
+                connection.request("POST", "/v2/models/iris/infer", json.dumps(body))
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                assert response.status == 200, answer
+                (probabilities,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+                np.testing.assert_array_equal(
+                    np.float32(probabilities["data"]), np.float32(expected[index])
+                )
+    finally:
+        for connection in connections:
+            connection.close()
+        assert server.stop() == 0
+
+
 def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
     server, children = _supervised(test_models)
     stop = threading.Event()
@@ -200,9 +230,21 @@ def test_kill_9_of_one_process_under_load(test_models: ModelFiles) -> None:
         assert server.stop() == 0
     every = [outcome for results in outcomes for outcome in results]
     assert set(every) <= {"OK", "UNAVAILABLE"}, sorted(set(every))
-    # Only the dead process's connections lose calls: the one in flight on each (and at most
-    # one more, sent before the client saw the connection reset).
-    assert every.count("UNAVAILABLE") <= 2 * on_victim, details
+    # Only the dead process's connections lose calls, in at most two short runs each: the call
+    # in flight (and one sent before the client saw the reset), then perhaps the reconnect.
+    # The kernel releases a SIGKILLed process's sockets one by one, so a client whose
+    # connection is gone first may reconnect into the dying listener's queue (SO_REUSEPORT)
+    # and be reset again when it goes; its channel then fails calls at once for its reconnect
+    # backoff (~1 s: thousands of calls in this tight loop) and recovers, as the tail shows.
+    failing = [results for results in outcomes if "UNAVAILABLE" in results]
+    assert len(failing) <= on_victim, details
+    for results in failing:
+        runs = sum(
+            1
+            for before, outcome in zip(["OK", *results], results, strict=False)
+            if outcome == "UNAVAILABLE" and before == "OK"
+        )
+        assert runs <= 2, details
     for results in outcomes:
         assert results[-5:] == ["OK"] * 5  # every connection goes on succeeding
     assert re.search(
@@ -234,8 +276,7 @@ def test_a_model_failing_its_parity_gate_leaves_every_process_unready(
 ) -> None:
     """With --wait-for-model the processes serve, not ready, as one process does."""
     server = ServerProcess(
-        ["--model", str(test_models.bad_parity), "--processes", "2", "--metrics-port", "0",
-         "--wait-for-model"]
+        ["--model", str(test_models.bad_parity), "--processes", "2", "--wait-for-model"]
     )  # fmt: skip
     try:
         server.port = int(server.wait_for(r"2 processes serving on port (\d+), NOT ready").group(1))
@@ -265,19 +306,30 @@ def test_sigterm_drains_and_sighup_reloads_every_process(test_models: ModelFiles
             os.kill(pid, 0)
 
 
-def test_port_is_kept_from_independent_servers(test_models: ModelFiles) -> None:
+def test_ports_are_kept_from_independent_servers(test_models: ModelFiles) -> None:
+    """The gRPC port and the HTTP port the children share: a second server, with one process
+    or several, is refused either, in one line."""
     server, _ = _supervised(test_models)
+    assert server.http_port and f"HTTP/REST on port {server.http_port}" in server.log()
     try:
         for extra in ([], ["--processes", "2"]):
-            second = subprocess.run(
-                [sys.executable, "-m", "bnserve.server", "--model", str(test_models.classification),
-                 "--port", str(server.port), "--metrics-port", "0", *extra],
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert second.returncode == 2
-            listening = f"bnserve serve: error: cannot listen on 127.0.0.1:{server.port}"
-            assert listening in second.stderr
-            assert "Traceback" not in second.stderr
+            for ports, refused in [
+                # HTTP off here: the gRPC port is refused before HTTP would bind
+                (["--port", str(server.port), "--http-port", "0"], f"127.0.0.1:{server.port}"),
+                (["--port", "0", "--http-port", str(server.http_port)],
+                 f"127.0.0.1:{server.http_port}"),
+            ]:  # fmt: skip
+                second = subprocess.run(
+                    [sys.executable, "-m", "bnserve.server",
+                     "--model", str(test_models.classification), "--metrics-port", "0",
+                     *ports, *extra],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert second.returncode == 2, second.stderr
+                errors = [line for line in second.stderr.splitlines() if "error:" in line]
+                assert len(errors) == 1 and errors[0].startswith("bnserve serve: error: cannot ")
+                assert refused in errors[0]
+                assert "Traceback" not in second.stderr
     finally:
         assert server.stop() == 0
 

@@ -167,7 +167,7 @@ def test_tokens_required_health_open_rotation_and_never_logged(
     token_file = tmp_path / "tokens"
     token_file.write_text("\n".join(FILE_TOKENS) + "\n")
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--auth-token-file", str(token_file), "--log-level", "DEBUG", "--log-format", "json"],
         env={TOKEN_ENV: ENV_TOKEN},
     )  # fmt: skip

@@ -45,7 +45,7 @@ def _credentials(ca: Path, client: tuple[Path, Path] | None = None) -> grpc.Chan
 
 def test_tls_served_with_the_ca_refused_without(pki: Pki, test_models: ModelFiles) -> None:
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
     )  # fmt: skip
     try:
@@ -63,7 +63,7 @@ def test_tls_served_with_the_ca_refused_without(pki: Pki, test_models: ModelFile
 
 def test_client_certificate_required_with_client_ca(pki: Pki, test_models: ModelFiles) -> None:
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
          "--tls-client-ca", str(pki.ca_cert)]
     )  # fmt: skip
@@ -101,7 +101,7 @@ def test_predict_client_with_ca_and_token(pki: Pki, test_models: ModelFiles, tmp
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
          "--auth-token-file", str(token_file)]
     )  # fmt: skip
@@ -134,7 +134,7 @@ def test_failed_handshakes_are_logged_throttled(pki: Pki, test_models: ModelFile
     import socket
 
     server = ServerProcess(
-        ["--model", str(test_models.classification), "--metrics-port", "0",
+        ["--model", str(test_models.classification),
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
     )  # fmt: skip
     try:

@@ -10,6 +10,7 @@ from bnserve.training import model
 from bnserve.training.config import TrainConfig
 from bnserve.training.data import batches
 from bnserve.training.data.batches import Rows
+from bnserve.training.data.loading import fit_standardization
 from bnserve.training.layers import BatchNormSettings
 from bnserve.training.rundir import load_run
 from bnserve.training.train import batch_slices, train
@@ -98,3 +99,18 @@ def test_the_run_directory_holds_at_most_the_heldout_cap(tmp_path, monkeypatch):
     # the test metric still covers the whole test split (150 rows), not only the 40 kept
     correct = run.meta["test_accuracy"] * 150
     assert abs(correct - round(correct)) < 1e-9
+
+
+def test_a_constant_column_whose_std_rounds_above_zero_gets_std_1() -> None:
+    """0.1 repeated in float32: the computed std is one rounding step (1.5e-8), not 0; dividing
+    by it would turn a constant column into values of about 1e7."""
+    x = np.ones((97, 2), dtype=np.float32)
+    x[:, 0] = np.float32(0.1)
+    x[::2, 1] = 3.0
+    assert x[:, 0].std() > 0  # the rounding this guards against
+    many = np.repeat(x, batches.chunk_rows(2) // 97 * 3, axis=0)  # read in several chunks
+    for rows in (x, many):
+        _, std = batches.fit_standardization(rows, np.arange(len(rows)))
+        assert std[0] == 1.0 and std[1] != 1.0
+    _, std = fit_standardization(x)
+    assert std[0] == 1.0 and std[1] != 1.0
