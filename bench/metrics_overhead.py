@@ -30,15 +30,14 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
-from model_builder import NUM_FEATURES, build_model
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 from bnserve.server.grpc.decoding import RequestDecodingInterceptor
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.observing import ObservabilityInterceptor
 from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.security.auth import TokenAuthInterceptor, load_token_digests
+from tests.support.model_builder import NUM_FEATURES, build_model
 
 METHOD = "/bnserve.v1.Predictor/Predict"
 TOKEN = "bench-token-0123456789abcdef"

@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "re-estimate batch-norm statistics on recent inputs",
     ),
     "drift": (
-        "bnserve.export.drift_cli",
+        "bnserve.server.drift.cli",
         "main",
         "compare inputs with a model's training distribution",
     ),

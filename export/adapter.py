@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bnserve.atomic import write_bytes
 from bnserve.export.adapt_network import (
     AdaptPlan,
     adapt_params,
@@ -34,7 +35,6 @@ from bnserve.export.adapt_network import (
 )
 from bnserve.export.adapt_source import AdaptError, SourceModel, read_source
 from bnserve.export.distribution import TrainingRows, drift_metadata
-from bnserve.export.drift_cli import DriftInputError, drift_report, read_inputs
 from bnserve.export.fold import fold_params
 from bnserve.export.graph import FOLDED_PREACTIVATION, build_folded_model
 from bnserve.export.metadata import (
@@ -53,12 +53,12 @@ from bnserve.export.verify import (
     probe_rows,
     score_onnx,
 )
+from bnserve.server.drift.cli import DriftInputError, drift_report, read_inputs
 from bnserve.server.drift.monitor import DriftSettings, parse_reference
 from bnserve.server.modelfile.contract import MetadataKey, output_names_key
 from bnserve.server.modelfile.wire import with_graph_outputs
 from bnserve.training.errors import disk_full, os_error_line
 from bnserve.training.inference import predict
-from bnserve.training.rundir import write_bytes
 
 REFOLD_LIMIT = 1e-5  # relative |re-folded − source| beyond which the card does not fit the graph
 VERIFY_ROWS = 2000  # recent rows (spread over the file) the adapted fold is checked on
@@ -92,7 +92,7 @@ class AdaptReport:
     out: Path
     rows: int
     plan: AdaptPlan
-    before: dict[str, Any]  # drift_cli.drift_report: the recent rows against the source
+    before: dict[str, Any]  # server/drift/cli.py drift_report: the recent rows against the source
     after: dict[str, Any]  # the same rows against the adapted model and its new reference
     verification: Verification
     layers: LayerVerification

@@ -1,7 +1,7 @@
 """Export one training run to a verified ONNX file: load, check, fold, build, verify, write.
 
 Nothing is written unless every step passed; the file appears atomically
-(`bnserve.training.rundir.write_bytes`), so a reader never sees half a model.
+(`bnserve.atomic.write_bytes`), so a reader never sees half a model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from bnserve.atomic import write_bytes
 from bnserve.export.distribution import TrainingRows, drift_metadata, training_rows
 from bnserve.export.errors import ExportError
 from bnserve.export.fold import fold_params
@@ -40,7 +41,7 @@ from bnserve.server.modelfile.contract import Tolerance
 from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError, disk_full, os_error_line
 from bnserve.training.inference import predict
-from bnserve.training.rundir import Run, load_run, read_json, write_bytes
+from bnserve.training.rundir import Run, load_run, read_json
 
 
 @dataclass(frozen=True)

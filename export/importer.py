@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bnserve.atomic import write_bytes
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import check_output_path
 from bnserve.export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fold_layers
@@ -39,8 +40,8 @@ from bnserve.export.verify import (
     onnx_session,
     score_onnx,
 )
+from bnserve.flags import flag_of
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
-from bnserve.training.rundir import write_bytes
 
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 
@@ -111,7 +112,7 @@ def import_model(settings: ImportSettings) -> ImportReport:
             "batchnorm": bool(chain.batchnorms),
             "bn_momentum": card["bn_momentum"],
             "running_var": card["running_var"],
-            "epsilon": 0.0,  # replaced below: the source's ε per node
+            "epsilon": [node.stated_epsilon for node in chain.batchnorms],
             "run_id": f"import-{source_sha256[:12]}",
             "params_sha256": source_sha256,  # imported: the sha256 of the source .onnx file
         },
@@ -121,10 +122,6 @@ def import_model(settings: ImportSettings) -> ImportReport:
         tolerance=tolerance,
         references=references,
         model=model,
-    )
-    epsilons = sorted({node.stated_epsilon for node in chain.batchnorms})
-    metadata[MetadataKey.EPSILON.full] = (
-        repr(epsilons[0]) if len(epsilons) == 1 else json.dumps(epsilons) if epsilons else ""
     )
     # where the model came from and what its source states
     metadata[MetadataKey.IMPORT.full] = json.dumps(card["import"], sort_keys=True)
@@ -310,7 +307,7 @@ def _names(
             [f"y{i}" for i in range(outputs)],
         )
     names = list(given or default)
-    flag = "--" + key.replace("_", "-")
+    flag = flag_of(key)
     if len(names) != outputs:
         what = "classes" if chain.task == "classification" else "outputs"
         raise ExportError(f"{flag}: {len(names)} names for {outputs} {what}")

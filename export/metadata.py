@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,7 +67,7 @@ def build_metadata(
         key.STATS: str(meta["stats"]),
         key.BN_MOMENTUM: str(meta["bn_momentum"]) if meta["batchnorm"] else "",
         key.RUNNING_VAR: str(meta["running_var"]),
-        key.EPSILON: repr(float(meta["epsilon"])),
+        key.EPSILON: epsilon_text(meta["epsilon"]),
         key.FOLDED: "true" if folded else "false",
         key.FOLD_MAX_ABS_ERROR: repr(float(fold_max_abs_error)),
         key.RUN_ID: str(meta["run_id"]),
@@ -84,6 +84,17 @@ def build_metadata(
     if drift is not None:
         values[key.DRIFT] = json.dumps(dict(drift), separators=(",", ":"))
     return {name.full: value for name, value in values.items()}
+
+
+def epsilon_text(epsilon: float | Sequence[float]) -> str:
+    """ε as `bnserve.epsilon` holds it: one value's repr ("1e-05"); an imported model's distinct
+    values, ascending, as a JSON list when its nodes differ, and "" when it has no batch norm."""
+    if not isinstance(epsilon, Sequence):
+        return repr(float(epsilon))
+    distinct = sorted({float(value) for value in epsilon})
+    if len(distinct) == 1:
+        return repr(distinct[0])
+    return json.dumps(distinct) if distinct else ""
 
 
 def attach_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:

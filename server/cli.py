@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from bnserve.flags import add_field_flag, field_types, shown_default
 from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
 from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
@@ -38,35 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"flag can also be set by environment variable {ENV_PREFIX}<FIELD> (e.g. "
         f"{ENV_PREFIX}PORT); flags win.",
     )
+    kinds = field_types(ServerSettings)
     for setting in settable_fields():
-        flag = "--" + setting.name.replace("_", "-")
-        kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
-        help_text = setting.metadata["help"].rstrip(".") + default_text(setting.default)
-        if kind == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif kind.startswith("tuple"):
-            parser.add_argument(flag, action="append", default=None, metavar="PATH", help=help_text)
-        else:
-            parser.add_argument(
-                flag, type={"int": int, "float": float}.get(kind, str), default=None, help=help_text
-            )
+        add_field_flag(
+            parser,
+            setting,
+            kinds[setting.name],
+            shown=shown_default(setting.default),
+            booleans="pair",  # --health / --no-health
+            sequences="repeated",  # --model A --model B
+        )
     return parser
-
-
-def default_text(default: object) -> str:
-    """A setting's default as --help ends it: ` (default: 127.0.0.1)`, ` (default: on)`, or
-    nothing for an empty one (its help says what empty means)."""
-    if isinstance(default, bool):
-        shown = "on" if default else "off"
-    elif isinstance(default, tuple):
-        shown = ",".join(map(str, default))
-    elif isinstance(default, float):
-        shown = f"{default:g}"
-    else:
-        shown = str(default)
-    return f" (default: {shown})" if shown else ""
 
 
 def settings_from_args(argv: list[str]) -> ServerSettings:

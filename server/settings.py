@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bnserve.flags import field_types
 from bnserve.server.process.cores import usable_cores
 from bnserve.server.process.placement import setting_problem
 
@@ -21,8 +22,11 @@ _FALSE = {"0", "false", "no", "off"}
 Check = Callable[[Any], str | None]
 
 
-def _setting(default: Any, help_text: str, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"help": help_text, "check": check})
+def _setting(
+    default: Any, help_text: str, check: Check | None = None, *, metavar: str | None = None
+) -> Any:
+    """A settings field: its help and metavar (bnserve/flags.py reads them) and its check."""
+    return field(default=default, metadata={"help": help_text, "check": check, "metavar": metavar})
 
 
 def _at_least(low: float, note: str = "") -> Check:
@@ -69,6 +73,7 @@ class ServerSettings:
         "Model to serve (required unless --model-root), repeatable (env: comma-separated): a "
         "model.onnx file, a model directory NAME/VERSION/model.onnx, or a root of such "
         "directories.",
+        metavar="PATH",
     )
     name: str = _setting("", "Model name clients use; empty: the file's stem or directory name.")
     model_version: str = _setting("1", "Version label of a model given as a single file.")
@@ -451,6 +456,9 @@ class ServerSettings:
         return dataclasses.replace(self, **changes)
 
 
+_FIELD_TYPES = field_types(ServerSettings)
+
+
 def settable_fields() -> list[dataclasses.Field[Any]]:
     """The fields a flag or env var may set."""
     return [setting for setting in fields(ServerSettings) if setting.name != "from_env"]
@@ -465,20 +473,20 @@ def default(name: str) -> Any:
 
 
 def _parse(raw: str, setting: dataclasses.Field[Any], env_name: str) -> Any:
-    kind = setting.type if isinstance(setting.type, str) else setting.type.__name__
+    kind = _FIELD_TYPES[setting.name].kind
     text = raw.strip()
     try:
-        if kind == "bool":
+        if kind is bool:
             if text.lower() in _TRUE:
                 return True
             if text.lower() in _FALSE:
                 return False
             raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-        if kind == "int":
+        if kind is int:
             return int(text)
-        if kind == "float":
+        if kind is float:
             return float(text)
-        if kind.startswith("tuple"):
+        if kind is tuple:
             return tuple(item.strip() for item in raw.split(",") if item.strip())
         return raw
     except ValueError as error:

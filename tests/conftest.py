@@ -1,5 +1,6 @@
-"""Fixtures every test package may use: a real, tiny filesystem to fill up; and, for the whole
-suite, the float32 data cache (training/data/cache.py) in a temporary directory."""
+"""Fixtures every test package may use: a real, tiny filesystem to fill up; real, tiny training
+runs (export's and the drift command's tests); and, for the whole suite, the float32 data cache
+(training/data/cache.py) in a temporary directory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -50,3 +52,35 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisks]:
 @pytest.fixture(autouse=True)
 def _data_cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BNSERVE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
+
+
+def _regression_data(path: Path, seed: int = 7) -> Path:
+    """A smooth two-target function of raw-scaled features, as an NPZ training can read."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal([5.0, -200.0, 0.01, 40.0], [2.0, 50.0, 0.005, 10.0], size=(300, 4))
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    y = np.stack([100.0 + 30.0 * np.tanh(z[:, 0] - z[:, 1]), 0.2 * z[:, 2] * z[:, 3]], axis=1)
+    with path.open("wb") as handle:
+        np.savez(handle, x=x, y=y)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real, tiny training runs (a few seconds in all): name -> finished run directory."""
+    from bnserve.training.config import TrainConfig  # training only for the tests that train
+    from bnserve.training.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    regression_npz = _regression_data(root / "regression.npz")
+    configs = {
+        "digits-bn": TrainConfig(hidden=(32, 16), epochs=2, seed=1),
+        "digits-no-bn": TrainConfig(hidden=(16,), batchnorm=False, activation="tanh", epochs=2),
+        "regression-bn-population": TrainConfig(
+            data=str(regression_npz), hidden=(16, 16), stats="population", epochs=3, seed=2
+        ),
+    }
+    return {
+        name: Path(train(config, root / name, progress=False).run_dir)
+        for name, config in configs.items()
+    }

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bnserve.training.run_meta import WeightAveragingFacts
+
 
 class WeightAverage:
     """Running mean of parameter dicts over the epochs of one window, summed in float64."""
@@ -54,11 +56,11 @@ class WeightAverage:
         for epoch in range(self.first_epoch, min(trained_epochs, self.last_epoch) + 1):
             self.add(epoch, load_params(epoch))
 
-    def describe(self) -> dict[str, int | None]:
+    def describe(self) -> WeightAveragingFacts:
         """What meta.json records: the window asked for and the epochs actually averaged."""
-        return {
-            "epochs": self.last_epoch - self.first_epoch + 1,
-            "first_epoch": self.epochs[0] if self.epochs else None,
-            "last_epoch": self.epochs[-1] if self.epochs else None,
-            "averaged": len(self.epochs),
-        }
+        return WeightAveragingFacts(
+            epochs=self.last_epoch - self.first_epoch + 1,
+            first_epoch=self.epochs[0] if self.epochs else None,
+            last_epoch=self.epochs[-1] if self.epochs else None,
+            averaged=len(self.epochs),
+        )

@@ -9,9 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bnserve.flags import flag_of
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.errors import TrainingError, disk_full, os_error_line
-from bnserve.training.flags import CONFIG_FIELDS, add_config_flag, default_text, flag_of
+from bnserve.training.flags import CONFIG_FIELDS, add_config_flag, default_text
 from bnserve.training.rundir import read_json
 
 BN_EPILOG = """\

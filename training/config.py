@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bnserve.training.data.header_hints import parse_delimiter
+from bnserve.flags import field_types
+from bnserve.header_hints import parse_delimiter
 from bnserve.training.metrics import METRICS
 from bnserve.training.optim import UPDATES
 
@@ -37,7 +37,8 @@ def _setting(
     off: str | None = None,
     parse: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A TrainConfig field and what `bnserve train` says of it (training/flags.py reads it).
+    """A TrainConfig field and what `bnserve train` says of it (bnserve/flags.py reads help,
+    choices and metavar; training/flags.py none; training/cli.py group).
 
     group: the --help section; choices: the allowed values (validated here too); none: what a
     None default means, in words; resumable: a resumed run may change it (babysitting); off: what
@@ -303,17 +304,8 @@ def _tuple_items() -> dict[str, type]:
     return items
 
 
-def _field_types() -> dict[str, tuple[type, bool]]:
-    """Each field's value type (int, float, str, bool, tuple) and whether it may be None."""
-    kinds = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        kind = next(member for member in members if member is not type(None))
-        kinds[name] = (typing.get_origin(kind) or kind, type(None) in members)
-    return kinds
-
-
-FIELD_TYPES = _field_types()
+# each field's value type (int, float, str, bool, tuple) and whether it may be None
+FIELD_TYPES = field_types(TrainConfig)
 TUPLE_ITEMS = _tuple_items()
 # Settings a resumed run may change (babysitting); anything else would make it another model.
 RESUMABLE_FIELDS = tuple(

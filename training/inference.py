@@ -37,4 +37,5 @@ def predict(params: dict[str, np.ndarray], meta: dict[str, Any], x_raw: np.ndarr
     scores, _, _ = model.forward(cast, x, spec_from_meta(params, meta), train=False)
     if meta["task"] == "classification":
         return layers.softmax(scores)
-    return scores * cast["target.std"] + cast["target.mean"]
+    y: np.ndarray = scores * cast["target.std"] + cast["target.mean"]
+    return y

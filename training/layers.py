@@ -29,9 +29,13 @@ class BatchNormSettings:
     unbiased: bool = True  # the running variance takes the batch variance times m/(m − 1)
 
 
+AffineCache = tuple[np.ndarray, np.ndarray]  # (x, W): what affine_backward needs
+BatchNormCache = tuple[np.ndarray, np.ndarray, np.ndarray]  # (x_hat, gamma, inv_std)
+
+
 def affine_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None
-) -> tuple[np.ndarray, tuple]:
+) -> tuple[np.ndarray, AffineCache]:
     """z = x @ W (+ b). x: (N, D_in), W: (D_in, D), b: (D,) or None -> z: (N, D)."""
     out = x @ W
     if b is not None:
@@ -40,7 +44,7 @@ def affine_forward(
 
 
 def affine_backward(
-    dout: np.ndarray, cache: tuple, *, input_grad: bool = True
+    dout: np.ndarray, cache: AffineCache, *, input_grad: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients (dx (N, D_in) or None when not wanted, dW (D_in, D), db (D,)) from dout (N, D)."""
     x, W = cache
@@ -56,7 +60,7 @@ def batchnorm_forward(
     settings: BatchNormSettings,
     *,
     train: bool,
-) -> tuple[np.ndarray, tuple | None, RunningStats]:
+) -> tuple[np.ndarray, BatchNormCache | None, RunningStats]:
     """Batch norm of z (N, D) with learned gamma, beta (D,). Returns (out, cache, running').
 
     train=True: normalize with the mini-batch mean and biased variance (1/m) and return the
@@ -85,7 +89,9 @@ def batchnorm_forward(
     return out, (x_hat, gamma, inv_std), new_running
 
 
-def batchnorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batchnorm_backward(
+    dout: np.ndarray, cache: BatchNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form batch-norm backward: (dz (N, D), dgamma (D,), dbeta (D,)) from dout (N, D).
 
     dz = γ/(m·σ) · (m·dout − Σdout − x̂·Σ(dout·x̂)), with σ = √(σ²_B + ε).
@@ -120,18 +126,20 @@ def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def tanh_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dout · (1 − tanh²), from the cached output."""
-    return dout * (1 - out * out)
+    dx: np.ndarray = dout * (1 - out * out)
+    return dx
 
 
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1 / (1 + e^−x), computed without overflow for large |x|."""
-    out = np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
+    out: np.ndarray = np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
     return out, out
 
 
 def sigmoid_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dout · σ·(1 − σ), from the cached output."""
-    return dout * out * (1 - out)
+    dx: np.ndarray = dout * out * (1 - out)
+    return dx
 
 
 ACTIVATION_FUNCTIONS = {
@@ -156,13 +164,14 @@ def dropout_forward(
 
 def dropout_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """dout (N, D) through the same scaled mask as the forward pass."""
-    return dout * mask
+    dx: np.ndarray = dout * mask
+    return dx
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax of scores (N, C) -> probabilities (N, C)."""
     shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
+    exp: np.ndarray = np.exp(shifted)
     exp /= exp.sum(axis=1, keepdims=True)
     return exp
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -101,6 +102,22 @@ def learnable_names(params: Mapping[str, np.ndarray]) -> list[str]:
     ]
 
 
+class HiddenCache(NamedTuple):
+    """What backward needs of one hidden layer's forward pass."""
+
+    affine: layers.AffineCache
+    norm: layers.BatchNormCache | None  # None without batch norm
+    activation: np.ndarray  # the activation's output (N, D)
+    dropout_mask: np.ndarray | None  # the scaled mask (N, D); None without dropout
+
+
+class ForwardCache(NamedTuple):
+    """Every layer's cache of one training forward pass, input side first."""
+
+    hidden: list[HiddenCache]
+    output: layers.AffineCache
+
+
 def forward(
     params: dict[str, np.ndarray],
     x: np.ndarray,
@@ -108,14 +125,14 @@ def forward(
     *,
     train: bool,
     rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, list[tuple], dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, ForwardCache, dict[str, np.ndarray]]:
     """Scores (N, C or T) for standardized x (N, F).
 
-    Returns (scores, caches, running): `running` holds the updated running statistics
+    Returns (scores, cache, running): `running` holds the updated running statistics
     ("hidden{i}.running_mean/var") when training with batch norm, else it is empty.
     """
     activation_forward = layers.ACTIVATION_FUNCTIONS[spec.activation][0]
-    caches: list[tuple] = []
+    caches: list[HiddenCache] = []
     running: dict[str, np.ndarray] = {}
     a = x
     for i in range(1, spec.n_hidden + 1):
@@ -137,25 +154,24 @@ def forward(
             if rng is None:
                 raise ValueError(f"dropout {spec.dropout} needs rng, a numpy Generator")
             a, dropout_mask = layers.dropout_forward(a, spec.dropout, rng)
-        caches.append((affine_cache, norm_cache, activation_cache, dropout_mask))
+        caches.append(HiddenCache(affine_cache, norm_cache, activation_cache, dropout_mask))
     scores, output_cache = layers.affine_forward(a, params["output.W"], params["output.b"])
-    caches.append(output_cache)
-    return scores, caches, running
+    return scores, ForwardCache(caches, output_cache), running
 
 
-def backward(dscores: np.ndarray, caches: list[tuple], spec: NetSpec) -> dict[str, np.ndarray]:
-    """Gradients of every learnable parameter from dscores (N, C or T) and training caches."""
+def backward(dscores: np.ndarray, cache: ForwardCache, spec: NetSpec) -> dict[str, np.ndarray]:
+    """Gradients of every learnable parameter from dscores (N, C or T) and the training cache."""
     activation_backward = layers.ACTIVATION_FUNCTIONS[spec.activation][1]
     grads: dict[str, np.ndarray] = {}
-    da, grads["output.W"], grads["output.b"] = layers.affine_backward(dscores, caches[-1])
+    da, grads["output.W"], grads["output.b"] = layers.affine_backward(dscores, cache.output)
     for i in range(spec.n_hidden, 0, -1):
         name = f"hidden{i}"
-        affine_cache, norm_cache, activation_cache, dropout_mask = caches[i - 1]
+        affine_cache, norm_cache, activation_cache, dropout_mask = cache.hidden[i - 1]
         assert da is not None  # only the first layer's input gradient is skipped
         if dropout_mask is not None:
             da = layers.dropout_backward(da, dropout_mask)
         dz = activation_backward(da, activation_cache)
-        if spec.batchnorm:
+        if norm_cache is not None:  # batch norm
             dz, grads[f"{name}.gamma"], grads[f"{name}.beta"] = layers.batchnorm_backward(
                 dz, norm_cache
             )
@@ -182,13 +198,13 @@ def loss_and_grads(
     is the mean loss (each example's times class_weight[y_i] when given, (C,)) plus
     0.5·l2·ΣW² over weight matrices.
     """
-    scores, caches, running = forward(params, x, spec, train=True, rng=rng)
+    scores, cache, running = forward(params, x, spec, train=True, rng=rng)
     if task == "classification":
         weights = None if class_weight is None else class_weight[y].astype(scores.dtype)
         cost, dscores = layers.softmax_cross_entropy(scores, y, weights)
     else:
         cost, dscores = layers.mse_loss(scores, y)
-    grads = backward(dscores, caches, spec)
+    grads = backward(dscores, cache, spec)
     if l2 > 0:
         for name, grad in grads.items():
             if name.endswith(".W"):

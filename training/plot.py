@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bnserve.training.rundir import write_bytes
+from bnserve.atomic import write_bytes
 
 # what history's dev_error holds for each metric (its objective, lower is better)
 OBJECTIVE_LABELS = {

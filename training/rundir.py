@@ -1,18 +1,18 @@
-"""The run directory (docs/contracts.md): atomic writes, checkpoints, and `load_run` for readers."""
+"""The run directory (docs/contracts.md): its files written atomically (bnserve/atomic.py),
+checkpoints, and `load_run` for readers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from bnserve import atomic
 from bnserve.training import model
 from bnserve.training.config import TrainConfig
 from bnserve.training.errors import RunError
@@ -20,34 +20,10 @@ from bnserve.training.errors import RunError
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temp file in the same directory, then rename over `path` (mode 0644).
-
-    A reader never sees half a file; a killed writer leaves only a `.tmp-*` file behind
-    (`remove_stale_temporaries`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False)  # noqa: SIM115
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # mkstemp makes 0600; a server under another user reads it
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically write bytes."""
-    _atomic_write(Path(path), lambda handle: handle.write(data))
-
-
 def write_json(path: Path, value: Any) -> None:
     """Atomically write `value` as indented JSON."""
     text = json.dumps(value, indent=2, sort_keys=False) + "\n"
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic.write_bytes(Path(path), text.encode("utf-8"))
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -55,7 +31,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         if array.dtype == object:
             raise TypeError(f"{path}: array {name!r} has dtype object (would need pickle)")
-    _atomic_write(Path(path), lambda handle: np.savez(handle, allow_pickle=False, **arrays))
+    atomic.write_file(Path(path), lambda handle: np.savez(handle, allow_pickle=False, **arrays))
 
 
 def sha256_of(path: Path) -> str:
@@ -96,7 +72,7 @@ class Run:
     heldout_y: np.ndarray  # (R,) int64 labels or (R, T) float64 targets
 
 
-def load_run(path: str | os.PathLike) -> Run:
+def load_run(path: str | os.PathLike[str]) -> Run:
     """Load and validate a finished run directory; RunError names the file and the problem."""
     run_dir = Path(path)
     if not run_dir.exists():
@@ -195,7 +171,7 @@ def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, np.ndarray], d
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete temp files a killed writer left behind (they were never renamed into place)."""
     for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
-        for leftover in folder.glob(".tmp-*"):
+        for leftover in folder.glob(atomic.TEMP_PREFIX + "*"):
             leftover.unlink(missing_ok=True)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -28,6 +27,15 @@ from bnserve.training.early_stopping import BestEpoch
 from bnserve.training.errors import RunError, TrainingError
 from bnserve.training.layers import BatchNormSettings
 from bnserve.training.metrics import LOSS, check_metric, default_metric, evaluate, objective
+from bnserve.training.run_meta import (
+    HeldoutPart,
+    ModelFacts,
+    Outcome,
+    RunMeta,
+    early_stopping_facts,
+    model_facts,
+    split_facts,
+)
 from bnserve.training.state import TrainingState, load_state, save_checkpoint
 
 DTYPE = np.float32  # training arithmetic; the saved run is float64
@@ -295,6 +303,37 @@ def check_resume_config(run_dir: Path, config: TrainConfig) -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How train() runs and reports, apart from what it trains (TrainConfig): never saved."""
+
+    progress: bool = True  # a progress bar on stderr
+    checkpoints: bool = True  # checkpoints/epoch-NNNN.{npz,json} after every epoch
+    plot: bool = True  # learning_curve.png (off, with checkpoints: cheap tuning trials)
+    on_epoch: EpochCallback | None = None  # given each history record; False stops after it
+    blas_threads: int | None = None  # None: by the size of the work (training/threads.py)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One train() call: what it trains, on which rows, into which directory, and how."""
+
+    config: TrainConfig
+    prepared: Prepared
+    run_dir: Path
+    options: TrainOptions
+
+
+@dataclass
+class Kept:
+    """Which weights the run ends with: the best epoch's (early stopping), the mean of the last
+    epochs' (--average-epochs), or else the last epoch's (state.params)."""
+
+    best: BestEpoch  # the best dev objective so far (tracked with or without early stopping)
+    best_params: dict[str, np.ndarray]  # early stopping: the best epoch's parameters; else {}
+    average: WeightAverage | None  # --average-epochs: the window's running mean
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -311,166 +350,144 @@ def train(
     """Train into run directory `out_dir` (docs/contracts.md) and return the final dev error.
 
     resume: continue from the last checkpoint (or `from_epoch`'s, discarding later ones); only
-    RESUMABLE_FIELDS of `config` may differ from the stored config. checkpoints/plot/progress off
-    make cheap tuning trials. on_epoch(record) returning False stops training after that epoch.
-    cache_dir: the float32 data cache (training/data/cache.py; "off": in memory). blas_threads:
-    None chooses by the size of the work (training/threads.py).
+    RESUMABLE_FIELDS of `config` may differ from the stored config. cache_dir: the float32 data
+    cache (training/data/cache.py; "off": in memory). progress, checkpoints, plot, on_epoch and
+    blas_threads: TrainOptions (the keywords docs/contracts.md promises the tuner).
     """
     run_dir = Path(out_dir)
     batches.release_freed_memory()
+    options = TrainOptions(progress, checkpoints, plot, on_epoch, blas_threads)
     stored_schema = None
     if resume and (run_dir / "schema.json").is_file():  # the run's columns stay as they were
         stored_schema = TableSchema.from_dict(rundir.read_json(run_dir / "schema.json"))
     prepared = prepare(config, cache_dir=cache_dir, schema=stored_schema)
-    if resume:
-        check_resume_config(run_dir, config)
-        epochs = rundir.checkpoint_epochs(run_dir)
-        if not epochs and from_epoch in (None, 0):  # killed before its first checkpoint
-            return _restart(
-                config, run_dir, prepared, progress, checkpoints, plot, on_epoch, blas_threads
-            )
-        epoch = epochs[-1] if from_epoch is None else from_epoch
-        if epoch not in epochs:
-            raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
-        if config.epochs < epoch:
-            raise ValueError(
-                f"{run_dir}: epochs = {config.epochs} is fewer than the {epoch} already trained "
-                f"(to go back, use --from-epoch {config.epochs})"
-            )
-        meta = rundir.read_json(run_dir / "meta.json")
-        rundir.remove_stale_temporaries(run_dir)
-        state = resumed_state(run_dir, epoch, config)
-        rundir.discard_checkpoints_after(run_dir, epoch)
-    else:
+    job = Job(config, prepared, run_dir, options)
+    if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(
                 f"{run_dir}: already exists and is not empty (use --resume or a new --out)"
             )
-        meta = _new_meta()
-        state = fresh_state(config, prepared)
-    meta["status"] = "running"
-    rundir.write_json(run_dir / "config.json", config.to_dict())
-    if prepared.schema is not None and not prepared.schema.plain:
-        rundir.write_json(run_dir / "schema.json", prepared.schema.to_dict())
-    rundir.write_json(run_dir / "meta.json", meta)
-    return _train_and_finish(
-        state, prepared, config, run_dir, meta, progress, checkpoints, plot, on_epoch, blas_threads
-    )
+        return _start(job, fresh_state(config, job.prepared), RunMeta.new())
+    check_resume_config(run_dir, config)
+    epochs = rundir.checkpoint_epochs(run_dir)
+    if not epochs and from_epoch in (None, 0):  # killed before its first checkpoint
+        return _restart(job)
+    epoch = epochs[-1] if from_epoch is None else from_epoch
+    if epoch not in epochs:
+        raise RunError(f"{run_dir}: no checkpoint for epoch {epoch} (have {epochs})")
+    if config.epochs < epoch:
+        raise ValueError(
+            f"{run_dir}: epochs = {config.epochs} is fewer than the {epoch} already trained "
+            f"(to go back, use --from-epoch {config.epochs})"
+        )
+    meta = RunMeta.from_json(rundir.read_json(run_dir / "meta.json"))
+    rundir.remove_stale_temporaries(run_dir)
+    state = resumed_state(run_dir, epoch, config)
+    rundir.discard_checkpoints_after(run_dir, epoch)
+    return _start(job, state, meta)
 
 
-def _restart(
-    config: TrainConfig,
-    run_dir: Path,
-    prepared: Prepared,
-    progress: bool,
-    checkpoints: bool,
-    plot: bool,
-    on_epoch: EpochCallback | None,
-    blas_threads: int | None = None,
-) -> TrainResult:
+def _start(job: Job, state: TrainingState, meta: RunMeta) -> TrainResult:
+    """Write config.json (schema.json) and a "running" meta.json, then train and finish."""
+    meta = meta.with_status("running")
+    rundir.write_json(job.run_dir / "config.json", job.config.to_dict())
+    schema = job.prepared.schema
+    if schema is not None and not schema.plain:
+        rundir.write_json(job.run_dir / "schema.json", schema.to_dict())
+    rundir.write_json(job.run_dir / "meta.json", meta.to_json())
+    return _train_and_finish(job, state, meta)
+
+
+def _restart(job: Job) -> TrainResult:
     """--resume of a run with no checkpoint (killed in its first epoch): start it again."""
-    meta_path = run_dir / "meta.json"  # written just after config.json: a kill can fall between
-    meta = rundir.read_json(meta_path) if meta_path.exists() else _new_meta()
-    if meta.get("status") == "finished":
-        raise RunError(f"{run_dir}: finished with no checkpoint to resume from (--no-checkpoints)")
+    meta_path = job.run_dir / "meta.json"  # written just after config.json: a kill can fall between
+    meta = RunMeta.from_json(rundir.read_json(meta_path)) if meta_path.exists() else RunMeta.new()
+    if meta.status == "finished":
+        raise RunError(
+            f"{job.run_dir}: finished with no checkpoint to resume from (--no-checkpoints)"
+        )
     print(
-        f"{run_dir}: no checkpoint yet (it stopped before its first epoch ended): "
+        f"{job.run_dir}: no checkpoint yet (it stopped before its first epoch ended): "
         "restarting from epoch 0",
         file=sys.stderr,
     )
-    rundir.remove_stale_temporaries(run_dir)
-    state = fresh_state(config, prepared)
-    return _train_and_finish(
-        state, prepared, config, run_dir, meta, progress, checkpoints, plot, on_epoch, blas_threads
-    )
+    rundir.remove_stale_temporaries(job.run_dir)
+    return _train_and_finish(job, fresh_state(job.config, job.prepared), meta)
 
 
-def _train_and_finish(
-    state: TrainingState,
-    prepared: Prepared,
-    config: TrainConfig,
-    run_dir: Path,
-    meta: dict[str, Any],
-    progress: bool,
-    checkpoints: bool,
-    plot: bool,
-    on_epoch: EpochCallback | None,
-    blas_threads: int | None,
-) -> TrainResult:
+def _train_and_finish(job: Job, state: TrainingState, meta: RunMeta) -> TrainResult:
     """Train from state with the BLAS threads the work's size calls for, then write the run."""
+    config = job.config
     n_outputs = state.params["output.b"].shape[0]
-    sizes = [prepared.x_train.shape[1], *config.hidden, n_outputs]
-    with threads.blas_threads(threads.blas_threads_for(config.batch_size, sizes, blas_threads)):
+    sizes = [job.prepared.x_train.shape[1], *config.hidden, n_outputs]
+    threads_wanted = threads.blas_threads_for(config.batch_size, sizes, job.options.blas_threads)
+    with threads.blas_threads(threads_wanted):
         best = BestEpoch.replay(state.history, config.early_stopping, config.min_delta)
-        kept = _kept_params(state, best, run_dir, config)
-        average = _resumed_average(state, run_dir, config)
-        kept = _train_epochs(
-            state, prepared, config, run_dir, progress, checkpoints, on_epoch, best, kept, average
-        )
-        return _finish(state, prepared, config, run_dir, meta, plot, best, kept, average)
+        best_params = _kept_params(state, best, job.run_dir, config)
+        kept = Kept(best, best_params, _resumed_average(state, job.run_dir, config))
+        _train_epochs(job, state, kept)
+        return _finish(job, state, meta, kept)
 
 
-def _train_epochs(
-    state: TrainingState,
-    prepared: Prepared,
-    config: TrainConfig,
-    run_dir: Path,
-    progress: bool,
-    checkpoints: bool,
-    on_epoch: EpochCallback | None,
-    best: BestEpoch,
-    kept: dict[str, np.ndarray],
-    average: WeightAverage | None,
-) -> dict[str, np.ndarray]:
-    """Train until config.epochs, early stopping or on_epoch says stop; returns the kept params."""
-    spec = net_spec(config)
+def _train_epochs(job: Job, state: TrainingState, kept: Kept) -> None:
+    """Train until config.epochs, early stopping or on_epoch says stop, updating `kept`."""
+    config, options = job.config, job.options
     bar = tqdm(
         total=config.epochs,
         initial=state.epoch,
         desc="train",
         unit="epoch",
         file=sys.stderr,
-        disable=not progress,
+        disable=not options.progress,
         dynamic_ncols=True,
     )
     with bar:
-        while state.epoch < config.epochs and not best.should_stop:
-            epoch = state.epoch + 1
-            lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
-            started = time.perf_counter()
-            # overflow is reported once, clearly, by the finiteness check below
-            with np.errstate(over="ignore", invalid="ignore"):
-                cost = run_epoch(state, prepared, config, lr)
-            if not np.isfinite(cost):
-                raise TrainingError(
-                    f"{run_dir}: training diverged in epoch {epoch} (cost {cost}) at lr {lr:g}; "
-                    "resume from the last checkpoint with a smaller --lr"
-                )
-            examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
-            error, loss = dev_error(state.params, prepared, spec)
-            record = {
-                "epoch": epoch,
-                "cost": cost,
-                "dev_error": error,
-                "dev_loss": loss,
-                "lr": lr,
-                "settings": resumable_settings(config),
-            }
-            state.history.append(record)
-            state.epoch = epoch
-            if average is not None:
-                average.add(epoch, state.params)
-            if best.update(epoch, error, loss) and config.early_stopping:
-                kept = {name: array.copy() for name, array in state.params.items()}
-            if checkpoints:
-                save_checkpoint(run_dir, state, config)
+        while state.epoch < config.epochs and not kept.best.should_stop:
+            record, examples_per_second = _one_epoch(job, state)
+            if kept.average is not None:
+                kept.average.add(state.epoch, state.params)
+            new_best = kept.best.update(state.epoch, record["dev_error"], record["dev_loss"])
+            if new_best and config.early_stopping:
+                kept.best_params = {name: array.copy() for name, array in state.params.items()}
+            if options.checkpoints:
+                save_checkpoint(job.run_dir, state, config)
             bar.set_postfix(
-                cost=f"{cost:.4f}", dev_err=f"{error or 0:.4f}", ex_s=f"{examples_per_second:,.0f}"
+                cost=f"{record['cost']:.4f}",
+                dev_err=f"{record['dev_error'] or 0:.4f}",
+                ex_s=f"{examples_per_second:,.0f}",
             )
             bar.update(1)
-            if on_epoch is not None and on_epoch(record) is False:
+            if options.on_epoch is not None and options.on_epoch(record) is False:
                 break
-    return kept
+
+
+def _one_epoch(job: Job, state: TrainingState) -> tuple[dict[str, Any], float]:
+    """Train epoch state.epoch + 1 and append its history record: (record, examples/s)."""
+    config, prepared = job.config, job.prepared
+    epoch = state.epoch + 1
+    lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
+    started = time.perf_counter()
+    # overflow is reported once, clearly, by the finiteness check below
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = run_epoch(state, prepared, config, lr)
+    if not np.isfinite(cost):
+        raise TrainingError(
+            f"{job.run_dir}: training diverged in epoch {epoch} (cost {cost}) at lr {lr:g}; "
+            "resume from the last checkpoint with a smaller --lr"
+        )
+    examples_per_second = len(prepared.x_train) / (time.perf_counter() - started)
+    error, loss = dev_error(state.params, prepared, net_spec(config))
+    record = {
+        "epoch": epoch,
+        "cost": cost,
+        "dev_error": error,
+        "dev_loss": loss,
+        "lr": lr,
+        "settings": resumable_settings(config),
+    }
+    state.history.append(record)
+    state.epoch = epoch
+    return record, examples_per_second
 
 
 def _kept_params(
@@ -496,131 +513,118 @@ def _resumed_average(
     return average
 
 
-def _finish(
-    state: TrainingState,
-    prepared: Prepared,
-    config: TrainConfig,
-    run_dir: Path,
-    meta: dict[str, Any],
-    plot: bool,
-    best: BestEpoch,
-    kept: dict[str, np.ndarray],
-    average: WeightAverage | None = None,
-) -> TrainResult:
+# --- the finished run directory ----------------------------------------------------------------
+
+
+def _finish(job: Job, state: TrainingState, meta: RunMeta, kept: Kept) -> TrainResult:
     """Write params.npz, heldout.npz, history.json, the plot, and meta.json last."""
-    dataset, split = prepared.dataset, prepared.split
-    kept_epoch = state.epoch if config.early_stopping is None else best.epoch
-    params = dict(state.params if config.early_stopping is None else kept)
-    if average is not None and average.epochs:  # else stopped (on_epoch) before the window
-        params = average.mean(DTYPE)
+    config, prepared = job.config, job.prepared
+    kept_epoch = state.epoch if config.early_stopping is None else kept.best.epoch
+    params = _final_params(job, state, kept)
+    rundir.write_npz(job.run_dir / "params.npz", params)
+    heldout_part = _write_heldout(job)
+    history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
+    rundir.write_json(job.run_dir / "history.json", history)
+    if job.options.plot and state.history:
+        from bnserve.training.plot import write_learning_curve  # matplotlib only when plotting
+
+        write_learning_curve(
+            job.run_dir / "learning_curve.png", history, prepared.dataset.task, prepared.metric
+        )
+    facts = model_facts(config, prepared.dataset)
+    if prepared.schema is not None and not prepared.schema.plain:
+        facts = dataclasses.replace(
+            facts, feature_names=prepared.schema.inputs, columns=prepared.dataset.feature_names
+        )
+    if prepared.encoder is not None:
+        x, split = prepared.dataset.x, prepared.split
+        unseen = {part: prepared.encoder.unseen_counts(np.asarray(x[getattr(split, part)]))
+                  for part in ("dev", "test")}  # fmt: skip
+        facts = dataclasses.replace(facts, unseen_levels=unseen)
+    scores = _scores(job, params, facts)
+    outcome = Outcome(
+        params_sha256=rundir.sha256_of(job.run_dir / "params.npz"),
+        epochs_trained=state.epoch,
+        kept_epoch=kept_epoch,
+        early_stopping=early_stopping_facts(config, kept.best),
+        weight_averaging=None if kept.average is None else kept.average.describe(),
+        split=split_facts(config, prepared.split, heldout_part),
+        metric=prepared.metric,
+        class_weight=None if prepared.class_weight is None else prepared.class_weight.tolist(),
+        dev_error=scores.dev_error,
+        dev_metrics=scores.dev_metrics,
+        test_metrics=scores.test_metrics,
+        test_score=scores.test_score,
+    )
+    finished = RunMeta(meta.run_id, meta.created_at, "finished", facts, outcome)
+    rundir.write_json(job.run_dir / "meta.json", finished.to_json())
+    return TrainResult(outcome.dev_error, history, job.run_dir, kept_epoch)
+
+
+def _final_params(job: Job, state: TrainingState, kept: Kept) -> dict[str, np.ndarray]:
+    """params.npz's arrays, float64: the kept weights, population statistics when asked for,
+    and the input (and regression target) standardization."""
+    config, prepared = job.config, job.prepared
+    params = dict(state.params if config.early_stopping is None else kept.best_params)
+    if kept.average is not None and kept.average.epochs:  # else stopped before the window
+        params = kept.average.mean(DTYPE)
     if config.batchnorm and config.stats == "population":
         params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
     params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
     if prepared.target_mean is not None and prepared.target_std is not None:  # regression
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
-    rundir.write_npz(run_dir / "params.npz", params)
-    heldout_part = heldout_source(split)
-    heldout_rows = getattr(split, heldout_part)[:HELDOUT_MAX_ROWS]
-    heldout = Rows(
-        dataset.x, heldout_rows, prepared.input_mean, prepared.input_std, prepared.encoder
-    )
-    heldout_x = heldout.inputs(heldout_rows)  # (n, D): the inputs params.npz's input.mean is of
-    rundir.write_npz(run_dir / "heldout.npz", {"x": heldout_x, "y": dataset.y[heldout_rows]})
-    history = [{**record, "kept": record["epoch"] == kept_epoch} for record in state.history]
-    rundir.write_json(run_dir / "history.json", history)
-    if plot and state.history:
-        from bnserve.training.plot import write_learning_curve  # matplotlib only when plotting
+    return params
 
-        write_learning_curve(run_dir / "learning_curve.png", history, dataset.task, prepared.metric)
-    meta.update(_describe(config, dataset))
-    if prepared.schema is not None and not prepared.schema.plain:
-        meta["feature_names"] = prepared.schema.inputs  # the D inputs, as params.npz has them
-        meta["columns"] = dataset.feature_names  # the table's feature columns (schema.json)
-    if prepared.encoder is not None:
-        meta["unseen_levels"] = {
-            part: prepared.encoder.unseen_counts(np.asarray(dataset.x[getattr(split, part)]))
-            for part in ("dev", "test")
-        }
-    meta["params_sha256"] = rundir.sha256_of(run_dir / "params.npz")
-    meta["epochs_trained"] = state.epoch
-    meta["kept_epoch"] = kept_epoch
-    meta["early_stopping"] = (
-        None
-        if config.early_stopping is None
-        else {
-            "patience": config.early_stopping,
-            "min_delta": config.min_delta,
-            "best_epoch": best.epoch,
-            "stopped": best.should_stop,
-        }
-    )
-    meta["weight_averaging"] = None if average is None else average.describe()
-    meta["split"] = {
-        "dev_fraction": config.dev_fraction,
-        "test_fraction": config.test_fraction,
-        "seed": config.data_split_seed,
-        **{f"{part}_rows": len(getattr(split, part)) for part in ("train", "dev", "test")},
-        "heldout": heldout_part,
-    }
-    if config.folds is not None:
-        meta["split"].update(folds=config.folds, fold=config.fold, fold_repeat=config.fold_repeat)
-    meta["metric"] = prepared.metric
-    meta["class_weight"] = (
-        None if prepared.class_weight is None else [float(w) for w in prepared.class_weight]
-    )
-    meta["dev_error"] = meta["dev_metrics"] = meta["test_metrics"] = None
+
+def _write_heldout(job: Job) -> HeldoutPart:
+    """heldout.npz: raw float64 features and targets of the first HELDOUT_MAX_ROWS rows of the
+    part heldout_source picks; returns that part's name."""
+    prepared = job.prepared
+    dataset, split = prepared.dataset, prepared.split
+    part = heldout_source(split)
+    rows = getattr(split, part)[:HELDOUT_MAX_ROWS]
+    heldout = Rows(dataset.x, rows, prepared.input_mean, prepared.input_std, prepared.encoder)
+    x = heldout.inputs(rows)  # (n, D): the inputs params.npz's input.mean is of
+    rundir.write_npz(job.run_dir / "heldout.npz", {"x": x, "y": dataset.y[rows]})
+    return part
+
+
+class Scores(NamedTuple):
+    """The final params' scores, as Outcome records them (None where the split has no rows)."""
+
+    dev_error: float | None
+    dev_metrics: dict[str, float] | None
+    test_metrics: dict[str, float] | None
+    test_score: float | None
+
+
+def _scores(job: Job, params: dict[str, np.ndarray], facts: ModelFacts) -> Scores:
+    """Score the final params (float64) on the dev and test rows."""
+    prepared = job.prepared
+    dataset, split, task = prepared.dataset, prepared.split, prepared.dataset.task
+    network = facts.to_json()  # inference.predict reads task, activation, batchnorm, epsilon
+    dev_error = dev_metrics = test_metrics = test_error = None
     if len(split.dev):
-        dev_outputs = batches.predictions(params, meta, prepared.x_dev)
-        meta["dev_metrics"] = evaluate(dev_outputs, dataset.y[split.dev], dataset.task)
-        meta["dev_error"] = objective(prepared.metric, meta["dev_metrics"])
-    test_error = None
+        dev_outputs = batches.predictions(params, network, prepared.x_dev)
+        dev_metrics = evaluate(dev_outputs, dataset.y[split.dev], task)
+        dev_error = objective(prepared.metric, dev_metrics)
     if len(split.test):
         test_rows = Rows(
             dataset.x, split.test, prepared.input_mean, prepared.input_std, prepared.encoder
         )
-        test_outputs = batches.predictions(params, meta, test_rows)
-        test_error = error_of(test_outputs, dataset.y[split.test], dataset.task)
-        meta["test_metrics"] = evaluate(test_outputs, dataset.y[split.test], dataset.task)
-    if dataset.task == "classification":
-        meta["test_accuracy"] = None if test_error is None else 1.0 - test_error
-    else:
-        meta["test_rmse"] = test_error
-    meta["status"] = "finished"
-    rundir.write_json(run_dir / "meta.json", meta)
-    return TrainResult(meta["dev_error"], history, run_dir, kept_epoch)
+        test_outputs = batches.predictions(params, network, test_rows)
+        test_error = error_of(test_outputs, dataset.y[split.test], task)
+        test_metrics = evaluate(test_outputs, dataset.y[split.test], task)
+    if task == "classification" and test_error is not None:
+        return Scores(dev_error, dev_metrics, test_metrics, 1.0 - test_error)
+    return Scores(dev_error, dev_metrics, test_metrics, test_error)
 
 
-def heldout_source(split: Split) -> str:
+def heldout_source(split: Split) -> HeldoutPart:
     """Which rows heldout.npz holds: the test rows; without any, the dev rows; else training's.
 
     The exporter checks its fold and picks reference rows from them: with --test-fraction 0 they
     are dev rows, which the run selected on but never trained on."""
-    return next(part for part in ("test", "dev", "train") if len(getattr(split, part)))
-
-
-def _describe(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
-    facts: dict[str, Any] = {
-        "task": dataset.task,
-        "data": dataset.source,
-        "feature_names": dataset.feature_names,
-        "activation": config.activation,
-        "batchnorm": config.batchnorm,
-        "epsilon": config.bn_epsilon,
-        "stats": config.stats,
-        "bn_momentum": config.bn_momentum,
-        "running_var": config.running_var,
-    }
-    if dataset.task == "classification":
-        facts["class_names"] = dataset.class_names
-    else:
-        facts["target_names"] = dataset.target_names
-    return facts
-
-
-def _new_meta() -> dict[str, Any]:
-    return {"run_id": uuid.uuid4().hex[:12], "created_at": _now(), "status": "running"}
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    parts: tuple[HeldoutPart, ...] = ("test", "dev", "train")
+    return next(part for part in parts if len(getattr(split, part)))

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 
+from bnserve import atomic
+from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
-from bnserve.server.clients.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -239,20 +240,13 @@ def stream_csv(
 
 
 def write_table(table: list[list[str]], out: Path | None) -> None:
-    """CSV to stdout, or to `out` through a temp file in the same directory and os.replace."""
+    """CSV to stdout, or to `out` atomically (bnserve/atomic.py: a reader never sees half)."""
     if out is None:
         csv.writer(sys.stdout, lineterminator="\n").writerows(table)
         return
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows(table)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    csv.writer(text, lineterminator="\n").writerows(table)
+    atomic.write_bytes(out, text.getvalue().encode("utf-8"))
 
 
 def run(settings: ClientSettings) -> int:

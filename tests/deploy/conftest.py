@@ -8,7 +8,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from deploy_support import DemoRun, free_loopback_port, run_demo, wait_until_serving
+
+from tests.support.deploy_support import DemoRun, free_loopback_port, run_demo, wait_until_serving
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from deploy_support import REPO
+from tests.support.deploy_support import REPO
 
 FAKE_PODMAN = r"""#!/usr/bin/env bash
 # podman as far as check-image.sh needs it; images live in $FAKE_STATE/images ("ID TAG" lines)

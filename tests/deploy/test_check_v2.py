@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from deploy_support import REPO, DemoRun
+from tests.support.deploy_support import REPO, DemoRun
 
 CHECK_V2 = REPO / "deploy" / "check_v2.py"
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_support import DEMO, DemoRun, run_demo
+
+from tests.support.deploy_support import DEMO, DemoRun, run_demo
 
 
 def reported(name: str, stdout: str) -> str:

@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from deploy_support import REPO, parse_dockerfile, runtime_stage
+from tests.support.deploy_support import REPO, parse_dockerfile, runtime_stage
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
 

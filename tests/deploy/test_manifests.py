@@ -15,10 +15,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
 from bnserve.server.grpc.transport import LIVENESS
 from bnserve.server.settings import ENV_PREFIX, settable_fields
+from tests.support.deploy_support import REPO, dockerfile_env, parse_dockerfile, runtime_stage
 
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 KSERVE_DIR = REPO / "deploy" / "kserve"

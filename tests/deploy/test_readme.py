@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deploy_support import REPO, DemoRun
 
 from bnserve.server.clients.predict import InputError, read_examples
 from bnserve.training.cli import main as train_main
 from bnserve.training.data.loading import load_dataset
+from tests.support.deploy_support import REPO, DemoRun
 
 README = (REPO / "README.md").read_text()
 SERVING = (REPO / "docs" / "serving.md").read_text()

@@ -2,7 +2,8 @@
 
 `write_synthetic_run` writes random but realistically scaled parameters in the run-directory
 layout of docs/contracts.md (fast, and covers shapes training's defaults never produce);
-`trained_runs` makes real, tiny training runs once per session.
+real, tiny training runs are tests/conftest.py's `trained_runs` (the drift command's tests use
+them too).
 """
 
 from __future__ import annotations
@@ -150,34 +151,3 @@ def synthetic_run(tmp_path: Path):
         return write_synthetic_run(tmp_path / f"run{next(counter)}", spec, params)
 
     return make
-
-
-def _regression_data(path: Path, seed: int = 7) -> Path:
-    """A smooth two-target function of raw-scaled features, as an NPZ training can read."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal([5.0, -200.0, 0.01, 40.0], [2.0, 50.0, 0.005, 10.0], size=(300, 4))
-    z = (x - x.mean(axis=0)) / x.std(axis=0)
-    y = np.stack([100.0 + 30.0 * np.tanh(z[:, 0] - z[:, 1]), 0.2 * z[:, 2] * z[:, 3]], axis=1)
-    with path.open("wb") as handle:
-        np.savez(handle, x=x, y=y)
-    return path
-
-
-@pytest.fixture(scope="session")
-def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real, tiny training runs (a few seconds in all): name -> finished run directory."""
-    from bnserve.training.train import train
-
-    root = tmp_path_factory.mktemp("trained")
-    regression_npz = _regression_data(root / "regression.npz")
-    configs = {
-        "digits-bn": TrainConfig(hidden=(32, 16), epochs=2, seed=1),
-        "digits-no-bn": TrainConfig(hidden=(16,), batchnorm=False, activation="tanh", epochs=2),
-        "regression-bn-population": TrainConfig(
-            data=str(regression_npz), hidden=(16, 16), stats="population", epochs=3, seed=2
-        ),
-    }
-    return {
-        name: Path(train(config, root / name, progress=False).run_dir)
-        for name, config in configs.items()
-    }

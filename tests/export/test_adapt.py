@@ -422,10 +422,10 @@ def test_a_real_server_serves_the_adapted_model(
     """`python -m bnserve.server` on a free loopback port: the parity gate passes (it reports
     ready only after) and Predict answers the offset rows as the source answered the originals."""
     import grpc
-    from server_process import ServerProcess
 
     from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
     from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+    from tests.support.server_process import ServerProcess
 
     x = _training_x(base)
     source = _exported(tmp_path, synthetic_run, _population_params(base, x))

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import onnx
-from export_failure import assert_fails_cleanly
 
 import bnserve.cli
 from bnserve.export.cli import main
+from tests.support.export_failure import assert_fails_cleanly
 
 
 def test_export_writes_a_verified_model(synthetic_run, out_dir, capsys) -> None:

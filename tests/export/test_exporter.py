@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from export_failure import assert_fails_cleanly
 
 import bnserve.export.exporter
 from bnserve.export.cli import main
@@ -19,6 +18,7 @@ from bnserve.export.verify import PROBABILITY_TOLERANCE, regression_tolerance
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.training.inference import predict
 from bnserve.training.rundir import load_run
+from tests.support.export_failure import assert_fails_cleanly
 
 
 def _replace_heldout_x(run_dir: Path, heldout_x: np.ndarray) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from folded_forward import forward_folded
 
 from bnserve.export.fold import (
     AffineLayer,
@@ -22,6 +21,7 @@ from bnserve.export.fold import (
 from bnserve.export.network import spec_from_run
 from bnserve.training.inference import predict
 from bnserve.training.rundir import load_run
+from tests.support.folded_forward import forward_folded
 
 EXACT = 1e-10  # float64 folding only reorders a few multiplications
 

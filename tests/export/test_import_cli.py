@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from foreign_graphs import ForeignMlp, build_foreign, find_node
 from onnx import TensorProto, helper, numpy_helper
 
 import bnserve.cli
 from bnserve.export.import_cli import main
+from tests.support.foreign_graphs import ForeignMlp, build_foreign, find_node
 
 
 @pytest.fixture

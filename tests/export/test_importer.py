@@ -5,7 +5,6 @@ BatchNormalization node, carries the contract, serves, and passes the parity gat
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,19 +12,15 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from foreign_graphs import ForeignMlp, build_foreign
 
 from bnserve.export.importer import ImportSettings, import_model
 from bnserve.export.verify import onnx_session
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.modelfile.metadata import parse_model_card
 from bnserve.server.models.model import Model, SessionThreads
-
-SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
-sys.path.insert(0, str(SERVER_TESTS))
-from server_process import ServerProcess  # noqa: E402
-
-from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb  # noqa: E402
-from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc  # noqa: E402
+from tests.support.foreign_graphs import ForeignMlp, build_foreign
+from tests.support.server_process import ServerProcess
 
 SHAPES = {
     "gemm_transb": ForeignMlp(layer="gemm_transb"),

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from bnserve.export.exporter import ExportSettings, export_run
-from bnserve.export.metadata import graph_sha256, read_metadata
+from bnserve.export.metadata import epsilon_text, graph_sha256, read_metadata
 from bnserve.export.verify import onnx_session, probe_rows, score_onnx
 from bnserve.server.modelfile.wire import graph_sha256 as server_graph_sha256
 from bnserve.training.inference import predict
@@ -165,3 +165,10 @@ def test_the_server_loads_exported_models_and_passes_their_parity_gate(
             export_run(ExportSettings(run_dir=run_dir, out=out, unfolded=unfolded))
             model = Model.load(out, name="m", version="1", threads=SessionThreads())
             model.check_parity()  # raises ModelLoadError if the reference rows do not reproduce
+
+
+def test_epsilon_text_one_value_several_or_none() -> None:
+    assert epsilon_text(1e-5) == "1e-05"  # a trained run's one ε
+    assert epsilon_text([1e-3, 1e-3]) == "0.001"  # an import whose nodes agree
+    assert epsilon_text([1e-3, 1e-5, 1e-3]) == "[1e-05, 0.001]"  # nodes that differ, ascending
+    assert epsilon_text([]) == ""  # an import without batch norm

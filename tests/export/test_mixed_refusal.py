@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export_failure import assert_fails_cleanly
-
 from bnserve.export.cli import main
 from bnserve.training.config import TrainConfig
 from bnserve.training.train import train
+from tests.support.export_failure import assert_fails_cleanly
 
 PENGUINS = Path(__file__).parents[1] / "training" / "fixtures" / "penguins.csv"
 

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from export_failure import assert_fails_cleanly
 
 from bnserve.export.cli import main
 from bnserve.export.errors import ExportError
 from bnserve.export.network import NetworkSpec, check_params, spec_from_run
 from bnserve.training.model import param_shapes
 from bnserve.training.rundir import load_run
+from tests.support.export_failure import assert_fails_cleanly
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from foreign_graphs import ForeignMlp, build_foreign
 
 from bnserve.export.errors import ExportError
 from bnserve.export.importer import ImportSettings, import_model
 from bnserve.export.reference_data import read_reference_data
+from tests.support.foreign_graphs import ForeignMlp, build_foreign
 
 FEATURES = 5  # ForeignMlp's default
 ROWS = np.round(np.random.default_rng(3).normal(3, 2, (30, FEATURES)), 4)

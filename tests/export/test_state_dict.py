@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from folded_forward import forward_folded
 
 from bnserve.export.errors import ExportError
 from bnserve.export.importer import fold_chain
 from bnserve.export.onnx_chain import parse_chain
 from bnserve.export.state_dict import StateDictSpec, graph_from_state_dict
 from bnserve.export.verify import onnx_session
+from tests.support.folded_forward import forward_folded
 
 
 def torch_layout(seed: int = 0) -> dict[str, np.ndarray]:

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from in_process import start_server
-from model_builder import CLASS_NAMES, MlpWeights, ModelFiles, build_model
 
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import CLASS_NAMES, MlpWeights, ModelFiles, build_model
 
 
 @pytest.fixture(scope="session")

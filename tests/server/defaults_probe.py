@@ -15,12 +15,14 @@ import struct
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_defaults
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.support
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_process import ServerProcess
 from test_defaults import NAME, native_probabilities, rest_probabilities, scrape, v2_probabilities
+
+from tests.support.server_process import ServerProcess
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 DEFAULT_PORTS = {"gRPC": 50051, "HTTP": 8000, "metrics": 9090}  # server/settings.py's defaults

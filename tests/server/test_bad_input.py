@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
 
 GOOD = [0.5] * NUM_FEATURES
 NAMED_EXTRA = {**{f"f{i}": 1.0 for i in range(NUM_FEATURES)}, "petal": 2.0}

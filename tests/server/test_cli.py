@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
+
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 
 
 def _lines(stream, sink: queue.Queue) -> None:
@@ -130,7 +131,7 @@ def test_a_server_whose_only_model_fails_exits_2_naming_it(tmp_path: Path) -> No
 
 
 def test_wait_for_model_keeps_it_up_and_predict_names_the_failed_model(tmp_path: Path) -> None:
-    from server_process import ServerProcess
+    from tests.support.server_process import ServerProcess
 
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("these are my notes, not a model\n")

@@ -13,15 +13,15 @@ import urllib.request
 
 import grpc
 import pytest
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
-from server_process import free_port
 
 from bnserve.server import _compat as compat
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import free_port
 
 # `python -m server` with grpc.__version__ replaced first, as another grpcio would report it.
 OTHER_GRPCIO = (

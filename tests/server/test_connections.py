@@ -14,9 +14,10 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from h2_attacker import StallingConnection
-from model_builder import ModelFiles
-from server_process import ServerProcess, free_port
+
+from tests.support.h2_attacker import StallingConnection
+from tests.support.model_builder import ModelFiles
+from tests.support.server_process import ServerProcess, free_port
 
 HALF_A_REQUEST = b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: bnserve\r\nContent-Le"
 DEADLINE_S = 2.0  # the header, body and gRPC idle deadlines these tests set

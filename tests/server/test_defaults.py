@@ -23,15 +23,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from certificates import Pki, make_pki
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as native_pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2_pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from tests.support.certificates import Pki, make_pki
+from tests.support.server_process import ServerProcess
 
 NAME = "digits"
 TOKEN = "defaults-matrix-token-0123456789"

@@ -14,12 +14,12 @@ import pytest
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
-from server_process import ServerProcess
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
+from tests.support.model_builder import NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.server_process import ServerProcess
 
 SHORT_EXAMPLES = 150
 SLOW_EXAMPLES = 10_000

@@ -6,8 +6,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -15,6 +13,8 @@ from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.grpc.transport import LIVENESS
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
 
 SERVICES = ["", "bnserve.v1.Predictor", "inference.GRPCInferenceService"]
 SERVING = health_pb2.HealthCheckResponse.SERVING

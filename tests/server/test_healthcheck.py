@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certificates import Pki, make_pki
-from model_builder import ModelFiles
-from server_process import ServerProcess, free_port
 
 from bnserve.server.app import Server
 from bnserve.server.clients import healthcheck
 from bnserve.server.settings import ServerSettings
+from tests.support.certificates import Pki, make_pki
+from tests.support.model_builder import ModelFiles
+from tests.support.server_process import ServerProcess, free_port
 
 
 def run_check(

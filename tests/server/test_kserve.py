@@ -17,12 +17,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
 
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles, numpy_forward
 
 KSERVE = "kserve==0.21.0"
 PROBE = Path(__file__).with_name("kserve_probe.py")

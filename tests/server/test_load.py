@@ -6,9 +6,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from load_client import run_load
-from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
-from server_process import ServerProcess
+
+from tests.support.load_client import run_load
+from tests.support.model_builder import NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.server_process import ServerProcess
 
 CONCURRENCY = 64
 EXAMPLES = np.random.default_rng(9).normal(0, 1.5, (256, NUM_FEATURES)).astype(np.float32)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from model_builder import CLASS_NAMES, NUM_FEATURES, TARGET_NAMES, ModelFiles, numpy_forward
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
+from tests.support.model_builder import (
+    CLASS_NAMES,
+    NUM_FEATURES,
+    TARGET_NAMES,
+    ModelFiles,
+    numpy_forward,
+)
 
 RNG = np.random.default_rng(7)
 EXAMPLES = RNG.normal(0, 1.5, (20, NUM_FEATURES)).astype(np.float32)

@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
 
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
@@ -17,6 +16,7 @@ from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.modelfile.wire import graph_sha256
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
 
 
 def _regression_npz(path: Path) -> Path:

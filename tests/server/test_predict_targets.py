@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from in_process import start_server
-from model_builder import ModelFiles
-from server_process import free_port
 
 from bnserve.server.app import Server
 from bnserve.server.clients.predict import main
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import ModelFiles
+from tests.support.server_process import free_port
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,12 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from certificates import Pki, make_pki
-from in_process import start_server
-from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
-from model_gate import ModelGate, wait_until
-from server_process import (
-    ServerProcess,
-    bad_parity_bytes,
-    free_port,
-    install_version,
-    model_bytes,
-)
 
 from bnserve.server.app import Extras, Server
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
@@ -37,6 +25,18 @@ from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.security.auth import TokenAuthInterceptor
 from bnserve.server.settings import ServerSettings
+from tests.support.certificates import Pki, make_pki
+from tests.support.in_process import start_server
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.model_gate import ModelGate
+from tests.support.server_process import (
+    ServerProcess,
+    bad_parity_bytes,
+    free_port,
+    install_version,
+    model_bytes,
+)
+from tests.support.waiting import wait_until
 
 ROWS = np.random.default_rng(5).normal(0, 1.5, (4, NUM_FEATURES)).astype(np.float32)
 TOKEN = "rest-token-0123456789abcdef"
@@ -323,10 +323,7 @@ def test_overloaded_is_429_at_once(test_models: ModelFiles) -> None:
             )
             request.inputs.add(name="x", datatype="FP32", shape=(1, NUM_FEATURES))
             held = stub.ModelInfer.future(request, timeout=30)
-            deadline = time.monotonic() + 10
-            while server.limiter.in_flight < 1:
-                assert time.monotonic() < deadline, "the held call was never admitted"
-                time.sleep(0.01)
+            wait_until(lambda: server.limiter.in_flight >= 1, "the held call admitted", 10, 0.01)
             status, headers, body = call(
                 server.http_port, "POST", "/v2/models/iris/infer", _infer_body(ROWS[:1])
             )
@@ -483,10 +480,7 @@ def test_stop_lets_an_http_call_in_flight_finish(test_models: ModelFiles) -> Non
         )
     )
     caller.start()
-    deadline = time.monotonic() + 10
-    while server.limiter.in_flight < 1:
-        assert time.monotonic() < deadline, "the call was never admitted"
-        time.sleep(0.01)
+    wait_until(lambda: server.limiter.in_flight >= 1, "the call admitted", 10, interval_s=0.01)
     wait_until(lambda: gate.waiting == 1, "the call reaches the model")
     stopping = threading.Thread(target=server.stop, args=(5,))
     stopping.start()  # stop begins while the call is held in the model

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_builder import NUM_FEATURES, ModelFiles
-from server_process import ServerProcess, free_port
+
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import ServerProcess, free_port
 
 SHORT_EXAMPLES = 300
 SLOW_EXAMPLES = 10_000

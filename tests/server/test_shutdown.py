@@ -13,13 +13,14 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from model_builder import NUM_FEATURES, ModelFiles, numpy_forward
-from server_process import ServerProcess
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2_pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
+from tests.support.model_builder import NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.server_process import ServerProcess
+from tests.support.waiting import poll, wait_until
 
 EXAMPLES = np.random.default_rng(5).normal(0, 1.5, (16, NUM_FEATURES)).astype(np.float32)
 GRACE_S = 20.0
@@ -97,9 +98,7 @@ def test_sigterm_under_load_answers_accepted_calls_and_exits_zero(test_models: M
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         callers = UnaryCallers(stub, threads=4)
-        deadline = time.monotonic() + 30
-        while len(callers.answers) < 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll(lambda: len(callers.answers) >= 200, 30, interval_s=0.01)
         signalled_at = time.monotonic()
         server.signal(signal.SIGTERM)
         server.wait_for("stopping: health NOT_SERVING")
@@ -157,9 +156,7 @@ def test_sigterm_under_v2_load_answers_or_refuses_with_unavailable(test_models, 
             UnaryCallers(None, 4, call=lambda row, stub=stub: _model_infer(stub, row))
             for stub in stubs
         ]
-        deadline = time.monotonic() + 30
-        while sum(len(c.answers) for c in callers) < 400 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll(lambda: sum(len(c.answers) for c in callers) >= 400, 30, interval_s=0.01)
         signalled_at = time.monotonic()
         server.signal(signal.SIGTERM)
         exit_code = server.process.wait(timeout=GRACE_S + 10)
@@ -202,10 +199,12 @@ def test_drain_answers_calls_while_unready_until_a_second_signal(test_models: Mo
 
         # Still answering: the callers go on, and a new connection is served too.
         answered_at_drain = len(callers.answers)
-        deadline = time.monotonic() + 60
-        while len(callers.answers) < answered_at_drain + 100:
-            assert time.monotonic() < deadline, "calls stopped being answered while draining"
-            time.sleep(0.01)
+        wait_until(
+            lambda: len(callers.answers) >= answered_at_drain + 100,
+            "calls answered while draining",
+            60,
+            interval_s=0.01,
+        )
         with grpc.insecure_channel(server.target) as fresh:
             answer = predictor_pb2_grpc.PredictorStub(fresh).Predict(
                 pb.PredictRequest(features=EXAMPLES[3]), timeout=30

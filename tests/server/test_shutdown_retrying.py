@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 import pytest
-from model_builder import NUM_FEATURES, ModelFiles
-from retrying_clients import RetryingClients
-from server_process import ServerProcess, free_port
+
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.retrying_clients import RetryingClients
+from tests.support.server_process import ServerProcess, free_port
 
 GRACE_S = 10.0
 EXAMPLE = np.random.default_rng(7).normal(0, 1.5, NUM_FEATURES)

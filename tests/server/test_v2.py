@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
-from model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 
 PROBE = Path(__file__).with_name("triton_probe.py")
 ROWS = np.random.default_rng(11).normal(0, 1.5, (5, NUM_FEATURES)).astype(np.float32)

@@ -8,8 +8,6 @@ import urllib.request
 from importlib import metadata
 
 import grpc
-from in_process import start_server
-from model_builder import ModelFiles
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -17,6 +15,8 @@ from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
 from bnserve.server.version import installed_version
+from tests.support.in_process import start_server
+from tests.support.model_builder import ModelFiles
 
 
 def test_the_installed_version_is_pip_s() -> None:

@@ -1,13 +1,15 @@
-"""training/flags.py: `bnserve train`'s and `bnserve tune`'s config flags come from TrainConfig."""
+"""training/flags.py (over bnserve/flags.py): `bnserve train`'s and `bnserve tune`'s config flags
+come from TrainConfig."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from bnserve.flags import flag_of
 from bnserve.training.cli import build_parser
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
-from bnserve.training.flags import CONFIG_FIELDS, default_text, flag_of
+from bnserve.training.flags import CONFIG_FIELDS, default_text
 from bnserve.training.tune.cli import build_parser as build_tune_parser
 
 # The command line users type (before the flags were built from the fields): it must not change

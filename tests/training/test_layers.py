@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import numerical_gradient, relative_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnserve.training import layers
 from bnserve.training.layers import BatchNormSettings, RunningStats
+from tests.support.gradcheck import numerical_gradient, relative_error
 
 TOLERANCE = 1e-6  # relative error of analytic vs numeric gradients in float64
 

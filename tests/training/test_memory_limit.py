@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from memory_cgroup import run_limited, unavailable_reason
 
 from bnserve.training.rundir import load_run
+from tests.support.memory_cgroup import run_limited, unavailable_reason
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")

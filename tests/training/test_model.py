@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import numerical_gradient, relative_error
 
 from bnserve.training import model
 from bnserve.training.layers import BatchNormSettings
+from tests.support.gradcheck import numerical_gradient, relative_error
 
 TOLERANCE = 1e-6
 

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bnserve.training.rundir import checkpoint_paths, read_npz
+from tests.support.waiting import wait_until
 
 EPOCHS = 40  # long enough that the kill after epoch 3 lands well before the end
 TRAIN_ARGS = ["--epochs", str(EPOCHS), "--dropout", "0.1", "--no-progress", "--no-plot"]
@@ -31,11 +31,14 @@ def run_training(*args: str) -> subprocess.Popen:
 
 def wait_for(condition, process: subprocess.Popen, deadline_seconds: float) -> None:
     """Poll `condition` until it holds; fail if the deadline passes or the process exits."""
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
+
+    def reached() -> bool:
+        if condition():
+            return True
         assert process.poll() is None, f"training exited early: {process.communicate()}"
-        assert time.monotonic() < deadline, "timed out waiting for a checkpoint"
-        time.sleep(0.005)
+        return False
+
+    wait_until(reached, "a checkpoint", deadline_seconds)
 
 
 def test_resume_after_sigkill_gives_identical_parameters(tmp_path):

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from bnserve import atomic
 from bnserve.training import model, rundir
 from bnserve.training.config import TrainConfig
 from bnserve.training.errors import RunError
@@ -125,7 +126,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        rundir._atomic_write(target, failing_writer)
+        atomic.write_file(target, failing_writer)
     assert target.read_bytes() == before
     assert [path.name for path in tmp_path.iterdir()] == ["arrays.npz"]
 

@@ -22,13 +22,15 @@ import shutil
 import sys
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from bnserve import atomic
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.data.readers import TableInfo, Target, read_table
 from bnserve.training.errors import DataError
@@ -168,7 +170,7 @@ def _build_entry(
 ) -> tuple[Path, str]:
     """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
     sha256). sha None: the source is hashed on a second thread while it is read."""
-    temporary = cache_dir / f".tmp-{uuid.uuid4().hex}"
+    temporary = cache_dir / f"{atomic.TEMP_PREFIX}{uuid.uuid4().hex}"
     if size >= NOTICE_BYTES:  # the first read of a 453 MB CSV took 4 s: say why it waits
         print(
             f"bnserve: reading {path} ({size / 2**20:,.0f} MB) into the float32 cache in "
@@ -202,7 +204,7 @@ def _build_entry(
             "mixed": info.mixed,
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _fsync_dir(temporary)
+        atomic.fsync_directory(temporary)
         entry = entry_of(content_sha)
         if _open_entry(entry) is not None:
             return entry, content_sha  # another process wrote the same entry meanwhile
@@ -214,7 +216,7 @@ def _build_entry(
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return entry, content_sha  # another process renamed its copy into place first
             raise
-        _fsync_dir(cache_dir)
+        atomic.fsync_directory(cache_dir)
         return entry, content_sha
     except OSError as error:
         raise DataError(
@@ -223,14 +225,6 @@ def _build_entry(
         ) from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _open_entry(entry: Path) -> tuple[RowFile, TableInfo] | None:
@@ -287,6 +281,10 @@ class FeatureRows(Protocol):
     def __getitem__(self, index: Any, /) -> Any: ...
 
 
+# what RowFile[...] takes: a row, a slice of rows, an array of row numbers, or (rows, columns)
+RowIndex = int | np.integer[Any] | slice | np.ndarray | Sequence[int] | tuple[Any, ...]
+
+
 class RowFile:
     """A (rows, features) float32 C-order file read with pread, rows on demand.
 
@@ -311,17 +309,18 @@ class RowFile:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         whole = self[np.arange(self.shape[0])]
         return whole if dtype is None else whole.astype(dtype)
 
-    def __getitem__(self, index) -> np.ndarray:
+    def __getitem__(self, index: RowIndex) -> np.ndarray:
         if isinstance(index, tuple):  # x[rows, columns]: the rows first, then numpy's indexing
             return self[index[0]][(slice(None), *index[1:])]
         if isinstance(index, slice):
             index = np.arange(*index.indices(self.shape[0]))
         elif isinstance(index, (int, np.integer)):
-            return self[np.array([index])][0]
+            row: np.ndarray = self[np.array([index])][0]
+            return row
         rows = np.asarray(index, dtype=np.int64)
         rows = np.where(rows < 0, rows + self.shape[0], rows)  # from the end, as numpy does
         if rows.ndim != 1:

@@ -25,15 +25,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from bnserve.header_hints import closest, delimiter_hint
 from bnserve.training.data import mixed
-from bnserve.training.data.header_hints import closest, delimiter_hint
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
+
+if TYPE_CHECKING:  # pyarrow ships no type information: these names are Any to mypy
+    import pyarrow as pa
+
 
 # CSV pieces are parsed at once, each by one thread; READ_THREADS + 1 of them (and their float32
 # blocks) are in flight. pyarrow's own streaming reader parses on one thread only.
@@ -114,10 +118,10 @@ def read_table(
 # --- CSV ----------------------------------------------------------------------------------------
 
 
-def _open_bytes(path: Path) -> BinaryIO:
+def _open_bytes(path: Path) -> gzip.GzipFile | io.BufferedReader:
     """The file's bytes, unzipped when it ends in .gz (the caller closes it)."""
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return path.open("rb")
 
 
@@ -179,7 +183,7 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO, delimiter: str) ->
         quoted_strings_can_be_null=False,
     )
 
-    def parse(piece: bytes) -> tuple[np.ndarray, list]:
+    def parse(piece: bytes) -> tuple[np.ndarray, list[pa.Array]]:
         read = pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=len(piece))
         table = pa_csv.read_csv(
             pa.py_buffer(piece),
@@ -314,7 +318,7 @@ class _NotNumbers(Exception):
     """A feature cell is not a number, or missing: the file is read by mixed.py instead."""
 
 
-def _line_pieces(raw: BinaryIO) -> Iterator[bytes]:
+def _line_pieces(raw: io.BufferedIOBase) -> Iterator[bytes]:
     """The file after its first line (the header), in pieces of about BLOCK_BYTES that each end
     at a line break.
 
@@ -362,9 +366,12 @@ def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) ->
                 future.cancel()
 
 
-def _write_blocks(results: Iterable[tuple[np.ndarray, list]], sink: BinaryIO) -> tuple[int, list]:
+def _write_blocks(
+    results: Iterable[tuple[np.ndarray, list[pa.Array]]], sink: BinaryIO
+) -> tuple[int, list[pa.Array]]:
     """Write each (block, target chunks) result's block to sink, in order: (rows, all chunks)."""
-    rows, chunks = 0, []
+    rows = 0
+    chunks: list[pa.Array] = []
     for block, target_chunks in results:
         sink.write(block.data)
         chunks.extend(target_chunks)
@@ -378,7 +385,7 @@ def _fail(path: Path, target: str | None, reason: str, delimiter: str) -> None:
     raise DataError(f"{path}: {reason}")
 
 
-def _feature_block(table, names: list[str]) -> np.ndarray:
+def _feature_block(table: pa.Table, names: list[str]) -> np.ndarray:
     """(N, F) float32, filled column by column from an Arrow table of float32 columns."""
     block = np.empty((table.num_rows, len(names)), dtype=np.float32)
     for out_col, name in enumerate(names):
@@ -389,7 +396,7 @@ def _feature_block(table, names: list[str]) -> np.ndarray:
     return block
 
 
-def _numbers(array) -> np.ndarray:
+def _numbers(array: pa.Array) -> np.ndarray:
     """A numeric Arrow array without nulls as a numpy view of its data buffer.
 
     Array.to_numpy consults pandas when it is installed (importing it costs about a second).
@@ -401,13 +408,13 @@ def _numbers(array) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
-def _trimmed(column):
+def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray:
     import pyarrow.compute as pc
 
     return pc.utf8_trim_whitespace(column)
 
 
-def _encode(chunks: list) -> Target:
+def _encode(chunks: list[pa.Array]) -> Target:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -511,7 +518,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
             if not _is_text(kind):
                 raise _NotNumbers  # dictionary (categorical) or boolean: text columns
 
-    def convert(numbered: tuple[int, Any]) -> tuple[np.ndarray, list]:
+    def convert(numbered: tuple[int, pa.RecordBatch]) -> tuple[np.ndarray, list[pa.Array]]:
         first_row, batch = numbered
         return _parquet_block(path, batch, names, first_row), [
             _parquet_target(path, batch.column(target_name), target_name, first_row)
@@ -577,13 +584,13 @@ def _read_parquet_mixed(
     )
 
 
-def _is_text(kind) -> bool:
+def _is_text(kind: pa.DataType) -> bool:
     import pyarrow as pa
 
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
-def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+def _numbered(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(number of the batch's first row, batch) for each record batch."""
     first_row = 0
     for batch in batches:
@@ -591,7 +598,9 @@ def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         first_row += batch.num_rows
 
 
-def _parquet_block(path: Path, batch, names: list[str], first_row: int) -> np.ndarray:
+def _parquet_block(
+    path: Path, batch: pa.RecordBatch, names: list[str], first_row: int
+) -> np.ndarray:
     """(B, F) float32 of one record batch; the first bad cell's row and column named."""
     block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
     with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
@@ -608,7 +617,7 @@ def _parquet_block(path: Path, batch, names: list[str], first_row: int) -> np.nd
     return block
 
 
-def _parquet_numbers(path: Path, column, name: str, first_row: int) -> np.ndarray:
+def _parquet_numbers(path: Path, column: pa.Array, name: str, first_row: int) -> np.ndarray:
     """One batch of a feature column as float32; the first bad row named in the error."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -636,7 +645,7 @@ def _parquet_numbers(path: Path, column, name: str, first_row: int) -> np.ndarra
     return as_float32
 
 
-def _parquet_target(path: Path, column, name: str, first_row: int):
+def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> pa.Array:
     """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...)."""
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bnserve.flags import flag_of
 from bnserve.training.errors import DataError, TrainingError, disk_full, os_error_line
 from bnserve.training.flags import add_config_flag
 from bnserve.training.tune import cv, report
@@ -216,7 +217,7 @@ def resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     defaults = parser.parse_args(["--out", str(args.out)])
     changed = [name for name in _DEFINING_FLAGS if getattr(args, name) != getattr(defaults, name)]
     if changed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        flags = ", ".join(flag_of(name) for name in changed)
         raise TuneError(f"--resume keeps the tune's stored settings: drop {flags}")
     with TrialStore(existing_store(args.out), readonly=True) as store:
         stored = store.settings()

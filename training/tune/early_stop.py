@@ -81,7 +81,10 @@ def build_rule(spec: dict[str, Any] | None) -> MedianRule | HalvingRule | None:
         return None
     fields = {name: value for name, value in spec.items() if name != "rule"}
     fields["reference_curves"] = tuple(tuple(curve) for curve in fields["reference_curves"])
-    rules = {"median": MedianRule, "halving": HalvingRule}
+    rules: dict[str, type[MedianRule | HalvingRule]] = {
+        "median": MedianRule,
+        "halving": HalvingRule,
+    }
     if spec["rule"] not in rules:
         raise ValueError(f"unknown early-stopping rule {spec['rule']!r}; one of {RULES[1:]}")
     return rules[spec["rule"]](**fields)

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bnserve.training import rundir
+from bnserve import atomic
 from bnserve.training.tune.sampler import Box
 from bnserve.training.tune.space import Dimension, SearchSpace
 from bnserve.training.tune.store import TrialRecord
@@ -35,7 +35,7 @@ def _save(figure: Any, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     _pyplot().close(figure)
-    rundir.write_bytes(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _grid(count: int) -> tuple[int, int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from bnserve import atomic
 from bnserve.training import rundir
 from bnserve.training.tune.cv import format_mean_std
 from bnserve.training.tune.store import TrialRecord
@@ -49,7 +49,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    rundir.write_bytes(path, buffer.getvalue().encode("utf-8"))
+    atomic.write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 def format_table(rows: list[dict[str, Any]], limit: int) -> str:
@@ -93,10 +93,8 @@ def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Pa
     ):
         return None
     link = out / BEST_LINK
-    temporary = out / f".{BEST_LINK}.tmp"
-    temporary.unlink(missing_ok=True)
-    os.symlink(run_dir, temporary, target_is_directory=True)
-    os.replace(temporary, link)
+    with atomic.built_in_place(link, out / f".{BEST_LINK}.tmp") as temporary:
+        temporary.symlink_to(run_dir, target_is_directory=True)
     summary = {
         "trial": best.trial,
         "dev_error": best.dev_error,

@@ -78,10 +78,11 @@ class Dimension:
         """The value at search coordinate r, before rounding and clipping."""
         if self.scale in ("linear", "int"):
             return coordinate
+        power: float = 10.0**coordinate  # a float: the base is positive
         if self.scale in ("log", "log_int"):
-            return 10.0**coordinate
+            return power
         if self.scale == "log1m":
-            return 1.0 - 10.0**coordinate
+            return 1.0 - power
         raise SpaceError(f"dimension {self.name!r}: a choice has no coordinate")
 
     def from_coordinate(self, coordinate: float) -> float | int:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnserve import atomic
+
 STATES = ("pending", "running", "finished", "failed", "pruned")
 FILENAME = "tune.sqlite"
 NEW_FILENAME = ".tune.sqlite.new"  # TrialStore.create builds the file here, then renames it
@@ -137,18 +139,10 @@ class TrialStore:
         kill while creating it leaves no file that --resume would refuse and a new tune trip on).
         """
         temp = Path(path).with_name(NEW_FILENAME)
-        leftovers = [temp, temp.with_name(temp.name + "-wal"), temp.with_name(temp.name + "-shm")]
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
-        try:
-            with cls(temp) as store:
-                store.save_settings(settings)
-                store._db.execute("PRAGMA journal_mode=DELETE")  # one file, whole, to rename
-            os.replace(temp, path)
-        except BaseException:
-            for leftover in leftovers:
-                leftover.unlink(missing_ok=True)
-            raise
+        journals = [temp.with_name(temp.name + "-wal"), temp.with_name(temp.name + "-shm")]
+        with atomic.built_in_place(Path(path), temp, companions=journals), cls(temp) as store:
+            store.save_settings(settings)
+            store._db.execute("PRAGMA journal_mode=DELETE")  # one file, whole, to rename
         return cls(path)
 
     def _check_whole(self) -> None:

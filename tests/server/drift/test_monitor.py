@@ -19,8 +19,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from in_process import is_serving, start_server
-from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from bnserve.server.app import Server
@@ -29,6 +27,8 @@ from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import is_serving, start_server
+from tests.support.model_builder import NUM_FEATURES
 
 WINDOW = 200  # recent window (examples): differs from the whole life, still holds > 100
 NAMES = ("heldout", "shifted", "shuffled")
@@ -436,7 +436,7 @@ def _write_csv(path: Path, names: list[str], x: np.ndarray) -> Path:
 
 
 def test_bnserve_drift_flags_the_same_four_offline(digits, served, tmp_path, capsys) -> None:
-    from bnserve.export.drift_cli import main
+    from bnserve.server.drift.cli import main
 
     rows, moved = shifted_rows(digits)
     names = sorted(digits.feature_names[column] for column in moved)

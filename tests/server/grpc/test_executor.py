@@ -5,25 +5,25 @@ announcing more than max_message_bytes is refused from its length prefix."""
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from certificates import Pki, make_pki
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from h2_attacker import StallingConnection
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
-from server_process import ServerProcess
 
 from bnserve.server._compat import check_grpc_internals
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
+from tests.support.certificates import Pki, make_pki
+from tests.support.h2_attacker import StallingConnection
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import ServerProcess
+from tests.support.waiting import poll
 
 PREDICT = "/bnserve.v1.Predictor/Predict"
 STREAM = "/bnserve.v1.Predictor/PredictStream"
@@ -33,13 +33,8 @@ HEALTH_DEADLINE_S = 5.0
 
 
 def _wait_for(condition, timeout_s: float = 60) -> bool:
-    """Poll condition() until true or timeout_s (a bound on a hang, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+    """Poll condition() every 50 ms until true or timeout_s (tests/support/waiting.py)."""
+    return poll(condition, timeout_s, interval_s=0.05)
 
 
 def _health(channel: grpc.Channel) -> int:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from bnserve.server.grpc.streaming import ReadAhead
+from tests.support.waiting import wait_until
 
 
 def test_chunks_keep_every_message_in_order() -> None:
@@ -26,10 +26,8 @@ def test_waiting_messages_are_taken_together() -> None:
         released.wait(10)  # the stream stays open, nothing more arrives for now
 
     read_ahead = ReadAhead(source(), window=64, max_chunk=8)
-    deadline = time.monotonic() + 10
-    while read_ahead._queue.qsize() < 20:  # all 20 have arrived before the handler looks
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    # all 20 have arrived before the handler looks
+    wait_until(lambda: read_ahead._queue.qsize() >= 20, "all 20 messages read ahead", 10)
     chunks = read_ahead.chunks()
     assert [next(chunks), next(chunks), next(chunks)] == [
         list(range(8)),

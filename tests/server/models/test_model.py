@@ -10,13 +10,19 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from model_builder import CLASS_NAMES, NUM_FEATURES, MlpWeights, ModelFiles, build_model
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bnserve.server.modelfile.contract import Tolerance
 from bnserve.server.modelfile.wire import WireFormatError, field_bytes, graph_sha256
 from bnserve.server.models.model import Model, ModelLimits, SessionThreads
 from bnserve.server.plane.errors import InvalidInput, ModelLoadError
+from tests.support.model_builder import (
+    CLASS_NAMES,
+    NUM_FEATURES,
+    MlpWeights,
+    ModelFiles,
+    build_model,
+)
 
 THREADS = SessionThreads(1, 1)
 

@@ -14,15 +14,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from model_builder import NUM_FEATURES, numpy_forward
-from server_process import (
-    ServerProcess,
-    bad_parity_bytes,
-    corrupt_bytes,
-    install_version,
-    model_bytes,
-    remove_version,
-)
 
 from bnserve.server.app import Extras, Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
@@ -30,6 +21,16 @@ from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.model_builder import NUM_FEATURES, numpy_forward
+from tests.support.server_process import (
+    ServerProcess,
+    bad_parity_bytes,
+    corrupt_bytes,
+    install_version,
+    model_bytes,
+    remove_version,
+)
+from tests.support.waiting import poll, wait_until
 
 EXAMPLES = np.random.default_rng(11).normal(0, 1.5, (32, NUM_FEATURES)).astype(np.float32)
 
@@ -284,12 +285,14 @@ def _newest_version(stub: predictor_pb2_grpc.PredictorStub) -> str:
 
 
 def _wait_until_newest(stub, version: int, timeout_s: float = 30) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _newest_version(stub) == str(version):
-            return time.monotonic()
-        time.sleep(0.02)  # polling with a deadline
-    raise AssertionError(f"version {version} not serving after {timeout_s} s")
+    """When version `version` was first seen serving (time.monotonic())."""
+    wait_until(
+        lambda: _newest_version(stub) == str(version),
+        f"version {version} serving",
+        timeout_s,
+        interval_s=0.02,
+    )
+    return time.monotonic()
 
 
 @pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
@@ -322,9 +325,7 @@ def test_twenty_swaps_under_load_no_failed_call_every_answer_from_a_serving_vers
         install_version(model_dir, SWAPS + 2, corrupt_bytes(model_bytes(seed=999)[0]))
         server.wait_for(rf"version {SWAPS + 2} refused: .*graph sha256")
         after_corrupt = len(clients.answers)
-        deadline = time.monotonic() + 30
-        while len(clients.answers) < after_corrupt + 50 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: len(clients.answers) >= after_corrupt + 50, 30, interval_s=0.02)
         clients.stop()
         assert _newest_version(stub) == str(SWAPS + 1)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -384,7 +385,8 @@ def _failing_warm_up_bytes(seed: int) -> bytes:
     import json
 
     import onnx
-    from model_builder import build_model
+
+    from tests.support.model_builder import build_model
 
     model, _ = build_model("classification", seed=seed)
     graph = model.graph

@@ -11,12 +11,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from model_builder import NUM_FEATURES
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess, corrupt_bytes, free_port, install_version, model_bytes
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from tests.support.model_builder import NUM_FEATURES
+from tests.support.server_process import (
+    ServerProcess,
+    corrupt_bytes,
+    free_port,
+    install_version,
+    model_bytes,
+)
 
 PREDICT = "bnserve.v1.Predictor/Predict"
 BATCH = "bnserve.v1.Predictor/PredictBatch"

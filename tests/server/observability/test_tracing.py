@@ -8,13 +8,13 @@ import itertools
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.observability.calls import CallObserver
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402

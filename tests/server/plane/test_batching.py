@@ -10,9 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
-from model_gate import ModelGate, wait_until
 
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
@@ -21,6 +18,10 @@ from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.plane.batching import DynamicBatcher
 from bnserve.server.plane.errors import DeadlineExpired, Overloaded
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.model_gate import ModelGate
+from tests.support.waiting import wait_until
 
 LONG_DELAY_MS = 10_000.0  # a batch that waited for batch-mates would outlive every deadline
 

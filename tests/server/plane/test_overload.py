@@ -4,16 +4,12 @@ client deadlines are honoured."""
 from __future__ import annotations
 
 import queue
-import time
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from in_process import start_server
-from model_builder import NUM_FEATURES, ModelFiles
-from model_gate import ModelGate, wait_until
 
 from bnserve.server.app import Server
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
@@ -21,6 +17,10 @@ from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.settings import ServerSettings
+from tests.support.in_process import start_server
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.model_gate import ModelGate
+from tests.support.waiting import wait_until
 
 REQUEST = pb.PredictRequest(model_name="iris", features=[0.25] * NUM_FEATURES)
 HOLD_S = 2.0  # timeouts of calls made while the model is held
@@ -45,10 +45,12 @@ def test_saturated_server_refuses_at_once_and_health_still_answers(
     with grpc.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
         predictor = predictor_pb2_grpc.PredictorStub(channel)
         admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
-        deadline = time.monotonic() + 10
-        while slow_server.limiter.in_flight < 2:
-            assert time.monotonic() < deadline, "the two calls were never admitted"
-            time.sleep(0.01)
+        wait_until(
+            lambda: slow_server.limiter.in_flight >= 2,
+            "the two calls admitted",
+            10,
+            interval_s=0.01,
+        )
         with pytest.raises(grpc.RpcError) as raised:
             predictor.Predict(REQUEST, timeout=HOLD_S / 2)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -81,10 +83,9 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(test_models: Model
             stream = predictor.PredictStream(iter(stream_requests.get, None), timeout=30)
             assert next(stream).class_name  # streams bypass the batcher and its gate
             admitted = [predictor.Predict.future(REQUEST, timeout=30) for _ in range(2)]
-            deadline = time.monotonic() + 10
-            while server.limiter.in_flight < 2:
-                assert time.monotonic() < deadline, "the two calls were never admitted"
-                time.sleep(0.01)
+            wait_until(
+                lambda: server.limiter.in_flight >= 2, "the two calls admitted", 10, interval_s=0.01
+            )
             with pytest.raises(grpc.RpcError) as raised:
                 health.Check(health_pb2.HealthCheckRequest(service=""), timeout=HOLD_S / 2)
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from model_builder import ModelFiles
-from server_process import ServerProcess
 
 from bnserve.server.process.cores import (
     allowed_cores,
@@ -22,6 +20,8 @@ from bnserve.server.process.cores import (
 )
 from bnserve.server.process.placement import plan_placement, setting_problem
 from bnserve.server.settings import ServerSettings
+from tests.support.model_builder import ModelFiles
+from tests.support.server_process import ServerProcess
 
 CHILD_PID = r"process (\d+) is pid (\d+), "
 SUPERVISOR_READY = r"2 processes serving on port (\d+), ready"

@@ -19,13 +19,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from model_builder import NUM_FEATURES, ModelFiles
-from model_gate import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess, free_port
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import ServerProcess, free_port
+from tests.support.waiting import wait_until
 
 SUPERVISOR_READY = r"(\d+) processes serving on port (\d+), ready"
 CHILD_PID = r"process (\d+) is pid (\d+)"

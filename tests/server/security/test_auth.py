@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from model_builder import NUM_FEATURES, ModelFiles
-from server_process import ServerProcess
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -29,6 +26,9 @@ from bnserve.server.security.auth import (
     bearer_token,
     load_token_digests,
 )
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import ServerProcess
+from tests.support.waiting import wait_until
 
 FILE_TOKENS = ["file-token-0123456789abcdef", "rotating-token-0123456789ab"]
 ENV_TOKEN = "env-token-fedcba9876543210"
@@ -188,10 +188,12 @@ def test_tokens_required_health_open_rotation_and_never_logged(
 
             token_file.write_text(f"{FILE_TOKENS[1]}\n{NEW_TOKEN}\n")  # rotate: drop the first
             server.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 20
-            while _calls(channel, NEW_TOKEN)["Predict"] != grpc.StatusCode.OK:
-                assert time.monotonic() < deadline, "new token not accepted after SIGHUP"
-                time.sleep(0.05)
+            wait_until(
+                lambda: _calls(channel, NEW_TOKEN)["Predict"] == grpc.StatusCode.OK,
+                "the new token accepted after SIGHUP",
+                20,
+                interval_s=0.05,
+            )
             assert _calls(channel, FILE_TOKENS[0])["Predict"] == unauthenticated
             assert _calls(channel, FILE_TOKENS[1])["Predict"] == grpc.StatusCode.OK
     finally:

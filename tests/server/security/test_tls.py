@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from certificates import Pki, make_pki
-from model_builder import NUM_FEATURES, ModelFiles
-from server_process import ServerProcess
 
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.security.tls import TlsConfigError, server_credentials
+from tests.support.certificates import Pki, make_pki
+from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.server_process import ServerProcess
 
 FEATURES = np.linspace(-1, 1, NUM_FEATURES, dtype=np.float32)
 

@@ -21,8 +21,8 @@ import pytest
 from bnserve.training.rundir import load_run
 from bnserve.training.tune.cli import main
 from bnserve.training.tune.store import FILENAME, TrialStore
-
-from .processes import alive
+from tests.support.processes import alive
+from tests.support.waiting import wait_until
 
 BNSERVE = str(Path(sys.executable).parent / "bnserve")
 # Real training on digits at about a second a trial: long enough to be killed in the middle.
@@ -196,10 +196,12 @@ def test_random_worker_kills_never_hang_or_lose_a_tune(tmp_path, start_tune):
 def test_ctrl_c_exits_130_and_leaves_running_trials_for_resume(tmp_path, start_tune):
     out = tmp_path / "tune"
     tune = start_tune("--out", str(out), "--workers", "2", *SLOW_TRIALS)
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not any(r.state == "running" for r in _states(out).values()):
-        assert time.monotonic() < deadline and tune.poll() is None, "no trial started"
-        time.sleep(0.02)
+
+    def trial_started() -> bool:
+        assert tune.poll() is None, "no trial started"
+        return any(r.state == "running" for r in _states(out).values())
+
+    wait_until(trial_started, "a trial started", DEADLINE_SECONDS, interval_s=0.02)
     tune.send_signal(signal.SIGINT)
     _, stderr = tune.communicate(timeout=DEADLINE_SECONDS)
     assert tune.returncode == 130

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from bnserve.training.tune.executors import LocalExecutor, check_ray_address
 from bnserve.training.tune.runner import run_tune
 from bnserve.training.tune.settings import TuneSettings
 from bnserve.training.tune.trials import TrialOutcome, TrialRequest
-
-from .processes import alive
+from tests.support.processes import alive
+from tests.support.waiting import wait_until
 
 SYNTHETIC = {
     "fixed": {"epochs": 5},
@@ -108,13 +107,6 @@ def _endless_request(trial, tmp_path):
     return TrialRequest(trial=trial, config=config, run_dir=str(tmp_path), objective="synthetic")
 
 
-def _wait_for(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.01)
-
-
 def _close_within(executor, timeout=60.0, **kwargs):
     """close() in a thread, so a hang fails the test instead of stalling the suite."""
     closer = threading.Thread(target=executor.close, kwargs=kwargs)
@@ -128,10 +120,20 @@ def test_a_killed_worker_fails_only_its_own_trial_and_is_replaced(tmp_path):
     executor = LocalExecutor(2)
     try:
         doomed = executor.submit(_endless_request(0, tmp_path).to_json())
-        _wait_for(lambda: len(executor.worker_pids()) == 1, "the first worker")
+        wait_until(
+            lambda: len(executor.worker_pids()) == 1,
+            "the first worker",
+            timeout_s=60.0,
+            interval_s=0.01,
+        )
         (first_pid,) = executor.worker_pids()
         survivor = executor.submit(_endless_request(1, tmp_path).to_json())
-        _wait_for(lambda: len(executor.worker_pids()) == 2, "the second worker")
+        wait_until(
+            lambda: len(executor.worker_pids()) == 2,
+            "the second worker",
+            timeout_s=60.0,
+            interval_s=0.01,
+        )
 
         os.kill(first_pid, signal.SIGKILL)
         with pytest.raises(WorkerLost, match=rf"worker process {first_pid} ended \(exit code -9\)"):
@@ -168,7 +170,9 @@ def test_close_without_waiting_stops_running_trials_at_once(tmp_path):
     executor = LocalExecutor(1)
     running = executor.submit(_endless_request(0, tmp_path).to_json())
     queued = executor.submit(_endless_request(1, tmp_path).to_json())
-    _wait_for(lambda: len(executor.worker_pids()) == 1, "the worker")
+    wait_until(
+        lambda: len(executor.worker_pids()) == 1, "the worker", timeout_s=60.0, interval_s=0.01
+    )
     pids = executor.worker_pids()
     _close_within(executor, wait=False)
     for future in (running, queued):

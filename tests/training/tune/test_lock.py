@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,9 @@ import pytest
 from bnserve.training.tune.errors import TuneLocked
 from bnserve.training.tune.lock import LOCK_NAME, TuneLock
 from bnserve.training.tune.store import FILENAME
+from tests.support.processes import alive
+from tests.support.waiting import wait_until
 
-from .processes import alive
 from .test_cli import BNSERVE, DEADLINE_SECONDS, SLOW_TRIALS, _spawned_workers, _states
 
 # Trials of a few seconds each: the first tune is still mid-way while the second ones are refused.
@@ -77,10 +77,12 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not any(r.state == "running" for r in _states(out).values()):
-            assert time.monotonic() < deadline and first.poll() is None, "the tune never started"
-            time.sleep(0.02)
+
+        def started() -> bool:
+            assert first.poll() is None, "the tune never started"
+            return any(r.state == "running" for r in _states(out).values())
+
+        wait_until(started, "the tune started", DEADLINE_SECONDS, interval_s=0.02)
         before = _states(out)
         for args in (["--resume"], LONG_TRIALS):  # resumed, or started again over it
             second = subprocess.run(
@@ -105,9 +107,12 @@ def test_two_tunes_on_one_directory(tmp_path: Path) -> None:
             first.kill()
         first.wait()
         first.stderr.close()
-    while any(alive(pid) for pid in workers):
-        assert time.monotonic() < deadline, "the killed tune's workers outlived it"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not any(alive(pid) for pid in workers),
+        "the killed tune's workers gone",
+        DEADLINE_SECONDS,
+        interval_s=0.05,
+    )
     resumed = subprocess.run(
         [BNSERVE, "tune", "--out", str(out), "--resume", "--no-progress", "--no-plots"],
         capture_output=True,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from bnserve.export.drift_cli import main
 from bnserve.export.exporter import ExportSettings, export_run
+from bnserve.server.drift.cli import main
 from bnserve.training.rundir import load_run
 
 
@@ -202,3 +204,18 @@ def test_a_semicolon_file_gets_the_delimiter_hint_then_reads_with_it(
     )
     code, out, _ = _run(capsys, semicolons, "--model", path, "--no-png", "--delimiter", ";")
     assert code != 2 and out.startswith(f"{semicolons}: 50 rows against")
+
+
+def test_the_command_imports_nothing_the_serving_image_lacks() -> None:
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bnserve.server.drift.cli; print(' '.join(sys.modules))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    heavy = ("bnserve.training", "bnserve.export", "pyarrow", "matplotlib", "onnx.")
+    assert not [name for name in loaded if name.startswith(heavy) or name == "onnx"]

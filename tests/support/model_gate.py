@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,11 +31,3 @@ class ModelGate:
 
     def release(self) -> None:
         self._open.set()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Poll condition every 5 ms; fail naming `what` if it is not true within timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout_s} s"
-        time.sleep(0.005)

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from server_process import free_port
-
 from bnserve.server.app import Extras, Server
 from bnserve.server.models.repository import READY
 from bnserve.server.models.versions import resolve_sources
 from bnserve.server.settings import ServerSettings
+from tests.support.server_process import free_port
 
 
 def start_server(

@@ -4,6 +4,9 @@ distribution, offline, with the server's own statistics (server/drift/monitor.py
 Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
 shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
 is, 2 for bad input), so a pipeline can gate on it.
+
+It imports neither training nor export (the serving image carries it); pyarrow and matplotlib,
+which that image lacks, are imported only when a Parquet file or a PNG asks for them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bnserve.atomic import write_bytes
+from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -29,8 +34,6 @@ from bnserve.server.drift.monitor import (
 )
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
-from bnserve.training.data.header_hints import delimiter_hint, parse_delimiter
-from bnserve.training.rundir import write_bytes
 
 DEFAULTS = DriftSettings()
 CHUNK = 4096  # rows scored per onnxruntime run

@@ -8,13 +8,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "scripts" / "demo.py"
@@ -44,20 +45,20 @@ def wait_until_serving(
     target: str, server: subprocess.Popen[bytes], log_path: Path, deadline_s: float
 ) -> None:
     """Poll grpc.health.v1 until SERVING; fail with the server's log if it exits or times out."""
-    deadline = time.monotonic() + deadline_s
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
+
+        def serving() -> bool:
             if server.poll() is not None:
                 pytest.fail(f"server exited ({server.returncode}):\n{log_path.read_text()}")
             try:
                 response = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass  # not listening yet
-            time.sleep(0.05)
-    pytest.fail(f"server not SERVING within {deadline_s} s:\n{log_path.read_text()}")
+                return False  # not listening yet
+            return response.status == health_pb2.HealthCheckResponse.SERVING
+
+        if not poll(serving, deadline_s, interval_s=0.05):
+            pytest.fail(f"server not SERVING within {deadline_s} s:\n{log_path.read_text()}")
 
 
 Instruction = tuple[str, str]  # (KEYWORD, arguments)

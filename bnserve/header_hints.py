@@ -1,9 +1,9 @@
 """What a reader says about a header that does not fit: the delimiter it most likely uses, the
 names closest to one that is not there, and long name lists cut short.
 
-The client (server/clients/predict.py) says the same in the same words; it cannot import this
-package (the serving image carries no training code), so server/clients/header_hints.py is a
-copy, and tests/test_header_hints.py checks that the two agree."""
+Training's readers, the client (server/clients/predict.py) and `bnserve drift` say it in the same
+words: a module of the `bnserve` package itself, below training and server, so it imports only
+the standard library (the serving image carries it, and no training code)."""
 
 from __future__ import annotations
 

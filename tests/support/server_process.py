@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import onnx
-from model_builder import MlpWeights, build_model
 
 from bnserve.server.settings import ServerSettings
+from tests.support.model_builder import MlpWeights, build_model
 
 READY_PATTERN = r"serving on port (\d+), ready"
 
