@@ -1,7 +1,7 @@
 """Write the README's example files into the current directory (or --dir).
 
 digits.csv    the built-in digits with a header: pixel_0_0, …, pixel_7_7, digit
-bad.csv       its first 5 rows, line 3's pixel_0_2 replaced by "x" (an error to be refused)
+bad.csv       its first 200 rows, line 3's pixel_0_2 replaced by "x" (a typo to be refused)
 heldout.csv   with --run RUN_DIR: that run's held-out rows (heldout.npz), same header
 
 .venv/bin/python scripts/example_files.py [--run runs/digits] [--dir .]
@@ -19,6 +19,7 @@ from bnserve.training.data.loading import DIGITS_TARGET, load_dataset
 from bnserve.training.rundir import load_run
 
 BAD_LINE, BAD_COLUMN = 3, 2  # line 3 of the file (the second data row), third column
+BAD_ROWS = 200  # enough rows that one text cell among numbers reads as a typo, not a text column
 
 
 def _write(path: Path, names: list[str], x: np.ndarray, labels: list[str]) -> None:
@@ -40,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     classes = digits.class_names or []
     labels = [classes[index] for index in digits.y]
     _write(args.dir / "digits.csv", digits.feature_names, np.asarray(digits.x), labels)
-    lines = (args.dir / "digits.csv").read_text().splitlines()[:6]
+    lines = (args.dir / "digits.csv").read_text().splitlines()[: BAD_ROWS + 1]
     cells = lines[BAD_LINE - 1].split(",")
     cells[BAD_COLUMN] = "x"
     lines[BAD_LINE - 1] = ",".join(cells)
     (args.dir / "bad.csv").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.dir / 'bad.csv'} (5 rows; line {BAD_LINE}, column {BAD_COLUMN + 1}: x)")
+    where = f"line {BAD_LINE}, column {BAD_COLUMN + 1}: x"
+    print(f"wrote {args.dir / 'bad.csv'} ({BAD_ROWS} rows; {where})")
     if args.run is not None:
         run = load_run(args.run)
         names = run.meta["feature_names"]

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import select
-import signal
-import socket
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from bnserve.flags import add_field_flag, field_types, shown_default
@@ -18,6 +13,7 @@ from bnserve.server.grpc.core_logs import relay_core_logs
 from bnserve.server.observability.logs import configure_logging
 from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
 from bnserve.server.process.placement import current_core, pin_process, plan_placement
+from bnserve.server.process.signals import SignalFlags
 from bnserve.server.process.supervisor import Supervisor, WorkerLink
 from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
@@ -222,61 +218,3 @@ def _serve_until_stopped(server: Server, operations: Operations, signals: Signal
     log.info("stopping: health NOT_SERVING, in-flight calls get %.1f s", settings.grace_s)
     server.stop()
     operations.stop()
-
-
-class SignalFlags:
-    """SIGINT/SIGTERM ask to stop, SIGHUP to reload. The handlers only count; the main loop
-    sleeps in select() on a self-pipe that Python's C-level handler writes to (set_wakeup_fd),
-    so no lock is ever taken inside a handler: an Event.set() there deadlocks when the signal
-    lands while the main thread is inside that Event's own wait()."""
-
-    def __init__(self) -> None:
-        self._stops = 0  # stop signals received
-        self._reloads = 0  # reload signals not yet acted on
-        self._reader, self._writer = socket.socketpair()
-        for end in (self._reader, self._writer):
-            end.setblocking(False)
-        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        for signal_number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signal_number, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
-
-    def _on_stop(self, *_: object) -> None:
-        self._stops += 1
-
-    def _on_reload(self, *_: object) -> None:
-        self._reloads += 1
-
-    def _sleep(self, timeout_s: float | None) -> None:
-        """Until a signal arrives (or timeout_s passes); its Python handler has run on return."""
-        select.select([self._reader], [], [], timeout_s)
-        with contextlib.suppress(BlockingIOError):
-            while self._reader.recv(64):
-                pass
-
-    def wait(self) -> str:
-        """Block until a signal: "stop" or "reload" (stop wins)."""
-        while True:
-            if self._stops:
-                return "stop"
-            if self._reloads:
-                self._reloads = 0
-                return "reload"
-            self._sleep(None)
-
-    def poll(self, timeout_s: float) -> tuple[int, bool]:
-        """Sleep until a signal (or timeout_s); (stop signals so far, whether a reload was
-        asked since the last call)."""
-        self._sleep(timeout_s)
-        reload, self._reloads = self._reloads > 0, 0
-        return self._stops, reload
-
-    def wait_for_stop(self, timeout_s: float) -> bool:
-        """After the first stop signal: wait up to timeout_s for a second (True if one came)."""
-        deadline = time.monotonic() + timeout_s
-        while self._stops < 2:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._sleep(remaining)
-        return True

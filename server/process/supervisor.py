@@ -41,7 +41,7 @@ from bnserve.server.process.placement import Placement
 from bnserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from bnserve.server.cli import SignalFlags
+    from bnserve.server.process.signals import SignalFlags
 
 log = logging.getLogger("bnserve.server.process.supervisor")
 

@@ -51,7 +51,7 @@ def test_the_example_files_are_made_by_the_command_it_gives(
         timeout=120,
     )
     assert made.returncode == 0, made.stderr
-    assert "wrote digits.csv (1797 rows)\nwrote bad.csv (5 rows; line 3, column 3: x)\n" in (
+    assert "wrote digits.csv (1797 rows)\nwrote bad.csv (200 rows; line 3, column 3: x)\n" in (
         made.stdout
     )
     digits = load_dataset(str(tmp_path / "digits.csv"), target="digit")
