@@ -47,12 +47,16 @@ def _parser() -> argparse.ArgumentParser:
         "--reference-data",
         type=Path,
         metavar="FILE",
-        help="CSV (with a header) or NPZ of inputs, read as `bnserve train --data` reads them "
-        "(the target column is skipped): the fold is verified on every row. Default: rows drawn "
-        "from the range the model's own input normalization implies",
+        help="CSV (with a header), Parquet or NPZ ('x') of inputs: the fold is verified on every "
+        "row. A file with exactly the model's inputs is taken whole; a target column is skipped "
+        "when --target names it, or when there is one column more than the inputs (the last). "
+        "Default: rows drawn from the range the model's own input normalization implies",
     )
     parser.add_argument(
-        "--target", metavar="COL", help="the reference CSV's target column (default: the last)"
+        "--target",
+        metavar="COL",
+        help="a column of --reference-data to skip (default: the last, only when the file has one "
+        "column more than the model's inputs)",
     )
     parser.add_argument(
         "--task",

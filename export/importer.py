@@ -25,6 +25,7 @@ from bnserve.export.fold import LEAKY_RELU_ALPHA, AffineLayer, FoldedNetwork, fo
 from bnserve.export.graph import build_folded_model
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
 from bnserve.export.onnx_chain import ParsedChain, parse_chain
+from bnserve.export.reference_data import read_reference_data
 from bnserve.export.state_dict import (
     StateDictSpec,
     graph_from_state_dict,
@@ -41,8 +42,6 @@ from bnserve.export.verify import (
 )
 from bnserve.flags import flag_of
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
-from bnserve.training.data.loading import Dataset, load_dataset
-from bnserve.training.errors import DataError
 
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 
@@ -54,7 +53,7 @@ class ImportSettings:
     source: Path  # the foreign .onnx file
     out: Path  # the folded .onnx file to write
     reference_data: Path | None = None  # CSV/NPZ of inputs (training's readers); None: generated
-    target: str | None = None  # the reference file's target column (CSV; default the last)
+    target: str | None = None  # the reference file's target column (export/reference_data.py)
     task: str | None = None  # "classification" reads a graph ending in logits as a classifier
     # a state dict (.pt/.pth) only: what it does not record
     activation: str | None = None  # relu | tanh | sigmoid | leaky_relu
@@ -249,28 +248,8 @@ def _verification_inputs(
                 f"model has no input normalization to say its range), seed {settings.seed}"
             )
         return x.astype(np.float32), how, None
-    data = _read_reference_data(settings)
-    if data.x.shape[1] != features:
-        raise ExportError(
-            f"{settings.reference_data}: {data.x.shape[1]} feature columns besides the target "
-            f"{(data.target_names or [settings.target or 'in the last column'])[0]!r}, but the "
-            f"model takes {features}"
-        )
-    how = f"from {settings.reference_data.name}: {data.x.shape[0]} rows"
-    return np.asarray(data.x, dtype=np.float32), how, list(data.feature_names)
-
-
-def _read_reference_data(settings: ImportSettings) -> Dataset:
-    """The file through training's readers. Its target is not used, so any values pass: read
-    as regression (numbers), else as classes (text)."""
-    source = str(settings.reference_data)
-    try:
-        return load_dataset(source, target=settings.target, task="regression")
-    except DataError:
-        try:
-            return load_dataset(source, target=settings.target, task="classification")
-        except DataError as error:
-            raise ExportError(f"--reference-data: {error}") from None
+    x, names = read_reference_data(settings.reference_data, features, settings.target)
+    return x, f"from {settings.reference_data.name}: {x.shape[0]} rows", names
 
 
 def _original_outputs(

@@ -29,6 +29,7 @@ from bnserve.server.plane.admission import InflightLimiter
 from bnserve.server.plane.dataplane import DataPlane
 from bnserve.server.rest.server import RestOptions, RestTransport
 from bnserve.server.settings import ServerSettings
+from bnserve.server.shutdown import stop_reserve_s
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,13 @@ class Server:
             self.http = RestTransport(
                 settings,
                 self.plane,
-                RestOptions(extras.http_auth, extras.http_tls, extras.observer, extras.reuse_port),
+                RestOptions(
+                    extras.http_auth,
+                    extras.http_tls,
+                    extras.observer,
+                    extras.reuse_port,
+                    extras.metrics,
+                ),
             )
 
     @classmethod
@@ -144,8 +151,9 @@ class Server:
         return self.plane.limiter
 
     @property
-    def pool(self) -> MessageFirstExecutor:
-        """The gRPC server's threads; its `waiting` holds calls not yet read."""
+    def pool(self) -> MessageFirstExecutor | None:
+        """The gRPC server's threads; its `waiting` holds calls not yet read (None: grpcio's
+        own pool, --allow-unpinned-grpcio)."""
         return self.grpc.pool
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -193,7 +201,9 @@ class Server:
         self.plane.drain()
         http_stop = None
         if self.http is not None:
-            http_stop = threading.Thread(target=self.http.stop, args=(grace,), name="http-stop")
+            http_stop = threading.Thread(
+                target=self.http.stop, args=(grace, stop_reserve_s(grace)), name="http-stop"
+            )
             http_stop.start()
         self.grpc.stop(grace)
         if http_stop is not None:

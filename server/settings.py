@@ -121,7 +121,8 @@ class ServerSettings:
     request_timeout_s: float = _setting(
         10.0,
         "A call whose (first) request message has not fully arrived this long after its headers "
-        "is answered DEADLINE_EXCEEDED. Calls hold no thread while their message is on its way.",
+        "is answered DEADLINE_EXCEEDED (HTTP: a body, 408). Calls hold no thread while their "
+        "message is on its way.",
         _above(0),
     )
     stream_idle_timeout_s: float = _setting(
@@ -142,6 +143,48 @@ class ServerSettings:
         "A gRPC client multiplexes all its calls on one connection: keep this well above a "
         "client's concurrency (at 100, 64 concurrent callers saw REFUSED_STREAM).",
         _at_least(1),
+    )
+    allow_unpinned_grpcio: bool = _setting(
+        False,
+        "Start on a grpcio other than the pinned one, without the protection against stalled "
+        "calls (grpcio's own pool gives a thread per call as soon as its headers arrive); logged "
+        "at start, and bnserve_grpc_stall_protection reads 0.",
+    )
+    grpc_max_connection_idle_s: float = _setting(
+        300.0,
+        "A gRPC connection with no call for this long is closed (GOAWAY; grpc.max_connection_"
+        "idle_ms); 0: never.",
+        _at_least(0),
+    )
+    grpc_max_connection_age_s: float = _setting(
+        0.0,
+        "A gRPC connection older than this is closed (GOAWAY, its calls get grace_s to finish; "
+        "grpc.max_connection_age_ms), so clients rebalance across replicas; 0: no limit.",
+        _at_least(0),
+    )
+    grpc_fd_reserve: int = _setting(
+        256,
+        "File descriptors HTTP may never take: the HTTP connection cap is lowered so that this "
+        "many of the process's file limit stay free for gRPC connections and models.",
+        _at_least(0),
+    )
+    http_max_connections: int = _setting(
+        1000,
+        "HTTP connections open at once; a new one past it evicts the oldest that is idle or "
+        "still sending its request head (all busy: it is answered 503 and closed).",
+        _at_least(1),
+    )
+    http_header_timeout_s: float = _setting(
+        10.0,
+        "An HTTP request head must be complete this long after its first byte, or the "
+        "connection is closed (a slow-loris client holds nothing).",
+        _above(0),
+    )
+    http_keepalive_timeout_s: float = _setting(
+        75.0,
+        "An HTTP connection idle this long after opening or after its last response is closed; "
+        "keep it above the idle timeout of any load balancer in front (AWS ALB: 60 s).",
+        _above(0),
     )
     max_inflight: int = _setting(
         12,

@@ -15,8 +15,7 @@ out of the threads:
   stream that stalls between messages can only take threads from other streams.
 
 It keeps grpcio's sync server and its speed (bench/serve.py); the price is a dependence on
-grpcio internals, pinned in pyproject.toml and checked by `check_grpc_internals` at start-up
-and in tests/server/grpc/test_executor.py.
+grpcio internals, every one of them in server/_compat.py with the version it was checked in.
 """
 
 from __future__ import annotations
@@ -31,37 +30,14 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-from grpc import _server as grpc_server
-from grpc._cython import cygrpc
+from bnserve.server import _compat as compat
+from bnserve.server.shutdown import SHUTDOWN_QUIET_S, SHUTTING_DOWN
 
 log = logging.getLogger(__name__)
 
-_INTERNALS = (
-    "_unary_response_in_pool",
-    "_stream_response_in_pool",
-    "_receive_message",
-    "_RequestIterator",
-    "_RECEIVE_MESSAGE_TOKEN",
-    "_abort",
-    "_is_rpc_state_active",
-    "_CLOSED",
-    "_EMPTY_FLAGS",
-)
-
 _HEALTH = b"/grpc.health.v1.Health/"  # answered even while shutting down
 WATCH_RESOLUTION_S = 0.25  # overdue calls are answered within this of their deadline
-SHUTDOWN_QUIET_S = 1.0  # no new call this long: callers have heard UNAVAILABLE and stopped
-_SHUTTING_DOWN = b"server shutting down; retry (another replica will answer)"
-
-
-def check_grpc_internals() -> None:
-    """Raise RuntimeError unless the grpcio internals this pool relies on are there."""
-    missing = [name for name in _INTERNALS if not hasattr(grpc_server, name)]
-    if missing:
-        raise RuntimeError(
-            "this grpcio lacks the internals bnserve's server pool needs "
-            f"({', '.join(missing)}); install the grpcio version pyproject.toml pins"
-        )
+_SHUTTING_DOWN = SHUTTING_DOWN.encode()
 
 
 @dataclass
@@ -71,7 +47,7 @@ class _WaitingCall:
     deadline: float
     order: int
     state: Any  # grpc._server._RPCState
-    call: Any  # cygrpc.Call
+    call: Any  # grpc's cygrpc.Call
     received: bool = False
 
     @property
@@ -126,7 +102,7 @@ class _WaitingCalls:
             self.dropped["overflow"] += 1
             _answer_without_message(
                 overflow,
-                cygrpc.StatusCode.resource_exhausted,
+                compat.StatusCode.resource_exhausted,
                 f"too many calls waiting for their request message (max_waiting_calls="
                 f"{self.max_waiting}); the oldest was dropped",
             )
@@ -181,9 +157,9 @@ class _WaitingCalls:
                     f"({self._setting}); call dropped"
                 )
                 if self._mid_stream:
-                    entry.call.cancel(cygrpc.StatusCode.deadline_exceeded, details)
+                    entry.call.cancel(compat.StatusCode.deadline_exceeded, details)
                 else:
-                    _answer_without_message(entry, cygrpc.StatusCode.deadline_exceeded, details)
+                    _answer_without_message(entry, compat.StatusCode.deadline_exceeded, details)
 
     def close(self) -> None:
         with self._lock:
@@ -192,12 +168,19 @@ class _WaitingCalls:
         self._watchdog.join(timeout=5)
 
 
+def _refuse(state: Any, call: Any) -> None:
+    """Answer a call whose message is in UNAVAILABLE: the server is shutting down."""
+    with state.condition:
+        if compat.is_active(state):
+            compat.abort(state, call, compat.StatusCode.unavailable, _SHUTTING_DOWN)
+
+
 def _answer_without_message(waiting: _WaitingCall, code: Any, details: str) -> None:
     """End a call that is still waiting for its message with a status (and nothing else)."""
     state = waiting.state
     with state.condition:
-        if grpc_server._is_rpc_state_active(state):
-            grpc_server._abort(state, waiting.call, code, details.encode())
+        if compat.is_active(state):
+            compat.abort(state, waiting.call, code, details.encode())
     log.debug("call dropped before its message: %s", details)
 
 
@@ -242,36 +225,38 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         max_waiting: int,
         stream_idle_timeout_s: float = 0.0,
     ) -> None:
-        check_grpc_internals()
+        compat.check_grpc_internals()
         super().__init__(max_workers=workers, thread_name_prefix="grpc")
         self._streams = futures.ThreadPoolExecutor(
             max_workers=stream_workers, thread_name_prefix="grpc-stream"
         )
         self.waiting = _WaitingCalls(request_timeout_s, max_waiting)
+        self.stock_path = compat.StockPathCounter()  # calls not of the checked shape
         # Streams between messages: at most stream_workers of them wait, so no overflow bound.
         self.idle_streams = (
             _WaitingCalls(stream_idle_timeout_s, 1 << 30, "stream_idle_timeout_s", True)
             if stream_idle_timeout_s > 0
             else None
         )
-        self._refusing = False  # shutting down: new calls are answered UNAVAILABLE
+        self._refusing = False  # shutting down: new calls are held, then answered UNAVAILABLE
+        self._held: list[tuple[Any, Any]] = []  # (state, call) refused, not yet answered
+        self._holding = True  # False once release_held_calls ran: refuse at once from then on
         self._unary_calls = 0  # unary-request calls accepted and not yet finished
         self._last_arrival = 0.0  # monotonic time the last call arrived
         self._unary_done = threading.Condition()
 
     def refuse_new_calls(self) -> None:
-        """From now on answer every new call but health checks UNAVAILABLE (retryable), so a
-        call is either answered in full or refused explicitly, never cut off (CANCELLED)."""
+        """From now on every new call but health checks is refused with UNAVAILABLE (retryable),
+        never cut off (CANCELLED): held unanswered until `release_held_calls`, which runs once
+        grpc's stop has sent its GOAWAY (server/shutdown.py says why)."""
+        self._last_arrival = time.monotonic()  # the quiet is counted from now
         self._refusing = True
 
     def wait_until_quiet(self, timeout_s: float, quiet_s: float = SHUTDOWN_QUIET_S) -> bool:
         """After `refuse_new_calls`: block until every accepted unary-request call has finished
         and no call has come for quiet_s (True), or timeout_s passes (False); an idle server
-        returns at once.
-
-        grpc's stop() cancels the calls that reach it once it has begun (clients see CANCELLED,
-        which retry policies do not retry), so it must start only once callers have been told
-        UNAVAILABLE and have stopped calling; quiet_s is how long "stopped" has to last."""
+        returns at once. Callers whose calls are held send no more, so the quiet comes as soon
+        as the accepted calls are done and their callers' next calls are held."""
         deadline = time.monotonic() + timeout_s
         with self._unary_done:
             while True:
@@ -282,6 +267,23 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                 if now >= deadline:
                     return False
                 self._unary_done.wait(min(deadline, max(quiet_until, now + 0.01)) - now)
+
+    def release_held_calls(self) -> int:
+        """Answer every held call UNAVAILABLE (once grpc's stop has begun), and refuse later
+        ones at once; returns how many were held."""
+        with self._unary_done:
+            held, self._held, self._holding = self._held, [], False
+        for state, call in held:
+            _refuse(state, call)
+        return len(held)
+
+    def _hold(self, state: Any, call: Any) -> bool:
+        """Keep a refused call unanswered until release (False: answer it now instead)."""
+        with self._unary_done:
+            if self._holding and len(self._held) < self.waiting.max_waiting:
+                self._held.append((state, call))
+                return True
+        return False
 
     def _unary_call_finished(self, _: futures.Future[Any]) -> None:
         with self._unary_done:
@@ -294,20 +296,16 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
-        # grpc submits state.context.run(runner, rpc_event, state, behavior, argument_thunk,
-        # request_deserializer, response_serializer); anything else runs as usual.
-        runner = args[0] if args else None
-        if kwargs or len(args) != 7 or runner not in _RUNNERS:
+        pool_call = compat.parse_pool_call(args, kwargs)
+        if pool_call is None:  # not the shape checked: grpcio's stock path, counted
+            self.stock_path.add(args, kwargs)
             return super().submit(fn, *args, **kwargs)
-        _, rpc_event, state, behavior, argument_thunk, deserializer, serializer = args
-        requests = argument_thunk() if argument_thunk.__name__ == "<lambda>" else None
-        if requests is not None and not isinstance(requests, grpc_server._RequestIterator):
-            return super().submit(fn, *args, **kwargs)
+        state, call, requests = pool_call.state, pool_call.call, pool_call.requests
         outcome: futures.Future[Any] = futures.Future()
         outcome.set_running_or_notify_cancel()
         # Shutting down: refused once the message is in (a call refused before its request is
         # read reaches the client as CANCELLED, not as the UNAVAILABLE it was sent).
-        health = rpc_event.call_details.method.startswith(_HEALTH)  # probes never hold a stop
+        health = pool_call.method.startswith(_HEALTH)  # probes never hold a stop
         refused = self._refusing and not health
         if not health:
             self._last_arrival = time.monotonic()
@@ -315,42 +313,40 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             with self._unary_done:
                 self._unary_calls += 1
             outcome.add_done_callback(self._unary_call_finished)
-        waiting = self.waiting.add(state, rpc_event.call)
+        waiting = self.waiting.add(state, call)
 
         def run(argument: Any) -> None:
             # Streams on their own pool; unary calls on this one's threads (its own submit).
             submit = self._streams.submit if requests is not None else self._submit_here
-            started = submit(
-                fn, runner, rpc_event, state, behavior, lambda: argument, deserializer, serializer
-            )
+            started = submit(fn, *pool_call.arguments(argument))
             started.add_done_callback(lambda done: _copy_outcome(done, outcome))
 
-        def on_message(event: Any) -> Any:
-            finished = receive(event)  # sets state.request, or marks the client closed
+        def on_message(receive: Callable[[Any], Any], event: Any) -> Any:
+            finished = receive(event)  # sets the state's request, or marks the client closed
             self.waiting.received(waiting)
             with state.condition:
-                request, state.request = state.request, None
-                active = grpc_server._is_rpc_state_active(state)
+                request = compat.take_request(state)
+                active = compat.is_active(state)
                 if active and request is None and requests is None:
-                    if state.client is grpc_server._CLOSED:
-                        method = rpc_event.call_details.method.decode(errors="replace")
-                        grpc_server._abort(
+                    if compat.client_closed(state):
+                        method = pool_call.method.decode(errors="replace")
+                        compat.abort(
                             state,
-                            rpc_event.call,
-                            cygrpc.StatusCode.unimplemented,
+                            call,
+                            compat.StatusCode.unimplemented,
                             f'"{method}" requires exactly one request message.'.encode(),
                         )
                     active = False
-                if active and refused:
-                    grpc_server._abort(
-                        state, rpc_event.call, cygrpc.StatusCode.unavailable, _SHUTTING_DOWN
-                    )
+                hold = active and refused
+                if hold:
                     active = False
+            if hold and not self._hold(state, call):
+                _refuse(state, call)
             if not active:
                 outcome.set_result(None)
             elif requests is not None:
                 run(
-                    _StreamRequests(request, requests, self.idle_streams, state, rpc_event.call)
+                    _StreamRequests(request, requests, self.idle_streams, state, call)
                     if request is not None
                     else requests
                 )
@@ -358,12 +354,7 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
                 run(request)
             return finished
 
-        receive = grpc_server._receive_message(state, rpc_event.call, deserializer)
-        with state.condition:
-            rpc_event.call.start_server_batch(
-                (cygrpc.ReceiveMessageOperation(grpc_server._EMPTY_FLAGS),), on_message
-            )
-            state.due.add(grpc_server._RECEIVE_MESSAGE_TOKEN)
+        compat.start_receive(state, call, pool_call.deserializer, on_message)
         return outcome
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -372,9 +363,6 @@ class MessageFirstExecutor(futures.ThreadPoolExecutor):
             self.idle_streams.close()
         self._streams.shutdown(wait=wait, cancel_futures=cancel_futures)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-_RUNNERS = (grpc_server._unary_response_in_pool, grpc_server._stream_response_in_pool)
 
 
 def _copy_outcome(done: futures.Future[Any], outcome: futures.Future[Any]) -> None:

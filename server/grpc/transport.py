@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bnserve.server._compat import grpc_internals_problem
 from bnserve.server.grpc.executor import MessageFirstExecutor
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
@@ -28,6 +29,7 @@ from bnserve.server.observability.calls import CallObserver
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.plane.dataplane import DataPlane
 from bnserve.server.settings import ServerSettings
+from bnserve.server.shutdown import stop_reserve_s
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,47 @@ class GrpcOptions:
     reuse_port: bool = False
 
 
+def _server_options(settings: ServerSettings, reuse_port: bool) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # A second server on the same port must fail, not share (a supervisor's children
+        # share it: the supervisor's own reservation keeps everyone else out).
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+    ]
+    if settings.grpc_max_connection_idle_s:
+        idle_ms = int(settings.grpc_max_connection_idle_s * 1000)
+        options.append(("grpc.max_connection_idle_ms", idle_ms))
+    if settings.grpc_max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
+        ]
+    return options
+
+
+def _pool(settings: ServerSettings) -> MessageFirstExecutor | None:
+    """The stall-protected pool, or None for grpcio's own (--allow-unpinned-grpcio on a grpcio it
+    was not checked against). Raises UnpinnedGrpcio (a ValueError) otherwise."""
+    problem = grpc_internals_problem()
+    if problem is not None and settings.allow_unpinned_grpcio:
+        log.warning(
+            "%s: serving WITHOUT the protection against stalled calls (--allow-unpinned-grpcio); "
+            "a client that opens `workers` calls and never sends their message holds every "
+            "thread. bnserve_grpc_stall_protection reads 0",
+            problem,
+        )
+        return None
+    return MessageFirstExecutor(
+        settings.workers,
+        settings.stream_workers,
+        settings.request_timeout_s,
+        settings.max_waiting_calls,
+        settings.stream_idle_timeout_s,
+    )
+
+
 class GrpcTransport:
     """Built around a data plane with every service; `bind` takes the port, `start` answers,
     `drain` turns readiness off, `stop(grace_s)` refuses new calls and finishes the rest."""
@@ -70,29 +113,20 @@ class GrpcTransport:
         self._plane = plane
         self._credentials = options.credentials
         # The server's threads; its `waiting` holds calls whose message has not arrived.
-        self.pool = MessageFirstExecutor(
-            settings.workers,
-            settings.stream_workers,
-            settings.request_timeout_s,
-            settings.max_waiting_calls,
-            settings.stream_idle_timeout_s,
-        )
+        self.pool = _pool(settings)
         if options.metrics is not None:
-            options.metrics.watch_waiting_calls(self.pool.waiting)
+            if self.pool is not None:
+                options.metrics.watch_waiting_calls(self.pool.waiting)
+            options.metrics.watch_stall_protection(
+                self.pool.stock_path if self.pool is not None else None
+            )
         interceptors = list(options.interceptors)
         if options.observer is not None:  # outermost: calls refused by auth are observed too
             interceptors.insert(0, ObservabilityInterceptor(options.observer))
         self._server = grpc.server(
-            self.pool,
+            self.pool if self.pool is not None else futures.ThreadPoolExecutor(settings.workers),
             interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                # A second server on the same port must fail, not share (a supervisor's children
-                # share it: the supervisor's own reservation keeps everyone else out).
-                ("grpc.so_reuseport", int(options.reuse_port)),
-                ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
-            ],
+            options=_server_options(settings, options.reuse_port),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         self._health = self._add_services()
@@ -162,16 +196,22 @@ class GrpcTransport:
         self.update_health()
 
     def stop(self, grace_s: float) -> None:
-        """Health NOT_SERVING for good, refuse new calls, give in-flight ones grace_s."""
+        """Health NOT_SERVING for good, refuse new calls, give in-flight ones grace_s: new
+        calls are held while the accepted ones finish, grpc's stop sends GOAWAY, then the held
+        calls are answered UNAVAILABLE (server/shutdown.py), so grpc's stop never has to cancel
+        one; streams get what is left of the grace."""
         if self._health is not None:
             self._health.enter_graceful_shutdown()
-        started = time.monotonic()
-        # Refuse new calls with UNAVAILABLE ourselves until the accepted unary calls are done
-        # and callers have gone quiet (`wait_until_quiet` says why); streams then get what is
-        # left of the grace.
-        self.pool.refuse_new_calls()
-        self.pool.wait_until_quiet(grace_s)
-        self._server.stop(max(0.0, grace_s - (time.monotonic() - started))).wait()
+        deadline = time.monotonic() + grace_s
+        if self.pool is not None:
+            self.pool.refuse_new_calls()
+            self.pool.wait_until_quiet(max(0.0, grace_s - stop_reserve_s(grace_s)))
+        stopped = self._server.stop(max(0.0, deadline - time.monotonic()))
+        if self.pool is not None:  # grpc's GOAWAY is out: callers' retries go elsewhere
+            held = self.pool.release_held_calls()
+            if held:
+                log.info("shutdown: %d call(s) held during the drain answered UNAVAILABLE", held)
+        stopped.wait()
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
         """Block until the server stops (True) or timeout_s passes (False)."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bnserve.server._compat import session_run
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -119,8 +120,7 @@ class Model:
         # and _check_signature verified the session takes exactly x. io binding with
         # preallocated outputs and run_with_ort_values measured slower (they must copy out).
         self._run_options = ort.RunOptions()
-        binding: Any = getattr(session, "_sess", None)
-        self._session_run: SessionRun = binding.run if hasattr(binding, "run") else session.run
+        self._session_run: SessionRun = session_run(session)  # server/_compat.py
         self._feature_index = {feature: i for i, feature in enumerate(card.feature_names)}
         self.num_features = card.num_features
         self.is_classification = card.task == "classification"

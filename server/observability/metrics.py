@@ -52,6 +52,24 @@ class WaitingCalls(Protocol):
     def dropped(self) -> Mapping[str, int]: ...
 
 
+class StockPath(Protocol):
+    """Calls that took grpcio's stock path, not the stall-protected one (server/_compat.py)."""
+
+    @property
+    def count(self) -> int: ...
+
+
+class HttpConnections(Protocol):
+    """The HTTP transport's open connections and those it closed, by reason
+    (server/rest/connections.py)."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def closed(self) -> Mapping[str, int]: ...
+
+
 class ServerMetrics:
     """The server's metrics in one registry; `serve(host, port)` exposes them over HTTP."""
 
@@ -126,6 +144,15 @@ class ServerMetrics:
         """Export a server pool's calls waiting for their message (server/grpc/executor.py)."""
         self.registry.register(_WaitingCallsCollector(waiting))
 
+    def watch_stall_protection(self, stock_path: StockPath | None) -> None:
+        """Export whether the stall-protected gRPC pool runs (stock_path None: grpcio's own pool,
+        --allow-unpinned-grpcio) and how many calls took the stock path anyway."""
+        self.registry.register(_StallProtectionCollector(stock_path))
+
+    def watch_http_connections(self, connections: HttpConnections) -> None:
+        """Export the HTTP transport's connections (open now, closed by the server by reason)."""
+        self.registry.register(_HttpConnectionsCollector(connections))
+
     def instrument_predict(self, model_name: str, predict: Predict) -> Predict:
         """predict, recording each run's example count in bnserve_batch_size."""
         batch_size = self.batch_size.labels(model_name)
@@ -191,3 +218,46 @@ class _WaitingCallsCollector:
         for reason, count in self._waiting.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
+
+
+class _StallProtectionCollector:
+    """Reads the gRPC pool's stall protection at scrape time."""
+
+    def __init__(self, stock_path: StockPath | None) -> None:
+        self._stock_path = stock_path
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "bnserve_grpc_stall_protection",
+            "1: a gRPC call gets a thread only once its message is in (server/grpc/executor.py); "
+            "0: grpcio's own pool (--allow-unpinned-grpcio on a grpcio other than the pinned one).",
+            value=0 if self._stock_path is None else 1,
+        )
+        yield CounterMetricFamily(
+            "bnserve_grpc_stock_path_calls",
+            "gRPC calls that took grpcio's stock path because grpc handed them over in a shape "
+            "other than the one checked (server/_compat.py); each went without stall protection.",
+            value=0 if self._stock_path is None else self._stock_path.count,
+        )
+
+
+class _HttpConnectionsCollector:
+    """Reads the HTTP connection registry at scrape time."""
+
+    def __init__(self, connections: HttpConnections) -> None:
+        self._connections = connections
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "bnserve_http_connections", "HTTP connections open.", value=self._connections.count
+        )
+        closed = CounterMetricFamily(
+            "bnserve_http_connections_closed",
+            "HTTP connections the server closed: 'header_timeout' (http_header_timeout_s), "
+            "'evicted' (the oldest idle one, past http_max_connections), 'over_capacity' (a new "
+            "one while every open one was busy).",
+            labels=["reason"],
+        )
+        for reason in ("header_timeout", "evicted", "over_capacity"):
+            closed.add_metric([reason], self._connections.closed.get(reason, 0))
+        yield closed

@@ -81,6 +81,8 @@ UNAUTHENTICATED = Status(grpc.StatusCode.UNAUTHENTICATED, 401)
 NO_ROUTE = Status(grpc.StatusCode.NOT_FOUND, 404)
 METHOD_NOT_ALLOWED = Status(grpc.StatusCode.UNIMPLEMENTED, 405)
 BODY_TOO_LARGE = Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
+BODY_TIMEOUT = Status(grpc.StatusCode.DEADLINE_EXCEEDED, 408)  # body slower than its deadline
+STOPPING = Status(grpc.StatusCode.UNAVAILABLE, 503)  # a call refused while the server stops
 
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 

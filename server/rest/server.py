@@ -12,7 +12,9 @@ While idle the loop sleeps in epoll and takes nothing from the gRPC threads.
 Errors are {"error": "..."} with the status server/plane/errors.py's table gives each domain
 error (400 bad input, 404 unknown model or version, 429 overloaded, 503 not ready, 504 timeout,
 …) and the HTTP-only ones it lists (401 no valid token, 404 unknown path, 405 wrong method, 413
-body too large); 500 only for a server fault. Every call goes through the call observer
+body too large, 408 body too slow); 500 only for a server fault. While the server stops, new
+calls are held, then answered 503 (server/shutdown.py); connections are bounded in time and
+number (server/rest/connections.py). Every call goes through the call observer
 (server/observability/calls.py): metrics, access log and trace span, as over gRPC.
 """
 
@@ -36,6 +38,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from bnserve.server.observability.calls import CallObserver
+from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.observability.tracing import scored_at
 from bnserve.server.plane.dataplane import (
     EXTENSIONS,
@@ -45,6 +48,7 @@ from bnserve.server.plane.dataplane import (
     DataPlane,
 )
 from bnserve.server.plane.errors import (
+    BODY_TIMEOUT,
     BODY_TOO_LARGE,
     INTERNAL,
     INTERNAL_MESSAGE,
@@ -52,6 +56,7 @@ from bnserve.server.plane.errors import (
     NO_ROUTE,
     OK,
     STATUS_BY_ERROR,
+    STOPPING,
     UNAUTHENTICATED,
     InvalidInput,
     ModelNotReady,
@@ -60,7 +65,10 @@ from bnserve.server.plane.errors import (
     status_for,
 )
 from bnserve.server.rest import codec
+from bnserve.server.rest.connections import Connections, Listener, connection_cap
+from bnserve.server.rest.drain import Drain
 from bnserve.server.settings import ServerSettings
+from bnserve.server.shutdown import RETRY_AFTER_S, SHUTTING_DOWN
 from bnserve.server.version import installed_version
 
 log = logging.getLogger(__name__)
@@ -113,6 +121,11 @@ class RestOptions:
     tls: ssl.SSLContext | None = None
     observer: CallObserver | None = None
     reuse_port: bool = False
+    metrics: ServerMetrics | None = None  # for the connection gauges
+
+
+class BodyTimeout(Exception):
+    """A request body did not arrive within its deadline."""
 
 
 class _HttpCall:
@@ -175,6 +188,17 @@ class RestTransport:
             max_workers=settings.max_inflight, thread_name_prefix="http"
         )
         self._max_body_bytes = settings.max_message_bytes
+        self._grace_s = settings.grace_s  # aiohttp's shutdown_timeout: in-flight's last wait
+        self._keepalive_timeout_s = settings.http_keepalive_timeout_s
+        self._body_timeout_s = settings.request_timeout_s
+        self._drain = Drain()
+        self.connections = Connections(
+            connection_cap(settings.http_max_connections, settings.grpc_fd_reserve),
+            settings.http_header_timeout_s,
+        )
+        if options.metrics is not None:
+            options.metrics.watch_http_connections(self.connections)
+        self._listener: Listener | None = None
         self._app = web.Application(client_max_size=self._max_body_bytes)
         self._add_routes(self._app.router)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,11 +228,23 @@ class RestTransport:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-            loop.run_until_complete(self._runner.setup())
-            assert self._socket is not None, "bind() before start()"
-            site = web.SockSite(self._runner, self._socket, ssl_context=self._tls)
-            loop.run_until_complete(site.start())
+            runner = self._runner = web.AppRunner(
+                self._app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=self._grace_s,
+                keepalive_timeout=self._keepalive_timeout_s,
+            )
+            loop.run_until_complete(runner.setup())
+            sock, protocols = self._socket, runner.server  # aiohttp's protocol factory
+            assert sock is not None and protocols is not None, "bind() before start()"
+
+            # Our own listener (not a SockSite): each connection is counted from its accept
+            # and goes through the registry (server/rest/connections.py) on its way to aiohttp.
+            async def listen() -> Listener:
+                return Listener(sock, self.connections, protocols, self._tls)
+
+            self._listener = loop.run_until_complete(listen())
         except BaseException as error:  # reported to start()
             self._start_error = error
             self._started.set()
@@ -220,18 +256,30 @@ class RestTransport:
     def drain(self) -> None:
         """Nothing of its own: /v2/health/ready reads the data plane, which drains first."""
 
-    def stop(self, grace_s: float) -> None:
-        """Refuse new connections, give in-flight calls grace_s seconds, then close."""
+    def stop(self, grace_s: float, reserve_s: float = 0.0) -> None:
+        """Drain, then close (server/shutdown.py): new requests are held (unanswered) while the
+        in-flight ones finish and their clients' next requests are held too, at most grace_s -
+        reserve_s; then the listening socket closes, the held requests are answered 503 with
+        Retry-After and Connection: close (a retry meets a closed port: refused, never lost),
+        and in-flight calls get what is left of the grace."""
         loop, runner = self._loop, self._runner
         if loop is None or runner is None or self._thread is None:
             self._close_socket()
             return
+        drain = self._drain
 
         async def shut_down() -> None:
             try:
-                # AppRunner(shutdown_timeout=) set late: grace is known only now.
-                runner._shutdown_timeout = grace_s
-                await runner.cleanup()
+                drain.begin()
+                await drain.wait_until_quiet(max(0.0, grace_s - reserve_s))
+                if self._listener is not None:
+                    self._listener.close()  # new connections refused from now on
+                held = drain.release()
+                if held:
+                    log.info(
+                        "HTTP shutdown: %d request(s) held during the drain answered 503", held
+                    )
+                await runner.cleanup()  # idle keep-alive connections close; in-flight finish
             finally:
                 loop.stop()
 
@@ -300,8 +348,27 @@ class RestTransport:
         max_body_bytes = self._max_body_bytes
         method = "HTTP " + path  # the metrics' method label and the span's name
         open_path = path in OPEN_PATHS
+        drain, connections = self._drain, self.connections
+        body_timeout_s = self._body_timeout_s
 
         async def answer(request: web.Request) -> web.Response:
+            """Refused while the server stops; else checked, with the connection's state."""
+            if drain.draining and await drain.hold(open_path):
+                response = _error(STOPPING, SHUTTING_DOWN, **{"Retry-After": str(RETRY_AFTER_S)})
+                response.force_close()  # Connection: close
+                return response
+            drain.entered()
+            connections.request_started(request.transport)
+            try:
+                response = await checked(request)
+            finally:
+                drain.left()
+                connections.request_finished(request.transport)
+            if drain.draining:
+                response.force_close()  # the client's next call goes elsewhere
+            return response
+
+        async def checked(request: web.Request) -> web.Response:
             if accepts is not None and not open_path and not accepts(_bearer(request)):
                 return _error(UNAUTHENTICATED, DENIED, **{"WWW-Authenticate": "Bearer"})
             try:
@@ -310,6 +377,13 @@ class RestTransport:
                 status = status_for(error)
                 extra = {"Retry-After": "1"} if status.http == 429 else {}
                 return _error(status, str(error), **extra)
+            except BodyTimeout:
+                response = _error(
+                    BODY_TIMEOUT,
+                    f"request body not received within {body_timeout_s:g} s (--request-timeout-s)",
+                )
+                response.force_close()
+                return response
             except web.HTTPRequestEntityTooLarge:
                 return _error(
                     BODY_TOO_LARGE,
@@ -395,7 +469,7 @@ class RestTransport:
         return _json(codec.model_statistics(self._plane.statistics()))
 
     async def _repository_index(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._read_body(request)
         ready_only = False
         if body.strip():
             try:
@@ -427,7 +501,7 @@ class RestTransport:
         if call is not None:
             call.asked = name
         servable = self._plane.find(name, version)
-        body = await request.read()
+        body = await self._read_body(request)
         decoded = codec.InferRequest(body, request.headers.get(codec.HEADER_LENGTH))
         if call is not None:
             call.id = str(decoded.id)
@@ -452,6 +526,20 @@ class RestTransport:
             )
         response[STATUS] = OK
         return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, within the body deadline of the handler's start (else BodyTimeout);
+        InvalidInput when it ends early or its framing is broken (the client went away, or
+        sent a bad chunk): no traceback, the answer is a 400 that may never be read."""
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise BodyTimeout from None
+        except (ConnectionError, web.RequestPayloadError) as error:
+            raise InvalidInput(
+                f"the request body ended before its Content-Length or is malformed ({error})"
+            ) from None
 
     async def _no_route(self, request: web.Request) -> web.Response:
         allowed = sorted(

@@ -227,7 +227,7 @@ def test_bad_names_and_reference_data(tmp_path, out_dir, capsys) -> None:
     narrow = tmp_path / "narrow.csv"
     narrow.write_text("a,b,label\n1,2,0\n3,4,1\n")
     assert main([str(source), "--out", out, "--reference-data", str(narrow)]) == 2
-    assert "2 feature columns besides the target" in capsys.readouterr().err
+    assert "3 columns, but the model takes 5 inputs" in capsys.readouterr().err
     assert main([str(source), "--out", out, "--reference-data", str(tmp_path / "no.csv")]) == 2
     assert "--reference-data: " in capsys.readouterr().err
     assert main([str(source), "--out", out, "--generated-rows", "0"]) == 2

@@ -7,6 +7,7 @@ import contextlib
 import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,11 +41,13 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cpus: str = "",
         literal_defaults: bool = False,
+        file_limit: int | None = None,
     ) -> None:
         """cpus: a CPU list the server starts confined to (taskset -c), as an inherited
         affinity mask; "": this process's own. literal_defaults: nothing added to args or env,
         so every port is its default (only where nothing else can hold them: defaults_probe.py
-        runs in a network namespace of its own)."""
+        runs in a network namespace of its own). file_limit: the server's soft RLIMIT_NOFILE (None:
+        this process's)."""
         # Otherwise HTTP and metrics on, as the defaults have them, each on a free port of its
         # own: the fixed 8000 and 9090 would collide with other test servers or programs. A test
         # turns one off (flag or env) only for a reason it states.
@@ -59,6 +62,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=environment,
+            preexec_fn=None if file_limit is None else lambda: _limit_files(file_limit),
         )
         self.lines: list[str] = []
         self._new_lines: queue.Queue[str] = queue.Queue()
@@ -128,6 +132,11 @@ class ServerProcess:
             self._reader.join(timeout=5)
             if self.process.stderr is not None:
                 self.process.stderr.close()
+
+
+def _limit_files(soft: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _port_setting(args: list[str], environment: dict[str, str], name: str) -> int:

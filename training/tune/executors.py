@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from bnserve.training.tune._ray_compat import disable_cluster_address_rewrite, reread_auth_mode
 from bnserve.training.tune.errors import TrialCrashed, TuneSettingsError, WorkerLost
 from bnserve.training.tune.trials import run_trial_json
 
@@ -355,9 +356,8 @@ def _keep_ray_on_loopback() -> None:
     loopback); a loopback address must stay one. Ray reads the variable when imported, and
     ray_constants.ENABLE_RAY_CLUSTER when it resolves addresses."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    constants: Any = sys.modules.get("ray._private.ray_constants")  # ray's, untyped
-    if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
-        constants.ENABLE_RAY_CLUSTER = False
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        disable_cluster_address_rewrite()  # training/tune/_ray_compat.py
 
 
 RAY_DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it
@@ -380,11 +380,7 @@ def use_cluster_token() -> bool:
     if not (os.environ.get("RAY_AUTH_TOKEN") or path or os.path.isfile(default)):
         return False
     os.environ["RAY_AUTH_MODE"] = "token"
-    try:  # Ray caches its config at import: have it read the mode again, as Ray itself does
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    except ImportError:
-        return True
-    _enable_token_auth()
+    reread_auth_mode()  # Ray caches its config at import (training/tune/_ray_compat.py)
     return True
 
 
