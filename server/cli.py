@@ -96,19 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     cores = placement.cores[0]
     if cores is not None:  # before any thread starts: every later thread inherits the pin
         pin_process(cores)
+    who = "this process" if link is None else f"process {link.index}"
+    placed = [*placement.notes, f"{who} (pid {os.getpid()}): {placement.describe(0)}"]
     with relay_core_logs():  # before logging is set up: it moves Python's stderr
         configure_logging(settings.log_level, settings.log_format)
-        for note in placement.notes:
-            log.info("%s", note)
-        who = "this process" if link is None else f"process {link.index}"
-        log.info("%s (pid %d): %s", who, os.getpid(), placement.describe(0))
-        return _serve(settings, link)
+        return _serve(settings, link, placed)
 
 
-def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
+def _serve(settings: ServerSettings, link: WorkerLink | None, placed: list[str]) -> int:
     """Run the configured server (a supervised process when link is given) until a stop
-    signal; the exit code. The settings line comes once the start-up checks have passed, so a
-    server that cannot start says only why."""
+    signal; the exit code. The settings line and `placed` (where the process runs) come once
+    the start-up checks have passed, so a server that cannot start says only why."""
     if link is not None:
         link.watch_supervisor()
     created = _create(settings, link)
@@ -123,6 +121,8 @@ def _serve(settings: ServerSettings, link: WorkerLink | None) -> int:
         operations.stop()
         return 2
     log.info("%s", settings.summary())
+    for line in placed:
+        log.info("%s", line)
     if link is not None:
         link.report(server.repository.ready)
     _log_serving(server, operations, metrics_port, link)
