@@ -14,11 +14,12 @@ from bnserve.server.observability.logs import configure_logging
 from bnserve.server.process.cores import allowed_cores, cgroup_cpu_quota
 from bnserve.server.process.placement import current_core, pin_process, plan_placement
 from bnserve.server.process.signals import SignalFlags
-from bnserve.server.process.supervisor import Supervisor, WorkerLink
+from bnserve.server.process.supervisor import MULTIPROC_ENV, Supervisor, WorkerLink
 from bnserve.server.settings import ENV_PREFIX, ServerSettings, settable_fields
 
 if TYPE_CHECKING:  # imported when serving starts, after logging is set up
     from bnserve.server.app import Server
+    from bnserve.server.drift.metrics import ChildDriftWriter
     from bnserve.server.operations import Operations
 
 log = logging.getLogger("bnserve.server")
@@ -123,12 +124,28 @@ def _serve(settings: ServerSettings, link: WorkerLink | None, placed: list[str])
     log.info("%s", settings.summary())
     for line in placed:
         log.info("%s", line)
+    drift_writer = _child_drift_writer(server, link)  # before the supervisor hears "ready"
     if link is not None:
         link.report(server.repository.ready)
     _log_serving(server, operations, metrics_port, link)
     _serve_until_stopped(server, operations, signals)
+    if drift_writer is not None:
+        drift_writer.stop()
     log.info("stopped")
     return 0
+
+
+def _child_drift_writer(server: Server, link: WorkerLink | None) -> ChildDriftWriter | None:
+    """A supervised process with metrics on writes its drift gauges where the supervisor's
+    /metrics reads them (server/drift/metrics.py); None otherwise."""
+    directory = os.environ.get(MULTIPROC_ENV, "")
+    if link is None or not directory or not server.settings.drift:
+        return None
+    from bnserve.server.drift.metrics import ChildDriftWriter
+
+    writer = ChildDriftWriter(server.repository, directory, link.index)
+    writer.start()
+    return writer
 
 
 def _create(

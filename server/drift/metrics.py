@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from bnserve.atomic import write_bytes
 from bnserve.server.drift.monitor import WINDOWS, DriftMonitor
 from bnserve.server.plane.errors import ServingError
+
+log = logging.getLogger(__name__)
 
 
 def repository_monitors(repository: Any) -> Iterator[tuple[str, str, DriftMonitor]]:
@@ -109,3 +118,102 @@ class DriftCollector(Collector):
                         feature_labels_values, float(feature["flagged"])
                     )
         yield from families.values()
+
+
+# --processes N: prometheus-client's multiprocess files carry only its own metric types, so a
+# child's drift gauges (computed at scrape time by DriftCollector) would never reach the
+# supervisor's summed /metrics. Each child writes them instead, every CHILD_EXPORT_INTERVAL_S,
+# to DIR/drift-PID.prom (the text format, with a `process` label), and the supervisor's
+# /metrics reads every such file (ChildDriftCollector). Drift stays per process: each one sees
+# only the calls the kernel gave it.
+CHILD_EXPORT_INTERVAL_S = 2.0
+CHILD_FILE_PREFIX = "drift-"
+
+
+def child_drift_file(directory: str, pid: int) -> Path:
+    """Where process `pid` writes its drift gauges."""
+    return Path(directory) / f"{CHILD_FILE_PREFIX}{pid}.prom"
+
+
+class _Labelled(Collector):
+    """DriftCollector's families with one more label, process=index."""
+
+    def __init__(self, collector: DriftCollector, index: int) -> None:
+        self._collector = collector
+        self._index = str(index)
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._collector.collect():
+            labelled = Metric(family.name, family.documentation, family.type)
+            for sample in family.samples:
+                labels = {**sample.labels, "process": self._index}
+                labelled.add_sample(sample.name, labels, sample.value)
+            yield labelled
+
+
+class ChildDriftWriter:
+    """A supervised child's drift gauges, written to its file in the supervisor's metrics
+    directory every interval_s on a daemon thread (removed by `stop`)."""
+
+    def __init__(
+        self,
+        repository: Any,
+        directory: str,
+        index: int,
+        interval_s: float = CHILD_EXPORT_INTERVAL_S,
+    ) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Labelled(DriftCollector(repository), index))
+        self.path = child_drift_file(directory, os.getpid())
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drift-export", daemon=True)
+
+    def write(self) -> None:
+        """Write the gauges now (whole file, then rename)."""
+        write_bytes(self.path, generate_latest(self._registry))
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                self.write()
+            except OSError as error:  # a full disk: the next interval tries again
+                log.warning("drift gauges not written to %s: %s", self.path, error)
+
+
+class ChildDriftCollector(Collector):
+    """The supervisor's side: every child's drift gauges from DIR/drift-*.prom, merged family
+    by family (each sample carries its process label)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = Path(directory)
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for path in sorted(self._directory.glob(f"{CHILD_FILE_PREFIX}*.prom")):
+            try:
+                text = path.read_text()
+            except OSError:  # the child's file was replaced or removed between list and read
+                continue
+            for family in text_string_to_metric_families(text):
+                into = merged.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                into.samples.extend(family.samples)
+        yield from merged.values()

@@ -395,7 +395,10 @@ class Supervisor:
         if self._metrics_dir:
             from prometheus_client import multiprocess
 
+            from bnserve.server.drift.metrics import child_drift_file
+
             multiprocess.mark_process_dead(pid, self._metrics_dir)
+            child_drift_file(self._metrics_dir, pid).unlink(missing_ok=True)
 
 
 def _serve_summed_metrics(directory: str, host: str, port: int) -> MetricsHTTPServer:
@@ -403,8 +406,11 @@ def _serve_summed_metrics(directory: str, host: str, port: int) -> MetricsHTTPSe
     directory."""
     from prometheus_client import CollectorRegistry, multiprocess
 
+    from bnserve.server.drift.metrics import ChildDriftCollector
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
+    registry.register(ChildDriftCollector(directory))  # drift gauges: multiprocess files lack them
     try:
         http, _ = serve_metrics(host, port, registry)
     except OSError as error:
