@@ -177,7 +177,7 @@ class ChildDriftWriter:
         write_bytes(self.path, generate_latest(self._registry))
 
     def start(self) -> None:
-        self.write()
+        self._write_or_warn()
         self._thread.start()
 
     def stop(self) -> None:
@@ -188,10 +188,13 @@ class ChildDriftWriter:
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval_s):
-            try:
-                self.write()
-            except OSError as error:  # a full disk: the next interval tries again
-                log.warning("drift gauges not written to %s: %s", self.path, error)
+            self._write_or_warn()
+
+    def _write_or_warn(self) -> None:
+        try:
+            self.write()
+        except OSError as error:  # a full disk: serving goes on, the next interval tries again
+            log.warning("drift gauges not written to %s: %s", self.path, error)
 
 
 class ChildDriftCollector(Collector):

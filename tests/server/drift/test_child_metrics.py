@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bnserve.server.drift.metrics import ChildDriftCollector, child_drift_file
+from bnserve.server.drift.metrics import ChildDriftCollector, ChildDriftWriter, child_drift_file
 
 CHILD = """# HELP bnserve_drift_examples Examples in the drift statistics.
 # TYPE bnserve_drift_examples gauge
@@ -33,3 +35,21 @@ def test_a_removed_child_file_leaves_no_gauge(tmp_path: Path) -> None:
     registry.register(ChildDriftCollector(str(tmp_path)))
     path.unlink()  # the supervisor's _forget_metrics of a dead child
     assert "bnserve_drift_examples" not in generate_latest(registry).decode()
+
+
+class _NoModels:
+    def names(self) -> list[str]:
+        return []
+
+
+def test_a_file_that_cannot_be_written_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk, or a directory gone: the process keeps serving and says why once a write."""
+    not_a_directory = tmp_path / "metrics"
+    not_a_directory.write_text("")
+    writer = ChildDriftWriter(_NoModels(), str(not_a_directory), 0, interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="bnserve.server.drift.metrics"):
+        writer.start()
+        writer.stop()
+    assert any("drift gauges not written" in record.getMessage() for record in caplog.records)
