@@ -42,6 +42,7 @@ from bnserve.export.verify import (
 )
 from bnserve.flags import flag_of
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
+from bnserve.server.plane.errors import first_line
 
 CHUNK_ROWS = 4096  # rows per onnxruntime call while verifying (bounds memory on big files)
 
@@ -212,8 +213,7 @@ def _read_source(settings: ImportSettings) -> tuple[bytes, onnx.ModelProto]:
         source_bytes = path.read_bytes()
         model = onnx.load(str(path))  # also reads external data beside it
     except Exception as error:  # protobuf and onnx raise several untyped errors for bad files
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExportError(f"{path}: not a readable ONNX model ({first_line})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ExportError(f"{path}: not an ONNX model (no graph nodes)")
     return source_bytes, model
@@ -223,8 +223,9 @@ def _original_session(model: onnx.ModelProto, path: Path) -> ort.InferenceSessio
     try:
         return onnx_session(model.SerializeToString())
     except Exception as error:  # onnxruntime's errors are untyped
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExportError(f"{path}: onnxruntime cannot run the original ({first_line})") from None
+        raise ExportError(
+            f"{path}: onnxruntime cannot run the original ({first_line(error)})"
+        ) from None
 
 
 def _verification_inputs(
@@ -266,10 +267,9 @@ def _original_outputs(
         try:
             (value,) = session.run([chain.output_name], {chain.input_name: chunk})
         except Exception as error:  # onnxruntime's errors are untyped
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ExportError(
                 f"onnxruntime cannot run the original graph on rows {start}–{start + rows - 1} "
-                f"({first_line})"
+                f"({first_line(error)})"
             ) from None
         parts.append(
             np.asarray(value, dtype=np.float64).reshape(step if chain.batch_size else rows, -1)[

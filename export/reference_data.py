@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bnserve.export.errors import ExportError
+from bnserve.server.plane.errors import first_line
 from bnserve.training.data.loading import load_dataset
 
 
@@ -76,9 +77,7 @@ def _columns(path: Path) -> list[str]:
         with pa_csv.open_csv(path) as reader:
             return list(reader.schema.names)
     except (pa.ArrowException, OSError) as error:
-        raise ExportError(
-            f"--reference-data: {path}: not readable ({_first_line(error)})"
-        ) from None
+        raise ExportError(f"--reference-data: {path}: not readable ({first_line(error)})") from None
 
 
 def _read_columns(path: Path, names: list[str]) -> np.ndarray:
@@ -100,7 +99,7 @@ def _read_columns(path: Path, names: list[str]) -> np.ndarray:
             for column in names
         ]
     except (pa.ArrowException, OSError) as error:
-        raise ExportError(f"--reference-data: {path}: {_first_line(error)}") from None
+        raise ExportError(f"--reference-data: {path}: {first_line(error)}") from None
     return _checked(path, np.stack(columns, axis=1).astype(np.float32))
 
 
@@ -129,7 +128,7 @@ def _read_npz(path: Path, features: int, target: str | None) -> tuple[np.ndarray
             }
     except Exception as error:  # numpy raises ValueError, OSError, zipfile errors, …
         raise ExportError(
-            f"--reference-data: {path}: not a readable .npz ({_first_line(error)})"
+            f"--reference-data: {path}: not a readable .npz ({first_line(error)})"
         ) from None
     x = arrays.get("x")
     if x is None or x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
@@ -144,7 +143,3 @@ def _read_npz(path: Path, features: int, target: str | None) -> tuple[np.ndarray
         else None
     )
     return _checked(path, x.astype(np.float32)), names
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
