@@ -14,7 +14,9 @@ from enum import StrEnum
 import numpy as np
 
 PREFIX = "bnserve."  # every metadata key starts with it
-FORMAT_VERSION = "1"  # the value of bnserve.format this contract describes
+FORMAT_VERSION = "1"  # bnserve.format of a model without a schema (input x as the table's columns)
+SCHEMA_FORMAT = "2"  # bnserve.format of a model with bnserve.schema (issue 26: text columns, gaps)
+FORMAT_VERSIONS = (FORMAT_VERSION, SCHEMA_FORMAT)  # what the server reads
 TASKS = (
     "classification",
     "regression",
@@ -53,6 +55,7 @@ class MetadataKey(StrEnum):
     DRIFT = "drift"  # absent in models exported before drift monitoring
     IMPORT = "import"  # models made by `bnserve import` only
     ADAPT = "adapt"  # models made by `bnserve adapt` only
+    SCHEMA = "schema"  # format "2" only: the graph inputs and the table's columns
 
     @property
     def full(self) -> str:

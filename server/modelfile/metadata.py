@@ -10,21 +10,26 @@ from typing import Any, NoReturn
 import numpy as np
 
 from bnserve.server.modelfile.contract import (
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     PREFIX,
+    SCHEMA_FORMAT,
     TASKS,
     MetadataKey,
     Tolerance,
     output_names_key,
 )
+from bnserve.server.modelfile.schema import InputSchema, SchemaError, parse_schema
 from bnserve.server.plane.errors import ModelLoadError
+from bnserve.server.plane.inputs import Columns, ModelInput
 
 
 @dataclass(frozen=True)
 class ModelCard:
     """What the model's metadata says about it, parsed and checked.
 
-    reference_inputs: (R, F) float32 raw features; reference_outputs: output name → (R, C) float64
+    reference_inputs: (R, F) float32 raw features (a format-2 numbers-only model: NaN where
+    missing), or for a mixed model `Columns` of R raw rows; schema: bnserve.schema of a
+    format-2 model (None: format 1); reference_outputs: output name → (R, C) float64
     probabilities, (R,) int64 labels or (R, T) float64 regression values.
     """
 
@@ -33,10 +38,16 @@ class ModelCard:
     class_names: tuple[str, ...]
     target_names: tuple[str, ...]
     graph_sha256: str
-    reference_inputs: np.ndarray
+    reference_inputs: ModelInput
     reference_outputs: dict[str, np.ndarray]
     tolerance: Tolerance
     entries: dict[str, str]  # every bnserve.* entry verbatim, keys without the prefix
+    schema: InputSchema | None = None
+
+    @property
+    def mixed(self) -> bool:
+        """One graph input per column (the table had a categorical column)."""
+        return self.schema is not None and self.schema.mixed
 
     @property
     def num_features(self) -> int:
@@ -54,8 +65,11 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     }
     reader = _Reader(entries, source)
     key = MetadataKey
-    if (model_format := reader.text(key.FORMAT)) != FORMAT_VERSION:
-        reader.fail(key.FORMAT, f"is {model_format!r}; this server reads format {FORMAT_VERSION!r}")
+    if (model_format := reader.text(key.FORMAT)) not in FORMAT_VERSIONS:
+        reader.fail(
+            key.FORMAT,
+            f"is {model_format!r}; this server reads formats {', '.join(FORMAT_VERSIONS)}",
+        )
     task = reader.text(key.TASK)
     if task not in TASKS:
         reader.fail(key.TASK, f"is {task!r}; expected one of {', '.join(TASKS)}")
@@ -66,7 +80,16 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     graph_hash = reader.text(key.GRAPH_SHA256).lower()
     if len(graph_hash) != 64 or any(c not in "0123456789abcdef" for c in graph_hash):
         reader.fail(key.GRAPH_SHA256, f"is {graph_hash!r}, not a hex sha256")
-    reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
+    schema = None
+    reference_inputs: ModelInput
+    if model_format == SCHEMA_FORMAT:
+        try:
+            schema = parse_schema(reader.text(key.SCHEMA))
+        except SchemaError as error:
+            reader.fail(key.SCHEMA, str(error))
+        reference_inputs = reader.reference_columns(schema, feature_names)
+    else:
+        reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
     rows = reference_inputs.shape[0]
     raw_outputs = reader.json_value(key.REFERENCE_OUTPUTS)
     if not isinstance(raw_outputs, dict):
@@ -90,6 +113,7 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
         reference_outputs=reference_outputs,
         tolerance=reader.tolerance(key.REFERENCE_TOLERANCE),
         entries=entries,
+        schema=schema,
     )
 
 
@@ -130,6 +154,45 @@ class _Reader:
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != columns:
             self.fail(key, f"has shape {array.shape}; expected (R ≥ 1, {columns})")
         return array
+
+    def reference_columns(self, schema: InputSchema, feature_names: tuple[str, ...]) -> ModelInput:
+        """bnserve.reference_inputs of a format-2 model: {input: [[v], …]} per graph input (null:
+        missing), as `Columns` (mixed) or the (R, F) float32 x (numbers only, NaN: missing)."""
+        key = MetadataKey.REFERENCE_INPUTS
+        expected = schema.names if schema.mixed else schema.inputs[0].columns
+        if feature_names != expected:
+            self.fail(
+                MetadataKey.FEATURE_NAMES,
+                f"is {list(feature_names)}; bnserve.schema says {list(expected)}",
+            )
+        value = self.json_value(key)
+        if not isinstance(value, dict) or set(value) != set(schema.names):
+            self.fail(key, f"is not a JSON object with one entry per input {list(schema.names)}")
+        arrays: dict[str, np.ndarray] = {}
+        for column in schema.inputs:
+            width = len(column.columns)
+            try:
+                if column.is_categorical:
+                    rows = value[column.name]
+                    if not all(
+                        isinstance(row, list) and len(row) == 1 and isinstance(row[0], str)
+                        for row in rows
+                    ):
+                        raise ValueError("rows must be [string]")
+                    array = np.array([row[0] for row in rows], dtype=object).reshape(-1, 1)
+                else:
+                    array = np.asarray(value[column.name], dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                self.fail(key, f"[{column.name!r}] is not a list of [value] rows ({error})")
+            if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != width:
+                self.fail(key, f"[{column.name!r}] has shape {array.shape}; expected (R ≥ 1, {width})")
+            arrays[column.name] = array
+        counts = {array.shape[0] for array in arrays.values()}
+        if len(counts) != 1:
+            self.fail(key, f"has inputs of different row counts {sorted(counts)}")
+        if not schema.mixed:
+            return arrays[schema.inputs[0].name]
+        return Columns(arrays)
 
     def array_in(self, container: dict[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:
         key = f"{MetadataKey.REFERENCE_OUTPUTS}[{name!r}]"
