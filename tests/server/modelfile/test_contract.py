@@ -19,6 +19,7 @@ from bnserve.server.modelfile.contract import (
     INPUT_NAME,
     OUTPUT_NAMES,
     PREFIX,
+    SCHEMA_FORMAT,
     TASKS,
     MetadataKey,
     Tolerance,
@@ -43,7 +44,7 @@ def test_the_keys_are_the_ones_docs_contracts_md_lists() -> None:
     assert "one more key, `bnserve.import`" in section  # imported models only, in the prose
     assert {key.full for key in MetadataKey} == set(table) | {"bnserve.import"}
     assert all(key.full == PREFIX + key.value for key in MetadataKey)
-    assert table["bnserve.format"] == f'`"{FORMAT_VERSION}"`'
+    assert table["bnserve.format"].startswith(f'`"{FORMAT_VERSION}"`; `"{SCHEMA_FORMAT}"`')
     assert table["bnserve.task"] == " / ".join(f"`{task}`" for task in TASKS)
 
 
