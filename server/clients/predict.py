@@ -17,6 +17,7 @@ import grpc
 from bnserve import atomic
 from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
+from bnserve.server.clients.records import RecordError, parse_record, read_records
 from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -216,16 +217,31 @@ def stream_csv(
     from tqdm import tqdm
 
     assert settings.csv_path is not None
-    line_numbers, rows = read_examples(settings.csv_path, info.feature_names, settings.delimiter)
+    if info.columns:  # a model with per-column inputs: raw records, text and gaps
+        records = read_records(settings.csv_path, info, settings.delimiter)
+        if records.ignored:
+            print(
+                f"bnserve predict: ignoring column(s) {', '.join(records.ignored)} of "
+                f"{settings.csv_path}: not model inputs",
+                file=sys.stderr,
+            )
+        line_numbers, rows = records.lines, records.values
+    else:
+        line_numbers, rows = read_examples(  # type: ignore[assignment]
+            settings.csv_path, info.feature_names, settings.delimiter
+        )
 
     def requests() -> Iterator[pb.PredictRequest]:
         for line, row in zip(line_numbers, rows, strict=True):
-            yield pb.PredictRequest(
-                model_name=info.model_name,
-                model_version=info.model_version,
-                features=row,
-                id=str(line),
+            request = pb.PredictRequest(
+                model_name=info.model_name, model_version=info.model_version, id=str(line)
             )
+            if isinstance(row, dict):
+                for name, value in row.items():
+                    request.values[name].CopyFrom(value)
+            else:
+                request.features.extend(row)
+            yield request
 
     timeout = settings.timeout_s * max(1.0, len(rows) / 1000)
     table = [prediction_header(info)]
@@ -265,7 +281,12 @@ def run(settings: ClientSettings) -> int:
         )
         if settings.csv_path is not None:
             return stream_csv(stub, settings, info)
-        request = parse_features(settings.features)
+        if info.columns:
+            request = pb.PredictRequest()
+            for name, value in parse_record(settings.features, info).items():
+                request.values[name].CopyFrom(value)
+        else:
+            request = parse_features(settings.features)
         request.model_name, request.model_version = info.model_name, info.model_version
         response = stub.Predict(request, timeout=settings.timeout_s)
         print(format_prediction(response, info))
@@ -304,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_target(settings.target)
         return run(settings)
-    except (InputError, ConnectError, TargetError) as error:
+    except (InputError, RecordError, ConnectError, TargetError) as error:
         print(f"bnserve predict: error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:

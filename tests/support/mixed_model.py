@@ -84,6 +84,22 @@ PENGUINISH = MixedSpec(
 )
 
 
+# The columns of tests/training/fixtures/penguins.csv (target: species), NA cells as missing.
+PENGUINS = MixedSpec(
+    columns=(
+        Categorical("island", ("Biscoe", "Dream", "Torgersen")),
+        Numeric("bill_length_mm", 43.9, 5.5, missing_count=2),
+        Numeric("bill_depth_mm", 17.2, 2.0, missing_count=2),
+        Numeric("flipper_length_mm", 200.9, 14.1, missing_count=2),
+        Numeric("body_mass_g", 4201.8, 802.0, missing_count=2),
+        Categorical("sex", ("female", "male"), missing_count=11),
+        Numeric("year", 2008.0, 0.8),
+    ),
+    ignored=(),
+    seed=5,
+)
+
+
 def wide_spec(numeric: int, categorical: Sequence[int], hidden: tuple[int, ...]) -> MixedSpec:
     """A larger mixed table: `numeric` numeric columns then one categorical column per entry of
     `categorical` with that many kept levels (bench/serve.py's mixed rows)."""
