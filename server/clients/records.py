@@ -10,6 +10,7 @@ CSV that are no model input (the target, an id, a column left out at training) a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -39,10 +40,8 @@ def missing_tokens(info: pb.ModelInfoResponse) -> frozenset[str]:
     """The cells a numeric column reads as missing: the defaults and the model's na_values."""
     tokens = set(MISSING_TOKENS)
     schema = info.metadata.get("bnserve.schema", "")
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         tokens.update(str(token) for token in json.loads(schema).get("na_values", []))
-    except (ValueError, AttributeError):
-        pass
     return frozenset(tokens)
 
 

@@ -185,7 +185,9 @@ class _Reader:
             except (TypeError, ValueError) as error:
                 self.fail(key, f"[{column.name!r}] is not a list of [value] rows ({error})")
             if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != width:
-                self.fail(key, f"[{column.name!r}] has shape {array.shape}; expected (R ≥ 1, {width})")
+                self.fail(
+                    key, f"[{column.name!r}] has shape {array.shape}; expected (R ≥ 1, {width})"
+                )
             arrays[column.name] = array
         counts = {array.shape[0] for array in arrays.values()}
         if len(counts) != 1:

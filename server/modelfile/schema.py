@@ -92,7 +92,9 @@ def parse_schema(text: str) -> InputSchema:
     if not isinstance(facts, dict):
         raise SchemaError("is not a JSON object")
     if facts.get("version") != SCHEMA_VERSION:
-        raise SchemaError(f"has version {facts.get('version')!r}; this server reads {SCHEMA_VERSION}")
+        raise SchemaError(
+            f"has version {facts.get('version')!r}; this server reads {SCHEMA_VERSION}"
+        )
     na_values = facts.get("na_values", [])
     if not isinstance(na_values, list) or not all(isinstance(v, str) for v in na_values):
         raise SchemaError('"na_values" is not a list of strings')
@@ -126,7 +128,11 @@ def _input(
         raise SchemaError(f"input {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
     held = entry.get("columns")
     if held is not None:  # the single "x" of a numbers-only model
-        if kind != NUMERIC or not isinstance(held, list) or not all(isinstance(c, str) for c in held):
+        if (
+            kind != NUMERIC
+            or not isinstance(held, list)
+            or not all(isinstance(c, str) for c in held)
+        ):
             raise SchemaError(f'input {name!r}: "columns" must list numeric column names')
         return ColumnInput(name, kind, tuple(held))
     column = by_name.get(name)

@@ -213,7 +213,8 @@ class Model:
         return cls(name, version, source, session, card, monitor, layer_session)
 
     def predict(self, x: ModelInput) -> list[np.ndarray]:
-        """Score x (N, F) float32, or a mixed model's Columns; answers in `output_names` order: probabilities (N, C) float32
+        """Score x (N, F) float32, or a mixed model's Columns; answers in `output_names` order:
+        probabilities (N, C) float32
         and label (N,) int64, or y (N, T) float32. x must have passed `check_features`.
 
         Sampled runs also feed the drift statistics (hidden pre-activations included, from the
@@ -509,7 +510,9 @@ def _check_signature(session: ort.InferenceSession, card: ModelCard, source: str
         )
 
 
-def _check_columns_signature(session: ort.InferenceSession, schema: InputSchema, source: str) -> None:
+def _check_columns_signature(
+    session: ort.InferenceSession, schema: InputSchema, source: str
+) -> None:
     """A mixed model's graph inputs are bnserve.schema's, in order: numeric tensor(float) and
     categorical tensor(string), each [N, 1]."""
     graph = [(tensor.name, tensor.type, tensor.shape) for tensor in session.get_inputs()]

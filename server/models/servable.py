@@ -48,7 +48,8 @@ class Servable:
     def run(
         self, x: ModelInput, timeout_s: float | None = None, *, batchable: bool = True
     ) -> list[np.ndarray]:
-        """Score x (N, F) float32 or a mixed model's Columns, which passed `model.check_features`, within timeout_s seconds
+        """Score x (N, F) float32 or a mixed model's Columns, which passed
+        `model.check_features`, within timeout_s seconds
         (the call's deadline). Single examples go through the batcher when there is one and
         `batchable` (a stream passes False: it scores its messages one after another, so each
         would wait out the batching delay alone). Answers in `model.output_names` order, N rows

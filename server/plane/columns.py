@@ -81,7 +81,7 @@ def _decode(column: ColumnInput, tensor: TensorIn) -> np.ndarray:
     name, datatype, shape, data = column.name, tensor.datatype, list(tensor.shape), tensor.data
     if column.is_categorical and datatype != BYTES:
         raise InvalidInput(
-            f"input {name!r} is a categorical column: send BYTES (text; null or \"\" for "
+            f'input {name!r} is a categorical column: send BYTES (text; null or "" for '
             f"missing), not {datatype}"
         )
     if not column.is_categorical and datatype not in NUMERIC_DATATYPES:
@@ -95,7 +95,9 @@ def _decode(column: ColumnInput, tensor: TensorIn) -> np.ndarray:
     if column.is_categorical:
         texts = _texts(name, data, tensor.source)
         if len(texts) != count:
-            raise InvalidInput(f"input {name!r} has {len(texts)} values; shape {shape} needs {count}")
+            raise InvalidInput(
+                f"input {name!r} has {len(texts)} values; shape {shape} needs {count}"
+            )
         return np.array(texts, dtype=object).reshape(count, 1)
     values = _numbers(name, datatype, data, tensor.source, count, shape)
     return values.reshape(count, 1)
@@ -161,8 +163,8 @@ def _texts(name: str, data: Any, source: str) -> list[str]:
         else:
             raise InvalidInput(
                 f"input {name!r} is a categorical column (BYTES) but {source} holds a number "
-                f"{value!r} at position {position}; send it as text (\"{value}\"), or "
-                "null / \"\" for missing"
+                f'{value!r} at position {position}; send it as text ("{value}"), or '
+                'null / "" for missing'
             )
     return texts
 

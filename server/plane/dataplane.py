@@ -22,13 +22,13 @@ from bnserve.server.models.repository import FAILED, LOADING, READY, ModelReposi
 from bnserve.server.models.servable import Servable
 from bnserve.server.observability.tracing import Tracing, scored_at
 from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.errors import (
     InvalidInput,
     ModelControlClosed,
     ModelNotFound,
     ServingError,
 )
-from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.inputs import ModelInput, TensorIn
 from bnserve.server.plane.statistics import StatsSnapshot
 
@@ -142,7 +142,8 @@ class DataPlane:
         batchable: bool = True,
         checked: bool = False,
     ) -> list[np.ndarray]:
-        """Validate x (N, F) float32 (a mixed model: Columns), admit, check the deadline, score; record statistics.
+        """Validate x (N, F) float32 (a mixed model: Columns), admit, check the deadline,
+        score; record statistics.
 
         timeout_s: seconds left of the caller's deadline (None: none). batchable=False keeps
         single examples out of the dynamic batcher (a stream scores its messages in order).

@@ -21,7 +21,8 @@ class TensorIn(NamedTuple):
     """One v2 input tensor as a transport decoded it.
 
     data: bytes (the tensor's little-endian bytes: raw_input_contents, HTTP binary data) or the
-    typed values, flat (an ndarray or a sequence numpy converts; BYTES: str, bytes or None). source names where the data
+    typed values, flat (an ndarray or a sequence numpy converts; BYTES: str, bytes or None).
+    source names where the data
     came from, for messages ("fp32_contents", "raw_input_contents[0]", "JSON data").
     """
 

@@ -11,6 +11,7 @@ independent float64 numpy path written here (one-hot encode, standardize, matrix
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ def random_weights(spec: MixedSpec) -> Weights:
             rng.normal(0, 0.7, (a, b)).astype(np.float32),
             rng.normal(0, 0.1, b).astype(np.float32),
         )
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        for a, b in itertools.pairwise(sizes)
     )
     return Weights(layers)
 
@@ -139,8 +140,12 @@ def encode(spec: MixedSpec, rows: dict[str, list[Any]]) -> np.ndarray:
     for column in spec.columns:
         values = rows[column.name]
         if isinstance(column, Numeric):
-            missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in values])
-            filled = np.array([column.mean if m else float(v) for v, m in zip(values, missing, strict=True)])
+            missing = np.array(
+                [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+            )
+            filled = np.array(
+                [column.mean if m else float(v) for v, m in zip(values, missing, strict=True)]
+            )
             block = [(filled - column.mean) / column.std]
             if column.missing_count:
                 block.append(missing.astype(np.float64))
@@ -151,9 +156,7 @@ def encode(spec: MixedSpec, rows: dict[str, list[Any]]) -> np.ndarray:
         for row, text in enumerate(values):
             if text == "" or text in NA_VALUES:
                 slot = (
-                    f"{column.name}=<missing>"
-                    if column.missing_count
-                    else f"{column.name}=<other>"
+                    f"{column.name}=<missing>" if column.missing_count else f"{column.name}=<other>"
                 )
             elif text in column.levels:
                 slot = f"{column.name}={text}"
@@ -165,7 +168,9 @@ def encode(spec: MixedSpec, rows: dict[str, list[Any]]) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-def numpy_forward(spec: MixedSpec, weights: Weights, rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+def numpy_forward(
+    spec: MixedSpec, weights: Weights, rows: dict[str, list[Any]]
+) -> dict[str, np.ndarray]:
     a = encode(spec, rows)
     for i, (w, b) in enumerate(weights.layers):
         a = a @ w.astype(np.float64) + b.astype(np.float64)
@@ -200,8 +205,12 @@ def build_graph(spec: MixedSpec, weights: Weights) -> onnx.GraphProto:
             ]
             nodes += [
                 helper.make_node("IsNaN", [name], [f"c{index}.nan"]),
-                helper.make_node("Where", [f"c{index}.nan", f"c{index}.fill", name], [f"c{index}.filled"]),
-                helper.make_node("Sub", [f"c{index}.filled", f"c{index}.fill"], [f"c{index}.centred"]),
+                helper.make_node(
+                    "Where", [f"c{index}.nan", f"c{index}.fill", name], [f"c{index}.filled"]
+                ),
+                helper.make_node(
+                    "Sub", [f"c{index}.filled", f"c{index}.fill"], [f"c{index}.centred"]
+                ),
                 helper.make_node("Div", [f"c{index}.centred", f"c{index}.std"], [f"c{index}.z"]),
                 helper.make_node("MatMul", [f"c{index}.z", f"c{index}.W"], [f"c{index}.part"]),
             ]
@@ -209,8 +218,12 @@ def build_graph(spec: MixedSpec, weights: Weights) -> onnx.GraphProto:
             if column.missing_count:
                 inits.append(numpy_helper.from_array(rows[1:2], f"c{index}.Wmissing"))
                 nodes += [
-                    helper.make_node("Cast", [f"c{index}.nan"], [f"c{index}.ind"], to=TensorProto.FLOAT),
-                    helper.make_node("MatMul", [f"c{index}.ind", f"c{index}.Wmissing"], [f"c{index}.partm"]),
+                    helper.make_node(
+                        "Cast", [f"c{index}.nan"], [f"c{index}.ind"], to=TensorProto.FLOAT
+                    ),
+                    helper.make_node(
+                        "MatMul", [f"c{index}.ind", f"c{index}.Wmissing"], [f"c{index}.partm"]
+                    ),
                 ]
                 parts.append(f"c{index}.partm")
             continue
@@ -238,7 +251,9 @@ def build_graph(spec: MixedSpec, weights: Weights) -> onnx.GraphProto:
                 default_int64=other,
             ),
             helper.make_node("Reshape", [f"c{index}.code", "flat"], [f"c{index}.flat"]),
-            helper.make_node("Gather", [f"c{index}.table", f"c{index}.flat"], [f"c{index}.part"], axis=0),
+            helper.make_node(
+                "Gather", [f"c{index}.table", f"c{index}.flat"], [f"c{index}.part"], axis=0
+            ),
         ]
         parts.append(f"c{index}.part")
     inits.append(numpy_helper.from_array(b1, "hidden1.b"))
@@ -251,7 +266,10 @@ def build_graph(spec: MixedSpec, weights: Weights) -> onnx.GraphProto:
     for i, (w, b) in enumerate(weights.layers[1:], start=2):
         out = i == len(weights.layers)
         prefix = "output" if out else f"hidden{i}"
-        inits += [numpy_helper.from_array(w, f"{prefix}.W"), numpy_helper.from_array(b, f"{prefix}.b")]
+        inits += [
+            numpy_helper.from_array(w, f"{prefix}.W"),
+            numpy_helper.from_array(b, f"{prefix}.b"),
+        ]
         target = "logits" if out else f"{prefix}.z"
         nodes.append(helper.make_node("Gemm", [last, f"{prefix}.W", f"{prefix}.b"], [target]))
         if not out:
@@ -327,7 +345,9 @@ def schema_json(spec: MixedSpec) -> str:
         {"name": c.name, "kind": "numeric" if isinstance(c, Numeric) else "categorical"}
         for c in spec.columns
     ]
-    return json.dumps({"version": 1, "na_values": list(NA_VALUES), "inputs": inputs, "columns": columns})
+    return json.dumps(
+        {"version": 1, "na_values": list(NA_VALUES), "inputs": inputs, "columns": columns}
+    )
 
 
 def build_mixed_model(
@@ -360,7 +380,9 @@ def build_mixed_model(
         "bnserve.run_id": f"test-mixed-{spec.seed}",
         "bnserve.params_sha256": "0" * 64,
         "bnserve.graph_sha256": hashlib.sha256(model.graph.SerializeToString()).hexdigest(),
-        "bnserve.reference_inputs": json.dumps({name: [[v] for v in values] for name, values in rows.items()}),
+        "bnserve.reference_inputs": json.dumps(
+            {name: [[v] for v in values] for name, values in rows.items()}
+        ),
         "bnserve.reference_outputs": json.dumps({k: v.tolist() for k, v in reference.items()}),
         "bnserve.reference_tolerance": json.dumps({"abs": 1e-5}),
         "bnserve.training": json.dumps({"config": {"hidden": list(spec.hidden)}, "metrics": {}}),

@@ -65,7 +65,10 @@ def test_predict_features_of_either_kind(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"127.0.0.1:{server.port}"
-    record = "island=Dream,bill_length_mm=,bill_depth_mm=18.7,flipper_length_mm=181,body_mass_g=NA,sex=male,year=2007"
+    record = (
+        "island=Dream,bill_length_mm=,bill_depth_mm=18.7,flipper_length_mm=181,body_mass_g=NA,"
+        "sex=male,year=2007"
+    )
     assert main(["--target", target, "--features", record]) == 0
     named = capsys.readouterr().out
     positional = "Dream,,18.7,181,NA,male,2007"
@@ -82,7 +85,10 @@ def test_predict_features_of_either_kind(
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("species,island,bill_length_mm\nAdelie,Dream,40\n", "lacks the model's column(s) ['bill_depth_mm'"),
+        (
+            "species,island,bill_length_mm\nAdelie,Dream,40\n",
+            "lacks the model's column(s) ['bill_depth_mm'",
+        ),
         (
             "island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year\n"
             "Dream,forty,18,181,3750,male,2007\n",

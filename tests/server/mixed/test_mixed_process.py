@@ -105,7 +105,9 @@ def test_defaults_serve_raw_rows_over_rest_and_grpc(model_path: Path) -> None:
         _check(outputs["probabilities"], outputs["label"])
         with grpc.insecure_channel(server.target) as channel:
             response = _grpc_infer(channel)
-        _check(response.outputs[0].contents.fp32_contents, response.outputs[1].contents.int64_contents)
+        _check(
+            response.outputs[0].contents.fp32_contents, response.outputs[1].contents.int64_contents
+        )
         assert _unseen(server.metrics_port, "island") == 2  # one per call
     finally:
         assert server.stop() == 0

@@ -56,7 +56,10 @@ def metrics() -> ServerMetrics:
 @pytest.fixture(scope="module")
 def server(model_path: Path, metrics: ServerMetrics) -> Iterator[Server]:
     started = start_server(
-        ServerSettings(workers=8, max_inflight=6), {"penguins": model_path}, http=True, metrics=metrics
+        ServerSettings(workers=8, max_inflight=6),
+        {"penguins": model_path},
+        http=True,
+        metrics=metrics,
     )
     yield started
     started.stop(0)
@@ -105,7 +108,9 @@ def _typed_request(rows: dict[str, list[Any]] = ROWS, **changes: Any) -> pb.Mode
     return request
 
 
-def _assert_expected(probabilities: np.ndarray, labels: np.ndarray, rows: slice = slice(None)) -> None:
+def _assert_expected(
+    probabilities: np.ndarray, labels: np.ndarray, rows: slice = slice(None)
+) -> None:
     np.testing.assert_allclose(probabilities, EXPECTED["probabilities"][rows], atol=1e-5)
     assert labels.tolist() == EXPECTED["label"][rows].tolist()
 
@@ -251,7 +256,9 @@ def test_native_predict_predict_stream_and_batch(predictor) -> None:
         else native.Column(name=name, texts=values)
         for name, values in ROWS.items()
     ]
-    batch = predictor.PredictBatch(native.PredictBatchRequest(model_name="penguins", columns=columns))
+    batch = predictor.PredictBatch(
+        native.PredictBatchRequest(model_name="penguins", columns=columns)
+    )
     assert batch.num_examples == N
     _assert_expected(np.array(batch.probabilities).reshape(N, -1), np.array(batch.labels))
 
@@ -266,7 +273,8 @@ def test_metadata_lists_each_column(inference, predictor, server: Server) -> Non
     ]
     config = inference.ModelConfig(pb.ModelConfigRequest(name="penguins")).config
     assert [(i.name, list(i.dims)) for i in config.input] == [
-        ("bill_length_mm", [-1, 1]), ("island", [-1, 1]), ("body_mass_g", [-1, 1]), ("sex", [-1, 1]),
+        ("bill_length_mm", [-1, 1]), ("island", [-1, 1]),
+        ("body_mass_g", [-1, 1]), ("sex", [-1, 1]),
     ]  # fmt: skip
     rest = _get(server, "/v2/models/penguins")
     assert [i["datatype"] for i in rest["inputs"]] == ["FP32", "BYTES", "FP32", "BYTES"]
@@ -281,9 +289,7 @@ def test_metadata_lists_each_column(inference, predictor, server: Server) -> Non
 
 def test_unseen_levels_and_missing_cells_are_counted(inference, metrics: ServerMetrics) -> None:
     def count(metric: str, column: str) -> float:
-        value = metrics.registry.get_sample_value(
-            metric, {"model": "penguins", "column": column}
-        )
+        value = metrics.registry.get_sample_value(metric, {"model": "penguins", "column": column})
         return value or 0.0
 
     before = {c: count("bnserve_unseen_levels_total", c) for c in ("island", "sex")}
@@ -337,7 +343,7 @@ def test_rest_json_refusals_name_the_column(server: Server, case: str) -> None:
     inputs = _json_inputs()
     for tensor in inputs:
         if tensor["name"] == column:
-            tensor["data"] = [value] + tensor["data"][1:]
+            tensor["data"] = [value, *tensor["data"][1:]]
     status, answer = _post(server, "/v2/models/penguins/infer", {"inputs": inputs})
     assert status == 400
     assert named in answer["error"], answer
@@ -409,4 +415,3 @@ def test_a_graph_whose_inputs_differ_from_the_schema_is_refused(tmp_path: Path) 
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelLoadError, match="'island'"):
         Model.load(path, "penguins", "1", SessionThreads())
-
