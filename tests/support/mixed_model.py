@@ -122,7 +122,7 @@ def random_weights(spec: MixedSpec) -> Weights:
     sizes = [sum(len(spec.slots(c)) for c in spec.columns), *spec.hidden, len(spec.class_names)]
     layers = tuple(
         (
-            rng.normal(0, 0.7, (a, b)).astype(np.float32),
+            rng.normal(0, 1.5 / math.sqrt(a), (a, b)).astype(np.float32),
             rng.normal(0, 0.1, b).astype(np.float32),
         )
         for a, b in itertools.pairwise(sizes)
@@ -404,3 +404,67 @@ def write_mixed_model(path: Path, spec: MixedSpec = PENGUINISH, *, tamper: bool 
 def expected(spec: MixedSpec, rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """What a correct server answers for raw rows (the numpy path, float64)."""
     return numpy_forward(spec, random_weights(spec), rows)
+
+
+def build_numeric_model(features: int, hidden: tuple[int, ...], seed: int = 0) -> onnx.ModelProto:
+    """A format-1 model of the same widths taking x [N, features] (bench/serve.py's numbers-only
+    twin of a mixed model): Gemm/Relu layers, Softmax/ArgMax, reference rows from numpy."""
+    spec = MixedSpec(
+        tuple(Numeric(f"f{i}", 0.0, 1.0) for i in range(features)), (), hidden, seed=seed
+    )
+    weights = random_weights(spec)
+    nodes, inits, last = [], [], "x"
+    for i, (w, b) in enumerate(weights.layers, start=1):
+        out = i == len(weights.layers)
+        prefix = "output" if out else f"hidden{i}"
+        inits += [
+            numpy_helper.from_array(w, f"{prefix}.W"),
+            numpy_helper.from_array(b, f"{prefix}.b"),
+        ]
+        target = "logits" if out else f"{prefix}.z"
+        nodes.append(helper.make_node("Gemm", [last, f"{prefix}.W", f"{prefix}.b"], [target]))
+        if not out:
+            nodes.append(helper.make_node("Relu", [target], [f"a{i}"]))
+            last = f"a{i}"
+    classes = len(spec.class_names)
+    nodes += [
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bnserve_test_numeric",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    x = np.random.default_rng(seed).normal(0, 1, (8, features)).astype(np.float32)
+    reference = numpy_forward(spec, weights, {f"f{i}": x[:, i].tolist() for i in range(features)})
+    metadata = {
+        "bnserve.format": "1",
+        "bnserve.task": "classification",
+        "bnserve.feature_names": json.dumps([f"f{i}" for i in range(features)]),
+        "bnserve.class_names": json.dumps(list(spec.class_names)),
+        "bnserve.stats": "ema",
+        "bnserve.bn_momentum": "0.1",
+        "bnserve.running_var": "unbiased",
+        "bnserve.epsilon": "1e-05",
+        "bnserve.folded": "true",
+        "bnserve.fold_max_abs_error": "1e-7",
+        "bnserve.run_id": f"test-numeric-{seed}",
+        "bnserve.params_sha256": "0" * 64,
+        "bnserve.graph_sha256": hashlib.sha256(model.graph.SerializeToString()).hexdigest(),
+        "bnserve.reference_inputs": json.dumps(x.tolist()),
+        "bnserve.reference_outputs": json.dumps({k: v.tolist() for k, v in reference.items()}),
+        "bnserve.reference_tolerance": json.dumps({"abs": 1e-5}),
+        "bnserve.training": json.dumps({"config": {"hidden": list(hidden)}, "metrics": {}}),
+        "bnserve.created_at": "2026-01-01T00:00:00Z",
+    }
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    return model
