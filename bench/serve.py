@@ -687,10 +687,9 @@ def measure(settings: BenchSettings) -> int:
         examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
         report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
         stack.close()  # the servers stop before the placement and REST rows
+        from serve_mixed import measure_mixed
         from serve_placement import measure_placement
         from serve_rest import measure_rest
-
-        from serve_mixed import measure_mixed
 
         placement_ok = measure_placement(model, row, settings, scratch)
         rest_ok = measure_rest(model, row, settings, scratch)

@@ -216,7 +216,8 @@ def measure_mixed(settings: serve.BenchSettings, scratch: Path) -> bool:
         ratio = a.requests_per_s / b.requests_per_s
         mark = "" if a.verified and b.verified else "  (!)"
         print(
-            f"{f'  concurrency {concurrency}':<30}{a.requests_per_s:>12.0f}{b.requests_per_s:>15.0f}"
+            f"{f'  concurrency {concurrency}':<30}{a.requests_per_s:>12.0f}"
+            f"{b.requests_per_s:>15.0f}"
             f"{ratio:>8.2f}  ≥ {GOAL_REQUESTS}{' met' if ratio >= GOAL_REQUESTS else ' NOT met'}"
             f"{mark}"
         )
