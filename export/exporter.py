@@ -15,7 +15,13 @@ import numpy as np
 import onnx
 
 from bnserve.atomic import write_bytes
-from bnserve.export.columns import ColumnFront, input_names, needs_front, schema_metadata
+from bnserve.export.columns import (
+    ColumnFront,
+    input_names,
+    is_mixed,
+    needs_front,
+    schema_metadata,
+)
 from bnserve.export.distribution import (
     TrainingRows,
     drift_metadata,
@@ -201,11 +207,13 @@ def _checks(run: Run, schema: TableSchema | None) -> _Checks:
     count = len(found.heldout)
     extra = len(records) - count
     described = f"{count} {found.heldout_source}" + (f" ({found.note})" if found.note else "")
-    if extra:
+    if extra and is_mixed(schema):
         described += (
             f" and {extra} more (every cell missing, every level unseen, every level of every "
             "column, numbers at the edges of their range)"
         )
+    elif extra:
+        described += f" and {extra} more (every cell missing, numbers at the edges of their range)"
     return _Checks(design_of(schema, records), feeds_of(schema, records), count, described, found)
 
 
