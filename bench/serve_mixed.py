@@ -206,9 +206,8 @@ def measure_mixed(settings: serve.BenchSettings, scratch: Path) -> bool:
         f"  {MIXED}: {NUMERIC_COLUMNS} numeric + {len(LEVELS)} categorical columns "
         f"({', '.join(map(str, LEVELS))} levels); {NUMERIC}: x [N, 12]"
     )
-    print(
-        f"{'v2 ModelInfer, 1 example':<30}{'mixed req/s':>12}{'numeric req/s':>15}{'ratio':>8}  goal"
-    )
+    heading = f"{'mixed req/s':>12}{'numeric req/s':>15}{'ratio':>8}  goal"
+    print(f"{'v2 ModelInfer, 1 example':<30}{heading}")
     verified = True
     for concurrency, results in unary.items():
         a, b = results[MIXED], results[NUMERIC]
@@ -225,9 +224,8 @@ def measure_mixed(settings: serve.BenchSettings, scratch: Path) -> bool:
     verified &= a.verified and b.verified
     mixed_rate, numeric_rate = a.requests_per_s * batch, b.requests_per_s * batch
     ratio = mixed_rate / numeric_rate
-    print(
-        f"{f'PredictBatch, {batch}/call':<30}{'mixed ex/s':>12}{'numeric ex/s':>15}{'ratio':>8}  goal"
-    )
+    heading = f"{'mixed ex/s':>12}{'numeric ex/s':>15}{'ratio':>8}  goal"
+    print(f"{f'PredictBatch, {batch}/call':<30}{heading}")
     print(
         f"{f'  concurrency {settings.throughput_concurrency}':<30}{mixed_rate:>12.0f}"
         f"{numeric_rate:>15.0f}{ratio:>8.2f}  ≥ {GOAL_EXAMPLES}"

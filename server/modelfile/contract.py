@@ -14,9 +14,9 @@ from enum import StrEnum
 import numpy as np
 
 PREFIX = "bnserve."  # every metadata key starts with it
-FORMAT_VERSION = "1"  # bnserve.format of a model without a schema (input x as the table's columns)
-SCHEMA_FORMAT = "2"  # bnserve.format of a model with bnserve.schema (issue 26: text columns, gaps)
-FORMAT_VERSIONS = (FORMAT_VERSION, SCHEMA_FORMAT)  # what the server reads
+FORMAT_VERSION = "1"  # bnserve.format of a model taking x [N, F] of numbers without gaps
+FORMAT_SCHEMA = "2"  # bnserve.format of a model with bnserve.schema (raw columns, or x with gaps)
+FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_SCHEMA)  # what a reader of this contract accepts
 TASKS = (
     "classification",
     "regression",
@@ -53,9 +53,9 @@ class MetadataKey(StrEnum):
     TRAINING = "training"
     CREATED_AT = "created_at"
     DRIFT = "drift"  # absent in models exported before drift monitoring
+    SCHEMA = "schema"  # format "2" only: the raw inputs (server/modelfile/schema.py)
     IMPORT = "import"  # models made by `bnserve import` only
     ADAPT = "adapt"  # models made by `bnserve adapt` only
-    SCHEMA = "schema"  # format "2" only: the graph inputs and the table's columns
 
     @property
     def full(self) -> str:

@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 
 from bnserve.server.modelfile.contract import (
+    FORMAT_SCHEMA,
+    FORMAT_VERSION,
     FORMAT_VERSIONS,
+    INPUT_NAME,
     PREFIX,
-    SCHEMA_FORMAT,
     TASKS,
     MetadataKey,
     Tolerance,
     output_names_key,
 )
-from bnserve.server.modelfile.schema import InputSchema, SchemaError, parse_schema
+from bnserve.server.modelfile.schema import CATEGORICAL, InputSchema
 from bnserve.server.plane.errors import ModelLoadError
-from bnserve.server.plane.inputs import Columns, ModelInput
 
 
 @dataclass(frozen=True)
 class ModelCard:
     """What the model's metadata says about it, parsed and checked.
 
-    reference_inputs: (R, F) float32 raw features (a format-2 numbers-only model: NaN where
-    missing), or for a mixed model `Columns` of R raw rows; schema: bnserve.schema of a
-    format-2 model (None: format 1); reference_outputs: output name → (R, C) float64
-    probabilities, (R,) int64 labels or (R, T) float64 regression values.
+    reference_inputs: (R, F) float32 raw features (x), NaN missing for a format-2 numbers-only
+    model, and (R, 0) for a format-2 mixed model, whose references are reference_feeds only;
+    reference_feeds: the reference rows as onnxruntime inputs by graph input name (x (R, F), or
+    per column (R, 1) float32 or object strings, "" missing); reference_outputs: output name →
+    (R, C) float64 probabilities, (R,) int64 labels or (R, T) float64 regression values.
+    format: bnserve.format ("1" or "2"); schema: the raw inputs of a format-2 model.
     """
 
     task: str
@@ -38,16 +41,13 @@ class ModelCard:
     class_names: tuple[str, ...]
     target_names: tuple[str, ...]
     graph_sha256: str
-    reference_inputs: ModelInput
+    reference_inputs: np.ndarray
     reference_outputs: dict[str, np.ndarray]
     tolerance: Tolerance
     entries: dict[str, str]  # every bnserve.* entry verbatim, keys without the prefix
+    format: str = FORMAT_VERSION
     schema: InputSchema | None = None
-
-    @property
-    def mixed(self) -> bool:
-        """One graph input per column (the table had a categorical column)."""
-        return self.schema is not None and self.schema.mixed
+    reference_feeds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
@@ -67,8 +67,7 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     key = MetadataKey
     if (model_format := reader.text(key.FORMAT)) not in FORMAT_VERSIONS:
         reader.fail(
-            key.FORMAT,
-            f"is {model_format!r}; this server reads formats {', '.join(FORMAT_VERSIONS)}",
+            key.FORMAT, f"is {model_format!r}; this server reads formats {list(FORMAT_VERSIONS)}"
         )
     task = reader.text(key.TASK)
     if task not in TASKS:
@@ -81,16 +80,17 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     if len(graph_hash) != 64 or any(c not in "0123456789abcdef" for c in graph_hash):
         reader.fail(key.GRAPH_SHA256, f"is {graph_hash!r}, not a hex sha256")
     schema = None
-    reference_inputs: ModelInput
-    if model_format == SCHEMA_FORMAT:
-        try:
-            schema = parse_schema(reader.text(key.SCHEMA))
-        except SchemaError as error:
-            reader.fail(key.SCHEMA, str(error))
-        reference_inputs = reader.reference_columns(schema, feature_names)
+    if model_format == FORMAT_SCHEMA:
+        schema = reader.schema(key.SCHEMA)
+        reference_feeds = reader.feeds(key.REFERENCE_INPUTS, schema)
+        rows = len(next(iter(reference_feeds.values())))
+        reference_inputs = reference_feeds.get(INPUT_NAME, np.zeros((rows, 0), dtype=np.float32))
+        if schema.mixed:
+            reference_inputs = np.zeros((rows, 0), dtype=np.float32)
     else:
         reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
-    rows = reference_inputs.shape[0]
+        reference_feeds = {INPUT_NAME: reference_inputs}
+        rows = reference_inputs.shape[0]
     raw_outputs = reader.json_value(key.REFERENCE_OUTPUTS)
     if not isinstance(raw_outputs, dict):
         reader.fail(key.REFERENCE_OUTPUTS, "is not a JSON object")
@@ -113,7 +113,9 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
         reference_outputs=reference_outputs,
         tolerance=reader.tolerance(key.REFERENCE_TOLERANCE),
         entries=entries,
+        format=model_format,
         schema=schema,
+        reference_feeds=reference_feeds,
     )
 
 
@@ -155,46 +157,47 @@ class _Reader:
             self.fail(key, f"has shape {array.shape}; expected (R ≥ 1, {columns})")
         return array
 
-    def reference_columns(self, schema: InputSchema, feature_names: tuple[str, ...]) -> ModelInput:
-        """bnserve.reference_inputs of a format-2 model: {input: [[v], …]} per graph input (null:
-        missing), as `Columns` (mixed) or the (R, F) float32 x (numbers only, NaN: missing)."""
-        key = MetadataKey.REFERENCE_INPUTS
-        expected = schema.names if schema.mixed else schema.inputs[0].columns
-        if feature_names != expected:
-            self.fail(
-                MetadataKey.FEATURE_NAMES,
-                f"is {list(feature_names)}; bnserve.schema says {list(expected)}",
-            )
+    def schema(self, key: str) -> InputSchema:
+        try:
+            return InputSchema.from_json(self.json_value(key))
+        except ValueError as error:
+            self.fail(key, f"is not a valid input schema ({error})")
+
+    def feeds(self, key: str, schema: InputSchema) -> dict[str, np.ndarray]:
+        """A format-2 model's reference rows: per graph input, R rows of numbers (null is NaN)
+        or strings, as onnxruntime takes them."""
         value = self.json_value(key)
-        if not isinstance(value, dict) or set(value) != set(schema.names):
-            self.fail(key, f"is not a JSON object with one entry per input {list(schema.names)}")
-        arrays: dict[str, np.ndarray] = {}
-        for column in schema.inputs:
-            width = len(column.columns)
+        names = [graph_input.name for graph_input in schema.inputs]
+        if not isinstance(value, dict) or sorted(value) != sorted(names):
+            self.fail(key, f"is not a JSON object with one entry per graph input {names}")
+        feeds: dict[str, np.ndarray] = {}
+        for graph_input in schema.inputs:
+            rows = value[graph_input.name]
+            width = len(graph_input.columns)
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(isinstance(row, list) and len(row) == width for row in rows)
+            ):
+                self.fail(key, f"[{graph_input.name!r}] is not a list of rows of {width} value(s)")
+            if graph_input.kind == CATEGORICAL:
+                if not all(isinstance(cell, str) for row in rows for cell in row):
+                    self.fail(key, f"[{graph_input.name!r}] holds a value that is not a string")
+                cells = np.empty((len(rows), width), dtype=object)
+                cells[:, :] = rows
+                feeds[graph_input.name] = cells
+                continue
             try:
-                if column.is_categorical:
-                    rows = value[column.name]
-                    if not all(
-                        isinstance(row, list) and len(row) == 1 and isinstance(row[0], str)
-                        for row in rows
-                    ):
-                        raise ValueError("rows must be [string]")
-                    array = np.array([row[0] for row in rows], dtype=object).reshape(-1, 1)
-                else:
-                    array = np.asarray(value[column.name], dtype=np.float32)
+                numbers = [
+                    [np.nan if cell is None else float(cell) for cell in row] for row in rows
+                ]
             except (TypeError, ValueError) as error:
-                self.fail(key, f"[{column.name!r}] is not a list of [value] rows ({error})")
-            if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != width:
-                self.fail(
-                    key, f"[{column.name!r}] has shape {array.shape}; expected (R ≥ 1, {width})"
-                )
-            arrays[column.name] = array
-        counts = {array.shape[0] for array in arrays.values()}
+                self.fail(key, f"[{graph_input.name!r}] is not numeric ({error})")
+            feeds[graph_input.name] = np.asarray(numbers, dtype=np.float32)
+        counts = {len(rows) for rows in feeds.values()}
         if len(counts) != 1:
-            self.fail(key, f"has inputs of different row counts {sorted(counts)}")
-        if not schema.mixed:
-            return arrays[schema.inputs[0].name]
-        return Columns(arrays)
+            self.fail(key, "gives the inputs different numbers of rows")
+        return feeds
 
     def array_in(self, container: dict[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:
         key = f"{MetadataKey.REFERENCE_OUTPUTS}[{name!r}]"

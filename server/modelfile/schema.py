@@ -1,154 +1,160 @@
-"""`bnserve.schema`: the graph inputs of a format-2 model file and the columns behind them.
+"""`bnserve.schema`: the raw inputs a format-2 model takes (docs/contracts.md, "Graph inputs").
 
-A format-2 model (docs/contracts.md "The ONNX model") carries the schema of its training table:
-
-- a **mixed** model (at least one categorical column) has one graph input per used column, named
-  after it: numeric columns `tensor(float)` [N, 1] (NaN: missing), categorical columns
-  `tensor(string)` [N, 1] (the empty string and the run's missing tokens: missing);
-- a **numbers-only** model keeps the one input `x` float32 [N, F] of the used numeric columns
-  (NaN: missing, filled inside the graph).
-
-The server reads it to check the graph's inputs, decode requests column by column, and count
-unseen levels and missing cells per column (a level is seen when it is a kept or a rare level of
-the training split; anything else that is not missing is unseen). Imports only the standard
-library, like the rest of modelfile/.
+A model trained on a table with text columns or gaps scores raw records: one graph input per
+used column (a "mixed" model: numeric float32 [N, 1] with NaN missing, categorical string [N, 1]
+with "" or a missing token missing), or, for a table of numbers only, today's single `x`
+float32 [N, F] with NaN missing. This module parses the JSON object the exporter writes and
+answers what serving and drift ask of it (which cells are missing, which levels are unseen).
+It imports only the standard library and numpy, like contract.py.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1  # the "version" inside bnserve.schema
-NUMERIC = "numeric"
-CATEGORICAL = "categorical"
-KINDS = (NUMERIC, CATEGORICAL)
+import numpy as np
 
-
-class SchemaError(ValueError):
-    """bnserve.schema is malformed; the message says what (the caller adds the file)."""
+SCHEMA_FORMAT = 1  # "version" inside bnserve.schema
+NUMERIC, CATEGORICAL, IGNORED = "numeric", "categorical", "ignored"
+OTHER = "<other>"  # the slot of rare training levels and of levels never seen in training
+MISSING = "<missing>"  # the slot of missing cells
 
 
 @dataclass(frozen=True)
-class ColumnInput:
-    """One graph input of a format-2 model.
+class ColumnSpec:
+    """One column of the training table as the training rows shaped it (schema.json's entry).
 
-    name: the graph input (a column's name, or "x" for a numbers-only model); kind: numeric |
-    categorical; columns: for "x", the used numeric columns it holds, in order (else (name,)).
-    levels: categorical: the kept levels, sorted (each has its own one-hot input); rare: the
-    levels that share `<other>`; has_other / has_missing: the column has an `<other>` /
-    `<missing>` input. seen: the strings that are not unseen (kept and rare levels, missing
-    tokens, the empty string).
+    numeric: `fill` replaces a missing value (the training mean), `indicator` adds a 0/1
+    "was missing" input. categorical: `levels` are the kept levels (sorted) with their training
+    counts; `rare` the levels rarer than --min-level-count, scored as `<other>` with every level
+    never seen in training; `has_other` / `has_missing` say whether those slots exist (without
+    `<other>` an unseen level adds nothing; without `<missing>` a missing cell goes to `<other>`
+    or adds nothing). ignored: not a model input.
     """
 
     name: str
-    kind: str
-    columns: tuple[str, ...]
+    kind: str  # NUMERIC | CATEGORICAL | IGNORED
+    missing_count: int  # missing training cells
+    fill: float | None = None
+    indicator: bool = False
     levels: tuple[str, ...] = ()
+    level_counts: tuple[int, ...] = ()
     rare: tuple[str, ...] = ()
-    has_other: bool = False
-    has_missing: bool = False
-    seen: frozenset[str] = frozenset()
 
     @property
-    def is_categorical(self) -> bool:
-        return self.kind == CATEGORICAL
+    def has_other(self) -> bool:
+        return bool(self.rare)
+
+    @property
+    def has_missing(self) -> bool:
+        return self.kind == CATEGORICAL and self.missing_count > 0
+
+    def slots(self) -> list[str]:
+        """A categorical column's slots in input order: kept levels, `<other>`, `<missing>`."""
+        if self.kind != CATEGORICAL:
+            return []
+        return [
+            *self.levels,
+            *([OTHER] if self.has_other else []),
+            *([MISSING] if self.has_missing else []),
+        ]
+
+    def seen(self, cells: Iterable[str]) -> np.ndarray:
+        """(n,) bool per present cell: the training rows had this level (kept or rare)."""
+        known = set(self.levels) | set(self.rare)
+        return np.array([cell in known for cell in cells], dtype=bool)
+
+    @classmethod
+    def from_json(cls, facts: Mapping[str, Any]) -> ColumnSpec:
+        """From one entry of schema.json's "columns" (ValueError/KeyError/TypeError if bad)."""
+        kind = str(facts["kind"])
+        if kind not in (NUMERIC, CATEGORICAL, IGNORED):
+            raise ValueError(f"column {facts.get('name')!r}: kind {kind!r}")
+        fill = facts.get("fill")
+        levels = [(str(item["value"]), int(item["count"])) for item in facts.get("levels", [])]
+        return cls(
+            name=str(facts["name"]),
+            kind=kind,
+            missing_count=int(facts["missing_count"]),
+            fill=None if fill is None else float(fill),
+            indicator=bool(facts.get("indicator", False)),
+            levels=tuple(value for value, _ in levels),
+            level_counts=tuple(count for _, count in levels),
+            rare=tuple(str(item["value"]) for item in facts.get("rare", [])),
+        )
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of the graph: a column ("numeric" float32 [N, 1] or "categorical" string
+    [N, 1]), or a numbers-only model's `x` float32 [N, F] whose F columns are `columns`."""
+
+    name: str
+    kind: str  # NUMERIC | CATEGORICAL
+    columns: tuple[str, ...]  # the table columns it carries: (name,) for a column input
 
 
 @dataclass(frozen=True)
 class InputSchema:
-    """bnserve.schema parsed: the graph inputs in order, the missing tokens, every column.
+    """The parsed `bnserve.schema` of a format-2 model."""
 
-    mixed: one input per column (some categorical); else the single input "x" [N, F].
-    ignored: the table's columns that are no model input (left out at training).
-    """
-
-    inputs: tuple[ColumnInput, ...]
-    na_values: frozenset[str]
-    ignored: tuple[str, ...]
+    na_values: tuple[str, ...]  # every cell text that means missing ("" included)
+    inputs: tuple[GraphInput, ...]  # the graph's inputs, in order
+    columns: tuple[ColumnSpec, ...]  # every column of the training table, ignored ones too
 
     @property
     def mixed(self) -> bool:
-        return any(column.is_categorical for column in self.inputs)
+        """One input per column (the table had a categorical column), not a single `x`."""
+        return any(graph_input.kind == CATEGORICAL for graph_input in self.inputs)
+
+    def column(self, name: str) -> ColumnSpec:
+        """The column named `name` (KeyError if the table had none)."""
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        """The graph input names, in order."""
-        return tuple(column.name for column in self.inputs)
+    def used_columns(self) -> tuple[ColumnSpec, ...]:
+        """The columns the model reads, in table order (numeric and categorical)."""
+        return tuple(column for column in self.columns if column.kind != IGNORED)
 
-    def is_missing(self, text: str) -> bool:
-        """A categorical cell that means missing: empty, or one of the run's missing tokens."""
-        return text == "" or text in self.na_values
+    def is_missing(self, cell: str) -> bool:
+        """A categorical cell that means missing: "" or a missing token (exact match)."""
+        return cell in self.na_values
 
+    def unseen_count(self, name: str, cells: Iterable[str]) -> int:
+        """Present cells of categorical column `name` whose level training never saw (each is
+        scored as `<other>`, or adds nothing without it)."""
+        column = self.column(name)
+        present = [cell for cell in cells if not self.is_missing(cell)]
+        return int(np.count_nonzero(~column.seen(present))) if present else 0
 
-def parse_schema(text: str) -> InputSchema:
-    """Parse bnserve.schema (JSON); raises SchemaError naming the problem."""
-    try:
-        facts = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SchemaError(f"is not valid JSON ({error})") from None
-    if not isinstance(facts, dict):
-        raise SchemaError("is not a JSON object")
-    if facts.get("version") != SCHEMA_VERSION:
-        raise SchemaError(
-            f"has version {facts.get('version')!r}; this server reads {SCHEMA_VERSION}"
-        )
-    na_values = facts.get("na_values", [])
-    if not isinstance(na_values, list) or not all(isinstance(v, str) for v in na_values):
-        raise SchemaError('"na_values" is not a list of strings')
-    columns = facts.get("columns")
-    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
-        raise SchemaError('"columns" is not a list of objects')
-    by_name: dict[str, Mapping[str, Any]] = {}
-    for column in columns:
-        if not isinstance(column.get("name"), str) or column.get("kind") not in (*KINDS, "ignored"):
-            raise SchemaError(f'column {column.get("name")!r}: needs a "name" and a "kind"')
-        by_name[column["name"]] = column
-    inputs = facts.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise SchemaError('"inputs" is not a non-empty list')
-    tokens = frozenset(na_values)
-    parsed = tuple(_input(entry, by_name, tokens) for entry in inputs)
-    names = [column.name for column in parsed]
-    if len(set(names)) != len(names):
-        raise SchemaError('"inputs" names an input twice')
-    ignored = tuple(c["name"] for c in columns if c["kind"] == "ignored")
-    return InputSchema(parsed, tokens, ignored)
-
-
-def _input(
-    entry: Any, by_name: Mapping[str, Mapping[str, Any]], tokens: frozenset[str]
-) -> ColumnInput:
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise SchemaError(f'an entry of "inputs" is not an object with a "name": {entry!r}')
-    name, kind = entry["name"], entry.get("kind")
-    if kind not in KINDS:
-        raise SchemaError(f"input {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    held = entry.get("columns")
-    if held is not None:  # the single "x" of a numbers-only model
-        if (
-            kind != NUMERIC
-            or not isinstance(held, list)
-            or not all(isinstance(c, str) for c in held)
-        ):
-            raise SchemaError(f'input {name!r}: "columns" must list numeric column names')
-        return ColumnInput(name, kind, tuple(held))
-    column = by_name.get(name)
-    if column is None or column["kind"] != kind:
-        raise SchemaError(f'input {name!r}: no {kind} column of that name in "columns"')
-    if kind == NUMERIC:
-        return ColumnInput(name, kind, (name,))
-    levels = tuple(str(level["value"]) for level in column.get("levels", []))
-    rare = tuple(str(level["value"]) for level in column.get("rare", []))
-    return ColumnInput(
-        name,
-        kind,
-        (name,),
-        levels=levels,
-        rare=rare,
-        has_other=bool(rare),
-        has_missing=int(column.get("missing_count", 0)) > 0,
-        seen=frozenset((*levels, *rare, *tokens, "")),
-    )
+    @classmethod
+    def from_json(cls, value: Any) -> InputSchema:
+        """Parse the decoded `bnserve.schema` object; ValueError names what is wrong."""
+        try:
+            if not isinstance(value, dict) or value.get("version") != SCHEMA_FORMAT:
+                raise ValueError(f"expected a JSON object with version {SCHEMA_FORMAT}")
+            inputs = tuple(
+                GraphInput(
+                    name=str(item["name"]),
+                    kind=str(item["kind"]),
+                    columns=tuple(str(c) for c in item.get("columns", [item["name"]])),
+                )
+                for item in value["inputs"]
+            )
+            columns = tuple(ColumnSpec.from_json(item) for item in value["columns"])
+            na_values = tuple(str(cell) for cell in value["na_values"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed ({type(error).__name__}: {error})") from None
+        known = {column.name: column for column in columns}
+        for graph_input in inputs:
+            for name in graph_input.columns:
+                if name not in known or known[name].kind == IGNORED:
+                    raise ValueError(f"input {graph_input.name!r} names no used column {name!r}")
+            if graph_input.kind not in (NUMERIC, CATEGORICAL):
+                raise ValueError(f"input {graph_input.name!r}: kind {graph_input.kind!r}")
+        return cls(na_values=na_values, inputs=inputs, columns=columns)

@@ -27,7 +27,7 @@ from bnserve.server.modelfile.contract import (
     decisive_rows,
 )
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
-from bnserve.server.modelfile.schema import InputSchema
+from bnserve.server.modelfile.schema import CATEGORICAL, InputSchema
 from bnserve.server.modelfile.wire import (
     GRAPH_FIELD,
     GRAPH_NODE_FIELD,
@@ -37,7 +37,13 @@ from bnserve.server.modelfile.wire import (
     graph_sha256,
     with_graph_outputs,
 )
-from bnserve.server.plane.columns import datatype_of, describe, from_values
+from bnserve.server.plane.columns import (
+    datatype_of,
+    describe,
+    from_values,
+    input_names,
+    is_categorical,
+)
 from bnserve.server.plane.errors import InvalidInput, ModelLoadError, first_line
 from bnserve.server.plane.inputs import Columns, ModelInput, take
 from bnserve.server.settings import ServerSettings, default
@@ -137,9 +143,16 @@ class Model:
         # Format 2 (server/modelfile/schema.py): mixed models take one input per column; in a
         # numbers-only one NaN in x means missing (filled inside the graph).
         self.schema: InputSchema | None = card.schema
-        self.mixed = card.mixed
+        self.mixed = card.schema is not None and card.schema.mixed
         self.allows_missing = card.schema is not None
+        # A categorical column's levels that are not unseen: kept and rare training levels.
+        self._seen: dict[str, frozenset[str]] = {}
         if card.schema is not None and self.mixed:
+            self._seen = {
+                column.name: frozenset((*column.levels, *column.rare))
+                for column in card.schema.used_columns
+                if column.kind == CATEGORICAL
+            }
             self.input_specs = tuple(
                 TensorSpec(column.name, datatype_of(column), (-1, 1))
                 for column in card.schema.inputs
@@ -277,7 +290,7 @@ class Model:
             )
         if x.shape[0] == 0:
             raise InvalidInput("empty request: no examples to score")
-        if tuple(x.arrays) != schema.names:
+        if tuple(x.arrays) != input_names(schema):
             raise InvalidInput(
                 f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
             )
@@ -295,13 +308,15 @@ class Model:
         for column in schema.inputs:
             array = x[column.name]
             unseen = 0
-            if column.is_categorical:
-                seen, count = column.seen, 0
+            if is_categorical(column):
+                seen, count = self._seen[column.name], 0
                 for text in array.ravel().tolist():
-                    if text not in seen:
-                        unseen += 1
-                    elif schema.is_missing(text):
+                    if text in seen:
+                        continue
+                    if text == "" or schema.is_missing(text):
                         count += 1
+                    else:
+                        unseen += 1
                 missing_cells = count
             else:
                 missing_cells = int(np.isnan(array).sum())
@@ -360,18 +375,25 @@ class Model:
         return Columns(
             {
                 column.name: np.full((rows, 1), "", dtype=object)
-                if column.is_categorical
+                if is_categorical(column)
                 else np.zeros((rows, 1), dtype=np.float32)
                 for column in self.schema.inputs
             }
         )
+
+    @property
+    def reference_rows(self) -> ModelInput:
+        """The file's raw reference rows as predict takes them (the parity gate scores them)."""
+        if self.mixed:
+            return Columns(self.card.reference_feeds)
+        return self.card.reference_inputs
 
     def check_parity(self, ceiling: Tolerance = DEFAULT_PARITY_CEILING) -> None:
         """Score the embedded reference rows together and one at a time; raise ModelLoadError
         unless both reproduce the numpy inference path within the stated tolerance, and that
         tolerance is no looser than the server's ceiling allows (`check_tolerance`)."""
         self.check_tolerance(ceiling)
-        reference_x = self.card.reference_inputs
+        reference_x = self.reference_rows
         together = self._run(reference_x)
         alone = [self._run(take(reference_x, i, i + 1)) for i in range(reference_x.shape[0])]
         alone_stacked = [np.concatenate(parts) for parts in zip(*alone, strict=True)]
@@ -490,7 +512,7 @@ def _check_graph_hash(model_bytes: bytes, expected: str, source: str) -> None:
 
 def _check_signature(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
     inputs = {tensor.name: tensor for tensor in session.get_inputs()}
-    if card.schema is not None and card.mixed:
+    if card.schema is not None and card.schema.mixed:
         _check_columns_signature(session, card.schema, source)
     elif set(inputs) != {INPUT_NAME}:
         raise ModelLoadError(f"model {source}: inputs are {sorted(inputs)}; expected ['x']")
@@ -517,12 +539,13 @@ def _check_columns_signature(
     categorical tensor(string), each [N, 1]."""
     graph = [(tensor.name, tensor.type, tensor.shape) for tensor in session.get_inputs()]
     names = [name for name, _, _ in graph]
-    if names != list(schema.names):
+    if names != list(input_names(schema)):
         raise ModelLoadError(
-            f"model {source}: graph inputs are {names}; bnserve.schema says {list(schema.names)}"
+            f"model {source}: graph inputs are {names}; bnserve.schema says "
+            f"{list(input_names(schema))}"
         )
     for column, (name, kind, shape) in zip(schema.inputs, graph, strict=True):
-        wanted = "tensor(string)" if column.is_categorical else "tensor(float)"
+        wanted = "tensor(string)" if is_categorical(column) else "tensor(float)"
         if kind != wanted or len(shape) != 2 or shape[1] != 1:
             raise ModelLoadError(
                 f"model {source}: input {name!r} is {kind} {shape}; its {column.kind} column "

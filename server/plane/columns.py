@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bnserve.server.modelfile.schema import ColumnInput, InputSchema
+from bnserve.server.modelfile.schema import CATEGORICAL, GraphInput, InputSchema
 from bnserve.server.plane.errors import InvalidInput
 from bnserve.server.plane.inputs import Columns, TensorIn
 
@@ -29,9 +29,18 @@ BYTES = "BYTES"
 _NOT_NUMBERS = (str, bytes, bool, list, dict)
 
 
-def datatype_of(column: ColumnInput) -> str:
+def is_categorical(column: GraphInput) -> bool:
+    return column.kind == CATEGORICAL
+
+
+def datatype_of(column: GraphInput) -> str:
     """The v2 datatype a column is described with (ModelMetadata, ModelConfig)."""
-    return BYTES if column.is_categorical else "FP32"
+    return BYTES if is_categorical(column) else "FP32"
+
+
+def input_names(schema: InputSchema) -> tuple[str, ...]:
+    """The graph input names, in order."""
+    return tuple(column.name for column in schema.inputs)
 
 
 def describe(schema: InputSchema, limit: int = 8) -> str:
@@ -60,7 +69,7 @@ def decode_tensors(schema: InputSchema, model: str, tensors: Sequence[TensorIn])
     for column in schema.inputs:
         tensor = by_name.get(column.name)
         if tensor is None:
-            kind = "categorical, BYTES" if column.is_categorical else "numeric, FP32"
+            kind = "categorical, BYTES" if is_categorical(column) else "numeric, FP32"
             raise InvalidInput(
                 f"missing input {column.name!r} ({kind} [N, 1]): model {model!r} takes one "
                 f"input per column: {describe(schema)}"
@@ -77,14 +86,14 @@ def decode_tensors(schema: InputSchema, model: str, tensors: Sequence[TensorIn])
     return Columns(arrays)
 
 
-def _decode(column: ColumnInput, tensor: TensorIn) -> np.ndarray:
+def _decode(column: GraphInput, tensor: TensorIn) -> np.ndarray:
     name, datatype, shape, data = column.name, tensor.datatype, list(tensor.shape), tensor.data
-    if column.is_categorical and datatype != BYTES:
+    if is_categorical(column) and datatype != BYTES:
         raise InvalidInput(
             f'input {name!r} is a categorical column: send BYTES (text; null or "" for '
             f"missing), not {datatype}"
         )
-    if not column.is_categorical and datatype not in NUMERIC_DATATYPES:
+    if not is_categorical(column) and datatype not in NUMERIC_DATATYPES:
         raise InvalidInput(
             f"input {name!r} is a numeric column: send FP32, FP64, INT32 or INT64 (null or NaN "
             f"for missing), not {datatype}"
@@ -92,7 +101,7 @@ def _decode(column: ColumnInput, tensor: TensorIn) -> np.ndarray:
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
         raise InvalidInput(f"input {name!r} has shape {shape}; a column takes [N] or [N, 1], N ≥ 1")
     count = shape[0]
-    if column.is_categorical:
+    if is_categorical(column):
         texts = _texts(name, data, tensor.source)
         if len(texts) != count:
             raise InvalidInput(
@@ -207,7 +216,7 @@ def from_values(
                 f"{describe(schema)} (send a missing value to mean missing)"
             )
         value = values[column.name]
-        if column.is_categorical:
+        if is_categorical(column):
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(
                     f"column {column.name!r} is categorical: send text, not the number {value!r}"

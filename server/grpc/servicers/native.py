@@ -293,18 +293,22 @@ def _column(column: pb.Column) -> TensorIn:
 def _columns(model: Model) -> list[pb.InputColumn]:
     if model.schema is None or not model.mixed:
         return []
-    return [
-        pb.InputColumn(
-            name=column.name,
-            kind=column.kind,
-            datatype=datatype_of(column),
-            levels=column.levels if len(column.levels) <= LEVELS_LISTED else (),
-            level_count=len(column.levels),
-            has_other=column.has_other,
-            has_missing=column.has_missing,
+    schema = model.schema
+    described = []
+    for graph_input in schema.inputs:
+        column = schema.column(graph_input.name)
+        described.append(
+            pb.InputColumn(
+                name=graph_input.name,
+                kind=graph_input.kind,
+                datatype=datatype_of(graph_input),
+                levels=column.levels if len(column.levels) <= LEVELS_LISTED else (),
+                level_count=len(column.levels),
+                has_other=column.has_other,
+                has_missing=column.has_missing,
+            )
         )
-        for column in model.schema.inputs
-    ]
+    return described
 
 
 def _tensor_info(spec: TensorSpec) -> pb.TensorInfo:

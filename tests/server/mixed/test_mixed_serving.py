@@ -375,7 +375,9 @@ def test_native_refusals_name_the_column(predictor) -> None:
 
 
 def _columns(model: Model) -> Columns:
-    return model.card.reference_inputs  # type: ignore[return-value]
+    rows = model.reference_rows
+    assert isinstance(rows, Columns)
+    return rows
 
 
 def test_an_example_scores_the_same_in_any_batch(model_path: Path) -> None:
