@@ -1,6 +1,7 @@
-"""`bnserve predict` against a mixed model: --csv on the raw penguins CSV (text, NA cells, the
-target column ignored and said so once), --features of either kind, and one error line for a
-CSV without a model column or with text in a numeric column."""
+"""`bnserve predict` against the penguins model `bnserve export` wrote from the raw CSV: --csv on
+that raw CSV (text, NA cells, the target column ignored and said so once) answers what
+onnxruntime alone answers from the file; --features of either kind; one error line for a CSV
+without a model column or with text in a numeric column."""
 
 from __future__ import annotations
 
@@ -16,36 +17,37 @@ import pytest
 from bnserve.server.app import Server
 from bnserve.server.clients.predict import main
 from bnserve.server.settings import ServerSettings
+from tests.server.mixed.conftest import PENGUINS_CSV, PenguinsExport
 from tests.support.in_process import start_server
-from tests.support.mixed_model import PENGUINS, Numeric, expected, write_mixed_model
-
-PENGUINS_CSV = Path(__file__).resolve().parents[2] / "training" / "fixtures" / "penguins.csv"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    path = write_mixed_model(tmp_path_factory.mktemp("penguins") / "model.onnx", PENGUINS)
-    started = start_server(ServerSettings(workers=8, max_inflight=6), {"penguins": path})
+def server(penguins: PenguinsExport) -> Iterator[Server]:
+    started = start_server(ServerSettings(workers=8, max_inflight=6), {"penguins": penguins.model})
     yield started
     started.stop(0)
 
 
-def _raw_columns(path: Path) -> dict[str, list[Any]]:
-    """The CSV's model columns as the numpy path takes them (NA: None for numbers)."""
+def _onnxruntime_alone(penguins: PenguinsExport, path: Path) -> list[np.ndarray]:
+    """The file scored by onnxruntime on the CSV's raw columns (NA: NaN for numbers)."""
+    import onnxruntime as ort
+
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    columns: dict[str, list[Any]] = {}
-    for column in PENGUINS.columns:
-        cells = [row[column.name] for row in rows]
-        if isinstance(column, Numeric):
-            columns[column.name] = [None if c == "NA" else float(c) for c in cells]
+    feed: dict[str, Any] = {}
+    for name, kind in penguins.kinds.items():
+        cells = [row[name] for row in rows]
+        if kind == "categorical":
+            feed[name] = np.array(cells, dtype=object).reshape(-1, 1)
         else:
-            columns[column.name] = cells
-    return columns
+            numbers = [np.nan if c == "NA" else float(c) for c in cells]
+            feed[name] = np.array(numbers, dtype=np.float32).reshape(-1, 1)
+    session = ort.InferenceSession(str(penguins.model), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities", "label"], feed)
 
 
 def test_predict_csv_scores_the_raw_penguins_file(
-    server: Server, capsys: pytest.CaptureFixture[str]
+    server: Server, penguins: PenguinsExport, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"127.0.0.1:{server.port}"
     code = main(["--target", target, "--csv", str(PENGUINS_CSV), "--no-progress"])
@@ -54,15 +56,16 @@ def test_predict_csv_scores_the_raw_penguins_file(
     assert captured.err.count("ignoring column(s) species") == 1
     table = list(csv.reader(io.StringIO(captured.out)))
     assert table[0][:3] == ["line", "label", "class_name"]
-    want = expected(PENGUINS, _raw_columns(PENGUINS_CSV))
-    assert len(table) - 1 == len(want["label"]) == 344
-    probabilities = np.array([[float(p) for p in row[3:]] for row in table[1:]])
-    np.testing.assert_allclose(probabilities, want["probabilities"], atol=1e-5)
-    assert [int(row[1]) for row in table[1:]] == want["label"].tolist()
+    probabilities, labels = _onnxruntime_alone(penguins, PENGUINS_CSV)
+    assert len(table) - 1 == len(labels) == 344
+    served = np.array([[float(p) for p in row[3:]] for row in table[1:]])
+    np.testing.assert_allclose(served, probabilities, atol=1e-6)
+    assert [int(row[1]) for row in table[1:]] == labels.tolist()
+    assert [row[2] for row in table[1:]] == [penguins.class_names[label] for label in labels]
 
 
 def test_predict_features_of_either_kind(
-    server: Server, capsys: pytest.CaptureFixture[str]
+    server: Server, penguins: PenguinsExport, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"127.0.0.1:{server.port}"
     record = (
@@ -74,12 +77,13 @@ def test_predict_features_of_either_kind(
     positional = "Dream,,18.7,181,NA,male,2007"
     assert main(["--target", target, "--features", positional]) == 0
     assert capsys.readouterr().out == named
-    row = {
-        "island": ["Dream"], "bill_length_mm": [None], "bill_depth_mm": [18.7],
-        "flipper_length_mm": [181.0], "body_mass_g": [None], "sex": ["male"], "year": [2007.0],
-    }  # fmt: skip
-    want = expected(PENGUINS, row)
-    assert named.startswith(f"{PENGUINS.class_names[int(want['label'][0])]} (label ")
+    path = tmp_path / "one.csv"
+    path.write_text(
+        "island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year\n"
+        "Dream,NA,18.7,181,NA,male,2007\n"
+    )
+    _, labels = _onnxruntime_alone(penguins, path)
+    assert named.startswith(f"{penguins.class_names[int(labels[0])]} (label {labels[0]})")
 
 
 @pytest.mark.parametrize(

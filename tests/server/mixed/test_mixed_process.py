@@ -1,6 +1,7 @@
-"""A mixed model served by `python -m bnserve.server` with its defaults (HTTP and metrics on): raw
-rows over REST JSON (the curl request of docs/serving.md) and v2 gRPC, the unseen-level counter
-on /metrics; and with `--processes 2`, every process answering the same and the counters summed."""
+"""The exported penguins model served by `python -m bnserve.server` with its defaults (HTTP and
+metrics on): its raw reference rows over REST JSON (the curl request of docs/serving.md) and v2
+gRPC answer its reference outputs, the unseen-level counter on /metrics; and with
+`--processes 2`, every process answering the same and the counters summed."""
 
 from __future__ import annotations
 
@@ -13,44 +14,29 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
-from tests.support.mixed_model import PENGUINISH, UNSEEN, Numeric, expected, write_mixed_model
+from tests.server.mixed.conftest import PenguinsExport
 from tests.support.server_process import ServerProcess
 
 SUPERVISOR_READY = r"(\d+) processes serving on port (\d+), ready"
 CHILD_PID = r"process (\d+) is pid (\d+)"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a TCP connection per channel
-NUMERIC = {c.name for c in PENGUINISH.columns if isinstance(c, Numeric)}
-# One raw record per row: a gap, an empty text, an unseen level.
-ROWS = {
-    "bill_length_mm": [39.1, None, 46.5],
-    "island": ["Torgersen", "Dream", UNSEEN],
-    "body_mass_g": [3750.0, 3800.0, None],
-    "sex": ["male", "", "female"],
-}
-EXPECTED = expected(PENGUINISH, ROWS)
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mixed_model(tmp_path_factory.mktemp("mixed") / "model.onnx")
-
-
-def _rest_infer(port: int) -> dict[str, object]:
+def _rest_infer(penguins: PenguinsExport, port: int) -> dict[str, object]:
     body = {
         "inputs": [
             {
                 "name": name,
-                "datatype": "FP32" if name in NUMERIC else "BYTES",
+                "datatype": "BYTES" if penguins.kinds[name] == "categorical" else "FP32",
                 "shape": [len(values), 1],
                 "data": values,
             }
-            for name, values in ROWS.items()
+            for name, values in penguins.rows.items()
         ]
     }
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -64,16 +50,16 @@ def _rest_infer(port: int) -> dict[str, object]:
         connection.close()
 
 
-def _grpc_infer(channel: grpc.Channel) -> pb.ModelInferResponse:
+def _grpc_infer(penguins: PenguinsExport, channel: grpc.Channel) -> pb.ModelInferResponse:
     request = pb.ModelInferRequest(model_name="penguins")
-    for name, values in ROWS.items():
+    for name, values in penguins.rows.items():
         tensor = request.inputs.add(name=name, shape=[len(values)])
-        if name in NUMERIC:
-            tensor.datatype = "FP32"
-            tensor.contents.fp32_contents.extend(np.nan if v is None else v for v in values)
-        else:
+        if penguins.kinds[name] == "categorical":
             tensor.datatype = "BYTES"
             tensor.contents.bytes_contents.extend(v.encode() for v in values)
+        else:
+            tensor.datatype = "FP32"
+            tensor.contents.fp32_contents.extend(np.nan if v is None else v for v in values)
     return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
 
 
@@ -90,31 +76,43 @@ def _unseen(port: int, column: str) -> float:
     return 0.0
 
 
-def _check(probabilities: object, labels: object) -> None:
+def _check(penguins: PenguinsExport, probabilities: object, labels: object) -> None:
     np.testing.assert_allclose(
-        np.array(probabilities).reshape(3, -1), EXPECTED["probabilities"], atol=1e-5
+        np.array(probabilities).reshape(len(penguins.labels), -1),
+        penguins.probabilities,
+        atol=1e-5,
     )
-    assert list(labels) == EXPECTED["label"].tolist()  # type: ignore[call-overload]
+    assert list(labels) == penguins.labels.tolist()  # type: ignore[call-overload]
 
 
-def test_defaults_serve_raw_rows_over_rest_and_grpc(model_path: Path) -> None:
-    server = ServerProcess(["--model", str(model_path), "--name", "penguins"])
+def _unseen_per_call(penguins: PenguinsExport) -> int:
+    """The reference rows' island cells that are no level of the training split."""
+    return sum(1 for cell in penguins.rows["island"] if cell.startswith("<unseen"))
+
+
+def test_defaults_serve_raw_rows_over_rest_and_grpc(penguins: PenguinsExport) -> None:
+    server = ServerProcess(["--model", str(penguins.model), "--name", "penguins"])
     try:
         server.wait_ready()
-        outputs = _rest_infer(server.http_port)
-        _check(outputs["probabilities"], outputs["label"])
+        outputs = _rest_infer(penguins, server.http_port)
+        _check(penguins, outputs["probabilities"], outputs["label"])
         with grpc.insecure_channel(server.target) as channel:
-            response = _grpc_infer(channel)
+            response = _grpc_infer(penguins, channel)
         _check(
-            response.outputs[0].contents.fp32_contents, response.outputs[1].contents.int64_contents
+            penguins,
+            response.outputs[0].contents.fp32_contents,
+            response.outputs[1].contents.int64_contents,
         )
-        assert _unseen(server.metrics_port, "island") == 2  # one per call
+        assert _unseen_per_call(penguins) >= 1
+        assert _unseen(server.metrics_port, "island") == 2 * _unseen_per_call(penguins)
     finally:
         assert server.stop() == 0
 
 
-def test_two_processes_serve_a_mixed_model(model_path: Path) -> None:
-    server = ServerProcess(["--model", str(model_path), "--name", "penguins", "--processes", "2"])
+def test_two_processes_serve_a_mixed_model(penguins: PenguinsExport) -> None:
+    server = ServerProcess(
+        ["--model", str(penguins.model), "--name", "penguins", "--processes", "2"]
+    )
     try:
         match = server.wait_for(SUPERVISOR_READY, 120)
         server.port = int(match.group(2))
@@ -129,14 +127,15 @@ def test_two_processes_serve_a_mixed_model(model_path: Path) -> None:
                 health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service="liveness"), timeout=30
                 )
-                response = _grpc_infer(channel)
+                response = _grpc_infer(penguins, channel)
                 _check(
+                    penguins,
                     response.outputs[0].contents.fp32_contents,
                     response.outputs[1].contents.int64_contents,
                 )
                 calls += 1
                 reached = _every_process_answered(server, pids)
-        assert _unseen(server.metrics_port, "island") == calls
+        assert _unseen(server.metrics_port, "island") == calls * _unseen_per_call(penguins)
     finally:
         assert server.stop() == 0
 
