@@ -17,7 +17,12 @@ import grpc
 from bnserve import atomic
 from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
-from bnserve.server.clients.records import RecordError, parse_record, read_records
+from bnserve.server.clients.records import (
+    RecordError,
+    missing_tokens,
+    parse_record,
+    read_records,
+)
 from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -111,9 +116,13 @@ def _number(text: str, where: str) -> float:
 
 
 def read_examples(
-    path: Path, feature_names: Sequence[str], delimiter: str = ","
+    path: Path,
+    feature_names: Sequence[str],
+    delimiter: str = ",",
+    missing_cells: frozenset[str] = frozenset(),
 ) -> tuple[list[int], list[list[float]]]:
-    """(line numbers, rows in model feature order) from a CSV with or without a header.
+    """(line numbers, rows in model feature order) from a CSV with or without a header; a cell
+    in `missing_cells` (a model that fills gaps: its missing tokens) is sent as NaN.
 
     With a header, the model's feature columns are picked by name (others, like a target column,
     are ignored); without one, every row must have exactly the model's F values in order. A UTF-8
@@ -163,7 +172,9 @@ def read_examples(
             )
         rows.append(
             [
-                _number(
+                math.nan
+                if cells[c].strip() in missing_cells
+                else _number(
                     cells[c].strip(),
                     f"{path}: line {line_number}, column {c + 1} ({header_names[c]!r})",
                 )
@@ -227,8 +238,10 @@ def stream_csv(
             )
         line_numbers, rows = records.lines, records.values
     else:
+        # A format-2 model of numbers only fills gaps: its missing cells go as NaN.
+        gaps = missing_tokens(info) if "bnserve.schema" in info.metadata else frozenset()
         line_numbers, rows = read_examples(  # type: ignore[assignment]
-            settings.csv_path, info.feature_names, settings.delimiter
+            settings.csv_path, info.feature_names, settings.delimiter, gaps
         )
 
     def requests() -> Iterator[pb.PredictRequest]:
