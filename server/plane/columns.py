@@ -129,7 +129,7 @@ def _numbers(
                 if isinstance(value, _NOT_NUMBERS):
                     what = "text" if isinstance(value, str | bytes) else "a non-number"
                     raise InvalidInput(
-                        f"input {name!r} is a numeric column but {source} holds {what} "
+                        f"input {name!r} is a numeric column but its {source} hold {what} "
                         f"{value!r} at position {position}; send a number, or null for missing"
                     )
         if len(data) != count:
@@ -171,7 +171,7 @@ def _texts(name: str, data: Any, source: str) -> list[str]:
                 ) from None
         else:
             raise InvalidInput(
-                f"input {name!r} is a categorical column (BYTES) but {source} holds a number "
+                f"input {name!r} is a categorical column (BYTES) but its {source} hold a number "
                 f'{value!r} at position {position}; send it as text ("{value}"), or '
                 'null / "" for missing'
             )
