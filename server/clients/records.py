@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnserve.header_hints import delimiter_hint
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "null", "NULL", "None")  # training's default tokens
@@ -76,6 +77,8 @@ def read_records(path: Path, info: pb.ModelInfoResponse, delimiter: str = ",") -
     if not lines:
         raise RecordError(f"{path}: empty file, no records")
     header = [cell.strip() for cell in lines[0]]
+    if hint := delimiter_hint(header, delimiter):
+        raise RecordError(f"{path}: line 1: {hint}")
     columns = list(info.columns)
     missing = [column.name for column in columns if column.name not in header]
     if missing:

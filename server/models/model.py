@@ -133,7 +133,9 @@ class Model:
         # C++ binding with one RunOptions shared by every call (read-only during a run). It
         # skips only InferenceSession.run's Python-side checks of the feed's names and OrtValue
         # ownership, which hold by construction here: the feed is always {"x": float32 array}
-        # and _check_signature verified the session takes exactly x. io binding with
+        # and _check_signature verified the session takes exactly x (a mixed model: one array per
+        # graph input, in input order, float32 or object str, as check_features verified and
+        # _check_columns_signature verified the session takes). io binding with
         # preallocated outputs and run_with_ort_values measured slower (they must copy out).
         self._run_options = ort.RunOptions()
         self._session_run: SessionRun = session_run(session)  # server/_compat.py
@@ -147,7 +149,9 @@ class Model:
         self.allows_missing = card.schema is not None
         # A categorical column's levels that are not unseen: kept and rare training levels.
         self._seen: dict[str, frozenset[str]] = {}
+        self._input_names: tuple[str, ...] = (INPUT_NAME,)
         if card.schema is not None and self.mixed:
+            self._input_names = input_names(card.schema)
             self._seen = {
                 column.name: frozenset((*column.levels, *column.rare))
                 for column in card.schema.used_columns
@@ -277,20 +281,22 @@ class Model:
             )
 
     def _check_columns(self, x: ModelInput) -> None:
+        """A mixed model's Columns: N ≥ 1 rows of its inputs in order (each array's dtype and
+        shape are plane/columns.py's); anything else names what the model takes instead."""
         schema = self.schema
-        if not isinstance(x, Columns) or schema is None or not self.mixed:
-            if schema is not None and self.mixed:
-                raise InvalidInput(
-                    f"model {self.name!r} takes one input per column, by name: "
-                    f"{describe(schema)}; not a vector of features"
-                )
+        if schema is None or not self.mixed:
             raise InvalidInput(
                 f"model {self.name!r} takes one input {INPUT_NAME!r} FP32 "
                 f"[N, {self.num_features}], not columns"
             )
+        if not isinstance(x, Columns):
+            raise InvalidInput(
+                f"model {self.name!r} takes one input per column, by name: "
+                f"{describe(schema)}; not a vector of features"
+            )
         if x.shape[0] == 0:
             raise InvalidInput("empty request: no examples to score")
-        if tuple(x.arrays) != input_names(schema):
+        if tuple(x.arrays) != self._input_names:
             raise InvalidInput(
                 f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
             )

@@ -98,8 +98,9 @@ def test_predict_features_of_either_kind(
             "Dream,forty,18,181,3750,male,2007\n",
             "line 2, column 'bill_length_mm': 'forty' is not a number",
         ),
+        ("island;bill_length_mm;sex\nDream;40;male\n", "(--delimiter ';')"),
     ],
-    ids=["a missing model column", "text in a numeric column"],
+    ids=["a missing model column", "text in a numeric column", "another delimiter"],
 )
 def test_bad_csv_is_one_error_line(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, problem: str
