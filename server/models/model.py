@@ -38,6 +38,7 @@ from bnserve.server.modelfile.wire import (
     with_graph_outputs,
 )
 from bnserve.server.plane.columns import (
+    SMALL,
     datatype_of,
     describe,
     from_values,
@@ -324,6 +325,8 @@ class Model:
                     else:
                         unseen += 1
                 missing_cells = count
+            elif array.shape[0] <= SMALL:
+                missing_cells = sum(1 for value in array.ravel().tolist() if value != value)
             else:
                 missing_cells = int(np.isnan(array).sum())
             if unseen or missing_cells:

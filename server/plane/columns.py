@@ -27,6 +27,9 @@ NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
 }
 BYTES = "BYTES"
 _NOT_NUMBERS = (str, bytes, bool, list, dict)
+_RAW = (bytes, bytearray, memoryview)
+_INFINITIES = frozenset((math.inf, -math.inf))
+SMALL = 64  # up to this many values, Python's checks beat numpy's per-call cost
 
 
 def is_categorical(column: GraphInput) -> bool:
@@ -88,12 +91,13 @@ def decode_tensors(schema: InputSchema, model: str, tensors: Sequence[TensorIn])
 
 def _decode(column: GraphInput, tensor: TensorIn) -> np.ndarray:
     name, datatype, shape, data = column.name, tensor.datatype, list(tensor.shape), tensor.data
-    if is_categorical(column) and datatype != BYTES:
+    categorical = column.kind == CATEGORICAL
+    if categorical and datatype != BYTES:
         raise InvalidInput(
             f'input {name!r} is a categorical column: send BYTES (text; null or "" for '
             f"missing), not {datatype}"
         )
-    if not is_categorical(column) and datatype not in NUMERIC_DATATYPES:
+    if not categorical and datatype not in NUMERIC_DATATYPES:
         raise InvalidInput(
             f"input {name!r} is a numeric column: send FP32, FP64, INT32 or INT64 (null or NaN "
             f"for missing), not {datatype}"
@@ -101,7 +105,7 @@ def _decode(column: GraphInput, tensor: TensorIn) -> np.ndarray:
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
         raise InvalidInput(f"input {name!r} has shape {shape}; a column takes [N] or [N, 1], N ≥ 1")
     count = shape[0]
-    if is_categorical(column):
+    if categorical:
         texts = _texts(name, data, tensor.source)
         if len(texts) != count:
             raise InvalidInput(
@@ -115,14 +119,16 @@ def _decode(column: GraphInput, tensor: TensorIn) -> np.ndarray:
 def _numbers(
     name: str, datatype: str, data: Any, source: str, count: int, shape: list[int]
 ) -> np.ndarray:
-    if isinstance(data, bytes | bytearray | memoryview):
+    if isinstance(data, _RAW):
         dtype = NUMERIC_DATATYPES[datatype]
         if len(data) != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {name!r}: {source} has {len(data)} bytes; shape {shape} {datatype} "
                 f"needs {count * dtype.itemsize}"
             )
-        values = np.frombuffer(data, dtype=dtype).astype(np.float32)
+        values = np.frombuffer(data, dtype=dtype)  # FP32: read-only, no copy
+        if datatype != "FP32":
+            values = values.astype(np.float32)
     else:
         if not isinstance(data, np.ndarray):
             for position, value in enumerate(data):
@@ -140,7 +146,7 @@ def _numbers(
             values = np.asarray(data, dtype=np.float32)
         except (TypeError, ValueError):
             raise InvalidInput(f"input {name!r}: {source} must be numbers (or null)") from None
-    if np.isinf(values).any():
+    if _has_infinity(values):
         position = int(np.flatnonzero(np.isinf(values))[0])
         raise InvalidInput(
             f"input {name!r}: value {values[position]} at position {position} is not finite "
@@ -149,8 +155,14 @@ def _numbers(
     return values
 
 
+def _has_infinity(values: np.ndarray) -> bool:
+    if values.size <= SMALL:
+        return not _INFINITIES.isdisjoint(values.tolist())
+    return bool(np.isinf(values).any())
+
+
 def _texts(name: str, data: Any, source: str) -> list[str]:
-    if isinstance(data, bytes | bytearray | memoryview):
+    if isinstance(data, _RAW):
         elements: Sequence[Any] = _split_bytes(name, bytes(data), source)
     elif isinstance(data, np.ndarray):
         raise InvalidInput(f"input {name!r} is a categorical column: send text, not numbers")
