@@ -86,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_features(text: str) -> pb.PredictRequest:
-    """`1,2,3` → features by position; `a=1,b=2` → named_features."""
+def parse_features(text: str, missing_cells: frozenset[str] = frozenset()) -> pb.PredictRequest:
+    """`1,2,3` → features by position; `a=1,b=2` → named_features. A value in `missing_cells`
+    (a model that fills gaps: empty, NA, …) is sent as NaN."""
     items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
+    if not text.strip() or (not missing_cells and any(not item for item in items)):
         raise InputError(f"--features {text!r}: expected comma-separated numbers, none empty")
     named = "=" in text
     request = pb.PredictRequest()
@@ -97,7 +98,8 @@ def parse_features(text: str) -> pb.PredictRequest:
         name, _, value = item.rpartition("=") if named else ("", "", item)
         if named and not name:
             raise InputError(f"--features item {position} {item!r}: expected name=value")
-        number = _number(value, f"--features item {position}{f' ({name})' if name else ''}")
+        where = f"--features item {position}{f' ({name})' if name else ''}"
+        number = math.nan if value.strip() in missing_cells else _number(value, where)
         if named:
             request.named_features[name] = number
         else:
@@ -299,7 +301,8 @@ def run(settings: ClientSettings) -> int:
             for name, value in parse_record(settings.features, info).items():
                 request.values[name].CopyFrom(value)
         else:
-            request = parse_features(settings.features)
+            gaps = missing_tokens(info) if "bnserve.schema" in info.metadata else frozenset()
+            request = parse_features(settings.features, gaps)
         request.model_name, request.model_version = info.model_name, info.model_version
         response = stub.Predict(request, timeout=settings.timeout_s)
         print(format_prediction(response, info))

@@ -162,3 +162,18 @@ def test_predict_csv_sends_empty_cells_as_missing(
     served = np.array([[float(p) for p in row[3:]] for row in table[1:]])
     np.testing.assert_allclose(served, probabilities, atol=1e-6)
     assert [int(row[1]) for row in table[1:]] == labels.tolist()
+
+
+def test_predict_features_sends_empty_values_as_missing(
+    exported: GapsExport, server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    target = f"127.0.0.1:{server.port}"
+    assert main(["--target", target, "--features", "0.5,,NA,-1"]) == 0
+    answer = capsys.readouterr().out
+    session = ort.InferenceSession(str(exported.model), providers=["CPUExecutionProvider"])
+    x = np.array([[0.5, np.nan, np.nan, -1.0]], np.float32)
+    probabilities, labels = session.run(["probabilities", "label"], {"x": x})
+    assert f"(label {labels[0]})" in answer
+    assert f"={probabilities[0, labels[0]]:.4f}" in answer
