@@ -174,3 +174,25 @@ def test_unseen_levels_are_counted(
 
 def native_stub(channel: grpc.Channel) -> predictor_pb2_grpc.PredictorStub:
     return predictor_pb2_grpc.PredictorStub(channel)
+
+
+def test_parity_gate_refuses_the_export_with_tampered_reference_outputs(
+    penguins: PenguinsExport, tmp_path: Path
+) -> None:
+    import onnx
+
+    from bnserve.server.models.model import Model, SessionThreads
+    from bnserve.server.plane.errors import ModelLoadError
+
+    model = onnx.load(str(penguins.model))
+    for prop in model.metadata_props:
+        if prop.key == "bnserve.reference_outputs":
+            outputs = json.loads(prop.value)
+            outputs["probabilities"][0][0] += 0.1
+            prop.value = json.dumps(outputs)
+    tampered = tmp_path / "tampered.onnx"
+    tampered.write_bytes(model.SerializeToString())
+    Model.load(penguins.model, "penguins", "1", SessionThreads()).check_parity()
+    loaded = Model.load(tampered, "penguins", "1", SessionThreads())
+    with pytest.raises(ModelLoadError, match=r"parity gate failed.*probabilities\[0, "):
+        loaded.check_parity()
