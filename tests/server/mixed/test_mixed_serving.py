@@ -103,6 +103,10 @@ def _typed_request(rows: dict[str, list[Any]] = ROWS, **changes: Any) -> pb.Mode
             tensor.contents.bytes_contents.extend(str(v).encode() for v in values)
         elif datatype == "INT64":
             tensor.contents.int64_contents.extend(values)
+        elif datatype == "INT32":
+            tensor.contents.int_contents.extend(values)
+        elif datatype == "FP64":
+            tensor.contents.fp64_contents.extend(_numbers(values))
         else:
             tensor.contents.fp32_contents.extend(_numbers(values))
     return request
@@ -155,6 +159,19 @@ def test_v2_grpc_typed_contents_score_raw_rows(inference) -> None:
     response = inference.ModelInfer(_typed_request())
     probabilities = np.array(response.outputs[0].contents.fp32_contents).reshape(N, -1)
     _assert_expected(probabilities, np.array(response.outputs[1].contents.int64_contents))
+
+
+def test_v2_grpc_typed_fp64_and_int32_contents(inference) -> None:
+    whole = [4000 if value is None else round(value) for value in ROWS["body_mass_g"]]
+    request = _typed_request(
+        bill_length_mm=("FP64", [N], ROWS["bill_length_mm"]),
+        body_mass_g=("INT32", [N, 1], whole),
+    )
+    response = inference.ModelInfer(request)
+    want = expected(PENGUINISH, dict(ROWS, body_mass_g=[float(v) for v in whole]))
+    probabilities = np.array(response.outputs[0].contents.fp32_contents).reshape(N, -1)
+    np.testing.assert_allclose(probabilities, want["probabilities"], atol=1e-5)
+    assert list(response.outputs[1].contents.int64_contents) == want["label"].tolist()
 
 
 def test_v2_grpc_raw_contents_with_bytes_and_other_number_types(inference) -> None:
