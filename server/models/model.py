@@ -208,7 +208,7 @@ class Model:
         if drift is None:
             return cls(name, version, source, session, card)
         if card.schema is not None:
-            # TODO(issue 26, drift): the monitor takes per-column arrays (branch i26c).
+            # No drift statistics for format-2 models yet: the monitor reads x [N, F] only.
             model = cls(name, version, source, session, card)
             model.drift_status = FORMAT_2_DRIFT
             return model
