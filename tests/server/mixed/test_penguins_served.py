@@ -196,3 +196,9 @@ def test_parity_gate_refuses_the_export_with_tampered_reference_outputs(
     loaded = Model.load(tampered, "penguins", "1", SessionThreads())
     with pytest.raises(ModelLoadError, match=r"parity gate failed.*probabilities\[0, "):
         loaded.check_parity()
+
+
+def test_model_drift_says_format_2_models_are_not_monitored_yet(channel: grpc.Channel) -> None:
+    answer = native_stub(channel).ModelDrift(native.ModelDriftRequest(model_name="penguins"))
+    assert not answer.monitored
+    assert answer.status.startswith("not monitored: drift statistics of format-2 models")
