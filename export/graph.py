@@ -30,7 +30,7 @@ FOLDED_PREACTIVATION = "hidden{i}.z"
 UNFOLDED_PREACTIVATION = "hidden{i}.z_bn"
 
 
-class _GraphBuilder:
+class GraphBuilder:
     """Collects nodes and float32 initializers; names every node after the layer it belongs to."""
 
     def __init__(self) -> None:
@@ -39,6 +39,12 @@ class _GraphBuilder:
 
     def constant(self, name: str, value: np.ndarray) -> str:
         array = np.ascontiguousarray(value, dtype=np.float32)
+        self.initializers.append(numpy_helper.from_array(array, name=name))
+        return name
+
+    def constant_int64(self, name: str, value: np.ndarray) -> str:
+        """An int64 initializer (shapes, split sizes)."""
+        array = np.ascontiguousarray(value, dtype=np.int64)
         self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
@@ -64,15 +70,15 @@ def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
     return [helper.make_tensor_value_info(y, TensorProto.FLOAT, [BATCH_DIM, output_count])]
 
 
-def _add_classification_head(builder: _GraphBuilder, logits: str) -> None:
+def add_classification_head(builder: GraphBuilder, logits: str) -> None:
     probabilities_name, label_name = OUTPUT_NAMES["classification"]
     probabilities = builder.node("Softmax", [logits], probabilities_name, "output.softmax", axis=1)
     # The label is the argmax of the probabilities the caller sees, so the two always agree.
     builder.node("ArgMax", [probabilities], label_name, "output.argmax", axis=1, keepdims=0)
 
 
-def _finish(
-    builder: _GraphBuilder,
+def finish_model(
+    builder: GraphBuilder,
     task: str,
     feature_count: int,
     output_count: int,
@@ -98,7 +104,7 @@ def _finish(
     return model
 
 
-def _activation_attributes(network: FoldedNetwork) -> dict[str, float]:
+def activation_attributes(network: FoldedNetwork) -> dict[str, float]:
     """LeakyRelu's slope (written even when it is ONNX's default, so the graph states it)."""
     if network.activation == "leaky_relu":
         return {"alpha": float(network.leaky_relu_alpha)}
@@ -123,7 +129,7 @@ def build_folded_model(
     γ·ẑ + β when batch norm was folded in, for drift monitoring. The default graph has only the
     task's outputs (onnxruntime may then fuse Gemm with the activation).
     """
-    builder = _GraphBuilder()
+    builder = GraphBuilder()
     activation_op = ACTIVATION_OPS[network.activation]
     a = INPUT_NAME
     last = len(network.layers) - 1
@@ -141,16 +147,18 @@ def build_folded_model(
                 [z],
                 f"{prefix}.a",
                 f"{prefix}.{network.activation}",
-                **_activation_attributes(network),
+                **activation_attributes(network),
             )
     if network.task == "classification":
-        _add_classification_head(builder, z)
+        add_classification_head(builder, z)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
         widths = [layer.bias.size for layer in network.layers[:-1]]
         extra = preactivation_outputs(widths, FOLDED_PREACTIVATION)
-    return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra)
+    return finish_model(
+        builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra
+    )
 
 
 def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> onnx.ModelProto:
@@ -159,7 +167,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     For audit and comparison with the folded model; params in the params.npz layout, already
     checked against spec by `bnserve.export.network.check_params`.
     """
-    builder = _GraphBuilder()
+    builder = GraphBuilder()
     activation, task = spec.activation, spec.task
     activation_op = ACTIVATION_OPS[activation]
     centred = builder.node(
@@ -195,7 +203,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     output_b = builder.constant("output.b", params["output.b"])
     if task == "classification":
         logits = builder.node("Gemm", [a, output_w, output_b], "logits", "output.gemm")
-        _add_classification_head(builder, logits)
+        add_classification_head(builder, logits)
     else:
         y_std = builder.node("Gemm", [a, output_w, output_b], "y_standardized", "output.gemm")
         scaled = builder.node(
@@ -210,4 +218,6 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
             OUTPUT_NAMES["regression"][0],
             "target.add",
         )
-    return _finish(builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded")
+    return finish_model(
+        builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded"
+    )
