@@ -25,7 +25,7 @@ from bnserve.export.graph import (
     build_unfolded_model,
 )
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
-from bnserve.export.network import check_params, spec_from_run
+from bnserve.export.network import NetworkSpec, check_params, spec_from_run
 from bnserve.export.verify import (
     PROBABILITY_TOLERANCE,
     LayerVerification,
@@ -77,19 +77,19 @@ def export_run(settings: ExportSettings) -> ExportReport:
     except RunError as error:
         raise ExportError(f"not an exportable run: {error}") from None
     _check_plain_inputs(settings.run_dir)
-    _check_heldout(run)
+    check_heldout(run)
     model, tolerance = build_model(run, unfolded=settings.unfolded)
     probe = probe_rows(run.heldout_x)  # held-out rows, then rows at the edges of their range
     heldout_count = run.heldout_x.shape[0]
     layers = check_layers(model, run.params, run.meta, probe)  # the fold, layer by layer
     if not layers.passed:
-        raise ExportError(_layer_failure(settings.run_dir, layers, heldout_count))
+        raise ExportError(layer_failure(settings.run_dir, layers, heldout_count))
     expected = predict(run.params, run.meta, probe.astype(np.float32).astype(np.float64))
     session = onnx_session(model.SerializeToString())  # the float32 model as served
     outputs = score_onnx(session, probe)
     verification = compare_outputs(outputs, expected, run.meta["task"], tolerance)
     if not verification.passed:
-        raise ExportError(_verification_failure(settings.run_dir, verification, heldout_count))
+        raise ExportError(verification_failure(settings.run_dir, verification, heldout_count))
     rows = training_rows(run)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
     drift = drift_metadata(
@@ -100,7 +100,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
     )
     metadata = build_metadata(
         meta=run.meta,
-        training=_training_summary(run),
+        training=training_summary(run),
         folded=not settings.unfolded,
         fold_max_abs_error=verification.max_abs_error,
         tolerance=tolerance,
@@ -142,12 +142,7 @@ def check_output_path(out: Path, force: bool) -> None:
 def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance]:
     """Check run's parameters against its config, then build the folded (or unfolded) model,
     without metadata; also returns the tolerance its outputs are verified with."""
-    try:
-        spec = spec_from_run(run.meta, run.config)
-        check_params(run.params, spec)
-    except ExportError as error:
-        # the checks name the file within the run ("params.npz: …"); say which run it is
-        raise ExportError(f"{run.path}{os.sep}{error}") from None
+    spec = checked_spec(run)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
     if unfolded:
         model = build_unfolded_model(params, spec)
@@ -156,6 +151,18 @@ def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
     return model, regression_tolerance(params["target.std"])
+
+
+def checked_spec(run: Run) -> NetworkSpec:
+    """The network run's meta and config describe, with its parameters checked against it;
+    ExportError names the run, the file and the problem."""
+    try:
+        spec = spec_from_run(run.meta, run.config)
+        check_params(run.params, spec)
+    except ExportError as error:
+        # the checks name the file within the run ("params.npz: …"); say which run it is
+        raise ExportError(f"{run.path}{os.sep}{error}") from None
+    return spec
 
 
 def _check_plain_inputs(run_dir: Path) -> None:
@@ -181,7 +188,7 @@ def _check_plain_inputs(run_dir: Path) -> None:
     )
 
 
-def _check_heldout(run: Run) -> None:
+def check_heldout(run: Run) -> None:
     """The held-out features are what the model is verified on: there must be some, all finite."""
     where = run.path / "heldout.npz"
     if run.heldout_x.shape[0] == 0:
@@ -198,7 +205,7 @@ def _probe_row(row: int, heldout_count: int) -> str:
     return f"held-out row {row}" if row < heldout_count else f"edge row {row - heldout_count}"
 
 
-def _verification_failure(run_dir: Path, verification: Verification, heldout_count: int) -> str:
+def verification_failure(run_dir: Path, verification: Verification, heldout_count: int) -> str:
     return (
         f"{run_dir}: the ONNX model does not reproduce the numpy inference path on the held-out "
         f"set: max abs error {verification.max_abs_error:.3g}, {verification.failures} value(s) "
@@ -208,7 +215,7 @@ def _verification_failure(run_dir: Path, verification: Verification, heldout_cou
     )
 
 
-def _layer_failure(run_dir: Path, layers: LayerVerification, heldout_count: int) -> str:
+def layer_failure(run_dir: Path, layers: LayerVerification, heldout_count: int) -> str:
     where = _probe_row(layers.worst_row, heldout_count)
     return (
         f"{run_dir}: the ONNX graph's {layers.worst_layer} pre-activations differ from the run's "
@@ -233,7 +240,7 @@ def reference_rows(run: Run, count: int) -> ReferenceRows:
     return ReferenceRows(inputs, {"y": outputs})
 
 
-def _training_summary(run: Run) -> dict[str, Any]:
+def training_summary(run: Run) -> dict[str, Any]:
     metric_keys = ("test_accuracy", "test_rmse", "dev_error", "created_at")
     return {
         "config": run.config.to_dict(),

@@ -53,6 +53,7 @@ class MetadataKey(StrEnum):
     DRIFT = "drift"  # absent in models exported before drift monitoring
     IMPORT = "import"  # models made by `bnserve import` only
     ADAPT = "adapt"  # models made by `bnserve adapt` only
+    ENSEMBLE = "ensemble"  # ensembles (`bnserve export` of several runs) only
 
     @property
     def full(self) -> str:
