@@ -107,7 +107,8 @@ def _describe_ensemble(report: EnsembleReport, source: str) -> str:
         f"{report.layout}, {report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
         + (f"members: {source}\n" if source else "")
         + "onnxruntime vs the mean of the members' numpy paths on "
-        f"{check.example_count - EDGE_ROWS} held-out examples and {EDGE_ROWS} at the edges of their range: max abs error "
+        f"{check.example_count - EDGE_ROWS} held-out examples and {EDGE_ROWS} at the edges of "
+        "their range: max abs error "
         f"{check.max_abs_error:.3g} (tolerance {bound})\n"
         f"each member's layers vs its run's: {report.worst_layer_ratio:.2g} float32 roundings "
         f"of their summed terms at worst (bound {report.layer_bound:g})\n"
