@@ -188,7 +188,8 @@ def check_compatible(runs: Sequence[Run]) -> None:
                 f"{first.meta['task']}; ensemble members must share the task"
             )
         names_key = "class_names" if first.meta["task"] == "classification" else "target_names"
-        for key, what in (("feature_names", "features"), (names_key, names_key.split("_")[0])):
+        for key in ("feature_names", names_key):
+            what = key.replace("_", " ")
             difference = _name_difference(list(first.meta[key]), list(run.meta[key]))
             if difference:
                 raise ExportError(
@@ -199,7 +200,7 @@ def check_compatible(runs: Sequence[Run]) -> None:
 
 def _name_difference(expected: list[str], actual: list[str]) -> str:
     if len(expected) != len(actual):
-        return f"{len(actual)} vs {len(expected)}"
+        return f"{len(actual)} names vs {len(expected)}"
     for index, (want, have) in enumerate(zip(expected, actual, strict=True)):
         if want != have:
             return f"#{index} is {have!r} vs {want!r}"
