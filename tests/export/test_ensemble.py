@@ -212,3 +212,13 @@ def test_help_documents_ensembles(capsys) -> None:
     assert "RUN_DIR [RUN_DIR ...]" in text
     assert "--ensemble K" in text and "ONE graph of their mean" in text
     assert "label = argmax of that mean" in text
+
+
+def test_adapt_refuses_an_ensemble(synthetic_run, out_dir: Path, capsys) -> None:
+    from bnserve.export.adapt_source import AdaptError, read_source
+
+    out = out_dir / "m.onnx"
+    assert _export([str(synthetic_run(seed=0)), str(synthetic_run(seed=1)), "--out", str(out)],
+                   capsys)[0] == 0  # fmt: skip
+    with pytest.raises(AdaptError, match="an ensemble of several networks"):
+        read_source(out)
