@@ -200,10 +200,10 @@ def check_compatible(runs: Sequence[Run]) -> None:
 
 def _name_difference(expected: list[str], actual: list[str]) -> str:
     if len(expected) != len(actual):
-        return f"{len(actual)} names vs {len(expected)}"
+        return f"{len(actual)} names, not {len(expected)}"
     for index, (want, have) in enumerate(zip(expected, actual, strict=True)):
         if want != have:
-            return f"#{index} is {have!r} vs {want!r}"
+            return f"name #{index} is {have!r}, not {want!r}"
     return ""
 
 

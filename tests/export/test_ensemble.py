@@ -140,7 +140,7 @@ def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, ca
     (other / "meta.json").write_text(json.dumps(meta))
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
-    assert "#1 is 'renamed' vs 'class_1'" in error
+    assert "name #1 is 'renamed', not 'class_1'" in error
 
 
 def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
