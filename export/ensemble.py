@@ -94,14 +94,15 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         raise ExportError("an ensemble needs at least 2 runs")
     runs = [_load_member(path) for path in settings.run_dirs]
     check_compatible(runs)
-    probe = probe_rows(_heldout_union(runs))
+    heldout = _heldout_union(runs)
+    probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
     networks: list[FoldedNetwork] = []
     worst_ratio, bound = 0.0, 0.0
     for run in runs:
         network = fold_params(run.params, checked_spec(run))
         layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
         if not layers.passed:
-            raise ExportError(layer_failure(run.path, layers, probe.shape[0]))
+            raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
         worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
         networks.append(network)
     problem = layout_problem(networks, settings.layout)
@@ -115,7 +116,7 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     verification = compare_outputs(outputs, expected, task, tolerance)
     if not verification.passed:
         where = Path(", ".join(str(run.path) for run in runs))
-        raise ExportError(verification_failure(where, verification, probe.shape[0]))
+        raise ExportError(verification_failure(where, verification, heldout.shape[0]))
     rows = training_rows(runs[0])
     metadata = build_metadata(
         meta=_card_meta(runs),

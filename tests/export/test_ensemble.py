@@ -222,3 +222,21 @@ def test_adapt_refuses_an_ensemble(synthetic_run, out_dir: Path, capsys) -> None
                    capsys)[0] == 0  # fmt: skip
     with pytest.raises(AdaptError, match="an ensemble of several networks"):
         read_source(out)
+
+
+def test_a_graph_that_is_not_the_mean_is_not_written(
+    synthetic_run, out_dir: Path, capsys, monkeypatch
+) -> None:
+    """The check is real: a graph that averages one member too few fails it, nothing written."""
+    from bnserve.export import ensemble
+
+    build = ensemble.build_ensemble_model
+    monkeypatch.setattr(
+        ensemble, "build_ensemble_model", lambda members, **kw: build(members[:-1], **kw)
+    )
+    runs = _runs(synthetic_run, MIXED[:3])
+    out = out_dir / "m.onnx"
+    code, _, error = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert "does not reproduce the numpy inference path" in error and "nothing written" in error
+    assert not out.exists()
