@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from bnserve.atomic import write_bytes
 from bnserve.export.distribution import TrainingRows, layer_statistics, training_rows
 from bnserve.export.distribution import drift_metadata as one_model_drift
 from bnserve.export.ensemble_graph import (
@@ -37,6 +35,7 @@ from bnserve.export.exporter import (
     layer_failure,
     training_summary,
     verification_failure,
+    write_model,
 )
 from bnserve.export.fold import FoldedNetwork, fold_params
 from bnserve.export.graph import build_folded_model
@@ -52,7 +51,7 @@ from bnserve.export.verify import (
     score_onnx,
 )
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
-from bnserve.training.errors import RunError, disk_full, os_error_line
+from bnserve.training.errors import RunError
 from bnserve.training.inference import predict
 from bnserve.training.rundir import Run, load_run
 
@@ -93,13 +92,14 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     if len(settings.run_dirs) < 2:
         raise ExportError("an ensemble needs at least 2 runs")
     runs = [_load_member(path) for path in settings.run_dirs]
+    specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
     check_compatible(runs)
     heldout = _heldout_union(runs)
     probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
     networks: list[FoldedNetwork] = []
     worst_ratio, bound = 0.0, 0.0
-    for run in runs:
-        network = fold_params(run.params, checked_spec(run))
+    for run, spec in zip(runs, specs, strict=True):
+        network = fold_params(run.params, spec)
         layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
         if not layers.passed:
             raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
@@ -143,16 +143,7 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         }
     )
     attach_metadata(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
-    payload = model.SerializeToString()
-    try:
-        write_bytes(settings.out, payload)
-    except OSError as error:
-        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
-        raise ExportError(
-            f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
-            f"written (no partial file); {then}, then run it again"
-        ) from None
+    payload = write_model(settings.out, model)
     return EnsembleReport(
         out=settings.out,
         members=tuple(str(run.meta["run_id"]) for run in runs),

@@ -109,16 +109,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         drift=drift,
     )
     attach_metadata(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
-    payload = model.SerializeToString()
-    try:
-        write_bytes(settings.out, payload)
-    except OSError as error:  # a full disk, most likely
-        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
-        raise ExportError(
-            f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
-            f"written (no partial file); {then}, then run it again"
-        ) from None
+    payload = write_model(settings.out, model)
     return ExportReport(
         out=settings.out,
         folded=not settings.unfolded,
@@ -129,6 +120,22 @@ def export_run(settings: ExportSettings) -> ExportReport:
         graph_sha256=graph_sha256(model),
         drift_rows=rows,
     )
+
+
+def write_model(out: Path, model: onnx.ModelProto) -> bytes:
+    """Check the finished model and write it to out atomically; returns the bytes written.
+    ExportError in one line when it cannot be written (no partial file is left)."""
+    onnx.checker.check_model(model, full_check=True)
+    payload: bytes = model.SerializeToString()
+    try:
+        write_bytes(out, payload)
+    except OSError as error:  # a full disk, most likely
+        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
+        raise ExportError(
+            f"{out}: cannot write the model, {os_error_line(error)}; nothing was "
+            f"written (no partial file); {then}, then run it again"
+        ) from None
+    return payload
 
 
 def check_output_path(out: Path, force: bool) -> None:

@@ -240,3 +240,13 @@ def test_a_graph_that_is_not_the_mean_is_not_written(
     assert code == 2 and error.count("\n") == 1
     assert "does not reproduce the numpy inference path" in error and "nothing written" in error
     assert not out.exists()
+
+
+def test_a_member_with_a_broken_meta_is_named_in_one_line(synthetic_run, out_dir, capsys) -> None:
+    first, other = synthetic_run(seed=0), synthetic_run(seed=1)
+    meta = json.loads((other / "meta.json").read_text())
+    del meta["feature_names"]
+    (other / "meta.json").write_text(json.dumps(meta))
+    code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert f"{other}" in error and "'feature_names'" in error
