@@ -76,6 +76,11 @@ def read_source(path: Path) -> SourceModel:
             f"{path}: an unfolded model (bnserve.folded = {card.get(MetadataKey.FOLDED)!r}); "
             "adapt re-folds a folded one: export the run without --unfolded"
         )
+    if card.get(MetadataKey.ENSEMBLE):
+        raise AdaptError(
+            f"{path}: an ensemble of several networks (bnserve.ensemble); adapt re-folds one "
+            "network: adapt a member's own export instead"
+        )
     drift = _drift(path, card)
     return SourceModel(path, model, card, _folded_source(path, model, card, drift), drift)
 

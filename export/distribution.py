@@ -19,6 +19,7 @@ import numpy as np
 
 from bnserve.export.columns import design_offsets
 from bnserve.server.modelfile.contract import DRIFT_FORMAT
+from bnserve.training.data.folds import fold_split
 from bnserve.training.data.loading import fit_standardization, load_split
 from bnserve.training.data.schema import MISSING, TableSchema
 from bnserve.training.errors import DataError
@@ -43,6 +44,17 @@ def training_rows(run: Run) -> TrainingRows:
     config = run.config
     try:
         dataset, split = load_split(config)
+        if config.folds is not None:  # a cross-validation fold's run: its own training rows
+            split = fold_split(
+                split,
+                dataset.y,
+                dataset.task,
+                config.folds,
+                config.fold,
+                config.data_split_seed,
+                dataset.source,
+                config.fold_repeat,
+            )
     except DataError as error:
         return _heldout(run, f"training data not readable ({error})")
     x_train = dataset.x[split.train]
