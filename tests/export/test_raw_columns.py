@@ -28,6 +28,7 @@ from bnserve.export.raw_rows import (
 from bnserve.export.schema_rows import schema_rows
 from bnserve.export.verify import check_layers, onnx_session, score_feeds
 from bnserve.server.modelfile.metadata import parse_model_card
+from bnserve.server.plane.errors import ModelLoadError
 from bnserve.training.config import TrainConfig
 from bnserve.training.inference import predict
 from bnserve.training.rundir import load_run
@@ -346,11 +347,29 @@ def test_import_refuses_a_model_with_a_string_input_in_one_line(penguins_model, 
 
 
 def test_adapt_refuses_a_format_2_model_in_one_line(penguins_model, tmp_path, out_dir, capsys):
+    run_dir = _train(tmp_path, "gaps", _numbers(gaps=True), target="y")
+    gaps = tmp_path / "gaps.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=gaps))
     data = tmp_path / "recent.csv"
-    data.write_text("a\n1\n")
-    code = adapt_main(
-        [str(penguins_model.model), "--data", str(data), "--out", str(out_dir / "a.onnx")]
-    )
-    error = capsys.readouterr().err
-    assert code == 2 and error.count("\n") == 1
-    assert "mixed-table models" in error and "cannot be adapted yet" in error
+    data.write_text("a,b,c\n1,2,3\n")
+    for model in (penguins_model.model, gaps):  # raw columns; x with gaps filled in the graph
+        code = adapt_main([str(model), "--data", str(data), "--out", str(out_dir / "a.onnx")])
+        error = capsys.readouterr().err
+        assert code == 2 and error.count("\n") == 1
+        assert "mixed-table models" in error and "cannot be adapted yet" in error
+    assert not list(out_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("bnserve.format", "3", "is '3'; this server reads formats ['1', '2']"),
+        ("bnserve.schema", "{}", "bnserve.schema is not a valid input schema"),
+        ("bnserve.reference_inputs", '{"island": [["Dream"]]}', "one entry per graph input"),
+    ],
+)
+def test_the_model_file_reader_names_a_bad_format_2_entry(penguins_model, key, value, fragment):
+    metadata = read_metadata(onnx.load(str(penguins_model.model)))
+    with pytest.raises(ModelLoadError) as raised:
+        parse_model_card({**metadata, key: value}, "p.onnx")
+    assert fragment in str(raised.value) and "\n" not in str(raised.value)
