@@ -19,6 +19,7 @@ and z is the Sum of the parts (`hidden1.z`). A table of numbers only keeps the s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,14 @@ def schema_metadata(schema: TableSchema) -> dict[str, Any]:
     }
 
 
+def taken_name(name: str) -> bool:
+    """A name the graph's own tensors use (outputs, layers, this module's), which a column
+    input cannot have (ONNX names each tensor once)."""
+    outputs = {*OUTPUT_NAMES["classification"], *OUTPUT_NAMES["regression"], "logits"}
+    layer = re.fullmatch(r"(hidden\d+|output)\.\w+", name) is not None
+    return name in outputs or layer or name.startswith(("input.", "column."))
+
+
 def design_offsets(schema: TableSchema) -> list[tuple[ColumnSchema, int]]:
     """Each used column with the position of its first design input."""
     placed, offset = [], 0
@@ -103,12 +112,12 @@ class ColumnFront:
         self.mixed = is_mixed(schema)
         self.tokens = missing_tokens(schema)
         if self.mixed:
-            taken = {*OUTPUT_NAMES["classification"], *OUTPUT_NAMES["regression"]}
             for column in used_columns(schema):
-                if column.name in taken or column.name.startswith(("input.", "column.")):
+                if taken_name(column.name):
                     raise ExportError(
-                        f"column {column.name!r}: its name is taken by the graph's own tensors "
-                        "(an input is named after its column); rename it in the table"
+                        f"column {column.name!r}: its name is taken by one of the graph's own "
+                        "tensors, and each input is named after its column; rename the column "
+                        "in the table (or --ignore it) and train again"
                     )
 
     @property

@@ -33,6 +33,7 @@ from bnserve.training.config import TrainConfig
 from bnserve.training.inference import predict
 from bnserve.training.rundir import load_run
 from bnserve.training.train import train
+from tests.support.export_failure import assert_fails_cleanly
 
 from .conftest import PENGUINS
 
@@ -373,3 +374,15 @@ def test_the_model_file_reader_names_a_bad_format_2_entry(penguins_model, key, v
     with pytest.raises(ModelLoadError) as raised:
         parse_model_card({**metadata, key: value}, "p.onnx")
     assert fragment in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_column_named_like_a_graph_tensor_is_refused_in_one_line(tmp_path, out_dir, capsys):
+    lines = ["label,colour,y"] + [f"{i % 5},{['red', 'blue'][i % 2]},{i % 2}" for i in range(60)]
+    run_dir = _train(tmp_path, "named", lines, target="y")
+    error = assert_fails_cleanly(
+        capsys,
+        [str(run_dir), "--out", str(out_dir / "n.onnx")],
+        out_dir,
+        "column 'label': its name is taken by one of the graph's own tensors",
+    )
+    assert error.count("\n") == 1
