@@ -54,8 +54,8 @@ def read_source(path: Path) -> SourceModel:
     inputs = [value.name for value in model.graph.input]
     if inputs != [INPUT_NAME]:
         raise AdaptError(
-            f"{path}: takes inputs {inputs}, not one table x: mixed-table models (one "
-            "input per column) cannot be adapted yet"
+            f"{path}: takes inputs {inputs}, not one table x: mixed-table models (models with "
+            "text columns, one input per column) cannot be adapted yet"
         )
     try:
         card = parse_model_card(read_metadata(model), str(path))

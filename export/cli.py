@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "--reference-rows",
         type=int,
         default=8,
-        help="held-out rows embedded for the server's parity gate (default: 8)",
+        help="held-out rows embedded for the server's parity gate (default: 8); a model of raw "
+        "columns adds records with every cell missing, every level unseen and every level",
     )
     return parser
 

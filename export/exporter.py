@@ -132,12 +132,11 @@ def export_run(settings: ExportSettings) -> ExportReport:
         references = reference_rows(run, settings.reference_rows)
     else:
         assert checks.schema_rows is not None
-        rows = TrainingRows(
-            checks.schema_rows.training,
-            checks.schema_rows.training_source,
-            checks.schema_rows.note,
+        found = checks.schema_rows
+        rows = TrainingRows(found.training.numeric, found.training_source, found.note)
+        drift = schema_drift_metadata(
+            found.training, found.training_source, schema, params, hidden, preactivation
         )
-        drift = schema_drift_metadata(rows, schema, params, hidden, preactivation)
         references = schema_reference_rows(
             run, schema, checks.schema_rows.heldout, settings.reference_rows
         )
