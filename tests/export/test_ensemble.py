@@ -145,7 +145,24 @@ def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, ca
 
 def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
     first, other = synthetic_run(seed=0), synthetic_run(seed=1)
-    (other / "schema.json").write_text("{}")
+    schema = {
+        "version": 1,
+        "training_rows": 10,
+        "min_level_count": 2,
+        "max_levels": 1000,
+        "na_values": [],
+        "plain": False,
+        "columns": [
+            {
+                "name": "colour",
+                "kind": "categorical",
+                "why": "inferred",
+                "missing_count": 0,
+                "levels": [{"value": "red", "count": 5}, {"value": "blue", "count": 5}],
+            }
+        ],
+    }
+    (other / "schema.json").write_text(json.dumps(schema))
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
     assert f"{other}: {MIXED_TABLES}" in error
