@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62nserve/v1/predictor.proto\x12\nbnserve.v1\"\xd6\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x45\n\x0enamed_features\x18\x04 \x03(\x0b\x32-.bnserve.v1.PredictRequest.NamedFeaturesEntry\x12\n\n\x02id\x18\x05 \x01(\t\x1a\x34\n\x12NamedFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x92\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\r\n\x05label\x18\x05 \x01(\x03\x12\x12\n\nclass_name\x18\x06 \x01(\t\x12\x0e\n\x06values\x18\x07 \x03(\x02\"h\n\x13PredictBatchRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x14\n\x0craw_features\x18\x04 \x01(\x0c\"\xe6\x01\n\x14PredictBatchResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x0e\n\x06values\x18\x07 \x03(\x02\x12\x19\n\x11raw_probabilities\x18\x08 \x01(\x0c\x12\x12\n\nraw_labels\x18\t \x01(\x0c\x12\x12\n\nraw_values\x18\n \x01(\x0c\"=\n\x10ModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\";\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xd7\x04\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.bnserve.v1.TensorInfo\x12\'\n\x07outputs\x18\x06 \x03(\x0b\x32\x16.bnserve.v1.TensorInfo\x12\x15\n\rfeature_names\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x14\n\x0ctarget_names\x18\t \x03(\t\x12\r\n\x05stats\x18\n \x01(\t\x12\x13\n\x0b\x62n_momentum\x18\x0b \x01(\t\x12\x13\n\x0brunning_var\x18\x0c \x01(\t\x12\x0f\n\x07\x65psilon\x18\r \x01(\t\x12\x0e\n\x06\x66olded\x18\x0e \x01(\x08\x12\x1a\n\x12\x66old_max_abs_error\x18\x0f \x01(\t\x12\x0e\n\x06run_id\x18\x10 \x01(\t\x12\x15\n\rparams_sha256\x18\x11 \x01(\t\x12\x14\n\x0cgraph_sha256\x18\x12 \x01(\t\x12\x15\n\rtraining_json\x18\x13 \x01(\t\x12\x12\n\ncreated_at\x18\x14 \x01(\t\x12=\n\x08metadata\x18\x15 \x03(\x0b\x32+.bnserve.v1.ModelInfoResponse.MetadataEntry\x12\x16\n\x0eserver_version\x18\x16 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x11ModelDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xdd\x01\n\x0c\x46\x65\x61tureDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntrain_mean\x18\x02 \x01(\x01\x12\x11\n\ttrain_std\x18\x03 \x01(\x01\x12\x11\n\tlive_mean\x18\x04 \x01(\x01\x12\x10\n\x08live_std\x18\x05 \x01(\x01\x12\x12\n\nmean_shift\x18\x06 \x01(\x01\x12\x16\n\x0evariance_ratio\x18\x07 \x01(\x01\x12\x0b\n\x03psi\x18\x08 \x01(\x01\x12\x1a\n\x12out_of_range_share\x18\t \x01(\x01\x12\r\n\x05score\x18\n \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x0b \x01(\x08\"s\n\nLayerDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x03\x12\x11\n\tunit_mean\x18\x03 \x03(\x01\x12\x15\n\runit_variance\x18\x04 \x03(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x06 \x01(\x08\"\xd0\x01\n\x0b\x44riftWindow\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x01\x12\x1a\n\x12out_of_range_share\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x18\n\x10\x66lagged_features\x18\x04 \x03(\t\x12\x16\n\x0e\x66lagged_layers\x18\x05 \x03(\t\x12*\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x18.bnserve.v1.FeatureDrift\x12&\n\x06layers\x18\x07 \x03(\x0b\x32\x16.bnserve.v1.LayerDrift\"\xd5\x01\n\x12ModelDriftResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tmonitored\x18\x03 \x01(\x08\x12\x0e\n\x06status\x18\x04 \x01(\t\x12%\n\x04life\x18\x05 \x01(\x0b\x32\x17.bnserve.v1.DriftWindow\x12\'\n\x06recent\x18\x06 \x01(\x0b\x32\x17.bnserve.v1.DriftWindow\x12\x0e\n\x06window\x18\x07 \x01(\x03\x12\x11\n\treference\x18\x08 \x01(\t2\x87\x03\n\tPredictor\x12\x42\n\x07Predict\x12\x1a.bnserve.v1.PredictRequest\x1a\x1b.bnserve.v1.PredictResponse\x12Q\n\x0cPredictBatch\x12\x1f.bnserve.v1.PredictBatchRequest\x1a .bnserve.v1.PredictBatchResponse\x12L\n\rPredictStream\x12\x1a.bnserve.v1.PredictRequest\x1a\x1b.bnserve.v1.PredictResponse(\x01\x30\x01\x12H\n\tModelInfo\x12\x1c.bnserve.v1.ModelInfoRequest\x1a\x1d.bnserve.v1.ModelInfoResponse\x12K\n\nModelDrift\x12\x1d.bnserve.v1.ModelDriftRequest\x1a\x1e.bnserve.v1.ModelDriftResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62nserve/v1/predictor.proto\x12\nbnserve.v1\"\xd0\x02\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x45\n\x0enamed_features\x18\x04 \x03(\x0b\x32-.bnserve.v1.PredictRequest.NamedFeaturesEntry\x12\n\n\x02id\x18\x05 \x01(\t\x12\x36\n\x06values\x18\x06 \x03(\x0b\x32&.bnserve.v1.PredictRequest.ValuesEntry\x1a\x34\n\x12NamedFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.bnserve.v1.Value:\x02\x38\x01\"D\n\x05Value\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x11\n\x07missing\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"6\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x02\x12\r\n\x05texts\x18\x03 \x03(\t\"\x92\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\r\n\x05label\x18\x05 \x01(\x03\x12\x12\n\nclass_name\x18\x06 \x01(\t\x12\x0e\n\x06values\x18\x07 \x03(\x02\"\x8d\x01\n\x13PredictBatchRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x14\n\x0craw_features\x18\x04 \x01(\x0c\x12#\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\x12.bnserve.v1.Column\"\xe6\x01\n\x14PredictBatchResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x15\n\rprobabilities\x18\x04 \x03(\x02\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x0e\n\x06values\x18\x07 \x03(\x02\x12\x19\n\x11raw_probabilities\x18\x08 \x01(\x0c\x12\x12\n\nraw_labels\x18\t \x01(\x0c\x12\x12\n\nraw_values\x18\n \x01(\x0c\"=\n\x10ModelInfoRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\";\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x88\x01\n\x0bInputColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\x0e\n\x06levels\x18\x04 \x03(\t\x12\x13\n\x0blevel_count\x18\x05 \x01(\x03\x12\x11\n\thas_other\x18\x06 \x01(\x08\x12\x13\n\x0bhas_missing\x18\x07 \x01(\x08\"\x81\x05\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.bnserve.v1.TensorInfo\x12\'\n\x07outputs\x18\x06 \x03(\x0b\x32\x16.bnserve.v1.TensorInfo\x12\x15\n\rfeature_names\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x14\n\x0ctarget_names\x18\t \x03(\t\x12\r\n\x05stats\x18\n \x01(\t\x12\x13\n\x0b\x62n_momentum\x18\x0b \x01(\t\x12\x13\n\x0brunning_var\x18\x0c \x01(\t\x12\x0f\n\x07\x65psilon\x18\r \x01(\t\x12\x0e\n\x06\x66olded\x18\x0e \x01(\x08\x12\x1a\n\x12\x66old_max_abs_error\x18\x0f \x01(\t\x12\x0e\n\x06run_id\x18\x10 \x01(\t\x12\x15\n\rparams_sha256\x18\x11 \x01(\t\x12\x14\n\x0cgraph_sha256\x18\x12 \x01(\t\x12\x15\n\rtraining_json\x18\x13 \x01(\t\x12\x12\n\ncreated_at\x18\x14 \x01(\t\x12=\n\x08metadata\x18\x15 \x03(\x0b\x32+.bnserve.v1.ModelInfoResponse.MetadataEntry\x12\x16\n\x0eserver_version\x18\x16 \x01(\t\x12(\n\x07\x63olumns\x18\x17 \x03(\x0b\x32\x17.bnserve.v1.InputColumn\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x11ModelDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xdd\x01\n\x0c\x46\x65\x61tureDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntrain_mean\x18\x02 \x01(\x01\x12\x11\n\ttrain_std\x18\x03 \x01(\x01\x12\x11\n\tlive_mean\x18\x04 \x01(\x01\x12\x10\n\x08live_std\x18\x05 \x01(\x01\x12\x12\n\nmean_shift\x18\x06 \x01(\x01\x12\x16\n\x0evariance_ratio\x18\x07 \x01(\x01\x12\x0b\n\x03psi\x18\x08 \x01(\x01\x12\x1a\n\x12out_of_range_share\x18\t \x01(\x01\x12\r\n\x05score\x18\n \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x0b \x01(\x08\"s\n\nLayerDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x03\x12\x11\n\tunit_mean\x18\x03 \x03(\x01\x12\x15\n\runit_variance\x18\x04 \x03(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x06 \x01(\x08\"\xd0\x01\n\x0b\x44riftWindow\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x01\x12\x1a\n\x12out_of_range_share\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x18\n\x10\x66lagged_features\x18\x04 \x03(\t\x12\x16\n\x0e\x66lagged_layers\x18\x05 \x03(\t\x12*\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x18.bnserve.v1.FeatureDrift\x12&\n\x06layers\x18\x07 \x03(\x0b\x32\x16.bnserve.v1.LayerDrift\"\xd5\x01\n\x12ModelDriftResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tmonitored\x18\x03 \x01(\x08\x12\x0e\n\x06status\x18\x04 \x01(\t\x12%\n\x04life\x18\x05 \x01(\x0b\x32\x17.bnserve.v1.DriftWindow\x12\'\n\x06recent\x18\x06 \x01(\x0b\x32\x17.bnserve.v1.DriftWindow\x12\x0e\n\x06window\x18\x07 \x01(\x03\x12\x11\n\treference\x18\x08 \x01(\t2\x87\x03\n\tPredictor\x12\x42\n\x07Predict\x12\x1a.bnserve.v1.PredictRequest\x1a\x1b.bnserve.v1.PredictResponse\x12Q\n\x0cPredictBatch\x12\x1f.bnserve.v1.PredictBatchRequest\x1a .bnserve.v1.PredictBatchResponse\x12L\n\rPredictStream\x12\x1a.bnserve.v1.PredictRequest\x1a\x1b.bnserve.v1.PredictResponse(\x01\x30\x01\x12H\n\tModelInfo\x12\x1c.bnserve.v1.ModelInfoRequest\x1a\x1d.bnserve.v1.ModelInfoResponse\x12K\n\nModelDrift\x12\x1d.bnserve.v1.ModelDriftRequest\x1a\x1e.bnserve.v1.ModelDriftResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._loaded_options = None
   _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_PREDICTREQUEST_VALUESENTRY']._loaded_options = None
+  _globals['_PREDICTREQUEST_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFORESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFORESPONSE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=43
-  _globals['_PREDICTREQUEST']._serialized_end=257
-  _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._serialized_start=205
-  _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._serialized_end=257
-  _globals['_PREDICTRESPONSE']._serialized_start=260
-  _globals['_PREDICTRESPONSE']._serialized_end=406
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=408
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=512
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=515
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=745
-  _globals['_MODELINFOREQUEST']._serialized_start=747
-  _globals['_MODELINFOREQUEST']._serialized_end=808
-  _globals['_TENSORINFO']._serialized_start=810
-  _globals['_TENSORINFO']._serialized_end=869
-  _globals['_MODELINFORESPONSE']._serialized_start=872
-  _globals['_MODELINFORESPONSE']._serialized_end=1471
-  _globals['_MODELINFORESPONSE_METADATAENTRY']._serialized_start=1424
-  _globals['_MODELINFORESPONSE_METADATAENTRY']._serialized_end=1471
-  _globals['_MODELDRIFTREQUEST']._serialized_start=1473
-  _globals['_MODELDRIFTREQUEST']._serialized_end=1535
-  _globals['_FEATUREDRIFT']._serialized_start=1538
-  _globals['_FEATUREDRIFT']._serialized_end=1759
-  _globals['_LAYERDRIFT']._serialized_start=1761
-  _globals['_LAYERDRIFT']._serialized_end=1876
-  _globals['_DRIFTWINDOW']._serialized_start=1879
-  _globals['_DRIFTWINDOW']._serialized_end=2087
-  _globals['_MODELDRIFTRESPONSE']._serialized_start=2090
-  _globals['_MODELDRIFTRESPONSE']._serialized_end=2303
-  _globals['_PREDICTOR']._serialized_start=2306
-  _globals['_PREDICTOR']._serialized_end=2697
+  _globals['_PREDICTREQUEST']._serialized_end=379
+  _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._serialized_start=261
+  _globals['_PREDICTREQUEST_NAMEDFEATURESENTRY']._serialized_end=313
+  _globals['_PREDICTREQUEST_VALUESENTRY']._serialized_start=315
+  _globals['_PREDICTREQUEST_VALUESENTRY']._serialized_end=379
+  _globals['_VALUE']._serialized_start=381
+  _globals['_VALUE']._serialized_end=449
+  _globals['_COLUMN']._serialized_start=451
+  _globals['_COLUMN']._serialized_end=505
+  _globals['_PREDICTRESPONSE']._serialized_start=508
+  _globals['_PREDICTRESPONSE']._serialized_end=654
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=657
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=798
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=801
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1031
+  _globals['_MODELINFOREQUEST']._serialized_start=1033
+  _globals['_MODELINFOREQUEST']._serialized_end=1094
+  _globals['_TENSORINFO']._serialized_start=1096
+  _globals['_TENSORINFO']._serialized_end=1155
+  _globals['_INPUTCOLUMN']._serialized_start=1158
+  _globals['_INPUTCOLUMN']._serialized_end=1294
+  _globals['_MODELINFORESPONSE']._serialized_start=1297
+  _globals['_MODELINFORESPONSE']._serialized_end=1938
+  _globals['_MODELINFORESPONSE_METADATAENTRY']._serialized_start=1891
+  _globals['_MODELINFORESPONSE_METADATAENTRY']._serialized_end=1938
+  _globals['_MODELDRIFTREQUEST']._serialized_start=1940
+  _globals['_MODELDRIFTREQUEST']._serialized_end=2002
+  _globals['_FEATUREDRIFT']._serialized_start=2005
+  _globals['_FEATUREDRIFT']._serialized_end=2226
+  _globals['_LAYERDRIFT']._serialized_start=2228
+  _globals['_LAYERDRIFT']._serialized_end=2343
+  _globals['_DRIFTWINDOW']._serialized_start=2346
+  _globals['_DRIFTWINDOW']._serialized_end=2554
+  _globals['_MODELDRIFTRESPONSE']._serialized_start=2557
+  _globals['_MODELDRIFTRESPONSE']._serialized_end=2770
+  _globals['_PREDICTOR']._serialized_start=2773
+  _globals['_PREDICTOR']._serialized_end=3164
 # @@protoc_insertion_point(module_scope)
