@@ -1,0 +1,404 @@
+"""Capture: sampled calls (and posted true answers) written to the capture store off the
+request path.
+
+A call costs a random draw and, when sampled, one `put_nowait` of references to its arrays; one
+writer thread formats the rows and writes them. A full queue drops the record and counts it
+(`bnserve_capture_dropped_total`); nothing here blocks or fails a call. The writer keeps one
+open segment per model version (and one for each model's labels) under a hidden temporary
+name, and renames it into the store (bnserve/capture_store.py is the layout) once it reaches
+its size or its age, after which the store is trimmed, oldest files first, to `max_bytes`.
+A write that fails (a full disk) is logged (throttled), its segment deleted, its rows counted
+as dropped, and serving goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, NamedTuple, Protocol
+
+import numpy as np
+
+from bnserve import capture_store as store
+from bnserve.server.observability.logs import LogThrottle
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+QUEUE_RECORDS = 4096  # calls (or feedback batches) waiting for the writer; more are dropped
+SEGMENT_MAX_BYTES = 16 << 20  # a segment's compressed size at most (smaller for small stores)
+SEGMENT_MIN_BYTES = 64 << 10
+
+
+class CapturedModel(Protocol):
+    """What capture reads of a served version (server/models/model.py's Model)."""
+
+    name: str
+    version: str
+    is_classification: bool
+
+    @property
+    def card(self) -> Any: ...  # feature_names, class_names, target_names
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """directory: the store's root; sample: the share of calls captured (0 < p ≤ 1);
+    max_bytes: the store's size bound (finished files, all models, this process's open
+    segments); rotate_s: a segment's age at most before it is renamed into the store."""
+
+    directory: Path
+    sample: float
+    max_bytes: int
+    rotate_s: float
+    queue_records: int = QUEUE_RECORDS
+
+    @property
+    def segment_bytes(self) -> int:
+        """A segment is renamed into the store once its compressed bytes reach this."""
+        return max(SEGMENT_MIN_BYTES, min(SEGMENT_MAX_BYTES, self.max_bytes // 16))
+
+
+class _Call(NamedTuple):
+    model: CapturedModel
+    inputs: np.ndarray | Mapping[str, np.ndarray]
+    outputs: Sequence[np.ndarray]
+    ids: str | Sequence[str]
+    at: float  # seconds since the epoch
+    ms: float
+
+
+class _Labels(NamedTuple):
+    model: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+_STOP = object()
+
+
+class CaptureCounters(Protocol):
+    """Where capture reports (server/capture/metrics.py's Prometheus counters)."""
+
+    def written(self, rows: int) -> None: ...
+
+    def dropped(self, rows: int, reason: str) -> None: ...
+
+
+class CaptureWriter:
+    """The bounded queue and its one writer thread (`start`, `stop` finishes every segment)."""
+
+    def __init__(self, options: CaptureOptions, counters: CaptureCounters | None = None) -> None:
+        self.options = options
+        self._queue: queue.Queue[object] = queue.Queue(options.queue_records)
+        self._counters = counters
+        self._segments: dict[tuple[str, ...], _Segment] = {}
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._warnings = LogThrottle(10.0)
+        self._sequence = 0
+        self.written_rows = 0
+        self.dropped_rows = 0
+
+    # --- the request path --------------------------------------------------------------------
+
+    def offer(
+        self,
+        model: CapturedModel,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Sequence[np.ndarray],
+        ids: str | Sequence[str],
+        latency_ns: int,
+    ) -> None:
+        """A scored call, captured with probability `sample`. inputs: (N, F) float32 in the
+        model's feature order, or column name → [N] / [N, 1] array (float32, NaN missing; or
+        str/object text); outputs: the model's outputs, N rows each; ids: the call's request id
+        (rows numbered 0..N-1) or one id per row (a stream's messages, each row 0)."""
+        sample = self.options.sample
+        if sample < 1.0 and random.random() >= sample:
+            return
+        record = _Call(model, inputs, outputs, ids, time.time(), latency_ns / 1e6)
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._drop(len(outputs[0]), "queue_full")
+
+    def offer_labels(self, model: str, header: list[str], rows: list[list[str]]) -> bool:
+        """True answers (header and rows as the labels file holds them); False: the queue was
+        full and they were dropped (counted)."""
+        try:
+            self._queue.put_nowait(_Labels(model, header, rows))
+        except queue.Full:
+            self._drop(len(rows), "queue_full")
+            return False
+        return True
+
+    def _drop(self, rows: int, reason: str) -> None:
+        self.dropped_rows += rows
+        if self._counters is not None:
+            self._counters.dropped(rows, reason)
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make the store's root (0700; an existing one is made 0700 too); OSError naming
+        the directory when it cannot be made, changed or written."""
+        root = self.options.directory
+        try:
+            root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(root, DIR_MODE)
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as error:
+            raise OSError(
+                f"cannot use --capture-dir {str(root)!r}: {error.strerror or error}"
+            ) from None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, finish every segment, end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Rename every open segment into the store once what is queued now is written (tests,
+        and a stop)."""
+        done = threading.Event()
+        self._queue.put(done, timeout=timeout_s)
+        done.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._next_rotation_s())
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._finish_all()
+                return
+            if isinstance(item, threading.Event):
+                self._finish_all()
+                item.set()
+            elif isinstance(item, _Call):
+                self._guarded(self._write_call, item, len(item.outputs[0]))
+            elif isinstance(item, _Labels):
+                self._guarded(self._write_labels, item, len(item.rows))
+            self._rotate_aged()
+
+    def _next_rotation_s(self) -> float:
+        if not self._segments:
+            return 1.0
+        oldest = min(segment.opened for segment in self._segments.values())
+        return max(0.01, oldest + self.options.rotate_s - time.monotonic())
+
+    def _guarded(self, write: Any, record: Any, rows: int) -> None:
+        try:
+            write(record)
+        except (OSError, ValueError) as error:  # a full disk, the directory gone
+            self._drop(rows, "write_error")
+            held_back = self._warnings.admit("write")
+            if held_back is not None:
+                more = f" ({held_back} more since the last line)" if held_back else ""
+                log.warning("capture: rows dropped, cannot write: %s%s", error, more)
+
+    def _write_call(self, call: _Call) -> None:
+        model = call.model
+        header, rows = _call_rows(call)
+        key = ("calls", model.name, model.version)
+        directory = self.options.directory / model.name / model.version
+        self._write(key, directory, store.CALLS, header, rows)
+
+    def _write_labels(self, labels: _Labels) -> None:
+        key = ("labels", labels.model, *labels.header)
+        directory = self.options.directory / labels.model / store.LABELS_DIR
+        self._write(key, directory, store.LABELS, labels.header, labels.rows)
+
+    def _write(
+        self,
+        key: tuple[str, ...],
+        directory: Path,
+        prefix: str,
+        header: list[str],
+        rows: list[list[str]],
+    ) -> None:
+        segment = self._segments.get(key)
+        if segment is not None and segment.header != header:
+            self._finish(key)  # a version's columns never change; a labels header may
+            segment = None
+        if segment is None:
+            self._sequence += 1
+            segment = _Segment(directory, prefix, header, self._sequence, self.options.directory)
+            self._segments[key] = segment
+        try:
+            segment.write(rows)
+        except (OSError, ValueError):
+            del self._segments[key]
+            segment.abandon()
+            raise
+        self.written_rows += len(rows)
+        if self._counters is not None:
+            self._counters.written(len(rows))
+        if segment.size() >= self.options.segment_bytes:
+            self._finish(key)
+
+    def _rotate_aged(self) -> None:
+        now = time.monotonic()
+        for key in [
+            k for k, s in self._segments.items() if now - s.opened >= self.options.rotate_s
+        ]:
+            self._finish(key)
+
+    def _finish_all(self) -> None:
+        for key in list(self._segments):
+            self._finish(key)
+
+    def _finish(self, key: tuple[str, ...]) -> None:
+        segment = self._segments.pop(key)
+        try:
+            segment.finish()
+        except OSError as error:
+            segment.abandon()
+            self._drop(segment.rows, "write_error")
+            log.warning("capture: segment %s dropped, cannot finish it: %s", segment.final, error)
+            return
+        self._trim()
+
+    def _trim(self) -> None:
+        """Delete the oldest finished files until the store (with the open segments) fits."""
+        root = self.options.directory
+        files = []
+        for prefix in (store.CALLS, store.LABELS):
+            for path in store.finished_files(root, prefix):
+                with contextlib.suppress(OSError):  # another process removed it
+                    stat = path.stat()
+                    files.append((stat.st_mtime, path.name, path, stat.st_size))
+        total = sum(size for *_, size in files) + sum(s.size() for s in self._segments.values())
+        for _, _, path, size in sorted(files):
+            if total <= self.options.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+            total -= size
+
+
+class _Segment:
+    """One file being written: gzip CSV under `.NAME.tmp`, renamed to NAME by `finish`."""
+
+    def __init__(
+        self, directory: Path, prefix: str, header: list[str], sequence: int, root: Path
+    ) -> None:
+        _make_private_dirs(root, directory)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"{prefix}{stamp}-p{os.getpid()}-{sequence:06d}{store.SUFFIX}"
+        self.final = directory / name
+        self.temp = directory / f".{name}.tmp"
+        self.header = header
+        self.rows = 0
+        self.opened = time.monotonic()
+        descriptor = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._raw: IO[bytes] = os.fdopen(descriptor, "wb")
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
+        self._text = io.TextIOWrapper(self._gzip, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._text)
+        self._csv.writerow(header)
+
+    def write(self, rows: list[list[str]]) -> None:
+        self._csv.writerows(rows)
+        self.rows += len(rows)
+
+    def size(self) -> int:
+        """Compressed bytes written so far (gzip holds back up to its window)."""
+        return self._raw.tell()
+
+    def finish(self) -> None:
+        self._text.close()  # closes the gzip stream (its trailer), not the file
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.rename(self.temp, self.final)
+        descriptor = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def abandon(self) -> None:
+        for closing in (self._text, self._raw):
+            with contextlib.suppress(OSError, ValueError):
+                closing.close()
+        with contextlib.suppress(OSError):
+            self.temp.unlink()
+
+
+def _make_private_dirs(root: Path, directory: Path) -> None:
+    """root and every level below it down to directory, 0700 (made as needed)."""
+    path = root
+    for part in directory.relative_to(root).parts:
+        path = path / part
+        if not path.is_dir():
+            path.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(path, DIR_MODE)  # whatever the umask
+
+
+def _call_rows(call: _Call) -> tuple[list[str], list[list[str]]]:
+    """A captured call's header and rows (bnserve/capture_store.py's columns)."""
+    model = call.model
+    card = model.card
+    outputs = call.outputs
+    count = len(outputs[0])
+    if isinstance(call.inputs, np.ndarray):
+        names = list(card.feature_names)
+        columns = [call.inputs[:, j] for j in range(call.inputs.shape[1])]
+    else:
+        names = list(call.inputs)
+        columns = [np.asarray(call.inputs[name]).reshape(count) for name in names]
+    cells = [_cells(column) for column in columns]
+    header = [store.ID, store.ROW, store.TIME, store.MS, store.VERSION, *names]
+    if model.is_classification:
+        classes = list(card.class_names)
+        header += [store.PREDICTED, *(store.PROBABILITY + c for c in classes)]
+        predicted = [classes[int(k)] for k in outputs[1].reshape(count)]
+        output_cells = [predicted, *(_cells(outputs[0][:, k]) for k in range(len(classes)))]
+    else:
+        targets = list(card.target_names)
+        header += [store.VALUE + t for t in targets]
+        values = outputs[0].reshape(count, -1)
+        output_cells = [_cells(values[:, k]) for k in range(values.shape[1])]
+    if isinstance(call.ids, str):
+        ids, row_numbers = [call.ids] * count, [str(i) for i in range(count)]
+    else:
+        ids, row_numbers = list(call.ids), ["0"] * count
+    at, ms, version = f"{call.at:.6f}", f"{call.ms:.3f}", model.version
+    rows = [
+        [
+            ids[i],
+            row_numbers[i],
+            at,
+            ms,
+            version,
+            *(c[i] for c in cells),
+            *(o[i] for o in output_cells),
+        ]
+        for i in range(count)
+    ]
+    return header, rows
+
+
+def _cells(column: np.ndarray) -> list[str]:
+    if column.dtype.kind == "f":
+        return [store.format_number(value) for value in column.tolist()]
+    return ["" if value is None else str(value) for value in column.tolist()]
