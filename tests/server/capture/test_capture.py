@@ -19,6 +19,7 @@ from pyarrow import csv as pa_csv
 
 from bnserve import capture_store as store
 from bnserve.server.app import Server
+from bnserve.server.drift.cli import read_inputs
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
@@ -171,6 +172,10 @@ def test_a_capture_directory_with_labels_is_a_training_set(
     dataset = load_dataset(str(directory), target="label")
     assert dataset.labeled is not None and list(dataset.labeled) == list(range(40))
     np.testing.assert_array_equal(np.asarray(dataset.x)[dataset.labeled], x[:40])
+    # `bnserve drift` and `bnserve adapt` read the directory, or one file of it, as inputs.
+    np.testing.assert_array_equal(read_inputs(directory, tuple(FEATURES)), x)
+    (one_file,) = store.finished_files(directory, store.CALLS)
+    np.testing.assert_array_equal(read_inputs(one_file, tuple(FEATURES)), x)
     from bnserve.training.cli import main as train
 
     out = tmp_path / "run"

@@ -106,9 +106,7 @@ def test_realized_quality_equals_numpy_and_odd_labels_are_counted(
 
 def test_late_labels_are_counted_not_used(tmp_path: Path, test_models: ModelFiles) -> None:
     server = start_server(
-        ServerSettings(
-            workers=8, max_inflight=6, capture_dir=str(tmp_path), feedback_window_s=0.2
-        ),
+        ServerSettings(workers=8, max_inflight=6, capture_dir=str(tmp_path), feedback_window_s=0.2),
         {"iris": test_models.classification},
     )
     try:
@@ -150,7 +148,8 @@ def test_feedback_is_bounded_and_token_protected(tmp_path: Path, test_models: Mo
         bad = {"answers": [{"id": "a", "label": "tulip"}]}
         status, answer = _post(port, "/v2/models/iris/feedback", bad, TOKEN)
         assert status == 400 and "'tulip' is not a class" in answer["error"]
-        request = pb.FeedbackRequest(model_name="iris", answers=[pb.TrueAnswer(id="a", label="setosa")])
+        answer_a = pb.TrueAnswer(id="a", label="setosa")
+        request = pb.FeedbackRequest(model_name="iris", answers=[answer_a])
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             native = predictor_pb2_grpc.PredictorStub(channel)
             for metadata in [None, (("authorization", "Bearer forged"),)]:
@@ -171,7 +170,7 @@ def test_feedback_is_bounded_and_token_protected(tmp_path: Path, test_models: Mo
 class _Model:
     name, version, is_classification = "m", "1", False
 
-    class card:  # noqa: N801 - what the writer reads of a model card
+    class card:  # what the writer reads of a model card
         feature_names = ("a", "b")
         target_names = ("y",)
         class_names = ()
