@@ -38,10 +38,12 @@ LOG_LOSS_FLOOR = 1e-15  # a probability of 0 for the true class costs -log(1e-15
 
 @dataclass
 class _Calls:
-    """One finished calls file, parsed: per row its (id, row) key, time and prediction."""
+    """One finished calls file, parsed: per row its key (the hash of (id, row): 8 bytes a row,
+    whatever the id's length), time and prediction; (16 + 4·C) bytes a row in all (C: the
+    classes or targets)."""
 
     version: str
-    keys: list[tuple[str, str]]
+    keys: np.ndarray  # (N,) int64 hash((id, row))
     times: np.ndarray  # (N,) float64 seconds since the epoch
     classes: list[str]  # classification: class names (columns bnserve.p.*); else []
     predicted: np.ndarray  # (N, C) probabilities, or (N, T) values
@@ -51,7 +53,7 @@ class _Calls:
 @dataclass
 class _LabelFile:
     columns: list[str]
-    rows: list[tuple[tuple[str, str], float, list[str]]]  # key, received, cells
+    rows: list[tuple[int, float, list[str]]]  # hash((id, row)), received, cells
 
 
 @dataclass
@@ -146,7 +148,7 @@ class QualityJoiner:
         self._labels = {p: f for p, f in parsed_labels.items() if f is not None}
 
     def _join(self, now: float) -> dict[str, ModelQuality]:
-        labels_by_model: dict[str, dict[tuple[str, str], tuple[float, list[str], list[str]]]] = {}
+        labels_by_model: dict[str, dict[int, tuple[float, list[str], list[str]]]] = {}
         for path, labels in self._labels.items():
             latest = labels_by_model.setdefault(_model_of_labels(self.root, path), {})
             for key, received, cells in labels.rows:
@@ -165,20 +167,20 @@ class QualityJoiner:
     def _join_model(
         self,
         files: list[_Calls],
-        labels: dict[tuple[str, str], tuple[float, list[str], list[str]]],
+        labels: dict[int, tuple[float, list[str], list[str]]],
         now: float,
     ) -> ModelQuality:
         tallies: dict[str, dict[str, _Tally]] = {}
-        seen: set[tuple[str, str]] = set()
+        seen: set[int] = set()
         late = 0
+        # Labels never have an empty id (feedback refuses one), so calls without one never join.
+        label_keys = np.fromiter(labels, dtype=np.int64, count=len(labels))
         for calls in files:
             task = "classification" if calls.classes else "regression"
             version = tallies.setdefault(calls.version, {w: _Tally(task) for w in WINDOWS})
-            for index, key in enumerate(calls.keys):
-                found = labels.get(key)
-                if found is None or not key[0]:
-                    continue
-                received, columns, cells = found
+            for index in np.flatnonzero(np.isin(calls.keys, label_keys)).tolist():
+                key = int(calls.keys[index])
+                received, columns, cells = labels[key]
                 seen.add(key)
                 called = float(calls.times[index])
                 if received - called > self.window_s:
@@ -268,11 +270,13 @@ def _parse_calls(path: Path) -> _Calls | None:
         wanted = probability_columns or value_columns
         predicted = np.array(
             [[float(row[i]) if row[i] else math.nan for i in wanted] for row in rows],
-            dtype=np.float64,
+            dtype=np.float32,
         ).reshape(len(rows), len(wanted))
         return _Calls(
             version=version,
-            keys=[(row[at_id], row[at_row]) for row in rows],
+            keys=np.fromiter(
+                (hash((row[at_id], row[at_row])) for row in rows), dtype=np.int64, count=len(rows)
+            ),
             times=np.array([float(row[at_time]) for row in rows], dtype=np.float64),
             classes=[header[i][len(store.PROBABILITY) :] for i in probability_columns],
             predicted=predicted,
@@ -295,7 +299,7 @@ def _parse_labels(path: Path) -> _LabelFile | None:
             columns=[header[i] for i in value_columns],
             rows=[
                 (
-                    (row[at_id], row[at_row]),
+                    hash((row[at_id], row[at_row])),
                     float(row[at_received]),
                     [row[i] for i in value_columns],
                 )

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 QUEUE_RECORDS = 4096  # calls (or feedback batches) waiting for the writer; more are dropped
+QUEUE_BYTES = 64 << 20  # and the arrays they hold at most (a few large batches fill it)
 SEGMENT_MAX_BYTES = 16 << 20  # a segment's compressed size at most (smaller for small stores)
 SEGMENT_MIN_BYTES = 64 << 10
 
@@ -64,6 +65,7 @@ class CaptureOptions:
     max_bytes: int
     rotate_s: float
     queue_records: int = QUEUE_RECORDS
+    queue_bytes: int = QUEUE_BYTES
 
     @property
     def segment_bytes(self) -> int:
@@ -78,6 +80,7 @@ class _Call(NamedTuple):
     ids: str | Sequence[str]
     at: float  # seconds since the epoch
     ms: float
+    nbytes: int  # of the arrays it holds
 
 
 class _Labels(NamedTuple):
@@ -108,6 +111,8 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._warnings = LogThrottle(10.0)
         self._sequence = 0
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.written_rows = 0
         self.dropped_rows = 0
 
@@ -128,11 +133,30 @@ class CaptureWriter:
         sample = self.options.sample
         if sample < 1.0 and random.random() >= sample:
             return
-        record = _Call(model, inputs, outputs, ids, time.time(), latency_ns / 1e6)
+        nbytes = sum(output.nbytes for output in outputs) + (
+            inputs.nbytes
+            if isinstance(inputs, np.ndarray)
+            else sum(np.asarray(column).nbytes for column in inputs.values())
+        )
+        with self._bytes_lock:
+            if self._queued_bytes + nbytes > self.options.queue_bytes:
+                full = True
+            else:
+                full = False
+                self._queued_bytes += nbytes
+        if full:
+            self._drop(len(outputs[0]), "queue_full")
+            return
+        record = _Call(model, inputs, outputs, ids, time.time(), latency_ns / 1e6, nbytes)
         try:
             self._queue.put_nowait(record)
         except queue.Full:
+            self._release(nbytes)
             self._drop(len(outputs[0]), "queue_full")
+
+    def _release(self, nbytes: int) -> None:
+        with self._bytes_lock:
+            self._queued_bytes -= nbytes
 
     def offer_labels(self, model: str, header: list[str], rows: list[list[str]]) -> bool:
         """True answers (header and rows as the labels file holds them); False: the queue was
@@ -194,6 +218,7 @@ class CaptureWriter:
                 self._finish_all()
                 item.set()
             elif isinstance(item, _Call):
+                self._release(item.nbytes)
                 self._guarded(self._write_call, item, len(item.outputs[0]))
             elif isinstance(item, _Labels):
                 self._guarded(self._write_labels, item, len(item.rows))

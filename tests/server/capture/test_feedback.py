@@ -188,6 +188,12 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     writer.start()
     writer.stop()
     assert writer.written_rows == 3 * 2
+    # The arrays queued are bounded in bytes too: a large batch past the bound is dropped.
+    small = CaptureWriter(CaptureOptions(tmp_path, 1.0, 1 << 20, 60.0, queue_bytes=10_000))
+    big = np.zeros((1000, 2), np.float32)  # 8000 bytes, with its outputs 12000
+    small.offer(_Model(), big, [np.zeros((1000, 1), np.float32)], "big", 1000)
+    small.offer(_Model(), x, y, "fits", 1000)
+    assert small.dropped_rows == 1000
 
 
 def test_rotation_and_the_size_bound(tmp_path: Path) -> None:
