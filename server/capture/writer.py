@@ -424,6 +424,7 @@ def _call_rows(call: _Call) -> tuple[list[str], list[list[str]]]:
 
 
 def _cells(column: np.ndarray) -> list[str]:
+    """A column's cells: float32 numbers as their shortest exact text (numpy's), NaN empty."""
     if column.dtype.kind == "f":
-        return [store.format_number(value) for value in column.tolist()]
+        return ["" if value != value else str(value) for value in column.astype(np.float32)]
     return ["" if value is None else str(value) for value in column.tolist()]
