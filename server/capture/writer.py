@@ -14,13 +14,13 @@ as dropped, and serving goes on.
 from __future__ import annotations
 
 import contextlib
-import csv
+import functools
 import gzip
-import io
 import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +41,7 @@ QUEUE_RECORDS = 4096  # calls (or feedback batches) waiting for the writer; more
 QUEUE_BYTES = 64 << 20  # and the arrays they hold at most (a few large batches fill it)
 SEGMENT_MAX_BYTES = 16 << 20  # a segment's compressed size at most (smaller for small stores)
 SEGMENT_MIN_BYTES = 64 << 10
+COMPRESS_LEVEL = 1  # gzip's fastest: the writer thread shares the serving cores
 
 
 class CapturedModel(Protocol):
@@ -242,15 +243,16 @@ class CaptureWriter:
 
     def _write_call(self, call: _Call) -> None:
         model = call.model
-        header, rows = _call_rows(call)
+        header, text, count = _call_text(call)
         key = ("calls", model.name, model.version)
         directory = self.options.directory / model.name / model.version
-        self._write(key, directory, store.CALLS, header, rows)
+        self._write(key, directory, store.CALLS, header, text, count)
 
     def _write_labels(self, labels: _Labels) -> None:
         key = ("labels", labels.model, *labels.header)
         directory = self.options.directory / labels.model / store.LABELS_DIR
-        self._write(key, directory, store.LABELS, labels.header, labels.rows)
+        text = "".join(csv_line(row) for row in labels.rows)
+        self._write(key, directory, store.LABELS, labels.header, text, len(labels.rows))
 
     def _write(
         self,
@@ -258,7 +260,8 @@ class CaptureWriter:
         directory: Path,
         prefix: str,
         header: list[str],
-        rows: list[list[str]],
+        text: str,
+        rows: int,
     ) -> None:
         segment = self._segments.get(key)
         if segment is not None and segment.header != header:
@@ -269,14 +272,14 @@ class CaptureWriter:
             segment = _Segment(directory, prefix, header, self._sequence, self.options.directory)
             self._segments[key] = segment
         try:
-            segment.write(rows)
+            segment.write(text, rows)
         except (OSError, ValueError):
             del self._segments[key]
             segment.abandon()
             raise
-        self.written_rows += len(rows)
+        self.written_rows += rows
         if self._counters is not None:
-            self._counters.written(len(rows))
+            self._counters.written(rows)
         if segment.size() >= self.options.segment_bytes:
             self._finish(key)
 
@@ -336,21 +339,19 @@ class _Segment:
         self.opened = time.monotonic()
         descriptor = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._raw: IO[bytes] = os.fdopen(descriptor, "wb")
-        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
-        self._text = io.TextIOWrapper(self._gzip, encoding="utf-8", newline="")
-        self._csv = csv.writer(self._text)
-        self._csv.writerow(header)
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=COMPRESS_LEVEL)
+        self._gzip.write(csv_line(header).encode())
 
-    def write(self, rows: list[list[str]]) -> None:
-        self._csv.writerows(rows)
-        self.rows += len(rows)
+    def write(self, text: str, rows: int) -> None:
+        self._gzip.write(text.encode())
+        self.rows += rows
 
     def size(self) -> int:
         """Compressed bytes written so far (gzip holds back up to its window)."""
         return self._raw.tell()
 
     def finish(self) -> None:
-        self._text.close()  # closes the gzip stream (its trailer), not the file
+        self._gzip.close()  # the gzip stream's trailer; the file stays open
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
@@ -362,7 +363,7 @@ class _Segment:
             os.close(descriptor)
 
     def abandon(self) -> None:
-        for closing in (self._text, self._raw):
+        for closing in (self._gzip, self._raw):
             with contextlib.suppress(OSError, ValueError):
                 closing.close()
         with contextlib.suppress(OSError):
@@ -379,52 +380,87 @@ def _make_private_dirs(root: Path, directory: Path) -> None:
             os.chmod(path, DIR_MODE)  # whatever the umask
 
 
-def _call_rows(call: _Call) -> tuple[list[str], list[list[str]]]:
-    """A captured call's header and rows (bnserve/capture_store.py's columns)."""
+def _call_text(call: _Call) -> tuple[list[str], str, int]:
+    """A captured call as its file's header, its CSV lines and their count
+    (bnserve/capture_store.py's columns). Numbers as %.9g (exact for float32), one format
+    operation per row and block; NaN (missing) as an empty cell."""
     model = call.model
     card = model.card
     outputs = call.outputs
     count = len(outputs[0])
-    if isinstance(call.inputs, np.ndarray):
-        names = list(card.feature_names)
-        columns = [call.inputs[:, j] for j in range(call.inputs.shape[1])]
-    else:
-        names = list(call.inputs)
-        columns = [np.asarray(call.inputs[name]).reshape(count) for name in names]
-    cells = [_cells(column) for column in columns]
-    header = [store.ID, store.ROW, store.TIME, store.MS, store.VERSION, *names]
-    if model.is_classification:
-        classes = list(card.class_names)
-        header += [store.PREDICTED, *(store.PROBABILITY + c for c in classes)]
-        predicted = [classes[int(k)] for k in outputs[1].reshape(count)]
-        output_cells = [predicted, *(_cells(outputs[0][:, k]) for k in range(len(classes)))]
-    else:
-        targets = list(card.target_names)
-        header += [store.VALUE + t for t in targets]
-        values = outputs[0].reshape(count, -1)
-        output_cells = [_cells(values[:, k]) for k in range(values.shape[1])]
     if isinstance(call.ids, str):
-        ids, row_numbers = [call.ids] * count, [str(i) for i in range(count)]
+        ids, row_numbers = [_cell(call.ids)] * count, [str(i) for i in range(count)]
     else:
-        ids, row_numbers = list(call.ids), ["0"] * count
-    at, ms, version = f"{call.at:.6f}", f"{call.ms:.3f}", model.version
-    rows = [
-        [
-            ids[i],
-            row_numbers[i],
-            at,
-            ms,
-            version,
-            *(c[i] for c in cells),
-            *(o[i] for o in output_cells),
-        ]
+        ids, row_numbers = [_cell(i) for i in call.ids], ["0"] * count
+    blocks: list[list[str]] = []  # per row, the text of each block of columns
+    if isinstance(call.inputs, np.ndarray):
+        names = tuple(card.feature_names)
+        blocks.append(_numbers(call.inputs))
+    else:
+        names = tuple(call.inputs)
+        columns = [np.asarray(call.inputs[name]).reshape(count) for name in names]
+        cells = [_column_cells(column) for column in columns]
+        rows = zip(*cells, strict=True)
+        blocks.append([",".join(row) for row in rows] if cells else [""] * count)
+    if model.is_classification:
+        header, quoted = _layout(names, tuple(card.class_names), True)
+        blocks.append([quoted[k] for k in outputs[1].reshape(count).tolist()])
+        blocks.append(_numbers(outputs[0]))
+    else:
+        header, _ = _layout(names, tuple(card.target_names), False)
+        blocks.append(_numbers(outputs[0].reshape(count, -1)))
+    common = f",{call.at:.6f},{call.ms:.3f},{_cell(model.version)},"
+    lines = [
+        ids[i] + "," + row_numbers[i] + common + ",".join(block[i] for block in blocks) + "\n"
         for i in range(count)
     ]
-    return header, rows
+    return header, "".join(lines), count
 
 
-def _cells(column: np.ndarray) -> list[str]:
-    """A column's cells: float32 numbers as their shortest exact text (numpy's), NaN empty."""
+@functools.lru_cache(maxsize=64)
+def _layout(
+    names: tuple[str, ...], outputs: tuple[str, ...], classification: bool
+) -> tuple[list[str], list[str]]:
+    """A version's header (never changed by its users) and its class names as CSV cells."""
+    header = [store.ID, store.ROW, store.TIME, store.MS, store.VERSION, *names]
+    if classification:
+        header += [store.PREDICTED, *(store.PROBABILITY + c for c in outputs)]
+    else:
+        header += [store.VALUE + t for t in outputs]
+    return header, [_cell(c) for c in outputs]
+
+
+@functools.lru_cache(maxsize=64)
+def _row_format(width: int) -> str:
+    return ",".join(["%.9g"] * width)
+
+
+def _numbers(block: np.ndarray) -> list[str]:
+    """Each row of an (N, K) float block as K comma-separated cells."""
+    values = np.asarray(block, dtype=np.float32)
+    row_format = _row_format(values.shape[1])
+    rows = [row_format % tuple(row) for row in values.tolist()]
+    if np.isnan(values).any():
+        rows = [",".join("" if c == "nan" else c for c in row.split(",")) for row in rows]
+    return rows
+
+
+def _column_cells(column: np.ndarray) -> list[str]:
+    """One input column's cells: float32 numbers as %.9g, NaN empty; text quoted as CSV."""
     if column.dtype.kind == "f":
-        return ["" if value != value else str(value) for value in column.astype(np.float32)]
-    return ["" if value is None else str(value) for value in column.tolist()]
+        return ["" if v != v else f"{v:.9g}" for v in column.astype(np.float32).tolist()]
+    return [_cell("" if value is None else str(value)) for value in column.tolist()]
+
+
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def _cell(text: str) -> str:
+    """A CSV cell (RFC 4180): quoted when it holds a comma, a quote or a line break."""
+    if _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def csv_line(cells: Sequence[str]) -> str:
+    return ",".join(_cell(cell) for cell in cells) + "\n"
