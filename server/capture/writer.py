@@ -41,6 +41,7 @@ QUEUE_RECORDS = 4096  # calls (or feedback batches) waiting for the writer; more
 QUEUE_BYTES = 64 << 20  # and the arrays they hold at most (a few large batches fill it)
 SEGMENT_MAX_BYTES = 16 << 20  # a segment's compressed size at most (smaller for small stores)
 SEGMENT_MIN_BYTES = 64 << 10
+LABEL_CELL_BYTES = 64  # a str object and its list slot, roughly, beside the text
 COMPRESS_LEVEL = 1  # gzip's fastest: the writer thread shares the serving cores
 
 
@@ -88,6 +89,7 @@ class _Labels(NamedTuple):
     model: str
     header: list[str]
     rows: list[list[str]]
+    nbytes: int  # what its cells hold, roughly (LABEL_CELL_BYTES a cell besides its text)
 
 
 _STOP = object()
@@ -139,13 +141,7 @@ class CaptureWriter:
             if isinstance(inputs, np.ndarray)
             else sum(np.asarray(column).nbytes for column in inputs.values())
         )
-        with self._bytes_lock:
-            if self._queued_bytes + nbytes > self.options.queue_bytes:
-                full = True
-            else:
-                full = False
-                self._queued_bytes += nbytes
-        if full:
+        if not self._reserve(nbytes):
             self._drop(len(outputs[0]), "queue_full")
             return
         record = _Call(model, inputs, outputs, ids, time.time(), latency_ns / 1e6, nbytes)
@@ -159,15 +155,33 @@ class CaptureWriter:
         with self._bytes_lock:
             self._queued_bytes -= nbytes
 
+    @property
+    def queued_bytes(self) -> int:
+        """What the queue holds now (arrays' bytes, labels' rough size), ≤ options.queue_bytes."""
+        return self._queued_bytes
+
     def offer_labels(self, model: str, header: list[str], rows: list[list[str]]) -> bool:
         """True answers (header and rows as the labels file holds them); False: the queue was
         full and they were dropped (counted)."""
+        nbytes = sum(LABEL_CELL_BYTES + len(cell) for row in rows for cell in row)
+        if not self._reserve(nbytes):
+            self._drop(len(rows), "queue_full")
+            return False
         try:
-            self._queue.put_nowait(_Labels(model, header, rows))
+            self._queue.put_nowait(_Labels(model, header, rows, nbytes))
         except queue.Full:
+            self._release(nbytes)
             self._drop(len(rows), "queue_full")
             return False
         return True
+
+    def _reserve(self, nbytes: int) -> bool:
+        """Count nbytes as queued; False (nothing counted) when the bound would be passed."""
+        with self._bytes_lock:
+            if self._queued_bytes + nbytes > self.options.queue_bytes:
+                return False
+            self._queued_bytes += nbytes
+            return True
 
     def _drop(self, rows: int, reason: str) -> None:
         self.dropped_rows += rows
@@ -222,6 +236,7 @@ class CaptureWriter:
                 self._release(item.nbytes)
                 self._guarded(self._write_call, item, len(item.outputs[0]))
             elif isinstance(item, _Labels):
+                self._release(item.nbytes)
                 self._guarded(self._write_labels, item, len(item.rows))
             self._rotate_aged()
 

@@ -196,6 +196,21 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     assert small.dropped_rows == 1000
 
 
+def test_a_feedback_flood_stays_within_the_queue_bound(tmp_path: Path) -> None:
+    """Feedback faster than the writer: the queue holds at most its bytes, the rest is
+    dropped and counted, and the answers say so."""
+    writer = CaptureWriter(CaptureOptions(tmp_path, 1.0, 1 << 20, 60.0, queue_bytes=2_000_000))
+    rows = [[f"id-{i}", "0", "1796660000.0", "setosa"] for i in range(MAX_ANSWERS)]
+    answers = [writer.offer_labels("iris", ["bnserve.id"], rows) for _ in range(50)]
+    assert 0 < answers.count(True) < 50
+    assert writer.queued_bytes <= 2_000_000
+    assert writer.dropped_rows == answers.count(False) * MAX_ANSWERS
+    writer.start()
+    writer.stop()
+    assert writer.queued_bytes == 0
+    assert writer.written_rows == answers.count(True) * MAX_ANSWERS
+
+
 def test_rotation_and_the_size_bound(tmp_path: Path) -> None:
     """Incompressible rows: segments of 64 KiB rotate by size, the store stays under its bound,
     the oldest files going first; an idle segment rotates by age."""
