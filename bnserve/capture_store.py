@@ -7,6 +7,7 @@ under a hidden temporary name and renamed, so a reader that lists only `calls-*.
 `labels-*.csv.gz` never sees a half-written file:
 
     DIR/MODEL/VERSION/calls-<utc>-p<pid>-<seq>.csv.gz   scored calls, one row per example
+    DIR/MODEL/VERSION/shadow-calls-….csv.gz             the version's answers as a shadow
     DIR/MODEL/labels/labels-<utc>-p<pid>-<seq>.csv.gz   true answers posted as feedback
 
 Imports nothing heavy (csv and gzip); training reads the joined table with its own readers.
@@ -36,6 +37,7 @@ RECEIVED = PREFIX + "received"  # labels: seconds since the epoch the true answe
 TRUE_LABEL = "label"
 
 CALLS = "calls-"
+SHADOW_CALLS = "shadow-calls-"  # a shadow version's answers to sampled calls (same columns)
 LABELS = "labels-"
 LABELS_DIR = "labels"
 SUFFIX = ".csv.gz"

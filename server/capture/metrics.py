@@ -79,7 +79,43 @@ class QualityCollector(Collector):
                 ["model"],
             ),
         }
+        pair_labels = ["model", "primary", "shadow"]
+        for family, text in [
+            ("shadow_calls", "Sampled calls both the served version and its shadow answered."),
+            ("shadow_agreement", "Share of them with the same predicted class."),
+            ("shadow_delta_mean", "Mean over them of the largest |Δp| (|Δy|) of a call."),
+            ("shadow_delta_max", "Largest |Δp| (|Δy|) of any of them."),
+            ("shadow_ms_mean", "The shadow's mean milliseconds a call (its own run)."),
+            ("shadow_ms_max", "The shadow's largest milliseconds a call."),
+        ]:
+            families[family] = gauge(f"bnserve_{family}", text, pair_labels)
+        families["shadow_quality"] = gauge(
+            "bnserve_shadow_realized",
+            "Realized quality of both versions on the same labelled calls (figure: accuracy or "
+            "rmse; role: primary or shadow).",
+            [*pair_labels, "role", "figure"],
+        )
         for model, quality in self._joiner.models().items():
+            for pair in quality.shadows:
+                pair_key = [model, pair.primary, pair.shadow]
+                families["shadow_calls"].add_metric(pair_key, pair.calls)
+                for name, value in [
+                    ("shadow_agreement", pair.agreement),
+                    ("shadow_delta_mean", pair.delta_mean),
+                    ("shadow_delta_max", pair.delta_max),
+                    ("shadow_ms_mean", pair.shadow_ms_mean),
+                    ("shadow_ms_max", pair.shadow_ms_max),
+                ]:
+                    if value == value:  # NaN: nothing to say
+                        families[name].add_metric(pair_key, value)
+                for role, side in [
+                    ("primary", pair.primary_quality),
+                    ("shadow", pair.shadow_quality),
+                ]:
+                    for figure in ("accuracy", "rmse"):
+                        value = getattr(side, figure)
+                        if side.labelled and value == value:
+                            families["shadow_quality"].add_metric([*pair_key, role, figure], value)
             families["unknown"].add_metric([model], quality.unknown)
             families["late"].add_metric([model], quality.late)
             for version, figures in quality.versions.items():

@@ -45,9 +45,11 @@ class _Calls:
     version: str
     keys: np.ndarray  # (N,) int64 hash((id, row))
     times: np.ndarray  # (N,) float64 seconds since the epoch
+    ms: np.ndarray  # (N,) float32 the data plane's milliseconds (the shadow's own run)
     classes: list[str]  # classification: class names (columns bnserve.p.*); else []
     predicted: np.ndarray  # (N, C) probabilities, or (N, T) values
     targets: list[str]  # regression: target names; else []
+    shadow: bool  # a shadow-calls-* file: the version's answers as a shadow
 
 
 @dataclass
@@ -103,6 +105,44 @@ class ModelQuality:
     labels: int  # true answers in the store (latest per id and row)
     unknown: int
     late: int
+    shadows: list[ShadowPair] = field(default_factory=list)
+
+
+@dataclass
+class ShadowPair:
+    """A served version and its shadow on the same sampled calls (those the store holds).
+
+    agreement: share of calls whose predicted class is the same (classification; NaN for
+    regression); delta: per call the largest |Δp| over classes (|Δy| over targets), its mean
+    and max; the shadow's and the served version's milliseconds; with true answers, both
+    versions' realized quality on the same labelled calls."""
+
+    primary: str
+    shadow: str
+    calls: int
+    agreement: float
+    delta_mean: float
+    delta_max: float
+    shadow_ms_mean: float
+    shadow_ms_max: float
+    primary_ms_mean: float
+    primary_quality: Window
+    shadow_quality: Window
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary,
+            "shadow": self.shadow,
+            "calls": self.calls,
+            "agreement": _json_number(self.agreement),
+            "delta_mean": _json_number(self.delta_mean),
+            "delta_max": _json_number(self.delta_max),
+            "shadow_ms_mean": _json_number(self.shadow_ms_mean),
+            "shadow_ms_max": _json_number(self.shadow_ms_max),
+            "primary_ms_mean": _json_number(self.primary_ms_mean),
+            "primary_quality": self.primary_quality.as_dict(),
+            "shadow_quality": self.shadow_quality.as_dict(),
+        }
 
 
 class QualityJoiner:
@@ -141,6 +181,7 @@ class QualityJoiner:
             self._calls, self._labels = {}, {}
             return
         calls = store.finished_files(self.root, store.CALLS)
+        calls += store.finished_files(self.root, store.SHADOW_CALLS)
         labels = store.finished_files(self.root, store.LABELS)
         parsed_calls = {p: self._calls.get(p) or _parse_calls(p) for p in calls}
         parsed_labels = {p: self._labels.get(p) or _parse_labels(p) for p in labels}
@@ -159,10 +200,40 @@ class QualityJoiner:
             calls_by_model.setdefault(_model_of_calls(self.root, path), []).append(calls)
         joined = {}
         for model in sorted(set(labels_by_model) | set(calls_by_model)):
-            joined[model] = self._join_model(
-                calls_by_model.get(model, []), labels_by_model.get(model, {}), now
-            )
+            files = calls_by_model.get(model, [])
+            answers = labels_by_model.get(model, {})
+            primary = [calls for calls in files if not calls.shadow]
+            joined[model] = self._join_model(primary, answers, now)
+            shadow = [calls for calls in files if calls.shadow]
+            if shadow:
+                joined[model].shadows = self._pairs(primary, shadow, answers)
         return joined
+
+    def _pairs(
+        self,
+        primary: list[_Calls],
+        shadow: list[_Calls],
+        labels: dict[int, tuple[float, list[str], list[str]]],
+    ) -> list[ShadowPair]:
+        """Each (served, shadow) pair of versions over the calls both answered."""
+        shadow_keys = np.concatenate([calls.keys for calls in shadow])
+        served: dict[int, tuple[_Calls, int]] = {}
+        for calls in primary:
+            for index in np.flatnonzero(np.isin(calls.keys, shadow_keys)).tolist():
+                served[int(calls.keys[index])] = (calls, index)
+        tallies: dict[tuple[str, str], _PairTally] = {}
+        for calls in shadow:
+            for index, key in enumerate(calls.keys.tolist()):
+                found = served.get(key)
+                if found is None:
+                    continue
+                first, at = found
+                task = "classification" if first.classes else "regression"
+                pair = tallies.setdefault((first.version, calls.version), _PairTally(task))
+                label = labels.get(key)
+                usable = label is not None and label[0] - float(first.times[at]) <= self.window_s
+                pair.add(first, at, calls, index, label if usable else None)
+        return [tally.result(*versions) for versions, tally in sorted(tallies.items())]
 
     def _join_model(
         self,
@@ -251,6 +322,61 @@ class _Tally:
         )
 
 
+class _PairTally:
+    """Running sums of one (served, shadow) pair."""
+
+    def __init__(self, task: str) -> None:
+        self.calls = 0
+        self.agreed = 0
+        self.delta_sum = 0.0
+        self.delta_max = 0.0
+        self.shadow_ms: list[float] = []
+        self.primary_ms = 0.0
+        self.primary = _Tally(task)
+        self.shadow = _Tally(task)
+        self.task = task
+
+    def add(
+        self,
+        first: _Calls,
+        at: int,
+        second: _Calls,
+        index: int,
+        label: tuple[float, list[str], list[str]] | None,
+    ) -> None:
+        p, q = first.predicted[at], second.predicted[index]
+        if p.shape != q.shape:
+            return  # versions with different classes or targets: no pair
+        self.calls += 1
+        if self.task == "classification":
+            self.agreed += int(np.argmax(p) == np.argmax(q))
+        delta = float(np.max(np.abs(p.astype(np.float64) - q)))
+        self.delta_sum += delta
+        self.delta_max = max(self.delta_max, delta)
+        self.shadow_ms.append(float(second.ms[index]))
+        self.primary_ms += float(first.ms[at])
+        if label is not None:
+            _, columns, cells = label
+            self.primary.add(first, at, columns, cells)
+            self.shadow.add(second, index, columns, cells)
+
+    def result(self, primary: str, shadow: str) -> ShadowPair:
+        n = self.calls
+        return ShadowPair(
+            primary=primary,
+            shadow=shadow,
+            calls=n,
+            agreement=self.agreed / n if n and self.task == "classification" else math.nan,
+            delta_mean=self.delta_sum / n if n else math.nan,
+            delta_max=self.delta_max if n else math.nan,
+            shadow_ms_mean=sum(self.shadow_ms) / n if n else math.nan,
+            shadow_ms_max=max(self.shadow_ms) if n else math.nan,
+            primary_ms_mean=self.primary_ms / n if n else math.nan,
+            primary_quality=self.primary.result(),
+            shadow_quality=self.shadow.result(),
+        )
+
+
 def _model_of_calls(root: Path, path: Path) -> str:
     return path.relative_to(root).parts[0]  # MODEL/VERSION/calls-…
 
@@ -263,7 +389,9 @@ def _parse_calls(path: Path) -> _Calls | None:
     """A calls file's keys, times and predictions; None (logged) when it cannot be read."""
     try:
         header, rows = store.read_file(path)
-        at_id, at_row, at_time = (header.index(c) for c in (store.ID, store.ROW, store.TIME))
+        at_id, at_row, at_time, at_ms = (
+            header.index(c) for c in (store.ID, store.ROW, store.TIME, store.MS)
+        )
         version = path.parent.name
         probability_columns = [i for i, h in enumerate(header) if h.startswith(store.PROBABILITY)]
         value_columns = [i for i, h in enumerate(header) if h.startswith(store.VALUE)]
@@ -278,9 +406,11 @@ def _parse_calls(path: Path) -> _Calls | None:
                 (hash((row[at_id], row[at_row])) for row in rows), dtype=np.int64, count=len(rows)
             ),
             times=np.array([float(row[at_time]) for row in rows], dtype=np.float64),
+            ms=np.array([float(row[at_ms]) for row in rows], dtype=np.float32),
             classes=[header[i][len(store.PROBABILITY) :] for i in probability_columns],
             predicted=predicted,
             targets=[header[i][len(store.VALUE) :] for i in value_columns],
+            shadow=path.name.startswith(store.SHADOW_CALLS),
         )
     except (OSError, EOFError, gzip.BadGzipFile, ValueError, IndexError) as error:
         with contextlib.suppress(Exception):

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnserve.server.capture.quality import QualityJoiner
+from bnserve.server.capture.shadow import ShadowScorer
 from bnserve.server.capture.writer import CaptureCounters, CaptureOptions, CaptureWriter
 
 
 class Capture:
     """writer: sampled calls and posted true answers into the store; joiner: the store's
-    realized quality (every process's files)."""
+    realized quality (every process's files); shadow: a model's shadow version scoring the
+    sampled calls its served version answered."""
 
     def __init__(
         self,
@@ -22,6 +24,7 @@ class Capture:
     ) -> None:
         self.writer = CaptureWriter(options, counters)
         self.joiner = QualityJoiner(Path(options.directory), recent_s, window_s)
+        self.shadow = ShadowScorer(self.writer)
 
     def prepare(self) -> None:
         """OSError naming the store's directory when it cannot be made private (0700)."""
@@ -29,6 +32,8 @@ class Capture:
 
     def start(self) -> None:
         self.writer.start()
+        self.shadow.start()
 
     def stop(self) -> None:
+        self.shadow.stop()
         self.writer.stop()

@@ -83,6 +83,7 @@ class _Call(NamedTuple):
     at: float  # seconds since the epoch
     ms: float
     nbytes: int  # of the arrays it holds
+    shadow: bool  # a shadow version's answer (shadow-calls-* files)
 
 
 class _Labels(NamedTuple):
@@ -128,14 +129,18 @@ class CaptureWriter:
         outputs: Sequence[np.ndarray],
         ids: str | Sequence[str],
         latency_ns: int,
-    ) -> None:
-        """A scored call, captured with probability `sample`. inputs: (N, F) float32 in the
-        model's feature order, or column name → [N] / [N, 1] array (float32, NaN missing; or
-        str/object text); outputs: the model's outputs, N rows each; ids: the call's request id
-        (rows numbered 0..N-1) or one id per row (a stream's messages, each row 0)."""
+        *,
+        shadow: bool = False,
+    ) -> bool:
+        """A scored call, captured with probability `sample`; True when it was sampled (then
+        written, or dropped and counted). inputs: (N, F) float32 in the model's feature order,
+        or column name → [N] / [N, 1] array (float32, NaN missing; or str/object text);
+        outputs: the model's outputs, N rows each; ids: the call's request id (rows numbered
+        0..N-1) or one id per row (a stream's messages, each row 0). shadow: a shadow
+        version's answer to a sampled call (always written, to shadow-calls-* files)."""
         sample = self.options.sample
-        if sample < 1.0 and random.random() >= sample:
-            return
+        if not shadow and sample < 1.0 and random.random() >= sample:
+            return False
         nbytes = sum(output.nbytes for output in outputs) + (
             inputs.nbytes
             if isinstance(inputs, np.ndarray)
@@ -143,13 +148,15 @@ class CaptureWriter:
         )
         if not self._reserve(nbytes):
             self._drop(len(outputs[0]), "queue_full")
-            return
-        record = _Call(model, inputs, outputs, ids, time.time(), latency_ns / 1e6, nbytes)
+            return True
+        at = time.time()
+        record = _Call(model, inputs, outputs, ids, at, latency_ns / 1e6, nbytes, shadow)
         try:
             self._queue.put_nowait(record)
         except queue.Full:
             self._release(nbytes)
             self._drop(len(outputs[0]), "queue_full")
+        return True
 
     def _release(self, nbytes: int) -> None:
         with self._bytes_lock:
@@ -259,9 +266,10 @@ class CaptureWriter:
     def _write_call(self, call: _Call) -> None:
         model = call.model
         header, text, count = _call_text(call)
-        key = ("calls", model.name, model.version)
+        prefix = store.SHADOW_CALLS if call.shadow else store.CALLS
+        key = (prefix, model.name, model.version)
         directory = self.options.directory / model.name / model.version
-        self._write(key, directory, store.CALLS, header, text, count)
+        self._write(key, directory, prefix, header, text, count)
 
     def _write_labels(self, labels: _Labels) -> None:
         key = ("labels", labels.model, *labels.header)
@@ -324,7 +332,7 @@ class CaptureWriter:
         """Delete the oldest finished files until the store (with the open segments) fits."""
         root = self.options.directory
         files = []
-        for prefix in (store.CALLS, store.LABELS):
+        for prefix in (store.CALLS, store.SHADOW_CALLS, store.LABELS):
             for path in store.finished_files(root, prefix):
                 with contextlib.suppress(OSError):  # another process removed it
                     stat = path.stat()

@@ -212,10 +212,15 @@ class DataPlane:
                 0,
                 True,
             )
-        if self.capture is not None:
+        capture = self.capture
+        if capture is not None:
             # x's columns by the model's feature names (a mapping of columns when inputs are
             # tables): capture writes the inputs as the model received them.
-            self.capture.writer.offer(servable.model, x, outputs, request_id, done - started)
+            sampled = capture.writer.offer(servable.model, x, outputs, request_id, done - started)
+            if sampled:
+                shadow = self.repository.shadow(servable.model.name)
+                if shadow is not None and self.repository.serving(servable.model.name) is servable:
+                    capture.shadow.offer(shadow, x, request_id)
         return outputs
 
     def infer(

@@ -475,6 +475,11 @@ class RestTransport:
                     for v, figures in sorted(quality.versions.items())
                     if not version or v == version
                 },
+                "shadows": [
+                    pair.as_dict()
+                    for pair in quality.shadows
+                    if not version or version in (pair.primary, pair.shadow)
+                ],
             }
         return _json(answer)
 

@@ -26,6 +26,24 @@ def quality_response(
                 life=_window(figures.life),
             )
         )
+    for pair in quality.shadows:
+        if version and version not in (pair.primary, pair.shadow):
+            continue
+        response.shadows.append(
+            pb.ShadowPair(
+                primary_version=pair.primary,
+                shadow_version=pair.shadow,
+                calls=pair.calls,
+                agreement=pair.agreement,
+                delta_mean=pair.delta_mean,
+                delta_max=pair.delta_max,
+                shadow_ms_mean=pair.shadow_ms_mean,
+                shadow_ms_max=pair.shadow_ms_max,
+                primary_ms_mean=pair.primary_ms_mean,
+                primary_quality=_window(pair.primary_quality),
+                shadow_quality=_window(pair.shadow_quality),
+            )
+        )
     return response
 
 

@@ -321,17 +321,45 @@ class VersionQuality(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., task: _Optional[str] = ..., recent: _Optional[_Union[QualityWindow, _Mapping]] = ..., life: _Optional[_Union[QualityWindow, _Mapping]] = ...) -> None: ...
 
 class ModelQualityResponse(_message.Message):
-    __slots__ = ("model_name", "captured", "versions", "labels", "unknown_labels", "late_labels")
+    __slots__ = ("model_name", "captured", "versions", "labels", "unknown_labels", "late_labels", "shadows")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_LABELS_FIELD_NUMBER: _ClassVar[int]
     LATE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SHADOWS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     captured: bool
     versions: _containers.RepeatedCompositeFieldContainer[VersionQuality]
     labels: int
     unknown_labels: int
     late_labels: int
-    def __init__(self, model_name: _Optional[str] = ..., captured: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[VersionQuality, _Mapping]]] = ..., labels: _Optional[int] = ..., unknown_labels: _Optional[int] = ..., late_labels: _Optional[int] = ...) -> None: ...
+    shadows: _containers.RepeatedCompositeFieldContainer[ShadowPair]
+    def __init__(self, model_name: _Optional[str] = ..., captured: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[VersionQuality, _Mapping]]] = ..., labels: _Optional[int] = ..., unknown_labels: _Optional[int] = ..., late_labels: _Optional[int] = ..., shadows: _Optional[_Iterable[_Union[ShadowPair, _Mapping]]] = ...) -> None: ...
+
+class ShadowPair(_message.Message):
+    __slots__ = ("primary_version", "shadow_version", "calls", "agreement", "delta_mean", "delta_max", "shadow_ms_mean", "shadow_ms_max", "primary_ms_mean", "primary_quality", "shadow_quality")
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_MEAN_FIELD_NUMBER: _ClassVar[int]
+    DELTA_MAX_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_MS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    primary_version: str
+    shadow_version: str
+    calls: int
+    agreement: float
+    delta_mean: float
+    delta_max: float
+    shadow_ms_mean: float
+    shadow_ms_max: float
+    primary_ms_mean: float
+    primary_quality: QualityWindow
+    shadow_quality: QualityWindow
+    def __init__(self, primary_version: _Optional[str] = ..., shadow_version: _Optional[str] = ..., calls: _Optional[int] = ..., agreement: _Optional[float] = ..., delta_mean: _Optional[float] = ..., delta_max: _Optional[float] = ..., shadow_ms_mean: _Optional[float] = ..., shadow_ms_max: _Optional[float] = ..., primary_ms_mean: _Optional[float] = ..., primary_quality: _Optional[_Union[QualityWindow, _Mapping]] = ..., shadow_quality: _Optional[_Union[QualityWindow, _Mapping]] = ...) -> None: ...
