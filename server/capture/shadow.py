@@ -41,6 +41,7 @@ class ShadowScorer:
         self._queue: queue.Queue[_Work | None] = queue.Queue(queue_calls)
         self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self._warnings = LogThrottle(10.0)
+        self._stopping = threading.Event()
         self.scored = 0
         self.failed = 0
         self.dropped = 0
@@ -56,7 +57,9 @@ class ShadowScorer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Score what is queued, then end the thread (before the writer stops)."""
+        """End the thread (before the writer stops): the run in progress finishes, what is
+        still queued is dropped (counted), so a slow shadow never holds up a shutdown."""
+        self._stopping.set()
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
@@ -71,7 +74,10 @@ class ShadowScorer:
             try:
                 if work is None:
                     return
-                self._score(work)
+                if self._stopping.is_set():
+                    self.dropped += 1
+                else:
+                    self._score(work)
             finally:
                 self._queue.task_done()
 
