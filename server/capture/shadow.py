@@ -3,9 +3,11 @@ its served version answered, off the response path, and its answers go to the ca
 beside theirs (shadow-calls-* files), where the join compares the pair (capture/quality.py).
 
 One thread and a bounded queue: the call only hands over references (a full queue drops the
-shadow's share of that call, counted); a shadow that raises is logged (throttled) and
-counted; neither ever reaches the client. The thread shares the serving cores: what a shadow
-costs the calls is its CPU, which `bench/serve.py` would show.
+shadow's share of that call, counted); the thread scores what is queued in one run per
+version every 20 ms (each call's latency in the store is its share of that run); a shadow
+that raises is logged (throttled) and counted; neither ever reaches the client. The thread
+shares the serving cores: what a shadow costs the calls is its CPU, which `bench/serve.py`
+shows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bnserve.server.observability.logs import LogThrottle
 log = logging.getLogger(__name__)
 
 QUEUE_CALLS = 256
+DRAIN_INTERVAL_S = 0.02  # the shadow scores what is queued this often
+MAX_BATCH_ROWS = 256  # rows of one shadow run at most
 
 
 class _Work(NamedTuple):
@@ -42,6 +46,7 @@ class ShadowScorer:
         self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self._warnings = LogThrottle(10.0)
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self.scored = 0
         self.failed = 0
         self.dropped = 0
@@ -62,42 +67,74 @@ class ShadowScorer:
         self._stopping.set()
         if self._thread.is_alive():
             self._queue.put(None)
+            self._wake.set()
             self._thread.join()
 
     def idle(self) -> bool:
-        """Nothing queued (tests)."""
+        """Nothing queued or being scored (tests)."""
         return self._queue.unfinished_tasks == 0
 
     def _run(self) -> None:
+        """Every DRAIN_INTERVAL_S, score what is queued: the calls of one shadow version in
+        one run (at most MAX_BATCH_ROWS rows), then each call's rows offered to the store."""
         while True:
-            work = self._queue.get()
-            try:
-                if work is None:
-                    return
-                if self._stopping.is_set():
-                    self.dropped += 1
-                else:
-                    self._score(work)
-            finally:
+            self._wake.wait(DRAIN_INTERVAL_S)
+            self._wake.clear()
+            batch: list[_Work] = []
+            while True:
+                try:
+                    work = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if work is None or self._stopping.is_set():
+                    self.dropped += len(batch) + (work is not None)
+                    for _ in range(len(batch) + 1):
+                        self._queue.task_done()
+                    if work is None:
+                        return
+                    batch = []
+                    continue
+                if batch and (
+                    work.servable is not batch[0].servable
+                    or sum(len(w.x) for w in batch) + len(work.x) > MAX_BATCH_ROWS
+                ):
+                    self._done(batch)
+                    batch = []
+                batch.append(work)
+            if batch:
+                self._done(batch)
+
+    def _done(self, batch: list[_Work]) -> None:
+        try:
+            self._score(batch)
+        finally:
+            for _ in batch:
                 self._queue.task_done()
 
-    def _score(self, work: _Work) -> None:
+    def _score(self, batch: list[_Work]) -> None:
+        servable = batch[0].servable
+        x = batch[0].x if len(batch) == 1 else np.concatenate([work.x for work in batch])
         started = time.perf_counter_ns()
         try:
-            outputs = work.servable.run(work.x, None, batchable=False)
+            outputs = servable.run(x, None, batchable=False)
         except Exception as error:  # a shadow's failure is its own: counted, never raised
-            self.failed += 1
+            self.failed += len(batch)
             held_back = self._warnings.admit("failed")
             if held_back is not None:
                 more = f" ({held_back} more since the last line)" if held_back else ""
                 log.warning(
                     "shadow version %s of model %s failed: %s%s",
-                    work.servable.model.version,
-                    work.servable.model.name,
+                    servable.model.version,
+                    servable.model.name,
                     error,
                     more,
                 )
             return
-        latency_ns = time.perf_counter_ns() - started
-        self.scored += 1
-        self._writer.offer(work.servable.model, work.x, outputs, work.ids, latency_ns, shadow=True)
+        latency_ns = (time.perf_counter_ns() - started) // len(batch)  # each call's share
+        self.scored += len(batch)
+        first = 0
+        for work in batch:
+            rows = slice(first, first + len(work.x))
+            first += len(work.x)
+            answer = [output[rows] for output in outputs]
+            self._writer.offer(servable.model, work.x, answer, work.ids, latency_ns, shadow=True)
