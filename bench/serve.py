@@ -14,6 +14,8 @@ single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 laten
 ratio to the echo server and to the minimal server; batching on over off. Then
   (e) placement (bench/serve_placement.py): one and two processes, unpinned, pinned by taskset
       and `--cpu-affinity auto`, requests/s and server CPU per call side by side;
+  (f) mixed inputs (bench/serve_mixed.py): a model of 8 numeric + 4 categorical columns next to
+      a numbers-only one of 12 inputs, v2 ModelInfer and PredictBatch, ratios beside the goals;
 then PredictBatch (64 examples a call) and PredictStream (many examples per stream) in
 examples/s over unary, and the server's overhead over a bare onnxruntime run of the same example.
 
@@ -27,6 +29,7 @@ with trailers only and no DATA, so any failure shows up as missing bytes.
 Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256,256]
                              [--large-hidden 1024,1024,1024] [--concurrencies 1,8,64]
                              [--placement (the placement rows (e) alone)]
+                             [--mixed (the mixed-input rows (f) alone)]
 (installs h2load with apt-get when run as root and it is missing)
 """
 
@@ -723,18 +726,20 @@ def measure(settings: BenchSettings) -> int:
         examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
         report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
         stack.close()  # the servers stop before the placement and REST rows
+        from serve_mixed import measure_mixed
         from serve_placement import measure_placement
         from serve_rest import measure_rest
 
         placement_ok = measure_placement(model, row, settings, scratch)
         rest_ok = measure_rest(model, row, settings, scratch)
+        mixed_ok = measure_mixed(settings, scratch)
     print(
         "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
         "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())
     )
     results = [r for rows in unary.values() for r in rows.values()]
     results += list(throughput.values())
-    return 0 if placement_ok and rest_ok and all(r.verified for r in results) else 1
+    return 0 if placement_ok and rest_ok and mixed_ok and all(r.verified for r in results) else 1
 
 
 def _ratio_table(
@@ -901,6 +906,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the placement rows: 1 and 2 processes, unpinned / taskset / --cpu-affinity auto",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="only the mixed-input rows: 8 numeric + 4 categorical columns vs 12 numeric inputs",
+    )
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
@@ -927,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
     if args.placement:
         return measure_placement_alone(settings)
+    if args.mixed:
+        from serve_mixed import measure_mixed_alone
+
+        return measure_mixed_alone(settings)
     return measure(settings)
 
 

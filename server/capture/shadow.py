@@ -19,10 +19,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from bnserve.server.capture.writer import CaptureWriter
 from bnserve.server.observability.logs import LogThrottle
+from bnserve.server.plane.inputs import ModelInput, concatenate, rows
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ MAX_BATCH_ROWS = 256  # rows of one shadow run at most
 
 class _Work(NamedTuple):
     servable: Any  # server/models/servable.py's Servable (run, model)
-    x: np.ndarray
+    x: ModelInput
     ids: str | Sequence[str]
 
 
@@ -51,7 +50,7 @@ class ShadowScorer:
         self.failed = 0
         self.dropped = 0
 
-    def offer(self, servable: Any, x: np.ndarray, ids: str | Sequence[str]) -> None:
+    def offer(self, servable: Any, x: ModelInput, ids: str | Sequence[str]) -> None:
         """Never blocks: a full queue drops the call's shadow scoring (counted)."""
         try:
             self._queue.put_nowait(_Work(servable, x, ids))
@@ -96,7 +95,7 @@ class ShadowScorer:
                     continue
                 if batch and (
                     work.servable is not batch[0].servable
-                    or sum(len(w.x) for w in batch) + len(work.x) > MAX_BATCH_ROWS
+                    or sum(rows(w.x) for w in batch) + rows(work.x) > MAX_BATCH_ROWS
                 ):
                     self._done(batch)
                     batch = []
@@ -113,7 +112,7 @@ class ShadowScorer:
 
     def _score(self, batch: list[_Work]) -> None:
         servable = batch[0].servable
-        x = batch[0].x if len(batch) == 1 else np.concatenate([work.x for work in batch])
+        x = concatenate([work.x for work in batch])
         started = time.perf_counter_ns()
         try:
             outputs = servable.run(x, None, batchable=False)
@@ -134,7 +133,7 @@ class ShadowScorer:
         self.scored += len(batch)
         first = 0
         for work in batch:
-            rows = slice(first, first + len(work.x))
-            first += len(work.x)
-            answer = [output[rows] for output in outputs]
+            count = rows(work.x)
+            answer = [output[first : first + count] for output in outputs]
+            first += count
             self._writer.offer(servable.model, work.x, answer, work.ids, latency_ns, shadow=True)

@@ -32,6 +32,7 @@ import numpy as np
 
 from bnserve import capture_store as store
 from bnserve.server.observability.logs import LogThrottle
+from bnserve.server.plane.inputs import Columns
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class CaptureWriter:
     def offer(
         self,
         model: CapturedModel,
-        inputs: np.ndarray | Mapping[str, np.ndarray],
+        inputs: np.ndarray | Columns | Mapping[str, np.ndarray],
         outputs: Sequence[np.ndarray],
         ids: str | Sequence[str],
         latency_ns: int,
@@ -136,13 +137,16 @@ class CaptureWriter:
     ) -> bool:
         """A scored call, captured with probability `sample`; True when it was sampled (then
         written, or dropped and counted). inputs: (N, F) float32 in the model's feature order,
-        or column name → [N] / [N, 1] array (float32, NaN missing; or str/object text);
+        or a mixed model's Columns, or column name → [N] / [N, 1] array (float32, NaN
+        missing; or str/object text);
         outputs: the model's outputs, N rows each; ids: the call's request id (rows numbered
         0..N-1) or one id per row (a stream's messages, each row 0). shadow: a shadow
         version's answer to a sampled call (always written, to shadow-calls-* files)."""
         sample = self.options.sample
         if not shadow and sample < 1.0 and random.random() >= sample:
             return False
+        if isinstance(inputs, Columns):
+            inputs = inputs.arrays
         nbytes = sum(output.nbytes for output in outputs) + (
             inputs.nbytes
             if isinstance(inputs, np.ndarray)

@@ -25,6 +25,7 @@ from bnserve.server.models.repository import FAILED, LOADING, READY, ModelReposi
 from bnserve.server.models.servable import Servable
 from bnserve.server.observability.tracing import Tracing, scored_at
 from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.errors import (
     CaptureOff,
     InvalidInput,
@@ -32,7 +33,10 @@ from bnserve.server.plane.errors import (
     ModelNotFound,
     ServingError,
 )
+from bnserve.server.plane.inputs import ModelInput, TensorIn
 from bnserve.server.plane.statistics import StatsSnapshot
+
+__all__ = ["TensorIn"]  # re-exported: the transports import it from here
 
 SERVER_NAME = "bnserve"
 PLATFORM = "onnxruntime_onnx"
@@ -57,21 +61,6 @@ MODEL_UNLOAD_CLOSED = (
 )
 
 _now = time.perf_counter_ns
-
-
-class TensorIn(NamedTuple):
-    """One v2 input tensor as a transport decoded it.
-
-    data: bytes (the tensor's little-endian bytes: raw_input_contents, HTTP binary data) or the
-    typed values, flat (an ndarray or a sequence numpy converts). source names where the data
-    came from, for messages ("fp32_contents", "raw_input_contents[0]", "JSON data").
-    """
-
-    name: str
-    datatype: str
-    shape: Sequence[int]
-    data: bytes | np.ndarray | Sequence[float]
-    source: str
 
 
 class OutputRequest(NamedTuple):
@@ -158,15 +147,15 @@ class DataPlane:
     def score(
         self,
         servable: Servable,
-        x: np.ndarray,
+        x: ModelInput,
         timeout_s: float | None,
         *,
         batchable: bool = True,
         checked: bool = False,
         request_id: str | Sequence[str] = "",
     ) -> list[np.ndarray]:
-        """Validate x (N, F) float32, admit, check the deadline, score; record statistics;
-        offer the call to the capture store.
+        """Validate x (N, F) float32 (a mixed model: Columns), admit, check the deadline,
+        score; record statistics; offer the call to the capture store.
 
         timeout_s: seconds left of the caller's deadline (None: none). batchable=False keeps
         single examples out of the dynamic batcher (a stream scores its messages in order).
@@ -178,8 +167,11 @@ class DataPlane:
         stats = servable.stats
         started = _now()
         try:
+            model = servable.model
             if not checked:
-                servable.model.check_features(x)
+                model.check_features(x)
+            if model.cell_counter is not None:
+                model.observe_cells(x)
             checked_at = _now()
             with self.limiter:
                 admitted = _now()
@@ -231,9 +223,9 @@ class DataPlane:
         timeout_s: float | None,
         request_id: str = "",
     ) -> list[TensorOut]:
-        """The Open Inference Protocol's infer: one input 'x' FP32 [N, F] in, the requested
-        outputs (all when none are named) out, in request order; request_id: the request's id
-        (the capture store's)."""
+        """The Open Inference Protocol's infer: one input 'x' FP32 [N, F] in (a mixed model: one
+        input per column), the requested outputs (all when none are named) out, in request
+        order; request_id: the request's id (the capture store's)."""
         model = servable.model
         try:
             x = input_array(model, inputs)
@@ -284,13 +276,13 @@ class DataPlane:
         batcher = servable.batcher
         if batcher is not None:
             max_batch_size = batcher.max_batch_size
-            inputs = (_without_batch(model.input_spec),)
+            inputs = tuple(_without_batch(spec) for spec in model.input_specs)
             outputs = tuple(_without_batch(spec) for spec in model.output_specs)
             delay_us: int | None = round(batcher.max_delay_s * 1e6)
         else:
             max_batch_size, inputs, outputs, delay_us = (
                 0,
-                (model.input_spec,),
+                model.input_specs,
                 model.output_specs,
                 None,
             )
@@ -341,8 +333,11 @@ class DataPlane:
         return [s for s in statuses if not ready_only or s.state == READY]
 
 
-def input_array(model: Model, inputs: Sequence[TensorIn]) -> np.ndarray:
-    """The request's one input as (N, F) float32; InvalidInput says what is wrong and how."""
+def input_array(model: Model, inputs: Sequence[TensorIn]) -> ModelInput:
+    """The request's one input as (N, F) float32 (a mixed model: its Columns); InvalidInput
+    says what is wrong and how."""
+    if model.schema is not None and model.mixed:
+        return decode_tensors(model.schema, model.name, inputs)
     spec = model.input_spec
     expected = f"{spec.name!r} {spec.datatype} [N, {model.num_features}]"
     if len(inputs) != 1:

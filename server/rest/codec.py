@@ -114,7 +114,9 @@ def _inputs(inputs: Any, binary: memoryview) -> list[TensorIn]:
             raise InvalidInput(f"input {name!r} has no 'data' (and no binary_data_size)")
         if not isinstance(data, list):
             data = [data]
-        if data and isinstance(data[0], list):
+        if datatype == "BYTES":
+            data = _flat(data)
+        elif data and isinstance(data[0], list):
             try:
                 data = np.asarray(data, dtype=np.float32).ravel()
             except (TypeError, ValueError):
@@ -127,6 +129,16 @@ def _inputs(inputs: Any, binary: memoryview) -> list[TensorIn]:
             f"{len(binary) - offset} bytes of binary data after the inputs' binary_data_size"
         )
     return decoded
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    """Nested lists (by row) flattened, values as they are (BYTES: text or null)."""
+    if not any(isinstance(value, list) for value in data):
+        return data
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flat(value) if isinstance(value, list) else [value])
+    return flat
 
 
 def _outputs(outputs: Any, default_binary: bool) -> tuple[list[OutputRequest], list[bool]]:
@@ -195,7 +207,9 @@ def model_config(info: ModelConfigInfo) -> dict[str, Any]:
     """Triton's model configuration as its HTTP API answers it."""
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        data_type = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}[spec.datatype]
+        data_type = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}[
+            spec.datatype
+        ]
         return {"name": spec.name, "data_type": data_type, "dims": list(spec.shape)}
 
     config: dict[str, Any] = {

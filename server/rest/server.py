@@ -431,7 +431,7 @@ class RestTransport:
                 "name": model.name,
                 "versions": self._plane.versions(model.name),
                 "platform": PLATFORM,
-                "inputs": [codec.tensor_metadata(model.input_spec)],
+                "inputs": [codec.tensor_metadata(spec) for spec in model.input_specs],
                 "outputs": [codec.tensor_metadata(spec) for spec in model.output_specs],
             }
         )

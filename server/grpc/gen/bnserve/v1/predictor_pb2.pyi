@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "features", "named_features", "id")
+    __slots__ = ("model_name", "model_version", "features", "named_features", "id", "values")
     class NamedFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -15,17 +15,46 @@ class PredictRequest(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     NAMED_FEATURES_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     features: _containers.RepeatedScalarFieldContainer[float]
     named_features: _containers.ScalarMap[str, float]
     id: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., named_features: _Optional[_Mapping[str, float]] = ..., id: _Optional[str] = ...) -> None: ...
+    values: _containers.MessageMap[str, Value]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., named_features: _Optional[_Mapping[str, float]] = ..., id: _Optional[str] = ..., values: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("number", "text", "missing")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    number: float
+    text: str
+    missing: bool
+    def __init__(self, number: _Optional[float] = ..., text: _Optional[str] = ..., missing: _Optional[bool] = ...) -> None: ...
+
+class Column(_message.Message):
+    __slots__ = ("name", "numbers", "texts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    numbers: _containers.RepeatedScalarFieldContainer[float]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., numbers: _Optional[_Iterable[float]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "id", "probabilities", "label", "class_name", "values")
@@ -46,18 +75,20 @@ class PredictResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., probabilities: _Optional[_Iterable[float]] = ..., label: _Optional[int] = ..., class_name: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "features", "raw_features", "id")
+    __slots__ = ("model_name", "model_version", "features", "raw_features", "columns", "id")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     RAW_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     features: _containers.RepeatedScalarFieldContainer[float]
     raw_features: bytes
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
     id: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., raw_features: _Optional[bytes] = ..., id: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., raw_features: _Optional[bytes] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class PredictBatchResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "num_examples", "probabilities", "labels", "class_names", "values", "raw_probabilities", "raw_labels", "raw_values", "id")
@@ -103,8 +134,26 @@ class TensorInfo(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class InputColumn(_message.Message):
+    __slots__ = ("name", "kind", "datatype", "levels", "level_count", "has_other", "has_missing")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HAS_OTHER_FIELD_NUMBER: _ClassVar[int]
+    HAS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    datatype: str
+    levels: _containers.RepeatedScalarFieldContainer[str]
+    level_count: int
+    has_other: bool
+    has_missing: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., datatype: _Optional[str] = ..., levels: _Optional[_Iterable[str]] = ..., level_count: _Optional[int] = ..., has_other: _Optional[bool] = ..., has_missing: _Optional[bool] = ...) -> None: ...
+
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "versions", "task", "inputs", "outputs", "feature_names", "class_names", "target_names", "stats", "bn_momentum", "running_var", "epsilon", "folded", "fold_max_abs_error", "run_id", "params_sha256", "graph_sha256", "training_json", "created_at", "metadata", "server_version")
+    __slots__ = ("model_name", "model_version", "versions", "task", "inputs", "outputs", "feature_names", "class_names", "target_names", "stats", "bn_momentum", "running_var", "epsilon", "folded", "fold_max_abs_error", "run_id", "params_sha256", "graph_sha256", "training_json", "created_at", "metadata", "server_version", "columns")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +183,7 @@ class ModelInfoResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -156,7 +206,8 @@ class ModelInfoResponse(_message.Message):
     created_at: str
     metadata: _containers.ScalarMap[str, str]
     server_version: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., stats: _Optional[str] = ..., bn_momentum: _Optional[str] = ..., running_var: _Optional[str] = ..., epsilon: _Optional[str] = ..., folded: _Optional[bool] = ..., fold_max_abs_error: _Optional[str] = ..., run_id: _Optional[str] = ..., params_sha256: _Optional[str] = ..., graph_sha256: _Optional[str] = ..., training_json: _Optional[str] = ..., created_at: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[InputColumn]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., target_names: _Optional[_Iterable[str]] = ..., stats: _Optional[str] = ..., bn_momentum: _Optional[str] = ..., running_var: _Optional[str] = ..., epsilon: _Optional[str] = ..., folded: _Optional[bool] = ..., fold_max_abs_error: _Optional[str] = ..., run_id: _Optional[str] = ..., params_sha256: _Optional[str] = ..., graph_sha256: _Optional[str] = ..., training_json: _Optional[str] = ..., created_at: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., server_version: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[InputColumn, _Mapping]]] = ...) -> None: ...
 
 class ModelDriftRequest(_message.Message):
     __slots__ = ("model_name", "model_version")
