@@ -66,6 +66,9 @@ MINIMAL_POOL_LABEL = "minimal, bnserve's pool"  # server/grpc/executor.py's Mess
 PREDICT_LABEL = "native Predict"
 DRIFT_OFF_LABEL = "native Predict, drift off"
 BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
+CAPTURE_FULL_LABEL = "native Predict, capture 1.0"
+CAPTURE_TENTH_LABEL = "native Predict, capture 0.1"
+SHADOW_LABEL = "native Predict, capture+shadow"
 PATHS = {
     "predict": "/bnserve.v1.Predictor/Predict",
     "infer": "/inference.GRPCInferenceService/ModelInfer",
@@ -268,9 +271,11 @@ def bnserve_command(
     workers: int = 0,
     processes: int = 1,
     drift: bool = True,
+    capture: tuple[Path, float] | None = None,
 ) -> list[str]:
-    """bnserve serving model as "digits"; workers 0: settings.workers. Pinned to the server
-    CPU with one process; several are left to --cpu-affinity (bench/serve_placement.py)."""
+    """bnserve serving model as "digits"; workers 0: settings.workers; capture: (--capture-dir,
+    --capture-sample). Pinned to the server CPU with one process; several are left to
+    --cpu-affinity (bench/serve_placement.py)."""
     workers = workers or settings.workers
     command = [
         sys.executable,
@@ -293,7 +298,19 @@ def bnserve_command(
         str(processes),
         "--drift" if drift else "--no-drift",
     ]
+    if capture is not None:
+        command += ["--capture-dir", str(capture[0]), "--capture-sample", str(capture[1])]
     return pinned(settings.server_cpu, command) if processes == 1 else command
+
+
+def shadow_directory(model: Path, directory: Path) -> Path:
+    """A model directory serving `model` as version 1 with a copy of it as version 2, its
+    shadow (server/models/shadow.py): every call is scored twice."""
+    for version in ("1", "2"):
+        (directory / version).mkdir(parents=True)
+        shutil.copyfile(model, directory / version / "model.onnx")
+    (directory / "shadow").write_text("2\n")
+    return directory
 
 
 def batching_workers(settings: BenchSettings) -> int:
@@ -562,12 +579,31 @@ def measure(settings: BenchSettings) -> int:
         predict_probe = messages["predict"][0]
         wide = batching_workers(settings)
         names = ["echo", "minimal", "minimal pool", "bnserve", "nodrift", "off", "on"]
-        names += ["large off", "large on"]
+        names += ["large off", "large on", "capture 1.0", "capture 0.1", "shadow"]
+        shadowed = shadow_directory(model, scratch / "shadowed")
         ports = {name: free_port() for name in names}
         large = models["large"]
         servers = {  # name → (command, log line when ready)
             "bnserve": (bnserve_command(model, ports["bnserve"], settings), ""),
             "nodrift": (bnserve_command(model, ports["nodrift"], settings, drift=False), ""),
+            **{
+                f"capture {share}": (
+                    bnserve_command(
+                        model,
+                        ports[f"capture {share}"],
+                        settings,
+                        capture=(scratch / f"capture-{share}", share),
+                    ),
+                    "",
+                )
+                for share in (1.0, 0.1)
+            },
+            "shadow": (
+                bnserve_command(
+                    shadowed, ports["shadow"], settings, capture=(scratch / "capture-shadow", 1.0)
+                ),
+                "",
+            ),
             "off": (bnserve_command(model, ports["off"], settings, workers=wide), ""),
             "on": (bnserve_command(model, ports["on"], settings, workers=wide, batching=True), ""),
             "large off": (bnserve_command(large, ports["large off"], settings, workers=wide), ""),
@@ -650,6 +686,9 @@ def measure(settings: BenchSettings) -> int:
             target(f"{LARGE}, {BATCHING_OFF}", "large off", "predict", predict_body),
             target(f"{LARGE}, {BATCHING_ON}", "large on", "predict", predict_body),
             target(MINIMAL_POOL_LABEL, "minimal pool", "predict", predict_body),
+            target(CAPTURE_FULL_LABEL, "capture 1.0", "predict", predict_body),
+            target(CAPTURE_TENTH_LABEL, "capture 0.1", "predict", predict_body),
+            target(SHADOW_LABEL, "shadow", "predict", predict_body),
         ]
         stream_body = b"".join(frame(m) for m in messages["stream"])
         throughput_targets = [
@@ -793,6 +832,16 @@ def report(
         [
             ("default model", f"Predict, {BATCHING_ON}", f"Predict, {BATCHING_OFF}"),
             (LARGE, f"{LARGE}, {BATCHING_ON}", f"{LARGE}, {BATCHING_OFF}"),
+        ],
+    )
+    _ratio_table(
+        "capture's cost (ratio: requests/s with --capture-dir over without, same run)",
+        unary,
+        [
+            ("sample 1.0 (goal ≥ 0.90)", CAPTURE_FULL_LABEL, PREDICT_LABEL),
+            ("sample 0.1 (goal ≥ 0.97)", CAPTURE_TENTH_LABEL, PREDICT_LABEL),
+            ("shadow, sample 1.0 (goal ≥ 0.80)", SHADOW_LABEL, PREDICT_LABEL),
+            ("shadow over capture alone", SHADOW_LABEL, CAPTURE_FULL_LABEL),
         ],
     )
     unary_rate = throughput["native Predict (unary)"].requests_per_s

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.server.capture.feedback import MAX_ANSWERS, TrueAnswer
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.plane.dataplane import (
     ModelConfigInfo,
@@ -257,3 +258,41 @@ def model_statistics(found: Sequence[tuple[str, str, StatsSnapshot]]) -> dict[st
             for name, version, stats in found
         ]
     }
+
+
+def feedback_answers(body: bytes) -> list[TrueAnswer]:
+    """POST /v2/models/{name}/feedback's body as true answers; InvalidInput names what is
+    wrong (at most MAX_ANSWERS; each {"id": str, "row": int ≥ 0 (default 0), "label": str}
+    or {"id", "row", "values": [numbers]})."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the request body is not JSON") from None
+    items = parsed.get("answers") if isinstance(parsed, dict) else None
+    if not isinstance(items, list):
+        raise InvalidInput(
+            'the request body must be {"answers": [{"id": "...", "row": 0, "label": "..."}, '
+            '...]} (regression: "values": [...] instead of "label")'
+        )
+    if len(items) > MAX_ANSWERS:
+        raise InvalidInput(
+            f"{len(items)} true answers in one call; at most {MAX_ANSWERS} (send several calls)"
+        )
+    answers = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"answers[{index}] must be an object")
+        ident, row = item.get("id"), item.get("row", 0)
+        label, values = item.get("label", ""), item.get("values", [])
+        if not isinstance(ident, str):
+            raise InvalidInput(f"answers[{index}].id must be the call's request id (a string)")
+        if not isinstance(row, int) or isinstance(row, bool):
+            raise InvalidInput(f"answers[{index}].row must be a whole number")
+        if not isinstance(label, str):
+            raise InvalidInput(f"answers[{index}].label must be a class name (a string)")
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise InvalidInput(f"answers[{index}].values must be a list of numbers")
+        answers.append(TrueAnswer(ident, row, label, [float(v) for v in values]))
+    return answers

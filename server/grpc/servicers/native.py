@@ -1,4 +1,5 @@
-"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift."""
+"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift, Feedback,
+ModelQuality."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
+from bnserve.server.capture.feedback import MAX_ANSWERS, TrueAnswer
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.servicers.drift_rpc import drift_response
+from bnserve.server.grpc.servicers.quality_rpc import quality_response
 from bnserve.server.grpc.streaming import ReadAhead
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.models.servable import Servable
@@ -42,7 +45,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> pb.PredictResponse:
         servable = self._plane.find(request.model_name, request.model_version)
         x = _example(request, servable.model)
-        outputs = self._plane.score(servable, x, context.time_remaining())
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
         return _response(servable.model, outputs, request.id)
 
     @translate_errors
@@ -52,9 +55,12 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         servable = self._plane.find(request.model_name, request.model_version)
         model = servable.model
         x = _batch(request, model)
-        outputs = self._plane.score(servable, x, context.time_remaining())
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
         response = pb.PredictBatchResponse(
-            model_name=model.name, model_version=model.version, num_examples=x.shape[0]
+            model_name=model.name,
+            model_version=model.version,
+            num_examples=x.shape[0],
+            id=request.id,
         )
         if request.raw_features:
             _fill_raw_batch(response, model, outputs)
@@ -110,7 +116,12 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         x = concatenate(rows)
         # Each message passed check_features in _answer_chunk, which names the bad one.
         outputs = self._plane.score(
-            servable, x, context.time_remaining(), batchable=False, checked=True
+            servable,
+            x,
+            context.time_remaining(),
+            batchable=False,
+            checked=True,
+            request_id=[request.id for request in requests],
         )
         for row, request in enumerate(requests):
             yield _response(servable.model, outputs, request.id, row)
@@ -152,6 +163,28 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         self, request: pb.ModelDriftRequest, context: grpc.ServicerContext
     ) -> pb.ModelDriftResponse:
         return drift_response(self._plane.find(request.model_name, request.model_version).model)
+
+    @translate_errors
+    def Feedback(
+        self, request: pb.FeedbackRequest, context: grpc.ServicerContext
+    ) -> pb.FeedbackResponse:
+        if len(request.answers) > MAX_ANSWERS:
+            raise InvalidInput(
+                f"{len(request.answers)} true answers in one call; at most {MAX_ANSWERS} "
+                "(send several calls)"
+            )
+        answers = [TrueAnswer(a.id, a.row, a.label, a.values[:]) for a in request.answers]
+        accepted, dropped = self._plane.feedback(request.model_name, answers)
+        return pb.FeedbackResponse(accepted=accepted, dropped=dropped)
+
+    @translate_errors
+    def ModelQuality(
+        self, request: pb.ModelQualityRequest, context: grpc.ServicerContext
+    ) -> pb.ModelQualityResponse:
+        name = self._plane.find(request.model_name).model.name
+        return quality_response(
+            name, request.model_version, self._plane.quality(request.model_name)
+        )
 
 
 def _example(request: pb.PredictRequest, model: Model) -> ModelInput:

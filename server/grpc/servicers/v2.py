@@ -122,7 +122,11 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = servable.model
         raw = bool(request.raw_input_contents)
         outputs = self._plane.infer(
-            servable, _inputs(request, raw), _requested(request), context.time_remaining()
+            servable,
+            _inputs(request, raw),
+            _requested(request),
+            context.time_remaining(),
+            request.id,
         )
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=model.version, id=request.id
