@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bnserve.export.ensemble import EnsembleReport, EnsembleSettings, export_ensemble
-from bnserve.export.ensemble_graph import DEFAULT_LAYOUT, LAYOUTS
+from bnserve.export.ensemble_graph import AUTO, DEFAULT_LAYOUT, LAYOUTS
 from bnserve.export.ensemble_source import EnsembleMembers, is_tune_dir, tune_members
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import ExportReport, ExportSettings, export_run
@@ -55,11 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--layout",
-        choices=LAYOUTS,
+        choices=(AUTO, *LAYOUTS),
         default=DEFAULT_LAYOUT,
-        help="ensembles: each member's later layers as its own branch (parallel), or as "
-        "block-diagonal Gemms (blockdiag: measured slower, docs/export.md; no layer drift) "
-        f"(default: {DEFAULT_LAYOUT})",
+        help="ensembles: the members' later layers as one batched MatMul each (batched: members "
+        "of one depth, widths and activation), each member's as its own branch (parallel), or "
+        "block-diagonal Gemms (blockdiag: no layer drift); auto is batched when the members "
+        f"allow it, else parallel (measured: docs/export.md) (default: {DEFAULT_LAYOUT})",
     )
     parser.add_argument(
         "--reference-rows",

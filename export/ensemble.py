@@ -24,8 +24,10 @@ from bnserve.export.distribution import drift_metadata as one_model_drift
 from bnserve.export.ensemble_graph import (
     DEFAULT_LAYOUT,
     MEMBER_PREACTIVATION,
+    STACKED_PREACTIVATION,
     build_ensemble_model,
     layout_problem,
+    resolve_layout,
 )
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import (
@@ -68,7 +70,7 @@ class EnsembleSettings:
     force: bool = False
     reference_rows: int = 8  # rows of the first member's held-out set embedded for the gate
     source: str = ""  # how the members were chosen (a tune directory), for the card
-    layout: str = DEFAULT_LAYOUT
+    layout: str = DEFAULT_LAYOUT  # AUTO or one of LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class EnsembleReport:
 
     out: Path
     members: tuple[str, ...]  # run ids, in member order
-    layout: str
+    layout: str  # the one built (AUTO resolved)
     verification: Verification
     worst_layer_ratio: float  # over every member's layers (float32 roundings, verify.py)
     layer_bound: float
@@ -106,10 +108,11 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
             raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
         worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
         networks.append(network)
-    problem = layout_problem(networks, settings.layout)
+    layout = resolve_layout(networks, settings.layout)
+    problem = layout_problem(networks, layout)
     if problem is not None:
         raise ExportError(f"--layout {settings.layout}: {problem}")
-    model = build_ensemble_model(networks, layout=settings.layout)
+    model = build_ensemble_model(networks, layout=layout)
     task = runs[0].meta["task"]
     tolerance = _tolerance(runs)
     expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
@@ -127,11 +130,11 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         tolerance=tolerance,
         references=reference_rows(runs, settings.reference_rows),
         model=model,
-        drift=drift_metadata(rows, runs, settings.layout),
+        drift=drift_metadata(rows, runs, layout),
     )
     metadata[MetadataKey.ENSEMBLE.full] = json.dumps(
         {
-            "layout": settings.layout,
+            "layout": layout,
             "source": settings.source or "runs given",
             "members": [
                 {
@@ -148,7 +151,7 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     return EnsembleReport(
         out=settings.out,
         members=tuple(str(run.meta["run_id"]) for run in runs),
-        layout=settings.layout,
+        layout=layout,
         verification=verification,
         worst_layer_ratio=worst_ratio,
         layer_bound=bound,
@@ -268,16 +271,20 @@ def _card_meta(runs: Sequence[Run]) -> dict[str, Any]:
 
 def drift_metadata(rows: TrainingRows, runs: Sequence[Run], layout: str) -> dict[str, Any]:
     """`bnserve.drift` for the ensemble: features as the first member standardized them; layers:
-    every member's batch-normed hidden layers, named `m{k}.hidden{i}` with their graph tensors
-    `m{k}.hidden{i}.z` (parallel layout), which the server's drift monitor reads as it reads
-    one model's layers."""
+    every member's batch-normed hidden layers, named `m{k}.hidden{i}`, which the server's drift
+    monitor reads as it reads one model's layers: in parallel branches from the tensor
+    `m{k}.hidden{i}.z` [N, H]; batched, from the stack `hidden{i}.z` [k, N, H] at `member`
+    k − 1 (a view of it, no node per member). blockdiag: no layers."""
     layers: list[dict[str, Any]] = []
-    if layout == "parallel":
+    if layout in ("parallel", "batched"):
         for k, run in enumerate(runs, start=1):
             params = {name: np.asarray(v, dtype=np.float64) for name, v in run.params.items()}
-            name = MEMBER_PREACTIVATION.replace("{k}", str(k))
+            if layout == "parallel":
+                name, stacked = MEMBER_PREACTIVATION.replace("{k}", str(k)), {}
+            else:
+                name, stacked = STACKED_PREACTIVATION, {"member": k - 1}
             for entry in layer_statistics(params, len(run.config.hidden), name):
-                layers.append({**entry, "name": f"m{k}.{entry['name']}"})
+                layers.append({**entry, "name": f"m{k}.{entry['name']}", **stacked})
     first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
     drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
     drift["layers"] = layers

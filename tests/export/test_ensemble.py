@@ -51,7 +51,11 @@ def _scored(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 def test_the_graph_is_the_mean_of_its_members_numpy_paths(
     synthetic_run, out_dir: Path, capsys, layout: str
 ) -> None:
-    specs = MIXED if layout == "parallel" else [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}]
+    specs = {
+        "parallel": MIXED,
+        "blockdiag": [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}],
+        "batched": [{"seed": 0}, {"seed": 1}, {"seed": 2, "batchnorm": False}],
+    }[layout]
     runs = _runs(synthetic_run, specs)
     out = out_dir / "ensemble.onnx"
     code, printed, error = _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)
@@ -99,10 +103,15 @@ def test_a_regression_ensemble_answers_the_mean_y(synthetic_run, out_dir: Path, 
     np.testing.assert_allclose(reference, mean_prediction(members, rows), rtol=1e-12)
 
 
-def test_one_example_alone_equals_it_in_a_batch(synthetic_run, out_dir: Path, capsys) -> None:
-    runs = _runs(synthetic_run, MIXED)
+@pytest.mark.parametrize("specs", [MIXED, [{"seed": 0}, {"seed": 1}, {"seed": 2}]])
+def test_one_example_alone_equals_it_in_a_batch(
+    synthetic_run, out_dir: Path, capsys, specs: list[dict[str, object]]
+) -> None:
+    runs = _runs(synthetic_run, specs)
     out = out_dir / "ensemble.onnx"
-    assert _export([*map(str, runs), "--out", str(out)], capsys)[0] == 0
+    code, printed, _ = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 0
+    assert ("batched" if specs is not MIXED else "parallel") in printed  # auto's choice
     x = load_run(runs[0]).heldout_x[:64].astype(np.float32)
     together = _scored(out, x)
     for row in range(x.shape[0]):
@@ -111,6 +120,29 @@ def test_one_example_alone_equals_it_in_a_batch(synthetic_run, out_dir: Path, ca
             alone["probabilities"][0], together["probabilities"][row], rtol=0, atol=1e-6
         )
         assert alone["label"][0] == together["label"][row]
+
+
+def test_auto_builds_batched_when_the_members_allow_it(synthetic_run, out_dir, capsys) -> None:
+    """Members of one depth, widths and activation: batched, whose node count does not grow
+    with k; one member wider: parallel; asked for batched anyway: refused in one line."""
+    nodes = {}
+    for k in (2, 4):
+        out = out_dir / f"k{k}.onnx"
+        runs = _runs(synthetic_run, [{"seed": seed} for seed in range(k)])
+        assert _export([*map(str, runs), "--out", str(out)], capsys)[0] == 0
+        model = onnx.load(str(out))
+        assert json.loads(read_metadata(model)[MetadataKey.ENSEMBLE.full])["layout"] == "batched"
+        nodes[k] = len(model.graph.node)
+    assert nodes[2] == nodes[4]
+    runs = _runs(synthetic_run, [{"seed": 0}, {"seed": 1, "hidden": (16, 10)}])
+    out = out_dir / "wider.onnx"
+    code, printed, _ = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 0 and "parallel" in printed
+    code, _, error = _export(
+        [*map(str, runs), "--out", str(out), "--layout", "batched", "--force"], capsys
+    )
+    assert code == 2 and error.count("\n") == 1
+    assert "--layout batched: batched needs members of one depth, the same widths" in error
 
 
 @pytest.mark.parametrize(
@@ -267,3 +299,32 @@ def test_a_member_with_a_broken_meta_is_named_in_one_line(synthetic_run, out_dir
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
     assert f"{other}" in error and "'feature_names'" in error
+
+
+def test_batched_layer_drift_reads_each_member_from_the_stack(
+    synthetic_run, out_dir: Path, capsys
+) -> None:
+    """The batched graph's drift reference points every member's layers into the stacked
+    tensors [k, N, H]; the drift monitor's report on them equals the parallel graph's, which
+    reads one [N, H] tensor per member and layer."""
+    from bnserve.server.drift.cli import drift_report, load_model
+    from bnserve.server.drift.monitor import DriftSettings
+
+    runs = _runs(synthetic_run, [{"seed": 0}, {"seed": 1}, {"seed": 2}])
+    x = np.vstack([load_run(run).heldout_x for run in runs]).astype(np.float32)
+    reports = {}
+    for layout in ("parallel", "batched"):
+        out = out_dir / f"{layout}.onnx"
+        assert _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)[0] == 0
+        session, reference = load_model(out)
+        reports[layout] = drift_report(session, reference, x, DriftSettings())["layers"]
+    drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
+    assert {(layer["output"], layer["member"]) for layer in drift["layers"]} == {
+        (f"hidden{i}.z", k) for i in (1, 2) for k in range(3)
+    }
+    parallel, batched = reports["parallel"], reports["batched"]
+    assert [layer["name"] for layer in batched] == [layer["name"] for layer in parallel]
+    assert len(batched) == 6
+    for mine, theirs in zip(batched, parallel, strict=True):
+        assert mine["score"] == pytest.approx(theirs["score"], rel=1e-4, abs=1e-6)
+    assert any(layer["score"] > 0 for layer in batched)
