@@ -19,8 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.export.columns import input_names, schema_metadata
 from bnserve.export.distribution import TrainingRows, layer_statistics, training_rows
 from bnserve.export.distribution import drift_metadata as one_model_drift
+from bnserve.export.ensemble_columns import (
+    check_same_inputs,
+    fronts,
+    member_design,
+    raw_drift_features,
+    raw_mean_prediction,
+    raw_probe,
+    raw_reference_rows,
+)
 from bnserve.export.ensemble_graph import (
     DEFAULT_LAYOUT,
     MEMBER_PREACTIVATION,
@@ -31,6 +41,7 @@ from bnserve.export.ensemble_graph import (
 )
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import (
+    build_model,
     check_heldout,
     check_output_path,
     checked_spec,
@@ -43,6 +54,7 @@ from bnserve.export.exporter import (
 from bnserve.export.fold import FoldedNetwork, fold_params
 from bnserve.export.graph import build_folded_model
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
+from bnserve.export.raw_rows import feeds_of
 from bnserve.export.verify import (
     PROBABILITY_TOLERANCE,
     Verification,
@@ -51,14 +63,14 @@ from bnserve.export.verify import (
     onnx_session,
     probe_rows,
     regression_tolerance,
+    score_feeds,
     score_onnx,
 )
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
+from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError
 from bnserve.training.inference import predict
 from bnserve.training.rundir import Run, load_run
-
-MIXED_TABLES = "ensembles of mixed-table runs: not yet"
 
 
 @dataclass(frozen=True)
@@ -95,42 +107,73 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     if len(settings.run_dirs) < 2:
         raise ExportError("an ensemble needs at least 2 runs")
     runs = [_load_member(path) for path in settings.run_dirs]
+    schemas = [run_schema(run.path) for run in runs]
     specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
-    check_compatible(runs)
-    heldout = _heldout_union(runs)
-    probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
+    check_compatible(runs, schemas)
+    raw = None
+    if schemas[0] is not None:
+        with_schema = [schema for schema in schemas if schema is not None]
+        raw = raw_probe(runs, with_schema)
+        heldout_count = raw.heldout_count
+    else:
+        heldout = _heldout_union(runs)
+        probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
+        heldout_count = heldout.shape[0]
     networks: list[FoldedNetwork] = []
     worst_ratio, bound = 0.0, 0.0
-    for run, spec in zip(runs, specs, strict=True):
+    for run, spec, schema in zip(runs, specs, schemas, strict=True):
         network = fold_params(run.params, spec)
-        layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
+        if raw is None or schema is None:
+            layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
+        else:
+            model_m, _ = build_model(run, unfolded=False, schema=schema)
+            design, feeds = member_design(schema, raw.records), feeds_of(schema, raw.records)
+            layers = check_layers(model_m, run.params, run.meta, design, feeds)
         if not layers.passed:
-            raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
+            raise ExportError(layer_failure(run.path, layers, heldout_count))
         worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
         networks.append(network)
     layout = resolve_layout(networks, settings.layout)
     problem = layout_problem(networks, layout)
     if problem is not None:
         raise ExportError(f"--layout {settings.layout}: {problem}")
-    model = build_ensemble_model(networks, layout=layout)
+    member_schemas = [schema for schema in schemas if schema is not None]
+    model = build_ensemble_model(
+        networks, layout=layout, fronts=fronts(member_schemas) if raw is not None else None
+    )
     task = runs[0].meta["task"]
     tolerance = _tolerance(runs)
-    expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
-    outputs = score_onnx(onnx_session(model.SerializeToString()), probe)
+    session = onnx_session(model.SerializeToString())
+    if raw is None:
+        expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
+        outputs = score_onnx(session, probe)
+    else:
+        expected = raw_mean_prediction(runs, member_schemas, raw.records)
+        outputs = score_feeds(session, feeds_of(member_schemas[0], raw.records))
     verification = compare_outputs(outputs, expected, task, tolerance)
     if not verification.passed:
         where = Path(", ".join(str(run.path) for run in runs))
-        raise ExportError(verification_failure(where, verification, heldout.shape[0]))
-    rows = training_rows(runs[0])
+        raise ExportError(verification_failure(where, verification, heldout_count))
+    if raw is None:
+        rows = training_rows(runs[0])
+        first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
+        drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
+        references = reference_rows(runs, settings.reference_rows)
+    else:
+        drift, rows = raw_drift_features(raw, member_schemas[0], runs[0])
+        references = raw_reference_rows(runs, member_schemas, raw, settings.reference_rows)
+    drift["layers"] = member_layers(runs, layout)
     metadata = build_metadata(
         meta=_card_meta(runs),
         training={"members": [training_summary(run) for run in runs]},
         folded=True,
         fold_max_abs_error=verification.max_abs_error,
         tolerance=tolerance,
-        references=reference_rows(runs, settings.reference_rows),
+        references=references,
         model=model,
-        drift=drift_metadata(rows, runs, layout),
+        drift=drift,
+        schema=None if raw is None else schema_metadata(member_schemas[0]),
+        feature_names=None if raw is None else input_names(member_schemas[0]),
     )
     metadata[MetadataKey.ENSEMBLE.full] = json.dumps(
         {
@@ -163,8 +206,6 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
 
 
 def _load_member(path: Path) -> Run:
-    if run_schema(path) is not None:
-        raise ExportError(f"{path}: {MIXED_TABLES} (the run has a schema.json)")
     try:
         run = load_run(path)
     except RunError as error:
@@ -173,9 +214,11 @@ def _load_member(path: Path) -> Run:
     return run
 
 
-def check_compatible(runs: Sequence[Run]) -> None:
-    """Members must share task, feature names and class (or target) names: ExportError names
-    the first member that differs from the first one and how."""
+def check_compatible(runs: Sequence[Run], schemas: Sequence[TableSchema | None]) -> None:
+    """Members must share task, class (or target) names and their inputs: feature names, or
+    with schemas the graph inputs (each member's design inputs differ with its vocabularies).
+    ExportError names the first member that differs from the first one and how."""
+    check_same_inputs(runs, schemas)
     first = runs[0]
     for run in runs[1:]:
         if run.meta["task"] != first.meta["task"]:
@@ -184,7 +227,8 @@ def check_compatible(runs: Sequence[Run]) -> None:
                 f"{first.meta['task']}; ensemble members must share the task"
             )
         names_key = "class_names" if first.meta["task"] == "classification" else "target_names"
-        for key in ("feature_names", names_key):
+        keys = [names_key] if schemas[0] is not None else ["feature_names", names_key]
+        for key in keys:
             what = key.replace("_", " ")
             difference = _name_difference(list(first.meta[key]), list(run.meta[key]))
             if difference:
@@ -269,12 +313,13 @@ def _card_meta(runs: Sequence[Run]) -> dict[str, Any]:
     return meta
 
 
-def drift_metadata(rows: TrainingRows, runs: Sequence[Run], layout: str) -> dict[str, Any]:
-    """`bnserve.drift` for the ensemble: features as the first member standardized them; layers:
-    every member's batch-normed hidden layers, named `m{k}.hidden{i}`, which the server's drift
-    monitor reads as it reads one model's layers: in parallel branches from the tensor
-    `m{k}.hidden{i}.z` [N, H]; batched, from the stack `hidden{i}.z` [k, N, H] at `member`
-    k − 1 (a view of it, no node per member). blockdiag: no layers."""
+def member_layers(runs: Sequence[Run], layout: str) -> list[dict[str, Any]]:
+    """`bnserve.drift` "layers" of the ensemble: every member's batch-normed hidden layers,
+    named `m{k}.hidden{i}`, which the server's drift monitor reads as it reads one model's
+    layers: in parallel branches from the tensor `m{k}.hidden{i}.z` [N, H]; batched, from the
+    stack `hidden{i}.z` [k, N, H] at `member` k − 1 (a view of it, no node per member).
+    blockdiag: none. The features are the first member's (its training split and
+    standardization)."""
     layers: list[dict[str, Any]] = []
     if layout in ("parallel", "batched"):
         for k, run in enumerate(runs, start=1):
@@ -285,7 +330,4 @@ def drift_metadata(rows: TrainingRows, runs: Sequence[Run], layout: str) -> dict
                 name, stacked = STACKED_PREACTIVATION, {"member": k - 1}
             for entry in layer_statistics(params, len(run.config.hidden), name):
                 layers.append({**entry, "name": f"m{k}.{entry['name']}", **stacked})
-    first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
-    drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
-    drift["layers"] = layers
-    return drift
+    return layers

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from bnserve.export.cli import main
-from bnserve.export.ensemble import MIXED_TABLES, mean_prediction
+from bnserve.export.ensemble import mean_prediction
 from bnserve.export.ensemble_graph import LAYOUTS
 from bnserve.export.metadata import read_metadata
 from bnserve.export.verify import PROBABILITY_TOLERANCE, onnx_session, regression_tolerance
@@ -175,7 +175,7 @@ def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, ca
     assert "name #1 is 'renamed', not 'class_1'" in error
 
 
-def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
+def test_a_raw_column_run_with_a_numbers_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
     first, other = synthetic_run(seed=0), synthetic_run(seed=1)
     schema = {
         "version": 1,
@@ -197,7 +197,7 @@ def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> N
     (other / "schema.json").write_text(json.dumps(schema))
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
-    assert f"{other}: {MIXED_TABLES}" in error
+    assert f"{other} takes raw columns (a schema.json) but {first} takes numbers in x" in error
 
 
 def _tune_dir(root: Path, trials: list[tuple[float, list[int]]]) -> Path:
