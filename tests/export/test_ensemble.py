@@ -175,7 +175,7 @@ def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, ca
     assert "name #1 is 'renamed', not 'class_1'" in error
 
 
-def test_a_raw_column_run_with_a_numbers_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
+def test_a_raw_column_run_with_a_numbers_run_is_refused(synthetic_run, out_dir, capsys) -> None:
     first, other = synthetic_run(seed=0), synthetic_run(seed=1)
     schema = {
         "version": 1,

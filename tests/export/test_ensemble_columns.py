@@ -168,9 +168,7 @@ def test_members_with_other_inputs_are_refused_in_one_line(
     fold_runs: list[Path], tmp_path: Path, out_dir: Path, capsys
 ) -> None:
     other = tmp_path / "no-island"
-    train(
-        replace(FOLD, ignore=("island",)), other, progress=False, plot=False, cache_dir="off"
-    )
+    train(replace(FOLD, ignore=("island",)), other, progress=False, plot=False, cache_dir="off")
     code, printed, error = _export(
         [str(fold_runs[0]), str(other), "--out", str(out_dir / "m.onnx")], capsys
     )

@@ -21,7 +21,6 @@ from bnserve.training.train import train
 from tests.server.test_defaults import NAME, native_probabilities, scrape, v2_probabilities
 from tests.support.server_process import ServerProcess
 
-
 LAYOUT_CONFIGS = {
     # members that differ in depth, width, activation and batch norm: parallel branches
     "parallel": [
