@@ -24,13 +24,13 @@ from bnserve.export.distribution import TrainingRows, layer_statistics, training
 from bnserve.export.distribution import drift_metadata as one_model_drift
 from bnserve.export.ensemble_columns import (
     check_same_inputs,
-    fronts,
     member_design,
     raw_drift_features,
     raw_mean_prediction,
     raw_probe,
     raw_reference_rows,
 )
+from bnserve.export.ensemble_front import merged_front
 from bnserve.export.ensemble_graph import (
     DEFAULT_LAYOUT,
     MEMBER_PREACTIVATION,
@@ -138,9 +138,10 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     if problem is not None:
         raise ExportError(f"--layout {settings.layout}: {problem}")
     member_schemas = [schema for schema in schemas if schema is not None]
-    model = build_ensemble_model(
-        networks, layout=layout, fronts=fronts(member_schemas) if raw is not None else None
-    )
+    front, front_layer = None, None
+    if raw is not None:
+        front, front_layer = merged_front(member_schemas, [n.layers[0] for n in networks])
+    model = build_ensemble_model(networks, layout=layout, front=front, front_layer=front_layer)
     task = runs[0].meta["task"]
     tolerance = _tolerance(runs)
     session = onnx_session(model.SerializeToString())

@@ -1,9 +1,9 @@
 """Ensembles of runs trained on raw columns (a schema.json): what differs from numbers in x.
 
 Members trained on one table share its columns (names and kinds), but each has its own
-schema: a fold model's fills and kept levels come from its own training rows. So each member
-keeps its own front (export/columns.py ColumnFront: fills, indicators, lookups folded into its
-first layer) reading the SAME graph inputs, and everything is checked on raw records:
+schema: a fold model's fills and kept levels come from its own training rows. Their first
+layers become one front over a merged schema (export/ensemble_front.py) reading the SAME graph
+inputs, and everything is checked on raw records:
 
 - the members must share the graph inputs (`bnserve.schema` "inputs": names, kinds, order);
 - the check's records: every member's held-out records, every member's special rows (every
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bnserve.export.columns import ColumnFront, graph_inputs, needs_front
+from bnserve.export.columns import graph_inputs, needs_front
 from bnserve.export.distribution import TrainingRows, schema_drift_metadata
 from bnserve.export.errors import ExportError
 from bnserve.export.metadata import ReferenceRows
@@ -77,10 +77,6 @@ def raw_probe(runs: Sequence[Run], schemas: Sequence[TableSchema]) -> RawProbe:
         if needs_front(schema):
             parts += [member_special_rows(schema), edge_rows(schema, heldout)]
     return RawProbe(RawRows.concat(parts), len(heldout), found)
-
-
-def fronts(schemas: Sequence[TableSchema]) -> list[ColumnFront]:
-    return [ColumnFront(schema) for schema in schemas]
 
 
 def member_design(schema: TableSchema, records: RawRows) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from bnserve.export.fold import FoldedNetwork
+from bnserve.export.fold import AffineLayer, FoldedNetwork
 from bnserve.export.graph import (
     ACTIVATION_OPS,
     BATCH_DIM,
@@ -80,14 +80,14 @@ def build_ensemble_model(
     *,
     layout: str = DEFAULT_LAYOUT,
     expose_preactivations: bool = False,
-    fronts: Sequence[Front] | None = None,
+    front: Front | None = None,
+    front_layer: AffineLayer | None = None,
 ) -> onnx.ModelProto:
     """The mean of `members` (k ≥ 1, one task, F inputs, C or T outputs each) as one graph.
 
-    fronts: one per member, for members trained on raw columns (export/columns.py ColumnFront,
-    each with its own fills and vocabularies): member k's front computes its first layer from
-    the graph inputs they all share (the first front's), its nodes named `m{k}.…`; their
-    results then take the place of the one first Gemm.
+    front, front_layer: for members trained on raw columns, the front that computes every
+    member's first layer from the raw inputs, and their merged first layer (D, Σ H₁) over its
+    design inputs (export/ensemble_front.py); it takes the place of the one first Gemm.
 
     expose_preactivations: also output every hidden pre-activation tensor (drift monitoring;
     `preactivation_tensors` names them)."""
@@ -96,7 +96,7 @@ def build_ensemble_model(
     if problem is not None:
         raise ValueError(problem)
     task = members[0].task
-    builder = _FrontedBuilder(members, fronts)
+    builder = _FrontedBuilder(front, front_layer)
     output_count = members[0].layers[-1].bias.size
     if layout == "batched":
         _batched(builder, members)
@@ -112,7 +112,6 @@ def build_ensemble_model(
             for name, width in preactivation_tensors(members, layout)
         )
     feature_count = members[0].layers[0].weight.shape[0]
-    front = None if fronts is None else fronts[0]
     return finish_model(
         builder, task, feature_count, output_count, "bnserve_ensemble", extra, front
     )
@@ -120,37 +119,14 @@ def build_ensemble_model(
 
 class _FrontedBuilder(GraphBuilder):
     """A GraphBuilder that knows how the members' first layers are computed: one Gemm on `x`,
-    or each member's own front (`member_first_layer`)."""
+    or a front over raw columns (`front`, with the members' merged first layer)."""
 
-    def __init__(self, members: Sequence[FoldedNetwork], fronts: Sequence[Front] | None) -> None:
+    def __init__(self, front: Front | None, front_layer: AffineLayer | None) -> None:
         super().__init__()
-        if fronts is not None and len(fronts) != len(members):
-            raise ValueError(f"{len(fronts)} fronts for {len(members)} members")
-        self.fronts = fronts
-        self.members = members
-
-    def member_first_layer(self, k: int, output: str) -> str:
-        """Member k's (from 1) first-layer z [N, H₁] from the shared graph inputs into `output`,
-        every tensor and node it adds named `m{k}.…` (the graph inputs keep their names)."""
-        assert self.fronts is not None
-        inputs = {value.name for value in self.fronts[0].inputs}
-        scratch = GraphBuilder()
-        result = self.fronts[k - 1].first_layer(scratch, self.members[k - 1].layers[0], "hidden1.z")
-
-        def renamed(name: str) -> str:
-            if name == result:
-                return output
-            return name if name in inputs or not name else f"m{k}.{name}"
-
-        for tensor in scratch.initializers:
-            tensor.name = renamed(tensor.name)
-            self.initializers.append(tensor)
-        for node in scratch.nodes:
-            node.input[:] = [renamed(name) for name in node.input]
-            node.output[:] = [renamed(name) for name in node.output]
-            node.name = f"m{k}.{node.name}"
-            self.nodes.append(node)
-        return output
+        if (front is None) != (front_layer is None):
+            raise ValueError("a front needs the members' merged first layer, and only a front")
+        self.front = front
+        self.front_layer = front_layer
 
 
 def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list[tuple[str, int]]:
@@ -176,12 +152,9 @@ def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list
 
 def _first_layer(builder: _FrontedBuilder, members: Sequence[FoldedNetwork], name: str) -> str:
     """Every member's first layer side by side [N, Σ H₁]: one Gemm on x, W' concatenated along
-    the output axis; or with fronts, each member's front then one Concat."""
-    if builder.fronts is not None:
-        pieces = [
-            builder.member_first_layer(k, f"m{k}.first.z") for k in range(1, len(members) + 1)
-        ]
-        return builder.node("Concat", pieces, name, "first.concat", axis=1)
+    the output axis; or the front over raw columns with the merged first layer."""
+    if builder.front is not None and builder.front_layer is not None:
+        return builder.front.first_layer(builder, builder.front_layer, name)
     weight = np.concatenate([member.layers[0].weight for member in members], axis=1)
     bias = np.concatenate([member.layers[0].bias for member in members])
     return builder.node(
@@ -201,23 +174,18 @@ def _head_name(task: str, k: int) -> str:
 
 
 def _parallel(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
-    """Members' outputs (logits or y), each from its own branch after the shared first Gemm
-    (with fronts: after its own front)."""
+    """Members' outputs (logits or y), each from its own branch after the shared first Gemm."""
     task = members[0].task
+    first = _first_layer(builder, members, "first.z")
+    widths = [member.layers[0].bias.size for member in members]
     pieces = [
         MEMBER_PREACTIVATION.format(k=k, i=1) if len(member.layers) > 1 else _head_name(task, k)
         for k, member in enumerate(members, start=1)
     ]
-    if builder.fronts is not None:
-        for k, piece in enumerate(pieces, start=1):
-            builder.member_first_layer(k, piece)
-    else:
-        first = _first_layer(builder, members, "first.z")
-        widths = [member.layers[0].bias.size for member in members]
-        split = builder.constant_int64("first.split", np.asarray(widths))
-        builder.nodes.append(
-            helper.make_node("Split", [first, split], pieces, name="first.split", axis=1)
-        )
+    split = builder.constant_int64("first.split", np.asarray(widths))
+    builder.nodes.append(
+        helper.make_node("Split", [first, split], pieces, name="first.split", axis=1)
+    )
     heads = []
     for k, (member, z) in enumerate(zip(members, pieces, strict=True), start=1):
         last = len(member.layers) - 1
