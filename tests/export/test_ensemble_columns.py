@@ -187,3 +187,58 @@ def test_a_raw_column_member_and_a_numbers_member_are_refused(
     )
     assert code == 2 and error.count("\n") == 1
     assert f"{fold_runs[0]} takes raw columns (a schema.json) but {numbers} takes" in error
+
+
+def _table(path: Path, colours: list[str], gaps: bool, seed: int) -> Path:
+    """colour (text; for seed 0 one rare "teal", scored as `<other>`), size (numbers, gaps on
+    request), y from both."""
+    rng = np.random.default_rng(seed)
+    lines = ["colour,size,y"]
+    for row in range(120):
+        colour = "teal" if row == 3 and seed == 0 else colours[row % len(colours)]
+        size = rng.normal(5, 2)
+        cell = "" if gaps and row % 7 == 0 else f"{size:.3f}"
+        lines.append(f"{colour},{cell},{int(size > 5) ^ (colour == colours[0])}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_members_with_different_levels_fills_and_indicators_score_through_one_front(
+    tmp_path: Path, out_dir: Path, capsys
+) -> None:
+    """Members of one table's columns whose schemas differ in every way a front can: kept
+    levels (a level one member never saw), the `<missing>` slot, fills and the indicator.
+    The merged front answers as each member's own on every level any member kept, an unseen
+    one and missing cells; its lookups cost what one member's do."""
+    specs = [(["red", "blue"], False), (["red", "green", ""], True), (["blue", "green"], True)]
+    runs = []
+    for index, (colours, gaps) in enumerate(specs):
+        data = _table(tmp_path / f"t{index}.csv", colours, gaps, seed=index)
+        config = TrainConfig(data=str(data), target="y", hidden=(6,), epochs=3, seed=index)
+        train(config, tmp_path / f"run{index}", progress=False, plot=False, cache_dir="off")
+        runs.append(tmp_path / f"run{index}")
+    schemas = [run_schema(run) for run in runs]
+    assert all(schema is not None for schema in schemas)
+    assert schemas[0] is not None and schemas[0].columns[0].rare == (("teal", 1),)
+    out = out_dir / "m.onnx"
+    code, _, error = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 0, error
+    records = RawRows(
+        {
+            "colour": np.array(["red", "blue", "green", "purple", "", "NA", "teal"], dtype=object),
+            "size": np.array([4.0, np.nan, 6.0, 5.0, np.nan, 1.0, 3.0]),
+        }
+    )
+    expected = np.mean(
+        [
+            predict(run.params, run.meta, design_of(schema, records))
+            for run, schema in zip(map(load_run, runs), schemas, strict=True)
+            if schema is not None
+        ],
+        axis=0,
+    )
+    assert schemas[0] is not None
+    served = score_feeds(onnx_session(out.read_bytes()), feeds_of(schemas[0], records))
+    assert np.max(np.abs(served["probabilities"] - expected)) <= PROBABILITY_TOLERANCE.abs
+    ops = [node.op_type for node in onnx.load(str(out)).graph.node]
+    assert ops.count("LabelEncoder") == 1 and ops.count("Gather") == 1
