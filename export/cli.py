@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_LAYOUT,
         help="ensembles: the members' later layers as one batched MatMul each (batched: members "
         "of one depth, widths and activation), each member's as its own branch (parallel), or "
-        "block-diagonal Gemms (blockdiag: no layer drift); auto is batched when the members "
-        f"allow it, else parallel (measured: docs/export.md) (default: {DEFAULT_LAYOUT})",
+        "block-diagonal Gemms (blockdiag: no layer drift); auto is batched from 4 members "
+        f"when they allow it, else parallel (measured: docs/export.md) (default: {DEFAULT_LAYOUT})",
     )
     parser.add_argument(
         "--reference-rows",

@@ -16,8 +16,8 @@ are ONE Gemm (their W' concatenated along the output axis, widths n_1 … n_k), 
 
 Then one averaging step: classification, each member's softmax, their mean `probabilities` and
 `label` = ArgMax of that mean; regression, the mean of the members' y. No BatchNormalization node.
-`docs/export.md` ("Ensembles") has the measurement that chose the default, AUTO: batched when
-the members allow it, else parallel (`resolve_layout`).
+`docs/export.md` ("Ensembles") has the measurement that chose the default, AUTO: batched from
+BATCHED_FROM members when they allow it, else parallel (`resolve_layout`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ from bnserve.export.graph import (
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 
 LAYOUTS = ("batched", "parallel", "blockdiag")
-AUTO = "auto"  # batched when the members allow it, else parallel
+AUTO = "auto"  # batched from BATCHED_FROM members when they allow it, else parallel
+# Measured (docs/benchmarks.md, "Ensembles"): for one example batched beat parallel at k = 5 in
+# every run, parallel beat batched at k = 3 in every run.
+BATCHED_FROM = 4
 DEFAULT_LAYOUT = AUTO
 # Hidden pre-activation tensors (γ·ẑ + β per member) the drift monitor reads, by layout: member
 # k's (from 1) layer i in parallel branches, [N, H]; the members' layer i side by side in
@@ -68,11 +71,14 @@ def layout_problem(members: Sequence[FoldedNetwork], layout: str) -> str | None:
 
 
 def resolve_layout(members: Sequence[FoldedNetwork], layout: str) -> str:
-    """The layout to build: `layout` itself, or for AUTO batched when the members allow it
-    (one depth, the same widths, one activation: a tune's fold models), else parallel."""
+    """The layout to build: `layout` itself, or for AUTO batched when there are at least
+    BATCHED_FROM members and they allow it (one depth, the same widths, one activation: a
+    tune's fold models), else parallel."""
     if layout != AUTO:
         return layout
-    return "batched" if layout_problem(members, "batched") is None else "parallel"
+    if len(members) >= BATCHED_FROM and layout_problem(members, "batched") is None:
+        return "batched"
+    return "parallel"
 
 
 def build_ensemble_model(

@@ -12,7 +12,7 @@ import pytest
 
 from bnserve.export.cli import main
 from bnserve.export.ensemble import mean_prediction
-from bnserve.export.ensemble_graph import LAYOUTS
+from bnserve.export.ensemble_graph import BATCHED_FROM, LAYOUTS
 from bnserve.export.metadata import read_metadata
 from bnserve.export.verify import PROBABILITY_TOLERANCE, onnx_session, regression_tolerance
 from bnserve.server.modelfile.contract import MetadataKey
@@ -103,7 +103,7 @@ def test_a_regression_ensemble_answers_the_mean_y(synthetic_run, out_dir: Path, 
     np.testing.assert_allclose(reference, mean_prediction(members, rows), rtol=1e-12)
 
 
-@pytest.mark.parametrize("specs", [MIXED, [{"seed": 0}, {"seed": 1}, {"seed": 2}]])
+@pytest.mark.parametrize("specs", [MIXED, [{"seed": seed} for seed in range(4)]])
 def test_one_example_alone_equals_it_in_a_batch(
     synthetic_run, out_dir: Path, capsys, specs: list[dict[str, object]]
 ) -> None:
@@ -123,23 +123,30 @@ def test_one_example_alone_equals_it_in_a_batch(
 
 
 def test_auto_builds_batched_when_the_members_allow_it(synthetic_run, out_dir, capsys) -> None:
-    """Members of one depth, widths and activation: batched, whose node count does not grow
-    with k; one member wider: parallel; asked for batched anyway: refused in one line."""
-    nodes = {}
-    for k in (2, 4):
-        out = out_dir / f"k{k}.onnx"
-        runs = _runs(synthetic_run, [{"seed": seed} for seed in range(k)])
-        assert _export([*map(str, runs), "--out", str(out)], capsys)[0] == 0
+    """From BATCHED_FROM members of one depth, widths and activation: batched, whose node count
+    does not grow with k; fewer members, or one wider: parallel; asked for batched anyway with
+    a wider one: refused in one line."""
+
+    def layout_of(specs: list[dict[str, object]], name: str, *flags: str) -> tuple[str, int]:
+        out = out_dir / f"{name}.onnx"
+        runs = _runs(synthetic_run, specs)
+        code, _, error = _export([*map(str, runs), "--out", str(out), *flags], capsys)
+        assert code == 0, error
         model = onnx.load(str(out))
-        assert json.loads(read_metadata(model)[MetadataKey.ENSEMBLE.full])["layout"] == "batched"
-        nodes[k] = len(model.graph.node)
-    assert nodes[2] == nodes[4]
-    runs = _runs(synthetic_run, [{"seed": 0}, {"seed": 1, "hidden": (16, 10)}])
-    out = out_dir / "wider.onnx"
-    code, printed, _ = _export([*map(str, runs), "--out", str(out)], capsys)
-    assert code == 0 and "parallel" in printed
+        listed = json.loads(read_metadata(model)[MetadataKey.ENSEMBLE.full])
+        return listed["layout"], len(model.graph.node)
+
+    same = [{"seed": seed} for seed in range(6)]
+    assert BATCHED_FROM == 4
+    four, six = layout_of(same[:4], "k4"), layout_of(same, "k6")
+    assert four[0] == six[0] == "batched" and four[1] == six[1]
+    assert layout_of(same[:3], "k3")[0] == "parallel"
+    assert layout_of(same[:3], "k3b", "--layout", "batched")[0] == "batched"
+    wider = [*same[:3], {"seed": 3, "hidden": (16, 10)}]
+    assert layout_of(wider, "wider")[0] == "parallel"
+    runs = _runs(synthetic_run, wider)
     code, _, error = _export(
-        [*map(str, runs), "--out", str(out), "--layout", "batched", "--force"], capsys
+        [*map(str, runs), "--out", str(out_dir / "no.onnx"), "--layout", "batched"], capsys
     )
     assert code == 2 and error.count("\n") == 1
     assert "--layout batched: batched needs members of one depth, the same widths" in error

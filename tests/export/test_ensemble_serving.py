@@ -49,7 +49,8 @@ def test_a_server_with_its_defaults_serves_the_ensemble(tmp_path: Path, layout: 
         for i, config in enumerate(configs)
     ]
     out = tmp_path / "ensemble.onnx"
-    assert export_ensemble(EnsembleSettings(run_dirs=tuple(runs), out=out)).layout == layout
+    settings = EnsembleSettings(run_dirs=tuple(runs), out=out, layout=layout)
+    assert export_ensemble(settings).layout == layout
     drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
     watched = [layer["name"] for layer in drift["layers"]]
     assert watched == WATCHED[layout]
