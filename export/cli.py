@@ -14,7 +14,6 @@ from bnserve.export.ensemble_graph import AUTO, DEFAULT_LAYOUT, LAYOUTS
 from bnserve.export.ensemble_source import EnsembleMembers, is_tune_dir, tune_members
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import ExportReport, ExportSettings, export_run
-from bnserve.export.verify import EDGE_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,10 +106,8 @@ def _describe_ensemble(report: EnsembleReport, source: str) -> str:
         f"wrote {report.out} (ensemble of {len(report.members)}: {', '.join(report.members)}; "
         f"{report.layout}, {report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
         + (f"members: {source}\n" if source else "")
-        + "onnxruntime vs the mean of the members' numpy paths on "
-        f"{check.example_count - EDGE_ROWS} held-out examples and {EDGE_ROWS} at the edges of "
-        "their range: max abs error "
-        f"{check.max_abs_error:.3g} (tolerance {bound})\n"
+        + f"onnxruntime vs the mean of the members' numpy paths on {report.checked}: max abs "
+        f"error {check.max_abs_error:.3g} (tolerance {bound})\n"
         f"each member's layers vs its run's: {report.worst_layer_ratio:.2g} float32 roundings "
         f"of their summed terms at worst (bound {report.layer_bound:g})\n"
         f"graph sha256 {report.graph_sha256}\n"

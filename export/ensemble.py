@@ -5,7 +5,8 @@ layer by layer as one run's is (`verify.check_layers` on its own folded graph, w
 graph holds weight for weight). The ensemble graph (export/ensemble_graph.py) must then reproduce
 the mean of the members' numpy inference paths — probabilities (label = argmax of the mean) or y
 — within the fold tolerance on every member's held-out rows plus rows at the edges of their
-range. Nothing is written unless every check passed; the file appears atomically.
+range (members trained on raw columns: on raw records, export/ensemble_columns.py). Nothing is
+written unless every check passed; the file appears atomically.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from bnserve.export.columns import input_names, schema_metadata
 from bnserve.export.distribution import TrainingRows, layer_statistics, training_rows
 from bnserve.export.distribution import drift_metadata as one_model_drift
 from bnserve.export.ensemble_columns import (
+    RawProbe,
     check_same_inputs,
     member_design,
     raw_drift_features,
@@ -56,7 +59,9 @@ from bnserve.export.graph import build_folded_model
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
 from bnserve.export.raw_rows import feeds_of
 from bnserve.export.verify import (
+    EDGE_ROWS,
     PROBABILITY_TOLERANCE,
+    LayerVerification,
     Verification,
     check_layers,
     compare_outputs,
@@ -99,6 +104,7 @@ class EnsembleReport:
     size_bytes: int
     graph_sha256: str
     drift_rows: TrainingRows
+    checked: str  # the rows the mean was checked on, for the report
 
 
 def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
@@ -110,60 +116,35 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     schemas = [run_schema(run.path) for run in runs]
     specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
     check_compatible(runs, schemas)
-    raw = None
-    if schemas[0] is not None:
-        with_schema = [schema for schema in schemas if schema is not None]
-        raw = raw_probe(runs, with_schema)
-        heldout_count = raw.heldout_count
-    else:
-        heldout = _heldout_union(runs)
-        probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
-        heldout_count = heldout.shape[0]
+    member_schemas = [schema for schema in schemas if schema is not None]  # all, or none
+    probe = _Probe.of(runs, member_schemas)
     networks: list[FoldedNetwork] = []
     worst_ratio, bound = 0.0, 0.0
     for run, spec, schema in zip(runs, specs, schemas, strict=True):
         network = fold_params(run.params, spec)
-        if raw is None or schema is None:
-            layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
-        else:
-            model_m, _ = build_model(run, unfolded=False, schema=schema)
-            design, feeds = member_design(schema, raw.records), feeds_of(schema, raw.records)
-            layers = check_layers(model_m, run.params, run.meta, design, feeds)
+        layers = probe.check_member(run, network, schema)
         if not layers.passed:
-            raise ExportError(layer_failure(run.path, layers, heldout_count))
+            raise ExportError(layer_failure(run.path, layers, probe.heldout_count))
         worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
         networks.append(network)
     layout = resolve_layout(networks, settings.layout)
     problem = layout_problem(networks, layout)
     if problem is not None:
         raise ExportError(f"--layout {settings.layout}: {problem}")
-    member_schemas = [schema for schema in schemas if schema is not None]
     front, front_layer = None, None
-    if raw is not None:
+    if member_schemas:
         front, front_layer = merged_front(member_schemas, [n.layers[0] for n in networks])
     model = build_ensemble_model(networks, layout=layout, front=front, front_layer=front_layer)
     task = runs[0].meta["task"]
     tolerance = _tolerance(runs)
-    session = onnx_session(model.SerializeToString())
-    if raw is None:
-        expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
-        outputs = score_onnx(session, probe)
-    else:
-        expected = raw_mean_prediction(runs, member_schemas, raw.records)
-        outputs = score_feeds(session, feeds_of(member_schemas[0], raw.records))
+    expected, outputs = probe.expected_and_served(runs, model)
     verification = compare_outputs(outputs, expected, task, tolerance)
     if not verification.passed:
         where = Path(", ".join(str(run.path) for run in runs))
-        raise ExportError(verification_failure(where, verification, heldout_count))
-    if raw is None:
-        rows = training_rows(runs[0])
-        first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
-        drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
-        references = reference_rows(runs, settings.reference_rows)
-    else:
-        drift, rows = raw_drift_features(raw, member_schemas[0], runs[0])
-        references = raw_reference_rows(runs, member_schemas, raw, settings.reference_rows)
+        raise ExportError(verification_failure(where, verification, probe.heldout_count))
+    drift, rows, references = probe.card_parts(runs, settings.reference_rows)
     drift["layers"] = member_layers(runs, layout)
+    schema = member_schemas[0] if member_schemas else None
     metadata = build_metadata(
         meta=_card_meta(runs),
         training={"members": [training_summary(run) for run in runs]},
@@ -173,8 +154,8 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         references=references,
         model=model,
         drift=drift,
-        schema=None if raw is None else schema_metadata(member_schemas[0]),
-        feature_names=None if raw is None else input_names(member_schemas[0]),
+        schema=None if schema is None else schema_metadata(schema),
+        feature_names=None if schema is None else input_names(schema),
     )
     metadata[MetadataKey.ENSEMBLE.full] = json.dumps(
         {
@@ -203,7 +184,77 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         size_bytes=len(payload),
         graph_sha256=graph_sha256(model),
         drift_rows=rows,
+        checked=probe.described,
     )
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What the ensemble is checked on: members' rows of numbers in x (`rows`), or raw records
+    (`raw`, members with a schema each, in `schemas`)."""
+
+    heldout_count: int  # the first rows are held-out ones
+    described: str  # what the rows are, for the report
+    rows: np.ndarray | None = None  # (P, F)
+    raw: RawProbe | None = None
+    schemas: tuple[TableSchema, ...] = ()
+
+    @staticmethod
+    def of(runs: Sequence[Run], schemas: Sequence[TableSchema]) -> _Probe:
+        if schemas:
+            raw = raw_probe(runs, schemas)
+            extra = len(raw.records) - raw.heldout_count
+            described = (
+                f"{raw.heldout_count} held-out records of the members and {extra} more (each "
+                "member's: every cell missing, every level unseen, every level of every column, "
+                "numbers at the edges of their range)"
+            )
+            return _Probe(raw.heldout_count, described, raw=raw, schemas=tuple(schemas))
+        heldout = _heldout_union(runs)
+        described = (
+            f"{heldout.shape[0]} held-out examples and {EDGE_ROWS} at the edges of their range"
+        )
+        # every member's held-out rows, then rows at their edges
+        return _Probe(heldout.shape[0], described, rows=probe_rows(heldout))
+
+    def check_member(
+        self, run: Run, network: FoldedNetwork, schema: TableSchema | None
+    ) -> LayerVerification:
+        """The member's fold, layer by layer, on its own folded graph, as one run's export."""
+        if self.raw is None or schema is None:
+            assert self.rows is not None
+            return check_layers(build_folded_model(network), run.params, run.meta, self.rows)
+        model, _ = build_model(run, unfolded=False, schema=schema)
+        records = self.raw.records
+        design, feeds = member_design(schema, records), feeds_of(schema, records)
+        return check_layers(model, run.params, run.meta, design, feeds)
+
+    def expected_and_served(
+        self, runs: Sequence[Run], model: onnx.ModelProto
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The mean of the members' numpy paths, and the graph's outputs under onnxruntime."""
+        session = onnx_session(model.SerializeToString())
+        if self.raw is None:
+            assert self.rows is not None
+            rows = self.rows.astype(np.float32).astype(np.float64)
+            return mean_prediction(runs, rows), score_onnx(session, self.rows)
+        records = self.raw.records
+        expected = raw_mean_prediction(runs, self.schemas, records)
+        return expected, score_feeds(session, feeds_of(self.schemas[0], records))
+
+    def card_parts(
+        self, runs: Sequence[Run], reference_count: int
+    ) -> tuple[dict[str, Any], TrainingRows, ReferenceRows]:
+        """`bnserve.drift` without layers (the first member's features), the rows it describes,
+        and the reference rows with the mean of the members' outputs."""
+        if self.raw is None:
+            rows = training_rows(runs[0])
+            first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
+            drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
+            return drift, rows, reference_rows(runs, reference_count)
+        drift, rows = raw_drift_features(self.raw, self.schemas[0], runs[0])
+        references = raw_reference_rows(runs, self.schemas, self.raw, reference_count)
+        return drift, rows, references
 
 
 def _load_member(path: Path) -> Run:

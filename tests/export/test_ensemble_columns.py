@@ -79,6 +79,7 @@ def test_fold_models_export_as_the_mean_of_their_numpy_paths_on_raw_records(
     code, printed, error = _export(args, capsys)
     assert code == 0, error
     assert f"{layout}," in printed
+    assert "numpy paths on " in printed and "held-out records of the members and" in printed
     records = _records(fold_runs)
     expected = np.mean(
         [
