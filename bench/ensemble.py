@@ -1,5 +1,6 @@
 """onnxruntime latency of an ensemble of k folded MLPs in one graph (export/ensemble_graph.py):
-parallel branches vs block-diagonal Gemms, against one member alone, for k = 3 and 5.
+batched MatMuls vs parallel branches vs block-diagonal Gemms (every layout of
+export/ensemble_graph.py, side by side), against one member alone, for k = 3 and 5.
 
 Members are 64→128→128→10 with batch norm and relu (bench/export.py's network), folded; weights
 are random with trained-like scales (latency does not depend on the values). Per call with a

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 from bnserve.export.ensemble import EnsembleReport, EnsembleSettings, export_ensemble
-from bnserve.export.ensemble_graph import DEFAULT_LAYOUT, LAYOUTS
+from bnserve.export.ensemble_graph import AUTO, DEFAULT_LAYOUT, LAYOUTS
 from bnserve.export.ensemble_source import EnsembleMembers, is_tune_dir, tune_members
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import ExportReport, ExportSettings, export_run
-from bnserve.export.verify import EDGE_ROWS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--layout",
-        choices=LAYOUTS,
+        choices=(AUTO, *LAYOUTS),
         default=DEFAULT_LAYOUT,
-        help="ensembles: each member's later layers as its own branch (parallel), or as "
-        "block-diagonal Gemms (blockdiag: measured slower, docs/export.md; no layer drift) "
-        f"(default: {DEFAULT_LAYOUT})",
+        help="ensembles: the members' later layers as one batched MatMul each (batched: members "
+        "of one depth, widths and activation), each member's as its own branch (parallel), or "
+        "block-diagonal Gemms (blockdiag: no layer drift); auto is batched from 4 members "
+        f"when they allow it, else parallel (measured: docs/export.md) (default: {DEFAULT_LAYOUT})",
     )
     parser.add_argument(
         "--reference-rows",
@@ -106,10 +106,8 @@ def _describe_ensemble(report: EnsembleReport, source: str) -> str:
         f"wrote {report.out} (ensemble of {len(report.members)}: {', '.join(report.members)}; "
         f"{report.layout}, {report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
         + (f"members: {source}\n" if source else "")
-        + "onnxruntime vs the mean of the members' numpy paths on "
-        f"{check.example_count - EDGE_ROWS} held-out examples and {EDGE_ROWS} at the edges of "
-        "their range: max abs error "
-        f"{check.max_abs_error:.3g} (tolerance {bound})\n"
+        + f"onnxruntime vs the mean of the members' numpy paths on {report.checked}: max abs "
+        f"error {check.max_abs_error:.3g} (tolerance {bound})\n"
         f"each member's layers vs its run's: {report.worst_layer_ratio:.2g} float32 roundings "
         f"of their summed terms at worst (bound {report.layer_bound:g})\n"
         f"graph sha256 {report.graph_sha256}\n"

@@ -5,7 +5,8 @@ layer by layer as one run's is (`verify.check_layers` on its own folded graph, w
 graph holds weight for weight). The ensemble graph (export/ensemble_graph.py) must then reproduce
 the mean of the members' numpy inference paths — probabilities (label = argmax of the mean) or y
 — within the fold tolerance on every member's held-out rows plus rows at the edges of their
-range. Nothing is written unless every check passed; the file appears atomically.
+range (members trained on raw columns: on raw records, export/ensemble_columns.py). Nothing is
+written unless every check passed; the file appears atomically.
 """
 
 from __future__ import annotations
@@ -18,17 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
+from bnserve.export.columns import input_names, schema_metadata
 from bnserve.export.distribution import TrainingRows, layer_statistics, training_rows
 from bnserve.export.distribution import drift_metadata as one_model_drift
+from bnserve.export.ensemble_columns import (
+    RawProbe,
+    check_same_inputs,
+    member_design,
+    raw_drift_features,
+    raw_mean_prediction,
+    raw_probe,
+    raw_reference_rows,
+)
+from bnserve.export.ensemble_front import merged_front
 from bnserve.export.ensemble_graph import (
     DEFAULT_LAYOUT,
     MEMBER_PREACTIVATION,
+    STACKED_PREACTIVATION,
     build_ensemble_model,
     layout_problem,
+    resolve_layout,
 )
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import (
+    build_model,
     check_heldout,
     check_output_path,
     checked_spec,
@@ -41,22 +57,25 @@ from bnserve.export.exporter import (
 from bnserve.export.fold import FoldedNetwork, fold_params
 from bnserve.export.graph import build_folded_model
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
+from bnserve.export.raw_rows import feeds_of
 from bnserve.export.verify import (
+    EDGE_ROWS,
     PROBABILITY_TOLERANCE,
+    LayerVerification,
     Verification,
     check_layers,
     compare_outputs,
     onnx_session,
     probe_rows,
     regression_tolerance,
+    score_feeds,
     score_onnx,
 )
 from bnserve.server.modelfile.contract import MetadataKey, Tolerance
+from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError
 from bnserve.training.inference import predict
 from bnserve.training.rundir import Run, load_run
-
-MIXED_TABLES = "ensembles of mixed-table runs: not yet"
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class EnsembleSettings:
     force: bool = False
     reference_rows: int = 8  # rows of the first member's held-out set embedded for the gate
     source: str = ""  # how the members were chosen (a tune directory), for the card
-    layout: str = DEFAULT_LAYOUT
+    layout: str = DEFAULT_LAYOUT  # AUTO or one of LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,7 @@ class EnsembleReport:
 
     out: Path
     members: tuple[str, ...]  # run ids, in member order
-    layout: str
+    layout: str  # the one built (AUTO resolved)
     verification: Verification
     worst_layer_ratio: float  # over every member's layers (float32 roundings, verify.py)
     layer_bound: float
@@ -85,6 +104,7 @@ class EnsembleReport:
     size_bytes: int
     graph_sha256: str
     drift_rows: TrainingRows
+    checked: str  # the rows the mean was checked on, for the report
 
 
 def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
@@ -93,45 +113,53 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     if len(settings.run_dirs) < 2:
         raise ExportError("an ensemble needs at least 2 runs")
     runs = [_load_member(path) for path in settings.run_dirs]
+    schemas = [run_schema(run.path) for run in runs]
     specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
-    check_compatible(runs)
-    heldout = _heldout_union(runs)
-    probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
+    check_compatible(runs, schemas)
+    member_schemas = [schema for schema in schemas if schema is not None]  # all, or none
+    probe = _Probe.of(runs, member_schemas)
     networks: list[FoldedNetwork] = []
     worst_ratio, bound = 0.0, 0.0
-    for run, spec in zip(runs, specs, strict=True):
+    for run, spec, schema in zip(runs, specs, schemas, strict=True):
         network = fold_params(run.params, spec)
-        layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
+        layers = probe.check_member(run, network, schema)
         if not layers.passed:
-            raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
+            raise ExportError(layer_failure(run.path, layers, probe.heldout_count))
         worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
         networks.append(network)
-    problem = layout_problem(networks, settings.layout)
+    layout = resolve_layout(networks, settings.layout)
+    problem = layout_problem(networks, layout)
     if problem is not None:
         raise ExportError(f"--layout {settings.layout}: {problem}")
-    model = build_ensemble_model(networks, layout=settings.layout)
+    front, front_layer = None, None
+    if member_schemas:
+        front, front_layer = merged_front(member_schemas, [n.layers[0] for n in networks])
+    model = build_ensemble_model(networks, layout=layout, front=front, front_layer=front_layer)
     task = runs[0].meta["task"]
     tolerance = _tolerance(runs)
-    expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
-    outputs = score_onnx(onnx_session(model.SerializeToString()), probe)
+    expected, outputs = probe.expected_and_served(runs, model)
     verification = compare_outputs(outputs, expected, task, tolerance)
     if not verification.passed:
         where = Path(", ".join(str(run.path) for run in runs))
-        raise ExportError(verification_failure(where, verification, heldout.shape[0]))
-    rows = training_rows(runs[0])
+        raise ExportError(verification_failure(where, verification, probe.heldout_count))
+    drift, rows, references = probe.card_parts(runs, settings.reference_rows)
+    drift["layers"] = member_layers(runs, layout)
+    schema = member_schemas[0] if member_schemas else None
     metadata = build_metadata(
         meta=_card_meta(runs),
         training={"members": [training_summary(run) for run in runs]},
         folded=True,
         fold_max_abs_error=verification.max_abs_error,
         tolerance=tolerance,
-        references=reference_rows(runs, settings.reference_rows),
+        references=references,
         model=model,
-        drift=drift_metadata(rows, runs, settings.layout),
+        drift=drift,
+        schema=None if schema is None else schema_metadata(schema),
+        feature_names=None if schema is None else input_names(schema),
     )
     metadata[MetadataKey.ENSEMBLE.full] = json.dumps(
         {
-            "layout": settings.layout,
+            "layout": layout,
             "source": settings.source or "runs given",
             "members": [
                 {
@@ -148,7 +176,7 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     return EnsembleReport(
         out=settings.out,
         members=tuple(str(run.meta["run_id"]) for run in runs),
-        layout=settings.layout,
+        layout=layout,
         verification=verification,
         worst_layer_ratio=worst_ratio,
         layer_bound=bound,
@@ -156,12 +184,80 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
         size_bytes=len(payload),
         graph_sha256=graph_sha256(model),
         drift_rows=rows,
+        checked=probe.described,
     )
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """What the ensemble is checked on: members' rows of numbers in x (`rows`), or raw records
+    (`raw`, members with a schema each, in `schemas`)."""
+
+    heldout_count: int  # the first rows are held-out ones
+    described: str  # what the rows are, for the report
+    rows: np.ndarray | None = None  # (P, F)
+    raw: RawProbe | None = None
+    schemas: tuple[TableSchema, ...] = ()
+
+    @staticmethod
+    def of(runs: Sequence[Run], schemas: Sequence[TableSchema]) -> _Probe:
+        if schemas:
+            raw = raw_probe(runs, schemas)
+            extra = len(raw.records) - raw.heldout_count
+            described = (
+                f"{raw.heldout_count} held-out records of the members and {extra} more (each "
+                "member's: every cell missing, every level unseen, every level of every column, "
+                "numbers at the edges of their range)"
+            )
+            return _Probe(raw.heldout_count, described, raw=raw, schemas=tuple(schemas))
+        heldout = _heldout_union(runs)
+        described = (
+            f"{heldout.shape[0]} held-out examples and {EDGE_ROWS} at the edges of their range"
+        )
+        # every member's held-out rows, then rows at their edges
+        return _Probe(heldout.shape[0], described, rows=probe_rows(heldout))
+
+    def check_member(
+        self, run: Run, network: FoldedNetwork, schema: TableSchema | None
+    ) -> LayerVerification:
+        """The member's fold, layer by layer, on its own folded graph, as one run's export."""
+        if self.raw is None or schema is None:
+            assert self.rows is not None
+            return check_layers(build_folded_model(network), run.params, run.meta, self.rows)
+        model, _ = build_model(run, unfolded=False, schema=schema)
+        records = self.raw.records
+        design, feeds = member_design(schema, records), feeds_of(schema, records)
+        return check_layers(model, run.params, run.meta, design, feeds)
+
+    def expected_and_served(
+        self, runs: Sequence[Run], model: onnx.ModelProto
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The mean of the members' numpy paths, and the graph's outputs under onnxruntime."""
+        session = onnx_session(model.SerializeToString())
+        if self.raw is None:
+            assert self.rows is not None
+            rows = self.rows.astype(np.float32).astype(np.float64)
+            return mean_prediction(runs, rows), score_onnx(session, self.rows)
+        records = self.raw.records
+        expected = raw_mean_prediction(runs, self.schemas, records)
+        return expected, score_feeds(session, feeds_of(self.schemas[0], records))
+
+    def card_parts(
+        self, runs: Sequence[Run], reference_count: int
+    ) -> tuple[dict[str, Any], TrainingRows, ReferenceRows]:
+        """`bnserve.drift` without layers (the first member's features), the rows it describes,
+        and the reference rows with the mean of the members' outputs."""
+        if self.raw is None:
+            rows = training_rows(runs[0])
+            first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
+            drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
+            return drift, rows, reference_rows(runs, reference_count)
+        drift, rows = raw_drift_features(self.raw, self.schemas[0], runs[0])
+        references = raw_reference_rows(runs, self.schemas, self.raw, reference_count)
+        return drift, rows, references
+
+
 def _load_member(path: Path) -> Run:
-    if run_schema(path) is not None:
-        raise ExportError(f"{path}: {MIXED_TABLES} (the run has a schema.json)")
     try:
         run = load_run(path)
     except RunError as error:
@@ -170,9 +266,11 @@ def _load_member(path: Path) -> Run:
     return run
 
 
-def check_compatible(runs: Sequence[Run]) -> None:
-    """Members must share task, feature names and class (or target) names: ExportError names
-    the first member that differs from the first one and how."""
+def check_compatible(runs: Sequence[Run], schemas: Sequence[TableSchema | None]) -> None:
+    """Members must share task, class (or target) names and their inputs: feature names, or
+    with schemas the graph inputs (each member's design inputs differ with its vocabularies).
+    ExportError names the first member that differs from the first one and how."""
+    check_same_inputs(runs, schemas)
     first = runs[0]
     for run in runs[1:]:
         if run.meta["task"] != first.meta["task"]:
@@ -181,7 +279,8 @@ def check_compatible(runs: Sequence[Run]) -> None:
                 f"{first.meta['task']}; ensemble members must share the task"
             )
         names_key = "class_names" if first.meta["task"] == "classification" else "target_names"
-        for key in ("feature_names", names_key):
+        keys = [names_key] if schemas[0] is not None else ["feature_names", names_key]
+        for key in keys:
             what = key.replace("_", " ")
             difference = _name_difference(list(first.meta[key]), list(run.meta[key]))
             if difference:
@@ -266,19 +365,21 @@ def _card_meta(runs: Sequence[Run]) -> dict[str, Any]:
     return meta
 
 
-def drift_metadata(rows: TrainingRows, runs: Sequence[Run], layout: str) -> dict[str, Any]:
-    """`bnserve.drift` for the ensemble: features as the first member standardized them; layers:
-    every member's batch-normed hidden layers, named `m{k}.hidden{i}` with their graph tensors
-    `m{k}.hidden{i}.z` (parallel layout), which the server's drift monitor reads as it reads
-    one model's layers."""
+def member_layers(runs: Sequence[Run], layout: str) -> list[dict[str, Any]]:
+    """`bnserve.drift` "layers" of the ensemble: every member's batch-normed hidden layers,
+    named `m{k}.hidden{i}`, which the server's drift monitor reads as it reads one model's
+    layers: in parallel branches from the tensor `m{k}.hidden{i}.z` [N, H]; batched, from the
+    stack `hidden{i}.z` [k, N, H] at `member` k − 1 (a view of it, no node per member).
+    blockdiag: none. The features are the first member's (its training split and
+    standardization)."""
     layers: list[dict[str, Any]] = []
-    if layout == "parallel":
+    if layout in ("parallel", "batched"):
         for k, run in enumerate(runs, start=1):
             params = {name: np.asarray(v, dtype=np.float64) for name, v in run.params.items()}
-            name = MEMBER_PREACTIVATION.replace("{k}", str(k))
+            if layout == "parallel":
+                name, stacked = MEMBER_PREACTIVATION.replace("{k}", str(k)), {}
+            else:
+                name, stacked = STACKED_PREACTIVATION, {"member": k - 1}
             for entry in layer_statistics(params, len(run.config.hidden), name):
-                layers.append({**entry, "name": f"m{k}.{entry['name']}"})
-    first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
-    drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
-    drift["layers"] = layers
-    return drift
+                layers.append({**entry, "name": f"m{k}.{entry['name']}", **stacked})
+    return layers

@@ -8,11 +8,16 @@ are ONE Gemm (their W' concatenated along the output axis, widths n_1 … n_k), 
   as its own chain of Gemm → activation (members may differ in depth, width and activation); or
 - **blockdiag**: each later layer is ONE Gemm whose weight is the block-diagonal of the members'
   (members must share depth and activation; widths may differ), the activation applied once to
-  the wide tensor.
+  the wide tensor; or
+- **batched**: the first Gemm's [N, k·H₁] is reshaped to [N, k, H₁] and transposed to the stack
+  [k, N, H₁]; each later layer is ONE batched MatMul with the members' weights stacked
+  [k, H_in, H_out], one Add of their biases [k, 1, H_out] and the activation, so the node count
+  does not grow with k (members must share depth, every width and the activation).
 
 Then one averaging step: classification, each member's softmax, their mean `probabilities` and
 `label` = ArgMax of that mean; regression, the mean of the members' y. No BatchNormalization node.
-`docs/export.md` ("Ensembles") has the measurement that chose DEFAULT_LAYOUT.
+`docs/export.md` ("Ensembles") has the measurement that chose the default, AUTO: batched from
+BATCHED_FROM members when they allow it, else parallel (`resolve_layout`).
 """
 
 from __future__ import annotations
@@ -23,22 +28,29 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from bnserve.export.fold import FoldedNetwork
+from bnserve.export.fold import AffineLayer, FoldedNetwork
 from bnserve.export.graph import (
     ACTIVATION_OPS,
     BATCH_DIM,
+    Front,
     GraphBuilder,
     activation_attributes,
     finish_model,
 )
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 
-LAYOUTS = ("parallel", "blockdiag")
-DEFAULT_LAYOUT = "parallel"
+LAYOUTS = ("batched", "parallel", "blockdiag")
+AUTO = "auto"  # batched from BATCHED_FROM members when they allow it, else parallel
+# Measured (docs/benchmarks.md, "Ensembles"): for one example batched beat parallel at k = 5 in
+# every run, parallel beat batched at k = 3 in every run.
+BATCHED_FROM = 4
+DEFAULT_LAYOUT = AUTO
 # Hidden pre-activation tensors (γ·ẑ + β per member) the drift monitor reads, by layout: member
-# k's (from 1) layer i in parallel branches; the members' layer i side by side in blockdiag.
+# k's (from 1) layer i in parallel branches, [N, H]; the members' layer i side by side in
+# blockdiag, [N, Σ H]; the members' layer i stacked in batched, [k, N, H] (member k at k − 1).
 MEMBER_PREACTIVATION = "m{k}.hidden{i}.z"
 WIDE_PREACTIVATION = "hidden{i}.z"
+STACKED_PREACTIVATION = "hidden{i}.z"
 
 
 def layout_problem(members: Sequence[FoldedNetwork], layout: str) -> str | None:
@@ -51,8 +63,22 @@ def layout_problem(members: Sequence[FoldedNetwork], layout: str) -> str | None:
     activations = {member.activation for member in members}
     alphas = {member.leaky_relu_alpha for member in members}
     if len(depths) > 1 or len(activations) > 1 or len(alphas) > 1:
-        return "blockdiag needs members of one depth and one activation"
+        return f"{layout} needs members of one depth and one activation"
+    widths = {tuple(layer.bias.size for layer in member.layers) for member in members}
+    if layout == "batched" and len(widths) > 1:
+        return "batched needs members of one depth, the same widths and one activation"
     return None
+
+
+def resolve_layout(members: Sequence[FoldedNetwork], layout: str) -> str:
+    """The layout to build: `layout` itself, or for AUTO batched when there are at least
+    BATCHED_FROM members and they allow it (one depth, the same widths, one activation: a
+    tune's fold models), else parallel."""
+    if layout != AUTO:
+        return layout
+    if len(members) >= BATCHED_FROM and layout_problem(members, "batched") is None:
+        return "batched"
+    return "parallel"
 
 
 def build_ensemble_model(
@@ -60,33 +86,63 @@ def build_ensemble_model(
     *,
     layout: str = DEFAULT_LAYOUT,
     expose_preactivations: bool = False,
+    front: Front | None = None,
+    front_layer: AffineLayer | None = None,
 ) -> onnx.ModelProto:
     """The mean of `members` (k ≥ 1, one task, F inputs, C or T outputs each) as one graph.
 
+    front, front_layer: for members trained on raw columns, the front that computes every
+    member's first layer from the raw inputs, and their merged first layer (D, Σ H₁) over its
+    design inputs (export/ensemble_front.py); it takes the place of the one first Gemm.
+
     expose_preactivations: also output every hidden pre-activation tensor (drift monitoring;
     `preactivation_tensors` names them)."""
+    layout = resolve_layout(members, layout)
     problem = layout_problem(members, layout)
     if problem is not None:
         raise ValueError(problem)
     task = members[0].task
-    builder = GraphBuilder()
-    build = _parallel if layout == "parallel" else _blockdiag
-    heads = build(builder, members)
+    builder = _FrontedBuilder(front, front_layer)
     output_count = members[0].layers[-1].bias.size
-    _average(builder, task, heads, len(members), output_count)
+    if layout == "batched":
+        _batched(builder, members)
+    else:
+        build = _parallel if layout == "parallel" else _blockdiag
+        heads = build(builder, members)
+        _average(builder, task, heads, len(members), output_count)
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
+        stack = [len(members)] if layout == "batched" else []
         extra = tuple(
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, width])
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [*stack, BATCH_DIM, width])
             for name, width in preactivation_tensors(members, layout)
         )
     feature_count = members[0].layers[0].weight.shape[0]
-    return finish_model(builder, task, feature_count, output_count, "bnserve_ensemble", extra)
+    return finish_model(
+        builder, task, feature_count, output_count, "bnserve_ensemble", extra, front
+    )
+
+
+class _FrontedBuilder(GraphBuilder):
+    """A GraphBuilder that knows how the members' first layers are computed: one Gemm on `x`,
+    or a front over raw columns (`front`, with the members' merged first layer)."""
+
+    def __init__(self, front: Front | None, front_layer: AffineLayer | None) -> None:
+        super().__init__()
+        if (front is None) != (front_layer is None):
+            raise ValueError("a front needs the members' merged first layer, and only a front")
+        self.front = front
+        self.front_layer = front_layer
 
 
 def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list[tuple[str, int]]:
-    """(tensor name, width) of every hidden pre-activation in the graph of `layout`, in the
-    order of `member_layer_columns`."""
+    """(tensor name, width) of every hidden pre-activation in the graph of `layout`: [N, width]
+    each, except batched's [k, N, width] stacks (width: one member's)."""
+    if layout == "batched":
+        return [
+            (STACKED_PREACTIVATION.format(i=i), layer.bias.size)
+            for i, layer in enumerate(members[0].layers[:-1], start=1)
+        ]
     if layout == "parallel":
         return [
             (MEMBER_PREACTIVATION.format(k=k, i=i), layer.bias.size)
@@ -100,8 +156,11 @@ def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list
     ]
 
 
-def _first_layer(builder: GraphBuilder, members: Sequence[FoldedNetwork], name: str) -> str:
-    """One Gemm for every member's first layer: W' concatenated along the output axis."""
+def _first_layer(builder: _FrontedBuilder, members: Sequence[FoldedNetwork], name: str) -> str:
+    """Every member's first layer side by side [N, Σ H₁]: one Gemm on x, W' concatenated along
+    the output axis; or the front over raw columns with the merged first layer."""
+    if builder.front is not None and builder.front_layer is not None:
+        return builder.front.first_layer(builder, builder.front_layer, name)
     weight = np.concatenate([member.layers[0].weight for member in members], axis=1)
     bias = np.concatenate([member.layers[0].bias for member in members])
     return builder.node(
@@ -120,7 +179,7 @@ def _head_name(task: str, k: int) -> str:
     return f"m{k}.logits" if task == "classification" else f"m{k}.y"
 
 
-def _parallel(builder: GraphBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
+def _parallel(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
     """Members' outputs (logits or y), each from its own branch after the shared first Gemm."""
     task = members[0].task
     first = _first_layer(builder, members, "first.z")
@@ -171,7 +230,7 @@ def _block_diagonal(blocks: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _blockdiag(builder: GraphBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
+def _blockdiag(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
     """The members' outputs side by side, one tensor (N, k·C or k·T), after block-diagonal Gemms."""
     reference = members[0]
     depth = len(reference.layers)
@@ -198,6 +257,47 @@ def _blockdiag(builder: GraphBuilder, members: Sequence[FoldedNetwork]) -> list[
             f"{prefix}.gemm",
         )
     return [z]
+
+
+def _batched(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> None:
+    """The stack [k, N, ·] through every later layer as one batched MatMul + Add + activation,
+    then softmax over the classes and the mean over the members (or the mean of y), into the
+    graph outputs."""
+    reference, k = members[0], len(members)
+    depth, task = len(reference.layers), reference.task
+    first_width = reference.layers[0].bias.size
+    z = _first_layer(builder, members, "first.z")  # [N, k·H₁], member m's columns at m·H₁
+    shape = builder.constant_int64("first.shape", np.asarray([-1, k, first_width]))
+    z = builder.node("Reshape", [z, shape], "first.stacked", "first.reshape")
+    last_name = "heads" if depth == 1 else STACKED_PREACTIVATION.format(i=1)
+    z = builder.node("Transpose", [z], last_name, "first.transpose", perm=[1, 0, 2])
+    for index in range(1, depth):
+        a = builder.node(
+            ACTIVATION_OPS[reference.activation],
+            [z],
+            f"hidden{index}.a",
+            f"hidden{index}.{reference.activation}",
+            **activation_attributes(reference),
+        )
+        weight = np.stack([member.layers[index].weight for member in members])
+        bias = np.stack([member.layers[index].bias for member in members])[:, None, :]
+        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
+        product = builder.node(
+            "MatMul",
+            [a, builder.constant(f"{prefix}.weight", weight)],
+            f"{prefix}.product",
+            f"{prefix}.matmul",
+        )
+        out = "heads" if index == depth - 1 else STACKED_PREACTIVATION.format(i=index + 1)
+        z = builder.node(
+            "Add", [product, builder.constant(f"{prefix}.bias", bias)], out, f"{prefix}.add"
+        )
+    main = OUTPUT_NAMES[task][0]
+    if task == "classification":
+        z = builder.node("Softmax", [z], "heads.probabilities", "heads.softmax", axis=2)
+    builder.node("ReduceMean", [z], main, "ensemble.mean", axes=[0], keepdims=0)
+    if task == "classification":
+        builder.node("ArgMax", [main], OUTPUT_NAMES[task][1], "output.argmax", axis=1, keepdims=0)
 
 
 def _average(builder: GraphBuilder, task: str, heads: list[str], k: int, output_count: int) -> None:

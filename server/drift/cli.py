@@ -265,9 +265,10 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
         raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
     except DriftMetadataError as error:
         raise DriftInputError(f"{path}: {error}") from None
-    outputs = [(layer.output, layer.width) for layer in reference.layers]
     try:
-        session = ort.InferenceSession(with_graph_outputs(model_bytes, outputs))
+        session = ort.InferenceSession(
+            with_graph_outputs(model_bytes, reference.layer_tensors, reference.stacked_tensors)
+        )
     except Exception as error:  # onnxruntime raises untyped errors
         raise DriftInputError(f"{path}: cannot expose its hidden layers ({error})") from None
     return session, reference

@@ -226,8 +226,10 @@ class Model:
         monitor = DriftMonitor(reference, drift, label)
         layer_session = None
         if monitor.watch_layers:
-            widths = [(layer.output, layer.width) for layer in reference.layers]
-            layer_session = _open_session(with_graph_outputs(model_bytes, widths), source, threads)
+            exposed = with_graph_outputs(
+                model_bytes, reference.layer_tensors, reference.stacked_tensors
+            )
+            layer_session = _open_session(exposed, source, threads)
         return cls(name, version, source, session, card, monitor, layer_session)
 
     def predict(self, x: ModelInput) -> list[np.ndarray]:

@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from bnserve.export.cli import main
-from bnserve.export.ensemble import MIXED_TABLES, mean_prediction
-from bnserve.export.ensemble_graph import LAYOUTS
+from bnserve.export.ensemble import mean_prediction
+from bnserve.export.ensemble_graph import BATCHED_FROM, LAYOUTS
 from bnserve.export.metadata import read_metadata
 from bnserve.export.verify import PROBABILITY_TOLERANCE, onnx_session, regression_tolerance
 from bnserve.server.modelfile.contract import MetadataKey
@@ -51,7 +51,11 @@ def _scored(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 def test_the_graph_is_the_mean_of_its_members_numpy_paths(
     synthetic_run, out_dir: Path, capsys, layout: str
 ) -> None:
-    specs = MIXED if layout == "parallel" else [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}]
+    specs = {
+        "parallel": MIXED,
+        "blockdiag": [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}],
+        "batched": [{"seed": 0}, {"seed": 1}, {"seed": 2, "batchnorm": False}],
+    }[layout]
     runs = _runs(synthetic_run, specs)
     out = out_dir / "ensemble.onnx"
     code, printed, error = _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)
@@ -99,10 +103,15 @@ def test_a_regression_ensemble_answers_the_mean_y(synthetic_run, out_dir: Path, 
     np.testing.assert_allclose(reference, mean_prediction(members, rows), rtol=1e-12)
 
 
-def test_one_example_alone_equals_it_in_a_batch(synthetic_run, out_dir: Path, capsys) -> None:
-    runs = _runs(synthetic_run, MIXED)
+@pytest.mark.parametrize("specs", [MIXED, [{"seed": seed} for seed in range(4)]])
+def test_one_example_alone_equals_it_in_a_batch(
+    synthetic_run, out_dir: Path, capsys, specs: list[dict[str, object]]
+) -> None:
+    runs = _runs(synthetic_run, specs)
     out = out_dir / "ensemble.onnx"
-    assert _export([*map(str, runs), "--out", str(out)], capsys)[0] == 0
+    code, printed, _ = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 0
+    assert ("batched" if specs is not MIXED else "parallel") in printed  # auto's choice
     x = load_run(runs[0]).heldout_x[:64].astype(np.float32)
     together = _scored(out, x)
     for row in range(x.shape[0]):
@@ -111,6 +120,36 @@ def test_one_example_alone_equals_it_in_a_batch(synthetic_run, out_dir: Path, ca
             alone["probabilities"][0], together["probabilities"][row], rtol=0, atol=1e-6
         )
         assert alone["label"][0] == together["label"][row]
+
+
+def test_auto_builds_batched_when_the_members_allow_it(synthetic_run, out_dir, capsys) -> None:
+    """From BATCHED_FROM members of one depth, widths and activation: batched, whose node count
+    does not grow with k; fewer members, or one wider: parallel; asked for batched anyway with
+    a wider one: refused in one line."""
+
+    def layout_of(specs: list[dict[str, object]], name: str, *flags: str) -> tuple[str, int]:
+        out = out_dir / f"{name}.onnx"
+        runs = _runs(synthetic_run, specs)
+        code, _, error = _export([*map(str, runs), "--out", str(out), *flags], capsys)
+        assert code == 0, error
+        model = onnx.load(str(out))
+        listed = json.loads(read_metadata(model)[MetadataKey.ENSEMBLE.full])
+        return listed["layout"], len(model.graph.node)
+
+    same = [{"seed": seed} for seed in range(6)]
+    assert BATCHED_FROM == 4
+    four, six = layout_of(same[:4], "k4"), layout_of(same, "k6")
+    assert four[0] == six[0] == "batched" and four[1] == six[1]
+    assert layout_of(same[:3], "k3")[0] == "parallel"
+    assert layout_of(same[:3], "k3b", "--layout", "batched")[0] == "batched"
+    wider = [*same[:3], {"seed": 3, "hidden": (16, 10)}]
+    assert layout_of(wider, "wider")[0] == "parallel"
+    runs = _runs(synthetic_run, wider)
+    code, _, error = _export(
+        [*map(str, runs), "--out", str(out_dir / "no.onnx"), "--layout", "batched"], capsys
+    )
+    assert code == 2 and error.count("\n") == 1
+    assert "--layout batched: batched needs members of one depth, the same widths" in error
 
 
 @pytest.mark.parametrize(
@@ -143,7 +182,7 @@ def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, ca
     assert "name #1 is 'renamed', not 'class_1'" in error
 
 
-def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
+def test_a_raw_column_run_with_a_numbers_run_is_refused(synthetic_run, out_dir, capsys) -> None:
     first, other = synthetic_run(seed=0), synthetic_run(seed=1)
     schema = {
         "version": 1,
@@ -165,7 +204,7 @@ def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> N
     (other / "schema.json").write_text(json.dumps(schema))
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
-    assert f"{other}: {MIXED_TABLES}" in error
+    assert f"{other} takes raw columns (a schema.json) but {first} takes numbers in x" in error
 
 
 def _tune_dir(root: Path, trials: list[tuple[float, list[int]]]) -> Path:
@@ -267,3 +306,32 @@ def test_a_member_with_a_broken_meta_is_named_in_one_line(synthetic_run, out_dir
     code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
     assert code == 2 and error.count("\n") == 1
     assert f"{other}" in error and "'feature_names'" in error
+
+
+def test_batched_layer_drift_reads_each_member_from_the_stack(
+    synthetic_run, out_dir: Path, capsys
+) -> None:
+    """The batched graph's drift reference points every member's layers into the stacked
+    tensors [k, N, H]; the drift monitor's report on them equals the parallel graph's, which
+    reads one [N, H] tensor per member and layer."""
+    from bnserve.server.drift.cli import drift_report, load_model
+    from bnserve.server.drift.monitor import DriftSettings
+
+    runs = _runs(synthetic_run, [{"seed": 0}, {"seed": 1}, {"seed": 2}])
+    x = np.vstack([load_run(run).heldout_x for run in runs]).astype(np.float32)
+    reports = {}
+    for layout in ("parallel", "batched"):
+        out = out_dir / f"{layout}.onnx"
+        assert _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)[0] == 0
+        session, reference = load_model(out)
+        reports[layout] = drift_report(session, reference, x, DriftSettings())["layers"]
+    drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
+    assert {(layer["output"], layer["member"]) for layer in drift["layers"]} == {
+        (f"hidden{i}.z", k) for i in (1, 2) for k in range(3)
+    }
+    parallel, batched = reports["parallel"], reports["batched"]
+    assert [layer["name"] for layer in batched] == [layer["name"] for layer in parallel]
+    assert len(batched) == 6
+    for mine, theirs in zip(batched, parallel, strict=True):
+        assert mine["score"] == pytest.approx(theirs["score"], rel=1e-4, abs=1e-6)
+    assert any(layer["score"] > 0 for layer in batched)

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnx
+import pytest
 
 from bnserve.export.ensemble import EnsembleSettings, export_ensemble, mean_prediction
 from bnserve.export.metadata import read_metadata
@@ -20,22 +21,39 @@ from bnserve.training.train import train
 from tests.server.test_defaults import NAME, native_probabilities, scrape, v2_probabilities
 from tests.support.server_process import ServerProcess
 
-
-def test_a_server_with_its_defaults_serves_the_ensemble(tmp_path: Path) -> None:
-    configs = [
+LAYOUT_CONFIGS = {
+    # members that differ in depth, width, activation and batch norm: parallel branches
+    "parallel": [
         TrainConfig(hidden=(16,), epochs=1, seed=0),
         TrainConfig(hidden=(12, 8), activation="tanh", epochs=1, seed=1),
         TrainConfig(hidden=(16,), batchnorm=False, epochs=1, seed=2),
-    ]
+    ],
+    # one shape, one without batch norm: batched, each member's layers read from the stacks
+    "batched": [
+        TrainConfig(hidden=(12, 8), epochs=1, seed=0),
+        TrainConfig(hidden=(12, 8), batchnorm=False, epochs=1, seed=1),
+        TrainConfig(hidden=(12, 8), epochs=1, seed=2),
+    ],
+}
+WATCHED = {
+    "parallel": ["m1.hidden1", "m2.hidden1", "m2.hidden2"],  # member 3 has no batch norm
+    "batched": ["m1.hidden1", "m1.hidden2", "m3.hidden1", "m3.hidden2"],
+}
+
+
+@pytest.mark.parametrize("layout", ["parallel", "batched"])
+def test_a_server_with_its_defaults_serves_the_ensemble(tmp_path: Path, layout: str) -> None:
+    configs = LAYOUT_CONFIGS[layout]
     runs = [
         Path(train(config, tmp_path / f"run{i}", progress=False).run_dir)
         for i, config in enumerate(configs)
     ]
     out = tmp_path / "ensemble.onnx"
-    export_ensemble(EnsembleSettings(run_dirs=tuple(runs), out=out))
+    settings = EnsembleSettings(run_dirs=tuple(runs), out=out, layout=layout)
+    assert export_ensemble(settings).layout == layout
     drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
     watched = [layer["name"] for layer in drift["layers"]]
-    assert watched == ["m1.hidden1", "m2.hidden1", "m2.hidden2"]  # member 3 has no batch norm
+    assert watched == WATCHED[layout]
     members = [load_run(run) for run in runs]
     rows = members[0].heldout_x[:5].astype(np.float32)
     expected = mean_prediction(members, rows.astype(np.float64))
