@@ -3,6 +3,7 @@ penguins table (text columns, gaps), each with its own schema, as one graph of r
 
 from __future__ import annotations
 
+import http.client
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -245,3 +246,57 @@ def test_members_with_different_levels_fills_and_indicators_score_through_one_fr
     assert np.max(np.abs(served["probabilities"] - expected)) <= PROBABILITY_TOLERANCE.abs
     ops = [node.op_type for node in onnx.load(str(out)).graph.node]
     assert ops.count("LabelEncoder") == 1 and ops.count("Gather") == 1
+
+
+def test_a_real_server_serves_the_penguins_fold_ensemble_over_rest(
+    fold_runs: list[Path], out_dir: Path, capsys
+) -> None:
+    """A mixed-table ensemble as a server takes it: past the parity gate (its raw reference
+    records, together and alone), a REST request of BYTES and FP32 columns (null = missing, an
+    unseen island) answered with the mean of the members' numpy paths."""
+    out = out_dir / "served.onnx"
+    code, _, error = _export([*map(str, fold_runs), "--out", str(out)], capsys)
+    assert code == 0, error
+    records = RawRows(
+        {
+            "island": np.array(["Torgersen", "Atlantis"], dtype=object),
+            "bill_length_mm": np.array([39.1, np.nan]),
+            "bill_depth_mm": np.array([18.7, 14.8]),
+            "flipper_length_mm": np.array([181.0, 217.0]),
+            "body_mass_g": np.array([3750.0, 5200.0]),
+            "sex": np.array(["male", ""], dtype=object),
+            "year": np.array([2007.0, 2008.0]),
+        }
+    )
+    schemas = [run_schema(run) for run in fold_runs]
+    expected = np.mean(
+        [
+            predict(run.params, run.meta, design_of(schema, records))
+            for run, schema in zip(map(load_run, fold_runs), schemas, strict=True)
+            if schema is not None
+        ],
+        axis=0,
+    )
+    inputs = []
+    for name, values in records.columns.items():
+        if values.dtype == object:
+            data = [value or None for value in values]
+            inputs.append({"name": name, "datatype": "BYTES", "shape": [2, 1], "data": data})
+        else:
+            data = [None if np.isnan(value) else float(value) for value in values]
+            inputs.append({"name": name, "datatype": "FP32", "shape": [2, 1], "data": data})
+    server = ServerProcess(["--model", str(out), "--name", NAME])
+    try:
+        server.wait_ready()  # after the parity gate
+        connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+        connection.request("POST", f"/v2/models/{NAME}/infer", json.dumps({"inputs": inputs}))
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+    finally:
+        assert server.stop() == 0
+    assert response.status == 200, answer
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    served = np.array(outputs["probabilities"]["data"]).reshape(2, -1)
+    assert np.max(np.abs(served - expected)) <= PROBABILITY_TOLERANCE.abs
+    assert outputs["label"]["data"] == expected.argmax(axis=1).tolist()
