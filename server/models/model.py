@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bnserve.server._compat import session_run
+from bnserve.server.drift.columns import SCHEMA_KEY
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -168,7 +169,10 @@ class Model:
         try:
             imported = bool(card.get(MetadataKey.IMPORT))
             reference = parse_reference(
-                card.get(MetadataKey.DRIFT), card.feature_names, imported=imported
+                card.get(MetadataKey.DRIFT),
+                card.feature_names,
+                imported=imported,
+                schema=card.get(SCHEMA_KEY),
             )
         except DriftMetadataError as error:
             log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)

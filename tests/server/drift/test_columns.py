@@ -9,6 +9,7 @@ columns are flagged, and every figure equals numpy's on the same cells.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -236,3 +237,62 @@ def test_malformed_columns_are_one_named_error(metadata: tuple[str, str]) -> Non
     drift["columns"]["depth"] = {"kind": "numeric", "missing_rate": 0.0}
     with pytest.raises(DriftMetadataError, match="'depth' is numeric but not among"):
         parse_reference(json.dumps(drift), [], schema=metadata[1])
+
+
+def _shifted_monitor(metadata: tuple[str, str]) -> DriftMonitor:
+    drift, schema = metadata
+    monitor = DriftMonitor(parse_reference(drift, [], schema=schema), DriftSettings(), "t")
+    live = _table(np.random.default_rng(1), weight_missing=0.30, blue=2 * COLOR_SHARES[0])
+    monitor.observe_columns(live)
+    return monitor
+
+
+def test_the_model_drift_rpc_and_the_gauges_carry_the_columns(metadata: tuple[str, str]) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bnserve.server.drift.metrics import DriftCollector
+    from bnserve.server.grpc.servicers.drift_rpc import drift_response
+
+    monitor = _shifted_monitor(metadata)
+    model = SimpleNamespace(name="shop", version="1", drift_status="on", drift=monitor)
+    response = drift_response(model)  # type: ignore[arg-type]
+    expected = monitor.report()["life"]
+    assert list(response.life.flagged_columns) == ["weight", "color"]
+    for sent, column in zip(response.life.columns, expected["columns"], strict=True):
+        assert (sent.name, sent.kind, sent.flagged) == (
+            column["name"],
+            column["kind"],
+            column["flagged"],
+        )
+        assert sent.psi == pytest.approx(column["psi"])
+        assert sent.live_missing_rate == pytest.approx(column["live_missing_rate"])
+        assert [level.live_share for level in sent.levels] == pytest.approx(
+            [level["live_share"] for level in column["levels"]]
+        )
+
+    class Repository:
+        def names(self) -> list[str]:
+            return ["shop"]
+
+        def versions(self, name: str) -> list[str]:
+            return ["1"]
+
+        def get(self, name: str, version: str) -> SimpleNamespace:
+            return SimpleNamespace(model=model)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DriftCollector(Repository()))
+    samples = {
+        (family.name, sample.labels.get("column"), sample.labels["window"]): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert samples["bnserve_drift_columns_flagged", None, "life"] == 2
+    for column in expected["columns"]:
+        key = (column["name"], "life")
+        assert samples[("bnserve_drift_column_psi", *key)] == pytest.approx(column["psi"])
+        assert samples[("bnserve_drift_column_missing_rate", *key)] == pytest.approx(
+            column["live_missing_rate"]
+        )
+        assert samples[("bnserve_drift_column_flagged", *key)] == float(column["flagged"])
