@@ -9,6 +9,7 @@ columns are flagged, and every figure equals numpy's on the same cells.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -296,3 +297,63 @@ def test_the_model_drift_rpc_and_the_gauges_carry_the_columns(metadata: tuple[st
             column["live_missing_rate"]
         )
         assert samples[("bnserve_drift_column_flagged", *key)] == float(column["flagged"])
+
+
+def _format2_model(path: Path, metadata: tuple[str, str]) -> Path:
+    """A stand-in model file with the mixed graph's inputs and format-2 metadata (the drift
+    command reads only the metadata when no hidden layer is listed)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [
+        helper.make_tensor_value_info(name, kind, ["N", 1])
+        for name, kind in (
+            ("height", TensorProto.FLOAT),
+            ("weight", TensorProto.FLOAT),
+            ("color", TensorProto.STRING),
+            ("size", TensorProto.STRING),
+        )
+    ]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    node = helper.make_node("Identity", ["height"], ["y"])
+    graph = helper.make_graph([node], "g", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    drift, schema = metadata
+    names = json.dumps(["height", "weight", "color", "size"])
+    entries = {"format": "2", "feature_names": names, "drift": drift, "schema": schema}
+    for key, value in entries.items():
+        model.metadata_props.add(key=f"bnserve.{key}", value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bnserve_drift_reads_a_raw_csv_by_column_name(
+    metadata: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnserve.server.drift.cli import main
+
+    model = _format2_model(tmp_path / "shop.onnx", metadata)
+    live = _table(np.random.default_rng(1), weight_missing=0.30, blue=2 * COLOR_SHARES[0])
+    lines = ["id,size,color,weight,height"]  # another order, and a column the model ignores
+    for row in range(2_000):
+        weight = "NA" if np.isnan(live["weight"][row]) else f"{live['weight'][row]:.3f}"
+        lines.append(
+            f"{row},{live['size'][row]},{live['color'][row]},{weight},{live['height'][row]:.3f}"
+        )
+    data = tmp_path / "live.csv"
+    data.write_text("\n".join(lines) + "\n")
+    code = main([str(data), "--model", str(model), "--no-png"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    drifted = [line.split()[1] for line in out.splitlines() if line.endswith("DRIFT")]
+    assert sorted(drifted) == ["color", "weight"]
+    assert "0 of 2 features, 2 of 4 columns and 0 of 0 layers past threshold" in out
+
+    lines[5] = lines[5].replace(",NA,", ",3;5,") if ",NA," in lines[5] else "4,S,red,3;5,170"
+    data.write_text("\n".join(lines) + "\n")
+    code = main([str(data), "--model", str(model), "--no-png"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("bnserve drift: error: ") and error.count("\n") == 1
+    assert "line 6, column 'weight': '3;5' is not a number" in error
