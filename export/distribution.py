@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.export.columns import design_offsets
 from bnserve.server.modelfile.contract import DRIFT_FORMAT
 from bnserve.training.data.loading import fit_standardization, load_split
+from bnserve.training.data.schema import MISSING, TableSchema
 from bnserve.training.errors import DataError
 from bnserve.training.model import layer_names
 from bnserve.training.rundir import Run
@@ -122,5 +124,70 @@ def drift_metadata(
         "source": rows.source,
         "rows": int(rows.x.shape[0]),
         "features": feature_distribution(rows.x, params["input.mean"], params["input.std"]),
+        "layers": layer_statistics(params, hidden_count, preactivation_name),
+    }
+
+
+def schema_drift_metadata(
+    rows: TrainingRows,
+    schema: TableSchema,
+    params: dict[str, np.ndarray],
+    hidden_count: int,
+    preactivation_name: str,
+) -> dict[str, Any]:
+    """The `bnserve.drift` object of a format-2 model (docs/contracts.md), from rows.x: the
+    design inputs (n, D) of the training rows (encoding.py's layout, unstandardized).
+
+    "features" describes the numeric columns only, each on its present values (missing
+    excluded; mean and std of those values), named by "feature_names"; "columns" gives every
+    used column's missing rate and, for a categorical column, the share of rows per slot (kept
+    levels, `<other>`, `<missing>`: they sum to 1)."""
+    design = rows.x
+    names: list[str] = []
+    per_feature: list[dict[str, Any]] = []
+    columns: dict[str, dict[str, Any]] = {}
+    for column, offset in design_offsets(schema):
+        if column.kind == "numeric":
+            values = design[:, offset]
+            missing = (
+                design[:, offset + 1] > 0.5 if column.indicator else np.zeros(len(values), bool)
+            )
+            present = values[~missing]
+            if not present.size:
+                present = values
+            mean = np.array([present.mean()]) if present.size else np.zeros(1)
+            std = np.array([present.std()]) if present.size else np.ones(1)
+            std[std == 0] = 1.0
+            per_feature.append(feature_distribution(present[:, np.newaxis], mean, std))
+            names.append(column.name)
+            columns[column.name] = {
+                "kind": "numeric",
+                "missing_rate": round(float(missing.mean()) if len(missing) else 0.0, 6),
+            }
+            continue
+        slots = column.inputs
+        shares = (
+            design[:, offset : offset + len(slots)].mean(axis=0)
+            if len(design)
+            else np.zeros(len(slots))
+        )
+        levels = {
+            slot[len(column.name) + 1 :]: round(float(share), 6)
+            for slot, share in zip(slots, shares.tolist(), strict=True)
+        }
+        columns[column.name] = {
+            "kind": "categorical",
+            "missing_rate": levels.get(MISSING, 0.0),
+            "levels": levels,
+        }
+    keys = ("mean", "std", "min", "max", "edges", "shares")
+    features = {key: [value for part in per_feature for value in part[key]] for key in keys}
+    return {
+        "format": DRIFT_FORMAT,
+        "source": rows.source,
+        "rows": int(design.shape[0]),
+        "features": features,
+        "feature_names": names,
+        "columns": columns,
         "layers": layer_statistics(params, hidden_count, preactivation_name),
     }
