@@ -27,7 +27,6 @@ import onnxruntime as ort
 
 from bnserve.atomic import write_bytes
 from bnserve.header_hints import delimiter_hint, parse_delimiter
-from bnserve.server.drift.columns import SCHEMA_KEY
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -43,7 +42,7 @@ from bnserve.server.drift.table import (
     graph_inputs,
     read_columns,
 )
-from bnserve.server.modelfile.contract import PREFIX, MetadataKey
+from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
 
 DEFAULTS = DriftSettings()
@@ -250,7 +249,7 @@ def load_model(path: Path) -> LoadedModel:
         raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
     try:
         feature_names = tuple(json.loads(metadata[MetadataKey.FEATURE_NAMES.full]))
-        schema = metadata.get(PREFIX + SCHEMA_KEY, "")
+        schema = metadata.get(MetadataKey.SCHEMA.full, "")
         reference = parse_reference(
             metadata.get(MetadataKey.DRIFT.full, ""),
             feature_names,

@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.server.modelfile.schema import MISSING, OTHER  # also the share keys in bnserve.drift
+
 PSI_FLOOR = 1e-4  # as monitor.PSI_FLOOR: an empty bucket does not make PSI infinite
-OTHER, MISSING = "<other>", "<missing>"  # the share keys of bnserve.drift "columns" levels
-UNSEEN = "<unseen>"  # a level training never had (counted apart, scored as <other>)
-SCHEMA_KEY = "schema"  # bnserve.schema (docs/contracts.md), without the prefix
 
 
 class ColumnMetadataError(ValueError):

@@ -12,7 +12,6 @@ import numpy as np
 import onnxruntime as ort
 
 from bnserve.server._compat import session_run
-from bnserve.server.drift.columns import SCHEMA_KEY
 from bnserve.server.drift.monitor import (
     DriftMetadataError,
     DriftMonitor,
@@ -172,7 +171,7 @@ class Model:
                 card.get(MetadataKey.DRIFT),
                 card.feature_names,
                 imported=imported,
-                schema=card.get(SCHEMA_KEY),
+                schema=card.get(MetadataKey.SCHEMA),
             )
         except DriftMetadataError as error:
             log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
