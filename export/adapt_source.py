@@ -54,8 +54,8 @@ def read_source(path: Path) -> SourceModel:
     inputs = [value.name for value in model.graph.input]
     if inputs != [INPUT_NAME]:
         raise AdaptError(
-            f"{path}: takes inputs {inputs}, not one table x: mixed-table models (one "
-            "input per column) cannot be adapted yet"
+            f"{path}: takes inputs {inputs}, not one table x: mixed-table models (models with "
+            "text columns, one input per column) cannot be adapted yet"
         )
     try:
         card = parse_model_card(read_metadata(model), str(path))
@@ -75,6 +75,11 @@ def read_source(path: Path) -> SourceModel:
         raise AdaptError(
             f"{path}: an unfolded model (bnserve.folded = {card.get(MetadataKey.FOLDED)!r}); "
             "adapt re-folds a folded one: export the run without --unfolded"
+        )
+    if card.get(MetadataKey.ENSEMBLE):
+        raise AdaptError(
+            f"{path}: an ensemble of several networks (bnserve.ensemble); adapt re-folds one "
+            "network: adapt a member's own export instead"
         )
     drift = _drift(path, card)
     return SourceModel(path, model, card, _folded_source(path, model, card, drift), drift)

@@ -19,6 +19,7 @@ and z is the Sum of the parts (`hidden1.z`). A table of numbers only keeps the s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,14 @@ def schema_metadata(schema: TableSchema) -> dict[str, Any]:
     }
 
 
+def taken_name(name: str) -> bool:
+    """A name the graph's own tensors use (outputs, layers, this module's), which a column
+    input cannot have (ONNX names each tensor once)."""
+    outputs = {*OUTPUT_NAMES["classification"], *OUTPUT_NAMES["regression"], "logits"}
+    layer = re.fullmatch(r"(hidden\d+|output)\.\w+", name) is not None
+    return name in outputs or layer or name.startswith(("input.", "column."))
+
+
 def design_offsets(schema: TableSchema) -> list[tuple[ColumnSchema, int]]:
     """Each used column with the position of its first design input."""
     placed, offset = [], 0
@@ -102,14 +111,13 @@ class ColumnFront:
         self.schema = schema
         self.mixed = is_mixed(schema)
         self.tokens = missing_tokens(schema)
-        self._flat_shape = ""  # the [-1] shape every column's Reshape shares
         if self.mixed:
-            taken = {*OUTPUT_NAMES["classification"], *OUTPUT_NAMES["regression"]}
             for column in used_columns(schema):
-                if column.name in taken or column.name.startswith(("input.", "column.")):
+                if taken_name(column.name):
                     raise ExportError(
-                        f"column {column.name!r}: its name is taken by the graph's own tensors "
-                        "(an input is named after its column); rename it in the table"
+                        f"column {column.name!r}: its name is taken by one of the graph's own "
+                        "tensors, and each input is named after its column; rename the column "
+                        "in the table (or --ignore it) and train again"
                     )
 
     @property
@@ -150,8 +158,8 @@ class ColumnFront:
             parts += self._numeric(builder, weight, bias, numeric, output if only else None, prefix)
         else:
             parts.append(builder.constant(f"{prefix}.bias", bias))
-        for index, column, offset in categorical:
-            parts.append(self._lookup(builder, weight, index, column, offset))
+        if categorical:
+            parts.append(self.categorical_part(builder, weight, categorical))
         if parts == [output]:
             return output
         return builder.node("Sum", parts, output, f"{prefix}.sum")
@@ -217,41 +225,48 @@ class ColumnFront:
             )
         return parts
 
-    def _lookup(
+    def categorical_part(
         self,
         builder: GraphBuilder,
         weight: np.ndarray,
-        index: int,
-        column: ColumnSchema,
-        offset: int,
+        categorical: list[tuple[int, ColumnSchema, int]],
     ) -> str:
-        """A categorical column's rows of W, looked up by its cells: [N, H]."""
-        table, keys, values, default = lookup_table(
-            column, weight[offset : offset + len(column.inputs)], self.tokens
-        )
-        name = f"column.{index}"
-        if not self._flat_shape:
-            self._flat_shape = builder.tensor("input.flat_shape", np.array([-1], dtype=np.int64))
-        flat = builder.node(
-            "Reshape",
-            [column.name, self._flat_shape],
-            f"{name}.flat",
-            f"{name}.reshape",
-        )
-        builder.nodes.append(
-            helper.make_node(
-                "LabelEncoder",
-                [flat],
-                [f"{name}.slot"],
-                name=f"{name}.label_encoder",
-                domain=ML_DOMAIN,
-                keys_strings=keys,
-                values_int64s=values,
-                default_int64=default,
+        """Every categorical column's rows of W, looked up by its cells and summed: [N, H].
+
+        Each column's LabelEncoder gives its cells' rows in one table stacking every column's
+        (its values offset by the rows before it); one Gather takes the C rows of each record
+        [N, C, H] and ReduceSum adds them up: C + 3 nodes for C columns, not 3·C."""
+        tables, slots = [], []
+        start = 0
+        for index, column, offset in categorical:
+            table, keys, values, default = lookup_table(
+                column, weight[offset : offset + len(column.inputs)], self.tokens
             )
+            name = f"column.{index}"
+            builder.nodes.append(
+                helper.make_node(
+                    "LabelEncoder",
+                    [column.name],
+                    [f"{name}.row"],
+                    name=f"{name}.label_encoder",
+                    domain=ML_DOMAIN,
+                    keys_strings=keys,
+                    values_int64s=[start + value for value in values],
+                    default_int64=start + default,
+                )
+            )
+            slots.append(f"{name}.row")
+            tables.append(table)
+            start += table.shape[0]
+        rows = slots[0]
+        if len(slots) > 1:
+            rows = builder.node("Concat", slots, "input.rows", "input.rows_concat", axis=1)
+        stacked = builder.constant("input.table", np.vstack(tables))
+        picked = builder.node("Gather", [stacked, rows], "input.picked", "input.gather", axis=0)
+        axes = builder.tensor("input.sum_axes", np.array([1], dtype=np.int64))
+        return builder.node(
+            "ReduceSum", [picked, axes], "input.categorical_z", "input.reduce_sum", keepdims=0
         )
-        rows = builder.constant(f"{name}.table", table)
-        return builder.node("Gather", [rows, f"{name}.slot"], f"{name}.z", f"{name}.gather", axis=0)
 
 
 def lookup_table(

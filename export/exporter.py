@@ -37,7 +37,7 @@ from bnserve.export.graph import (
     build_unfolded_model,
 )
 from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
-from bnserve.export.network import check_params, spec_from_run
+from bnserve.export.network import NetworkSpec, check_params, spec_from_run
 from bnserve.export.raw_rows import (
     RawRows,
     design_of,
@@ -101,7 +101,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
     except RunError as error:
         raise ExportError(f"not an exportable run: {error}") from None
     schema = run_schema(settings.run_dir)
-    _check_heldout(run)
+    check_heldout(run)
     if schema is not None and settings.unfolded and needs_front(schema):
         raise ExportError(
             f"{settings.run_dir}: --unfolded keeps the network as trained on design inputs, but "
@@ -111,7 +111,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
     checks = _checks(run, schema)
     layers = check_layers(model, run.params, run.meta, checks.design, checks.feeds)
     if not layers.passed:
-        raise ExportError(_layer_failure(settings.run_dir, layers, checks.heldout_count))
+        raise ExportError(layer_failure(settings.run_dir, layers, checks.heldout_count))
     expected = predict(run.params, run.meta, checks.design.astype(np.float32).astype(np.float64))
     session = onnx_session(model.SerializeToString())  # the float32 model as served
     if checks.feeds is None:
@@ -121,7 +121,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
     verification = compare_outputs(outputs, expected, run.meta["task"], tolerance)
     if not verification.passed:
         raise ExportError(
-            _verification_failure(settings.run_dir, verification, checks.heldout_count)
+            verification_failure(settings.run_dir, verification, checks.heldout_count)
         )
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
     preactivation = UNFOLDED_PREACTIVATION if settings.unfolded else FOLDED_PREACTIVATION
@@ -132,18 +132,17 @@ def export_run(settings: ExportSettings) -> ExportReport:
         references = reference_rows(run, settings.reference_rows)
     else:
         assert checks.schema_rows is not None
-        rows = TrainingRows(
-            checks.schema_rows.training,
-            checks.schema_rows.training_source,
-            checks.schema_rows.note,
+        found = checks.schema_rows
+        rows = TrainingRows(found.training.numeric, found.training_source, found.note)
+        drift = schema_drift_metadata(
+            found.training, found.training_source, schema, params, hidden, preactivation
         )
-        drift = schema_drift_metadata(rows, schema, params, hidden, preactivation)
         references = schema_reference_rows(
             run, schema, checks.schema_rows.heldout, settings.reference_rows
         )
     metadata = build_metadata(
         meta=run.meta,
-        training=_training_summary(run),
+        training=training_summary(run),
         folded=not settings.unfolded,
         fold_max_abs_error=verification.max_abs_error,
         tolerance=tolerance,
@@ -154,16 +153,7 @@ def export_run(settings: ExportSettings) -> ExportReport:
         feature_names=None if schema is None else input_names(schema),
     )
     attach_metadata(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
-    payload = model.SerializeToString()
-    try:
-        write_bytes(settings.out, payload)
-    except OSError as error:  # a full disk, most likely
-        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
-        raise ExportError(
-            f"{settings.out}: cannot write the model, {os_error_line(error)}; nothing was "
-            f"written (no partial file); {then}, then run it again"
-        ) from None
+    payload = write_model(settings.out, model)
     return ExportReport(
         out=settings.out,
         folded=not settings.unfolded,
@@ -217,6 +207,22 @@ def _checks(run: Run, schema: TableSchema | None) -> _Checks:
     return _Checks(design_of(schema, records), feeds_of(schema, records), count, described, found)
 
 
+def write_model(out: Path, model: onnx.ModelProto) -> bytes:
+    """Check the finished model and write it to out atomically; returns the bytes written.
+    ExportError in one line when it cannot be written (no partial file is left)."""
+    onnx.checker.check_model(model, full_check=True)
+    payload: bytes = model.SerializeToString()
+    try:
+        write_bytes(out, payload)
+    except OSError as error:  # a full disk, most likely
+        then = "make room or choose another --out" if disk_full(error) else "choose another --out"
+        raise ExportError(
+            f"{out}: cannot write the model, {os_error_line(error)}; nothing was "
+            f"written (no partial file); {then}, then run it again"
+        ) from None
+    return payload
+
+
 def check_output_path(out: Path, force: bool) -> None:
     """Refuse a directory, or an existing file without force, before any work is done."""
     if out.is_dir():
@@ -231,12 +237,7 @@ def build_model(
     """Check run's parameters against its config, then build the folded (or unfolded) model,
     without metadata; also returns the tolerance its outputs are verified with. With a schema
     that needs it (export/columns.py), the folded graph takes raw columns."""
-    try:
-        spec = spec_from_run(run.meta, run.config)
-        check_params(run.params, spec)
-    except ExportError as error:
-        # the checks name the file within the run ("params.npz: …"); say which run it is
-        raise ExportError(f"{run.path}{os.sep}{error}") from None
+    spec = checked_spec(run)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in run.params.items()}
     if unfolded:
         model = build_unfolded_model(params, spec)
@@ -247,6 +248,18 @@ def build_model(
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
     return model, regression_tolerance(params["target.std"])
+
+
+def checked_spec(run: Run) -> NetworkSpec:
+    """The network run's meta and config describe, with its parameters checked against it;
+    ExportError names the run, the file and the problem."""
+    try:
+        spec = spec_from_run(run.meta, run.config)
+        check_params(run.params, spec)
+    except ExportError as error:
+        # the checks name the file within the run ("params.npz: …"); say which run it is
+        raise ExportError(f"{run.path}{os.sep}{error}") from None
+    return spec
 
 
 def run_schema(run_dir: Path) -> TableSchema | None:
@@ -262,7 +275,7 @@ def run_schema(run_dir: Path) -> TableSchema | None:
     return None if schema.plain else schema
 
 
-def _check_heldout(run: Run) -> None:
+def check_heldout(run: Run) -> None:
     """The held-out features are what the model is verified on: there must be some, all finite."""
     where = run.path / "heldout.npz"
     if run.heldout_x.shape[0] == 0:
@@ -279,7 +292,7 @@ def _probe_row(row: int, heldout_count: int) -> str:
     return f"held-out row {row}" if row < heldout_count else f"edge row {row - heldout_count}"
 
 
-def _verification_failure(run_dir: Path, verification: Verification, heldout_count: int) -> str:
+def verification_failure(run_dir: Path, verification: Verification, heldout_count: int) -> str:
     return (
         f"{run_dir}: the ONNX model does not reproduce the numpy inference path on the held-out "
         f"set: max abs error {verification.max_abs_error:.3g}, {verification.failures} value(s) "
@@ -289,7 +302,7 @@ def _verification_failure(run_dir: Path, verification: Verification, heldout_cou
     )
 
 
-def _layer_failure(run_dir: Path, layers: LayerVerification, heldout_count: int) -> str:
+def layer_failure(run_dir: Path, layers: LayerVerification, heldout_count: int) -> str:
     where = _probe_row(layers.worst_row, heldout_count)
     return (
         f"{run_dir}: the ONNX graph's {layers.worst_layer} pre-activations differ from the run's "
@@ -335,7 +348,7 @@ def reference_rows(run: Run, count: int) -> ReferenceRows:
     return ReferenceRows(inputs, {"y": outputs})
 
 
-def _training_summary(run: Run) -> dict[str, Any]:
+def training_summary(run: Run) -> dict[str, Any]:
     metric_keys = ("test_accuracy", "test_rmse", "dev_error", "created_at")
     return {
         "config": run.config.to_dict(),

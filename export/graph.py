@@ -42,6 +42,12 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
+    def constant_int64(self, name: str, value: np.ndarray) -> str:
+        """An int64 initializer (shapes, split sizes)."""
+        array = np.ascontiguousarray(value, dtype=np.int64)
+        self.initializers.append(numpy_helper.from_array(array, name=name))
+        return name
+
     def node(self, op: str, inputs: list[str], output: str, name: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attributes))
         return output
@@ -88,14 +94,14 @@ def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
     return [helper.make_tensor_value_info(y, TensorProto.FLOAT, [BATCH_DIM, output_count])]
 
 
-def _add_classification_head(builder: GraphBuilder, logits: str) -> None:
+def add_classification_head(builder: GraphBuilder, logits: str) -> None:
     probabilities_name, label_name = OUTPUT_NAMES["classification"]
     probabilities = builder.node("Softmax", [logits], probabilities_name, "output.softmax", axis=1)
     # The label is the argmax of the probabilities the caller sees, so the two always agree.
     builder.node("ArgMax", [probabilities], label_name, "output.argmax", axis=1, keepdims=0)
 
 
-def _finish(
+def finish_model(
     builder: GraphBuilder,
     task: str,
     feature_count: int,
@@ -127,7 +133,7 @@ def _finish(
     return model
 
 
-def _activation_attributes(network: FoldedNetwork) -> dict[str, float]:
+def activation_attributes(network: FoldedNetwork) -> dict[str, float]:
     """LeakyRelu's slope (written even when it is ONNX's default, so the graph states it)."""
     if network.activation == "leaky_relu":
         return {"alpha": float(network.leaky_relu_alpha)}
@@ -177,16 +183,16 @@ def build_folded_model(
                 [z],
                 f"{prefix}.a",
                 f"{prefix}.{network.activation}",
-                **_activation_attributes(network),
+                **activation_attributes(network),
             )
     if network.task == "classification":
-        _add_classification_head(builder, z)
+        add_classification_head(builder, z)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
         widths = [layer.bias.size for layer in network.layers[:-1]]
         extra = preactivation_outputs(widths, FOLDED_PREACTIVATION)
-    return _finish(
+    return finish_model(
         builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra, front
     )
 
@@ -233,7 +239,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     output_b = builder.constant("output.b", params["output.b"])
     if task == "classification":
         logits = builder.node("Gemm", [a, output_w, output_b], "logits", "output.gemm")
-        _add_classification_head(builder, logits)
+        add_classification_head(builder, logits)
     else:
         y_std = builder.node("Gemm", [a, output_w, output_b], "y_standardized", "output.gemm")
         scaled = builder.node(
@@ -248,4 +254,6 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
             OUTPUT_NAMES["regression"][0],
             "target.add",
         )
-    return _finish(builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded")
+    return finish_model(
+        builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded"
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnserve.export.distribution import ColumnSummary, summarize_design
 from bnserve.export.raw_rows import RawRows, design_of, raw_from_stored, synthetic_rows
 from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import TrainingError
@@ -24,12 +25,12 @@ SYNTHETIC_ROWS = 64  # records synthesized from the schema when the data file is
 
 @dataclass(frozen=True)
 class SchemaRows:
-    """Raw held-out records and the training rows' design inputs (n, D) float64 (or, with a
-    note why, the held-out design inputs of heldout.npz)."""
+    """Raw held-out records, and a summary of the training rows (or, with a note why, of the
+    held-out design inputs of heldout.npz) for the drift reference."""
 
     heldout: RawRows
     heldout_source: str  # "held-out records" or "records synthesized from the schema"
-    training: np.ndarray
+    training: ColumnSummary
     training_source: str  # "training split" or "held-out split"
     note: str  # why the data file was not used; empty when it was
 
@@ -60,7 +61,7 @@ def schema_rows(run: Run, schema: TableSchema) -> SchemaRows:
     ):
         why = f"{run.config.data}'s held-out rows differ from heldout.npz"
         return _synthesized(schema, heldout_design, why)
-    training = prepared.x_train.inputs(split.train)
+    training = summarize_design(prepared.x_train.raw_chunks(), schema)
     return SchemaRows(raw, "held-out records", training, "training split", "")
 
 
@@ -68,7 +69,7 @@ def _synthesized(schema: TableSchema, heldout_design: np.ndarray, why: str) -> S
     return SchemaRows(
         synthetic_rows(schema, SYNTHETIC_ROWS),
         "records synthesized from the schema",
-        heldout_design,
+        summarize_design([heldout_design], schema),
         "held-out split",
         why,
     )

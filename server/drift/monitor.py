@@ -101,12 +101,13 @@ class LayerReference:
     """One hidden layer's frozen statistics; `monitored` marks the units with |γ| ≥ GAMMA_MIN."""
 
     name: str
-    output: str  # graph tensor holding the pre-activation γ·ẑ + β
+    output: str  # graph tensor holding the pre-activation γ·ẑ + β: [N, H], or [K, N, H] stacked
     gamma: np.ndarray  # (H,)
     beta: np.ndarray  # (H,)
     running_mean: np.ndarray  # (H,)
     running_var: np.ndarray  # (H,)
     monitored: np.ndarray  # (H,) bool
+    member: int | None = None  # output is a stack [K, N, H]; this layer is output[member]
 
     @property
     def width(self) -> int:
@@ -142,6 +143,16 @@ class DriftReference:
     @property
     def num_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def layer_tensors(self) -> list[tuple[str, int]]:
+        """(graph tensor, width) that the layers read, each tensor once, in first-use order."""
+        return list({layer.output: layer.width for layer in self.layers}.items())
+
+    @property
+    def stacked_tensors(self) -> set[str]:
+        """The layer tensors that are stacks [K, N, H] (an ensemble's batched layout)."""
+        return {layer.output for layer in self.layers if layer.member is not None}
 
 
 IMPORTED_HINT = (
@@ -239,10 +250,14 @@ def _layer(entry: Mapping[str, Any]) -> LayerReference:
     width = arrays["gamma"].size
     if any(array.shape != (width,) for array in arrays.values()):
         raise ValueError(f"layer {entry['name']!r}: gamma, beta and running stats differ in size")
+    member = entry.get("member")
+    if member is not None and (type(member) is not int or member < 0):
+        raise ValueError(f"layer {entry['name']!r}: member is not a whole number ≥ 0")
     return LayerReference(
         name=str(entry["name"]),
         output=str(entry["output"]),
         monitored=np.abs(arrays["gamma"]) >= GAMMA_MIN,
+        member=member,
         **arrays,
     )
 
@@ -333,9 +348,11 @@ class DriftMonitor:
     """Streaming drift statistics of one model version; thread-safe.
 
     `observe(x, preactivations)` takes each scored batch: x (N, F) float32 raw features (NaN:
-    missing, for a model with gaps) and, when layers are watched, one (N, H_l) float32
-    pre-activation per hidden layer. A mixed model's data plane calls `observe_columns` with
-    the raw columns instead. `report()` gives both windows' figures.
+    missing, for a model with gaps) and, when layers are watched, the graph tensors
+    `layer_outputs` names: one (N, H_l) float32 pre-activation per hidden layer, or a stack
+    (K, N, H_l) that several layers read a member of (a view, no copy). A mixed model's data
+    plane calls `observe_columns` with the raw columns instead. `report()` gives both windows'
+    figures.
     """
 
     def __init__(
@@ -362,6 +379,10 @@ class DriftMonitor:
         buckets = [column.buckets for column in self._categorical]
         self._code_offsets = np.cumsum([0, *buckets])[:-1].astype(np.intp)
         self._codes = np.zeros((CHUNK_ROWS, len(buckets)), dtype=np.intp)
+        tensors = [name for name, _ in reference.layer_tensors] if self.watch_layers else []
+        # per watched layer: (index into layer_outputs, member of a stack or None)
+        self._sources = [(tensors.index(layer.output), layer.member) for layer in layers]
+        self._tensor_names = tensors
         self._chunk = np.zeros((CHUNK_ROWS, self._layout.width))
         # observe writes pre-activations straight into their columns of the chunk matrix
         self._pre = [self._chunk[:, part] for part in self._layout.pre]
@@ -381,7 +402,7 @@ class DriftMonitor:
     @property
     def layer_outputs(self) -> list[str]:
         """Graph tensors `observe` wants, in order (empty when layers are not watched)."""
-        return [layer.output for layer in self.reference.layers] if self.watch_layers else []
+        return list(self._tensor_names)
 
     def sampled(self) -> bool:
         """Whether this scoring run's rows should enter the statistics."""
@@ -389,7 +410,7 @@ class DriftMonitor:
 
     def observe(self, x: np.ndarray, preactivations: Sequence[np.ndarray] | None = None) -> None:
         """Add a scored batch: x (N, F) float32 (NaN: missing, for a model with gaps);
-        preactivations one (N, H) per watched layer."""
+        preactivations the `layer_outputs` tensors."""
         if self._categorical:
             raise ValueError(f"{self.label}: a model with text columns takes observe_columns")
         self._observe(x, None, preactivations)
@@ -425,10 +446,15 @@ class DriftMonitor:
     ) -> None:
         """Buffer x (N, F), codes (N, C) of the categorical columns (None: no such column)
         and the pre-activations, flushing full chunks."""
-        if self.watch_layers and (preactivations is None or len(preactivations) != len(self._pre)):
-            raise ValueError(f"{self.label}: observe needs {len(self._pre)} pre-activations")
+        wanted = len(self._tensor_names)
+        if self.watch_layers and (preactivations is None or len(preactivations) != wanted):
+            raise ValueError(f"{self.label}: observe needs {wanted} pre-activation tensors")
+        tensors = preactivations or ()
+        pres = [
+            tensors[index] if member is None else tensors[index][member]
+            for index, member in self._sources
+        ]
         rows = x.shape[0]
-        pres = preactivations or ()
         flushed = False
         with self._lock:
             filled = self._filled

@@ -56,6 +56,7 @@ class MetadataKey(StrEnum):
     SCHEMA = "schema"  # format "2" only: the raw inputs (server/modelfile/schema.py)
     IMPORT = "import"  # models made by `bnserve import` only
     ADAPT = "adapt"  # models made by `bnserve adapt` only
+    ENSEMBLE = "ensemble"  # ensembles (`bnserve export` of several runs) only
 
     @property
     def full(self) -> str:

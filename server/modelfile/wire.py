@@ -8,7 +8,7 @@ top-level protobuf wire format is enough to verify it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 GRAPH_FIELD = 7
 GRAPH_NODE_FIELD = 1  # GraphProto.node (repeated NodeProto)
@@ -101,10 +101,14 @@ GRAPH_OUTPUT_FIELD = 12  # GraphProto.output (repeated ValueInfoProto)
 _FLOAT_ELEMENT_TYPE = 1  # TensorProto.FLOAT
 
 
-def float_output_info(name: str, width: int, batch_dim: str = "N") -> bytes:
-    """A serialized ValueInfoProto: `name`, float32 tensor [batch_dim, width]."""
-    dimensions = _length_delimited(1, _length_delimited(2, batch_dim.encode())) + _length_delimited(
-        1, _varint(1 << 3) + _varint(width)
+def float_output_info(name: str, width: int, batch_dim: str = "N", stack_dim: str = "") -> bytes:
+    """A serialized ValueInfoProto: `name`, float32 tensor [batch_dim, width], or
+    [stack_dim, batch_dim, width] when stack_dim is given (a symbolic leading axis)."""
+    stack = _length_delimited(1, _length_delimited(2, stack_dim.encode())) if stack_dim else b""
+    dimensions = (
+        stack
+        + _length_delimited(1, _length_delimited(2, batch_dim.encode()))
+        + _length_delimited(1, _varint(1 << 3) + _varint(width))
     )
     tensor_type = _varint(1 << 3) + _varint(_FLOAT_ELEMENT_TYPE) + _length_delimited(2, dimensions)
     return _length_delimited(1, name.encode()) + _length_delimited(
@@ -112,14 +116,23 @@ def float_output_info(name: str, width: int, batch_dim: str = "N") -> bytes:
     )
 
 
-def with_graph_outputs(model_bytes: bytes, outputs: list[tuple[str, int]]) -> bytes:
+STACK_DIM = "K"  # the leading axis of a stacked output [K, N, width] (an ensemble's members)
+
+
+def with_graph_outputs(
+    model_bytes: bytes, outputs: list[tuple[str, int]], stacked: Collection[str] = ()
+) -> bytes:
     """The model with extra float32 [N, width] graph outputs naming existing tensors (for a
-    second session that also returns intermediate values); everything else byte for byte."""
+    second session that also returns intermediate values), [K, N, width] for the names in
+    `stacked`; everything else byte for byte."""
     graphs = field_bytes(model_bytes, GRAPH_FIELD)
     if len(graphs) != 1:
         raise WireFormatError(f"expected exactly one graph (field 7), found {len(graphs)}")
     extra = b"".join(
-        _length_delimited(GRAPH_OUTPUT_FIELD, float_output_info(name, width))
+        _length_delimited(
+            GRAPH_OUTPUT_FIELD,
+            float_output_info(name, width, stack_dim=STACK_DIM if name in stacked else ""),
+        )
         for name, width in outputs
     )
     start = model_bytes.index(graphs[0])  # the payload is unique: the graph is most of the file

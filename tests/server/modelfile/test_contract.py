@@ -50,6 +50,9 @@ def test_the_keys_are_the_ones_docs_contracts_md_lists() -> None:
     assert all(f'`"{version}"`' in table["bnserve.format"] for version in FORMAT_VERSIONS)
     assert "format 2 only" in table[MetadataKey.SCHEMA.full]
     assert table["bnserve.task"] == " / ".join(f"`{task}`" for task in TASKS)
+    # what export/ensemble.py writes under bnserve.ensemble (tests/export/test_ensemble.py)
+    for field in ('"layout"', '"source"', '"members"', '"run_id"', '"params_sha256"', '"run_dir"'):
+        assert field in table["bnserve.ensemble"]
 
 
 def test_the_graph_tensors_are_the_ones_design_md_fixes() -> None:
