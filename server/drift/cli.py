@@ -1,9 +1,10 @@
 """`bnserve drift DATA --model model.onnx`: production inputs against a model's training
 distribution, offline, with the server's own statistics (server/drift/monitor.py).
 
-Prints the features ranked by drift score and the hidden layers' scores, writes a PNG (per-feature
-shift bars, layer scores) and exits 1 when a feature or layer is past its threshold (0 when none
-is, 2 for bad input), so a pipeline can gate on it.
+Prints the features ranked by drift score, the columns of a model with text columns or gaps
+(server/drift/table.py reads its raw table by column name) and the hidden layers' scores, writes
+a PNG (per-feature shift bars, layer scores) and exits 1 when a feature, column or layer is past
+its threshold (0 when none is, 2 for bad input), so a pipeline can gate on it.
 
 It imports neither training nor export (the serving image carries it); pyarrow and matplotlib,
 which that image lacks, are imported only when a Parquet file or a PNG asks for them.
@@ -18,6 +19,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,14 @@ from bnserve.server.drift.monitor import (
     DriftReference,
     DriftSettings,
     parse_reference,
+)
+from bnserve.server.drift.table import (
+    GraphInput,
+    MixedColumns,
+    TableError,
+    feed,
+    graph_inputs,
+    read_columns,
 )
 from bnserve.server.modelfile.contract import MetadataKey
 from bnserve.server.modelfile.wire import with_graph_outputs
@@ -63,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DATA",
         help="inputs: .csv with a header naming the model's features (other columns ignored), "
-        ".npz with 'x' (and optionally 'feature_names'), or .parquet",
+        ".npz with 'x' (and optionally 'feature_names'), or .parquet; for a model with text "
+        "columns or gaps the raw table (.csv or .parquet) with its columns by name",
     )
     parser.add_argument("--model", type=Path, required=True, help="the model.onnx to compare with")
     parser.add_argument(
@@ -245,8 +256,18 @@ def _read_parquet(path: Path) -> tuple[list[str], ColumnReader]:
     return list(table.column_names), column
 
 
-def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
-    """A session that also returns the watched pre-activations, and the model's reference."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A session that also returns the watched pre-activations, the model's reference and,
+    for a format-2 model, its graph inputs (bnserve.schema; empty for a format-1 model)."""
+
+    session: ort.InferenceSession
+    reference: DriftReference
+    inputs: tuple[GraphInput, ...] = ()
+
+
+def load_model(path: Path) -> LoadedModel:
+    """The model file opened for drift (LoadedModel); raises DriftInputError."""
     try:
         model_bytes = path.read_bytes()
         metadata = ort.InferenceSession(model_bytes).get_modelmeta().custom_metadata_map
@@ -256,22 +277,30 @@ def load_model(path: Path) -> tuple[ort.InferenceSession, DriftReference]:
         raise DriftInputError(f"{path}: not an ONNX model onnxruntime can load ({error})") from None
     try:
         feature_names = tuple(json.loads(metadata[MetadataKey.FEATURE_NAMES.full]))
+        schema = metadata.get(MetadataKey.SCHEMA.full, "")
         reference = parse_reference(
             metadata.get(MetadataKey.DRIFT.full, ""),
             feature_names,
             imported=bool(metadata.get(MetadataKey.IMPORT.full)),
+            schema=schema,
         )
     except (KeyError, json.JSONDecodeError):
         raise DriftInputError(f"{path}: not a bnserve model (no bnserve.feature_names)") from None
     except DriftMetadataError as error:
         raise DriftInputError(f"{path}: {error}") from None
+    inputs: tuple[GraphInput, ...] = ()
+    if reference.columns is not None:
+        try:
+            inputs = graph_inputs(schema)
+        except (KeyError, TypeError, ValueError) as error:
+            raise DriftInputError(f"{path}: bnserve.schema is malformed ({error!r})") from None
     try:
         session = ort.InferenceSession(
             with_graph_outputs(model_bytes, reference.layer_tensors, reference.stacked_tensors)
         )
     except Exception as error:  # onnxruntime raises untyped errors
         raise DriftInputError(f"{path}: cannot expose its hidden layers ({error})") from None
-    return session, reference
+    return LoadedModel(session, reference, inputs)
 
 
 def drift_report(
@@ -284,6 +313,25 @@ def drift_report(
         rows = x[start : start + CHUNK]
         outputs = session.run(layer_names, {"x": rows}) if layer_names else None
         monitor.observe(rows, outputs)
+    life: dict[str, Any] = monitor.report()["life"]
+    return life
+
+
+def column_drift_report(
+    model: LoadedModel, columns: MixedColumns, settings: DriftSettings
+) -> dict[str, Any]:
+    """As drift_report, for a format-2 model's raw table (table.read_columns)."""
+    monitor = DriftMonitor(model.reference, settings, "offline", warn=False)
+    layer_names = monitor.layer_outputs
+    count = next(iter(columns.values())).size
+    for start in range(0, count, CHUNK):
+        rows = slice(start, start + CHUNK)
+        outputs = (
+            model.session.run(layer_names, feed(model.inputs, columns, rows))
+            if layer_names
+            else None
+        )
+        monitor.observe_columns({name: cells[rows] for name, cells in columns.items()}, outputs)
     life: dict[str, Any] = monitor.report()["life"]
     return life
 
@@ -306,11 +354,38 @@ def format_table(report: dict[str, Any], top: int) -> str:
         )
     if len(ranked) > len(shown):
         lines.append(f"      … {len(ranked) - len(shown)} more features, none flagged")
+    if report["columns"]:
+        lines.append(format_columns(report["columns"], top))
     for layer in report["layers"]:
         lines.append(
             f"layer {layer['name']}: score {layer['score']:.4f} over {layer['units']} units"
             + ("  DRIFT" if layer["flagged"] else "")
         )
+    return "\n".join(lines)
+
+
+def format_columns(columns: list[dict[str, Any]], top: int) -> str:
+    """Columns ranked by score (the top ones and every flagged one): PSI, missing rates, unseen
+    share, and a categorical column's level that moved most."""
+    ranked = sorted(columns, key=lambda c: -c["score"])
+    shown = [c for i, c in enumerate(ranked) if i < top or c["flagged"]]
+    lines = [
+        f"{'rank':>4}  {'column':<18} {'kind':<11} {'score':>7} {'PSI':>7} {'missing':>8} "
+        f"{'(train)':>8} {'unseen':>7}  level share live (train)"
+    ]
+    for rank, column in enumerate(shown, start=1):
+        moved = ""
+        if column["levels"]:
+            level = max(column["levels"], key=lambda v: abs(v["live_share"] - v["train_share"]))
+            moved = f"  {level['level']} {level['live_share']:.1%} ({level['train_share']:.1%})"
+        lines.append(
+            f"{rank:>4}  {column['name']:<18} {column['kind']:<11} {column['score']:>7.2f} "
+            f"{column['psi']:>7.3f} {column['live_missing_rate']:>8.1%} "
+            f"{column['train_missing_rate']:>8.1%} {column['unseen_share']:>7.1%}{moved}"
+            + ("  DRIFT" if column["flagged"] else "")
+        )
+    if len(ranked) > len(shown):
+        lines.append(f"      … {len(ranked) - len(shown)} more columns, none flagged")
     return "\n".join(lines)
 
 
@@ -367,9 +442,17 @@ def main(argv: list[str]) -> int:
             delimiter = parse_delimiter(args.delimiter)
         except ValueError as error:
             raise DriftInputError(str(error)) from None
-        session, reference = load_model(args.model)
-        x = read_inputs(args.data, reference.feature_names, delimiter)
-    except DriftInputError as error:
+        model = load_model(args.model)
+        reference = model.reference
+        if reference.columns is None:
+            x = read_inputs(args.data, reference.feature_names, delimiter)
+            rows = x.shape[0]
+        else:
+            if not args.data.is_file():
+                raise DriftInputError(f"{args.data}: no such file")
+            columns = read_columns(args.data, reference.columns, delimiter)
+            rows = next(iter(columns.values())).size
+    except (DriftInputError, TableError) as error:
         print(f"bnserve drift: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
@@ -377,7 +460,10 @@ def main(argv: list[str]) -> int:
             f"bnserve drift: error: {args.data}: cannot read it ({error.strerror})", file=sys.stderr
         )
         return EXIT_BAD_INPUT
-    report = drift_report(session, reference, x, settings)
+    if reference.columns is None:
+        report = drift_report(model.session, reference, x, settings)
+    else:
+        report = column_drift_report(model, columns, settings)
     if png is not None:
         try:
             write_figure(png, report, settings, f"{args.data.name} vs {args.model.name}")
@@ -385,14 +471,18 @@ def main(argv: list[str]) -> int:
             print(f"bnserve drift: error: cannot write {png} ({error.strerror})", file=sys.stderr)
             return EXIT_BAD_INPUT
     flagged_features, flagged_layers = report["flagged_features"], report["flagged_layers"]
-    print(f"{args.data}: {x.shape[0]} rows against {args.model} ({reference.source})")
-    if x.shape[0] < FEW_ROWS:
-        print(f"note: only {x.shape[0]} rows; the figures are noisy below {FEW_ROWS}")
+    flagged_columns = report["flagged_columns"]
+    print(f"{args.data}: {rows} rows against {args.model} ({reference.source})")
+    if rows < FEW_ROWS:
+        print(f"note: only {rows} rows; the figures are noisy below {FEW_ROWS}")
     print(format_table(report, args.top))
+    columns_part = (
+        f", {len(flagged_columns)} of {len(report['columns'])} columns" if report["columns"] else ""
+    )
     print(
-        f"{len(flagged_features)} of {reference.num_features} features and "
+        f"{len(flagged_features)} of {reference.num_features} features{columns_part} and "
         f"{len(flagged_layers)} of {len(report['layers'])} layers past threshold; "
         f"{report['out_of_range_share']:.1%} of rows have a value outside the training range"
         + (f"; figure {png}" if png is not None else "")
     )
-    return EXIT_DRIFT if flagged_features or flagged_layers else EXIT_CLEAN
+    return EXIT_DRIFT if flagged_features or flagged_layers or flagged_columns else EXIT_CLEAN

@@ -38,7 +38,8 @@ class DriftCollector(Collector):
     """Prometheus gauges of every served version's drift, computed at scrape time.
 
     Per feature only the `top_k` highest-scoring features of each version (all when F ≤ top_k),
-    so the label set stays bounded whatever the number of features.
+    and likewise per column of a model with text columns or gaps, so the label set stays
+    bounded whatever the number of features.
     """
 
     def __init__(self, repository: Any) -> None:
@@ -51,6 +52,7 @@ class DriftCollector(Collector):
         model_labels = ["model", "version", "window"]
         feature_labels = ["model", "version", "window", "feature"]
         layer_labels = ["model", "version", "window", "layer"]
+        column_labels = ["model", "version", "window", "column"]
         families = {
             "examples": GaugeMetricFamily(
                 "bnserve_drift_examples",
@@ -97,6 +99,33 @@ class DriftCollector(Collector):
                 "1 when a feature is past a drift threshold (top-k features).",
                 labels=feature_labels,
             ),
+            "columns_flagged": GaugeMetricFamily(
+                "bnserve_drift_columns_flagged",
+                "Columns past a drift threshold (models with text columns or gaps).",
+                labels=model_labels,
+            ),
+            "column_psi": GaugeMetricFamily(
+                "bnserve_drift_column_psi",
+                "Population stability index of a column: a categorical one over its levels, "
+                "<other> and <missing>; a numeric one over (present, missing) (top-k columns).",
+                labels=column_labels,
+            ),
+            "column_missing": GaugeMetricFamily(
+                "bnserve_drift_column_missing_rate",
+                "Share of a column's cells that are missing (top-k columns).",
+                labels=column_labels,
+            ),
+            "column_unseen": GaugeMetricFamily(
+                "bnserve_drift_column_unseen_share",
+                "Share of a categorical column's cells with a level training never had "
+                "(top-k columns).",
+                labels=column_labels,
+            ),
+            "column_flagged": GaugeMetricFamily(
+                "bnserve_drift_column_flagged",
+                "1 when a column is past a drift threshold (top-k columns).",
+                labels=column_labels,
+            ),
         }
         for name, version, monitor in repository_monitors(self._repository):
             report = monitor.report()
@@ -118,6 +147,16 @@ class DriftCollector(Collector):
                     families["feature_flagged"].add_metric(
                         feature_labels_values, float(feature["flagged"])
                     )
+                if monitor.reference.columns is None:
+                    continue
+                families["columns_flagged"].add_metric(labels, len(figures["flagged_columns"]))
+                worst_columns = sorted(figures["columns"], key=lambda c: -c["score"])
+                for column in worst_columns[: monitor.settings.top_k]:
+                    values = [*labels, column["name"]]
+                    families["column_psi"].add_metric(values, column["psi"])
+                    families["column_missing"].add_metric(values, column["live_missing_rate"])
+                    families["column_unseen"].add_metric(values, column["unseen_share"])
+                    families["column_flagged"].add_metric(values, float(column["flagged"]))
         yield from families.values()
 
 

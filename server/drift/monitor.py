@@ -8,6 +8,10 @@ has mean 0 and variance 1 per unit on training data; the layer score is the mean
 KL(N(m, v) ‖ N(0, 1)) = ½(v + m² − 1 − ln v). A layer sees what the marginals cannot: rows whose
 features each look normal but whose combination the network never saw.
 
+A format-2 model (text columns, gaps: docs/contracts.md) also has per-column figures
+(columns.py): a numeric feature's statistics are over its present values, and each column's
+missing rate, and a categorical column's level shares, are compared with training by PSI.
+
 Two windows: the whole life of the version and a recent one, where each example's weight decays
 as exp(−age / window) with age counted in examples scored after it. Rows are buffered and folded
 into the sums a chunk at a time with a few numpy calls, so a single-example call costs a copy.
@@ -27,6 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.server.drift.columns import (
+    ColumnMetadataError,
+    ColumnsReference,
+    categorical_figures,
+    level_codes,
+    numeric_figures,
+    parse_columns,
+)
 from bnserve.server.modelfile.contract import DRIFT_FORMAT
 from bnserve.server.observability.logs import LogThrottle
 from bnserve.server.settings import ServerSettings, default
@@ -126,6 +138,7 @@ class DriftReference:
     bins: np.ndarray
     shares: np.ndarray
     layers: tuple[LayerReference, ...]
+    columns: ColumnsReference | None = None  # format-2 models: the table's used columns
 
     @property
     def num_features(self) -> int:
@@ -149,10 +162,12 @@ IMPORTED_HINT = (
 
 
 def parse_reference(
-    text: str, feature_names: Sequence[str], *, imported: bool = False
+    text: str, feature_names: Sequence[str], *, imported: bool = False, schema: str = ""
 ) -> DriftReference:
     """Parse a bnserve.drift JSON value; raises DriftMetadataError naming the problem.
 
+    feature_names: bnserve.feature_names; a format-2 drift value names its (numeric) features
+    itself ("feature_names") and has "columns", read with schema (the bnserve.schema text).
     imported: the model came from `bnserve import` (its missing metadata has another remedy)."""
     if not text:
         why = IMPORTED_HINT if imported else f"exported before drift monitoring; {REEXPORT_HINT}"
@@ -165,6 +180,16 @@ def parse_reference(
         raise DriftMetadataError(
             f"bnserve.drift is not a format-{DRIFT_FORMAT} object; {REEXPORT_HINT}"
         )
+    columns: ColumnsReference | None = None
+    try:
+        if "feature_names" in value:
+            feature_names = [str(name) for name in value["feature_names"]]
+        if "columns" in value:
+            columns = parse_columns(value["columns"], schema, feature_names)
+    except ColumnMetadataError as error:
+        raise DriftMetadataError(str(error)) from None
+    except TypeError as error:
+        raise DriftMetadataError(f"bnserve.drift is malformed ({error!r})") from None
     count = len(feature_names)
     try:
         features = value["features"]
@@ -184,7 +209,7 @@ def parse_reference(
         raise DriftMetadataError(
             f"bnserve.drift features.edges/shares do not list {count} features"
         )
-    widest = max(edges.size for edges in edge_lists)
+    widest = max((edges.size for edges in edge_lists), default=0)
     if widest > MAX_EDGES:
         raise DriftMetadataError(
             f"bnserve.drift lists {widest} edges for a feature (≤ {MAX_EDGES})"
@@ -213,6 +238,7 @@ def parse_reference(
         bins=np.array([edges.size + 1 for edges in edge_lists]),
         shares=padded_shares,
         layers=layers,
+        columns=columns,
     )
 
 
@@ -243,7 +269,7 @@ class _Layout:
     in the same order (one multiply squares them all). z_norm = (pre − β)/γ is affine in pre, so
     its mean and variance follow from these at report time: no per-row transform."""
 
-    def __init__(self, feature_count: int, layer_widths: Sequence[int]) -> None:
+    def __init__(self, feature_count: int, layer_widths: Sequence[int], gaps: bool = False) -> None:
         offset = 0
 
         def take(width: int) -> slice:
@@ -254,6 +280,8 @@ class _Layout:
         self.weight = take(1)
         self.outside = take(feature_count)
         self.outside_rows = take(1)
+        # format 2 (gaps): 1 where a feature is present; u and u² are 0 where it is missing
+        self.present = take(feature_count) if gaps else None
         self.u = take(feature_count)
         self.pre = [take(width) for width in layer_widths]
         self.squared_from = slice(self.u.start, offset)
@@ -264,18 +292,28 @@ class _Layout:
 
 
 class _Sums:
-    """Weighted sums of the per-row statistics (see _Layout) and of the decile bin counts."""
+    """Weighted sums of the per-row statistics (see _Layout), of the decile bin counts (a last
+    bin per feature counts missing values) and of the categorical columns' bucket codes."""
 
-    def __init__(self, layout: _Layout, bins_shape: tuple[int, int]) -> None:
+    def __init__(self, layout: _Layout, bins_shape: tuple[int, int], codes: int = 0) -> None:
         self.layout = layout
         self.values = np.zeros(layout.width)
         self.bins = np.zeros(bins_shape)
+        self.codes = np.zeros(codes)
 
     def copy(self) -> _Sums:
-        copied = _Sums(self.layout, self.bins.shape)
+        copied = _Sums(self.layout, self.bins.shape, self.codes.size)
         copied.values[:] = self.values
         copied.bins[:] = self.bins
+        copied.codes[:] = self.codes
         return copied
+
+    @property
+    def present(self) -> np.ndarray:
+        """(F,) weight of the present values per feature (every row's without gaps)."""
+        if self.layout.present is None:
+            return np.full(self.layout.u.stop - self.layout.u.start, self.weight)
+        return self.values[self.layout.present]
 
     @property
     def weight(self) -> float:
@@ -309,10 +347,12 @@ class _Sums:
 class DriftMonitor:
     """Streaming drift statistics of one model version; thread-safe.
 
-    `observe(x, preactivations)` takes each scored batch: x (N, F) float32 raw features and, when
-    layers are watched, the graph tensors `layer_outputs` names: one (N, H_l) float32
-    pre-activation per hidden layer, or a stack (K, N, H_l) that several layers read a member
-    of (a view, no copy). `report()` gives both windows' figures.
+    `observe(x, preactivations)` takes each scored batch: x (N, F) float32 raw features (NaN:
+    missing, for a model with gaps) and, when layers are watched, the graph tensors
+    `layer_outputs` names: one (N, H_l) float32 pre-activation per hidden layer, or a stack
+    (K, N, H_l) that several layers read a member of (a view, no copy). A mixed model's data
+    plane calls `observe_columns` with the raw columns instead. `report()` gives both windows'
+    figures.
     """
 
     def __init__(
@@ -333,7 +373,12 @@ class DriftMonitor:
         self._x = np.empty((CHUNK_ROWS, count), dtype=np.float32)
         layers = reference.layers if self.watch_layers else ()
         self._filled = 0
-        self._layout = _Layout(count, [layer.width for layer in layers])
+        columns = reference.columns
+        self._layout = _Layout(count, [layer.width for layer in layers], gaps=columns is not None)
+        self._categorical = columns.categorical if columns is not None else ()
+        buckets = [column.buckets for column in self._categorical]
+        self._code_offsets = np.cumsum([0, *buckets])[:-1].astype(np.intp)
+        self._codes = np.zeros((CHUNK_ROWS, len(buckets)), dtype=np.intp)
         tensors = [name for name, _ in reference.layer_tensors] if self.watch_layers else []
         # per watched layer: (index into layer_outputs, member of a stack or None)
         self._sources = [(tensors.index(layer.output), layer.member) for layer in layers]
@@ -342,10 +387,11 @@ class DriftMonitor:
         # observe writes pre-activations straight into their columns of the chunk matrix
         self._pre = [self._chunk[:, part] for part in self._layout.pre]
         self._chunk[:, self._layout.weight] = 1.0
-        bins_shape = (count, reference.shares.shape[1])
-        self._life = _Sums(self._layout, bins_shape)
-        self._recent = _Sums(self._layout, bins_shape)
-        self._bin_offsets = np.arange(count) * reference.shares.shape[1]
+        self._missing_bin = reference.shares.shape[1]  # one bin past the deciles: missing
+        bins_shape = (count, self._missing_bin + 1)
+        self._life = _Sums(self._layout, bins_shape, sum(buckets))
+        self._recent = _Sums(self._layout, bins_shape, sum(buckets))
+        self._bin_offsets = np.arange(count) * bins_shape[1]
         self._edges_by_rank = np.ascontiguousarray(reference.edges.T)[:, None, :]  # (K, 1, F)
         self._full_chunk_weights: np.ndarray | None = None
         self._throttle = LogThrottle(settings.log_interval_s)
@@ -363,7 +409,43 @@ class DriftMonitor:
         return self._sample >= 1.0 or self._random.random() < self._sample
 
     def observe(self, x: np.ndarray, preactivations: Sequence[np.ndarray] | None = None) -> None:
-        """Add a scored batch: x (N, F) float32; preactivations the `layer_outputs` tensors."""
+        """Add a scored batch: x (N, F) float32 (NaN: missing, for a model with gaps);
+        preactivations the `layer_outputs` tensors."""
+        if self._categorical:
+            raise ValueError(f"{self.label}: a model with text columns takes observe_columns")
+        self._observe(x, None, preactivations)
+
+    def observe_columns(
+        self,
+        columns: Mapping[str, np.ndarray],
+        preactivations: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Add a scored batch of a format-2 model by column, as its graph inputs take them:
+        columns maps each used column name to its N raw cells, shape (N,) or (N, 1) — numeric
+        ones as numbers (NaN or None: missing), categorical ones as str or UTF-8 bytes (None,
+        "" or a missing token of bnserve.schema: missing; a level training never had: unseen).
+        Extra names are ignored; preactivations as for `observe`. The cells must have passed the
+        data plane's checks (a column missing here raises KeyError)."""
+        reference = self.reference
+        names = reference.feature_names
+        first = next(iter(columns.values()))
+        rows = int(np.asarray(first, dtype=object).reshape(-1).size)
+        x = np.empty((rows, len(names)), dtype=np.float32)
+        for index, name in enumerate(names):
+            x[:, index] = _numbers(columns[name])
+        codes = np.empty((rows, len(self._categorical)), dtype=np.intp)
+        for index, column in enumerate(self._categorical):
+            codes[:, index] = level_codes(columns[column.name], column)
+        self._observe(x, codes, preactivations)
+
+    def _observe(
+        self,
+        x: np.ndarray,
+        codes: np.ndarray | None,
+        preactivations: Sequence[np.ndarray] | None,
+    ) -> None:
+        """Buffer x (N, F), codes (N, C) of the categorical columns (None: no such column)
+        and the pre-activations, flushing full chunks."""
         wanted = len(self._tensor_names)
         if self.watch_layers and (preactivations is None or len(preactivations) != wanted):
             raise ValueError(f"{self.label}: observe needs {wanted} pre-activation tensors")
@@ -378,6 +460,8 @@ class DriftMonitor:
             filled = self._filled
             if filled + rows < CHUNK_ROWS:  # the common case: it fits, one copy per array
                 self._x[filled : filled + rows] = x
+                if codes is not None:
+                    self._codes[filled : filled + rows] = codes
                 for buffer, pre in zip(self._pre, pres, strict=False):
                     buffer[filled : filled + rows] = pre
                 self._filled = filled + rows
@@ -387,6 +471,8 @@ class DriftMonitor:
                 take = min(CHUNK_ROWS - self._filled, rows - start)
                 end = self._filled + take
                 self._x[self._filled : end] = x[start : start + take]
+                if codes is not None:
+                    self._codes[self._filled : end] = codes[start : start + take]
                 for buffer, pre in zip(self._pre, pres, strict=False):
                     buffer[self._filled : end] = pre[start : start + take]
                 self._filled = end
@@ -408,6 +494,11 @@ class DriftMonitor:
         recent_weights = self._recent_weights(rows)
         decay = math.exp(-rows / self.settings.window)
         layout, chunk = self._layout, self._chunk[:rows]
+        present = None
+        if layout.present is not None:  # gaps: a missing value adds to neither u nor its range
+            present = ~np.isnan(x)
+            chunk[:, layout.present] = present
+            x = np.where(present, x, reference.mean.astype(np.float32))
         np.divide(x - reference.mean, reference.std, out=chunk[:, layout.u])
         np.square(chunk[:, layout.squared_from], out=chunk[:, layout.squared])
         outside = (x < reference.minimum) | (x > reference.maximum)
@@ -417,7 +508,9 @@ class DriftMonitor:
         # Comparing against (K, 1, F) edges and summing over the outer axis as uint8 adds whole
         # contiguous planes (several times faster than reducing a trailing axis of length K).
         below = x[None, :, :] > self._edges_by_rank
-        bin_index = below.view(np.uint8).sum(axis=0, dtype=np.uint8)
+        bin_index = below.view(np.uint8).sum(axis=0, dtype=np.uint8).astype(np.intp)
+        if present is not None:
+            bin_index[~present] = self._missing_bin
         flat_bins = (bin_index + self._bin_offsets).ravel()
         life, recent = self._life, self._recent
         life.values += recent_weights[0] @ chunk  # two matrix-vector products: BLAS gemv
@@ -429,6 +522,16 @@ class DriftMonitor:
         recent.bins += np.bincount(
             flat_bins, weights=np.repeat(recent_weights[1], x.shape[1]), minlength=size
         ).reshape(shape)
+        if self._categorical:
+            flat_codes = (self._codes[:rows] + self._code_offsets).ravel()
+            size = life.codes.size
+            life.codes += np.bincount(flat_codes, minlength=size)
+            recent.codes *= decay
+            recent.codes += np.bincount(
+                flat_codes,
+                weights=np.repeat(recent_weights[1], len(self._categorical)),
+                minlength=size,
+            )
 
     def _recent_weights(self, rows: int) -> np.ndarray:
         """(2, rows): ones, and each row's recent-window weight once all `rows` are in,
@@ -449,7 +552,9 @@ class DriftMonitor:
         report = self.report()["recent"]
         if report["examples"] >= self.settings.min_examples:
             self._next_check_at = now + CHECK_INTERVAL_S  # before that, check every chunk
-        if not report["flagged_features"] and not report["flagged_layers"]:
+        if not (
+            report["flagged_features"] or report["flagged_layers"] or report["flagged_columns"]
+        ):
             return
         held_back = self._throttle.admit(self.label)
         if held_back is None:
@@ -462,16 +567,23 @@ class DriftMonitor:
             if f["flagged"]
         ][:5]
         parts += [
+            f"column {c['name']} (PSI {c['psi']:.2f}, missing {c['live_missing_rate']:.1%}, "
+            f"unseen {c['unseen_share']:.1%})"
+            for c in report["columns"]
+            if c["flagged"]
+        ][:5]
+        parts += [
             f"layer {layer['name']} score {layer['score']:.3f}"
             for layer in report["layers"]
             if layer["flagged"]
         ]
         log.warning(
-            "drift: %s, recent window of %.0f examples: %d feature(s) and %d layer(s) past "
-            "threshold: %s%s",
+            "drift: %s, recent window of %.0f examples: %d feature(s), %d column(s) and "
+            "%d layer(s) past threshold: %s%s",
             self.label,
             report["examples"],
             len(report["flagged_features"]),
+            len(report["flagged_columns"]),
             len(report["flagged_layers"]),
             "; ".join(parts),
             f" ({held_back} more such warnings held back)" if held_back else "",
@@ -489,12 +601,16 @@ def window_report(
     reference: DriftReference, settings: DriftSettings, sums: _Sums
 ) -> dict[str, Any]:
     """One window's figures: examples, out_of_range_share, score, flagged_features,
-    flagged_layers, features (one dict per feature in model order) and layers."""
+    flagged_layers, flagged_columns, features (one dict per feature in model order; statistics
+    over present values), layers and columns (format 2: one dict per used column, columns.py;
+    empty otherwise)."""
     weight = sums.weight
     enough = weight >= settings.min_examples
+    present = sums.present
+    counted = np.where(present > 0, present, 1.0)  # an empty sum over 1 is 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_u = sums.u / weight if weight else np.zeros_like(sums.u)
-        variance_u = np.maximum(sums.u_squared / weight - mean_u**2, 0.0) if weight else mean_u
+        mean_u = sums.u / counted
+        variance_u = np.maximum(sums.u_squared / counted - mean_u**2, 0.0)
         live_mean = reference.mean + reference.std * mean_u
         live_variance = variance_u * reference.std**2
         shift = np.abs(mean_u)
@@ -503,13 +619,12 @@ def window_report(
             live_variance / np.where(reference.variance > 0, reference.variance, 1.0),
             np.where(live_variance > 0, np.inf, 1.0),
         )
-        live_shares = sums.bins / weight if weight else np.zeros_like(sums.bins)
+        live_shares = sums.bins[:, : reference.shares.shape[1]] / counted[:, None]
         valid = np.arange(reference.shares.shape[1])[None, :] < reference.bins[:, None]
         p_live = np.maximum(live_shares, PSI_FLOOR)
         p_train = np.maximum(reference.shares, PSI_FLOOR)
         psi = np.where(valid, (p_live - p_train) * np.log(p_live / p_train), 0.0).sum(axis=1)
-        if not weight:
-            psi = np.zeros_like(psi)
+        psi = np.where(present > 0, psi, 0.0)
         outside = sums.outside / weight if weight else np.zeros_like(sums.outside)
     parts = [shift / settings.shift_threshold, psi / settings.psi_threshold]
     if settings.variance_threshold > 0:
@@ -558,12 +673,53 @@ def window_report(
                 ),
             }
         )
+    columns = _column_figures(reference, settings, sums, features, enough)
+    worst = max([float(score.max(initial=0.0))] + [c["score"] for c in columns])
     return {
         "examples": float(weight),
         "out_of_range_share": float(sums.outside_rows / weight) if weight else 0.0,
-        "score": float(score.max()) if weight else 0.0,
+        "score": worst if weight else 0.0,
         "flagged_features": [f["name"] for f in features if f["flagged"]],
         "flagged_layers": [layer["name"] for layer in layers if layer["flagged"]],
+        "flagged_columns": [c["name"] for c in columns if c["flagged"]],
         "features": features,
         "layers": layers,
+        "columns": columns,
     }
+
+
+def _column_figures(
+    reference: DriftReference,
+    settings: DriftSettings,
+    sums: _Sums,
+    features: Sequence[Mapping[str, Any]],
+    enough: bool,
+) -> list[dict[str, Any]]:
+    """Format 2: one dict per used column in the schema's order (columns.py); else none."""
+    if reference.columns is None:
+        return []
+    weight = sums.weight
+    present = sums.present
+    figures = []
+    offset = 0
+    for column in reference.columns.columns:
+        if column.kind == "numeric":
+            rate = float(1.0 - present[column.feature] / weight) if weight else 0.0
+            figures.append(
+                numeric_figures(
+                    column, rate, features[column.feature], settings.psi_threshold, enough
+                )
+            )
+        else:
+            counts = sums.codes[offset : offset + column.buckets]
+            offset += column.buckets
+            figures.append(categorical_figures(column, counts, settings.psi_threshold, enough))
+    return figures
+
+
+def _numbers(values: Any) -> np.ndarray:
+    """(N,) float32 of a numeric column's cells (None: NaN)."""
+    array = np.asarray(values)
+    if array.dtype == object:
+        array = np.array([np.nan if v is None else v for v in array.reshape(-1)], dtype=float)
+    return array.astype(np.float32, copy=False).reshape(-1)

@@ -52,9 +52,6 @@ from bnserve.server.settings import ServerSettings, default
 log = logging.getLogger(__name__)
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
-FORMAT_2_DRIFT = (
-    "not monitored: drift statistics of format-2 models (text columns, gaps) are not served yet"
-)
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
 # The loosest parity tolerance a model file may state, by default (the server's own settings
 # cap it; bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for
@@ -207,16 +204,14 @@ class Model:
         _check_signature(session, card, source)
         if drift is None:
             return cls(name, version, source, session, card)
-        if card.schema is not None:
-            # No drift statistics for format-2 models yet: the monitor reads x [N, F] only.
-            model = cls(name, version, source, session, card)
-            model.drift_status = FORMAT_2_DRIFT
-            return model
         label = f"model {name} version {version}"
         try:
             imported = bool(card.get(MetadataKey.IMPORT))
             reference = parse_reference(
-                card.get(MetadataKey.DRIFT), card.feature_names, imported=imported
+                card.get(MetadataKey.DRIFT),
+                card.feature_names,
+                imported=imported,
+                schema=card.get(MetadataKey.SCHEMA),
             )
         except DriftMetadataError as error:
             log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
@@ -242,16 +237,13 @@ class Model:
         drift = self.drift
         if drift is None or not drift.sampled():
             return self._run(x)
-        assert isinstance(x, np.ndarray)  # format-2 models have no drift monitor yet
         if self._layer_session is None:
             outputs = self._run(x)
-            drift.observe(x)
+            _observe(drift, x, None)
             return outputs
-        with_layers: list[np.ndarray] = self._layer_session.run(
-            self._layer_output_list, {INPUT_NAME: x}
-        )
+        with_layers: list[np.ndarray] = self._layer_session.run(self._layer_output_list, _feed(x))
         count = len(self._output_list)
-        drift.observe(x, with_layers[count:])
+        _observe(drift, x, with_layers[count:])
         return with_layers[:count]
 
     def _run(self, x: ModelInput) -> list[np.ndarray]:
@@ -377,7 +369,7 @@ class Model:
             for _ in range(3):
                 self._run(zeros)
                 if self._layer_session is not None:
-                    self._layer_session.run(self._layer_output_list, {INPUT_NAME: zeros})
+                    self._layer_session.run(self._layer_output_list, _feed(zeros))
 
     def _zeros(self, rows: int) -> ModelInput:
         """rows examples of zeros (a mixed model: 0 and "" per column)."""
@@ -411,9 +403,7 @@ class Model:
         problems = self._parity_problems(together, "scored together")
         problems += self._parity_problems(alone_stacked, "scored one at a time")
         if self._layer_session is not None:
-            with_layers = self._layer_session.run(
-                self._layer_output_list, {INPUT_NAME: reference_x}
-            )
+            with_layers = self._layer_session.run(self._layer_output_list, _feed(reference_x))
             problems += self._parity_problems(
                 with_layers[: len(self._output_list)], "scored by the drift session"
             )
@@ -577,3 +567,16 @@ def _output_specs(session: ort.InferenceSession, names: Sequence[str]) -> tuple[
 def _preview(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(repr(name) for name in names[:limit])
     return f"[{shown}{', …' if len(names) > limit else ''}] ({len(names)})"
+
+
+def _observe(drift: DriftMonitor, x: ModelInput, tensors: list[np.ndarray] | None) -> None:
+    """Feed a scored batch to the drift monitor: a mixed model's columns by name, else x."""
+    if isinstance(x, Columns):
+        drift.observe_columns(x.arrays, tensors)
+    else:
+        drift.observe(x, tensors)
+
+
+def _feed(x: ModelInput) -> dict[str, np.ndarray]:
+    """The session feed of x: a mixed model's columns by name, else {"x": x}."""
+    return x.arrays if isinstance(x, Columns) else {INPUT_NAME: x}

@@ -323,8 +323,9 @@ def test_batched_layer_drift_reads_each_member_from_the_stack(
     for layout in ("parallel", "batched"):
         out = out_dir / f"{layout}.onnx"
         assert _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)[0] == 0
-        session, reference = load_model(out)
-        reports[layout] = drift_report(session, reference, x, DriftSettings())["layers"]
+        loaded = load_model(out)
+        report = drift_report(loaded.session, loaded.reference, x, DriftSettings())
+        reports[layout] = report["layers"]
     drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
     assert {(layer["output"], layer["member"]) for layer in drift["layers"]} == {
         (f"hidden{i}.z", k) for i in (1, 2) for k in range(3)

@@ -166,9 +166,38 @@ def fit_standardization(
     """Per-input mean and std (D,) float64 of rows `index` of x (encoded when an encoder is
     given); a constant input gets std 1, and so do one-hot and indicator inputs, with mean 0.
 
-    One pass over the rows in chunks; within one chunk the same as np.mean and np.std.
+    One pass over the rows in chunks; within one chunk the same as np.mean and np.std. With
+    an encoder only the numeric values are encoded and measured (the one-hot inputs would be
+    set to 0 and 1 anyway): a table with text columns of many levels has D in the thousands.
     """
-    rows = Rows(x, index, np.zeros(0), np.zeros(0), encoder)
+    if encoder is not None:
+        mean = np.zeros(encoder.width)
+        std = np.ones(encoder.width)
+        numeric = NumericRows(x, index, encoder)
+        mean[encoder.standardized_inputs], std[encoder.standardized_inputs] = _fit(numeric)
+        return mean, std
+    return _fit(Rows(x, index, np.zeros(0), np.zeros(0)))
+
+
+class NumericRows:
+    """Rows' standardized inputs only (Encoder.standardized_values), chunk by chunk."""
+
+    def __init__(self, x: FeatureRows, index: np.ndarray, encoder: Encoder) -> None:
+        self.x, self.index, self.encoder = x, index, encoder
+        self.shape = (len(index), int(encoder.standardized_inputs.sum()))
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        return self.encoder.standardized_values(np.asarray(self.x[rows]))
+
+    def raw_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        size = size or chunk_rows(self.shape[1])
+        for start in range(0, len(self.index), size):
+            yield self.inputs(self.index[start : start + size])
+
+
+def _fit(rows: Rows | NumericRows) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (width,) of the rows' unstandardized inputs (std 1 where constant)."""
+    index = rows.index
     size = chunk_rows(rows.shape[1])
     if len(index) <= size:
         values = rows.inputs(index)
@@ -181,11 +210,7 @@ def fit_standardization(
         assert moments.mean is not None
         mean, std = moments.mean, np.sqrt(moments.variance())
         minimum, maximum = moments.minimum, moments.maximum
-    std = unit_std_where_constant(std, minimum, maximum)
-    if encoder is not None:
-        mean[~encoder.standardized_inputs] = 0.0
-        std[~encoder.standardized_inputs] = 1.0
-    return mean, std
+    return mean, unit_std_where_constant(std, minimum, maximum)
 
 
 def scores(params: dict[str, np.ndarray], rows: Rows, spec: model.NetSpec) -> np.ndarray:

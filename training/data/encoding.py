@@ -77,6 +77,16 @@ class Encoder:
                 design[rows, encoder.offset + slots[rows]] = 1.0
         return design
 
+    def standardized_values(self, raw: np.ndarray) -> np.ndarray:
+        """raw (n, F) stored rows → (n, K) float64: the inputs `standardized_inputs` marks (the
+        numeric values, filled), exactly as `encode` puts them, without the one-hot columns."""
+        numeric = [encoder for encoder in self.columns if encoder.schema.kind == "numeric"]
+        design = np.zeros((len(raw), 2 * len(numeric)), dtype=np.float64)
+        for index, encoder in enumerate(numeric):
+            values = np.asarray(raw[:, encoder.position], dtype=np.float64)
+            _encode_numeric(encoder, values, design, 2 * index)
+        return np.ascontiguousarray(design[:, 0::2])
+
     def unseen_counts(self, raw: np.ndarray) -> dict[str, int]:
         """Per categorical column: the present cells of raw (n, F) whose level the training
         rows never had (scored with "other", never an error)."""
@@ -138,7 +148,12 @@ def _level_numbers(levels: tuple[tuple[str, int], ...]) -> np.ndarray:
     return np.array([float(value) for value, _ in levels], dtype=np.float32).astype(np.float64)
 
 
-def _encode_numeric(encoder: ColumnEncoder, values: np.ndarray, design: np.ndarray) -> None:
+def _encode_numeric(
+    encoder: ColumnEncoder, values: np.ndarray, design: np.ndarray, offset: int | None = None
+) -> None:
+    """The column's value (filled) at design column `offset` (default: its own) and, when it
+    has one, its missing indicator right after."""
+    offset = encoder.offset if offset is None else offset
     if encoder.value_of_code is not None:  # a text column of numbers: codes → numbers
         present = ~np.isnan(values)
         numbers = np.full(len(values), np.nan)
@@ -146,9 +161,9 @@ def _encode_numeric(encoder: ColumnEncoder, values: np.ndarray, design: np.ndarr
         values = numbers
     missing = np.isnan(values)
     fill = encoder.schema.fill if encoder.schema.fill is not None else 0.0
-    design[:, encoder.offset] = np.where(missing, fill, values)
+    design[:, offset] = np.where(missing, fill, values)
     if encoder.schema.indicator:
-        design[:, encoder.offset + 1] = missing
+        design[:, offset + 1] = missing
 
 
 def _slots(encoder: ColumnEncoder, values: np.ndarray) -> np.ndarray:

@@ -115,6 +115,25 @@ def numbers_of(
     return numbers.astype(np.float32)
 
 
+def parquet_numbers(column: Any, where: Callable[[int], str], name: str) -> np.ndarray:
+    """(B,) float32 of a Parquet integer or floating column, null or NaN missing (NaN); inf and
+    values beyond float32 are refused by row, as numbers_of does for text cells. The values are
+    read as numbers, never through their text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    as_float = pc.cast(column, pa.float64(), safe=False)  # an int64 beyond 2**53 rounds
+    numbers = np.array(as_float.to_numpy(zero_copy_only=False), dtype=np.float64)  # null: NaN
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(numbers) | (np.abs(numbers) > FLOAT32_MAX)
+    if bad.any():
+        row = int(np.argmax(bad))
+        cell = pc.cast(column.slice(row, 1), pa.string())[0].as_py()
+        beyond = " (beyond float32)" if np.isfinite(numbers[row]) else ""
+        raise DataError(f"{where(row)}, column {name!r}: {cell!r} is not finite{beyond}")
+    return numbers.astype(np.float32)
+
+
 def text_piece(trimmed: Any, missing: np.ndarray) -> TextPiece:
     """A block's text column as distinct cells and positions (−1 for missing)."""
     import pyarrow as pa
@@ -200,21 +219,40 @@ def parquet_block(
     for col, name in enumerate(names):
         column = batch.column(name)
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            trimmed = pa.compute.cast(column, pa.string())
-            missing = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            missing |= np.asarray(
-                pa.compute.is_nan(pa.compute.cast(column, pa.float64()))
-                .fill_null(False)
-                .to_numpy(zero_copy_only=False),
-                dtype=bool,
+            block[:, col] = parquet_numbers(
+                column, lambda row: f"{path}: row {first_row + row}", name
             )
-            block[:, col] = numbers_of(
-                trimmed, missing, lambda row: f"{path}: row {first_row + row}", name
-            )
+            continue
+        if pa.types.is_dictionary(column.type):
+            texts[col] = dictionary_piece(column, na_values)
             continue
         trimmed = trimmed_strings(column)
         texts[col] = text_piece(trimmed, missing_mask(trimmed, na_values))
     return block, texts
+
+
+def dictionary_piece(column: Any, na_values: tuple[str, ...]) -> TextPiece:
+    """text_piece of a dictionary-encoded column, from its indices: only the dictionary's
+    values are trimmed and matched against na_values (not every cell). The distinct cells come
+    in first-seen order, as text_piece gives them (two values equal once trimmed may both be
+    listed: Vocabulary.codes_of gives them one code)."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = trimmed_strings(column.dictionary)
+    value_missing = missing_mask(values, na_values)
+    indices = np.array(column.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+    present = indices >= 0
+    present[present] = ~value_missing[indices[present]]
+    used, first = np.unique(indices[present], return_index=True)
+    order = used[np.argsort(first, kind="stable")]  # dictionary entries, first seen first
+    slot = np.full(len(values), -1, dtype=np.int32)
+    slot[order] = np.arange(len(order), dtype=np.int32)
+    positions = np.full(len(indices), -1, dtype=np.int32)
+    positions[present] = slot[indices[present]]
+    cells = values.take(pa.array(order, type=pa.int64())).to_pylist()
+    return TextPiece([str(cell) for cell in cells], positions)
 
 
 def is_parquet_text(kind: Any) -> bool:

@@ -33,3 +33,7 @@ def _fill_window(window: pb.DriftWindow, figures: dict[str, Any]) -> None:
     window.flagged_layers.extend(figures["flagged_layers"])
     window.features.extend(pb.FeatureDrift(**feature) for feature in figures["features"])
     window.layers.extend(pb.LayerDrift(**layer) for layer in figures["layers"])
+    window.flagged_columns.extend(figures["flagged_columns"])
+    for column in figures["columns"]:
+        levels = [pb.LevelShare(**level) for level in column["levels"]]
+        window.columns.append(pb.ColumnDrift(**{**column, "levels": levels}))

@@ -219,3 +219,44 @@ def test_the_command_imports_nothing_the_serving_image_lacks() -> None:
     ).stdout.split()
     heavy = ("bnserve.training", "bnserve.export", "pyarrow", "matplotlib", "onnx.")
     assert not [name for name in loaded if name.startswith(heavy) or name == "onnx"]
+
+
+def test_a_mixed_model_on_its_raw_table_by_column_name(tmp_path, capsys) -> None:
+    """A real penguins model (text columns, gaps; its hidden layers watched through the mixed
+    graph's own inputs): the raw file scores clean; with every island Biscoe and half the
+    bill lengths missing, exactly those two columns are flagged."""
+    import csv
+
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.train import train
+
+    penguins = Path(__file__).parents[2] / "training" / "fixtures" / "penguins.csv"
+    run_dir = tmp_path / "run"
+    config = TrainConfig(data=str(penguins), target="species", hidden=(16, 8), epochs=20)
+    train(config, run_dir, progress=False, plot=False, cache_dir="off")
+    model = tmp_path / "penguins.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=model))
+
+    code, out, err = _run(capsys, penguins, "--model", model, "--no-png")
+    assert code == 0, out + err
+    assert "0 of 5 features, 0 of 7 columns and 0 of 2 layers past threshold" in out
+
+    with penguins.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for index, row in enumerate(rows):
+        row["island"] = "Biscoe"
+        if index % 2:
+            row["bill_length_mm"] = "NA"
+    shifted = tmp_path / "shifted.csv"
+    with shifted.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, out, err = _run(capsys, shifted, "--model", model, "--no-png")
+    assert code == 1, out + err
+    columns = [
+        line.split() for line in out.splitlines() if " numeric " in line or " categorical " in line
+    ]
+    flagged = sorted(fields[1] for fields in columns if fields[-1] == "DRIFT")
+    assert flagged == ["bill_length_mm", "island"], out
+    assert "2 of 7 columns" in out

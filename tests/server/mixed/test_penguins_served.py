@@ -198,7 +198,50 @@ def test_parity_gate_refuses_the_export_with_tampered_reference_outputs(
         loaded.check_parity()
 
 
-def test_model_drift_says_format_2_models_are_not_monitored_yet(channel: grpc.Channel) -> None:
+def test_model_drift_of_a_format_2_model_has_its_columns(channel: grpc.Channel) -> None:
+    """Column drift is served (its figures: tests/server/drift/test_columns.py)."""
     answer = native_stub(channel).ModelDrift(native.ModelDriftRequest(model_name="penguins"))
-    assert not answer.monitored
-    assert answer.status.startswith("not monitored: drift statistics of format-2 models")
+    assert answer.monitored, answer.status
+    kinds = {column.name: column.kind for column in answer.life.columns}
+    assert kinds == {
+        "island": "categorical",
+        "sex": "categorical",
+        **{name: "numeric" for name in ("bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                                        "body_mass_g", "year")},
+    }  # fmt: skip
+    numeric = {name for name, kind in kinds.items() if kind == "numeric"}
+    assert {feature.name for feature in answer.life.features} == numeric
+
+
+def test_a_served_mixed_model_feeds_its_columns_to_the_drift_monitor(
+    penguins: PenguinsExport,
+) -> None:
+    """Every scored run observed (sample 1): the raw reference rows, twice, with the hidden
+    layers from the drift session; each column's live missing rate is the rows' own."""
+    from bnserve.server.drift.monitor import DriftSettings
+    from bnserve.server.models.model import Model, SessionThreads
+
+    model = Model.load(
+        penguins.model, "penguins", "1", SessionThreads(), drift=DriftSettings(sample=1.0)
+    )
+    assert model.drift is not None and model.drift.watch_layers
+    model.check_parity()  # the drift session scores raw columns too
+    rows = model.reference_rows
+    model.check_features(rows)
+    model.predict(rows)
+    model.predict(rows)
+    life = model.drift.report()["life"]
+    count = rows.shape[0]
+    schema = model.schema
+    assert schema is not None
+    assert life["examples"] == 2 * count
+    assert len(life["layers"]) == 2
+    for column in life["columns"]:
+        cells = penguins.rows[column["name"]]
+        missing = sum(
+            cell is None
+            or (isinstance(cell, float) and np.isnan(cell))
+            or (isinstance(cell, str) and (cell == "" or schema.is_missing(cell)))
+            for cell in cells
+        ) / len(cells)
+        assert column["live_missing_rate"] == pytest.approx(missing), column["name"]

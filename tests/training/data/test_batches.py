@@ -114,3 +114,30 @@ def test_a_constant_column_whose_std_rounds_above_zero_gets_std_1() -> None:
         assert std[0] == 1.0 and std[1] != 1.0
     _, std = fit_standardization(x)
     assert std[0] == 1.0 and std[1] != 1.0
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 8 * 4 * 40])  # one pass; chunks of 256 rows
+def test_a_mixed_tables_standardization_measures_only_its_numeric_values(
+    monkeypatch, chunk_bytes
+) -> None:
+    """Only the numeric values are encoded to fit it (not the one-hot columns), and it equals
+    numpy's mean and std of the whole encoded design, with 0 and 1 for the one-hot and
+    indicator inputs."""
+    from pathlib import Path
+
+    from bnserve.training.train import prepare
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(batches, "CHUNK_BYTES", chunk_bytes)
+    penguins = Path(__file__).parent.parent / "fixtures" / "penguins.csv"
+    prepared = prepare(TrainConfig(data=str(penguins), target="species"), cache_dir="off")
+    encoder = prepared.encoder
+    assert encoder is not None
+    train_rows = prepared.split.train
+    design = encoder.encode(np.asarray(prepared.dataset.x[train_rows]))
+    numeric = encoder.standardized_inputs
+    assert numeric.sum() == 5 and design.shape[1] > 10
+    mean, std = batches.fit_standardization(prepared.dataset.x, train_rows, encoder)
+    np.testing.assert_allclose(mean[numeric], design[:, numeric].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std[numeric], design[:, numeric].std(axis=0), rtol=1e-12)
+    assert (mean[~numeric] == 0).all() and (std[~numeric] == 1).all()

@@ -249,3 +249,36 @@ def test_a_mixed_table_with_another_delimiter_and_a_byte_order_mark(tmp_path, ca
     prepared = prepare(config, cache_dir="off")
     assert prepared.schema is not None
     assert [column.kind for column in prepared.schema.columns] == ["numeric", "categorical"]
+
+
+def test_a_dictionary_column_reads_as_the_same_cells_in_plain_strings(tmp_path):
+    """Read from its indices (only the dictionary trimmed and matched against the missing
+    tokens), a dictionary column gives the codes and vocabulary of the same cells as strings:
+    padded values, a missing token in the dictionary, an entry never used, nulls; and numbers
+    with nulls and NaN read as numbers."""
+    rows = 90
+    cells = [(" red", "green", None, "NA", "red ", "blue")[(i * 7) % 6] for i in range(rows)]
+    dictionary = pa.array(["unused", " red", "green", "NA", "red ", "blue"])  # Parquet: no null
+    index_of = {None: None, " red": 1, "green": 2, "NA": 3, "red ": 4, "blue": 5}
+    indices = pa.array(
+        [None if i % 11 == 0 else index_of[c] for i, c in enumerate(cells)], pa.int32()
+    )
+    plain_cells = [None if i % 11 == 0 else c for i, c in enumerate(cells)]
+    size = pa.array(
+        [np.nan if i % 5 == 0 else None if i % 7 == 0 else float(i) for i in range(rows)]
+    )
+    label = pa.array([i % 2 for i in range(rows)])
+    read = {}
+    for name, colour in (
+        ("dictionary", pa.DictionaryArray.from_arrays(indices, dictionary)),
+        ("plain", pa.array(plain_cells, pa.string())),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"size": size, "colour": colour, "label": label}), path)
+        prepared = prepare(TrainConfig(data=str(path)), cache_dir="off")
+        read[name] = (np.asarray(prepared.dataset.x), prepared.dataset.vocabularies)
+    x, vocabularies = read["dictionary"]
+    np.testing.assert_array_equal(x, read["plain"][0])  # NaN in the same places too
+    assert vocabularies == read["plain"][1]
+    assert list(vocabularies[1]) == ["green", "red", "blue"]  # first seen first, trimmed
+    assert np.isnan(x[0, 0]) and np.isnan(x[7, 0]) and x[1, 0] == 1.0  # NaN, null, a number

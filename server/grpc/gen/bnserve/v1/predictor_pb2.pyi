@@ -260,7 +260,7 @@ class LayerDrift(_message.Message):
     def __init__(self, name: _Optional[str] = ..., units: _Optional[int] = ..., unit_mean: _Optional[_Iterable[float]] = ..., unit_variance: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
 
 class DriftWindow(_message.Message):
-    __slots__ = ("examples", "out_of_range_share", "score", "flagged_features", "flagged_layers", "features", "layers")
+    __slots__ = ("examples", "out_of_range_share", "score", "flagged_features", "flagged_layers", "features", "layers", "flagged_columns", "columns")
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     OUT_OF_RANGE_SHARE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +268,8 @@ class DriftWindow(_message.Message):
     FLAGGED_LAYERS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     examples: float
     out_of_range_share: float
     score: float
@@ -275,7 +277,41 @@ class DriftWindow(_message.Message):
     flagged_layers: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
     layers: _containers.RepeatedCompositeFieldContainer[LayerDrift]
-    def __init__(self, examples: _Optional[float] = ..., out_of_range_share: _Optional[float] = ..., score: _Optional[float] = ..., flagged_features: _Optional[_Iterable[str]] = ..., flagged_layers: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[LayerDrift, _Mapping]]] = ...) -> None: ...
+    flagged_columns: _containers.RepeatedScalarFieldContainer[str]
+    columns: _containers.RepeatedCompositeFieldContainer[ColumnDrift]
+    def __init__(self, examples: _Optional[float] = ..., out_of_range_share: _Optional[float] = ..., score: _Optional[float] = ..., flagged_features: _Optional[_Iterable[str]] = ..., flagged_layers: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[LayerDrift, _Mapping]]] = ..., flagged_columns: _Optional[_Iterable[str]] = ..., columns: _Optional[_Iterable[_Union[ColumnDrift, _Mapping]]] = ...) -> None: ...
+
+class LevelShare(_message.Message):
+    __slots__ = ("level", "train_share", "live_share")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    train_share: float
+    live_share: float
+    def __init__(self, level: _Optional[str] = ..., train_share: _Optional[float] = ..., live_share: _Optional[float] = ...) -> None: ...
+
+class ColumnDrift(_message.Message):
+    __slots__ = ("name", "kind", "train_missing_rate", "live_missing_rate", "unseen_share", "psi", "levels", "score", "flagged")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MISSING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_MISSING_RATE_FIELD_NUMBER: _ClassVar[int]
+    UNSEEN_SHARE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    train_missing_rate: float
+    live_missing_rate: float
+    unseen_share: float
+    psi: float
+    levels: _containers.RepeatedCompositeFieldContainer[LevelShare]
+    score: float
+    flagged: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., train_missing_rate: _Optional[float] = ..., live_missing_rate: _Optional[float] = ..., unseen_share: _Optional[float] = ..., psi: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelShare, _Mapping]]] = ..., score: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
 
 class ModelDriftResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "monitored", "status", "life", "recent", "window", "reference")
