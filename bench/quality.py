@@ -25,6 +25,8 @@ before any result was seen, to be varied: all are scikit-learn's bundled tables 
 scikit-learn is needed only here (`make bench` installs it).
 
     .venv/bin/python bench/quality.py [--trials 30] [--seeds 0,1,2] [--datasets iris,wine,...]
+        [--param NAME=SCALE:LOW:HIGH ...]   (a dimension added to the default space, as
+                                             bnserve tune --param: to measure a recipe)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,10 +49,10 @@ from bnserve.training.data.loading import split_rows
 from bnserve.training.rundir import load_run
 from bnserve.training.train import train
 from bnserve.training.tune import cv
+from bnserve.training.tune.report import link_best
 from bnserve.training.tune.runner import run_tune
 from bnserve.training.tune.settings import TuneSettings
-from bnserve.training.tune.report import link_best
-from bnserve.training.tune.space import DEFAULT_SPACE
+from bnserve.training.tune.space import DEFAULT_SPACE, parse_param_flag
 
 DATASETS = ("breast_cancer", "wine", "iris", "diabetes", "digits")  # fixed before any result
 TEST_FRACTION = 0.2
@@ -158,7 +161,7 @@ def fold_ensemble_score(tune_dir: Path, table: Table, test_rows: np.ndarray) -> 
 
 def bnserve_scores(
     table: Table, data: Path, seed: int, trials: int, workers: int | None, work: Path,
-    test_rows: np.ndarray,
+    test_rows: np.ndarray, search: dict[str, Any],
 ) -> tuple[Scores, str]:  # fmt: skip
     common = {"data": str(data), "task": table.task, "test_fraction": TEST_FRACTION}
     defaults = TrainConfig.from_dict({**common, "seed": seed, "split_seed": seed})
@@ -166,7 +169,7 @@ def bnserve_scores(
     train(defaults, work / "defaults", progress=False, checkpoints=False, plot=False)
     default_seconds = time.perf_counter() - started
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
-    space = {"fixed": fixed, "search": DEFAULT_SPACE["search"]}
+    space = {"fixed": fixed, "search": search}
     started = time.perf_counter()
     folds, repeats, line = cv.resolve_validation(None, None, TrainConfig.from_dict(fixed))
     settings = TuneSettings(
@@ -200,7 +203,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="subset of the tables")
     parser.add_argument("--workers", type=int, help="tune workers (default: one per core)")
+    parser.add_argument(
+        "--param", action="append", default=[], help="NAME=SPEC added to the default space"
+    )
     args = parser.parse_args(argv)
+    search = dict(DEFAULT_SPACE["search"])
+    search.update(parse_param_flag(flag) for flag in args.param)
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -214,7 +222,8 @@ def main(argv: list[str]) -> int:
     load = os.getloadavg()[0]
     print(
         f"held-out quality: accuracy (classification) or R² (regression) on {TEST_FRACTION:.0%} "
-        f"test rows; bnserve tune --trials {args.trials} with its defaults; seeds {seeds}; "
+        f"test rows; bnserve tune --trials {args.trials} with its defaults"
+        f"{''.join(' --param ' + flag for flag in args.param)}; seeds {seeds}; "
         f"load average {load:.1f}"
     )
     summary: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -230,7 +239,7 @@ def main(argv: list[str]) -> int:
                 )
                 train_rows = np.sort(np.concatenate([split.train, split.dev]))
                 scores, line = bnserve_scores(
-                    table, data, seed, args.trials, args.workers, work, split.test
+                    table, data, seed, args.trials, args.workers, work, split.test, search
                 )
                 scores.update(sklearn_scores(table, train_rows, split.test, seed))
             metric = "accuracy" if table.task == "classification" else "R²"

@@ -188,6 +188,8 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
         raise TuneError(
             f"class_weight {config.class_weight!r} weighs classes: the task is regression"
         )
+    if config.label_smoothing and dataset.task != "classification":
+        raise TuneError("label_smoothing smooths class labels: the task is regression")
     if settings.cv is not None:
         cv.check_folds(config, settings.cv)
     elif config.dev_fraction == 0:
