@@ -422,7 +422,7 @@ def _validate(config: TrainConfig) -> None:
     _check(0 <= config.dropout < 1, "dropout", config.dropout, "in [0, 1)")
     _check(config.l2 >= 0, "l2", config.l2, "≥ 0")
     _check(
-        0 <= config.weight_decay and config.lr * config.weight_decay < 1,
+        config.weight_decay >= 0 and config.lr * config.weight_decay < 1,
         "weight_decay",
         config.weight_decay,
         f"≥ 0 with lr·weight_decay < 1 (lr = {config.lr:g})",

@@ -31,7 +31,8 @@ SLOW_TRIALS = [
     "--param", "lr=log:1e-3:1e-2", "--param", "batch_size=choice:32,64",
     "--no-progress", "--no-plots",
 ]  # fmt: skip
-TINY = ["--cv", "off", "--epochs", "2", "--set", "hidden=16", "--param", "lr=log:1e-3:1e-1", "--no-progress"]
+TINY = ["--cv", "off", "--epochs", "2", "--set", "hidden=16", "--param", "lr=log:1e-3:1e-1",
+        "--no-progress"]  # fmt: skip
 DEADLINE_SECONDS = 120
 
 

@@ -200,7 +200,8 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
     tmp_path, small_npz, capsys, monkeypatch
 ):
     args = ["--data", str(small_npz), "--trials", "1", "--epochs", "2", "--set", "hidden=4",
-            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress", "--no-plots"]  # fmt: skip
+            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
+            "--no-plots"]  # fmt: skip
     monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
     monkeypatch.setattr(cv, "AUTO_REPEATS", 2)
     assert main(["--out", str(tmp_path / "small"), *args]) == 0
@@ -238,7 +239,7 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
         (["--set", "patience=3"], "unknown config field(s): patience"),
         (["--cv", "3", "--cv-repeats", "0"], "--cv-repeats 0: must be ≥ 1"),
         (["--cv", "3", "--cv-repeats", "two"], "--cv-repeats 'two': expected a count"),
-        (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation: it is off"),
+        (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation"),
         (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
         (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
     ],
@@ -253,8 +254,8 @@ def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, a
 
 def test_class_weight_and_metric_reach_every_trial(tmp_path, small_npz, capsys):
     out = tmp_path / "tune"
-    args = ["--out", str(out), "--data", str(small_npz), "--trials", "1", "--epochs", "2", "--cv", "off",
-            "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
+    args = ["--out", str(out), "--data", str(small_npz), "--trials", "1", "--epochs", "2",
+            "--cv", "off", "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
             "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress", "--no-plots"]  # fmt: skip
     assert main(args) == 0
     run = load_run(out / "best")
