@@ -155,7 +155,9 @@ def build_model(run: Run, *, unfolded: bool) -> tuple[onnx.ModelProto, Tolerance
         model = build_folded_model(fold_params(params, spec))
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
-    return model, regression_tolerance(params["target.std"])
+    return model, regression_tolerance(
+        params["target.std"], params["target.mean"], spec.target_transform
+    )
 
 
 def _check_plain_inputs(run_dir: Path) -> None:

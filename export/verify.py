@@ -28,15 +28,29 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bnserve.server.modelfile.contract import Tolerance, decisive_rows
+from bnserve.export.graph import TRANSFORMED_TARGET
 from bnserve.training.model import hidden_count
+from bnserve.training.target_transform import transform_of
 
 PROBABILITY_TOLERANCE = Tolerance(abs=1e-5, rel=0.0)
 REGRESSION_RELATIVE = 1e-4
 
 
-def regression_tolerance(target_std: np.ndarray) -> Tolerance:
-    """The regression bound for targets with standard deviations target_std (T,), target units."""
-    return Tolerance(abs=REGRESSION_RELATIVE * float(np.max(target_std)), rel=REGRESSION_RELATIVE)
+def regression_tolerance(
+    target_std: np.ndarray, target_mean: np.ndarray | None = None, transform: str = "none"
+) -> Tolerance:
+    """The regression bound for targets with standard deviations target_std (T,), target units.
+
+    With transform "log" (target_std, target_mean those of t = log(1 + y)) the graph's last
+    affine step is bounded in t as above, δt ≤ 1e-4·(max σ_t + max |μ_t| + 4·max σ_t) over the
+    t a model gives, and y = exp(t) − 1 turns it into |δy| ≈ (1 + y)·δt ≤ δt + δt·|y|."""
+    if transform == "none":
+        return Tolerance(
+            abs=REGRESSION_RELATIVE * float(np.max(target_std)), rel=REGRESSION_RELATIVE
+        )
+    mean = np.zeros(1) if target_mean is None else target_mean
+    bound = REGRESSION_RELATIVE * float(5 * np.max(target_std) + np.max(np.abs(mean)))
+    return Tolerance(abs=bound, rel=bound)
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,8 @@ def check_layers(
     batchnorm, epsilon, task = bool(meta["batchnorm"]), float(meta["epsilon"]), meta["task"]
     pre_names = _pre_activation_names(model, n_hidden)
     last_name = "logits" if task == "classification" else "y"
+    if task == "regression" and transform_of(meta) != "none":
+        last_name = TRANSFORMED_TARGET  # the layer check compares t(y); the outputs check y
     activation_names = [f"hidden{index}.a" for index in range(1, n_hidden + 1)]
     session = onnx_session(_float64_graph(model, [*pre_names, *activation_names, last_name]))
     x = np.asarray(x_raw, dtype=np.float32).astype(np.float64)  # the values the model sees

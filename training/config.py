@@ -20,6 +20,7 @@ TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
+TARGET_TRANSFORMS = ("none", "log")  # regression: "log" trains on log(1 + y) (training/target_transform.py)
 # Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
 MIN_LEVEL_COUNT = 2
 MAX_LEVELS = 1000
@@ -241,6 +242,13 @@ class TrainConfig:
         "with --folds: the R-th drawing of the folds (the tuner's --cv-repeats)",
         group="data",
         metavar="R",
+    )
+    target_transform: str = _setting(
+        "none",
+        "regression: log trains on log(1 + y) (targets > −1; for skewed targets such as prices "
+        "or counts); the model, exported graph included, still answers in the target's units",
+        group="data",
+        choices=TARGET_TRANSFORMS,
     )
     class_weight: str = _setting(
         "none",

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from bnserve.training import layers, model, optim, rundir, schedule, threads
+from bnserve.training import layers, model, optim, rundir, schedule, target_transform, threads
 from bnserve.training.averaging import WeightAverage
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.data import batches
@@ -70,6 +70,7 @@ class Prepared:
     class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
     schema: TableSchema | None = None  # the columns as the training rows shaped them
     encoder: Encoder | None = None  # None: x's columns are the inputs as they are
+    target_transform: str = "none"  # regression: what target.mean/std standardize (t(y))
 
 
 def prepare(
@@ -110,7 +111,13 @@ def prepare(
         class_weight = balanced_class_weights(y_train, len(dataset.class_names or [])).astype(DTYPE)
     if config.label_smoothing and dataset.task != "classification":
         raise ValueError("label_smoothing smooths class labels: the task is regression")
+    if config.target_transform != "none" and dataset.task != "regression":
+        raise ValueError(
+            f"target_transform {config.target_transform!r} transforms a regression target: "
+            "the task is classification"
+        )
     if dataset.task == "regression":
+        y_train = target_transform.forward(y_train, config.target_transform)
         target_mean, target_std = fit_standardization(y_train)
         y_train = ((y_train - target_mean) / target_std).astype(DTYPE)
     return Prepared(
@@ -127,6 +134,7 @@ def prepare(
         class_weight,
         schema,
         encoder,
+        config.target_transform if dataset.task == "regression" else "none",
     )
 
 
@@ -232,6 +240,7 @@ def dev_error(
     task = prepared.dataset.task
     if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
+        scores = target_transform.inverse(scores, prepared.target_transform)
     else:
         scores = layers.softmax(scores)
     values = evaluate(scores, prepared.dataset.y[prepared.split.dev], task)
