@@ -9,7 +9,6 @@ layer computes z = a @ W + b, and scaling an output unit scales a COLUMN of W.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 

@@ -27,8 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from bnserve.server.modelfile.contract import Tolerance, decisive_rows
 from bnserve.export.graph import TRANSFORMED_TARGET
+from bnserve.server.modelfile.contract import Tolerance, decisive_rows
 from bnserve.training.model import hidden_count
 from bnserve.training.target_transform import transform_of
 

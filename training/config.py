@@ -20,7 +20,8 @@ TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
-TARGET_TRANSFORMS = ("none", "log")  # regression: "log" trains on log(1 + y) (training/target_transform.py)
+# regression: "log" trains on log(1 + y) (training/target_transform.py)
+TARGET_TRANSFORMS = ("none", "log")
 # Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
 MIN_LEVEL_COUNT = 2
 MAX_LEVELS = 1000

@@ -237,6 +237,7 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
         (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
         (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
         (["--set", "patience=3"], "unknown config field(s): patience"),
+        (["--set", "target_transform=log"], "transforms a regression target"),
         (["--cv", "3", "--cv-repeats", "0"], "--cv-repeats 0: must be ≥ 1"),
         (["--cv", "3", "--cv-repeats", "two"], "--cv-repeats 'two': expected a count"),
         (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation"),
