@@ -9,6 +9,7 @@ import onnxruntime
 import pytest
 
 from bnserve.export.cli import main as export_main
+from bnserve.server.models.model import Model, SessionThreads
 from bnserve.training.config import TrainConfig
 from bnserve.training.inference import predict
 from bnserve.training.rundir import load_run
@@ -58,6 +59,9 @@ def test_the_graph_applies_the_inverse_and_equals_the_numpy_path(skewed_run, tmp
     np.testing.assert_allclose(outputs, skewed_run.heldout_y, rtol=0.05)
     single = session.run(["y"], {"x": x[3:4]})[0]  # one example alone, as in the batch
     np.testing.assert_allclose(single, outputs[3:4], rtol=1e-6)
+    served = Model.load(out, "skewed", "1", SessionThreads(1, 1))
+    served.check_parity()  # the server's parity gate takes the model file's tolerance
+    np.testing.assert_allclose(served.predict(x)[0], outputs, rtol=1e-6)
 
 
 def test_a_target_out_of_the_logs_domain_and_a_classification_are_refused(tmp_path):
