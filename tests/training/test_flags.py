@@ -28,7 +28,7 @@ TRAIN_FLAGS = {
     "--categorical", "--numeric", "--ignore", "--na-values", "--min-level-count", "--max-levels",
     "--drop-missing-target", "--describe",
     # issue 29: the training recipes
-    "--weight-decay", "--label-smoothing", "--lr-schedule", "--warmup-epochs",
+    "--weight-decay", "--label-smoothing", "--lr-schedule", "--warmup-epochs", "--target-transform",
 }  # fmt: skip
 
 
