@@ -14,6 +14,8 @@ single-example unary calls at concurrency 1, 8 and 64: requests/s, p50/p99 laten
 ratio to the echo server and to the minimal server; batching on over off. Then
   (e) placement (bench/serve_placement.py): one and two processes, unpinned, pinned by taskset
       and `--cpu-affinity auto`, requests/s and server CPU per call side by side;
+  (f) mixed inputs (bench/serve_mixed.py): a model of 8 numeric + 4 categorical columns next to
+      a numbers-only one of 12 inputs, v2 ModelInfer and PredictBatch, ratios beside the goals;
 then PredictBatch (64 examples a call) and PredictStream (many examples per stream) in
 examples/s over unary, and the server's overhead over a bare onnxruntime run of the same example.
 
@@ -27,6 +29,7 @@ with trailers only and no DATA, so any failure shows up as missing bytes.
 Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256,256]
                              [--large-hidden 1024,1024,1024] [--concurrencies 1,8,64]
                              [--placement (the placement rows (e) alone)]
+                             [--mixed (the mixed-input rows (f) alone)]
 (installs h2load with apt-get when run as root and it is missing)
 """
 
@@ -63,6 +66,9 @@ MINIMAL_POOL_LABEL = "minimal, bnserve's pool"  # server/grpc/executor.py's Mess
 PREDICT_LABEL = "native Predict"
 DRIFT_OFF_LABEL = "native Predict, drift off"
 BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
+CAPTURE_FULL_LABEL = "native Predict, capture 1.0"
+CAPTURE_TENTH_LABEL = "native Predict, capture 0.1"
+SHADOW_LABEL = "native Predict, capture+shadow"
 PATHS = {
     "predict": "/bnserve.v1.Predictor/Predict",
     "infer": "/inference.GRPCInferenceService/ModelInfer",
@@ -265,9 +271,11 @@ def bnserve_command(
     workers: int = 0,
     processes: int = 1,
     drift: bool = True,
+    capture: tuple[Path, float] | None = None,
 ) -> list[str]:
-    """bnserve serving model as "digits"; workers 0: settings.workers. Pinned to the server
-    CPU with one process; several are left to --cpu-affinity (bench/serve_placement.py)."""
+    """bnserve serving model as "digits"; workers 0: settings.workers; capture: (--capture-dir,
+    --capture-sample). Pinned to the server CPU with one process; several are left to
+    --cpu-affinity (bench/serve_placement.py)."""
     workers = workers or settings.workers
     command = [
         sys.executable,
@@ -290,7 +298,19 @@ def bnserve_command(
         str(processes),
         "--drift" if drift else "--no-drift",
     ]
+    if capture is not None:
+        command += ["--capture-dir", str(capture[0]), "--capture-sample", str(capture[1])]
     return pinned(settings.server_cpu, command) if processes == 1 else command
+
+
+def shadow_directory(model: Path, directory: Path) -> Path:
+    """A model directory serving `model` as version 1 with a copy of it as version 2, its
+    shadow (server/models/shadow.py): every call is scored twice."""
+    for version in ("1", "2"):
+        (directory / version).mkdir(parents=True)
+        shutil.copyfile(model, directory / version / "model.onnx")
+    (directory / "shadow").write_text("2\n")
+    return directory
 
 
 def batching_workers(settings: BenchSettings) -> int:
@@ -559,12 +579,31 @@ def measure(settings: BenchSettings) -> int:
         predict_probe = messages["predict"][0]
         wide = batching_workers(settings)
         names = ["echo", "minimal", "minimal pool", "bnserve", "nodrift", "off", "on"]
-        names += ["large off", "large on"]
+        names += ["large off", "large on", "capture 1.0", "capture 0.1", "shadow"]
+        shadowed = shadow_directory(model, scratch / "shadowed")
         ports = {name: free_port() for name in names}
         large = models["large"]
         servers = {  # name → (command, log line when ready)
             "bnserve": (bnserve_command(model, ports["bnserve"], settings), ""),
             "nodrift": (bnserve_command(model, ports["nodrift"], settings, drift=False), ""),
+            **{
+                f"capture {share}": (
+                    bnserve_command(
+                        model,
+                        ports[f"capture {share}"],
+                        settings,
+                        capture=(scratch / f"capture-{share}", share),
+                    ),
+                    "",
+                )
+                for share in (1.0, 0.1)
+            },
+            "shadow": (
+                bnserve_command(
+                    shadowed, ports["shadow"], settings, capture=(scratch / "capture-shadow", 1.0)
+                ),
+                "",
+            ),
             "off": (bnserve_command(model, ports["off"], settings, workers=wide), ""),
             "on": (bnserve_command(model, ports["on"], settings, workers=wide, batching=True), ""),
             "large off": (bnserve_command(large, ports["large off"], settings, workers=wide), ""),
@@ -647,6 +686,9 @@ def measure(settings: BenchSettings) -> int:
             target(f"{LARGE}, {BATCHING_OFF}", "large off", "predict", predict_body),
             target(f"{LARGE}, {BATCHING_ON}", "large on", "predict", predict_body),
             target(MINIMAL_POOL_LABEL, "minimal pool", "predict", predict_body),
+            target(CAPTURE_FULL_LABEL, "capture 1.0", "predict", predict_body),
+            target(CAPTURE_TENTH_LABEL, "capture 0.1", "predict", predict_body),
+            target(SHADOW_LABEL, "shadow", "predict", predict_body),
         ]
         stream_body = b"".join(frame(m) for m in messages["stream"])
         throughput_targets = [
@@ -684,18 +726,20 @@ def measure(settings: BenchSettings) -> int:
         examples_per_call = {t.label: t.examples_per_call for t in throughput_targets}
         report(settings, unary, throughput, examples_per_call, BareRun(**json.loads(bare)))
         stack.close()  # the servers stop before the placement and REST rows
+        from serve_mixed import measure_mixed
         from serve_placement import measure_placement
         from serve_rest import measure_rest
 
         placement_ok = measure_placement(model, row, settings, scratch)
         rest_ok = measure_rest(model, row, settings, scratch)
+        mixed_ok = measure_mixed(settings, scratch)
     print(
         "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
         "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())
     )
     results = [r for rows in unary.values() for r in rows.values()]
     results += list(throughput.values())
-    return 0 if placement_ok and rest_ok and all(r.verified for r in results) else 1
+    return 0 if placement_ok and rest_ok and mixed_ok and all(r.verified for r in results) else 1
 
 
 def _ratio_table(
@@ -790,6 +834,16 @@ def report(
             (LARGE, f"{LARGE}, {BATCHING_ON}", f"{LARGE}, {BATCHING_OFF}"),
         ],
     )
+    _ratio_table(
+        "capture's cost (ratio: requests/s with --capture-dir over without, same run)",
+        unary,
+        [
+            ("sample 1.0 (goal ≥ 0.90)", CAPTURE_FULL_LABEL, PREDICT_LABEL),
+            ("sample 0.1 (goal ≥ 0.97)", CAPTURE_TENTH_LABEL, PREDICT_LABEL),
+            ("shadow, sample 1.0 (goal ≥ 0.80)", SHADOW_LABEL, PREDICT_LABEL),
+            ("shadow over capture alone", SHADOW_LABEL, CAPTURE_FULL_LABEL),
+        ],
+    )
     unary_rate = throughput["native Predict (unary)"].requests_per_s
     print(
         f"\nthroughput at concurrency {settings.throughput_concurrency} "
@@ -852,6 +906,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the placement rows: 1 and 2 processes, unpinned / taskset / --cpu-affinity auto",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="only the mixed-input rows: 8 numeric + 4 categorical columns vs 12 numeric inputs",
+    )
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
@@ -878,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, duration_s=0.7, rounds=1, bare_runs=5000)
     if args.placement:
         return measure_placement_alone(settings)
+    if args.mixed:
+        from serve_mixed import measure_mixed_alone
+
+        return measure_mixed_alone(settings)
     return measure(settings)
 
 

@@ -21,7 +21,7 @@ from bnserve.export.errors import ExportError
 from bnserve.export.fold import AffineLayer, BatchNormStats, FoldedNetwork
 from bnserve.export.graph import ACTIVATION_OPS, build_folded_model
 from bnserve.export.metadata import graph_sha256, read_metadata
-from bnserve.server.modelfile.contract import INPUT_NAME, MetadataKey
+from bnserve.server.modelfile.contract import FORMAT_SCHEMA, INPUT_NAME, MetadataKey
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
 from bnserve.server.plane.errors import ModelLoadError
 
@@ -54,13 +54,18 @@ def read_source(path: Path) -> SourceModel:
     inputs = [value.name for value in model.graph.input]
     if inputs != [INPUT_NAME]:
         raise AdaptError(
-            f"{path}: takes inputs {inputs}, not one table x: models with text columns (one "
-            "input per column) cannot be adapted yet"
+            f"{path}: takes inputs {inputs}, not one table x: mixed-table models (models with "
+            "text columns, one input per column) cannot be adapted yet"
         )
     try:
         card = parse_model_card(read_metadata(model), str(path))
     except ModelLoadError as error:
         raise AdaptError(str(error)) from None
+    if card.format == FORMAT_SCHEMA:
+        raise AdaptError(
+            f"{path}: a model with bnserve.schema (format {FORMAT_SCHEMA}: gaps or left-out "
+            "columns handled in the graph): mixed-table models cannot be adapted yet"
+        )
     if graph_sha256(model) != card.graph_sha256:
         raise AdaptError(
             f"{path}: its graph does not match its card's bnserve.graph_sha256 (changed after "
@@ -70,6 +75,11 @@ def read_source(path: Path) -> SourceModel:
         raise AdaptError(
             f"{path}: an unfolded model (bnserve.folded = {card.get(MetadataKey.FOLDED)!r}); "
             "adapt re-folds a folded one: export the run without --unfolded"
+        )
+    if card.get(MetadataKey.ENSEMBLE):
+        raise AdaptError(
+            f"{path}: an ensemble of several networks (bnserve.ensemble); adapt re-folds one "
+            "network: adapt a member's own export instead"
         )
     drift = _drift(path, card)
     return SourceModel(path, model, card, _folded_source(path, model, card, drift), drift)

@@ -1,4 +1,5 @@
-"""`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]`.
+"""`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]`; several RUN_DIRs, or a tune
+directory with `--ensemble K`, write the mean of k runs as one graph (export/ensemble.py).
 
 Also `python -m bnserve.export`."""
 
@@ -8,6 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnserve.export.ensemble import EnsembleReport, EnsembleSettings, export_ensemble
+from bnserve.export.ensemble_graph import DEFAULT_LAYOUT, LAYOUTS
+from bnserve.export.ensemble_source import EnsembleMembers, is_tune_dir, tune_members
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import ExportReport, ExportSettings, export_run
 from bnserve.export.verify import EDGE_ROWS
@@ -20,10 +24,21 @@ def _parser() -> argparse.ArgumentParser:
             "Fold input standardization and every batch norm (frozen statistics) into affine "
             "weights and write a float32 ONNX model, verified against the numpy inference path "
             "on the run's held-out set and rows at the edges of its range, output by output and "
-            "layer by layer. Nothing is written if any check fails."
+            "layer by layer. Nothing is written if any check fails. Several runs (or a tune "
+            "directory with --ensemble K) are written as ONE graph of their mean: the members' "
+            "first layers as one Gemm, each member's later layers as its own branch, then the "
+            "mean of their probabilities (label = argmax of that mean) or of their y; the graph "
+            "must reproduce the mean of the members' numpy paths within the same tolerance. "
+            "Members must share task, feature names and class (or target) names."
         ),
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished training run")
+    parser.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a finished training run; several: an ensemble of them (their mean, one graph)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument(
         "--unfolded",
@@ -32,10 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="RUN_DIR is a tune directory: export the mean of K of its runs, the chosen trial's "
+        "K fold models when it kept them (cross-validation), else the best K finished trials",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=DEFAULT_LAYOUT,
+        help="ensembles: each member's later layers as its own branch (parallel), or as "
+        "block-diagonal Gemms (blockdiag: measured slower, docs/export.md; no layer drift) "
+        f"(default: {DEFAULT_LAYOUT})",
+    )
+    parser.add_argument(
         "--reference-rows",
         type=int,
         default=8,
-        help="held-out rows embedded for the server's parity gate (default: 8)",
+        help="held-out rows embedded for the server's parity gate (default: 8); a model of raw "
+        "columns adds records with every cell missing, every level unseen and every level",
     )
     return parser
 
@@ -49,8 +80,7 @@ def _describe(report: ExportReport) -> str:
     text = (
         f"wrote {report.out} ({'folded' if report.folded else 'unfolded'}, "
         f"{report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
-        f"onnxruntime vs numpy on {check.example_count - EDGE_ROWS} held-out examples and "
-        f"{EDGE_ROWS} at the edges of their range: max abs error {check.max_abs_error:.3g} "
+        f"onnxruntime vs numpy on {report.checked}: max abs error {check.max_abs_error:.3g} "
         f"(tolerance {bound})\n"
         f"each layer's pre-activations vs the run's: {report.layers.worst_ratio:.2g} float32 "
         f"roundings of their summed terms at worst ({report.layers.worst_layer}; bound "
@@ -65,23 +95,75 @@ def _describe(report: ExportReport) -> str:
     return text
 
 
+def _describe_ensemble(report: EnsembleReport, source: str) -> str:
+    check = report.verification
+    tolerance = check.tolerance
+    bound = (
+        f"{tolerance.abs:g}" if tolerance.rel == 0 else f"{tolerance.abs:g} + {tolerance.rel:g}·|y|"
+    )
+    rows = report.drift_rows
+    return (
+        f"wrote {report.out} (ensemble of {len(report.members)}: {', '.join(report.members)}; "
+        f"{report.layout}, {report.node_count} nodes, {report.size_bytes:,} bytes, float32)\n"
+        + (f"members: {source}\n" if source else "")
+        + "onnxruntime vs the mean of the members' numpy paths on "
+        f"{check.example_count - EDGE_ROWS} held-out examples and {EDGE_ROWS} at the edges of "
+        "their range: max abs error "
+        f"{check.max_abs_error:.3g} (tolerance {bound})\n"
+        f"each member's layers vs its run's: {report.worst_layer_ratio:.2g} float32 roundings "
+        f"of their summed terms at worst (bound {report.layer_bound:g})\n"
+        f"graph sha256 {report.graph_sha256}\n"
+        f"drift reference: {rows.source} of the first member, {rows.x.shape[0]} rows"
+    )
+
+
+def _members(args: argparse.Namespace) -> EnsembleMembers | None:
+    """The ensemble's members, or None for one run exported alone."""
+    dirs: list[Path] = args.run_dirs
+    if args.ensemble is not None:
+        if len(dirs) != 1 or not is_tune_dir(dirs[0]):
+            raise ExportError(
+                f"--ensemble {args.ensemble} takes one tune directory (holding tune.sqlite); "
+                f"to average runs, name them: bnserve export RUN1 RUN2 … --out FILE"
+            )
+        if args.ensemble < 2:
+            raise ExportError(f"--ensemble {args.ensemble}: an ensemble needs K ≥ 2")
+        return tune_members(dirs[0], args.ensemble)
+    if len(dirs) == 1:
+        return None
+    return EnsembleMembers(tuple(dirs), "")
+
+
 def main(argv: list[str]) -> int:
     """Run the exporter; prints what was written, or the error and exits 2 (README: Exit codes)."""
     args = _parser().parse_args(argv)
     if args.reference_rows < 1:
         print("bnserve export: error: --reference-rows must be ≥ 1", file=sys.stderr)
         return 2
-    settings = ExportSettings(
-        run_dir=args.run_dir,
-        out=args.out,
-        unfolded=args.unfolded,
-        force=args.force,
-        reference_rows=args.reference_rows,
-    )
     try:
-        report = export_run(settings)
+        members = _members(args)
+        if members is not None and args.unfolded:
+            raise ExportError("--unfolded writes one run as trained; an ensemble is folded only")
+        if members is None:
+            settings = ExportSettings(
+                run_dir=args.run_dirs[0],
+                out=args.out,
+                unfolded=args.unfolded,
+                force=args.force,
+                reference_rows=args.reference_rows,
+            )
+            print(_describe(export_run(settings)))
+            return 0
+        ensemble = EnsembleSettings(
+            run_dirs=members.run_dirs,
+            out=args.out,
+            force=args.force,
+            reference_rows=args.reference_rows,
+            source=members.source,
+            layout=args.layout,
+        )
+        print(_describe_ensemble(export_ensemble(ensemble), members.source))
     except ExportError as error:
         print(f"bnserve export: error: {error}", file=sys.stderr)
         return 2
-    print(_describe(report))
     return 0

@@ -12,13 +12,17 @@ feature with many equal deciles gets fewer, wider bins; the stored shares say ho
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bnserve.export.columns import design_offsets
 from bnserve.server.modelfile.contract import DRIFT_FORMAT
+from bnserve.training.data.folds import fold_split
 from bnserve.training.data.loading import fit_standardization, load_split
+from bnserve.training.data.schema import MISSING, TableSchema
 from bnserve.training.errors import DataError
 from bnserve.training.model import layer_names
 from bnserve.training.rundir import Run
@@ -41,6 +45,17 @@ def training_rows(run: Run) -> TrainingRows:
     config = run.config
     try:
         dataset, split = load_split(config)
+        if config.folds is not None:  # a cross-validation fold's run: its own training rows
+            split = fold_split(
+                split,
+                dataset.y,
+                dataset.task,
+                config.folds,
+                config.fold,
+                config.data_split_seed,
+                dataset.source,
+                config.fold_repeat,
+            )
     except DataError as error:
         return _heldout(run, f"training data not readable ({error})")
     x_train = dataset.x[split.train]
@@ -122,5 +137,105 @@ def drift_metadata(
         "source": rows.source,
         "rows": int(rows.x.shape[0]),
         "features": feature_distribution(rows.x, params["input.mean"], params["input.std"]),
+        "layers": layer_statistics(params, hidden_count, preactivation_name),
+    }
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """What the drift reference of a format-2 model needs from its training rows, gathered
+    chunk by chunk from their design inputs (never all D one-hot columns at once)."""
+
+    numeric: np.ndarray  # (n, Fn) float64: each numeric column's values, NaN where missing
+    slot_counts: dict[str, np.ndarray]  # categorical column → (S,) rows per slot
+    rows: int
+
+
+def summarize_design(chunks: Iterable[np.ndarray], schema: TableSchema) -> ColumnSummary:
+    """Summarize design rows (chunks of (n_i, D), encoding.py's layout, unstandardized): a
+    numeric value is missing where its indicator is 1 (a column without one had no gaps)."""
+    placed = design_offsets(schema)
+    numeric_parts: list[np.ndarray] = []
+    counts = {
+        column.name: np.zeros(len(column.inputs))
+        for column, _ in placed
+        if column.kind == "categorical"
+    }
+    rows = 0
+    for chunk in chunks:
+        rows += chunk.shape[0]
+        values = []
+        for column, offset in placed:
+            if column.kind == "numeric":
+                value = chunk[:, offset].copy()
+                if column.indicator:
+                    value[chunk[:, offset + 1] > 0.5] = np.nan
+                values.append(value)
+            else:
+                counts[column.name] += chunk[:, offset : offset + len(column.inputs)].sum(axis=0)
+        width = sum(1 for column, _ in placed if column.kind == "numeric")
+        numeric_parts.append(np.stack(values, axis=1) if values else np.zeros((len(chunk), width)))
+    numeric = np.concatenate(numeric_parts) if numeric_parts else np.zeros((0, 0))
+    return ColumnSummary(numeric, counts, rows)
+
+
+def schema_drift_metadata(
+    summary: ColumnSummary,
+    source: str,
+    schema: TableSchema,
+    params: dict[str, np.ndarray],
+    hidden_count: int,
+    preactivation_name: str,
+) -> dict[str, Any]:
+    """The `bnserve.drift` object of a format-2 model (docs/contracts.md).
+
+    "features" describes the numeric columns only, each on its present values (missing
+    excluded; mean and std of those values), named by "feature_names"; "columns" gives every
+    used column's missing rate and, for a categorical column, the share of rows per slot (kept
+    levels, `<other>`, `<missing>`: they sum to 1)."""
+    names: list[str] = []
+    per_feature: list[dict[str, Any]] = []
+    columns: dict[str, dict[str, Any]] = {}
+    rows = max(1, summary.rows)
+    position = 0
+    for column, _ in design_offsets(schema):
+        if column.kind == "numeric":
+            values = summary.numeric[:, position]
+            position += 1
+            missing = np.isnan(values)
+            present = values[~missing]
+            if not present.size:  # every row missing: describe the fill
+                present = np.array([column.fill or 0.0])
+            std = float(present.std()) or 1.0
+            per_feature.append(
+                feature_distribution(
+                    present[:, np.newaxis], np.array([present.mean()]), np.array([std])
+                )
+            )
+            names.append(column.name)
+            columns[column.name] = {
+                "kind": "numeric",
+                "missing_rate": round(float(missing.sum()) / rows, 6),
+            }
+            continue
+        shares = summary.slot_counts[column.name] / rows
+        levels = {
+            slot[len(column.name) + 1 :]: round(float(share), 6)
+            for slot, share in zip(column.inputs, shares.tolist(), strict=True)
+        }
+        columns[column.name] = {
+            "kind": "categorical",
+            "missing_rate": levels.get(MISSING, 0.0),
+            "levels": levels,
+        }
+    keys = ("mean", "std", "min", "max", "edges", "shares")
+    features = {key: [value for part in per_feature for value in part[key]] for key in keys}
+    return {
+        "format": DRIFT_FORMAT,
+        "source": source,
+        "rows": summary.rows,
+        "features": features,
+        "feature_names": names,
+        "columns": columns,
         "layers": layer_statistics(params, hidden_count, preactivation_name),
     }

@@ -7,14 +7,14 @@ Every model passes `onnx.checker` before it is returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnserve.export.fold import FoldedNetwork
+from bnserve.export.fold import AffineLayer, FoldedNetwork
 from bnserve.export.network import NetworkSpec
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 from bnserve.training.model import BATCHNORM_ARRAYS, layer_names
@@ -32,7 +32,7 @@ UNFOLDED_PREACTIVATION = "hidden{i}.z_bn"
 TRANSFORMED_TARGET = "y.transformed"
 
 
-class _GraphBuilder:
+class GraphBuilder:
     """Collects nodes and float32 initializers; names every node after the layer it belongs to."""
 
     def __init__(self) -> None:
@@ -44,9 +44,39 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
+    def constant_int64(self, name: str, value: np.ndarray) -> str:
+        """An int64 initializer (shapes, split sizes)."""
+        array = np.ascontiguousarray(value, dtype=np.int64)
+        self.initializers.append(numpy_helper.from_array(array, name=name))
+        return name
+
     def node(self, op: str, inputs: list[str], output: str, name: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attributes))
         return output
+
+    def tensor(self, name: str, value: np.ndarray) -> str:
+        """An initializer of value's own dtype (int64 shapes and indices)."""
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name=name))
+        return name
+
+
+class Front(Protocol):
+    """The first layer of a graph whose inputs are raw columns (export/columns.py): it adds
+    the graph inputs and the nodes that compute the first layer's z from them."""
+
+    @property
+    def inputs(self) -> list[onnx.ValueInfoProto]:
+        """The graph's inputs, in order."""
+        ...
+
+    @property
+    def opsets(self) -> Sequence[tuple[str, int]]:
+        """(domain, version) of every operator set besides the main one it uses."""
+        ...
+
+    def first_layer(self, builder: GraphBuilder, layer: AffineLayer, output: str) -> str:
+        """Add nodes computing `output` = the first affine layer of the design inputs."""
+        ...
 
 
 def _input_info(feature_count: int) -> onnx.ValueInfoProto:
@@ -66,7 +96,7 @@ def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
     return [helper.make_tensor_value_info(y, TensorProto.FLOAT, [BATCH_DIM, output_count])]
 
 
-def _add_target_inverse(builder: _GraphBuilder, transformed: str, transform: str) -> None:
+def _add_target_inverse(builder: GraphBuilder, transformed: str, transform: str) -> None:
     """y from t(y): "log" adds Exp then Sub 1 (y = exp(t) − 1; training/target_transform.py)."""
     if transform != "log":
         raise ValueError(f"unknown target transform {transform!r}")
@@ -80,31 +110,36 @@ def _regression_output_name(transform: str) -> str:
     return OUTPUT_NAMES["regression"][0] if transform == "none" else TRANSFORMED_TARGET
 
 
-def _add_classification_head(builder: _GraphBuilder, logits: str) -> None:
+def add_classification_head(builder: GraphBuilder, logits: str) -> None:
     probabilities_name, label_name = OUTPUT_NAMES["classification"]
     probabilities = builder.node("Softmax", [logits], probabilities_name, "output.softmax", axis=1)
     # The label is the argmax of the probabilities the caller sees, so the two always agree.
     builder.node("ArgMax", [probabilities], label_name, "output.argmax", axis=1, keepdims=0)
 
 
-def _finish(
-    builder: _GraphBuilder,
+def finish_model(
+    builder: GraphBuilder,
     task: str,
     feature_count: int,
     output_count: int,
     graph_name: str,
     extra_outputs: tuple[onnx.ValueInfoProto, ...] = (),
+    front: Front | None = None,
 ) -> onnx.ModelProto:
     graph = helper.make_graph(
         builder.nodes,
         graph_name,
-        [_input_info(feature_count)],
+        [_input_info(feature_count)] if front is None else front.inputs,
         [*_output_infos(task, output_count), *extra_outputs],
         initializer=builder.initializers,
     )
+    extra_opsets = [] if front is None else list(front.opsets)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[
+            helper.make_opsetid("", OPSET),
+            *(helper.make_opsetid(domain, version) for domain, version in extra_opsets),
+        ],
         ir_version=IR_VERSION,
         producer_name="bnserve",
         doc_string="bnserve MLP: raw float32 features in, "
@@ -114,7 +149,7 @@ def _finish(
     return model
 
 
-def _activation_attributes(network: FoldedNetwork) -> dict[str, float]:
+def activation_attributes(network: FoldedNetwork) -> dict[str, float]:
     """LeakyRelu's slope (written even when it is ONNX's default, so the graph states it)."""
     if network.activation == "leaky_relu":
         return {"alpha": float(network.leaky_relu_alpha)}
@@ -131,38 +166,45 @@ def preactivation_outputs(widths: list[int], name: str) -> tuple[onnx.ValueInfoP
 
 
 def build_folded_model(
-    network: FoldedNetwork, *, expose_preactivations: bool = False
+    network: FoldedNetwork, *, expose_preactivations: bool = False, front: Front | None = None
 ) -> onnx.ModelProto:
     """The folded network as Gemm → activation → … → Gemm (→ Softmax, ArgMax): no BN node.
+
+    front: the first layer reads raw columns (fills, indicators, lookups: export/columns.py)
+    instead of the Gemm on `x`; the network's first layer then spans the design inputs.
 
     expose_preactivations: also output each hidden layer's Gemm result `hidden{i}.z` (N, n_i),
     γ·ẑ + β when batch norm was folded in, for drift monitoring. The default graph has only the
     task's outputs (onnxruntime may then fuse Gemm with the activation).
     """
-    builder = _GraphBuilder()
+    builder = GraphBuilder()
     activation_op = ACTIVATION_OPS[network.activation]
     a = INPUT_NAME
     last = len(network.layers) - 1
     for index, layer in enumerate(network.layers):
         prefix = "output" if index == last else f"hidden{index + 1}"
-        weight = builder.constant(f"{prefix}.weight", layer.weight)
-        bias = builder.constant(f"{prefix}.bias", layer.bias)
         if index == last:
             z_name = "logits"
             if network.task == "regression":
                 z_name = _regression_output_name(network.target_transform)
-            z = builder.node("Gemm", [a, weight, bias], z_name, f"{prefix}.gemm")
         else:
-            z = builder.node("Gemm", [a, weight, bias], f"{prefix}.z", f"{prefix}.gemm")
+            z_name = f"{prefix}.z"
+        if index == 0 and front is not None:
+            z = front.first_layer(builder, layer, z_name)
+        else:
+            weight = builder.constant(f"{prefix}.weight", layer.weight)
+            bias = builder.constant(f"{prefix}.bias", layer.bias)
+            z = builder.node("Gemm", [a, weight, bias], z_name, f"{prefix}.gemm")
+        if index != last:
             a = builder.node(
                 activation_op,
                 [z],
                 f"{prefix}.a",
                 f"{prefix}.{network.activation}",
-                **_activation_attributes(network),
+                **activation_attributes(network),
             )
     if network.task == "classification":
-        _add_classification_head(builder, z)
+        add_classification_head(builder, z)
     elif network.target_transform != "none":
         _add_target_inverse(builder, z, network.target_transform)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
@@ -170,7 +212,9 @@ def build_folded_model(
     if expose_preactivations:
         widths = [layer.bias.size for layer in network.layers[:-1]]
         extra = preactivation_outputs(widths, FOLDED_PREACTIVATION)
-    return _finish(builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra)
+    return finish_model(
+        builder, network.task, feature_count, output_count, "bnserve_mlp_folded", extra, front
+    )
 
 
 def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> onnx.ModelProto:
@@ -179,7 +223,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     For audit and comparison with the folded model; params in the params.npz layout, already
     checked against spec by `bnserve.export.network.check_params`.
     """
-    builder = _GraphBuilder()
+    builder = GraphBuilder()
     activation, task = spec.activation, spec.task
     activation_op = ACTIVATION_OPS[activation]
     centred = builder.node(
@@ -215,7 +259,7 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     output_b = builder.constant("output.b", params["output.b"])
     if task == "classification":
         logits = builder.node("Gemm", [a, output_w, output_b], "logits", "output.gemm")
-        _add_classification_head(builder, logits)
+        add_classification_head(builder, logits)
     else:
         y_std = builder.node("Gemm", [a, output_w, output_b], "y_standardized", "output.gemm")
         scaled = builder.node(
@@ -232,4 +276,6 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
         )
         if spec.target_transform != "none":
             _add_target_inverse(builder, y, spec.target_transform)
-    return _finish(builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded")
+    return finish_model(
+        builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto
 
 from bnserve.atomic import write_bytes
 from bnserve.export.errors import ExportError
@@ -216,7 +217,20 @@ def _read_source(settings: ImportSettings) -> tuple[bytes, onnx.ModelProto]:
         raise ExportError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ExportError(f"{path}: not an ONNX model (no graph nodes)")
+    _refuse_text_inputs(path, model)
     return source_bytes, model
+
+
+def _refuse_text_inputs(path: Path, model: onnx.ModelProto) -> None:
+    """A foreign model with a string input (a categorical column) is out of scope (issue 26)."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in constants and value.type.tensor_type.elem_type == TensorProto.STRING:
+            raise ExportError(
+                f"{path}: input {value.name!r} is a string tensor (a categorical column): "
+                "importing models with categorical inputs is out of scope; bnserve import "
+                "takes MLPs on one float input (train on the raw table with bnserve train instead)"
+            )
 
 
 def _original_session(model: onnx.ModelProto, path: Path) -> ort.InferenceSession:

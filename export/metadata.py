@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from bnserve.server.modelfile.contract import (
+    FORMAT_SCHEMA,
     FORMAT_VERSION,
     MetadataKey,
     Tolerance,
@@ -30,6 +31,8 @@ class ReferenceRows:
 
     inputs: np.ndarray
     outputs: dict[str, np.ndarray]  # "probabilities" (R, C) and "label" (R,), or "y" (R, T)
+    # a format-2 model's raw records: graph input name → R rows (export/raw_rows.reference_json)
+    raw: dict[str, list[list[Any]]] | None = None
 
 
 def graph_sha256(model: onnx.ModelProto) -> str:
@@ -47,11 +50,15 @@ def build_metadata(
     references: ReferenceRows,
     model: onnx.ModelProto,
     drift: Mapping[str, Any] | None = None,
+    schema: Mapping[str, Any] | None = None,
+    feature_names: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Every `bnserve.*` key for a model, from the run's meta.json and the verification result.
 
     `model` must be the final graph: its hash is taken here. `drift` is the training
     distribution for drift monitoring (export/distribution.py drift_metadata), stored compactly.
+    `schema` (export/columns.py schema_metadata) makes a format-2 model: `feature_names` then
+    names the used columns and references.raw holds the reference records.
     """
     task = meta["task"]
     names_key = output_names_key(task)
@@ -59,10 +66,17 @@ def build_metadata(
     # (a float32 value widened to float64 included), so readers get the very same numbers.
     reference_outputs = {name: value.tolist() for name, value in references.outputs.items()}
     key = MetadataKey
+    if schema is not None and references.raw is not None:
+        reference_inputs = json.dumps(references.raw)
+    else:
+        reference_inputs = json.dumps(
+            references.inputs.astype(np.float32).astype(np.float64).tolist()
+        )
+    names = meta["feature_names"] if feature_names is None else feature_names
     values = {
-        key.FORMAT: FORMAT_VERSION,
+        key.FORMAT: FORMAT_VERSION if schema is None else FORMAT_SCHEMA,
         key.TASK: task,
-        key.FEATURE_NAMES: json.dumps(list(meta["feature_names"])),
+        key.FEATURE_NAMES: json.dumps(list(names)),
         names_key: json.dumps(list(meta[names_key.value])),
         key.STATS: str(meta["stats"]),
         key.BN_MOMENTUM: str(meta["bn_momentum"]) if meta["batchnorm"] else "",
@@ -73,9 +87,7 @@ def build_metadata(
         key.RUN_ID: str(meta["run_id"]),
         key.PARAMS_SHA256: str(meta["params_sha256"]),
         key.GRAPH_SHA256: graph_sha256(model),
-        key.REFERENCE_INPUTS: json.dumps(
-            references.inputs.astype(np.float32).astype(np.float64).tolist()
-        ),
+        key.REFERENCE_INPUTS: reference_inputs,
         key.REFERENCE_OUTPUTS: json.dumps(reference_outputs),
         key.REFERENCE_TOLERANCE: tolerance.as_json(),
         key.TRAINING: json.dumps(dict(training), sort_keys=True, default=str),
@@ -83,6 +95,8 @@ def build_metadata(
     }
     if drift is not None:
         values[key.DRIFT] = json.dumps(dict(drift), separators=(",", ":"))
+    if schema is not None:
+        values[key.SCHEMA] = json.dumps(dict(schema), separators=(",", ":"))
     return {name.full: value for name, value in values.items()}
 
 

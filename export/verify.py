@@ -19,6 +19,7 @@ Two checks, on the held-out rows plus rows at the edges of their range (probe_ro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,15 @@ def onnx_session(model_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
 
 def score_onnx(session: ort.InferenceSession, x_raw: np.ndarray) -> dict[str, np.ndarray]:
     """Run x_raw (N, F), cast to float32; returns every output by name."""
+    return score_feeds(session, {"x": np.ascontiguousarray(x_raw, dtype=np.float32)})
+
+
+def score_feeds(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Run the graph on its inputs by name (a raw-column model's columns); every output by name."""
     names = [output.name for output in session.get_outputs()]
-    values = session.run(names, {"x": np.ascontiguousarray(x_raw, dtype=np.float32)})
+    values = session.run(names, dict(feeds))
     return dict(zip(names, values, strict=True))
 
 
@@ -173,6 +181,14 @@ def _float64_graph(model: onnx.ModelProto, extra_outputs: list[str]) -> bytes:
     for info in [*graph.input, *graph.output]:
         if info.type.tensor_type.elem_type == TensorProto.FLOAT:
             info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:  # the missing indicators' Cast (export/columns.py)
+        for attribute in node.attribute:
+            if (
+                node.op_type == "Cast"
+                and attribute.name == "to"
+                and attribute.i == TensorProto.FLOAT
+            ):
+                attribute.i = TensorProto.DOUBLE
     del graph.value_info[:]
     present = {output.name for output in graph.output}
     for name in extra_outputs:
@@ -193,8 +209,12 @@ def check_layers(
     params: dict[str, np.ndarray],
     meta: dict[str, Any],
     x_raw: np.ndarray,
+    feeds: Mapping[str, np.ndarray] | None = None,
 ) -> LayerVerification:
-    """Compare every layer on probe rows x_raw (N, F); params in the params.npz layout."""
+    """Compare every layer on probe rows x_raw (N, F); params in the params.npz layout.
+
+    feeds: the graph's own inputs when they are raw columns (export/raw_rows.py feeds_of) whose
+    design inputs are x_raw (N, D); None: the graph takes x_raw as `x`."""
     p = {name: np.asarray(value, dtype=np.float64) for name, value in params.items()}
     n_hidden = hidden_count(p)
     batchnorm, epsilon, task = bool(meta["batchnorm"]), float(meta["epsilon"]), meta["task"]
@@ -206,7 +226,14 @@ def check_layers(
     session = onnx_session(_float64_graph(model, [*pre_names, *activation_names, last_name]))
     x = np.asarray(x_raw, dtype=np.float32).astype(np.float64)  # the values the model sees
     names = [output.name for output in session.get_outputs()]
-    got = dict(zip(names, session.run(names, {"x": x}), strict=True))
+    if feeds is None:
+        graph_feeds: dict[str, np.ndarray] = {"x": x}
+    else:  # numbers as the float32 values the model sees, in float64; strings as they are
+        graph_feeds = {
+            name: value.astype(np.float64) if value.dtype == np.float32 else value
+            for name, value in feeds.items()
+        }
+    got = dict(zip(names, session.run(names, graph_feeds), strict=True))
 
     magnitude = (np.abs(x) + np.abs(p["input.mean"])) / p["input.std"]  # of the folded input
     a = (x - p["input.mean"]) / p["input.std"]

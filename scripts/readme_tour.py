@@ -1,7 +1,8 @@
 """Follow README.md's tour in a scratch directory; compare what each command prints with the page.
 
 Every ``` block with `$ ` lines is the tour, run in order in one directory (`tour/`, as the README
-says; the script gives it `../scripts` and `../tests/export/fixtures` beside it). A block right
+says; the script gives it `../scripts`, `../tests/export/fixtures` and
+`../tests/training/fixtures` beside it). A block right
 after `<!-- tour: skip (why) -->` is not run; one after `<!-- tour: slow (why) -->` only with
 --slow. What a command prints (stderr and stdout together, unbuffered) must match the lines shown
 under it, after masking what varies from run to run on both sides: timestamps, run ids, progress
@@ -11,7 +12,7 @@ line of `…` alone for any lines.
 Servers: a command ending in ` &` runs in the background until `kill $!; wait $!` (its output is
 compared then); a command whose output shows `^C` serves in the background until the tour ends,
 then gets SIGINT. Both are waited for until they log that they serve. The page's ports (gRPC
-50051 and 50718, HTTP 8000, metrics 9090) become free loopback ports, on both sides.
+50051, 50718 and 50719, HTTP 8000 and 8001, metrics 9090) become free loopback ports, on both sides.
 
     python scripts/readme_tour.py [--readme README.md] [--slow] [--update] [--keep DIR]
 
@@ -39,7 +40,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^<!-- tour: (skip|slow)\b.*-->$")
-PAGE_PORTS = {"50051": "grpc", "50718": "grpc_import", "8000": "http", "9090": "metrics"}
+PAGE_PORTS = {
+    "50051": "grpc",
+    "50718": "grpc_import",
+    "50719": "grpc_penguins",
+    "8000": "http",
+    "8001": "http_penguins",
+    "9090": "metrics",
+}
 READY = "Ctrl-C or SIGTERM stops"  # the server's last start-up line
 COMMAND_TIMEOUT_S = 600
 SERVER_START_S = 120
@@ -255,6 +263,9 @@ def scratch(root: Path) -> Path:
     fixtures = root / "tests" / "export" / "fixtures"
     fixtures.mkdir(parents=True)
     shutil.copy2(REPO / "tests" / "export" / "fixtures" / "torch_digits.onnx", fixtures)
+    tables = root / "tests" / "training" / "fixtures"
+    tables.mkdir(parents=True)
+    shutil.copy2(REPO / "tests" / "training" / "fixtures" / "penguins.csv", tables)
     (root / "tour").mkdir()
     return root / "tour"
 

@@ -8,6 +8,7 @@ finishes in-flight calls on every transport at once and closes the models.
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import grpc
 
+from bnserve.server.capture.metrics import CaptureMetrics, QualityCollector
+from bnserve.server.capture.service import Capture
+from bnserve.server.capture.writer import CaptureOptions
 from bnserve.server.drift.metrics import DriftCollector
 from bnserve.server.grpc.executor import MessageFirstExecutor
 from bnserve.server.grpc.transport import GrpcOptions, GrpcTransport
@@ -54,6 +58,28 @@ class Extras:
     repository: ModelRepository | None = None
 
 
+def capture_of(settings: ServerSettings, metrics: ServerMetrics | None) -> Capture | None:
+    """The capture store --capture-dir names (None: off), its counters and quality gauges in
+    metrics' registry (a supervised process's gauges are the supervisor's: it joins the store
+    itself)."""
+    if not settings.capture_dir:
+        return None
+    options = CaptureOptions(
+        Path(settings.capture_dir),
+        settings.capture_sample,
+        settings.capture_max_bytes,
+        settings.capture_rotate_s,
+    )
+    counters = CaptureMetrics(metrics.registry) if metrics is not None else None
+    capture = Capture(options, settings.quality_recent_s, settings.feedback_window_s, counters)
+    capture.prepare()  # OSError: Server.create's callers report it as a start-up error
+    # A supervised process (prometheus-client's multiprocess mode) leaves the gauges to the
+    # supervisor's /metrics, which joins the same store (server/process/supervisor.py).
+    if metrics is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics.registry.register(QualityCollector(capture.joiner))
+    return capture
+
+
 class Server:
     """The data plane, its model versions and its transports, started and stopped in order."""
 
@@ -66,6 +92,7 @@ class Server:
         self.repository = extras.repository or ModelRepository()
         if self.metrics is not None and settings.drift:
             self.metrics.registry.register(DriftCollector(self.repository))
+        self.capture = capture_of(settings, self.metrics)
         self.versions = VersionManager(
             sources,
             self._load_servable,
@@ -83,6 +110,7 @@ class Server:
             tracing=extras.observer.tracing if extras.observer is not None else None,
             # cli refuses model control without bearer tokens
             rescan=self.versions.scan if settings.model_control else None,
+            capture=self.capture,
         )
         self.grpc = GrpcTransport(
             settings,
@@ -163,6 +191,8 @@ class Server:
         SERVING only once every configured model is loaded, warmed up and past its parity gate.
         load_before_listening (a supervised process sharing the port): load first, so the
         kernel hands this process no connection before its models are ready or failed."""
+        if self.capture is not None:
+            self.capture.start()
         if load_before_listening:
             self.versions.scan(initial=True)
         self.grpc.start()
@@ -208,6 +238,8 @@ class Server:
         self.grpc.stop(grace)
         if http_stop is not None:
             http_stop.join()
+        if self.capture is not None:
+            self.capture.stop()  # what the answered calls offered, written and renamed in
         for name in self.repository.names():
             for version in self.repository.versions(name):
                 servable = self.repository.remove(name, version)

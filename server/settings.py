@@ -384,6 +384,42 @@ class ServerSettings:
         "At most one drift warning per model version in this many seconds.",
         _at_least(0),
     )
+    capture_dir: str = _setting(
+        "",
+        "Capture store: sampled calls (inputs by column, outputs, request id, version, time, "
+        "latency) written off the request path as gzip CSV, per model version, and the true "
+        "answers posted as feedback (docs/contracts.md); empty: no capture, no feedback.",
+        metavar="DIR",
+    )
+    capture_sample: float = _setting(
+        1.0,
+        "Share of calls captured with --capture-dir (0 < p ≤ 1); a sampled call's every "
+        "example is written. Feedback joins only captured calls.",
+        _share(low_open=True),
+    )
+    capture_max_bytes: int = _setting(
+        1 << 30,
+        "The capture store's size bound (every model, every process's files): the oldest "
+        "files are deleted past it.",
+        _at_least(1 << 20),
+    )
+    capture_rotate_s: float = _setting(
+        60.0,
+        "A capture file is closed and renamed into the store at this age at most (or at "
+        "1/16 of --capture-max-bytes, 16 MiB at most); feedback joins a call once its file "
+        "is in the store.",
+        _above(0),
+    )
+    feedback_window_s: float = _setting(
+        7 * 86400.0,
+        "A true answer arriving more than this after its call is counted late and not used.",
+        _above(0),
+    )
+    quality_recent_s: float = _setting(
+        3600.0,
+        "The recent window of realized quality: labelled calls scored this long ago at most.",
+        _above(0),
+    )
     # Not settable: env var names this object was read from (for the start-up line).
     from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

@@ -60,7 +60,8 @@ class TrainConfig:
 
     data: str = _setting(
         "digits",
-        "'digits' (built in), FILE.csv[.gz] (with a header), FILE.parquet or FILE.npz",
+        "'digits' (built in), FILE.csv[.gz] (with a header), FILE.parquet, FILE.npz, or a "
+        "directory (its CSV files in name order, or a capture store with its true answers)",
         group="data",
     )
     target: str | None = _setting(None, "CSV target column", group="data", none="the last column")

@@ -17,6 +17,12 @@ import grpc
 from bnserve import atomic
 from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.clients.connect import ConnectError, open_channel, read_token
+from bnserve.server.clients.records import (
+    RecordError,
+    missing_tokens,
+    parse_record,
+    read_records,
+)
 from bnserve.server.clients.targets import TargetError, check_target, connection_failure
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -80,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_features(text: str) -> pb.PredictRequest:
-    """`1,2,3` → features by position; `a=1,b=2` → named_features."""
+def parse_features(text: str, missing_cells: frozenset[str] = frozenset()) -> pb.PredictRequest:
+    """`1,2,3` → features by position; `a=1,b=2` → named_features. A value in `missing_cells`
+    (a model that fills gaps: empty, NA, …) is sent as NaN."""
     items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
+    if not text.strip() or (not missing_cells and any(not item for item in items)):
         raise InputError(f"--features {text!r}: expected comma-separated numbers, none empty")
     named = "=" in text
     request = pb.PredictRequest()
@@ -91,7 +98,8 @@ def parse_features(text: str) -> pb.PredictRequest:
         name, _, value = item.rpartition("=") if named else ("", "", item)
         if named and not name:
             raise InputError(f"--features item {position} {item!r}: expected name=value")
-        number = _number(value, f"--features item {position}{f' ({name})' if name else ''}")
+        where = f"--features item {position}{f' ({name})' if name else ''}"
+        number = math.nan if value.strip() in missing_cells else _number(value, where)
         if named:
             request.named_features[name] = number
         else:
@@ -110,9 +118,13 @@ def _number(text: str, where: str) -> float:
 
 
 def read_examples(
-    path: Path, feature_names: Sequence[str], delimiter: str = ","
+    path: Path,
+    feature_names: Sequence[str],
+    delimiter: str = ",",
+    missing_cells: frozenset[str] = frozenset(),
 ) -> tuple[list[int], list[list[float]]]:
-    """(line numbers, rows in model feature order) from a CSV with or without a header.
+    """(line numbers, rows in model feature order) from a CSV with or without a header; a cell
+    in `missing_cells` (a model that fills gaps: its missing tokens) is sent as NaN.
 
     With a header, the model's feature columns are picked by name (others, like a target column,
     are ignored); without one, every row must have exactly the model's F values in order. A UTF-8
@@ -162,7 +174,9 @@ def read_examples(
             )
         rows.append(
             [
-                _number(
+                math.nan
+                if cells[c].strip() in missing_cells
+                else _number(
                     cells[c].strip(),
                     f"{path}: line {line_number}, column {c + 1} ({header_names[c]!r})",
                 )
@@ -216,16 +230,33 @@ def stream_csv(
     from tqdm import tqdm
 
     assert settings.csv_path is not None
-    line_numbers, rows = read_examples(settings.csv_path, info.feature_names, settings.delimiter)
+    if info.columns:  # a model with per-column inputs: raw records, text and gaps
+        records = read_records(settings.csv_path, info, settings.delimiter)
+        if records.ignored:
+            print(
+                f"bnserve predict: ignoring column(s) {', '.join(records.ignored)} of "
+                f"{settings.csv_path}: not model inputs",
+                file=sys.stderr,
+            )
+        line_numbers, rows = records.lines, records.values
+    else:
+        # A format-2 model of numbers only fills gaps: its missing cells go as NaN.
+        gaps = missing_tokens(info) if "bnserve.schema" in info.metadata else frozenset()
+        line_numbers, rows = read_examples(  # type: ignore[assignment]
+            settings.csv_path, info.feature_names, settings.delimiter, gaps
+        )
 
     def requests() -> Iterator[pb.PredictRequest]:
         for line, row in zip(line_numbers, rows, strict=True):
-            yield pb.PredictRequest(
-                model_name=info.model_name,
-                model_version=info.model_version,
-                features=row,
-                id=str(line),
+            request = pb.PredictRequest(
+                model_name=info.model_name, model_version=info.model_version, id=str(line)
             )
+            if isinstance(row, dict):
+                for name, value in row.items():
+                    request.values[name].CopyFrom(value)
+            else:
+                request.features.extend(row)
+            yield request
 
     timeout = settings.timeout_s * max(1.0, len(rows) / 1000)
     table = [prediction_header(info)]
@@ -265,7 +296,13 @@ def run(settings: ClientSettings) -> int:
         )
         if settings.csv_path is not None:
             return stream_csv(stub, settings, info)
-        request = parse_features(settings.features)
+        if info.columns:
+            request = pb.PredictRequest()
+            for name, value in parse_record(settings.features, info).items():
+                request.values[name].CopyFrom(value)
+        else:
+            gaps = missing_tokens(info) if "bnserve.schema" in info.metadata else frozenset()
+            request = parse_features(settings.features, gaps)
         request.model_name, request.model_version = info.model_name, info.model_version
         response = stub.Predict(request, timeout=settings.timeout_s)
         print(format_prediction(response, info))
@@ -304,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_target(settings.target)
         return run(settings)
-    except (InputError, ConnectError, TargetError) as error:
+    except (InputError, RecordError, ConnectError, TargetError) as error:
         print(f"bnserve predict: error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bnserve import capture_store
 from bnserve.atomic import write_bytes
 from bnserve.header_hints import delimiter_hint, parse_delimiter
 from bnserve.server.drift.monitor import (
@@ -96,11 +98,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def read_inputs(path: Path, feature_names: tuple[str, ...], delimiter: str = ",") -> np.ndarray:
-    """The model's features from DATA as (N, F) float32, in model order."""
+    """The model's features from DATA as (N, F) float32, in model order. DATA: a .csv (or
+    .csv.gz), .npz or .parquet file, or a directory read as one table (its CSV files in name
+    order, or a capture store's calls: bnserve/capture_store.py)."""
+    if path.is_dir():
+        try:
+            rows = list(capture_store.training_rows(path))
+        except (capture_store.TableError, OSError, EOFError, csv.Error) as error:
+            raise DriftInputError(f"{path}: {error}") from None
+        header, column = _csv_columns(path, rows, delimiter)
+        return _features(path, header, column, feature_names)
     if not path.is_file():
         raise DriftInputError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
+    if suffix == ".csv" or path.name.lower().endswith(".csv.gz"):
         header, column = _read_csv(path, delimiter)
     elif suffix == ".npz":
         header, column = _read_npz(path, feature_names)
@@ -108,8 +119,15 @@ def read_inputs(path: Path, feature_names: tuple[str, ...], delimiter: str = ","
         header, column = _read_parquet(path)
     else:
         raise DriftInputError(
-            f"{path}: unsupported file type {suffix!r} (use .csv, .npz, .parquet)"
+            f"{path}: unsupported file type {suffix!r} (use .csv, .csv.gz, .npz, .parquet or "
+            "a directory of them)"
         )
+    return _features(path, header, column, feature_names)
+
+
+def _features(
+    path: Path, header: list[str], column: ColumnReader, feature_names: tuple[str, ...]
+) -> np.ndarray:
     missing = [name for name in feature_names if name not in header]
     if missing:
         shown = ", ".join(repr(name) for name in missing[:5])
@@ -135,10 +153,20 @@ ColumnReader = Callable[[int], np.ndarray]  # column index in the header -> (N,)
 
 def _read_csv(path: Path, delimiter: str) -> tuple[list[str], ColumnReader]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as packed:
+                text = packed.read().decode("utf-8-sig")
+        else:
+            text = path.read_text(encoding="utf-8-sig")
         rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
-    except (UnicodeDecodeError, csv.Error) as error:
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as error:
         raise DriftInputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    return _csv_columns(path, rows, delimiter)
+
+
+def _csv_columns(
+    path: Path, rows: list[list[str]], delimiter: str
+) -> tuple[list[str], ColumnReader]:
     if not rows:
         raise DriftInputError(f"{path}: empty file (a header line is needed)")
     header = [name.strip() for name in rows[0]]

@@ -14,7 +14,9 @@ from enum import StrEnum
 import numpy as np
 
 PREFIX = "bnserve."  # every metadata key starts with it
-FORMAT_VERSION = "1"  # the value of bnserve.format this contract describes
+FORMAT_VERSION = "1"  # bnserve.format of a model taking x [N, F] of numbers without gaps
+FORMAT_SCHEMA = "2"  # bnserve.format of a model with bnserve.schema (raw columns, or x with gaps)
+FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_SCHEMA)  # what a reader of this contract accepts
 TASKS = (
     "classification",
     "regression",
@@ -51,8 +53,10 @@ class MetadataKey(StrEnum):
     TRAINING = "training"
     CREATED_AT = "created_at"
     DRIFT = "drift"  # absent in models exported before drift monitoring
+    SCHEMA = "schema"  # format "2" only: the raw inputs (server/modelfile/schema.py)
     IMPORT = "import"  # models made by `bnserve import` only
     ADAPT = "adapt"  # models made by `bnserve adapt` only
+    ENSEMBLE = "ensemble"  # ensembles (`bnserve export` of several runs) only
 
     @property
     def full(self) -> str:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 
 from bnserve.server.modelfile.contract import (
+    FORMAT_SCHEMA,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    INPUT_NAME,
     PREFIX,
     TASKS,
     MetadataKey,
     Tolerance,
     output_names_key,
 )
+from bnserve.server.modelfile.schema import CATEGORICAL, InputSchema
 from bnserve.server.plane.errors import ModelLoadError
 
 
@@ -24,8 +28,12 @@ from bnserve.server.plane.errors import ModelLoadError
 class ModelCard:
     """What the model's metadata says about it, parsed and checked.
 
-    reference_inputs: (R, F) float32 raw features; reference_outputs: output name → (R, C) float64
-    probabilities, (R,) int64 labels or (R, T) float64 regression values.
+    reference_inputs: (R, F) float32 raw features (x), NaN missing for a format-2 numbers-only
+    model, and (R, 0) for a format-2 mixed model, whose references are reference_feeds only;
+    reference_feeds: the reference rows as onnxruntime inputs by graph input name (x (R, F), or
+    per column (R, 1) float32 or object strings, "" missing); reference_outputs: output name →
+    (R, C) float64 probabilities, (R,) int64 labels or (R, T) float64 regression values.
+    format: bnserve.format ("1" or "2"); schema: the raw inputs of a format-2 model.
     """
 
     task: str
@@ -37,6 +45,9 @@ class ModelCard:
     reference_outputs: dict[str, np.ndarray]
     tolerance: Tolerance
     entries: dict[str, str]  # every bnserve.* entry verbatim, keys without the prefix
+    format: str = FORMAT_VERSION
+    schema: InputSchema | None = None
+    reference_feeds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
@@ -54,8 +65,10 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     }
     reader = _Reader(entries, source)
     key = MetadataKey
-    if (model_format := reader.text(key.FORMAT)) != FORMAT_VERSION:
-        reader.fail(key.FORMAT, f"is {model_format!r}; this server reads format {FORMAT_VERSION!r}")
+    if (model_format := reader.text(key.FORMAT)) not in FORMAT_VERSIONS:
+        reader.fail(
+            key.FORMAT, f"is {model_format!r}; this server reads formats {list(FORMAT_VERSIONS)}"
+        )
     task = reader.text(key.TASK)
     if task not in TASKS:
         reader.fail(key.TASK, f"is {task!r}; expected one of {', '.join(TASKS)}")
@@ -66,8 +79,18 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
     graph_hash = reader.text(key.GRAPH_SHA256).lower()
     if len(graph_hash) != 64 or any(c not in "0123456789abcdef" for c in graph_hash):
         reader.fail(key.GRAPH_SHA256, f"is {graph_hash!r}, not a hex sha256")
-    reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
-    rows = reference_inputs.shape[0]
+    schema = None
+    if model_format == FORMAT_SCHEMA:
+        schema = reader.schema(key.SCHEMA)
+        reference_feeds = reader.feeds(key.REFERENCE_INPUTS, schema)
+        rows = len(next(iter(reference_feeds.values())))
+        reference_inputs = reference_feeds.get(INPUT_NAME, np.zeros((rows, 0), dtype=np.float32))
+        if schema.mixed:
+            reference_inputs = np.zeros((rows, 0), dtype=np.float32)
+    else:
+        reference_inputs = reader.matrix(key.REFERENCE_INPUTS, len(feature_names), np.float32)
+        reference_feeds = {INPUT_NAME: reference_inputs}
+        rows = reference_inputs.shape[0]
     raw_outputs = reader.json_value(key.REFERENCE_OUTPUTS)
     if not isinstance(raw_outputs, dict):
         reader.fail(key.REFERENCE_OUTPUTS, "is not a JSON object")
@@ -90,6 +113,9 @@ def parse_model_card(metadata: Mapping[str, str], source: str) -> ModelCard:
         reference_outputs=reference_outputs,
         tolerance=reader.tolerance(key.REFERENCE_TOLERANCE),
         entries=entries,
+        format=model_format,
+        schema=schema,
+        reference_feeds=reference_feeds,
     )
 
 
@@ -130,6 +156,48 @@ class _Reader:
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != columns:
             self.fail(key, f"has shape {array.shape}; expected (R ≥ 1, {columns})")
         return array
+
+    def schema(self, key: str) -> InputSchema:
+        try:
+            return InputSchema.from_json(self.json_value(key))
+        except ValueError as error:
+            self.fail(key, f"is not a valid input schema ({error})")
+
+    def feeds(self, key: str, schema: InputSchema) -> dict[str, np.ndarray]:
+        """A format-2 model's reference rows: per graph input, R rows of numbers (null is NaN)
+        or strings, as onnxruntime takes them."""
+        value = self.json_value(key)
+        names = [graph_input.name for graph_input in schema.inputs]
+        if not isinstance(value, dict) or sorted(value) != sorted(names):
+            self.fail(key, f"is not a JSON object with one entry per graph input {names}")
+        feeds: dict[str, np.ndarray] = {}
+        for graph_input in schema.inputs:
+            rows = value[graph_input.name]
+            width = len(graph_input.columns)
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(isinstance(row, list) and len(row) == width for row in rows)
+            ):
+                self.fail(key, f"[{graph_input.name!r}] is not a list of rows of {width} value(s)")
+            if graph_input.kind == CATEGORICAL:
+                if not all(isinstance(cell, str) for row in rows for cell in row):
+                    self.fail(key, f"[{graph_input.name!r}] holds a value that is not a string")
+                cells = np.empty((len(rows), width), dtype=object)
+                cells[:, :] = rows
+                feeds[graph_input.name] = cells
+                continue
+            try:
+                numbers = [
+                    [np.nan if cell is None else float(cell) for cell in row] for row in rows
+                ]
+            except (TypeError, ValueError) as error:
+                self.fail(key, f"[{graph_input.name!r}] is not numeric ({error})")
+            feeds[graph_input.name] = np.asarray(numbers, dtype=np.float32)
+        counts = {len(rows) for rows in feeds.values()}
+        if len(counts) != 1:
+            self.fail(key, "gives the inputs different numbers of rows")
+        return feeds
 
     def array_in(self, container: dict[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:
         key = f"{MetadataKey.REFERENCE_OUTPUTS}[{name!r}]"

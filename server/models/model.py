@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from bnserve.server.modelfile.contract import (
     decisive_rows,
 )
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
+from bnserve.server.modelfile.schema import CATEGORICAL, InputSchema
 from bnserve.server.modelfile.wire import (
     GRAPH_FIELD,
     GRAPH_NODE_FIELD,
@@ -35,12 +37,24 @@ from bnserve.server.modelfile.wire import (
     graph_sha256,
     with_graph_outputs,
 )
+from bnserve.server.plane.columns import (
+    SMALL,
+    datatype_of,
+    describe,
+    from_values,
+    input_names,
+    is_categorical,
+)
 from bnserve.server.plane.errors import InvalidInput, ModelLoadError, first_line
+from bnserve.server.plane.inputs import Columns, ModelInput, take
 from bnserve.server.settings import ServerSettings, default
 
 log = logging.getLogger(__name__)
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
+FORMAT_2_DRIFT = (
+    "not monitored: drift statistics of format-2 models (text columns, gaps) are not served yet"
+)
 PARITY_REPORT_LIMIT = 3  # mismatches quoted in a parity-gate error
 # The loosest parity tolerance a model file may state, by default (the server's own settings
 # cap it; bnserve export states abs 1e-5 on probabilities and 1e-4 (+1e-4·target std) for
@@ -51,6 +65,8 @@ DEFAULT_PARITY_CEILING = Tolerance(
 # An onnxruntime run (onnxruntime gives no types): (output names, {input name: array}, run
 # options) → the outputs, in the order asked.
 SessionRun = Callable[[list[str], dict[str, np.ndarray], Any], list[np.ndarray]]
+# What a mixed model counts per scored request and column: (column, unseen levels, missing cells).
+CellCounter = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,8 @@ class SessionThreads:
 
 
 class Model:
-    """An exported bnserve model ready to score: `predict(x)` with x (N, F) float32 raw features.
+    """An exported bnserve model ready to score: `predict(x)` with x (N, F) float32 raw features,
+    or for a mixed model (format 2, a categorical column) `Columns` of raw columns.
 
     Build it with `Model.load`, which verifies the graph hash and the metadata; call `warm_up`
     and `check_parity` before serving it.
@@ -117,14 +134,40 @@ class Model:
         # C++ binding with one RunOptions shared by every call (read-only during a run). It
         # skips only InferenceSession.run's Python-side checks of the feed's names and OrtValue
         # ownership, which hold by construction here: the feed is always {"x": float32 array}
-        # and _check_signature verified the session takes exactly x. io binding with
+        # and _check_signature verified the session takes exactly x (a mixed model: one array per
+        # graph input, in input order, float32 or object str, as check_features verified and
+        # _check_columns_signature verified the session takes). io binding with
         # preallocated outputs and run_with_ort_values measured slower (they must copy out).
         self._run_options = ort.RunOptions()
         self._session_run: SessionRun = session_run(session)  # server/_compat.py
         self._feature_index = {feature: i for i, feature in enumerate(card.feature_names)}
         self.num_features = card.num_features
         self.is_classification = card.task == "classification"
-        self.input_spec = TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features))
+        # Format 2 (server/modelfile/schema.py): mixed models take one input per column; in a
+        # numbers-only one NaN in x means missing (filled inside the graph).
+        self.schema: InputSchema | None = card.schema
+        self.mixed = card.schema is not None and card.schema.mixed
+        self.allows_missing = card.schema is not None
+        # A categorical column's levels that are not unseen: kept and rare training levels.
+        self._seen: dict[str, frozenset[str]] = {}
+        self._input_names: tuple[str, ...] = (INPUT_NAME,)
+        if card.schema is not None and self.mixed:
+            self._input_names = input_names(card.schema)
+            self._seen = {
+                column.name: frozenset((*column.levels, *column.rare))
+                for column in card.schema.used_columns
+                if column.kind == CATEGORICAL
+            }
+            self.input_specs = tuple(
+                TensorSpec(column.name, datatype_of(column), (-1, 1))
+                for column in card.schema.inputs
+            )
+        else:
+            self.input_specs = (TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features)),)
+        self.input_spec = self.input_specs[0]
+        # Unseen levels and missing cells per column of scored requests (format 2; None: not
+        # counted); build_servable sets it to the metrics' counters.
+        self.cell_counter: CellCounter | None = None
         self.output_specs = _output_specs(session, self.output_names)
         # Drift statistics of what predict scores (None: off, or the model has no reference);
         # layer_session is the same graph also returning the hidden pre-activations.
@@ -164,6 +207,11 @@ class Model:
         _check_signature(session, card, source)
         if drift is None:
             return cls(name, version, source, session, card)
+        if card.schema is not None:
+            # No drift statistics for format-2 models yet: the monitor reads x [N, F] only.
+            model = cls(name, version, source, session, card)
+            model.drift_status = FORMAT_2_DRIFT
+            return model
         label = f"model {name} version {version}"
         try:
             imported = bool(card.get(MetadataKey.IMPORT))
@@ -182,8 +230,9 @@ class Model:
             layer_session = _open_session(with_graph_outputs(model_bytes, widths), source, threads)
         return cls(name, version, source, session, card, monitor, layer_session)
 
-    def predict(self, x: np.ndarray) -> list[np.ndarray]:
-        """Score x (N, F) float32; answers in `output_names` order: probabilities (N, C) float32
+    def predict(self, x: ModelInput) -> list[np.ndarray]:
+        """Score x (N, F) float32, or a mixed model's Columns; answers in `output_names` order:
+        probabilities (N, C) float32
         and label (N,) int64, or y (N, T) float32. x must have passed `check_features`.
 
         Sampled runs also feed the drift statistics (hidden pre-activations included, from the
@@ -191,6 +240,7 @@ class Model:
         drift = self.drift
         if drift is None or not drift.sampled():
             return self._run(x)
+        assert isinstance(x, np.ndarray)  # format-2 models have no drift monitor yet
         if self._layer_session is None:
             outputs = self._run(x)
             drift.observe(x)
@@ -202,12 +252,18 @@ class Model:
         drift.observe(x, with_layers[count:])
         return with_layers[:count]
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run(self, x: ModelInput) -> list[np.ndarray]:
         """Score x without touching the drift statistics (warm-up, parity gate)."""
-        return self._session_run(self._output_list, {INPUT_NAME: x}, self._run_options)
+        if self.mixed:
+            return self._session_run(self._output_list, x.arrays, self._run_options)  # type: ignore[union-attr]
+        return self._session_run(self._output_list, {INPUT_NAME: x}, self._run_options)  # type: ignore[dict-item]
 
-    def check_features(self, x: np.ndarray) -> None:
-        """Raise InvalidInput unless x is (N ≥ 1, F) of finite values."""
+    def check_features(self, x: ModelInput) -> None:
+        """Raise InvalidInput unless x is (N ≥ 1, F) of finite values (NaN allowed where the
+        model fills gaps), or a mixed model's Columns (decoded and checked by plane/columns.py)."""
+        if isinstance(x, Columns) or self.mixed:
+            self._check_columns(x)
+            return
         if x.ndim != 2 or x.shape[1] != self.num_features:
             given = x.shape[-1] if x.ndim else 0
             raise InvalidInput(
@@ -216,12 +272,81 @@ class Model:
             )
         if x.shape[0] == 0:
             raise InvalidInput("empty request: no examples to score")
-        if not np.isfinite(x).all():
-            row, column = np.argwhere(~np.isfinite(x))[0]
+        bad = np.isinf(x) if self.allows_missing else ~np.isfinite(x)
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            must = "finite numbers or NaN (missing)" if self.allows_missing else "finite numbers"
             raise InvalidInput(
                 f"example {row}, feature {column} ({self.card.feature_names[column]!r}) is "
-                f"{x[row, column]}; features must be finite numbers"
+                f"{x[row, column]}; features must be {must}"
             )
+
+    def _check_columns(self, x: ModelInput) -> None:
+        """A mixed model's Columns: N ≥ 1 rows of its inputs in order (each array's dtype and
+        shape are plane/columns.py's); anything else names what the model takes instead."""
+        schema = self.schema
+        if schema is None or not self.mixed:
+            raise InvalidInput(
+                f"model {self.name!r} takes one input {INPUT_NAME!r} FP32 "
+                f"[N, {self.num_features}], not columns"
+            )
+        if not isinstance(x, Columns):
+            raise InvalidInput(
+                f"model {self.name!r} takes one input per column, by name: "
+                f"{describe(schema)}; not a vector of features"
+            )
+        if x.shape[0] == 0:
+            raise InvalidInput("empty request: no examples to score")
+        if tuple(x.arrays) != self._input_names:
+            raise InvalidInput(
+                f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
+            )
+
+    def observe_cells(self, x: ModelInput) -> None:
+        """Count unseen levels and missing cells of checked inputs per column (cell_counter)."""
+        counter, schema = self.cell_counter, self.schema
+        if counter is None or schema is None:
+            return
+        if not isinstance(x, Columns):
+            missing = np.isnan(x).sum(axis=0)
+            for index in np.flatnonzero(missing).tolist():
+                counter(self.card.feature_names[index], 0, int(missing[index]))
+            return
+        for column in schema.inputs:
+            array = x[column.name]
+            unseen = 0
+            if is_categorical(column):
+                seen, count = self._seen[column.name], 0
+                for text in array.ravel().tolist():
+                    if text in seen:
+                        continue
+                    if text == "" or schema.is_missing(text):
+                        count += 1
+                    else:
+                        unseen += 1
+                missing_cells = count
+            elif array.shape[0] <= SMALL:
+                missing_cells = sum(1 for value in array.ravel().tolist() if value != value)
+            else:
+                missing_cells = int(np.isnan(array).sum())
+            if unseen or missing_cells:
+                counter(column.name, unseen, missing_cells)
+
+    def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
+        """One example from named values of either kind (None: missing): a mixed model's
+        one-row Columns, or (1, F) float32 for a model that takes x."""
+        if self.schema is not None and self.mixed:
+            return from_values(self.schema, self.name, values)
+        texts = [name for name, value in values.items() if isinstance(value, str)]
+        if texts:
+            raise InvalidInput(
+                f"model {self.name!r} takes numbers only; {texts[0]!r} is the text "
+                f"{values[texts[0]]!r}"
+            )
+        numbers = {
+            name: math.nan if value is None else float(value) for name, value in values.items()
+        }
+        return np.array(self.row_from_names(numbers), dtype=np.float32).reshape(1, -1)
 
     def row_from_names(self, named: Mapping[str, float]) -> list[float]:
         """Feature values in model order from a name → value map naming every feature once."""
@@ -246,20 +371,40 @@ class Model:
     def warm_up(self, max_batch_size: int) -> None:
         """Run the sizes serving will use so the first real calls pay no allocation cost."""
         for batch_size in sorted({1, 2, max_batch_size}):
-            zeros = np.zeros((batch_size, self.num_features), dtype=np.float32)
+            zeros = self._zeros(batch_size)
             for _ in range(3):
                 self._run(zeros)
                 if self._layer_session is not None:
                     self._layer_session.run(self._layer_output_list, {INPUT_NAME: zeros})
+
+    def _zeros(self, rows: int) -> ModelInput:
+        """rows examples of zeros (a mixed model: 0 and "" per column)."""
+        if self.schema is None or not self.mixed:
+            return np.zeros((rows, self.num_features), dtype=np.float32)
+        return Columns(
+            {
+                column.name: np.full((rows, 1), "", dtype=object)
+                if is_categorical(column)
+                else np.zeros((rows, 1), dtype=np.float32)
+                for column in self.schema.inputs
+            }
+        )
+
+    @property
+    def reference_rows(self) -> ModelInput:
+        """The file's raw reference rows as predict takes them (the parity gate scores them)."""
+        if self.mixed:
+            return Columns(self.card.reference_feeds)
+        return self.card.reference_inputs
 
     def check_parity(self, ceiling: Tolerance = DEFAULT_PARITY_CEILING) -> None:
         """Score the embedded reference rows together and one at a time; raise ModelLoadError
         unless both reproduce the numpy inference path within the stated tolerance, and that
         tolerance is no looser than the server's ceiling allows (`check_tolerance`)."""
         self.check_tolerance(ceiling)
-        reference_x = self.card.reference_inputs
+        reference_x = self.reference_rows
         together = self._run(reference_x)
-        alone = [self._run(reference_x[i : i + 1]) for i in range(reference_x.shape[0])]
+        alone = [self._run(take(reference_x, i, i + 1)) for i in range(reference_x.shape[0])]
         alone_stacked = [np.concatenate(parts) for parts in zip(*alone, strict=True)]
         problems = self._parity_problems(together, "scored together")
         problems += self._parity_problems(alone_stacked, "scored one at a time")
@@ -376,14 +521,17 @@ def _check_graph_hash(model_bytes: bytes, expected: str, source: str) -> None:
 
 def _check_signature(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
     inputs = {tensor.name: tensor for tensor in session.get_inputs()}
-    if set(inputs) != {INPUT_NAME}:
+    if card.schema is not None and card.schema.mixed:
+        _check_columns_signature(session, card.schema, source)
+    elif set(inputs) != {INPUT_NAME}:
         raise ModelLoadError(f"model {source}: inputs are {sorted(inputs)}; expected ['x']")
-    x = inputs[INPUT_NAME]
-    if x.type != "tensor(float)" or len(x.shape) != 2 or x.shape[1] != card.num_features:
-        raise ModelLoadError(
-            f"model {source}: input x is {x.type} {x.shape}; expected tensor(float) "
-            f"[N, {card.num_features}] for {card.num_features} feature names"
-        )
+    else:
+        x = inputs[INPUT_NAME]
+        if x.type != "tensor(float)" or len(x.shape) != 2 or x.shape[1] != card.num_features:
+            raise ModelLoadError(
+                f"model {source}: input x is {x.type} {x.shape}; expected tensor(float) "
+                f"[N, {card.num_features}] for {card.num_features} feature names"
+            )
     outputs = {tensor.name for tensor in session.get_outputs()}
     missing = [name for name in OUTPUT_NAMES[card.task] if name not in outputs]
     if missing:
@@ -391,6 +539,27 @@ def _check_signature(session: ort.InferenceSession, card: ModelCard, source: str
             f"model {source}: a {card.task} model needs outputs {list(OUTPUT_NAMES[card.task])}; "
             f"missing {missing} (has {sorted(outputs)})"
         )
+
+
+def _check_columns_signature(
+    session: ort.InferenceSession, schema: InputSchema, source: str
+) -> None:
+    """A mixed model's graph inputs are bnserve.schema's, in order: numeric tensor(float) and
+    categorical tensor(string), each [N, 1]."""
+    graph = [(tensor.name, tensor.type, tensor.shape) for tensor in session.get_inputs()]
+    names = [name for name, _, _ in graph]
+    if names != list(input_names(schema)):
+        raise ModelLoadError(
+            f"model {source}: graph inputs are {names}; bnserve.schema says "
+            f"{list(input_names(schema))}"
+        )
+    for column, (name, kind, shape) in zip(schema.inputs, graph, strict=True):
+        wanted = "tensor(string)" if is_categorical(column) else "tensor(float)"
+        if kind != wanted or len(shape) != 2 or shape[1] != 1:
+            raise ModelLoadError(
+                f"model {source}: input {name!r} is {kind} {shape}; its {column.kind} column "
+                f"needs {wanted} [N, 1]"
+            )
 
 
 def _output_specs(session: ort.InferenceSession, names: Sequence[str]) -> tuple[TensorSpec, ...]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bnserve.server.models.repository import ModelRepository
 from bnserve.server.models.servable import Servable
+from bnserve.server.models.shadow import read_shadow
 from bnserve.server.models.versions import (
     FileSignature,
     ModelSource,
@@ -140,6 +141,22 @@ class VersionManager:
         for version in self._loaded_versions(source.name):
             if version not in kept and self._policy.max_versions:
                 self._unload(source.name, version, "beyond the newest max_versions")
+        if source.directory is not None:
+            self._follow_shadow(source.name, read_shadow(source.directory))
+
+    def _follow_shadow(self, name: str, version: str) -> None:
+        """The shadow file's version becomes the model's shadow (models/shadow.py)."""
+        before = self._repository.shadow(name)
+        self._repository.set_shadow(name, version)
+        after = self._repository.shadow(name)
+        if after is not before:
+            serving = self._repository.serving(name)
+            log.info(
+                "model %s: %s; version %s serving",
+                name,
+                f"version {after.model.version} is the shadow" if after else "no shadow",
+                serving.model.version if serving is not None else "none",
+            )
 
     def _bring_up(self, found: VersionFile, initial: bool) -> bool:
         """Load found unless it is loaded already; True when it is being served afterwards."""

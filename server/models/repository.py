@@ -34,6 +34,8 @@ class ModelRepository:
         self._servables: dict[str, dict[str, Servable]] = {}
         self._newest: dict[str, Servable] = {}
         self._statuses: dict[tuple[str, str], ModelStatus] = {}
+        self._shadow_versions: dict[str, str] = {}  # name → the version marked shadow
+        self._shadows: dict[str, Servable] = {}  # name → that version, loaded and not served
 
     def get(self, name: str, version: str = "") -> Servable:
         """The servable for name (empty: the only model) and version (empty: the newest)."""
@@ -76,6 +78,28 @@ class ModelRepository:
             return ModelNotFound(f"model {name!r} has no version {version!r} (it has: {versions})")
         known = ", ".join(sorted(self._servables)) or "none"
         return ModelNotFound(f"no model named {name!r} (this server has: {known})")
+
+    def shadow(self, name: str) -> Servable | None:
+        """The model's shadow version (server/models/shadow.py), loaded; None without one."""
+        return self._shadows.get(name)
+
+    def serving(self, name: str) -> Servable | None:
+        """The version a call naming no version gets (None: the model serves nothing)."""
+        return self._newest.get(name)
+
+    def set_shadow(self, name: str, version: str) -> None:
+        """Mark `version` the shadow of model `name` ("": none): a call naming no version then
+        gets the newest other version, and the shadow scores sampled calls beside it."""
+        with self._write_lock:
+            if self._shadow_versions.get(name, "") == version:
+                return
+            shadows = dict(self._shadow_versions)
+            if version:
+                shadows[name] = version
+            else:
+                shadows.pop(name, None)
+            self._shadow_versions = shadows
+            self._publish(name, dict(self._servables.get(name, {})))
 
     def versions(self, name: str) -> list[str]:
         """The ready versions of a model, oldest first."""
@@ -143,13 +167,19 @@ class ModelRepository:
     def _publish(self, name: str, versions: dict[str, Servable]) -> None:
         servables = dict(self._servables)
         newest = dict(self._newest)
+        shadows = dict(self._shadows)
+        shadows.pop(name, None)
         if versions:
             servables[name] = versions
-            newest[name] = versions[max(versions, key=version_key)]
+            shadow = self._shadow_versions.get(name, "")
+            served = [v for v in versions if v != shadow] or list(versions)
+            newest[name] = versions[max(served, key=version_key)]
+            if shadow in versions and versions[shadow] is not newest[name]:
+                shadows[name] = versions[shadow]
         else:
             servables.pop(name, None)
             newest.pop(name, None)
-        self._servables, self._newest = servables, newest
+        self._servables, self._newest, self._shadows = servables, newest, shadows
 
     def _set_status(self, status: ModelStatus) -> None:
         statuses = dict(self._statuses)

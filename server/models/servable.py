@@ -13,6 +13,7 @@ from bnserve.server.models.model import Model, ModelLimits, SessionThreads
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.plane.batching import DynamicBatcher, Predict
 from bnserve.server.plane.errors import DeadlineExpired, ModelLoadError, first_line
+from bnserve.server.plane.inputs import ModelInput
 from bnserve.server.plane.statistics import ModelStats
 from bnserve.server.settings import ServerSettings
 
@@ -45,9 +46,10 @@ class Servable:
         self.all_outputs = tuple((i, 0) for i in range(len(model.output_specs)))
 
     def run(
-        self, x: np.ndarray, timeout_s: float | None = None, *, batchable: bool = True
+        self, x: ModelInput, timeout_s: float | None = None, *, batchable: bool = True
     ) -> list[np.ndarray]:
-        """Score x (N, F) float32, which passed `model.check_features`, within timeout_s seconds
+        """Score x (N, F) float32 or a mixed model's Columns, which passed
+        `model.check_features`, within timeout_s seconds
         (the call's deadline). Single examples go through the batcher when there is one and
         `batchable` (a stream passes False: it scores its messages one after another, so each
         would wait out the batching delay alone). Answers in `model.output_names` order, N rows
@@ -97,6 +99,8 @@ def build_servable(
     predict: Predict = model.predict
     if metrics is not None:
         predict = metrics.instrument_predict(name, predict)
+        if model.schema is not None:
+            model.cell_counter = metrics.cell_counter(name)
     stats = ModelStats()  # ModelStatistics; the data plane times unbatched runs itself
     batcher = None
     if settings.batching:

@@ -10,7 +10,7 @@ of both transports are counted by the call observer (server/observability/calls.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from bnserve.server.observability.metrics_http import MetricsHTTPServer, serve_metrics
 from bnserve.server.plane.batching import Predict
+from bnserve.server.plane.inputs import ModelInput
 
 # Counters without their `_created` twin series (prometheus-client exports one per counter and
 # histogram by default, doubling the series a scrape carries).
@@ -121,6 +122,20 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.unseen_levels = Counter(
+            "bnserve_unseen_levels",
+            "Cells of scored requests whose level the training split never had, by model and "
+            "categorical column (format-2 models; scored as the column's <other> level).",
+            ["model", "column"],
+            registry=self.registry,
+        )
+        self.missing_cells = Counter(
+            "bnserve_missing_cells",
+            "Missing cells of scored requests (null, NaN, empty or a missing token), by model and "
+            "column (format-2 models; filled inside the graph).",
+            ["model", "column"],
+            registry=self.registry,
+        )
         self._call_counters: dict[tuple[str, str, str], Any] = {}
         self._call_latencies: dict[tuple[str, str], Any] = {}
         self._http: MetricsHTTPServer | None = None
@@ -157,11 +172,31 @@ class ServerMetrics:
         """predict, recording each run's example count in bnserve_batch_size."""
         batch_size = self.batch_size.labels(model_name)
 
-        def counted(x: np.ndarray) -> list[np.ndarray]:
+        def counted(x: ModelInput) -> list[np.ndarray]:
             batch_size.observe(x.shape[0])
             return predict(x)
 
         return counted
+
+    def cell_counter(self, model_name: str) -> Callable[[str, int, int], None]:
+        """count(column, unseen, missing): add to the model's unseen-level and missing-cell
+        counters (Model.cell_counter)."""
+        unseen_children: dict[str, Any] = {}
+        missing_children: dict[str, Any] = {}
+
+        def count(column: str, unseen: int, missing: int) -> None:
+            if unseen:
+                child = unseen_children.get(column)
+                if child is None:
+                    child = unseen_children[column] = self.unseen_levels.labels(model_name, column)
+                child.inc(unseen)
+            if missing:
+                child = missing_children.get(column)
+                if child is None:
+                    child = missing_children[column] = self.missing_cells.labels(model_name, column)
+                child.inc(missing)
+
+        return count
 
     def version_loaded(self, model_name: str, version: str) -> None:
         self.loaded_versions.labels(model_name, version).set(1)

@@ -22,11 +22,13 @@ from collections.abc import Callable
 import numpy as np
 
 from bnserve.server.plane.errors import DeadlineExpired, Overloaded
+from bnserve.server.plane.inputs import ModelInput, concatenate
 
 log = logging.getLogger(__name__)
 
-# A model run: x (N, F) float32 → every output, N rows each (Model.predict, or a wrapper of it).
-Predict = Callable[[np.ndarray], list[np.ndarray]]
+# A model run: x (N, F) float32 or a mixed model's Columns → every output, N rows each
+# (Model.predict, or a wrapper of it).
+Predict = Callable[[ModelInput], list[np.ndarray]]
 
 
 class _Request:
@@ -34,8 +36,8 @@ class _Request:
 
     __slots__ = ("batch", "deadline", "error", "outputs", "taken", "woken", "x")
 
-    def __init__(self, x: np.ndarray, deadline: float | None) -> None:
-        self.x = x  # (n, F) float32, n ≥ 1
+    def __init__(self, x: ModelInput, deadline: float | None) -> None:
+        self.x = x  # (n, F) float32 or Columns of n rows, n ≥ 1
         self.deadline = deadline  # time.monotonic() value, None: no deadline
         self.woken = threading.Event()
         self.outputs: list[np.ndarray] | None = None  # its own n rows of every output
@@ -83,7 +85,7 @@ class DynamicBatcher:
         """Calls waiting for the model right now."""
         return len(self._queue)
 
-    def score(self, x: np.ndarray, timeout_s: float | None = None) -> list[np.ndarray]:
+    def score(self, x: ModelInput, timeout_s: float | None = None) -> list[np.ndarray]:
         """Score x (n, F) within timeout_s seconds (None: no limit); answers its n rows of every
         output. Raises Overloaded when max_queue calls are already waiting, DeadlineExpired
         when timeout_s passes before its batch runs."""
@@ -145,7 +147,9 @@ class DynamicBatcher:
         """Score batch in this thread, answer each member its own rows, hand the model on."""
         try:
             try:
-                x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+                # Columns concatenate column by column: an example's score never depends on
+                # its batch.
+                x = batch[0].x if len(batch) == 1 else concatenate([r.x for r in batch])
                 outputs = self._predict(x)
             except Exception as error:
                 for member in batch:

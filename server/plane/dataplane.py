@@ -17,18 +17,26 @@ from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
+from bnserve.server.capture.feedback import TrueAnswer, label_rows
+from bnserve.server.capture.quality import ModelQuality
+from bnserve.server.capture.service import Capture
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.models.repository import FAILED, LOADING, READY, ModelRepository, ModelStatus
 from bnserve.server.models.servable import Servable
 from bnserve.server.observability.tracing import Tracing, scored_at
 from bnserve.server.plane.admission import InflightLimiter
+from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.errors import (
+    CaptureOff,
     InvalidInput,
     ModelControlClosed,
     ModelNotFound,
     ServingError,
 )
+from bnserve.server.plane.inputs import ModelInput, TensorIn
 from bnserve.server.plane.statistics import StatsSnapshot
+
+__all__ = ["TensorIn"]  # re-exported: the transports import it from here
 
 SERVER_NAME = "bnserve"
 PLATFORM = "onnxruntime_onnx"
@@ -43,27 +51,16 @@ MODEL_CONTROL_CLOSED = (
     "model control is closed on this server (start it with --model-control and bearer tokens "
     "to let load rescan the model directories); bnserve reloads its directories itself"
 )
+CAPTURE_OFF = (
+    "feedback needs the capture store: start the server with --capture-dir DIR (true answers "
+    "are joined with the captured calls there)"
+)
 MODEL_UNLOAD_CLOSED = (
     "unload is not offered: remove the version directory and the next scan unloads it (never "
     "a model's last version)"
 )
 
 _now = time.perf_counter_ns
-
-
-class TensorIn(NamedTuple):
-    """One v2 input tensor as a transport decoded it.
-
-    data: bytes (the tensor's little-endian bytes: raw_input_contents, HTTP binary data) or the
-    typed values, flat (an ndarray or a sequence numpy converts). source names where the data
-    came from, for messages ("fp32_contents", "raw_input_contents[0]", "JSON data").
-    """
-
-    name: str
-    datatype: str
-    shape: Sequence[int]
-    data: bytes | np.ndarray | Sequence[float]
-    source: str
 
 
 class OutputRequest(NamedTuple):
@@ -100,7 +97,8 @@ class DataPlane:
     """Every request kind of every transport, over one repository and one admission limiter.
 
     tracing: the data plane's parts of each call's span (None: no tracing); rescan: model
-    control's load, a scan of the model directories (None: model control closed)."""
+    control's load, a scan of the model directories (None: model control closed); capture:
+    the capture store every scored call is offered to, feedback's and quality's (None: off)."""
 
     def __init__(
         self,
@@ -109,8 +107,10 @@ class DataPlane:
         *,
         tracing: Tracing | None = None,
         rescan: Callable[[], None] | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.repository = repository
+        self.capture = capture
         self.limiter = limiter
         self._tracing = tracing
         self._rescan = rescan
@@ -147,24 +147,31 @@ class DataPlane:
     def score(
         self,
         servable: Servable,
-        x: np.ndarray,
+        x: ModelInput,
         timeout_s: float | None,
         *,
         batchable: bool = True,
         checked: bool = False,
+        request_id: str | Sequence[str] = "",
     ) -> list[np.ndarray]:
-        """Validate x (N, F) float32, admit, check the deadline, score; record statistics.
+        """Validate x (N, F) float32 (a mixed model: Columns), admit, check the deadline,
+        score; record statistics; offer the call to the capture store.
 
         timeout_s: seconds left of the caller's deadline (None: none). batchable=False keeps
         single examples out of the dynamic batcher (a stream scores its messages in order).
         checked: x already passed `servable.model.check_features` (a stream checks each message
-        to name the bad one). Answers in `servable.model.output_names` order, N rows each.
+        to name the bad one). request_id: the call's id (its rows are numbered 0..N-1 in the
+        store), or one id per row (a stream's messages). Answers in
+        `servable.model.output_names` order, N rows each.
         """
         stats = servable.stats
         started = _now()
         try:
+            model = servable.model
             if not checked:
-                servable.model.check_features(x)
+                model.check_features(x)
+            if model.cell_counter is not None:
+                model.observe_cells(x)
             checked_at = _now()
             with self.limiter:
                 admitted = _now()
@@ -197,6 +204,15 @@ class DataPlane:
                 0,
                 True,
             )
+        capture = self.capture
+        if capture is not None:
+            # x's columns by the model's feature names (a mapping of columns when inputs are
+            # tables): capture writes the inputs as the model received them.
+            sampled = capture.writer.offer(servable.model, x, outputs, request_id, done - started)
+            if sampled:
+                shadow = self.repository.shadow(servable.model.name)
+                if shadow is not None and self.repository.serving(servable.model.name) is servable:
+                    capture.shadow.offer(shadow, x, request_id)
         return outputs
 
     def infer(
@@ -205,9 +221,11 @@ class DataPlane:
         inputs: Sequence[TensorIn],
         requested: Sequence[OutputRequest],
         timeout_s: float | None,
+        request_id: str = "",
     ) -> list[TensorOut]:
-        """The Open Inference Protocol's infer: one input 'x' FP32 [N, F] in, the requested
-        outputs (all when none are named) out, in request order."""
+        """The Open Inference Protocol's infer: one input 'x' FP32 [N, F] in (a mixed model: one
+        input per column), the requested outputs (all when none are named) out, in request
+        order; request_id: the request's id (the capture store's)."""
         model = servable.model
         try:
             x = input_array(model, inputs)
@@ -215,7 +233,7 @@ class DataPlane:
         except ServingError:
             servable.stats.record_failure(0)
             raise
-        outputs = self.score(servable, x, timeout_s)
+        outputs = self.score(servable, x, timeout_s, request_id=request_id)
         answered = []
         for index, class_count in wanted:
             spec = model.output_specs[index]
@@ -228,6 +246,28 @@ class DataPlane:
                 answered.append(TensorOut(spec.name, spec.datatype, values))
         return answered
 
+    # --- feedback and realized quality ------------------------------------------------------
+
+    def feedback(self, name: str, answers: Sequence[TrueAnswer]) -> tuple[int, int]:
+        """Append true answers for calls to model `name` to the capture store: (accepted,
+        dropped: the writer's queue was full). InvalidInput names a bad answer; CaptureOff
+        without a store. Whether an id matches a call is the join's to count, not an error."""
+        servable = self.find(name)
+        if self.capture is None:
+            raise CaptureOff(CAPTURE_OFF)
+        header, rows = label_rows(servable.model, answers)
+        if self.capture.writer.offer_labels(servable.model.name, header, rows):
+            return len(rows), 0
+        return 0, len(rows)
+
+    def quality(self, name: str) -> ModelQuality | None:
+        """Model `name`'s realized quality per version from the capture store (None: no
+        capture store); ModelNotFound for a model not served."""
+        model = self.find(name).model
+        if self.capture is None:
+            return None
+        return self.capture.joiner.model(model.name) or ModelQuality({}, 0, 0, 0)
+
     # --- model configuration, statistics, repository index ---------------------------------
 
     def model_config(self, name: str, version: str = "") -> ModelConfigInfo:
@@ -236,13 +276,13 @@ class DataPlane:
         batcher = servable.batcher
         if batcher is not None:
             max_batch_size = batcher.max_batch_size
-            inputs = (_without_batch(model.input_spec),)
+            inputs = tuple(_without_batch(spec) for spec in model.input_specs)
             outputs = tuple(_without_batch(spec) for spec in model.output_specs)
             delay_us: int | None = round(batcher.max_delay_s * 1e6)
         else:
             max_batch_size, inputs, outputs, delay_us = (
                 0,
-                (model.input_spec,),
+                model.input_specs,
                 model.output_specs,
                 None,
             )
@@ -293,8 +333,11 @@ class DataPlane:
         return [s for s in statuses if not ready_only or s.state == READY]
 
 
-def input_array(model: Model, inputs: Sequence[TensorIn]) -> np.ndarray:
-    """The request's one input as (N, F) float32; InvalidInput says what is wrong and how."""
+def input_array(model: Model, inputs: Sequence[TensorIn]) -> ModelInput:
+    """The request's one input as (N, F) float32 (a mixed model: its Columns); InvalidInput
+    says what is wrong and how."""
+    if model.schema is not None and model.mixed:
+        return decode_tensors(model.schema, model.name, inputs)
     spec = model.input_spec
     expected = f"{spec.name!r} {spec.datatype} [N, {model.num_features}]"
     if len(inputs) != 1:

@@ -52,6 +52,10 @@ class ModelControlClosed(ServingError):
     """Model load/unload asked of a server that does not offer it (see --model-control)."""
 
 
+class CaptureOff(ServingError):
+    """A call that needs the capture store (feedback) on a server without one."""
+
+
 class Status(NamedTuple):
     """One answer's status on each transport; `grpc` is also the code the metrics count."""
 
@@ -73,6 +77,8 @@ STATUS_BY_ERROR: dict[type[ServingError], Status] = {
     # Not offered by this server, whoever asks: not PERMISSION_DENIED/403, which sends an
     # operator to the tokens (docs/serving.md, Errors).
     ModelControlClosed: Status(grpc.StatusCode.UNIMPLEMENTED, 501),
+    # The server's configuration, not the request, must change.
+    CaptureOff: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
 }
 OK = Status(grpc.StatusCode.OK, 200)
 INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bnserve.server.plane.batching import Predict
+from bnserve.server.plane.inputs import ModelInput
 
 # The parts of a successful request, in Triton's names.
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -127,7 +128,7 @@ class ModelStats:
         """predict, counting each run and its duration under its batch size (batched runs)."""
         tally = self._tally
 
-        def timed_predict(x: np.ndarray) -> list[np.ndarray]:
+        def timed_predict(x: ModelInput) -> list[np.ndarray]:
             started = time.perf_counter_ns()
             outputs = predict(x)
             elapsed = time.perf_counter_ns() - started

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bnserve.server.models.versions import resolve_sources
@@ -199,9 +200,7 @@ class Supervisor:
         metrics_http = None
         try:
             if self._metrics_dir:
-                metrics_http = _serve_summed_metrics(
-                    self._metrics_dir, self.settings.host, self.settings.metrics_port
-                )
+                metrics_http = _serve_summed_metrics(self._metrics_dir, self.settings)
                 log.info(
                     "metrics of every process on http://%s:%d/metrics, summed from files in %s",
                     self.settings.host,
@@ -401,16 +400,25 @@ class Supervisor:
             child_drift_file(self._metrics_dir, pid).unlink(missing_ok=True)
 
 
-def _serve_summed_metrics(directory: str, host: str, port: int) -> MetricsHTTPServer:
-    """/metrics on host:port (observability/metrics_http.py), summing every child's samples in
-    directory."""
+def _serve_summed_metrics(directory: str, settings: ServerSettings) -> MetricsHTTPServer:
+    """/metrics on the settings' host and metrics port (observability/metrics_http.py),
+    summing every child's samples in directory; with --capture-dir, the realized quality of
+    the store every child writes to, joined here."""
     from prometheus_client import CollectorRegistry, multiprocess
 
+    from bnserve.server.capture.metrics import QualityCollector
+    from bnserve.server.capture.quality import QualityJoiner
     from bnserve.server.drift.metrics import ChildDriftCollector
 
+    host, port = settings.host, settings.metrics_port
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
     registry.register(ChildDriftCollector(directory))  # drift gauges: multiprocess files lack them
+    if settings.capture_dir:
+        joiner = QualityJoiner(
+            Path(settings.capture_dir), settings.quality_recent_s, settings.feedback_window_s
+        )
+        registry.register(QualityCollector(joiner))
     try:
         http, _ = serve_metrics(host, port, registry)
     except OSError as error:

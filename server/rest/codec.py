@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bnserve.server.capture.feedback import MAX_ANSWERS, TrueAnswer
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.plane.dataplane import (
     ModelConfigInfo,
@@ -113,7 +114,9 @@ def _inputs(inputs: Any, binary: memoryview) -> list[TensorIn]:
             raise InvalidInput(f"input {name!r} has no 'data' (and no binary_data_size)")
         if not isinstance(data, list):
             data = [data]
-        if data and isinstance(data[0], list):
+        if datatype == "BYTES":
+            data = _flat(data)
+        elif data and isinstance(data[0], list):
             try:
                 data = np.asarray(data, dtype=np.float32).ravel()
             except (TypeError, ValueError):
@@ -126,6 +129,16 @@ def _inputs(inputs: Any, binary: memoryview) -> list[TensorIn]:
             f"{len(binary) - offset} bytes of binary data after the inputs' binary_data_size"
         )
     return decoded
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    """Nested lists (by row) flattened, values as they are (BYTES: text or null)."""
+    if not any(isinstance(value, list) for value in data):
+        return data
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flat(value) if isinstance(value, list) else [value])
+    return flat
 
 
 def _outputs(outputs: Any, default_binary: bool) -> tuple[list[OutputRequest], list[bool]]:
@@ -194,7 +207,9 @@ def model_config(info: ModelConfigInfo) -> dict[str, Any]:
     """Triton's model configuration as its HTTP API answers it."""
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        data_type = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}[spec.datatype]
+        data_type = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}[
+            spec.datatype
+        ]
         return {"name": spec.name, "data_type": data_type, "dims": list(spec.shape)}
 
     config: dict[str, Any] = {
@@ -243,3 +258,41 @@ def model_statistics(found: Sequence[tuple[str, str, StatsSnapshot]]) -> dict[st
             for name, version, stats in found
         ]
     }
+
+
+def feedback_answers(body: bytes) -> list[TrueAnswer]:
+    """POST /v2/models/{name}/feedback's body as true answers; InvalidInput names what is
+    wrong (at most MAX_ANSWERS; each {"id": str, "row": int ≥ 0 (default 0), "label": str}
+    or {"id", "row", "values": [numbers]})."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the request body is not JSON") from None
+    items = parsed.get("answers") if isinstance(parsed, dict) else None
+    if not isinstance(items, list):
+        raise InvalidInput(
+            'the request body must be {"answers": [{"id": "...", "row": 0, "label": "..."}, '
+            '...]} (regression: "values": [...] instead of "label")'
+        )
+    if len(items) > MAX_ANSWERS:
+        raise InvalidInput(
+            f"{len(items)} true answers in one call; at most {MAX_ANSWERS} (send several calls)"
+        )
+    answers = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"answers[{index}] must be an object")
+        ident, row = item.get("id"), item.get("row", 0)
+        label, values = item.get("label", ""), item.get("values", [])
+        if not isinstance(ident, str):
+            raise InvalidInput(f"answers[{index}].id must be the call's request id (a string)")
+        if not isinstance(row, int) or isinstance(row, bool):
+            raise InvalidInput(f"answers[{index}].row must be a whole number")
+        if not isinstance(label, str):
+            raise InvalidInput(f"answers[{index}].label must be a class name (a string)")
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise InvalidInput(f"answers[{index}].values must be a list of numbers")
+        answers.append(TrueAnswer(ident, row, label, [float(v) for v in values]))
+    return answers

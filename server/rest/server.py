@@ -326,8 +326,10 @@ class RestTransport:
                 ("GET", prefix + "/config", self._model_config),
                 ("GET", prefix + "/stats", self._model_statistics),
                 ("GET", prefix + "/drift", self._model_drift),
+                ("GET", prefix + "/quality", self._model_quality),
                 ("POST", prefix + "/infer", self._infer),
             ]
+        routes.append(("POST", model + "/feedback", self._feedback))
         for method, path, handler in routes:
             router.add_route(method, path, self._wrap(handler, path))
         self._allowed: list[tuple[re.Pattern[str], set[str]]] = []
@@ -429,7 +431,7 @@ class RestTransport:
                 "name": model.name,
                 "versions": self._plane.versions(model.name),
                 "platform": PLATFORM,
-                "inputs": [codec.tensor_metadata(model.input_spec)],
+                "inputs": [codec.tensor_metadata(spec) for spec in model.input_specs],
                 "outputs": [codec.tensor_metadata(spec) for spec in model.output_specs],
             }
         )
@@ -447,7 +449,48 @@ class RestTransport:
 
     async def _model_statistics(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
-        return _json(codec.model_statistics(self._plane.statistics(name, version)))
+        answer = codec.model_statistics(self._plane.statistics(name, version))
+        # Realized quality beside Triton's figures (a join reads files: not on the loop thread).
+        quality = await self._in_thread(self._plane.quality, name)
+        if quality is not None:
+            for entry in answer["model_stats"]:
+                figures = quality.versions.get(entry["version"])
+                if figures is not None:
+                    entry["quality"] = figures.as_dict()
+        return _json(answer)
+
+    async def _model_quality(self, request: web.Request) -> web.Response:
+        """The ModelQuality RPC's figures as JSON (a figure without labelled calls is null)."""
+        name, version = _model_path(request)
+        model_name = self._plane.find(name, version).model.name
+        quality = await self._in_thread(self._plane.quality, name)
+        answer: dict[str, Any] = {"model_name": model_name, "captured": quality is not None}
+        if quality is not None:
+            answer |= {
+                "labels": quality.labels,
+                "unknown_labels": quality.unknown,
+                "late_labels": quality.late,
+                "versions": {
+                    v: figures.as_dict()
+                    for v, figures in sorted(quality.versions.items())
+                    if not version or v == version
+                },
+                "shadows": [
+                    pair.as_dict()
+                    for pair in quality.shadows
+                    if not version or version in (pair.primary, pair.shadow)
+                ],
+            }
+        return _json(answer)
+
+    async def _feedback(self, request: web.Request) -> web.Response:
+        """True answers: {"answers": [{"id": ..., "row": 0, "label": ... | "values": [...]}]}."""
+        name, _ = _model_path(request)
+        self._plane.find(name)
+        body = await self._read_body(request)
+        answers = codec.feedback_answers(body)
+        accepted, dropped = self._plane.feedback(name, answers)
+        return _json({"accepted": accepted, "dropped": dropped})
 
     async def _model_drift(self, request: web.Request) -> web.Response:
         """The ModelDrift RPC's figures as JSON (a non-finite figure, e.g. the variance ratio
@@ -506,11 +549,19 @@ class RestTransport:
         if call is not None:
             call.id = str(decoded.id)
         plane = self._plane
+        request_id = str(decoded.id)
         if servable.batcher is None:
-            outputs = plane.infer(servable, decoded.inputs, decoded.outputs, decoded.timeout_s)
+            outputs = plane.infer(
+                servable, decoded.inputs, decoded.outputs, decoded.timeout_s, request_id
+            )
         else:  # may wait for batch-mates: not on the loop thread
             outputs = await self._in_thread(
-                plane.infer, servable, decoded.inputs, decoded.outputs, decoded.timeout_s
+                plane.infer,
+                servable,
+                decoded.inputs,
+                decoded.outputs,
+                decoded.timeout_s,
+                request_id,
             )
         model = servable.model
         if call is not None:

@@ -151,3 +151,30 @@ def synthetic_run(tmp_path: Path):
         return write_synthetic_run(tmp_path / f"run{next(counter)}", spec, params)
 
     return make
+
+
+PENGUINS = Path(__file__).parents[1] / "training" / "fixtures" / "penguins.csv"
+
+
+@dataclass(frozen=True)
+class ExportedRun:
+    """A finished training run and the model `bnserve export` wrote from it."""
+
+    run_dir: Path
+    model: Path
+
+
+@pytest.fixture(scope="session")
+def penguins_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedRun:
+    """Penguins trained from the raw file (text columns, NA cells: `--target species`, small and
+    quick), exported: a mixed model taking one input per column."""
+    from bnserve.export.exporter import ExportSettings, export_run
+    from bnserve.training.train import train
+
+    folder = tmp_path_factory.mktemp("penguins")
+    run_dir = folder / "run"
+    config = TrainConfig(data=str(PENGUINS), target="species", hidden=(16, 8), epochs=40)
+    train(config, run_dir, progress=False, plot=False, cache_dir="off")
+    model = folder / "penguins.onnx"
+    export_run(ExportSettings(run_dir=run_dir, out=model))
+    return ExportedRun(run_dir, model)

@@ -65,6 +65,26 @@ def test_features_describe_the_training_split(trained_runs, tmp_path) -> None:
     assert len(features["edges"]) == 64
 
 
+def test_a_cross_validation_folds_run_is_described_by_its_own_training_rows(tmp_path) -> None:
+    """A fold run (the tuner's --cv, ensemble members) standardized on its fold's training rows,
+    not the whole training split: those rows are what its drift reference describes."""
+    from bnserve.training.config import TrainConfig
+    from bnserve.training.data.folds import fold_split
+    from bnserve.training.data.loading import load_split
+    from bnserve.training.train import train
+
+    config = TrainConfig(hidden=(8,), epochs=1, folds=3, fold=1)
+    run_dir = Path(train(config, tmp_path / "fold-1", progress=False).run_dir)
+    drift = _drift(run_dir, tmp_path / "model.onnx")
+    dataset, split = load_split(config)
+    fold = fold_split(split, dataset.y, dataset.task, 3, 1, config.data_split_seed)
+    assert drift["source"] == "training split"
+    assert drift["rows"] == fold.train.size < split.train.size + split.dev.size
+    np.testing.assert_array_equal(
+        _f32(drift["features"]["max"]), dataset.x[fold.train].max(axis=0).astype(np.float32)
+    )
+
+
 def test_layers_carry_the_frozen_statistics(trained_runs, tmp_path) -> None:
     run_dir = trained_runs["digits-bn"]
     params = load_run(run_dir).params

@@ -72,3 +72,13 @@ def test_a_target_out_of_the_logs_domain_and_a_classification_are_refused(tmp_pa
         train(config, tmp_path / "neg", progress=False)
     with pytest.raises(ValueError, match="transforms a regression target"):
         train(TrainConfig(target_transform="log", epochs=1), tmp_path / "cls", progress=False)
+
+
+def test_an_ensemble_of_transformed_runs_is_refused(skewed_run, tmp_path, capsys):
+    """The ensemble's mean node averages the members' last layers: t, not y."""
+    other = tmp_path / "other"
+    train(skewed_run.config.replace(seed=1, epochs=2), other, progress=False, plot=False)
+    code = export_main([str(skewed_run.path), str(other), "--out", str(tmp_path / "e.onnx")])
+    assert code == 2
+    assert "its target is transformed (log)" in capsys.readouterr().err
+    assert not (tmp_path / "e.onnx").exists()

@@ -41,6 +41,22 @@ def test_predict_by_name_equals_by_position(predictor) -> None:
     assert list(by_name.probabilities) == list(by_position.probabilities)
 
 
+def test_values_of_numbers_work_for_a_model_of_numbers(predictor) -> None:
+    """Predict.values (the mixed-input form) scores a feature-vector model too; text is refused
+    naming the feature, and a missing value is refused (format 1 has no gaps)."""
+    features = EXAMPLES[3]
+    values = {f"f{i}": pb.Value(number=float(value)) for i, value in enumerate(features)}
+    by_values = predictor.Predict(pb.PredictRequest(model_name="iris", values=values))
+    by_position = predictor.Predict(pb.PredictRequest(model_name="iris", features=features))
+    assert list(by_values.probabilities) == list(by_position.probabilities)
+    for bad, problem in ((pb.Value(text="wide"), "'f2' is the text"), (pb.Value(), "is nan")):
+        request = pb.PredictRequest(model_name="iris", values={**values, "f2": bad})
+        with pytest.raises(grpc.RpcError) as error:
+            predictor.Predict(request)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert problem in error.value.details(), error.value.details()
+
+
 def test_predict_regression_values(predictor, test_models: ModelFiles) -> None:
     expected = numpy_forward(test_models.regression_weights, EXAMPLES, "regression")["y"]
     response = predictor.Predict(pb.PredictRequest(model_name="sales", features=EXAMPLES[0]))

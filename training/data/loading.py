@@ -7,14 +7,17 @@ line 1, its first data row line 2; Parquet and NPZ rows count from 0 like the ar
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bnserve import capture_store
 from bnserve.training.data import readers
 from bnserve.training.data.cache import FeatureRows, cache_dir_setting, load_table
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
@@ -94,9 +97,19 @@ def load_dataset(
             )
         return _load_digits(task)
     path = Path(source)
+    if path.is_dir():
+        return _load_directory(
+            path,
+            target=target,
+            task=task,
+            cache_dir=cache_dir,
+            na_values=na_values,
+            drop_missing_target=drop_missing_target,
+        )
     if not path.is_file():
         raise DataError(
-            f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz file)"
+            f"{source}: no such data file (use 'digits', a .csv, .csv.gz, .parquet or .npz "
+            "file, or a directory of CSV files or captured calls)"
         )
     if readers.is_csv(path) or readers.is_parquet(path):
         missing_cells = DEFAULT_NA_VALUES + tuple(
@@ -136,6 +149,39 @@ def load_dataset(
         f"{path}: unsupported file type {path.suffix.lower()!r} "
         "(use .csv, .csv.gz, .parquet or .npz)"
     )
+
+
+def _load_directory(
+    directory: Path,
+    *,
+    target: str | None,
+    task: str | None,
+    cache_dir: str | None,
+    na_values: tuple[str, ...],
+    drop_missing_target: bool,
+) -> Dataset:
+    """A directory as one table (bnserve/capture_store.py's training_rows): its CSV files
+    concatenated in name order, or a capture store's calls with their true answers joined
+    (calls without an answer yet are left out). Read through a temporary CSV, then the CSV
+    path."""
+    capture = capture_store.is_capture_directory(directory)
+    with tempfile.TemporaryDirectory(prefix="bnserve-table-") as scratch:
+        table = Path(scratch) / f"{directory.name or 'data'}.csv"
+        try:
+            capture_store.write_training_csv(directory, table)
+        except (capture_store.TableError, csv.Error, UnicodeDecodeError) as error:
+            raise DataError(f"{directory}: {error}") from None
+        except (OSError, EOFError) as error:
+            raise DataError(f"{directory}: cannot read it as one table ({error})") from None
+        dataset = load_dataset(
+            str(table),
+            target=target,
+            task=task,
+            cache_dir="off" if cache_dir is None else cache_dir,
+            na_values=na_values,
+            drop_missing_target=drop_missing_target or capture,
+        )
+    return dataclasses.replace(dataset, source=str(directory))
 
 
 def _without_cells(

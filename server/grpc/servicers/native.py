@@ -1,4 +1,5 @@
-"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift."""
+"""bnserve.v1.Predictor: Predict, PredictBatch, PredictStream, ModelInfo, ModelDrift, Feedback,
+ModelQuality."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
+from bnserve.server.capture.feedback import MAX_ANSWERS, TrueAnswer
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.servicers.drift_rpc import drift_response
+from bnserve.server.grpc.servicers.quality_rpc import quality_response
 from bnserve.server.grpc.streaming import ReadAhead
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.models.servable import Servable
+from bnserve.server.plane.columns import datatype_of, decode_tensors
 from bnserve.server.plane.dataplane import DataPlane
 from bnserve.server.plane.errors import (
     InvalidInput,
@@ -20,11 +24,13 @@ from bnserve.server.plane.errors import (
     translate_errors,
     translate_stream_errors,
 )
+from bnserve.server.plane.inputs import ModelInput, TensorIn, concatenate
 from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
 STREAM_WINDOW = 256  # stream messages read ahead of their answers (back-pressure beyond)
 STREAM_CHUNK = 64  # most stream messages scored in one model run
+LEVELS_LISTED = 100  # ModelInfo lists a categorical column's levels up to this many
 
 
 class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
@@ -39,7 +45,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> pb.PredictResponse:
         servable = self._plane.find(request.model_name, request.model_version)
         x = _example(request, servable.model)
-        outputs = self._plane.score(servable, x, context.time_remaining())
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
         return _response(servable.model, outputs, request.id)
 
     @translate_errors
@@ -48,10 +54,13 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> pb.PredictBatchResponse:
         servable = self._plane.find(request.model_name, request.model_version)
         model = servable.model
-        x = _batch(request, model.num_features)
-        outputs = self._plane.score(servable, x, context.time_remaining())
+        x = _batch(request, model)
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
         response = pb.PredictBatchResponse(
-            model_name=model.name, model_version=model.version, num_examples=x.shape[0]
+            model_name=model.name,
+            model_version=model.version,
+            num_examples=x.shape[0],
+            id=request.id,
         )
         if request.raw_features:
             _fill_raw_batch(response, model, outputs)
@@ -74,7 +83,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> Iterator[pb.PredictResponse]:
         """Answer stream messages in order, one model run per run of messages for one model."""
         group: list[pb.PredictRequest] = []
-        rows: list[np.ndarray] = []
+        rows: list[ModelInput] = []
         group_servable: Servable | None = None  # the servable of the group, None: no group yet
         for offset, request in enumerate(chunk):
             try:
@@ -101,13 +110,18 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         self,
         servable: Servable,
         requests: list[pb.PredictRequest],
-        rows: list[np.ndarray],
+        rows: list[ModelInput],
         context: grpc.ServicerContext,
     ) -> Iterator[pb.PredictResponse]:
-        x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        x = concatenate(rows)
         # Each message passed check_features in _answer_chunk, which names the bad one.
         outputs = self._plane.score(
-            servable, x, context.time_remaining(), batchable=False, checked=True
+            servable,
+            x,
+            context.time_remaining(),
+            batchable=False,
+            checked=True,
+            request_id=[request.id for request in requests],
         )
         for row, request in enumerate(requests):
             yield _response(servable.model, outputs, request.id, row)
@@ -123,7 +137,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             model_version=model.version,
             versions=self._plane.versions(model.name),
             task=card.task,
-            inputs=[_tensor_info(model.input_spec)],
+            inputs=[_tensor_info(spec) for spec in model.input_specs],
             outputs=[_tensor_info(spec) for spec in model.output_specs],
             feature_names=card.feature_names,
             class_names=card.class_names,
@@ -141,6 +155,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             created_at=card.get("created_at"),
             metadata={f"bnserve.{key}": value for key, value in card.entries.items()},
             server_version=installed_version(),
+            columns=_columns(model),
         )
 
     @translate_errors
@@ -149,9 +164,38 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> pb.ModelDriftResponse:
         return drift_response(self._plane.find(request.model_name, request.model_version).model)
 
+    @translate_errors
+    def Feedback(
+        self, request: pb.FeedbackRequest, context: grpc.ServicerContext
+    ) -> pb.FeedbackResponse:
+        if len(request.answers) > MAX_ANSWERS:
+            raise InvalidInput(
+                f"{len(request.answers)} true answers in one call; at most {MAX_ANSWERS} "
+                "(send several calls)"
+            )
+        answers = [TrueAnswer(a.id, a.row, a.label, a.values[:]) for a in request.answers]
+        accepted, dropped = self._plane.feedback(request.model_name, answers)
+        return pb.FeedbackResponse(accepted=accepted, dropped=dropped)
 
-def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:
-    """One example's features as (1, F) float32, from position or name."""
+    @translate_errors
+    def ModelQuality(
+        self, request: pb.ModelQualityRequest, context: grpc.ServicerContext
+    ) -> pb.ModelQualityResponse:
+        name = self._plane.find(request.model_name).model.name
+        return quality_response(
+            name, request.model_version, self._plane.quality(request.model_name)
+        )
+
+
+def _example(request: pb.PredictRequest, model: Model) -> ModelInput:
+    """One example's features as (1, F) float32, from position or name, or from values of
+    either kind by name (a mixed model: a one-row Columns)."""
+    if request.values:
+        if request.features or request.named_features:
+            raise InvalidInput("set one of features, named_features and values, not several")
+        return model.columns_from_values(
+            {name: _value(value) for name, value in request.values.items()}
+        )
     if request.features:
         if request.named_features:
             raise InvalidInput("set either features (by position) or named_features, not both")
@@ -159,16 +203,47 @@ def _example(request: pb.PredictRequest, model: Model) -> np.ndarray:
         return np.array(request.features[:], dtype=np.float32).reshape(1, -1)
     if request.named_features:
         # dict() first: a protobuf map answers a missing key with 0.0 instead of KeyError.
+        if model.mixed:
+            return model.columns_from_values(dict(request.named_features))
         row = model.row_from_names(dict(request.named_features))
         return np.array(row, dtype=np.float32).reshape(1, -1)
+    if model.mixed:
+        raise InvalidInput(
+            f"empty request: set values, one per column ({len(model.input_specs)} columns: "
+            "ModelInfo lists them)"
+        )
     raise InvalidInput(
         f"empty request: set features ({model.num_features} values in the order ModelInfo "
         "lists feature_names) or named_features"
     )
 
 
-def _batch(request: pb.PredictBatchRequest, num_features: int) -> np.ndarray:
-    """Many examples as (N, F) float32 from the flat features or raw little-endian bytes."""
+def _value(value: pb.Value) -> float | str | None:
+    kind = value.WhichOneof("kind")
+    if kind == "number":
+        return value.number
+    if kind == "text":
+        return value.text
+    return None
+
+
+def _batch(request: pb.PredictBatchRequest, model: Model) -> ModelInput:
+    """Many examples as (N, F) float32 from the flat features or raw little-endian bytes, or a
+    mixed model's Columns from columns."""
+    num_features = model.num_features
+    if request.columns:
+        if request.features or request.raw_features:
+            raise InvalidInput("set either columns or features / raw_features, not both")
+        if model.schema is None or not model.mixed:
+            raise InvalidInput(
+                f"model {model.name!r} takes features (N × {num_features} float32), not columns"
+            )
+        return decode_tensors(model.schema, model.name, [_column(c) for c in request.columns])
+    if model.mixed:
+        raise InvalidInput(
+            f"model {model.name!r} takes columns (one Column per model column, ModelInfo lists "
+            "them), not a feature vector"
+        )
     if request.raw_features:
         if request.features:
             raise InvalidInput("set either features or raw_features, not both")
@@ -235,6 +310,38 @@ def _response(
         id=request_id,
         values=outputs[0][row].tolist(),
     )
+
+
+def _column(column: pb.Column) -> TensorIn:
+    """A Column as a v2 tensor (texts: BYTES, numbers: FP32) for the column decoder."""
+    if column.texts and column.numbers:
+        raise InvalidInput(f"column {column.name!r}: set numbers or texts, not both")
+    if column.texts:
+        texts = column.texts[:]
+        return TensorIn(column.name, "BYTES", [len(texts)], texts, "texts")
+    numbers = column.numbers[:]
+    return TensorIn(column.name, "FP32", [len(numbers)], numbers, "numbers")
+
+
+def _columns(model: Model) -> list[pb.InputColumn]:
+    if model.schema is None or not model.mixed:
+        return []
+    schema = model.schema
+    described = []
+    for graph_input in schema.inputs:
+        column = schema.column(graph_input.name)
+        described.append(
+            pb.InputColumn(
+                name=graph_input.name,
+                kind=graph_input.kind,
+                datatype=datatype_of(graph_input),
+                levels=column.levels if len(column.levels) <= LEVELS_LISTED else (),
+                level_count=len(column.levels),
+                has_other=column.has_other,
+                has_missing=column.has_missing,
+            )
+        )
+    return described
 
 
 def _tensor_info(spec: TensorSpec) -> pb.TensorInfo:

@@ -34,7 +34,13 @@ from bnserve.server.plane.statistics import Duration, StatsSnapshot
 from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-CLASSIFICATION = "classification"  # the requested output parameter of the extension
+CLASSIFICATION = "classification"
+CONTENTS = {  # the typed contents field of each datatype
+    "FP64": "fp64_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "BYTES": "bytes_contents",
+}  # the requested output parameter of the extension
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
@@ -85,7 +91,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=self._plane.versions(model.name),
             platform=PLATFORM,
-            inputs=[_tensor_metadata(model.input_spec)],
+            inputs=[_tensor_metadata(spec) for spec in model.input_specs],
             outputs=[_tensor_metadata(spec) for spec in model.output_specs],
         )
 
@@ -116,7 +122,11 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = servable.model
         raw = bool(request.raw_input_contents)
         outputs = self._plane.infer(
-            servable, _inputs(request, raw), _requested(request), context.time_remaining()
+            servable,
+            _inputs(request, raw),
+            _requested(request),
+            context.time_remaining(),
+            request.id,
         )
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=model.version, id=request.id
@@ -204,8 +214,18 @@ def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:
     # [:] makes a list: numpy converts it ~5× faster than the protobuf container itself.
     return [
         TensorIn(t.name, t.datatype, t.shape, t.contents.fp32_contents[:], "fp32_contents")
+        if t.datatype == "FP32"
+        else _typed(t)
         for t in tensors
     ]
+
+
+def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> TensorIn:
+    """A tensor whose typed contents are not FP32 (a mixed model's columns): the field of its
+    datatype (an unknown datatype: fp32_contents, which the data plane then refuses)."""
+    field = CONTENTS.get(tensor.datatype, "fp32_contents")
+    data = getattr(tensor.contents, field)[:]
+    return TensorIn(tensor.name, tensor.datatype, tensor.shape, data, field)
 
 
 def _requested(request: pb.ModelInferRequest) -> list[OutputRequest]:

@@ -15,7 +15,9 @@ import numpy as np
 from bnserve.export.fold import FOLDED_ACTIVATIONS
 from bnserve.export.graph import ACTIVATION_OPS
 from bnserve.server.modelfile.contract import (
+    FORMAT_SCHEMA,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     INPUT_NAME,
     OUTPUT_NAMES,
     PREFIX,
@@ -43,8 +45,14 @@ def test_the_keys_are_the_ones_docs_contracts_md_lists() -> None:
     assert "one more key, `bnserve.import`" in section  # imported models only, in the prose
     assert {key.full for key in MetadataKey} == set(table) | {"bnserve.import"}
     assert all(key.full == PREFIX + key.value for key in MetadataKey)
-    assert table["bnserve.format"] == f'`"{FORMAT_VERSION}"`'
+    assert table["bnserve.format"].startswith(f'`"{FORMAT_VERSION}"`')
+    assert FORMAT_VERSIONS == (FORMAT_VERSION, FORMAT_SCHEMA)
+    assert all(f'`"{version}"`' in table["bnserve.format"] for version in FORMAT_VERSIONS)
+    assert "format 2 only" in table[MetadataKey.SCHEMA.full]
     assert table["bnserve.task"] == " / ".join(f"`{task}`" for task in TASKS)
+    # what export/ensemble.py writes under bnserve.ensemble (tests/export/test_ensemble.py)
+    for field in ('"layout"', '"source"', '"members"', '"run_id"', '"params_sha256"', '"run_dir"'):
+        assert field in table["bnserve.ensemble"]
 
 
 def test_the_graph_tensors_are_the_ones_design_md_fixes() -> None:

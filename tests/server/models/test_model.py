@@ -77,7 +77,7 @@ def test_changed_weights_fail_the_graph_hash(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
     [
-        ("bnserve.format", "2", "this server reads format '1'"),
+        ("bnserve.format", "3", "this server reads formats ['1', '2']"),
         ("bnserve.task", "ranking", "expected one of classification, regression"),
         ("bnserve.feature_names", '["a", "a", "b", "c", "d", "e"]', "lists a name twice"),
         ("bnserve.feature_names", "[1, 2]", "not a non-empty JSON list of strings"),

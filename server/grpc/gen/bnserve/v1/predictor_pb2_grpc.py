@@ -59,6 +59,16 @@ class PredictorStub:
                 request_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.SerializeToString,
                 response_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/bnserve.v1.Predictor/Feedback',
+                request_serializer=bnserve_dot_v1_dot_predictor__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=bnserve_dot_v1_dot_predictor__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.ModelQuality = channel.unary_unary(
+                '/bnserve.v1.Predictor/ModelQuality',
+                request_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelQualityRequest.SerializeToString,
+                response_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelQualityResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -99,6 +109,21 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """True answers for scored calls, appended to the capture store (needs --capture-dir) and
+        joined there with the captured calls; an id matching no captured call is counted, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelQuality(self, request, context):
+        """Realized quality of a model's versions: its captured calls joined with their true answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +151,16 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.ModelDrift,
                     request_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.FromString,
                     response_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=bnserve_dot_v1_dot_predictor__pb2.FeedbackRequest.FromString,
+                    response_serializer=bnserve_dot_v1_dot_predictor__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'ModelQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelQuality,
+                    request_deserializer=bnserve_dot_v1_dot_predictor__pb2.ModelQualityRequest.FromString,
+                    response_serializer=bnserve_dot_v1_dot_predictor__pb2.ModelQualityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +298,60 @@ class Predictor:
             '/bnserve.v1.Predictor/ModelDrift',
             bnserve_dot_v1_dot_predictor__pb2.ModelDriftRequest.SerializeToString,
             bnserve_dot_v1_dot_predictor__pb2.ModelDriftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bnserve.v1.Predictor/Feedback',
+            bnserve_dot_v1_dot_predictor__pb2.FeedbackRequest.SerializeToString,
+            bnserve_dot_v1_dot_predictor__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bnserve.v1.Predictor/ModelQuality',
+            bnserve_dot_v1_dot_predictor__pb2.ModelQualityRequest.SerializeToString,
+            bnserve_dot_v1_dot_predictor__pb2.ModelQualityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,123 @@
+"""onnxruntime latency of an ensemble of k folded MLPs in one graph (export/ensemble_graph.py):
+parallel branches vs block-diagonal Gemms, against one member alone, for k = 3 and 5.
+
+Members are 64→128→128→10 with batch norm and relu (bench/export.py's network), folded; weights
+are random with trained-like scales (latency does not depend on the values). Per call with a
+single example, and per example at batch 64; rounds alternate between the graphs so machine
+noise hits all alike; each figure is the median over rounds. Sessions are opened as the server
+opens them (server/models/model.py: ORT_ENABLE_ALL, sequential, no spinning), 1 intra-op thread.
+The 1-minute load average before and after is printed: on a shared machine the figures are
+indicative.
+
+    .venv/bin/python bench/ensemble.py [--rounds 7] [--calls 3000] [--k 3 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path; drop it (see bench/export.py).
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from bnserve.export.ensemble_graph import LAYOUTS, build_ensemble_model  # noqa: E402
+from bnserve.export.fold import FoldedNetwork, fold_params  # noqa: E402
+from bnserve.export.graph import build_folded_model  # noqa: E402
+from bnserve.export.network import NetworkSpec  # noqa: E402
+from bnserve.server.models.model import SessionThreads, _open_session  # noqa: E402
+
+LAYER_SIZES = (64, 128, 128, 10)
+BATCH = 64
+
+
+def member(seed: int) -> FoldedNetwork:
+    """A folded 64→128→128→10 network with batch norm (random, trained-like scales)."""
+    rng = np.random.default_rng(seed)
+    features, *hidden, classes = LAYER_SIZES
+    params = {"input.mean": rng.normal(8, 4, features), "input.std": rng.uniform(1, 6, features)}
+    widths = [features, *hidden]
+    for index in range(1, len(widths)):
+        fan_in, width = widths[index - 1], widths[index]
+        prefix = f"hidden{index}"
+        params[f"{prefix}.W"] = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, width))
+        params[f"{prefix}.gamma"] = rng.uniform(0.5, 1.5, width)
+        params[f"{prefix}.beta"] = rng.normal(0, 0.3, width)
+        params[f"{prefix}.running_mean"] = rng.normal(0, 0.5, width)
+        params[f"{prefix}.running_var"] = rng.uniform(0.3, 2.0, width)
+    params["output.W"] = rng.normal(0, np.sqrt(1 / widths[-1]), (widths[-1], classes))
+    params["output.b"] = rng.normal(0, 0.1, classes)
+    spec = NetworkSpec(features, tuple(hidden), classes, "relu", True, 1e-5, "classification")
+    return fold_params(params, spec)
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return _open_session(model.SerializeToString(), "bench", SessionThreads(1, 1))
+
+
+def seconds_per_call(run: ort.InferenceSession, x: np.ndarray, calls: int) -> float:
+    feeds = {"x": x}
+    run.run(None, feeds)  # warm-up
+    start = time.perf_counter()
+    for _ in range(calls):
+        run.run(None, feeds)
+    return (time.perf_counter() - start) / calls
+
+
+def measure(
+    sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int, calls: int
+) -> dict[str, float]:
+    """Median seconds per call for each session, rounds interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, run in sessions.items():
+            samples[name].append(seconds_per_call(run, x, calls))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    members = [member(seed) for seed in range(max(args.k))]
+    graphs = {"one member": build_folded_model(members[0])}
+    for k in args.k:
+        for layout in LAYOUTS:
+            graphs[f"k={k} {layout}"] = build_ensemble_model(members[:k], layout=layout)
+    sessions = {name: session(model) for name, model in graphs.items()}
+    x = np.random.default_rng(1).normal(8, 4, (BATCH, LAYER_SIZES[0])).astype(np.float32)
+    single = measure(sessions, x[:1], args.rounds, args.calls)
+    batched = measure(sessions, x, args.rounds, max(1, args.calls // 8))
+    print(
+        f"ensemble: onnxruntime {ort.__version__}, members {'→'.join(map(str, LAYER_SIZES))} "
+        f"(batch norm folded, relu), 1 intra-op thread, median of {args.rounds} interleaved "
+        f"rounds; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+    base_single, base_batch = single["one member"], batched["one member"]
+    print(
+        f"  {'graph':<16} {'nodes':>5} {'single µs/call':>15} {'× one':>6} "
+        f"{'batch 64 µs/example':>20} {'× one':>6}"
+    )
+    for name, model in graphs.items():
+        print(
+            f"  {name:<16} {len(model.graph.node):>5} {single[name] * 1e6:>15.2f} "
+            f"{single[name] / base_single:>6.2f} {batched[name] / BATCH * 1e6:>20.3f} "
+            f"{batched[name] / base_batch:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

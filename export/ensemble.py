@@ -1,0 +1,290 @@
+"""Export k training runs as ONE verified ONNX model of their mean (`bnserve export R1 R2 …`).
+
+Each member is checked and folded as `bnserve export` folds one run, and its fold is checked
+layer by layer as one run's is (`verify.check_layers` on its own folded graph, which the ensemble
+graph holds weight for weight). The ensemble graph (export/ensemble_graph.py) must then reproduce
+the mean of the members' numpy inference paths — probabilities (label = argmax of the mean) or y
+— within the fold tolerance on every member's held-out rows plus rows at the edges of their
+range. Nothing is written unless every check passed; the file appears atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnserve.export.distribution import TrainingRows, layer_statistics, training_rows
+from bnserve.export.distribution import drift_metadata as one_model_drift
+from bnserve.export.ensemble_graph import (
+    DEFAULT_LAYOUT,
+    MEMBER_PREACTIVATION,
+    build_ensemble_model,
+    layout_problem,
+)
+from bnserve.export.errors import ExportError
+from bnserve.export.exporter import (
+    check_heldout,
+    check_output_path,
+    checked_spec,
+    layer_failure,
+    run_schema,
+    training_summary,
+    verification_failure,
+    write_model,
+)
+from bnserve.export.fold import FoldedNetwork, fold_params
+from bnserve.export.graph import build_folded_model
+from bnserve.export.metadata import ReferenceRows, attach_metadata, build_metadata, graph_sha256
+from bnserve.export.verify import (
+    PROBABILITY_TOLERANCE,
+    Verification,
+    check_layers,
+    compare_outputs,
+    onnx_session,
+    probe_rows,
+    regression_tolerance,
+    score_onnx,
+)
+from bnserve.server.modelfile.contract import MetadataKey, Tolerance
+from bnserve.training.errors import RunError
+from bnserve.training.inference import predict
+from bnserve.training.rundir import Run, load_run
+from bnserve.training.target_transform import transform_of
+
+MIXED_TABLES = "ensembles of mixed-table runs: not yet"
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """What `bnserve export` was asked to do with several runs."""
+
+    run_dirs: tuple[Path, ...]  # finished training runs, k ≥ 2, in member order
+    out: Path
+    force: bool = False
+    reference_rows: int = 8  # rows of the first member's held-out set embedded for the gate
+    source: str = ""  # how the members were chosen (a tune directory), for the card
+    layout: str = DEFAULT_LAYOUT
+
+
+@dataclass(frozen=True)
+class EnsembleReport:
+    """What was written and how well it matched the mean of the members' numpy paths."""
+
+    out: Path
+    members: tuple[str, ...]  # run ids, in member order
+    layout: str
+    verification: Verification
+    worst_layer_ratio: float  # over every member's layers (float32 roundings, verify.py)
+    layer_bound: float
+    node_count: int
+    size_bytes: int
+    graph_sha256: str
+    drift_rows: TrainingRows
+
+
+def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
+    """Export the mean of settings.run_dirs to settings.out; ExportError on bad input."""
+    check_output_path(settings.out, settings.force)
+    if len(settings.run_dirs) < 2:
+        raise ExportError("an ensemble needs at least 2 runs")
+    runs = [_load_member(path) for path in settings.run_dirs]
+    specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
+    check_compatible(runs)
+    heldout = _heldout_union(runs)
+    probe = probe_rows(heldout)  # every member's held-out rows, then rows at their edges
+    networks: list[FoldedNetwork] = []
+    worst_ratio, bound = 0.0, 0.0
+    for run, spec in zip(runs, specs, strict=True):
+        network = fold_params(run.params, spec)
+        layers = check_layers(build_folded_model(network), run.params, run.meta, probe)
+        if not layers.passed:
+            raise ExportError(layer_failure(run.path, layers, heldout.shape[0]))
+        worst_ratio, bound = max(worst_ratio, layers.worst_ratio), layers.bound
+        networks.append(network)
+    problem = layout_problem(networks, settings.layout)
+    if problem is not None:
+        raise ExportError(f"--layout {settings.layout}: {problem}")
+    model = build_ensemble_model(networks, layout=settings.layout)
+    task = runs[0].meta["task"]
+    tolerance = _tolerance(runs)
+    expected = mean_prediction(runs, probe.astype(np.float32).astype(np.float64))
+    outputs = score_onnx(onnx_session(model.SerializeToString()), probe)
+    verification = compare_outputs(outputs, expected, task, tolerance)
+    if not verification.passed:
+        where = Path(", ".join(str(run.path) for run in runs))
+        raise ExportError(verification_failure(where, verification, heldout.shape[0]))
+    rows = training_rows(runs[0])
+    metadata = build_metadata(
+        meta=_card_meta(runs),
+        training={"members": [training_summary(run) for run in runs]},
+        folded=True,
+        fold_max_abs_error=verification.max_abs_error,
+        tolerance=tolerance,
+        references=reference_rows(runs, settings.reference_rows),
+        model=model,
+        drift=drift_metadata(rows, runs, settings.layout),
+    )
+    metadata[MetadataKey.ENSEMBLE.full] = json.dumps(
+        {
+            "layout": settings.layout,
+            "source": settings.source or "runs given",
+            "members": [
+                {
+                    "run_id": run.meta["run_id"],
+                    "params_sha256": run.meta["params_sha256"],
+                    "run_dir": str(run.path),
+                }
+                for run in runs
+            ],
+        }
+    )
+    attach_metadata(model, metadata)
+    payload = write_model(settings.out, model)
+    return EnsembleReport(
+        out=settings.out,
+        members=tuple(str(run.meta["run_id"]) for run in runs),
+        layout=settings.layout,
+        verification=verification,
+        worst_layer_ratio=worst_ratio,
+        layer_bound=bound,
+        node_count=len(model.graph.node),
+        size_bytes=len(payload),
+        graph_sha256=graph_sha256(model),
+        drift_rows=rows,
+    )
+
+
+def _load_member(path: Path) -> Run:
+    if run_schema(path) is not None:
+        raise ExportError(f"{path}: {MIXED_TABLES} (the run has a schema.json)")
+    try:
+        run = load_run(path)
+    except RunError as error:
+        raise ExportError(f"not an exportable run: {error}") from None
+    check_heldout(run)
+    if transform_of(run.meta) != "none":  # the mean node would average t, not y
+        raise ExportError(
+            f"{path}: its target is transformed ({transform_of(run.meta)}): an ensemble averages "
+            "the members' last layers, so its members must answer in the target's units without one"
+        )
+    return run
+
+
+def check_compatible(runs: Sequence[Run]) -> None:
+    """Members must share task, feature names and class (or target) names: ExportError names
+    the first member that differs from the first one and how."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.meta["task"] != first.meta["task"]:
+            raise ExportError(
+                f"{run.path}: task is {run.meta['task']}, but {first.path} is "
+                f"{first.meta['task']}; ensemble members must share the task"
+            )
+        names_key = "class_names" if first.meta["task"] == "classification" else "target_names"
+        for key in ("feature_names", names_key):
+            what = key.replace("_", " ")
+            difference = _name_difference(list(first.meta[key]), list(run.meta[key]))
+            if difference:
+                raise ExportError(
+                    f"{run.path}: its {what} differ from {first.path}'s ({difference}); "
+                    "ensemble members must share them, in the same order"
+                )
+
+
+def _name_difference(expected: list[str], actual: list[str]) -> str:
+    if len(expected) != len(actual):
+        return f"{len(actual)} names, not {len(expected)}"
+    for index, (want, have) in enumerate(zip(expected, actual, strict=True)):
+        if want != have:
+            return f"name #{index} is {have!r}, not {want!r}"
+    return ""
+
+
+def _heldout_union(runs: Sequence[Run]) -> np.ndarray:
+    """Every member's held-out rows, each distinct row once (first appearance order)."""
+    rows = np.vstack([np.asarray(run.heldout_x, dtype=np.float64) for run in runs])
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
+
+
+def mean_prediction(runs: Sequence[Run], x: np.ndarray) -> np.ndarray:
+    """The mean of the members' numpy inference paths on x (N, F) float64: probabilities (N, C)
+    or y (N, T)."""
+    mean: np.ndarray = np.mean([predict(run.params, run.meta, x) for run in runs], axis=0)
+    return mean
+
+
+def _tolerance(runs: Sequence[Run]) -> Tolerance:
+    if runs[0].meta["task"] == "classification":
+        return PROBABILITY_TOLERANCE
+    stds = np.concatenate([np.asarray(run.params["target.std"]) for run in runs])
+    return regression_tolerance(stds)
+
+
+def reference_rows(runs: Sequence[Run], count: int) -> ReferenceRows:
+    """`count` rows spread over the first member's held-out set, as float32, with the mean of
+    the members' float64 numpy outputs on exactly those values."""
+    heldout = np.asarray(runs[0].heldout_x, dtype=np.float64)
+    indices = np.unique(
+        np.linspace(0, heldout.shape[0] - 1, min(count, heldout.shape[0])).astype(int)
+    )
+    inputs = heldout[indices].astype(np.float32)
+    outputs = mean_prediction(runs, inputs.astype(np.float64))
+    if runs[0].meta["task"] == "classification":
+        return ReferenceRows(
+            inputs, {"probabilities": outputs, "label": np.argmax(outputs, axis=1)}
+        )
+    return ReferenceRows(inputs, {"y": outputs})
+
+
+def _joined(runs: Sequence[Run], key: str) -> str:
+    """One value when every member states the same, else each member's, comma-separated."""
+    values = [str(run.meta[key]) for run in runs]
+    return values[0] if len(set(values)) == 1 else ",".join(values)
+
+
+def _card_meta(runs: Sequence[Run]) -> dict[str, Any]:
+    """The meta build_metadata reads, for the ensemble: names and task from the first member
+    (all share them); run_id `ensemble-` + 12 hex digits of params_sha256, which is the sha256
+    of the members' params_sha256 values joined by newlines, in member order."""
+    first = runs[0].meta
+    digest = hashlib.sha256("\n".join(run.meta["params_sha256"] for run in runs).encode())
+    batchnorm = [run for run in runs if run.meta["batchnorm"]]
+    epsilons = sorted({float(run.meta["epsilon"]) for run in batchnorm})
+    meta = {key: first[key] for key in ("task", "feature_names")}
+    names_key = "class_names" if first["task"] == "classification" else "target_names"
+    meta[names_key] = first[names_key]
+    meta.update(
+        stats=_joined(runs, "stats"),
+        batchnorm=bool(batchnorm),
+        bn_momentum=_joined(batchnorm, "bn_momentum") if batchnorm else "",
+        running_var=_joined(runs, "running_var"),
+        epsilon=epsilons[0] if len(epsilons) == 1 else epsilons,
+        run_id=f"ensemble-{digest.hexdigest()[:12]}",
+        params_sha256=digest.hexdigest(),
+    )
+    return meta
+
+
+def drift_metadata(rows: TrainingRows, runs: Sequence[Run], layout: str) -> dict[str, Any]:
+    """`bnserve.drift` for the ensemble: features as the first member standardized them; layers:
+    every member's batch-normed hidden layers, named `m{k}.hidden{i}` with their graph tensors
+    `m{k}.hidden{i}.z` (parallel layout), which the server's drift monitor reads as it reads
+    one model's layers."""
+    layers: list[dict[str, Any]] = []
+    if layout == "parallel":
+        for k, run in enumerate(runs, start=1):
+            params = {name: np.asarray(v, dtype=np.float64) for name, v in run.params.items()}
+            name = MEMBER_PREACTIVATION.replace("{k}", str(k))
+            for entry in layer_statistics(params, len(run.config.hidden), name):
+                layers.append({**entry, "name": f"m{k}.{entry['name']}"})
+    first = {name: np.asarray(v, dtype=np.float64) for name, v in runs[0].params.items()}
+    drift = one_model_drift(rows, first, 0, "")  # the features; no layers of its own
+    drift["layers"] = layers
+    return drift

@@ -1,0 +1,222 @@
+"""The ONNX graph of an ensemble: the mean of k folded MLPs that read the same input, one graph.
+
+Input `x` float32 [N, F] and the outputs of docs/contracts.md, as for one model. Each member is a
+`FoldedNetwork` (batch norm and standardization already in its W', b'); the members' first layers
+are ONE Gemm (their W' concatenated along the output axis, widths n_1 … n_k), then either
+
+- **parallel** branches: a Split gives each member its slice, and each member's later layers run
+  as its own chain of Gemm → activation (members may differ in depth, width and activation); or
+- **blockdiag**: each later layer is ONE Gemm whose weight is the block-diagonal of the members'
+  (members must share depth and activation; widths may differ), the activation applied once to
+  the wide tensor.
+
+Then one averaging step: classification, each member's softmax, their mean `probabilities` and
+`label` = ArgMax of that mean; regression, the mean of the members' y. No BatchNormalization node.
+`docs/export.md` ("Ensembles") has the measurement that chose DEFAULT_LAYOUT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from bnserve.export.fold import FoldedNetwork
+from bnserve.export.graph import (
+    ACTIVATION_OPS,
+    BATCH_DIM,
+    GraphBuilder,
+    activation_attributes,
+    finish_model,
+)
+from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
+
+LAYOUTS = ("parallel", "blockdiag")
+DEFAULT_LAYOUT = "parallel"
+# Hidden pre-activation tensors (γ·ẑ + β per member) the drift monitor reads, by layout: member
+# k's (from 1) layer i in parallel branches; the members' layer i side by side in blockdiag.
+MEMBER_PREACTIVATION = "m{k}.hidden{i}.z"
+WIDE_PREACTIVATION = "hidden{i}.z"
+
+
+def layout_problem(members: Sequence[FoldedNetwork], layout: str) -> str | None:
+    """Why `layout` cannot hold these members (None: it can)."""
+    if layout not in LAYOUTS:
+        return f"layout {layout!r} is not one of {LAYOUTS}"
+    if layout == "parallel":
+        return None
+    depths = {len(member.layers) for member in members}
+    activations = {member.activation for member in members}
+    alphas = {member.leaky_relu_alpha for member in members}
+    if len(depths) > 1 or len(activations) > 1 or len(alphas) > 1:
+        return "blockdiag needs members of one depth and one activation"
+    return None
+
+
+def build_ensemble_model(
+    members: Sequence[FoldedNetwork],
+    *,
+    layout: str = DEFAULT_LAYOUT,
+    expose_preactivations: bool = False,
+) -> onnx.ModelProto:
+    """The mean of `members` (k ≥ 1, one task, F inputs, C or T outputs each) as one graph.
+
+    expose_preactivations: also output every hidden pre-activation tensor (drift monitoring;
+    `preactivation_tensors` names them)."""
+    problem = layout_problem(members, layout)
+    if problem is not None:
+        raise ValueError(problem)
+    task = members[0].task
+    builder = GraphBuilder()
+    build = _parallel if layout == "parallel" else _blockdiag
+    heads = build(builder, members)
+    output_count = members[0].layers[-1].bias.size
+    _average(builder, task, heads, len(members), output_count)
+    extra: tuple[onnx.ValueInfoProto, ...] = ()
+    if expose_preactivations:
+        extra = tuple(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, width])
+            for name, width in preactivation_tensors(members, layout)
+        )
+    feature_count = members[0].layers[0].weight.shape[0]
+    return finish_model(builder, task, feature_count, output_count, "bnserve_ensemble", extra)
+
+
+def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list[tuple[str, int]]:
+    """(tensor name, width) of every hidden pre-activation in the graph of `layout`, in the
+    order of `member_layer_columns`."""
+    if layout == "parallel":
+        return [
+            (MEMBER_PREACTIVATION.format(k=k, i=i), layer.bias.size)
+            for k, member in enumerate(members, start=1)
+            for i, layer in enumerate(member.layers[:-1], start=1)
+        ]
+    depth = len(members[0].layers) - 1
+    return [
+        (WIDE_PREACTIVATION.format(i=i), sum(member.layers[i - 1].bias.size for member in members))
+        for i in range(1, depth + 1)
+    ]
+
+
+def _first_layer(builder: GraphBuilder, members: Sequence[FoldedNetwork], name: str) -> str:
+    """One Gemm for every member's first layer: W' concatenated along the output axis."""
+    weight = np.concatenate([member.layers[0].weight for member in members], axis=1)
+    bias = np.concatenate([member.layers[0].bias for member in members])
+    return builder.node(
+        "Gemm",
+        [
+            INPUT_NAME,
+            builder.constant("first.weight", weight),
+            builder.constant("first.bias", bias),
+        ],
+        name,
+        "first.gemm",
+    )
+
+
+def _head_name(task: str, k: int) -> str:
+    return f"m{k}.logits" if task == "classification" else f"m{k}.y"
+
+
+def _parallel(builder: GraphBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
+    """Members' outputs (logits or y), each from its own branch after the shared first Gemm."""
+    task = members[0].task
+    first = _first_layer(builder, members, "first.z")
+    widths = [member.layers[0].bias.size for member in members]
+    pieces = [
+        MEMBER_PREACTIVATION.format(k=k, i=1) if len(member.layers) > 1 else _head_name(task, k)
+        for k, member in enumerate(members, start=1)
+    ]
+    split = builder.constant_int64("first.split", np.asarray(widths))
+    builder.nodes.append(
+        helper.make_node("Split", [first, split], pieces, name="first.split", axis=1)
+    )
+    heads = []
+    for k, (member, z) in enumerate(zip(members, pieces, strict=True), start=1):
+        last = len(member.layers) - 1
+        for index in range(1, last + 1):
+            a = builder.node(
+                ACTIVATION_OPS[member.activation],
+                [z],
+                f"m{k}.hidden{index}.a",
+                f"m{k}.hidden{index}.{member.activation}",
+                **activation_attributes(member),
+            )
+            layer = member.layers[index]
+            prefix = f"m{k}.output" if index == last else f"m{k}.hidden{index + 1}"
+            out = _head_name(task, k) if index == last else f"{prefix}.z"
+            z = builder.node(
+                "Gemm",
+                [
+                    a,
+                    builder.constant(f"{prefix}.weight", layer.weight),
+                    builder.constant(f"{prefix}.bias", layer.bias),
+                ],
+                out,
+                f"{prefix}.gemm",
+            )
+        heads.append(z)
+    return heads
+
+
+def _block_diagonal(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    rows, columns = sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)
+    out = np.zeros((rows, columns))
+    r = c = 0
+    for block in blocks:
+        out[r : r + block.shape[0], c : c + block.shape[1]] = block
+        r, c = r + block.shape[0], c + block.shape[1]
+    return out
+
+
+def _blockdiag(builder: GraphBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
+    """The members' outputs side by side, one tensor (N, k·C or k·T), after block-diagonal Gemms."""
+    reference = members[0]
+    depth = len(reference.layers)
+    z = _first_layer(builder, members, WIDE_PREACTIVATION.format(i=1) if depth > 1 else "heads")
+    for index in range(1, depth):
+        a = builder.node(
+            ACTIVATION_OPS[reference.activation],
+            [z],
+            f"hidden{index}.a",
+            f"hidden{index}.{reference.activation}",
+            **activation_attributes(reference),
+        )
+        weight = _block_diagonal([member.layers[index].weight for member in members])
+        bias = np.concatenate([member.layers[index].bias for member in members])
+        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
+        z = builder.node(
+            "Gemm",
+            [
+                a,
+                builder.constant(f"{prefix}.weight", weight),
+                builder.constant(f"{prefix}.bias", bias),
+            ],
+            "heads" if index == depth - 1 else WIDE_PREACTIVATION.format(i=index + 1),
+            f"{prefix}.gemm",
+        )
+    return [z]
+
+
+def _average(builder: GraphBuilder, task: str, heads: list[str], k: int, output_count: int) -> None:
+    """Mean of the members' probabilities (then ArgMax) or of their y, into the graph outputs."""
+    main = OUTPUT_NAMES[task][0]
+    if len(heads) == 1:  # blockdiag: (N, k·C) → (N, k, C), softmax over C, mean over k
+        shape = builder.constant_int64("heads.shape", np.asarray([-1, k, output_count]))
+        stacked = builder.node("Reshape", [heads[0], shape], "heads.stacked", "heads.reshape")
+        if task == "classification":
+            stacked = builder.node(
+                "Softmax", [stacked], "heads.probabilities", "heads.softmax", axis=2
+            )
+        builder.node("ReduceMean", [stacked], main, "ensemble.mean", axes=[1], keepdims=0)
+    else:
+        if task == "classification":
+            heads = [
+                builder.node("Softmax", [head], f"m{k}.probabilities", f"m{k}.softmax", axis=1)
+                for k, head in enumerate(heads, start=1)
+            ]
+        builder.node("Mean", heads, main, "ensemble.mean")
+    if task == "classification":
+        builder.node("ArgMax", [main], OUTPUT_NAMES[task][1], "output.argmax", axis=1, keepdims=0)

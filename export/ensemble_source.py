@@ -1,0 +1,103 @@
+"""Which runs a tune directory offers as ensemble members (`bnserve export TUNE_DIR --ensemble K`).
+
+The one place the exporter reads a tune directory; what it relies on (docs/export.md,
+"Ensembles"), all of it the tuner's own code, not a copy of its layout:
+
+- `tune.sqlite` (`training.tune.store.FILENAME`), read-only through `TrialStore`;
+- the ranking `training.tune.runner.rank_trials` (finished trials first, by dev error, then loss);
+- each trial's `run_dir`, relative to the tune directory; a cross-validated trial's fold runs
+  inside it at `training.tune.trials.fold_dir(fold, repeat)`.
+
+The members: the chosen (best) trial's fold runs when it kept them (cross-validation: the fold
+models of the chosen configuration, repeat 0's folds first), else the best K finished trials.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnserve.export.errors import ExportError
+from bnserve.training.rundir import read_json
+
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class EnsembleMembers:
+    """The run directories to average, and one line saying how they were chosen."""
+
+    run_dirs: tuple[Path, ...]
+    source: str
+
+
+def is_tune_dir(path: Path) -> bool:
+    from bnserve.training.tune.store import FILENAME
+
+    return (path / FILENAME).is_file()
+
+
+def _finished(run_dir: Path) -> bool:
+    meta = run_dir / META
+    if not meta.is_file():
+        return False
+    try:
+        return bool(read_json(meta).get("status") == "finished")
+    except (OSError, ValueError):
+        return False
+
+
+def _fold_runs(trial_dir: Path) -> list[Path]:
+    """The trial's finished fold runs in the tuner's order (repeat 0's folds, then repeat 1's…)."""
+    from bnserve.training.tune.trials import fold_dir
+
+    runs: list[Path] = []
+    for repeat in range(1000):
+        folds = []
+        for fold in range(1000):
+            candidate = trial_dir / fold_dir(fold, repeat)
+            if not candidate.is_dir():
+                break
+            folds.append(candidate)
+        if not folds:
+            break
+        runs += [run for run in folds if _finished(run)]
+    return runs
+
+
+def tune_members(tune_dir: Path, k: int) -> EnsembleMembers:
+    """K members from a tune directory (see the module docstring); ExportError when it holds
+    fewer than K."""
+    from bnserve.training.tune.runner import rank_trials
+    from bnserve.training.tune.store import FILENAME, TrialStore
+
+    try:
+        with TrialStore(tune_dir / FILENAME, readonly=True) as store:
+            ranked = rank_trials(store.trials())
+    except sqlite3.DatabaseError as error:
+        raise ExportError(
+            f"{tune_dir / FILENAME}: not a readable tune database ({error})"
+        ) from None
+    finished = [record for record in ranked if record.state == "finished"]
+    if not finished:
+        raise ExportError(f"{tune_dir}: no finished trial to take ensemble members from")
+    best = finished[0]
+    folds = _fold_runs(tune_dir / best.run_dir)
+    if folds:
+        if len(folds) < k:
+            raise ExportError(
+                f"{tune_dir}: the chosen trial {best.trial} kept {len(folds)} fold models; "
+                f"--ensemble {k} needs {k}"
+            )
+        return EnsembleMembers(
+            tuple(folds[:k]),
+            f"{tune_dir}: the fold models of the chosen trial {best.trial} ({k} of {len(folds)})",
+        )
+    runs = [tune_dir / record.run_dir for record in finished]
+    runs = [run for run in runs if _finished(run)]
+    if len(runs) < k:
+        raise ExportError(
+            f"{tune_dir}: {len(runs)} finished trial run(s) kept; --ensemble {k} needs {k}"
+        )
+    return EnsembleMembers(tuple(runs[:k]), f"{tune_dir}: the best {k} finished trials")

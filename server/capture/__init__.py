@@ -1,0 +1,1 @@
+"""server/capture: sampled calls and true answers in the capture store; realized quality."""

@@ -1,0 +1,246 @@
+"""A mixed model's request, column by column: v2 tensors or named values → `Columns`.
+
+Each graph input is a column named after it (server/modelfile/schema.py). Over v2 a numeric
+column comes as FP32, FP64, INT32 or INT64 and a categorical one as BYTES, each of shape [N] or
+[N, 1]; JSON `null` (or NaN) is a missing number, `null` or "" a missing text. Every refusal is
+InvalidInput naming the column: a missing or unknown column, text in a numeric column or a number
+where BYTES was expected, a wrong shape, a different N from the other columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bnserve.server.modelfile.schema import CATEGORICAL, GraphInput, InputSchema
+from bnserve.server.plane.errors import InvalidInput
+from bnserve.server.plane.inputs import Columns, TensorIn
+
+NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+}
+BYTES = "BYTES"
+_NOT_NUMBERS = (str, bytes, bool, list, dict)
+_RAW = (bytes, bytearray, memoryview)
+_INFINITIES = frozenset((math.inf, -math.inf))
+SMALL = 64  # up to this many values, Python's checks beat numpy's per-call cost
+
+
+def is_categorical(column: GraphInput) -> bool:
+    return column.kind == CATEGORICAL
+
+
+def datatype_of(column: GraphInput) -> str:
+    """The v2 datatype a column is described with (ModelMetadata, ModelConfig)."""
+    return BYTES if is_categorical(column) else "FP32"
+
+
+def input_names(schema: InputSchema) -> tuple[str, ...]:
+    """The graph input names, in order."""
+    return tuple(column.name for column in schema.inputs)
+
+
+def describe(schema: InputSchema, limit: int = 8) -> str:
+    """'a' FP32, 'b' BYTES, … — the inputs a mixed model takes, for messages."""
+    shown = [f"{c.name!r} {datatype_of(c)}" for c in schema.inputs[:limit]]
+    more = ", …" if len(schema.inputs) > limit else ""
+    return f"{', '.join(shown)}{more} (each [N] or [N, 1])"
+
+
+def decode_tensors(schema: InputSchema, model: str, tensors: Sequence[TensorIn]) -> Columns:
+    """v2 input tensors → Columns in the model's input order; InvalidInput names the column."""
+    by_name: dict[str, TensorIn] = {}
+    for given in tensors:
+        if given.name in by_name:
+            raise InvalidInput(f"input {given.name!r} appears twice in the request")
+        by_name[given.name] = given
+    known = {column.name for column in schema.inputs}
+    unknown = [name for name in by_name if name not in known]
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r}: model {model!r} takes one input per column: "
+            f"{describe(schema)}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    first: tuple[str, int] | None = None
+    for column in schema.inputs:
+        tensor = by_name.get(column.name)
+        if tensor is None:
+            kind = "categorical, BYTES" if is_categorical(column) else "numeric, FP32"
+            raise InvalidInput(
+                f"missing input {column.name!r} ({kind} [N, 1]): model {model!r} takes one "
+                f"input per column: {describe(schema)}"
+            )
+        array = _decode(column, tensor)
+        if first is None:
+            first = (column.name, array.shape[0])
+        elif array.shape[0] != first[1]:
+            raise InvalidInput(
+                f"input {column.name!r} has {array.shape[0]} rows but input {first[0]!r} has "
+                f"{first[1]}: every column needs the same N"
+            )
+        arrays[column.name] = array
+    return Columns(arrays)
+
+
+def _decode(column: GraphInput, tensor: TensorIn) -> np.ndarray:
+    name, datatype, shape, data = column.name, tensor.datatype, list(tensor.shape), tensor.data
+    categorical = column.kind == CATEGORICAL
+    if categorical and datatype != BYTES:
+        raise InvalidInput(
+            f'input {name!r} is a categorical column: send BYTES (text; null or "" for '
+            f"missing), not {datatype}"
+        )
+    if not categorical and datatype not in NUMERIC_DATATYPES:
+        raise InvalidInput(
+            f"input {name!r} is a numeric column: send FP32, FP64, INT32 or INT64 (null or NaN "
+            f"for missing), not {datatype}"
+        )
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+        raise InvalidInput(f"input {name!r} has shape {shape}; a column takes [N] or [N, 1], N ≥ 1")
+    count = shape[0]
+    if categorical:
+        texts = _texts(name, data, tensor.source)
+        if len(texts) != count:
+            raise InvalidInput(
+                f"input {name!r} has {len(texts)} values; shape {shape} needs {count}"
+            )
+        return np.array(texts, dtype=object).reshape(count, 1)
+    values = _numbers(name, datatype, data, tensor.source, count, shape)
+    return values.reshape(count, 1)
+
+
+def _numbers(
+    name: str, datatype: str, data: Any, source: str, count: int, shape: list[int]
+) -> np.ndarray:
+    if isinstance(data, _RAW):
+        dtype = NUMERIC_DATATYPES[datatype]
+        if len(data) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {name!r}: {source} has {len(data)} bytes; shape {shape} {datatype} "
+                f"needs {count * dtype.itemsize}"
+            )
+        values = np.frombuffer(data, dtype=dtype)  # FP32: read-only, no copy
+        if datatype != "FP32":
+            values = values.astype(np.float32)
+    else:
+        if not isinstance(data, np.ndarray):
+            for position, value in enumerate(data):
+                if isinstance(value, _NOT_NUMBERS):
+                    what = "text" if isinstance(value, str | bytes) else "a non-number"
+                    raise InvalidInput(
+                        f"input {name!r} is a numeric column but its {source} hold {what} "
+                        f"{value!r} at position {position}; send a number, or null for missing"
+                    )
+        if len(data) != count:
+            raise InvalidInput(
+                f"input {name!r} has {len(data)} {source}; shape {shape} needs {count} values"
+            )
+        try:
+            values = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"input {name!r}: {source} must be numbers (or null)") from None
+    if _has_infinity(values):
+        position = int(np.flatnonzero(np.isinf(values))[0])
+        raise InvalidInput(
+            f"input {name!r}: value {values[position]} at position {position} is not finite "
+            "(send null or NaN for a missing value)"
+        )
+    return values
+
+
+def _has_infinity(values: np.ndarray) -> bool:
+    if values.size <= SMALL:
+        return not _INFINITIES.isdisjoint(values.tolist())
+    return bool(np.isinf(values).any())
+
+
+def _texts(name: str, data: Any, source: str) -> list[str]:
+    if isinstance(data, _RAW):
+        elements: Sequence[Any] = _split_bytes(name, bytes(data), source)
+    elif isinstance(data, np.ndarray):
+        raise InvalidInput(f"input {name!r} is a categorical column: send text, not numbers")
+    else:
+        elements = data
+    texts: list[str] = []
+    for position, value in enumerate(elements):
+        if value is None:
+            texts.append("")
+        elif isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, bytes):
+            try:
+                texts.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"input {name!r}: element {position} of {source} is not UTF-8 text"
+                ) from None
+        else:
+            raise InvalidInput(
+                f"input {name!r} is a categorical column (BYTES) but its {source} hold a number "
+                f'{value!r} at position {position}; send it as text ("{value}"), or '
+                'null / "" for missing'
+            )
+    return texts
+
+
+def _split_bytes(name: str, data: bytes, source: str) -> list[bytes]:
+    """A BYTES tensor's raw form: each element a 4-byte little-endian length, then itself."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise InvalidInput(f"input {name!r}: {source} ends inside an element's 4-byte length")
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(data):
+            raise InvalidInput(
+                f"input {name!r}: {source} element {len(elements)} claims {length} bytes; "
+                f"{len(data) - offset} are left"
+            )
+        elements.append(data[offset : offset + length])
+        offset += length
+    return elements
+
+
+def from_values(
+    schema: InputSchema, model: str, values: Mapping[str, float | str | None]
+) -> Columns:
+    """One example from named values (a number, a text or None for missing per column) → a
+    one-row Columns; InvalidInput names a missing, unknown or mistyped column."""
+    known = {column.name for column in schema.inputs}
+    unknown = [name for name in values if name not in known]
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r}: model {model!r} takes {describe(schema)}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for column in schema.inputs:
+        if column.name not in values:
+            raise InvalidInput(
+                f"missing value for column {column.name!r}: model {model!r} takes "
+                f"{describe(schema)} (send a missing value to mean missing)"
+            )
+        value = values[column.name]
+        if is_categorical(column):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(
+                    f"column {column.name!r} is categorical: send text, not the number {value!r}"
+                )
+            arrays[column.name] = np.array([[value or ""]], dtype=object)
+        else:
+            if isinstance(value, str):
+                raise InvalidInput(
+                    f"column {column.name!r} is numeric: send a number, not the text {value!r}"
+                )
+            number = math.nan if value is None else float(value)
+            if math.isinf(number):
+                raise InvalidInput(f"column {column.name!r}: {number} is not a finite number")
+            arrays[column.name] = np.array([[number]], dtype=np.float32)
+    return Columns(arrays)

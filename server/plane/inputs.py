@@ -1,0 +1,91 @@
+"""A request's inputs as the data plane carries them, for every kind of model.
+
+- A format-1 or numbers-only model takes one float32 array `x` (N, F): the fast path, unchanged.
+- A mixed model (a categorical column; docs/contracts.md "The ONNX model") takes `Columns`: one
+  (N, 1) array per graph input, in the model's input order: float32 for a numeric column (NaN:
+  missing), object holding `str` for a categorical column ("" or a missing token: missing).
+
+`ModelInput` is either; `rows`, `concatenate` and `take` work on both, so the batcher, the
+stream and capture/drift code need not tell them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class TensorIn(NamedTuple):
+    """One v2 input tensor as a transport decoded it.
+
+    data: bytes (the tensor's little-endian bytes: raw_input_contents, HTTP binary data) or the
+    typed values, flat (an ndarray or a sequence numpy converts; BYTES: str, bytes or None).
+    source names where the data
+    came from, for messages ("fp32_contents", "raw_input_contents[0]", "JSON data").
+    """
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    data: bytes | np.ndarray | Sequence[Any]  # numbers, or text / bytes / None for BYTES
+    source: str
+
+
+class Columns:
+    """N rows of a mixed model's inputs: name → (N, 1) array, in the model's input order.
+
+    `shape` is (N, number of columns), so code that reads `x.shape[0]` for the row count works
+    on both kinds of input."""
+
+    __slots__ = ("arrays", "shape")
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.arrays: dict[str, np.ndarray] = dict(arrays)
+        first = next(iter(self.arrays.values()), None)
+        self.shape: tuple[int, int] = (0 if first is None else first.shape[0], len(self.arrays))
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return iter(self.arrays.items())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def __repr__(self) -> str:
+        return f"Columns({self.shape[0]} rows: {', '.join(self.arrays)})"
+
+
+ModelInput = np.ndarray | Columns
+
+
+def rows(inputs: ModelInput) -> int:
+    """N, the examples in inputs."""
+    return int(inputs.shape[0])
+
+
+def concatenate(parts: Sequence[ModelInput]) -> ModelInput:
+    """The parts' rows one after another (every part of one kind, for one model)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, Columns):
+        tables = [part for part in parts if isinstance(part, Columns)]
+        return Columns(
+            {name: np.concatenate([part[name] for part in tables]) for name in first.arrays}
+        )
+    return np.concatenate([part for part in parts if isinstance(part, np.ndarray)])
+
+
+def take(inputs: ModelInput, start: int, stop: int) -> ModelInput:
+    """Rows start..stop-1 of inputs."""
+    if isinstance(inputs, Columns):
+        return Columns({name: array[start:stop] for name, array in inputs})
+    return inputs[start:stop]
+
+
+def feed(inputs: ModelInput, input_name: str) -> dict[str, np.ndarray]:
+    """The onnxruntime feed: {input_name: x} for an array, one entry per column otherwise."""
+    if isinstance(inputs, Columns):
+        return inputs.arrays
+    return {input_name: inputs}

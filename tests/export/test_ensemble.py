@@ -1,0 +1,269 @@
+"""`bnserve export RUN1 RUN2 …` and `bnserve export TUNE_DIR --ensemble K`: the mean of k runs as
+one folded graph (export/ensemble.py, ensemble_graph.py, ensemble_source.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bnserve.export.cli import main
+from bnserve.export.ensemble import MIXED_TABLES, mean_prediction
+from bnserve.export.ensemble_graph import LAYOUTS
+from bnserve.export.metadata import read_metadata
+from bnserve.export.verify import PROBABILITY_TOLERANCE, onnx_session, regression_tolerance
+from bnserve.server.modelfile.contract import MetadataKey
+from bnserve.training.rundir import load_run
+from bnserve.training.tune.store import FILENAME, PlannedTrial, TrialStore
+from bnserve.training.tune.trials import fold_dir
+from tests.export.conftest import SyntheticRun, write_synthetic_run
+
+# members that differ in everything an ensemble allows: depth (a linear one too), width,
+# activation, batch norm
+MIXED = [
+    {"seed": 0},
+    {"seed": 1, "hidden": (8,), "activation": "tanh", "batchnorm": False},
+    {"seed": 2, "hidden": ()},
+    {"seed": 3, "hidden": (10, 6, 5), "activation": "sigmoid"},
+]
+
+
+def _export(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _runs(synthetic_run, specs: list[dict[str, object]], **common: object) -> list[Path]:
+    return [synthetic_run(**{**common, **spec}) for spec in specs]
+
+
+def _scored(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = onnx_session(path.read_bytes())
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"x": x.astype(np.float32)}), strict=True))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_graph_is_the_mean_of_its_members_numpy_paths(
+    synthetic_run, out_dir: Path, capsys, layout: str
+) -> None:
+    specs = MIXED if layout == "parallel" else [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}]
+    runs = _runs(synthetic_run, specs)
+    out = out_dir / "ensemble.onnx"
+    code, printed, error = _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)
+    assert code == 0, error
+    assert f"ensemble of {len(runs)}" in printed
+    model = onnx.load(str(out))
+    ops = [node.op_type for node in model.graph.node]
+    assert "BatchNormalization" not in ops
+    readers_of_x = [node for node in model.graph.node if "x" in node.input]
+    assert [node.op_type for node in readers_of_x] == ["Gemm"]  # every first layer, one Gemm
+    assert ops.count("Mean") + ops.count("ReduceMean") == 1  # one averaging node
+    members = [load_run(run) for run in runs]
+    x = np.vstack([member.heldout_x for member in members]).astype(np.float32)
+    expected = mean_prediction(members, x.astype(np.float64))
+    served = _scored(out, x)
+    assert np.max(np.abs(served["probabilities"] - expected)) <= PROBABILITY_TOLERANCE.abs
+    decisive = np.sort(expected, axis=1)[:, -1] - np.sort(expected, axis=1)[:, -2] > 2e-5
+    np.testing.assert_array_equal(served["label"][decisive], expected.argmax(axis=1)[decisive])
+    card = read_metadata(model)
+    listed = json.loads(card[MetadataKey.ENSEMBLE.full])
+    assert listed["layout"] == layout
+    assert [m["run_id"] for m in listed["members"]] == [m.meta["run_id"] for m in members]
+    assert [m["params_sha256"] for m in listed["members"]] == [
+        m.meta["params_sha256"] for m in members
+    ]
+    assert card[MetadataKey.RUN_ID.full].startswith("ensemble-")
+
+
+def test_a_regression_ensemble_answers_the_mean_y(synthetic_run, out_dir: Path, capsys) -> None:
+    runs = _runs(synthetic_run, MIXED, task="regression", outputs=2)
+    out = out_dir / "ensemble.onnx"
+    code, _, error = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 0, error
+    members = [load_run(run) for run in runs]
+    x = members[0].heldout_x.astype(np.float32)
+    expected = mean_prediction(members, x.astype(np.float64))
+    stds = np.concatenate([m.params["target.std"] for m in members])
+    tolerance = regression_tolerance(stds)
+    difference = np.abs(_scored(out, x)["y"] - expected)
+    assert np.all(difference <= tolerance.bound(expected))
+    # the reference rows the server checks are the mean too
+    card = read_metadata(onnx.load(str(out)))
+    rows = np.asarray(json.loads(card[MetadataKey.REFERENCE_INPUTS.full]))
+    reference = np.asarray(json.loads(card[MetadataKey.REFERENCE_OUTPUTS.full])["y"])
+    np.testing.assert_allclose(reference, mean_prediction(members, rows), rtol=1e-12)
+
+
+def test_one_example_alone_equals_it_in_a_batch(synthetic_run, out_dir: Path, capsys) -> None:
+    runs = _runs(synthetic_run, MIXED)
+    out = out_dir / "ensemble.onnx"
+    assert _export([*map(str, runs), "--out", str(out)], capsys)[0] == 0
+    x = load_run(runs[0]).heldout_x[:64].astype(np.float32)
+    together = _scored(out, x)
+    for row in range(x.shape[0]):
+        alone = _scored(out, x[row : row + 1])
+        np.testing.assert_allclose(
+            alone["probabilities"][0], together["probabilities"][row], rtol=0, atol=1e-6
+        )
+        assert alone["label"][0] == together["label"][row]
+
+
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        ({"features": 7}, "its feature names differ from"),
+        ({"task": "regression"}, "task is regression, but"),
+        ({"outputs": 4}, "its class names differ from"),
+    ],
+)
+def test_members_that_differ_are_refused_in_one_line(
+    synthetic_run, out_dir: Path, capsys, second: dict[str, object], says: str
+) -> None:
+    first, other = synthetic_run(seed=0), synthetic_run(seed=1, **second)
+    out = out_dir / "ensemble.onnx"
+    code, printed, error = _export([str(first), str(other), "--out", str(out)], capsys)
+    assert code == 2 and printed == ""
+    assert error.count("\n") == 1 and error.startswith("bnserve export: error: ")
+    assert f"{other}: " in error and says in error and str(first) in error
+    assert not out.exists()
+
+
+def test_renamed_classes_are_refused_naming_the_class(synthetic_run, out_dir, capsys) -> None:
+    first, other = synthetic_run(seed=0), synthetic_run(seed=1)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["class_names"][1] = "renamed"
+    (other / "meta.json").write_text(json.dumps(meta))
+    code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert "name #1 is 'renamed', not 'class_1'" in error
+
+
+def test_a_mixed_table_run_is_refused(synthetic_run, out_dir: Path, capsys) -> None:
+    first, other = synthetic_run(seed=0), synthetic_run(seed=1)
+    schema = {
+        "version": 1,
+        "training_rows": 10,
+        "min_level_count": 2,
+        "max_levels": 1000,
+        "na_values": [],
+        "plain": False,
+        "columns": [
+            {
+                "name": "colour",
+                "kind": "categorical",
+                "why": "inferred",
+                "missing_count": 0,
+                "levels": [{"value": "red", "count": 5}, {"value": "blue", "count": 5}],
+            }
+        ],
+    }
+    (other / "schema.json").write_text(json.dumps(schema))
+    code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert f"{other}: {MIXED_TABLES}" in error
+
+
+def _tune_dir(root: Path, trials: list[tuple[float, list[int]]]) -> Path:
+    """A tune directory as the tuner leaves it: tune.sqlite and trials/trial-NNNN, each a
+    finished synthetic run (folds empty) or, cross-validated, its fold runs (seeds given)."""
+    root.mkdir()
+    planned = [
+        PlannedTrial(trial=i, point=i, params={}, seed=i, run_dir=f"trials/trial-{i:04d}")
+        for i in range(len(trials))
+    ]
+    with TrialStore.create(root / FILENAME, {}) as store:
+        store.add_round(0, {"ranges": {}, "choices": {}}, planned)
+        for plan, (dev_error, fold_seeds) in zip(planned, trials, strict=True):
+            trial_dir = root / plan.run_dir
+            if fold_seeds:
+                for fold, seed in enumerate(fold_seeds):
+                    write_synthetic_run(trial_dir / fold_dir(fold, 0), SyntheticRun(seed=seed))
+            else:
+                write_synthetic_run(trial_dir, SyntheticRun(seed=10 + plan.trial))
+            store.mark_done(
+                plan.trial, state="finished", dev_error=dev_error, history=[], seconds=1.0
+            )
+    return root
+
+
+def test_a_tune_gives_its_best_k_trials(tmp_path: Path, out_dir: Path, capsys) -> None:
+    tune = _tune_dir(tmp_path / "tune", [(0.3, []), (0.1, []), (0.2, []), (0.4, [])])
+    out = out_dir / "m.onnx"
+    code, printed, error = _export([str(tune), "--ensemble", "2", "--out", str(out)], capsys)
+    assert code == 0, error
+    assert "the best 2 finished trials" in printed
+    listed = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.ENSEMBLE.full])
+    assert [m["run_id"] for m in listed["members"]] == ["synthetic-11", "synthetic-12"]
+    code, _, error = _export([str(tune), "--ensemble", "5", "--out", str(out)], capsys)
+    assert code == 2 and "4 finished trial run(s) kept; --ensemble 5 needs 5" in error
+
+
+def test_a_cross_validated_tune_gives_the_chosen_trials_fold_models(
+    tmp_path: Path, out_dir: Path, capsys
+) -> None:
+    tune = _tune_dir(tmp_path / "tune", [(0.2, [20, 21, 22]), (0.1, [30, 31, 32])])
+    out = out_dir / "m.onnx"
+    code, printed, error = _export([str(tune), "--ensemble", "3", "--out", str(out)], capsys)
+    assert code == 0, error
+    assert "the fold models of the chosen trial 1 (3 of 3)" in printed
+    listed = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.ENSEMBLE.full])
+    assert [m["run_id"] for m in listed["members"]] == [f"synthetic-{s}" for s in (30, 31, 32)]
+
+
+def test_ensemble_needs_a_tune_directory(synthetic_run, out_dir: Path, capsys) -> None:
+    code, _, error = _export(
+        [str(synthetic_run()), "--ensemble", "3", "--out", str(out_dir / "m.onnx")], capsys
+    )
+    assert code == 2 and error.count("\n") == 1 and "takes one tune directory" in error
+
+
+def test_help_documents_ensembles(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RUN_DIR [RUN_DIR ...]" in text
+    assert "--ensemble K" in text and "ONE graph of their mean" in text
+    assert "label = argmax of that mean" in text
+
+
+def test_adapt_refuses_an_ensemble(synthetic_run, out_dir: Path, capsys) -> None:
+    from bnserve.export.adapt_source import AdaptError, read_source
+
+    out = out_dir / "m.onnx"
+    assert _export([str(synthetic_run(seed=0)), str(synthetic_run(seed=1)), "--out", str(out)],
+                   capsys)[0] == 0  # fmt: skip
+    with pytest.raises(AdaptError, match="an ensemble of several networks"):
+        read_source(out)
+
+
+def test_a_graph_that_is_not_the_mean_is_not_written(
+    synthetic_run, out_dir: Path, capsys, monkeypatch
+) -> None:
+    """The check is real: a graph that averages one member too few fails it, nothing written."""
+    from bnserve.export import ensemble
+
+    build = ensemble.build_ensemble_model
+    monkeypatch.setattr(
+        ensemble, "build_ensemble_model", lambda members, **kw: build(members[:-1], **kw)
+    )
+    runs = _runs(synthetic_run, MIXED[:3])
+    out = out_dir / "m.onnx"
+    code, _, error = _export([*map(str, runs), "--out", str(out)], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert "does not reproduce the numpy inference path" in error and "nothing written" in error
+    assert not out.exists()
+
+
+def test_a_member_with_a_broken_meta_is_named_in_one_line(synthetic_run, out_dir, capsys) -> None:
+    first, other = synthetic_run(seed=0), synthetic_run(seed=1)
+    meta = json.loads((other / "meta.json").read_text())
+    del meta["feature_names"]
+    (other / "meta.json").write_text(json.dumps(meta))
+    code, _, error = _export([str(first), str(other), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert f"{other}" in error and "'feature_names'" in error
