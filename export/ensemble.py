@@ -76,6 +76,7 @@ from bnserve.training.data.schema import TableSchema
 from bnserve.training.errors import RunError
 from bnserve.training.inference import predict
 from bnserve.training.rundir import Run, load_run
+from bnserve.training.target_transform import transform_of
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,11 @@ def _load_member(path: Path) -> Run:
     except RunError as error:
         raise ExportError(f"not an exportable run: {error}") from None
     check_heldout(run)
+    if transform_of(run.meta) != "none":  # the mean node would average t, not y
+        raise ExportError(
+            f"{path}: its target is transformed ({transform_of(run.meta)}): an ensemble averages "
+            "the members' last layers, so its members must answer in the target's units without one"
+        )
     return run
 
 

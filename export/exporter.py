@@ -247,7 +247,9 @@ def build_model(
         model = build_folded_model(fold_params(params, spec))
     if spec.task == "classification":
         return model, PROBABILITY_TOLERANCE
-    return model, regression_tolerance(params["target.std"])
+    return model, regression_tolerance(
+        params["target.std"], params["target.mean"], spec.target_transform
+    )
 
 
 def checked_spec(run: Run) -> NetworkSpec:

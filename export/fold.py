@@ -8,6 +8,7 @@ layer computes z = a @ W + b, and scaling an output unit scales a COLUMN of W.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,13 +36,16 @@ class FoldedNetwork:
     """An MLP of plain affine layers: `activation` after every layer but the last.
 
     The last layer gives logits (classification: softmax follows) or y in target units
-    (regression: nothing follows). Inputs are raw, unstandardized features.
+    (regression: nothing follows), or with target_transform "log" t = log(1 + y), which the
+    graph turns into y = exp(t) − 1 (training/target_transform.py). Inputs are raw,
+    unstandardized features.
     """
 
     layers: tuple[AffineLayer, ...]
     activation: str  # one of FOLDED_ACTIVATIONS
     task: str
     leaky_relu_alpha: float = LEAKY_RELU_ALPHA  # leaky_relu only: the slope where z < 0
+    target_transform: str = "none"  # regression: "none" or "log"
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def fold_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> FoldedNe
         )
     layers.append(LinearLayer(weight=p["output.W"], bias=p["output.b"]))
     regression = spec.task == "regression"
-    return fold_layers(
+    folded = fold_layers(
         layers,
         input_mean=p["input.mean"],
         input_std=p["input.std"],
@@ -193,3 +197,4 @@ def fold_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> FoldedNe
         target_mean=p["target.mean"] if regression else None,
         target_std=p["target.std"] if regression else None,
     )
+    return dataclasses.replace(folded, target_transform=spec.target_transform)

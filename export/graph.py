@@ -28,6 +28,8 @@ ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "leaky_r
 # The tensor holding hidden layer i's pre-activation γ·ẑ + β (i from 1), in each graph kind.
 FOLDED_PREACTIVATION = "hidden{i}.z"
 UNFOLDED_PREACTIVATION = "hidden{i}.z_bn"
+# Regression with a target transform: the last Gemm gives t(y) under this name, then the inverse
+TRANSFORMED_TARGET = "y.transformed"
 
 
 class GraphBuilder:
@@ -92,6 +94,20 @@ def _output_infos(task: str, output_count: int) -> list[onnx.ValueInfoProto]:
         ]
     (y,) = OUTPUT_NAMES[task]
     return [helper.make_tensor_value_info(y, TensorProto.FLOAT, [BATCH_DIM, output_count])]
+
+
+def _add_target_inverse(builder: GraphBuilder, transformed: str, transform: str) -> None:
+    """y from t(y): "log" adds Exp then Sub 1 (y = exp(t) − 1; training/target_transform.py)."""
+    if transform != "log":
+        raise ValueError(f"unknown target transform {transform!r}")
+    exp = builder.node("Exp", [transformed], "y.exp", "target.exp")
+    one = builder.constant("target.one", np.ones(1))
+    builder.node("Sub", [exp, one], OUTPUT_NAMES["regression"][0], "target.expm1")
+
+
+def _regression_output_name(transform: str) -> str:
+    """What the last affine step writes: y itself, or t(y) when an inverse follows."""
+    return OUTPUT_NAMES["regression"][0] if transform == "none" else TRANSFORMED_TARGET
 
 
 def add_classification_head(builder: GraphBuilder, logits: str) -> None:
@@ -168,7 +184,9 @@ def build_folded_model(
     for index, layer in enumerate(network.layers):
         prefix = "output" if index == last else f"hidden{index + 1}"
         if index == last:
-            z_name = OUTPUT_NAMES["regression"][0] if network.task == "regression" else "logits"
+            z_name = "logits"
+            if network.task == "regression":
+                z_name = _regression_output_name(network.target_transform)
         else:
             z_name = f"{prefix}.z"
         if index == 0 and front is not None:
@@ -187,6 +205,8 @@ def build_folded_model(
             )
     if network.task == "classification":
         add_classification_head(builder, z)
+    elif network.target_transform != "none":
+        _add_target_inverse(builder, z, network.target_transform)
     feature_count, output_count = network.layers[0].weight.shape[0], network.layers[-1].bias.size
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
@@ -248,12 +268,14 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
             "y_scaled",
             "target.mul",
         )
-        builder.node(
+        y = builder.node(
             "Add",
             [scaled, builder.constant("target.mean", params["target.mean"])],
-            OUTPUT_NAMES["regression"][0],
+            _regression_output_name(spec.target_transform),
             "target.add",
         )
+        if spec.target_transform != "none":
+            _add_target_inverse(builder, y, spec.target_transform)
     return finish_model(
         builder, task, spec.feature_count, spec.output_count, "bnserve_mlp_unfolded"
     )

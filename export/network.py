@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from bnserve.export.errors import ExportError
-from bnserve.training.config import ACTIVATIONS, RUNNING_VAR_MODES, STATS_MODES, TASKS, TrainConfig
+from bnserve.training.config import (
+    ACTIVATIONS,
+    RUNNING_VAR_MODES,
+    STATS_MODES,
+    TARGET_TRANSFORMS,
+    TASKS,
+    TrainConfig,
+)
 from bnserve.training.model import param_shapes
 
 
@@ -30,6 +37,7 @@ class NetworkSpec:
     batchnorm: bool
     epsilon: float
     task: str
+    target_transform: str = "none"  # regression: the inverse the graph applies last
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -67,6 +75,9 @@ def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
     output_names = _string_list(meta, names_key)
     if task == "classification" and len(output_names) < 2:
         raise ExportError(f"meta.json: 'class_names' has {len(output_names)} entries; need ≥ 2")
+    transform = "none"
+    if task == "regression" and meta.get("target_transform") is not None:
+        transform = _choice(meta, "target_transform", TARGET_TRANSFORMS)
     return NetworkSpec(
         feature_count=len(feature_names),
         hidden_sizes=tuple(config.hidden),
@@ -75,6 +86,7 @@ def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
         batchnorm=batchnorm,
         epsilon=epsilon,
         task=task,
+        target_transform=transform,
     )
 
 

@@ -12,6 +12,7 @@ from bnserve.flags import field_types
 from bnserve.header_hints import parse_delimiter
 from bnserve.training.metrics import METRICS
 from bnserve.training.optim import UPDATES
+from bnserve.training.schedule import SCHEDULES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = tuple(UPDATES)  # optim.py's update functions, one per family
@@ -19,6 +20,8 @@ TASKS = ("classification", "regression")
 STATS_MODES = ("ema", "population")
 RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
+# regression: "log" trains on log(1 + y) (training/target_transform.py)
+TARGET_TRANSFORMS = ("none", "log")
 # Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
 MIN_LEVEL_COUNT = 2
 MAX_LEVELS = 1000
@@ -118,6 +121,34 @@ class TrainConfig:
     lr_decay: float = _setting(
         1.0, "lr multiplier after every epoch", group="optimization", resumable=True
     )
+    lr_schedule: str = _setting(
+        "constant",
+        "the rate per epoch: constant (times --lr-decay each epoch), cosine (annealed to near 0 "
+        "at the last epoch), onecycle (warm-up from lr/25, then cosine; training/schedule.py)",
+        group="optimization",
+        choices=SCHEDULES,
+        resumable=True,
+    )
+    warmup_epochs: int = _setting(
+        0,
+        "cosine, onecycle: epochs of linear warm-up to lr (onecycle with 0: 0.3·epochs)",
+        group="optimization",
+        metavar="N",
+        resumable=True,
+    )
+    weight_decay: float = _setting(
+        0.0,
+        "decoupled weight decay (AdamW, SGDW): each step W ← W·(1 − lr·wd) on weight matrices, "
+        "apart from the gradient (unlike --l2)",
+        group="optimization",
+        resumable=True,
+    )
+    label_smoothing: float = _setting(
+        0.0,
+        "classification: train against (1 − ε)·one-hot + ε/C instead of the one-hot label",
+        group="optimization",
+        resumable=True,
+    )
     batch_size: int = _setting(
         64,
         "examples per mini-batch (a last batch of one joins the previous one)",
@@ -213,6 +244,13 @@ class TrainConfig:
         "with --folds: the R-th drawing of the folds (the tuner's --cv-repeats)",
         group="data",
         metavar="R",
+    )
+    target_transform: str = _setting(
+        "none",
+        "regression: log trains on log(1 + y) (targets > −1; for skewed targets such as prices "
+        "or counts); the model, exported graph included, still answers in the target's units",
+        group="data",
+        choices=TARGET_TRANSFORMS,
     )
     class_weight: str = _setting(
         "none",
@@ -393,6 +431,19 @@ def _validate(config: TrainConfig) -> None:
     _check(config.bn_epsilon > 0, "bn_epsilon", config.bn_epsilon, "> 0")
     _check(0 <= config.dropout < 1, "dropout", config.dropout, "in [0, 1)")
     _check(config.l2 >= 0, "l2", config.l2, "≥ 0")
+    _check(
+        config.weight_decay >= 0 and config.lr * config.weight_decay < 1,
+        "weight_decay",
+        config.weight_decay,
+        f"≥ 0 with lr·weight_decay < 1 (lr = {config.lr:g})",
+    )
+    _check(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)")
+    _check(
+        0 <= config.warmup_epochs <= config.epochs,
+        "warmup_epochs",
+        config.warmup_epochs,
+        f"in [0, epochs = {config.epochs}]",
+    )
     _check(0 <= config.seed < 2**32, "seed", config.seed, "in [0, 2**32)")
     _check(
         config.split_seed is None or 0 <= config.split_seed < 2**32,

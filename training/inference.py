@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bnserve.training import layers, model
+from bnserve.training import layers, model, target_transform
 from bnserve.training.layers import BatchNormSettings
 
 
@@ -24,7 +24,8 @@ def predict(params: dict[str, np.ndarray], meta: dict[str, Any], x_raw: np.ndarr
     """Score raw (unstandardized) features x_raw (N, F) in x_raw's dtype.
 
     Returns probabilities (N, C) for classification or y (N, T) in the target's units for
-    regression. Batch norm uses the frozen running statistics (train=False).
+    regression (after the inverse of meta's target_transform, if any). Batch norm uses the
+    frozen running statistics (train=False).
     """
     dtype = x_raw.dtype if np.issubdtype(x_raw.dtype, np.floating) else np.float64
     x_raw = np.asarray(x_raw, dtype=dtype)
@@ -38,4 +39,4 @@ def predict(params: dict[str, np.ndarray], meta: dict[str, Any], x_raw: np.ndarr
     if meta["task"] == "classification":
         return layers.softmax(scores)
     y: np.ndarray = scores * cast["target.std"] + cast["target.mean"]
-    return y
+    return target_transform.inverse(y, target_transform.transform_of(meta))

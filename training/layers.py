@@ -177,25 +177,34 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy(
-    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+    scores: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
+    smoothing: float = 0.0,
 ) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of scores (N, C) against int labels (N,) and its gradient (N, C).
 
     Binary classification is the two-class case. weights (N,): each example's loss counts
-    w_i times, loss = (1/N)·Σ w_i·(−log p_i,y_i) (class weights: w_i = class_weight[y_i]).
+    w_i times, loss = (1/N)·Σ w_i·(−Σ_c q_ic·log p_ic) (class weights: w_i = class_weight[y_i]).
+    q_i is the one-hot label, or with label smoothing ε the mix (1 − ε)·one-hot + ε/C; the
+    gradient is then w_i·(p_i − q_i)/N.
     """
-    n = scores.shape[0]
+    n, classes = scores.shape
     rows = np.arange(n)
     shifted = scores - scores.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     sum_exp = exp.sum(axis=1, keepdims=True)
-    per_example = np.log(sum_exp[:, 0]) - shifted[rows, labels]
+    per_example = np.log(sum_exp[:, 0]) - (1 - smoothing) * shifted[rows, labels]
+    if smoothing:
+        per_example -= (smoothing / classes) * shifted.sum(axis=1)
     if weights is not None:
         per_example = per_example * weights
     loss = float(per_example.sum()) / n
     dscores = exp
     dscores /= sum_exp
-    dscores[rows, labels] -= 1
+    dscores[rows, labels] -= 1 - smoothing
+    if smoothing:
+        dscores -= smoothing / classes
     if weights is not None:
         dscores *= weights[:, None]
     dscores *= 1.0 / n

@@ -191,17 +191,19 @@ def loss_and_grads(
     l2: float = 0.0,
     rng: np.random.Generator | None = None,
     class_weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training step maths: (cost, grads, running statistics) for x (N, F) and y.
 
     y: (N,) int labels (classification) or (N, T) standardized targets (regression). The cost
     is the mean loss (each example's times class_weight[y_i] when given, (C,)) plus
-    0.5·l2·ΣW² over weight matrices.
+    0.5·l2·ΣW² over weight matrices; label_smoothing ε (classification) trains against
+    (1 − ε)·one-hot + ε/C (layers.softmax_cross_entropy).
     """
     scores, cache, running = forward(params, x, spec, train=True, rng=rng)
     if task == "classification":
         weights = None if class_weight is None else class_weight[y].astype(scores.dtype)
-        cost, dscores = layers.softmax_cross_entropy(scores, y, weights)
+        cost, dscores = layers.softmax_cross_entropy(scores, y, weights, label_smoothing)
     else:
         cost, dscores = layers.mse_loss(scores, y)
     grads = backward(dscores, cache, spec)

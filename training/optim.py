@@ -28,6 +28,7 @@ class OptimizerSettings:
     epsilon: float = 1e-8  # adam, rmsprop: added to the root of the second moment
     momentum: float = 0.9  # momentum: velocity decay
     rho: float = 0.99  # rmsprop: squared-gradient decay
+    weight_decay: float = 0.0  # decoupled decay of weight matrices (AdamW), per unit of lr
 
 
 @dataclass
@@ -130,6 +131,14 @@ def update(
     settings: OptimizerSettings,
     lr: float,
 ) -> None:
-    """One step of the configured optimizer on every parameter named in grads, in place."""
+    """One step of the configured optimizer on every parameter named in grads, in place.
+
+    With settings.weight_decay = λ every weight matrix (a name ending ".W"; not γ, β or biases)
+    first shrinks, W ← W·(1 − lr·λ), apart from the gradient step (decoupled weight decay,
+    Loshchilov & Hutter 2019: Adam then is AdamW, in PyTorch's order of operations)."""
     _check_lr(lr)
+    if settings.weight_decay > 0:
+        for name in grads:
+            if name.endswith(".W"):
+                params[name] *= 1 - lr * settings.weight_decay
     UPDATES[settings.name](params, grads, state, settings, lr)

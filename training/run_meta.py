@@ -78,11 +78,14 @@ class ModelFacts:
     # levels the training rows never had. Absent (None) for a table of numbers only.
     columns: list[str] | None = None
     unseen_levels: dict[str, Any] | None = None
+    # regression: "none" or "log", what the network's standardized output is of
+    # (training/target_transform.py); None (absent) for classification and older runs
+    target_transform: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         del values["target_names" if self.task == "classification" else "class_names"]
-        for optional in ("columns", "unseen_levels"):
+        for optional in ("columns", "unseen_levels", "target_transform"):
             if values[optional] is None:
                 del values[optional]
         return values
@@ -190,6 +193,7 @@ def model_facts(config: TrainConfig, dataset: Dataset) -> ModelFacts:
         running_var=config.running_var,
         class_names=dataset.class_names,
         target_names=dataset.target_names,
+        target_transform=config.target_transform if dataset.task == "regression" else None,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from bnserve.training import layers, model, optim, rundir, threads
+from bnserve.training import layers, model, optim, rundir, schedule, target_transform, threads
 from bnserve.training.averaging import WeightAverage
 from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
 from bnserve.training.data import batches
@@ -70,6 +70,7 @@ class Prepared:
     class_weight: np.ndarray | None = None  # (C,) loss weight per class (--class-weight), float32
     schema: TableSchema | None = None  # the columns as the training rows shaped them
     encoder: Encoder | None = None  # None: x's columns are the inputs as they are
+    target_transform: str = "none"  # regression: what target.mean/std standardize (t(y))
 
 
 def prepare(
@@ -108,7 +109,15 @@ def prepare(
         if dataset.task != "classification":
             raise ValueError("class_weight 'balanced' weighs classes: the task is regression")
         class_weight = balanced_class_weights(y_train, len(dataset.class_names or [])).astype(DTYPE)
+    if config.label_smoothing and dataset.task != "classification":
+        raise ValueError("label_smoothing smooths class labels: the task is regression")
+    if config.target_transform != "none" and dataset.task != "regression":
+        raise ValueError(
+            f"target_transform {config.target_transform!r} transforms a regression target: "
+            "the task is classification"
+        )
     if dataset.task == "regression":
+        y_train = target_transform.forward(y_train, config.target_transform)
         target_mean, target_std = fit_standardization(y_train)
         y_train = ((y_train - target_mean) / target_std).astype(DTYPE)
     return Prepared(
@@ -125,6 +134,7 @@ def prepare(
         class_weight,
         schema,
         encoder,
+        config.target_transform if dataset.task == "regression" else "none",
     )
 
 
@@ -181,6 +191,7 @@ def optimizer_settings(config: TrainConfig) -> optim.OptimizerSettings:
         epsilon=config.adam_epsilon,
         momentum=config.momentum,
         rho=config.rho,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -229,6 +240,7 @@ def dev_error(
     task = prepared.dataset.task
     if task == "regression":
         scores = scores * prepared.target_std + prepared.target_mean
+        scores = target_transform.inverse(scores, prepared.target_transform)
     else:
         scores = layers.softmax(scores)
     values = evaluate(scores, prepared.dataset.y[prepared.split.dev], task)
@@ -256,6 +268,7 @@ def run_epoch(state: TrainingState, prepared: Prepared, config: TrainConfig, lr:
             l2=config.l2,
             rng=state.rng,
             class_weight=prepared.class_weight,
+            label_smoothing=config.label_smoothing,
         )
         state.params.update(running)  # grads hold exactly the learnable parameters
         optim.update(state.params, grads, state.optimizer, settings, lr)
@@ -465,7 +478,15 @@ def _one_epoch(job: Job, state: TrainingState) -> tuple[dict[str, Any], float]:
     """Train epoch state.epoch + 1 and append its history record: (record, examples/s)."""
     config, prepared = job.config, job.prepared
     epoch = state.epoch + 1
-    lr = config.lr * config.lr_decay ** (epoch - state.settings_since_epoch)
+    lr = schedule.learning_rate(
+        config.lr_schedule,
+        config.lr,
+        epoch,
+        config.epochs,
+        warmup=config.warmup_epochs,
+        lr_decay=config.lr_decay,
+        since_epoch=state.settings_since_epoch,
+    )
     started = time.perf_counter()
     # overflow is reported once, clearly, by the finiteness check below
     with np.errstate(over="ignore", invalid="ignore"):

@@ -27,6 +27,8 @@ TRAIN_FLAGS = {
     # issue 26: the columns of a mixed table
     "--categorical", "--numeric", "--ignore", "--na-values", "--min-level-count", "--max-levels",
     "--drop-missing-target", "--describe",
+    # issue 29: the training recipes
+    "--weight-decay", "--label-smoothing", "--lr-schedule", "--warmup-epochs", "--target-transform",
 }  # fmt: skip
 
 

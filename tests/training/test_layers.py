@@ -173,6 +173,26 @@ def test_softmax_cross_entropy_value_and_gradient(rng):
     assert relative_error(dscores, numeric) < TOLERANCE
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_loss_and_gradient(rng, weighted):
+    scores = rng.standard_normal((6, 4))
+    labels = np.array([0, 3, 1, 1, 2, 0])
+    weights = rng.uniform(0.5, 2.0, 6) if weighted else None
+    epsilon = 0.1
+    loss, dscores = layers.softmax_cross_entropy(scores.copy(), labels, weights, epsilon)
+    log_p = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    target = np.full((6, 4), epsilon / 4)  # (1 − ε)·one-hot + ε/C
+    target[np.arange(6), labels] += 1 - epsilon
+    per_example = -(target * log_p).sum(axis=1) * (1.0 if weights is None else weights)
+    assert loss == pytest.approx(per_example.mean())
+    numeric = numerical_gradient(
+        lambda: layers.softmax_cross_entropy(scores, labels, weights, epsilon)[0], scores
+    )
+    assert relative_error(dscores, numeric) < TOLERANCE
+    plain = layers.softmax_cross_entropy(scores.copy(), labels, weights)[0]
+    assert loss != pytest.approx(plain)  # smoothing changes the loss
+
+
 def test_softmax_cross_entropy_survives_huge_scores():
     loss, dscores = layers.softmax_cross_entropy(np.array([[1000.0, 0.0]]), np.array([1]))
     assert loss == pytest.approx(1000.0)

@@ -69,3 +69,33 @@ def test_each_optimizer_minimizes_a_quadratic(name):
 def test_learning_rate_must_be_positive_and_finite(lr):
     with pytest.raises(ValueError, match=r"learning rate = .* must be a finite number > 0"):
         one_step("sgd", lr=lr)
+
+
+def test_adamw_two_steps_by_hand():
+    """Decoupled decay: W ← W·(1 − lr·λ), then Adam's step; biases are not decayed."""
+    lr, decay, beta1, beta2, eps = 0.1, 0.5, 0.9, 0.999, 1e-8
+    params = {"hidden1.W": np.array([1.0, -2.0]), "output.b": np.array([0.5])}
+    settings = optim.OptimizerSettings("adam", beta1, beta2, eps, weight_decay=decay)
+    state = optim.OptimizerState()
+    steps = [
+        {"hidden1.W": np.array([0.4, -0.2]), "output.b": np.array([1.0])},
+        {"hidden1.W": np.array([-0.1, 0.3]), "output.b": np.array([0.5])},
+    ]
+    w, b = np.array([1.0, -2.0]), np.array([0.5])
+    m_w = v_w = np.zeros(2)
+    m_b = v_b = np.zeros(1)
+    for t, grads in enumerate(steps, start=1):
+        optim.update(params, {k: g.copy() for k, g in grads.items()}, state, settings, lr)
+        w = w * (1 - lr * decay)
+        m_w = beta1 * m_w + (1 - beta1) * grads["hidden1.W"]
+        v_w = beta2 * v_w + (1 - beta2) * grads["hidden1.W"] ** 2
+        w = w - lr * (m_w / (1 - beta1**t)) / (np.sqrt(v_w / (1 - beta2**t)) + eps)
+        m_b = beta1 * m_b + (1 - beta1) * grads["output.b"]
+        v_b = beta2 * v_b + (1 - beta2) * grads["output.b"] ** 2
+        b = b - lr * (m_b / (1 - beta1**t)) / (np.sqrt(v_b / (1 - beta2**t)) + eps)
+    np.testing.assert_allclose(params["hidden1.W"], w, rtol=1e-12)
+    np.testing.assert_allclose(params["output.b"], b, rtol=1e-12)
+    # step 1 by hand, written out: W·(1 − 0.05) − 0.1·sign(g) (Adam's first step is ±lr)
+    first = {"hidden1.W": np.array([1.0, -2.0])}
+    optim.update(first, {"hidden1.W": np.array([0.4, -0.2])}, optim.OptimizerState(), settings, lr)
+    np.testing.assert_allclose(first["hidden1.W"], [0.95 - 0.1, -1.9 + 0.1], atol=1e-8)

@@ -272,3 +272,29 @@ def test_no_hidden_layer_with_l2_is_ridge_regression(tmp_path):
     ridge = np.linalg.solve(x_std.T @ x_std + 0.5 * len(x) * l2 * np.eye(3), x_std.T @ y_std)
     np.testing.assert_allclose(run.params["output.W"], ridge, atol=2e-3)
     np.testing.assert_allclose(run.params["output.b"], [0.0], atol=2e-3)
+
+
+def test_recipes_reach_the_training_loop(tmp_path):
+    """--lr-schedule sets each epoch's rate (history.json), --weight-decay shrinks the weights,
+    --label-smoothing trains (classification) and is refused for regression."""
+    base = {"hidden": (16,), "epochs": 5, "batchnorm": False, "stats": "ema"}
+    plain = train(TrainConfig.from_dict(base), tmp_path / "plain", progress=False, plot=False)
+    recipe = {"lr_schedule": "onecycle", "weight_decay": 5.0, "label_smoothing": 0.1}
+    tuned = train(
+        TrainConfig.from_dict({**base, **recipe}), tmp_path / "recipe", progress=False, plot=False
+    )
+    assert [record["lr"] for record in plain.history] == [1e-3] * 5
+    expected = [1e-3 / 25, 1e-3, 1e-3]  # warm-up over round(0.3 · 5) = 2 epochs, then cosine
+    assert [record["lr"] for record in tuned.history][:3] == pytest.approx(expected)
+    norm = {name: np.linalg.norm(load_run(tmp_path / name).params["hidden1.W"])
+            for name in ("plain", "recipe")}  # fmt: skip
+    assert norm["recipe"] < norm["plain"]  # decayed by about (1 − lr·wd) per step
+    assert load_run(tmp_path / "recipe").config.label_smoothing == 0.1
+    x = np.random.default_rng(0).standard_normal((60, 3))
+    np.savez(tmp_path / "reg.npz", x=x, y=x[:, :1])
+    with pytest.raises(ValueError, match="label_smoothing smooths class labels"):
+        train(
+            TrainConfig.from_dict({"data": str(tmp_path / "reg.npz"), "label_smoothing": 0.1}),
+            tmp_path / "reg",
+            progress=False,
+        )

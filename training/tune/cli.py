@@ -94,10 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--cv",
-        metavar="K|auto",
+        metavar="K|auto|off",
         help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
         f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
-        f"{cv.AUTO_MAX_ROWS} training rows (default: off)",
+        f"{cv.AUTO_MAX_ROWS} training rows, the dev split above; off: the dev split "
+        "(default: auto)",
     )
     search.add_argument(
         "--cv-repeats",
@@ -166,20 +167,18 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 def new_settings(args: argparse.Namespace) -> TuneSettings:
     space = _space_document(args)
     folds, repeats = None, None
-    if args.cv is not None or args.cv_repeats is not None:
-        if args.objective == "synthetic":
+    if args.objective == "synthetic":
+        if args.cv not in (None, "off") or args.cv_repeats is not None:
             raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
+    else:  # the validation from the row count unless --cv says (the first line says which)
         try:
             base = build_space(space).base_config()
-            folds, line = cv.resolve_cv(args.cv, base)
-            repeats, repeats_line = cv.resolve_repeats(args.cv_repeats, base, folds)
+            folds, repeats, line = cv.resolve_validation(args.cv, args.cv_repeats, base)
         except DataError:  # a bad file, named
             raise
         except ValueError as error:
             raise TuneSettingsError(str(error)) from None
-        for said in (line, repeats_line):
-            if said:
-                print(said)
+        print(line, flush=True)
     given: dict[str, Any] = {
         "out": args.out,
         "space": space,

@@ -5,8 +5,9 @@ A trial's dev error is the mean over its folds of each fold's kept dev error; th
 the lower mean dev loss (log loss or MSE), then by trial number. The best trial is retrained on
 all train + dev rows (dev_fraction 0, population BN statistics) for the median of its folds'
 kept epochs, keeping the mean weights of the last share of them (final_config), into
-TUNE_DIR/final, which `best` then points at. `--cv auto` cross-validates below AUTO_MAX_ROWS
-training rows.
+TUNE_DIR/final, which `best` then points at. `--cv auto`, the default, cross-validates below
+AUTO_MAX_ROWS training rows and compares trials on the dev split above; `--cv off` always uses
+the dev split. resolve_validation's line saying which is the tune's first output line.
 
 `--cv-repeats R` draws the folds R times (repeated cross-validation: each drawing its own
 stream of the split seed) and averages over all R·K fold runs: with a few hundred rows a fold's
@@ -44,12 +45,26 @@ def training_rows(base: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
     return rows, dataset.y, dataset.task
 
 
-def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str | None]:
-    """--cv K | auto → (folds or None, a line saying what was chosen, or None).
+def resolve_validation(
+    cv_value: str | None, repeats_value: str | None, base: TrainConfig
+) -> tuple[int | None, int, str]:
+    """--cv and --cv-repeats (None: auto) → (folds or None, drawings of the folds, one line
+    saying what was chosen and why: the tune's first output line).
 
-    ValueError for anything but an integer ≥ 2 or "auto"."""
-    if value is None:
-        return None, None
+    ValueError for a bad value of either."""
+    folds, line = resolve_cv("auto" if cv_value is None else cv_value, base)
+    repeats, repeats_line = resolve_repeats(repeats_value, base, folds)
+    if folds is None:
+        line += f": trials are compared on the dev split ({base.dev_fraction:.0%} of the rows)"
+    return folds, repeats, "; ".join(said for said in (line, repeats_line) if said)
+
+
+def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str]:
+    """--cv K | auto | off → (folds or None, a line saying what was chosen).
+
+    ValueError for anything but an integer ≥ 2, "auto" or "off"."""
+    if value is None or value == "off":
+        return None, "cross-validation: off"
     if value != "auto":
         folds = _whole_number("--cv", value, "a number of folds (≥ 2)")
         if folds < 2:
@@ -93,7 +108,8 @@ def _whole_number(flag: str, value: str, expected: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{flag} {value!r}: expected {expected} or auto") from None
+        extra = ", auto or off" if flag == "--cv" else " or auto"
+        raise ValueError(f"{flag} {value!r}: expected {expected}{extra}") from None
 
 
 def check_folds(base: TrainConfig, folds: int) -> None:

@@ -12,6 +12,7 @@ from bnserve import atomic
 from bnserve.training import rundir
 from bnserve.training.tune.cv import format_mean_std
 from bnserve.training.tune.store import TrialRecord
+from bnserve.training.tune.trials import fold_dir
 
 CSV_NAME = "results.csv"
 BEST_LINK = "best"  # symlink to the best trial's run directory, ready for `bnserve export`
@@ -80,6 +81,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def fold_members(best: TrialRecord) -> list[str]:
+    """The best trial's fold run directories of the first drawing of its folds, relative to the
+    tune directory: K models that each left out another K-th of the train + dev rows, to be
+    exported as one ensemble (their mean) beside the retrained `final`."""
+    folds = int((best.scores or {}).get("folds") or 0)
+    return [f"{best.run_dir}/{fold_dir(fold, 0)}" for fold in range(folds)]
+
+
 def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Path | None:
     """Point `out/best` at the best trial's run directory (atomically) and write best.json.
 
@@ -104,5 +113,6 @@ def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Pa
     }
     if final_run is not None:  # the scores of the cross-validated trial it was retrained from
         summary["cv"] = best.scores
+        summary["members"] = fold_members(best)
     rundir.write_json(out / "best.json", summary)
     return link

@@ -188,6 +188,13 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
         raise TuneError(
             f"class_weight {config.class_weight!r} weighs classes: the task is regression"
         )
+    if config.label_smoothing and dataset.task != "classification":
+        raise TuneError("label_smoothing smooths class labels: the task is regression")
+    if config.target_transform != "none" and dataset.task != "regression":
+        raise TuneError(
+            f"target_transform {config.target_transform!r} transforms a regression target: "
+            "the task is classification"
+        )
     if settings.cv is not None:
         cv.check_folds(config, settings.cv)
     elif config.dev_fraction == 0:

@@ -3,6 +3,7 @@ best retrained on every training row, ties to the lower loss, bad values refused
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -170,7 +171,10 @@ def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
             "--no-progress", "--no-plots"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == "cross-validation: 3 folds of the train + dev rows"
+    assert printed.splitlines()[0] == (
+        "cross-validation: 3 folds of the train + dev rows; "
+        "folds drawn 3 times (auto: 128 training rows < 500)"
+    )
     assert "dev_error ± std" in printed and " ± " in printed.splitlines()[2]
     assert "over 3 folds; retrained on all train + dev rows" in printed
     assert (out / "best").resolve() == (out / "final").resolve()  # what export should take
@@ -192,20 +196,51 @@ def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
     )
 
 
+def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
+    tmp_path, small_npz, capsys, monkeypatch
+):
+    args = ["--data", str(small_npz), "--trials", "1", "--epochs", "2", "--set", "hidden=4",
+            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
+            "--no-plots"]  # fmt: skip
+    monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
+    monkeypatch.setattr(cv, "AUTO_REPEATS", 2)
+    assert main(["--out", str(tmp_path / "small"), *args]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "cross-validation: 2 folds (auto: 128 training rows < 3000); "
+        "folds drawn 2 times (auto: 128 training rows < 500)"
+    )
+    best = json.loads((tmp_path / "small" / "best.json").read_text())
+    assert best["run_dir"] == "final" and best["cv"]["repeats"] == 2
+    assert best["members"] == ["trials/trial-0000/fold-0", "trials/trial-0000/fold-1"]
+    assert all((tmp_path / "small" / member / "params.npz").is_file() for member in best["members"])
+    monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)  # as if the table were large
+    assert main(["--out", str(tmp_path / "large"), *args]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "cross-validation: off (auto: 128 training rows ≥ 100): "
+        "trials are compared on the dev split (15% of the rows)"
+    )
+    assert not (tmp_path / "large" / "final").exists()
+    assert main(["--out", str(tmp_path / "off"), "--cv", "off", *args]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "cross-validation: off: trials are compared on the dev split (15% of the rows)"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--cv", "1"], "--cv 1: cross-validation needs at least 2 folds"),
-        (["--cv", "three"], "--cv 'three': expected a number of folds (≥ 2) or auto"),
+        (["--cv", "three"], "--cv 'three': expected a number of folds (≥ 2), auto or off"),
         (["--cv", "30"], "30 folds need at least 30 training rows of every class"),
         (["--cv", "3", "--set", "early_stopping=0"], "'early_stopping' = 0 is invalid"),
         (["--cv", "3", "--objective", "synthetic"], "not with --objective synthetic"),
         (["--set", "dev_fraction=0"], "early stopping watches the dev error"),
         (["--metric", "r2"], "--metric: metric 'r2' does not apply to classification"),
         (["--set", "patience=3"], "unknown config field(s): patience"),
+        (["--set", "target_transform=log"], "transforms a regression target"),
         (["--cv", "3", "--cv-repeats", "0"], "--cv-repeats 0: must be ≥ 1"),
         (["--cv", "3", "--cv-repeats", "two"], "--cv-repeats 'two': expected a count"),
-        (["--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation: it is off"),
+        (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation"),
         (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
         (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
     ],
@@ -221,7 +256,7 @@ def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, a
 def test_class_weight_and_metric_reach_every_trial(tmp_path, small_npz, capsys):
     out = tmp_path / "tune"
     args = ["--out", str(out), "--data", str(small_npz), "--trials", "1", "--epochs", "2",
-            "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
+            "--cv", "off", "--class-weight", "balanced", "--metric", "balanced_accuracy", "--param",
             "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress", "--no-plots"]  # fmt: skip
     assert main(args) == 0
     run = load_run(out / "best")

@@ -200,3 +200,21 @@ def test_tune_help_documents_every_default_range(capsys):
     for dimension in build_space(DEFAULT_SPACE).dimensions:
         assert dimension.describe() in text
     assert "fixed: epochs = 200, early_stopping = 15" in text
+
+
+def test_the_recipes_are_tuner_dimensions():
+    from bnserve.training.tune import sampler
+
+    flags = ["weight_decay=log:1e-4:1e-1", "label_smoothing=linear:0:0.2",
+             "lr_schedule=choice:constant,cosine,onecycle", "warmup_epochs=int:0:5",
+             "target_transform=choice:none,log"]  # fmt: skip
+    space = build_space(DEFAULT_SPACE, params=flags)
+    box = sampler.full_box(space)
+    points = [sampler.sample_point(space, box, sampler.point_rng(0, i)) for i in range(20)]
+    configs = [space.config_for(point) for point in points]
+    assert all(1e-4 <= config.weight_decay <= 1e-1 for config in configs)
+    assert all(0 <= config.label_smoothing <= 0.2 for config in configs)
+    assert {config.lr_schedule for config in configs} == {"constant", "cosine", "onecycle"}
+    assert {config.target_transform for config in configs} == {"none", "log"}
+    with pytest.raises(SpaceError, match="lr_schedule"):
+        build_space(DEFAULT_SPACE, params=["lr_schedule=choice:constant,step"])
