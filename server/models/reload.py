@@ -198,10 +198,12 @@ class VersionManager:
         self._refused.pop(key, None)
         if self._metrics is not None:
             self._metrics.version_loaded(found.name, found.version)
+        shadow = self._repository.shadow(found.name) is servable
         log.info(
-            "model %s: version %s serving (newest: %s)",
+            "model %s: version %s %s (newest: %s)",
             found.name,
             found.version,
+            "loaded as the shadow" if shadow else "serving",
             self._repository.versions(found.name)[-1],
         )
         return True

@@ -1,5 +1,7 @@
-"""Bad bytes: random and mutated request messages to every RPC of a real server process; every
-call is answered with a status a client can act on, and the server stays alive and correct.
+"""Bad bytes: random and mutated request messages to the RPCs of VALID_REQUESTS (every native one,
+the v2 ones but streaming, model config, statistics and repository; health Check) of a real server
+process; every call is answered with a status a client can act on, and the server stays alive
+and correct.
 
 The normal suite sends a few hundred per RPC; `-m slow` sends 10,000 per RPC.
 """

@@ -33,7 +33,8 @@ def _train_and_export(root: Path, name: str, hidden: tuple[int, ...], epochs: in
     from bnserve.training.train import train
 
     config = TrainConfig(hidden=hidden, epochs=epochs, seed=3)
-    run_dir = Path(train(config, root / name, progress=False, checkpoints=False, plot=False).run_dir)
+    result = train(config, root / name, progress=False, checkpoints=False, plot=False)
+    run_dir = Path(result.run_dir)
     export_run(ExportSettings(run_dir=run_dir, out=root / f"{name}.onnx"))
     return load_run(run_dir)
 
