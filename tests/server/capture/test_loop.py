@@ -112,7 +112,11 @@ def test_the_whole_loop(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read()) == {"accepted": len(labelled), "dropped": 0}
-        wait_until(lambda: (w := life("1")) is not None and w.labelled == len(labelled), "joined")
+        wait_until(
+            lambda: (w := life("1")) is not None and w.labelled == len(labelled),
+            "joined",
+            timeout_s=30,
+        )
         window = life("1")
         assert window is not None
         assert window.accuracy == pytest.approx(_accuracy(p1[labelled], y[labelled]))
@@ -143,7 +147,7 @@ def test_the_whole_loop(tmp_path: Path) -> None:
         wait_until(
             lambda: (s := pair()) is not None and s.primary_quality.labelled == len(labelled),
             "the shadow's calls and answers joined",
-            timeout_s=20,
+            timeout_s=30,
         )
         shadow = pair()
         assert shadow is not None
@@ -212,7 +216,7 @@ def test_the_whole_loop(tmp_path: Path) -> None:
         np.testing.assert_allclose(_send(stub, x[:20], "c"), p1[:20], atol=1e-5)
         wait_until(lambda: [(s.primary_version, s.shadow_version, s.calls)
                             for s in quality().shadows] == [("1", "2", len(x) + 20)],
-                   "only the calls with ids paired", timeout_s=20)  # fmt: skip
+                   "only the calls with ids paired", timeout_s=30)  # fmt: skip
         channel.close()
     finally:
         assert server.stop() == 0
