@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 # subcommand -> (module, function, one-line help)
@@ -93,7 +94,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return int(getattr(module, function_name)(rest) or 0)
+    try:
+        return int(getattr(module, function_name)(rest) or 0)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a program a closed pipe stopped
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`bnserve export … | head -1`): stop quietly, as a program
+    SIGPIPE stops; stdout goes to /dev/null so that the interpreter's last flush is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ line of `…` alone for any lines.
 Servers: a command ending in ` &` runs in the background until `kill $!; wait $!` (its output is
 compared then); a command whose output shows `^C` serves in the background until the tour ends,
 then gets SIGINT. Both are waited for until they log that they serve. The page's ports (gRPC
-50051, 50718 and 50719, HTTP 8000 and 8001, metrics 9090) become free loopback ports, on both sides.
+50051, 50718, 50719 and 50720, HTTP 8000, 8001 and 8002, metrics 9090) become free loopback ports,
+on both sides.
 
     python scripts/readme_tour.py [--readme README.md] [--slow] [--update] [--keep DIR]
 
@@ -44,8 +45,10 @@ PAGE_PORTS = {
     "50051": "grpc",
     "50718": "grpc_import",
     "50719": "grpc_penguins",
+    "50720": "grpc_loop",
     "8000": "http",
     "8001": "http_penguins",
+    "8002": "http_loop",
     "9090": "metrics",
 }
 READY = "Ctrl-C or SIGTERM stops"  # the server's last start-up line

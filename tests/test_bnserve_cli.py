@@ -221,3 +221,29 @@ def test_serve_help_shows_model_as_the_required_choice(capsys):
     )
     text = " ".join(help_text.split())
     assert "(default: 127.0.0.1)" in text and "--name NAME Model name clients use; empty:" in text
+
+
+def test_a_reader_that_goes_away_stops_it_quietly(tmp_path: Path) -> None:
+    """`bnserve import … | head -1`: stdout's pipe closed before the command prints; no
+    traceback, exit 141 as a program SIGPIPE stops (Python ignores SIGPIPE and raises)."""
+    import os
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).parent / "export" / "fixtures" / "torch_digits.onnx"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-u", "-m", "bnserve", "import", str(fixture),
+             "--out", str(tmp_path / "folded.onnx"), "--task", "classification",
+             "--reference-data", "digits", "--class-names", ",".join(map(str, range(10)))],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == bnserve.cli.BROKEN_PIPE

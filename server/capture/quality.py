@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 WINDOWS = ("recent", "life")
 LOG_LOSS_FLOOR = 1e-15  # a probability of 0 for the true class costs -log(1e-15) ≈ 34.5
+NO_ID = 0  # the key of a row whose call carried no id: it joins no answer and pairs with nothing
 
 
 @dataclass
@@ -43,7 +44,7 @@ class _Calls:
     classes or targets)."""
 
     version: str
-    keys: np.ndarray  # (N,) int64 hash((id, row))
+    keys: np.ndarray  # (N,) int64 hash((id, row)); NO_ID for a call without an id
     times: np.ndarray  # (N,) float64 seconds since the epoch
     ms: np.ndarray  # (N,) float32 the data plane's milliseconds (the shadow's own run)
     classes: list[str]  # classification: class names (columns bnserve.p.*); else []
@@ -217,6 +218,9 @@ class QualityJoiner:
     ) -> list[ShadowPair]:
         """Each (served, shadow) pair of versions over the calls both answered."""
         shadow_keys = np.concatenate([calls.keys for calls in shadow])
+        # Calls without an id cannot be told apart: none of them is paired (one id-less call
+        # would otherwise stand for every other, of any version).
+        shadow_keys = shadow_keys[shadow_keys != NO_ID]
         served: dict[int, tuple[_Calls, int]] = {}
         for calls in primary:
             for index in np.flatnonzero(np.isin(calls.keys, shadow_keys)).tolist():
@@ -403,7 +407,9 @@ def _parse_calls(path: Path) -> _Calls | None:
         return _Calls(
             version=version,
             keys=np.fromiter(
-                (hash((row[at_id], row[at_row])) for row in rows), dtype=np.int64, count=len(rows)
+                (hash((row[at_id], row[at_row])) if row[at_id] else NO_ID for row in rows),
+                dtype=np.int64,
+                count=len(rows),
             ),
             times=np.array([float(row[at_time]) for row in rows], dtype=np.float64),
             ms=np.array([float(row[at_ms]) for row in rows], dtype=np.float32),

@@ -132,6 +132,11 @@ class VersionManager:
             )
             return
         self._unload_removed(source.name, on_disk)
+        shadow_before = self._repository.shadow(source.name)
+        if source.directory is not None:
+            # Marked before any new version loads: a version dropped in with its mark between two
+            # scans is the shadow from its first moment, never served.
+            self._repository.set_shadow(source.name, read_shadow(source.directory))
         kept: list[str] = []
         for version in sorted(on_disk, key=version_key, reverse=True):
             if self._policy.max_versions and len(kept) >= self._policy.max_versions:
@@ -142,12 +147,10 @@ class VersionManager:
             if version not in kept and self._policy.max_versions:
                 self._unload(source.name, version, "beyond the newest max_versions")
         if source.directory is not None:
-            self._follow_shadow(source.name, read_shadow(source.directory))
+            self._report_shadow(source.name, shadow_before)
 
-    def _follow_shadow(self, name: str, version: str) -> None:
-        """The shadow file's version becomes the model's shadow (models/shadow.py)."""
-        before = self._repository.shadow(name)
-        self._repository.set_shadow(name, version)
+    def _report_shadow(self, name: str, before: Servable | None) -> None:
+        """Log the model's shadow (models/shadow.py) when this scan changed it."""
         after = self._repository.shadow(name)
         if after is not before:
             serving = self._repository.serving(name)
@@ -195,10 +198,12 @@ class VersionManager:
         self._refused.pop(key, None)
         if self._metrics is not None:
             self._metrics.version_loaded(found.name, found.version)
+        shadow = self._repository.shadow(found.name) is servable
         log.info(
-            "model %s: version %s serving (newest: %s)",
+            "model %s: version %s %s (newest: %s)",
             found.name,
             found.version,
+            "loaded as the shadow" if shadow else "serving",
             self._repository.versions(found.name)[-1],
         )
         return True

@@ -1,5 +1,7 @@
-"""Bad bytes: random and mutated request messages to every RPC of a real server process; every
-call is answered with a status a client can act on, and the server stays alive and correct.
+"""Bad bytes: random and mutated request messages to the RPCs of VALID_REQUESTS (every native one,
+the v2 ones but streaming, model config, statistics and repository; health Check) of a real server
+process; every call is answered with a status a client can act on, and the server stays alive
+and correct.
 
 The normal suite sends a few hundred per RPC; `-m slow` sends 10,000 per RPC.
 """
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as v2
-from tests.support.model_builder import NUM_FEATURES, ModelFiles, numpy_forward
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles, numpy_forward
 from tests.support.server_process import ServerProcess
 
 SHORT_EXAMPLES = 150
@@ -47,6 +49,12 @@ VALID_REQUESTS = {
         named_features={f"f{i}": float(v) for i, v in enumerate(FEATURES)}, id="a"
     ),
     "/bnserve.v1.Predictor/ModelInfo": pb.ModelInfoRequest(model_name="iris", model_version="1"),
+    "/bnserve.v1.Predictor/ModelDrift": pb.ModelDriftRequest(model_name="iris"),
+    "/bnserve.v1.Predictor/Feedback": pb.FeedbackRequest(
+        model_name="iris",
+        answers=[pb.TrueAnswer(id="a", row=1, label=CLASS_NAMES[1])],
+    ),
+    "/bnserve.v1.Predictor/ModelQuality": pb.ModelQualityRequest(model_name="iris"),
     "/inference.GRPCInferenceService/ServerLive": v2.ServerLiveRequest(),
     "/inference.GRPCInferenceService/ServerReady": v2.ServerReadyRequest(),
     "/inference.GRPCInferenceService/ModelReady": v2.ModelReadyRequest(name="iris", version="1"),
@@ -64,8 +72,13 @@ STREAMING = {"/bnserve.v1.Predictor/PredictStream"}
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(test_models: ModelFiles) -> Iterator[ServerProcess]:
-    server = ServerProcess(["--model", str(test_models.classification)])
+def fuzz_server(
+    test_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    capture = tmp_path_factory.mktemp("fuzz") / "capture"  # Feedback and ModelQuality do work
+    server = ServerProcess(
+        ["--model", str(test_models.classification), "--capture-dir", str(capture)]
+    )
     server.wait_ready()
     yield server
     assert server.stop() == 0

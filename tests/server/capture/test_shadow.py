@@ -163,3 +163,29 @@ def test_promotion_under_load_loses_no_call(served) -> None:
             thread.join()
     assert errors == []
     assert set(versions) == {"1", "2"}
+
+
+def test_a_version_dropped_in_with_its_mark_never_serves(served) -> None:
+    """NAME/shadow rewritten to 3 and version 3 installed between two scans: the scan that
+    loads 3 reads the mark first, so 3 is the shadow from its first moment (before, the scan
+    swapped 3 in as the newest and only then read the file)."""
+    server, model_dir, _ = served
+    repository = server.repository
+    swap = repository.swap
+    serving_after_swap: list[str] = []
+
+    def recording_swap(*args, **kwargs):
+        result = swap(*args, **kwargs)
+        serving = repository.serving("iris")
+        serving_after_swap.append(serving.model.version if serving else "")
+        return result
+
+    repository.swap = recording_swap  # type: ignore[method-assign]
+    data, _ = model_bytes(seed=9)
+    write_bytes(model_dir / ".shadow", b"3\n")
+    install_version(model_dir, 3, data)
+    (model_dir / ".shadow").rename(model_dir / "shadow")  # both at once, as far as a scan sees
+    assert poll(lambda: (s := repository.shadow("iris")) is not None and s.model.version == "3", 10)
+    # 2, no longer marked, is the newest other version: it serves; 3 never did.
+    assert serving_after_swap == ["2"]
+    assert repository.serving("iris").model.version == "2"
