@@ -48,7 +48,7 @@ class ColumnPiece:
     has_text: bool  # a present cell that is not a number (or the column was read as text)
     numbers: np.ndarray | None  # (B,) float32, NaN missing; None when has_text
     text: mixed.TextPiece | None  # distinct trimmed cells and positions; None when read as numbers
-    bad: tuple[int, str, bool] | None  # first cell that is not a finite float32: (row, cell, finite)
+    bad: tuple[int, str, bool] | None  # first cell not a finite float32: (row, cell, finite)
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ def _read_csv_mixed(
     """The CSV as numbers and codes, in one pass (mixed_csv.py); again from the start, with
     those columns read as text, when a column shows text after numbers were written."""
     header = _read_header(path, delimiter)
-    target_name, feature_cols, _ = _columns(path, header, target, delimiter)
+    _, feature_cols, _ = _columns(path, header, target, delimiter)
     names = [header[col] for col in feature_cols]
     text: set[int] = set()
     while True:
@@ -263,10 +263,13 @@ def _read_csv_mixed_pass(
     def convert(work: tuple[bytes, frozenset[str]]) -> mixed_csv.CsvPiece:
         piece, known = work
         table = parse(piece, known)
+
+        def again(more: list[str]) -> Any:
+            return parse(piece, known | set(more))
+
         columns, target_chunks = mixed_csv.convert_piece(
-            table, lambda more: parse(piece, known | set(more)), names, known, target_name,
-            na_values,
-        )  # fmt: skip
+            table, again, names, known, target_name, na_values
+        )
         return mixed_csv.CsvPiece(piece, table.num_rows, columns, target_chunks)
 
     def pieces(raw: io.BufferedIOBase) -> Iterator[tuple[bytes, frozenset[str]]]:
