@@ -206,11 +206,8 @@ def dictionary_piece_and_cells(
 
 def codes_column(vocabulary: Vocabulary, piece: TextPiece) -> np.ndarray:
     """(B,) float32: each row's code in the vocabulary (new cells added), NaN where missing."""
-    codes = vocabulary.codes_of(piece.uniques)
-    column = np.full(len(piece.positions), np.nan, dtype=np.float32)
-    present = piece.positions >= 0
-    column[present] = codes[piece.positions[present]]
-    return column
+    codes = np.append(vocabulary.codes_of(piece.uniques), np.float32(np.nan))
+    return codes[piece.positions]  # position −1 (missing): the NaN at the end
 
 
 def is_parquet_text(kind: Any) -> bool:
