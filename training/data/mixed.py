@@ -207,7 +207,8 @@ def dictionary_piece_and_cells(
 def codes_column(vocabulary: Vocabulary, piece: TextPiece) -> np.ndarray:
     """(B,) float32: each row's code in the vocabulary (new cells added), NaN where missing."""
     codes = np.append(vocabulary.codes_of(piece.uniques), np.float32(np.nan))
-    return codes[piece.positions]  # position −1 (missing): the NaN at the end
+    column: np.ndarray = codes[piece.positions]  # position −1 (missing): the NaN at the end
+    return column
 
 
 def is_parquet_text(kind: Any) -> bool:
