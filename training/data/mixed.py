@@ -9,14 +9,14 @@ No Python string is kept per row: pyarrow finds each block's distinct cells, and
 are looked up in the vocabulary.
 
 Which cells are missing: null (Parquet), and after trimming spaces the empty cell, NA, NaN,
-nan, null, NULL, None, and any --na-values. A CSV is read twice (the first pass finds the text
-columns, the second writes the blocks); a Parquet file once (its column types say which are
-text: string, dictionary and boolean columns).
+nan, null, NULL, None, and any --na-values. A CSV is read by mixed_csv.py (one pass, pyarrow
+typing each piece's columns); a Parquet file here, once (its column types say which are text:
+string, dictionary and boolean columns).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,30 +94,9 @@ def trimmed_strings(column: Any) -> Any:
     return pc.utf8_trim_whitespace(column.cast(pa.string()))
 
 
-def numbers_of(
-    trimmed: Any, missing: np.ndarray, where: Callable[[int], str], name: str
-) -> np.ndarray:
-    """(B,) float32 of a column of numbers and missing cells (NaN); inf is refused by row."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    present = pa.array(~missing)
-    values = pc.cast(pc.if_else(present, trimmed, "0"), pa.float64())
-    numbers = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64)
-    bad = ~np.isfinite(numbers) | (np.abs(numbers) > FLOAT32_MAX)
-    bad &= ~missing
-    if bad.any():
-        row = int(np.argmax(bad))
-        cell = trimmed[row].as_py()
-        beyond = " (beyond float32)" if np.isfinite(numbers[row]) else ""
-        raise DataError(f"{where(row)}, column {name!r}: {cell!r} is not finite{beyond}")
-    numbers[missing] = np.nan
-    return numbers.astype(np.float32)
-
-
 def parquet_numbers(column: Any, where: Callable[[int], str], name: str) -> np.ndarray:
     """(B,) float32 of a Parquet integer or floating column, null or NaN missing (NaN); inf and
-    values beyond float32 are refused by row, as numbers_of does for text cells. The values are
+    values beyond float32 are refused by row, as mixed_csv.py does for text cells. The values are
     read as numbers, never through their text."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -157,54 +136,11 @@ def write_pieces(
     rows, chunks = 0, []
     for block, texts, target_chunks in results:
         for col, piece in texts.items():
-            codes = vocabularies[col].codes_of(piece.uniques)
-            column = np.full(len(block), np.nan, dtype=np.float32)
-            present = piece.positions >= 0
-            column[present] = codes[piece.positions[present]]
-            block[:, col] = column
+            block[:, col] = codes_column(vocabularies[col], piece)
         sink.write(block.data)
         chunks.extend(target_chunks)
         rows += len(block)
     return rows, chunks
-
-
-def text_columns_of_csv(
-    pieces: Iterator[Any], names: list[str], na_values: tuple[str, ...]
-) -> set[int]:
-    """First CSV pass: which feature columns hold a cell that is neither a number nor missing.
-
-    pieces: Arrow tables of string columns, one per piece of the file."""
-    text: set[int] = set()
-    for table in pieces:
-        for col, name in enumerate(names):
-            if col in text:
-                continue
-            trimmed = trimmed_strings(table.column(name))
-            missing = missing_mask(trimmed, na_values)
-            if np.any(~missing & ~number_mask(trimmed)):
-                text.add(col)
-    return text
-
-
-def csv_block(
-    table: Any,
-    names: list[str],
-    text: set[int],
-    na_values: tuple[str, ...],
-    where: Callable[[int], str],
-) -> tuple[np.ndarray, dict[int, TextPiece]]:
-    """Second CSV pass, one piece: (B, F) float32 with numbers (NaN missing), text columns left
-    for write_pieces."""
-    block = np.empty((table.num_rows, len(names)), dtype=np.float32)
-    texts: dict[int, TextPiece] = {}
-    for col, name in enumerate(names):
-        trimmed = trimmed_strings(table.column(name))
-        missing = missing_mask(trimmed, na_values)
-        if col in text:
-            texts[col] = text_piece(trimmed, missing)
-        else:
-            block[:, col] = numbers_of(trimmed, missing, where, name)
-    return block, texts
 
 
 def parquet_block(
@@ -232,10 +168,20 @@ def parquet_block(
 
 
 def dictionary_piece(column: Any, na_values: tuple[str, ...]) -> TextPiece:
+    """text_piece of a dictionary-encoded column, from its indices (dictionary_piece_and_cells)."""
+    return dictionary_piece_and_cells(column, na_values)[0]
+
+
+def dictionary_piece_and_cells(
+    column: Any, na_values: tuple[str, ...], first_seen: bool = False
+) -> tuple[TextPiece, Any]:
     """text_piece of a dictionary-encoded column, from its indices: only the dictionary's
     values are trimmed and matched against na_values (not every cell). The distinct cells come
     in first-seen order, as text_piece gives them (two values equal once trimmed may both be
-    listed: Vocabulary.codes_of gives them one code)."""
+    listed: Vocabulary.codes_of gives them one code); they are also returned as an Arrow string
+    array (K,), for checks that run in pyarrow. first_seen: the dictionary lists the cells in the
+    order they first appear, each used (as pyarrow's CSV reader and dictionary_encode make it),
+    so no search for that order is needed."""
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray):
@@ -245,14 +191,24 @@ def dictionary_piece(column: Any, na_values: tuple[str, ...]) -> TextPiece:
     indices = np.array(column.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
     present = indices >= 0
     present[present] = ~value_missing[indices[present]]
-    used, first = np.unique(indices[present], return_index=True)
-    order = used[np.argsort(first, kind="stable")]  # dictionary entries, first seen first
+    if first_seen:
+        order = np.flatnonzero(~value_missing)
+    else:
+        used, first = np.unique(indices[present], return_index=True)
+        order = used[np.argsort(first, kind="stable")]  # dictionary entries, first seen first
     slot = np.full(len(values), -1, dtype=np.int32)
     slot[order] = np.arange(len(order), dtype=np.int32)
     positions = np.full(len(indices), -1, dtype=np.int32)
     positions[present] = slot[indices[present]]
-    cells = values.take(pa.array(order, type=pa.int64())).to_pylist()
-    return TextPiece([str(cell) for cell in cells], positions)
+    cells = values.take(pa.array(order, type=pa.int64()))
+    return TextPiece([str(cell) for cell in cells.to_pylist()], positions), cells
+
+
+def codes_column(vocabulary: Vocabulary, piece: TextPiece) -> np.ndarray:
+    """(B,) float32: each row's code in the vocabulary (new cells added), NaN where missing."""
+    codes = np.append(vocabulary.codes_of(piece.uniques), np.float32(np.nan))
+    column: np.ndarray = codes[piece.positions]  # position −1 (missing): the NaN at the end
+    return column
 
 
 def is_parquet_text(kind: Any) -> bool:
