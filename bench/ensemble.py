@@ -16,11 +16,13 @@ indicative.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 # Run as a script, this file's folder comes first on sys.path; drop it (see bench/export.py).
 _BENCH_DIR = Path(__file__).resolve().parent
@@ -36,28 +38,28 @@ from bnserve.export.graph import build_folded_model  # noqa: E402
 from bnserve.export.network import NetworkSpec  # noqa: E402
 from bnserve.server.models.model import SessionThreads, _open_session  # noqa: E402
 
-LAYER_SIZES = (64, 128, 128, 10)
 BATCH = 64
 
 
+def _export_bench() -> ModuleType:
+    """bench/export.py, loaded by path: its folder is kept off sys.path (its name is `export`)."""
+    spec = importlib.util.spec_from_file_location("bench_export", _BENCH_DIR / "export.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+EXPORT_BENCH = _export_bench()
+LAYER_SIZES: tuple[int, ...] = EXPORT_BENCH.LAYER_SIZES  # the members: bench/export.py's network
+
+
 def member(seed: int) -> FoldedNetwork:
-    """A folded 64→128→128→10 network with batch norm (random, trained-like scales)."""
-    rng = np.random.default_rng(seed)
+    """A folded 64→128→128→10 network with batch norm (bench/export.py's random parameters)."""
     features, *hidden, classes = LAYER_SIZES
-    params = {"input.mean": rng.normal(8, 4, features), "input.std": rng.uniform(1, 6, features)}
-    widths = [features, *hidden]
-    for index in range(1, len(widths)):
-        fan_in, width = widths[index - 1], widths[index]
-        prefix = f"hidden{index}"
-        params[f"{prefix}.W"] = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, width))
-        params[f"{prefix}.gamma"] = rng.uniform(0.5, 1.5, width)
-        params[f"{prefix}.beta"] = rng.normal(0, 0.3, width)
-        params[f"{prefix}.running_mean"] = rng.normal(0, 0.5, width)
-        params[f"{prefix}.running_var"] = rng.uniform(0.3, 2.0, width)
-    params["output.W"] = rng.normal(0, np.sqrt(1 / widths[-1]), (widths[-1], classes))
-    params["output.b"] = rng.normal(0, 0.1, classes)
     spec = NetworkSpec(features, tuple(hidden), classes, "relu", True, 1e-5, "classification")
-    return fold_params(params, spec)
+    return fold_params(EXPORT_BENCH.random_params(seed), spec)
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
