@@ -46,7 +46,7 @@ from bnserve.server.plane.columns import (
     is_categorical,
 )
 from bnserve.server.plane.errors import InvalidInput, ModelLoadError, first_line
-from bnserve.server.plane.inputs import Columns, ModelInput, take
+from bnserve.server.plane.inputs import Columns, ModelInput, feed, take
 from bnserve.server.settings import ServerSettings, default
 
 log = logging.getLogger(__name__)
@@ -241,16 +241,16 @@ class Model:
             outputs = self._run(x)
             _observe(drift, x, None)
             return outputs
-        with_layers: list[np.ndarray] = self._layer_session.run(self._layer_output_list, _feed(x))
+        with_layers: list[np.ndarray] = self._layer_session.run(
+            self._layer_output_list, feed(x, INPUT_NAME)
+        )
         count = len(self._output_list)
         _observe(drift, x, with_layers[count:])
         return with_layers[:count]
 
     def _run(self, x: ModelInput) -> list[np.ndarray]:
         """Score x without touching the drift statistics (warm-up, parity gate)."""
-        if self.mixed:
-            return self._session_run(self._output_list, x.arrays, self._run_options)  # type: ignore[union-attr]
-        return self._session_run(self._output_list, {INPUT_NAME: x}, self._run_options)  # type: ignore[dict-item]
+        return self._session_run(self._output_list, feed(x, INPUT_NAME), self._run_options)
 
     def check_features(self, x: ModelInput) -> None:
         """Raise InvalidInput unless x is (N ≥ 1, F) of finite values (NaN allowed where the
@@ -369,7 +369,7 @@ class Model:
             for _ in range(3):
                 self._run(zeros)
                 if self._layer_session is not None:
-                    self._layer_session.run(self._layer_output_list, _feed(zeros))
+                    self._layer_session.run(self._layer_output_list, feed(zeros, INPUT_NAME))
 
     def _zeros(self, rows: int) -> ModelInput:
         """rows examples of zeros (a mixed model: 0 and "" per column)."""
@@ -403,7 +403,9 @@ class Model:
         problems = self._parity_problems(together, "scored together")
         problems += self._parity_problems(alone_stacked, "scored one at a time")
         if self._layer_session is not None:
-            with_layers = self._layer_session.run(self._layer_output_list, _feed(reference_x))
+            with_layers = self._layer_session.run(
+                self._layer_output_list, feed(reference_x, INPUT_NAME)
+            )
             problems += self._parity_problems(
                 with_layers[: len(self._output_list)], "scored by the drift session"
             )
@@ -575,8 +577,3 @@ def _observe(drift: DriftMonitor, x: ModelInput, tensors: list[np.ndarray] | Non
         drift.observe_columns(x.arrays, tensors)
     else:
         drift.observe(x, tensors)
-
-
-def _feed(x: ModelInput) -> dict[str, np.ndarray]:
-    """The session feed of x: a mixed model's columns by name, else {"x": x}."""
-    return x.arrays if isinstance(x, Columns) else {INPUT_NAME: x}
