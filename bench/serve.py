@@ -30,6 +30,7 @@ Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256
                              [--large-hidden 1024,1024,1024] [--concurrencies 1,8,64]
                              [--placement (the placement rows (e) alone)]
                              [--mixed (the mixed-input rows (f) alone)]
+                             [--capture (capture's cost rows alone, more rounds)]
 (installs h2load with apt-get when run as root and it is missing)
 """
 
@@ -837,12 +838,7 @@ def report(
     _ratio_table(
         "capture's cost (ratio: requests/s with --capture-dir over without, same run)",
         unary,
-        [
-            ("sample 1.0 (goal ≥ 0.90)", CAPTURE_FULL_LABEL, PREDICT_LABEL),
-            ("sample 0.1 (goal ≥ 0.97)", CAPTURE_TENTH_LABEL, PREDICT_LABEL),
-            ("shadow, sample 1.0 (goal ≥ 0.80)", SHADOW_LABEL, PREDICT_LABEL),
-            ("shadow over capture alone", SHADOW_LABEL, CAPTURE_FULL_LABEL),
-        ],
+        CAPTURE_PAIRS,
     )
     unary_rate = throughput["native Predict (unary)"].requests_per_s
     print(
@@ -911,6 +907,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the mixed-input rows: 8 numeric + 4 categorical columns vs 12 numeric inputs",
     )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="only capture's cost: Predict with capture off, 1.0, 0.1 and with a shadow",
+    )
     args = parser.parse_args(argv)
     if args.mode == "echo-server":
         echo_server(args.port, args.workers, bytes.fromhex(args.response_hex))
@@ -941,7 +942,71 @@ def main(argv: list[str] | None = None) -> int:
         from serve_mixed import measure_mixed_alone
 
         return measure_mixed_alone(settings)
+    if args.capture:
+        return measure_capture_alone(settings)
     return measure(settings)
+
+
+CAPTURE_PAIRS = [
+    ("sample 1.0 (goal ≥ 0.90)", CAPTURE_FULL_LABEL, PREDICT_LABEL),
+    ("sample 0.1 (goal ≥ 0.97)", CAPTURE_TENTH_LABEL, PREDICT_LABEL),
+    ("shadow, sample 1.0 (goal ≥ 0.80)", SHADOW_LABEL, PREDICT_LABEL),
+    ("shadow over capture alone", SHADOW_LABEL, CAPTURE_FULL_LABEL),
+]
+
+
+def measure_capture_alone(settings: BenchSettings) -> int:
+    """`--capture`: the digits model served with capture off, at 1.0 and 0.1, and with a
+    shadow, interleaved at each concurrency; only capture's ratio table."""
+    ensure_h2load()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as scratch_name, ExitStack() as stack:
+        scratch = Path(scratch_name)
+        print(
+            f"training and exporting a digits model {settings.hidden} (2 epochs) …", file=sys.stderr
+        )
+        (scratch / "model").mkdir()
+        model = build_model(scratch / "model", settings.hidden)
+        messages = request_messages(example_row(model), settings)
+        probe = messages["predict"][0]
+        shadowed = shadow_directory(model, scratch / "shadowed")
+        servers = {
+            PREDICT_LABEL: bnserve_command(model, free_port(), settings),
+            CAPTURE_FULL_LABEL: bnserve_command(
+                model, free_port(), settings, capture=(scratch / "capture-1.0", 1.0)
+            ),
+            CAPTURE_TENTH_LABEL: bnserve_command(
+                model, free_port(), settings, capture=(scratch / "capture-0.1", 0.1)
+            ),
+            SHADOW_LABEL: bnserve_command(
+                shadowed, free_port(), settings, capture=(scratch / "capture-shadow", 1.0)
+            ),
+        }
+        targets = []
+        body = frame(probe)
+        answer_bytes: int | None = None
+        for label, command in servers.items():
+            port = int(command[command.index("--port") + 1])
+            pid = stack.enter_context(running(command, port, PATHS["predict"], probe))
+            if answer_bytes is None:
+                answer_bytes = len(frame(call_once(port, PATHS["predict"], [probe], False)[0]))
+            targets.append(Target(label, port, PATHS["predict"], body, 1, answer_bytes, pid, ""))
+        unary = {c: interleaved(targets, c, settings, scratch) for c in settings.concurrencies}
+    print(
+        f"\nbench/serve.py --capture: server on CPU {settings.server_cpu}, h2load on "
+        f"{settings.load_cpu}; median of {settings.rounds} interleaved runs of "
+        f"~{settings.duration_s} s per cell; model 64→{'→'.join(map(str, settings.hidden))}→10"
+    )
+    _ratio_table(
+        "capture's cost (ratio: requests/s with --capture-dir over without, same run)",
+        unary,
+        CAPTURE_PAIRS,
+    )
+    print(
+        "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
+        "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())
+    )
+    return 0 if all(r.verified for rows in unary.values() for r in rows.values()) else 1
 
 
 def measure_placement_alone(settings: BenchSettings) -> int:
