@@ -235,13 +235,11 @@ def _tally(
     chunk = max(256, CHUNK_BYTES // (8 * max(1, features)))
     for start in range(0, len(train), chunk):
         rows = train[start : start + chunk]
-        block = np.asarray(x[rows], dtype=np.float64)
+        block = np.asarray(x[rows])  # (n, F) as stored; a copy of its own (zeroed below)
         missing = np.isnan(block)
         tally.missing += missing.sum(axis=0)
-        present = np.where(missing, 0.0, block)
-        tally.total += present.sum(axis=0)
-        tally.low = np.minimum(tally.low, np.where(missing, np.inf, block).min(axis=0))
-        tally.high = np.maximum(tally.high, np.where(missing, -np.inf, block).max(axis=0))
+        tally.low = np.fmin(tally.low, np.fmin.reduce(block, axis=0))  # fmin: NaN ignored
+        tally.high = np.fmax(tally.high, np.fmax.reduce(block, axis=0))
         if features and tally.row_index:
             first = block[:, 0]
             tally.row_index = bool(np.all(first == rows) or np.all(first == rows + 1))
@@ -252,6 +250,8 @@ def _tally(
             found, counts = np.unique(block[:, col][~missing[:, col]], return_counts=True)
             for value, count in zip(found.tolist(), counts.tolist(), strict=True):
                 values[value] = values.get(value, 0) + count
+        block[missing] = 0.0
+        tally.total += block.sum(axis=0, dtype=np.float64)
     return tally
 
 
