@@ -269,13 +269,12 @@ def _tally(
         row_index=True,
     )
     chunk = max(256, CHUNK_BYTES // (8 * max(1, features)))
+    numbers = np.array([col for col in range(features) if col not in tally.code_counts], int)
     for start in range(0, len(train), chunk):
         rows = train[start : start + chunk]
-        block = np.asarray(x[rows])  # (n, F) as stored; a copy of its own (zeroed below)
+        block = np.asarray(x[rows])  # (n, F) as stored
         missing = np.isnan(block)
         tally.missing += missing.sum(axis=0)
-        tally.low = np.fmin(tally.low, np.fmin.reduce(block, axis=0))  # fmin: NaN ignored
-        tally.high = np.fmax(tally.high, np.fmax.reduce(block, axis=0))
         if features and tally.row_index:
             first = block[:, 0]
             tally.row_index = bool(np.all(first == rows) or np.all(first == rows + 1))
@@ -286,19 +285,34 @@ def _tally(
             found, counts = np.unique(block[:, col][~missing[:, col]], return_counts=True)
             for value, count in zip(found.tolist(), counts.tolist(), strict=True):
                 values[value] = values.get(value, 0) + count
-        block[missing] = 0.0
-        sums = block.sum(axis=0, dtype=np.float64)
-        tally.total += sums
-        if tally.shift is None:  # the first chunk's mean: what the sums of squares are about
-            counts = len(block) - missing.sum(axis=0)
-            tally.shift = np.divide(sums, counts, out=np.zeros(features), where=counts > 0)
-            tally.shifted, tally.squares = np.zeros(features), np.zeros(features)
-        centered = block - tally.shift  # float64 (n, F)
-        centered[missing] = 0.0
-        assert tally.shifted is not None and tally.squares is not None
-        tally.shifted += centered.sum(axis=0)
-        tally.squares += np.einsum("ij,ij->j", centered, centered)
+        if len(numbers) == features:  # x[rows] is a copy of its own: changed in place
+            _add_numbers(tally, block, missing, slice(None))
+        elif len(numbers):
+            _add_numbers(tally, block[:, numbers], missing[:, numbers], numbers)
     return tally
+
+
+def _add_numbers(
+    tally: _Tally, values: np.ndarray, missing: np.ndarray, columns: slice | np.ndarray
+) -> None:
+    """Least, greatest, sum and shifted moments of the present cells of values (n, K), the
+    stored number columns `columns` of a chunk (a copy: its missing cells are set to 0)."""
+    tally.low[columns] = np.fmin(tally.low[columns], np.fmin.reduce(values, axis=0))  # no NaN
+    tally.high[columns] = np.fmax(tally.high[columns], np.fmax.reduce(values, axis=0))
+    values[missing] = 0.0
+    sums = values.sum(axis=0, dtype=np.float64)
+    tally.total[columns] += sums
+    if tally.shift is None:  # the first chunk's mean: what the sums of squares are about
+        features = len(tally.missing)
+        counts = len(values) - missing.sum(axis=0)
+        tally.shift = np.zeros(features)
+        tally.shift[columns] = np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
+        tally.shifted, tally.squares = np.zeros(features), np.zeros(features)
+    assert tally.shifted is not None and tally.squares is not None
+    centered = values - tally.shift[columns]  # float64 (n, K)
+    centered[missing] = 0.0
+    tally.shifted[columns] += centered.sum(axis=0)
+    tally.squares[columns] += np.einsum("ij,ij->j", centered, centered)
 
 
 def _moments(tally: _Tally, n_train: int) -> NumberMoments | None:
