@@ -118,8 +118,9 @@ def codes(vocabulary: mixed.Vocabulary, column: DictionaryColumn) -> np.ndarray:
 def numbers(
     batch: Any, block: np.ndarray, numeric: list[int], names: list[str], where: Callable[[int], str]
 ) -> None:
-    """Put the batch's numeric columns in block (B, F) float32 (null, NaN: NaN); a cell that is
-    inf or beyond float32 is refused, naming its row (where(row)) and column."""
+    """Put the batch's numeric columns in block (B, F) float32 (null, NaN: NaN), whose other
+    columns hold finite values; a cell that is inf or beyond float32 is refused, naming its row
+    (where(row)) and column."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -129,7 +130,7 @@ def numbers(
             if not pa.types.is_floating(column.type):
                 column = pc.cast(column, pa.float64(), safe=False)  # an int64 beyond 2**53 rounds
             block[:, col] = column.to_numpy(zero_copy_only=False)  # null: NaN
-    if numeric and np.isinf(block[:, numeric]).any():
+    if np.isinf(block).any():  # text columns hold 0 until their codes are put in
         for col in numeric:
             _refuse_not_finite(batch.column(names[col]), names[col], where)
 
@@ -160,7 +161,7 @@ def convert(
 ) -> tuple[np.ndarray, dict[int, DictionaryColumn]]:
     """One record batch: (B, F) float32 with the numbers in place, and each text column's
     dictionary form (codes put in by write_batches)."""
-    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    block = np.zeros((batch.num_rows, len(names)), dtype=np.float32)
     numbers(batch, block, [col for col in range(len(names)) if col not in text], names, where)
     texts = {col: dictionary_column(batch.column(names[col]), na_values) for col in sorted(text)}
     return block, texts
