@@ -21,7 +21,7 @@ from bnserve.training.data.batches import Rows
 from bnserve.training.data.encoding import Encoder
 from bnserve.training.data.folds import fold_split
 from bnserve.training.data.loading import Dataset, Split, fit_standardization, load_split
-from bnserve.training.data.schema import SchemaSettings, TableSchema, fit_schema
+from bnserve.training.data.schema import NumberMoments, SchemaSettings, TableSchema, fit_schema
 from bnserve.training.data.targets import check_class_counts
 from bnserve.training.early_stopping import BestEpoch
 from bnserve.training.errors import RunError, TrainingError
@@ -98,10 +98,11 @@ def prepare(
         )
     metric = config.metric or default_metric(dataset.task)
     check_metric(metric, dataset.task)
+    moments = None  # a resumed run's schema: the standardization makes its own pass
     if schema is None:
-        schema = fit_table_schema(config, dataset, split.train)
+        schema, moments = fit_table_schema(config, dataset, split.train)
     encoder = None if schema.plain else Encoder(schema, dataset.vocabularies)
-    mean, std = batches.fit_standardization(dataset.x, split.train, encoder)
+    mean, std = batches.fit_standardization(dataset.x, split.train, encoder, moments)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     class_weight = None
@@ -138,8 +139,11 @@ def prepare(
     )
 
 
-def fit_table_schema(config: TrainConfig, dataset: Dataset, train_rows: np.ndarray) -> TableSchema:
-    """The schema of the dataset's feature columns from its training rows (data/schema.py)."""
+def fit_table_schema(
+    config: TrainConfig, dataset: Dataset, train_rows: np.ndarray
+) -> tuple[TableSchema, NumberMoments | None]:
+    """The schema of the dataset's feature columns from its training rows, and the moments of
+    their values found in the same pass (data/schema.py)."""
     settings = SchemaSettings(
         categorical=config.categorical,
         numeric=config.numeric,

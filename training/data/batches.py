@@ -20,6 +20,7 @@ from bnserve.training import layers, model
 from bnserve.training.data.cache import FeatureRows
 from bnserve.training.data.encoding import Encoder
 from bnserve.training.data.loading import unit_std_where_constant
+from bnserve.training.data.schema import NumberMoments
 from bnserve.training.inference import predict
 from bnserve.training.layers import RunningStats
 
@@ -161,7 +162,10 @@ class Moments:
 
 
 def fit_standardization(
-    x: FeatureRows, index: np.ndarray, encoder: Encoder | None = None
+    x: FeatureRows,
+    index: np.ndarray,
+    encoder: Encoder | None = None,
+    moments: NumberMoments | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-input mean and std (D,) float64 of rows `index` of x (encoded when an encoder is
     given); a constant input gets std 1, and so do one-hot and indicator inputs, with mean 0.
@@ -169,10 +173,22 @@ def fit_standardization(
     One pass over the rows in chunks; within one chunk the same as np.mean and np.std. With
     an encoder only the numeric values are encoded and measured (the one-hot inputs would be
     set to 0 and 1 anyway): a table with text columns of many levels has D in the thousands.
+    moments: the schema's pass over the same rows (schema.NumberMoments); with it, numeric
+    columns stored as numbers are not read again (a text column of numbers still is).
     """
     if encoder is not None:
         mean = np.zeros(encoder.width)
         std = np.ones(encoder.width)
+        numbers = [column for column in encoder.columns if column.schema.kind == "numeric"]
+        if moments is not None and all(column.value_of_code is None for column in numbers):
+            for column in numbers:  # no pass: the schema's pass measured these values
+                fill = column.schema.fill if column.schema.fill is not None else 0.0
+                column_mean, column_std, low, high = moments.filled(column.position, fill)
+                mean[column.offset] = column_mean
+                std[column.offset] = unit_std_where_constant(
+                    np.array([column_std]), np.array([low]), np.array([high])
+                )[0]
+            return mean, std
         numeric = NumericRows(x, index, encoder)
         mean[encoder.standardized_inputs], std[encoder.standardized_inputs] = _fit(numeric)
         return mean, std

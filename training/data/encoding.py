@@ -81,11 +81,13 @@ class Encoder:
         """raw (n, F) stored rows → (n, K) float64: the inputs `standardized_inputs` marks (the
         numeric values, filled), exactly as `encode` puts them, without the one-hot columns."""
         numeric = [encoder for encoder in self.columns if encoder.schema.kind == "numeric"]
-        design = np.zeros((len(raw), 2 * len(numeric)), dtype=np.float64)
+        values = np.asarray(raw[:, [encoder.position for encoder in numeric]], dtype=np.float64)
         for index, encoder in enumerate(numeric):
-            values = np.asarray(raw[:, encoder.position], dtype=np.float64)
-            _encode_numeric(encoder, values, design, 2 * index)
-        return np.ascontiguousarray(design[:, 0::2])
+            if encoder.value_of_code is not None:  # a text column of numbers: codes → numbers
+                values[:, index] = _numbers_of_codes(encoder.value_of_code, values[:, index])
+        fills = [0.0 if encoder.schema.fill is None else encoder.schema.fill for encoder in numeric]
+        np.copyto(values, np.array(fills, dtype=np.float64), where=np.isnan(values))
+        return values
 
     def unseen_counts(self, raw: np.ndarray) -> dict[str, int]:
         """Per categorical column: the present cells of raw (n, F) whose level the training
@@ -155,15 +157,20 @@ def _encode_numeric(
     has one, its missing indicator right after."""
     offset = encoder.offset if offset is None else offset
     if encoder.value_of_code is not None:  # a text column of numbers: codes → numbers
-        present = ~np.isnan(values)
-        numbers = np.full(len(values), np.nan)
-        numbers[present] = encoder.value_of_code[values[present].astype(np.int64)]
-        values = numbers
+        values = _numbers_of_codes(encoder.value_of_code, values)
     missing = np.isnan(values)
     fill = encoder.schema.fill if encoder.schema.fill is not None else 0.0
     design[:, offset] = np.where(missing, fill, values)
     if encoder.schema.indicator:
         design[:, offset + 1] = missing
+
+
+def _numbers_of_codes(value_of_code: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(n,) float64 number of each code (NaN: missing, or a text cell)."""
+    present = ~np.isnan(codes)
+    numbers = np.full(len(codes), np.nan)
+    numbers[present] = value_of_code[codes[present].astype(np.int64)]
+    return numbers
 
 
 def _slots(encoder: ColumnEncoder, values: np.ndarray) -> np.ndarray:

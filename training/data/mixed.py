@@ -10,20 +10,16 @@ are looked up in the vocabulary.
 
 Which cells are missing: null (Parquet), and after trimming spaces the empty cell, NA, NaN,
 nan, null, NULL, None, and any --na-values. A CSV is read by mixed_csv.py (one pass, pyarrow
-typing each piece's columns); a Parquet file here, once (its column types say which are text:
-string, dictionary and boolean columns).
+typing each piece's columns), a Parquet file by mixed_parquet.py (its column types say which
+are text: string, dictionary and boolean columns).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-
-from bnserve.training.errors import DataError
 
 DEFAULT_NA_VALUES = ("", "NA", "NaN", "nan", "null", "NULL", "None")
 # an exact number as pyarrow's float parser reads it (readers.NUMBER, anchored, already trimmed)
@@ -92,84 +88,6 @@ def trimmed_strings(column: Any) -> Any:
     if pa.types.is_boolean(column.type):
         return pc.cast(column, pa.string())  # "true" / "false": two levels
     return pc.utf8_trim_whitespace(column.cast(pa.string()))
-
-
-def parquet_numbers(column: Any, where: Callable[[int], str], name: str) -> np.ndarray:
-    """(B,) float32 of a Parquet integer or floating column, null or NaN missing (NaN); inf and
-    values beyond float32 are refused by row, as mixed_csv.py does for text cells. The values are
-    read as numbers, never through their text."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    as_float = pc.cast(column, pa.float64(), safe=False)  # an int64 beyond 2**53 rounds
-    numbers = np.array(as_float.to_numpy(zero_copy_only=False), dtype=np.float64)  # null: NaN
-    with np.errstate(invalid="ignore"):
-        bad = np.isinf(numbers) | (np.abs(numbers) > FLOAT32_MAX)
-    if bad.any():
-        row = int(np.argmax(bad))
-        cell = pc.cast(column.slice(row, 1), pa.string())[0].as_py()
-        beyond = " (beyond float32)" if np.isfinite(numbers[row]) else ""
-        raise DataError(f"{where(row)}, column {name!r}: {cell!r} is not finite{beyond}")
-    return numbers.astype(np.float32)
-
-
-def text_piece(trimmed: Any, missing: np.ndarray) -> TextPiece:
-    """A block's text column as distinct cells and positions (−1 for missing)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    present = trimmed.filter(pa.array(~missing))
-    uniques = pc.unique(present)
-    positions = pc.index_in(trimmed, value_set=uniques)
-    index = np.array(pc.fill_null(positions, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
-    index[missing] = -1
-    return TextPiece([str(cell) for cell in uniques.to_pylist()], index)
-
-
-def write_pieces(
-    results: Iterable[tuple[np.ndarray, dict[int, TextPiece], list[Any]]],
-    vocabularies: dict[int, Vocabulary],
-    sink: BinaryIO,
-) -> tuple[int, list[Any]]:
-    """Put each block's text columns' codes in place, in file order, and write it: (rows, target
-    chunks). Codes are given here, on one thread, so they follow the file's order."""
-    rows, chunks = 0, []
-    for block, texts, target_chunks in results:
-        for col, piece in texts.items():
-            block[:, col] = codes_column(vocabularies[col], piece)
-        sink.write(block.data)
-        chunks.extend(target_chunks)
-        rows += len(block)
-    return rows, chunks
-
-
-def parquet_block(
-    batch: Any, names: list[str], na_values: tuple[str, ...], first_row: int, path: Path
-) -> tuple[np.ndarray, dict[int, TextPiece]]:
-    """One Parquet record batch: numeric columns as float32 (null: NaN), text columns (string,
-    dictionary, boolean) as pieces for write_pieces."""
-    import pyarrow as pa
-
-    block = np.empty((batch.num_rows, len(names)), dtype=np.float32)
-    texts: dict[int, TextPiece] = {}
-    for col, name in enumerate(names):
-        column = batch.column(name)
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            block[:, col] = parquet_numbers(
-                column, lambda row: f"{path}: row {first_row + row}", name
-            )
-            continue
-        if pa.types.is_dictionary(column.type):
-            texts[col] = dictionary_piece(column, na_values)
-            continue
-        trimmed = trimmed_strings(column)
-        texts[col] = text_piece(trimmed, missing_mask(trimmed, na_values))
-    return block, texts
-
-
-def dictionary_piece(column: Any, na_values: tuple[str, ...]) -> TextPiece:
-    """text_piece of a dictionary-encoded column, from its indices (dictionary_piece_and_cells)."""
-    return dictionary_piece_and_cells(column, na_values)[0]
 
 
 def dictionary_piece_and_cells(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 import numpy as np
 
 from bnserve.header_hints import closest, delimiter_hint
-from bnserve.training.data import mixed, mixed_csv
+from bnserve.training.data import mixed, mixed_csv, mixed_parquet
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
@@ -561,30 +561,38 @@ def _check_parquet_target(path: Path, codes_target: Target, target_name: str) ->
 def _read_parquet_mixed(
     path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
 ) -> TableInfo:
-    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns."""
+    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns
+    (mixed_parquet.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-    header = list(parquet.schema_arrow.names)
+    header = list(pq.read_schema(path).names)
     target_name, feature_cols, _ = _columns(path, header, target)
     names = [header[col] for col in feature_cols]
-    text = [
+    try:
+        parquet = mixed_parquet.open_file(path, names)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    text = {
         col
         for col, name in enumerate(names)
         if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
-    ]
+    }
     vocabularies = {col: mixed.Vocabulary.empty() for col in text}
 
-    def convert(numbered: tuple[int, Any]) -> tuple[np.ndarray, dict[int, Any], list[Any]]:
+    def convert(numbered: tuple[int, Any]) -> mixed_parquet.Batch:
         first_row, batch = numbered
-        block, texts = mixed.parquet_block(batch, names, na_values, first_row, path)
+        block, texts = mixed_parquet.convert(
+            batch, names, text, na_values, lambda row: f"{path}: row {first_row + row}"
+        )
         target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
-        return block, texts, [target_column]
+        return mixed_parquet.Batch(block, texts, [target_column])
 
     try:
-        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
-        rows, chunks = mixed.write_pieces(
+        batches = parquet.iter_batches(
+            batch_size=mixed_parquet.BATCH_ROWS, columns=[*names, target_name]
+        )
+        rows, chunks = mixed_parquet.write_batches(
             _ordered_map(convert, _numbered(batches)), vocabularies, sink
         )
     except (pa.ArrowException, OSError) as error:

@@ -210,6 +210,42 @@ class _Tally:
     code_counts: dict[int, np.ndarray]  # text column → (V,) int64 count per vocabulary code
     value_counts: dict[int, dict[float, int]]  # --categorical numeric column → value → count
     row_index: bool  # column 0 is 0, 1, 2, … or 1, 2, 3, … on every training row
+    shift: np.ndarray | None = None  # (F,) float64 the first chunk's mean of present values
+    shifted: np.ndarray | None = None  # (F,) float64 Σ (value − shift) over present values
+    squares: np.ndarray | None = None  # (F,) float64 Σ (value − shift)² over present values
+
+
+@dataclass(frozen=True)
+class NumberMoments:
+    """Per stored column (F,), the moments of its present training values, from the schema's
+    one pass (shifted sums: no cancellation for values far from 0), so that the standardization
+    of a filled numeric column needs no second pass over the rows (batches.fit_standardization)."""
+
+    rows: int  # training rows
+    present: np.ndarray  # (F,) int64 present cells
+    total: np.ndarray  # (F,) float64 Σ value
+    shift: np.ndarray  # (F,) float64
+    shifted: np.ndarray  # (F,) float64 Σ (value − shift)
+    squares: np.ndarray  # (F,) float64 Σ (value − shift)²
+    low: np.ndarray  # (F,) float64 least present value (inf: none)
+    high: np.ndarray  # (F,) float64
+
+    def filled(self, col: int, fill: float) -> tuple[float, float, float, float]:
+        """(mean, std, minimum, maximum) of column col over the training rows once its missing
+        cells hold fill (the values the encoder gives), as np.mean / np.std would find them."""
+        present = int(self.present[col])
+        missing = self.rows - present
+        mean = (float(self.total[col]) + missing * fill) / self.rows
+        offset = fill - float(self.shift[col])
+        # Σ (value − fill)² over present cells; missing cells (= fill) add nothing
+        around_fill = (
+            float(self.squares[col]) - 2 * offset * float(self.shifted[col]) + present * offset**2
+        )
+        variance = max(around_fill - self.rows * (mean - fill) ** 2, 0.0) / self.rows
+        low, high = float(self.low[col]), float(self.high[col])
+        if missing:
+            low, high = min(low, fill), max(high, fill)
+        return mean, variance**0.5, low, high
 
 
 def _tally(
@@ -233,15 +269,12 @@ def _tally(
         row_index=True,
     )
     chunk = max(256, CHUNK_BYTES // (8 * max(1, features)))
+    numbers = np.array([col for col in range(features) if col not in tally.code_counts], int)
     for start in range(0, len(train), chunk):
         rows = train[start : start + chunk]
-        block = np.asarray(x[rows], dtype=np.float64)
+        block = np.asarray(x[rows])  # (n, F) as stored
         missing = np.isnan(block)
         tally.missing += missing.sum(axis=0)
-        present = np.where(missing, 0.0, block)
-        tally.total += present.sum(axis=0)
-        tally.low = np.minimum(tally.low, np.where(missing, np.inf, block).min(axis=0))
-        tally.high = np.maximum(tally.high, np.where(missing, -np.inf, block).max(axis=0))
         if features and tally.row_index:
             first = block[:, 0]
             tally.row_index = bool(np.all(first == rows) or np.all(first == rows + 1))
@@ -252,7 +285,44 @@ def _tally(
             found, counts = np.unique(block[:, col][~missing[:, col]], return_counts=True)
             for value, count in zip(found.tolist(), counts.tolist(), strict=True):
                 values[value] = values.get(value, 0) + count
+        if len(numbers) == features:  # x[rows] is a copy of its own: changed in place
+            _add_numbers(tally, block, missing, slice(None))
+        elif len(numbers):
+            _add_numbers(tally, block[:, numbers], missing[:, numbers], numbers)
     return tally
+
+
+def _add_numbers(
+    tally: _Tally, values: np.ndarray, missing: np.ndarray, columns: slice | np.ndarray
+) -> None:
+    """Least, greatest, sum and shifted moments of the present cells of values (n, K), the
+    stored number columns `columns` of a chunk (a copy: its missing cells are set to 0)."""
+    tally.low[columns] = np.fmin(tally.low[columns], np.fmin.reduce(values, axis=0))  # no NaN
+    tally.high[columns] = np.fmax(tally.high[columns], np.fmax.reduce(values, axis=0))
+    values[missing] = 0.0
+    sums = values.sum(axis=0, dtype=np.float64)
+    tally.total[columns] += sums
+    if tally.shift is None:  # the first chunk's mean: what the sums of squares are about
+        features = len(tally.missing)
+        counts = len(values) - missing.sum(axis=0)
+        tally.shift = np.zeros(features)
+        tally.shift[columns] = np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
+        tally.shifted, tally.squares = np.zeros(features), np.zeros(features)
+    assert tally.shifted is not None and tally.squares is not None
+    centered = values - tally.shift[columns]  # float64 (n, K)
+    centered[missing] = 0.0
+    tally.shifted[columns] += centered.sum(axis=0)
+    tally.squares[columns] += np.einsum("ij,ij->j", centered, centered)
+
+
+def _moments(tally: _Tally, n_train: int) -> NumberMoments | None:
+    if tally.shift is None or tally.shifted is None or tally.squares is None:
+        return None  # no training rows
+    present = n_train - tally.missing
+    return NumberMoments(
+        n_train, present, tally.total, tally.shift, tally.shifted, tally.squares, tally.low,
+        tally.high,
+    )  # fmt: skip
 
 
 def number_of_cell(cell: str) -> float | None:
@@ -291,8 +361,10 @@ def fit_schema(
     mixed: bool,
     settings: SchemaSettings,
     place: Callable[[int], str],
-) -> TableSchema:
-    """The schema of x (N, F)'s columns from the rows `train` (n,) only.
+) -> tuple[TableSchema, NumberMoments | None]:
+    """The schema of x (N, F)'s columns from the rows `train` (n,) only, and the moments of
+    their present values found in the same pass (None when the columns are taken as they are,
+    without a pass).
 
     vocabularies: per column, None (x holds numbers, NaN missing) or a text column's cells (x
     holds codes); mixed: the file had text or missing cells anywhere; place(row): "file: line L"
@@ -305,7 +377,7 @@ def fit_schema(
         as_they_are = tuple(ColumnSchema(name, "numeric", "inferred", 0) for name in names)
         return TableSchema(
             as_they_are, len(train), settings.min_level_count, settings.max_levels, (), plain=True
-        )
+        ), None
     for flag in ("categorical", "numeric", "ignore"):
         for name in getattr(settings, flag):
             if name not in names:
@@ -332,7 +404,7 @@ def fit_schema(
         columns = [
             ColumnSchema(c.name, c.kind, c.why, 0) if c.kind == "numeric" else c for c in columns
         ]
-    return TableSchema(
+    schema = TableSchema(
         tuple(columns),
         len(train),
         settings.min_level_count,
@@ -340,6 +412,7 @@ def fit_schema(
         settings.na_values,
         plain,
     )
+    return schema, _moments(tally, len(train))
 
 
 def _column(

@@ -141,3 +141,44 @@ def test_a_mixed_tables_standardization_measures_only_its_numeric_values(
     np.testing.assert_allclose(mean[numeric], design[:, numeric].mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std[numeric], design[:, numeric].std(axis=0), rtol=1e-12)
     assert (mean[~numeric] == 0).all() and (std[~numeric] == 1).all()
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 8 * 4 * 40])  # one chunk; chunks of 256 rows
+def test_the_schema_pass_gives_the_standardization_without_a_second_pass(
+    tmp_path, monkeypatch, chunk_bytes
+) -> None:
+    """prepare() takes the numeric columns' mean and std from the schema's pass
+    (schema.NumberMoments): they equal numpy's over the encoded design and a second pass's, for
+    values far from 0 (shifted sums), gaps (filled with the mean), a constant column with gaps,
+    and a constant column."""
+    from bnserve.training.data import schema
+    from bnserve.training.train import prepare
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(schema, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(3)
+    rows = 1000
+    far = 1e6 + rng.standard_normal(rows).round(2)
+    gappy = rng.standard_normal(rows).round(3)
+    lines = ["far,gappy,same,level,colour,label"]
+    for i in range(rows):
+        gap = "" if i % 9 == 0 else f"{gappy[i]}"
+        same = "" if i % 5 == 0 else "4.5"
+        lines.append(f"{far[i]},{gap},{same},7,{'abc'[i % 3]},{i % 2}")
+    path = tmp_path / "moments.csv"
+    path.write_text("\n".join(lines) + "\n")
+    prepared = prepare(TrainConfig(data=str(path)), cache_dir="off")
+    encoder = prepared.encoder
+    assert encoder is not None
+    train_rows = prepared.split.train
+    numeric = encoder.standardized_inputs
+    assert numeric.sum() == 3  # far, gappy, same ("level" is constant: left out)
+    design = encoder.encode(np.asarray(prepared.dataset.x[train_rows]))
+    mean, std = batches.fit_standardization(prepared.dataset.x, train_rows, encoder)  # a pass
+    np.testing.assert_allclose(prepared.input_mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(prepared.input_std, std, rtol=1e-9)
+    np.testing.assert_allclose(prepared.input_mean[numeric], design[:, numeric].mean(axis=0))
+    expected_std = design[:, numeric].std(axis=0)
+    expected_std[2] = 1.0  # "same": 4.5 everywhere once filled: constant
+    np.testing.assert_allclose(prepared.input_std[numeric], expected_std, rtol=1e-9)
+    assert prepared.input_std[numeric][0] < 2  # far from 0, yet its std is that of the noise
