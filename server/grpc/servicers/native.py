@@ -16,7 +16,7 @@ from bnserve.server.grpc.servicers.quality_rpc import quality_response
 from bnserve.server.grpc.streaming import ReadAhead
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.models.servable import Servable
-from bnserve.server.plane.columns import datatype_of, decode_tensors
+from bnserve.server.plane.columns import datatype_of
 from bnserve.server.plane.dataplane import DataPlane
 from bnserve.server.plane.errors import (
     InvalidInput,
@@ -234,11 +234,11 @@ def _batch(request: pb.PredictBatchRequest, model: Model) -> ModelInput:
     if request.columns:
         if request.features or request.raw_features:
             raise InvalidInput("set either columns or features / raw_features, not both")
-        if model.schema is None or not model.mixed:
+        if model.decoder is None:
             raise InvalidInput(
                 f"model {model.name!r} takes features (N × {num_features} float32), not columns"
             )
-        return decode_tensors(model.schema, model.name, [_column(c) for c in request.columns])
+        return model.decoder.decode([_column(c) for c in request.columns])
     if model.mixed:
         raise InvalidInput(
             f"model {model.name!r} takes columns (one Column per model column, ModelInfo lists "

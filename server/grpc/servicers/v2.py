@@ -200,16 +200,15 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:
     tensors = request.inputs
     if raw:
-        if len(request.raw_input_contents) != len(tensors) or any(
-            tensor.HasField("contents") for tensor in tensors
-        ):
+        contents = request.raw_input_contents
+        if len(contents) != len(tensors) or any([t.HasField("contents") for t in tensors]):
             raise InvalidInput(
                 "send the input either as raw_input_contents (exactly one entry) or as typed "
                 "contents, not both"
             )
         return [
-            TensorIn(t.name, t.datatype, t.shape, data, f"raw_input_contents[{i}]")
-            for i, (t, data) in enumerate(zip(tensors, request.raw_input_contents, strict=True))
+            TensorIn(t.name, t.datatype, t.shape, data, _raw_source(i))
+            for i, (t, data) in enumerate(zip(tensors, contents, strict=True))
         ]
     # [:] makes a list: numpy converts it ~5× faster than the protobuf container itself.
     return [
@@ -218,6 +217,13 @@ def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:
         else _typed(t)
         for t in tensors
     ]
+
+
+_RAW_SOURCES = tuple(f"raw_input_contents[{i}]" for i in range(64))  # made once, not per call
+
+
+def _raw_source(index: int) -> str:
+    return _RAW_SOURCES[index] if index < len(_RAW_SOURCES) else f"raw_input_contents[{index}]"
 
 
 def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> TensorIn:
