@@ -5,7 +5,8 @@ No sockets and no gRPC threads: the v2 and native servicers are called directly 
 holding both models (loaded as the server loads them: parity gate, warm-up, metrics' unseen /
 missing counters, drift on with its default sample share). Per call and model, each stage is
 timed over blocks of calls; a stage's figure is the median over rounds of its block's mean, the
-two models interleaved round by round so that a busy machine slows both alike.
+two models interleaved round by round so that a busy machine slows both alike; times are the
+thread's CPU time, so the share of the core other processes take is left out.
 
 Stages (v2 ModelInfer of 1 example; PredictBatch of --batch rows):
   parse     protobuf bytes → request message
@@ -152,11 +153,12 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
 
 
 def _block(function: Callable[[], Any], calls: int) -> float:
-    """Mean µs per call over a block of calls."""
-    started = time.perf_counter_ns()
+    """Mean CPU µs of this thread per call over a block of calls (CPU time, not wall time:
+    the time other processes on a shared machine take the core is not counted)."""
+    started = time.thread_time_ns()
     for _ in range(calls):
         function()
-    return (time.perf_counter_ns() - started) / calls / 1000
+    return (time.thread_time_ns() - started) / calls / 1000
 
 
 def profile(arguments: argparse.Namespace) -> None:

@@ -131,10 +131,14 @@ def _number_block(data: list[Any], count: int) -> np.ndarray | None:
         if any([len(values) != size for values in data]):
             return None
         block = np.frombuffer(b"".join(data), dtype="<f4")  # one copy for all columns
+    elif all([type(values) is np.ndarray and values.dtype == np.float32 for values in data]):
+        if any([values.shape != (count,) for values in data]):
+            return None
+        block = np.concatenate(data)  # float32 already (the native API's repeated float)
     elif all([type(values) is list for values in data]):  # noqa: E721 (exactly list)
         if any([len(values) != count for values in data]):
             return None
-        if not _NUMBER_TYPES.issuperset([type(value) for values in data for value in values]):
+        if not all([_NUMBER_TYPES.issuperset(map(type, values)) for values in data]):
             return None
         try:
             block = np.array(data, dtype=np.float32)

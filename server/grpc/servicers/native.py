@@ -314,13 +314,14 @@ def _response(
 
 def _column(column: pb.Column) -> TensorIn:
     """A Column as a v2 tensor (texts: BYTES, numbers: FP32) for the column decoder."""
-    if column.texts and column.numbers:
+    texts, numbers = column.texts, column.numbers
+    if texts and numbers:
         raise InvalidInput(f"column {column.name!r}: set numbers or texts, not both")
-    if column.texts:
-        texts = column.texts[:]
-        return TensorIn(column.name, "BYTES", [len(texts)], texts, "texts")
-    numbers = column.numbers[:]
-    return TensorIn(column.name, "FP32", [len(numbers)], numbers, "numbers")
+    if texts:
+        return TensorIn(column.name, "BYTES", [len(texts)], texts[:], "texts")
+    # float32 already (protobuf's repeated float): no per-value checks in the decoder
+    values = np.array(numbers[:], dtype=np.float32)
+    return TensorIn(column.name, "FP32", [len(values)], values, "numbers")
 
 
 def _columns(model: Model) -> list[pb.InputColumn]:
