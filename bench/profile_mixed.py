@@ -193,7 +193,9 @@ def profile(arguments: argparse.Namespace) -> None:
     print(f"models: {how}; hidden {arguments.hidden}; {arguments.rounds} rounds")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)")
     for kind in kinds:
-        title = "v2 ModelInfer, 1 example" if kind == "infer" else f"PredictBatch, {arguments.batch}"
+        title = (
+            "v2 ModelInfer, 1 example" if kind == "infer" else f"PredictBatch, {arguments.batch}"
+        )
         print(f"\n{title:<28}{'mixed µs':>10}{'numeric µs':>12}")
         sums = dict.fromkeys(models, 0.0)
         for stage in names:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def _number_block(data: list[Any], count: int) -> np.ndarray | None:
         if any([values.shape != (count,) for values in data]):
             return None
         block = np.concatenate(data)  # float32 already (the native API's repeated float)
-    elif all([type(values) is list for values in data]):  # noqa: E721 (exactly list)
+    elif all([type(values) is list for values in data]):
         if any([len(values) != count for values in data]):
             return None
         if not all([_NUMBER_TYPES.issuperset(map(type, values)) for values in data]):
@@ -166,7 +166,7 @@ def _text_block(data: list[Any], count: int) -> np.ndarray | None:
                 elements = _elements(bytes(values), count)
                 if elements is None:
                     return None
-            elif type(values) is list and len(values) == count:  # noqa: E721 (exactly list)
+            elif type(values) is list and len(values) == count:
                 elements = values
             else:
                 return None
@@ -174,7 +174,7 @@ def _text_block(data: list[Any], count: int) -> np.ndarray | None:
             if kinds == _BYTES_TYPE:
                 texts += [element.decode("utf-8") for element in elements]
             elif kinds == _STR_TYPE:
-                texts += elements
+                texts += cast("list[str]", elements)
             else:
                 return None
     except UnicodeDecodeError:
