@@ -291,7 +291,7 @@ def _numbers(
             )
         try:
             values = np.asarray(data, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float
             raise InvalidInput(f"input {name!r}: {source} must be numbers (or null)") from None
     if _has_infinity(values):
         position = int(np.flatnonzero(np.isinf(values))[0])
