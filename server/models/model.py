@@ -314,7 +314,7 @@ class Model:
                 counter(self.card.feature_names[index], 0, int(missing[index]))
             return
         names = self._numeric_names
-        if names:  # one NaN check for every numeric column
+        if names and x.gaps is not False:  # one NaN check for every numeric column
             gaps = np.isnan(np.concatenate([x[name] for name in names], axis=1))
             if gaps.any():
                 missing = gaps.sum(axis=0)

@@ -114,18 +114,20 @@ class ColumnDecoder:
         texts = _text_block([data[i] for i in self._categorical], count)
         if numbers is None or texts is None:
             return None
+        block, gaps = numbers
         arrays = [
-            numbers[row] if numeric else texts[row]
+            block[row] if numeric else texts[row]
             for numeric, row in self._places  # views, no copies
         ]
-        return Columns(dict(zip(self._names, arrays, strict=True)))
+        return Columns(dict(zip(self._names, arrays, strict=True)), gaps)
 
 
-def _number_block(data: list[Any], count: int) -> np.ndarray | None:
-    """(columns, count, 1) float32 of FP32 columns (raw bytes, or typed numbers or None), or
-    None when a column is not that (decode_tensors names it) or holds an infinity."""
+def _number_block(data: list[Any], count: int) -> tuple[np.ndarray, bool] | None:
+    """((columns, count, 1) float32, whether any is NaN) of FP32 columns (raw bytes, or typed
+    numbers or None), or None when a column is not that (decode_tensors names it) or holds an
+    infinity."""
     if not data:
-        return np.empty((0, count, 1), dtype=np.float32)
+        return np.empty((0, count, 1), dtype=np.float32), False
     if all([isinstance(values, _RAW) for values in data]):
         size = count * 4
         if any([len(values) != size for values in data]):
@@ -146,9 +148,18 @@ def _number_block(data: list[Any], count: int) -> np.ndarray | None:
             return None
     else:
         return None
-    if _has_infinity(block.ravel()):
-        return None
-    return block.reshape(len(data), count, 1)
+    flat = block.ravel()
+    if flat.size <= SMALL:
+        values = flat.tolist()
+        if not _INFINITIES.isdisjoint(values):
+            return None
+        total = sum(values)  # finite float32 values: NaN only if one is NaN
+        gaps = total != total
+    else:
+        if np.isinf(flat).any():
+            return None
+        gaps = bool(np.isnan(flat).any())
+    return block.reshape(len(data), count, 1), gaps
 
 
 def _text_block(data: list[Any], count: int) -> np.ndarray | None:

@@ -178,9 +178,12 @@ def test_unseen_levels_and_gaps_are_counted_per_column(model: Model) -> None:
         {column: (unseen, missing)}
     )
     x = ColumnDecoder(SCHEMA, "penguins").decode(_raw(3))
-    model.observe_cells(x)
-    # island: "" missing, UNSEEN unseen; sex: "NA" a missing token; one NaN in bill_length_mm
-    assert counted == {"bill_length_mm": (0, 1), "island": (1, 1), "sex": (0, 1)}
+    assert x.gaps is True  # the decoder saw the NaN
+    for columns in (x, Columns(x.arrays)):  # gaps known, and not known (looked for)
+        counted.clear()
+        model.observe_cells(columns)
+        # island: "" missing, UNSEEN unseen; sex: "NA" a missing token; a NaN in bill_length_mm
+        assert counted == {"bill_length_mm": (0, 1), "island": (1, 1), "sex": (0, 1)}
     counted.clear()
     model.observe_cells(ColumnDecoder(SCHEMA, "penguins").decode(_raw(1)))
     assert counted == {}  # known levels, no gaps: nothing counted
