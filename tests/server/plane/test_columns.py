@@ -130,9 +130,7 @@ def _with(tensors: list[TensorIn], name: str, **changes: Any) -> list[TensorIn]:
 
 
 BAD = {
-    "infinity, raw": lambda: _raw(
-        2, bill_length_mm=np.array([1, np.inf], "<f4").tobytes()
-    ),
+    "infinity, raw": lambda: _raw(2, bill_length_mm=np.array([1, np.inf], "<f4").tobytes()),
     "infinity, typed": lambda: _typed(2, body_mass_g=[1.0, -math.inf]),
     "too few bytes": lambda: _raw(2, body_mass_g=b"\x00" * 7),
     "a BYTES length past the end": lambda: _raw(1, island=b"\x09\x00\x00\x00Dream"),
@@ -174,9 +172,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
 
 def test_unseen_levels_and_gaps_are_counted_per_column(model: Model) -> None:
     counted: dict[str, tuple[int, int]] = {}
-    model.cell_counter = lambda column, unseen, missing: counted.update(
-        {column: (unseen, missing)}
-    )
+    model.cell_counter = lambda column, unseen, missing: counted.update({column: (unseen, missing)})
     x = ColumnDecoder(SCHEMA, "penguins").decode(_raw(3))
     assert x.gaps is True  # the decoder saw the NaN
     for columns in (x, Columns(x.arrays)):  # gaps known, and not known (looked for)
