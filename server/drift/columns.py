@@ -135,7 +135,10 @@ def level_codes(values: np.ndarray, column: ColumnReference) -> np.ndarray:
     get = lookup.get
     codes = [get(cell, -1) for cell in cells]  # the usual cell: a str the lookup has
     if -1 in codes:  # anything else (None, bytes, NaN, untrimmed or unseen text) one by one
-        codes = [_code(cell, lookup, unseen) for cell in cells]
+        codes = [
+            code if code >= 0 else _code(cell, lookup, unseen)
+            for code, cell in zip(codes, cells, strict=True)
+        ]
     return np.array(codes, dtype=np.int64)
 
 

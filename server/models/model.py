@@ -148,6 +148,10 @@ class Model:
         # A categorical column's levels that are not unseen: kept and rare training levels.
         self._seen: dict[str, frozenset[str]] = {}
         self._numeric_names: tuple[str, ...] = ()  # a mixed model's numeric columns
+        # texts that mean missing: "" and the schema's missing tokens
+        self._missing_texts = (
+            frozenset(("", *card.schema.na_values)) if card.schema else frozenset()
+        )
         self._input_names: tuple[str, ...] = (INPUT_NAME,)
         # v2 tensors / native columns → Columns (None: the model takes x)
         self.decoder: ColumnDecoder | None = None
@@ -313,7 +317,7 @@ class Model:
             for index in np.flatnonzero(missing).tolist():
                 counter(self.card.feature_names[index], 0, int(missing[index]))
             return
-        names = self._numeric_names
+        names, missing_texts = self._numeric_names, self._missing_texts
         if names and x.gaps is not False:  # one NaN check for every numeric column
             gaps = np.isnan(np.concatenate([x[name] for name in names], axis=1))
             if gaps.any():
@@ -324,15 +328,9 @@ class Model:
             cells = x[name].ravel().tolist()
             if seen.issuperset(cells):  # the usual request: every level known
                 continue
-            unseen = missing_cells = 0
-            for text in cells:
-                if text in seen:
-                    continue
-                if text == "" or schema.is_missing(text):
-                    missing_cells += 1
-                else:
-                    unseen += 1
-            counter(name, unseen, missing_cells)
+            others = [text for text in cells if text not in seen]
+            missing_cells = sum(map(missing_texts.__contains__, others))
+            counter(name, len(others) - missing_cells, missing_cells)
 
     def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
         """One example from named values of either kind (None: missing): a mixed model's
