@@ -319,11 +319,11 @@ class Model:
             return
         names, missing_texts = self._numeric_names, self._missing_texts
         if names and x.gaps is not False:  # one NaN check for every numeric column
-            gaps = np.isnan(np.concatenate([x[name] for name in names], axis=1))
-            if gaps.any():
-                missing = gaps.sum(axis=0)
-                for index in np.flatnonzero(missing).tolist():
-                    counter(names[index], 0, int(missing[index]))
+            block = np.concatenate([x[name] for name in names], axis=1)
+            counts = np.isnan(block).sum(axis=0).tolist()
+            for name, count in zip(names, counts, strict=True):
+                if count:
+                    counter(name, 0, count)
         for name, seen in self._seen.items():
             cells = x[name].ravel().tolist()
             if seen.issuperset(cells):  # the usual request: every level known
