@@ -31,17 +31,15 @@ import cProfile
 import logging
 import os
 import pstats
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import serve_mixed
 
 STAGES = ("parse", "tensors", "decode", "check", "counters", "drift", "feed", "run", "response")
 
@@ -161,59 +159,160 @@ def _block(function: Callable[[], Any], calls: int) -> float:
     return (time.thread_time_ns() - started) / calls / 1000
 
 
-def profile(arguments: argparse.Namespace) -> None:
+MODELS = ("mixed", "numeric")
+KINDS = ("infer", "batch")
+
+
+def _load_stages(scratch: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Both models served from scratch/ (written by `profile`), and each call's stages."""
     logging.disable(logging.WARNING)  # the drift monitor's warnings about synthetic rows
-    with tempfile.TemporaryDirectory(prefix="bnserve-profile-") as scratch:
-        mixed, numeric, how = serve_mixed.build_models(Path(scratch), arguments.hidden)
+    plane, v2, native = _servables(scratch / "mixed.onnx", scratch / "numeric.onnx")
+    return {
+        (model, kind): _stages(
+            plane, v2, native, model, kind, (scratch / f"{model}-{kind}.bin").read_bytes()
+        )
+        for model in MODELS
+        for kind in KINDS
+    }
+
+
+def _worker(scratch: Path) -> int:
+    """--worker: time blocks as the driver asks on stdin ("model kind stage calls" a line),
+    one µs figure a line on stdout; the bnserve imported is whichever PYTHONPATH gives."""
+    stages = _load_stages(scratch)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        model, kind, stage, calls = line.split()
+        if stage == "_share":
+            print(stages[(model, kind)]["_share"], flush=True)
+            continue
+        print(_block(stages[(model, kind)][stage], int(calls)), flush=True)
+    return 0
+
+
+class _Worker:
+    """A --worker process of this script over one checkout (None: the installed bnserve)."""
+
+    def __init__(self, scratch: Path, checkout: Path | None) -> None:
+        env = dict(os.environ)
+        if checkout is not None:
+            env["PYTHONPATH"] = str(checkout)  # its bnserve/ before the installed one
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(scratch)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=checkout or Path(__file__).resolve().parent.parent,
+        )
+        if self._read() != "ready":
+            raise RuntimeError(f"profile worker for {checkout or 'this checkout'} did not start")
+
+    def _read(self) -> str:
+        assert self._process.stdout is not None
+        return self._process.stdout.readline().strip()
+
+    def ask(self, model: str, kind: str, stage: str, calls: int) -> float:
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"{model} {kind} {stage} {calls}\n")
+        self._process.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(timeout=30)
+
+
+def profile(arguments: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support, if needed
+    import serve_mixed
+
+    with tempfile.TemporaryDirectory(prefix="bnserve-profile-") as scratch_name:
+        scratch = Path(scratch_name)
+        (scratch / "build").mkdir()
+        mixed, numeric, how = serve_mixed.build_models(scratch / "build", arguments.hidden)
+        shutil.copyfile(mixed, scratch / "mixed.onnx")
+        shutil.copyfile(numeric, scratch / "numeric.onnx")
         messages = {
             "mixed": serve_mixed.mixed_messages(mixed, arguments.batch),
             "numeric": serve_mixed.numeric_messages(numeric, arguments.batch),
         }
-        plane, v2, native = _servables(mixed, numeric)
-        models = ("mixed", "numeric")
-        kinds = ("infer", "batch")
-        stages = {
-            (model, kind): _stages(plane, v2, native, model, kind, messages[model][kind])
-            for model in models
-            for kind in kinds
-        }
+        for model in MODELS:
+            for kind in KINDS:
+                (scratch / f"{model}-{kind}.bin").write_bytes(messages[model][kind])
         if arguments.cprofile:
-            _cprofile(stages, arguments.cprofile, arguments.calls)
+            _cprofile(_load_stages(scratch), arguments.cprofile, arguments.calls)
             return
-        names = [*STAGES, "whole"]
-        times: dict[tuple[str, str, str], list[float]] = {}
-        for _ in range(arguments.rounds):
-            for kind in kinds:
-                for stage in names:
-                    for model in models:  # interleaved: both models in each round, each stage
-                        calls = arguments.calls if kind == "infer" else arguments.calls // 4
-                        spent = _block(stages[(model, kind)][stage], calls)
-                        times.setdefault((model, kind, stage), []).append(spent)
+        checkouts: dict[str, Path | None] = {"": None}
+        if arguments.baseline is not None:
+            checkouts = {"before": arguments.baseline.resolve(), "after": None}
+        workers = {label: _Worker(scratch, checkout) for label, checkout in checkouts.items()}
+        try:
+            times = _measure(workers, arguments)
+            shares = {
+                (label, model, kind): workers[label].ask(model, kind, "_share", 0)
+                for label in workers
+                for model in MODELS
+                for kind in KINDS
+            }
+        finally:
+            for worker in workers.values():
+                worker.close()
         load = os.getloadavg()
     print(f"models: {how}; hidden {arguments.hidden}; {arguments.rounds} rounds")
+    if arguments.baseline is not None:
+        print(f"before: {arguments.baseline}; after: this checkout (interleaved block by block)")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)")
-    for kind in kinds:
-        title = (
-            "v2 ModelInfer, 1 example" if kind == "infer" else f"PredictBatch, {arguments.batch}"
-        )
-        print(f"\n{title:<28}{'mixed µs':>10}{'numeric µs':>12}")
-        sums = dict.fromkeys(models, 0.0)
-        for stage in names:
+    _print(times, shares, list(workers), arguments.batch)
+
+
+def _measure(
+    workers: dict[str, _Worker], arguments: argparse.Namespace
+) -> dict[tuple[str, str, str, str], list[float]]:
+    """Blocks of each stage, interleaved: every round, stage, model and checkout in turn."""
+    times: dict[tuple[str, str, str, str], list[float]] = {}
+    for _ in range(arguments.rounds):
+        for kind in KINDS:
+            calls = arguments.calls if kind == "infer" else arguments.calls // 4
+            for stage in [*STAGES, "whole"]:
+                for model in MODELS:
+                    for label, worker in workers.items():
+                        spent = worker.ask(model, kind, stage, calls)
+                        times.setdefault((label, model, kind, stage), []).append(spent)
+    return times
+
+
+def _print(
+    times: dict[tuple[str, str, str, str], list[float]],
+    shares: dict[tuple[str, str, str], float],
+    labels: list[str],
+    batch: int,
+) -> None:
+    columns = [(model, label) for model in MODELS for label in labels]
+    for kind in KINDS:
+        title = "v2 ModelInfer, 1 example" if kind == "infer" else f"PredictBatch, {batch}"
+        heading = "".join(f"{f'{model} {label}'.rstrip() + ' µs':>18}" for model, label in columns)
+        print(f"\n{title:<26}{heading}")
+        sums = dict.fromkeys(columns, 0.0)
+        for stage in [*STAGES, "whole"]:
             row = {}
-            for model in models:
-                value = statistics.median(times[(model, kind, stage)])
+            for model, label in columns:
+                value = statistics.median(times[(label, model, kind, stage)])
                 if stage == "drift":
-                    value *= stages[(model, kind)]["_share"]
-                row[model] = value
+                    value *= shares[(label, model, kind)]
+                row[(model, label)] = value
                 if stage != "whole":
-                    sums[model] += value
-            label = "drift (× sample share)" if stage == "drift" else stage
+                    sums[(model, label)] += value
             if stage == "whole":
-                print(f"{'  sum of stages':<28}{sums['mixed']:>10.1f}{sums['numeric']:>12.1f}")
-            print(f"{'  ' + label:<28}{row['mixed']:>10.1f}{row['numeric']:>12.1f}")
-        mixed_whole = statistics.median(times[("mixed", kind, "whole")])
-        numeric_whole = statistics.median(times[("numeric", kind, "whole")])
-        print(f"{'  numeric / mixed (whole)':<28}{numeric_whole / mixed_whole:>10.2f}")
+                print(f"{'  sum of stages':<26}" + "".join(f"{sums[c]:>18.1f}" for c in columns))
+            name = "drift (× sample share)" if stage == "drift" else stage
+            print(f"{'  ' + name:<26}" + "".join(f"{row[c]:>18.1f}" for c in columns))
+        for label in labels:
+            mixed = statistics.median(times[(label, "mixed", kind, "whole")])
+            numeric = statistics.median(times[(label, "numeric", kind, "whole")])
+            print(f"{f'  numeric / mixed {label}'.rstrip():<26}{numeric / mixed:>18.2f}")
 
 
 def _cprofile(stages: dict[tuple[str, str], dict[str, Any]], kind: str, calls: int) -> None:
@@ -237,7 +336,18 @@ def main(argv: list[str] | None = None) -> int:
         "--hidden", type=lambda s: tuple(int(v) for v in s.split(",")), default=(256, 256)
     )
     parser.add_argument("--cprofile", choices=("infer", "batch"), default=None)
-    profile(parser.parse_args(argv))
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git worktree add DIR COMMIT`): its bnserve timed too, "
+        "block by block against this one",
+    )
+    parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.worker is not None:
+        return _worker(arguments.worker)
+    profile(arguments)
     return 0
 
 
