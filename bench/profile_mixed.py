@@ -20,8 +20,15 @@ Stages (v2 ModelInfer of 1 example; PredictBatch of --batch rows):
   response  outputs → response message → bytes
   whole     the servicer's method from the request message, plus parse and serialization
 
+With --baseline DIR (another checkout, e.g. `git worktree add DIR COMMIT` or `git archive COMMIT
+| tar -x -C DIR`), each block runs in two worker processes, DIR's bnserve and this one's, one
+after the other: before / after columns under the same load. --cprofile prints cProfile's
+hottest functions of the whole call instead (this checkout only).
+
 Usage: python bench/profile_mixed.py [--rounds 15] [--calls 300] [--batch 64]
                                      [--hidden 256,256] [--cprofile infer|batch]
+                                     [--baseline DIR]
+Not a speed benchmark of the server (bench/serve.py --mixed is): no transport, one thread.
 """
 
 from __future__ import annotations
