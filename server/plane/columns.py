@@ -29,7 +29,7 @@ BYTES = "BYTES"
 _NOT_NUMBERS = (str, bytes, bool, list, dict)
 _RAW = (bytes, bytearray, memoryview)
 _INFINITIES = frozenset((math.inf, -math.inf))
-_BYTES_TYPE, _STR_TYPE = {bytes}, {str}
+_BYTES_TYPE, _STR_TYPE = frozenset((bytes,)), frozenset((str,))
 _NUMBER_TYPES = frozenset((float, int, type(None)))  # typed numbers (bool is refused)
 SMALL = 64  # up to this many values, Python's checks beat numpy's per-call cost
 
