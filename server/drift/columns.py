@@ -131,8 +131,15 @@ def level_codes(values: np.ndarray, column: ColumnReference) -> np.ndarray:
     (N, 1) of str, bytes (UTF-8) or None (missing); cells are trimmed as training read them."""
     assert column.lookup is not None
     lookup, unseen = column.lookup, len(column.levels) + 2
-    flat = np.asarray(values, dtype=object).reshape(-1)
-    return np.fromiter((_code(v, lookup, unseen) for v in flat), dtype=np.int64, count=flat.size)
+    cells = np.asarray(values, dtype=object).reshape(-1).tolist()
+    get = lookup.get
+    codes = [get(cell, -1) for cell in cells]  # the usual cell: a str the lookup has
+    if -1 in codes:  # anything else (None, bytes, NaN, untrimmed or unseen text) one by one
+        codes = [
+            code if code >= 0 else _code(cell, lookup, unseen)
+            for code, cell in zip(codes, cells, strict=True)
+        ]
+    return np.array(codes, dtype=np.int64)
 
 
 def _code(value: object, lookup: Mapping[str, int], unseen: int) -> int:

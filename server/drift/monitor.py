@@ -429,10 +429,16 @@ class DriftMonitor:
         reference = self.reference
         names = reference.feature_names
         first = next(iter(columns.values()))
-        rows = int(np.asarray(first, dtype=object).reshape(-1).size)
-        x = np.empty((rows, len(names)), dtype=np.float32)
-        for index, name in enumerate(names):
-            x[:, index] = _numbers(columns[name])
+        rows = first.size if isinstance(first, np.ndarray) else len(first)
+        numeric = [columns[name] for name in names]
+        if numeric and all(
+            [isinstance(cells, np.ndarray) and cells.dtype == np.float32 for cells in numeric]
+        ):  # the data plane's columns: one copy for all of them
+            x = np.concatenate([cells.reshape(rows, 1) for cells in numeric], axis=1)
+        else:
+            x = np.empty((rows, len(names)), dtype=np.float32)
+            for index, cells in enumerate(numeric):
+                x[:, index] = _numbers(cells)
         codes = np.empty((rows, len(self._categorical)), dtype=np.intp)
         for index, column in enumerate(self._categorical):
             codes[:, index] = level_codes(columns[column.name], column)

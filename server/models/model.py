@@ -38,7 +38,7 @@ from bnserve.server.modelfile.wire import (
     with_graph_outputs,
 )
 from bnserve.server.plane.columns import (
-    SMALL,
+    ColumnDecoder,
     datatype_of,
     describe,
     from_values,
@@ -147,14 +147,25 @@ class Model:
         self.allows_missing = card.schema is not None
         # A categorical column's levels that are not unseen: kept and rare training levels.
         self._seen: dict[str, frozenset[str]] = {}
+        self._numeric_names: tuple[str, ...] = ()  # a mixed model's numeric columns
+        # texts that mean missing: "" and the schema's missing tokens
+        self._missing_texts = (
+            frozenset(("", *card.schema.na_values)) if card.schema else frozenset()
+        )
         self._input_names: tuple[str, ...] = (INPUT_NAME,)
+        # v2 tensors / native columns → Columns (None: the model takes x)
+        self.decoder: ColumnDecoder | None = None
         if card.schema is not None and self.mixed:
             self._input_names = input_names(card.schema)
+            self.decoder = ColumnDecoder(card.schema, name)
             self._seen = {
                 column.name: frozenset((*column.levels, *column.rare))
                 for column in card.schema.used_columns
                 if column.kind == CATEGORICAL
             }
+            self._numeric_names = tuple(
+                column.name for column in card.schema.inputs if not is_categorical(column)
+            )
             self.input_specs = tuple(
                 TensorSpec(column.name, datatype_of(column), (-1, 1))
                 for column in card.schema.inputs
@@ -306,25 +317,20 @@ class Model:
             for index in np.flatnonzero(missing).tolist():
                 counter(self.card.feature_names[index], 0, int(missing[index]))
             return
-        for column in schema.inputs:
-            array = x[column.name]
-            unseen = 0
-            if is_categorical(column):
-                seen, count = self._seen[column.name], 0
-                for text in array.ravel().tolist():
-                    if text in seen:
-                        continue
-                    if text == "" or schema.is_missing(text):
-                        count += 1
-                    else:
-                        unseen += 1
-                missing_cells = count
-            elif array.shape[0] <= SMALL:
-                missing_cells = sum(1 for value in array.ravel().tolist() if value != value)
-            else:
-                missing_cells = int(np.isnan(array).sum())
-            if unseen or missing_cells:
-                counter(column.name, unseen, missing_cells)
+        names, missing_texts = self._numeric_names, self._missing_texts
+        if names and x.gaps is not False:  # one NaN check for every numeric column
+            block = np.concatenate([x[name] for name in names], axis=1)
+            counts = np.isnan(block).sum(axis=0).tolist()
+            for name, count in zip(names, counts, strict=True):
+                if count:
+                    counter(name, 0, count)
+        for name, seen in self._seen.items():
+            cells = x[name].ravel().tolist()
+            if seen.issuperset(cells):  # the usual request: every level known
+                continue
+            others = [text for text in cells if text not in seen]
+            missing_cells = sum(map(missing_texts.__contains__, others))
+            counter(name, len(others) - missing_cells, missing_cells)
 
     def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
         """One example from named values of either kind (None: missing): a mixed model's

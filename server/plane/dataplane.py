@@ -25,7 +25,6 @@ from bnserve.server.models.repository import FAILED, LOADING, READY, ModelReposi
 from bnserve.server.models.servable import Servable
 from bnserve.server.observability.tracing import Tracing, scored_at
 from bnserve.server.plane.admission import InflightLimiter
-from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.errors import (
     CaptureOff,
     InvalidInput,
@@ -336,8 +335,8 @@ class DataPlane:
 def input_array(model: Model, inputs: Sequence[TensorIn]) -> ModelInput:
     """The request's one input as (N, F) float32 (a mixed model: its Columns); InvalidInput
     says what is wrong and how."""
-    if model.schema is not None and model.mixed:
-        return decode_tensors(model.schema, model.name, inputs)
+    if model.decoder is not None:
+        return model.decoder.decode(inputs)
     spec = model.input_spec
     expected = f"{spec.name!r} {spec.datatype} [N, {model.num_features}]"
     if len(inputs) != 1:

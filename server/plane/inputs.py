@@ -37,12 +37,15 @@ class Columns:
     """N rows of a mixed model's inputs: name → (N, 1) array, in the model's input order.
 
     `shape` is (N, number of columns), so code that reads `x.shape[0]` for the row count works
-    on both kinds of input."""
+    on both kinds of input. `gaps`: whether a numeric column holds NaN (None: not known; the
+    decoder knows it from its one pass over the numbers, so the missing-cell counters need not
+    look again)."""
 
-    __slots__ = ("arrays", "shape")
+    __slots__ = ("arrays", "gaps", "shape")
 
-    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], gaps: bool | None = None) -> None:
         self.arrays: dict[str, np.ndarray] = dict(arrays)
+        self.gaps = gaps
         first = next(iter(self.arrays.values()), None)
         self.shape: tuple[int, int] = (0 if first is None else first.shape[0], len(self.arrays))
 

@@ -16,7 +16,7 @@ from bnserve.server.grpc.servicers.quality_rpc import quality_response
 from bnserve.server.grpc.streaming import ReadAhead
 from bnserve.server.models.model import Model, TensorSpec
 from bnserve.server.models.servable import Servable
-from bnserve.server.plane.columns import datatype_of, decode_tensors
+from bnserve.server.plane.columns import datatype_of
 from bnserve.server.plane.dataplane import DataPlane
 from bnserve.server.plane.errors import (
     InvalidInput,
@@ -234,11 +234,11 @@ def _batch(request: pb.PredictBatchRequest, model: Model) -> ModelInput:
     if request.columns:
         if request.features or request.raw_features:
             raise InvalidInput("set either columns or features / raw_features, not both")
-        if model.schema is None or not model.mixed:
+        if model.decoder is None:
             raise InvalidInput(
                 f"model {model.name!r} takes features (N × {num_features} float32), not columns"
             )
-        return decode_tensors(model.schema, model.name, [_column(c) for c in request.columns])
+        return model.decoder.decode([_column(c) for c in request.columns])
     if model.mixed:
         raise InvalidInput(
             f"model {model.name!r} takes columns (one Column per model column, ModelInfo lists "
@@ -314,13 +314,14 @@ def _response(
 
 def _column(column: pb.Column) -> TensorIn:
     """A Column as a v2 tensor (texts: BYTES, numbers: FP32) for the column decoder."""
-    if column.texts and column.numbers:
+    texts, numbers = column.texts, column.numbers
+    if texts and numbers:
         raise InvalidInput(f"column {column.name!r}: set numbers or texts, not both")
-    if column.texts:
-        texts = column.texts[:]
-        return TensorIn(column.name, "BYTES", [len(texts)], texts, "texts")
-    numbers = column.numbers[:]
-    return TensorIn(column.name, "FP32", [len(numbers)], numbers, "numbers")
+    if texts:
+        return TensorIn(column.name, "BYTES", [len(texts)], texts[:], "texts")
+    # float32 already (protobuf's repeated float): no per-value checks in the decoder
+    values = np.array(numbers[:], dtype=np.float32)
+    return TensorIn(column.name, "FP32", [len(values)], values, "numbers")
 
 
 def _columns(model: Model) -> list[pb.InputColumn]:

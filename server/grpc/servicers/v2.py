@@ -41,6 +41,8 @@ CONTENTS = {  # the typed contents field of each datatype
     "INT64": "int64_contents",
     "BYTES": "bytes_contents",
 }  # the requested output parameter of the extension
+_RAW_SOURCES = tuple(f"raw_input_contents[{i}]" for i in range(64))  # made once, not per call
+_new_tuple = tuple.__new__
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
@@ -200,16 +202,19 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:
     tensors = request.inputs
     if raw:
-        if len(request.raw_input_contents) != len(tensors) or any(
-            tensor.HasField("contents") for tensor in tensors
-        ):
+        contents = request.raw_input_contents
+        if len(contents) != len(tensors) or any([t.HasField("contents") for t in tensors]):
             raise InvalidInput(
                 "send the input either as raw_input_contents (exactly one entry) or as typed "
                 "contents, not both"
             )
+        sources = _RAW_SOURCES
+        if len(tensors) > len(sources):
+            sources = tuple(f"raw_input_contents[{i}]" for i in range(len(tensors)))
+        # tuple.__new__ as namedtuple's own _make: half the cost of TensorIn(...) per tensor
         return [
-            TensorIn(t.name, t.datatype, t.shape, data, f"raw_input_contents[{i}]")
-            for i, (t, data) in enumerate(zip(tensors, request.raw_input_contents, strict=True))
+            _new_tuple(TensorIn, (t.name, t.datatype, t.shape, data, source))
+            for t, data, source in zip(tensors, contents, sources, strict=False)
         ]
     # [:] makes a list: numpy converts it ~5× faster than the protobuf container itself.
     return [

@@ -357,3 +357,15 @@ def test_bnserve_drift_reads_a_raw_csv_by_column_name(
     assert code == 2
     assert error.startswith("bnserve drift: error: ") and error.count("\n") == 1
     assert "line 6, column 'weight': '3;5' is not a number" in error
+
+
+def test_level_codes_of_known_texts_only(metadata: tuple[str, str]) -> None:
+    """The usual batch (every cell a level or token as written) is coded in one lookup pass;
+    one other cell sends the batch cell by cell, with the same codes for the known ones."""
+    reference = parse_reference(metadata[0], [], schema=metadata[1])
+    assert reference.columns is not None
+    color = reference.columns.categorical[0]
+    known = ["red", "blue", "teal", "?", "", "green"]
+    assert level_codes(np.array(known, dtype=object), color).tolist() == [2, 0, 3, 4, 4, 1]
+    cells = np.array([*known, " red"], dtype=object).reshape(-1, 1)
+    assert level_codes(cells, color).tolist() == [2, 0, 3, 4, 4, 1, 2]
