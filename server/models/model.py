@@ -162,9 +162,12 @@ class Model:
         else:
             self.input_specs = (TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features)),)
         self.input_spec = self.input_specs[0]
-        # Unseen levels and missing cells per column of scored requests (format 2; None: not
-        # counted); build_servable sets it to the metrics' counters.
+        # Unseen levels and missing cells per column of requests (format 2; None: not counted);
+        # build_servable sets it to the metrics' counters.
         self.cell_counter: CellCounter | None = None
+        # Refuse a request holding a level training never saw (--unseen-levels error) instead
+        # of scoring it as `<other>`; build_servable sets it from the settings.
+        self.refuse_unseen = False
         self.output_specs = _output_specs(session, self.output_names)
         # Drift statistics of what predict scores (None: off, or the model has no reference);
         # layer_session is the same graph also returning the hidden pre-activations.
@@ -296,35 +299,57 @@ class Model:
                 f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
             )
 
+    def check_request(self, x: ModelInput) -> None:
+        """`check_features`, then the request's cells (`observe_cells`) when they are counted or
+        unseen levels are refused: the one check of a request's input on every transport."""
+        self.check_features(x)
+        if self.cell_counter is not None or self.refuse_unseen:
+            self.observe_cells(x)
+
     def observe_cells(self, x: ModelInput) -> None:
-        """Count unseen levels and missing cells of checked inputs per column (cell_counter)."""
+        """Count unseen levels and missing cells of checked inputs per column (cell_counter);
+        with `refuse_unseen`, then raise InvalidInput naming the first unseen level's column,
+        value and row. A missing cell ("" or a missing token) is never an unseen level."""
         counter, schema = self.cell_counter, self.schema
-        if counter is None or schema is None:
+        if schema is None:
             return
         if not isinstance(x, Columns):
-            missing = np.isnan(x).sum(axis=0)
-            for index in np.flatnonzero(missing).tolist():
-                counter(self.card.feature_names[index], 0, int(missing[index]))
+            if counter is not None:
+                missing = np.isnan(x).sum(axis=0)
+                for index in np.flatnonzero(missing).tolist():
+                    counter(self.card.feature_names[index], 0, int(missing[index]))
             return
+        first_unseen: tuple[str, int, str] | None = None  # (column, row, value)
         for column in schema.inputs:
             array = x[column.name]
             unseen = 0
             if is_categorical(column):
                 seen, count = self._seen[column.name], 0
-                for text in array.ravel().tolist():
+                for row, text in enumerate(array.ravel().tolist()):
                     if text in seen:
                         continue
                     if text == "" or schema.is_missing(text):
                         count += 1
                     else:
                         unseen += 1
+                        if first_unseen is None:
+                            first_unseen = (column.name, row, text)
                 missing_cells = count
+            elif counter is None:
+                continue
             elif array.shape[0] <= SMALL:
                 missing_cells = sum(1 for value in array.ravel().tolist() if value != value)
             else:
                 missing_cells = int(np.isnan(array).sum())
-            if unseen or missing_cells:
+            if counter is not None and (unseen or missing_cells):
                 counter(column.name, unseen, missing_cells)
+        if first_unseen is not None and self.refuse_unseen:
+            name, row, text = first_unseen
+            raise InvalidInput(
+                f"column {name!r}, row {row}: level {text[:100]!r} was never seen in training; "
+                f"this server refuses unseen levels (--unseen-levels error; ModelInfo lists "
+                f"model {self.name!r}'s levels)"
+            )
 
     def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
         """One example from named values of either kind (None: missing): a mixed model's
