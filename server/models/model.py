@@ -347,8 +347,8 @@ class Model:
             name, row, text = first_unseen
             raise InvalidInput(
                 f"column {name!r}, row {row}: level {text[:100]!r} was never seen in training; "
-                f"this server refuses unseen levels (--unseen-levels error; ModelInfo lists "
-                f"model {self.name!r}'s levels)"
+                "this server refuses unseen levels (--unseen-levels error; ModelInfo lists the "
+                "column's levels)"
             )
 
     def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
