@@ -68,6 +68,7 @@ from bnserve.server.plane.request_ids import request_id as call_id
 from bnserve.server.rest import codec
 from bnserve.server.rest.connections import Connections, Listener, connection_cap
 from bnserve.server.rest.drain import Drain
+from bnserve.server.rest.protocol_log import ProtocolLog
 from bnserve.server.settings import ServerSettings
 from bnserve.server.shutdown import RETRY_AFTER_S, SHUTTING_DOWN
 from bnserve.server.version import installed_version
@@ -237,6 +238,7 @@ class RestTransport:
             runner = self._runner = web.AppRunner(
                 self._app,
                 access_log=None,
+                logger=ProtocolLog(),  # malformed requests: one warning line, no traceback
                 handle_signals=False,
                 shutdown_timeout=self._grace_s,
                 keepalive_timeout=self._keepalive_timeout_s,
