@@ -23,7 +23,7 @@ from pathlib import Path
 
 # Bookkeeping columns (the prefix keeps them apart from a model's own feature names).
 PREFIX = "bnserve."
-ID = PREFIX + "id"  # the caller's request id ("" when it sent none)
+ID = PREFIX + "id"  # the call's request id: the caller's, else one the server made
 ROW = PREFIX + "row"  # the example's index in its call (0 for a single example)
 TIME = PREFIX + "time"  # seconds since the epoch (UTC) the call was scored
 MS = PREFIX + "ms"  # milliseconds the data plane took (validation, queue, run), per call

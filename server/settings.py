@@ -420,6 +420,15 @@ class ServerSettings:
         "The recent window of realized quality: labelled calls scored this long ago at most.",
         _above(0),
     )
+    unseen_levels: str = _setting(
+        "count",
+        "A categorical level the model never saw in training: 'count' scores it as the "
+        "column's <other> level and counts it (bnserve_unseen_levels_total); 'error' refuses "
+        "the call (INVALID_ARGUMENT / HTTP 400 naming the column, the value and the row). A "
+        "missing cell is never unseen.",
+        _one_of("count", "error"),
+        metavar="count|error",
+    )
     # Not settable: env var names this object was read from (for the start-up line).
     from_env: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

@@ -10,7 +10,7 @@ the new ones. A call becomes joinable once its segment is renamed into the store
 --capture-rotate-s after it was scored).
 
 Labels are counted, not refused: `unknown` has no captured call with its (id, row) (never
-seen, not sampled, scored with no id, or trimmed away), `late` arrived more than the feedback
+seen, not sampled, or trimmed away), `late` arrived more than the feedback
 window after its call. The latest label of an (id, row) wins.
 """
 
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 WINDOWS = ("recent", "life")
 LOG_LOSS_FLOOR = 1e-15  # a probability of 0 for the true class costs -log(1e-15) ≈ 34.5
-NO_ID = 0  # the key of a row whose call carried no id: it joins no answer and pairs with nothing
+# The key of a row with an empty id (a store written before the server made ids for id-less
+# calls, server/plane/request_ids.py): it joins no answer and pairs with nothing.
+NO_ID = 0
 
 
 @dataclass
@@ -218,8 +220,8 @@ class QualityJoiner:
     ) -> list[ShadowPair]:
         """Each (served, shadow) pair of versions over the calls both answered."""
         shadow_keys = np.concatenate([calls.keys for calls in shadow])
-        # Calls without an id cannot be told apart: none of them is paired (one id-less call
-        # would otherwise stand for every other, of any version).
+        # Rows with an empty id (older stores) cannot be told apart: none of them is paired
+        # (one would otherwise stand for every other, of any version).
         shadow_keys = shadow_keys[shadow_keys != NO_ID]
         served: dict[int, tuple[_Calls, int]] = {}
         for calls in primary:

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -261,13 +262,34 @@ def stream_csv(
     timeout = settings.timeout_s * max(1.0, len(rows) / 1000)
     table = [prediction_header(info)]
     with tqdm(total=len(rows), unit="ex", disable=not settings.progress, file=sys.stderr) as bar:
-        for response in stub.PredictStream(requests(), timeout=timeout):
-            table.append(prediction_row(int(response.id), response))
-            bar.update(1)
+        try:
+            for response in stub.PredictStream(requests(), timeout=timeout):
+                table.append(prediction_row(int(response.id), response))
+                bar.update(1)
+        except grpc.RpcError as error:
+            refused = _refused_line(error)
+            if refused is None:
+                raise
+            line, reason = refused
+            raise InputError(f"{settings.csv_path} line {line}: {reason}") from None
     write_table(table, settings.out)
     if settings.out is not None:
         print(f"wrote {len(rows)} predictions to {settings.out}", file=sys.stderr)
     return 0
+
+
+# The server names a refused stream message "stream message K (id 'ID'): why"; our ids are the
+# CSV's line numbers (server/grpc/servicers/native.py's PredictStream).
+_REFUSED_MESSAGE = re.compile(r"stream message \d+ \(id '(\d+)'\): (.*)", re.DOTALL)
+
+
+def _refused_line(error: grpc.RpcError) -> tuple[str, str] | None:
+    """(CSV line, the server's reason) of a stream message the server refused as invalid (an
+    unseen level under --unseen-levels error, a value out of range), else None."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    found = _REFUSED_MESSAGE.fullmatch(error.details() or "")
+    return (found[1], found[2]) if found else None
 
 
 def write_table(table: list[list[str]], out: Path | None) -> None:

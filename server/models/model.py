@@ -173,9 +173,12 @@ class Model:
         else:
             self.input_specs = (TensorSpec(INPUT_NAME, "FP32", (-1, self.num_features)),)
         self.input_spec = self.input_specs[0]
-        # Unseen levels and missing cells per column of scored requests (format 2; None: not
-        # counted); build_servable sets it to the metrics' counters.
+        # Unseen levels and missing cells per column of requests (format 2; None: not counted);
+        # build_servable sets it to the metrics' counters.
         self.cell_counter: CellCounter | None = None
+        # Refuse a request holding a level training never saw (--unseen-levels error) instead
+        # of scoring it as `<other>`; build_servable sets it from the settings.
+        self.refuse_unseen = False
         self.output_specs = _output_specs(session, self.output_names)
         # Drift statistics of what predict scores (None: off, or the model has no reference);
         # layer_session is the same graph also returning the hidden pre-activations.
@@ -307,30 +310,55 @@ class Model:
                 f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
             )
 
+    def check_request(self, x: ModelInput) -> None:
+        """`check_features`, then the request's cells (`observe_cells`) when they are counted or
+        unseen levels are refused: the one check of a request's input on every transport."""
+        self.check_features(x)
+        if self.cell_counter is not None or self.refuse_unseen:
+            self.observe_cells(x)
+
     def observe_cells(self, x: ModelInput) -> None:
-        """Count unseen levels and missing cells of checked inputs per column (cell_counter)."""
+        """Count unseen levels and missing cells of checked inputs per column (cell_counter);
+        with `refuse_unseen`, then raise InvalidInput naming the first unseen level's column,
+        value and row. A missing cell ("" or a missing token) is never an unseen level."""
         counter, schema = self.cell_counter, self.schema
-        if counter is None or schema is None:
+        if schema is None:
             return
         if not isinstance(x, Columns):
-            missing = np.isnan(x).sum(axis=0)
-            for index in np.flatnonzero(missing).tolist():
-                counter(self.card.feature_names[index], 0, int(missing[index]))
+            if counter is not None:
+                missing = np.isnan(x).sum(axis=0)
+                for index in np.flatnonzero(missing).tolist():
+                    counter(self.card.feature_names[index], 0, int(missing[index]))
             return
         names, missing_texts = self._numeric_names, self._missing_texts
-        if names and x.gaps is not False:  # one NaN check for every numeric column
+        if counter is not None and names and x.gaps is not False:  # one NaN check for all
             block = np.concatenate([x[name] for name in names], axis=1)
             counts = np.isnan(block).sum(axis=0).tolist()
             for name, count in zip(names, counts, strict=True):
                 if count:
                     counter(name, 0, count)
+        first_unseen: tuple[str, int, str] | None = None  # (column, row, value)
         for name, seen in self._seen.items():
             cells = x[name].ravel().tolist()
             if seen.issuperset(cells):  # the usual request: every level known
                 continue
-            others = [text for text in cells if text not in seen]
-            missing_cells = sum(map(missing_texts.__contains__, others))
-            counter(name, len(others) - missing_cells, missing_cells)
+            unseen_rows = [
+                (row, text)
+                for row, text in enumerate(cells)
+                if text not in seen and text not in missing_texts
+            ]
+            missing_cells = sum(1 for text in cells if text not in seen and text in missing_texts)
+            if counter is not None:
+                counter(name, len(unseen_rows), missing_cells)
+            if unseen_rows and first_unseen is None:
+                first_unseen = (name, *unseen_rows[0])
+        if first_unseen is not None and self.refuse_unseen:
+            name, row, text = first_unseen
+            raise InvalidInput(
+                f"column {name!r}, row {row}: level {text[:100]!r} was never seen in training; "
+                "this server refuses unseen levels (--unseen-levels error; ModelInfo lists the "
+                "column's levels)"
+            )
 
     def columns_from_values(self, values: Mapping[str, float | str | None]) -> ModelInput:
         """One example from named values of either kind (None: missing): a mixed model's

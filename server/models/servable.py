@@ -96,6 +96,7 @@ def build_servable(
         raise ModelLoadError(
             f"model {path}: a run during warm-up or the parity gate failed ({first_line(error)})"
         ) from None
+    model.refuse_unseen = model.mixed and settings.unseen_levels == "error"
     predict: Predict = model.predict
     if metrics is not None:
         predict = metrics.instrument_predict(name, predict)

@@ -124,8 +124,9 @@ class ServerMetrics:
         )
         self.unseen_levels = Counter(
             "bnserve_unseen_levels",
-            "Cells of scored requests whose level the training split never had, by model and "
-            "categorical column (format-2 models; scored as the column's <other> level).",
+            "Cells of requests whose level the training split never had, by model and "
+            "categorical column (format-2 models; scored as the column's <other> level, or the "
+            "request refused with --unseen-levels error).",
             ["model", "column"],
             registry=self.registry,
         )

@@ -158,7 +158,7 @@ class DataPlane:
 
         timeout_s: seconds left of the caller's deadline (None: none). batchable=False keeps
         single examples out of the dynamic batcher (a stream scores its messages in order).
-        checked: x already passed `servable.model.check_features` (a stream checks each message
+        checked: x already passed `servable.model.check_request` (a stream checks each message
         to name the bad one). request_id: the call's id (its rows are numbered 0..N-1 in the
         store), or one id per row (a stream's messages). Answers in
         `servable.model.output_names` order, N rows each.
@@ -168,9 +168,7 @@ class DataPlane:
         try:
             model = servable.model
             if not checked:
-                model.check_features(x)
-            if model.cell_counter is not None:
-                model.observe_cells(x)
+                model.check_request(x)
             checked_at = _now()
             with self.limiter:
                 admitted = _now()

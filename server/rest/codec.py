@@ -185,10 +185,12 @@ def infer_response(
         else:
             entry["data"] = output.array.ravel().tolist()
         tensors.append(entry)
-    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-    if request.id:
-        header["id"] = request.id
-    header["outputs"] = tensors
+    header: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "id": request.id,  # the caller's, or the one the transport made
+        "outputs": tensors,
+    }
     encoded = _dumps(header).encode()
     if not chunks:
         return encoded, None

@@ -64,9 +64,11 @@ from bnserve.server.plane.errors import (
     Status,
     status_for,
 )
+from bnserve.server.plane.request_ids import request_id as call_id
 from bnserve.server.rest import codec
 from bnserve.server.rest.connections import Connections, Listener, connection_cap
 from bnserve.server.rest.drain import Drain
+from bnserve.server.rest.protocol_log import ProtocolLog
 from bnserve.server.settings import ServerSettings
 from bnserve.server.shutdown import RETRY_AFTER_S, SHUTTING_DOWN
 from bnserve.server.version import installed_version
@@ -80,6 +82,11 @@ DENIED = (
 JSON = "application/json"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # probes send no token
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+# An infer call's id in and out (server/plane/request_ids.py): the body's "id" wins over the
+# request header; the answer carries the id in its JSON and, when it is printable ASCII (always
+# for a made id or a header's), in this header.
+REQUEST_ID = "X-Request-Id"
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]{1,1024}")
 STATUS = web.ResponseKey("status", Status)  # the answer's status on both transports
 Result = TypeVar("Result")
 
@@ -231,6 +238,7 @@ class RestTransport:
             runner = self._runner = web.AppRunner(
                 self._app,
                 access_log=None,
+                logger=ProtocolLog(),  # malformed requests: one warning line, no traceback
                 handle_signals=False,
                 shutdown_timeout=self._grace_s,
                 keepalive_timeout=self._keepalive_timeout_s,
@@ -546,10 +554,11 @@ class RestTransport:
         servable = self._plane.find(name, version)
         body = await self._read_body(request)
         decoded = codec.InferRequest(body, request.headers.get(codec.HEADER_LENGTH))
+        # The body's id, else an X-Request-Id header's (a proxy's), else a fresh one.
+        request_id = decoded.id = call_id(decoded.id or request.headers.get(REQUEST_ID, ""))
         if call is not None:
-            call.id = str(decoded.id)
+            call.id = request_id
         plane = self._plane
-        request_id = str(decoded.id)
         if servable.batcher is None:
             outputs = plane.infer(
                 servable, decoded.inputs, decoded.outputs, decoded.timeout_s, request_id
@@ -575,6 +584,8 @@ class RestTransport:
                 content_type="application/octet-stream",
                 headers={codec.HEADER_LENGTH: str(header_length)},
             )
+        if _HEADER_SAFE.fullmatch(request_id):
+            response.headers[REQUEST_ID] = request_id
         response[STATUS] = OK
         return response
 

@@ -70,6 +70,7 @@ def test_the_readme_curl_request_gets_the_answer_it_shows(tmp_path: Path) -> Non
         assert response.status == 200, answer
     finally:
         assert server.stop() == 0
+    assert re.fullmatch("[0-9a-f]{32}", answer["id"]) and answer["id"] != shown["id"]
     outputs = {output["name"]: output for output in answer["outputs"]}
     shown_outputs = {output["name"]: output for output in shown["outputs"]}
     assert outputs["label"]["data"] == shown_outputs["label"]["data"] == [0, 2]

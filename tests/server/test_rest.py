@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -573,3 +574,24 @@ def test_model_control_load_rescans_behind_a_token(tmp_path: Path) -> None:
             assert closed.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop(0)
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_warning_line_no_traceback(
+    rest: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DEL in a header value (found by test_rest_fuzz.py's slow run): 400, one throttled
+    warning line naming the peer and the reason, never ERROR or a traceback."""
+    request = (
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nX-Request-Id: \x7f\xca\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    with caplog.at_level("DEBUG"):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", rest.http_port), timeout=10) as sock:
+                sock.sendall(request)
+                answer = sock.recv(65536)
+            assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+        wait_until(lambda: any("malformed HTTP" in r.getMessage() for r in caplog.records), "log")
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    (line,) = [r.getMessage() for r in caplog.records if "malformed HTTP" in r.getMessage()]
+    assert line.startswith("malformed HTTP request from 127.0.0.1 answered 400: Invalid header")

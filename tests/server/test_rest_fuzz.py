@@ -1,7 +1,8 @@
 """The HTTP/REST transport under bad input, as test_fuzz.py does for gRPC: hypothesis sends every
 route random and mutated requests over raw sockets (methods, paths, headers, JSON, Triton's
-binary tensors, bodies cut short of their Content-Length); no answer is a 500, no traceback
-reaches the log, and health answers throughout. The soak (slow) checks memory stays flat.
+binary tensors, feedback bodies, X-Request-Id headers, bodies cut short of their
+Content-Length); no answer is a 500, no traceback reaches the log, and health answers
+throughout. The soak (slow) checks memory stays flat.
 
 The normal suite sends 300 requests; `-m slow` sends 10,000, then the soak.
 """
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.model_builder import NUM_FEATURES, ModelFiles
+from tests.support.model_builder import CLASS_NAMES, NUM_FEATURES, ModelFiles
 from tests.support.server_process import ServerProcess, free_port
 
 SHORT_EXAMPLES = 300
@@ -38,6 +39,7 @@ _BINARY_HEADER = json.dumps(
      "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}
 ).encode()  # fmt: skip
 VALID_BINARY = _BINARY_HEADER + FEATURES.tobytes()
+VALID_FEEDBACK = json.dumps({"answers": [{"id": "a", "row": 0, "label": CLASS_NAMES[1]}]}).encode()
 ROUTES = [
     ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2"),
     ("GET", "/v2/models/stats"), ("POST", "/v2/repository/index"),
@@ -47,7 +49,11 @@ ROUTES = [
     ("GET", "/v2/models/iris/drift"), ("POST", "/v2/models/iris/infer"),
     ("GET", "/v2/models/iris/versions/1"), ("POST", "/v2/models/iris/versions/1/infer"),
     ("POST", "/v2/models/nope/infer"), ("GET", "/v2/models/iris/versions/9/ready"),
+    ("POST", "/v2/models/iris/feedback"), ("GET", "/v2/models/iris/quality"),
 ]  # fmt: skip
+# An X-Request-Id header's value: any latin-1 text a client could send (the answer's header
+# carries only printable ASCII).
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
 PRINTABLE = st.characters(min_codepoint=33, max_codepoint=126)
 TOKEN = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz-ABCXYZ019"), min_size=1, max_size=20)
 
@@ -89,9 +95,10 @@ def requests(draw: st.DrawFn) -> tuple[bytes, bool]:
         path = draw(mutated(path.encode())).decode("latin-1")
         path = "/" + "".join(c for c in path if 32 < ord(c) < 127)
     binary = draw(st.booleans())
+    feedback = path.endswith("/feedback")
     body = draw(
-        st.sampled_from([VALID_JSON, VALID_BINARY, b""])
-        | mutated(VALID_BINARY if binary else VALID_JSON)
+        st.sampled_from([VALID_JSON, VALID_BINARY, VALID_FEEDBACK, b""])
+        | mutated(VALID_BINARY if binary else VALID_FEEDBACK if feedback else VALID_JSON)
         | JSON_VALUES.map(lambda value: json.dumps(value).encode())
         | st.binary(max_size=200)
     )
@@ -106,6 +113,8 @@ def requests(draw: st.DrawFn) -> tuple[bytes, bool]:
             st.sampled_from([str(len(_BINARY_HEADER)), "0", "-1", "99999999999", "abc"])
             | st.integers(-10, len(body) + 10).map(str)
         )
+    if draw(st.integers(0, 3)) == 0:
+        headers["X-Request-Id"] = draw(HEADER_TEXT)
     for name, value in draw(
         st.dictionaries(TOKEN, st.text(PRINTABLE, max_size=40), max_size=4)
     ).items():
@@ -149,11 +158,15 @@ def _live(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def rest_server(test_models: ModelFiles) -> Iterator[ServerProcess]:
+def rest_server(
+    test_models: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     http_port = free_port()
+    capture = tmp_path_factory.mktemp("rest-fuzz") / "capture"  # feedback and quality do work
     server = ServerProcess(
         ["--model", str(test_models.classification), "--name", "iris",
-         "--http-port", str(http_port), "--request-timeout-s", str(BODY_TIMEOUT_S)]
+         "--http-port", str(http_port), "--request-timeout-s", str(BODY_TIMEOUT_S),
+         "--capture-dir", str(capture)]
     )  # fmt: skip
     server.wait_ready()
     server.http_port = http_port

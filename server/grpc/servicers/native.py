@@ -25,6 +25,7 @@ from bnserve.server.plane.errors import (
     translate_stream_errors,
 )
 from bnserve.server.plane.inputs import ModelInput, TensorIn, concatenate
+from bnserve.server.plane.request_ids import request_id
 from bnserve.server.version import installed_version
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
@@ -45,8 +46,9 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
     ) -> pb.PredictResponse:
         servable = self._plane.find(request.model_name, request.model_version)
         x = _example(request, servable.model)
-        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
-        return _response(servable.model, outputs, request.id)
+        call_id = request_id(request.id)
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=call_id)
+        return _response(servable.model, outputs, call_id)
 
     @translate_errors
     def PredictBatch(
@@ -55,12 +57,13 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         servable = self._plane.find(request.model_name, request.model_version)
         model = servable.model
         x = _batch(request, model)
-        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=request.id)
+        call_id = request_id(request.id)
+        outputs = self._plane.score(servable, x, context.time_remaining(), request_id=call_id)
         response = pb.PredictBatchResponse(
             model_name=model.name,
             model_version=model.version,
             num_examples=x.shape[0],
-            id=request.id,
+            id=call_id,
         )
         if request.raw_features:
             _fill_raw_batch(response, model, outputs)
@@ -89,7 +92,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             try:
                 servable = self._plane.find(request.model_name, request.model_version)
                 row = _example(request, servable.model)
-                servable.model.check_features(row)
+                servable.model.check_request(row)
             except ServingError as error:
                 if group_servable is not None:
                     yield from self._answer_group(group_servable, group, rows, context)
@@ -114,17 +117,18 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.PredictResponse]:
         x = concatenate(rows)
-        # Each message passed check_features in _answer_chunk, which names the bad one.
+        # Each message passed the plane's check in _answer_chunk, which names the bad one.
+        ids = [request_id(request.id) for request in requests]
         outputs = self._plane.score(
             servable,
             x,
             context.time_remaining(),
             batchable=False,
             checked=True,
-            request_id=[request.id for request in requests],
+            request_id=ids,
         )
-        for row, request in enumerate(requests):
-            yield _response(servable.model, outputs, request.id, row)
+        for row, call_id in enumerate(ids):
+            yield _response(servable.model, outputs, call_id, row)
 
     @translate_errors
     def ModelInfo(

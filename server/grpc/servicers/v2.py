@@ -30,6 +30,7 @@ from bnserve.server.plane.errors import (
     translate_errors,
     translate_stream_errors,
 )
+from bnserve.server.plane.request_ids import request_id
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
 from bnserve.server.version import installed_version
 
@@ -123,15 +124,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         servable = self._plane.find(request.model_name, request.model_version)
         model = servable.model
         raw = bool(request.raw_input_contents)
+        call_id = request_id(request.id)
         outputs = self._plane.infer(
             servable,
             _inputs(request, raw),
             _requested(request),
             context.time_remaining(),
-            request.id,
+            call_id,
         )
         response = pb.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id
+            model_name=model.name, model_version=model.version, id=call_id
         )
         for output in outputs:
             _add_output(response, output, raw)

@@ -7,6 +7,7 @@ promotion and a rollback under a caller that never stops. Every figure is numpy'
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bnserve import capture_store as store
 from bnserve.atomic import write_bytes
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as pb
 from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2_grpc
@@ -210,13 +212,34 @@ def test_the_whole_loop(tmp_path: Path) -> None:
         assert errors == []
         runs = [v for i, v in enumerate(answered) if i == 0 or answered[i - 1] != v]
         assert runs == ["1", "2", "1"], "one switch each way, every call answered"
-        # The caller's calls carried no id: they join nothing and pair with nothing (one id-less
-        # call would otherwise stand for every other, of any version). A last round with ids
-        # shows the join has read everything written before it.
+        # The caller's calls carried no id: each got one the server made, so they pair too,
+        # both ways ("2" served with "1" its shadow between the promotion and the rollback). A
+        # last round with ids shows the join has read everything written before it: every
+        # shadow row in the store is paired.
         np.testing.assert_allclose(_send(stub, x[:20], "c"), p1[:20], atol=1e-5)
-        wait_until(lambda: [(s.primary_version, s.shadow_version, s.calls)
-                            for s in quality().shadows] == [("1", "2", len(x) + 20)],
-                   "only the calls with ids paired", timeout_s=30)  # fmt: skip
+
+        def every_shadow_row_paired() -> bool:
+            rows = [
+                row
+                for path in store.finished_files(tmp_path / "capture", store.SHADOW_CALLS)
+                for row in store.read_file(path)[1]
+            ]
+            pairs = {(s.primary_version, s.shadow_version): s.calls for s in quality().shadows}
+            return (
+                {"c0", "c1"} <= {row[0] for row in rows}
+                and set(pairs) == {("1", "2"), ("2", "1")}
+                and sum(pairs.values()) == len(rows)
+            )
+
+        wait_until(every_shadow_row_paired, "id-less calls paired by their made ids", timeout_s=30)
+        made = [
+            row[0]
+            for path in store.finished_files(tmp_path / "capture" / "digits", store.CALLS)
+            for row in store.read_file(path)[1]
+            if not re.fullmatch(r"[abc]\d+", row[0])
+        ]
+        assert made and all(re.fullmatch("[0-9a-f]{32}", i) for i in made)
+        assert len(set(made)) == len(made), "every id-less call got its own id"
         channel.close()
     finally:
         assert server.stop() == 0
