@@ -269,6 +269,11 @@ def _load_member(path: Path) -> Run:
             f"{path}: its target is transformed ({transform_of(run.meta)}): an ensemble averages "
             "the members' last layers, so its members must answer in the target's units without one"
         )
+    if "input.clip" in run.params:  # the shared first Gemm reads x; a clip cannot fold into it
+        raise ExportError(
+            f"{path}: its inputs are robust-scaled and clipped (--input-scaling robust), which "
+            "does not fold into the members' shared first Gemm; ensemble standard-scaled runs"
+        )
     return run
 
 
