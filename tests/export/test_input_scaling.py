@@ -14,6 +14,7 @@ import onnxruntime
 import pytest
 from onnx import numpy_helper
 
+from bnserve.export.adapt_cli import main as adapt_main
 from bnserve.export.cli import main as export_main
 from bnserve.export.exporter import build_model, run_schema
 from bnserve.export.metadata import read_metadata
@@ -173,3 +174,13 @@ def test_a_mixed_table_fills_then_scales_and_clips_in_the_graph(tmp_path):
     last = len(records) - 1
     alone = score_feeds(session, feeds_of(schema, far.take(np.array([3]))))
     np.testing.assert_array_equal(alone["probabilities"], got["probabilities"][last : last + 1])
+
+
+def test_adapt_refuses_a_robust_model_in_one_line(numbers_model, tmp_path, capsys):
+    data = tmp_path / "recent.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(50, 4)))
+    out = tmp_path / "a.onnx"
+    code = adapt_main([str(numbers_model), "--data", str(data), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1, error
+    assert error.startswith("bnserve adapt: error:") and not out.exists()
