@@ -243,9 +243,7 @@ class ColumnFront:
         if not np.all(np.isnan(fills)):
             isnan = builder.node("IsNaN", [x], "input.isnan", "input.isnan")
             fill = builder.constant("input.fill_centred", np.nan_to_num(fills, nan=0.0) - centre)
-            centred = builder.node(
-                "Where", [isnan, fill, centred], "input.filled", "input.where"
-            )
+            centred = builder.node("Where", [isnan, fill, centred], "input.filled", "input.where")
         u = builder.node(
             "Div", [centred, builder.constant("input.scale", scale)], "input.u", "input.div"
         )

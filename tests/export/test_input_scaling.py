@@ -81,7 +81,8 @@ def test_the_graph_scales_and_clips_before_the_first_gemm_and_has_no_batch_norm(
 @pytest.mark.parametrize("unfolded", [False, True])
 def test_the_graph_equals_the_numpy_path_with_far_outliers(numbers_run, tmp_path, unfolded):
     out = tmp_path / "m.onnx"
-    assert export_main([str(numbers_run.path), "--out", str(out), *(["--unfolded"] * unfolded)]) == 0
+    flags = ["--unfolded"] if unfolded else []
+    assert export_main([str(numbers_run.path), "--out", str(out), *flags]) == 0
     session = onnxruntime.InferenceSession(str(out))
     x = _rows_with_outliers(numbers_run)
     probabilities = session.run(["probabilities"], {"x": x})[0]
@@ -114,9 +115,7 @@ def test_the_drift_reference_holds_the_training_mean_and_std_not_the_median(numb
 def test_a_robust_model_is_served_and_answers_as_the_numpy_path(numbers_run, numbers_model):
     served = Model.load(numbers_model, "robust", "1", SessionThreads(1, 1))
     served.check_parity()  # the server's parity gate on the file's reference rows
-    server = start_server(
-        ServerSettings(workers=4, max_inflight=2), {"robust": numbers_model}
-    )
+    server = start_server(ServerSettings(workers=4, max_inflight=2), {"robust": numbers_model})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = predictor_pb2_grpc.PredictorStub(channel)
