@@ -127,13 +127,37 @@ def test_a_robust_model_is_served_and_answers_as_the_numpy_path(numbers_run, num
     np.testing.assert_allclose(answer.probabilities, expected, atol=1e-5)
 
 
-def test_an_ensemble_with_a_robust_member_is_refused_in_one_line(numbers_run, tmp_path, capsys):
+def test_an_ensemble_of_runs_with_one_robust_scaling_shares_one_clip(numbers_run, tmp_path):
+    other = tmp_path / "other"  # another seed, the same split: the same median and scale
+    config = numbers_run.config.replace(seed=1, split_seed=0, hidden=(8,))
+    train(config, other, progress=False, plot=False)
+    out = tmp_path / "e.onnx"
+    assert export_main([str(numbers_run.path), str(other), "--out", str(out)]) == 0
+    ops = [node.op_type for node in onnx.load(str(out)).graph.node]
+    assert ops[: len(CLIP_OPS) + 1] == [*CLIP_OPS, "Gemm"] and ops.count("Sqrt") == 1
+    x = _rows_with_outliers(numbers_run)
+    runs = [numbers_run, load_run(other)]
+    expected = np.mean([predict(r.params, r.meta, x.astype(np.float64)) for r in runs], axis=0)
+    got = onnxruntime.InferenceSession(str(out)).run(["probabilities"], {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"input_scaling": "standard"}, "its input scaling differs from"),
+        ({"split_seed": 5}, "its robust scaling (median, quartile scale) differs from"),
+    ],
+)
+def test_an_ensemble_mixing_scalings_is_refused_in_one_line(
+    numbers_run, tmp_path, capsys, changes, fragment
+):
     other = tmp_path / "other"
-    train(numbers_run.config.replace(seed=1, epochs=1), other, progress=False, plot=False)
-    code = export_main([str(other), str(numbers_run.path), "--out", str(tmp_path / "e.onnx")])
+    train(numbers_run.config.replace(epochs=1, **changes), other, progress=False, plot=False)
+    code = export_main([str(numbers_run.path), str(other), "--out", str(tmp_path / "e.onnx")])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1, error
-    assert "robust-scaled and clipped" in error[0] and error[0].startswith("bnserve export: error:")
+    assert error[0].startswith("bnserve export: error:") and fragment in error[0]
     assert not (tmp_path / "e.onnx").exists()
 
 
