@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bnserve.training.cli import main
 from bnserve.training.config import TrainConfig
 from bnserve.training.data import batches
 from bnserve.training.inference import predict
@@ -126,3 +127,17 @@ def test_the_default_is_standard_and_leaves_no_clip(tmp_path):
     np.testing.assert_array_equal(prepared.input_mean, x[prepared.split.train].mean(axis=0))
     with pytest.raises(ValueError, match="input_scaling"):
         TrainConfig(input_scaling="quantile")
+
+
+def test_the_flag_trains_a_robust_run_and_a_bad_value_is_one_line(tmp_path, capsys):
+    path, _ = _table(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--data", str(path), "--input-scaling", "robust", "--epochs", "1", "--hidden", "4"]
+    assert main([*argv, "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    assert "input.clip" in load_run(out).params
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(path), "--input-scaling", "quantile", "--out", str(tmp_path / "q")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("bnserve train: error: argument --input-scaling: invalid choice")
