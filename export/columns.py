@@ -28,8 +28,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from bnserve.export.errors import ExportError
-from bnserve.export.fold import AffineLayer
-from bnserve.export.graph import BATCH_DIM, GraphBuilder
+from bnserve.export.fold import AffineLayer, InputClip
+from bnserve.export.graph import BATCH_DIM, GraphBuilder, add_smooth_clip
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 from bnserve.server.modelfile.schema import CATEGORICAL, NUMERIC, SCHEMA_FORMAT
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
@@ -107,8 +107,9 @@ def design_offsets(schema: TableSchema) -> list[tuple[ColumnSchema, int]]:
 class ColumnFront:
     """graph.Front for a run with a schema: raw columns (or x with gaps) in, z of layer 1 out."""
 
-    def __init__(self, schema: TableSchema) -> None:
+    def __init__(self, schema: TableSchema, input_clip: InputClip | None = None) -> None:
         self.schema = schema
+        self.input_clip = input_clip  # robust scaling: the numeric values scaled and clipped
         self.mixed = is_mixed(schema)
         self.tokens = missing_tokens(schema)
         if self.mixed:
@@ -184,7 +185,9 @@ class ColumnFront:
         fills = np.array([np.nan if c.fill is None else c.fill for c, _ in numeric])
         rows = weight[[offset for _, offset in numeric]]
         filled, isnan = x, ""
-        if not np.all(np.isnan(fills)):
+        if self.input_clip is not None:
+            filled, isnan = self._robust(builder, x, fills, [offset for _, offset in numeric])
+        elif not np.all(np.isnan(fills)):
             # x − m, then 0 where missing: with m the fill (the training mean, which is also
             # the standardization's mean), a value far from 0 with a small spread (a year)
             # keeps its float32 precision instead of cancelling against a large bias.
@@ -224,6 +227,27 @@ class ColumnFront:
                 )
             )
         return parts
+
+    def _robust(
+        self, builder: GraphBuilder, x: str, fills: np.ndarray, offsets: list[int]
+    ) -> tuple[str, str]:
+        """The numeric values [N, Fn] filled, robust-scaled and clipped (training/scaling.py),
+        and the IsNaN tensor ("" when no column had gaps): Sub(median), Where(missing: fill −
+        median), Div(scale), then the smooth clip. Returns (clipped, isnan)."""
+        assert self.input_clip is not None
+        centre, scale = self.input_clip.centre[offsets], self.input_clip.scale[offsets]
+        centred = builder.node(
+            "Sub", [x, builder.constant("input.centre", centre)], "input.centred", "input.sub"
+        )
+        isnan = ""
+        if not np.all(np.isnan(fills)):
+            isnan = builder.node("IsNaN", [x], "input.isnan", "input.isnan")
+            fill = builder.constant("input.fill_centred", np.nan_to_num(fills, nan=0.0) - centre)
+            centred = builder.node("Where", [isnan, fill, centred], "input.filled", "input.where")
+        u = builder.node(
+            "Div", [centred, builder.constant("input.scale", scale)], "input.u", "input.div"
+        )
+        return add_smooth_clip(builder, u, np.ones(len(offsets), dtype=bool)), isnan
 
     def categorical_part(
         self,

@@ -26,6 +26,7 @@ from bnserve.training.data.schema import MISSING, TableSchema
 from bnserve.training.errors import DataError
 from bnserve.training.model import layer_names
 from bnserve.training.rundir import Run
+from bnserve.training.scaling import robust_statistics
 
 DECILES = np.linspace(0.1, 0.9, 9)
 
@@ -59,7 +60,10 @@ def training_rows(run: Run) -> TrainingRows:
     except DataError as error:
         return _heldout(run, f"training data not readable ({error})")
     x_train = dataset.x[split.train]
-    mean, std = fit_standardization(x_train)
+    if "input.clip" in run.params:  # robust scaling: its median and quantile scale
+        mean, std = robust_statistics(x_train)
+    else:
+        mean, std = fit_standardization(x_train)
     same_shape = mean.shape == run.params["input.mean"].shape
     if not same_shape or not (
         np.allclose(mean, run.params["input.mean"], rtol=1e-6, atol=1e-6)
@@ -131,12 +135,17 @@ def drift_metadata(
     hidden_count: int,
     preactivation_name: str,
 ) -> dict[str, Any]:
-    """The `bnserve.drift` object (docs/contracts.md)."""
+    """The `bnserve.drift` object (docs/contracts.md). Its features' mean and std are the
+    standardization the fold baked in; with robust scaling (input.clip: its median and scale
+    are no mean and std) the rows' own, which is what the drift monitor compares with."""
+    mean, std = params["input.mean"], params["input.std"]
+    if "input.clip" in params:
+        mean, std = fit_standardization(rows.x)
     return {
         "format": DRIFT_FORMAT,
         "source": rows.source,
         "rows": int(rows.x.shape[0]),
-        "features": feature_distribution(rows.x, params["input.mean"], params["input.std"]),
+        "features": feature_distribution(rows.x, mean, std),
         "layers": layer_statistics(params, hidden_count, preactivation_name),
     }
 

@@ -117,6 +117,7 @@ def export_ensemble(settings: EnsembleSettings) -> EnsembleReport:
     schemas = [run_schema(run.path) for run in runs]
     specs = [checked_spec(run) for run in runs]  # meta, config and parameters, each run's
     check_compatible(runs, schemas)
+    check_same_scaling(runs, schemas)
     member_schemas = [schema for schema in schemas if schema is not None]  # all, or none
     probe = _Probe.of(runs, member_schemas)
     networks: list[FoldedNetwork] = []
@@ -270,6 +271,38 @@ def _load_member(path: Path) -> Run:
             "the members' last layers, so its members must answer in the target's units without one"
         )
     return run
+
+
+def check_same_scaling(runs: Sequence[Run], schemas: Sequence[TableSchema | None]) -> None:
+    """Robust scaling's clip (--input-scaling robust) sits before the members' one first Gemm,
+    so members must all be standard-scaled, or all robust with the same median, scale and clip
+    (runs of one training split) on a table of numbers; ExportError names the first that is not.
+    """
+    first = runs[0]
+    robust = "input.clip" in first.params
+    for run in runs:
+        if ("input.clip" in run.params) != robust:
+            raise ExportError(
+                f"{run.path}: its input scaling differs from {first.path}'s (robust and clipped, "
+                "or standard); ensemble members share their first layer's input, so one scaling"
+            )
+        if not robust:
+            continue
+        if schemas[0] is not None:
+            raise ExportError(
+                f"{run.path}: robust-scaled members trained on raw columns (schema.json) cannot "
+                "share one front yet; ensemble standard-scaled runs of this table"
+            )
+        same = all(
+            np.array_equal(run.params[key], first.params[key])
+            for key in ("input.mean", "input.std", "input.clip")
+        )
+        if not same:
+            raise ExportError(
+                f"{run.path}: its robust scaling (median, quartile scale) differs from "
+                f"{first.path}'s (other training rows, e.g. another fold); the clip before the "
+                "members' one first Gemm needs the same one"
+            )
 
 
 def check_compatible(runs: Sequence[Run], schemas: Sequence[TableSchema | None]) -> None:

@@ -35,6 +35,7 @@ from bnserve.export.graph import (
     Front,
     GraphBuilder,
     activation_attributes,
+    add_input_scaling,
     finish_model,
 )
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
@@ -158,15 +159,20 @@ def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list
 
 def _first_layer(builder: _FrontedBuilder, members: Sequence[FoldedNetwork], name: str) -> str:
     """Every member's first layer side by side [N, Σ H₁]: one Gemm on x, W' concatenated along
-    the output axis; or the front over raw columns with the merged first layer."""
+    the output axis (after the members' one robust scaling and clip, when they have one); or
+    the front over raw columns with the merged first layer."""
     if builder.front is not None and builder.front_layer is not None:
         return builder.front.first_layer(builder, builder.front_layer, name)
     weight = np.concatenate([member.layers[0].weight for member in members], axis=1)
     bias = np.concatenate([member.layers[0].bias for member in members])
+    x = INPUT_NAME
+    scaling = members[0].input_clip  # robust scaling: the members share it (export/ensemble.py)
+    if scaling is not None:
+        x = add_input_scaling(builder, x, scaling)
     return builder.node(
         "Gemm",
         [
-            INPUT_NAME,
+            x,
             builder.constant("first.weight", weight),
             builder.constant("first.bias", bias),
         ],

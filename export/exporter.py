@@ -242,7 +242,8 @@ def build_model(
     if unfolded:
         model = build_unfolded_model(params, spec)
     elif schema is not None and needs_front(schema):
-        model = build_folded_model(fold_params(params, spec), front=ColumnFront(schema))
+        network = fold_params(params, spec)
+        model = build_folded_model(network, front=ColumnFront(schema, network.input_clip))
     else:
         model = build_folded_model(fold_params(params, spec))
     if spec.task == "classification":

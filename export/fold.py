@@ -32,13 +32,24 @@ class AffineLayer:
 
 
 @dataclass(frozen=True)
+class InputClip:
+    """Robust scaling the graph applies before its first layer (training/scaling.py):
+    u = (x − centre)/scale, then u/√(1 + (u/3)²) on the inputs where clip is set. (F,) each."""
+
+    centre: np.ndarray  # float64
+    scale: np.ndarray  # float64, > 0
+    clip: np.ndarray  # bool
+
+
+@dataclass(frozen=True)
 class FoldedNetwork:
     """An MLP of plain affine layers: `activation` after every layer but the last.
 
     The last layer gives logits (classification: softmax follows) or y in target units
     (regression: nothing follows), or with target_transform "log" t = log(1 + y), which the
     graph turns into y = exp(t) − 1 (training/target_transform.py). Inputs are raw,
-    unstandardized features.
+    unstandardized features; with input_clip (robust scaling) the first layer reads them scaled
+    and clipped (the clip is not affine, so only what follows it folds).
     """
 
     layers: tuple[AffineLayer, ...]
@@ -46,6 +57,7 @@ class FoldedNetwork:
     task: str
     leaky_relu_alpha: float = LEAKY_RELU_ALPHA  # leaky_relu only: the slope where z < 0
     target_transform: str = "none"  # regression: "none" or "log"
+    input_clip: InputClip | None = None
 
 
 @dataclass(frozen=True)
@@ -188,13 +200,20 @@ def fold_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> FoldedNe
         )
     layers.append(LinearLayer(weight=p["output.W"], bias=p["output.b"]))
     regression = spec.task == "regression"
+    input_clip = None
+    input_mean, input_std = p["input.mean"], p["input.std"]
+    if "input.clip" in p:  # robust: the graph scales and clips, the first layer reads that
+        input_clip = InputClip(input_mean, input_std, p["input.clip"] > 0.5)
+        input_mean, input_std = np.zeros_like(input_mean), np.ones_like(input_std)
     folded = fold_layers(
         layers,
-        input_mean=p["input.mean"],
-        input_std=p["input.std"],
+        input_mean=input_mean,
+        input_std=input_std,
         activation=spec.activation,
         task=spec.task,
         target_mean=p["target.mean"] if regression else None,
         target_std=p["target.std"] if regression else None,
     )
-    return dataclasses.replace(folded, target_transform=spec.target_transform)
+    return dataclasses.replace(
+        folded, target_transform=spec.target_transform, input_clip=input_clip
+    )

@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnserve.export.fold import AffineLayer, FoldedNetwork
+from bnserve.export.fold import AffineLayer, FoldedNetwork, InputClip
 from bnserve.export.network import NetworkSpec
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 from bnserve.training.model import BATCHNORM_ARRAYS, layer_names
+from bnserve.training.scaling import CLIP_BOUND
 
 OPSET = 17
 # IR 8 is what opset 17 was released with; onnxruntime ≥ 1.20 loads it (onnx 1.20 would
@@ -105,6 +106,33 @@ def _add_target_inverse(builder: GraphBuilder, transformed: str, transform: str)
     builder.node("Sub", [exp, one], OUTPUT_NAMES["regression"][0], "target.expm1")
 
 
+def add_smooth_clip(builder: GraphBuilder, u: str, clip: np.ndarray) -> str:
+    """u / √(1 + (u/3)²) (training/scaling.py) where clip (F,) bool is set, u elsewhere:
+    Div, Mul, Add, Sqrt, Div (and a Where when only some inputs are clipped)."""
+    q = builder.node("Div", [u, builder.constant("input.clip_bound", np.array([CLIP_BOUND]))],
+                     "input.q", "input.clip_q")  # fmt: skip
+    squared = builder.node("Mul", [q, q], "input.q2", "input.clip_square")
+    one = builder.constant("input.clip_one", np.ones(1))
+    shifted = builder.node("Add", [squared, one], "input.q2_1", "input.clip_add")
+    root = builder.node("Sqrt", [shifted], "input.clip_root", "input.clip_sqrt")
+    if np.all(clip):
+        return builder.node("Div", [u, root], "input.clipped", "input.clip_div")
+    clipped = builder.node("Div", [u, root], "input.clipped_all", "input.clip_div")
+    mask = builder.tensor("input.clip_mask", np.asarray(clip, dtype=bool))
+    return builder.node("Where", [mask, clipped, u], "input.clipped", "input.clip_where")
+
+
+def add_input_scaling(builder: GraphBuilder, x: str, scaling: InputClip) -> str:
+    """Robust scaling of raw x [N, F]: Sub(centre), Div(scale), then add_smooth_clip."""
+    centred = builder.node(
+        "Sub", [x, builder.constant("input.centre", scaling.centre)], "input.centred", "input.sub"
+    )
+    u = builder.node(
+        "Div", [centred, builder.constant("input.scale", scaling.scale)], "input.u", "input.div"
+    )
+    return add_smooth_clip(builder, u, scaling.clip)
+
+
 def _regression_output_name(transform: str) -> str:
     """What the last affine step writes: y itself, or t(y) when an inverse follows."""
     return OUTPUT_NAMES["regression"][0] if transform == "none" else TRANSFORMED_TARGET
@@ -180,6 +208,8 @@ def build_folded_model(
     builder = GraphBuilder()
     activation_op = ACTIVATION_OPS[network.activation]
     a = INPUT_NAME
+    if network.input_clip is not None and front is None:  # a front scales its own inputs
+        a = add_input_scaling(builder, a, network.input_clip)
     last = len(network.layers) - 1
     for index, layer in enumerate(network.layers):
         prefix = "output" if index == last else f"hidden{index + 1}"
@@ -235,6 +265,8 @@ def build_unfolded_model(params: Mapping[str, np.ndarray], spec: NetworkSpec) ->
     a = builder.node(
         "Div", [centred, builder.constant("input.std", params["input.std"])], "input.z", "input.div"
     )
+    if "input.clip" in params:  # robust scaling (training/scaling.py)
+        a = add_smooth_clip(builder, a, params["input.clip"] > 0.5)
     for prefix in layer_names(len(spec.hidden_sizes))[:-1]:
         weight = builder.constant(f"{prefix}.W", params[f"{prefix}.W"])
         if spec.batchnorm:

@@ -38,6 +38,7 @@ class NetworkSpec:
     epsilon: float
     task: str
     target_transform: str = "none"  # regression: the inverse the graph applies last
+    input_scaling: str = "standard"  # robust: params hold input.clip (training/scaling.py)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -87,6 +88,7 @@ def spec_from_run(meta: Mapping[str, Any], config: TrainConfig) -> NetworkSpec:
         epsilon=epsilon,
         task=task,
         target_transform=transform,
+        input_scaling=config.input_scaling,
     )
 
 
@@ -119,7 +121,12 @@ def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
 
     Foldable: running_var + ε > 0 (so 1/√(σ²+ε) exists) and input/target std > 0.
     """
-    shapes = param_shapes(spec.layer_sizes, batchnorm=spec.batchnorm, task=spec.task)
+    shapes = param_shapes(
+        spec.layer_sizes,
+        batchnorm=spec.batchnorm,
+        task=spec.task,
+        input_clip=spec.input_scaling == "robust",
+    )
     missing = sorted(set(shapes) - set(params))
     unexpected = sorted(set(params) - set(shapes))
     described = (
@@ -150,6 +157,8 @@ def check_params(params: Mapping[str, np.ndarray], spec: NetworkSpec) -> None:
                 f"params.npz: {key!r} has {bad.size} non-finite value(s), first "
                 f"{value[where]} at index {tuple(int(i) for i in where)}"
             )
+    if "input.clip" in shapes and not np.all(np.isin(params["input.clip"], (0.0, 1.0))):
+        raise ExportError("params.npz: 'input.clip' holds values other than 0 and 1")
     for key in ("input.std", "target.std"):
         if key in shapes:
             _require_positive(key, params[key], 0.0, "standard deviations must be > 0")

@@ -22,6 +22,9 @@ RUNNING_VAR_MODES = ("unbiased", "biased")
 CLASS_WEIGHTS = ("none", "balanced")
 # regression: "log" trains on log(1 + y) (training/target_transform.py)
 TARGET_TRANSFORMS = ("none", "log")
+# the numeric inputs: (x − mean)/std, or robust (median, quantile scale, smooth clip:
+# training/scaling.py)
+INPUT_SCALINGS = ("standard", "robust")
 # Column defaults (training/data/schema.py; docs/data.md has the measurements behind them)
 MIN_LEVEL_COUNT = 2
 MAX_LEVELS = 1000
@@ -251,6 +254,14 @@ class TrainConfig:
         "or counts); the model, exported graph included, still answers in the target's units",
         group="data",
         choices=TARGET_TRANSFORMS,
+    )
+    input_scaling: str = _setting(
+        "standard",
+        "numeric inputs: standard (x − mean)/std, or robust (x − median)/(q75 − q25), then "
+        "smoothly clipped to ±3 by u/√(1 + (u/3)²) (RealMLP's; for heavy tails and outliers); "
+        "the exported graph does the same to raw inputs",
+        group="data",
+        choices=INPUT_SCALINGS,
     )
     class_weight: str = _setting(
         "none",

@@ -8,6 +8,7 @@ import numpy as np
 
 from bnserve.training import layers, model, target_transform
 from bnserve.training.layers import BatchNormSettings
+from bnserve.training.scaling import apply_clip
 
 
 def spec_from_meta(params: dict[str, np.ndarray], meta: dict[str, Any]) -> model.NetSpec:
@@ -25,7 +26,8 @@ def predict(params: dict[str, np.ndarray], meta: dict[str, Any], x_raw: np.ndarr
 
     Returns probabilities (N, C) for classification or y (N, T) in the target's units for
     regression (after the inverse of meta's target_transform, if any). Batch norm uses the
-    frozen running statistics (train=False).
+    frozen running statistics (train=False). With params' input.clip (robust scaling) the
+    inputs it marks are smooth-clipped after scaling (training/scaling.py).
     """
     dtype = x_raw.dtype if np.issubdtype(x_raw.dtype, np.floating) else np.float64
     x_raw = np.asarray(x_raw, dtype=dtype)
@@ -34,7 +36,7 @@ def predict(params: dict[str, np.ndarray], meta: dict[str, Any], x_raw: np.ndarr
             f"x_raw has shape {x_raw.shape}, expected (N, {params['input.mean'].shape[0]})"
         )
     cast = {name: np.asarray(array, dtype=dtype) for name, array in params.items()}
-    x = (x_raw - cast["input.mean"]) / cast["input.std"]
+    x = apply_clip((x_raw - cast["input.mean"]) / cast["input.std"], cast.get("input.clip"))
     scores, _, _ = model.forward(cast, x, spec_from_meta(params, meta), train=False)
     if meta["task"] == "classification":
         return layers.softmax(scores)

@@ -57,13 +57,16 @@ def layer_shapes(layer_sizes: Sequence[int], *, batchnorm: bool) -> dict[str, tu
 
 
 def param_shapes(
-    layer_sizes: Sequence[int], *, batchnorm: bool, task: str
+    layer_sizes: Sequence[int], *, batchnorm: bool, task: str, input_clip: bool = False
 ) -> dict[str, tuple[int, ...]]:
     """Every params.npz key with its shape for sizes [F, n_1, ..., n_L, C or T]: the input
-    standardization input.mean/std (F,), the layers (`layer_shapes`), and for regression the
-    target standardization target.mean/std (T,)."""
+    standardization input.mean/std (F,) (and with robust scaling input.clip (F,):
+    training/scaling.py), the layers (`layer_shapes`), and for regression the target
+    standardization target.mean/std (T,)."""
     features, outputs = layer_sizes[0], layer_sizes[-1]
     shapes: dict[str, tuple[int, ...]] = {"input.mean": (features,), "input.std": (features,)}
+    if input_clip:
+        shapes["input.clip"] = (features,)
     shapes.update(layer_shapes(layer_sizes, batchnorm=batchnorm))
     if task == "regression":
         shapes["target.mean"] = shapes["target.std"] = (outputs,)

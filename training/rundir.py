@@ -125,7 +125,9 @@ def _check_params(params: dict[str, np.ndarray], meta: dict[str, Any], path: Pat
         if weights.ndim != 2:
             raise RunError(f"{path}: {name}.W has shape {weights.shape}, expected (in, out)")
         sizes.append(weights.shape[1])
-    for key, shape in model.param_shapes(sizes, batchnorm=batchnorm, task=task).items():
+    clipped = "input.clip" in params  # robust scaling (training/scaling.py)
+    shapes = model.param_shapes(sizes, batchnorm=batchnorm, task=task, input_clip=clipped)
+    for key, shape in shapes.items():
         if params[key].shape != shape:
             raise RunError(f"{path}: {key} has shape {params[key].shape}, expected {shape}")
 

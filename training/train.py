@@ -59,8 +59,8 @@ class Prepared:
 
     dataset: Dataset
     split: Split
-    input_mean: np.ndarray  # (F,) float64
-    input_std: np.ndarray  # (F,) float64
+    input_mean: np.ndarray  # (F,) float64 (robust scaling: the median)
+    input_std: np.ndarray  # (F,) float64 (robust scaling: the quantile scale)
     target_mean: np.ndarray | None  # (T,) regression only
     target_std: np.ndarray | None
     x_train: Rows  # (n_train, F) read on demand, standardized float32
@@ -71,6 +71,7 @@ class Prepared:
     schema: TableSchema | None = None  # the columns as the training rows shaped them
     encoder: Encoder | None = None  # None: x's columns are the inputs as they are
     target_transform: str = "none"  # regression: what target.mean/std standardize (t(y))
+    input_clip: np.ndarray | None = None  # (F,) 0/1: robust scaling's clipped inputs (scaling.py)
 
 
 def prepare(
@@ -102,7 +103,11 @@ def prepare(
     if schema is None:
         schema, moments = fit_table_schema(config, dataset, split.train)
     encoder = None if schema.plain else Encoder(schema, dataset.vocabularies)
-    mean, std = batches.fit_standardization(dataset.x, split.train, encoder, moments)
+    clip = None
+    if config.input_scaling == "robust":
+        mean, std, clip = batches.fit_robust_scaling(dataset.x, split.train, encoder)
+    else:
+        mean, std = batches.fit_standardization(dataset.x, split.train, encoder, moments)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
     class_weight = None
@@ -128,14 +133,15 @@ def prepare(
         std,
         target_mean,
         target_std,
-        Rows(dataset.x, split.train, mean, std, encoder),
+        Rows(dataset.x, split.train, mean, std, encoder, clip),
         y_train,
-        Rows(dataset.x, split.dev, mean, std, encoder),
+        Rows(dataset.x, split.dev, mean, std, encoder, clip),
         metric,
         class_weight,
         schema,
         encoder,
         config.target_transform if dataset.task == "regression" else "none",
+        clip,
     )
 
 
@@ -597,6 +603,8 @@ def _final_params(job: Job, state: TrainingState, kept: Kept) -> dict[str, np.nd
         params.update(batches.population_statistics(params, prepared.x_train, net_spec(config)))
     params = {name: array.astype(np.float64) for name, array in params.items()}
     params["input.mean"], params["input.std"] = prepared.input_mean, prepared.input_std
+    if prepared.input_clip is not None:  # robust scaling (training/scaling.py)
+        params["input.clip"] = prepared.input_clip
     if prepared.target_mean is not None and prepared.target_std is not None:  # regression
         params["target.mean"], params["target.std"] = prepared.target_mean, prepared.target_std
     return params
@@ -636,7 +644,12 @@ def _scores(job: Job, params: dict[str, np.ndarray], facts: ModelFacts) -> Score
         dev_error = objective(prepared.metric, dev_metrics)
     if len(split.test):
         test_rows = Rows(
-            dataset.x, split.test, prepared.input_mean, prepared.input_std, prepared.encoder
+            dataset.x,
+            split.test,
+            prepared.input_mean,
+            prepared.input_std,
+            prepared.encoder,
+            prepared.input_clip,
         )
         test_outputs = batches.predictions(params, network, test_rows)
         test_error = error_of(test_outputs, dataset.y[split.test], task)

@@ -29,6 +29,7 @@ TRAIN_FLAGS = {
     "--drop-missing-target", "--describe",
     # issue 29: the training recipes
     "--weight-decay", "--label-smoothing", "--lr-schedule", "--warmup-epochs", "--target-transform",
+    "--input-scaling",
 }  # fmt: skip
 
 

@@ -23,9 +23,14 @@ from bnserve.training.data.loading import unit_std_where_constant
 from bnserve.training.data.schema import NumberMoments
 from bnserve.training.inference import predict
 from bnserve.training.layers import RunningStats
+from bnserve.training.scaling import apply_clip, robust_statistics
 
 CHUNK_BYTES = 8 << 20  # float64 bytes per chunk for statistics and scoring (64 features: 16k rows)
 WINDOW_BYTES = 8 << 20  # raw float32 rows gathered at once for the coming mini-batches
+# robust scaling's quantiles: exact over the training rows up to this many float64 bytes of
+# numeric inputs, else over a seeded uniform sample of rows that size (rank error ≈ 1/√rows)
+QUANTILE_BYTES = 64 << 20
+QUANTILE_SAMPLE_SEED = 0
 DTYPE = np.float32  # training arithmetic
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
@@ -33,14 +38,16 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 @dataclass(frozen=True)
 class Rows:
     """Rows `index` (n,) ascending of x (N, F), encoded (a table with text columns, gaps or
-    columns left out: data/encoding.py) into D inputs, standardized with mean/std (D,) when read.
+    columns left out: data/encoding.py) into D inputs, standardized with mean/std (D,) when read,
+    then smooth-clipped where clip (D,) is 1 (robust scaling: training/scaling.py).
     Without an encoder D = F and the rows are x's own."""
 
     x: FeatureRows  # (N, F) raw features, float32/float64: an array or a cache.RowFile
     index: np.ndarray  # (n,) int64 row numbers of x
-    mean: np.ndarray  # (D,) float64
-    std: np.ndarray  # (D,) float64
+    mean: np.ndarray  # (D,) float64 (robust: the median)
+    std: np.ndarray  # (D,) float64 (robust: the quantile scale)
     encoder: Encoder | None = None
+    clip: np.ndarray | None = None  # (D,) float64 0/1; None: standard scaling, no clip
 
     def __len__(self) -> int:
         return len(self.index)
@@ -62,7 +69,7 @@ class Rows:
         values = self.inputs(self.index[positions])
         values -= self.mean  # in place: the same float64 arithmetic as (x - mean) / std
         values /= self.std
-        return values.astype(DTYPE)
+        return apply_clip(values, self.clip).astype(DTYPE)
 
     def raw_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         """Consecutive unstandardized float64 chunks (≤ size, D) in row order."""
@@ -193,6 +200,40 @@ def fit_standardization(
         mean[encoder.standardized_inputs], std[encoder.standardized_inputs] = _fit(numeric)
         return mean, std
     return _fit(Rows(x, index, np.zeros(0), np.zeros(0)))
+
+
+def fit_robust_scaling(
+    x: FeatureRows, index: np.ndarray, encoder: Encoder | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust scaling of rows `index` of x: median, scale and clip mask (D,) float64
+    (training/scaling.py); one-hot and indicator inputs get median 0, scale 1 and no clip.
+
+    Exact (np.median, np.quantile) when the rows' numeric inputs fit in QUANTILE_BYTES, the case
+    of every table that fits in memory comfortably; larger splits are measured on a seeded
+    uniform sample of that many bytes of rows, read in ascending order (one sweep of the file)."""
+    rows: Rows | NumericRows
+    if encoder is None:
+        rows = Rows(x, index, np.zeros(0), np.zeros(0))
+    else:
+        rows = NumericRows(x, index, encoder)
+    width = rows.shape[1]
+    limit = max(1, QUANTILE_BYTES // (8 * max(1, width)))
+    picked = index
+    if len(index) > limit:
+        rng = np.random.default_rng(QUANTILE_SAMPLE_SEED)
+        picked = np.sort(rng.choice(index, size=limit, replace=False))
+    values = np.concatenate(
+        [rows.inputs(picked[start : start + chunk_rows(width)])
+         for start in range(0, len(picked), chunk_rows(width))]
+        or [np.zeros((0, width))]
+    )  # fmt: skip
+    centre, scale = robust_statistics(values)
+    if encoder is None:
+        return centre, scale, np.ones(width)
+    median, spread, clip = np.zeros(encoder.width), np.ones(encoder.width), np.zeros(encoder.width)
+    numeric = encoder.standardized_inputs
+    median[numeric], spread[numeric], clip[numeric] = centre, scale, 1.0
+    return median, spread, clip
 
 
 class NumericRows:

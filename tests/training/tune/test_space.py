@@ -207,7 +207,8 @@ def test_the_recipes_are_tuner_dimensions():
 
     flags = ["weight_decay=log:1e-4:1e-1", "label_smoothing=linear:0:0.2",
              "lr_schedule=choice:constant,cosine,onecycle", "warmup_epochs=int:0:5",
-             "target_transform=choice:none,log"]  # fmt: skip
+             "target_transform=choice:none,log",
+             "input_scaling=choice:standard,robust"]  # fmt: skip
     space = build_space(DEFAULT_SPACE, params=flags)
     box = sampler.full_box(space)
     points = [sampler.sample_point(space, box, sampler.point_rng(0, i)) for i in range(20)]
@@ -216,5 +217,7 @@ def test_the_recipes_are_tuner_dimensions():
     assert all(0 <= config.label_smoothing <= 0.2 for config in configs)
     assert {config.lr_schedule for config in configs} == {"constant", "cosine", "onecycle"}
     assert {config.target_transform for config in configs} == {"none", "log"}
+    assert {config.input_scaling for config in configs} == {"standard", "robust"}
+    assert "input_scaling" not in build_space(DEFAULT_SPACE).names()  # measured, not kept
     with pytest.raises(SpaceError, match="lr_schedule"):
         build_space(DEFAULT_SPACE, params=["lr_schedule=choice:constant,step"])
