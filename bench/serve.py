@@ -510,17 +510,38 @@ def interleaved(
     load = load or h2load
     sizes = {t.label: calibrated_requests(t, concurrency, settings, scratch, load) for t in targets}
     runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
-    for _ in range(settings.rounds):
-        for target in targets:
+    for round_number in range(settings.rounds):
+        # every other round in reverse, so no target always follows the same one
+        for target in targets if round_number % 2 == 0 else targets[::-1]:
             runs[target.label].append(
                 load(target, concurrency, sizes[target.label], settings, scratch)
             )
+            settle(getattr(target, "server_pid", 0))
     medians = {}
     for label, results in runs.items():
         ordered = sorted(results, key=lambda r: r.requests_per_s)
         median = ordered[len(ordered) // 2]
         medians[label] = replace(median, verified=all(r.verified for r in results))
     return medians
+
+
+def settle(pid: int, timeout_s: float = 2.0) -> None:
+    """Wait until server `pid` has finished what a run left it (a capture writer's queue, a
+    shadow's backlog, a drift batch): under 5 % of a CPU for 50 ms, so that it does not take
+    the shared server CPU from the next target's run. At most timeout_s; pid 0: no wait."""
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    try:
+        before = process_cpu_s(pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = process_cpu_s(pid)
+            if after - before < 0.0025:
+                return
+            before = after
+    except (FileNotFoundError, ProcessLookupError):
+        return
 
 
 @dataclass(frozen=True)
@@ -1002,6 +1023,10 @@ def measure_capture_alone(settings: BenchSettings) -> int:
         unary,
         CAPTURE_PAIRS,
     )
+    print("\nserver CPU µs per call (process and children), the same runs")
+    print(f"{'':<34}" + "".join(f"{f'c={c}':>10}" for c in unary))
+    for label in servers:
+        print(f"{label:<34}" + "".join(f"{unary[c][label].server_cpu_us:>10.0f}" for c in unary))
     print(
         "\nload average (1/5/15 min) before the run: {:.2f} {:.2f} {:.2f}; after: "
         "{:.2f} {:.2f} {:.2f} ({} CPUs)".format(*load_before, *os.getloadavg(), os.cpu_count())

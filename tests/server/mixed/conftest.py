@@ -5,14 +5,18 @@ per column, bnserve.format "2"); its raw reference rows and outputs as the file 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnx
 import pytest
 
+from bnserve.server.app import Server
+from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.training.config import TrainConfig
 
 PENGUINS_CSV = Path(__file__).resolve().parents[2] / "training" / "fixtures" / "penguins.csv"
@@ -56,3 +60,16 @@ def penguins(tmp_path_factory: pytest.TempPathFactory) -> PenguinsExport:
         labels=np.array(outputs["label"]),
         class_names=json.loads(metadata["bnserve.class_names"]),
     )
+
+
+@pytest.fixture(scope="module")
+def metrics() -> ServerMetrics:
+    """Each module's own registry (its server's counters start at 0)."""
+    return ServerMetrics()
+
+
+@pytest.fixture(scope="module")
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    """A channel to the module's own `server` fixture."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+        yield opened

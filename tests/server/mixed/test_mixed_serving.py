@@ -49,11 +49,6 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def metrics() -> ServerMetrics:
-    return ServerMetrics()
-
-
-@pytest.fixture(scope="module")
 def server(model_path: Path, metrics: ServerMetrics) -> Iterator[Server]:
     started = start_server(
         ServerSettings(workers=8, max_inflight=6),
@@ -63,12 +58,6 @@ def server(model_path: Path, metrics: ServerMetrics) -> Iterator[Server]:
     )
     yield started
     started.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -72,11 +72,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> GapsExport:
 
 
 @pytest.fixture(scope="module")
-def metrics() -> ServerMetrics:
-    return ServerMetrics()
-
-
-@pytest.fixture(scope="module")
 def server(exported: GapsExport, metrics: ServerMetrics) -> Iterator[Server]:
     started = start_server(
         ServerSettings(workers=8, max_inflight=6),

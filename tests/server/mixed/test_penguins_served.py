@@ -32,11 +32,6 @@ TOLERANCE = 1e-5  # bnserve.reference_tolerance of a classifier
 
 
 @pytest.fixture(scope="module")
-def metrics() -> ServerMetrics:
-    return ServerMetrics()
-
-
-@pytest.fixture(scope="module")
 def server(penguins: PenguinsExport, metrics: ServerMetrics) -> Iterator[Server]:
     started = start_server(
         ServerSettings(workers=8, max_inflight=6),
@@ -46,12 +41,6 @@ def server(penguins: PenguinsExport, metrics: ServerMetrics) -> Iterator[Server]
     )
     yield started
     started.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
-        yield opened
 
 
 def _check(penguins: PenguinsExport, probabilities: Any, labels: Any) -> None:

@@ -47,22 +47,11 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def metrics() -> ServerMetrics:
-    return ServerMetrics()
-
-
-@pytest.fixture(scope="module")
 def server(model_path: Path, metrics: ServerMetrics) -> Iterator[Server]:
     settings = ServerSettings(workers=8, max_inflight=6, unseen_levels="error")
     started = start_server(settings, {"penguins": model_path}, http=True, metrics=metrics)
     yield started
     started.stop(0)
-
-
-@pytest.fixture(scope="module")
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
-        yield opened
 
 
 def _expected(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
