@@ -345,6 +345,21 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
+def task_mismatch(config: TrainConfig, task: str) -> str | None:
+    """Why config's settings do not fit a task ("classification" or "regression"), or None:
+    the one check `bnserve train` and `bnserve tune` make once the table's task is known."""
+    if config.class_weight != "none" and task != "classification":
+        return f"class_weight {config.class_weight!r} weighs classes: the task is regression"
+    if config.label_smoothing and task != "classification":
+        return "label_smoothing smooths class labels: the task is regression"
+    if config.target_transform != "none" and task != "regression":
+        return (
+            f"target_transform {config.target_transform!r} transforms a regression target: "
+            "the task is classification"
+        )
+    return None
+
+
 def _tuple_items() -> dict[str, type]:
     """The item type (int, str) of each tuple field: hidden widths, column names."""
     items = {}

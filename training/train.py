@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from bnserve.training import layers, model, optim, rundir, schedule, target_transform, threads
 from bnserve.training.averaging import WeightAverage
-from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig
+from bnserve.training.config import RESUMABLE_FIELDS, TrainConfig, task_mismatch
 from bnserve.training.data import batches
 from bnserve.training.data.batches import Rows
 from bnserve.training.data.encoding import Encoder
@@ -110,18 +110,12 @@ def prepare(
         mean, std = batches.fit_standardization(dataset.x, split.train, encoder, moments)
     target_mean = target_std = None
     y_train = dataset.y[split.train]
+    mismatch = task_mismatch(config, dataset.task)
+    if mismatch is not None:
+        raise ValueError(mismatch)
     class_weight = None
     if config.class_weight == "balanced":
-        if dataset.task != "classification":
-            raise ValueError("class_weight 'balanced' weighs classes: the task is regression")
         class_weight = balanced_class_weights(y_train, len(dataset.class_names or [])).astype(DTYPE)
-    if config.label_smoothing and dataset.task != "classification":
-        raise ValueError("label_smoothing smooths class labels: the task is regression")
-    if config.target_transform != "none" and dataset.task != "regression":
-        raise ValueError(
-            f"target_transform {config.target_transform!r} transforms a regression target: "
-            "the task is classification"
-        )
     if dataset.task == "regression":
         y_train = target_transform.forward(y_train, config.target_transform)
         target_mean, target_std = fit_standardization(y_train)

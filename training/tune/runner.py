@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bnserve.training.config import task_mismatch
 from bnserve.training.tune import cv, sampler
 from bnserve.training.tune.errors import TuneError
 from bnserve.training.tune.executors import Executor, make_executor
@@ -184,17 +185,9 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
         check_metric(config.metric or default_metric(dataset.task), dataset.task)
     except ValueError as error:
         raise TuneError(f"--metric: {error}") from None
-    if config.class_weight != "none" and dataset.task != "classification":
-        raise TuneError(
-            f"class_weight {config.class_weight!r} weighs classes: the task is regression"
-        )
-    if config.label_smoothing and dataset.task != "classification":
-        raise TuneError("label_smoothing smooths class labels: the task is regression")
-    if config.target_transform != "none" and dataset.task != "regression":
-        raise TuneError(
-            f"target_transform {config.target_transform!r} transforms a regression target: "
-            "the task is classification"
-        )
+    mismatch = task_mismatch(config, dataset.task)
+    if mismatch is not None:
+        raise TuneError(mismatch)
     if settings.cv is not None:
         cv.check_folds(config, settings.cv)
     elif config.dev_fraction == 0:
