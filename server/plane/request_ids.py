@@ -25,4 +25,4 @@ def new_request_id() -> str:
 
 def request_id(given: str) -> str:
     """The caller's id when it sent one (non-empty), else a fresh one."""
-    return given or urandom(ID_BYTES).hex()
+    return given or new_request_id()

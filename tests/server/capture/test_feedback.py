@@ -212,23 +212,26 @@ def test_a_feedback_flood_stays_within_the_queue_bound(tmp_path: Path) -> None:
 
 
 def test_rotation_and_the_size_bound(tmp_path: Path) -> None:
-    """Incompressible rows: segments of 64 KiB rotate by size, the store stays under its bound,
-    the oldest files going first; an idle segment rotates by age."""
-    options = CaptureOptions(tmp_path, 1.0, 300_000, 3600.0)
+    """Incompressible rows: segments rotate by size (1/16 of the bound, 64 KiB here; ISA-L's
+    deflate emits in ~100 KiB steps, so a file is at least one step), the store stays under its
+    bound, the oldest files going first; an idle segment rotates by age."""
+    options = CaptureOptions(tmp_path, 1.0, 1_000_000, 3600.0)
     writer = CaptureWriter(options)
     writer.prepare()
     writer.start()
     rng = np.random.default_rng(0)
-    for i in range(600):
+    calls = 1500
+    for i in range(calls):
         writer.offer(_Model(), rng.normal(size=(50, 2)).astype(np.float32),
                      [rng.normal(size=(50, 1)).astype(np.float32)], f"call{i}", 1000)  # fmt: skip
     writer.stop()
+    assert writer.written_rows == calls * 50  # nothing dropped on the way: the trim did it
     files = store.finished_files(tmp_path, store.CALLS)
     sizes = [path.stat().st_size for path in files]
     assert len(files) >= 3 and sum(sizes) <= options.max_bytes
     first_ids = {row[0] for row in store.read_file(files[0])[1]}
     assert "call0" not in first_ids  # the oldest rows were trimmed away
-    assert "call599" in {row[0] for row in store.read_file(files[-1])[1]}
+    assert f"call{calls - 1}" in {row[0] for row in store.read_file(files[-1])[1]}
 
     aged = CaptureWriter(CaptureOptions(tmp_path / "aged", 1.0, 1 << 20, 0.2))
     aged.prepare()

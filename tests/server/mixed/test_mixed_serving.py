@@ -36,6 +36,7 @@ from tests.support.mixed_model import (
     reference_rows,
     write_mixed_model,
 )
+from tests.support.native_values import native_values
 
 ROWS = reference_rows(PENGUINISH)  # raw rows: gaps, "", an unseen level, every kept level
 N = len(ROWS["island"])
@@ -222,22 +223,11 @@ def test_tritonclient_http_binary_and_json_bytes(server: Server) -> None:
     ]  # fmt: skip
 
 
-def _values(row: int) -> dict[str, native.Value]:
-    values = {}
-    for name, column in ROWS.items():
-        value = column[row]
-        if value is None:
-            values[name] = native.Value(missing=True)
-        elif isinstance(value, str):
-            values[name] = native.Value(text=value)
-        else:
-            values[name] = native.Value(number=value)
-    return values
-
-
 def test_native_predict_predict_stream_and_batch(predictor) -> None:
     answers = [
-        predictor.Predict(native.PredictRequest(model_name="penguins", values=_values(row)))
+        predictor.Predict(
+            native.PredictRequest(model_name="penguins", values=native_values(ROWS, row))
+        )
         for row in range(N)
     ]
     _assert_expected(
@@ -247,7 +237,9 @@ def test_native_predict_predict_stream_and_batch(predictor) -> None:
     streamed = list(
         predictor.PredictStream(
             iter(
-                native.PredictRequest(model_name="penguins", values=_values(row), id=str(row))
+                native.PredictRequest(
+                    model_name="penguins", values=native_values(ROWS, row), id=str(row)
+                )
                 for row in range(N)
             )
         )
@@ -356,13 +348,13 @@ def test_rest_json_refusals_name_the_column(server: Server, case: str) -> None:
 
 
 def test_native_refusals_name_the_column(predictor) -> None:
-    values = _values(0)
+    values = native_values(ROWS, 0)
     values["body_mass_g"] = native.Value(text="heavy")
     with pytest.raises(grpc.RpcError) as error:
         predictor.Predict(native.PredictRequest(model_name="penguins", values=values))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'body_mass_g' is numeric" in error.value.details()
-    values = _values(0)
+    values = native_values(ROWS, 0)
     del values["sex"]
     with pytest.raises(grpc.RpcError) as error:
         predictor.Predict(native.PredictRequest(model_name="penguins", values=values))

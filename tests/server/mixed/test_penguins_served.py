@@ -27,6 +27,7 @@ from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
 from tests.server.mixed.conftest import PenguinsExport
 from tests.support.in_process import start_server
+from tests.support.native_values import native_values
 
 TOLERANCE = 1e-5  # bnserve.reference_tolerance of a classifier
 
@@ -116,15 +117,7 @@ def test_native_predict_and_predict_batch(penguins: PenguinsExport, channel: grp
     count = len(penguins.labels)
     answers = []
     for row in range(count):
-        values = {}
-        for name, column in penguins.rows.items():
-            value = column[row]
-            if value is None:
-                values[name] = native.Value(missing=True)
-            elif isinstance(value, str):
-                values[name] = native.Value(text=value)
-            else:
-                values[name] = native.Value(number=value)
+        values = native_values(penguins.rows, row)
         answers.append(stub.Predict(native.PredictRequest(model_name="penguins", values=values)))
     _check(penguins, [a.probabilities for a in answers], [a.label for a in answers])
     assert answers[0].class_name == penguins.class_names[answers[0].label]

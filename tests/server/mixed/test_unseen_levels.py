@@ -25,6 +25,7 @@ from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.settings import ServerSettings
 from tests.support.in_process import start_server
 from tests.support.mixed_model import PENGUINISH, UNSEEN, Numeric, expected, write_mixed_model
+from tests.support.native_values import native_values
 
 NUMERIC = {c.name for c in PENGUINISH.columns if isinstance(c, Numeric)}
 # Seen levels, a rare training level (scored as <other>, not unseen), missing cells ("", a
@@ -93,19 +94,6 @@ def _rest(server: Server, rows: dict[str, list[Any]]) -> tuple[int, dict[str, An
         connection.close()
 
 
-def _values(rows: dict[str, list[Any]], row: int) -> dict[str, native.Value]:
-    values = {}
-    for name, column in rows.items():
-        value = column[row]
-        if value is None:
-            values[name] = native.Value(missing=True)
-        elif isinstance(value, str):
-            values[name] = native.Value(text=value)
-        else:
-            values[name] = native.Value(number=value)
-    return values
-
-
 def _columns(rows: dict[str, list[Any]]) -> list[native.Column]:
     return [
         native.Column(name=name, numbers=[float("nan") if v is None else v for v in values])
@@ -137,7 +125,7 @@ def test_missing_cells_and_rare_levels_are_scored(server: Server, channel: grpc.
     batch = stub.PredictBatch(request)
     assert list(batch.labels) == want["label"].tolist()
     for row in range(len(GOOD["island"])):
-        stub.Predict(native.PredictRequest(model_name="penguins", values=_values(GOOD, row)))
+        stub.Predict(native.PredictRequest(model_name="penguins", values=native_values(GOOD, row)))
 
 
 def test_v2_grpc_and_rest_refuse_naming_column_value_and_row(
@@ -160,12 +148,12 @@ def test_v2_grpc_and_rest_refuse_naming_column_value_and_row(
 
 def test_native_predict_batch_and_stream_refuse(channel: grpc.Channel) -> None:
     stub = predictor_pb2_grpc.PredictorStub(channel)
-    one = native.PredictRequest(model_name="penguins", values=_values(BAD, BAD_ROW))
+    one = native.PredictRequest(model_name="penguins", values=native_values(BAD, BAD_ROW))
     assert f"column 'island', row 0: level {UNSEEN!r}" in _refused(stub.Predict, one)
     batch = native.PredictBatchRequest(model_name="penguins", columns=_columns(BAD))
     assert REFUSAL in _refused(stub.PredictBatch, batch)
     stream = [
-        native.PredictRequest(model_name="penguins", values=_values(BAD, row), id=f"m{row}")
+        native.PredictRequest(model_name="penguins", values=native_values(BAD, row), id=f"m{row}")
         for row in range(len(BAD["island"]))
     ]
     details = _refused(stub.PredictStream, iter(stream))
