@@ -6,6 +6,7 @@ X-Request-Id header and answers the id in that header too. No two calls share an
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -142,3 +143,20 @@ def test_made_ids_are_fresh_and_a_given_id_is_kept() -> None:
     assert len(set(made)) == len(made)
     assert all(MADE.fullmatch(i) for i in made[:100] + made[-100:])
     assert request_id("order-17") == "order-17"
+
+
+def test_a_forked_child_draws_its_own_ids() -> None:
+    """The pool of drawn ids is not inherited: without the fork hook the child's next id would
+    be the parent's next id."""
+    new_request_id()  # this thread's pool is drawn, with ids left in it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id to the parent, then out without pytest's clean-up
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert status == 0 and MADE.fullmatch(child)
+    assert child != new_request_id()
