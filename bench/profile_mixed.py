@@ -15,8 +15,9 @@ Stages (v2 ModelInfer of 1 example; PredictBatch of --batch rows):
   check     Model.check_features
   counters  Model.observe_cells (bnserve_unseen_levels_total, bnserve_missing_cells_total)
   drift     a sampled call's drift work (the layer session's run + observe) × the sample share
-  feed      plane/inputs.feed
-  run       the onnxruntime session run
+  feed      Model.session_feed (plane/inputs.feed; with a cut graph, the Packed form's two arrays,
+            made by the decoder)
+  run       the onnxruntime session run (the cut graph's, where the model is served cut)
   response  outputs → response message → bytes
   whole     the servicer's method from the request message, plus parse and serialization
 
@@ -129,7 +130,11 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
             return native.PredictBatch(message.FromString(body), context).SerializeToString()
 
         stages = {"tensors": lambda: None, "decode": lambda: native_module._batch(request, model)}
-    fed = feed(x, INPUT_NAME)
+    # the served session's feed (with a cut graph: the packed form; a checkout without one
+    # feeds the columns), and the drift layer session's
+    session_feed = getattr(model, "session_feed", None) or (lambda inputs: feed(inputs, INPUT_NAME))
+    layer_feed = getattr(model, "_layer_feed", None) or (lambda inputs: feed(inputs, INPUT_NAME))
+    fed = session_feed(x)
     run = model._session_run
     outputs = run(model._output_list, fed, model._run_options)
     drift = model.drift
@@ -140,7 +145,7 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
         if model._layer_session is None:
             _observe(drift, x, None)
             return
-        with_layers = model._layer_session.run(model._layer_output_list, fed)
+        with_layers = model._layer_session.run(model._layer_output_list, layer_feed(x))
         _observe(drift, x, with_layers[len(model._output_list) :])
 
     stages.update(
@@ -148,7 +153,7 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
         check=lambda: model.check_features(x),
         counters=lambda: model.observe_cells(x),
         drift=drifted,
-        feed=lambda: feed(x, INPUT_NAME),
+        feed=lambda: session_feed(x),
         run=lambda: run(model._output_list, fed, model._run_options),
         response=lambda: respond(outputs),
         whole=whole,
