@@ -13,11 +13,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from bnserve.server.drift.monitor import DriftSettings
 from bnserve.server.modelfile.front import Front, find_front
 from bnserve.server.modelfile.schema import InputSchema
 from bnserve.server.models.model import Model, SessionThreads
+from bnserve.server.plane.columns import decode_tensors
 from bnserve.server.plane.errors import ModelLoadError
-from bnserve.server.plane.inputs import Columns
+from bnserve.server.plane.inputs import Columns, Packed, TensorIn, concatenate, take
 from bnserve.training.config import TrainConfig
 from tests.support.mixed_model import write_mixed_model
 
@@ -219,3 +221,85 @@ def test_a_wrong_cut_is_refused_by_the_parity_gate(
     tampered = Model.load(exported, "m", "1", SessionThreads(1, 1))
     with pytest.raises(ModelLoadError, match="parity gate failed"):
         tampered.check_parity()
+
+
+def _element(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(4, "little") + data
+
+
+def _request(rows: Columns) -> list[TensorIn]:
+    """rows as the usual v2 request: raw FP32 contents and raw BYTES elements, shape [N, 1]."""
+    count = rows.shape[0]
+    tensors = []
+    for name, array in rows:
+        if array.dtype == object:
+            data = b"".join(_element(str(text)) for text in array.ravel())
+            tensors.append(TensorIn(name, "BYTES", [count, 1], data, "raw"))
+        else:
+            data = array.astype("<f4").tobytes()
+            tensors.append(TensorIn(name, "FP32", [count, 1], data, "raw"))
+    return tensors
+
+
+@pytest.mark.parametrize("count", [1, 2, 12])
+def test_the_decoder_packs_the_usual_request_as_the_front_packs_any_columns(
+    exported: Path, count: int
+) -> None:
+    model = Model.load(exported, "m", "1", SessionThreads(1, 1))
+    assert model.decoder is not None and model.schema is not None
+    rows = take(_raw_rows(model.schema), 0, count)
+    tensors = _request(rows)
+    decoded = model.decoder.decode(tensors)
+    assert decoded.packed is not None and decoded.packed.front is model.decoder.front
+    slow = decode_tensors(model.schema, "m", tensors)  # the fallback: no packed form
+    assert slow.packed is None
+    repacked = model.decoder.front.pack(slow)
+    np.testing.assert_array_equal(decoded.packed.codes, repacked.codes)
+    np.testing.assert_array_equal(decoded.packed.numbers, repacked.numbers)  # NaN == NaN
+    assert decoded.packed.numbers.flags.c_contiguous and decoded.packed.codes.flags.c_contiguous
+    full = ort.InferenceSession(str(exported)).run(None, rows.arrays)
+    for answers in (model.predict(decoded), model.predict(slow)):
+        np.testing.assert_allclose(answers[0], full[0], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(answers[1], full[1])
+
+
+def test_columns_packed_by_another_model_are_packed_again(exported: Path) -> None:
+    """A shadow or another version scores the primary's Columns: never by its packed form."""
+    model = Model.load(exported, "m", "1", SessionThreads(1, 1))
+    rows = model.reference_rows
+    assert isinstance(rows, Columns)
+    right = model.predict(rows)
+    count = rows.shape[0]
+    wrong = Packed(object(), np.zeros((count, 2), np.float32), np.zeros((count, 2), np.int64))
+    np.testing.assert_array_equal(model.predict(Columns(rows.arrays, packed=wrong))[0], right[0])
+
+
+def test_batches_keep_the_packed_form_only_when_every_part_has_it(exported: Path) -> None:
+    model = Model.load(exported, "m", "1", SessionThreads(1, 1))
+    assert model.decoder is not None and model.schema is not None
+    rows = _raw_rows(model.schema)
+    first, second = model.decoder.decode(_request(take(rows, 0, 3))), take(rows, 3, 5)
+    assert isinstance(first, Columns) and first.packed is not None
+    assert concatenate([first, second]).packed is None  # type: ignore[union-attr]
+    both = concatenate([first, model.decoder.decode(_request(second))])
+    assert isinstance(both, Columns) and both.packed is not None
+    whole = model.decoder.decode(_request(take(rows, 0, 5)))
+    assert whole.packed is not None
+    np.testing.assert_array_equal(both.packed.codes, whole.packed.codes)
+    part = take(whole, 1, 4)
+    assert isinstance(part, Columns) and part.packed is not None
+    np.testing.assert_array_equal(part.packed.codes, whole.packed.codes[1:4])
+    np.testing.assert_array_equal(model.predict(part)[0], model.predict(whole)[0][1:4])
+
+
+def test_the_drift_layer_session_is_cut_too(exported: Path) -> None:
+    model = Model.load(
+        exported, "m", "1", SessionThreads(1, 1), drift=DriftSettings(layers=True, sample=1.0)
+    )
+    assert model.drift is not None and model.drift.watch_layers
+    assert model._layer_cut
+    model.check_parity()  # the layer session's answers are gated too
+    assert model.schema is not None
+    model.predict(_raw_rows(model.schema))  # sampled: through the layer session
+    assert model.drift.report()["life"]["examples"] == pytest.approx(12)
