@@ -15,8 +15,9 @@ Stages (v2 ModelInfer of 1 example; PredictBatch of --batch rows):
   check     Model.check_features
   counters  Model.observe_cells (bnserve_unseen_levels_total, bnserve_missing_cells_total)
   drift     a sampled call's drift work (the layer session's run + observe) × the sample share
-  feed      plane/inputs.feed
-  run       the onnxruntime session run
+  feed      Model.session_feed (plane/inputs.feed; with a cut graph, the Packed form's two arrays,
+            made by the decoder)
+  run       the onnxruntime session run (the cut graph's, where the model is served cut)
   response  outputs → response message → bytes
   whole     the servicer's method from the request message, plus parse and serialization
 
@@ -25,9 +26,13 @@ With --baseline DIR (another checkout, e.g. `git worktree add DIR COMMIT` or `gi
 after the other: before / after columns under the same load. --cprofile prints cProfile's
 hottest functions of the whole call instead (this checkout only).
 
+With --whole, a third model: the same mixed file served whole (the server's packed path off:
+server/modelfile/front.py's cut not taken), so the cut graph and the full one are compared in
+one process.
+
 Usage: python bench/profile_mixed.py [--rounds 15] [--calls 300] [--batch 64]
                                      [--hidden 256,256] [--cprofile infer|batch]
-                                     [--baseline DIR]
+                                     [--baseline DIR | --whole]
 Not a speed benchmark of the server (bench/serve.py --mixed is): no transport, one thread.
 """
 
@@ -58,7 +63,7 @@ class _Context:
         return None
 
 
-def _servables(mixed: Path, numeric: Path) -> tuple[Any, Any, Any]:
+def _servables(mixed: Path, numeric: Path, whole: bool) -> tuple[Any, Any, Any]:
     from bnserve.server.grpc.servicers.native import PredictorServicer
     from bnserve.server.grpc.servicers.v2 import InferenceServicer
     from bnserve.server.models.repository import ModelRepository
@@ -73,6 +78,16 @@ def _servables(mixed: Path, numeric: Path) -> tuple[Any, Any, Any]:
     repository = ModelRepository()
     for name, path in (("mixed", mixed), ("numeric", numeric)):
         repository.swap(name, "1", build_servable(path, name, "1", settings, metrics))
+    if whole:  # the same mixed file, its front not looked for: the full graph served
+        from bnserve.server.models import model as model_module
+
+        find_front = model_module.find_front
+        model_module.find_front = lambda *_: None
+        try:
+            servable = build_servable(mixed, WHOLE, "1", settings, metrics)
+        finally:
+            model_module.find_front = find_front
+        repository.swap(WHOLE, "1", servable)
     plane = DataPlane(repository, InflightLimiter(settings.max_inflight))
     return plane, InferenceServicer(plane), PredictorServicer(plane)
 
@@ -129,7 +144,11 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
             return native.PredictBatch(message.FromString(body), context).SerializeToString()
 
         stages = {"tensors": lambda: None, "decode": lambda: native_module._batch(request, model)}
-    fed = feed(x, INPUT_NAME)
+    # the served session's feed (with a cut graph: the packed form; a checkout without one
+    # feeds the columns), and the drift layer session's
+    session_feed = getattr(model, "session_feed", None) or (lambda inputs: feed(inputs, INPUT_NAME))
+    layer_feed = getattr(model, "_layer_feed", None) or (lambda inputs: feed(inputs, INPUT_NAME))
+    fed = session_feed(x)
     run = model._session_run
     outputs = run(model._output_list, fed, model._run_options)
     drift = model.drift
@@ -140,7 +159,7 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
         if model._layer_session is None:
             _observe(drift, x, None)
             return
-        with_layers = model._layer_session.run(model._layer_output_list, fed)
+        with_layers = model._layer_session.run(model._layer_output_list, layer_feed(x))
         _observe(drift, x, with_layers[len(model._output_list) :])
 
     stages.update(
@@ -148,7 +167,7 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
         check=lambda: model.check_features(x),
         counters=lambda: model.observe_cells(x),
         drift=drifted,
-        feed=lambda: feed(x, INPUT_NAME),
+        feed=lambda: session_feed(x),
         run=lambda: run(model._output_list, fed, model._run_options),
         response=lambda: respond(outputs),
         whole=whole,
@@ -166,17 +185,24 @@ def _block(function: Callable[[], Any], calls: int) -> float:
     return (time.thread_time_ns() - started) / calls / 1000
 
 
-MODELS = ("mixed", "numeric")
+MODELS = ["mixed", "numeric"]  # with --whole, also WHOLE (before numeric)
+WHOLE = "mixed-whole"
 KINDS = ("infer", "batch")
 
 
 def _load_stages(scratch: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Both models served from scratch/ (written by `profile`), and each call's stages."""
+    """The models served from scratch/ (written by `profile`), and each call's stages."""
     logging.disable(logging.WARNING)  # the drift monitor's warnings about synthetic rows
-    plane, v2, native = _servables(scratch / "mixed.onnx", scratch / "numeric.onnx")
+    whole = WHOLE in MODELS
+    plane, v2, native = _servables(scratch / "mixed.onnx", scratch / "numeric.onnx", whole)
     return {
         (model, kind): _stages(
-            plane, v2, native, model, kind, (scratch / f"{model}-{kind}.bin").read_bytes()
+            plane,
+            v2,
+            native,
+            model,
+            kind,
+            (scratch / f"{'mixed' if model == WHOLE else model}-{kind}.bin").read_bytes(),
         )
         for model in MODELS
         for kind in KINDS
@@ -205,7 +231,8 @@ class _Worker:
         if checkout is not None:
             env["PYTHONPATH"] = str(checkout)  # its bnserve/ before the installed one
         self._process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(scratch)],
+            [sys.executable, __file__, "--worker", str(scratch)]
+            + (["--whole"] if WHOLE in MODELS else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -246,7 +273,7 @@ def profile(arguments: argparse.Namespace) -> None:
             "mixed": serve_mixed.mixed_messages(mixed, arguments.batch),
             "numeric": serve_mixed.numeric_messages(numeric, arguments.batch),
         }
-        for model in MODELS:
+        for model in messages:
             for kind in KINDS:
                 (scratch / f"{model}-{kind}.bin").write_bytes(messages[model][kind])
         if arguments.cprofile:
@@ -317,13 +344,14 @@ def _print(
             name = "drift (× sample share)" if stage == "drift" else stage
             print(f"{'  ' + name:<26}" + "".join(f"{row[c]:>18.1f}" for c in columns))
         for label in labels:
-            mixed = statistics.median(times[(label, "mixed", kind, "whole")])
             numeric = statistics.median(times[(label, "numeric", kind, "whole")])
-            print(f"{f'  numeric / mixed {label}'.rstrip():<26}{numeric / mixed:>18.2f}")
+            for model in MODELS[:-1]:
+                mixed = statistics.median(times[(label, model, kind, "whole")])
+                print(f"{f'  numeric / {model} {label}'.rstrip():<26}{numeric / mixed:>18.2f}")
 
 
 def _cprofile(stages: dict[tuple[str, str], dict[str, Any]], kind: str, calls: int) -> None:
-    for model in ("mixed", "numeric"):
+    for model in MODELS:
         whole = stages[(model, kind)]["whole"]
         profiler = cProfile.Profile()
         profiler.enable()
@@ -350,8 +378,18 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout (e.g. `git worktree add DIR COMMIT`): its bnserve timed too, "
         "block by block against this one",
     )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help=f"also serve the mixed file whole (its front not cut), as {WHOLE!r}: the packed "
+        "path against the full graph in one process (not with --baseline)",
+    )
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
+    if arguments.whole and arguments.baseline is not None:
+        parser.error("--whole compares within this checkout: leave out --baseline")
+    if arguments.whole:
+        MODELS.insert(1, WHOLE)
     if arguments.worker is not None:
         return _worker(arguments.worker)
     profile(arguments)

@@ -142,3 +142,85 @@ def with_graph_outputs(
         + _length_delimited(GRAPH_FIELD, graphs[0] + extra)
         + model_bytes[start + len(graphs[0]) :]
     )
+
+
+Field = tuple[int, int, int | bytes]  # (field number, wire type, varint / fixed value or payload)
+
+
+def message_fields(data: bytes) -> list[Field]:
+    """Every top-level field of a serialized message, in order: (number, wire type, value),
+    the value an int for varint and fixed fields, the payload bytes for length-delimited ones.
+    Raises WireFormatError for malformed bytes."""
+    fields: list[Field] = []
+    offset = 0
+    while offset < len(data):
+        key, offset = _read_varint(data, offset)
+        number, wire_type = key >> 3, key & 0x7
+        value: int | bytes
+        if wire_type == _VARINT:
+            value, offset = _read_varint(data, offset)
+        elif wire_type in (_FIXED64, _FIXED32):
+            size = 8 if wire_type == _FIXED64 else 4
+            if offset + size > len(data):
+                raise WireFormatError(f"field {number} runs past the end ({len(data)} bytes)")
+            value = int.from_bytes(data[offset : offset + size], "little")
+            offset += size
+        elif wire_type == _LENGTH_DELIMITED:
+            length, offset = _read_varint(data, offset)
+            if offset + length > len(data):
+                raise WireFormatError(
+                    f"field {number} claims {length} bytes at byte {offset}, past the end "
+                    f"({len(data)} bytes)"
+                )
+            value = data[offset : offset + length]
+            offset += length
+        else:
+            raise WireFormatError(f"unsupported wire type {wire_type} for field {number}")
+        fields.append((number, wire_type, value))
+    return fields
+
+
+def signed64(value: int) -> int:
+    """A varint read as protobuf's int64 (two's complement over 64 bits)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def packed_varints(payload: bytes) -> list[int]:
+    """The values of a packed repeated varint field's payload."""
+    values, offset = [], 0
+    while offset < len(payload):
+        value, offset = _read_varint(payload, offset)
+        values.append(value)
+    return values
+
+
+def tensor_info(name: str, element_type: int, width: int, batch_dim: str = "N") -> bytes:
+    """A serialized ValueInfoProto: `name`, a tensor of TensorProto element type element_type,
+    shape [batch_dim, width]."""
+    dimensions = _length_delimited(1, _length_delimited(2, batch_dim.encode())) + _length_delimited(
+        1, _varint(1 << 3) + _varint(width)
+    )
+    tensor_type = _varint(1 << 3) + _varint(element_type) + _length_delimited(2, dimensions)
+    return _length_delimited(1, name.encode()) + _length_delimited(
+        2, _length_delimited(1, tensor_type)
+    )
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited field: its key, its length, then payload."""
+    return _length_delimited(field_number, payload)
+
+
+def with_graph(model_bytes: bytes, graph: bytes) -> bytes:
+    """The model with its one GraphProto (field 7) replaced by graph; everything else byte for
+    byte."""
+    graphs = field_bytes(model_bytes, GRAPH_FIELD)
+    if len(graphs) != 1:
+        raise WireFormatError(f"expected exactly one graph (field 7), found {len(graphs)}")
+    start = model_bytes.index(graphs[0])
+    header_start = start - len(_length_delimited(GRAPH_FIELD, graphs[0])) + len(graphs[0])
+    return (
+        model_bytes[:header_start]
+        + _length_delimited(GRAPH_FIELD, graph)
+        + model_bytes[start + len(graphs[0]) :]
+    )

@@ -26,6 +26,7 @@ from bnserve.server.modelfile.contract import (
     Tolerance,
     decisive_rows,
 )
+from bnserve.server.modelfile.front import Front, find_front
 from bnserve.server.modelfile.metadata import ModelCard, parse_model_card
 from bnserve.server.modelfile.schema import CATEGORICAL, InputSchema
 from bnserve.server.modelfile.wire import (
@@ -119,6 +120,8 @@ class Model:
         card: ModelCard,
         drift: DriftMonitor | None = None,
         layer_session: ort.InferenceSession | None = None,
+        front: Front | None = None,
+        layer_cut: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -133,7 +136,8 @@ class Model:
         # ownership, which hold by construction here: the feed is always {"x": float32 array}
         # and _check_signature verified the session takes exactly x (a mixed model: one array per
         # graph input, in input order, float32 or object str, as check_features verified and
-        # _check_columns_signature verified the session takes). io binding with
+        # _check_columns_signature verified the session takes; with a front, session is the
+        # graph cut after it and the feed is front.feed's two arrays). io binding with
         # preallocated outputs and run_with_ort_values measured slower (they must copy out).
         self._run_options = ort.RunOptions()
         self._session_run: SessionRun = session_run(session)  # server/_compat.py
@@ -155,9 +159,13 @@ class Model:
         self._input_names: tuple[str, ...] = (INPUT_NAME,)
         # v2 tensors / native columns → Columns (None: the model takes x)
         self.decoder: ColumnDecoder | None = None
+        # The file's column front when session is the graph cut after it (server/modelfile/
+        # front.py): Columns are scored as their Packed form.
+        self._front = front if self.mixed else None
+        self.served_graph = "cut after the column front" if self._front else "full"
         if card.schema is not None and self.mixed:
             self._input_names = input_names(card.schema)
-            self.decoder = ColumnDecoder(card.schema, name)
+            self.decoder = ColumnDecoder(card.schema, name, self._front)
             self._seen = {
                 column.name: frozenset((*column.levels, *column.rare))
                 for column in card.schema.used_columns
@@ -185,6 +193,7 @@ class Model:
         self.drift = drift
         self.drift_status = "on" if drift is not None else "off"
         self._layer_session = layer_session
+        self._layer_cut = layer_cut and self._front is not None  # takes the packed feed too
         self._layer_output_list = self._output_list + (drift.layer_outputs if drift else [])
 
     @classmethod
@@ -216,8 +225,17 @@ class Model:
         card = parse_model_card(session.get_modelmeta().custom_metadata_map, source)
         _check_graph_hash(model_bytes, card.graph_sha256, source)
         _check_signature(session, card, source)
+        front = None
+        if card.schema is not None and card.schema.mixed:
+            front = find_front(model_bytes, card.schema)
+            if front is not None:
+                try:
+                    session = _open_session(front.model_bytes, f"{source} (cut graph)", threads)
+                except ModelLoadError as error:  # the full graph is served, as it loaded
+                    log.warning("%s; serving the full graph", error)
+                    front = None
         if drift is None:
-            return cls(name, version, source, session, card)
+            return cls(name, version, source, session, card, front=front)
         label = f"model {name} version {version}"
         try:
             imported = bool(card.get(MetadataKey.IMPORT))
@@ -229,17 +247,21 @@ class Model:
             )
         except DriftMetadataError as error:
             log.warning("%s (%s): no drift statistics: %s; serving on", label, source, error)
-            model = cls(name, version, source, session, card)
+            model = cls(name, version, source, session, card, front=front)
             model.drift_status = f"not monitored: {error}"
             return model
         monitor = DriftMonitor(reference, drift, label)
-        layer_session = None
+        layer_session, layer_cut = None, False
         if monitor.watch_layers:
             exposed = with_graph_outputs(
                 model_bytes, reference.layer_tensors, reference.stacked_tensors
             )
+            if front is not None and card.schema is not None:
+                layer_front = find_front(exposed, card.schema)
+                if layer_front is not None and _same_feed(front, layer_front):
+                    exposed, layer_cut = layer_front.model_bytes, True
             layer_session = _open_session(exposed, source, threads)
-        return cls(name, version, source, session, card, monitor, layer_session)
+        return cls(name, version, source, session, card, monitor, layer_session, front, layer_cut)
 
     def predict(self, x: ModelInput) -> list[np.ndarray]:
         """Score x (N, F) float32, or a mixed model's Columns; answers in `output_names` order:
@@ -256,7 +278,7 @@ class Model:
             _observe(drift, x, None)
             return outputs
         with_layers: list[np.ndarray] = self._layer_session.run(
-            self._layer_output_list, feed(x, INPUT_NAME)
+            self._layer_output_list, self._layer_feed(x)
         )
         count = len(self._output_list)
         _observe(drift, x, with_layers[count:])
@@ -264,7 +286,24 @@ class Model:
 
     def _run(self, x: ModelInput) -> list[np.ndarray]:
         """Score x without touching the drift statistics (warm-up, parity gate)."""
-        return self._session_run(self._output_list, feed(x, INPUT_NAME), self._run_options)
+        return self._session_run(self._output_list, self.session_feed(x), self._run_options)
+
+    def session_feed(self, x: ModelInput) -> dict[str, np.ndarray]:
+        """The served session's feed: {x} or one array per column (plane/inputs.feed), or with a
+        front the Packed form's two arrays (the decoder's when it made them for this model,
+        else packed here from the columns)."""
+        front = self._front
+        if front is None or not isinstance(x, Columns):
+            return feed(x, INPUT_NAME)
+        packed = x.packed
+        if packed is None or packed.front is not front:
+            packed = front.pack(x)
+        return front.feed(packed)
+
+    def _layer_feed(self, x: ModelInput) -> dict[str, np.ndarray]:
+        """The drift layer session's feed (the same cut as the served session, or the full
+        graph's raw inputs)."""
+        return self.session_feed(x) if self._layer_cut else feed(x, INPUT_NAME)
 
     def check_features(self, x: ModelInput) -> None:
         """Raise InvalidInput unless x is (N ≥ 1, F) of finite values (NaN allowed where the
@@ -403,7 +442,7 @@ class Model:
             for _ in range(3):
                 self._run(zeros)
                 if self._layer_session is not None:
-                    self._layer_session.run(self._layer_output_list, feed(zeros, INPUT_NAME))
+                    self._layer_session.run(self._layer_output_list, self._layer_feed(zeros))
 
     def _zeros(self, rows: int) -> ModelInput:
         """rows examples of zeros (a mixed model: 0 and "" per column)."""
@@ -438,7 +477,7 @@ class Model:
         problems += self._parity_problems(alone_stacked, "scored one at a time")
         if self._layer_session is not None:
             with_layers = self._layer_session.run(
-                self._layer_output_list, feed(reference_x, INPUT_NAME)
+                self._layer_output_list, self._layer_feed(reference_x)
             )
             problems += self._parity_problems(
                 with_layers[: len(self._output_list)], "scored by the drift session"
@@ -502,6 +541,15 @@ class Model:
             f"label[{row}] {how}: {served_labels[row]} vs reference {reference_labels[row]}"
             for row in wrong
         ]
+
+
+def _same_feed(front: Front, other: Front) -> bool:
+    """other takes front's feed: the same input names and the same slot of every cell."""
+    return (
+        (front.numbers_input, front.codes_input) == (other.numbers_input, other.codes_input)
+        and front.lookups == other.lookups
+        and front.default_slots == other.default_slots
+    )
 
 
 def _open_session(model_bytes: bytes, source: str, threads: SessionThreads) -> ort.InferenceSession:

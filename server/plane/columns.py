@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from bnserve.server.modelfile.schema import CATEGORICAL, GraphInput, InputSchema
 from bnserve.server.plane.errors import InvalidInput
-from bnserve.server.plane.inputs import Columns, TensorIn
+from bnserve.server.plane.inputs import Columns, Packed, TensorIn
+
+if TYPE_CHECKING:
+    from bnserve.server.modelfile.front import Front
 
 NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
@@ -64,14 +67,26 @@ class ColumnDecoder:
     numbers, texts as raw BYTES elements or typed str / UTF-8 bytes. It then checks for
     infinity once over all numeric columns. Anything else, or anything wrong, goes to
     `decode_tensors`, which takes every form and names the problem and the column.
+
+    With the model's `front` (a cut graph is served: server/modelfile/front.py), the usual
+    request's Columns also carry their `Packed` form, made from the same two blocks: the
+    numbers (N, Fn) from the one frombuffer, each text cell's slot from the list of texts.
     """
 
-    def __init__(self, schema: InputSchema, model: str) -> None:
+    def __init__(self, schema: InputSchema, model: str, front: Front | None = None) -> None:
         self.schema = schema
         self.model = model
+        kinds = [is_categorical(column) for column in schema.inputs]
+        numeric_names = tuple(c.name for c in schema.inputs if not is_categorical(c))
+        categorical_names = tuple(c.name for c in schema.inputs if is_categorical(c))
+        if front is not None and (front.numeric, front.categorical) != (
+            numeric_names,
+            categorical_names,
+        ):
+            front = None  # not this schema's front: Columns without their packed form
+        self.front = front
         self._names = input_names(schema)
         self._name_set = frozenset(self._names)
-        kinds = [is_categorical(column) for column in schema.inputs]
         self._datatypes = tuple(BYTES if categorical else "FP32" for categorical in kinds)
         self._numeric = tuple(i for i, categorical in enumerate(kinds) if not categorical)
         self._categorical = tuple(i for i, categorical in enumerate(kinds) if categorical)
@@ -111,15 +126,22 @@ class ColumnDecoder:
         count = dims[0]
         data = [tensor[3] for tensor in tensors]
         numbers = _number_block([data[i] for i in self._numeric], count)
-        texts = _text_block([data[i] for i in self._categorical], count)
-        if numbers is None or texts is None:
+        cells = _text_cells([data[i] for i in self._categorical], count)
+        if numbers is None or cells is None:
             return None
         block, gaps = numbers
+        texts = np.array(cells, dtype=object).reshape(len(self._categorical), count, 1)
         arrays = [
             block[row] if numeric else texts[row]
             for numeric, row in self._places  # views, no copies
         ]
-        return Columns(dict(zip(self._names, arrays, strict=True)), gaps)
+        packed = None
+        front = self.front
+        if front is not None:
+            joined = block.reshape(len(self._numeric), count)
+            joined = joined.T if count == 1 else np.ascontiguousarray(joined.T)
+            packed = Packed(front, joined, front.codes(cells, count))
+        return Columns(dict(zip(self._names, arrays, strict=True)), gaps, packed)
 
 
 def _number_block(data: list[Any], count: int) -> tuple[np.ndarray, bool] | None:
@@ -162,9 +184,9 @@ def _number_block(data: list[Any], count: int) -> tuple[np.ndarray, bool] | None
     return block.reshape(len(data), count, 1), gaps
 
 
-def _text_block(data: list[Any], count: int) -> np.ndarray | None:
-    """(columns, count, 1) object array of str of BYTES columns (raw elements, or typed str
-    or UTF-8 bytes), or None for anything else (None cells, a bad element: decode_tensors)."""
+def _text_cells(data: list[Any], count: int) -> list[str] | None:
+    """The cells of BYTES columns (raw elements, or typed str or UTF-8 bytes) as str, column
+    after column, or None for anything else (None cells, a bad element: decode_tensors)."""
     texts: list[str] = []
     try:
         for values in data:
@@ -190,7 +212,7 @@ def _text_block(data: list[Any], count: int) -> np.ndarray | None:
                 return None
     except UnicodeDecodeError:
         return None
-    return np.array(texts, dtype=object).reshape(len(data), count, 1)
+    return texts
 
 
 def _elements(data: bytes, count: int) -> list[bytes] | None:

@@ -33,19 +33,38 @@ class TensorIn(NamedTuple):
     source: str
 
 
+class Packed(NamedTuple):
+    """A mixed model's columns as its cut graph takes them (server/modelfile/front.py): numbers
+    (N, Fn) float32, the numeric columns joined (NaN: missing; (N, 0) without any), codes
+    (N, Fc) int64, each categorical cell's slot as its column's LabelEncoder gives it. front:
+    the Front that made them; a model uses them only if it is its own (a shadow or another
+    version codes the columns again)."""
+
+    front: object
+    numbers: np.ndarray
+    codes: np.ndarray
+
+
 class Columns:
     """N rows of a mixed model's inputs: name → (N, 1) array, in the model's input order.
 
     `shape` is (N, number of columns), so code that reads `x.shape[0]` for the row count works
     on both kinds of input. `gaps`: whether a numeric column holds NaN (None: not known; the
     decoder knows it from its one pass over the numbers, so the missing-cell counters need not
-    look again)."""
+    look again). `packed`: the same rows as a cut graph takes them, when the decoder made them
+    in its pass (None: the model packs them itself if it serves a cut graph)."""
 
-    __slots__ = ("arrays", "gaps", "shape")
+    __slots__ = ("arrays", "gaps", "packed", "shape")
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], gaps: bool | None = None) -> None:
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        gaps: bool | None = None,
+        packed: Packed | None = None,
+    ) -> None:
         self.arrays: dict[str, np.ndarray] = dict(arrays)
         self.gaps = gaps
+        self.packed = packed
         first = next(iter(self.arrays.values()), None)
         self.shape: tuple[int, int] = (0 if first is None else first.shape[0], len(self.arrays))
 
@@ -74,8 +93,14 @@ def concatenate(parts: Sequence[ModelInput]) -> ModelInput:
     first = parts[0]
     if isinstance(first, Columns):
         tables = [part for part in parts if isinstance(part, Columns)]
+        packs = [part.packed for part in tables if part.packed is not None]
+        packed = None
+        if len(packs) == len(tables) and all(pack.front is packs[0].front for pack in packs):
+            numbers = np.concatenate([pack.numbers for pack in packs])
+            packed = Packed(packs[0].front, numbers, np.concatenate([pack.codes for pack in packs]))
         return Columns(
-            {name: np.concatenate([part[name] for part in tables]) for name in first.arrays}
+            {name: np.concatenate([part[name] for part in tables]) for name in first.arrays},
+            packed=packed,
         )
     return np.concatenate([part for part in parts if isinstance(part, np.ndarray)])
 
@@ -83,7 +108,10 @@ def concatenate(parts: Sequence[ModelInput]) -> ModelInput:
 def take(inputs: ModelInput, start: int, stop: int) -> ModelInput:
     """Rows start..stop-1 of inputs."""
     if isinstance(inputs, Columns):
-        return Columns({name: array[start:stop] for name, array in inputs})
+        packed = inputs.packed
+        if packed is not None:
+            packed = Packed(packed.front, packed.numbers[start:stop], packed.codes[start:stop])
+        return Columns({name: array[start:stop] for name, array in inputs}, packed=packed)
     return inputs[start:stop]
 
 
