@@ -13,6 +13,7 @@ else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import io
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -39,6 +41,7 @@ CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
 FORMAT = 3  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
+PENDING_BYTES = 32 << 20  # blocks waiting for the writing thread, at most
 NOTICE_BYTES = 256 << 20  # a source this large is announced on stderr before its first read
 
 
@@ -158,6 +161,105 @@ class _SyncingWriter:
         self.unsynced = 0
 
 
+class WriteFailed(Exception):
+    """The cache file could not be written (error: the OSError); not an OSError itself, so a
+    reader never takes it for a problem of the source file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BackgroundWriter:
+    """A sink whose writes happen on a thread of its own, in order (a _SyncingWriter's: an
+    fdatasync every SYNC_BYTES), so the reading threads never wait for the disk.
+
+    At most PENDING_BYTES wait to be written (beyond one block): a reader faster than the disk
+    waits in write(). write() keeps a reference to the block: the caller must not change it
+    afterwards (the readers hand over a new block each time). A failed write is raised as
+    WriteFailed by the next write(), seek(), truncate() or sync().
+    """
+
+    def __init__(self, writer: _SyncingWriter) -> None:
+        self.writer = writer
+        self.pending: collections.deque[memoryview | bytes] = collections.deque()
+        self.pending_bytes = 0
+        self.error: OSError | None = None
+        self.closing = False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="bnserve-write", daemon=True)
+        self.thread.start()
+
+    def write(self, data: memoryview | bytes) -> int:
+        size = memoryview(data).nbytes
+        with self.changed:
+            while self.pending and self.pending_bytes + size > PENDING_BYTES and not self.error:
+                self.changed.wait()
+            self._raise_error()
+            self.pending.append(data)
+            self.pending_bytes += size
+            self.changed.notify_all()
+        return size
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                while not self.pending and not self.closing:
+                    self.changed.wait()
+                if not self.pending:
+                    return  # closed, everything written
+                data = self.pending[0]
+            try:
+                self.writer.write(data)
+            except OSError as error:
+                with self.changed:
+                    self.error = error
+                    self.pending.clear()
+                    self.pending_bytes = 0
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.pending.popleft()
+                self.pending_bytes -= memoryview(data).nbytes
+                self.changed.notify_all()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise WriteFailed(self.error)
+
+    def drain(self) -> None:
+        """Wait until every block handed over is written."""
+        with self.changed:
+            while self.pending and not self.error:
+                self.changed.wait()
+            self._raise_error()
+
+    def seek(self, offset: int) -> int:
+        self.drain()
+        return self.writer.seek(offset)
+
+    def truncate(self) -> int:
+        self.drain()
+        return self.writer.truncate()
+
+    def sync(self) -> None:
+        """Write everything handed over and flush it to the disk."""
+        self.drain()
+        try:
+            self.writer.sync()
+        except OSError as error:
+            raise WriteFailed(error) from None
+
+    def close(self) -> None:
+        """Stop the thread; blocks not yet written are dropped (after a failed read)."""
+        with self.changed:
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.closing = True
+            self.changed.notify_all()
+        self.thread.join()
+
+
 def _build_entry(
     path: Path,
     size: int,
@@ -183,9 +285,12 @@ def _build_entry(
             hashing = hasher.submit(content_sha256, path) if sha is None else None
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
-                writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
-                writer.sync()
+                writer = BackgroundWriter(_SyncingWriter(handle))
+                try:
+                    info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
+                    writer.sync()
+                finally:
+                    writer.close()
             content_sha = hashing.result() if hashing is not None else sha
         assert content_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
@@ -218,7 +323,8 @@ def _build_entry(
             raise
         atomic.fsync_directory(cache_dir)
         return entry, content_sha
-    except OSError as error:
+    except (OSError, WriteFailed) as failed:
+        error = failed.error if isinstance(failed, WriteFailed) else failed
         raise DataError(
             f"{cache_dir}: cannot write the data cache ({error}); "
             f"choose another with --cache-dir or ${CACHE_ENV}, or 'off'"

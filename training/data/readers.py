@@ -578,12 +578,13 @@ def _read_parquet_mixed(
         for col, name in enumerate(names)
         if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
     }
-    vocabularies = {col: mixed.Vocabulary.empty() for col in text}
+    coders = {col: mixed_parquet.Coder() for col in text}
+    dictionaries = mixed_parquet.Dictionaries(na_values)
 
     def convert(numbered: tuple[int, Any]) -> mixed_parquet.Batch:
         first_row, batch = numbered
         block, texts = mixed_parquet.convert(
-            batch, names, text, na_values, lambda row: f"{path}: row {first_row + row}"
+            batch, names, text, dictionaries, lambda row: f"{path}: row {first_row + row}"
         )
         target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
         return mixed_parquet.Batch(block, texts, [target_column])
@@ -593,7 +594,7 @@ def _read_parquet_mixed(
             batch_size=mixed_parquet.BATCH_ROWS, columns=[*names, target_name]
         )
         rows, chunks = mixed_parquet.write_batches(
-            _ordered_map(convert, _numbered(batches)), vocabularies, sink
+            _ordered_map(convert, _numbered(batches)), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
@@ -604,7 +605,9 @@ def _read_parquet_mixed(
         names,
         target_name,
         codes_target,
-        mixed.vocabulary_tuple(vocabularies, len(names)),
+        mixed.vocabulary_tuple(
+            {col: coder.vocabulary for col, coder in coders.items()}, len(names)
+        ),
         mixed=True,
     )
 
