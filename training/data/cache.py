@@ -433,8 +433,9 @@ class RowFile:
             raise IndexError("RowFile takes a 1-D array of row numbers")
         if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
             raise IndexError(f"row out of range for {self.shape[0]} rows")
-        order = np.argsort(rows, kind="stable")
-        wanted = rows[order]
+        ascending = bool(np.all(rows[1:] >= rows[:-1]))
+        order = np.arange(len(rows)) if ascending else np.argsort(rows, kind="stable")
+        wanted = rows if ascending else rows[order]
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
         if not len(wanted):
             return out
@@ -453,6 +454,9 @@ class RowFile:
                 size, offset = (last - first + 1) * self._row_bytes, first * self._row_bytes
                 block = np.frombuffer(os.pread(self._fd, size, offset), dtype=np.float32)
                 block = block.reshape(-1, self.shape[1])
-                out[order[start:stop]] = block[wanted[start:stop] - first]
+                if ascending:  # rows asked in file order: the first put in place as they are
+                    out[start:stop] = block[wanted[start:stop] - first]
+                else:
+                    out[order[start:stop]] = block[wanted[start:stop] - first]
                 start = stop
         return out
