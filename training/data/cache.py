@@ -1,11 +1,18 @@
 """The float32 data cache: a CSV/Parquet source converted once, then read in place on every run.
 
-An entry is a directory `<cache dir>/<source size>-<sha256 of the source's bytes>-<key of the
-read settings>/` holding x.f32 (rows × features float32, C order, no header), codes.npy and
-cells.npy (the target), and meta.json, written into a temporary directory and renamed into place
-whole. The key is the content hash, so a changed file never finds the old entry; the entry of the
-file's previous contents is deleted when the new one is written. When no entry has the source's
-size, the source is hashed on a second thread while it is read.
+An entry is a directory `<cache dir>/<source size>-<hash>-<key of the read settings>/` holding
+x.f32 (rows × features float32, C order, no header), codes.npy and cells.npy (the target), and
+meta.json, written into a temporary directory and renamed into place whole. The entry of the
+file's previous contents is deleted when the new one is written.
+
+The hash: for a CSV, the sha256 of its bytes, so a changed CSV never finds the old entry; when
+no entry has the source's size, it is hashed on a second thread while it is read. For a Parquet
+file, the sha256 of its modification time (ns) and its footer (the file's metadata: schema, row
+groups, each column chunk's offsets, sizes and statistics), read in one small read: writing the
+file changes its mtime, and new contents change the footer's sizes or statistics. Only a rewrite
+that keeps the size, the footer and the mtime (set back by hand, or by a copy that keeps it,
+such as cp -p or rsync -t) is served from the old entry. Hashing the whole 158 MB Parquet file
+of bench/data.py's mixed table took as much CPU time as a third of pyarrow's read of it.
 
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
@@ -34,7 +41,7 @@ import numpy.typing as npt
 
 from bnserve import atomic
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
-from bnserve.training.data.readers import TableInfo, Target, read_table
+from bnserve.training.data.readers import TableInfo, Target, is_parquet, read_table
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
@@ -60,6 +67,26 @@ def content_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         while piece := handle.read(8 << 20):
             digest.update(piece)
+    return digest.hexdigest()
+
+
+def parquet_footer_sha256(path: Path, mtime_ns: int) -> str | None:
+    """Hex sha256 of the modification time and the footer of a Parquet file (the module's
+    docstring); None when the file does not end in a plain Parquet footer (the reader then
+    says why it cannot be read)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size < 12:  # "PAR1", the footer, its length, "PAR1"
+            return None
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            return None
+        handle.seek(size - 8 - length)
+        footer = handle.read(length)
+    digest = hashlib.sha256(f"parquet footer, mtime {mtime_ns} ns\n".encode())
+    digest.update(footer)
     return digest.hexdigest()
 
 
@@ -91,9 +118,11 @@ def load_table(
     try:
         before = _identity(path)
         size = before[1]
-        # A file's entry is named by its size first: when no entry has this size, the file
+        sha = parquet_footer_sha256(path, before[2]) if is_parquet(path) else None
+        # A CSV's entry is named by its size first: when no entry has this size, the file
         # cannot be cached, and it is hashed while it is read instead of before.
-        sha = content_sha256(path) if any(cache_dir.glob(f"{size}-*")) else None
+        if sha is None and any(cache_dir.glob(f"{size}-*")):
+            sha = content_sha256(path)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
@@ -119,7 +148,8 @@ def load_table(
 
 
 def _entry(cache_dir: Path, size: int, sha: str, key: str) -> Path:
-    """The entry of a source of `size` bytes with content hash `sha`, read with settings `key`."""
+    """The entry of a source of `size` bytes with hash `sha` (its content's, or a Parquet
+    file's footer and mtime), read with settings `key`."""
     return cache_dir / f"{size}-{sha}-{key}"
 
 
@@ -270,8 +300,9 @@ def _build_entry(
     delimiter: str,
     na_values: tuple[str, ...],
 ) -> tuple[Path, str]:
-    """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
-    sha256). sha None: the source is hashed on a second thread while it is read."""
+    """Read the source (`size` bytes) into a new entry and rename it into place: (entry, the hash
+    it is named by). sha None: the source's bytes are hashed on a second thread while it is
+    read."""
     temporary = cache_dir / f"{atomic.TEMP_PREFIX}{uuid.uuid4().hex}"
     if size >= NOTICE_BYTES:  # the first read of a 453 MB CSV took 4 s: say why it waits
         print(
@@ -291,8 +322,8 @@ def _build_entry(
                     writer.sync()
                 finally:
                     writer.close()
-            content_sha = hashing.result() if hashing is not None else sha
-        assert content_sha is not None
+            named_sha = hashing.result() if hashing is not None else sha
+        assert named_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
         np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
         for col, vocabulary in enumerate(info.vocabularies):
@@ -301,7 +332,8 @@ def _build_entry(
         meta = {
             "format": FORMAT,
             "source": str(path.resolve()),
-            "sha256": content_sha,
+            "sha256": named_sha,
+            "hashed": "content" if sha is None or not is_parquet(path) else "footer and mtime",
             "rows": info.rows,
             "feature_names": info.feature_names,
             "target_name": info.target_name,
@@ -310,19 +342,19 @@ def _build_entry(
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         atomic.fsync_directory(temporary)
-        entry = entry_of(content_sha)
+        entry = entry_of(named_sha)
         if _open_entry(entry) is not None:
-            return entry, content_sha  # another process wrote the same entry meanwhile
+            return entry, named_sha  # another process wrote the same entry meanwhile
         if entry.exists():
             shutil.rmtree(entry)  # an unreadable entry (e.g. of an older format)
         try:
             os.rename(temporary, entry)
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return entry, content_sha  # another process renamed its copy into place first
+                return entry, named_sha  # another process renamed its copy into place first
             raise
         atomic.fsync_directory(cache_dir)
-        return entry, content_sha
+        return entry, named_sha
     except (OSError, WriteFailed) as failed:
         error = failed.error if isinstance(failed, WriteFailed) else failed
         raise DataError(
