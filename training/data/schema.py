@@ -322,7 +322,7 @@ def _chunk_part(x: FeatureRows, rows: np.ndarray, tally: _Tally, numbers: np.nda
     if len(numbers):
         if len(numbers) == block.shape[1]:  # x[rows] is a copy of its own: changed in place
             values, gaps = block, missing
-        else:  # contiguous (a strided view would sum in another order)
+        else:  # numpy's take of columns is column-major: each column's sum pairwise
             values, gaps = block[:, numbers], missing[:, numbers]
         _number_part(found, values, gaps, tally.shift[numbers] if tally.shift is not None else None)
     return found
