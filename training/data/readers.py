@@ -75,6 +75,13 @@ class TableInfo:
     mixed: bool = False  # read by mixed.py: text columns or missing cells somewhere
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: pyarrow's may span lines and quote raw bytes of a
+    damaged file ("don't know what type: \\x0f\\nDeserializing page header failed.")."""
+    printable = "".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in str(error))
+    return " ".join(printable.split())
+
+
 def is_csv(path: Path) -> bool:
     """A .csv or .csv.gz path."""
     name = path.name.lower()
@@ -137,7 +144,7 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
     except UnicodeDecodeError:
         _raise_decode_error(path)
     except (OSError, EOFError, csv.Error) as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     return [name.strip() for name in first]
 
 
@@ -206,10 +213,10 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO, delimiter: str) ->
         if "conversion error" in str(error).lower():
             raise _NotNumbers from None  # text or an empty cell: mixed.py reads it
         locate_csv_problem(path, target, delimiter)  # a ragged line or bad bytes: named here
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     except (UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target, delimiter)  # a gzip file cut short: pyarrow's OSError
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     codes_target = _encode(chunks)
     if any(_bad_target_cell(cell) for cell in codes_target.cells):
         _fail(path, target, f"column {target_name!r} has a non-finite target", delimiter)
@@ -289,7 +296,7 @@ def _read_csv_mixed_pass(
             )
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target, delimiter)
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
 
     def where(row: int) -> str:
         return f"{path}: line {csv_line_of_row(path, row, delimiter)}"
@@ -488,7 +495,7 @@ def locate_csv_problem(path: Path, target: str | None, delimiter: str = ",") -> 
     except UnicodeDecodeError:
         _raise_decode_error(path)
     except (csv.Error, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
 
 
 def _check_row(
@@ -521,7 +528,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     header = list(parquet.schema_arrow.names)
     if not header:
         raise DataError(f"{path}: empty file (no columns)")
@@ -545,7 +552,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
         batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
         rows, chunks = _write_blocks(_ordered_map(convert, _numbered(batches)), sink)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     codes_target = _encode(chunks)
     _check_parquet_target(path, codes_target, target_name)
     return TableInfo(rows, names, target_name, codes_target)
@@ -572,7 +579,7 @@ def _read_parquet_mixed(
     try:
         parquet = mixed_parquet.open_file(path, names)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     text = {
         col
         for col, name in enumerate(names)
@@ -597,7 +604,7 @@ def _read_parquet_mixed(
             _ordered_map(convert, _numbered(batches)), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     codes_target = _encode(chunks)
     _check_parquet_target(path, codes_target, target_name)
     return TableInfo(
