@@ -2,14 +2,15 @@
 
 Text columns (string, dictionary, boolean) are held as dictionaries all the way: string columns
 are read with pyarrow's read_dictionary (a dictionary page's entries as they are; plain pages
-encoded by pyarrow), booleans are encoded here. Only a batch's dictionary (K entries) is trimmed
-and matched against the missing tokens and the vocabulary; each row's code is then one take of
-the entries' codes by the row's index. Numeric columns are read as numbers (null, NaN: missing)
+encoded by pyarrow), booleans are encoded here. Only a dictionary (K entries) is trimmed and
+matched against the missing tokens and the vocabulary, once per row group (its batches carry
+equal copies: Dictionaries, Coder); each row's code is then one take of the entries' codes by
+the row's index. Numeric columns are read as numbers (null, NaN: missing)
 and cast to float32 whole; a value that is not finite in float32 (inf, beyond float32) is found
 by one check of the batch and named by its row. No Python object per cell.
 
 Batches (BATCH_ROWS rows) are converted on several threads (readers._ordered_map) and given
-their codes on the writing thread, in file order, so a vocabulary lists its cells first seen
+their codes on the thread that hands them to the sink, in file order, so a vocabulary lists its cells first seen
 first whatever each row group's dictionary holds (entries no row uses never enter it).
 The file is read page by page (pre_buffer off), so memory stays bounded by the batch, not the
 row group.
@@ -200,8 +201,8 @@ def numbers(
             for col, values, _ in columns:
                 block[rows, col] = values[rows]
     for col, _, missing in columns:
-        if missing is not None:
-            block[missing, col] = np.nan  # a null slot's value is any bytes: set after the copy
+        if missing is not None:  # a null slot's value is any bytes: set after the copy
+            np.copyto(block[:, col], np.nan, where=missing)
     if np.isinf(block).any():  # text columns hold 0 until their codes are put in
         for col in numeric:
             _refuse_not_finite(batch.column(names[col]), names[col], where)
