@@ -356,9 +356,9 @@ def _build_entry(
         atomic.fsync_directory(cache_dir)
         return entry, named_sha
     except (OSError, WriteFailed) as failed:
-        error = failed.error if isinstance(failed, WriteFailed) else failed
+        cause = failed.error if isinstance(failed, WriteFailed) else failed
         raise DataError(
-            f"{cache_dir}: cannot write the data cache ({error}); "
+            f"{cache_dir}: cannot write the data cache ({cause}); "
             f"choose another with --cache-dir or ${CACHE_ENV}, or 'off'"
         ) from None
     finally:

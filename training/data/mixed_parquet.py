@@ -10,8 +10,9 @@ and cast to float32 whole; a value that is not finite in float32 (inf, beyond fl
 by one check of the batch and named by its row. No Python object per cell.
 
 Batches (BATCH_ROWS rows) are converted on several threads (readers._ordered_map) and given
-their codes on the thread that hands them to the sink, in file order, so a vocabulary lists its cells first seen
-first whatever each row group's dictionary holds (entries no row uses never enter it).
+their codes on the thread that hands them to the sink, in file order, so a vocabulary lists its
+cells first seen first whatever each row group's dictionary holds (entries no row uses never
+enter it).
 The file is read page by page (pre_buffer off), so memory stays bounded by the batch, not the
 row group.
 """
