@@ -439,9 +439,20 @@ def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _encode(chunks: list[pa.Array]) -> Target:
+    """Unique trimmed cells (first seen first) and each row's code. Integer chunks (a Parquet
+    target of integers without nulls) are encoded as numbers and only their distinct values
+    written out: str(int) is pyarrow's cast of it to a string, so the cells and codes are those
+    of the strings."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if chunks and all(pa.types.is_integer(chunk.type) for chunk in chunks):
+        numbers = pa.chunked_array(chunks, type=pa.int64())
+        distinct = pc.unique(numbers)
+        codes = _numbers(pc.index_in(numbers, value_set=distinct).combine_chunks())
+        dtype = np.int32 if len(distinct) < 2**31 else np.int64
+        return Target([str(v) for v in distinct.to_pylist()], codes.astype(dtype, copy=False))
+    chunks = [chunk if _is_text(chunk.type) else pc.cast(chunk, pa.string()) for chunk in chunks]
     column = pa.chunked_array(chunks, type=pa.string())
     cells = pc.unique(column)
     codes = _numbers(pc.index_in(column, value_set=cells).combine_chunks())
@@ -681,7 +692,8 @@ def _parquet_numbers(path: Path, column: pa.Array, name: str, first_row: int) ->
 
 
 def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> pa.Array:
-    """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...)."""
+    """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...).
+    Integers without nulls stay numbers (int64), written out as strings by _encode."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -689,6 +701,8 @@ def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> 
         column = pc.fill_null(column.cast(pa.string()), "")  # missing: counted by loading.py
     if _is_text(column.type):
         return pc.utf8_trim_whitespace(column.cast(pa.string()))
+    if pa.types.is_integer(column.type) and column.type != pa.uint64():
+        return pc.cast(column, pa.int64())
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         return pc.cast(column, pa.string())
     if pa.types.is_boolean(column.type) or pa.types.is_dictionary(column.type):

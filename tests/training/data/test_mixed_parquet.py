@@ -242,3 +242,24 @@ def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path, damage):
     assert message.startswith(f"{path}: ") and "Parquet" in message
     assert "\n" not in message
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no entry, no temporary
+
+
+@pytest.mark.parametrize(
+    ("kind", "labels"),
+    [
+        (pa.int8(), [-5, 3, -5, 100, 3, 0]),
+        (pa.uint64(), [2**63 + 1, 5, 5, 2**63 + 1, 7, 0]),
+        (pa.int64(), [None, 4, 2**62, 4, None, -1]),  # nulls: a group's cells are strings
+    ],
+)
+def test_integer_targets_give_the_cells_and_codes_of_their_text(tmp_path, kind, labels):
+    path = tmp_path / "t.parquet"
+    schema = pa.schema([("x", pa.float64()), ("y", kind)])
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in (labels[:3], labels[3:]):  # two row groups
+            table = pa.table({"x": [0.5] * 3, "y": pa.array(part, kind)}, schema=schema)
+            writer.write_table(table)
+    info = readers.read_table(path, "y", io.BytesIO())
+    cells = ["" if v is None else str(v) for v in labels]
+    assert info.target.cells == list(dict.fromkeys(cells))
+    assert info.target.codes.tolist() == [info.target.cells.index(c) for c in cells]
