@@ -12,7 +12,8 @@ groups, each column chunk's offsets, sizes and statistics), read in one small re
 file changes its mtime, and new contents change the footer's sizes or statistics. Only a rewrite
 that keeps the size, the footer and the mtime (set back by hand, or by a copy that keeps it,
 such as cp -p or rsync -t) is served from the old entry. Hashing the whole 158 MB Parquet file
-of bench/data.py's mixed table took as much CPU time as a third of pyarrow's read of it.
+of bench/data.py's mixed table took 0.15 CPU s alone (pyarrow's read of it: 0.65), 0.4-0.6 s on
+a core shared with the read (docs/benchmarks.md).
 
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
