@@ -5,9 +5,9 @@ are read with pyarrow's read_dictionary (a dictionary page's entries as they are
 encoded by pyarrow), booleans are encoded here. Only a dictionary (K entries) is trimmed and
 matched against the missing tokens and the vocabulary, once per row group (its batches carry
 equal copies: Dictionaries, Coder); each row's code is then one take of the entries' codes by
-the row's index. Numeric columns are read as numbers (null, NaN: missing)
-and cast to float32 whole; a value that is not finite in float32 (inf, beyond float32) is found
-by one check of the batch and named by its row. No Python object per cell.
+the row's index. Numeric columns are read as numbers (null, NaN: missing) and cast to float32
+whole; a value that is not finite in float32 (inf, beyond float32) is found by one check of the
+batch and named by its row. No Python object per cell.
 
 Batches (BATCH_ROWS rows) are converted on several threads (readers._ordered_map) and given
 their codes on the thread that hands them to the sink, in file order, so a vocabulary lists its
@@ -42,7 +42,7 @@ class DictionaryColumn:
     """One batch of a text column: its dictionary's trimmed entries and each row's entry.
 
     cells and missing are shared by the batches whose dictionaries are equal (Dictionaries):
-    the same objects, so the writing thread knows them again by identity (Coder)."""
+    the same objects, so the thread giving the codes knows them again by identity (Coder)."""
 
     cells: list[str]  # (K,) trimmed entries (two may be equal once trimmed)
     missing: np.ndarray  # (K,) bool: the entry is a missing token (na_values)
