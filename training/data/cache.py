@@ -1,11 +1,19 @@
 """The float32 data cache: a CSV/Parquet source converted once, then read in place on every run.
 
-An entry is a directory `<cache dir>/<source size>-<sha256 of the source's bytes>-<key of the
-read settings>/` holding x.f32 (rows × features float32, C order, no header), codes.npy and
-cells.npy (the target), and meta.json, written into a temporary directory and renamed into place
-whole. The key is the content hash, so a changed file never finds the old entry; the entry of the
-file's previous contents is deleted when the new one is written. When no entry has the source's
-size, the source is hashed on a second thread while it is read.
+An entry is a directory `<cache dir>/<source size>-<hash>-<key of the read settings>/` holding
+x.f32 (rows × features float32, C order, no header), codes.npy and cells.npy (the target), and
+meta.json, written into a temporary directory and renamed into place whole. The entry of the
+file's previous contents is deleted when the new one is written.
+
+The hash: for a CSV, the sha256 of its bytes, so a changed CSV never finds the old entry; when
+no entry has the source's size, it is hashed on a second thread while it is read. For a Parquet
+file, the sha256 of its modification time (ns) and its footer (the file's metadata: schema, row
+groups, each column chunk's offsets, sizes and statistics), read in one small read: writing the
+file changes its mtime, and new contents change the footer's sizes or statistics. Only a rewrite
+that keeps the size, the footer and the mtime (set back by hand, or by a copy that keeps it,
+such as cp -p or rsync -t) is served from the old entry. Hashing the whole 158 MB Parquet file
+of bench/data.py's mixed table took 0.15 CPU s alone (pyarrow's read of it: 0.65), 0.4-0.6 s on
+a core shared with the read (docs/benchmarks.md).
 
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
@@ -13,6 +21,7 @@ else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import io
@@ -20,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -32,13 +42,14 @@ import numpy.typing as npt
 
 from bnserve import atomic
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
-from bnserve.training.data.readers import TableInfo, Target, read_table
+from bnserve.training.data.readers import TableInfo, Target, is_parquet, read_table
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
 OFF = "off"
 FORMAT = 3  # bump when the entry layout or the readers' output changes
 SYNC_BYTES = 64 << 20  # written pages are flushed to the disk this often
+PENDING_BYTES = 32 << 20  # blocks waiting for the writing thread, at most
 NOTICE_BYTES = 256 << 20  # a source this large is announced on stderr before its first read
 
 
@@ -57,6 +68,26 @@ def content_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         while piece := handle.read(8 << 20):
             digest.update(piece)
+    return digest.hexdigest()
+
+
+def parquet_footer_sha256(path: Path, mtime_ns: int) -> str | None:
+    """Hex sha256 of the modification time and the footer of a Parquet file (the module's
+    docstring); None when the file does not end in a plain Parquet footer (the reader then
+    says why it cannot be read)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size < 12:  # "PAR1", the footer, its length, "PAR1"
+            return None
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            return None
+        handle.seek(size - 8 - length)
+        footer = handle.read(length)
+    digest = hashlib.sha256(f"parquet footer, mtime {mtime_ns} ns\n".encode())
+    digest.update(footer)
     return digest.hexdigest()
 
 
@@ -88,9 +119,11 @@ def load_table(
     try:
         before = _identity(path)
         size = before[1]
-        # A file's entry is named by its size first: when no entry has this size, the file
+        sha = parquet_footer_sha256(path, before[2]) if is_parquet(path) else None
+        # A CSV's entry is named by its size first: when no entry has this size, the file
         # cannot be cached, and it is hashed while it is read instead of before.
-        sha = content_sha256(path) if any(cache_dir.glob(f"{size}-*")) else None
+        if sha is None and any(cache_dir.glob(f"{size}-*")):
+            sha = content_sha256(path)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     if sha is not None and (opened := _open_entry(_entry(cache_dir, size, sha, key))) is not None:
@@ -116,7 +149,8 @@ def load_table(
 
 
 def _entry(cache_dir: Path, size: int, sha: str, key: str) -> Path:
-    """The entry of a source of `size` bytes with content hash `sha`, read with settings `key`."""
+    """The entry of a source of `size` bytes with hash `sha` (its content's, or a Parquet
+    file's footer and mtime), read with settings `key`."""
     return cache_dir / f"{size}-{sha}-{key}"
 
 
@@ -158,6 +192,105 @@ class _SyncingWriter:
         self.unsynced = 0
 
 
+class WriteFailed(Exception):
+    """The cache file could not be written (error: the OSError); not an OSError itself, so a
+    reader never takes it for a problem of the source file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BackgroundWriter:
+    """A sink whose writes happen on a thread of its own, in order (a _SyncingWriter's: an
+    fdatasync every SYNC_BYTES), so the reading threads never wait for the disk.
+
+    At most PENDING_BYTES wait to be written (beyond one block): a reader faster than the disk
+    waits in write(). write() keeps a reference to the block: the caller must not change it
+    afterwards (the readers hand over a new block each time). A failed write is raised as
+    WriteFailed by the next write(), seek(), truncate() or sync().
+    """
+
+    def __init__(self, writer: _SyncingWriter) -> None:
+        self.writer = writer
+        self.pending: collections.deque[memoryview | bytes] = collections.deque()
+        self.pending_bytes = 0
+        self.error: OSError | None = None
+        self.closing = False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="bnserve-write", daemon=True)
+        self.thread.start()
+
+    def write(self, data: memoryview | bytes) -> int:
+        size = memoryview(data).nbytes
+        with self.changed:
+            while self.pending and self.pending_bytes + size > PENDING_BYTES and not self.error:
+                self.changed.wait()
+            self._raise_error()
+            self.pending.append(data)
+            self.pending_bytes += size
+            self.changed.notify_all()
+        return size
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                while not self.pending and not self.closing:
+                    self.changed.wait()
+                if not self.pending:
+                    return  # closed, everything written
+                data = self.pending[0]
+            try:
+                self.writer.write(data)
+            except OSError as error:
+                with self.changed:
+                    self.error = error
+                    self.pending.clear()
+                    self.pending_bytes = 0
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.pending.popleft()
+                self.pending_bytes -= memoryview(data).nbytes
+                self.changed.notify_all()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise WriteFailed(self.error)
+
+    def drain(self) -> None:
+        """Wait until every block handed over is written."""
+        with self.changed:
+            while self.pending and not self.error:
+                self.changed.wait()
+            self._raise_error()
+
+    def seek(self, offset: int) -> int:
+        self.drain()
+        return self.writer.seek(offset)
+
+    def truncate(self) -> int:
+        self.drain()
+        return self.writer.truncate()
+
+    def sync(self) -> None:
+        """Write everything handed over and flush it to the disk."""
+        self.drain()
+        try:
+            self.writer.sync()
+        except OSError as error:
+            raise WriteFailed(error) from None
+
+    def close(self) -> None:
+        """Stop the thread; blocks not yet written are dropped (after a failed read)."""
+        with self.changed:
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.closing = True
+            self.changed.notify_all()
+        self.thread.join()
+
+
 def _build_entry(
     path: Path,
     size: int,
@@ -168,8 +301,9 @@ def _build_entry(
     delimiter: str,
     na_values: tuple[str, ...],
 ) -> tuple[Path, str]:
-    """Read the source (`size` bytes) into a new entry and rename it into place: (entry, content
-    sha256). sha None: the source is hashed on a second thread while it is read."""
+    """Read the source (`size` bytes) into a new entry and rename it into place: (entry, the hash
+    it is named by). sha None: the source's bytes are hashed on a second thread while it is
+    read."""
     temporary = cache_dir / f"{atomic.TEMP_PREFIX}{uuid.uuid4().hex}"
     if size >= NOTICE_BYTES:  # the first read of a 453 MB CSV took 4 s: say why it waits
         print(
@@ -183,11 +317,14 @@ def _build_entry(
             hashing = hasher.submit(content_sha256, path) if sha is None else None
             temporary.mkdir(parents=True)
             with (temporary / "x.f32").open("wb") as handle:
-                writer = _SyncingWriter(handle)
-                info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
-                writer.sync()
-            content_sha = hashing.result() if hashing is not None else sha
-        assert content_sha is not None
+                writer = BackgroundWriter(_SyncingWriter(handle))
+                try:
+                    info = read_table(path, target, writer, delimiter, na_values)  # type: ignore[arg-type]
+                    writer.sync()
+                finally:
+                    writer.close()
+            named_sha = hashing.result() if hashing is not None else sha
+        assert named_sha is not None
         np.save(temporary / "codes.npy", info.target.codes)
         np.save(temporary / "cells.npy", np.array(info.target.cells, dtype=str))
         for col, vocabulary in enumerate(info.vocabularies):
@@ -196,7 +333,8 @@ def _build_entry(
         meta = {
             "format": FORMAT,
             "source": str(path.resolve()),
-            "sha256": content_sha,
+            "sha256": named_sha,
+            "hashed": "content" if sha is None or not is_parquet(path) else "footer and mtime",
             "rows": info.rows,
             "feature_names": info.feature_names,
             "target_name": info.target_name,
@@ -205,22 +343,23 @@ def _build_entry(
         }
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         atomic.fsync_directory(temporary)
-        entry = entry_of(content_sha)
+        entry = entry_of(named_sha)
         if _open_entry(entry) is not None:
-            return entry, content_sha  # another process wrote the same entry meanwhile
+            return entry, named_sha  # another process wrote the same entry meanwhile
         if entry.exists():
             shutil.rmtree(entry)  # an unreadable entry (e.g. of an older format)
         try:
             os.rename(temporary, entry)
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return entry, content_sha  # another process renamed its copy into place first
+                return entry, named_sha  # another process renamed its copy into place first
             raise
         atomic.fsync_directory(cache_dir)
-        return entry, content_sha
-    except OSError as error:
+        return entry, named_sha
+    except (OSError, WriteFailed) as failed:
+        cause = failed.error if isinstance(failed, WriteFailed) else failed
         raise DataError(
-            f"{cache_dir}: cannot write the data cache ({error}); "
+            f"{cache_dir}: cannot write the data cache ({cause}); "
             f"choose another with --cache-dir or ${CACHE_ENV}, or 'off'"
         ) from None
     finally:
@@ -327,8 +466,9 @@ class RowFile:
             raise IndexError("RowFile takes a 1-D array of row numbers")
         if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
             raise IndexError(f"row out of range for {self.shape[0]} rows")
-        order = np.argsort(rows, kind="stable")
-        wanted = rows[order]
+        ascending = bool(np.all(rows[1:] >= rows[:-1]))
+        order = np.arange(len(rows)) if ascending else np.argsort(rows, kind="stable")
+        wanted = rows if ascending else rows[order]
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
         if not len(wanted):
             return out
@@ -347,6 +487,9 @@ class RowFile:
                 size, offset = (last - first + 1) * self._row_bytes, first * self._row_bytes
                 block = np.frombuffer(os.pread(self._fd, size, offset), dtype=np.float32)
                 block = block.reshape(-1, self.shape[1])
-                out[order[start:stop]] = block[wanted[start:stop] - first]
+                if ascending:  # rows asked in file order: the first put in place as they are
+                    out[start:stop] = block[wanted[start:stop] - first]
+                else:
+                    out[order[start:stop]] = block[wanted[start:stop] - first]
                 start = stop
         return out

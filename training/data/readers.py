@@ -75,6 +75,13 @@ class TableInfo:
     mixed: bool = False  # read by mixed.py: text columns or missing cells somewhere
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: pyarrow's may span lines and quote raw bytes of a
+    damaged file ("don't know what type: \\x0f\\nDeserializing page header failed.")."""
+    printable = "".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in str(error))
+    return " ".join(printable.split())
+
+
 def is_csv(path: Path) -> bool:
     """A .csv or .csv.gz path."""
     name = path.name.lower()
@@ -137,7 +144,7 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
     except UnicodeDecodeError:
         _raise_decode_error(path)
     except (OSError, EOFError, csv.Error) as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     return [name.strip() for name in first]
 
 
@@ -206,10 +213,10 @@ def _read_csv(path: Path, target: str | None, sink: BinaryIO, delimiter: str) ->
         if "conversion error" in str(error).lower():
             raise _NotNumbers from None  # text or an empty cell: mixed.py reads it
         locate_csv_problem(path, target, delimiter)  # a ragged line or bad bytes: named here
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     except (UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target, delimiter)  # a gzip file cut short: pyarrow's OSError
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
     codes_target = _encode(chunks)
     if any(_bad_target_cell(cell) for cell in codes_target.cells):
         _fail(path, target, f"column {target_name!r} has a non-finite target", delimiter)
@@ -289,7 +296,7 @@ def _read_csv_mixed_pass(
             )
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as error:
         locate_csv_problem(path, target, delimiter)
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
 
     def where(row: int) -> str:
         return f"{path}: line {csv_line_of_row(path, row, delimiter)}"
@@ -432,9 +439,20 @@ def _trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _encode(chunks: list[pa.Array]) -> Target:
+    """Unique trimmed cells (first seen first) and each row's code. Integer chunks (a Parquet
+    target of integers without nulls) are encoded as numbers and only their distinct values
+    written out: str(int) is pyarrow's cast of it to a string, so the cells and codes are those
+    of the strings."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if chunks and all(pa.types.is_integer(chunk.type) for chunk in chunks):
+        numbers = pa.chunked_array(chunks, type=pa.int64())
+        distinct = pc.unique(numbers)
+        codes = _numbers(pc.index_in(numbers, value_set=distinct).combine_chunks())
+        dtype = np.int32 if len(distinct) < 2**31 else np.int64
+        return Target([str(v) for v in distinct.to_pylist()], codes.astype(dtype, copy=False))
+    chunks = [chunk if _is_text(chunk.type) else pc.cast(chunk, pa.string()) for chunk in chunks]
     column = pa.chunked_array(chunks, type=pa.string())
     cells = pc.unique(column)
     codes = _numbers(pc.index_in(column, value_set=cells).combine_chunks())
@@ -488,7 +506,7 @@ def locate_csv_problem(path: Path, target: str | None, delimiter: str = ",") -> 
     except UnicodeDecodeError:
         _raise_decode_error(path)
     except (csv.Error, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+        raise DataError(f"{path}: not a readable CSV ({one_line(error)})") from None
 
 
 def _check_row(
@@ -521,7 +539,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     header = list(parquet.schema_arrow.names)
     if not header:
         raise DataError(f"{path}: empty file (no columns)")
@@ -545,7 +563,7 @@ def _read_parquet(path: Path, target: str | None, sink: BinaryIO) -> TableInfo:
         batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
         rows, chunks = _write_blocks(_ordered_map(convert, _numbered(batches)), sink)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     codes_target = _encode(chunks)
     _check_parquet_target(path, codes_target, target_name)
     return TableInfo(rows, names, target_name, codes_target)
@@ -572,18 +590,19 @@ def _read_parquet_mixed(
     try:
         parquet = mixed_parquet.open_file(path, names)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     text = {
         col
         for col, name in enumerate(names)
         if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
     }
-    vocabularies = {col: mixed.Vocabulary.empty() for col in text}
+    coders = {col: mixed_parquet.Coder() for col in text}
+    dictionaries = mixed_parquet.Dictionaries(na_values)
 
     def convert(numbered: tuple[int, Any]) -> mixed_parquet.Batch:
         first_row, batch = numbered
         block, texts = mixed_parquet.convert(
-            batch, names, text, na_values, lambda row: f"{path}: row {first_row + row}"
+            batch, names, text, dictionaries, lambda row: f"{path}: row {first_row + row}"
         )
         target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
         return mixed_parquet.Batch(block, texts, [target_column])
@@ -593,10 +612,10 @@ def _read_parquet_mixed(
             batch_size=mixed_parquet.BATCH_ROWS, columns=[*names, target_name]
         )
         rows, chunks = mixed_parquet.write_batches(
-            _ordered_map(convert, _numbered(batches)), vocabularies, sink
+            _ordered_map(convert, _numbered(batches)), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     codes_target = _encode(chunks)
     _check_parquet_target(path, codes_target, target_name)
     return TableInfo(
@@ -604,7 +623,9 @@ def _read_parquet_mixed(
         names,
         target_name,
         codes_target,
-        mixed.vocabulary_tuple(vocabularies, len(names)),
+        mixed.vocabulary_tuple(
+            {col: coder.vocabulary for col, coder in coders.items()}, len(names)
+        ),
         mixed=True,
     )
 
@@ -671,7 +692,8 @@ def _parquet_numbers(path: Path, column: pa.Array, name: str, first_row: int) ->
 
 
 def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> pa.Array:
-    """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...)."""
+    """Target cells as trimmed strings: numbers written as NPZ targets are (1, 0.5, ...).
+    Integers without nulls stay numbers (int64), written out as strings by _encode."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -679,6 +701,8 @@ def _parquet_target(path: Path, column: pa.Array, name: str, first_row: int) -> 
         column = pc.fill_null(column.cast(pa.string()), "")  # missing: counted by loading.py
     if _is_text(column.type):
         return pc.utf8_trim_whitespace(column.cast(pa.string()))
+    if pa.types.is_integer(column.type) and column.type != pa.uint64():
+        return pc.cast(column, pa.int64())
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         return pc.cast(column, pa.string())
     if pa.types.is_boolean(column.type) or pa.types.is_dictionary(column.type):

@@ -15,6 +15,7 @@ The stored form is schema.json (docs/contracts.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from bnserve.training.config import MAX_LEVELS, MIN_LEVEL_COUNT
 from bnserve.training.data.cache import FeatureRows
 from bnserve.training.data.mixed import NUMBER_PATTERN
 from bnserve.training.errors import DataError
+from bnserve.training.threads import available_cores
 
 SCHEMA_VERSION = 1
 CHUNK_BYTES = 8 << 20  # float64 values per pass over the training rows, as data/batches.py
@@ -248,12 +250,31 @@ class NumberMoments:
         return mean, variance**0.5, low, high
 
 
+@dataclass
+class _Part:
+    """What one chunk of the training rows adds to the tally (_Tally's fields, for its rows)."""
+
+    missing: np.ndarray  # (F,) int64
+    row_index: bool
+    code_counts: dict[int, np.ndarray]
+    value_counts: dict[int, tuple[np.ndarray, np.ndarray]]  # col → (values, counts)
+    low: np.ndarray | None = None  # (K,) of the stored number columns; None: no such column
+    high: np.ndarray | None = None
+    sums: np.ndarray | None = None  # (K,) float64 Σ present values
+    present: np.ndarray | None = None  # (K,) int64 present cells
+    shifted: np.ndarray | None = None  # (K,) Σ centered
+    squares: np.ndarray | None = None  # (K,) Σ centered²
+
+
 def _tally(
     x: FeatureRows,
     train: np.ndarray,
     vocabularies: Sequence[tuple[str, ...] | None],
     categorical_numbers: set[int],
 ) -> _Tally:
+    """One pass over the training rows in chunks, several chunks at once on the cores this
+    process may use; each chunk's part is added in row order, so the sums are those of one
+    thread going through the chunks in turn."""
     features = x.shape[1]
     tally = _Tally(
         missing=np.zeros(features, dtype=np.int64),
@@ -270,49 +291,90 @@ def _tally(
     )
     chunk = max(256, CHUNK_BYTES // (8 * max(1, features)))
     numbers = np.array([col for col in range(features) if col not in tally.code_counts], int)
-    for start in range(0, len(train), chunk):
-        rows = train[start : start + chunk]
-        block = np.asarray(x[rows])  # (n, F) as stored
-        missing = np.isnan(block)
-        tally.missing += missing.sum(axis=0)
-        if features and tally.row_index:
-            first = block[:, 0]
-            tally.row_index = bool(np.all(first == rows) or np.all(first == rows + 1))
-        for col, counts in tally.code_counts.items():
-            codes = block[:, col][~missing[:, col]].astype(np.int64)
-            counts += np.bincount(codes, minlength=len(counts))
-        for col, values in tally.value_counts.items():
-            found, counts = np.unique(block[:, col][~missing[:, col]], return_counts=True)
-            for value, count in zip(found.tolist(), counts.tolist(), strict=True):
-                values[value] = values.get(value, 0) + count
-        if len(numbers) == features:  # x[rows] is a copy of its own: changed in place
-            _add_numbers(tally, block, missing, slice(None))
-        elif len(numbers):
-            _add_numbers(tally, block[:, numbers], missing[:, numbers], numbers)
+    starts = range(0, len(train), chunk)
+    if not starts:
+        return tally
+
+    def part(start: int) -> _Part:
+        return _chunk_part(x, train[start : start + chunk], tally, numbers)
+
+    _add_part(tally, part(starts[0]), numbers)  # its mean is the shift of the squares' sums
+    with ThreadPoolExecutor(available_cores(), thread_name_prefix="bnserve-schema") as pool:
+        for found in pool.map(part, starts[1:]):  # in row order
+            _add_part(tally, found, numbers)
     return tally
 
 
-def _add_numbers(
-    tally: _Tally, values: np.ndarray, missing: np.ndarray, columns: slice | np.ndarray
+def _chunk_part(x: FeatureRows, rows: np.ndarray, tally: _Tally, numbers: np.ndarray) -> _Part:
+    """The part of the training rows `rows` (n,) (x's rows): the squares' sums are about
+    tally.shift, or about the chunk's own mean while the tally has none (the first chunk)."""
+    block = np.asarray(x[rows])  # (n, F) as stored
+    missing = np.isnan(block)
+    found = _Part(missing.sum(axis=0), True, {}, {})
+    if block.shape[1]:
+        first = block[:, 0]
+        found.row_index = bool(np.all(first == rows) or np.all(first == rows + 1))
+    for col, counts in tally.code_counts.items():
+        codes = block[:, col][~missing[:, col]].astype(np.int64)
+        found.code_counts[col] = np.bincount(codes, minlength=len(counts))
+    for col in tally.value_counts:
+        found.value_counts[col] = np.unique(block[:, col][~missing[:, col]], return_counts=True)
+    if len(numbers):
+        if len(numbers) == block.shape[1]:  # x[rows] is a copy of its own: changed in place
+            values, gaps = block, missing
+        else:  # numpy's take of columns is column-major: each column's sum pairwise
+            values, gaps = block[:, numbers], missing[:, numbers]
+        _number_part(found, values, gaps, tally.shift[numbers] if tally.shift is not None else None)
+    return found
+
+
+def _number_part(
+    found: _Part, values: np.ndarray, missing: np.ndarray, shift: np.ndarray | None
 ) -> None:
     """Least, greatest, sum and shifted moments of the present cells of values (n, K), the
-    stored number columns `columns` of a chunk (a copy: its missing cells are set to 0)."""
-    tally.low[columns] = np.fmin(tally.low[columns], np.fmin.reduce(values, axis=0))  # no NaN
-    tally.high[columns] = np.fmax(tally.high[columns], np.fmax.reduce(values, axis=0))
+    stored number columns of a chunk (a copy: its missing cells are set to 0)."""
+    found.low = np.fmin.reduce(values, axis=0)  # NaN ignored
+    found.high = np.fmax.reduce(values, axis=0)
     values[missing] = 0.0
-    sums = values.sum(axis=0, dtype=np.float64)
-    tally.total[columns] += sums
+    found.sums = values.sum(axis=0, dtype=np.float64)
+    found.present = len(values) - missing.sum(axis=0)
+    if shift is None:  # the first chunk: the shift is its own mean
+        shift = np.divide(
+            found.sums, found.present, out=np.zeros(len(found.sums)), where=found.present > 0
+        )
+    centered = values - shift  # float64 (n, K)
+    centered[missing] = 0.0
+    found.shifted = centered.sum(axis=0)
+    found.squares = np.einsum("ij,ij->j", centered, centered)
+
+
+def _add_part(tally: _Tally, found: _Part, numbers: np.ndarray) -> None:
+    """Add a chunk's part to the tally (the chunks in row order)."""
+    tally.missing += found.missing
+    tally.row_index = tally.row_index and found.row_index
+    for col, counts in found.code_counts.items():
+        tally.code_counts[col] += counts
+    for col, (found_values, counts) in found.value_counts.items():
+        values = tally.value_counts[col]
+        for value, count in zip(found_values.tolist(), counts.tolist(), strict=True):
+            values[value] = values.get(value, 0) + count
+    if not len(numbers):
+        return
+    assert found.low is not None and found.high is not None and found.sums is not None
+    assert found.shifted is not None and found.squares is not None and found.present is not None
+    tally.low[numbers] = np.fmin(tally.low[numbers], found.low)
+    tally.high[numbers] = np.fmax(tally.high[numbers], found.high)
+    tally.total[numbers] += found.sums
     if tally.shift is None:  # the first chunk's mean: what the sums of squares are about
         features = len(tally.missing)
-        counts = len(values) - missing.sum(axis=0)
         tally.shift = np.zeros(features)
-        tally.shift[columns] = np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
+        tally.shift[numbers] = np.divide(
+            found.sums, found.present, out=np.zeros(len(found.sums)), where=found.present > 0
+        )
         tally.shifted, tally.squares = np.zeros(features), np.zeros(features)
     assert tally.shifted is not None and tally.squares is not None
-    centered = values - tally.shift[columns]  # float64 (n, K)
-    centered[missing] = 0.0
-    tally.shifted[columns] += centered.sum(axis=0)
-    tally.squares[columns] += np.einsum("ij,ij->j", centered, centered)
+    tally.shifted[numbers] += found.shifted
+    tally.squares[numbers] += found.squares
 
 
 def _moments(tally: _Tally, n_train: int) -> NumberMoments | None:

@@ -216,3 +216,90 @@ def test_two_processes_building_one_entry_both_get_it(tmp_path, monkeypatch):
     x, info = load_table(source, None, tmp_path / "cache")
     assert info.rows == 40 and np.asarray(x).shape == (40, 2)
     assert [p.name.startswith(".tmp-") for p in (tmp_path / "cache").iterdir()] == [False]
+
+
+def write_parquet(path, values: list[float]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": values, "y": [i % 2 for i in range(len(values))]}), path)
+
+
+def test_a_parquet_entry_is_named_by_its_footer_and_mtime_without_hashing_its_bytes(
+    tmp_path, monkeypatch
+):
+    import json
+
+    def no_whole_file_hash(path):
+        raise AssertionError(f"{path} hashed whole")
+
+    monkeypatch.setattr(cache, "content_sha256", no_whole_file_hash)
+    calls = counting_reader(monkeypatch)
+    source = tmp_path / "d.parquet"
+    write_parquet(source, [0.5, 1.5, 2.5, 3.5])
+    first, _ = load_table(source, None, tmp_path / "cache")
+    again, _ = load_table(source, None, tmp_path / "cache")
+    assert len(calls) == 1  # the same file: read in place
+    assert isinstance(again, RowFile)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+    (entry,) = (tmp_path / "cache").iterdir()
+    sha = cache.parquet_footer_sha256(source, source.stat().st_mtime_ns)
+    assert entry.name.startswith(f"{source.stat().st_size}-{sha}-")
+    assert json.loads((entry / "meta.json").read_text())["hashed"] == "footer and mtime"
+
+    stat = source.stat()
+    write_parquet(source, [0.5, 1.5, 2.5, 9.5])  # other values: other statistics in the footer
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime
+    assert source.stat().st_size == stat.st_size
+    changed, _ = load_table(source, None, tmp_path / "cache")
+    assert len(calls) == 2
+    assert np.asarray(changed)[:, 0].tolist() == [0.5, 1.5, 2.5, 9.5]
+
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: the same bytes
+    load_table(source, None, tmp_path / "cache")
+    assert len(calls) == 3  # read again (an mtime is all a touch changes)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # older entries of the file removed
+
+
+def test_a_file_that_only_ends_like_parquet_falls_back_to_its_content_hash(tmp_path):
+    source = tmp_path / "short.parquet"
+    source.write_bytes(b"PAR1\x00\x00\x00\x00PAR1")  # a footer of length 0 (not Parquet)
+    assert cache.parquet_footer_sha256(source, 0) is not None
+    source.write_bytes(b"PAR1 not parquet")
+    assert cache.parquet_footer_sha256(source, 0) is None
+    with pytest.raises(DataError, match=r"short.parquet: not a readable Parquet file"):
+        load_table(source, None, tmp_path / "cache")
+
+
+def test_a_failed_cache_write_is_the_cache_dirs_error_and_leaves_no_entry(tmp_path, monkeypatch):
+    import errno
+
+    source = tmp_path / "d.parquet"
+    write_parquet(source, [float(i) for i in range(50)])
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache._SyncingWriter, "write", full)
+    with pytest.raises(DataError, match=r"cache: cannot write the data cache \(.*No space left"):
+        load_table(source, None, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_background_writer_writes_blocks_in_order_and_bounds_what_waits(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "PENDING_BYTES", 64)
+    monkeypatch.setattr(cache, "SYNC_BYTES", 100)
+    blocks = [np.full(7, i, dtype=np.float32) for i in range(40)]  # 28 bytes each
+    waiting: list[int] = []
+    with (tmp_path / "x.f32").open("wb") as handle:
+        writer = cache.BackgroundWriter(cache._SyncingWriter(handle))
+        try:
+            for block in blocks:
+                writer.write(block.data)
+                waiting.append(writer.pending_bytes)
+            writer.sync()
+        finally:
+            writer.close()
+    assert max(waiting) <= 64
+    written = np.fromfile(tmp_path / "x.f32", dtype=np.float32)
+    np.testing.assert_array_equal(written, np.concatenate(blocks))
