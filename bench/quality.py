@@ -339,9 +339,7 @@ def mixed_outcome(
     from bnserve.export.raw_rows import design_of
 
     table = MIXED_TABLES[name](work)
-    scores, line = bnserve_scores(
-        table, table.path, seed, trials, workers, work, search, cv_value
-    )
+    scores, line = bnserve_scores(table, table.path, seed, trials, workers, work, search, cv_value)
     config = TrainConfig.from_dict(
         {"data": str(table.path), "target": table.target, "task": table.task,
          "test_fraction": TEST_FRACTION, "split_seed": seed}
