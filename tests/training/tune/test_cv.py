@@ -189,6 +189,11 @@ def test_cv_auto_is_on_for_small_data_and_says_so(small_npz, monkeypatch):
         5,
         "cross-validation: 5 folds (auto: 128 training rows < 3000)",
     )
+    monkeypatch.setattr(cv, "SMALL_MAX_ROWS", 100)  # as if the table were mid-size
+    assert cv.resolve_cv("auto", base) == (
+        3,
+        "cross-validation: 3 folds (auto: 100 ≤ 128 training rows < 10000)",
+    )
     monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)
     assert cv.resolve_cv("auto", base) == (
         None,
