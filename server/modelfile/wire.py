@@ -35,32 +35,40 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
             raise WireFormatError(f"varint longer than 10 bytes ending at byte {offset}")
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(field number, payload start, payload end) of each length-delimited top-level field;
-    other wire types are skipped. Raises WireFormatError for malformed bytes."""
+def _walk(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, start, end) of each top-level field: a varint's bytes, a fixed
+    field's bytes or a length-delimited field's payload. Raises WireFormatError for malformed
+    bytes."""
     offset = 0
     while offset < len(data):
         key, offset = _read_varint(data, offset)
         number, wire_type = key >> 3, key & 0x7
+        start = offset
         if wire_type == _VARINT:
             _, offset = _read_varint(data, offset)
-        elif wire_type == _FIXED64:
-            offset += 8
-        elif wire_type == _FIXED32:
-            offset += 4
+        elif wire_type in (_FIXED64, _FIXED32):
+            offset += 8 if wire_type == _FIXED64 else 4
+            if offset > len(data):
+                raise WireFormatError(f"field {number} runs past the end ({len(data)} bytes)")
         elif wire_type == _LENGTH_DELIMITED:
-            length, offset = _read_varint(data, offset)
-            if offset + length > len(data):
+            length, start = _read_varint(data, offset)
+            offset = start + length
+            if offset > len(data):
                 raise WireFormatError(
-                    f"field {number} claims {length} bytes at byte {offset}, past the end "
+                    f"field {number} claims {length} bytes at byte {start}, past the end "
                     f"({len(data)} bytes)"
                 )
-            yield number, offset, offset + length
-            offset += length
         else:
             raise WireFormatError(f"unsupported wire type {wire_type} for field {number}")
-        if offset > len(data):
-            raise WireFormatError(f"field {number} runs past the end ({len(data)} bytes)")
+        yield number, wire_type, start, offset
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(field number, payload start, payload end) of each length-delimited top-level field;
+    other wire types are skipped. Raises WireFormatError for malformed bytes."""
+    for number, wire_type, start, end in _walk(data):
+        if wire_type == _LENGTH_DELIMITED:
+            yield number, start, end
 
 
 def field_bytes(data: bytes, field_number: int) -> list[bytes]:
@@ -152,30 +160,14 @@ def message_fields(data: bytes) -> list[Field]:
     the value an int for varint and fixed fields, the payload bytes for length-delimited ones.
     Raises WireFormatError for malformed bytes."""
     fields: list[Field] = []
-    offset = 0
-    while offset < len(data):
-        key, offset = _read_varint(data, offset)
-        number, wire_type = key >> 3, key & 0x7
+    for number, wire_type, start, end in _walk(data):
         value: int | bytes
         if wire_type == _VARINT:
-            value, offset = _read_varint(data, offset)
-        elif wire_type in (_FIXED64, _FIXED32):
-            size = 8 if wire_type == _FIXED64 else 4
-            if offset + size > len(data):
-                raise WireFormatError(f"field {number} runs past the end ({len(data)} bytes)")
-            value = int.from_bytes(data[offset : offset + size], "little")
-            offset += size
+            value = _read_varint(data, start)[0]
         elif wire_type == _LENGTH_DELIMITED:
-            length, offset = _read_varint(data, offset)
-            if offset + length > len(data):
-                raise WireFormatError(
-                    f"field {number} claims {length} bytes at byte {offset}, past the end "
-                    f"({len(data)} bytes)"
-                )
-            value = data[offset : offset + length]
-            offset += length
+            value = data[start:end]
         else:
-            raise WireFormatError(f"unsupported wire type {wire_type} for field {number}")
+            value = int.from_bytes(data[start:end], "little")
         fields.append((number, wire_type, value))
     return fields
 
