@@ -112,6 +112,12 @@ def _v2_raw(raw: bytes, shape=(1, NUM_FEATURES)) -> v2.ModelInferRequest:
     return request
 
 
+def _v2_raw_and_typed() -> v2.ModelInferRequest:
+    request = _v2_raw(np.array([GOOD], np.float32).tobytes())
+    request.inputs[0].contents.fp32_contents.extend(GOOD)
+    return request
+
+
 def _v2_unknown_output() -> v2.ModelInferRequest:
     request = _v2_request()
     request.outputs.add(name="logits")
@@ -125,6 +131,10 @@ V2_CASES = [
     ("contents disagree with shape", _v2_request(shape=(2, NUM_FEATURES)), INVALID,
      ["6 fp32_contents", "needs 12 values"]),
     ("raw size wrong", _v2_raw(b"\0" * 20), INVALID, ["20 bytes", "needs 24"]),
+    ("raw and typed contents", _v2_raw_and_typed(), INVALID, ["raw_input_contents", "not both"]),
+    ("two raw entries for one input", v2.ModelInferRequest(
+        model_name="iris", raw_input_contents=[b"", b""], inputs=[{"name": "x", "datatype": "FP32",
+        "shape": [1, NUM_FEATURES]}]), INVALID, ["exactly one entry"]),
     ("NaN raw", _v2_raw(np.array([[np.nan, *GOOD[1:]]], np.float32).tobytes()), INVALID,
      ["('f0') is nan"]),
     ("unknown input", _v2_request(name="features"), INVALID, ["unknown input 'features'"]),
