@@ -1,15 +1,15 @@
 """Capture: sampled calls (and posted true answers) written to the capture store off the
 request path.
 
-A call costs a random draw and, when sampled, one deque append of references to its arrays
-(no lock but the queue's byte count, no condition to notify); one writer thread, woken 20 times
-a second, formats the rows and writes them. A full queue drops the record and counts it
-(`bnserve_capture_dropped_total`); nothing here blocks or fails a call. The writer keeps one
-open segment per model version (and one for each model's labels) under a hidden temporary
-name, and renames it into the store (bnserve/capture_store.py is the layout) once it reaches
-its size or its age, after which the store is trimmed, oldest files first, to `max_bytes`.
-A write that fails (a full disk) is logged (throttled), its segment deleted, its rows counted
-as dropped, and serving goes on.
+A call costs a random draw and, when sampled, one deque append of references to its arrays (one
+short lock around the queue's record and byte counts, no condition to notify); one writer
+thread, woken 20 times a second, formats the rows and writes them. A full queue drops the record
+and counts it (`bnserve_capture_dropped_total`); nothing here blocks or fails a call. The writer
+keeps one open segment per model version (and one for each model's labels) under a hidden
+temporary name, and renames it into the store (bnserve/capture_store.py is the layout) once it
+reaches its size or its age, after which the store is trimmed, oldest files first, to
+`max_bytes`. A write that fails (a full disk) is logged (throttled), its segment deleted, its
+rows counted as dropped, and serving goes on.
 """
 
 from __future__ import annotations
