@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import resource
 import shutil
@@ -26,10 +27,30 @@ READY_PATTERN = r"serving on port (\d+), ready"
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (for --metrics-port, where 0 means off)."""
+    """A TCP port nothing listens on right now (for --metrics-port, where 0 means off), drawn
+    below the kernel's ephemeral range: a port the kernel hands out for port 0 can be taken by
+    any client socket's own end before the server binds it (seen once in CI: "Address already
+    in use" for a test's --http-port)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class ServerProcess:
