@@ -56,10 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "--layout",
         choices=(AUTO, *LAYOUTS),
         default=DEFAULT_LAYOUT,
-        help="ensembles: the members' later layers as one batched MatMul each (batched: members "
-        "of one depth, widths and activation), each member's as its own branch (parallel), or "
-        "block-diagonal Gemms (blockdiag: no layer drift); auto is batched from 4 members "
-        f"when they allow it, else parallel (measured: docs/export.md) (default: {DEFAULT_LAYOUT})",
+        help="ensembles: the members' later layers as one grouped Conv each (grouped) or one "
+        "batched MatMul each (batched), both for members of one depth, widths and activation; "
+        "each member's as its own branch (parallel); or block-diagonal Gemms (blockdiag); auto "
+        "is grouped when the members allow it, else parallel (measured: docs/export.md) "
+        f"(default: {DEFAULT_LAYOUT})",
     )
     parser.add_argument(
         "--reference-rows",

@@ -38,6 +38,7 @@ from bnserve.export.ensemble_graph import (
     DEFAULT_LAYOUT,
     MEMBER_PREACTIVATION,
     STACKED_PREACTIVATION,
+    WIDE_PREACTIVATION,
     build_ensemble_model,
     layout_problem,
     resolve_layout,
@@ -408,17 +409,22 @@ def member_layers(runs: Sequence[Run], layout: str) -> list[dict[str, Any]]:
     """`bnserve.drift` "layers" of the ensemble: every member's batch-normed hidden layers,
     named `m{k}.hidden{i}`, which the server's drift monitor reads as it reads one model's
     layers: in parallel branches from the tensor `m{k}.hidden{i}.z` [N, H]; batched, from the
-    stack `hidden{i}.z` [k, N, H] at `member` k − 1 (a view of it, no node per member).
-    blockdiag: none. The features are the first member's (its training split and
-    standardization)."""
+    stack `hidden{i}.z` [k, N, H] at `member` k − 1 (a view of it, no node per member);
+    grouped and blockdiag, from the members' side-by-side `hidden{i}.z` [N, Σ H(, 1)] at
+    `offset` (the earlier members' widths of layer i: a view of its columns). The features are
+    the first member's (its training split and standardization)."""
     layers: list[dict[str, Any]] = []
-    if layout in ("parallel", "batched"):
-        for k, run in enumerate(runs, start=1):
-            params = {name: np.asarray(v, dtype=np.float64) for name, v in run.params.items()}
-            if layout == "parallel":
-                name, stacked = MEMBER_PREACTIVATION.replace("{k}", str(k)), {}
-            else:
-                name, stacked = STACKED_PREACTIVATION, {"member": k - 1}
-            for entry in layer_statistics(params, len(run.config.hidden), name):
-                layers.append({**entry, "name": f"m{k}.{entry['name']}", **stacked})
+    for k, run in enumerate(runs, start=1):
+        params = {name: np.asarray(v, dtype=np.float64) for name, v in run.params.items()}
+        name = {
+            "parallel": MEMBER_PREACTIVATION.replace("{k}", str(k)),
+            "batched": STACKED_PREACTIVATION,
+        }.get(layout, WIDE_PREACTIVATION)
+        for index, entry in enumerate(layer_statistics(params, len(run.config.hidden), name)):
+            where: dict[str, int] = {}
+            if layout == "batched":
+                where = {"member": k - 1}
+            elif layout != "parallel":
+                where = {"offset": sum(earlier.config.hidden[index] for earlier in runs[: k - 1])}
+            layers.append({**entry, "name": f"m{k}.{entry['name']}", **where})
     return layers

@@ -14,10 +14,16 @@ are ONE Gemm (their W' concatenated along the output axis, widths n_1 … n_k), 
   [k, H_in, H_out], one Add of their biases [k, 1, H_out] and the activation, so the node count
   does not grow with k (members must share depth, every width and the activation).
 
+- **grouped**: the first Gemm's [N, k·H₁] gets a trailing axis, [N, k·H₁, 1], so that its
+  columns are channels; each later layer is ONE Conv with group = k and kernel 1 (member m's
+  channels through its own weight, no zero blocks), bias and activation inside it, so the node
+  count does not grow with k and no Transpose is needed (members must share depth, every width
+  and the activation).
+
 Then one averaging step: classification, each member's softmax, their mean `probabilities` and
 `label` = ArgMax of that mean; regression, the mean of the members' y. No BatchNormalization node.
-`docs/export.md` ("Ensembles") has the measurement that chose the default, AUTO: batched from
-BATCHED_FROM members when they allow it, else parallel (`resolve_layout`).
+`docs/export.md` ("Ensembles") has the measurement that chose the default, AUTO: grouped when
+the members allow it, else parallel (`resolve_layout`).
 """
 
 from __future__ import annotations
@@ -40,15 +46,17 @@ from bnserve.export.graph import (
 )
 from bnserve.server.modelfile.contract import INPUT_NAME, OUTPUT_NAMES
 
-LAYOUTS = ("batched", "parallel", "blockdiag")
-AUTO = "auto"  # batched from BATCHED_FROM members when they allow it, else parallel
-# Measured (docs/benchmarks.md, "Ensembles"): for one example batched beat parallel at k = 5 in
-# every run, parallel beat batched at k = 3 in every run.
-BATCHED_FROM = 4
+LAYOUTS = ("grouped", "batched", "parallel", "blockdiag")
+# AUTO: grouped when the members allow it, else parallel. Measured (docs/benchmarks.md,
+# "Ensembles"): for one example grouped cost the least at k = 3 and k = 5 in every run.
+AUTO = "auto"
+# the layouts whose members must share depth, every width and the activation
+_SAME_SHAPE = ("batched", "grouped")
 DEFAULT_LAYOUT = AUTO
 # Hidden pre-activation tensors (γ·ẑ + β per member) the drift monitor reads, by layout: member
 # k's (from 1) layer i in parallel branches, [N, H]; the members' layer i side by side in
-# blockdiag, [N, Σ H]; the members' layer i stacked in batched, [k, N, H] (member k at k − 1).
+# blockdiag and grouped, [N, Σ H] (grouped's later layers [N, Σ H, 1]), member k's columns after
+# the earlier members'; the members' layer i stacked in batched, [k, N, H] (member k at k − 1).
 MEMBER_PREACTIVATION = "m{k}.hidden{i}.z"
 WIDE_PREACTIVATION = "hidden{i}.z"
 STACKED_PREACTIVATION = "hidden{i}.z"
@@ -66,19 +74,18 @@ def layout_problem(members: Sequence[FoldedNetwork], layout: str) -> str | None:
     if len(depths) > 1 or len(activations) > 1 or len(alphas) > 1:
         return f"{layout} needs members of one depth and one activation"
     widths = {tuple(layer.bias.size for layer in member.layers) for member in members}
-    if layout == "batched" and len(widths) > 1:
-        return "batched needs members of one depth, the same widths and one activation"
+    if layout in _SAME_SHAPE and len(widths) > 1:
+        return f"{layout} needs members of one depth, the same widths and one activation"
     return None
 
 
 def resolve_layout(members: Sequence[FoldedNetwork], layout: str) -> str:
-    """The layout to build: `layout` itself, or for AUTO batched when there are at least
-    BATCHED_FROM members and they allow it (one depth, the same widths, one activation: a
-    tune's fold models), else parallel."""
+    """The layout to build: `layout` itself, or for AUTO grouped when the members allow it (one
+    depth, the same widths, one activation: a tune's fold models), else parallel."""
     if layout != AUTO:
         return layout
-    if len(members) >= BATCHED_FROM and layout_problem(members, "batched") is None:
-        return "batched"
+    if layout_problem(members, "grouped") is None:
+        return "grouped"
     return "parallel"
 
 
@@ -108,15 +115,19 @@ def build_ensemble_model(
     if layout == "batched":
         _batched(builder, members)
     else:
-        build = _parallel if layout == "parallel" else _blockdiag
+        build = {"parallel": _parallel, "blockdiag": _blockdiag, "grouped": _grouped}[layout]
         heads = build(builder, members)
         _average(builder, task, heads, len(members), output_count)
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
         stack = [len(members)] if layout == "batched" else []
         extra = tuple(
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, [*stack, BATCH_DIM, width])
-            for name, width in preactivation_tensors(members, layout)
+            helper.make_tensor_value_info(
+                name,
+                TensorProto.FLOAT,
+                [*stack, BATCH_DIM, width, *([1] if layout == "grouped" and i > 0 else [])],
+            )
+            for i, (name, width) in enumerate(preactivation_tensors(members, layout))
         )
     feature_count = members[0].layers[0].weight.shape[0]
     return finish_model(
@@ -137,8 +148,9 @@ class _FrontedBuilder(GraphBuilder):
 
 
 def preactivation_tensors(members: Sequence[FoldedNetwork], layout: str) -> list[tuple[str, int]]:
-    """(tensor name, width) of every hidden pre-activation in the graph of `layout`: [N, width]
-    each, except batched's [k, N, width] stacks (width: one member's)."""
+    """(tensor name, width) of every hidden pre-activation in the graph of `layout`, layer by
+    layer: [N, width] each, except batched's [k, N, width] stacks (width: one member's) and
+    grouped's later layers, [N, width, 1] (width: the members' together, as in blockdiag)."""
     if layout == "batched":
         return [
             (STACKED_PREACTIVATION.format(i=i), layer.bias.size)
@@ -265,6 +277,41 @@ def _blockdiag(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> li
     return [z]
 
 
+def _grouped(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
+    """The members' outputs side by side, one tensor (N, k·C or k·T, 1), after grouped 1×1
+    Convs: member m's H channels through its own weight (ΣH_out, H_in, 1), no zero blocks."""
+    reference, k = members[0], len(members)
+    depth = len(reference.layers)
+    z = _first_layer(builder, members, WIDE_PREACTIVATION.format(i=1) if depth > 1 else "heads")
+    for index in range(1, depth):
+        a = builder.node(
+            ACTIVATION_OPS[reference.activation],
+            [z],
+            f"hidden{index}.a",
+            f"hidden{index}.{reference.activation}",
+            **activation_attributes(reference),
+        )
+        if index == 1:  # [N, k·H₁] → [N, k·H₁, 1]: the columns become Conv channels
+            axes = builder.constant_int64("hidden1.channel_axes", np.asarray([2]))
+            a = builder.node("Unsqueeze", [a, axes], "hidden1.channels", "hidden1.unsqueeze")
+        weight = np.concatenate([member.layers[index].weight.T for member in members])
+        bias = np.concatenate([member.layers[index].bias for member in members])
+        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
+        z = builder.node(
+            "Conv",
+            [
+                a,
+                builder.constant(f"{prefix}.weight", weight[:, :, None]),
+                builder.constant(f"{prefix}.bias", bias),
+            ],
+            "heads" if index == depth - 1 else WIDE_PREACTIVATION.format(i=index + 1),
+            f"{prefix}.conv",
+            group=k,
+            kernel_shape=[1],
+        )
+    return [z]
+
+
 def _batched(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> None:
     """The stack [k, N, ·] through every later layer as one batched MatMul + Add + activation,
     then softmax over the classes and the mean over the members (or the mean of y), into the
@@ -309,7 +356,9 @@ def _batched(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> None
 def _average(builder: GraphBuilder, task: str, heads: list[str], k: int, output_count: int) -> None:
     """Mean of the members' probabilities (then ArgMax) or of their y, into the graph outputs."""
     main = OUTPUT_NAMES[task][0]
-    if len(heads) == 1:  # blockdiag: (N, k·C) → (N, k, C), softmax over C, mean over k
+    if (
+        len(heads) == 1
+    ):  # blockdiag (N, k·C), grouped (N, k·C, 1) → (N, k, C): softmax over C, mean over k
         shape = builder.constant_int64("heads.shape", np.asarray([-1, k, output_count]))
         stacked = builder.node("Reshape", [heads[0], shape], "heads.stacked", "heads.reshape")
         if task == "classification":

@@ -296,7 +296,12 @@ def load_model(path: Path) -> LoadedModel:
             raise DriftInputError(f"{path}: bnserve.schema is malformed ({error!r})") from None
     try:
         session = ort.InferenceSession(
-            with_graph_outputs(model_bytes, reference.layer_tensors, reference.stacked_tensors)
+            with_graph_outputs(
+                model_bytes,
+                reference.layer_tensors,
+                reference.stacked_tensors,
+                reference.wide_tensors,
+            )
         )
     except Exception as error:  # onnxruntime raises untyped errors
         raise DriftInputError(f"{path}: cannot expose its hidden layers ({error})") from None

@@ -101,13 +101,16 @@ class LayerReference:
     """One hidden layer's frozen statistics; `monitored` marks the units with |γ| ≥ GAMMA_MIN."""
 
     name: str
-    output: str  # graph tensor holding the pre-activation γ·ẑ + β: [N, H], or [K, N, H] stacked
+    output: str  # graph tensor of the pre-activation γ·ẑ + β: [N, H], [K, N, H] or [N, W(, 1)]
     gamma: np.ndarray  # (H,)
     beta: np.ndarray  # (H,)
     running_mean: np.ndarray  # (H,)
     running_var: np.ndarray  # (H,)
     monitored: np.ndarray  # (H,) bool
     member: int | None = None  # output is a stack [K, N, H]; this layer is output[member]
+    # output is the members side by side, [N, W] or [N, W, 1] (W ≥ offset + H): this layer is
+    # its columns offset … offset + H − 1
+    offset: int | None = None
 
     @property
     def width(self) -> int:
@@ -153,6 +156,12 @@ class DriftReference:
     def stacked_tensors(self) -> set[str]:
         """The layer tensors that are stacks [K, N, H] (an ensemble's batched layout)."""
         return {layer.output for layer in self.layers if layer.member is not None}
+
+    @property
+    def wide_tensors(self) -> set[str]:
+        """The layer tensors that hold several members side by side, [N, W] or [N, W, 1] (an
+        ensemble's grouped or blockdiag layout): declared without a shape."""
+        return {layer.output for layer in self.layers if layer.offset is not None}
 
 
 IMPORTED_HINT = (
@@ -250,16 +259,34 @@ def _layer(entry: Mapping[str, Any]) -> LayerReference:
     width = arrays["gamma"].size
     if any(array.shape != (width,) for array in arrays.values()):
         raise ValueError(f"layer {entry['name']!r}: gamma, beta and running stats differ in size")
-    member = entry.get("member")
-    if member is not None and (type(member) is not int or member < 0):
-        raise ValueError(f"layer {entry['name']!r}: member is not a whole number ≥ 0")
+    member, offset = entry.get("member"), entry.get("offset")
+    for key, value in (("member", member), ("offset", offset)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"layer {entry['name']!r}: {key} is not a whole number ≥ 0")
+    if member is not None and offset is not None:
+        raise ValueError(f"layer {entry['name']!r}: has both a member and an offset")
     return LayerReference(
         name=str(entry["name"]),
         output=str(entry["output"]),
         monitored=np.abs(arrays["gamma"]) >= GAMMA_MIN,
         member=member,
+        offset=offset,
         **arrays,
     )
+
+
+def _layer_view(
+    tensor: np.ndarray, member: int | None, offset: int | None, width: int
+) -> np.ndarray:
+    """One layer's pre-activations (N, H), a view: the tensor itself, a stack's member, or the
+    columns offset … offset + width − 1 of a wide [N, W] or [N, W, 1] tensor."""
+    if member is not None:
+        view: np.ndarray = tensor[member]
+        return view
+    if offset is not None:
+        columns: np.ndarray = tensor.reshape(tensor.shape[0], -1)
+        return columns[:, offset : offset + width]
+    return tensor
 
 
 class _Layout:
@@ -380,8 +407,12 @@ class DriftMonitor:
         self._code_offsets = np.cumsum([0, *buckets])[:-1].astype(np.intp)
         self._codes = np.zeros((CHUNK_ROWS, len(buckets)), dtype=np.intp)
         tensors = [name for name, _ in reference.layer_tensors] if self.watch_layers else []
-        # per watched layer: (index into layer_outputs, member of a stack or None)
-        self._sources = [(tensors.index(layer.output), layer.member) for layer in layers]
+        # per watched layer: (index into layer_outputs, member of a stack or None, offset into
+        # a wide tensor or None, width)
+        self._sources = [
+            (tensors.index(layer.output), layer.member, layer.offset, layer.width)
+            for layer in layers
+        ]
         self._tensor_names = tensors
         self._chunk = np.zeros((CHUNK_ROWS, self._layout.width))
         # observe writes pre-activations straight into their columns of the chunk matrix
@@ -457,8 +488,8 @@ class DriftMonitor:
             raise ValueError(f"{self.label}: observe needs {wanted} pre-activation tensors")
         tensors = preactivations or ()
         pres = [
-            tensors[index] if member is None else tensors[index][member]
-            for index, member in self._sources
+            _layer_view(tensors[index], member, offset, width)
+            for index, member, offset, width in self._sources
         ]
         rows = x.shape[0]
         flushed = False

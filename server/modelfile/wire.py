@@ -109,16 +109,20 @@ GRAPH_OUTPUT_FIELD = 12  # GraphProto.output (repeated ValueInfoProto)
 _FLOAT_ELEMENT_TYPE = 1  # TensorProto.FLOAT
 
 
-def float_output_info(name: str, width: int, batch_dim: str = "N", stack_dim: str = "") -> bytes:
+def float_output_info(
+    name: str, width: int, batch_dim: str = "N", stack_dim: str = "", shaped: bool = True
+) -> bytes:
     """A serialized ValueInfoProto: `name`, float32 tensor [batch_dim, width], or
-    [stack_dim, batch_dim, width] when stack_dim is given (a symbolic leading axis)."""
+    [stack_dim, batch_dim, width] when stack_dim is given (a symbolic leading axis); a float32
+    tensor of any shape when not `shaped`."""
     stack = _length_delimited(1, _length_delimited(2, stack_dim.encode())) if stack_dim else b""
     dimensions = (
         stack
         + _length_delimited(1, _length_delimited(2, batch_dim.encode()))
         + _length_delimited(1, _varint(1 << 3) + _varint(width))
     )
-    tensor_type = _varint(1 << 3) + _varint(_FLOAT_ELEMENT_TYPE) + _length_delimited(2, dimensions)
+    shape = _length_delimited(2, dimensions) if shaped else b""
+    tensor_type = _varint(1 << 3) + _varint(_FLOAT_ELEMENT_TYPE) + shape
     return _length_delimited(1, name.encode()) + _length_delimited(
         2, _length_delimited(1, tensor_type)
     )
@@ -128,18 +132,26 @@ STACK_DIM = "K"  # the leading axis of a stacked output [K, N, width] (an ensemb
 
 
 def with_graph_outputs(
-    model_bytes: bytes, outputs: list[tuple[str, int]], stacked: Collection[str] = ()
+    model_bytes: bytes,
+    outputs: list[tuple[str, int]],
+    stacked: Collection[str] = (),
+    unshaped: Collection[str] = (),
 ) -> bytes:
     """The model with extra float32 [N, width] graph outputs naming existing tensors (for a
     second session that also returns intermediate values), [K, N, width] for the names in
-    `stacked`; everything else byte for byte."""
+    `stacked`, of any shape for those in `unshaped`; everything else byte for byte."""
     graphs = field_bytes(model_bytes, GRAPH_FIELD)
     if len(graphs) != 1:
         raise WireFormatError(f"expected exactly one graph (field 7), found {len(graphs)}")
     extra = b"".join(
         _length_delimited(
             GRAPH_OUTPUT_FIELD,
-            float_output_info(name, width, stack_dim=STACK_DIM if name in stacked else ""),
+            float_output_info(
+                name,
+                width,
+                stack_dim=STACK_DIM if name in stacked else "",
+                shaped=name not in unshaped,
+            ),
         )
         for name, width in outputs
     )

@@ -254,7 +254,10 @@ class Model:
         layer_session, layer_cut = None, False
         if monitor.watch_layers:
             exposed = with_graph_outputs(
-                model_bytes, reference.layer_tensors, reference.stacked_tensors
+                model_bytes,
+                reference.layer_tensors,
+                reference.stacked_tensors,
+                reference.wide_tensors,
             )
             if front is not None and card.schema is not None:
                 layer_front = find_front(exposed, card.schema)

@@ -12,7 +12,7 @@ import pytest
 
 from bnserve.export.cli import main
 from bnserve.export.ensemble import mean_prediction
-from bnserve.export.ensemble_graph import BATCHED_FROM, LAYOUTS
+from bnserve.export.ensemble_graph import LAYOUTS
 from bnserve.export.metadata import read_metadata
 from bnserve.export.verify import PROBABILITY_TOLERANCE, onnx_session, regression_tolerance
 from bnserve.server.modelfile.contract import MetadataKey
@@ -55,6 +55,7 @@ def test_the_graph_is_the_mean_of_its_members_numpy_paths(
         "parallel": MIXED,
         "blockdiag": [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}],
         "batched": [{"seed": 0}, {"seed": 1}, {"seed": 2, "batchnorm": False}],
+        "grouped": [{"seed": 0}, {"seed": 1}, {"seed": 2, "batchnorm": False}],
     }[layout]
     runs = _runs(synthetic_run, specs)
     out = out_dir / "ensemble.onnx"
@@ -84,11 +85,19 @@ def test_the_graph_is_the_mean_of_its_members_numpy_paths(
     assert card[MetadataKey.RUN_ID.full].startswith("ensemble-")
 
 
-def test_a_regression_ensemble_answers_the_mean_y(synthetic_run, out_dir: Path, capsys) -> None:
-    runs = _runs(synthetic_run, MIXED, task="regression", outputs=2)
+@pytest.mark.parametrize(
+    ("specs", "layout"),
+    [(MIXED, "parallel"), ([{"seed": seed} for seed in range(3)], "grouped")],
+    ids=["parallel", "grouped"],
+)
+def test_a_regression_ensemble_answers_the_mean_y(
+    synthetic_run, out_dir: Path, capsys, specs: list[dict[str, object]], layout: str
+) -> None:
+    runs = _runs(synthetic_run, specs, task="regression", outputs=2)
     out = out_dir / "ensemble.onnx"
-    code, _, error = _export([*map(str, runs), "--out", str(out)], capsys)
+    code, printed, error = _export([*map(str, runs), "--out", str(out)], capsys)
     assert code == 0, error
+    assert f"{layout}, " in printed  # auto's choice
     members = [load_run(run) for run in runs]
     x = members[0].heldout_x.astype(np.float32)
     expected = mean_prediction(members, x.astype(np.float64))
@@ -111,7 +120,7 @@ def test_one_example_alone_equals_it_in_a_batch(
     out = out_dir / "ensemble.onnx"
     code, printed, _ = _export([*map(str, runs), "--out", str(out)], capsys)
     assert code == 0
-    assert ("batched" if specs is not MIXED else "parallel") in printed  # auto's choice
+    assert ("grouped" if specs is not MIXED else "parallel") in printed  # auto's choice
     x = load_run(runs[0]).heldout_x[:64].astype(np.float32)
     together = _scored(out, x)
     for row in range(x.shape[0]):
@@ -122,10 +131,10 @@ def test_one_example_alone_equals_it_in_a_batch(
         assert alone["label"][0] == together["label"][row]
 
 
-def test_auto_builds_batched_when_the_members_allow_it(synthetic_run, out_dir, capsys) -> None:
-    """From BATCHED_FROM members of one depth, widths and activation: batched, whose node count
-    does not grow with k; fewer members, or one wider: parallel; asked for batched anyway with
-    a wider one: refused in one line."""
+def test_auto_builds_grouped_when_the_members_allow_it(synthetic_run, out_dir, capsys) -> None:
+    """Members of one depth, widths and activation: grouped, whose node count does not grow
+    with k; one wider: parallel; asked for grouped or batched anyway with a wider one: refused
+    in one line."""
 
     def layout_of(specs: list[dict[str, object]], name: str, *flags: str) -> tuple[str, int]:
         out = out_dir / f"{name}.onnx"
@@ -137,19 +146,19 @@ def test_auto_builds_batched_when_the_members_allow_it(synthetic_run, out_dir, c
         return listed["layout"], len(model.graph.node)
 
     same = [{"seed": seed} for seed in range(6)]
-    assert BATCHED_FROM == 4
-    four, six = layout_of(same[:4], "k4"), layout_of(same, "k6")
-    assert four[0] == six[0] == "batched" and four[1] == six[1]
-    assert layout_of(same[:3], "k3")[0] == "parallel"
+    two, three, six = (layout_of(same[:k], f"k{k}") for k in (2, 3, 6))
+    assert two[0] == three[0] == six[0] == "grouped" and two[1] == three[1] == six[1]
     assert layout_of(same[:3], "k3b", "--layout", "batched")[0] == "batched"
+    assert layout_of(same[:3], "k3p", "--layout", "parallel")[0] == "parallel"
     wider = [*same[:3], {"seed": 3, "hidden": (16, 10)}]
     assert layout_of(wider, "wider")[0] == "parallel"
     runs = _runs(synthetic_run, wider)
-    code, _, error = _export(
-        [*map(str, runs), "--out", str(out_dir / "no.onnx"), "--layout", "batched"], capsys
-    )
-    assert code == 2 and error.count("\n") == 1
-    assert "--layout batched: batched needs members of one depth, the same widths" in error
+    for layout in ("grouped", "batched"):
+        code, _, error = _export(
+            [*map(str, runs), "--out", str(out_dir / "no.onnx"), "--layout", layout], capsys
+        )
+        assert code == 2 and error.count("\n") == 1
+        assert f"--layout {layout}: {layout} needs members of one depth, the same widths" in error
 
 
 @pytest.mark.parametrize(
@@ -308,31 +317,49 @@ def test_a_member_with_a_broken_meta_is_named_in_one_line(synthetic_run, out_dir
     assert f"{other}" in error and "'feature_names'" in error
 
 
-def test_batched_layer_drift_reads_each_member_from_the_stack(
-    synthetic_run, out_dir: Path, capsys
+@pytest.mark.parametrize(
+    ("layout", "specs"),
+    [
+        ("batched", [{"seed": 0}, {"seed": 1}, {"seed": 2}]),
+        ("grouped", [{"seed": 0}, {"seed": 1}, {"seed": 2}]),
+        ("blockdiag", [{"seed": 0}, {"seed": 1, "hidden": (9, 4)}, {"seed": 2, "hidden": (5, 7)}]),
+    ],
+)
+def test_layer_drift_reads_each_member_from_the_shared_tensors(
+    synthetic_run, out_dir: Path, capsys, layout: str, specs: list[dict[str, object]]
 ) -> None:
     """The batched graph's drift reference points every member's layers into the stacked
-    tensors [k, N, H]; the drift monitor's report on them equals the parallel graph's, which
-    reads one [N, H] tensor per member and layer."""
+    tensors [k, N, H]; grouped's and blockdiag's into the columns of the members' side-by-side
+    tensors [N, Σ H(, 1)] at each member's offset. The drift monitor's report on them equals
+    the parallel graph's, which reads one [N, H] tensor per member and layer."""
     from bnserve.server.drift.cli import drift_report, load_model
     from bnserve.server.drift.monitor import DriftSettings
 
-    runs = _runs(synthetic_run, [{"seed": 0}, {"seed": 1}, {"seed": 2}])
+    runs = _runs(synthetic_run, specs)
     x = np.vstack([load_run(run).heldout_x for run in runs]).astype(np.float32)
     reports = {}
-    for layout in ("parallel", "batched"):
-        out = out_dir / f"{layout}.onnx"
-        assert _export([*map(str, runs), "--out", str(out), "--layout", layout], capsys)[0] == 0
+    for built in ("parallel", layout):
+        out = out_dir / f"{built}.onnx"
+        assert _export([*map(str, runs), "--out", str(out), "--layout", built], capsys)[0] == 0
         loaded = load_model(out)
         report = drift_report(loaded.session, loaded.reference, x, DriftSettings())
-        reports[layout] = report["layers"]
+        reports[built] = report["layers"]
     drift = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.DRIFT.full])
-    assert {(layer["output"], layer["member"]) for layer in drift["layers"]} == {
-        (f"hidden{i}.z", k) for i in (1, 2) for k in range(3)
+    where = {
+        (layer["output"], layer.get("member"), layer.get("offset")) for layer in drift["layers"]
     }
-    parallel, batched = reports["parallel"], reports["batched"]
-    assert [layer["name"] for layer in batched] == [layer["name"] for layer in parallel]
-    assert len(batched) == 6
-    for mine, theirs in zip(batched, parallel, strict=True):
-        assert mine["score"] == pytest.approx(theirs["score"], rel=1e-4, abs=1e-6)
-    assert any(layer["score"] > 0 for layer in batched)
+    widths = [spec.get("hidden", (16, 12)) for spec in specs]
+    if layout == "batched":
+        assert where == {(f"hidden{i}.z", k, None) for i in (1, 2) for k in range(3)}
+    else:
+        assert where == {
+            (f"hidden{i}.z", None, sum(w[i - 1] for w in widths[:k]))  # type: ignore[index]
+            for i in (1, 2)
+            for k in range(3)
+        }
+    parallel, mine = reports["parallel"], reports[layout]
+    assert [layer["name"] for layer in mine] == [layer["name"] for layer in parallel]
+    assert len(mine) == 6
+    for ours, theirs in zip(mine, parallel, strict=True):
+        assert ours["score"] == pytest.approx(theirs["score"], rel=1e-4, abs=1e-6)
+    assert any(layer["score"] > 0 for layer in mine)

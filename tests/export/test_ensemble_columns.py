@@ -63,7 +63,7 @@ def _records(runs: list[Path]) -> RawRows:
     return RawRows.concat(parts)
 
 
-@pytest.mark.parametrize("layout", ["batched", "parallel"])
+@pytest.mark.parametrize("layout", ["grouped", "batched", "parallel"])
 def test_fold_models_export_as_the_mean_of_their_numpy_paths_on_raw_records(
     fold_runs: list[Path], out_dir: Path, capsys, layout: str
 ) -> None:

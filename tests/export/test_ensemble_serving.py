@@ -34,14 +34,22 @@ LAYOUT_CONFIGS = {
         TrainConfig(hidden=(12, 8), batchnorm=False, epochs=1, seed=1),
         TrainConfig(hidden=(12, 8), epochs=1, seed=2),
     ],
+    # the same members as one grouped Conv per later layer (auto's choice for them), each
+    # member's layers read from the columns of the side-by-side tensors
+    "grouped": [
+        TrainConfig(hidden=(12, 8), epochs=1, seed=0),
+        TrainConfig(hidden=(12, 8), batchnorm=False, epochs=1, seed=1),
+        TrainConfig(hidden=(12, 8), epochs=1, seed=2),
+    ],
 }
 WATCHED = {
     "parallel": ["m1.hidden1", "m2.hidden1", "m2.hidden2"],  # member 3 has no batch norm
     "batched": ["m1.hidden1", "m1.hidden2", "m3.hidden1", "m3.hidden2"],
+    "grouped": ["m1.hidden1", "m1.hidden2", "m3.hidden1", "m3.hidden2"],
 }
 
 
-@pytest.mark.parametrize("layout", ["parallel", "batched"])
+@pytest.mark.parametrize("layout", ["parallel", "batched", "grouped"])
 def test_a_server_with_its_defaults_serves_the_ensemble(tmp_path: Path, layout: str) -> None:
     configs = LAYOUT_CONFIGS[layout]
     runs = [
