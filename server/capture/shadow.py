@@ -3,9 +3,10 @@ its served version answered, off the response path, and its answers go to the ca
 beside theirs (shadow-calls-* files), where the join compares the pair (capture/quality.py).
 
 One thread and a bounded queue: the call only hands over references (a full queue drops the
-shadow's share of that call, counted); the thread scores what is queued in one run per
-version every 20 ms (each call's latency in the store is its share of that run); a shadow
-that raises is logged (throttled) and counted; neither ever reaches the client. The thread
+shadow's share of that call, counted); the thread sleeps until a call is queued, lets 20 ms
+gather more, and scores them in one run per version (each call's latency in the store is its
+share of that run); a shadow that raises is logged (throttled) and counted; neither ever
+reaches the client. The thread
 shares the serving cores: what a shadow costs the calls is its CPU, which `bench/serve.py`
 shows.
 """
@@ -45,7 +46,6 @@ class ShadowScorer:
         self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
         self._warnings = LogThrottle(10.0)
         self._stopping = threading.Event()
-        self._wake = threading.Event()
         self.scored = 0
         self.failed = 0
         self.dropped = 0
@@ -66,7 +66,6 @@ class ShadowScorer:
         self._stopping.set()
         if self._thread.is_alive():
             self._queue.put(None)
-            self._wake.set()
             self._thread.join()
 
     def idle(self) -> bool:
@@ -74,17 +73,16 @@ class ShadowScorer:
         return self._queue.unfinished_tasks == 0
 
     def _run(self) -> None:
-        """Every DRAIN_INTERVAL_S, score what is queued: the calls of one shadow version in
-        one run (at most MAX_BATCH_ROWS rows), then each call's rows offered to the store."""
+        """Sleep until a call is queued (no wake-ups while no shadow is asked for), let
+        DRAIN_INTERVAL_S gather more, then score what is queued: the calls of one shadow
+        version in one run (at most MAX_BATCH_ROWS rows), then each call's rows offered to the
+        store."""
         while True:
-            self._wake.wait(DRAIN_INTERVAL_S)
-            self._wake.clear()
+            work = self._queue.get()  # blocks while nothing is queued; stop() queues None
+            if work is not None:
+                self._stopping.wait(DRAIN_INTERVAL_S)
             batch: list[_Work] = []
             while True:
-                try:
-                    work = self._queue.get_nowait()
-                except queue.Empty:
-                    break
                 if work is None or self._stopping.is_set():
                     self.dropped += len(batch) + (work is not None)
                     for _ in range(len(batch) + 1):
@@ -92,14 +90,18 @@ class ShadowScorer:
                     if work is None:
                         return
                     batch = []
-                    continue
-                if batch and (
-                    work.servable is not batch[0].servable
-                    or sum(rows(w.x) for w in batch) + rows(work.x) > MAX_BATCH_ROWS
-                ):
-                    self._done(batch)
-                    batch = []
-                batch.append(work)
+                else:
+                    if batch and (
+                        work.servable is not batch[0].servable
+                        or sum(rows(w.x) for w in batch) + rows(work.x) > MAX_BATCH_ROWS
+                    ):
+                        self._done(batch)
+                        batch = []
+                    batch.append(work)
+                try:
+                    work = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if batch:
                 self._done(batch)
 
