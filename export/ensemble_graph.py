@@ -115,8 +115,11 @@ def build_ensemble_model(
     if layout == "batched":
         _batched(builder, members)
     else:
-        build = {"parallel": _parallel, "blockdiag": _blockdiag, "grouped": _grouped}[layout]
-        heads = build(builder, members)
+        heads = (
+            _parallel(builder, members)
+            if layout == "parallel"
+            else _side_by_side(builder, members, layout)
+        )
         _average(builder, task, heads, len(members), output_count)
     extra: tuple[onnx.ValueInfoProto, ...] = ()
     if expose_preactivations:
@@ -248,38 +251,12 @@ def _block_diagonal(blocks: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _blockdiag(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
-    """The members' outputs side by side, one tensor (N, k·C or k·T), after block-diagonal Gemms."""
-    reference = members[0]
-    depth = len(reference.layers)
-    z = _first_layer(builder, members, WIDE_PREACTIVATION.format(i=1) if depth > 1 else "heads")
-    for index in range(1, depth):
-        a = builder.node(
-            ACTIVATION_OPS[reference.activation],
-            [z],
-            f"hidden{index}.a",
-            f"hidden{index}.{reference.activation}",
-            **activation_attributes(reference),
-        )
-        weight = _block_diagonal([member.layers[index].weight for member in members])
-        bias = np.concatenate([member.layers[index].bias for member in members])
-        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
-        z = builder.node(
-            "Gemm",
-            [
-                a,
-                builder.constant(f"{prefix}.weight", weight),
-                builder.constant(f"{prefix}.bias", bias),
-            ],
-            "heads" if index == depth - 1 else WIDE_PREACTIVATION.format(i=index + 1),
-            f"{prefix}.gemm",
-        )
-    return [z]
-
-
-def _grouped(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list[str]:
-    """The members' outputs side by side, one tensor (N, k·C or k·T, 1), after grouped 1×1
-    Convs: member m's H channels through its own weight (ΣH_out, H_in, 1), no zero blocks."""
+def _side_by_side(
+    builder: _FrontedBuilder, members: Sequence[FoldedNetwork], layout: str
+) -> list[str]:
+    """The members' outputs side by side in one tensor: blockdiag, (N, k·C or k·T) after
+    block-diagonal Gemms; grouped, (N, k·C or k·T, 1) after grouped 1×1 Convs (member m's H
+    channels through its own weight (Σ H_out, H_in, 1), no zero blocks)."""
     reference, k = members[0], len(members)
     depth = len(reference.layers)
     z = _first_layer(builder, members, WIDE_PREACTIVATION.format(i=1) if depth > 1 else "heads")
@@ -291,23 +268,23 @@ def _grouped(builder: _FrontedBuilder, members: Sequence[FoldedNetwork]) -> list
             f"hidden{index}.{reference.activation}",
             **activation_attributes(reference),
         )
+        weights = [member.layers[index].weight for member in members]
+        bias = np.concatenate([member.layers[index].bias for member in members])
+        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
+        out = "heads" if index == depth - 1 else WIDE_PREACTIVATION.format(i=index + 1)
+        if layout == "blockdiag":
+            weight = builder.constant(f"{prefix}.weight", _block_diagonal(weights))
+            bias_name = builder.constant(f"{prefix}.bias", bias)
+            z = builder.node("Gemm", [a, weight, bias_name], out, f"{prefix}.gemm")
+            continue
         if index == 1:  # [N, k·H₁] → [N, k·H₁, 1]: the columns become Conv channels
             axes = builder.constant_int64("hidden1.channel_axes", np.asarray([2]))
             a = builder.node("Unsqueeze", [a, axes], "hidden1.channels", "hidden1.unsqueeze")
-        weight = np.concatenate([member.layers[index].weight.T for member in members])
-        bias = np.concatenate([member.layers[index].bias for member in members])
-        prefix = "output" if index == depth - 1 else f"hidden{index + 1}"
+        stacked = np.concatenate([weight.T for weight in weights])[:, :, None]
+        weight = builder.constant(f"{prefix}.weight", stacked)
+        bias_name = builder.constant(f"{prefix}.bias", bias)
         z = builder.node(
-            "Conv",
-            [
-                a,
-                builder.constant(f"{prefix}.weight", weight[:, :, None]),
-                builder.constant(f"{prefix}.bias", bias),
-            ],
-            "heads" if index == depth - 1 else WIDE_PREACTIVATION.format(i=index + 1),
-            f"{prefix}.conv",
-            group=k,
-            kernel_shape=[1],
+            "Conv", [a, weight, bias_name], out, f"{prefix}.conv", group=k, kernel_shape=[1]
         )
     return [z]
 
