@@ -87,8 +87,13 @@ def test_the_graph_is_the_mean_of_its_members_numpy_paths(
 
 @pytest.mark.parametrize(
     ("specs", "layout"),
-    [(MIXED, "parallel"), ([{"seed": seed} for seed in range(3)], "grouped")],
-    ids=["parallel", "grouped"],
+    [
+        (MIXED, "parallel"),
+        ([{"seed": seed} for seed in range(3)], "grouped"),
+        ([{"seed": seed, "activation": "tanh"} for seed in range(3)], "grouped"),
+        ([{"seed": seed, "activation": "sigmoid"} for seed in range(3)], "grouped"),
+    ],
+    ids=["parallel", "grouped", "grouped-tanh", "grouped-sigmoid"],
 )
 def test_a_regression_ensemble_answers_the_mean_y(
     synthetic_run, out_dir: Path, capsys, specs: list[dict[str, object]], layout: str
