@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -58,6 +58,14 @@ def describe(schema: InputSchema, limit: int = 8) -> str:
     return f"{', '.join(shown)}{more} (each [N] or [N, 1])"
 
 
+class Layout(NamedTuple):
+    """Where a usual request's columns are: order[i] is the request's tensor of the model's
+    input i (None: the model's own order); rows: N."""
+
+    order: tuple[int, ...] | None
+    rows: int
+
+
 class ColumnDecoder:
     """One mixed model's v2 input tensors → Columns, built once per model.
 
@@ -97,6 +105,9 @@ class ColumnDecoder:
             (False, categorical_rows[i]) if categorical else (True, numeric_rows[i])
             for i, categorical in enumerate(kinds)
         )
+        # A transport's note of the last usual request it decoded (opaque here: e.g. the v2
+        # servicer's RawForm), by transport; replaced whole, never changed in place.
+        self.remembered: dict[str, object] = {}
 
     def decode(self, tensors: Sequence[TensorIn]) -> Columns:
         """v2 input tensors → Columns in the model's input order; InvalidInput names the
@@ -108,13 +119,25 @@ class ColumnDecoder:
 
     def _usual(self, tensors: Sequence[TensorIn]) -> Columns | None:
         """The usual request's Columns, or None for anything else (decode_tensors decides)."""
+        layout = self.layout(tensors)
+        if layout is None:
+            return None
+        return self.from_layout(layout, [tensor[3] for tensor in tensors])
+
+    def layout(self, tensors: Sequence[TensorIn]) -> Layout | None:
+        """How a usual request lays its columns out (every column once, in any order, each in
+        its kind's datatype, all of one shape [N] or [N, 1]), from the tensors' names,
+        datatypes and shapes alone; None for anything else (`decode` decides)."""
         if len(tensors) != len(self._names):
             return None
-        if tuple([tensor[0] for tensor in tensors]) != self._names:
-            by_name = {tensor[0]: tensor for tensor in tensors}
-            if by_name.keys() != self._name_set:
+        names = tuple([tensor[0] for tensor in tensors])
+        order = None
+        if names != self._names:
+            position = {name: index for index, name in enumerate(names)}
+            if position.keys() != self._name_set:  # a duplicate leaves a name out
                 return None
-            tensors = [by_name[name] for name in self._names]
+            order = tuple([position[name] for name in self._names])
+            tensors = [tensors[index] for index in order]
         if tuple([tensor[1] for tensor in tensors]) != self._datatypes:
             return None
         shape = tensors[0][2]
@@ -123,8 +146,18 @@ class ColumnDecoder:
         dims = list(shape)
         if not (len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)) or dims[0] < 1:
             return None
-        count = dims[0]
-        data = [tensor[3] for tensor in tensors]
+        return Layout(order, dims[0])
+
+    def from_layout(self, layout: Layout, data: Sequence[Any]) -> Columns | None:
+        """The Columns of a usual request's data (each tensor's, in the request's order) laid
+        out as `layout` says, or None when the data is not the usual form (raw bytes of the
+        right size or typed lists, no infinity, clean BYTES elements): `decode` decides.
+
+        A transport that knows a request has the same names, datatypes and shapes as one
+        `layout` took (server/grpc/raw_form.py) calls this alone, without building tensors."""
+        order, count = layout
+        if order is not None:
+            data = [data[index] for index in order]
         numbers = _number_block([data[i] for i in self._numeric], count)
         cells = _text_cells([data[i] for i in self._categorical], count)
         if numbers is None or cells is None:

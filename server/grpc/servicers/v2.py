@@ -4,14 +4,17 @@ classification extension). Translation only: protobuf in and out, the data plane
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 
+from bnserve.server.grpc.decoding import current_request, current_request_bytes
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.grpc.gen.inference import model_config_pb2 as config_pb
+from bnserve.server.grpc.raw_form import V2_GRPC, RawForm
 from bnserve.server.models.model import TensorSpec
+from bnserve.server.plane.columns import ColumnDecoder
 from bnserve.server.plane.dataplane import (
     BACKEND,
     EXTENSIONS,
@@ -30,6 +33,7 @@ from bnserve.server.plane.errors import (
     translate_errors,
     translate_stream_errors,
 )
+from bnserve.server.plane.inputs import Columns
 from bnserve.server.plane.request_ids import request_id
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
 from bnserve.server.version import installed_version
@@ -125,9 +129,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = servable.model
         raw = bool(request.raw_input_contents)
         call_id = request_id(request.id)
+        decoder = model.decoder
+        inputs: Sequence[TensorIn] | Columns | None = None
+        if raw and decoder is not None:
+            inputs = _columns(request, decoder)
         outputs = self._plane.infer(
             servable,
-            _inputs(request, raw),
+            _inputs(request, raw) if inputs is None else inputs,
             _requested(request),
             context.time_remaining(),
             call_id,
@@ -199,6 +207,27 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         self._plane.unload(request.model_name)
+
+
+def _columns(request: pb.ModelInferRequest, decoder: ColumnDecoder) -> Columns | None:
+    """A mixed model's usual raw-contents request as Columns, or None: the full path decides.
+
+    When the request's bytes hold the inputs of the last usual request (server/grpc/
+    raw_form.py), its raw contents are decoded with that request's Layout, no tensor read from
+    the parsed message; else the tensors are read, and a usual request's form is remembered."""
+    form = decoder.remembered.get(V2_GRPC)
+    if isinstance(form, RawForm) and current_request.get() is request:
+        contents = form.contents(current_request_bytes.get())
+        if contents is not None:
+            return decoder.from_layout(form.layout, contents)
+    tensors = _inputs(request, True)  # raises the servicer's own refusals
+    layout = decoder.layout(tensors)
+    if layout is None:
+        return None
+    columns = decoder.from_layout(layout, [tensor.data for tensor in tensors])
+    if columns is not None:
+        decoder.remembered[V2_GRPC] = RawForm.of(request.inputs, layout)
+    return columns
 
 
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:
