@@ -105,6 +105,8 @@ class ColumnDecoder:
             (False, categorical_rows[i]) if categorical else (True, numeric_rows[i])
             for i, categorical in enumerate(kinds)
         )
+        # each text column's place among the text columns (Columns.cells)
+        self._text_places = {self._names[index]: row for row, index in enumerate(self._categorical)}
         # A transport's note of the last usual request it decoded (opaque here: e.g. the v2
         # servicer's RawForm), by transport; replaced whole, never changed in place.
         self.remembered: dict[str, object] = {}
@@ -163,18 +165,24 @@ class ColumnDecoder:
         if numbers is None or cells is None:
             return None
         block, gaps = numbers
-        texts = np.array(cells, dtype=object).reshape(len(self._categorical), count, 1)
-        arrays = [
-            block[row] if numeric else texts[row]
-            for numeric, row in self._places  # views, no copies
-        ]
+        places, names = self._places, self._names
+        categorical = len(self._categorical)
+
+        def build() -> dict[str, np.ndarray]:  # when something reads the arrays
+            texts = np.array(cells, dtype=object).reshape(categorical, count, 1)
+            arrays = [
+                block[row] if numeric else texts[row]
+                for numeric, row in places  # views, no copies
+            ]
+            return dict(zip(names, arrays, strict=True))
+
         packed = None
         front = self.front
         if front is not None:
             joined = block.reshape(len(self._numeric), count)
             joined = joined.T if count == 1 else np.ascontiguousarray(joined.T)
             packed = Packed(front, joined, front.codes(cells, count))
-        return Columns(dict(zip(self._names, arrays, strict=True)), gaps, packed)
+        return Columns.decoded(names, count, build, (cells, self._text_places), gaps, packed)
 
 
 def _number_block(data: list[Any], count: int) -> tuple[np.ndarray, bool] | None:
