@@ -926,8 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=None,
-        help=f"interleaved runs per cell (default {BenchSettings.rounds}; --mixed: "
-        f"{MIXED_ROUNDS})",
+        help=f"interleaved runs per cell (default {BenchSettings.rounds}; --mixed: {MIXED_ROUNDS})",
     )
     parser.add_argument(
         "--hidden",
