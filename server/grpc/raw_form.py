@@ -28,7 +28,7 @@ from bnserve.server.plane.columns import Layout
 _INPUTS, _RAW = 0x2A, 0x3A  # inputs (5), raw_input_contents (7)
 # model_name (1), model_version (2), id (3), parameters (4), outputs (6)
 _OTHERS = frozenset((0x0A, 0x12, 0x1A, 0x22, 0x32))
-V2_GRPC = "v2 gRPC"  # its key in ColumnDecoder.remembered
+V2_GRPC = "v2 gRPC"  # the key of the v2 servicer's forms (a tuple) in ColumnDecoder.remembered
 
 
 def _varint(value: int) -> bytes:

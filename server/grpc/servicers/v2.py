@@ -48,6 +48,7 @@ CONTENTS = {  # the typed contents field of each datatype
 }  # the requested output parameter of the extension
 _RAW_SOURCES = tuple(f"raw_input_contents[{i}]" for i in range(64))  # made once, not per call
 _new_tuple = tuple.__new__
+FORMS = 4  # usual request forms remembered per mixed model (server/grpc/raw_form.py)
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
@@ -212,21 +213,26 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 def _columns(request: pb.ModelInferRequest, decoder: ColumnDecoder) -> Columns | None:
     """A mixed model's usual raw-contents request as Columns, or None: the full path decides.
 
-    When the request's bytes hold the inputs of the last usual request (server/grpc/
-    raw_form.py), its raw contents are decoded with that request's Layout, no tensor read from
-    the parsed message; else the tensors are read, and a usual request's form is remembered."""
-    form = decoder.remembered.get(V2_GRPC)
-    if isinstance(form, RawForm) and current_request.get() is request:
-        contents = form.contents(current_request_bytes.get())
-        if contents is not None:
-            return decoder.from_layout(form.layout, contents)
+    When the request's bytes hold the inputs of one of the last usual requests (server/grpc/
+    raw_form.py; up to FORMS different ones, newest first, so a few clients that send different
+    shapes or orders do not displace each other's), its raw contents are decoded with that
+    request's Layout, no tensor read from the parsed message; else the tensors are read, and a
+    usual request's form is remembered."""
+    forms = decoder.remembered.get(V2_GRPC, ())
+    assert isinstance(forms, tuple)
+    if forms and current_request.get() is request:
+        raw = current_request_bytes.get()
+        for form in forms:
+            contents = form.contents(raw)
+            if contents is not None:
+                return decoder.from_layout(form.layout, contents)
     tensors = _inputs(request, True)  # raises the servicer's own refusals
     layout = decoder.layout(tensors)
     if layout is None:
         return None
     columns = decoder.from_layout(layout, [tensor.data for tensor in tensors])
-    if columns is not None:
-        decoder.remembered[V2_GRPC] = RawForm.of(request.inputs, layout)
+    if columns is not None:  # replaced whole: other threads read the tuple they got
+        decoder.remembered[V2_GRPC] = (RawForm.of(request.inputs, layout), *forms[: FORMS - 1])
     return columns
 
 

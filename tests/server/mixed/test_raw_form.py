@@ -19,7 +19,7 @@ from bnserve.server.grpc.decoding import RequestDecodingInterceptor
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.grpc.raw_form import V2_GRPC, RawForm
-from bnserve.server.grpc.servicers.v2 import _inputs
+from bnserve.server.grpc.servicers.v2 import FORMS, _inputs
 from bnserve.server.models.model import Model, SessionThreads
 from bnserve.server.observability.metrics import ServerMetrics
 from bnserve.server.plane.columns import ColumnDecoder, decode_tensors
@@ -188,8 +188,7 @@ def _want(row: dict[str, Any]) -> tuple[list[float], list[int]]:
 
 def test_repeated_requests_take_the_fast_path_and_answer_alike(server: Server, inference) -> None:
     first = inference.ModelInfer(_raw_request())
-    form = _served_decoder(server).remembered.get(V2_GRPC)
-    assert isinstance(form, RawForm)  # the first usual request left its form
+    form = _forms(server)[0]  # the first usual request left its form
     rows = [ROW, {**ROW, "island": "Biscoe", "bill_length_mm": float("nan")}, {**ROW, "sex": ""}]
     rows.append({**ROW, "island": "Atlantis"})  # an unseen level is scored
     for row in rows:
@@ -202,16 +201,40 @@ def test_repeated_requests_take_the_fast_path_and_answer_alike(server: Server, i
     assert _answer(inference.ModelInfer(_raw_request())) == _answer(first)
 
 
+def _forms(server: Server) -> tuple[RawForm, ...]:
+    forms = _served_decoder(server).remembered[V2_GRPC]
+    assert isinstance(forms, tuple) and all(isinstance(form, RawForm) for form in forms)
+    return forms
+
+
+def _taken(server: Server, request: pb.ModelInferRequest) -> bool:
+    """Whether one of the remembered forms reads the request's raw contents (and right)."""
+    data = request.SerializeToString()
+    found = [form.contents(data) for form in _forms(server)]
+    return list(request.raw_input_contents) in found
+
+
 def test_another_order_and_shape_answer_the_same(server: Server, inference) -> None:
     want_probabilities, want_labels = _answer(inference.ModelInfer(_raw_request()))
-    for request in (_raw_request(order=list(reversed(ROW))), _raw_request(shape=[1])):
+    others = (_raw_request(order=list(reversed(ROW))), _raw_request(shape=[1]))
+    for request in others:
         for _ in range(2):  # the second time from the form the first left
             probabilities, labels = _answer(inference.ModelInfer(request))
             np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-6)
             assert labels == want_labels
-        form = _served_decoder(server).remembered[V2_GRPC]
-        assert isinstance(form, RawForm)
-        assert form.contents(request.SerializeToString()) == list(request.raw_input_contents)
+        assert _taken(server, request)
+    # clients of different forms do not displace each other's (up to FORMS of them)
+    assert all(_taken(server, request) for request in (_raw_request(), *others))
+
+
+def test_the_forms_remembered_are_the_newest_few(server: Server, inference) -> None:
+    orders = [[*ROW][index:] + [*ROW][:index] for index in range(len(ROW))]  # 4 rotations
+    requests = [_raw_request(order=order) for order in orders]
+    requests.append(_raw_request(order=orders[1], shape=[1]))
+    for request in requests:
+        inference.ModelInfer(request)
+    assert len(_forms(server)) == FORMS
+    assert [_taken(server, request) for request in requests] == [False] + [True] * FORMS
 
 
 def _full_path_refusal(model: Model, request: pb.ModelInferRequest) -> str:
