@@ -10,8 +10,10 @@ thread's CPU time, so the share of the core other processes take is left out.
 
 Stages (v2 ModelInfer of 1 example; PredictBatch of --batch rows):
   parse     protobuf bytes → request message
-  tensors   request → TensorIn per input (v2) / nothing (native: part of decode)
-  decode    → x: (1, 12) float32, or Columns (plane/columns.py)
+  tensors   request → TensorIn per input (v2; a mixed model: its raw contents read from the
+            request's bytes, server/grpc/raw_form.py) / nothing (native: part of decode)
+  decode    → x: (1, 12) float32, or Columns (plane/columns.py; a mixed model's v2 request:
+            ColumnDecoder.from_layout)
   check     Model.check_features
   counters  Model.observe_cells (bnserve_unseen_levels_total, bnserve_missing_cells_total)
   drift     a sampled call's drift work (the layer session's run + observe) × the sample share
@@ -94,6 +96,7 @@ def _servables(mixed: Path, numeric: Path, whole: bool) -> tuple[Any, Any, Any]:
 
 def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes) -> dict[str, Any]:
     """Each stage as a zero-argument callable, on inputs the stage before it made."""
+    from bnserve.server.grpc.decoding import _parse_or_abort
     from bnserve.server.grpc.gen.bnserve.v1 import predictor_pb2 as npb
     from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
     from bnserve.server.grpc.servicers import native as native_module
@@ -114,6 +117,7 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
         request = message.FromString(body)
         tensors = v2_module._inputs(request, True)
         x = input_array(model, tensors)
+        read, decode = _raw_stages(model, request, body, tensors)
 
         def respond(outputs: list[Any]) -> bytes:
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
@@ -121,13 +125,11 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
                 v2_module._add_output(response, TensorOut(spec.name, spec.datatype, values), True)
             return response.SerializeToString()
 
-        def whole() -> bytes:
-            return v2.ModelInfer(message.FromString(body), context).SerializeToString()
+        def whole() -> bytes:  # parsed as the server's decoding interceptor parses it
+            parsed = _parse_or_abort(message.FromString, body, context, "ModelInfer")
+            return v2.ModelInfer(parsed, context).SerializeToString()
 
-        stages: dict[str, Callable[[], Any]] = {
-            "tensors": lambda: v2_module._inputs(request, True),
-            "decode": lambda: input_array(model, tensors),
-        }
+        stages: dict[str, Callable[[], Any]] = {"tensors": read, "decode": decode}
     else:
         request = message.FromString(body)
         x = native_module._batch(request, model)
@@ -174,6 +176,29 @@ def _stages(plane: Any, v2: Any, native: Any, name: str, kind: str, body: bytes)
     )
     stages["_share"] = drift.settings.sample if drift is not None else 0.0
     return stages
+
+
+def _raw_stages(
+    model: Any, request: Any, body: bytes, tensors: Any
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """tensors and decode of a v2 request: for a mixed model served by a checkout with
+    server/grpc/raw_form.py, the raw contents read from the request's bytes and the columns
+    decoded by their Layout (the v2 servicer's path after the first call), else TensorIns
+    from the parsed message and input_array."""
+    from bnserve.server.grpc.servicers import v2 as v2_module
+    from bnserve.server.plane.dataplane import input_array
+
+    try:
+        from bnserve.server.grpc.raw_form import RawForm
+    except ImportError:
+        RawForm = None  # a checkout before it
+    decoder = model.decoder
+    if RawForm is None or decoder is None:
+        return (lambda: v2_module._inputs(request, True)), (lambda: input_array(model, tensors))
+    layout = decoder.layout(tensors)
+    form = RawForm.of(request.inputs, layout)
+    contents = form.contents(body)
+    return (lambda: form.contents(body)), (lambda: decoder.from_layout(layout, contents))
 
 
 def _block(function: Callable[[], Any], calls: int) -> float:

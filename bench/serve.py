@@ -29,7 +29,8 @@ with trailers only and no DATA, so any failure shows up as missing bytes.
 Usage: python bench/serve.py [--duration 2] [--rounds 3] [--quick] [--hidden 256,256]
                              [--large-hidden 1024,1024,1024] [--concurrencies 1,8,64]
                              [--placement (the placement rows (e) alone)]
-                             [--mixed (the mixed-input rows (f) alone)]
+                             [--mixed (the mixed-input rows (f) alone; 21 rounds of 1 s
+                              unless --rounds / --duration say otherwise)]
                              [--capture (capture's cost rows alone, more rounds)]
 (installs h2load with apt-get when run as root and it is missing)
 """
@@ -70,6 +71,7 @@ BATCH_DRIFT_OFF_LABEL = "PredictBatch, drift off"
 CAPTURE_FULL_LABEL = "native Predict, capture 1.0"
 CAPTURE_TENTH_LABEL = "native Predict, capture 0.1"
 SHADOW_LABEL = "native Predict, capture+shadow"
+MIXED_ROUNDS, MIXED_DURATION_S = 21, 1.0  # --mixed's defaults (bench/serve_mixed.py)
 PATHS = {
     "predict": "/bnserve.v1.Predictor/Predict",
     "infer": "/inference.GRPCInferenceService/ModelInfer",
@@ -507,6 +509,24 @@ def interleaved(
     """Each target (anything with a `label` that `load` runs; default h2load over gRPC)
     `rounds` times, alternating, so load from other processes hits all alike; the median run
     (by requests/s) of each target is kept."""
+    runs = interleaved_runs(targets, concurrency, settings, scratch, load)
+    medians = {}
+    for label, results in runs.items():
+        ordered = sorted(results, key=lambda r: r.requests_per_s)
+        median = ordered[len(ordered) // 2]
+        medians[label] = replace(median, verified=all(r.verified for r in results))
+    return medians
+
+
+def interleaved_runs(
+    targets: list[Any],
+    concurrency: int,
+    settings: BenchSettings,
+    scratch: Path,
+    load: Load | None = None,
+) -> dict[str, list[LoadResult]]:
+    """`interleaved`'s runs, every round of every target: runs[label][i] is round i's, so
+    the targets' runs of one round (close in time) can be compared pair by pair."""
     load = load or h2load
     sizes = {t.label: calibrated_requests(t, concurrency, settings, scratch, load) for t in targets}
     runs: dict[str, list[LoadResult]] = {t.label: [] for t in targets}
@@ -517,12 +537,7 @@ def interleaved(
                 load(target, concurrency, sizes[target.label], settings, scratch)
             )
             settle(getattr(target, "server_pid", 0))
-    medians = {}
-    for label, results in runs.items():
-        ordered = sorted(results, key=lambda r: r.requests_per_s)
-        median = ordered[len(ordered) // 2]
-        medians[label] = replace(median, verified=all(r.verified for r in results))
-    return medians
+    return runs
 
 
 def settle(pid: int, timeout_s: float = 2.0) -> None:
@@ -900,8 +915,19 @@ def main(argv: list[str] | None = None) -> int:
     bare = sub.add_parser("bare-run")
     bare.add_argument("--model", type=Path, required=True)
     bare.add_argument("--runs", type=int, required=True)
-    parser.add_argument("--duration", type=float, default=BenchSettings.duration_s)
-    parser.add_argument("--rounds", type=int, default=BenchSettings.rounds)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help=f"seconds per measured run (default {BenchSettings.duration_s}; --mixed: "
+        f"{MIXED_DURATION_S})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"interleaved runs per cell (default {BenchSettings.rounds}; --mixed: {MIXED_ROUNDS})",
+    )
     parser.add_argument(
         "--hidden",
         default="256,256",
@@ -948,9 +974,15 @@ def main(argv: list[str] | None = None) -> int:
     hidden = tuple(int(width) for width in args.hidden.split(","))
     large = tuple(int(width) for width in args.large_hidden.split(","))
     concurrencies = tuple(int(c) for c in args.concurrencies.split(","))
+    # --mixed judges a goal at the edge of the run-to-run spread: many short rounds by default
+    default_duration, default_rounds = (
+        (MIXED_DURATION_S, MIXED_ROUNDS)
+        if args.mixed
+        else (BenchSettings.duration_s, BenchSettings.rounds)
+    )
     settings = BenchSettings(
-        duration_s=args.duration,
-        rounds=args.rounds,
+        duration_s=default_duration if args.duration is None else args.duration,
+        rounds=default_rounds if args.rounds is None else args.rounds,
         hidden=hidden,
         large_hidden=large,
         concurrencies=concurrencies,

@@ -27,6 +27,9 @@ Parse = Callable[[bytes], Any]
 # The parsed request of the unary call in progress (each grpc call runs in its own context),
 # for the outer interceptors that see only its bytes: metrics and the access log.
 current_request: ContextVar[Any] = ContextVar("current_request", default=None)
+# Its bytes, for a servicer that reads a request's form from them (server/grpc/raw_form.py):
+# they belong to the request `current_request` holds.
+current_request_bytes: ContextVar[bytes] = ContextVar("current_request_bytes", default=b"")
 
 
 def _message(method: str, error: Exception) -> str:
@@ -39,6 +42,7 @@ def _parse_or_abort(parse: Parse, raw: bytes, context: grpc.ServicerContext, met
     except Exception as error:  # protobuf raises DecodeError, and others for deep nesting
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(method, error))
     current_request.set(request)
+    current_request_bytes.set(raw)
     return request
 
 

@@ -347,9 +347,9 @@ class Model:
             )
         if x.shape[0] == 0:
             raise InvalidInput("empty request: no examples to score")
-        if tuple(x.arrays) != self._input_names:
+        if x.names != self._input_names:
             raise InvalidInput(
-                f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.arrays)}"
+                f"model {self.name!r} takes the columns {describe(schema)}; got {list(x.names)}"
             )
 
     def check_request(self, x: ModelInput) -> None:
@@ -381,7 +381,7 @@ class Model:
                     counter(name, 0, count)
         first_unseen: tuple[str, int, str] | None = None  # (column, row, value)
         for name, seen in self._seen.items():
-            cells = x[name].ravel().tolist()
+            cells = x.cells(name)
             if seen.issuperset(cells):  # the usual request: every level known
                 continue
             unseen_rows = [

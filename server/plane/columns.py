@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -58,6 +58,14 @@ def describe(schema: InputSchema, limit: int = 8) -> str:
     return f"{', '.join(shown)}{more} (each [N] or [N, 1])"
 
 
+class Layout(NamedTuple):
+    """Where a usual request's columns are: order[i] is the request's tensor of the model's
+    input i (None: the model's own order); rows: N."""
+
+    order: tuple[int, ...] | None
+    rows: int
+
+
 class ColumnDecoder:
     """One mixed model's v2 input tensors → Columns, built once per model.
 
@@ -97,6 +105,11 @@ class ColumnDecoder:
             (False, categorical_rows[i]) if categorical else (True, numeric_rows[i])
             for i, categorical in enumerate(kinds)
         )
+        # each text column's place among the text columns (Columns.cells)
+        self._text_places = {self._names[index]: row for row, index in enumerate(self._categorical)}
+        # A transport's note of the last usual request it decoded (opaque here: e.g. the v2
+        # servicer's RawForm), by transport; replaced whole, never changed in place.
+        self.remembered: dict[str, object] = {}
 
     def decode(self, tensors: Sequence[TensorIn]) -> Columns:
         """v2 input tensors → Columns in the model's input order; InvalidInput names the
@@ -108,13 +121,25 @@ class ColumnDecoder:
 
     def _usual(self, tensors: Sequence[TensorIn]) -> Columns | None:
         """The usual request's Columns, or None for anything else (decode_tensors decides)."""
+        layout = self.layout(tensors)
+        if layout is None:
+            return None
+        return self.from_layout(layout, [tensor[3] for tensor in tensors])
+
+    def layout(self, tensors: Sequence[TensorIn]) -> Layout | None:
+        """How a usual request lays its columns out (every column once, in any order, each in
+        its kind's datatype, all of one shape [N] or [N, 1]), from the tensors' names,
+        datatypes and shapes alone; None for anything else (`decode` decides)."""
         if len(tensors) != len(self._names):
             return None
-        if tuple([tensor[0] for tensor in tensors]) != self._names:
-            by_name = {tensor[0]: tensor for tensor in tensors}
-            if by_name.keys() != self._name_set:
+        names = tuple([tensor[0] for tensor in tensors])
+        order = None
+        if names != self._names:
+            position = {name: index for index, name in enumerate(names)}
+            if position.keys() != self._name_set:  # a duplicate leaves a name out
                 return None
-            tensors = [by_name[name] for name in self._names]
+            order = tuple([position[name] for name in self._names])
+            tensors = [tensors[index] for index in order]
         if tuple([tensor[1] for tensor in tensors]) != self._datatypes:
             return None
         shape = tensors[0][2]
@@ -123,25 +148,41 @@ class ColumnDecoder:
         dims = list(shape)
         if not (len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)) or dims[0] < 1:
             return None
-        count = dims[0]
-        data = [tensor[3] for tensor in tensors]
+        return Layout(order, dims[0])
+
+    def from_layout(self, layout: Layout, data: Sequence[Any]) -> Columns | None:
+        """The Columns of a usual request's data (each tensor's, in the request's order) laid
+        out as `layout` says, or None when the data is not the usual form (raw bytes of the
+        right size or typed lists, no infinity, clean BYTES elements): `decode` decides.
+
+        A transport that knows a request has the same names, datatypes and shapes as one
+        `layout` took (server/grpc/raw_form.py) calls this alone, without building tensors."""
+        order, count = layout
+        if order is not None:
+            data = [data[index] for index in order]
         numbers = _number_block([data[i] for i in self._numeric], count)
         cells = _text_cells([data[i] for i in self._categorical], count)
         if numbers is None or cells is None:
             return None
         block, gaps = numbers
-        texts = np.array(cells, dtype=object).reshape(len(self._categorical), count, 1)
-        arrays = [
-            block[row] if numeric else texts[row]
-            for numeric, row in self._places  # views, no copies
-        ]
+        places, names = self._places, self._names
+        categorical = len(self._categorical)
+
+        def build() -> dict[str, np.ndarray]:  # when something reads the arrays
+            texts = np.array(cells, dtype=object).reshape(categorical, count, 1)
+            arrays = [
+                block[row] if numeric else texts[row]
+                for numeric, row in places  # views, no copies
+            ]
+            return dict(zip(names, arrays, strict=True))
+
         packed = None
         front = self.front
         if front is not None:
             joined = block.reshape(len(self._numeric), count)
             joined = joined.T if count == 1 else np.ascontiguousarray(joined.T)
             packed = Packed(front, joined, front.codes(cells, count))
-        return Columns(dict(zip(self._names, arrays, strict=True)), gaps, packed)
+        return Columns.decoded(names, count, build, (cells, self._text_places), gaps, packed)
 
 
 def _number_block(data: list[Any], count: int) -> tuple[np.ndarray, bool] | None:

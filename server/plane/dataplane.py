@@ -32,7 +32,7 @@ from bnserve.server.plane.errors import (
     ModelNotFound,
     ServingError,
 )
-from bnserve.server.plane.inputs import ModelInput, TensorIn
+from bnserve.server.plane.inputs import Columns, ModelInput, TensorIn
 from bnserve.server.plane.statistics import StatsSnapshot
 
 __all__ = ["TensorIn"]  # re-exported: the transports import it from here
@@ -215,14 +215,15 @@ class DataPlane:
     def infer(
         self,
         servable: Servable,
-        inputs: Sequence[TensorIn],
+        inputs: Sequence[TensorIn] | Columns,
         requested: Sequence[OutputRequest],
         timeout_s: float | None,
         request_id: str = "",
     ) -> list[TensorOut]:
         """The Open Inference Protocol's infer: one input 'x' FP32 [N, F] in (a mixed model: one
-        input per column), the requested outputs (all when none are named) out, in request
-        order; request_id: the request's id (the capture store's)."""
+        input per column; or their Columns, already decoded by the model's ColumnDecoder), the
+        requested outputs (all when none are named) out, in request order; request_id: the
+        request's id (the capture store's)."""
         model = servable.model
         try:
             x = input_array(model, inputs)
@@ -330,9 +331,11 @@ class DataPlane:
         return [s for s in statuses if not ready_only or s.state == READY]
 
 
-def input_array(model: Model, inputs: Sequence[TensorIn]) -> ModelInput:
-    """The request's one input as (N, F) float32 (a mixed model: its Columns); InvalidInput
-    says what is wrong and how."""
+def input_array(model: Model, inputs: Sequence[TensorIn] | Columns) -> ModelInput:
+    """The request's one input as (N, F) float32 (a mixed model: its Columns, decoded here or
+    by the transport with the model's decoder); InvalidInput says what is wrong and how."""
+    if isinstance(inputs, Columns):
+        return inputs  # model.check_request checks it is this model's
     if model.decoder is not None:
         return model.decoder.decode(inputs)
     spec = model.input_spec

@@ -11,7 +11,7 @@ stream and capture/drift code need not tell them apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,12 +49,17 @@ class Columns:
     """N rows of a mixed model's inputs: name → (N, 1) array, in the model's input order.
 
     `shape` is (N, number of columns), so code that reads `x.shape[0]` for the row count works
-    on both kinds of input. `gaps`: whether a numeric column holds NaN (None: not known; the
-    decoder knows it from its one pass over the numbers, so the missing-cell counters need not
-    look again). `packed`: the same rows as a cut graph takes them, when the decoder made them
-    in its pass (None: the model packs them itself if it serves a cut graph)."""
+    on both kinds of input; `names` are the columns in order. `gaps`: whether a numeric column
+    holds NaN (None: not known; the decoder knows it from its one pass over the numbers, so the
+    missing-cell counters need not look again). `packed`: the same rows as a cut graph takes
+    them, when the decoder made them in its pass (None: the model packs them itself if it
+    serves a cut graph).
 
-    __slots__ = ("arrays", "gaps", "packed", "shape")
+    The decoder's Columns (`Columns.decoded`) make their arrays only when something reads them
+    (drift's sampled calls, capture, the full graph's feed, the batcher): a call scored by the
+    packed form alone never builds them; `cells` reads a text column from the decoder's list."""
+
+    __slots__ = ("_arrays", "_build", "_texts", "gaps", "names", "packed", "shape")
 
     def __init__(
         self,
@@ -62,11 +67,51 @@ class Columns:
         gaps: bool | None = None,
         packed: Packed | None = None,
     ) -> None:
-        self.arrays: dict[str, np.ndarray] = dict(arrays)
+        self._arrays: dict[str, np.ndarray] | None = dict(arrays)
+        self._build: Callable[[], dict[str, np.ndarray]] | None = None
+        self._texts: tuple[list[str], Mapping[str, int]] | None = None
         self.gaps = gaps
         self.packed = packed
-        first = next(iter(self.arrays.values()), None)
-        self.shape: tuple[int, int] = (0 if first is None else first.shape[0], len(self.arrays))
+        self.names: tuple[str, ...] = tuple(self._arrays)
+        first = next(iter(self._arrays.values()), None)
+        self.shape: tuple[int, int] = (0 if first is None else first.shape[0], len(self._arrays))
+
+    @classmethod
+    def decoded(
+        cls,
+        names: tuple[str, ...],
+        rows: int,
+        build: Callable[[], dict[str, np.ndarray]],
+        texts: tuple[list[str], Mapping[str, int]],
+        gaps: bool,
+        packed: Packed | None,
+    ) -> Columns:
+        """A decoder's Columns: `build()` makes the arrays (name → (rows, 1), in `names`
+        order) when first read; texts: every text cell, column after column, and each text
+        column's place in that order (its cells are texts[place·rows:(place+1)·rows])."""
+        self = cls.__new__(cls)
+        self._arrays, self._build, self._texts = None, build, texts
+        self.gaps, self.packed, self.names, self.shape = gaps, packed, names, (rows, len(names))
+        return self
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """name → (N, 1) array, in the model's input order."""
+        arrays = self._arrays
+        if arrays is None:
+            assert self._build is not None
+            arrays = self._arrays = self._build()  # two threads may both build: the same
+        return arrays
+
+    def cells(self, name: str) -> list[Any]:
+        """Column `name`'s N cells as a list (a text column's str, from the decoder's list
+        when it made one)."""
+        texts = self._texts
+        if texts is not None and name in texts[1]:
+            rows = self.shape[0]
+            place = texts[1][name] * rows
+            return texts[0][place : place + rows]
+        return self.arrays[name].ravel().tolist()
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         return iter(self.arrays.items())
@@ -75,7 +120,7 @@ class Columns:
         return self.arrays[name]
 
     def __repr__(self) -> str:
-        return f"Columns({self.shape[0]} rows: {', '.join(self.arrays)})"
+        return f"Columns({self.shape[0]} rows: {', '.join(self.names)})"
 
 
 ModelInput = np.ndarray | Columns

@@ -4,14 +4,17 @@ classification extension). Translation only: protobuf in and out, the data plane
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 
+from bnserve.server.grpc.decoding import current_request, current_request_bytes
 from bnserve.server.grpc.gen.inference import grpc_service_pb2 as pb
 from bnserve.server.grpc.gen.inference import grpc_service_pb2_grpc
 from bnserve.server.grpc.gen.inference import model_config_pb2 as config_pb
+from bnserve.server.grpc.raw_form import V2_GRPC, RawForm
 from bnserve.server.models.model import TensorSpec
+from bnserve.server.plane.columns import ColumnDecoder
 from bnserve.server.plane.dataplane import (
     BACKEND,
     EXTENSIONS,
@@ -30,6 +33,7 @@ from bnserve.server.plane.errors import (
     translate_errors,
     translate_stream_errors,
 )
+from bnserve.server.plane.inputs import Columns
 from bnserve.server.plane.request_ids import request_id
 from bnserve.server.plane.statistics import Duration, StatsSnapshot
 from bnserve.server.version import installed_version
@@ -44,6 +48,7 @@ CONTENTS = {  # the typed contents field of each datatype
 }  # the requested output parameter of the extension
 _RAW_SOURCES = tuple(f"raw_input_contents[{i}]" for i in range(64))  # made once, not per call
 _new_tuple = tuple.__new__
+FORMS = 4  # usual request forms remembered per mixed model (server/grpc/raw_form.py)
 DATA_TYPES = {
     "FP32": config_pb.TYPE_FP32,
     "INT64": config_pb.TYPE_INT64,
@@ -125,9 +130,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = servable.model
         raw = bool(request.raw_input_contents)
         call_id = request_id(request.id)
+        decoder = model.decoder
+        inputs: Sequence[TensorIn] | Columns | None = None
+        if raw and decoder is not None:
+            inputs = _columns(request, decoder)
         outputs = self._plane.infer(
             servable,
-            _inputs(request, raw),
+            _inputs(request, raw) if inputs is None else inputs,
             _requested(request),
             context.time_remaining(),
             call_id,
@@ -199,6 +208,32 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         self._plane.unload(request.model_name)
+
+
+def _columns(request: pb.ModelInferRequest, decoder: ColumnDecoder) -> Columns | None:
+    """A mixed model's usual raw-contents request as Columns, or None: the full path decides.
+
+    When the request's bytes hold the inputs of one of the last usual requests (server/grpc/
+    raw_form.py; up to FORMS different ones, newest first, so a few clients that send different
+    shapes or orders do not displace each other's), its raw contents are decoded with that
+    request's Layout, no tensor read from the parsed message; else the tensors are read, and a
+    usual request's form is remembered."""
+    forms = decoder.remembered.get(V2_GRPC, ())
+    assert isinstance(forms, tuple)
+    if forms and current_request.get() is request:
+        raw = current_request_bytes.get()
+        for form in forms:
+            contents = form.contents(raw)
+            if contents is not None:
+                return decoder.from_layout(form.layout, contents)
+    tensors = _inputs(request, True)  # raises the servicer's own refusals
+    layout = decoder.layout(tensors)
+    if layout is None:
+        return None
+    columns = decoder.from_layout(layout, [tensor.data for tensor in tensors])
+    if columns is not None:  # replaced whole: other threads read the tuple they got
+        decoder.remembered[V2_GRPC] = (RawForm.of(request.inputs, layout), *forms[: FORMS - 1])
+    return columns
 
 
 def _inputs(request: pb.ModelInferRequest, raw: bool) -> list[TensorIn]:

@@ -97,8 +97,23 @@ def test_the_usual_request_takes_one_pass_and_decodes_as_column_by_column(case: 
     decoder = ColumnDecoder(SCHEMA, "penguins")
     usual = decoder._usual(tensors)
     assert usual is not None  # the one-pass path took it
-    _same(usual, decode_tensors(SCHEMA, "penguins", tensors))
+    reference = decode_tensors(SCHEMA, "penguins", tensors)
+    # what the checks and counters read before any array is built: names, shape, cells
+    assert usual.names == reference.names == tuple(NAMES)
+    assert usual.shape == reference.shape
+    for name in NAMES:
+        cells, want = usual.cells(name), reference[name].ravel().tolist()
+        if name in NUMERIC:
+            np.testing.assert_array_equal(cells, want)
+        else:  # the decoder's own list of texts
+            assert cells == reference.cells(name) == want
+    _same(usual, reference)
     _same(decoder.decode(tensors), usual)
+    layout = decoder.layout(tensors)
+    assert layout is not None
+    by_layout = decoder.from_layout(layout, [tensor.data for tensor in tensors])
+    assert by_layout is not None
+    _same(by_layout, usual)
 
 
 OTHER = {  # not the usual form but valid: decode_tensors takes them
