@@ -42,7 +42,15 @@ import numpy.typing as npt
 
 from bnserve import atomic
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
-from bnserve.training.data.readers import TableInfo, Target, is_parquet, read_table
+from bnserve.training.data.columns import ColumnRows, fits_in_memory
+from bnserve.training.data.readers import (
+    TableInfo,
+    Target,
+    is_parquet,
+    parquet_text_bytes,
+    read_parquet_columns,
+    read_table,
+)
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
@@ -101,7 +109,14 @@ def load_table(
     """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off.
 
     delimiter: a CSV's field separator; na_values: the cells read as missing (mixed.py); both
-    are part of the entry's key."""
+    are part of the entry's key. A Parquet file with text columns whose float32 array fits in
+    memory (columns.fits_in_memory) is read into memory column by column, cached or not: the
+    cache is never written for it (a cached copy would be written and read again on every first
+    run, and Parquet is already a columnar binary format read faster than that)."""
+    if is_parquet(path):
+        nbytes = parquet_text_bytes(path, target)
+        if nbytes is not None and fits_in_memory(nbytes):
+            return _read_in_memory(path, target, na_values)
     if cache_dir is None:
         buffer = io.BytesIO()
         info = read_table(path, target, buffer, delimiter, na_values)
@@ -146,6 +161,20 @@ def load_table(
         raise DataError(f"{entry}: cache entry unreadable right after writing it")
     _remove_older_entries(cache_dir, path, sha)
     return opened
+
+
+def _read_in_memory(
+    path: Path, target: str | None, na_values: tuple[str, ...]
+) -> tuple[ColumnRows, TableInfo]:
+    """A Parquet file with text columns, read into memory column by column (no entry)."""
+    try:
+        before = _identity(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    x, info = read_parquet_columns(path, target, na_values)
+    if _identity(path) != before:
+        raise DataError(f"{path}: changed while being read; run again")
+    return x, info
 
 
 def _entry(cache_dir: Path, size: int, sha: str, key: str) -> Path:

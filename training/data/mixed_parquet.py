@@ -256,3 +256,52 @@ def write_batches(
         chunks.extend(batch.target)
         rows += len(batch.block)
     return rows, chunks
+
+
+# --- column by column, into a table held in memory (columns.ColumnRows) ---------------------------
+
+
+@dataclass(frozen=True)
+class ColumnBatch:
+    """One record batch whose numbers are already in place in the (F, N) columns: its first
+    row, each text column's dictionary form (codes put in by put_codes), the target's cells."""
+
+    first_row: int
+    rows: int
+    texts: dict[int, DictionaryColumn]
+    target: list[Any]  # Arrow string arrays
+
+
+def put_numbers(
+    batch: Any,
+    columns: np.ndarray,
+    first_row: int,
+    numeric: list[int],
+    names: list[str],
+    where: Callable[[int], str],
+) -> None:
+    """Cast the batch's numeric columns into columns (F, N) float32 at rows first_row … (null,
+    NaN: NaN): one contiguous cast per column. A cell that is inf or beyond float32 is refused,
+    naming its row (where(row)) and column, the first such column in file order."""
+    stop = first_row + batch.num_rows
+    for col in numeric:
+        values, missing = _float_values(batch.column(names[col]))
+        out = columns[col, first_row:stop]
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
+            np.copyto(out, values, casting="unsafe")
+        if missing is not None:  # a null slot's value is any bytes: set after the copy
+            np.copyto(out, np.nan, where=missing)
+        if np.isinf(out).any():
+            _refuse_not_finite(batch.column(names[col]), names[col], where)
+
+
+def put_codes(results: Iterable[ColumnBatch], coders: dict[int, Coder], columns: np.ndarray) -> list[Any]:
+    """Give each batch's text columns their codes, in file order (a vocabulary lists its cells
+    first seen first), into columns (F, N): the target's chunks, in file order."""
+    chunks = []
+    for batch in results:
+        stop = batch.first_row + batch.rows
+        for col, column in batch.texts.items():
+            columns[col, batch.first_row : stop] = coders[col].codes(column)
+        chunks.extend(batch.target)
+    return chunks

@@ -31,6 +31,7 @@ import numpy as np
 
 from bnserve.header_hints import closest, delimiter_hint
 from bnserve.training.data import mixed, mixed_csv, mixed_parquet
+from bnserve.training.data.columns import ColumnRows
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
@@ -576,15 +577,54 @@ def _check_parquet_target(path: Path, codes_target: Target, target_name: str) ->
             raise DataError(f"{path}: row {row}, column {target_name!r}: {cell!r} is not finite")
 
 
-def _read_parquet_mixed(
-    path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
-) -> TableInfo:
-    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns
-    (mixed_parquet.py)."""
+@dataclass(frozen=True)
+class _MixedParquet:
+    """A Parquet file opened for mixed_parquet.py: its feature names, target, text columns."""
+
+    path: Path
+    parquet: Any  # pq.ParquetFile (mixed_parquet.open_file)
+    names: list[str]
+    target_name: str
+    text: set[int]
+
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """(first row, record batch) of the feature and target columns, in file order."""
+        return _numbered(
+            self.parquet.iter_batches(
+                batch_size=mixed_parquet.BATCH_ROWS, columns=[*self.names, self.target_name]
+            )
+        )
+
+    def where(self, first_row: int) -> Callable[[int], str]:
+        """Where a batch's row is, for messages."""
+        return lambda row: f"{self.path}: row {first_row + row}"
+
+    def target(self, batch: Any, first_row: int) -> pa.Array:
+        return _parquet_target(self.path, batch.column(self.target_name), self.target_name, first_row)
+
+    def info(self, rows: int, chunks: list[Any], coders: dict[int, mixed_parquet.Coder]) -> TableInfo:
+        """The TableInfo of the file read (its target encoded and checked)."""
+        codes_target = _encode(chunks)
+        _check_parquet_target(self.path, codes_target, self.target_name)
+        vocabularies = {col: coder.vocabulary for col, coder in coders.items()}
+        return TableInfo(
+            rows,
+            self.names,
+            self.target_name,
+            codes_target,
+            mixed.vocabulary_tuple(vocabularies, len(self.names)),
+            mixed=True,
+        )
+
+
+def _open_mixed_parquet(path: Path, target: str | None) -> _MixedParquet:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    header = list(pq.read_schema(path).names)
+    try:
+        header = list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     target_name, feature_cols, _ = _columns(path, header, target)
     names = [header[col] for col in feature_cols]
     try:
@@ -596,38 +636,91 @@ def _read_parquet_mixed(
         for col, name in enumerate(names)
         if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
     }
-    coders = {col: mixed_parquet.Coder() for col in text}
+    return _MixedParquet(path, parquet, names, target_name, text)
+
+
+def _read_parquet_mixed(
+    path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
+) -> TableInfo:
+    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns
+    (mixed_parquet.py), written to sink as rows."""
+    import pyarrow as pa
+
+    table = _open_mixed_parquet(path, target)
+    coders = {col: mixed_parquet.Coder() for col in table.text}
     dictionaries = mixed_parquet.Dictionaries(na_values)
 
     def convert(numbered: tuple[int, Any]) -> mixed_parquet.Batch:
         first_row, batch = numbered
         block, texts = mixed_parquet.convert(
-            batch, names, text, dictionaries, lambda row: f"{path}: row {first_row + row}"
+            batch, table.names, table.text, dictionaries, table.where(first_row)
         )
-        target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
-        return mixed_parquet.Batch(block, texts, [target_column])
+        return mixed_parquet.Batch(block, texts, [table.target(batch, first_row)])
 
     try:
-        batches = parquet.iter_batches(
-            batch_size=mixed_parquet.BATCH_ROWS, columns=[*names, target_name]
-        )
         rows, chunks = mixed_parquet.write_batches(
-            _ordered_map(convert, _numbered(batches)), coders, sink
+            _ordered_map(convert, table.batches()), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
-    codes_target = _encode(chunks)
-    _check_parquet_target(path, codes_target, target_name)
-    return TableInfo(
-        rows,
-        names,
-        target_name,
-        codes_target,
-        mixed.vocabulary_tuple(
-            {col: coder.vocabulary for col, coder in coders.items()}, len(names)
-        ),
-        mixed=True,
-    )
+    return table.info(rows, chunks, coders)
+
+
+def parquet_text_bytes(path: Path, target: str | None) -> int | None:
+    """The float32 bytes (rows × features × 4) of a Parquet file one of whose feature columns is
+    text (string, dictionary, boolean), which mixed_parquet.py reads whatever its cells; None
+    for another file, or one whose footer cannot be read (the reader then says why)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+        schema = metadata.schema.to_arrow_schema()
+        _, feature_cols, _ = _columns(path, list(schema.names), target)
+    except (pa.ArrowException, OSError, DataError):
+        return None
+    if not any(mixed.is_parquet_text(schema.field(col).type) for col in feature_cols):
+        return None
+    return int(metadata.num_rows) * len(feature_cols) * 4
+
+
+def read_parquet_columns(
+    path: Path, target: str | None, na_values: tuple[str, ...] = DEFAULT_NA_VALUES
+) -> tuple[ColumnRows, TableInfo]:
+    """A Parquet file with text columns into memory, column by column (columns.ColumnRows):
+    each numeric column of a batch is one contiguous cast into its place, on READ_THREADS
+    threads; the text columns' codes are given in file order."""
+    import pyarrow as pa
+
+    table = _open_mixed_parquet(path, target)
+    coders = {col: mixed_parquet.Coder() for col in table.text}
+    dictionaries = mixed_parquet.Dictionaries(na_values)
+    rows = table.parquet.metadata.num_rows
+    x = ColumnRows.empty(rows, len(table.names))
+    numeric = [col for col in range(len(table.names)) if col not in table.text]
+
+    def convert(numbered: tuple[int, Any]) -> mixed_parquet.ColumnBatch:
+        first_row, batch = numbered
+        if first_row + batch.num_rows > rows:
+            raise DataError(f"{path}: more rows than its footer says ({rows})")
+        mixed_parquet.put_numbers(
+            batch, x.columns, first_row, numeric, table.names, table.where(first_row)
+        )
+        texts = {
+            col: mixed_parquet.dictionary_column(batch.column(table.names[col]), col, dictionaries)
+            for col in sorted(table.text)
+        }
+        target_chunks = [table.target(batch, first_row)]
+        return mixed_parquet.ColumnBatch(first_row, batch.num_rows, texts, target_chunks)
+
+    try:
+        chunks = mixed_parquet.put_codes(_ordered_map(convert, table.batches()), coders, x.columns)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
+    read = sum(len(chunk) for chunk in chunks)
+    if read != rows:
+        raise DataError(f"{path}: {read} rows, its footer says {rows}")
+    return x, table.info(rows, chunks, coders)
 
 
 def _is_text(kind: pa.DataType) -> bool:
