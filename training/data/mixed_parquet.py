@@ -34,6 +34,15 @@ from bnserve.training.errors import DataError
 # 65,536 (1.97 s each, 3 runs), and prepare() grew 366 MB with 32,768, 454 MB with 65,536 and
 # 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load
 BATCH_ROWS = 32_768
+# rows per record batch when the table is read into memory (columns.ColumnRows): the filled
+# columns are in memory too, so the batches in flight count fully against peak RSS: at 1M rows
+# the read's peak growth was 401-418 MB with 16,384 and 468-471 MB with 32,768 (3 runs each;
+# the CPU time was the same within the noise of a machine at load 8)
+COLUMN_BATCH_ROWS = 16_384
+# bytes each column's reader buffers (pre_buffer off): at 1M rows × 65 columns, 1 MiB held 129 MB
+# in pyarrow's pool at most and 64 KiB 92 MB (the read's peak RSS growth 524 → 469 MB), the same
+# decoding CPU time within the noise (0.89-1.04 s both, 4 runs each at load 5)
+BUFFER_BYTES = 64 << 10
 SUB_ROWS = 4_096  # rows of a batch whose numbers are put in place together (1 MiB at 64 columns)
 
 
@@ -73,7 +82,7 @@ def open_file(path: Path, names: list[str]) -> Any:
         or pa.types.is_large_string(schema.field(name).type)
     ]
     return pq.ParquetFile(
-        path, read_dictionary=strings or None, pre_buffer=False, buffer_size=1 << 20
+        path, read_dictionary=strings or None, pre_buffer=False, buffer_size=BUFFER_BYTES
     )
 
 
