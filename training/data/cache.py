@@ -41,8 +41,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bnserve import atomic
-from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.data.columns import ColumnRows, fits_in_memory
+from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.data.readers import (
     TableInfo,
     Target,

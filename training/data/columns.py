@@ -27,7 +27,7 @@ class ColumnRows:
         if columns.ndim != 2 or columns.dtype != np.float32 or not columns.flags.c_contiguous:
             raise ValueError("ColumnRows takes a C-order (F, N) float32 array")
         self.columns = columns  # (F, N)
-        self.shape = (columns.shape[1], columns.shape[0])
+        self.shape: tuple[int, int] = (int(columns.shape[1]), int(columns.shape[0]))
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
 

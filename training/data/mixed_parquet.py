@@ -304,7 +304,9 @@ def put_numbers(
             _refuse_not_finite(batch.column(names[col]), names[col], where)
 
 
-def put_codes(results: Iterable[ColumnBatch], coders: dict[int, Coder], columns: np.ndarray) -> list[Any]:
+def put_codes(
+    results: Iterable[ColumnBatch], coders: dict[int, Coder], columns: np.ndarray
+) -> list[Any]:
     """Give each batch's text columns their codes, in file order (a vocabulary lists its cells
     first seen first), into columns (F, N): the target's chunks, in file order."""
     chunks = []

@@ -599,9 +599,13 @@ class _MixedParquet:
         return lambda row: f"{self.path}: row {first_row + row}"
 
     def target(self, batch: Any, first_row: int) -> pa.Array:
-        return _parquet_target(self.path, batch.column(self.target_name), self.target_name, first_row)
+        """The batch's target cells (_parquet_target)."""
+        column = batch.column(self.target_name)
+        return _parquet_target(self.path, column, self.target_name, first_row)
 
-    def info(self, rows: int, chunks: list[Any], coders: dict[int, mixed_parquet.Coder]) -> TableInfo:
+    def info(
+        self, rows: int, chunks: list[Any], coders: dict[int, mixed_parquet.Coder]
+    ) -> TableInfo:
         """The TableInfo of the file read (its target encoded and checked)."""
         codes_target = _encode(chunks)
         _check_parquet_target(self.path, codes_target, self.target_name)

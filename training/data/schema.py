@@ -309,10 +309,8 @@ def _tally(
 def _chunk_part(x: FeatureRows, rows: np.ndarray, tally: _Tally, numbers: np.ndarray) -> _Part:
     """The part of the training rows `rows` (n,) (x's rows): the squares' sums are about
     tally.shift, or about the chunk's own mean while the tally has none (the first chunk)."""
-    if isinstance(x, ColumnRows):  # (n, F) F-order: each column gathered on its own
-        block = x.transposed(rows).T
-    else:
-        block = np.asarray(x[rows])  # (n, F) as stored
+    # (n, F) as stored; from columns F-order, each column gathered on its own
+    block = x.transposed(rows).T if isinstance(x, ColumnRows) else np.asarray(x[rows])
     missing = np.isnan(block)
     found = _Part(missing.sum(axis=0), True, {}, {})
     if block.shape[1]:

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.training.data.test_mixed_parquet import expected_from, many_groups, write_both
 
 from bnserve.training.config import TrainConfig
 from bnserve.training.data import cache, columns, mixed_parquet, readers
@@ -24,6 +23,7 @@ from bnserve.training.data.loading import split_rows
 from bnserve.training.data.schema import SchemaSettings, fit_schema
 from bnserve.training.errors import DataError
 from bnserve.training.train import prepare
+from tests.training.data.test_mixed_parquet import expected_from, many_groups, write_both
 
 
 def by_rows(path: Path, target: str) -> tuple[np.ndarray, readers.TableInfo]:
@@ -90,7 +90,7 @@ def test_a_value_beyond_float32_is_named_by_its_row_and_first_column(tmp_path, m
 
 def test_a_text_parquet_that_fits_is_read_into_memory_and_never_cached(tmp_path):
     parquet, _ = write_both(tmp_path)
-    x, info = load_table(Path(parquet), "label", tmp_path / "cache")
+    x, _ = load_table(Path(parquet), "label", tmp_path / "cache")
     assert isinstance(x, ColumnRows)
     assert not (tmp_path / "cache").exists()
     rows, _ = by_rows(Path(parquet), "label")
