@@ -32,13 +32,11 @@ from bnserve.training.errors import DataError
 
 # rows per record batch: at 1M rows (load ≈ 5) the read took the same CPU time with 32,768 and
 # 65,536 (1.97 s each, 3 runs), and prepare() grew 366 MB with 32,768, 454 MB with 65,536 and
-# 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load
+# 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load.
+# Read into memory (columns.ColumnRows), prepare() grew 413-416 MB with 16,384, 466-468 MB with
+# 24,576 and 32,768 and 519-550 MB with 65,536 (the float32 columns: 244 MB), but the read took
+# 1.31 CPU s with 16,384 and 1.19 with 32,768 (best of 4, load 7)
 BATCH_ROWS = 32_768
-# rows per record batch when the table is read into memory (columns.ColumnRows): the filled
-# columns are in memory too, so the batches in flight count fully against peak RSS: at 1M rows
-# the read's peak growth was 401-418 MB with 16,384 and 468-471 MB with 32,768 (3 runs each;
-# the CPU time was the same within the noise of a machine at load 8)
-COLUMN_BATCH_ROWS = 16_384
 # bytes each column's reader buffers (pre_buffer off): at 1M rows × 65 columns, 1 MiB held 129 MB
 # in pyarrow's pool at most and 64 KiB 92 MB (the read's peak RSS growth 524 → 469 MB), the same
 # decoding CPU time within the noise (0.89-1.04 s both, 4 runs each at load 5)

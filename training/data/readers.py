@@ -587,11 +587,12 @@ class _MixedParquet:
     target_name: str
     text: set[int]
 
-    def batches(self, rows: int) -> Iterator[tuple[int, Any]]:
-        """(first row, record batch of `rows` rows) of the feature and target columns, in
-        file order."""
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """(first row, record batch) of the feature and target columns, in file order."""
         return _numbered(
-            self.parquet.iter_batches(batch_size=rows, columns=[*self.names, self.target_name])
+            self.parquet.iter_batches(
+                batch_size=mixed_parquet.BATCH_ROWS, columns=[*self.names, self.target_name]
+            )
         )
 
     def where(self, first_row: int) -> Callable[[int], str]:
@@ -662,7 +663,7 @@ def _read_parquet_mixed(
 
     try:
         rows, chunks = mixed_parquet.write_batches(
-            _ordered_map(convert, table.batches(mixed_parquet.BATCH_ROWS)), coders, sink
+            _ordered_map(convert, table.batches()), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
@@ -717,9 +718,7 @@ def read_parquet_columns(
         return mixed_parquet.ColumnBatch(first_row, batch.num_rows, texts, target_chunks)
 
     try:
-        chunks = mixed_parquet.put_codes(
-            _ordered_map(convert, table.batches(mixed_parquet.COLUMN_BATCH_ROWS)), coders, x.columns
-        )
+        chunks = mixed_parquet.put_codes(_ordered_map(convert, table.batches()), coders, x.columns)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     finally:

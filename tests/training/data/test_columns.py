@@ -35,7 +35,7 @@ def by_rows(path: Path, target: str) -> tuple[np.ndarray, readers.TableInfo]:
 
 @pytest.mark.parametrize("batch_rows", [3, 10, 16_384])
 def test_columns_hold_what_the_row_reader_writes(tmp_path, monkeypatch, batch_rows):
-    monkeypatch.setattr(mixed_parquet, "COLUMN_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", batch_rows)
     parquet, _ = write_both(tmp_path)
     x, info = readers.read_parquet_columns(Path(parquet), "label")
     rows, row_info = by_rows(Path(parquet), "label")
@@ -50,7 +50,7 @@ def test_batches_coded_out_of_turn_keep_the_files_first_seen_order(tmp_path, mon
     second is converted: the values and vocabularies are those worked out row by row."""
     path = tmp_path / "groups.parquet"
     written = many_groups(path)
-    monkeypatch.setattr(mixed_parquet, "COLUMN_BATCH_ROWS", 5)
+    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", 5)
     monkeypatch.setattr(readers, "available_cores", lambda: 2)
     second_done = threading.Event()
     real = mixed_parquet.put_numbers
@@ -72,7 +72,7 @@ def test_batches_coded_out_of_turn_keep_the_files_first_seen_order(tmp_path, mon
 
 
 def test_a_value_beyond_float32_is_named_by_its_row_and_first_column(tmp_path, monkeypatch):
-    monkeypatch.setattr(mixed_parquet, "COLUMN_BATCH_ROWS", 4)
+    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", 4)
     size = [None if i == 1 else float(i) for i in range(12)]
     size[9] = 1e39
     later = [float("inf") if i == 6 else 0.5 for i in range(12)]  # an earlier row, a later column
