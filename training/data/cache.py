@@ -15,6 +15,9 @@ such as cp -p or rsync -t) is served from the old entry. Hashing the whole 158 M
 of bench/data.py's mixed table took 0.15 CPU s alone (pyarrow's read of it: 0.65), 0.4-0.6 s on
 a core shared with the read (docs/benchmarks.md).
 
+Not cached: a Parquet file with text columns whose float32 array fits in memory
+(columns.fits_in_memory) is read into memory column by column on every run (load_table).
+
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
 """

@@ -599,9 +599,9 @@ class _MixedParquet:
         """Where a batch's row is, for messages."""
         return lambda row: f"{self.path}: row {first_row + row}"
 
-    def target(self, batch: Any, first_row: int) -> pa.Array:
-        """The batch's target cells (_parquet_target)."""
-        column = batch.column(self.target_name)
+    def target(self, column: Any, first_row: int) -> pa.Array:
+        """The target cells of an Arrow array of the target column (_parquet_target) whose
+        first row is first_row."""
         return _parquet_target(self.path, column, self.target_name, first_row)
 
     def info(
@@ -659,7 +659,9 @@ def _read_parquet_mixed(
         block, texts = mixed_parquet.convert(
             batch, table.names, table.text, dictionaries, table.where(first_row)
         )
-        return mixed_parquet.Batch(block, texts, [table.target(batch, first_row)])
+        return mixed_parquet.Batch(
+            block, texts, [table.target(batch.column(table.target_name), first_row)]
+        )
 
     try:
         rows, chunks = mixed_parquet.write_batches(
@@ -691,9 +693,13 @@ def parquet_text_bytes(path: Path, target: str | None) -> int | None:
 def read_parquet_columns(
     path: Path, target: str | None, na_values: tuple[str, ...] = DEFAULT_NA_VALUES
 ) -> tuple[ColumnRows, TableInfo]:
-    """A Parquet file with text columns into memory, column by column (columns.ColumnRows):
-    each numeric column of a batch is one contiguous cast into its place, on READ_THREADS
-    threads; the text columns' codes are given in file order."""
+    """A Parquet file with text columns into memory, column by column (columns.ColumnRows).
+
+    Each row group is read a few columns at a time (mixed_parquet.pieces), decoded by pyarrow's
+    threads on a thread of its own one piece ahead, while this thread casts each numeric column
+    into its place and gives the text columns their codes (row groups in file order, so each
+    vocabulary lists its cells first seen first). A bad number is named by the first column, in
+    file order, of the first row group that has one."""
     import pyarrow as pa
 
     table = _open_mixed_parquet(path, target)
@@ -701,32 +707,53 @@ def read_parquet_columns(
     dictionaries = mixed_parquet.Dictionaries(na_values)
     rows = table.parquet.metadata.num_rows
     x = ColumnRows.empty(rows, len(table.names))
-    numeric = [col for col in range(len(table.names)) if col not in table.text]
+    position = {name: col for col, name in enumerate(table.names)}
+    pieces = mixed_parquet.pieces(table.parquet.metadata, [*table.names, table.target_name])
 
-    def convert(numbered: tuple[int, Any]) -> mixed_parquet.ColumnBatch:
-        first_row, batch = numbered
-        if first_row + batch.num_rows > rows:
-            raise DataError(f"{path}: more rows than its footer says ({rows})")
-        mixed_parquet.put_numbers(
-            batch, x.columns, first_row, numeric, table.names, table.where(first_row)
-        )
-        texts = {
-            col: mixed_parquet.dictionary_column(batch.column(table.names[col]), col, dictionaries)
-            for col in sorted(table.text)
-        }
-        target_chunks = [table.target(batch, first_row)]
-        return mixed_parquet.ColumnBatch(first_row, batch.num_rows, texts, target_chunks)
+    def decode(piece: mixed_parquet.Piece) -> Any:
+        return table.parquet.read_row_group(piece.group, columns=piece.names)
 
+    chunks: list[Any] = []
     try:
-        chunks = mixed_parquet.put_codes(_ordered_map(convert, table.batches()), coders, x.columns)
+        for piece, read in zip(pieces, _read_ahead(decode, pieces), strict=True):
+            stop = piece.first_row + piece.rows
+            where = table.where(piece.first_row)
+            for name in piece.names:
+                column = read.column(name)
+                col = position.get(name) if name != table.target_name else None
+                if col is None:
+                    first = piece.first_row
+                    for chunk in column.chunks:
+                        chunks.append(table.target(chunk, first))
+                        first += len(chunk)
+                elif col in table.text:
+                    coded = mixed_parquet.dictionary_column(column, col, dictionaries)
+                    x.columns[col, piece.first_row : stop] = coders[col].codes(coded)
+                else:
+                    out = x.columns[col, piece.first_row : stop]
+                    mixed_parquet.put_column(column, out, name, where)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     finally:
-        pa.default_memory_pool().release_unused()  # the batches are gone: give their pages back
-    read = sum(len(chunk) for chunk in chunks)
-    if read != rows:
-        raise DataError(f"{path}: {read} rows, its footer says {rows}")
+        pa.default_memory_pool().release_unused()  # the pieces are gone: give their pages back
     return x, table.info(rows, chunks, coders)
+
+
+def _read_ahead(work: Callable[[_Piece], _Result], pieces: list[_Piece]) -> Iterator[_Result]:
+    """work(piece) for each piece in turn on a thread of its own, one piece ahead of the
+    caller (at most two results wait); a failure is raised where its result would have been."""
+    with ThreadPoolExecutor(1, thread_name_prefix="bnserve-read") as pool:
+        pending: collections.deque[Future[_Result]] = collections.deque()
+        try:
+            for piece in pieces:
+                pending.append(pool.submit(work, piece))
+                if len(pending) > 1:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _is_text(kind: pa.DataType) -> bool:

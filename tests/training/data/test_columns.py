@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,7 @@ def by_rows(path: Path, target: str) -> tuple[np.ndarray, readers.TableInfo]:
     return np.frombuffer(sink.getvalue(), dtype=np.float32).reshape(info.rows, -1), info
 
 
-@pytest.mark.parametrize("batch_rows", [3, 10, 16_384])
-def test_columns_hold_what_the_row_reader_writes(tmp_path, monkeypatch, batch_rows):
-    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", batch_rows)
+def test_columns_hold_what_the_row_reader_writes(tmp_path):
     parquet, _ = write_both(tmp_path)
     x, info = readers.read_parquet_columns(Path(parquet), "label")
     rows, row_info = by_rows(Path(parquet), "label")
@@ -45,45 +42,51 @@ def test_columns_hold_what_the_row_reader_writes(tmp_path, monkeypatch, batch_ro
     np.testing.assert_array_equal(info.target.codes, row_info.target.codes)
 
 
-def test_batches_coded_out_of_turn_keep_the_files_first_seen_order(tmp_path, monkeypatch):
-    """36 row groups in batches of 5 rows on two threads, the first batch held back until the
-    second is converted: the values and vocabularies are those worked out row by row."""
+@pytest.mark.parametrize("piece_bytes", [1, 200, 16 << 20])
+def test_many_row_groups_read_a_few_columns_at_a_time(tmp_path, monkeypatch, piece_bytes):
+    """36 row groups of 17 rows, each with its own dictionaries, read one column at a time, a
+    few, or whole: the values and vocabularies are those worked out row by row."""
     path = tmp_path / "groups.parquet"
     written = many_groups(path)
-    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", 5)
-    monkeypatch.setattr(readers, "available_cores", lambda: 2)
-    second_done = threading.Event()
-    real = mixed_parquet.put_numbers
-    held: list[bool] = []
-
-    def put_numbers(batch, out, first_row, numeric, names, where):
-        if first_row == 0:
-            held.append(second_done.wait(timeout=30))
-        real(batch, out, first_row, numeric, names, where)
-        if first_row == 5:
-            second_done.set()
-
-    monkeypatch.setattr(mixed_parquet, "put_numbers", put_numbers)
+    monkeypatch.setattr(mixed_parquet, "PIECE_BYTES", piece_bytes)
     x, info = readers.read_parquet_columns(path, "label")
-    assert held == [True]
     expected, vocabularies = expected_from(written)
     np.testing.assert_array_equal(np.asarray(x), expected)
     assert [info.vocabularies[2], info.vocabularies[3]] == vocabularies
+    assert info.target.codes.tolist() == [info.target.cells.index(str(v)) for v in written["label"]]
 
 
-def test_a_value_beyond_float32_is_named_by_its_row_and_first_column(tmp_path, monkeypatch):
-    monkeypatch.setattr(mixed_parquet, "BATCH_ROWS", 4)
+def test_pieces_bound_what_is_decoded_at_once(monkeypatch):
+    monkeypatch.setattr(mixed_parquet, "PIECE_BYTES", 8 * 100 * 3)  # 3 columns of 100 rows
+
+    class Groups:
+        num_row_groups = 2
+
+        def row_group(self, group):
+            return type("Group", (), {"num_rows": (100, 1000)[group]})
+
+    found = mixed_parquet.pieces(Groups(), list("abcdefg"))
+    assert [(p.group, p.first_row, p.rows, "".join(p.names)) for p in found] == [
+        (0, 0, 100, "abc"),
+        (0, 0, 100, "def"),
+        (0, 0, 100, "g"),
+        *[(1, 100, 1000, name) for name in "abcdefg"],  # a column alone when it is larger
+    ]
+
+
+def test_a_value_beyond_float32_is_named_by_its_row_and_column(tmp_path, monkeypatch):
+    """The first row group with a bad value, its first such column in file order."""
     size = [None if i == 1 else float(i) for i in range(12)]
-    size[9] = 1e39
-    later = [float("inf") if i == 6 else 0.5 for i in range(12)]  # an earlier row, a later column
+    size[9] = 1e39  # row group 2 (rows 8-11)
+    later = [float("inf") if i == 6 else 0.5 for i in range(12)]  # row group 1, a later column
     colour = pa.array([("a", "b")[i % 2] for i in range(12)]).dictionary_encode()
     path = tmp_path / "big.parquet"
     table = {"size": size, "later": later, "colour": colour, "label": [0, 1] * 6}
-    pq.write_table(pa.table(table), path)
+    pq.write_table(pa.table(table), path, row_group_size=4)
     with pytest.raises(DataError, match=r"big.parquet: row 6, column 'later': 'inf' is not fin"):
         readers.read_parquet_columns(path, "label")
     later[6] = 0.5
-    pq.write_table(pa.table(table | {"later": later}), path)
+    pq.write_table(pa.table(table | {"later": later}), path, row_group_size=4)
     with pytest.raises(DataError, match=r"big.parquet: row 9, column 'size': '1e\+39' is not "):
         readers.read_parquet_columns(path, "label")
 
