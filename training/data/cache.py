@@ -50,6 +50,7 @@ from bnserve.training.data.readers import (
     TableInfo,
     Target,
     is_parquet,
+    numbers_as_strings,
     parquet_text_bytes,
     read_parquet_columns,
     read_table,
@@ -113,13 +114,16 @@ def load_table(
 
     delimiter: a CSV's field separator; na_values: the cells read as missing (mixed.py); both
     are part of the entry's key. A Parquet file with text columns whose float32 array fits in
-    memory (columns.fits_in_memory) is read into memory column by column, cached or not: the
-    cache is never written for it (a cached copy would be written and read again on every first
-    run, and Parquet is already a columnar binary format read faster than that)."""
-    if is_parquet(path):
-        nbytes = parquet_text_bytes(path, target)
-        if nbytes is not None and fits_in_memory(nbytes):
-            return _read_in_memory(path, target, na_values)
+    memory (columns.fits_in_memory) is read into memory column by column, cached or not: no
+    entry is written for it (docs/training.md). One whose string columns turn out to hold only
+    numbers, and no cell missing, is read by the numbers-only reader as before."""
+    if is_parquet(path) and (text := parquet_text_bytes(path, target)) is not None:
+        nbytes, strings_only = text
+        if fits_in_memory(nbytes):
+            columns, read = _read_in_memory(path, target, na_values)
+            if not (strings_only and numbers_as_strings(columns, read)):
+                return columns, read
+            del columns  # numbers written as strings, no gaps: read as numbers below, as always
     if cache_dir is None:
         buffer = io.BytesIO()
         info = read_table(path, target, buffer, delimiter, na_values)

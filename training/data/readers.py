@@ -672,10 +672,11 @@ def _read_parquet_mixed(
     return table.info(rows, chunks, coders)
 
 
-def parquet_text_bytes(path: Path, target: str | None) -> int | None:
-    """The float32 bytes (rows × features × 4) of a Parquet file one of whose feature columns is
-    text (string, dictionary, boolean), which mixed_parquet.py reads whatever its cells; None
-    for another file, or one whose footer cannot be read (the reader then says why)."""
+def parquet_text_bytes(path: Path, target: str | None) -> tuple[int, bool] | None:
+    """(float32 bytes: rows × features × 4, strings only) of a Parquet file one of whose feature
+    columns is text (string, dictionary, boolean); None for another file, or one whose footer
+    cannot be read (the reader then says why). Strings only: no dictionary or boolean column,
+    so the file may still be numbers written as strings (numbers_as_strings)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -685,9 +686,27 @@ def parquet_text_bytes(path: Path, target: str | None) -> int | None:
         _, feature_cols, _ = _columns(path, list(schema.names), target)
     except (pa.ArrowException, OSError, DataError):
         return None
-    if not any(mixed.is_parquet_text(schema.field(col).type) for col in feature_cols):
+    kinds = [schema.field(col).type for col in feature_cols]
+    if not any(mixed.is_parquet_text(kind) for kind in kinds):
         return None
-    return int(metadata.num_rows) * len(feature_cols) * 4
+    strings_only = all(_is_text(kind) or not mixed.is_parquet_text(kind) for kind in kinds)
+    return int(metadata.num_rows) * len(feature_cols) * 4, strings_only
+
+
+def numbers_as_strings(x: ColumnRows, info: TableInfo) -> bool:
+    """The table read by read_parquet_columns is one the numbers-only reader takes (_read_parquet):
+    no cell missing and every text cell a number (its string columns hold numbers). Such a file
+    is read as numbers, not codes, as it always was."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for vocabulary in info.vocabularies:
+        if vocabulary is not None:
+            try:
+                pc.cast(pa.array(list(vocabulary), pa.string()), pa.float64())
+            except pa.ArrowInvalid:
+                return False
+    return not any(np.isnan(column).any() for column in x.columns)
 
 
 def read_parquet_columns(

@@ -189,3 +189,17 @@ def test_prepare_reads_a_text_parquet_in_memory_and_trains_on_it(tmp_path):
     assert isinstance(prepared.dataset.x, ColumnRows)
     batch = prepared.x_train.take(np.arange(len(prepared.x_train)))
     assert batch.shape == prepared.x_train.shape and np.isfinite(batch).all()
+
+
+def test_numbers_written_as_strings_are_read_as_numbers_as_before(tmp_path):
+    """A string column whose cells are all numbers, no cell missing: the numbers-only reader's
+    table (numbers, not codes); one missing cell makes it a table with text, held in memory."""
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"a": ["1.5", " 2", "3e1"], "y": [0, 1, 0]}), path)
+    x, info = load_table(path, "y", tmp_path / "cache")
+    assert isinstance(x, RowFile) and not info.mixed
+    np.testing.assert_array_equal(np.asarray(x)[:, 0], [1.5, 2.0, 30.0])
+    pq.write_table(pa.table({"a": ["1.5", None, "3e1"], "y": [0, 1, 0]}), path)
+    x, info = load_table(path, "y", tmp_path / "cache")
+    assert isinstance(x, ColumnRows) and info.mixed
+    assert info.vocabularies[0] == ("1.5", "3e1")
