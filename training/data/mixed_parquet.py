@@ -15,6 +15,10 @@ cells first seen first whatever each row group's dictionary holds (entries no ro
 enter it).
 The file is read page by page (pre_buffer off), so memory stays bounded by the batch, not the
 row group.
+
+Read into memory instead (columns.ColumnRows, readers.read_parquet_columns), each row group is
+read a few columns at a time (pieces, PIECE_BYTES) and each numeric column cast into its place
+at once (put_column); the text columns are coded as above, row groups in file order.
 """
 
 from __future__ import annotations
