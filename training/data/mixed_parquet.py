@@ -37,9 +37,7 @@ from bnserve.training.errors import DataError
 # rows per record batch: at 1M rows (load ≈ 5) the read took the same CPU time with 32,768 and
 # 65,536 (1.97 s each, 3 runs), and prepare() grew 366 MB with 32,768, 454 MB with 65,536 and
 # 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load.
-# Read into memory (columns.ColumnRows), prepare() grew 413-416 MB with 16,384, 466-468 MB with
-# 24,576 and 32,768 and 519-550 MB with 65,536 (the float32 columns: 244 MB), but the read took
-# 1.31 CPU s with 16,384 and 1.19 with 32,768 (best of 4, load 7)
+# (Read into memory, batches of these sizes grew prepare() by 413-550 MB: PIECE_BYTES below.)
 BATCH_ROWS = 32_768
 # bytes each column's reader buffers (pre_buffer off): at 1M rows × 65 columns, 1 MiB held 129 MB
 # in pyarrow's pool at most and 64 KiB 92 MB (the read's peak RSS growth 524 → 469 MB), the same
@@ -274,7 +272,9 @@ def write_batches(
 # A row group is read a few columns at a time (read_row_group decodes each column chunk whole, on
 # pyarrow's threads): at 1M rows in 4 row groups, 8 or 16 columns at a time took 0.58-0.83 CPU s
 # and grew 95-124 MB where iter_batches of 32,768 rows took 0.90-1.27 and grew 164 (3 runs each,
-# load 7). At most this many float64 bytes of a row group are decoded at once (at least 1 column).
+# load 7); batches of 16,384 / 32,768 / 65,536 rows into the columns had grown prepare() by
+# 413-416 / 466-468 / 519-550 MB (the columns: 244 MB), against 366-385 MB now. At most this many
+# float64 bytes of a row group are decoded at once (at least 1 column).
 PIECE_BYTES = 16 << 20
 
 
