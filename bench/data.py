@@ -13,10 +13,11 @@ NPZ of the same data. pandas is optional (skipped when not installed).
 The mixed rows (issue 26; --mixed-sizes, 1M rows by default, 0 to skip): 48 numeric columns
 and 16 text columns of 10 to 1,000 levels (geometrically spaced), 5% of the cells missing (empty
 in the CSV, null in the Parquet file, whose text columns are dictionary-encoded), and the
-10-class target. bnserve's load + split + encode (`prepare`: the cache of float32 numbers and
-level codes, the split, the schema and the standardization fitted on the training rows) is
-timed against pyarrow's bare read of the same file (goal ≤ 1.5x), and its peak RSS against the
-encoded arrays, rows × 64 float32 (goal ≤ 2x).
+10-class target. bnserve's load + split + encode (`prepare`: float32 numbers and level codes,
+in the cache for the CSV and in memory for the Parquet file, the split, the schema and the
+standardization fitted on the training rows) is timed against pyarrow's bare read of the same
+file (goal ≤ 1.5x), beside both processes' CPU seconds (less bent by a shared machine's load),
+and its peak RSS against the encoded arrays, rows × 64 float32 (goal ≤ 2x).
 
     .venv/bin/python bench/data.py [--sizes 10000,100000] [--large] [--no-epoch] [--no-loadtxt]
         [--repeats 3] [--mixed-sizes 20000]
@@ -87,12 +88,14 @@ path, cache = sys.argv[1], sys.argv[2]
 {setup}
 with open("/proc/self/status") as status:  # VmRSS after the imports, before the clock
     start_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-started = time.perf_counter()
+started, started_cpu = time.perf_counter(), time.process_time()
 {body}
-seconds = time.perf_counter() - started
+seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
 with open("/proc/self/status") as status:  # VmHWM: this process's own peak (not its parent's)
     peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(json.dumps({{"seconds": seconds, "peak_mb": peak_kb / 1024, "start_mb": start_kb / 1024}}))
+print(json.dumps({{
+    "seconds": seconds, "cpu": cpu, "peak_mb": peak_kb / 1024, "start_mb": start_kb / 1024
+}}))
 """
 
 
@@ -210,6 +213,7 @@ def interleaved_loads(
         if name in missing
         else {
             "seconds": statistics.median(run["seconds"] for run in runs[name]),
+            "cpu": statistics.median(run["cpu"] for run in runs[name]),
             "peak_mb": max(run["peak_mb"] for run in runs[name]),
             "start_mb": min(run["start_mb"] for run in runs[name]),
         }
@@ -359,9 +363,10 @@ def mixed_rows(rows: int, work: Path, repeats: int) -> None:
             f"{encoded_mb:,.0f} MB (float32 numbers and codes)"
         )
         print(
-            f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'peak RSS MB':>12} "
-            f"{'growth MB':>10} {'÷ encoded':>10}   (median of {repeats} interleaved runs; growth:"
-            " peak RSS less the RSS after imports)"
+            f"  {'loader':<32} {'seconds':>8} {'÷ pyarrow':>10} {'CPU s':>6} {'÷ pyarrow':>10} "
+            f"{'peak RSS MB':>12} {'growth MB':>10} {'÷ encoded':>10}   (median of {repeats} "
+            "interleaved runs; CPU: the process's, all threads; growth: peak RSS less the RSS "
+            "after imports)"
         )
         results = interleaved_loads(list(MIXED_LOADERS), path, work, repeats)
         base = results["pyarrow"]
@@ -372,7 +377,8 @@ def mixed_rows(rows: int, work: Path, repeats: int) -> None:
             growth = result["peak_mb"] - result["start_mb"]
             print(
                 f"  {name:<32} {result['seconds']:>8.3f} "
-                f"{result['seconds'] / base['seconds']:>9.2f}x {result['peak_mb']:>12,.0f} "
+                f"{result['seconds'] / base['seconds']:>9.2f}x {result['cpu']:>6.2f} "
+                f"{result['cpu'] / base['cpu']:>9.2f}x {result['peak_mb']:>12,.0f} "
                 f"{growth:>10,.0f} {growth / encoded_mb:>9.2f}x{goals}"
             )
         path.unlink()

@@ -42,7 +42,7 @@ class Rows:
     then smooth-clipped where clip (D,) is 1 (robust scaling: training/scaling.py).
     Without an encoder D = F and the rows are x's own."""
 
-    x: FeatureRows  # (N, F) raw features, float32/float64: an array or a cache.RowFile
+    x: FeatureRows  # (N, F) raw features, float32/float64: an array, cache.RowFile or ColumnRows
     index: np.ndarray  # (n,) int64 row numbers of x
     mean: np.ndarray  # (D,) float64 (robust: the median)
     std: np.ndarray  # (D,) float64 (robust: the quantile scale)

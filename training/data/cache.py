@@ -15,6 +15,9 @@ such as cp -p or rsync -t) is served from the old entry. Hashing the whole 158 M
 of bench/data.py's mixed table took 0.15 CPU s alone (pyarrow's read of it: 0.65), 0.4-0.6 s on
 a core shared with the read (docs/benchmarks.md).
 
+Not cached: a Parquet file with text columns whose float32 array fits in memory
+(columns.fits_in_memory) is read into memory column by column on every run (load_table).
+
 The cache directory: --cache-dir, else $BNSERVE_CACHE_DIR, else $XDG_CACHE_HOME/bnserve/data,
 else ~/.cache/bnserve/data. "off" reads into memory instead (nothing written).
 """
@@ -41,8 +44,17 @@ import numpy as np
 import numpy.typing as npt
 
 from bnserve import atomic
+from bnserve.training.data.columns import ColumnRows, fits_in_memory
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
-from bnserve.training.data.readers import TableInfo, Target, is_parquet, read_table
+from bnserve.training.data.readers import (
+    TableInfo,
+    Target,
+    is_parquet,
+    numbers_as_strings,
+    parquet_text_bytes,
+    read_parquet_columns,
+    read_table,
+)
 from bnserve.training.errors import DataError
 
 CACHE_ENV = "BNSERVE_CACHE_DIR"
@@ -101,7 +113,17 @@ def load_table(
     """(x (N, F) float32, info): a RowFile over the cache entry, or in memory when off.
 
     delimiter: a CSV's field separator; na_values: the cells read as missing (mixed.py); both
-    are part of the entry's key."""
+    are part of the entry's key. A Parquet file with text columns whose float32 array fits in
+    memory (columns.fits_in_memory) is read into memory column by column, cached or not: no
+    entry is written for it (docs/training.md). One whose string columns turn out to hold only
+    numbers, and no cell missing, is read by the numbers-only reader as before."""
+    if is_parquet(path) and (text := parquet_text_bytes(path, target)) is not None:
+        nbytes, strings_only = text
+        if fits_in_memory(nbytes):
+            columns, read = _read_in_memory(path, target, na_values)
+            if not (strings_only and numbers_as_strings(columns, read)):
+                return columns, read
+            del columns  # numbers written as strings, no gaps: read as numbers below, as always
     if cache_dir is None:
         buffer = io.BytesIO()
         info = read_table(path, target, buffer, delimiter, na_values)
@@ -146,6 +168,20 @@ def load_table(
         raise DataError(f"{entry}: cache entry unreadable right after writing it")
     _remove_older_entries(cache_dir, path, sha)
     return opened
+
+
+def _read_in_memory(
+    path: Path, target: str | None, na_values: tuple[str, ...]
+) -> tuple[ColumnRows, TableInfo]:
+    """A Parquet file with text columns, read into memory column by column (no entry)."""
+    try:
+        before = _identity(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    x, info = read_parquet_columns(path, target, na_values)
+    if _identity(path) != before:
+        raise DataError(f"{path}: changed while being read; run again")
+    return x, info
 
 
 def _entry(cache_dir: Path, size: int, sha: str, key: str) -> Path:

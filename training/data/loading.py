@@ -37,8 +37,9 @@ MAX_INFERRED_CLASSES = 20
 class Dataset:
     """Examples as loaded: x (N, F); y (N,) int64 class indices or (N, T) float64.
 
-    x is float32 for CSV and Parquet (a cache.RowFile over the float32 cache, or an array when
-    the cache is off) and float64 for digits/NPZ.
+    x is float32 for CSV and Parquet (a cache.RowFile over the float32 cache, an array when the
+    cache is off, or a columns.ColumnRows for a Parquet file with text columns that fits in
+    memory) and float64 for digits/NPZ.
     """
 
     x: FeatureRows

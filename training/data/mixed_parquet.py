@@ -15,6 +15,10 @@ cells first seen first whatever each row group's dictionary holds (entries no ro
 enter it).
 The file is read page by page (pre_buffer off), so memory stays bounded by the batch, not the
 row group.
+
+Read into memory instead (columns.ColumnRows, readers.read_parquet_columns), each row group is
+read a few columns at a time (pieces, PIECE_BYTES) and each numeric column cast into its place
+at once (put_column); the text columns are coded as above, row groups in file order.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from bnserve.training.errors import DataError
 
 # rows per record batch: at 1M rows (load ≈ 5) the read took the same CPU time with 32,768 and
 # 65,536 (1.97 s each, 3 runs), and prepare() grew 366 MB with 32,768, 454 MB with 65,536 and
-# 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load
+# 570 MB with 131,072; pre-buffering each row group grew 70-80 MB more, no faster under that load.
+# (Read into memory, batches of these sizes grew prepare() by 413-550 MB: PIECE_BYTES below.)
 BATCH_ROWS = 32_768
+# bytes each column's reader buffers (pre_buffer off): at 1M rows × 65 columns, 1 MiB held 129 MB
+# in pyarrow's pool at most and 64 KiB 92 MB (the read's peak RSS growth 524 → 469 MB), the same
+# decoding CPU time within the noise (0.89-1.04 s both, 4 runs each at load 5)
+BUFFER_BYTES = 64 << 10
 SUB_ROWS = 4_096  # rows of a batch whose numbers are put in place together (1 MiB at 64 columns)
 
 
@@ -73,7 +82,7 @@ def open_file(path: Path, names: list[str]) -> Any:
         or pa.types.is_large_string(schema.field(name).type)
     ]
     return pq.ParquetFile(
-        path, read_dictionary=strings or None, pre_buffer=False, buffer_size=1 << 20
+        path, read_dictionary=strings or None, pre_buffer=False, buffer_size=BUFFER_BYTES
     )
 
 
@@ -256,3 +265,59 @@ def write_batches(
         chunks.extend(batch.target)
         rows += len(batch.block)
     return rows, chunks
+
+
+# --- column by column, into a table held in memory (columns.ColumnRows) ---------------------------
+
+# A row group is read a few columns at a time (read_row_group decodes each column chunk whole, on
+# pyarrow's threads): at 1M rows in 4 row groups, 8 or 16 columns at a time took 0.58-0.83 CPU s
+# and grew 95-124 MB where iter_batches of 32,768 rows took 0.90-1.27 and grew 164 (3 runs each,
+# load 7); batches of 16,384 / 32,768 / 65,536 rows into the columns had grown prepare() by
+# 413-416 / 466-468 / 519-550 MB (the columns: 244 MB), against 366-385 MB now. At most this many
+# float64 bytes of a row group are decoded at once (at least 1 column).
+PIECE_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Columns `names` of row group `group`, whose first row is `first_row` in the file."""
+
+    group: int
+    first_row: int
+    rows: int
+    names: list[str]
+
+
+def pieces(metadata: Any, names: list[str]) -> list[Piece]:
+    """The row groups in file order, each cut into runs of columns (in `names`' order) of at most
+    PIECE_BYTES as float64, so memory stays bounded whatever a row group's size."""
+    found, first_row = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        width = max(1, PIECE_BYTES // max(1, 8 * rows))
+        for start in range(0, len(names), width):
+            found.append(Piece(group, first_row, rows, names[start : start + width]))
+        first_row += rows
+    return found
+
+
+def put_column(chunks: Any, out: np.ndarray, name: str, where: Callable[[int], str]) -> None:
+    """A numeric column's chunks (an Arrow ChunkedArray) cast into out (rows,) float32: null and
+    NaN give NaN; a cell that is inf or beyond float32 is refused, naming its row (where(row),
+    from the column's first row) and the column."""
+    start = 0
+    for chunk in chunks.chunks:
+        values, missing = _float_values(chunk)
+        part = out[start : start + len(chunk)]
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf: found just below
+            np.copyto(part, values, casting="unsafe")
+        if missing is not None:  # a null slot's value is any bytes: set after the copy
+            np.copyto(part, np.nan, where=missing)
+        if np.isinf(part).any():
+            _refuse_not_finite(chunk, name, _shifted(where, start))
+        start += len(chunk)
+
+
+def _shifted(where: Callable[[int], str], offset: int) -> Callable[[int], str]:
+    """where() of rows counted from `offset`."""
+    return lambda row: where(offset + row)

@@ -31,6 +31,7 @@ import numpy as np
 
 from bnserve.header_hints import closest, delimiter_hint
 from bnserve.training.data import mixed, mixed_csv, mixed_parquet
+from bnserve.training.data.columns import ColumnRows
 from bnserve.training.data.mixed import DEFAULT_NA_VALUES
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
@@ -576,15 +577,58 @@ def _check_parquet_target(path: Path, codes_target: Target, target_name: str) ->
             raise DataError(f"{path}: row {row}, column {target_name!r}: {cell!r} is not finite")
 
 
-def _read_parquet_mixed(
-    path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
-) -> TableInfo:
-    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns
-    (mixed_parquet.py)."""
+@dataclass(frozen=True)
+class _MixedParquet:
+    """A Parquet file opened for mixed_parquet.py: its feature names, target, text columns."""
+
+    path: Path
+    parquet: Any  # pq.ParquetFile (mixed_parquet.open_file)
+    names: list[str]
+    target_name: str
+    text: set[int]
+
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """(first row, record batch) of the feature and target columns, in file order."""
+        return _numbered(
+            self.parquet.iter_batches(
+                batch_size=mixed_parquet.BATCH_ROWS, columns=[*self.names, self.target_name]
+            )
+        )
+
+    def where(self, first_row: int) -> Callable[[int], str]:
+        """Where a batch's row is, for messages."""
+        return lambda row: f"{self.path}: row {first_row + row}"
+
+    def target(self, column: Any, first_row: int) -> pa.Array:
+        """The target cells of an Arrow array of the target column (_parquet_target) whose
+        first row is first_row."""
+        return _parquet_target(self.path, column, self.target_name, first_row)
+
+    def info(
+        self, rows: int, chunks: list[Any], coders: dict[int, mixed_parquet.Coder]
+    ) -> TableInfo:
+        """The TableInfo of the file read (its target encoded and checked)."""
+        codes_target = _encode(chunks)
+        _check_parquet_target(self.path, codes_target, self.target_name)
+        vocabularies = {col: coder.vocabulary for col, coder in coders.items()}
+        return TableInfo(
+            rows,
+            self.names,
+            self.target_name,
+            codes_target,
+            mixed.vocabulary_tuple(vocabularies, len(self.names)),
+            mixed=True,
+        )
+
+
+def _open_mixed_parquet(path: Path, target: str | None) -> _MixedParquet:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    header = list(pq.read_schema(path).names)
+    try:
+        header = list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     target_name, feature_cols, _ = _columns(path, header, target)
     names = [header[col] for col in feature_cols]
     try:
@@ -596,38 +640,139 @@ def _read_parquet_mixed(
         for col, name in enumerate(names)
         if mixed.is_parquet_text(parquet.schema_arrow.field(name).type)
     }
-    coders = {col: mixed_parquet.Coder() for col in text}
+    return _MixedParquet(path, parquet, names, target_name, text)
+
+
+def _read_parquet_mixed(
+    path: Path, target: str | None, sink: BinaryIO, na_values: tuple[str, ...]
+) -> TableInfo:
+    """The Parquet file as numbers (null, NaN: missing) and codes of its text columns
+    (mixed_parquet.py), written to sink as rows."""
+    import pyarrow as pa
+
+    table = _open_mixed_parquet(path, target)
+    coders = {col: mixed_parquet.Coder() for col in table.text}
     dictionaries = mixed_parquet.Dictionaries(na_values)
 
     def convert(numbered: tuple[int, Any]) -> mixed_parquet.Batch:
         first_row, batch = numbered
         block, texts = mixed_parquet.convert(
-            batch, names, text, dictionaries, lambda row: f"{path}: row {first_row + row}"
+            batch, table.names, table.text, dictionaries, table.where(first_row)
         )
-        target_column = _parquet_target(path, batch.column(target_name), target_name, first_row)
-        return mixed_parquet.Batch(block, texts, [target_column])
+        return mixed_parquet.Batch(
+            block, texts, [table.target(batch.column(table.target_name), first_row)]
+        )
 
     try:
-        batches = parquet.iter_batches(
-            batch_size=mixed_parquet.BATCH_ROWS, columns=[*names, target_name]
-        )
         rows, chunks = mixed_parquet.write_batches(
-            _ordered_map(convert, _numbered(batches)), coders, sink
+            _ordered_map(convert, table.batches()), coders, sink
         )
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
-    codes_target = _encode(chunks)
-    _check_parquet_target(path, codes_target, target_name)
-    return TableInfo(
-        rows,
-        names,
-        target_name,
-        codes_target,
-        mixed.vocabulary_tuple(
-            {col: coder.vocabulary for col, coder in coders.items()}, len(names)
-        ),
-        mixed=True,
-    )
+    return table.info(rows, chunks, coders)
+
+
+def parquet_text_bytes(path: Path, target: str | None) -> tuple[int, bool] | None:
+    """(float32 bytes: rows × features × 4, strings only) of a Parquet file one of whose feature
+    columns is text (string, dictionary, boolean); None for another file, or one whose footer
+    cannot be read (the reader then says why). Strings only: no dictionary or boolean column,
+    so the file may still be numbers written as strings (numbers_as_strings)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+        schema = metadata.schema.to_arrow_schema()
+        _, feature_cols, _ = _columns(path, list(schema.names), target)
+    except (pa.ArrowException, OSError, DataError):
+        return None
+    kinds = [schema.field(col).type for col in feature_cols]
+    if not any(mixed.is_parquet_text(kind) for kind in kinds):
+        return None
+    strings_only = all(_is_text(kind) or not mixed.is_parquet_text(kind) for kind in kinds)
+    return int(metadata.num_rows) * len(feature_cols) * 4, strings_only
+
+
+def numbers_as_strings(x: ColumnRows, info: TableInfo) -> bool:
+    """The table read by read_parquet_columns is one the numbers-only reader takes (_read_parquet):
+    no cell missing and every text cell a number (its string columns hold numbers). Such a file
+    is read as numbers, not codes, as it always was."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for vocabulary in info.vocabularies:
+        if vocabulary is not None:
+            try:
+                pc.cast(pa.array(list(vocabulary), pa.string()), pa.float64())
+            except pa.ArrowInvalid:
+                return False
+    return not any(np.isnan(column).any() for column in x.columns)
+
+
+def read_parquet_columns(
+    path: Path, target: str | None, na_values: tuple[str, ...] = DEFAULT_NA_VALUES
+) -> tuple[ColumnRows, TableInfo]:
+    """A Parquet file with text columns into memory, column by column (columns.ColumnRows).
+
+    Each row group is read a few columns at a time (mixed_parquet.pieces), decoded by pyarrow's
+    threads on a thread of its own one piece ahead, while this thread casts each numeric column
+    into its place and gives the text columns their codes (row groups in file order, so each
+    vocabulary lists its cells first seen first). A bad number is named by the first column, in
+    file order, of the first row group that has one."""
+    import pyarrow as pa
+
+    table = _open_mixed_parquet(path, target)
+    coders = {col: mixed_parquet.Coder() for col in table.text}
+    dictionaries = mixed_parquet.Dictionaries(na_values)
+    rows = table.parquet.metadata.num_rows
+    x = ColumnRows.empty(rows, len(table.names))
+    position = {name: col for col, name in enumerate(table.names)}
+    pieces = mixed_parquet.pieces(table.parquet.metadata, [*table.names, table.target_name])
+
+    def decode(piece: mixed_parquet.Piece) -> Any:
+        return table.parquet.read_row_group(piece.group, columns=piece.names)
+
+    chunks: list[Any] = []
+    try:
+        for piece, read in zip(pieces, _read_ahead(decode, pieces), strict=True):
+            stop = piece.first_row + piece.rows
+            where = table.where(piece.first_row)
+            for name in piece.names:
+                column = read.column(name)
+                col = position.get(name) if name != table.target_name else None
+                if col is None:
+                    first = piece.first_row
+                    for chunk in column.chunks:
+                        chunks.append(table.target(chunk, first))
+                        first += len(chunk)
+                elif col in table.text:
+                    coded = mixed_parquet.dictionary_column(column, col, dictionaries)
+                    x.columns[col, piece.first_row : stop] = coders[col].codes(coded)
+                else:
+                    out = x.columns[col, piece.first_row : stop]
+                    mixed_parquet.put_column(column, out, name, where)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
+    finally:
+        pa.default_memory_pool().release_unused()  # the pieces are gone: give their pages back
+    return x, table.info(rows, chunks, coders)
+
+
+def _read_ahead(work: Callable[[_Piece], _Result], pieces: list[_Piece]) -> Iterator[_Result]:
+    """work(piece) for each piece in turn on a thread of its own, one piece ahead of the
+    caller (at most two results wait); a failure is raised where its result would have been."""
+    with ThreadPoolExecutor(1, thread_name_prefix="bnserve-read") as pool:
+        pending: collections.deque[Future[_Result]] = collections.deque()
+        try:
+            for piece in pieces:
+                pending.append(pool.submit(work, piece))
+                if len(pending) > 1:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _is_text(kind: pa.DataType) -> bool:

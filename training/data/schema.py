@@ -23,6 +23,7 @@ import numpy as np
 
 from bnserve.training.config import MAX_LEVELS, MIN_LEVEL_COUNT
 from bnserve.training.data.cache import FeatureRows
+from bnserve.training.data.columns import ColumnRows
 from bnserve.training.data.mixed import NUMBER_PATTERN
 from bnserve.training.errors import DataError
 from bnserve.training.threads import available_cores
@@ -308,7 +309,8 @@ def _tally(
 def _chunk_part(x: FeatureRows, rows: np.ndarray, tally: _Tally, numbers: np.ndarray) -> _Part:
     """The part of the training rows `rows` (n,) (x's rows): the squares' sums are about
     tally.shift, or about the chunk's own mean while the tally has none (the first chunk)."""
-    block = np.asarray(x[rows])  # (n, F) as stored
+    # (n, F) as stored; from columns F-order, each column gathered on its own
+    block = x.transposed(rows).T if isinstance(x, ColumnRows) else np.asarray(x[rows])
     missing = np.isnan(block)
     found = _Part(missing.sum(axis=0), True, {}, {})
     if block.shape[1]:
@@ -321,7 +323,7 @@ def _chunk_part(x: FeatureRows, rows: np.ndarray, tally: _Tally, numbers: np.nda
         found.value_counts[col] = np.unique(block[:, col][~missing[:, col]], return_counts=True)
     if len(numbers):
         if len(numbers) == block.shape[1]:  # x[rows] is a copy of its own: changed in place
-            values, gaps = block, missing
+            values, gaps = np.ascontiguousarray(block), np.ascontiguousarray(missing)
         else:  # numpy's take of columns is column-major: each column's sum pairwise
             values, gaps = block[:, numbers], missing[:, numbers]
         _number_part(found, values, gaps, tally.shift[numbers] if tally.shift is not None else None)
