@@ -45,11 +45,18 @@ class TuneResult:
     out: Path
     ranked: list[TrialRecord]  # finished by dev error, then pruned, then failed
     rounds: list[tuple[int, sampler.Box]]  # each round's box, first round first
-    final_run: Path | None = None  # --cv: the best trial retrained on all train + dev rows
+    # --cv: the best trial retrained on all train + dev rows, once per seed (final, final-1, …);
+    # the tune's model is the mean of their predictions
+    final_runs: tuple[Path, ...] = ()
 
     @property
     def best(self) -> TrialRecord | None:
         return self.ranked[0] if self.ranked and self.ranked[0].state == "finished" else None
+
+    @property
+    def final_run(self) -> Path | None:
+        """The first retrain (the trial's own seed): what `best` points at."""
+        return self.final_runs[0] if self.final_runs else None
 
 
 def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
@@ -195,13 +202,22 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
 
 
 def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult) -> TuneResult:
-    """--cv: train the best trial's settings on every train + dev row, for its folds' epochs."""
+    """--cv: train the best trial's settings on every train + dev row, for its folds' epochs,
+    once per final seed (the trial's seed, then + 1, …; the split's seed stays the trial's)."""
     best = result.best
     assert best is not None and best.scores is not None
     config = space.config_for(best.params, seed=best.seed)
     final = cv.final_config(config, int(best.scores["epochs"]), settings.final_average)
-    run_dir = cv.retrain(settings.out, final, plot=settings.plots)
-    return dataclasses.replace(result, final_run=run_dir)
+    runs = tuple(
+        cv.retrain(
+            settings.out,
+            cv.member_config(final, member),
+            plot=settings.plots and member == 0,
+            name=cv.final_run_name(member),
+        )
+        for member in range(settings.final_seeds)
+    )
+    return dataclasses.replace(result, final_runs=runs)
 
 
 def _worker_count(settings: TuneSettings) -> int | None:
