@@ -6,10 +6,10 @@ test rows (bnserve's split: 20 % test with split seed = the seed; the rest is tr
 - bnserve defaults:  `bnserve train` with its defaults (the dev rows select nothing)
 - bnserve tuned:     `bnserve tune --trials N` with its defaults (the validation chosen from the
                      row count as its first line says: --cv auto, --cv-repeats auto,
-                     --final-seeds auto; the default search space; --final-average 0.5): the
-                     tune's model, what `bnserve export TUNE_DIR` writes — the best trial
-                     retrained on all train + dev rows (TUNE_DIR/final), or the mean of its
-                     retrains with K seeds (best.json's final_members), or the best trial
+                     --final-members auto; the default search space; --final-average 0.5):
+                     the tune's model, what `bnserve export TUNE_DIR` writes — the best trial
+                     retrained on all train + dev rows (TUNE_DIR/final), or the mean of the
+                     best K trials retrained (best.json's final_members), or the best trial
                      itself (dev split)
 - bnserve folds:     the mean of the predictions of the best trial's fold models (best.json's
                      members: the first drawing of its folds), when the tune cross-validated;
@@ -199,12 +199,12 @@ def bnserve_scores(
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
     space = {"fixed": fixed, "search": search}
     started = time.perf_counter()
-    folds, repeats, seeds, line = cv.resolve_validation(
+    folds, repeats, members, line = cv.resolve_validation(
         cv_value, None, TrainConfig.from_dict(fixed)
     )
     settings = TuneSettings(
         out=work / "tune", space=space, trials=trials, seed=seed, cv=folds, workers=workers,
-        cv_repeats=repeats, final_seeds=seeds, progress=False, plots=False,
+        cv_repeats=repeats, final_members=members, progress=False, plots=False,
     )  # fmt: skip
     result = run_tune(settings)
     assert result.best is not None, "no trial finished"

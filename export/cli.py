@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="RUN_DIR",
         help="a finished training run; several: an ensemble of them (their mean, one graph); a "
-        "tune directory: the tune's model (its best run, or the mean of its final retrains)",
+        "tune directory: the tune's model (its best run, or the mean of its best trials retrained)",
     )
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument(

@@ -8,7 +8,7 @@ The one place the exporter reads a tune directory; what it relies on (docs/expor
 - the ranking `training.tune.runner.rank_trials` (finished trials first, by dev error, then loss);
 - each trial's `run_dir`, relative to the tune directory; a cross-validated trial's fold runs
   inside it at `training.tune.trials.fold_dir(fold, repeat)`;
-- `best.json`'s `final_members` (the chosen trial's retrains, relative to the tune directory)
+- `best.json`'s `final_members` (the best trials' retrains, relative to the tune directory)
   and the `best` link (`training.tune.report.BEST_LINK`), for the tune's model.
 
 The members: the chosen (best) trial's fold runs when it kept them (cross-validation: the fold
@@ -71,7 +71,7 @@ def _fold_runs(trial_dir: Path) -> list[Path]:
 
 def tune_model(tune_dir: Path) -> EnsembleMembers | Path:
     """The tune's model: the mean of best.json's `final_members` when it lists more than one
-    (the chosen trial retrained with several seeds), else the one run `best` points at.
+    (the best trials retrained on all train + dev rows), else the one run `best` points at.
     ExportError when the tune has no best.json (it has not finished)."""
     from bnserve.training.tune.report import BEST_LINK
 
@@ -88,9 +88,8 @@ def tune_model(tune_dir: Path) -> EnsembleMembers | Path:
     missing = [str(run) for run in runs if not _finished(run)]
     if missing:
         raise ExportError(f"{summary}: final member(s) {missing} are not finished runs")
-    trial = read_json(summary).get("trial")
     return EnsembleMembers(
-        runs, f"{tune_dir}: the tune's model, trial {trial} retrained with {len(runs)} seeds"
+        runs, f"{tune_dir}: the tune's model, its best {len(runs)} trials retrained"
     )
 
 

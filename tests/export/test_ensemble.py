@@ -255,8 +255,8 @@ def test_a_cross_validated_tune_gives_the_chosen_trials_fold_models(
 
 
 def _with_final_members(tune: Path, seeds: list[int]) -> Path:
-    """The tune's end as the tuner leaves it: final, final-1, … (retrains), best -> final and
-    best.json listing them as final_members."""
+    """The tune's end as the tuner leaves it: final, final-1, … (the best trials retrained),
+    best -> final and best.json listing them as final_members."""
     names = ["final" if i == 0 else f"final-{i}" for i in range(len(seeds))]
     for name, seed in zip(names, seeds, strict=True):
         write_synthetic_run(tune / name, SyntheticRun(seed=seed))
@@ -273,7 +273,7 @@ def test_a_tune_directory_alone_exports_the_tunes_model(
     out = out_dir / "m.onnx"
     code, printed, error = _export([str(tune), "--out", str(out)], capsys)
     assert code == 0, error
-    assert "the tune's model, trial 1 retrained with 3 seeds" in printed
+    assert "the tune's model, its best 3 trials retrained" in printed
     listed = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.ENSEMBLE.full])
     assert [m["run_id"] for m in listed["members"]] == [f"synthetic-{s}" for s in (40, 41, 42)]
     members = [load_run(tune / name) for name in ("final", "final-1", "final-2")]
@@ -303,8 +303,8 @@ def test_an_unfinished_tune_has_no_model_to_export(tmp_path: Path, out_dir: Path
 
 
 def test_a_real_tunes_model_is_the_mean_of_its_retrains(tmp_path: Path, capsys) -> None:
-    """bnserve tune with --final-seeds, then bnserve export TUNE_DIR: the graph answers the mean
-    of the retrains' numpy paths, one example alone as in a batch."""
+    """bnserve tune with --final-members, then bnserve export TUNE_DIR: the graph answers the
+    mean of the retrains' numpy paths, one example alone as in a batch."""
     from bnserve.training.tune.cli import main as tune_main
 
     rng = np.random.default_rng(0)
@@ -312,8 +312,8 @@ def test_a_real_tunes_model_is_the_mean_of_its_retrains(tmp_path: Path, capsys) 
     data = tmp_path / "small.npz"
     np.savez(data, x=x, y=(x[:, 0] + x[:, 1] > 0).astype(int))
     tune = tmp_path / "tune"
-    args = ["--out", str(tune), "--data", str(data), "--trials", "1", "--cv", "2",
-            "--cv-repeats", "1", "--final-seeds", "3", "--epochs", "3", "--set", "hidden=6",
+    args = ["--out", str(tune), "--data", str(data), "--trials", "3", "--cv", "2",
+            "--cv-repeats", "1", "--final-members", "3", "--epochs", "3", "--set", "hidden=6",
             "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
             "--no-plots"]  # fmt: skip
     assert tune_main(args) == 0

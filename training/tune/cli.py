@@ -37,7 +37,7 @@ _TRAINING_HELP = {
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
-    "cv_repeats", "final_average", "final_seeds",
+    "cv_repeats", "final_average", "final_members",
     *_TRAINING_FLAGS,
 )  # fmt: skip
 
@@ -54,8 +54,9 @@ results.csv (best first), best -> the best trial's run directory
 (bnserve export TUNE_DIR/best --out best.onnx), best.json, plots/*.png,
 trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each, repeat-R/fold-I/ with
 --cv-repeats); with --cv, final/ (the best trial retrained on all train + dev rows, which best
-points at) and with --final-seeds K > 1 final-1/ … final-(K-1)/: the tune's model is their mean
-(bnserve export TUNE_DIR --out model.onnx writes the tune's model, one run or that ensemble).
+points at) and with --final-members K > 1 final-1/ … final-(K-1)/, the next best trials retrained:
+the tune's model is their mean (bnserve export TUNE_DIR --out model.onnx writes the tune's
+model, one run or that ensemble).
 """
 
 
@@ -116,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of this share of its last epochs; 0: its last epoch's (default: 0.5)",
     )
     search.add_argument(
-        "--final-seeds",
+        "--final-members",
         metavar="K|auto",
-        help="--cv: retrain the chosen trial K times with training seeds seed, seed + 1, … "
-        "(final, final-1, …); the tune's model is the mean of their predictions, one graph with "
-        f"bnserve export TUNE_DIR; auto: {cv.AUTO_FINAL_SEEDS} below {cv.REPEAT_MAX_ROWS} "
-        "training rows, else 1 (default: auto)",
+        help="--cv: retrain the K best trials on all train + dev rows (final, final-1, …); the "
+        "tune's model is the mean of their predictions, one graph with bnserve export TUNE_DIR; "
+        f"auto: {cv.AUTO_FINAL_MEMBERS} below {cv.REPEAT_MAX_ROWS} training rows, else 1 "
+        "(default: auto)",
     )
     search.add_argument(
         "--objective",
@@ -176,15 +177,15 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 
 def new_settings(args: argparse.Namespace) -> TuneSettings:
     space = _space_document(args)
-    folds, repeats, seeds = None, None, None
+    folds, repeats, members = None, None, None
     if args.objective == "synthetic":
-        if args.cv not in (None, "off") or args.cv_repeats is not None or args.final_seeds:
+        if args.cv not in (None, "off") or args.cv_repeats is not None or args.final_members:
             raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
     else:  # the validation from the row count unless --cv says (the first line says which)
         try:
             base = build_space(space).base_config()
-            folds, repeats, seeds, line = cv.resolve_validation(
-                args.cv, args.cv_repeats, base, args.final_seeds
+            folds, repeats, members, line = cv.resolve_validation(
+                args.cv, args.cv_repeats, base, args.final_members
             )
         except DataError:  # a bad file, named
             raise
@@ -197,7 +198,7 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
         "cv": folds,
         "cv_repeats": repeats,
         "final_average": args.final_average,
-        "final_seeds": seeds,
+        "final_members": members,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,
@@ -264,11 +265,10 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
                 f"retrained on all train + dev rows for {scores.get('epochs')} epochs{where}"
             )
             if len(result.final_runs) > 1:
-                members = ", ".join(run.name for run in result.final_runs)
+                retrains = ", ".join(run.name for run in result.final_runs)
                 print(
-                    f"the tune's model: the mean of {len(result.final_runs)} retrains with "
-                    f"seeds {best.seed} + 0…{len(result.final_runs) - 1} ({members}): "
-                    f"bnserve export {settings.out} --out model.onnx"
+                    f"the tune's model: the mean of the best {len(result.final_runs)} trials "
+                    f"retrained ({retrains}): bnserve export {settings.out} --out model.onnx"
                 )
         else:
             print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")

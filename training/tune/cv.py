@@ -17,11 +17,12 @@ dev part is a few dozen, one row moves its error by a few percent, and one drawi
 ranks trials that differ by a row or two by chance. `auto` (the default) repeats AUTO_REPEATS
 times below REPEAT_MAX_ROWS training rows (a fold's dev part under 100 rows at 5 folds).
 
-`--final-seeds K` retrains the chosen trial K times, with training seeds seed, seed + 1, …
-(final, final-1, …): the tune's model is the mean of their predictions, which `bnserve export
-TUNE_DIR` writes as one graph. On a few hundred rows one retrain's seed moves the held-out metric
-by more than what separates the best trials; the mean of K retrains is steadier, and each costs
-one training of the tune's hundreds. `auto` (the default) takes AUTO_FINAL_SEEDS below
+`--final-members K` retrains the K best trials (final, final-1, …, best first), each with its own
+settings, seed and folds' epochs: the tune's model is the mean of their predictions, which
+`bnserve export TUNE_DIR` writes as one graph. On a few hundred rows the best trials' CV errors
+lie within a fraction of their spread over folds, and one retrain's seed moves the held-out
+metric by more than what separates them; the mean of K of them varies less, and each costs one
+training of the tune's hundreds. `auto` (the default) takes AUTO_FINAL_MEMBERS below
 REPEAT_MAX_ROWS training rows (the rows where the folds are repeated too), else 1.
 """
 
@@ -46,7 +47,7 @@ AUTO_FOLDS = 5  # --cv auto: this many folds (fewer when the smallest class is s
 MID_FOLDS = 3  # --cv auto: this many folds from SMALL_MAX_ROWS to AUTO_MAX_ROWS rows
 REPEAT_MAX_ROWS = 500  # --cv-repeats auto: repeat the folds below this many train + dev rows
 AUTO_REPEATS = 3  # --cv-repeats auto: that many drawings of the folds
-AUTO_FINAL_SEEDS = 5  # --final-seeds auto: this many retrains below REPEAT_MAX_ROWS rows
+AUTO_FINAL_MEMBERS = 5  # --final-members auto: this many best trials below REPEAT_MAX_ROWS rows
 FINAL_RUN = "final"  # the retrained best trial, inside the tune directory (final-1, … after it)
 
 
@@ -55,7 +56,7 @@ class Validation(NamedTuple):
 
     folds: int | None  # cross-validation folds, or None: the dev split
     repeats: int  # drawings of the folds
-    final_seeds: int  # retrains of the chosen trial (the tune's model is their mean)
+    final_members: int  # best trials retrained (the tune's model is their mean)
     line: str  # what was chosen and why: the tune's first output line
 
 
@@ -70,19 +71,19 @@ def resolve_validation(
     cv_value: str | None,
     repeats_value: str | None,
     base: TrainConfig,
-    seeds_value: str | None = None,
+    members_value: str | None = None,
 ) -> Validation:
-    """--cv, --cv-repeats and --final-seeds (None: auto) → the Validation, with one line saying
+    """--cv, --cv-repeats and --final-members (None: auto) → the Validation, with one line saying
     what was chosen and why (the tune's first output line).
 
     ValueError for a bad value of any."""
     folds, line = resolve_cv("auto" if cv_value is None else cv_value, base)
     repeats, repeats_line = resolve_repeats(repeats_value, base, folds)
-    seeds, seeds_line = resolve_final_seeds(seeds_value, base, folds)
+    members, members_line = resolve_final_members(members_value, base, folds)
     if folds is None:
         line += f": trials are compared on the dev split ({base.dev_fraction:.0%} of the rows)"
-    said = "; ".join(part for part in (line, repeats_line, seeds_line) if part)
-    return Validation(folds, repeats, seeds, said)
+    said = "; ".join(part for part in (line, repeats_line, members_line) if part)
+    return Validation(folds, repeats, members, said)
 
 
 def resolve_cv(value: str | None, base: TrainConfig) -> tuple[int | None, str]:
@@ -134,44 +135,45 @@ def resolve_repeats(value: str | None, base: TrainConfig, folds: int | None) -> 
     )
 
 
-def resolve_final_seeds(value: str | None, base: TrainConfig, folds: int | None) -> tuple[int, str]:
-    """--final-seeds K | auto (None: auto) → (retrains of the chosen trial, a line saying so).
+def resolve_final_members(
+    value: str | None, base: TrainConfig, folds: int | None
+) -> tuple[int, str]:
+    """--final-members K | auto (None: auto) → (best trials retrained, a line saying so).
 
     ValueError for anything but an integer ≥ 1 or "auto", or K > 1 without cross-validation
     (the dev split keeps the chosen trial itself: there is no retrain)."""
     if value is not None and value != "auto":
-        seeds = _whole_number("--final-seeds", value, "a count (≥ 1)")
-        if seeds < 1:
-            raise ValueError(f"--final-seeds {seeds}: must be ≥ 1")
-        if seeds > 1 and folds is None:
-            raise ValueError(f"--final-seeds {seeds} retrains after cross-validation: it is off")
-        return seeds, f"the model: {seeds} retrain(s) of the chosen trial"
+        members = _whole_number("--final-members", value, "a count (≥ 1)")
+        if members < 1:
+            raise ValueError(f"--final-members {members}: must be ≥ 1")
+        if members > 1 and folds is None:
+            raise ValueError(
+                f"--final-members {members} retrains after cross-validation: it is off"
+            )
+        return members, f"the model: the best {members} trial(s) retrained"
     if folds is None:
         return 1, ""
     rows = len(training_rows(base)[0])
     if rows >= REPEAT_MAX_ROWS:
-        return 1, f"the model: one retrain (auto: {rows} training rows ≥ {REPEAT_MAX_ROWS})"
-    return AUTO_FINAL_SEEDS, (
-        f"the model: the mean of {AUTO_FINAL_SEEDS} retrains with different seeds "
+        why = f"auto: {rows} training rows ≥ {REPEAT_MAX_ROWS}"
+        return 1, f"the model: the best trial retrained ({why})"
+    return AUTO_FINAL_MEMBERS, (
+        f"the model: the mean of the best {AUTO_FINAL_MEMBERS} trials retrained "
         f"(auto: {rows} training rows < {REPEAT_MAX_ROWS})"
     )
 
 
 def final_run_name(member: int) -> str:
-    """The directory of the chosen trial's retrain number `member` (from 0): final, final-1, …"""
+    """The directory of the retrain of the tune's `member`-th best trial (from 0): final,
+    final-1, …"""
     return FINAL_RUN if member == 0 else f"{FINAL_RUN}-{member}"
-
-
-def member_config(final: TrainConfig, member: int) -> TrainConfig:
-    """Retrain number `member`'s settings: final_config's with the training seed + member."""
-    return final.replace(seed=(final.seed + member) % 2**32, split_seed=final.data_split_seed)
 
 
 def _whole_number(flag: str, value: str, expected: str) -> int:
     try:
         return int(value)
     except ValueError:
-        extra = ", auto or off" if flag == "--cv" else " or auto"  # --cv-repeats, --final-seeds
+        extra = ", auto or off" if flag == "--cv" else " or auto"  # --cv-repeats, --final-members
         raise ValueError(f"{flag} {value!r}: expected {expected}{extra}") from None
 
 

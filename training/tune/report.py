@@ -93,9 +93,9 @@ def fold_members(best: TrialRecord) -> list[str]:
 def link_best(out: Path, best: TrialRecord, final_runs: Sequence[Path] = ()) -> Path | None:
     """Point `out/best` at the best trial's run directory (atomically) and write best.json.
 
-    With cross-validation `final_runs` are the best trial retrained on all train + dev rows, once
-    per final seed: `best` points at the first, and best.json's `final_members` lists them all
-    (the tune's model is the mean of their predictions). Returns None when the trial left no
+    With cross-validation `final_runs` are the best trials retrained on all train + dev rows,
+    best first: `best` points at the first, and best.json's `final_members` lists them all (the
+    tune's model is the mean of their predictions). Returns None when the trial left no
     finished run directory (synthetic)."""
     final_run = final_runs[0] if final_runs else None
     run_dir = best.run_dir if final_run is None else final_run.name

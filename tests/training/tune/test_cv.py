@@ -84,47 +84,47 @@ def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path,
     assert final.meta["stats"] == "population"  # no dev rows to vouch for lagging EMA statistics
 
 
-def test_final_seeds_retrain_the_chosen_trial_once_per_seed_on_the_same_split(tmp_path, small_npz):
-    one = run_tune(_settings(tmp_path / "one", small_npz, trials=2, cv=3, workers=1))
+def test_final_members_retrain_the_best_trials_on_every_training_row(tmp_path, small_npz):
+    one = run_tune(_settings(tmp_path / "one", small_npz, trials=4, cv=3, workers=1))
     out = tmp_path / "three"
-    three = run_tune(_settings(out, small_npz, trials=2, cv=3, workers=1, final_seeds=3))
+    three = run_tune(_settings(out, small_npz, trials=4, cv=3, workers=1, final_members=3))
     assert _facts(three) == _facts(one)  # the same trials: only what follows them differs
     assert three.final_runs == (out / "final", out / "final-1", out / "final-2")
     assert three.final_run == out / "final"
+    # the best trial's retrain is the one-member tune's, to the bit
+    first = load_run(one.final_run).meta["params_sha256"]
+    assert load_run(three.final_run).meta["params_sha256"] == first
     runs = [load_run(run) for run in three.final_runs]
-    best = three.best
-    assert [run.config.seed for run in runs] == [best.seed, best.seed + 1, best.seed + 2]
-    # the split's seed stays the first retrain's: every retrain holds out the same test rows
-    split_seed = load_run(one.final_run).config.data_split_seed
-    assert {run.config.data_split_seed for run in runs} == {split_seed}
-    for run in runs[1:]:
-        np.testing.assert_array_equal(run.heldout_x, runs[0].heldout_x)
-        assert run.meta["epochs_trained"] == best.scores["epochs"]
-        assert run.config.replace(seed=best.seed) == runs[0].config.replace(split_seed=split_seed)
-    # the first is the one-seed tune's retrain, to the bit; the others are other models
-    assert runs[0].meta["params_sha256"] == load_run(one.final_run).meta["params_sha256"]
-    assert len({run.meta["params_sha256"] for run in runs}) == 3
-    link_best(out, best, three.final_runs)
+    for record, run in zip(three.ranked[:3], runs, strict=True):  # best first, each its own
+        assert run.config.lr == record.params["lr"] and run.config.seed == record.seed
+        assert run.meta["epochs_trained"] == record.scores["epochs"]
+        assert run.meta["split"]["train_rows"] == 128 and run.meta["split"]["dev_rows"] == 0
+        np.testing.assert_array_equal(run.heldout_x, runs[0].heldout_x)  # the same test rows
+    link_best(out, three.best, three.final_runs)
     summary = json.loads((out / "best.json").read_text())
     assert summary["final_members"] == ["final", "final-1", "final-2"]
     assert summary["run_dir"] == "final" and (out / "best").resolve() == (out / "final").resolve()
+    # more members than finished trials: every finished trial
+    five = run_tune(_settings(tmp_path / "five", small_npz, trials=2, cv=3, workers=1,
+                              final_members=5))  # fmt: skip
+    assert [run.name for run in five.final_runs] == ["final", "final-1"]
 
 
-def test_final_seeds_auto_takes_several_for_small_data(small_npz, monkeypatch):
+def test_final_members_auto_takes_several_for_small_data(small_npz, monkeypatch):
     from bnserve.training.config import TrainConfig
 
     base = TrainConfig(data=str(small_npz))
-    assert cv.resolve_final_seeds(None, base, 5) == (
+    assert cv.resolve_final_members(None, base, 5) == (
         5,
-        "the model: the mean of 5 retrains with different seeds (auto: 128 training rows < 500)",
+        "the model: the mean of the best 5 trials retrained (auto: 128 training rows < 500)",
     )
-    two = (2, "the model: 2 retrain(s) of the chosen trial")
-    assert cv.resolve_final_seeds("2", base, 5) == two
-    assert cv.resolve_final_seeds("auto", base, None) == (1, "")  # the dev split: no retrain
+    two = (2, "the model: the best 2 trial(s) retrained")
+    assert cv.resolve_final_members("2", base, 5) == two
+    assert cv.resolve_final_members("auto", base, None) == (1, "")  # the dev split: no retrain
     monkeypatch.setattr(cv, "REPEAT_MAX_ROWS", 100)
-    assert cv.resolve_final_seeds("auto", base, 5) == (
+    assert cv.resolve_final_members("auto", base, 5) == (
         1,
-        "the model: one retrain (auto: 128 training rows ≥ 100)",
+        "the model: the best trial retrained (auto: 128 training rows ≥ 100)",
     )
 
 
@@ -219,14 +219,13 @@ def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
     assert printed.splitlines()[0] == (
         "cross-validation: 3 folds of the train + dev rows; "
         "folds drawn 3 times (auto: 128 training rows < 500); "
-        "the model: the mean of 5 retrains with different seeds (auto: 128 training rows < 500)"
+        "the model: the mean of the best 5 trials retrained (auto: 128 training rows < 500)"
     )
     assert "dev_error ± std" in printed and " ± " in printed.splitlines()[2]
     assert "over 3 folds; retrained on all train + dev rows" in printed
-    seed = json.loads((out / "best.json").read_text())["config"]["seed"]  # the chosen trial's
     assert (
-        f"the tune's model: the mean of 5 retrains with seeds {seed} + 0…4 "
-        f"(final, final-1, final-2, final-3, final-4): bnserve export {out} --out model.onnx"
+        "the tune's model: the mean of the best 2 trials retrained (final, final-1): "
+        f"bnserve export {out} --out model.onnx"
     ) in printed
     assert (out / "best").resolve() == (out / "final").resolve()  # what export should take
     assert load_run(out / "best").meta["split"]["dev_rows"] == 0
@@ -260,16 +259,16 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
             "--no-plots"]  # fmt: skip
     monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
     monkeypatch.setattr(cv, "AUTO_REPEATS", 2)
-    monkeypatch.setattr(cv, "AUTO_FINAL_SEEDS", 2)
+    monkeypatch.setattr(cv, "AUTO_FINAL_MEMBERS", 2)
     assert main(["--out", str(tmp_path / "small"), *args]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (
         "cross-validation: 2 folds (auto: 128 training rows < 3000); "
         "folds drawn 2 times (auto: 128 training rows < 500); "
-        "the model: the mean of 2 retrains with different seeds (auto: 128 training rows < 500)"
+        "the model: the mean of the best 2 trials retrained (auto: 128 training rows < 500)"
     )
     best = json.loads((tmp_path / "small" / "best.json").read_text())
     assert best["run_dir"] == "final" and best["cv"]["repeats"] == 2
-    assert best["final_members"] == ["final", "final-1"]
+    assert best["final_members"] == ["final"]  # one trial: one member
     assert best["members"] == ["trials/trial-0000/fold-0", "trials/trial-0000/fold-1"]
     assert all((tmp_path / "small" / member / "params.npz").is_file() for member in best["members"])
     monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)  # as if the table were large
@@ -302,9 +301,9 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
         (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation"),
         (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
         (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
-        (["--cv", "3", "--final-seeds", "0"], "--final-seeds 0: must be ≥ 1"),
-        (["--cv", "3", "--final-seeds", "two"], "--final-seeds 'two': expected a count"),
-        (["--cv", "off", "--final-seeds", "2"], "--final-seeds 2 retrains after cross-validation"),
+        (["--cv", "3", "--final-members", "0"], "--final-members 0: must be ≥ 1"),
+        (["--cv", "3", "--final-members", "two"], "--final-members 'two': expected a count"),
+        (["--cv", "off", "--final-members", "2"], "--final-members 2 retrains after cross-valid"),
     ],
 )
 def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
