@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K|auto",
         help="--cv: retrain the K best trials on all train + dev rows (final, final-1, …); the "
         "tune's model is the mean of their predictions, one graph with bnserve export TUNE_DIR; "
-        f"auto: {cv.AUTO_FINAL_MEMBERS} below {cv.REPEAT_MAX_ROWS} training rows, else 1 "
-        "(default: auto)",
+        f"auto: {cv.AUTO_FINAL_MEMBERS} for regression below {cv.REPEAT_MAX_ROWS} training rows, "
+        "else 1 (default: auto)",
     )
     search.add_argument(
         "--objective",

@@ -110,22 +110,62 @@ def test_final_members_retrain_the_best_trials_on_every_training_row(tmp_path, s
     assert [run.name for run in five.final_runs] == ["final", "final-1"]
 
 
-def test_final_members_auto_takes_several_for_small_data(small_npz, monkeypatch):
+@pytest.fixture(scope="module")
+def small_regression(tmp_path_factory):
+    """150 rows of a noisy linear target (one column)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 4))
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=150)
+    path = tmp_path_factory.mktemp("data") / "regression.npz"
+    np.savez(path, x=x, y=y[:, None])
+    return path
+
+
+def test_final_members_auto_takes_several_for_small_regression(
+    small_npz, small_regression, monkeypatch
+):
     from bnserve.training.config import TrainConfig
 
-    base = TrainConfig(data=str(small_npz))
+    base = TrainConfig(data=str(small_regression), task="regression")
     assert cv.resolve_final_members(None, base, 5) == (
         5,
-        "the model: the mean of the best 5 trials retrained (auto: 128 training rows < 500)",
+        "the model: the mean of the best 5 trials retrained "
+        "(auto: regression, 128 training rows < 500)",
     )
     two = (2, "the model: the best 2 trial(s) retrained")
     assert cv.resolve_final_members("2", base, 5) == two
     assert cv.resolve_final_members("auto", base, None) == (1, "")  # the dev split: no retrain
+    # classification: the best trial alone (accuracy has no bound for the mean; cv.py)
+    assert cv.resolve_final_members(None, TrainConfig(data=str(small_npz)), 5) == (1, "")
+    assert cv.resolve_final_members("2", TrainConfig(data=str(small_npz)), 5) == two
     monkeypatch.setattr(cv, "REPEAT_MAX_ROWS", 100)
-    assert cv.resolve_final_members("auto", base, 5) == (
-        1,
-        "the model: the best trial retrained (auto: 128 training rows ≥ 100)",
+    assert cv.resolve_final_members("auto", base, 5) == (1, "")
+
+
+def test_a_flagless_tune_of_small_regression_says_and_makes_its_members(
+    tmp_path, small_regression, capsys, monkeypatch
+):
+    monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
+    monkeypatch.setattr(cv, "AUTO_REPEATS", 1)
+    monkeypatch.setattr(cv, "AUTO_FINAL_MEMBERS", 2)
+    out = tmp_path / "tune"
+    args = ["--out", str(out), "--data", str(small_regression), "--task", "regression",
+            "--trials", "3", "--epochs", "2", "--set", "hidden=4",
+            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == (
+        "cross-validation: 2 folds (auto: 128 training rows < 3000); "
+        "folds drawn 1 times (auto: 128 training rows < 500); "
+        "the model: the mean of the best 2 trials retrained "
+        "(auto: regression, 128 training rows < 500)"
     )
+    assert (
+        "the tune's model: the mean of the best 2 trials retrained (final, final-1): "
+        f"bnserve export {out} --out model.onnx"
+    ) in printed
+    assert json.loads((out / "best.json").read_text())["final_members"] == ["final", "final-1"]
 
 
 def test_the_retrain_keeps_the_mean_weights_of_its_last_epochs(tmp_path, small_npz):
@@ -218,15 +258,11 @@ def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == (
         "cross-validation: 3 folds of the train + dev rows; "
-        "folds drawn 3 times (auto: 128 training rows < 500); "
-        "the model: the mean of the best 5 trials retrained (auto: 128 training rows < 500)"
+        "folds drawn 3 times (auto: 128 training rows < 500)"
     )
     assert "dev_error ± std" in printed and " ± " in printed.splitlines()[2]
     assert "over 3 folds; retrained on all train + dev rows" in printed
-    assert (
-        "the tune's model: the mean of the best 2 trials retrained (final, final-1): "
-        f"bnserve export {out} --out model.onnx"
-    ) in printed
+    assert "the tune's model" not in printed and not (out / "final-1").exists()  # classification
     assert (out / "best").resolve() == (out / "final").resolve()  # what export should take
     assert load_run(out / "best").meta["split"]["dev_rows"] == 0
 
@@ -259,16 +295,14 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
             "--no-plots"]  # fmt: skip
     monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
     monkeypatch.setattr(cv, "AUTO_REPEATS", 2)
-    monkeypatch.setattr(cv, "AUTO_FINAL_MEMBERS", 2)
     assert main(["--out", str(tmp_path / "small"), *args]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (
         "cross-validation: 2 folds (auto: 128 training rows < 3000); "
-        "folds drawn 2 times (auto: 128 training rows < 500); "
-        "the model: the mean of the best 2 trials retrained (auto: 128 training rows < 500)"
+        "folds drawn 2 times (auto: 128 training rows < 500)"
     )
     best = json.loads((tmp_path / "small" / "best.json").read_text())
     assert best["run_dir"] == "final" and best["cv"]["repeats"] == 2
-    assert best["final_members"] == ["final"]  # one trial: one member
+    assert best["final_members"] == ["final"]  # classification: the best trial alone
     assert best["members"] == ["trials/trial-0000/fold-0", "trials/trial-0000/fold-1"]
     assert all((tmp_path / "small" / member / "params.npz").is_file() for member in best["members"])
     monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)  # as if the table were large
