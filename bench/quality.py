@@ -5,9 +5,12 @@ test rows (bnserve's split: 20 % test with split seed = the seed; the rest is tr
 
 - bnserve defaults:  `bnserve train` with its defaults (the dev rows select nothing)
 - bnserve tuned:     `bnserve tune --trials N` with its defaults (the validation chosen from the
-                     row count as its first line says: --cv auto, --cv-repeats auto; the
-                     default search space; --final-average 0.5); the best trial retrained on all
-                     train + dev rows (TUNE_DIR/final), or the best trial itself (dev split)
+                     row count as its first line says: --cv auto, --cv-repeats auto,
+                     --final-members auto; the default search space; --final-average 0.5):
+                     the tune's model, what `bnserve export TUNE_DIR` writes — the best trial
+                     retrained on all train + dev rows (TUNE_DIR/final), or the mean of the
+                     best K trials retrained (best.json's final_members), or the best trial
+                     itself (dev split)
 - bnserve folds:     the mean of the predictions of the best trial's fold models (best.json's
                      members: the first drawing of its folds), when the tune cross-validated;
                      a mixed table's test records are encoded by each member's own schema.json
@@ -159,13 +162,14 @@ FeaturesOf = Callable[[Path], np.ndarray]  # a member's run folder -> its design
 
 
 def fold_ensemble_score(
-    tune_dir: Path, task: str, features_of: FeaturesOf, y_test: np.ndarray
+    tune_dir: Path, task: str, features_of: FeaturesOf, y_test: np.ndarray, key: str = "members"
 ) -> float:
-    """The held-out metric of the mean prediction of best.json's members (NaN: none listed)."""
+    """The held-out metric of the mean prediction of best.json's `key` runs: "members" (the fold
+    models) or "final_members" (the retrains; NaN: none listed)."""
     from bnserve.training.inference import predict
     from bnserve.training.rundir import read_json
 
-    members = read_json(tune_dir / "best.json").get("members") or []
+    members = read_json(tune_dir / "best.json").get(key) or []
     if not members:
         return float("nan")
     outputs = []
@@ -195,19 +199,33 @@ def bnserve_scores(
     fixed = {**DEFAULT_SPACE["fixed"], **common, "split_seed": seed}
     space = {"fixed": fixed, "search": search}
     started = time.perf_counter()
-    folds, repeats, line = cv.resolve_validation(cv_value, None, TrainConfig.from_dict(fixed))
+    folds, repeats, members, line = cv.resolve_validation(
+        cv_value, None, TrainConfig.from_dict(fixed)
+    )
     settings = TuneSettings(
         out=work / "tune", space=space, trials=trials, seed=seed, cv=folds, workers=workers,
-        cv_repeats=repeats, progress=False, plots=False,
+        cv_repeats=repeats, final_members=members, progress=False, plots=False,
     )  # fmt: skip
     result = run_tune(settings)
     assert result.best is not None, "no trial finished"
-    link_best(work / "tune", result.best, result.final_run)
+    link_best(work / "tune", result.best, result.final_runs)
     tune_seconds = time.perf_counter() - started
     return {
         "bnserve defaults": (bnserve_test_score(work / "defaults"), default_seconds),
         TUNED: (bnserve_test_score(work / "tune" / "best"), tune_seconds),
     }, line
+
+
+def tuned_score(
+    scores: Scores, tune_dir: Path, task: str, features_of: FeaturesOf, y_test: np.ndarray
+) -> None:
+    """Score the tune's model: the mean of its final members when there are several (else
+    `best` alone, scored already), and the fold ensemble ("bnserve folds")."""
+    seconds = scores[TUNED][1]
+    final = fold_ensemble_score(tune_dir, task, features_of, y_test, key="final_members")
+    if not math.isnan(final):
+        scores[TUNED] = (final, seconds)
+    scores["bnserve folds"] = (fold_ensemble_score(tune_dir, task, features_of, y_test), seconds)
 
 
 def mean_ranks(means: dict[str, float]) -> dict[str, float]:
@@ -316,10 +334,9 @@ def numeric_outcome(
     split = split_rows(len(table.x), dev_fraction=0.15, test_fraction=TEST_FRACTION, seed=seed)
     train_rows = np.sort(np.concatenate([split.train, split.dev]))
     scores, line = bnserve_scores(table, data, seed, trials, workers, work, search, cv_value)
-    folds = fold_ensemble_score(
-        work / "tune", table.task, lambda _: table.x[split.test], table.y[split.test]
+    tuned_score(
+        scores, work / "tune", table.task, lambda _: table.x[split.test], table.y[split.test]
     )
-    scores["bnserve folds"] = (folds, scores[TUNED][1])
     scores.update(sklearn_scores(table, train_rows, split.test, seed))
     described = (
         f"{len(train_rows)} train + dev rows, {len(split.test)} test rows, "
@@ -354,8 +371,7 @@ def mixed_outcome(
             return raw.x[split.test][:, raw.numeric].astype(np.float64)
         return design_of(schema, raw_records(table, schema, split.test))
 
-    folds = fold_ensemble_score(work / "tune", table.task, features_of, raw.y[split.test])
-    scores["bnserve folds"] = (folds, scores[TUNED][1])
+    tuned_score(scores, work / "tune", table.task, features_of, raw.y[split.test])
     scores.update(mixed_sklearn_scores(raw, train_rows, split.test, seed))
     described = (
         f"{len(train_rows)} train + dev rows, {len(split.test)} test rows, "

@@ -1,5 +1,6 @@
 """`bnserve export RUN_DIR --out model.onnx [--unfolded] [--force]`; several RUN_DIRs, or a tune
-directory with `--ensemble K`, write the mean of k runs as one graph (export/ensemble.py).
+directory with `--ensemble K`, write the mean of k runs as one graph (export/ensemble.py); a tune
+directory alone writes the tune's model (its `best` run, or the mean of its final members).
 
 Also `python -m bnserve.export`."""
 
@@ -11,7 +12,12 @@ from pathlib import Path
 
 from bnserve.export.ensemble import EnsembleReport, EnsembleSettings, export_ensemble
 from bnserve.export.ensemble_graph import AUTO, DEFAULT_LAYOUT, LAYOUTS
-from bnserve.export.ensemble_source import EnsembleMembers, is_tune_dir, tune_members
+from bnserve.export.ensemble_source import (
+    EnsembleMembers,
+    is_tune_dir,
+    tune_members,
+    tune_model,
+)
 from bnserve.export.errors import ExportError
 from bnserve.export.exporter import ExportReport, ExportSettings, export_run
 
@@ -36,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         metavar="RUN_DIR",
-        help="a finished training run; several: an ensemble of them (their mean, one graph)",
+        help="a finished training run; several: an ensemble of them (their mean, one graph); a "
+        "tune directory: the tune's model (its best run, or the mean of its best trials retrained)",
     )
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument(
@@ -116,8 +123,8 @@ def _describe_ensemble(report: EnsembleReport, source: str) -> str:
     )
 
 
-def _members(args: argparse.Namespace) -> EnsembleMembers | None:
-    """The ensemble's members, or None for one run exported alone."""
+def _members(args: argparse.Namespace) -> EnsembleMembers | Path:
+    """The ensemble's members, or the one run to export alone."""
     dirs: list[Path] = args.run_dirs
     if args.ensemble is not None:
         if len(dirs) != 1 or not is_tune_dir(dirs[0]):
@@ -129,7 +136,7 @@ def _members(args: argparse.Namespace) -> EnsembleMembers | None:
             raise ExportError(f"--ensemble {args.ensemble}: an ensemble needs K ≥ 2")
         return tune_members(dirs[0], args.ensemble)
     if len(dirs) == 1:
-        return None
+        return tune_model(dirs[0]) if is_tune_dir(dirs[0]) else dirs[0]
     return EnsembleMembers(tuple(dirs), "")
 
 
@@ -141,11 +148,11 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         members = _members(args)
-        if members is not None and args.unfolded:
+        if isinstance(members, EnsembleMembers) and args.unfolded:
             raise ExportError("--unfolded writes one run as trained; an ensemble is folded only")
-        if members is None:
+        if isinstance(members, Path):
             settings = ExportSettings(
-                run_dir=args.run_dirs[0],
+                run_dir=members,
                 out=args.out,
                 unfolded=args.unfolded,
                 force=args.force,

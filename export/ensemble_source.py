@@ -1,4 +1,5 @@
-"""Which runs a tune directory offers as ensemble members (`bnserve export TUNE_DIR --ensemble K`).
+"""Which runs a tune directory offers as ensemble members (`bnserve export TUNE_DIR --ensemble K`),
+and what the tune's own model is (`bnserve export TUNE_DIR`).
 
 The one place the exporter reads a tune directory; what it relies on (docs/export.md,
 "Ensembles"), all of it the tuner's own code, not a copy of its layout:
@@ -6,7 +7,9 @@ The one place the exporter reads a tune directory; what it relies on (docs/expor
 - `tune.sqlite` (`training.tune.store.FILENAME`), read-only through `TrialStore`;
 - the ranking `training.tune.runner.rank_trials` (finished trials first, by dev error, then loss);
 - each trial's `run_dir`, relative to the tune directory; a cross-validated trial's fold runs
-  inside it at `training.tune.trials.fold_dir(fold, repeat)`.
+  inside it at `training.tune.trials.fold_dir(fold, repeat)`;
+- `best.json`'s `final_members` (the best trials' retrains, relative to the tune directory)
+  and the `best` link (`training.tune.report.BEST_LINK`), for the tune's model.
 
 The members: the chosen (best) trial's fold runs when it kept them (cross-validation: the fold
 models of the chosen configuration, repeat 0's folds first), else the best K finished trials.
@@ -64,6 +67,30 @@ def _fold_runs(trial_dir: Path) -> list[Path]:
             break
         runs += [run for run in folds if _finished(run)]
     return runs
+
+
+def tune_model(tune_dir: Path) -> EnsembleMembers | Path:
+    """The tune's model: the mean of best.json's `final_members` when it lists more than one
+    (the best trials retrained on all train + dev rows), else the one run `best` points at.
+    ExportError when the tune has no best.json (it has not finished)."""
+    from bnserve.training.tune.report import BEST_LINK
+
+    summary = tune_dir / "best.json"
+    if not summary.is_file():
+        raise ExportError(f"{tune_dir}: no best.json: the tune has not finished, nothing to export")
+    try:
+        names = read_json(summary).get("final_members") or []
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{summary}: not readable ({error})") from None
+    if len(names) < 2:
+        return tune_dir / BEST_LINK
+    runs = tuple(tune_dir / str(name) for name in names)
+    missing = [str(run) for run in runs if not _finished(run)]
+    if missing:
+        raise ExportError(f"{summary}: final member(s) {missing} are not finished runs")
+    return EnsembleMembers(
+        runs, f"{tune_dir}: the tune's model, its best {len(runs)} trials retrained"
+    )
 
 
 def tune_members(tune_dir: Path, k: int) -> EnsembleMembers:

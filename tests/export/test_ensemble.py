@@ -268,6 +268,83 @@ def test_a_cross_validated_tune_gives_the_chosen_trials_fold_models(
     assert [m["run_id"] for m in listed["members"]] == [f"synthetic-{s}" for s in (30, 31, 32)]
 
 
+def _with_final_members(tune: Path, seeds: list[int]) -> Path:
+    """The tune's end as the tuner leaves it: final, final-1, … (the best trials retrained),
+    best -> final and best.json listing them as final_members."""
+    names = ["final" if i == 0 else f"final-{i}" for i in range(len(seeds))]
+    for name, seed in zip(names, seeds, strict=True):
+        write_synthetic_run(tune / name, SyntheticRun(seed=seed))
+    (tune / "best").symlink_to("final", target_is_directory=True)
+    summary = {"trial": 1, "run_dir": "final", "final_members": names}
+    (tune / "best.json").write_text(json.dumps(summary))
+    return tune
+
+
+def test_a_tune_directory_alone_exports_the_tunes_model(
+    tmp_path: Path, out_dir: Path, capsys
+) -> None:
+    tune = _with_final_members(_tune_dir(tmp_path / "tune", [(0.2, [20, 21])]), [40, 41, 42])
+    out = out_dir / "m.onnx"
+    code, printed, error = _export([str(tune), "--out", str(out)], capsys)
+    assert code == 0, error
+    assert "the tune's model, its best 3 trials retrained" in printed
+    listed = json.loads(read_metadata(onnx.load(str(out)))[MetadataKey.ENSEMBLE.full])
+    assert [m["run_id"] for m in listed["members"]] == [f"synthetic-{s}" for s in (40, 41, 42)]
+    members = [load_run(tune / name) for name in ("final", "final-1", "final-2")]
+    x = members[0].heldout_x.astype(np.float32)
+    expected = mean_prediction(members, x.astype(np.float64))
+    assert np.max(np.abs(_scored(out, x)["probabilities"] - expected)) <= (
+        PROBABILITY_TOLERANCE.abs
+    )
+    # one final member (or none: the dev split): the run `best` points at, alone
+    one = _with_final_members(_tune_dir(tmp_path / "one", [(0.2, [])]), [50])
+    code, printed, error = _export([str(one), "--out", str(out), "--force"], capsys)
+    assert code == 0, error
+    card = read_metadata(onnx.load(str(out)))
+    assert card[MetadataKey.RUN_ID.full] == "synthetic-50"
+    assert MetadataKey.ENSEMBLE.full not in card
+
+
+def test_an_unfinished_tune_has_no_model_to_export(tmp_path: Path, out_dir: Path, capsys) -> None:
+    tune = _tune_dir(tmp_path / "tune", [(0.2, [])])
+    code, _, error = _export([str(tune), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1
+    assert "no best.json: the tune has not finished" in error
+    _with_final_members(tune, [40, 41])
+    (tune / "final-1" / "meta.json").unlink()
+    code, _, error = _export([str(tune), "--out", str(out_dir / "m.onnx")], capsys)
+    assert code == 2 and error.count("\n") == 1 and "are not finished runs" in error
+
+
+def test_a_real_tunes_model_is_the_mean_of_its_retrains(tmp_path: Path, capsys) -> None:
+    """bnserve tune with --final-members, then bnserve export TUNE_DIR: the graph answers the
+    mean of the retrains' numpy paths, one example alone as in a batch."""
+    from bnserve.training.tune.cli import main as tune_main
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4))
+    data = tmp_path / "small.npz"
+    np.savez(data, x=x, y=(x[:, 0] + x[:, 1] > 0).astype(int))
+    tune = tmp_path / "tune"
+    args = ["--out", str(tune), "--data", str(data), "--trials", "3", "--cv", "2",
+            "--cv-repeats", "1", "--final-members", "3", "--epochs", "3", "--set", "hidden=6",
+            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert tune_main(args) == 0
+    capsys.readouterr()
+    out = tmp_path / "m.onnx"
+    code, printed, error = _export([str(tune), "--out", str(out)], capsys)
+    assert code == 0, error
+    assert "ensemble of 3" in printed
+    members = [load_run(tune / name) for name in ("final", "final-1", "final-2")]
+    rows = members[0].heldout_x.astype(np.float32)
+    expected = mean_prediction(members, rows.astype(np.float64))
+    batch = _scored(out, rows)["probabilities"]
+    assert np.max(np.abs(batch - expected)) <= PROBABILITY_TOLERANCE.abs
+    alone = np.vstack([_scored(out, rows[i : i + 1])["probabilities"] for i in range(len(rows))])
+    np.testing.assert_array_equal(alone, batch)
+
+
 def test_ensemble_needs_a_tune_directory(synthetic_run, out_dir: Path, capsys) -> None:
     code, _, error = _export(
         [str(synthetic_run()), "--ensemble", "3", "--out", str(out_dir / "m.onnx")], capsys

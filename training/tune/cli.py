@@ -37,7 +37,7 @@ _TRAINING_HELP = {
 _DEFINING_FLAGS = (
     "trials", "rounds", "shrink", "grid", "seed", "early_stop", "grace_epochs", "reduction",
     "compare_batchnorm", "objective", "checkpoints", "space", "param", "set", "cv",
-    "cv_repeats", "final_average",
+    "cv_repeats", "final_average", "final_members",
     *_TRAINING_FLAGS,
 )  # fmt: skip
 
@@ -53,7 +53,10 @@ outputs in TUNE_DIR: tune.sqlite (every trial's state), tune.lock (its one write
 results.csv (best first), best -> the best trial's run directory
 (bnserve export TUNE_DIR/best --out best.onnx), best.json, plots/*.png,
 trials/trial-NNNN/ (run directories; with --cv, fold-I/ inside each, repeat-R/fold-I/ with
---cv-repeats, and final/, the best trial retrained on all train + dev rows, which best points at).
+--cv-repeats); with --cv, final/ (the best trial retrained on all train + dev rows, which best
+points at) and with --final-members K > 1 final-1/ … final-(K-1)/, the next best trials retrained:
+the tune's model is their mean (bnserve export TUNE_DIR --out model.onnx writes the tune's
+model, one run or that ensemble).
 """
 
 
@@ -114,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "of this share of its last epochs; 0: its last epoch's (default: 0.5)",
     )
     search.add_argument(
+        "--final-members",
+        metavar="K|auto",
+        help="--cv: retrain the K best trials on all train + dev rows (final, final-1, …); the "
+        "tune's model is the mean of their predictions, one graph with bnserve export TUNE_DIR; "
+        f"auto: {cv.AUTO_FINAL_MEMBERS} for regression below {cv.REPEAT_MAX_ROWS} training rows, "
+        "else 1 (default: auto)",
+    )
+    search.add_argument(
         "--objective",
         choices=["train", "synthetic"],
         help="synthetic: a cheap known function, to test or benchmark the tuner itself",
@@ -166,14 +177,16 @@ def _space_document(args: argparse.Namespace) -> dict[str, Any]:
 
 def new_settings(args: argparse.Namespace) -> TuneSettings:
     space = _space_document(args)
-    folds, repeats = None, None
+    folds, repeats, members = None, None, None
     if args.objective == "synthetic":
-        if args.cv not in (None, "off") or args.cv_repeats is not None:
+        if args.cv not in (None, "off") or args.cv_repeats is not None or args.final_members:
             raise TuneSettingsError("--cv trains folds of the data: not with --objective synthetic")
     else:  # the validation from the row count unless --cv says (the first line says which)
         try:
             base = build_space(space).base_config()
-            folds, repeats, line = cv.resolve_validation(args.cv, args.cv_repeats, base)
+            folds, repeats, members, line = cv.resolve_validation(
+                args.cv, args.cv_repeats, base, args.final_members
+            )
         except DataError:  # a bad file, named
             raise
         except ValueError as error:
@@ -185,6 +198,7 @@ def new_settings(args: argparse.Namespace) -> TuneSettings:
         "cv": folds,
         "cv_repeats": repeats,
         "final_average": args.final_average,
+        "final_members": members,
         "trials": args.trials,
         "rounds": args.rounds,
         "shrink": args.shrink,
@@ -241,7 +255,7 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
     print(f"results: {settings.out / report.CSV_NAME}")
     best = result.best
     if best is not None:
-        link = report.link_best(settings.out, best, result.final_run)
+        link = report.link_best(settings.out, best, result.final_runs)
         where = f" → {link} (bnserve export {link} --out best.onnx)" if link else ""
         scores = best.scores or {}
         if settings.cv is not None:
@@ -250,6 +264,12 @@ def report_results(settings: TuneSettings, result: TuneResult) -> None:
                 f"best: trial {best.trial}, dev error {error} over {settings.cv} folds; "
                 f"retrained on all train + dev rows for {scores.get('epochs')} epochs{where}"
             )
+            if len(result.final_runs) > 1:
+                retrains = ", ".join(run.name for run in result.final_runs)
+                print(
+                    f"the tune's model: the mean of the best {len(result.final_runs)} trials "
+                    f"retrained ({retrains}): bnserve export {settings.out} --out model.onnx"
+                )
         else:
             print(f"best: trial {best.trial}, dev error {best.dev_error:.4g}{where}")
     if settings.plots and result.ranked:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,14 @@ def fold_members(best: TrialRecord) -> list[str]:
     return [f"{best.run_dir}/{fold_dir(fold, 0)}" for fold in range(folds)]
 
 
-def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Path | None:
+def link_best(out: Path, best: TrialRecord, final_runs: Sequence[Path] = ()) -> Path | None:
     """Point `out/best` at the best trial's run directory (atomically) and write best.json.
 
-    With cross-validation `final_run` (the best trial retrained on all train + dev rows) is what
-    `best` points at. Returns None when the trial left no finished run directory (synthetic)."""
+    With cross-validation `final_runs` are the best trials retrained on all train + dev rows,
+    best first: `best` points at the first, and best.json's `final_members` lists them all (the
+    tune's model is the mean of their predictions). Returns None when the trial left no
+    finished run directory (synthetic)."""
+    final_run = final_runs[0] if final_runs else None
     run_dir = best.run_dir if final_run is None else final_run.name
     meta_path = out / run_dir / "meta.json"
     if (
@@ -114,5 +118,6 @@ def link_best(out: Path, best: TrialRecord, final_run: Path | None = None) -> Pa
     if final_run is not None:  # the scores of the cross-validated trial it was retrained from
         summary["cv"] = best.scores
         summary["members"] = fold_members(best)
+        summary["final_members"] = [run.name for run in final_runs]
     rundir.write_json(out / "best.json", summary)
     return link

@@ -45,11 +45,18 @@ class TuneResult:
     out: Path
     ranked: list[TrialRecord]  # finished by dev error, then pruned, then failed
     rounds: list[tuple[int, sampler.Box]]  # each round's box, first round first
-    final_run: Path | None = None  # --cv: the best trial retrained on all train + dev rows
+    # --cv: the best trials retrained on all train + dev rows (final, final-1, …, best first);
+    # the tune's model is the mean of their predictions
+    final_runs: tuple[Path, ...] = ()
 
     @property
     def best(self) -> TrialRecord | None:
         return self.ranked[0] if self.ranked and self.ranked[0].state == "finished" else None
+
+    @property
+    def final_run(self) -> Path | None:
+        """The best trial's retrain: what `best` points at."""
+        return self.final_runs[0] if self.final_runs else None
 
 
 def open_tune(settings: TuneSettings, *, resume: bool) -> TrialStore:
@@ -195,13 +202,18 @@ def _check_data(space: SearchSpace, settings: TuneSettings) -> None:
 
 
 def _retrain_best(settings: TuneSettings, space: SearchSpace, result: TuneResult) -> TuneResult:
-    """--cv: train the best trial's settings on every train + dev row, for its folds' epochs."""
-    best = result.best
-    assert best is not None and best.scores is not None
-    config = space.config_for(best.params, seed=best.seed)
-    final = cv.final_config(config, int(best.scores["epochs"]), settings.final_average)
-    run_dir = cv.retrain(settings.out, final, plot=settings.plots)
-    return dataclasses.replace(result, final_run=run_dir)
+    """--cv: train each of the final_members best finished trials' settings on every train +
+    dev row, for the median of its folds' kept epochs (final, final-1, …, best first)."""
+    finished = [record for record in result.ranked if record.state == "finished"]
+    runs = []
+    for member, record in enumerate(finished[: settings.final_members]):
+        assert record.scores is not None
+        config = space.config_for(record.params, seed=record.seed)
+        final = cv.final_config(config, int(record.scores["epochs"]), settings.final_average)
+        name = cv.final_run_name(member)
+        plot = settings.plots and member == 0
+        runs.append(cv.retrain(settings.out, final, plot=plot, name=name))
+    return dataclasses.replace(result, final_runs=tuple(runs))
 
 
 def _worker_count(settings: TuneSettings) -> int | None:

@@ -38,6 +38,8 @@ class TuneSettings:
     cv_repeats: int = 1  # --cv: the folds drawn this many times (repeated CV; see cv.py)
     # --cv: the retrain keeps the mean weights of this share of its last epochs (cv.py), 0: off
     final_average: float = 0.5
+    # --cv: retrain this many best trials (cv.py); the tune's model is the mean of their predictions
+    final_members: int = 1
     progress: bool = True  # a progress bar over trials
     plots: bool = True  # write plots/*.png at the end
     show: int = 10  # rows of the results table printed in the terminal
@@ -64,7 +66,7 @@ class TuneSettings:
 
 def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """Stored settings with the fields added since they were written at their defaults, so a
-    tune made by an earlier bnserve (before cv_repeats, final_average) still resumes."""
+    tune made by an earlier bnserve (before cv_repeats, final_average, final_members) resumes."""
     defaults = {field.name: field.default for field in fields(TuneSettings)}
     return {
         **{name: value for name, value in defaults.items() if value is not MISSING},
@@ -108,6 +110,11 @@ def _validate(settings: TuneSettings) -> None:
     check(
         0 <= settings.final_average <= 1,
         f"--final-average {settings.final_average}: a share of the epochs, in [0, 1]",
+    )
+    check(settings.final_members >= 1, f"--final-members {settings.final_members}: must be ≥ 1")
+    check(
+        settings.final_members == 1 or settings.cv is not None,
+        f"--final-members {settings.final_members} retrains after cross-validation: give --cv",
     )
     check(
         settings.cv is None or settings.objective == "train",

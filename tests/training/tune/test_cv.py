@@ -14,6 +14,7 @@ from bnserve.training.data.loading import load_dataset, split_rows
 from bnserve.training.rundir import load_run
 from bnserve.training.tune import cv
 from bnserve.training.tune.cli import main
+from bnserve.training.tune.report import link_best
 from bnserve.training.tune.runner import rank_trials, run_tune
 from bnserve.training.tune.settings import TuneSettings
 from bnserve.training.tune.store import TrialRecord
@@ -81,6 +82,90 @@ def test_a_trial_is_the_mean_over_folds_that_never_touch_the_test_rows(tmp_path,
     assert final.meta["epochs_trained"] == best.scores["epochs"]
     assert final.config.lr == best.params["lr"] and final.config.seed == best.seed
     assert final.meta["stats"] == "population"  # no dev rows to vouch for lagging EMA statistics
+
+
+def test_final_members_retrain_the_best_trials_on_every_training_row(tmp_path, small_npz):
+    one = run_tune(_settings(tmp_path / "one", small_npz, trials=4, cv=3, workers=1))
+    out = tmp_path / "three"
+    three = run_tune(_settings(out, small_npz, trials=4, cv=3, workers=1, final_members=3))
+    assert _facts(three) == _facts(one)  # the same trials: only what follows them differs
+    assert three.final_runs == (out / "final", out / "final-1", out / "final-2")
+    assert three.final_run == out / "final"
+    # the best trial's retrain is the one-member tune's, to the bit
+    first = load_run(one.final_run).meta["params_sha256"]
+    assert load_run(three.final_run).meta["params_sha256"] == first
+    runs = [load_run(run) for run in three.final_runs]
+    for record, run in zip(three.ranked[:3], runs, strict=True):  # best first, each its own
+        assert run.config.lr == record.params["lr"] and run.config.seed == record.seed
+        assert run.meta["epochs_trained"] == record.scores["epochs"]
+        assert run.meta["split"]["train_rows"] == 128 and run.meta["split"]["dev_rows"] == 0
+        np.testing.assert_array_equal(run.heldout_x, runs[0].heldout_x)  # the same test rows
+    link_best(out, three.best, three.final_runs)
+    summary = json.loads((out / "best.json").read_text())
+    assert summary["final_members"] == ["final", "final-1", "final-2"]
+    assert summary["run_dir"] == "final" and (out / "best").resolve() == (out / "final").resolve()
+    # more members than finished trials: every finished trial
+    five = run_tune(_settings(tmp_path / "five", small_npz, trials=2, cv=3, workers=1,
+                              final_members=5))  # fmt: skip
+    assert [run.name for run in five.final_runs] == ["final", "final-1"]
+
+
+@pytest.fixture(scope="module")
+def small_regression(tmp_path_factory):
+    """150 rows of a noisy linear target (one column)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 4))
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=150)
+    path = tmp_path_factory.mktemp("data") / "regression.npz"
+    np.savez(path, x=x, y=y[:, None])
+    return path
+
+
+def test_final_members_auto_takes_several_for_small_regression(
+    small_npz, small_regression, monkeypatch
+):
+    from bnserve.training.config import TrainConfig
+
+    base = TrainConfig(data=str(small_regression), task="regression")
+    assert cv.resolve_final_members(None, base, 5) == (
+        5,
+        "the model: the mean of the best 5 trials retrained "
+        "(auto: regression, 128 training rows < 500)",
+    )
+    two = (2, "the model: the best 2 trial(s) retrained")
+    assert cv.resolve_final_members("2", base, 5) == two
+    assert cv.resolve_final_members("auto", base, None) == (1, "")  # the dev split: no retrain
+    # classification: the best trial alone (accuracy has no bound for the mean; cv.py)
+    assert cv.resolve_final_members(None, TrainConfig(data=str(small_npz)), 5) == (1, "")
+    assert cv.resolve_final_members("2", TrainConfig(data=str(small_npz)), 5) == two
+    monkeypatch.setattr(cv, "REPEAT_MAX_ROWS", 100)
+    assert cv.resolve_final_members("auto", base, 5) == (1, "")
+
+
+def test_a_flagless_tune_of_small_regression_says_and_makes_its_members(
+    tmp_path, small_regression, capsys, monkeypatch
+):
+    monkeypatch.setattr(cv, "AUTO_FOLDS", 2)  # seconds, not minutes
+    monkeypatch.setattr(cv, "AUTO_REPEATS", 1)
+    monkeypatch.setattr(cv, "AUTO_FINAL_MEMBERS", 2)
+    out = tmp_path / "tune"
+    args = ["--out", str(out), "--data", str(small_regression), "--task", "regression",
+            "--trials", "3", "--epochs", "2", "--set", "hidden=4",
+            "--param", "lr=log:1e-3:1e-1", "--workers", "1", "--no-progress",
+            "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == (
+        "cross-validation: 2 folds (auto: 128 training rows < 3000); "
+        "folds drawn 1 times (auto: 128 training rows < 500); "
+        "the model: the mean of the best 2 trials retrained "
+        "(auto: regression, 128 training rows < 500)"
+    )
+    assert (
+        "the tune's model: the mean of the best 2 trials retrained (final, final-1): "
+        f"bnserve export {out} --out model.onnx"
+    ) in printed
+    assert json.loads((out / "best.json").read_text())["final_members"] == ["final", "final-1"]
 
 
 def test_the_retrain_keeps_the_mean_weights_of_its_last_epochs(tmp_path, small_npz):
@@ -177,6 +262,7 @@ def test_the_table_shows_mean_and_std_over_folds(tmp_path, small_npz, capsys):
     )
     assert "dev_error ± std" in printed and " ± " in printed.splitlines()[2]
     assert "over 3 folds; retrained on all train + dev rows" in printed
+    assert "the tune's model" not in printed and not (out / "final-1").exists()  # classification
     assert (out / "best").resolve() == (out / "final").resolve()  # what export should take
     assert load_run(out / "best").meta["split"]["dev_rows"] == 0
 
@@ -216,6 +302,7 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
     )
     best = json.loads((tmp_path / "small" / "best.json").read_text())
     assert best["run_dir"] == "final" and best["cv"]["repeats"] == 2
+    assert best["final_members"] == ["final"]  # classification: the best trial alone
     assert best["members"] == ["trials/trial-0000/fold-0", "trials/trial-0000/fold-1"]
     assert all((tmp_path / "small" / member / "params.npz").is_file() for member in best["members"])
     monkeypatch.setattr(cv, "AUTO_MAX_ROWS", 100)  # as if the table were large
@@ -248,6 +335,9 @@ def test_without_flags_the_row_count_picks_the_validation_in_the_first_line(
         (["--cv", "off", "--cv-repeats", "2"], "--cv-repeats 2 repeats cross-validation"),
         (["--cv", "3", "--final-average", "1.5"], "--final-average 1.5: a share of the epochs"),
         (["--cv", "3", "--final-average", "-0.1"], "--final-average -0.1: a share of the epochs"),
+        (["--cv", "3", "--final-members", "0"], "--final-members 0: must be ≥ 1"),
+        (["--cv", "3", "--final-members", "two"], "--final-members 'two': expected a count"),
+        (["--cv", "off", "--final-members", "2"], "--final-members 2 retrains after cross-valid"),
     ],
 )
 def test_bad_cv_values_are_named_before_any_trial(tmp_path, small_npz, capsys, args, message):
