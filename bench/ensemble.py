@@ -4,13 +4,16 @@ export/ensemble_graph.py, side by side), against one member alone, for k = 3 and
 
 Members are 64→128→128→10 with batch norm and relu (bench/export.py's network), folded; weights
 are random with trained-like scales (latency does not depend on the values). Per call with a
-single example, and per example at batch 64; rounds alternate between the graphs so machine
-noise hits all alike; each figure is the median over rounds. Sessions are opened as the server
-opens them (server/models/model.py: ORT_ENABLE_ALL, sequential, no spinning), 1 intra-op thread.
+single example, and per example at batch 64; many short rounds alternate between the graphs
+(the order reversing each round) so machine noise hits all alike; each ratio is the median over
+rounds of the graph's time over one member's in the same round (single-example times on this
+VM move by up to 1.5× between runs, which a ratio of medians over a few long rounds passed on).
+Sessions are opened as the server opens them (server/models/model.py: ORT_ENABLE_ALL,
+sequential, no spinning), 1 intra-op thread.
 The 1-minute load average before and after is printed: on a shared machine the figures are
 indicative.
 
-    .venv/bin/python bench/ensemble.py [--rounds 7] [--calls 3000] [--k 3 5]
+    .venv/bin/python bench/ensemble.py [--rounds 101] [--calls 300] [--k 3 5]
 """
 
 from __future__ import annotations
@@ -66,40 +69,41 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return _open_session(model.SerializeToString(), "bench", SessionThreads(1, 1))
 
 
-def seconds_per_call(run: ort.InferenceSession, x: np.ndarray, calls: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per call of `calls` calls in a row; with 1 intra-op thread and no
-    spinning the CPU time is the call's own work, which other processes inflate far less."""
+def seconds_per_call(run: ort.InferenceSession, x: np.ndarray, calls: int) -> float:
     feeds = {"x": x}
     run.run(None, feeds)  # warm-up
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     for _ in range(calls):
         run.run(None, feeds)
-    return (time.perf_counter() - start) / calls, (time.process_time() - start_cpu) / calls
+    return (time.perf_counter() - start) / calls
 
 
 def measure(
     sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int, calls: int
-) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per call for each session, rounds interleaved."""
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, run in sessions.items():
-            samples[name].append(seconds_per_call(run, x, calls))
-    return {
-        name: (
-            statistics.median(wall for wall, _ in values),
-            statistics.median(cpu for _, cpu in values),
-        )
-        for name, values in samples.items()
-    }
+) -> dict[str, list[float]]:
+    """Seconds per call of each session in each round: every round runs every session once, in
+    an order that reverses from one round to the next."""
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    names = list(sessions)
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            samples[name].append(seconds_per_call(sessions[name], x, calls))
+    return samples
+
+
+def ratios(samples: dict[str, list[float]], name: str, base: str) -> tuple[float, float, float]:
+    """(median, q1, q3) over rounds of `name`'s time over `base`'s in the same round."""
+    per_round = [mine / theirs for mine, theirs in zip(samples[name], samples[base], strict=True)]
+    q1, median, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+    return median, q1, q3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -114,24 +118,27 @@ def main() -> None:
     batched = measure(sessions, x, args.rounds, max(1, args.calls // 8))
     print(
         f"ensemble: onnxruntime {ort.__version__}, members {'→'.join(map(str, LAYER_SIZES))} "
-        f"(batch norm folded, relu), 1 intra-op thread, median of {args.rounds} interleaved "
-        f"rounds; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+        f"(batch norm folded, relu), 1 intra-op thread, {args.rounds} interleaved rounds of "
+        f"{args.calls} calls (batch 64: {max(1, args.calls // 8)}); load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
     print(
-        "  wall: µs per call; CPU: this process's CPU µs per call (what a busy machine inflates "
-        "least); × one: against one member in the same column; goal k = 5 single ≤ 2× one"
+        "  µs: the median over rounds; × one: the median over rounds of the graph's time over one"
+        " member's in the same round (q1-q3: its quartiles); goal: k = 5, one example, ≤ 2× one"
     )
     print(
-        f"  {'graph':<16} {'nodes':>5} {'single wall':>12} {'× one':>6} {'single CPU':>11} "
-        f"{'× one':>6} {'batch 64 wall/example':>22} {'× one':>6}"
+        f"  {'graph':<16} {'nodes':>5} {'single µs':>10} {'× one':>6} {'q1-q3':>11} "
+        f"{'batch 64 µs/example':>20} {'× one':>6} {'q1-q3':>11}"
     )
-    (one_wall, one_cpu), (batch_wall, _) = single["one member"], batched["one member"]
     for name, model in graphs.items():
-        (wall, cpu), (batch, _) = single[name], batched[name]
+        one, one_q1, one_q3 = ratios(single, name, "one member")
+        many, many_q1, many_q3 = ratios(batched, name, "one member")
         print(
-            f"  {name:<16} {len(model.graph.node):>5} {wall * 1e6:>12.2f} {wall / one_wall:>6.2f} "
-            f"{cpu * 1e6:>11.2f} {cpu / one_cpu:>6.2f} {batch / BATCH * 1e6:>22.3f} "
-            f"{batch / batch_wall:>6.2f}"
+            f"  {name:<16} {len(model.graph.node):>5} "
+            f"{statistics.median(single[name]) * 1e6:>10.2f} {one:>6.2f} "
+            f"{one_q1:>5.2f}-{one_q3:<5.2f} "
+            f"{statistics.median(batched[name]) / BATCH * 1e6:>20.3f} {many:>6.2f} "
+            f"{many_q1:>5.2f}-{many_q3:<5.2f}"
         )
 
 
