@@ -370,13 +370,18 @@ def _line_pieces(raw: io.BufferedIOBase, block_bytes: int = BLOCK_BYTES) -> Iter
         yield carry
 
 
-def _ordered_map(work: Callable[[_Piece], _Result], pieces: Iterable[_Piece]) -> Iterator[_Result]:
-    """work(piece) for each piece on READ_THREADS threads, yielded in the pieces' order.
+def _ordered_map(
+    work: Callable[[_Piece], _Result], pieces: Iterable[_Piece], threads: int | None = None
+) -> Iterator[_Result]:
+    """work(piece) for each piece on `threads` threads (None: READ_THREADS, at most the cores),
+    yielded in the pieces' order.
 
-    At most READ_THREADS + 1 pieces are in flight, so memory stays bounded by the piece size.
-    A failure is raised where its result would have been yielded; the rest are cancelled.
+    At most threads + 1 pieces are in flight, so memory stays bounded by the piece size (one
+    thread: it works one piece ahead of the caller). A failure is raised where its result would
+    have been yielded; the rest are cancelled.
     """
-    threads = max(1, min(READ_THREADS, available_cores()))
+    if threads is None:
+        threads = max(1, min(READ_THREADS, available_cores()))
     with ThreadPoolExecutor(threads, thread_name_prefix="bnserve-read") as pool:
         pending: collections.deque[Future[_Result]] = collections.deque()
         try:
@@ -734,7 +739,7 @@ def read_parquet_columns(
 
     chunks: list[Any] = []
     try:
-        for piece, read in zip(pieces, _read_ahead(decode, pieces), strict=True):
+        for piece, read in zip(pieces, _ordered_map(decode, pieces, threads=1), strict=True):
             stop = piece.first_row + piece.rows
             where = table.where(piece.first_row)
             for name in piece.names:
@@ -756,23 +761,6 @@ def read_parquet_columns(
     finally:
         pa.default_memory_pool().release_unused()  # the pieces are gone: give their pages back
     return x, table.info(rows, chunks, coders)
-
-
-def _read_ahead(work: Callable[[_Piece], _Result], pieces: list[_Piece]) -> Iterator[_Result]:
-    """work(piece) for each piece in turn on a thread of its own, one piece ahead of the
-    caller (at most two results wait); a failure is raised where its result would have been."""
-    with ThreadPoolExecutor(1, thread_name_prefix="bnserve-read") as pool:
-        pending: collections.deque[Future[_Result]] = collections.deque()
-        try:
-            for piece in pieces:
-                pending.append(pool.submit(work, piece))
-                if len(pending) > 1:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _is_text(kind: pa.DataType) -> bool:
