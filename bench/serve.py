@@ -712,6 +712,8 @@ def measure(settings: BenchSettings) -> int:
         ) -> Target:
             if server == "echo":
                 response_bytes = len(frame(echo_response))
+            elif server.startswith("minimal"):  # its own answer: no request id (_answer_size)
+                response_bytes = len(frame(minimal_answer))
             elif server.startswith("large"):  # its own answer: a label 0 is not on the wire
                 response_bytes = len(
                     frame(call_once(ports[server], PATHS[kind], [body[5:]], False)[0])
