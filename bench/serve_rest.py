@@ -268,7 +268,7 @@ def measure_rest(
             raise SystemExit(f"the minimal REST server answers {minimal_answer!r}, not {answer!r}")
         targets = [
             RestTarget(ECHO_LABEL, ports["echo"], body, header_list, len(answer), echo_pid),
-            RestTarget(MINIMAL_LABEL, ports["minimal"], body, header_list, len(answer),
+            RestTarget(MINIMAL_LABEL, ports["minimal"], body, header_list, len(minimal_answer),
                        minimal_pid),
             RestTarget(REST_LABEL, ports["bnserve"], body, header_list, len(answer), bnserve_pid),
         ]  # fmt: skip
